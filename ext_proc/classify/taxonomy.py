@@ -1,0 +1,35 @@
+"""The sensitivity taxonomy: stable label ids shared by the classifier, policies and audit records.
+
+Label ids are part of the audit record schema and of every policy file, so they never change
+meaning; new labels may be added. Deployer dictionaries add labels named ``custom.<name>``.
+"""
+
+LABELS: dict[str, str] = {
+    "pii.email": "Email address",
+    "pii.phone": "Telephone number",
+    "pii.us_ssn": "US Social Security number",
+    "pii.ip_address": "IPv4 or IPv6 address",
+    "pii.iban": "International bank account number",
+    "pii.date_of_birth": "Date of birth (date with birth context)",
+    "pci.card_number": "Payment card number (Luhn-valid)",
+    "phi.us_npi": "US National Provider Identifier (Luhn-valid)",
+    "phi.mrn": "Medical record number (with context)",
+    "secret.aws_access_key": "AWS access key id",
+    "secret.github_token": "GitHub token",
+    "secret.private_key": "PEM private key",
+    "secret.jwt": "JSON Web Token",
+    "secret.slack_token": "Slack token",
+    "secret.stripe_key": "Stripe live key",
+    "secret.openai_key": "OpenAI API key",
+    "secret.anthropic_key": "Anthropic API key",
+    "secret.generic": "Generic secret assignment (keyword + entropy)",
+}
+
+CUSTOM_PREFIX = "custom."
+
+
+def is_known_label(label: str, custom_names: frozenset[str] | set[str] = frozenset()) -> bool:
+    """True for a built-in label or for ``custom.<name>`` where name is a declared dictionary."""
+    if label in LABELS:
+        return True
+    return label.startswith(CUSTOM_PREFIX) and label[len(CUSTOM_PREFIX):] in custom_names
