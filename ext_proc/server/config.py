@@ -1,0 +1,160 @@
+"""The ledgergate configuration file: one YAML document with a section per concern.
+
+Each concern parses its own section (identity, audit, ratelimit); this module only knows the
+top-level shape, the defaults that make `make run` work from a fresh clone, and where the var/
+material lives.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROVIDERS = ("openai", "anthropic", "gemini", "bedrock")
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or inconsistent; the message names the key."""
+
+
+@dataclass
+class Config:
+    base_dir: Path
+    listen: list[str]
+    policy_path: Path
+    policy_store: Path
+    identity: dict[str, Any]
+    audit: dict[str, Any]
+    audit_signing_key: Path
+    writer_id: str
+    ratelimit: dict[str, Any]
+    redaction_key_file: Path
+    max_body_bytes: int
+    max_response_buffer_bytes: int
+    upstream_credentials: dict[str, dict[str, str]] = field(default_factory=dict)
+    metrics_listen: str | None = None
+    drain_grace_s: float = 10.0
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, p: str | Path) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else self.base_dir / p
+
+
+_TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits"}
+
+
+def default_config_dict(var_dir: str = "var") -> dict[str, Any]:
+    """The embedded defaults: the local stack of `make run`, everything under var/."""
+    return {
+        "server": {"listen": ["127.0.0.1:50051"], "metrics_listen": "127.0.0.1:9464"},
+        "identity": {
+            "issuers": [
+                {
+                    "name": "dev",
+                    "issuer": "https://ledgergate.local/dev",
+                    "audiences": ["ledgergate"],
+                    "jwks_file": f"{var_dir}/dev/jwks.json",
+                    "algorithms": ["EdDSA"],
+                    "claims": {"roles": "roles", "groups": "groups", "tenant": "tenant", "scopes": "scope"},
+                    "max_lifetime": "24h",
+                    "leeway": "30s",
+                }
+            ],
+        },
+        "policy": {"path": "policies/default.yaml", "store": f"{var_dir}/policy-store"},
+        "audit": {"sink": "file", "dir": f"{var_dir}/audit", "signing_key": f"{var_dir}/keys/audit-signing.pem"},
+        "ratelimit": {"backend": "memory"},
+        "classify": {"redaction_key_file": f"{var_dir}/keys/redaction-hash.key"},
+        "limits": {"max_body_bytes": 4 * 1024 * 1024, "max_response_buffer_bytes": 8 * 1024 * 1024},
+    }
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Read the YAML file (or only the defaults when path is None) and apply overrides."""
+    data = default_config_dict()
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the configuration must be a mapping")
+        unknown = set(loaded) - _TOP_KEYS
+        if unknown:
+            raise ConfigError(f"{path}: unknown top-level key(s): {', '.join(sorted(unknown))}")
+        data = deep_merge(data, loaded)
+    if overrides:
+        data = deep_merge(data, overrides)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    server = data.get("server") or {}
+    listen = server.get("listen") or ["127.0.0.1:50051"]
+    if isinstance(listen, str):
+        listen = [listen]
+    audit = dict(data.get("audit") or {})
+    if "dir" in audit:
+        audit["dir"] = str(_resolve(base, audit["dir"]))
+    limits = data.get("limits") or {}
+    upstreams = data.get("upstreams") or {}
+    creds: dict[str, dict[str, str]] = {}
+    for name, spec in upstreams.items():
+        if name not in PROVIDERS:
+            raise ConfigError(f"upstreams.{name}: unknown provider (one of {', '.join(PROVIDERS)})")
+        if isinstance(spec, dict) and spec.get("credential"):
+            creds[name] = dict(spec["credential"])
+    return Config(
+        base_dir=base,
+        listen=list(listen),
+        policy_path=_resolve(base, data["policy"]["path"]),
+        policy_store=_resolve(base, data["policy"].get("store", "var/policy-store")),
+        identity=data.get("identity") or {},
+        audit=audit,
+        audit_signing_key=_resolve(base, audit.get("signing_key", "var/keys/audit-signing.pem")),
+        writer_id=str(server.get("writer_id") or f"{socket.gethostname()}-{os.getpid()}"),
+        ratelimit=data.get("ratelimit") or {"backend": "memory"},
+        redaction_key_file=_resolve(base, (data.get("classify") or {}).get(
+            "redaction_key_file", "var/keys/redaction-hash.key")),
+        max_body_bytes=int(limits.get("max_body_bytes", 4 * 1024 * 1024)),
+        max_response_buffer_bytes=int(limits.get("max_response_buffer_bytes", 8 * 1024 * 1024)),
+        upstream_credentials=creds,
+        metrics_listen=server.get("metrics_listen"),
+        drain_grace_s=float(server.get("drain_grace_s", 10.0)),
+        raw=data,
+    )
+
+
+def _resolve(base: Path, p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else base / p
+
+
+def load_or_create_secret(path: Path, size: int = 32) -> bytes:
+    """A random key file (mode 0600), created on first use: the redaction hash key."""
+    if path.exists():
+        data = path.read_bytes()
+        if len(data) < 16:
+            raise ConfigError(f"{path}: key file too short")
+        return data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return data

@@ -1,0 +1,52 @@
+"""Prometheus metrics. Labels carry only bounded, non-content values: outcomes, label ids from the
+taxonomy, surface names, reason codes."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_PHASE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter("ledgergate_decisions_total", "Request decisions by outcome and surface",
+                                 ["outcome", "surface"], registry=r)
+        self.identity_failures = Counter("ledgergate_identity_failures_total",
+                                         "Requests whose credential could not be verified, by reason",
+                                         ["reason"], registry=r)
+        self.phase_seconds = Histogram("ledgergate_phase_seconds", "Time spent per pipeline phase",
+                                       ["phase"], buckets=_PHASE_BUCKETS, registry=r)
+        self.streams = Gauge("ledgergate_streams_in_flight", "ext_proc streams currently open", registry=r)
+        self.streams_total = Counter("ledgergate_streams_total", "ext_proc streams opened", registry=r)
+        self.errors = Counter("ledgergate_errors_total", "Fail-closed errors by kind", ["kind"], registry=r)
+        self.ratelimit_rejections = Counter("ledgergate_ratelimit_rejections_total",
+                                            "Requests throttled, by limit id", ["limit"], registry=r)
+        self.policy_reload_failures = Counter("ledgergate_policy_reload_failures_total",
+                                              "Policy reloads rejected (the old version kept running)",
+                                              registry=r)
+
+    def decision(self, outcome: str, surface: str) -> None:
+        self.decisions.labels(outcome, surface).inc()
+
+    def identity_failure(self, reason: str) -> None:
+        self.identity_failures.labels(reason).inc()
+
+    def phase(self, name: str, seconds: float) -> None:
+        self.phase_seconds.labels(name).observe(seconds)
+
+    def stream_started(self) -> None:
+        self.streams.inc()
+        self.streams_total.inc()
+
+    def stream_ended(self) -> None:
+        self.streams.dec()
+
+    def error(self, kind: str) -> None:
+        self.errors.labels(kind).inc()
+
+    def serve(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)

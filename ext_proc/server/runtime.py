@@ -1,0 +1,101 @@
+"""The long-lived parts one ledgergate process shares between its streams, built from Config."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import structlog
+
+from ext_proc.audit.log import AuditLog, open_audit_log
+from ext_proc.classify import Classifier
+from ext_proc.identity import IdentityConfig, IdentityResolver
+from ext_proc.pipeline.request import RequestHead, Verdict
+from ext_proc.policy import Policy, PolicyHolder, PolicyStore
+from ext_proc.ratelimit import Admission, LimitSpec, open_limiter
+from ext_proc.server.config import Config, load_or_create_secret
+from ext_proc.server.metrics import Metrics
+
+log = structlog.get_logger("ledgergate.runtime")
+
+
+class Runtime:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.hash_key = load_or_create_secret(config.redaction_key_file)
+        self.identity = IdentityResolver(IdentityConfig.from_dict(config.identity, config.base_dir))
+        config.policy_store.mkdir(parents=True, exist_ok=True)
+        self.policy_store = PolicyStore(config.policy_store)
+        self.policies = PolicyHolder(config.policy_path, store=self.policy_store, on_error=self._policy_error)
+        self._classifiers: dict[str, Classifier] = {}
+        self.classifier_for(self.policies.current)  # compile and warm the patterns at start-up
+        self.audit: AuditLog = open_audit_log(config.audit, signing_key_path=str(config.audit_signing_key),
+                                              writer_id=config.writer_id)
+        self.limiter = open_limiter(config.ratelimit)
+        self._upstream_secrets: dict[str, str] = {}
+        for provider, cred in config.upstream_credentials.items():
+            if "value_file" in cred:
+                self._upstream_secrets[provider] = config.resolve(cred["value_file"]).read_text().strip()
+            elif "value_env" in cred:
+                import os
+
+                self._upstream_secrets[provider] = os.environ[cred["value_env"]]
+
+    def _policy_error(self, exc: Exception) -> None:
+        self.metrics.policy_reload_failures.inc()
+        log.error("policy_reload_rejected", error=str(exc)[:2000])
+
+    def classifier_for(self, policy: Policy) -> Classifier:
+        c = self._classifiers.get(policy.version)
+        if c is None:
+            c = Classifier(custom_terms={k: list(v) for k, v in policy.dictionaries.items()})
+            # Keep the current and the previous version only: a reload must not grow memory.
+            if len(self._classifiers) >= 2:
+                self._classifiers.pop(next(iter(self._classifiers)))
+            self._classifiers[policy.version] = c
+        return c
+
+    def upstream_secret(self, provider: str) -> str:
+        return self._upstream_secrets[provider]
+
+    async def start(self) -> None:
+        await self.identity.start()
+        await self.audit.start()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.identity.ready and self.audit.ready and self.policies.current is not None)
+
+    async def close(self) -> None:
+        await self.audit.close()
+        await self.identity.close()
+        await self.limiter.close()
+
+    # --- rate limits --------------------------------------------------------------------
+    async def reserve(self, head: RequestHead, verdict: Verdict) -> Admission:
+        specs = [LimitSpec.from_dict(d) for d in verdict.limits]
+        identity = verdict.identity
+        context: dict[str, Any] = {
+            "subject": identity.subject if identity else None,
+            "roles": tuple(identity.roles) if identity else (),
+            "tenant": identity.tenant if identity else None,
+            "model": verdict.model,
+            "route": head.route_record()["surface"],
+        }
+        tokens = verdict.estimated_tokens
+        input_request = verdict.record.get("input", {}).get("request", {})
+        if input_request.get("max_tokens") is None:
+            tokens += max((s.default_max_tokens or 0) for s in specs)
+        admission = await self.limiter.reserve(head.request_id, specs, context, tokens)
+        if not admission.admitted:
+            self.metrics.ratelimit_rejections.labels(admission.throttled_by or "unknown").inc()
+        return admission
+
+    async def settle(self, reservation, actual_tokens: int) -> None:
+        await self.limiter.settle(reservation, actual_tokens)
+
+    async def release(self, reservation) -> None:
+        await self.limiter.release(reservation)

@@ -1,0 +1,359 @@
+"""The gRPC adapter: one ext_proc stream per HTTP request, turned into calls on the sans-I/O
+pipeline and its answers turned back into ext_proc replies.
+
+Fail closed: every path out of `Process` other than Envoy closing the stream aborts the RPC with
+a gRPC error, because a handler that simply returns makes Envoy forward the rest of the request
+without the processor (shared/notes/ext_proc.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any, AsyncIterator
+
+import grpc
+import structlog
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+
+from ext_proc.audit.log import AuditUnavailable
+from ext_proc.audit.record import outcome_record
+from ext_proc.identity import IdentityError
+from ext_proc.pipeline.request import (
+    RequestHead,
+    Verdict,
+    decide_request,
+    reject_identity,
+    reject_unprocessable,
+    strip_headers,
+)
+from ext_proc.providers import error_body, match_surface
+from ext_proc.ratelimit import LimitSpec
+from ext_proc.server.runtime import Runtime
+from ext_proc.streaming import ResponseInspector, ResponseRules
+
+log = structlog.get_logger("ledgergate.server")
+
+
+class ProtocolViolation(Exception):
+    """Envoy sent a message this processing mode never produces."""
+
+
+def _headers_to_dict(hmap) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for h in hmap.headers:
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        out.setdefault(h.key.lower(), []).append(value)
+    return out
+
+
+def _attributes(req: pb.ProcessingRequest) -> dict[str, str]:
+    out: dict[str, str] = {}
+    st = req.attributes.get("envoy.filters.http.ext_proc")
+    if st is None:
+        return out
+    for k, v in st.fields.items():
+        kind = v.WhichOneof("kind")
+        if kind == "string_value":
+            out[k] = v.string_value
+        elif kind == "bool_value":
+            out[k] = "true" if v.bool_value else "false"
+        elif kind == "number_value":
+            out[k] = str(int(v.number_value)) if v.number_value.is_integer() else str(v.number_value)
+    return out
+
+
+def _set_header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+
+
+def _immediate(verdict: Verdict, request_id: str, extra_headers: dict[str, str] | None = None) -> pb.ProcessingResponse:
+    headers = dict(verdict.error_headers)
+    headers["x-request-id"] = request_id
+    if extra_headers:
+        headers.update(extra_headers)
+    return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=verdict.status),
+        headers=pb.HeaderMutation(set_headers=[_set_header(k, v) for k, v in headers.items()]),
+        body=verdict.error_body,
+        details=verdict.code))
+
+
+class Exchange:
+    """State of one HTTP request/response pair as seen through one ext_proc stream."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.head: RequestHead | None = None
+        self.identity = None
+        self.verdict: Verdict | None = None
+        self.reservation = None
+        self.inspector: ResponseInspector | None = None
+        self.response_status: int | None = None
+        self.outcome_committed = False
+        self.request_released = False
+
+    # --- request side -------------------------------------------------------------------
+    async def on_request_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        msg = req.request_headers
+        headers = _headers_to_dict(msg.headers)
+        attrs = _attributes(req)
+        now = self.rt.clock()
+        path = (headers.get(":path") or [attrs.get("request.path", "/")])[0]
+        method = (headers.get(":method") or [attrs.get("request.method", "GET")])[0]
+        request_id = attrs.get("request.id") or (headers.get("x-request-id") or [""])[0] or \
+            hashlib.sha256(repr((now, id(self))).encode()).hexdigest()[:32]
+        self.head = RequestHead(request_id=request_id, method=method, path=path, headers=headers,
+                                attributes=attrs, received_ms=int(now * 1000),
+                                surface=match_surface(method, path))
+        try:
+            self.identity = await self.rt.identity.resolve(headers, attrs, now)
+        except IdentityError as exc:
+            self.rt.metrics.identity_failure(exc.reason)
+            verdict = reject_identity(self.head, exc, int(self.rt.clock() * 1000))
+            return [await self._finish_rejected(verdict)]
+        if msg.end_of_stream:
+            # No body will follow (GET /v1/models): decide now.
+            return await self._decide(None, phase="headers")
+        return [pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=self._request_header_mutation()))]
+
+    def _request_header_mutation(self, *, body_len: int | None = None) -> pb.CommonResponse:
+        assert self.head is not None
+        remove = strip_headers(self.head.headers)
+        set_headers = [_set_header("accept-encoding", "identity")]
+        if self.head.surface is not None:
+            cred = self.rt.config.upstream_credentials.get(self.head.surface.provider)
+            if cred:
+                set_headers.append(_set_header(cred["header"], self.rt.upstream_secret(self.head.surface.provider)))
+                remove = [h for h in remove if h != cred["header"].lower()]
+        if body_len is not None:
+            set_headers.append(_set_header("content-length", str(body_len)))
+        return pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove))
+
+    async def on_request_body(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if self.head is None:
+            raise ProtocolViolation("request body before request headers")
+        if self.verdict is not None:
+            # Envoy re-delivered the end of the body (envoyproxy/envoy#46237): answer it the same way.
+            return [self._body_continue(self.verdict)]
+        return await self._decide(bytes(req.request_body.body), phase="body")
+
+    async def _decide(self, body: bytes | None, *, phase: str) -> list[pb.ProcessingResponse]:
+        rt, head = self.rt, self.head
+        assert head is not None and self.identity is not None
+        policy = rt.policies.current
+        started = time.perf_counter()
+        try:
+            verdict = decide_request(head, self.identity, body, policy=policy, classifier=rt.classifier_for(policy),
+                                     hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
+                                     max_body_bytes=rt.config.max_body_bytes)
+        except Exception as exc:  # noqa: BLE001 - any pipeline failure is a fail-closed denial
+            log.error("pipeline_error", request_id=head.request_id, error_type=type(exc).__name__)
+            verdict = reject_unprocessable(head, self.identity, 503, "processing_error",
+                                           "the request could not be inspected; it was not forwarded",
+                                           int(rt.clock() * 1000), body, policy)
+        rt.metrics.phase("decide", time.perf_counter() - started)
+        extra_headers: dict[str, str] = {}
+        if verdict.forward and verdict.limits:
+            admission = await rt.reserve(head, verdict)
+            verdict.record["ratelimit"] = admission.to_record()
+            extra_headers = dict(admission.headers)
+            if admission.admitted:
+                self.reservation = admission.reservation
+            else:
+                provider = head.provider
+                verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=429,
+                                                  code="rate_limited", throttled_by=admission.throttled_by)
+                verdict.forward = False
+                verdict.record["forwarded_sha256"] = None
+                verdict.reject(429, "rate_limited",
+                               f"rate limit '{admission.throttled_by}' exceeded; retry after {admission.retry_after_s}s",
+                               provider)
+        self.verdict = verdict
+        rt.metrics.decision(verdict.record["decision"].get("outcome", "deny"), head.route_record()["surface"])
+        if not verdict.forward:
+            return [await self._finish_rejected(verdict, extra_headers)]
+        await self._commit(verdict.record)
+        self.request_released = True
+        if phase == "headers":
+            return [pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=self._request_header_mutation()))]
+        return [self._body_continue(verdict)]
+
+    def _body_continue(self, verdict: Verdict) -> pb.ProcessingResponse:
+        if verdict.new_body is None:
+            return pb.ProcessingResponse(request_body=pb.BodyResponse(response=pb.CommonResponse()))
+        common = pb.CommonResponse(
+            header_mutation=pb.HeaderMutation(set_headers=[_set_header("content-length", str(len(verdict.new_body)))]),
+            body_mutation=pb.BodyMutation(body=verdict.new_body))
+        return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+
+    async def _finish_rejected(self, verdict: Verdict, extra_headers: dict[str, str] | None = None) -> pb.ProcessingResponse:
+        self.verdict = verdict
+        await self._commit(verdict.record)
+        if self.reservation is not None:
+            await self.rt.release(self.reservation)
+            self.reservation = None
+        log.info("request_denied", request_id=self.head.request_id if self.head else None,
+                 status=verdict.status, code=verdict.code)
+        return _immediate(verdict, self.head.request_id if self.head else "", extra_headers)
+
+    async def _commit(self, record: dict) -> None:
+        started = time.perf_counter()
+        await self.rt.audit.commit(record)
+        self.rt.metrics.phase("audit_commit", time.perf_counter() - started)
+
+    # --- response side ------------------------------------------------------------------
+    async def on_response_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if self.head is None or self.verdict is None or not self.request_released:
+            raise ProtocolViolation("response before the request was released")
+        headers = _headers_to_dict(req.response_headers.headers)
+        self.response_status = int((headers.get(":status") or ["0"])[0] or 0)
+        decision = self.verdict.decision
+        rules = ResponseRules.from_policy(decision.response if decision is not None else {})
+        self.inspector = ResponseInspector(
+            self.head.surface.name if self.head.surface else "unknown",
+            status=self.response_status,
+            content_type=(headers.get("content-type") or [None])[0],
+            content_encoding=(headers.get("content-encoding") or [None])[0],
+            classifier=self.rt.classifier_for(self.rt.policies.current), rules=rules,
+            hash_key=self.rt.hash_key, tenant=self.identity.tenant if self.identity else None,
+            max_buffer_bytes=self.rt.config.max_response_buffer_bytes)
+        remove = ["content-length"]
+        mutation = getattr(self.inspector, "release_headers_mutation", None) or {}
+        remove += [h for h in mutation.get("remove", []) if h not in remove]
+        set_headers = [_set_header("x-request-id", self.head.request_id)]
+        marker = (decision.response or {}).get("marker_header") if decision is not None else None
+        if marker:
+            set_headers.append(_set_header(marker["name"], marker["value"]))
+        common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove))
+        out = [pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))]
+        if req.response_headers.end_of_stream:
+            # No body: the outcome is known now and must be durable before the headers go out.
+            await self._commit_outcome()
+        return out
+
+    async def on_response_body(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if self.inspector is None:
+            raise ProtocolViolation("response body before response headers")
+        chunk = req.response_body
+        releases = self.inspector.feed(bytes(chunk.body), chunk.end_of_stream)
+        out: list[pb.ProcessingResponse] = []
+        for rel in releases:
+            if rel.end_of_stream:
+                await self._commit_outcome()
+            out.append(pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
+                body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
+                    body=rel.body, end_of_stream=rel.end_of_stream))))))
+        return out
+
+    async def on_response_trailers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        out: list[pb.ProcessingResponse] = []
+        if self.inspector is not None and not self.inspector.finished:
+            for rel in self.inspector.feed(b"", True):
+                if rel.end_of_stream:
+                    await self._commit_outcome()
+                # The trailers end the stream; the held tail goes out as the last body data.
+                out.append(pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
+                    body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
+                        body=rel.body, end_of_stream=False))))))
+        out.append(pb.ProcessingResponse(response_trailers=pb.TrailersResponse()))
+        return out
+
+    async def _commit_outcome(self, error: str | None = None) -> None:
+        if self.outcome_committed or self.head is None:
+            return
+        self.outcome_committed = True
+        summary = self.inspector.outcome() if self.inspector is not None else {}
+        usage = summary.get("usage")
+        record = outcome_record(
+            request_id=self.head.request_id, completed_ms=int(self.rt.clock() * 1000),
+            status=self.response_status, response_sha256=summary.get("response_sha256"),
+            classification=summary.get("classification") or {}, redactions=summary.get("redactions") or [],
+            usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")), error=error)
+        if self.reservation is not None:
+            actual = None
+            if usage:
+                actual = int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
+            try:
+                if actual is not None:
+                    await self.rt.settle(self.reservation, actual)
+                else:
+                    await self.rt.release(self.reservation)
+            finally:
+                self.reservation = None
+        await self._commit(record)
+
+    async def on_stream_end(self, error: str | None) -> None:
+        """The stream ended: a released request whose outcome is not on record gets one now."""
+        if self.request_released and not self.outcome_committed:
+            try:
+                await self._commit_outcome(error=error or "stream_ended_before_response_completed")
+            except Exception as exc:  # noqa: BLE001 - the stream is already gone; log, never leak content
+                log.error("outcome_commit_failed", request_id=self.head.request_id if self.head else None,
+                          error_type=type(exc).__name__)
+        elif self.reservation is not None:
+            await self.rt.release(self.reservation)
+            self.reservation = None
+
+
+class Servicer(pb_grpc.ExternalProcessorServicer):
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
+        ex = Exchange(self.rt)
+        self.rt.metrics.stream_started()
+        error: str | None = None
+        try:
+            async for req in request_iterator:
+                kind = req.WhichOneof("request")
+                if kind == "request_headers":
+                    replies = await ex.on_request_headers(req)
+                elif kind == "request_body":
+                    replies = await ex.on_request_body(req)
+                elif kind == "response_headers":
+                    replies = await ex.on_response_headers(req)
+                elif kind == "response_body":
+                    replies = await ex.on_response_body(req)
+                elif kind == "response_trailers":
+                    replies = await ex.on_response_trailers(req)
+                elif kind == "request_trailers":
+                    replies = [pb.ProcessingResponse(request_trailers=pb.TrailersResponse())]
+                else:
+                    raise ProtocolViolation(f"unexpected message {kind!r}")
+                for r in replies:
+                    yield r
+                if replies and replies[-1].WhichOneof("response") == "immediate_response":
+                    return  # Envoy ends the stream after an immediate response.
+        except AuditUnavailable:
+            error = "audit_unavailable"
+            self.rt.metrics.error("audit_unavailable")
+            log.error("audit_unavailable", request_id=ex.head.request_id if ex.head else None)
+            if ex.head is not None and not ex.request_released:
+                # Nothing was released: tell the client clearly, in its provider's format.
+                headers, body = error_body(ex.head.provider, 503, "audit_unavailable",
+                                           "the audit store is unavailable; the request was not forwarded")
+                v = Verdict(forward=False, status=503, code="audit_unavailable", message="", record={},
+                            error_headers=headers, error_body=body)
+                yield _immediate(v, ex.head.request_id)
+                return
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "audit store unavailable")
+        except asyncio.CancelledError:
+            error = "cancelled"
+            raise
+        except Exception as exc:  # noqa: BLE001
+            error = type(exc).__name__
+            self.rt.metrics.error("internal")
+            log.error("stream_error", request_id=ex.head.request_id if ex.head else None,
+                      error_type=type(exc).__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "ledgergate processing error")
+        finally:
+            self.rt.metrics.stream_ended()
+            await asyncio.shield(ex.on_stream_end(error))
