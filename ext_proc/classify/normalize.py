@@ -1,0 +1,227 @@
+"""Text normalization before matching, with a map from normalized offsets back to the original.
+
+What is folded, per code point (so offsets stay mappable):
+- NFKC compatibility mapping (full-width digits and letters, ligatures, circled digits, NBSP...).
+  Composition across code points (``e`` + U+0301) is not applied: no rule matches accents.
+- invisible characters (zero-width spaces and joiners, soft hyphen, BOM, bidi controls, variation
+  selectors, word joiner...) are dropped. A run longer than ``MAX_DROPPED_RUN`` becomes one space
+  instead: that bounds how much longer than its normalized form a finding can be in the original
+  text (``ORIGINAL_SPAN_FACTOR``), which the streaming inspector relies on.
+- Unicode tag characters (U+E0020..U+E007E, used to smuggle hidden ASCII) become that ASCII.
+- dash look-alikes become ``-``; line/paragraph separators become ``\\n``.
+- lone surrogates (a Python ``str`` may hold them) become U+FFFD, one for one.
+
+Pure-ASCII text (the common case) is returned as is with no per-character work.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import unicodedata
+from bisect import bisect_right
+from dataclasses import dataclass
+
+import re2
+
+MAX_DROPPED_RUN = 2
+# original length <= ORIGINAL_SPAN_FACTOR * normalized length (+ MAX_DROPPED_RUN at most, which
+# only happens between characters, so the factor alone bounds a finding).
+ORIGINAL_SPAN_FACTOR = MAX_DROPPED_RUN + 1
+
+INVISIBLE: frozenset[int] = frozenset(
+    [0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180E,
+     0x180F, 0x3164, 0xFEFF, 0xFFA0, 0xE0001, 0xE007F]
+    + list(range(0x200B, 0x2010))      # ZWSP, ZWNJ, ZWJ, LRM, RLM
+    + list(range(0x202A, 0x202F))      # bidi embeddings and overrides
+    + list(range(0x2060, 0x2065))      # word joiner, invisible operators
+    + list(range(0x2066, 0x2070))      # bidi isolates, deprecated format chars
+    + list(range(0xFE00, 0xFE10))      # variation selectors
+    + list(range(0xE0100, 0xE01F0))    # variation selectors supplement
+)
+_DASHES = frozenset([0x2010, 0x2011, 0x2012, 0x2013, 0x2014, 0x2015, 0x2212, 0xFE58, 0xFE63,
+                     0xFF0D])
+_LINE_SEPARATORS = frozenset([0x2028, 0x2029])
+_TAG_ASCII = range(0xE0020, 0xE007F)
+
+_SURROGATE_HANDLER = "ledgergate.classify.surrogate_to_fffd"
+
+
+def _surrogate_to_fffd(exc: UnicodeError) -> tuple[bytes, int]:
+    # The UTF-8 encoder takes non-ASCII replacements only as bytes: U+FFFD, once per surrogate.
+    if isinstance(exc, UnicodeEncodeError):
+        return b"\xef\xbf\xbd" * (exc.end - exc.start), exc.end
+    raise exc
+
+
+try:
+    codecs.lookup_error(_SURROGATE_HANDLER)
+except LookupError:
+    codecs.register_error(_SURROGATE_HANDLER, _surrogate_to_fffd)
+
+
+def fold_char(ch: str) -> str:
+    """The normalized form of one code point (may be empty or several characters)."""
+    cp = ord(ch)
+    if cp in INVISIBLE:
+        return ""
+    if cp in _DASHES:
+        return "-"
+    if cp in _LINE_SEPARATORS:
+        return "\n"
+    if cp in _TAG_ASCII:
+        return chr(cp - 0xE0000)
+    out = unicodedata.normalize("NFKC", ch)
+    if len(out) == 1 and ord(out) in _DASHES:
+        return "-"
+    return out
+
+
+def fold_plain(text: str) -> str:
+    """Normalize text without keeping offsets (dictionary terms, tests)."""
+    text = text.encode("utf-8", _SURROGATE_HANDLER).decode("utf-8")
+    return "".join(fold_char(c) for c in text)
+
+
+@functools.cache
+def _special_class() -> re2._Regexp:
+    """One RE2 character class of every code point that fold_char changes (compiled once)."""
+    cps = set(INVISIBLE) | _DASHES | _LINE_SEPARATORS | set(_TAG_ASCII)
+    for cp in range(0x80, 0x30000):
+        if 0xD800 <= cp <= 0xDFFF or cp in cps:
+            continue
+        if not unicodedata.is_normalized("NFKC", chr(cp)):
+            cps.add(cp)
+    ranges: list[list[int]] = []
+    for cp in sorted(cps):
+        if ranges and cp == ranges[-1][1] + 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    body = "".join(f"\\x{{{a:x}}}" if a == b else f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in ranges)
+    opts = re2.Options()
+    opts.max_mem = 64 << 20
+    return re2.compile(f"[{body}]+", opts)
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedText:
+    """``text`` is what the rules see; ``data`` is its UTF-8. Offsets map back with ``original_span``.
+
+    Segments: normalized chars from ``_norm_starts[i]`` come from the original at
+    ``_orig_starts[i]``; ``_orig_lens[i]`` is 0 for a 1:1 copied run, else the length of the
+    original run that was replaced by this segment as a whole.
+    """
+
+    text: str
+    data: bytes
+    identity: bool
+    _norm_starts: tuple[int, ...] = ()
+    _orig_starts: tuple[int, ...] = ()
+    _orig_lens: tuple[int, ...] = ()
+
+    @property
+    def ascii(self) -> bool:
+        return len(self.data) == len(self.text)
+
+    def _orig_char(self, pos: int) -> tuple[int, int]:
+        i = bisect_right(self._norm_starts, pos) - 1
+        ostart, olen = self._orig_starts[i], self._orig_lens[i]
+        if olen == 0:
+            o = ostart + (pos - self._norm_starts[i])
+            return o, o + 1
+        return ostart, ostart + olen
+
+    def original_span(self, start: int, end: int) -> tuple[int, int]:
+        """Normalized char span [start, end) (end > start) -> original char span."""
+        if self.identity:
+            return start, end
+        return self._orig_char(start)[0], self._orig_char(end - 1)[1]
+
+    def char_offsets(self, byte_offsets: list[int]) -> dict[int, int]:
+        """Byte offsets into ``data`` (on character boundaries) -> char offsets into ``text``."""
+        if self.ascii:
+            return {b: b for b in byte_offsets}
+        out: dict[int, int] = {}
+        prev_b = prev_c = 0
+        for b in sorted(set(byte_offsets)):
+            prev_c += len(self.data[prev_b:b].decode("utf-8"))
+            prev_b = b
+            out[b] = prev_c
+        return out
+
+
+def normalize(text: str) -> NormalizedText:
+    if text.isascii():
+        return NormalizedText(text=text, data=text.encode("ascii"), identity=True)
+    try:
+        data = text.encode("utf-8")
+        clean = text
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", _SURROGATE_HANDLER)
+        clean = data.decode("utf-8")
+    pieces: list[str] = []
+    norm_starts: list[int] = []
+    orig_starts: list[int] = []
+    orig_lens: list[int] = []
+    npos = 0          # normalized chars emitted so far
+    ocur = 0          # original char position reached
+    bcur = 0          # byte position in data matching ocur
+    changed = False
+    for m in _special_class().finditer(data):
+        bstart, bend = m.span()
+        ostart = ocur + len(data[bcur:bstart].decode("utf-8"))
+        run = data[bstart:bend].decode("utf-8")
+        if ostart > ocur:                      # untouched run copied 1:1
+            norm_starts.append(npos)
+            orig_starts.append(ocur)
+            orig_lens.append(0)
+            pieces.append(clean[ocur:ostart])
+            npos += ostart - ocur
+        o = ostart
+        dropped = 0
+        for ch in run:
+            folded = fold_char(ch)
+            if folded == "" and ord(ch) in INVISIBLE:
+                dropped += 1
+                o += 1
+                continue
+            if dropped:
+                npos = _flush_dropped(dropped, o, pieces, norm_starts, orig_starts, orig_lens, npos)
+                dropped = 0
+            if folded:
+                norm_starts.append(npos)
+                orig_starts.append(o)
+                orig_lens.append(1)
+                pieces.append(folded)
+                npos += len(folded)
+            o += 1
+        if dropped:
+            npos = _flush_dropped(dropped, o, pieces, norm_starts, orig_starts, orig_lens, npos)
+        changed = True
+        ocur, bcur = o, bend
+    if not changed:
+        return NormalizedText(text=clean, data=data, identity=True)
+    if ocur < len(clean):
+        norm_starts.append(npos)
+        orig_starts.append(ocur)
+        orig_lens.append(0)
+        pieces.append(clean[ocur:])
+    norm = "".join(pieces)
+    if not norm_starts:                        # everything was dropped
+        norm_starts, orig_starts, orig_lens = [0], [0], [len(text)]
+    return NormalizedText(text=norm, data=norm.encode("utf-8"), identity=False,
+                          _norm_starts=tuple(norm_starts), _orig_starts=tuple(orig_starts),
+                          _orig_lens=tuple(orig_lens))
+
+
+def _flush_dropped(dropped: int, o_end: int, pieces: list[str], norm_starts: list[int],
+                   orig_starts: list[int], orig_lens: list[int], npos: int) -> int:
+    """A short run of invisible characters vanishes; a long one becomes a single space."""
+    if dropped <= MAX_DROPPED_RUN:
+        return npos
+    norm_starts.append(npos)
+    orig_starts.append(o_end - dropped)
+    orig_lens.append(dropped)
+    pieces.append(" ")
+    return npos + 1

@@ -1,0 +1,105 @@
+"""Redaction of findings in the original text.
+
+Spans are original-text offsets, so a card written with zero-width spaces or full-width digits
+is replaced character for character, hidden characters included. Values never leave this module
+except as a keyed hash (``hash``) or their last few characters (``partial``), both chosen by policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from ext_proc.classify.engine import Finding
+from ext_proc.classify.normalize import fold_plain
+
+STRATEGIES = ("mask", "hash", "partial", "remove")
+_DIGIT_LABELS = frozenset({"pci.card_number", "pii.us_ssn", "pii.phone", "phi.us_npi"})
+PARTIAL_KEEP = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    label: str
+    start: int
+    end: int
+    strategy: str
+
+    def to_record(self) -> dict:
+        return {"label": self.label, "start": self.start, "end": self.end, "strategy": self.strategy}
+
+
+def normalized_value(label: str, value: str) -> str:
+    """The form that is hashed: the same value written differently hashes the same."""
+    folded = fold_plain(value)
+    if label in _DIGIT_LABELS:
+        return "".join(c for c in folded if c.isdigit())
+    if label == "pii.iban":
+        return "".join(folded.split()).upper()
+    if label == "pii.email" or label.startswith("custom."):
+        return " ".join(folded.split()).casefold()
+    return "".join(folded.split())
+
+
+def _meaningful(label: str, value: str) -> str:
+    folded = fold_plain(value)
+    if label in _DIGIT_LABELS:
+        return "".join(c for c in folded if c.isdigit())
+    return "".join(c for c in folded if c.isalnum())
+
+
+def _replacement(label: str, strategy: str, value: str, hash_key: bytes, tenant: str | None) -> str:
+    tag = label.upper()
+    if strategy == "mask":
+        return f"[{tag}]"
+    if strategy == "remove":
+        return ""
+    if strategy == "hash":
+        msg = f"{tenant or ''}|{label}|{normalized_value(label, value)}".encode("utf-8", "surrogatepass")
+        return f"[{tag}:{hmac.new(hash_key, msg, hashlib.sha256).hexdigest()[:12]}]"
+    meaningful = _meaningful(label, value)
+    keep = min(PARTIAL_KEEP, len(meaningful) // 2)     # never reveal most of a short value
+    return f"[{tag}:...{meaningful[len(meaningful) - keep:] if keep else ''}]"
+
+
+def redact(text: str, findings: Sequence[Finding], strategies: Mapping[str, str], *,
+           hash_key: bytes, tenant: str | None = None) -> tuple[str, list[Redaction]]:
+    """Replace every finding whose label has a strategy (``"*"``: default for all labels).
+
+    Overlapping selected findings (possible when the caller merges several scans) are redacted
+    as one span under the first one's label, so no character of either survives.
+    """
+    for label, strategy in strategies.items():
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown redaction strategy for {label!r}; expected one of {STRATEGIES}")
+    default = strategies.get("*")
+    selected: list[tuple[int, int, str, str]] = []
+    for f in findings:
+        if not 0 <= f.start < f.end <= len(text):
+            raise ValueError(f"finding span {f.start}..{f.end} is outside the text ({len(text)} characters)")
+        strategy = strategies.get(f.label, default)
+        if strategy is not None:
+            selected.append((f.start, f.end, f.label, strategy))
+    if not selected:
+        return text, []
+    if any(s == "hash" for *_, s in selected) and not (isinstance(hash_key, bytes) and hash_key):
+        raise ValueError("the hash strategy needs a non-empty hash_key")
+    selected.sort()
+    merged: list[list] = []
+    for s, e, label, strategy in selected:
+        if merged and s < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e, label, strategy])
+    out: list[str] = []
+    reds: list[Redaction] = []
+    pos = 0
+    for s, e, label, strategy in merged:
+        out.append(text[pos:s])
+        out.append(_replacement(label, strategy, text[s:e], hash_key, tenant))
+        reds.append(Redaction(label, s, e, strategy))
+        pos = e
+    out.append(text[pos:])
+    return "".join(out), reds

@@ -1,0 +1,401 @@
+"""Detection rules: an RE2 pattern per label, a looser prefilter for the ``re2.Set``, and a check
+that validates a candidate and gives it a confidence.
+
+Patterns run on the normalized text as UTF-8 bytes, so every offset here is a byte offset into
+``data``. A pattern's group 1, when it has one, is the value; otherwise the whole match is.
+Checks return ``(start, end, confidence, validator)`` tuples (possibly narrowed or widened spans,
+or none to reject). All of them are plain, bounded string code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from re2 import escape as re2_escape
+
+from ext_proc.classify import validators as v
+
+Hit = tuple[int, int, int, str | None]
+Check = Callable[[bytes, int, int], list[Hit]]
+
+CONTEXT_BEFORE = 64
+CONTEXT_AFTER = 32
+PRIVATE_KEY_MAX = 4096
+JWT_MAX = 4096
+GENERIC_VALUE_MAX = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    label: str
+    pattern: str
+    prefilter: str        # anything `pattern` matches contains a match of this (tested)
+    max_chars: int        # upper bound on a finding's length in normalized characters
+    check: Check
+
+
+def _window(data: bytes, start: int, end: int) -> str:
+    """Lower-cased text around a candidate, for context words."""
+    before = data[max(0, start - CONTEXT_BEFORE):start].decode("utf-8", "ignore")
+    after = data[end:end + CONTEXT_AFTER].decode("utf-8", "ignore")
+    return (before + " \x00 " + after).lower()
+
+
+def _has_context(data: bytes, start: int, end: int, words: tuple[str, ...]) -> bool:
+    window = _window(data, start, end)
+    return any(w in window for w in words)
+
+
+def _boundary_ok(data: bytes, start: int, end: int) -> bool:
+    """No letter or digit glued to either side (the ASCII \\b of RE2 misses some cases)."""
+    if start > 0 and chr(data[start - 1]).isalnum():
+        return False
+    return not (end < len(data) and chr(data[end]).isalnum())
+
+
+_NON_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57)
+
+
+def _digits(s: bytes) -> str:
+    return s.translate(None, _NON_DIGITS).decode("ascii")
+
+
+# ---------------------------------------------------------------------------- PII
+
+EMAIL = (r"\b[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,6}"
+         r"[A-Za-z]{2,24}\b")
+
+
+def check_email(data: bytes, s: int, e: int) -> list[Hit]:
+    local, _, domain = data[s:e].partition(b"@")
+    if local.startswith(b".") or local.endswith(b".") or b".." in local or e - s > 254:
+        return []
+    return [(s, e, 90, None)]
+
+
+PHONE_CONTEXT = ("phone", "tel", "call", "mobile", "cell", "fax", "contact", "whatsapp",
+                 "sms", "text me", "reach", "telefon", "téléphone", "teléfono", "電話")
+_EXT = r"(?:[ ]?(?:x|ext\.?|extension)[ ]?\d{1,5})?"
+_NANP_BODY = r"(?:\([2-9]\d{2}\)[ ]?|[2-9]\d{2}[ .-]?)[2-9]\d{2}[ .-]?\d{4}"
+PHONE = (r"(?:(?:\B\+|\b00)1[ .-]?" + _NANP_BODY + "|" + r"\b1[ .-]" + _NANP_BODY + "|"
+         + r"\B\([2-9]\d{2}\)[ ]?[2-9]\d{2}[ .-]?\d{4}" + "|" + r"\b[2-9]\d{2}[ .-]?[2-9]\d{2}[ .-]?\d{4}"
+         + "|" + r"\B\+[1-9]\d{0,2}(?:[ .-]?\(0\))?(?:[ .-]?\(?\d{1,5}\)?){1,6}" + ")" + _EXT + r"\b")
+
+
+def check_phone(data: bytes, s: int, e: int) -> list[Hit]:
+    raw = data[s:e]
+    low = raw.lower()
+    for marker in (b"ext", b"x"):
+        i = low.find(marker)
+        if i > 0:
+            raw = raw[:i]
+            break
+    digits = _digits(raw)
+    international = raw.startswith(b"+") and not raw.startswith(b"+1")
+    if international:
+        if not 8 <= len(digits) <= 15:
+            return []
+    elif len(digits) not in (10, 11, 13) or len(set(digits)) < 3:
+        return []
+    separated = any(c in raw for c in (b"-", b".", b" ", b"(", b"+"))
+    ctx = _has_context(data, s, e, PHONE_CONTEXT)
+    if separated:
+        conf = 85 if ctx else 70
+    else:
+        conf = 70 if ctx else 40
+    return [(s, e, conf, "context" if ctx else None)]
+
+
+SSN_CONTEXT = ("ssn", "social security", "ss#", "soc sec", "sozialversicherung", "tax id", "tin")
+SSN = r"\b\d{3}(?:-\d{2}-|[ ]\d{2}[ ]|\d{2})\d{4}\b"
+
+
+def check_ssn(data: bytes, s: int, e: int) -> list[Hit]:
+    raw = data[s:e]
+    digits = _digits(raw)
+    if not v.ssn_ok(digits):
+        return []
+    ctx = _has_context(data, s, e, SSN_CONTEXT)
+    if b"-" in raw:
+        conf = 95 if ctx else 85
+    elif b" " in raw:
+        conf = 90 if ctx else 60
+    elif ctx:
+        conf = 80
+    else:
+        return []          # nine bare digits are only an SSN when someone says so
+    return [(s, e, conf, "ssn_rules")]
+
+
+IPV4 = r"\b(?:\d{1,3}\.){3}\d{1,3}\b"
+VERSION_CONTEXT = ("version", " v", "release", "build", "firmware", "oid")
+
+
+def check_ipv4(data: bytes, s: int, e: int) -> list[Hit]:
+    # 1.3.6.1.4.1 (OIDs) and 10.0.0.1.5 are not addresses.
+    if s >= 2 and data[s - 1] == 0x2E and 48 <= data[s - 2] <= 57:
+        return []
+    if e + 1 < len(data) and data[e] == 0x2E and 48 <= data[e + 1] <= 57:
+        return []
+    if not v.ipv4_ok(data[s:e].decode("ascii")):
+        return []
+    before = data[max(0, s - 12):s].lower()
+    if before.endswith((b"v", b"version ", b"version: ", b"build ")):
+        return [(s, e, 30, "structure")]
+    return [(s, e, 80, "structure")]
+
+
+IPV6 = r"(?:^|[^0-9A-Za-z:.])([0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.\d{1,3}){0,3})"
+
+
+def check_ipv6(data: bytes, s: int, e: int) -> list[Hit]:
+    if not _boundary_ok(data, s, e) or (e < len(data) and data[e] == 0x3A):
+        return []
+    if e + 1 < len(data) and data[e] == 0x2E and chr(data[e + 1]).isalnum():
+        return []
+    return [(s, e, 80, "structure")] if v.ipv6_ok(data[s:e].decode("ascii")) else []
+
+
+IBAN = r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,36}\b"
+
+
+def check_iban(data: bytes, s: int, e: int) -> list[Hit]:
+    want = v.IBAN_LENGTHS.get(data[s:s + 2].decode("ascii"))
+    if want is None:
+        return []
+    # Cut the candidate where the country's length is reached (the pattern may run on into a
+    # following upper-case word), counting characters but not the grouping spaces.
+    have = 0
+    end = s
+    for piece in data[s:e].split(b" "):
+        if have + len(piece) >= want:
+            end += want - have
+            have = want
+            break
+        have += len(piece)
+        end += len(piece) + 1
+    if have != want or (end < len(data) and chr(data[end]).isalnum()):
+        return []
+    iban = data[s:end].replace(b" ", b"").decode("ascii")
+    return [(s, end, 95, "mod97")] if v.iban_mod97_ok(iban) else []
+
+
+_MONTHS = ("jan(?:uary|uar|vier)?|feb(?:ruary|ruar)?|f[ée]vrier|m[äa]r(?:ch|z|s)?|apr(?:il)?|"
+           "avril|may|mai|june?|juni|juin|july?|juli|juillet|aug(?:ust)?|ao[ûu]t|"
+           "sep(?:t(?:ember)?)?|septembre|o[ck]t(?:ober|obre)?|nov(?:ember|embre)?|"
+           "d[ée]c(?:ember|embre)?|dez(?:ember)?|enero|febrero|marzo|abril|mayo|junio|julio|"
+           "agosto|septiembre|octubre|noviembre|diciembre")
+DATE = (r"(?i)(?:\b(?:19|20)\d{2}[-/.]\d{1,2}[-/.]\d{1,2}\b"
+        r"|\b\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2})\b"
+        r"|\b\d{1,2}(?:st|nd|rd|th)?\.?[ ]{1,3}(?:of[ ]{1,3})?(?:" + _MONTHS + r")\.?,?[ ]{1,3}(?:19|20)\d{2}\b"
+        r"|\b(?:" + _MONTHS + r")\.?[ ]{1,3}\d{1,2}(?:st|nd|rd|th)?,?[ ]{1,3}(?:19|20)\d{2}\b"
+        r"|(?:19|20)\d{2}年\d{1,2}月\d{1,2}日)")
+DOB_CONTEXT = ("birth", "born", "dob", "d.o.b", "b-day", "bday", "geboren", "geburt", "naissance",
+               "né le", "née le", "né(e)", "nacimiento", "nacido", "nacida", "nascita", "nato il",
+               "nata il", "生年月日", "誕生日", "出生", "生日")
+# A date of birth needs one of the context words, so the words themselves are the prefilter.
+DOB_PREFILTER = "(?i:" + "|".join(re2_escape(w) for w in DOB_CONTEXT) + ")"
+
+
+def _date_parts_ok(raw: str) -> bool:
+    nums = [int(x) for x in "".join(c if c.isdigit() else " " for c in raw).split()]
+    if len(nums) == 3 and not any(c.isalpha() for c in raw if c.isascii()):
+        a, b, c = nums
+        if a >= 1900:                                   # Y-M-D
+            return 1 <= b <= 12 and 1 <= c <= 31 and a <= 2100
+        if c < 100 or 1900 <= c <= 2100:                # D/M/Y or M/D/Y
+            return (1 <= a <= 12 and 1 <= b <= 31) or (1 <= b <= 12 and 1 <= a <= 31)
+        return False
+    if len(nums) == 2:                                  # month named: day and year
+        day, year = (nums[0], nums[1]) if nums[1] >= 1900 else (nums[1], nums[0])
+        return 1 <= day <= 31 and 1900 <= year <= 2100
+    return len(nums) == 3                               # 1985年3月12日
+
+
+def check_dob(data: bytes, s: int, e: int) -> list[Hit]:
+    raw = data[s:e].decode("utf-8")
+    if not _date_parts_ok(raw) or not _has_context(data, s, e, DOB_CONTEXT):
+        return []
+    return [(s, e, 80, "context")]
+
+
+PCI_CONTEXT = ("card", "visa", "mastercard", "amex", "credit", "debit", "cc#", "cc ", "pan",
+               "payment", "karte", "carte", "tarjeta")
+CARD = r"\b\d(?:[ -]?\d){12,18}\b"
+
+
+def check_card(data: bytes, s: int, e: int) -> list[Hit]:
+    raw = data[s:e]
+    digits = _digits(raw)
+    if v.card_ok(digits):
+        span = (s, e)
+    else:
+        span = _card_subspan(data, s, e)
+        if span is None:
+            return []
+    ctx = _has_context(data, span[0], span[1], PCI_CONTEXT)
+    return [(span[0], span[1], 95 if ctx else 85, "luhn")]
+
+
+def _card_subspan(data: bytes, s: int, e: int) -> tuple[int, int] | None:
+    """A separated run can hold a card followed or preceded by other digit groups
+    ("4111 1111 1111 1111 123", "ref 12 4111 1111 1111 1111"): try the longest run of whole
+    groups that starts at the first group or ends at the last one. Bounded: at most 2 x 8 tries."""
+    groups: list[tuple[int, int]] = []
+    i = s
+    while i < e:
+        j = i
+        while j < e and 48 <= data[j] <= 57:
+            j += 1
+        groups.append((i, j))
+        i = j + 1
+    n = len(groups)
+    if not 2 <= n <= 8:
+        return None
+    tries = [(0, b) for b in range(n - 2, -1, -1)] + [(a, n - 1) for a in range(1, n)]
+    for a, b in tries:
+        gs, ge = groups[a][0], groups[b][1]
+        if v.card_ok(_digits(data[gs:ge])):
+            return gs, ge
+    return None
+
+
+# ---------------------------------------------------------------------------- PHI
+
+NPI_CONTEXT = ("npi", "provider", "prescriber", "physician", "practitioner", "doctor", "dr.",
+               "clinician", "national provider")
+NPI = r"\b[12]\d{9}\b"
+
+
+def check_npi(data: bytes, s: int, e: int) -> list[Hit]:
+    if not v.npi_ok(data[s:e].decode("ascii")):
+        return []
+    ctx = _has_context(data, s, e, NPI_CONTEXT)
+    return [(s, e, 90 if ctx else 40, "luhn")]
+
+
+MRN = (r"(?i)\b(?:mrn|medical[ ]record(?:[ ](?:number|no\.?|num\.?|#))?|patient[ ](?:id|number|no\.?|#)"
+       r"|chart[ ](?:number|no\.?|#)|hospital[ ]number)[ ]{0,3}(?:[:#=]|is|was)?[ ]{0,3}#?[ ]{0,2}"
+       r"([A-Z0-9][A-Z0-9-]{3,18}[A-Z0-9])\b")
+
+
+def check_mrn(data: bytes, s: int, e: int) -> list[Hit]:
+    if sum(48 <= c <= 57 for c in data[s:e]) < 4:
+        return []
+    return [(s, e, 75, "context")]
+
+
+# ---------------------------------------------------------------------------- secrets
+
+def _entropy_gate(floor: float, conf: int, skip: int = 0,
+                  reject: Callable[[str], bool] | None = None) -> Check:
+    def check(data: bytes, s: int, e: int) -> list[Hit]:
+        value = data[s:e].decode("utf-8")
+        if reject is not None and reject(value):
+            return []
+        if v.shannon_entropy(value[skip:]) < floor:
+            return []
+        return [(s, e, conf, "entropy")]
+    return check
+
+
+AWS = r"\b((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b"
+GITHUB = (r"\b((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})\b")
+SLACK = (r"(\bxox[abposr]-(?:\d{6,15}-){1,3}[A-Za-z0-9]{16,64}\b"
+         r"|\bxapp-\d-[A-Z0-9]{8,15}-\d{8,15}-[a-z0-9]{32,80}\b"
+         r"|https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/]{20,120})")
+STRIPE = r"\b((?:sk|rk)_live_[A-Za-z0-9]{20,99})\b"
+OPENAI = (r"\b(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,250}"
+          r"|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}|sk-[A-Za-z0-9]{40,64})\b")
+ANTHROPIC = r"\b(sk-ant-(?:api|admin|oat|sid)\d{2}-[A-Za-z0-9_-]{20,200})"
+JWT = r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+)?"
+PRIVATE_KEY = r"-----BEGIN[ A-Z0-9_-]{0,40}PRIVATE KEY(?: BLOCK)?-----"
+
+
+def check_jwt(data: bytes, s: int, e: int) -> list[Hit]:
+    e = min(e, s + JWT_MAX)
+    return [(s, e, 95, "structure")] if v.jwt_header_ok(data[s:e].decode("ascii")) else []
+
+
+_PEM_BODY = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=:,- \t\r\n"
+
+
+def check_private_key(data: bytes, s: int, e: int) -> list[Hit]:
+    """The header is the evidence; the finding covers the whole block (to the END line) so that a
+    redaction removes the key material, up to PRIVATE_KEY_MAX characters."""
+    limit = min(len(data), s + PRIVATE_KEY_MAX)
+    end_at = data.find(b"-----END", e, limit)
+    if end_at != -1:
+        close = data.find(b"-----", end_at + 8, min(limit, end_at + 8 + 60))
+        if close != -1:
+            return [(s, close + 5, 99, "structure")]
+    body = data[e:limit]
+    i = e + len(body) - len(body.lstrip(_PEM_BODY))
+    while i > e and data[i - 1] in b" \t\r\n":
+        i -= 1
+    return [(s, i, 99, None)]
+
+
+GENERIC = (r"(?i)\b[a-z0-9_.-]{0,30}(?:secret|passwd|password|passphrase|pwd|token|api[_.-]?key|"
+           r"apikey|access[_.-]?key|auth[_.-]?key|private[_.-]?key|credentials?)[a-z0-9_.-]{0,30}"
+           r"[\"']?[ \t]{0,3}(?:=|:=|:|=>)[ \t]{0,3}[\"'`]?([^\s\"'`,;<>(){}\[\]]{8,200})")
+_PLACEHOLDERS = ("example", "changeme", "change_me", "password", "placeholder", "redacted", "your_",
+                 "your-", "xxxx", "****", "...", "<", "${", "{{", "%(", "process.env", "os.environ",
+                 "getenv", "secrets.", "settings.", "config.", "env.", "null", "none", "undefined",
+                 "dummy", "sample", "test1234", "abc123", "1234567", "todo", "fixme")
+
+
+def check_generic(data: bytes, s: int, e: int) -> list[Hit]:
+    value = data[s:e].decode("utf-8", "replace")
+    low = value.lower()
+    if any(p in low for p in _PLACEHOLDERS):
+        return []
+    classes = (any(c.islower() for c in value) + any(c.isupper() for c in value)
+               + any(c.isdigit() for c in value) + any(not c.isalnum() for c in value))
+    if classes < 2:
+        return []
+    if not any(c.isdigit() for c in value) and all(c.isalpha() or c in "._-" for c in value):
+        return []            # identifiers and dotted paths: self.api_key, MyTokenType
+    if v.shannon_entropy(value) < min(3.0, 0.8 * (len(value).bit_length() - 1) + 0.3):
+        return []
+    return [(s, e, 65, "entropy")]
+
+
+def _not_example(value: str) -> bool:
+    return value.endswith("EXAMPLE")
+
+
+def _is_anthropic(value: str) -> bool:
+    return value.startswith("sk-ant-")
+
+
+def builtin_rules() -> tuple[Rule, ...]:
+    return (
+        Rule("pii.email", EMAIL, r"[A-Za-z0-9._%+-]@[A-Za-z0-9]", 254, check_email),
+        Rule("pii.phone", PHONE, r"\d{3}[ .-]?\d{4}|\+[1-9]", 80, check_phone),
+        Rule("pii.us_ssn", SSN, r"\d{3}[ -]?\d{2}[ -]?\d{4}", 11, check_ssn),
+        Rule("pii.ip_address", IPV4, r"\d\.\d{1,3}\.\d", 15, check_ipv4),
+        Rule("pii.ip_address", IPV6, r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:", 45, check_ipv6),
+        Rule("pii.iban", IBAN, r"[A-Z]{2}\d{2}[ ]?[A-Z0-9]", 2 * v.IBAN_MAX_LEN, check_iban),
+        Rule("pii.date_of_birth", DATE, DOB_PREFILTER, 40,
+             check_dob),
+        Rule("pci.card_number", CARD, r"\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d", 37, check_card),
+        Rule("phi.us_npi", NPI, r"[12]\d{9}", 10, check_npi),
+        Rule("phi.mrn", MRN, r"(?i)mrn|medical[ ]record|patient[ ]|chart[ ]|hospital[ ]number", 20,
+             check_mrn),
+        Rule("secret.aws_access_key", AWS, r"A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA", 20,
+             _entropy_gate(3.0, 95, skip=4, reject=_not_example)),
+        Rule("secret.github_token", GITHUB, r"gh[pousr]_|github_pat_", 93, _entropy_gate(3.0, 95, 4)),
+        Rule("secret.private_key", PRIVATE_KEY, r"-----BEGIN", PRIVATE_KEY_MAX, check_private_key),
+        Rule("secret.jwt", JWT, r"eyJ[A-Za-z0-9_-]{8}", JWT_MAX, check_jwt),
+        Rule("secret.slack_token", SLACK, r"xox[abposr]-|xapp-|hooks\.slack\.com", 160,
+             _entropy_gate(3.0, 95, 5)),
+        Rule("secret.stripe_key", STRIPE, r"[sr]k_live_", 107, _entropy_gate(3.0, 95, 8)),
+        Rule("secret.openai_key", OPENAI, r"sk-", 262,
+             _entropy_gate(3.5, 95, 3, reject=_is_anthropic)),
+        Rule("secret.anthropic_key", ANTHROPIC, r"sk-ant-", 220, _entropy_gate(3.5, 97, 14)),
+        Rule("secret.generic", GENERIC,
+             r"(?i)secret|passwd|password|passphrase|pwd|token|api[_.-]?key|apikey|access[_.-]?key|"
+             r"auth[_.-]?key|private[_.-]?key|credential", GENERIC_VALUE_MAX, check_generic),
+    )

@@ -1,0 +1,64 @@
+"""Precision and recall per label on the generated labelled corpus.
+
+A finding counts when its confidence is at least REPORT_CONFIDENCE (findings below it exist, e.g.
+a bare 10-digit number as a possible phone, and policies may use them, but they are hints).
+A finding is a true positive when it overlaps an expected span of the same label; an expected
+span is recalled when some finding of its label overlaps it.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from ext_proc.classify import Classifier
+from ext_proc.classify.taxonomy import LABELS
+from tests.classify_corpus.generate import build_corpus
+
+REPORT_CONFIDENCE = 50
+MIN_RECALL = 0.98
+MIN_PRECISION = 0.95
+
+
+@pytest.fixture(scope="module")
+def scores():
+    c = Classifier()
+    tp: collections.Counter = collections.Counter()
+    fp: collections.Counter = collections.Counter()
+    fn: collections.Counter = collections.Counter()
+    expected: collections.Counter = collections.Counter()
+    covered = collections.Counter()
+    for s in build_corpus():
+        found = [f for f in c.scan(s.text) if f.confidence >= REPORT_CONFIDENCE]
+        for f in found:
+            if any(l == f.label and f.start < e and st < f.end for l, st, e in s.spans):
+                tp[f.label] += 1
+            else:
+                fp[f.label] += 1
+        for l, st, e in s.spans:
+            expected[l] += 1
+            hits = [f for f in found if f.label == l and f.start < e and st < f.end]
+            if not hits:
+                fn[l] += 1
+            elif any(f.start <= st and e <= f.end for f in hits):
+                covered[l] += 1
+    return tp, fp, fn, expected, covered
+
+
+@pytest.mark.parametrize("label", sorted(LABELS))
+def test_precision_and_recall(scores, label):
+    tp, fp, fn, expected, covered = scores
+    assert expected[label] >= 20, f"corpus has too few {label} samples"
+    recall = (expected[label] - fn[label]) / expected[label]
+    precision = tp[label] / (tp[label] + fp[label]) if tp[label] + fp[label] else 0.0
+    print(f"{label}: precision={precision:.3f} recall={recall:.3f} n={expected[label]}")
+    assert recall >= MIN_RECALL, f"{label} recall {recall:.3f}"
+    assert precision >= MIN_PRECISION, f"{label} precision {precision:.3f}"
+    # redaction needs the whole value: found spans must cover the expected span
+    assert covered[label] >= MIN_RECALL * expected[label]
+
+
+def test_negatives_mostly_clean(scores):
+    tp, fp, *_ = scores
+    assert sum(fp.values()) <= 0.02 * (sum(tp.values()) + sum(fp.values()))
