@@ -8,25 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
-
-import yaml
-
 from ext_proc.classify.engine import Classifier, InputTooLarge
 from ext_proc.classify.redact import redact
+from ext_proc.policy import PolicyError
 
 
 def _dictionaries(policy_path: str) -> dict[str, list[str]]:
-    with open(policy_path, encoding="utf-8") as fh:
-        doc: Any = yaml.safe_load(fh)
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ValueError("the policy file is not a YAML mapping")
-    dicts = doc.get("dictionaries") or {}
-    if not isinstance(dicts, dict) or not all(isinstance(v, list) for v in dicts.values()):
-        raise ValueError("'dictionaries' must map names to lists of terms")
-    return {str(k): [str(t) for t in v] for k, v in dicts.items()}
+    # Through the policy loader, so includes and validation apply exactly as in the server.
+    from ext_proc.policy import load_policy
+
+    return {name: list(terms) for name, terms in load_policy(policy_path).dictionaries.items()}
 
 
 def run(argv: list[str]) -> int:
@@ -44,7 +35,7 @@ def run(argv: list[str]) -> int:
             with open(args.file, encoding="utf-8", errors="surrogateescape") as fh:
                 text = fh.read()
         findings = classifier.scan(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:   # InputTooLarge is a ValueError
+    except (OSError, ValueError, PolicyError) as exc:   # InputTooLarge is a ValueError
         kind = "input too large" if isinstance(exc, InputTooLarge) else type(exc).__name__
         print(f"ledgergate classify: {kind}: {exc}", file=sys.stderr)
         return 2

@@ -341,7 +341,7 @@ def test_cli_findings_and_redact(tmp_path, monkeypatch, capsys):
     f = tmp_path / "in.txt"
     f.write_text("Bluebird card 4111 1111 1111 1111\n", encoding="utf-8")
     pol = tmp_path / "policy.yaml"
-    pol.write_text("dictionaries:\n  project_names: [Bluebird]\n", encoding="utf-8")
+    pol.write_text("id: t\ndictionaries:\n  project_names: [Bluebird]\n", encoding="utf-8")
     assert cli.run([str(f), "--policy", str(pol)]) == 0
     recs = json.loads(capsys.readouterr().out)
     assert [r["label"] for r in recs] == ["custom.project_names", "pci.card_number"]
