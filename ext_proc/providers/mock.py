@@ -1,0 +1,397 @@
+"""Mock LLM providers that speak the real wire formats (JSON and SSE) of OpenAI (chat completions,
+responses, embeddings, completions, models), Anthropic (messages, count_tokens), Gemini
+(generateContent, streamGenerateContent?alt=sse) and Bedrock (converse, invoke).
+
+The reply is "You said: " + the last user text, so tests see what reached the upstream.
+Test directives (request headers): x-mock-reply (percent-encoded reply text), x-mock-chunk-chars
+(characters per streamed delta), x-mock-status (answer with that error status), x-mock-delay-ms,
+x-mock-event-delay-ms. GET /_mock/requests lists the last 200 requests; DELETE clears them.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import struct
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+from urllib.parse import unquote, urlsplit
+
+from ext_proc.providers.errors import error_body
+from ext_proc.providers.surfaces import match_surface
+
+MAX_BODY = 32 * 1024 * 1024
+
+
+def _tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def last_user_text(api: str, body: dict) -> str:
+    if api in ("chat", "messages", "count_tokens", "converse") or (api == "invoke" and "messages" in body):
+        for m in reversed(body.get("messages") or []):
+            if isinstance(m, dict) and m.get("role") == "user":
+                return _text_of(m.get("content"))
+        return ""
+    if api == "responses":
+        inp = body.get("input")
+        if isinstance(inp, str):
+            return inp
+        for item in reversed(inp or []):
+            if isinstance(item, dict) and item.get("role", "user") == "user":
+                return _text_of(item.get("content"))
+        return ""
+    if api == "generate":
+        for c in reversed(body.get("contents") or []):
+            if isinstance(c, dict) and c.get("role", "user") == "user":
+                return "".join(p.get("text", "") for p in c.get("parts") or [] if isinstance(p, dict))
+        return ""
+    if api in ("completions", "embeddings", "moderations"):
+        v = body.get("prompt" if api == "completions" else "input")
+        return v if isinstance(v, str) else " ".join(x for x in (v or []) if isinstance(x, str))
+    if api == "invoke":
+        return body.get("inputText") or body.get("prompt") or ""
+    return ""
+
+
+def split_reply(text: str, chunk_chars: int | None) -> list[str]:
+    if chunk_chars and chunk_chars > 0:
+        return [text[i:i + chunk_chars] for i in range(0, len(text), chunk_chars)] or [""]
+    parts, cur = [], ""
+    for ch in text:
+        cur += ch
+        if ch == " ":
+            parts.append(cur)
+            cur = ""
+    if cur:
+        parts.append(cur)
+    return parts or [""]
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return ((f"event: {event}\n" if event else "") + f"data: {payload}\n\n").encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ledgergate-mock/1"
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    # --- plumbing -------------------------------------------------------------------------
+    def _read_body(self) -> bytes:
+        n = int(self.headers.get("content-length") or 0)
+        if n > MAX_BODY:
+            raise ValueError("body too large")
+        return self.rfile.read(n) if n else b""
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {"content-type": "application/json"}).items():
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _stream(self, events: Iterator[bytes], content_type: str = "text/event-stream") -> None:
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("cache-control", "no-cache")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        delay = int(self.headers.get("x-mock-event-delay-ms") or 0) / 1000
+        for ev in events:
+            self.wfile.write(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
+            self.wfile.flush()
+            if delay:
+                time.sleep(delay)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _record(self, body: bytes) -> None:
+        srv = self.server
+        with srv.lock:  # type: ignore[attr-defined]
+            srv.requests.append({"method": self.command, "path": self.path,  # type: ignore[attr-defined]
+                                 "headers": {k: v for k, v in self.headers.items()},
+                                 "body": body.decode("utf-8", "replace")})
+
+    # --- verbs ----------------------------------------------------------------------------
+    def do_DELETE(self) -> None:
+        if self.path == "/_mock/requests":
+            with self.server.lock:  # type: ignore[attr-defined]
+                self.server.requests.clear()  # type: ignore[attr-defined]
+            self._send(204, b"")
+        else:
+            self._send(404, b"{}")
+
+    def do_GET(self) -> None:
+        if self.path == "/_mock/requests":
+            with self.server.lock:  # type: ignore[attr-defined]
+                data = list(self.server.requests)  # type: ignore[attr-defined]
+            self._send(200, json.dumps(data).encode())
+            return
+        self._record(b"")
+        path = urlsplit(self.path).path
+        if path == "/v1/models":
+            models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-3-5-haiku-latest"]
+            self._send(200, json.dumps({"object": "list", "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "ledgergate-mock"} for m in models]}).encode())
+        elif path.startswith("/v1/models/"):
+            m = path.rsplit("/", 1)[1]
+            self._send(200, json.dumps({"id": m, "object": "model", "created": 0, "owned_by": "ledgergate-mock"}).encode())
+        else:
+            h, b = error_body("openai", 404, "not_found", f"mock has no GET {path}")
+            self._send(404, b, h)
+
+    def do_POST(self) -> None:
+        try:
+            raw = self._read_body()
+        except ValueError:
+            self._send(413, b'{"error":{"message":"too large"}}')
+            return
+        self._record(raw)
+        surface = match_surface("POST", self.path)
+        provider = surface.provider if surface else "openai"
+        if surface is None:
+            h, b = error_body("openai", 404, "not_found", "mock: unknown path")
+            self._send(404, b, h)
+            return
+        status = int(self.headers.get("x-mock-status") or 0)
+        if status:
+            h, b = error_body(provider, status, "mock_error", f"mock provider answered {status}")
+            self._send(status, b, h)
+            return
+        try:
+            body = json.loads(raw or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError
+        except ValueError:
+            h, b = error_body(provider, 400, "invalid_json", "mock: body is not a JSON object")
+            self._send(400, b, h)
+            return
+        delay = int(self.headers.get("x-mock-delay-ms") or 0)
+        if delay:
+            time.sleep(delay / 1000)
+        prompt = last_user_text(surface.api, body)
+        reply = unquote(self.headers["x-mock-reply"]) if "x-mock-reply" in self.headers else f"You said: {prompt}"
+        chunk = int(self.headers.get("x-mock-chunk-chars") or 0) or None
+        model = surface.model_from_path or body.get("model") or "mock-model"
+        stream = surface.stream_from_path or body.get("stream") is True
+        handler = getattr(self, f"_api_{surface.api}", None)
+        if handler is None:
+            h, b = error_body(provider, 404, "not_found", f"mock does not implement {surface.name}")
+            self._send(404, b, h)
+            return
+        handler(body, model, prompt, reply, chunk, stream)
+
+    # --- OpenAI ---------------------------------------------------------------------------
+    def _api_chat(self, body, model, prompt, reply, chunk, stream) -> None:
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        usage = {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(reply),
+                 "total_tokens": _tokens(prompt) + _tokens(reply)}
+        if not stream:
+            self._send(200, json.dumps({
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": None},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": usage}).encode())
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def events() -> Iterator[bytes]:
+            base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+            yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None}]})
+            for piece in split_reply(reply, chunk):
+                yield sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "logprobs": None,
+                                                "finish_reason": None}]})
+            yield sse({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+            if include_usage:
+                yield sse({**base, "choices": [], "usage": usage})
+            yield sse("[DONE]")
+        self._stream(events())
+
+    def _api_completions(self, body, model, prompt, reply, chunk, stream) -> None:
+        self._send(200, json.dumps({
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "text": reply, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(reply),
+                      "total_tokens": _tokens(prompt) + _tokens(reply)}}).encode())
+
+    def _api_embeddings(self, body, model, prompt, reply, chunk, stream) -> None:
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        data = []
+        for i, text in enumerate(inputs):
+            vec = [((hash(str(text)) >> (k * 3)) % 1000) / 1000.0 for k in range(8)]
+            if body.get("encoding_format") == "base64":
+                emb: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+            else:
+                emb = vec
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        n = sum(_tokens(str(t)) for t in inputs)
+        self._send(200, json.dumps({"object": "list", "data": data, "model": model,
+                                    "usage": {"prompt_tokens": n, "total_tokens": n}}).encode())
+
+    def _api_moderations(self, body, model, prompt, reply, chunk, stream) -> None:
+        self._send(200, json.dumps({"id": f"modr-{uuid.uuid4().hex[:12]}", "model": model or "omni-moderation-latest",
+                                    "results": [{"flagged": False, "categories": {}, "category_scores": {}}]}).encode())
+
+    def _api_responses(self, body, model, prompt, reply, chunk, stream) -> None:
+        rid, mid, created = f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:24]}", int(time.time())
+        usage = {"input_tokens": _tokens(prompt), "output_tokens": _tokens(reply),
+                 "total_tokens": _tokens(prompt) + _tokens(reply),
+                 "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+
+        def response(status: str, text: str | None, with_usage: bool) -> dict:
+            output = [] if text is None else [{
+                "type": "message", "id": mid, "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+            return {"id": rid, "object": "response", "created_at": created, "status": status, "model": model,
+                    "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+                    "usage": usage if with_usage else None, "error": None, "incomplete_details": None,
+                    "instructions": None, "metadata": {}, "temperature": 1.0, "top_p": 1.0}
+        if not stream:
+            self._send(200, json.dumps(response("completed", reply, True)).encode())
+            return
+
+        def events() -> Iterator[bytes]:
+            seq = 0
+
+            def ev(kind: str, data: dict) -> bytes:
+                nonlocal seq
+                out = sse({"type": kind, "sequence_number": seq, **data}, event=kind)
+                seq += 1
+                return out
+            yield ev("response.created", {"response": response("in_progress", None, False)})
+            item = {"type": "message", "id": mid, "status": "in_progress", "role": "assistant", "content": []}
+            yield ev("response.output_item.added", {"output_index": 0, "item": item})
+            yield ev("response.content_part.added", {"item_id": mid, "output_index": 0, "content_index": 0,
+                                                     "part": {"type": "output_text", "text": "", "annotations": []}})
+            for piece in split_reply(reply, chunk):
+                yield ev("response.output_text.delta", {"item_id": mid, "output_index": 0, "content_index": 0,
+                                                        "delta": piece, "logprobs": []})
+            yield ev("response.output_text.done", {"item_id": mid, "output_index": 0, "content_index": 0,
+                                                   "text": reply, "logprobs": []})
+            yield ev("response.completed", {"response": response("completed", reply, True)})
+        self._stream(events())
+
+    # --- Anthropic ------------------------------------------------------------------------
+    def _api_messages(self, body, model, prompt, reply, chunk, stream) -> None:
+        mid = f"msg_{uuid.uuid4().hex[:24]}"
+        if not stream:
+            self._send(200, json.dumps({
+                "id": mid, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": _tokens(prompt), "output_tokens": _tokens(reply)}}).encode())
+            return
+
+        def events() -> Iterator[bytes]:
+            yield sse({"type": "message_start", "message": {
+                "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": _tokens(prompt), "output_tokens": 1}}}, event="message_start")
+            yield sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                      event="content_block_start")
+            yield sse({"type": "ping"}, event="ping")
+            for piece in split_reply(reply, chunk):
+                yield sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+                          event="content_block_delta")
+            yield sse({"type": "content_block_stop", "index": 0}, event="content_block_stop")
+            yield sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                       "usage": {"output_tokens": _tokens(reply)}}, event="message_delta")
+            yield sse({"type": "message_stop"}, event="message_stop")
+        self._stream(events())
+
+    def _api_count_tokens(self, body, model, prompt, reply, chunk, stream) -> None:
+        self._send(200, json.dumps({"input_tokens": _tokens(prompt)}).encode())
+
+    # --- Gemini ---------------------------------------------------------------------------
+    def _api_generate(self, body, model, prompt, reply, chunk, stream) -> None:
+        usage = {"promptTokenCount": _tokens(prompt), "candidatesTokenCount": _tokens(reply),
+                 "totalTokenCount": _tokens(prompt) + _tokens(reply)}
+        if not stream:
+            self._send(200, json.dumps({"candidates": [{"content": {"parts": [{"text": reply}], "role": "model"},
+                                                        "finishReason": "STOP", "index": 0}],
+                                        "usageMetadata": usage, "modelVersion": model}).encode())
+            return
+
+        def events() -> Iterator[bytes]:
+            pieces = split_reply(reply, chunk)
+            for i, piece in enumerate(pieces):
+                last = i == len(pieces) - 1
+                cand: dict = {"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}
+                if last:
+                    cand["finishReason"] = "STOP"
+                ev = {"candidates": [cand], "modelVersion": model}
+                if last:
+                    ev["usageMetadata"] = usage
+                yield ("data: " + json.dumps(ev, separators=(",", ":")) + "\r\n\r\n").encode()
+        self._stream(events())
+
+    # --- Bedrock --------------------------------------------------------------------------
+    def _api_converse(self, body, model, prompt, reply, chunk, stream) -> None:
+        if stream:
+            h, b = error_body("bedrock", 400, "unsupported", "mock does not implement converse-stream")
+            self._send(400, b, h)
+            return
+        self._send(200, json.dumps({
+            "output": {"message": {"role": "assistant", "content": [{"text": reply}]}}, "stopReason": "end_turn",
+            "usage": {"inputTokens": _tokens(prompt), "outputTokens": _tokens(reply),
+                      "totalTokens": _tokens(prompt) + _tokens(reply)},
+            "metrics": {"latencyMs": 1}}).encode())
+
+    def _api_invoke(self, body, model, prompt, reply, chunk, stream) -> None:
+        if "messages" in body:
+            self._send(200, json.dumps({
+                "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": _tokens(prompt), "output_tokens": _tokens(reply)}}).encode())
+        else:
+            self._send(200, json.dumps({"inputTextTokenCount": _tokens(prompt), "results": [
+                {"tokenCount": _tokens(reply), "outputText": reply, "completionReason": "FINISH"}]}).encode())
+
+
+class MockProviderServer:
+    """The mock providers on one port, in a background thread (tests, `ledgergate up`)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.requests = collections.deque(maxlen=200)  # type: ignore[attr-defined]
+        self.httpd.lock = threading.Lock()  # type: ignore[attr-defined]
+        self.port = self.httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="mock-providers", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def serve(host: str, port: int) -> None:
+    srv = MockProviderServer(host, port)
+    print(f"mock providers on http://{host}:{srv.port}", flush=True)
+    try:
+        srv.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.httpd.server_close()
