@@ -1,0 +1,57 @@
+"""The dev issuer of the local stack: an Ed25519 key and its JWKS under var/dev, and tokens it signs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+DEV_ISSUER = "https://ledgergate.local/dev"
+DEV_AUDIENCE = "ledgergate"
+
+
+def _b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def _jwk(pub_raw: bytes) -> dict:
+    jwk = {"crv": "Ed25519", "kty": "OKP", "x": _b64(pub_raw)}
+    # RFC 7638 thumbprint as the kid.
+    thumb = hashlib.sha256(json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode()).digest()
+    return {**jwk, "kid": _b64(thumb), "use": "sig", "alg": "EdDSA"}
+
+
+def generate_dev_issuer(directory: Path) -> None:
+    directory = Path(directory)
+    key_path, jwks_path = directory / "issuer-key.pem", directory / "jwks.json"
+    if key_path.exists() and jwks_path.exists():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    priv = Ed25519PrivateKey.generate()
+    pem = priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwks_path.write_text(json.dumps({"keys": [_jwk(pub)]}, indent=2))
+
+
+def mint_dev_token(directory: Path, *, sub: str, roles, tenant: str | None = None, groups=(), ttl_s: int = 3600,
+                   act: str | None = None, now: float) -> str:
+    directory = Path(directory)
+    priv = serialization.load_pem_private_key((directory / "issuer-key.pem").read_bytes(), password=None)
+    pub = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    claims = {"iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": sub, "iat": int(now), "nbf": int(now),
+              "exp": int(now) + int(ttl_s), "roles": list(roles), "groups": list(groups)}
+    if tenant:
+        claims["tenant"] = tenant
+    if act:
+        claims["act"] = {"sub": act}
+    return jwt.encode(claims, priv, algorithm="EdDSA", headers={"kid": _jwk(pub)["kid"], "typ": "JWT"})
