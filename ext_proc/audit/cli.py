@@ -1,0 +1,69 @@
+"""`ledgergate audit verify|show|export|checkpoint PATH`."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+
+from ext_proc.audit.merkle import leaf_hash, merkle_root
+from ext_proc.audit.verify import verify_dir
+
+
+def _records(path: Path):
+    for f in sorted(path.glob("*.jsonl")):
+        for line in f.read_bytes().splitlines():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def run(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ledgergate audit")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("verify", help="check every segment: hashes, signatures, links, checkpoints")
+    v.add_argument("path")
+    v.add_argument("--trust", action="append", default=None, metavar="KEY_ID",
+                   help="accept only segments signed by these key ids (repeatable)")
+    s = sub.add_parser("show", help="every record of one request")
+    s.add_argument("request_id")
+    s.add_argument("--path", default="var/audit")
+    e = sub.add_parser("export", help="records as JSON lines for a SIEM")
+    e.add_argument("--path", default="var/audit")
+    c = sub.add_parser("checkpoint", help="tree size and RFC 6962 Merkle root per segment")
+    c.add_argument("--path", default="var/audit")
+    a = p.parse_args(argv)
+    if a.cmd == "verify":
+        rep = verify_dir(a.path, set(a.trust) if a.trust else None)
+        for w in rep.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        if not rep.ok:
+            print(f"FAILED: {rep.problem}")
+            return 1
+        trust = "trusted keys" if a.trust else f"keys from genesis records ({', '.join(sorted(rep.key_ids))})"
+        print(f"OK: {rep.records} records in {rep.segments} segments verified against {trust}")
+        return 0
+    path = Path(a.path)
+    if a.cmd == "show":
+        found = [r for r in _records(path) if r.get("request_id") == a.request_id]
+        for r in found:
+            print(json.dumps(r, indent=2, sort_keys=True))
+        return 0 if found else 1
+    if a.cmd == "export":
+        for r in _records(path):
+            sys.stdout.write(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n")
+        return 0
+    if a.cmd == "checkpoint":
+        for f in sorted(path.glob("*.jsonl")):
+            leaves = []
+            for line in f.read_bytes().splitlines():
+                try:
+                    leaves.append(leaf_hash(bytes.fromhex(json.loads(line)["hash"])))
+                except (json.JSONDecodeError, KeyError, ValueError):
+                    break
+            print(f"{f.stem}\n{len(leaves)}\n{base64.b64encode(merkle_root(leaves)).decode()}\n")
+        return 0
+    return 2

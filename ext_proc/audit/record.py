@@ -1,0 +1,41 @@
+"""Audit record bodies: a decision record per request and an outcome record per response.
+
+Field names follow OPA's decision log where they mean the same thing (decision_id, input, result
+-> here `decision`, timestamp). No record holds prompt or response text, tokens or matched values.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+SCHEMA_VERSION = "ledgergate.audit/v1"
+
+
+def decision_record(*, request_id: str, received_ms: int, decided_ms: int, identity: dict | None,
+                    identity_error: str | None, route: dict, provider: str | None, model_requested: str | None,
+                    model_routed: str | None, upstream: str | None, classification: dict, policy: dict,
+                    decision: dict, input: dict, request_sha256: str | None, forwarded_sha256: str | None,
+                    ratelimit: dict | None = None, capture: dict | None = None) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION, "kind": "decision", "decision_id": uuid.uuid4().hex,
+        "request_id": request_id, "timestamp_ms": decided_ms,
+        "received_ms": received_ms, "decided_ms": decided_ms,
+        "identity": identity, "identity_error": identity_error,
+        "route": route, "provider": provider, "model_requested": model_requested, "model_routed": model_routed,
+        "upstream": upstream, "classification": classification, "policy": policy, "decision": decision,
+        "input": input, "request_sha256": request_sha256, "forwarded_sha256": forwarded_sha256,
+        "ratelimit": ratelimit, "capture": capture,
+    }
+
+
+def outcome_record(*, request_id: str, completed_ms: int, status: int | None, response_sha256: str | None,
+                   classification: dict, redactions: list[dict], usage: dict | None, blocked: dict | None,
+                   streamed: bool, error: str | None = None, capture: dict | None = None) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION, "kind": "outcome", "decision_id": uuid.uuid4().hex,
+        "request_id": request_id, "timestamp_ms": completed_ms, "completed_ms": completed_ms,
+        "status": status, "response_sha256": response_sha256, "classification": classification,
+        "redactions": redactions, "usage": usage, "blocked": blocked, "streamed": streamed, "error": error,
+        "capture": capture,
+    }
