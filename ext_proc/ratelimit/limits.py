@@ -1,0 +1,151 @@
+"""Identity-aware request and token budgets, reserved before forwarding and settled with the
+actual usage. Fixed windows; keys hash their values so no subject appears in a counter name."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+DIMENSIONS = ("subject", "role", "roles", "tenant", "model", "route")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    id: str
+    key: tuple[str, ...]
+    requests: int | None
+    tokens: int | None
+    window_s: int
+    on_backend_error: str = "closed"
+    default_max_tokens: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LimitSpec":
+        key = tuple(d.get("key") or ())
+        bad = [k for k in key if k not in DIMENSIONS]
+        if bad:
+            raise ValueError(f"limit {d.get('id')!r}: unknown key dimension(s) {bad}")
+        window = int(d.get("window_s") or 60)
+        if window <= 0:
+            raise ValueError(f"limit {d.get('id')!r}: window_s must be positive")
+        if d.get("requests") is None and d.get("tokens") is None:
+            raise ValueError(f"limit {d.get('id')!r}: needs requests or tokens")
+        mode = d.get("on_backend_error") or "closed"
+        if mode not in ("closed", "open"):
+            raise ValueError(f"limit {d.get('id')!r}: on_backend_error must be closed or open")
+        return cls(id=str(d["id"]), key=key, requests=d.get("requests"), tokens=d.get("tokens"),
+                   window_s=window, on_backend_error=mode, default_max_tokens=d.get("default_max_tokens"))
+
+
+def limit_key(spec: LimitSpec, context: Mapping[str, Any]) -> str:
+    parts = []
+    for dim in spec.key:
+        v = context.get("roles" if dim in ("role", "roles") else dim)
+        if isinstance(v, (tuple, list)):
+            v = ",".join(sorted(v))
+        parts.append(f"{dim}={v}")
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+    return f"{spec.id}:{digest}"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    request_id: str
+    parts: tuple[tuple[str, int, int, int], ...]  # (key, window start, requests, tokens)
+
+
+@dataclass(frozen=True)
+class Admission:
+    admitted: bool
+    reservation: Reservation | None
+    throttled_by: str | None = None
+    retry_after_s: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    backend_error: str | None = None
+
+    def to_record(self) -> dict:
+        return {"admitted": self.admitted, "throttled_by": self.throttled_by, "retry_after_s": self.retry_after_s,
+                "backend_error": self.backend_error}
+
+
+def _fmt_reset(seconds: float) -> str:
+    s = max(0, int(math.ceil(seconds)))
+    return f"{s // 60}m{s % 60}s" if s >= 60 else f"{s}s"
+
+
+class MemoryLimiter:
+    """One replica: counters in this process (the embedded default)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._used: dict[tuple[str, int], list[int]] = {}  # (key, window start) -> [requests, tokens]
+        self._lock = asyncio.Lock()
+
+    async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping, tokens: int) -> Admission:
+        now = self.clock()
+        async with self._lock:
+            self._expire(now)
+            plan, headers = [], {}
+            for spec in specs:
+                start = int(now // spec.window_s) * spec.window_s
+                k = limit_key(spec, context)
+                used = self._used.get((k, start), [0, 0])
+                reset = start + spec.window_s - now
+                req_ok = spec.requests is None or used[0] + 1 <= spec.requests
+                tok_ok = spec.tokens is None or used[1] + tokens <= spec.tokens
+                if spec.requests is not None:
+                    headers["x-ratelimit-limit-requests"] = str(spec.requests)
+                    headers["x-ratelimit-remaining-requests"] = str(max(0, spec.requests - used[0] - (1 if req_ok else 0)))
+                    headers["x-ratelimit-reset-requests"] = _fmt_reset(reset)
+                if spec.tokens is not None:
+                    headers["x-ratelimit-limit-tokens"] = str(spec.tokens)
+                    headers["x-ratelimit-remaining-tokens"] = str(max(0, spec.tokens - used[1] - (tokens if tok_ok else 0)))
+                    headers["x-ratelimit-reset-tokens"] = _fmt_reset(reset)
+                if not (req_ok and tok_ok):
+                    retry = max(1, int(math.ceil(reset)))
+                    headers["retry-after"] = str(retry)
+                    return Admission(False, None, spec.id, retry, headers)
+                plan.append((k, start, 1, tokens))
+            for k, start, r, t in plan:
+                used = self._used.setdefault((k, start), [0, 0])
+                used[0] += r
+                used[1] += t
+            return Admission(True, Reservation(request_id, tuple(plan)), headers=headers)
+
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        async with self._lock:
+            for k, start, _r, t in reservation.parts:
+                used = self._used.get((k, start))
+                if used is not None:
+                    used[1] = max(0, used[1] - t + max(0, actual_tokens))
+
+    async def release(self, reservation: Reservation) -> None:
+        async with self._lock:
+            for k, start, r, t in reservation.parts:
+                used = self._used.get((k, start))
+                if used is not None:
+                    used[0] = max(0, used[0] - r)
+                    used[1] = max(0, used[1] - t)
+
+    def _expire(self, now: float) -> None:
+        if len(self._used) < 4096:
+            return
+        for key in [k for k in self._used if k[1] + 86400 < now]:
+            del self._used[key]
+
+    async def close(self) -> None:
+        pass
+
+
+def open_limiter(config: Mapping | None):
+    backend = (config or {}).get("backend", "memory")
+    if backend == "memory":
+        return MemoryLimiter()
+    if backend == "redis":
+        from ext_proc.ratelimit.redis_backend import RedisLimiter
+        return RedisLimiter((config or {}).get("url", "redis://127.0.0.1:6379/0"))
+    raise ValueError(f"ratelimit.backend {backend!r}: expected memory or redis")

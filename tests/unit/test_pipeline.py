@@ -1,0 +1,111 @@
+"""The sans-I/O request decision (ext_proc.pipeline.request) with the real classifier, policy and
+provider adapters: no Envoy, no gRPC, no clock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ext_proc.classify import Classifier
+from ext_proc.identity import Identity, IdentityError
+from ext_proc.pipeline.request import RequestHead, decide_request, reject_identity, strip_headers
+from ext_proc.policy import load_policy
+from ext_proc.providers import match_surface
+from tests.support import REPO
+
+POLICY = load_policy(REPO / "policies" / "default.yaml")
+CLASSIFIER = Classifier(custom_terms={k: list(v) for k, v in POLICY.dictionaries.items()})
+KEY = b"k" * 32
+NOW = 1_760_000_000_000
+
+
+def ident(roles=("developer",), tenant="acme") -> Identity:
+    return Identity(subject="alice", issuer="https://ledgergate.local/dev", auth_method="jwt",
+                    roles=tuple(roles), groups=(), tenant=tenant, scopes=(), actor=(),
+                    credential_id="c0ffee", expires_at=None)
+
+
+def head(path="/v1/chat/completions", method="POST", headers=None) -> RequestHead:
+    return RequestHead(request_id="req-1", method=method, path=path, headers=headers or {},
+                       attributes={}, received_ms=NOW - 5, surface=match_surface(method, path))
+
+
+def chat(text: str, **extra) -> bytes:
+    return json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], **extra}).encode()
+
+
+def decide(body: bytes, h: RequestHead | None = None, identity: Identity | None = None):
+    return decide_request(h or head(), identity or ident(), body, policy=POLICY, classifier=CLASSIFIER,
+                          hash_key=KEY, now_ms=NOW, max_body_bytes=1 << 20)
+
+
+def test_clean_prompt_is_forwarded_unchanged():
+    body = chat("what is the capital of France?")
+    v = decide(body)
+    assert v.forward and v.new_body is None
+    assert v.record["decision"]["outcome"] == "permit"
+    assert v.record["forwarded_sha256"] == v.record["request_sha256"]
+
+
+def test_pii_is_redacted_and_the_record_holds_no_raw_value():
+    body = chat("write to jane.doe@example.com please")
+    v = decide(body)
+    assert v.forward and v.new_body is not None
+    forwarded = json.loads(v.new_body)
+    assert "jane.doe@example.com" not in forwarded["messages"][0]["content"]
+    assert "[PII.EMAIL]" in forwarded["messages"][0]["content"]
+    assert "jane.doe@example.com" not in json.dumps(v.record)
+    assert v.record["forwarded_sha256"] != v.record["request_sha256"]
+
+
+def test_secret_is_denied_in_the_provider_format():
+    v = decide(chat("key AKIAIOSFODNN7ABCDEFG"))
+    assert not v.forward and v.status == 403
+    assert json.loads(v.error_body)["error"]["message"]
+    anthropic = head("/v1/messages")
+    body = json.dumps({"model": "claude-3-5-haiku-latest", "max_tokens": 10,
+                       "messages": [{"role": "user", "content": "key AKIAIOSFODNN7ABCDEFG"}]}).encode()
+    v = decide(body, anthropic)
+    assert not v.forward and json.loads(v.error_body)["type"] == "error"
+    assert "AKIAIOSFODNN7ABCDEFG" not in json.dumps(v.record) + v.error_body.decode()
+
+
+@pytest.mark.parametrize("body", [b"{", b"\xff\xfe", b"[]", b'{"messages": "x"}', b'{"model": 1, "messages": []' + b"]" * 10])
+def test_unparseable_body_is_rejected_with_400(body):
+    v = decide(body)
+    assert not v.forward and v.status == 400
+    assert v.record["decision"]["outcome"] == "deny"
+
+
+def test_unknown_route_is_denied_by_default():
+    v = decide(b"{}", head("/v2/something-else"))
+    assert not v.forward and v.status in (403, 404)
+
+
+def test_identity_failure_is_a_recorded_401_without_the_token():
+    h = head(headers={"authorization": ["Bearer secret.token.value"]})
+    v = reject_identity(h, IdentityError("token_expired", "the token has expired"), NOW)
+    assert v.status == 401 and not v.forward
+    assert v.record["identity_error"] == "token_expired"
+    assert "secret.token.value" not in json.dumps(v.record)
+
+
+def test_streamed_chat_asks_for_usage():
+    v = decide(chat("hello", stream=True))
+    assert v.forward and json.loads(v.new_body)["stream_options"]["include_usage"] is True
+
+
+def test_same_inputs_give_the_same_decision_and_policy_input():
+    a, b = decide(chat("mail bob@example.org")), decide(chat("mail bob@example.org"))
+    assert a.record["decision"] == b.record["decision"]
+    assert a.record["input"] == b.record["input"]
+    assert a.new_body == b.new_body
+    # The recorded input replays to the recorded outcome.
+    assert POLICY.evaluate(a.record["input"]).outcome == a.record["decision"]["outcome"]
+
+
+def test_own_namespace_and_client_credentials_are_stripped():
+    h = {"x-ledgergate-subject": ["root"], "authorization": ["Bearer t"], "x-api-key": ["k"],
+         "content-type": ["application/json"], "X-LEDGERGATE-ROLE".lower(): ["admin"]}
+    assert strip_headers(h) == ["authorization", "x-api-key", "x-ledgergate-role", "x-ledgergate-subject"]
