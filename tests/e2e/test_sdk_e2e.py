@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 
@@ -143,7 +144,7 @@ def test_spoofed_own_headers_are_stripped(stack):
 def test_tls_listener_serves(stack):
     crt = stack.var_dir / "dev" / "tls" / "server.crt"
     client = openai.OpenAI(base_url=f"https://127.0.0.1:{stack.tls_port}/v1", api_key=stack.token(),
-                           max_retries=0, http_client=httpx.Client(verify=str(crt)))
+                           max_retries=0, http_client=httpx.Client(verify=ssl.create_default_context(cafile=str(crt))))
     c = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "tls"}])
     assert c.choices[0].message.content == "You said: tls"
 
