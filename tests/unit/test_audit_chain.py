@@ -1,0 +1,174 @@
+"""The audit chain: every kind of tampering is detected; canonical JSON matches RFC 8785."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ext_proc.audit.canonical import canonical_json
+from ext_proc.audit.chain import ChainWriter
+from ext_proc.audit.log import AuditUnavailable, load_or_create_signing_key, open_audit_log
+from ext_proc.audit.verify import verify_dir
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(alphabet=st.characters(max_codepoint=127), max_size=8), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_canonical_json_matches_rfc8785(obj):
+    assert canonical_json(obj) == rfc8785.dumps(obj)
+
+
+@pytest.mark.parametrize("bad", [1.5, 2**60, {"k": float("nan")}, {"\u00e9": 1}, object()])
+def test_canonical_json_refuses_what_it_cannot_keep_canonical(bad):
+    with pytest.raises((TypeError, ValueError)):
+        canonical_json(bad)
+
+
+def write_log(directory: Path, n: int = 20, writer: str = "w1", key: str = "k.pem") -> Path:
+    async def go():
+        log = open_audit_log({"dir": str(directory)}, signing_key_path=str(directory.parent / key), writer_id=writer)
+        await log.start()
+        await asyncio.gather(*(log.commit({"kind": "decision", "request_id": f"r{i}", "decision": {"outcome": "permit"}})
+                               for i in range(n)))
+        await log.close()
+        return log.sink.path
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def seg(tmp_path):
+    d = tmp_path / "audit"
+    path = write_log(d)
+    assert verify_dir(d).ok
+    return d, path
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines()
+
+
+def put(path: Path, ls: list[bytes]) -> None:
+    path.write_bytes(b"\n".join(ls) + b"\n")
+
+
+def test_intact_log_verifies_with_a_closing_checkpoint(seg):
+    d, path = seg
+    rep = verify_dir(d)
+    assert rep.ok and rep.records == 22  # genesis + 20 + checkpoint
+    assert json.loads(lines(path)[-1])["kind"] == "checkpoint"
+
+
+def test_byte_flip_in_any_field_is_detected(seg):
+    d, path = seg
+    original = lines(path)
+    rec = json.loads(original[5])
+    for field in ["request_id", "decision", "seq", "prev_hash", "hash", "signature", "committed_ms", "kind"]:
+        tampered = dict(rec)
+        v = tampered[field]
+        tampered[field] = (v + 1) if isinstance(v, int) else ({"outcome": "deny"} if isinstance(v, dict) else
+                                                              (v[:-2] + ("A" if v[-2] != "A" else "B") + v[-1]))
+        put(path, original[:5] + [json.dumps(tampered).encode()] + original[6:])
+        rep = verify_dir(d)
+        assert not rep.ok and f"{path.name}:6" in rep.problem, field
+
+
+def test_deleted_swapped_and_truncated_records_are_detected(seg):
+    d, path = seg
+    original = lines(path)
+    put(path, original[:4] + original[5:])
+    assert "sequence" in verify_dir(d).problem
+    put(path, original[:4] + [original[5], original[4]] + original[6:])
+    assert not verify_dir(d).ok
+    put(path, original[:-3])  # tail cut: the checkpoint is gone
+    rep = verify_dir(d)
+    assert rep.ok and any("no closing checkpoint" in w for w in rep.warnings)
+    put(path, original[:-3] + [original[-1]])  # checkpoint kept, records before it removed
+    assert not verify_dir(d).ok
+
+
+def test_splice_from_another_segment_and_foreign_key_are_detected(seg, tmp_path):
+    d, path = seg
+    other_dir = tmp_path / "other"
+    other = write_log(other_dir, writer="w2", key="k2.pem")
+    original = lines(path)
+    put(path, original[:5] + [lines(other)[5]] + original[6:])
+    assert "another segment" in verify_dir(d).problem or not verify_dir(d).ok
+    put(path, original)
+    # A whole chain re-signed with a foreign key verifies on its own keys but not against a trust list.
+    trusted = verify_dir(d).key_ids
+    shutil.copy(other, d / other.name)
+    assert verify_dir(d).ok
+    rep = verify_dir(d, trusted_key_ids=trusted)
+    assert not rep.ok and "untrusted key" in rep.problem
+
+
+def test_signature_replaced_is_detected(seg):
+    d, path = seg
+    original = lines(path)
+    a, b = json.loads(original[3]), json.loads(original[4])
+    a["signature"] = b["signature"]
+    put(path, original[:3] + [json.dumps(a).encode()] + original[4:])
+    assert "signature" in verify_dir(d).problem
+
+
+def test_torn_final_write_is_attested_by_the_next_segment_not_mistaken_for_tampering(seg):
+    d, path = seg
+    with open(path, "ab") as f:
+        f.write(b'{"kind":"decision","request_')  # a crash mid-write
+    assert not verify_dir(d).ok  # unexplained torn tail
+    write_log(d, n=2)  # the next process starts a new segment and attests the torn tail
+    rep = verify_dir(d)
+    assert rep.ok and any("torn final write" in w for w in rep.warnings)
+
+
+def test_sink_failure_fails_closed(tmp_path):
+    async def go():
+        log = open_audit_log({"dir": str(tmp_path / "a")}, signing_key_path=str(tmp_path / "k.pem"), writer_id="w")
+        await log.start()
+        await log.commit({"kind": "decision", "request_id": "ok"})
+
+        def broken(lines):
+            raise OSError("disk gone")
+        log.sink.write_batch = broken
+        with pytest.raises(AuditUnavailable):
+            await log.commit({"kind": "decision", "request_id": "lost"})
+        with pytest.raises(AuditUnavailable):
+            await log.commit({"kind": "decision", "request_id": "after"})
+        assert not log.ready
+    asyncio.run(go())
+
+
+def test_group_commit_batches_and_every_commit_is_durable_when_it_returns(tmp_path):
+    async def go():
+        log = open_audit_log({"dir": str(tmp_path / "a")}, signing_key_path=str(tmp_path / "k.pem"), writer_id="w")
+        await log.start()
+        done = []
+
+        async def one(i):
+            rec = await log.commit({"kind": "decision", "request_id": f"r{i}"})
+            # Durable means on disk now, before anything else happens.
+            assert rec["hash"].encode() in log.sink.path.read_bytes()
+            done.append(i)
+        await asyncio.gather(*(one(i) for i in range(300)))
+        assert len(done) == 300 and log.batches < 300
+        await log.close()
+    asyncio.run(go())
+
+
+def test_signing_key_is_private(tmp_path):
+    load_or_create_signing_key(tmp_path / "k.pem")
+    assert (tmp_path / "k.pem").stat().st_mode & 0o077 == 0
+    w = ChainWriter(load_or_create_signing_key(tmp_path / "k.pem"), "w", "s")
+    assert w.genesis(0)["seq"] == 0 and w.seal({"kind": "x"}, 1)["seq"] == 1
