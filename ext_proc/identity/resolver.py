@@ -262,7 +262,7 @@ class IdentityResolver:
     def _jwt(self, token: str, now: float) -> Identity:
         key = hashlib.sha256(token.encode()).digest()
         cached = self._cache.get(key)
-        if cached is not None and (cached.expires_at is None or cached.expires_at > now):
+        if cached is not None and cached.expires_at is not None and cached.expires_at > now:
             self._cache.move_to_end(key)
             return cached
         max_bytes = max((c.max_token_bytes for c in self.config.issuers), default=8192)
@@ -291,13 +291,11 @@ class IdentityResolver:
             raise IdentityError("unknown_kid", "the token's signing key is not known")
         jwk = keys.keys[kid]
         try:
+            # Signature, iss, aud and presence of claims here; the time checks below use `now`, the
+            # caller's clock, so a decision is a function of its recorded inputs.
             claims = jwt.decode(token, jwk, algorithms=[alg], audience=list(cfg.audiences), issuer=cfg.issuer,
-                                leeway=cfg.leeway_s,
-                                options={"require": ["exp", "iat", "iss", "aud", "sub"], "verify_iat": True})
-        except jwt.ExpiredSignatureError:
-            raise IdentityError("token_expired", "the token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise IdentityError("token_not_yet_valid", "the token is not valid yet") from None
+                                options={"require": ["exp", "iat", "iss", "aud", "sub"], "verify_exp": False,
+                                         "verify_nbf": False, "verify_iat": False})
         except jwt.InvalidAudienceError:
             raise IdentityError("audience_mismatch", "the token is not for this audience") from None
         except jwt.InvalidIssuerError:
@@ -308,13 +306,15 @@ class IdentityResolver:
             raise IdentityError("bad_signature", "the token's signature does not verify") from None
         except jwt.PyJWTError:
             raise IdentityError("invalid_token", "the token is invalid") from None
-        exp, iat = claims.get("exp"), claims.get("iat")
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (exp, iat)):
-            raise IdentityError("invalid_token", "exp and iat must be numbers")
+        exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", claims.get("iat"))
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (exp, iat, nbf)):
+            raise IdentityError("invalid_token", "exp, iat and nbf must be numbers")
+        if exp <= now - cfg.leeway_s:
+            raise IdentityError("token_expired", "the token has expired")
+        if nbf > now + cfg.leeway_s or iat > now + cfg.leeway_s:
+            raise IdentityError("token_not_yet_valid", "the token is not valid yet")
         if exp - iat > cfg.max_lifetime_s:
             raise IdentityError("lifetime_too_long", "the token's lifetime exceeds the issuer's maximum")
-        if iat > now + cfg.leeway_s:
-            raise IdentityError("token_not_yet_valid", "the token was issued in the future")
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise IdentityError("missing_claim", "the token lacks a subject")
         tenant = _claim(claims, cfg.claims.get("tenant"))
