@@ -29,7 +29,7 @@ class LimitSpec:
         bad = [k for k in key if k not in DIMENSIONS]
         if bad:
             raise ValueError(f"limit {d.get('id')!r}: unknown key dimension(s) {bad}")
-        window = int(d.get("window_s") or 60)
+        window = int(d.get("window_s", 60))
         if window <= 0:
             raise ValueError(f"limit {d.get('id')!r}: window_s must be positive")
         if d.get("requests") is None and d.get("tokens") is None:
