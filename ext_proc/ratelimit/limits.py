@@ -10,7 +10,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-DIMENSIONS = ("subject", "role", "roles", "tenant", "model", "route")
+# The bucket dimensions a policy may name (docs/policy.md, "Rate limits").
+DIMENSIONS = ("subject", "issuer", "tenant", "auth_method", "actor", "role", "roles", "model", "route", "api",
+              "provider", "surface")
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,12 +78,18 @@ class Runtime:
     async def reserve(self, head: RequestHead, verdict: Verdict) -> Admission:
         specs = [LimitSpec.from_dict(d) for d in verdict.limits]
         identity = verdict.identity
+        route = head.route_record()
+        decision = verdict.decision
         context: dict[str, Any] = {
             "subject": identity.subject if identity else None,
+            "issuer": identity.issuer if identity else None,
+            "auth_method": identity.auth_method if identity else None,
+            "actor": tuple(identity.actor) if identity else (),
             "roles": tuple(identity.roles) if identity else (),
             "tenant": identity.tenant if identity else None,
             "model": verdict.model,
-            "route": head.route_record()["surface"],
+            "route": getattr(decision, "route", None) or route["surface"],
+            "api": route["api"], "provider": route["provider"], "surface": route["surface"],
         }
         tokens = verdict.estimated_tokens
         input_request = verdict.record.get("input", {}).get("request", {})

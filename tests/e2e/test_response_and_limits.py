@@ -1,0 +1,105 @@
+"""Response inspection and rate limits through the real Envoy with the official SDKs, under a
+strict test policy (tests/e2e/policies/strict.yaml)."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.support import REPO, start_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("strict")
+    cfg = tmp / "ledgergate.yaml"
+    cfg.write_text(json.dumps({"policy": {"path": str(REPO / "tests" / "e2e" / "policies" / "strict.yaml")}}))
+    s = start_stack(tmp, "--config", str(cfg))
+    yield s
+    s.stop()
+
+
+def client(stack, reply: str, chunk: int = 3, sub: str = "alice") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=stack.token(sub=sub), max_retries=0, timeout=30,
+                         default_headers={"x-mock-reply": quote(reply), "x-mock-chunk-chars": str(chunk)})
+
+
+def test_stream_redaction_across_chunk_boundaries(strict):
+    reply = "Contact jane.doe@example.com for details."
+    stream = client(strict, reply).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "who?"}], stream=True)
+    text = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
+    assert text == "Contact [PII.EMAIL] for details."
+
+
+def test_stream_passes_clean_text_unchanged_and_records_usage(strict):
+    reply = "Nothing sensitive in this answer, just words and more words."
+    raw = client(strict, reply, chunk=2).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+    assert raw.headers.get("x-ledgergate-policy") == "e2e-strict"
+    text = "".join((c.choices[0].delta.content or "") for c in raw.parse() if c.choices)
+    assert text == reply
+    rid = raw.headers["x-request-id"]
+    outcome = [r for r in strict.audit_records() if r.get("request_id") == rid and r.get("kind") == "outcome"]
+    assert outcome and outcome[0]["usage"]["output_tokens"] > 0 and outcome[0]["blocked"] is None
+
+
+def test_mid_stream_block_surfaces_as_an_sdk_error(strict):
+    reply = "Here you go: 4111 1111 1111 1111 is the card."
+    with pytest.raises(openai.APIError):
+        stream = client(strict, reply).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "card?"}], stream=True)
+        got = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
+        assert "4111" not in got
+    outcomes = [r for r in strict.audit_records() if r.get("kind") == "outcome" and r.get("blocked")]
+    assert outcomes and outcomes[-1]["blocked"]["label"] == "pci.card_number"
+
+
+def test_anthropic_stream_block_and_redaction(strict):
+    headers = {"x-mock-reply": quote("Mail bob@example.org now."), "x-mock-chunk-chars": "3"}
+    a = anthropic.Anthropic(base_url=strict.base_url, api_key=strict.token(), max_retries=0, default_headers=headers)
+    with a.messages.stream(model="claude-3-5-haiku-latest", max_tokens=64,
+                           messages=[{"role": "user", "content": "x"}]) as s:
+        assert "".join(s.text_stream) == "Mail [PII.EMAIL] now."
+    headers = {"x-mock-reply": quote("key AKIAIOSFODNN7ABCDEFG ok"), "x-mock-chunk-chars": "4"}
+    a = anthropic.Anthropic(base_url=strict.base_url, api_key=strict.token(), max_retries=0, default_headers=headers)
+    with pytest.raises(anthropic.APIError):
+        with a.messages.stream(model="claude-3-5-haiku-latest", max_tokens=64,
+                               messages=[{"role": "user", "content": "x"}]) as s:
+            "".join(s.text_stream)
+
+
+def test_non_streaming_response_is_redacted(strict):
+    c = client(strict, "reach me at carol@example.net")
+    out = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert out.choices[0].message.content == "reach me at [PII.EMAIL]"
+
+
+def test_rate_limit_429_with_openai_headers_and_a_record(strict):
+    c = openai.OpenAI(base_url=f"{strict.base_url}/v1", api_key=strict.token(sub="limited-bob"), max_retries=0)
+    for _ in range(3):
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError) as ei:
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    h = ei.value.response.headers
+    assert h["x-ratelimit-limit-requests"] == "3" and h["x-ratelimit-remaining-requests"] == "0"
+    assert int(h["retry-after"]) > 0
+    rid = h["x-request-id"]
+    rec = [r for r in strict.audit_records() if r.get("request_id") == rid]
+    assert rec and rec[0]["decision"]["outcome"] == "deny" and rec[0]["ratelimit"]["throttled_by"] == "tiny-budget"
+    # Another subject has its own budget.
+    other = openai.OpenAI(base_url=f"{strict.base_url}/v1", api_key=strict.token(sub="limited-eve"), max_retries=0)
+    other.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_metrics_endpoint_has_no_content_labels(strict):
+    text = httpx.get(f"http://127.0.0.1:{strict.metrics_port}/metrics").text
+    assert "ledgergate_decisions_total" in text and "ledgergate_phase_seconds" in text
+    assert "@example" not in text and "4111" not in text
