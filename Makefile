@@ -30,6 +30,7 @@ validate-envoy: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_envoy_configs.py
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet matplotlib
 	$(PY) tests/bench/bench_e2e.py --out docs/benchmarks.json
 
 bench-classify: $(STAMP)

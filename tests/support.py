@@ -107,6 +107,7 @@ def start_stack(tmp: Path, *extra: str, workers: int = 1, env: dict | None = Non
     cmd = [PY, "-m", "ext_proc.cli.main", "up", "--port", str(port), "--tls-port", str(tls_port),
            "--admin-port", str(admin_port), "--mock-port", str(mock_port), "--ext-proc-port", str(ext_proc_port),
            "--metrics-port", str(metrics_port), "--var-dir", str(var_dir), "--workers", str(workers), *extra]
+    tmp.mkdir(parents=True, exist_ok=True)
     logf = open(log_path, "wb")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
                             env=dict(os.environ, **(env or {})))
