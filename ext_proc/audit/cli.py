@@ -9,12 +9,24 @@ import sys
 from pathlib import Path
 
 from ext_proc.audit.merkle import leaf_hash, merkle_root
-from ext_proc.audit.verify import verify_dir
+from ext_proc.audit.verify import verify_dir, verify_segments
 
 
-def _records(path: Path):
-    for f in sorted(path.glob("*.jsonl")):
-        for line in f.read_bytes().splitlines():
+def _is_dsn(path: str) -> bool:
+    return path.startswith(("postgresql://", "postgres://"))
+
+
+def _segments(path: str) -> list[tuple[str, list[bytes], bytes]]:
+    if _is_dsn(path):
+        from ext_proc.audit.postgres import read_segments
+
+        return read_segments(path)
+    return [(f.name, f.read_bytes().splitlines(), b"") for f in sorted(Path(path).glob("*.jsonl"))]
+
+
+def _records(path: str):
+    for _name, lines, _torn in _segments(path):
+        for line in lines:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError:
@@ -25,7 +37,7 @@ def run(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ledgergate audit")
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("verify", help="check every segment: hashes, signatures, links, checkpoints")
-    v.add_argument("path")
+    v.add_argument("path", help="audit directory or postgresql:// DSN")
     v.add_argument("--trust", action="append", default=None, metavar="KEY_ID",
                    help="accept only segments signed by these key ids (repeatable)")
     s = sub.add_parser("show", help="every record of one request")
@@ -37,7 +49,8 @@ def run(argv: list[str]) -> int:
     c.add_argument("--path", default="var/audit")
     a = p.parse_args(argv)
     if a.cmd == "verify":
-        rep = verify_dir(a.path, set(a.trust) if a.trust else None)
+        trust = set(a.trust) if a.trust else None
+        rep = verify_segments(_segments(a.path), trust) if _is_dsn(a.path) else verify_dir(a.path, trust)
         for w in rep.warnings:
             print(f"warning: {w}", file=sys.stderr)
         if not rep.ok:
@@ -46,7 +59,7 @@ def run(argv: list[str]) -> int:
         trust = "trusted keys" if a.trust else f"keys from genesis records ({', '.join(sorted(rep.key_ids))})"
         print(f"OK: {rep.records} records in {rep.segments} segments verified against {trust}")
         return 0
-    path = Path(a.path)
+    path = a.path
     if a.cmd == "show":
         found = [r for r in _records(path) if r.get("request_id") == a.request_id]
         for r in found:
@@ -57,13 +70,13 @@ def run(argv: list[str]) -> int:
             sys.stdout.write(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n")
         return 0
     if a.cmd == "checkpoint":
-        for f in sorted(path.glob("*.jsonl")):
+        for name, lines, _torn in _segments(path):
             leaves = []
-            for line in f.read_bytes().splitlines():
+            for line in lines:
                 try:
                     leaves.append(leaf_hash(bytes.fromhex(json.loads(line)["hash"])))
                 except (json.JSONDecodeError, KeyError, ValueError):
                     break
-            print(f"{f.stem}\n{len(leaves)}\n{base64.b64encode(merkle_root(leaves)).decode()}\n")
+            print(f"{name}\n{len(leaves)}\n{base64.b64encode(merkle_root(leaves)).decode()}\n")
         return 0
     return 2

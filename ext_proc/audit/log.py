@@ -89,7 +89,7 @@ class FileSink:
 
 
 class AuditLog:
-    def __init__(self, sink: FileSink, chain: ChainWriter, *, max_queue: int = 10000, max_batch: int = 512,
+    def __init__(self, sink, chain: ChainWriter, *, max_queue: int = 10000, max_batch: int = 512,
                  clock: Callable[[], float] = time.time, recovered: list[dict] | None = None) -> None:
         self.sink = sink
         self.chain = chain
@@ -179,11 +179,15 @@ class AuditLog:
 
 def open_audit_log(config: dict, *, signing_key_path: str, writer_id: str) -> AuditLog:
     sink_kind = config.get("sink", "file")
-    if sink_kind != "file":
-        raise ValueError(f"audit.sink {sink_kind!r} is not available in this build (file only)")
-    directory = Path(config.get("dir", "var/audit"))
-    directory.mkdir(parents=True, exist_ok=True)
     key = load_or_create_signing_key(signing_key_path)
     segment_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     chain = ChainWriter(key, writer_id, segment_id)
+    if sink_kind == "postgres":
+        from ext_proc.audit.postgres import PostgresSink
+
+        return AuditLog(PostgresSink(config["dsn"], config.get("table", "ledgergate_audit")), chain)
+    if sink_kind != "file":
+        raise ValueError(f"audit.sink {sink_kind!r}: expected file or postgres")
+    directory = Path(config.get("dir", "var/audit"))
+    directory.mkdir(parents=True, exist_ok=True)
     return AuditLog(FileSink(directory), chain, recovered=find_torn_tails(directory))

@@ -34,32 +34,38 @@ def _fail(rep: VerifyReport, where: str, what: str) -> VerifyReport:
 
 
 def verify_dir(directory: str | Path, trusted_key_ids: set[str] | None = None) -> VerifyReport:
-    directory = Path(directory)
-    rep = VerifyReport()
-    files = sorted(directory.glob("*.jsonl"))
-    attested: dict[tuple[str, int], str] = {}
-    parsed: list[tuple[Path, list[bytes], bytes]] = []
-    for f in files:
+    """Verify the file sink's segment files."""
+    parsed: list[tuple[str, list[bytes], bytes]] = []
+    for f in sorted(Path(directory).glob("*.jsonl")):
         data = f.read_bytes()
         torn = b""
         if data and not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
             torn, data = data[cut:], data[:cut]
-        parsed.append((f, data.splitlines(), torn))
-        for line in data.splitlines()[:1]:
+        parsed.append((f.name, data.splitlines(), torn))
+    return verify_segments(parsed, trusted_key_ids)
+
+
+def verify_segments(parsed: list[tuple[str, list[bytes], bytes]],
+                    trusted_key_ids: set[str] | None = None) -> VerifyReport:
+    """Verify segments given as (name, record lines, torn trailing bytes)."""
+    rep = VerifyReport()
+    attested: dict[tuple[str, int], str] = {}
+    for _name, lines, _torn in parsed:
+        for line in lines[:1]:
             try:
                 g = json.loads(line)
             except json.JSONDecodeError:
                 continue
             for t in g.get("recovered_torn_tails") or []:
                 attested[(t.get("file"), t.get("offset"))] = t.get("sha256")
-    for f, lines, torn in parsed:
+    for fname, lines, torn in parsed:
         rep.segments += 1
         pub: Ed25519PublicKey | None = None
         prev, expected_seq, genesis = GENESIS_PREV, 0, None
         leaves: list[bytes] = []
         for n, line in enumerate(lines, start=1):
-            where = f"{f.name}:{n}"
+            where = f"{fname}:{n}"
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
@@ -107,14 +113,14 @@ def verify_dir(directory: str | Path, trusted_key_ids: set[str] | None = None) -
             prev, expected_seq = h, expected_seq + 1
             rep.records += 1
         if not lines and not torn:
-            rep.warnings.append(f"{f.name}: empty segment")
+            rep.warnings.append(f"{fname}: empty segment")
         if torn:
             offset = sum(len(x) + 1 for x in lines)
             digest = hashlib.sha256(torn).hexdigest()
-            if attested.get((f.name, offset)) == digest:
-                rep.warnings.append(f"{f.name}: torn final write of {len(torn)} bytes, attested by a later genesis")
+            if attested.get((fname, offset)) == digest:
+                rep.warnings.append(f"{fname}: torn final write of {len(torn)} bytes, attested by a later genesis")
             else:
-                return _fail(rep, f"{f.name}:{len(lines) + 1}", "torn or truncated final record not attested")
+                return _fail(rep, f"{fname}:{len(lines) + 1}", "torn or truncated final record not attested")
         if lines and json.loads(lines[-1]).get("kind") != "checkpoint":
-            rep.warnings.append(f"{f.name}: no closing checkpoint (writer still running or crashed)")
+            rep.warnings.append(f"{fname}: no closing checkpoint (writer still running or crashed)")
     return rep

@@ -1,0 +1,87 @@
+"""PostgreSQL sink for shared deployments: an append-only table (a trigger rejects UPDATE, DELETE
+and TRUNCATE), one transaction per batch. The writer's role should hold only INSERT and SELECT;
+`ROLE_SQL` shows the grants."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+
+DEFAULT_TABLE = "ledgergate_audit"
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS {table} (
+    writer_id  text   NOT NULL,
+    segment_id text   NOT NULL,
+    seq        bigint NOT NULL,
+    record     text   NOT NULL,
+    request_id text,
+    PRIMARY KEY (writer_id, segment_id, seq)
+);
+CREATE INDEX IF NOT EXISTS {table}_request_id ON {table} (request_id);
+CREATE OR REPLACE FUNCTION {table}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'ledgergate audit records are append-only';
+END $$;
+DROP TRIGGER IF EXISTS {table}_no_change ON {table};
+CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}
+  FOR EACH ROW EXECUTE FUNCTION {table}_append_only();
+DROP TRIGGER IF EXISTS {table}_no_truncate ON {table};
+CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+  FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only();
+"""
+
+ROLE_SQL = """
+-- The role ledgergate connects as: it can append and read, never change or remove.
+CREATE ROLE ledgergate_writer LOGIN;
+GRANT INSERT, SELECT ON {table} TO ledgergate_writer;
+REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM ledgergate_writer;
+"""
+
+
+def _table(name: str) -> str:
+    if not name.replace("_", "").isalnum() or not name[0].isalpha() or len(name) > 48:
+        raise ValueError(f"audit table name {name!r} must be a plain identifier")
+    return name
+
+
+class PostgresSink:
+    def __init__(self, dsn: str, table: str = DEFAULT_TABLE) -> None:
+        self.dsn = dsn
+        self.table = _table(table)
+        self._conn: psycopg.Connection | None = None
+        self.path = None
+
+    def open(self, writer_id: str, segment_id: str) -> None:
+        self._conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=3)
+        with self._conn.transaction():
+            self._conn.execute(SCHEMA_SQL.format(table=self.table))
+
+    def write_batch(self, lines: list[bytes]) -> None:
+        assert self._conn is not None
+        rows = []
+        for line in lines:
+            rec = json.loads(line)
+            rows.append((rec["writer_id"], rec["segment_id"], rec["seq"], line.rstrip(b"\n").decode(),
+                         rec.get("request_id")))
+        with self._conn.transaction():
+            with self._conn.cursor() as cur:
+                cur.executemany(f"INSERT INTO {self.table} (writer_id, segment_id, seq, record, request_id) "
+                                "VALUES (%s, %s, %s, %s, %s)", rows)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def read_segments(dsn: str, table: str = DEFAULT_TABLE) -> list[tuple[str, list[bytes], bytes]]:
+    """Every segment's records in sequence order, for verify/show/export."""
+    table = _table(table)
+    out: dict[tuple[str, str], list[bytes]] = {}
+    with psycopg.connect(dsn, connect_timeout=3) as conn:
+        for writer, segment, record in conn.execute(
+                f"SELECT writer_id, segment_id, record FROM {table} ORDER BY writer_id, segment_id, seq"):
+            out.setdefault((writer, segment), []).append(record.encode())
+    return [(f"{w}-{s}", lines, b"") for (w, s), lines in out.items()]
