@@ -17,6 +17,8 @@ import copy
 import hashlib
 import json
 import zlib
+
+import re2
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -221,14 +223,17 @@ class ResponseInspector:
     # --- SSE ----------------------------------------------------------------------------
     def _feed_sse(self, end: bool) -> bytes:
         out: list[bytes] = []
+        buf, pos = self.buf, 0
         while True:
-            idx, sep_len = _find_boundary(self.buf)
+            idx, sep_len = _find_boundary(buf, pos)
             if idx < 0:
                 break
-            raw, self.buf = self.buf[: idx + sep_len], self.buf[idx + sep_len:]
+            raw = buf[pos: idx + sep_len]
+            pos = idx + sep_len
             if len(raw) > self.max_event_bytes:
                 raise _Blocked("event_too_large")
             out.append(self._event(raw))
+        self.buf = buf[pos:]
         if len(self.buf) > self.max_event_bytes:
             raise _Blocked("event_too_large")
         if end:
@@ -337,13 +342,13 @@ def _surface_for(name: str):
     return match_surface("POST", p) if p else None
 
 
-def _find_boundary(buf: bytes) -> tuple[int, int]:
-    best, blen = -1, 0
-    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        i = buf.find(sep)
-        if i >= 0 and (best < 0 or i < best):
-            best, blen = i, len(sep)
-    return best, blen
+_EVENT_END = re2.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+def _find_boundary(buf: bytes, start: int) -> tuple[int, int]:
+    """The next blank line (end of an SSE event) at or after start: one linear re2 scan."""
+    m = _EVENT_END.search(buf, start)
+    return (m.start(), m.end() - m.start()) if m else (-1, 0)
 
 
 def _frame(prefix: bytes, ev: dict, raw: bytes) -> bytes:

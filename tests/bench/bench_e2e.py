@@ -46,8 +46,10 @@ def prompt_4k() -> str:
 
 
 def chat_body(stream: bool) -> bytes:
+    # Streams: a ~200-word prompt, echoed back by the mock as ~200 SSE events (issue 7's benchmark).
+    content = prompt_4k() if not stream else " ".join(prompt_4k().split()[:200])
     return json.dumps({"model": "gpt-4o-mini", "stream": stream,
-                       "messages": [{"role": "user", "content": prompt_4k()}]}).encode()
+                       "messages": [{"role": "user", "content": content}]}).encode()
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -128,7 +130,7 @@ async def measure(port: int, headers: dict[str, str], *, duration: float, rates:
     for rate in rates:
         r = await open_loop(port, raw, rate=rate, duration_s=duration)
         out["open"][str(rate)] = r.summary()
-    s = await open_loop(port, raw_stream, rate=20, duration_s=min(duration, 5))
+    s = await open_loop(port, raw_stream, rate=5, duration_s=min(duration, 6))
     out["stream"] = s.summary()
     return out
 

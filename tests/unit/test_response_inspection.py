@@ -173,3 +173,16 @@ def test_end_of_stream_is_idempotent_and_gzip_is_inspected():
     ins = ResponseInspector("openai.chat_completions", status=200, content_type="application/json",
                             content_encoding="br", classifier=CLF, rules=RULES, hash_key=b"k" * 32, tenant=None)
     assert ins.feed(b"\x00\x01", True)[-1].end_of_stream and ins.blocked
+
+
+def test_gemini_crlf_stream_redaction_and_usage():
+    text = "Write to dan@example.com soon please."
+    evs = [{"candidates": [{"content": {"parts": [{"text": p}], "role": "model"}, "index": 0}]}
+           for p in three_char_pieces(text)]
+    evs[-1]["usageMetadata"] = {"promptTokenCount": 4, "candidatesTokenCount": 9}
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in evs)
+    released, ins = run("gemini.stream_generate_content", body, [9, 10, 11, 99])
+    got = "".join(json.loads(b[6:])["candidates"][0]["content"]["parts"][0]["text"]
+                  for b in released.split(b"\r\n\r\n") if b.startswith(b"data: "))
+    assert got == "Write to [PII.EMAIL] soon please."
+    assert ins.usage == {"input_tokens": 4, "output_tokens": 9}
