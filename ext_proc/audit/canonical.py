@@ -14,28 +14,36 @@ from typing import Any
 _MAX_SAFE = 2**53 - 1
 
 
-def _check(obj: Any, depth: int = 0) -> None:
-    if depth > 64:
-        raise ValueError("record nested too deeply")
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return
-    if isinstance(obj, int):
-        if -_MAX_SAFE <= obj <= _MAX_SAFE:
-            return
-        raise ValueError("integer outside the interoperable range")
-    if isinstance(obj, float):
-        raise TypeError("floats are not allowed in audit records")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, str) or not k.isascii():
-                raise TypeError("record keys must be ASCII strings")
-            _check(v, depth + 1)
-        return
-    if isinstance(obj, (list, tuple)):
-        for v in obj:
-            _check(v, depth + 1)
-        return
-    raise TypeError(f"type {type(obj).__name__} is not allowed in audit records")
+def _check(obj: Any) -> None:
+    """Refuse what JSON cannot carry canonically; iterative, exact-type checks (hot path)."""
+    stack = [(obj, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        t = type(node)
+        if t is str or t is bool or node is None:
+            continue
+        if t is int:
+            if -_MAX_SAFE <= node <= _MAX_SAFE:
+                continue
+            raise ValueError("integer outside the interoperable range")
+        if depth > 64:
+            raise ValueError("record nested too deeply")
+        if t is dict:
+            for k, v in node.items():
+                if type(k) is not str or not k.isascii():
+                    raise TypeError("record keys must be ASCII strings")
+                if type(v) is not str:
+                    push((v, depth + 1))
+            continue
+        if t is list or t is tuple:
+            for v in node:
+                if type(v) is not str:
+                    push((v, depth + 1))
+            continue
+        if t is float:
+            raise TypeError("floats are not allowed in audit records")
+        raise TypeError(f"type {t.__name__} is not allowed in audit records")
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -281,10 +281,10 @@ class Exchange:
             if usage:
                 actual = int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
             try:
+                # Without usage (an upstream error, a blocked stream) the reservation stays charged
+                # as estimated: the request was released, so it counts.
                 if actual is not None:
                     await self.rt.settle(self.reservation, actual)
-                else:
-                    await self.rt.release(self.reservation)
             finally:
                 self.reservation = None
         await self._commit(record)
