@@ -63,3 +63,24 @@ def test_ext_proc_filter_fails_closed_in_every_config():
         if "envoy.filters.http.ext_proc" in text:
             assert "failure_mode_allow: false" in text, path.name
             assert "FULL_DUPLEX_STREAMED" in text and "response_trailer_mode: SEND" in text, path.name
+
+
+def test_compose_envoy_config_is_in_step_with_local_and_validates(workdir):
+    from ext_proc.cli.compose import compose_envoy_config
+
+    committed = yaml.safe_load((REPO / "deploy" / "compose" / "envoy.yaml").read_text())
+    assert committed == compose_envoy_config(REPO / "envoy" / "local.yaml"), \
+        "regenerate with: python -m ext_proc.cli.compose"
+    # Validate with the TLS material where the compose file mounts it, relative to a scratch root.
+    cfg = yaml.safe_load((REPO / "deploy" / "compose" / "envoy.yaml").read_text())
+    for listener in cfg["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            ts = chain.get("transport_socket")
+            if ts:
+                for cert in ts["typed_config"]["common_tls_context"]["tls_certificates"]:
+                    cert["certificate_chain"]["filename"] = str(workdir / "var/dev/tls/server.crt")
+                    cert["private_key"]["filename"] = str(workdir / "var/dev/tls/server.key")
+    out = workdir / "compose.yaml"
+    out.write_text(yaml.safe_dump(cfg))
+    res = _validate(out, workdir)
+    assert res.returncode == 0, res.stderr[-3000:]
