@@ -177,6 +177,12 @@ def run_up(args: argparse.Namespace) -> int:
         if mock is not None:
             mock.stop()
 
+    def interrupt(*_a) -> None:
+        raise KeyboardInterrupt
+
+    # Explicit handlers: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         if len(upstreams) < len(PROVIDERS):
             from ext_proc.providers.mock import MockProviderServer
@@ -202,7 +208,6 @@ def run_up(args: argparse.Namespace) -> int:
         procs.append(("envoy", envoy))
         _wait_envoy_ready(args.admin_port, deadline, envoy)
         print_ready(args, var_dir)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while True:
             for name, p in procs:
                 if p.poll() is not None:
