@@ -33,6 +33,34 @@ def _records(path: str):
                 continue
 
 
+def replay(records, evaluate) -> dict:
+    """Re-evaluate each decision record's recorded input with its recorded policy version.
+    `evaluate(version, input) -> decision dict` is injected so replay is testable without files."""
+    out = {"replayed": 0, "skipped": 0, "mismatches": [], "errors": 0}
+    for rec in records:
+        if rec.get("kind") != "decision":
+            continue
+        version = (rec.get("policy") or {}).get("version")
+        if not version or not rec.get("input"):
+            out["skipped"] += 1
+            continue
+        try:
+            again = evaluate(version, rec["input"])
+        except Exception as exc:  # noqa: BLE001 - a missing version is reported, not fatal
+            out["errors"] += 1
+            out["mismatches"].append({"request_id": rec.get("request_id"), "recorded": rec["decision"].get("outcome"),
+                                      "replayed": f"error: {type(exc).__name__}"})
+            continue
+        out["replayed"] += 1
+        recorded = rec.get("decision") or {}
+        # A throttled request keeps the policy's own outcome in policy_outcome.
+        want = recorded.get("policy_outcome", recorded.get("outcome"))
+        if again.get("outcome") != want:
+            out["mismatches"].append({"request_id": rec.get("request_id"), "recorded": want,
+                                      "replayed": again.get("outcome")})
+    return out
+
+
 def run(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ledgergate audit")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -45,6 +73,9 @@ def run(argv: list[str]) -> int:
     s.add_argument("--path", default="var/audit")
     e = sub.add_parser("export", help="records as JSON lines for a SIEM")
     e.add_argument("--path", default="var/audit")
+    r = sub.add_parser("replay", help="re-evaluate every decision against the policy version that made it")
+    r.add_argument("path", help="audit directory or postgresql:// DSN")
+    r.add_argument("--policy-store", default="var/policy-store", help="content-addressed policy store")
     c = sub.add_parser("checkpoint", help="tree size and RFC 6962 Merkle root per segment")
     c.add_argument("--path", default="var/audit")
     a = p.parse_args(argv)
@@ -65,6 +96,16 @@ def run(argv: list[str]) -> int:
         for r in found:
             print(json.dumps(r, indent=2, sort_keys=True))
         return 0 if found else 1
+    if a.cmd == "replay":
+        from ext_proc.policy import PolicyStore
+
+        store = PolicyStore(a.policy_store)
+        report = replay(_records(path), lambda version, inp: store.get(version).evaluate(inp).to_record())
+        for m in report["mismatches"][:50]:
+            print(f"MISMATCH {m['request_id']}: recorded {m['recorded']} replayed {m['replayed']}")
+        print(f"replayed {report['replayed']} decisions, {len(report['mismatches'])} mismatches, "
+              f"{report['skipped']} without a policy decision (identity or input failures)")
+        return 1 if report["mismatches"] or report["errors"] else 0
     if a.cmd == "export":
         for r in _records(path):
             sys.stdout.write(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n")

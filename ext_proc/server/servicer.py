@@ -168,8 +168,10 @@ class Exchange:
                 self.reservation = admission.reservation
             else:
                 provider = head.provider
+                policy_outcome = verdict.record["decision"].get("outcome")
                 verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=429,
-                                                  code="rate_limited", throttled_by=admission.throttled_by)
+                                                  code="rate_limited", throttled_by=admission.throttled_by,
+                                                  policy_outcome=policy_outcome)
                 verdict.forward = False
                 verdict.record["forwarded_sha256"] = None
                 verdict.reject(429, "rate_limited",

@@ -103,3 +103,28 @@ def test_metrics_endpoint_has_no_content_labels(strict):
     text = httpx.get(f"http://127.0.0.1:{strict.metrics_port}/metrics").text
     assert "ledgergate_decisions_total" in text and "ledgergate_phase_seconds" in text
     assert "@example" not in text and "4111" not in text
+
+
+def test_audit_replay_reproduces_every_decision(strict):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "ext_proc.cli.main", "audit", "replay", str(strict.audit_dir),
+                          "--policy-store", str(strict.var_dir / "policy-store")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    replayed = int(res.stdout.split("replayed ")[1].split()[0])
+    assert replayed >= 5
+
+
+def test_replay_reports_a_decision_that_does_not_reproduce():
+    from ext_proc.audit.cli import replay
+
+    recs = [{"kind": "decision", "request_id": "a", "policy": {"version": "v1"}, "input": {"x": 1},
+             "decision": {"outcome": "permit"}},
+            {"kind": "decision", "request_id": "b", "policy": {"version": "v1"}, "input": {"x": 2},
+             "decision": {"outcome": "deny", "code": "rate_limited", "policy_outcome": "permit"}},
+            {"kind": "decision", "request_id": "c", "policy": {}, "input": {}, "decision": {"outcome": "deny"}}]
+    rep = replay(recs, lambda v, inp: {"outcome": "permit" if inp["x"] == 2 else "deny"})
+    assert rep["replayed"] == 2 and rep["skipped"] == 1
+    assert [m["request_id"] for m in rep["mismatches"]] == ["a"]
