@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jwt
+import structlog
 from jwt import PyJWK
 
 from ext_proc.identity.model import Identity, IdentityError
 
 ALLOWED_ALGS = {"RS256", "ES256", "EdDSA", "PS256", "ES384", "RS384"}
+log = structlog.get_logger("ledgergate.identity")
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
 
 
@@ -50,6 +52,10 @@ class IssuerConfig:
     max_token_bytes: int
     require_typ: str | None
     jwks_refresh_s: float
+    jwks_url: str | None = None
+    jwks_stale_max_s: float = 3600.0
+    jwks_timeout_s: float = 3.0
+    jwks_refetch_cooldown_s: float = 30.0
 
 
 @dataclass
@@ -82,6 +88,11 @@ class IdentityConfig:
             if not it.get("issuer") or not it.get("audiences"):
                 raise ValueError(f"identity.issuers[{i}]: 'issuer' and 'audiences' are required")
             jf = it.get("jwks_file")
+            url = it.get("jwks_url")
+            if bool(jf) == bool(url):
+                raise ValueError(f"identity.issuers[{i}]: exactly one of jwks_file and jwks_url")
+            if url and not str(url).startswith(("https://", "http://127.0.0.1", "http://localhost")):
+                raise ValueError(f"identity.issuers[{i}].jwks_url must be https (plain http only on loopback)")
             issuers.append(IssuerConfig(
                 name=str(it.get("name") or it["issuer"]), issuer=str(it["issuer"]),
                 audiences=tuple(it["audiences"]), algorithms=algs,
@@ -90,7 +101,10 @@ class IdentityConfig:
                                                    "scopes": "scope"}),
                 max_lifetime_s=_duration(it.get("max_lifetime"), 86400), leeway_s=_duration(it.get("leeway"), 30),
                 max_token_bytes=int(it.get("max_token_bytes") or 8192), require_typ=it.get("require_typ"),
-                jwks_refresh_s=_duration(it.get("jwks_refresh"), 300)))
+                jwks_refresh_s=_duration(it.get("jwks_refresh"), 300), jwks_url=url,
+                jwks_stale_max_s=_duration(it.get("jwks_stale_max"), 3600),
+                jwks_timeout_s=_duration(it.get("jwks_timeout"), 3),
+                jwks_refetch_cooldown_s=_duration(it.get("jwks_refetch_cooldown"), 30)))
         keys = []
         for i, k in enumerate(d.get("api_keys") or []):
             try:
@@ -145,6 +159,8 @@ class JwksKeys:
         self.cfg = cfg
         self.keys: dict[str, PyJWK] = {}
         self.loaded_at = 0.0
+        self.last_attempt = -1e18
+        self.last_forced = -1e18
 
     def load_text(self, text: str, now: float) -> None:
         try:
@@ -182,9 +198,26 @@ class JwksKeys:
                 return alg
         raise ValueError("no pinned algorithm fits this key")
 
-    def reload_file(self, now: float) -> None:
+    def reload(self, now: float) -> None:
+        """Blocking (file read or HTTP GET): call it from a thread, never on the event loop."""
+        self.last_attempt = now
         if self.cfg.jwks_file is not None:
             self.load_text(self.cfg.jwks_file.read_text(encoding="utf-8"), now)
+            return
+        import httpx
+
+        # No redirects, a size cap and a short timeout; never a URL taken from a token (jku/x5u).
+        with httpx.Client(timeout=self.cfg.jwks_timeout_s, follow_redirects=False) as client:
+            resp = client.get(self.cfg.jwks_url, headers={"accept": "application/json"})
+        if resp.status_code != 200:
+            raise ValueError(f"JWKS endpoint answered {resp.status_code}")
+        if len(resp.content) > 1 << 20:
+            raise ValueError("JWKS document larger than 1 MiB")
+        self.load_text(resp.text, now)
+
+    def usable(self, now: float) -> bool:
+        """Keys are served stale for at most jwks_stale_max after the last successful load."""
+        return bool(self.keys) and (self.cfg.jwks_url is None or now - self.loaded_at <= self.cfg.jwks_stale_max_s)
 
 
 def _b64json(seg: str) -> Any:
@@ -199,32 +232,56 @@ class IdentityResolver:
         self._cache: OrderedDict[bytes, Identity] = OrderedDict()
         self._refresh_task: asyncio.Task | None = None
         self._api_keys = {k.sha256: k for k in config.api_keys}
+        self._refetching: JwksKeys | None = None
 
     @property
     def ready(self) -> bool:
-        return all(k.keys for k in self._jwks.values())
+        return all(k.usable(time.time()) for k in self._jwks.values())
 
     async def start(self) -> None:
         now = time.time()
         for keys in self._jwks.values():
-            await asyncio.to_thread(keys.reload_file, now)
+            if keys.cfg.jwks_url is None:
+                await asyncio.to_thread(keys.reload, now)  # a broken local file is a config error
+            else:
+                try:
+                    await asyncio.to_thread(keys.reload, now)
+                except Exception:  # noqa: BLE001 - not ready until the endpoint answers
+                    log.warning("jwks_fetch_failed", issuer=keys.cfg.name)
         self._refresh_task = asyncio.create_task(self._refresh_loop())
 
     async def _refresh_loop(self) -> None:
+        interval = min((c.jwks_refresh_s for c in self.config.issuers), default=300)
         while True:
-            await asyncio.sleep(min((c.jwks_refresh_s for c in self.config.issuers), default=300))
+            # Unready issuers retry quickly; ready ones refresh on their interval.
+            await asyncio.sleep(interval if self.ready else min(interval, 2.0))
             for keys in self._jwks.values():
                 try:
-                    await asyncio.to_thread(keys.reload_file, time.time())
-                except (OSError, ValueError):
-                    pass  # keep serving the last good key set
+                    await asyncio.to_thread(keys.reload, time.time())
+                except Exception:  # noqa: BLE001 - keep serving the last good key set (bounded stale)
+                    log.warning("jwks_refresh_failed", issuer=keys.cfg.name)
 
     async def close(self) -> None:
         if self._refresh_task is not None:
             self._refresh_task.cancel()
 
     async def resolve(self, headers: Mapping[str, list[str]], attributes: Mapping[str, str], now: float) -> Identity:
-        return self.resolve_sync(headers, attributes, now)
+        try:
+            return self.resolve_sync(headers, attributes, now)
+        except IdentityError as exc:
+            if exc.reason not in ("unknown_kid", "jwks_unavailable") or self._refetching is None:
+                raise
+            keys = self._refetching
+            self._refetching = None
+            # One forced refresh for an unknown kid (key rotation), at most once per cooldown.
+            if keys.cfg.jwks_url is None or now - keys.last_forced < keys.cfg.jwks_refetch_cooldown_s:
+                raise
+            keys.last_forced = now
+            try:
+                await asyncio.to_thread(keys.reload, now)
+            except Exception:  # noqa: BLE001
+                raise exc from None
+            return self.resolve_sync(headers, attributes, now)
 
     def resolve_sync(self, headers: Mapping[str, list[str]], attributes: Mapping[str, str], now: float) -> Identity:
         credential = self._credential(headers)
@@ -279,6 +336,9 @@ class IdentityResolver:
         if keys is None:
             raise IdentityError("issuer_unknown", "the token's issuer is not trusted")
         cfg = keys.cfg
+        if not keys.usable(now):
+            self._refetching = keys
+            raise IdentityError("jwks_unavailable", "the issuer's signing keys are unavailable")
         if len(token) > cfg.max_token_bytes:
             raise IdentityError("token_too_large", f"the token is larger than {cfg.max_token_bytes} bytes")
         alg = header.get("alg")
@@ -287,7 +347,10 @@ class IdentityResolver:
         if cfg.require_typ is not None and header.get("typ") != cfg.require_typ:
             raise IdentityError("bad_typ", "the token's typ header is not accepted")
         kid = header.get("kid")
-        if not isinstance(kid, str) or kid not in keys.keys:
+        if not isinstance(kid, str) or len(kid) > 256:
+            raise IdentityError("unknown_kid", "the token's signing key is not known")
+        if kid not in keys.keys:
+            self._refetching = keys
             raise IdentityError("unknown_kid", "the token's signing key is not known")
         jwk = keys.keys[kid]
         try:
