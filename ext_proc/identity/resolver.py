@@ -76,6 +76,7 @@ class IdentityConfig:
     mtls_subject_from: str = "uri_san"
     mtls_roles_by_san: dict[str, tuple[str, ...]] = field(default_factory=dict)
     cache_size: int = 10000
+    introspection: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path) -> "IdentityConfig":
@@ -117,7 +118,22 @@ class IdentityConfig:
                                roles=tuple(k.get("roles") or ()), tenant=k.get("tenant"),
                                revoked=bool(k.get("revoked"))))
         mtls = d.get("mtls") or {}
-        return cls(issuers=issuers, api_keys=keys, mtls_enabled=bool(mtls.get("enabled")),
+        intro = d.get("introspection")
+        if intro is not None:
+            if not isinstance(intro, Mapping) or not intro.get("url"):
+                raise ValueError("identity.introspection needs a url")
+            url = str(intro["url"])
+            if not url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+                raise ValueError("identity.introspection.url must be https (plain http only on loopback)")
+            secret = None
+            if intro.get("client_secret_file"):
+                sf = Path(intro["client_secret_file"])
+                secret = (sf if sf.is_absolute() else base_dir / sf).read_text().strip()
+            intro = {"url": url, "client_id": intro.get("client_id"), "client_secret": secret,
+                     "timeout_s": _duration(intro.get("timeout"), 2), "cache_max_s": _duration(intro.get("cache_max"), 60),
+                     "issuer": str(intro.get("issuer") or url), "claims": dict(intro.get("claims") or
+                                                                                 {"roles": "roles", "scopes": "scope"})}
+        return cls(issuers=issuers, api_keys=keys, introspection=intro, mtls_enabled=bool(mtls.get("enabled")),
                    mtls_subject_from=str(mtls.get("subject_from") or "uri_san"),
                    mtls_roles_by_san={k: tuple(v) for k, v in (mtls.get("roles_by_san") or {}).items()})
 
@@ -269,6 +285,10 @@ class IdentityResolver:
         try:
             return self.resolve_sync(headers, attributes, now)
         except IdentityError as exc:
+            if exc.reason == "invalid_credential" and self.config.introspection is not None:
+                credential = self._credential(headers)
+                if credential is not None:
+                    return await self._introspect(credential, now)
             if exc.reason not in ("unknown_kid", "jwks_unavailable") or self._refetching is None:
                 raise
             keys = self._refetching
@@ -388,6 +408,51 @@ class IdentityResolver:
             tenant=tenant if isinstance(tenant, str) else None,
             scopes=_strings(_claim(claims, cfg.claims.get("scopes"))),
             actor=_actor_chain(claims), credential_id=key.hex()[:16], expires_at=float(exp))
+        self._cache[key] = ident
+        if len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
+        return ident
+
+    async def _introspect(self, token: str, now: float) -> Identity:
+        """RFC 7662: only a JSON boolean `active: true` passes; anything else, a timeout or an
+        error is a denial. Answers are cached no longer than cache_max nor past the token's exp."""
+        cfg = self.config.introspection
+        assert cfg is not None
+        key = b"i:" + hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(key)
+        if cached is not None and cached.expires_at is not None and cached.expires_at > now:
+            return cached
+        import httpx
+
+        auth = (cfg["client_id"], cfg["client_secret"]) if cfg["client_id"] and cfg["client_secret"] else None
+        try:
+            async with httpx.AsyncClient(timeout=cfg["timeout_s"], follow_redirects=False) as client:
+                resp = await client.post(cfg["url"], data={"token": token, "token_type_hint": "access_token"},
+                                         auth=auth, headers={"accept": "application/json"})
+        except httpx.HTTPError:
+            raise IdentityError("introspection_failed", "the token could not be introspected") from None
+        if resp.status_code != 200 or len(resp.content) > 65536:
+            raise IdentityError("introspection_failed", "the token could not be introspected")
+        try:
+            claims = resp.json()
+        except ValueError:
+            raise IdentityError("introspection_failed", "the token could not be introspected") from None
+        if not isinstance(claims, dict) or claims.get("active") is not True:
+            raise IdentityError("token_inactive", "the token is not active")
+        sub = claims.get("sub") or claims.get("client_id")
+        exp = claims.get("exp")
+        if not isinstance(sub, str) or not sub:
+            raise IdentityError("missing_claim", "the introspected token has no subject")
+        if exp is not None and (not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp <= now):
+            raise IdentityError("token_expired", "the token has expired")
+        until = now + cfg["cache_max_s"] if exp is None else min(float(exp), now + cfg["cache_max_s"])
+        tenant = _claim(claims, cfg["claims"].get("tenant"))
+        ident = Identity(subject=sub, issuer=cfg["issuer"], auth_method="introspection",
+                         roles=_strings(_claim(claims, cfg["claims"].get("roles"))),
+                         groups=_strings(_claim(claims, cfg["claims"].get("groups"))),
+                         tenant=tenant if isinstance(tenant, str) else None,
+                         scopes=_strings(_claim(claims, cfg["claims"].get("scopes"))), actor=_actor_chain(claims),
+                         credential_id=key.hex()[4:20], expires_at=until)
         self._cache[key] = ident
         if len(self._cache) > self.config.cache_size:
             self._cache.popitem(last=False)
