@@ -1,9 +1,12 @@
-"""Verified identity: JWT/JWKS, API keys, mTLS peer certificates, agents acting for users."""
+"""Verified identity: JWT/JWKS, API keys, mTLS peer certificates, OAuth2 introspection, and the
+agents acting for users (RFC 8693 act)."""
 
+from ext_proc.identity.config import ConfigError, IdentityConfig
+from ext_proc.identity.credentials import CREDENTIAL_HEADERS
+from ext_proc.identity.forward import IDENTITY_HEADER_PREFIX, forwarded_identity_headers, spoofable_headers
+from ext_proc.identity.jwks import JwksError
 from ext_proc.identity.model import Identity, IdentityError
-from ext_proc.identity.resolver import IdentityConfig, IdentityResolver, forwarded_identity_headers
+from ext_proc.identity.resolver import IdentityResolver
 
-IDENTITY_HEADER_PREFIX = "x-ledgergate-"
-
-__all__ = ["IDENTITY_HEADER_PREFIX", "Identity", "IdentityConfig", "IdentityError", "IdentityResolver",
-           "forwarded_identity_headers"]
+__all__ = ["CREDENTIAL_HEADERS", "ConfigError", "IDENTITY_HEADER_PREFIX", "Identity", "IdentityConfig",
+           "IdentityError", "IdentityResolver", "JwksError", "forwarded_identity_headers", "spoofable_headers"]

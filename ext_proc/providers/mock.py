@@ -26,6 +26,12 @@ from ext_proc.providers.errors import error_body
 from ext_proc.providers.surfaces import match_surface
 
 MAX_BODY = 32 * 1024 * 1024
+MAX_LOGGED_BODY = 1024 * 1024  # per request in the /_mock/requests log (200 entries)
+MAX_DIRECTIVE_MS = 120_000
+
+
+class _BadDirective(ValueError):
+    pass
 
 
 def _tokens(text: str) -> int:
@@ -100,10 +106,40 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing -------------------------------------------------------------------------
     def _read_body(self) -> bytes:
-        n = int(self.headers.get("content-length") or 0)
+        """The request body, by content-length or chunked (Envoy may drop content-length after a
+        body mutation and forward chunked)."""
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            out = bytearray()
+            while True:
+                line = self.rfile.readline(1024)
+                try:
+                    size = int(line.split(b";", 1)[0].strip() or b"x", 16)
+                except ValueError:
+                    raise _BadDirective("bad chunk size") from None
+                if size < 0 or len(out) + size > MAX_BODY:
+                    raise OverflowError
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline(1024)
+        raw = (self.headers.get("content-length") or "0").strip()
+        if not raw.isdigit():
+            raise _BadDirective("bad content-length")
+        n = int(raw)
         if n > MAX_BODY:
-            raise ValueError("body too large")
+            raise OverflowError
         return self.rfile.read(n) if n else b""
+
+    def _int_header(self, name: str, lo: int, hi: int) -> int:
+        raw = self.headers.get(name)
+        if raw is None:
+            return 0
+        raw = raw.strip()
+        if not raw.isdigit() or not lo <= int(raw) <= hi:
+            raise _BadDirective(f"{name} must be an integer in [{lo}, {hi}]")
+        return int(raw)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -120,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("cache-control", "no-cache")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        delay = int(self.headers.get("x-mock-event-delay-ms") or 0) / 1000
+        delay = self._int_header("x-mock-event-delay-ms", 0, MAX_DIRECTIVE_MS) / 1000
         for ev in events:
             self.wfile.write(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
             self.wfile.flush()
@@ -134,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:  # type: ignore[attr-defined]
             srv.requests.append({"method": self.command, "path": self.path,  # type: ignore[attr-defined]
                                  "headers": {k: v for k, v in self.headers.items()},
-                                 "body": body.decode("utf-8", "replace")})
+                                 "body": body[:MAX_LOGGED_BODY].decode("utf-8", "replace")})
 
     # --- verbs ----------------------------------------------------------------------------
     def do_DELETE(self) -> None:
@@ -153,53 +189,82 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._record(b"")
         path = urlsplit(self.path).path
-        if path == "/v1/models":
+        try:
+            status = self._int_header("x-mock-status", 100, 599)
+            delay = self._int_header("x-mock-delay-ms", 0, MAX_DIRECTIVE_MS)
+        except _BadDirective as exc:
+            h, b = error_body("openai", 400, "mock_directive", str(exc))
+            self._send(400, b, h)
+            return
+        if delay:
+            time.sleep(delay / 1000)
+        if status >= 400:
+            h, b = error_body("openai", status, "mock_error", f"mock provider answered {status}")
+            self._send(status, b, h)
+        elif path == "/v1/models":
             models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-3-5-haiku-latest"]
             self._send(200, json.dumps({"object": "list", "data": [
                 {"id": m, "object": "model", "created": 0, "owned_by": "ledgergate-mock"} for m in models]}).encode())
-        elif path.startswith("/v1/models/"):
-            m = path.rsplit("/", 1)[1]
+        elif path.startswith("/v1/models/") and path.count("/") == 3:
+            m = unquote(path.rsplit("/", 1)[1])
             self._send(200, json.dumps({"id": m, "object": "model", "created": 0, "owned_by": "ledgergate-mock"}).encode())
         else:
-            h, b = error_body("openai", 404, "not_found", f"mock has no GET {path}")
+            h, b = error_body("openai", 404, "not_found", "mock has no such GET route")
             self._send(404, b, h)
 
     def do_POST(self) -> None:
-        try:
-            raw = self._read_body()
-        except ValueError:
-            self._send(413, b'{"error":{"message":"too large"}}')
-            return
-        self._record(raw)
         surface = match_surface("POST", self.path)
         provider = surface.provider if surface else "openai"
+        try:
+            raw = self._read_body()
+        except OverflowError:
+            h, b = error_body(provider, 413, "request_too_large", "mock: body too large")
+            self._send(413, b, h)
+            self.close_connection = True
+            return
+        except _BadDirective as exc:
+            h, b = error_body(provider, 400, "bad_request", f"mock: {exc}")
+            self._send(400, b, h)
+            self.close_connection = True
+            return
+        self._record(raw)
         if surface is None:
             h, b = error_body("openai", 404, "not_found", "mock: unknown path")
             self._send(404, b, h)
             return
-        status = int(self.headers.get("x-mock-status") or 0)
-        if status:
+        try:
+            status = self._int_header("x-mock-status", 100, 599)
+            delay = self._int_header("x-mock-delay-ms", 0, MAX_DIRECTIVE_MS)
+            chunk = self._int_header("x-mock-chunk-chars", 0, 1_000_000) or None
+            self._int_header("x-mock-event-delay-ms", 0, MAX_DIRECTIVE_MS)
+        except _BadDirective as exc:
+            h, b = error_body(provider, 400, "mock_directive", str(exc))
+            self._send(400, b, h)
+            return
+        if delay:
+            time.sleep(delay / 1000)
+        if status >= 400:
             h, b = error_body(provider, status, "mock_error", f"mock provider answered {status}")
             self._send(status, b, h)
             return
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(raw.decode("utf-8"))
             if not isinstance(body, dict):
                 raise ValueError
-        except ValueError:
+        except (ValueError, RecursionError):
             h, b = error_body(provider, 400, "invalid_json", "mock: body is not a JSON object")
             self._send(400, b, h)
             return
-        delay = int(self.headers.get("x-mock-delay-ms") or 0)
-        if delay:
-            time.sleep(delay / 1000)
-        prompt = last_user_text(surface.api, body)
+        try:
+            prompt = last_user_text(surface.api, body)
+        except (AttributeError, TypeError):
+            prompt = ""
         reply = unquote(self.headers["x-mock-reply"]) if "x-mock-reply" in self.headers else f"You said: {prompt}"
-        chunk = int(self.headers.get("x-mock-chunk-chars") or 0) or None
-        model = surface.model_from_path or body.get("model") or "mock-model"
+        model = surface.model_from_path or body.get("model")
+        model = model if isinstance(model, str) else "mock-model"
         stream = surface.stream_from_path or body.get("stream") is True
         handler = getattr(self, f"_api_{surface.api}", None)
-        if handler is None:
+        if handler is None or not surface.inspectable:
             h, b = error_body(provider, 404, "not_found", f"mock does not implement {surface.name}")
             self._send(404, b, h)
             return

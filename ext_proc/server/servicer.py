@@ -22,7 +22,7 @@ from envoy.type.v3 import http_status_pb2
 
 from ext_proc.audit.log import AuditUnavailable
 from ext_proc.audit.record import outcome_record
-from ext_proc.identity import IdentityError
+from ext_proc.identity import IdentityError, forwarded_identity_headers
 from ext_proc.pipeline.request import (
     RequestHead,
     Verdict,
@@ -132,6 +132,9 @@ class Exchange:
             if cred:
                 set_headers.append(_set_header(cred["header"], self.rt.upstream_secret(self.head.surface.provider)))
                 remove = [h for h in remove if h != cred["header"].lower()]
+        if self.identity is not None:
+            for k, v in forwarded_identity_headers(self.identity, self.rt.identity.config).items():
+                set_headers.append(_set_header(k, v))
         if body_len is not None:
             set_headers.append(_set_header("content-length", str(body_len)))
         return pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove))

@@ -213,3 +213,16 @@ def test_verified_token_cache_never_outlives_the_token(tmp_path, keys):
     with pytest.raises(IdentityError) as ei:
         r.resolve_sync({"authorization": [f"Bearer {t}"]}, {}, NOW + 3600)
     assert ei.value.reason == "token_expired"
+
+
+def test_identity_is_forwarded_only_as_configured(tmp_path, keys):
+    from ext_proc.identity import forwarded_identity_headers
+
+    r = make_resolver(tmp_path, keys)
+    ident = resolve(r, token(keys[0]))
+    assert forwarded_identity_headers(ident, r.config) == {}
+    cfg = IdentityConfig.from_dict({"forward_headers": {"subject": "x-ledgergate-subject", "roles": "x-ledgergate-roles"}},
+                                   tmp_path)
+    assert forwarded_identity_headers(ident, cfg) == {"x-ledgergate-subject": "alice", "x-ledgergate-roles": "analyst"}
+    with pytest.raises(ValueError):  # outside the stripped namespace a client could spoof it
+        IdentityConfig.from_dict({"forward_headers": {"subject": "x-user"}}, tmp_path)

@@ -1,0 +1,161 @@
+"""Hold-back scanning of one content stream (one choice's text, one tool call's arguments, one
+Anthropic content block...).
+
+Text arrives in pieces. A finding can be at most ``hold`` characters long (the classifier's
+``max_match_chars``), so once more than ``hold`` characters are pending, everything but the last
+``hold`` characters can be decided: no finding that is still arriving can reach back that far.
+A finding that straddles the cut keeps the cut before it. The decided part is scanned together with
+a little of the text released before it (context words such as "call" for phone numbers), findings
+in it are blocked or redacted, and it is released. Only ``hold`` (+ one scan step) characters are
+ever pending per stream, whatever the length of the stream.
+
+Scans happen once per ``step`` characters, not once per delta, so the CPU cost is linear in the
+text length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ext_proc.classify import Classifier, Finding, redact, summarize
+
+CONTEXT_CHARS = 256          # released text kept as left context for the next scan
+MAX_REDACTION_RECORDS = 1000  # per response; further ones are counted, not listed
+
+
+class Blocked(Exception):
+    """A block rule fired, or the response cannot be inspected. The message never holds content."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        super().__init__(reason)
+        self.label = label
+        self.reason = reason
+
+
+@dataclass
+class Ledger:
+    """What one response's inspection found: counts per label, redaction records (offsets only)."""
+    classification: dict[str, dict] = field(default_factory=dict)
+    redactions: list[dict] = field(default_factory=list)
+    redactions_not_listed: int = 0
+
+    def count(self, findings: list[Finding]) -> None:
+        for label, s in summarize(findings).items():
+            have = self.classification.get(label)
+            if have is None:
+                self.classification[label] = dict(s)
+            else:
+                have["count"] += s["count"]
+                have["max_confidence"] = max(have["max_confidence"], s["max_confidence"])
+
+    def add_redaction(self, record: dict) -> None:
+        if len(self.redactions) < MAX_REDACTION_RECORDS:
+            self.redactions.append(record)
+        else:
+            self.redactions_not_listed += 1
+
+    def summary(self) -> dict[str, dict]:
+        return {k: dict(self.classification[k]) for k in sorted(self.classification)}
+
+
+@dataclass(frozen=True)
+class ScanPolicy:
+    classifier: Classifier
+    redact: Mapping[str, str]
+    block: frozenset[str]
+    hash_key: bytes
+    tenant: str | None
+    hold: int
+    step: int
+
+
+class TextGate:
+    """Scans one content stream's text with a bounded hold-back; see the module docstring."""
+
+    def __init__(self, policy: ScanPolicy, ledger: Ledger, where: str, *, count: bool = True) -> None:
+        self.policy = policy
+        self.ledger = ledger
+        self.where = where            # names the stream in redaction records, e.g. "chat/0/content"
+        self.count = count            # False for texts that restate a stream already counted
+        self._context = ""
+        self._pending: list[str] = []
+        self._pending_len = 0
+        self.released_chars = 0       # original characters released so far (offset of the held text)
+        limit = policy.classifier.max_input_chars
+        if limit < CONTEXT_CHARS + 2 * policy.hold + policy.step:
+            raise ValueError("the classifier's max_input_chars is too small for the hold-back")
+        self._window = min(limit - CONTEXT_CHARS, max(4 * (policy.hold + policy.step), 1 << 16))
+
+    @property
+    def held_chars(self) -> int:
+        return self._pending_len
+
+    def feed(self, text: str) -> str:
+        if text:
+            self._pending.append(text)
+            self._pending_len += len(text)
+        if self._pending_len < self.policy.hold + self.policy.step:
+            return ""
+        return self._release(final=False)
+
+    def flush(self) -> str:
+        """End of the stream: everything pending is decided and released."""
+        if not self._pending_len:
+            return ""
+        return self._release(final=True)
+
+    def _release(self, *, final: bool) -> str:
+        p = self.policy
+        held = "".join(self._pending)
+        out: list[str] = []
+        start = 0
+        while start < len(held):
+            rest = len(held) - start
+            take = min(rest, self._window)
+            whole = final and take == rest
+            if not whole and take < p.hold + (p.step if not final else 1):
+                break
+            window = self._context + held[start:start + take]
+            base = len(self._context)
+            findings = p.classifier.scan(window)
+            cut = take if whole else take - p.hold
+            if not whole:
+                for f in findings:
+                    if f.start < base + cut < f.end and f.start - base > 0:
+                        cut = f.start - base      # findings are disjoint: one can straddle the cut
+                if 0xD800 <= ord(window[base + cut - 1]) <= 0xDBFF and cut > 1:
+                    cut -= 1                      # never split a surrogate pair
+            decided = [f for f in findings if f.end > base and f.start < base + cut]
+            for f in decided:
+                if f.label in p.block:
+                    if self.count:
+                        self.ledger.count([f])
+                    raise Blocked(f.label, f"the response was stopped by policy: it contained {f.label}")
+            if self.count:
+                self.ledger.count(decided)
+            piece = held[start:start + cut]
+            if decided and p.redact:
+                local = [Finding(f.label, max(f.start - base, 0), min(f.end - base, cut), f.confidence, f.validator)
+                         for f in decided]
+                piece, reds = redact(piece, local, p.redact, hash_key=p.hash_key, tenant=p.tenant)
+                for r in reds:
+                    rec = r.to_record()
+                    rec["start"] += self.released_chars
+                    rec["end"] += self.released_chars
+                    rec["where"] = self.where
+                    self.ledger.add_redaction(rec)
+            out.append(piece)
+            self._context = (self._context + held[start:start + cut])[-CONTEXT_CHARS:]
+            self.released_chars += cut
+            start += cut
+        rest_text = held[start:]
+        self._pending = [rest_text] if rest_text else []
+        self._pending_len = len(rest_text)
+        return "".join(out)
+
+
+def inspect_whole(policy: ScanPolicy, ledger: Ledger, text: str, where: str, *, count: bool = True) -> str:
+    """A complete text (a JSON string field, a whole body): scanned in bounded windows, redacted."""
+    gate = TextGate(policy, ledger, where, count=count)
+    return gate.feed(text) + gate.flush()
