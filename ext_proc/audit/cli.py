@@ -78,6 +78,8 @@ def run(argv: list[str]) -> int:
     r.add_argument("--policy-store", default="var/policy-store", help="content-addressed policy store")
     c = sub.add_parser("checkpoint", help="tree size and RFC 6962 Merkle root per segment")
     c.add_argument("--path", default="var/audit")
+    c.add_argument("--sign", metavar="KEY_PEM", help="sign each checkpoint (C2SP signed-note style) with this Ed25519 key")
+    c.add_argument("--origin", default="ledgergate", help="origin line of the checkpoint")
     a = p.parse_args(argv)
     if a.cmd == "verify":
         trust = set(a.trust) if a.trust else None
@@ -118,6 +120,14 @@ def run(argv: list[str]) -> int:
                     leaves.append(leaf_hash(bytes.fromhex(json.loads(line)["hash"])))
                 except (json.JSONDecodeError, KeyError, ValueError):
                     break
-            print(f"{name}\n{len(leaves)}\n{base64.b64encode(merkle_root(leaves)).decode()}\n")
+            body = f"{a.origin}/{name}\n{len(leaves)}\n{base64.b64encode(merkle_root(leaves)).decode()}\n"
+            if a.sign:
+                from ext_proc.audit.chain import key_id
+                from ext_proc.audit.log import load_or_create_signing_key
+
+                key = load_or_create_signing_key(a.sign)
+                sig = base64.b64encode(key.sign(body.encode())).decode()
+                body += f"\n\u2014 {a.origin} {key_id(key.public_key())} {sig}\n"
+            print(body)
         return 0
     return 2

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -28,23 +29,35 @@ def _jwk(pub_raw: bytes) -> dict:
 
 
 def generate_dev_issuer(directory: Path) -> None:
+    """Writes issuer-key.pem (Ed25519, mode 0600) and jwks.json into `directory` unless present;
+    an existing key is kept and its JWKS rebuilt when only the JWKS is missing."""
     directory = Path(directory)
     key_path, jwks_path = directory / "issuer-key.pem", directory / "jwks.json"
     if key_path.exists() and jwks_path.exists():
         return
     directory.mkdir(parents=True, exist_ok=True)
-    priv = Ed25519PrivateKey.generate()
-    pem = priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    if key_path.exists():
+        priv = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(priv, Ed25519PrivateKey):
+            raise ValueError(f"{key_path} is not an Ed25519 private key")
+    else:
+        priv = Ed25519PrivateKey.generate()
+        pem = priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
     pub = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    jwks_path.write_text(json.dumps({"keys": [_jwk(pub)]}, indent=2))
+    tmp = jwks_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"keys": [_jwk(pub)]}, indent=2))
+    os.replace(tmp, jwks_path)  # a reader never sees a half-written JWKS
 
 
-def mint_dev_token(directory: Path, *, sub: str, roles, tenant: str | None = None, groups=(), ttl_s: int = 3600,
-                   act: str | None = None, now: float) -> str:
+def mint_dev_token(directory: Path, *, sub: str, roles: Sequence[str], tenant: str | None = None,
+                   groups: Sequence[str] = (), ttl_s: int = 3600, act: str | Sequence[str] | None = None,
+                   now: float) -> str:
+    """A token of the dev issuer. `act` names the agent acting for `sub` (RFC 8693); a sequence
+    is a delegation chain, the agent calling first."""
     directory = Path(directory)
     priv = serialization.load_pem_private_key((directory / "issuer-key.pem").read_bytes(), password=None)
     pub = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -52,6 +65,10 @@ def mint_dev_token(directory: Path, *, sub: str, roles, tenant: str | None = Non
               "exp": int(now) + int(ttl_s), "roles": list(roles), "groups": list(groups)}
     if tenant:
         claims["tenant"] = tenant
-    if act:
-        claims["act"] = {"sub": act}
+    chain = [act] if isinstance(act, str) else list(act or ())
+    nested: dict | None = None
+    for actor in reversed(chain):
+        nested = {"sub": actor, **({"act": nested} if nested else {})}
+    if nested:
+        claims["act"] = nested
     return jwt.encode(claims, priv, algorithm="EdDSA", headers={"kid": _jwk(pub)["kid"], "typ": "JWT"})

@@ -142,6 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
         return int(raw)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self._started = True
         self.send_response(status)
         for k, v in (headers or {"content-type": "application/json"}).items():
             self.send_header(k, v)
@@ -151,6 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.flush_headers()
 
     def _stream(self, events: Iterator[bytes], content_type: str = "text/event-stream") -> None:
+        self._started = True
         self.send_response(200)
         self.send_header("content-type", content_type)
         self.send_header("cache-control", "no-cache")
@@ -268,7 +270,14 @@ class _Handler(BaseHTTPRequestHandler):
             h, b = error_body(provider, 404, "not_found", f"mock does not implement {surface.name}")
             self._send(404, b, h)
             return
-        handler(body, model, prompt, reply, chunk, stream)
+        self._started = False
+        try:
+            handler(body, model, prompt, reply, chunk, stream)
+        except (AttributeError, TypeError, ValueError, KeyError):
+            if self._started:
+                raise
+            h, b = error_body(provider, 400, "invalid_request", f"mock: malformed {surface.name} body")
+            self._send(400, b, h)
 
     # --- OpenAI ---------------------------------------------------------------------------
     def _api_chat(self, body, model, prompt, reply, chunk, stream) -> None:
@@ -298,11 +307,25 @@ class _Handler(BaseHTTPRequestHandler):
         self._stream(events())
 
     def _api_completions(self, body, model, prompt, reply, chunk, stream) -> None:
-        self._send(200, json.dumps({
-            "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "text": reply, "logprobs": None, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(reply),
-                      "total_tokens": _tokens(prompt) + _tokens(reply)}}).encode())
+        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        usage = {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(reply),
+                 "total_tokens": _tokens(prompt) + _tokens(reply)}
+        base = {"id": cid, "object": "text_completion", "created": created, "model": model}
+        if not stream:
+            self._send(200, json.dumps({**base, "choices": [
+                {"index": 0, "text": reply, "logprobs": None, "finish_reason": "stop"}], "usage": usage}).encode())
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def events() -> Iterator[bytes]:
+            pieces = split_reply(reply, chunk)
+            for i, piece in enumerate(pieces):
+                yield sse({**base, "choices": [{"index": 0, "text": piece, "logprobs": None,
+                                                "finish_reason": "stop" if i == len(pieces) - 1 else None}]})
+            if include_usage:
+                yield sse({**base, "choices": [], "usage": usage})
+            yield sse("[DONE]")
+        self._stream(events())
 
     def _api_embeddings(self, body, model, prompt, reply, chunk, stream) -> None:
         inputs = body.get("input")
@@ -359,6 +382,11 @@ class _Handler(BaseHTTPRequestHandler):
                                                         "delta": piece, "logprobs": []})
             yield ev("response.output_text.done", {"item_id": mid, "output_index": 0, "content_index": 0,
                                                    "text": reply, "logprobs": []})
+            part = {"type": "output_text", "text": reply, "annotations": []}
+            yield ev("response.content_part.done", {"item_id": mid, "output_index": 0, "content_index": 0,
+                                                    "part": part})
+            yield ev("response.output_item.done", {"output_index": 0, "item": {**item, "status": "completed",
+                                                                              "content": [part]}})
             yield ev("response.completed", {"response": response("completed", reply, True)})
         self._stream(events())
 
@@ -402,6 +430,8 @@ class _Handler(BaseHTTPRequestHandler):
                                         "usageMetadata": usage, "modelVersion": model}).encode())
             return
 
+        sse_mode = "alt=sse" in urlsplit(self.path).query
+
         def events() -> Iterator[bytes]:
             pieces = split_reply(reply, chunk)
             for i, piece in enumerate(pieces):
@@ -412,8 +442,12 @@ class _Handler(BaseHTTPRequestHandler):
                 ev = {"candidates": [cand], "modelVersion": model}
                 if last:
                     ev["usageMetadata"] = usage
-                yield ("data: " + json.dumps(ev, separators=(",", ":")) + "\r\n\r\n").encode()
-        self._stream(events())
+                data = json.dumps(ev, separators=(",", ":"))
+                if sse_mode:  # Gemini frames SSE with CRLF
+                    yield ("data: " + data + "\r\n\r\n").encode()
+                else:  # without alt=sse: one JSON array, streamed element by element
+                    yield (("[" if i == 0 else ",\r\n") + data + ("]" if last else "")).encode()
+        self._stream(events(), "text/event-stream" if sse_mode else "application/json")
 
     # --- Bedrock --------------------------------------------------------------------------
     def _api_converse(self, body, model, prompt, reply, chunk, stream) -> None:

@@ -35,6 +35,15 @@ class Runtime:
         self.audit: AuditLog = open_audit_log(config.audit, signing_key_path=str(config.audit_signing_key),
                                               writer_id=config.writer_id)
         self.limiter = open_limiter(config.ratelimit)
+        # Encrypted capture of request bodies for legal hold: off unless audit.capture is set.
+        capture = config.audit.get("capture") or None
+        self.capture_key: bytes | None = None
+        self.capture_key_id: str | None = None
+        if capture:
+            key = config.resolve(capture["key_file"]).read_bytes()
+            if len(key) != 32:
+                raise ValueError("audit.capture.key_file must hold exactly 32 bytes")
+            self.capture_key, self.capture_key_id = key, str(capture.get("key_id") or "capture-1")
         self._upstream_secrets: dict[str, str] = {}
         for provider, cred in config.upstream_credentials.items():
             if "value_file" in cred:

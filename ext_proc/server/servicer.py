@@ -20,6 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 
+from ext_proc.audit.capture import seal_capture
 from ext_proc.audit.log import AuditUnavailable
 from ext_proc.audit.record import outcome_record
 from ext_proc.identity import IdentityError, forwarded_identity_headers
@@ -180,6 +181,8 @@ class Exchange:
                 verdict.reject(429, "rate_limited",
                                f"rate limit '{admission.throttled_by}' exceeded; retry after {admission.retry_after_s}s",
                                provider)
+        if rt.capture_key is not None and body:
+            verdict.record["capture"] = seal_capture(rt.capture_key, rt.capture_key_id, body, head.request_id.encode())
         self.verdict = verdict
         rt.metrics.decision(verdict.record["decision"].get("outcome", "deny"), head.route_record()["surface"])
         if not verdict.forward:

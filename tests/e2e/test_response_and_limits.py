@@ -20,7 +20,9 @@ pytestmark = pytest.mark.e2e
 def strict(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("strict")
     cfg = tmp / "ledgergate.yaml"
-    cfg.write_text(json.dumps({"policy": {"path": str(REPO / "tests" / "e2e" / "policies" / "strict.yaml")}}))
+    (tmp / "capture.key").write_bytes(bytes(range(32)))
+    cfg.write_text(json.dumps({"policy": {"path": str(REPO / "tests" / "e2e" / "policies" / "strict.yaml")},
+                               "audit": {"capture": {"key_file": str(tmp / "capture.key"), "key_id": "legal-1"}}}))
     s = start_stack(tmp, "--config", str(cfg))
     yield s
     s.stop()
@@ -128,3 +130,15 @@ def test_replay_reports_a_decision_that_does_not_reproduce():
     rep = replay(recs, lambda v, inp: {"outcome": "permit" if inp["x"] == 2 else "deny"})
     assert rep["replayed"] == 2 and rep["skipped"] == 1
     assert [m["request_id"] for m in rep["mismatches"]] == ["a"]
+
+
+def test_encrypted_capture_holds_the_original_request_for_legal_hold(strict):
+    from ext_proc.audit.capture import open_capture
+
+    raw = client(strict, "ok").chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "mail zed@example.com"}])
+    rid = raw.headers["x-request-id"]
+    rec = [r for r in strict.audit_records() if r.get("request_id") == rid and r["kind"] == "decision"][0]
+    assert "zed@example.com" not in json.dumps(rec)
+    original = open_capture(bytes(range(32)), rec["capture"], rid.encode())
+    assert b"zed@example.com" in original

@@ -1,0 +1,27 @@
+"""Encrypted capture for legal hold: the raw request body sealed with AES-256-GCM under a
+deployer key, bound to its record by the request id as associated data. Off unless configured;
+without the key the record holds only ciphertext."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ALG = "AES-256-GCM"
+
+
+def seal_capture(key: bytes, key_id: str, plaintext: bytes, aad: bytes) -> dict:
+    if len(key) != 32:
+        raise ValueError("the capture key must be 32 bytes")
+    nonce = os.urandom(12)
+    ct = AESGCM(key).encrypt(nonce, plaintext, aad)
+    return {"alg": ALG, "key_id": key_id, "nonce": base64.b64encode(nonce).decode(),
+            "ciphertext": base64.b64encode(ct).decode()}
+
+
+def open_capture(key: bytes, envelope: dict, aad: bytes) -> bytes:
+    if envelope.get("alg") != ALG:
+        raise ValueError("unknown capture algorithm")
+    return AESGCM(key).decrypt(base64.b64decode(envelope["nonce"]), base64.b64decode(envelope["ciphertext"]), aad)
