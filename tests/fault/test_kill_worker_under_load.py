@@ -28,8 +28,9 @@ def test_every_request_the_upstream_saw_was_recorded_first(tmp_path):
     s = start_stack(tmp_path, f"--upstream=openai=http://127.0.0.1:{mock.port}")
     try:
         token = s.token()
-        worker = int(subprocess.run(["pgrep", "-f", f"ledgergate-w0.yaml"], capture_output=True, text=True)
-                     .stdout.split()[0])
+        # This stack's worker only (other stacks of the test session run workers too).
+        conf = str(s.var_dir / "run" / "ledgergate-w0.yaml")
+        worker = int(subprocess.run(["pgrep", "-f", conf], capture_output=True, text=True).stdout.split()[0])
         stop = time.time() + 2.5
         codes: list[int] = []
 
