@@ -22,9 +22,7 @@ CLAIM_FIELDS = frozenset({"roles", "groups", "tenant", "scopes"})
 # Identity fields that may be forwarded upstream, and the headers they must never be written to.
 FORWARDABLE_FIELDS = frozenset({"subject", "issuer", "auth_method", "roles", "groups", "tenant", "scopes", "actor",
                                 "credential_id"})
-_FORBIDDEN_FORWARD_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key", "host", "cookie",
-                                        "content-length", "content-type", "transfer-encoding", "connection", "te",
-                                        "upgrade", "proxy-authorization", "x-forwarded-client-cert"})
+IDENTITY_HEADER_PREFIX = "x-ledgergate-"
 _HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -122,7 +120,7 @@ class IssuerConfig:
     require_typ: str | None
     jwks_refresh_s: float
     jwks_stale_max_s: float
-    jwks_refresh_cooldown_s: float
+    jwks_refetch_cooldown_s: float
     jwks_timeout_s: float
     jwks_max_bytes: int
 
@@ -156,7 +154,7 @@ MTLS_ATTRIBUTE = {"uri_san": "connection.uri_san_peer_certificate",
 @dataclass(frozen=True, slots=True)
 class IntrospectionConfig:
     url: str
-    client_id: str
+    client_id: str | None  # None: the endpoint needs no client authentication (e.g. a local sidecar)
     client_secret_file: Path | None
     issuer: str | None  # when set, a response carrying `iss` must carry exactly this
     audiences: tuple[str, ...]  # when set, the response's `aud` must contain one of them
@@ -225,7 +223,7 @@ def _claims(v: Any, where: str) -> dict[str, str]:
 def _issuer(it: Any, base_dir: Path, where: str) -> IssuerConfig:
     it = _check_keys(it, {"name", "issuer", "audiences", "jwks_file", "jwks_url", "algorithms", "claims",
                           "max_lifetime", "leeway", "max_token_bytes", "require_typ", "jwks_refresh",
-                          "jwks_stale_max", "jwks_refresh_cooldown", "jwks_timeout", "jwks_max_bytes"}, where)
+                          "jwks_stale_max", "jwks_refetch_cooldown", "jwks_timeout", "jwks_max_bytes"}, where)
     issuer = it.get("issuer")
     if not isinstance(issuer, str) or not issuer:
         raise ConfigError(f"{where}.issuer: required (must equal the tokens' iss)")
@@ -249,6 +247,10 @@ def _issuer(it: Any, base_dir: Path, where: str) -> IssuerConfig:
     timeout = parse_duration(it.get("jwks_timeout", "5s"), f"{where}.jwks_timeout")
     if timeout <= 0:
         raise ConfigError(f"{where}.jwks_timeout: must be positive")
+    stale_max = parse_duration(it.get("jwks_stale_max", "1h"), f"{where}.jwks_stale_max")
+    if stale_max <= refresh:
+        # Keys older than jwks_stale_max are refused: it must leave room for at least one refresh.
+        raise ConfigError(f"{where}.jwks_stale_max: must be longer than jwks_refresh")
     return IssuerConfig(
         name=str(it.get("name") or issuer), issuer=issuer, audiences=audiences, algorithms=algorithms,
         jwks_file=_path(it["jwks_file"], base_dir) if it.get("jwks_file") is not None else None,
@@ -258,9 +260,9 @@ def _issuer(it: Any, base_dir: Path, where: str) -> IssuerConfig:
         leeway_s=parse_duration(it.get("leeway", "30s"), f"{where}.leeway"),
         max_token_bytes=_positive_int(it.get("max_token_bytes"), 8192, f"{where}.max_token_bytes"),
         require_typ=require_typ, jwks_refresh_s=refresh,
-        jwks_stale_max_s=parse_duration(it.get("jwks_stale_max", "1h"), f"{where}.jwks_stale_max"),
-        jwks_refresh_cooldown_s=parse_duration(it.get("jwks_refresh_cooldown", "30s"),
-                                               f"{where}.jwks_refresh_cooldown"),
+        jwks_stale_max_s=stale_max,
+        jwks_refetch_cooldown_s=parse_duration(it.get("jwks_refetch_cooldown", "30s"),
+                                               f"{where}.jwks_refetch_cooldown"),
         jwks_timeout_s=timeout,
         jwks_max_bytes=_positive_int(it.get("jwks_max_bytes"), 512 * 1024, f"{where}.jwks_max_bytes"))
 
@@ -316,8 +318,10 @@ def _introspection(v: Any, base_dir: Path) -> IntrospectionConfig:
                         "cache_max", "max_token_bytes", "max_response_bytes", "max_concurrent"}, where)
     url = check_url(v.get("url"), f"{where}.url")
     client_id = v.get("client_id")
-    if not isinstance(client_id, str) or not client_id:
-        raise ConfigError(f"{where}.client_id: required")
+    if client_id is not None and (not isinstance(client_id, str) or not client_id):
+        raise ConfigError(f"{where}.client_id: must be a non-empty string")
+    if v.get("client_secret_file") and client_id is None:
+        raise ConfigError(f"{where}.client_id: required with client_secret_file")
     timeout = parse_duration(v.get("timeout", "2s"), f"{where}.timeout")
     if timeout <= 0:
         raise ConfigError(f"{where}.timeout: must be positive")
@@ -341,8 +345,10 @@ def _forward_headers(v: Any) -> dict[str, str]:
             continue
         if not isinstance(name, str) or not name or set(name) - _HEADER_NAME_CHARS:
             raise ConfigError(f"{where}.{fld}: must be a lower-case header name")
-        if name in _FORBIDDEN_FORWARD_HEADERS or name.startswith((":", "x-envoy-")):
-            raise ConfigError(f"{where}.{fld}: {name!r} may not carry identity")
+        if not name.startswith(IDENTITY_HEADER_PREFIX) or len(name) == len(IDENTITY_HEADER_PREFIX):
+            # The server strips every client-sent header with this prefix; a name outside it could
+            # be spoofed by the client whenever the field is empty and ledgergate sends nothing.
+            raise ConfigError(f"{where}.{fld}: must start with {IDENTITY_HEADER_PREFIX!r}")
         if name in out.values():
             raise ConfigError(f"{where}.{fld}: header {name!r} is used twice")
         out[fld] = name

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import urllib.parse
 
-from ext_proc.identity.config import IdentityConfig
+from ext_proc.identity.config import IDENTITY_HEADER_PREFIX, IdentityConfig
 from ext_proc.identity.model import Identity
 
-IDENTITY_HEADER_PREFIX = "x-ledgergate-"
+__all__ = ["IDENTITY_HEADER_PREFIX", "forwarded_identity_headers", "spoofable_headers"]
 
 # Kept literally in header values; everything else (',' inside a list item, '%', non-ASCII) is
 # percent-encoded so a value can neither split a list nor carry CR/LF.
@@ -37,6 +37,7 @@ def forwarded_identity_headers(identity: Identity, config: IdentityConfig) -> di
 
 
 def spoofable_headers(config: IdentityConfig) -> frozenset[str]:
-    """Headers the server must strip from the client's request (besides the x-ledgergate-
-    prefix): every header ledgergate may set upstream to carry identity."""
+    """Every header ledgergate may set upstream to carry identity; the client must never be able
+    to set them. All of them start with IDENTITY_HEADER_PREFIX (the configuration enforces it),
+    so stripping that prefix covers them; the set is exposed for an explicit check."""
     return frozenset(config.forward_headers.values())

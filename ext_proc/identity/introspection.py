@@ -1,7 +1,8 @@
 """OAuth 2.0 token introspection (RFC 7662) for opaque tokens.
 
-`interpret_introspection` is pure: only a JSON boolean `active: true` means active (`"true"` the
-string does not), `exp`/`nbf` are checked against `now`, `iss`/`aud` against the configuration.
+`interpret_introspection` is pure: only a JSON boolean `active: true` means active; `"true"` the
+string, `1` or no `active` at all mean inactive (RFC 7662 2.2). `exp`/`nbf` are checked against
+`now`, `iss`/`aud` against the configuration.
 `IntrospectionClient` is the thin HTTP shell: bounded time, bounded body, bounded concurrency,
 no redirects, and every failure is a denial.
 """
@@ -22,15 +23,12 @@ from ext_proc.identity.model import Identity, IdentityError
 
 def interpret_introspection(doc: Mapping[str, Any], cfg: IntrospectionConfig, *, credential_id: str,
                             now: float) -> Identity:
-    active = doc.get("active")
-    if active is False:
+    if doc.get("active") is not True:
         raise IdentityError("token_inactive", "the token is not active")
-    if active is not True:
-        raise IdentityError("introspection_malformed", "the introspection answer has no boolean 'active'")
     exp = doc.get("exp")
     if exp is not None:
         if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
-            raise IdentityError("introspection_malformed", "the introspection answer's exp is not a number")
+            raise IdentityError("introspection_failed", "the introspection answer's exp is not a number")
         if exp <= now:
             raise IdentityError("token_expired", "the token has expired")
     nbf = doc.get("nbf")
@@ -59,7 +57,9 @@ class IntrospectionClient:
         self._slots = asyncio.Semaphore(cfg.max_concurrent)
 
     async def start(self) -> None:
-        if self.cfg.client_secret_file is not None:
+        if self._client is not None:
+            return
+        if self.cfg.client_secret_file is not None and self.cfg.client_id is not None:
             secret = (await asyncio.to_thread(self.cfg.client_secret_file.read_text, encoding="utf-8")).strip()
             self._auth = (self.cfg.client_id, secret)
         # trust_env=False: no proxy or netrc from the environment silently joins the trust path.
@@ -71,19 +71,19 @@ class IntrospectionClient:
             self._client = None
 
     async def introspect(self, token: str) -> dict[str, Any]:
-        if self._client is None:
-            raise IdentityError("introspection_failed", "token introspection is not started")
         try:
+            if self._client is None:
+                await self.start()
             return await asyncio.wait_for(self._post(token), self.cfg.timeout_s)
         except TimeoutError:
             raise IdentityError("introspection_failed", "the introspection endpoint timed out") from None
-        except httpx.HTTPError:
+        except (httpx.HTTPError, OSError):
             raise IdentityError("introspection_failed", "the introspection endpoint could not be reached") from None
 
     async def _post(self, token: str) -> dict[str, Any]:
         assert self._client is not None
         data = {"token": token, "token_type_hint": "access_token"}
-        if self._auth is None:
+        if self._auth is None and self.cfg.client_id is not None:
             data["client_id"] = self.cfg.client_id  # a public client identifies itself in the body
         async with self._slots:
             async with self._client.stream("POST", self.cfg.url, data=data, auth=self._auth,
@@ -99,4 +99,4 @@ class IntrospectionClient:
         try:
             return strict_json_object(bytes(body), "the introspection answer")
         except ValueError:
-            raise IdentityError("introspection_malformed", "the introspection answer is not a JSON object") from None
+            raise IdentityError("introspection_failed", "the introspection answer is not a JSON object") from None

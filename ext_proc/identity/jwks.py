@@ -141,11 +141,12 @@ class JwksState:
     forced_pending: bool = field(default=False)
 
     def usable_until(self) -> float:
-        """Keys stay usable for one refresh interval plus `jwks_stale_max` after the last good
-        fetch: bounded stale-while-revalidate when the endpoint is down."""
+        """Keys are used for at most `jwks_stale_max` after the last good fetch (normally they
+        are refreshed every `jwks_refresh`, which is shorter): bounded stale-while-revalidate
+        when the endpoint is down, then fail closed."""
         if self.last_success is None:
             return -math.inf
-        return self.last_success + self.cfg.jwks_refresh_s + self.cfg.jwks_stale_max_s
+        return self.last_success + self.cfg.jwks_stale_max_s
 
     def keys_at(self, now: float) -> KeySet | None:
         if self.keyset is None or now > self.usable_until():
@@ -173,7 +174,7 @@ class JwksState:
     def request_forced_refresh(self, now: float) -> bool:
         """An unknown kid may be a rotation: allow one early fetch per cooldown (a stream of
         random kids must not turn into a stream of fetches)."""
-        if now - self.last_forced < self.cfg.jwks_refresh_cooldown_s:
+        if now - self.last_forced < self.cfg.jwks_refetch_cooldown_s:
             return False
         self.last_forced = now
         self.forced_pending = True

@@ -27,8 +27,10 @@ _UNSUPPORTED_HEADER_MEMBERS = ("crit", "b64", "zip", "enc")
 
 
 def looks_like_jwt(credential: str) -> bool:
-    """A JWS compact serialization starts with base64url('{"') and has dots; API keys do not."""
-    return credential.startswith("eyJ") and "." in credential
+    """A JWS compact serialization starts with base64url('{"') and has dots; anything with two or
+    more dots is treated as a (possibly mangled) JWT too, so it fails as one. API keys and opaque
+    tokens (`sk-...`, `AIza...`, `ya29.x`) have at most one dot."""
+    return (credential.startswith("eyJ") and "." in credential) or credential.count(".") >= 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,9 @@
 `resolve` looks at the credential headers and, when there are none, at Envoy's peer-certificate
 attributes (never a header). JWTs, API keys and mTLS are decided by pure CPU over in-memory state
 (the key sets, the API-key table, the verified-token cache); only opaque tokens sent to an RFC 7662
-introspection endpoint await the network. JWKS files and URLs are read at `start()` and refreshed
+introspection endpoint await the network. One exception, for key rotation: a JWT whose `kid` is
+unknown triggers one forced JWKS refresh per cooldown, and the requests that see that kid wait
+for it (at most `jwks_timeout`) instead of failing; every other request carries on meanwhile. JWKS files and URLs are read at `start()` and refreshed
 by one background task per issuer, off the event loop (httpx async I/O; file reads and key parsing
 in a worker thread). This class reads the wall clock only to schedule those refreshes; every
 verification uses the `now` it is given.
@@ -41,6 +43,15 @@ class _CacheEntry:
     identity: Identity
     tag: Hashable
     expires_at: float
+
+
+class _RefreshPending(IdentityError):
+    """unknown_kid while a forced JWKS refresh is under way: `resolve` waits for it, once."""
+
+    def __init__(self, done: asyncio.Event, timeout_s: float) -> None:
+        super().__init__("unknown_kid", "the token's signing key (kid) is not known")
+        self.done = done
+        self.timeout_s = timeout_s
 
 
 class VerifiedCache:
@@ -86,6 +97,7 @@ class IdentityResolver:
         self.config = config
         self._states: dict[str, JwksState] = {c.issuer: JwksState(c) for c in config.issuers}
         self._wake: dict[str, asyncio.Event] = {c.issuer: asyncio.Event() for c in config.issuers}
+        self._refresh_waiters: dict[str, asyncio.Event] = {}  # set when the forced refresh has run
         self._api_keys = {k.sha256: k for k in config.api_keys}
         self._jwt_cache = VerifiedCache(config.cache_size)
         self._introspection_cache = VerifiedCache(config.cache_size)
@@ -148,7 +160,14 @@ class IdentityResolver:
                     pass
             wake.clear()
             state.forced_pending = False
-            await self._fetch(state)
+            # Requests that arrive during this fetch wait for the next one (forced_pending is set
+            # again), so nobody is told "refreshed" by a fetch that started before their kid.
+            waiter = self._refresh_waiters.pop(state.cfg.issuer, None)
+            try:
+                await self._fetch(state)
+            finally:
+                if waiter is not None:
+                    waiter.set()
 
     async def _fetch(self, state: JwksState) -> str | None:
         """One fetch of one issuer's JWKS; updates `state`; returns the error text or None."""
@@ -201,7 +220,17 @@ class IdentityResolver:
     # --- per request ----------------------------------------------------------------------
     async def resolve(self, headers: Mapping[str, Sequence[str]], attributes: Mapping[str, str],
                       now: float) -> Identity:
-        result = self._resolve_local(headers, attributes, now)
+        try:
+            result = self._resolve_local(headers, attributes, now)
+        except _RefreshPending as pending:
+            try:
+                await asyncio.wait_for(pending.done.wait(), pending.timeout_s)
+            except TimeoutError:
+                raise IdentityError("unknown_kid", pending.message) from None
+            try:
+                result = self._resolve_local(headers, attributes, now)  # once: still unknown fails now
+            except _RefreshPending as again:
+                raise IdentityError("unknown_kid", again.message) from None
         if isinstance(result, Identity):
             return result
         return await self._introspect(result, now)
@@ -242,8 +271,8 @@ class IdentityResolver:
         try:
             claims = verify_jwt(token, unverified, state.cfg, state.keys_at(now), now)
         except IdentityError as exc:
-            if exc.reason == "unknown_kid" and state.request_forced_refresh(now):
-                self._wake[state.cfg.issuer].set()
+            if exc.reason == "unknown_kid":
+                self._on_unknown_kid(state, now)
             raise
         cfg = state.cfg
         identity = identity_from_claims(claims, subject=claims.get("sub"), issuer=cfg.issuer, auth_method="jwt",
@@ -251,6 +280,15 @@ class IdentityResolver:
                                         expires_at=float(claims["exp"]))
         self._jwt_cache.put(digest, identity, (cfg.issuer, state.generation), float(claims["exp"]), now)
         return identity
+
+    def _on_unknown_kid(self, state: JwksState, now: float) -> None:
+        iss = state.cfg.issuer
+        if state.request_forced_refresh(now):
+            self._refresh_waiters.setdefault(iss, asyncio.Event())
+            self._wake[iss].set()
+        waiter = self._refresh_waiters.get(iss)
+        if waiter is not None and any(not t.done() for t in self._tasks):
+            raise _RefreshPending(waiter, state.cfg.jwks_timeout_s + 0.5) from None
 
     def _opaque(self, credential: str) -> Identity | str:
         digest = hashlib.sha256(credential.encode()).digest()

@@ -11,6 +11,7 @@ x-mock-event-delay-ms. GET /_mock/requests lists the last 200 requests; DELETE c
 from __future__ import annotations
 
 import base64
+import binascii
 import collections
 import json
 import socket
@@ -47,6 +48,8 @@ def _text_of(content: Any) -> str:
 
 
 def last_user_text(api: str, body: dict) -> str:
+    if api == "count_tokens" and "contents" in body:
+        api = "generate"  # Gemini countTokens
     if api in ("chat", "messages", "count_tokens", "converse") or (api == "invoke" and "messages" in body):
         for m in reversed(body.get("messages") or []):
             if isinstance(m, dict) and m.get("role") == "user":
@@ -85,6 +88,20 @@ def split_reply(text: str, chunk_chars: int | None) -> list[str]:
     if cur:
         parts.append(cur)
     return parts or [""]
+
+
+def eventstream_message(event_type: str, payload: dict) -> bytes:
+    """One AWS event-stream message (application/vnd.amazon.eventstream), as Bedrock streams:
+    prelude (total and header lengths, CRC32), string headers, JSON payload, message CRC32."""
+    headers = b""
+    for name, value in ((":event-type", event_type), (":content-type", "application/json"),
+                        (":message-type", "event")):
+        n, v = name.encode(), value.encode()
+        headers += struct.pack(">B", len(n)) + n + b"\x07" + struct.pack(">H", len(v)) + v
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    prelude = struct.pack(">II", 12 + len(headers) + len(body) + 4, len(headers))
+    msg = prelude + struct.pack(">I", binascii.crc32(prelude)) + headers + body
+    return msg + struct.pack(">I", binascii.crc32(msg))
 
 
 def sse(data: Any, event: str | None = None) -> bytes:
@@ -328,6 +345,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._stream(events())
 
     def _api_embeddings(self, body, model, prompt, reply, chunk, stream) -> None:
+        if isinstance(body.get("content"), dict):  # Gemini embedContent
+            text = "".join(p.get("text", "") for p in body["content"].get("parts") or [] if isinstance(p, dict))
+            vec = [((hash(text) >> (k * 3)) % 1000) / 1000.0 for k in range(8)]
+            self._send(200, json.dumps({"embedding": {"values": vec}}).encode())
+            return
         inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
         data = []
@@ -418,6 +440,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._stream(events())
 
     def _api_count_tokens(self, body, model, prompt, reply, chunk, stream) -> None:
+        if "contents" in body or "generateContentRequest" in body:  # Gemini countTokens
+            self._send(200, json.dumps({"totalTokens": _tokens(prompt)}).encode())
+            return
         self._send(200, json.dumps({"input_tokens": _tokens(prompt)}).encode())
 
     # --- Gemini ---------------------------------------------------------------------------
@@ -452,8 +477,16 @@ class _Handler(BaseHTTPRequestHandler):
     # --- Bedrock --------------------------------------------------------------------------
     def _api_converse(self, body, model, prompt, reply, chunk, stream) -> None:
         if stream:
-            h, b = error_body("bedrock", 400, "unsupported", "mock does not implement converse-stream")
-            self._send(400, b, h)
+            def events() -> Iterator[bytes]:
+                yield eventstream_message("messageStart", {"role": "assistant"})
+                for piece in split_reply(reply, chunk):
+                    yield eventstream_message("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
+                yield eventstream_message("contentBlockStop", {"contentBlockIndex": 0})
+                yield eventstream_message("messageStop", {"stopReason": "end_turn"})
+                yield eventstream_message("metadata", {
+                    "usage": {"inputTokens": _tokens(prompt), "outputTokens": _tokens(reply),
+                              "totalTokens": _tokens(prompt) + _tokens(reply)}, "metrics": {"latencyMs": 1}})
+            self._stream(events(), "application/vnd.amazon.eventstream")
             return
         self._send(200, json.dumps({
             "output": {"message": {"role": "assistant", "content": [{"text": reply}]}}, "stopReason": "end_turn",
@@ -462,6 +495,33 @@ class _Handler(BaseHTTPRequestHandler):
             "metrics": {"latencyMs": 1}}).encode())
 
     def _api_invoke(self, body, model, prompt, reply, chunk, stream) -> None:
+        if stream:  # invoke-with-response-stream: each event's bytes are one model-native JSON chunk
+            def chunk_event(obj: dict) -> bytes:
+                return eventstream_message("chunk", {"bytes": base64.b64encode(
+                    json.dumps(obj, separators=(",", ":")).encode()).decode()})
+
+            def events() -> Iterator[bytes]:
+                if "messages" in body:
+                    yield chunk_event({"type": "message_start", "message": {
+                        "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
+                        "content": [], "stop_reason": None, "usage": {"input_tokens": _tokens(prompt), "output_tokens": 1}}})
+                    yield chunk_event({"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}})
+                    for piece in split_reply(reply, chunk):
+                        yield chunk_event({"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "text_delta", "text": piece}})
+                    yield chunk_event({"type": "content_block_stop", "index": 0})
+                    yield chunk_event({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                       "usage": {"output_tokens": _tokens(reply)}})
+                    yield chunk_event({"type": "message_stop"})
+                else:
+                    pieces = split_reply(reply, chunk)
+                    for i, piece in enumerate(pieces):
+                        yield chunk_event({"outputText": piece, "index": 0, "totalOutputTextTokenCount": None,
+                                           "completionReason": "FINISH" if i == len(pieces) - 1 else None,
+                                           "inputTextTokenCount": _tokens(prompt) if i == 0 else None})
+            self._stream(events(), "application/vnd.amazon.eventstream")
+            return
         if "messages" in body:
             self._send(200, json.dumps({
                 "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,

@@ -26,6 +26,9 @@ METADATA_KEYS = frozenset({
 
 ALL: StreamKey = ()   # a key prefix matching every stream
 
+# Events after which an SDK considers the response complete (besides OpenAI's `data: [DONE]`).
+FINAL_TYPES = frozenset({"message_stop", "response.completed", "response.failed", "response.incomplete"})
+
 
 @dataclass(frozen=True, slots=True)
 class Slot:

@@ -68,6 +68,7 @@ class ScanPolicy:
     tenant: str | None
     hold: int
     step: int
+    long_hold: int = 0   # when > hold: a token or PEM block still arriving is held up to this many chars
 
 
 class TextGate:
@@ -120,10 +121,18 @@ class TextGate:
             base = len(self._context)
             findings = p.classifier.scan(window)
             cut = take if whole else take - p.hold
+            if not whole and p.long_hold > p.hold:
+                cut = _extend_hold(held, start, take, cut, p.long_hold)
+                if cut <= 0:
+                    break
             if not whole:
                 for f in findings:
                     if f.start < base + cut < f.end and f.start - base > 0:
                         cut = f.start - base      # findings are disjoint: one can straddle the cut
+                    elif f.start < base + cut < f.end and p.long_hold > p.hold and take < p.long_hold:
+                        cut = 0                   # a finding from the very start still arriving: hold it all
+                if cut <= 0:
+                    break
                 if 0xD800 <= ord(window[base + cut - 1]) <= 0xDBFF and cut > 1:
                     cut -= 1                      # never split a surrogate pair
             decided = [f for f in findings if f.end > base and f.start < base + cut]
@@ -159,3 +168,22 @@ def inspect_whole(policy: ScanPolicy, ledger: Ledger, text: str, where: str, *, 
     """A complete text (a JSON string field, a whole body): scanned in bounded windows, redacted."""
     gate = TextGate(policy, ledger, where, count=count)
     return gate.feed(text) + gate.flush()
+
+
+def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int) -> int:
+    """Move the cut back so that an unbroken run of non-space characters crossing it (a key or
+    token still arriving) and an unterminated PEM block stay held, both within long_hold of the end.
+    This keeps the ordinary hold short (time to first token) without splitting long secrets."""
+    floor = start + max(0, take - long_hold)
+    j = start + cut
+    while j > floor and not held[j - 1].isspace():
+        j -= 1
+    if j == floor and floor > start:
+        j = start + cut  # a run longer than any finding: nothing to protect
+    begin = held.rfind("-----BEGIN", floor, start + take)
+    if begin >= 0:
+        end = held.find("-----END", begin, start + take)
+        # Held until the footer is complete ("-----END ... -----"), not just started.
+        if end < 0 or held.find("-----", end + 8, start + take) < 0:
+            j = min(j, begin)
+    return j - start

@@ -1,41 +1,55 @@
-"""Response inspection, streamed or not (sans-I/O). Envoy hands the response body over in
-FULL_DUPLEX_STREAMED mode; what `feed` returns is exactly what the client receives, so nothing is
-returned before it has been scanned.
+"""Response inspection, streamed or not (sans-I/O, one inspector per response).
 
-SSE streams are parsed into events. Text deltas (OpenAI chat content and tool arguments,
-Responses output_text deltas, Anthropic text/input_json deltas, Gemini parts) accumulate per
-content stream; only a bounded tail is held back — the last HOLD_CHARS characters, extended to the
-start of a trailing unbroken run of non-space characters (a token or key still arriving), capped by
-the classifier's longest finding — and the released text is re-framed into the event's own JSON.
-Any other event flushes the held text first, so order is kept. Non-SSE bodies are buffered whole
-(bounded) and inspected at the end.
+Envoy hands the response body over in FULL_DUPLEX_STREAMED mode and whatever ``feed`` returns is
+exactly what the client receives, so nothing is returned before it has been scanned:
+
+* ``text/event-stream``: events are framed (bounded), text deltas go through one ``TextGate`` per
+  content stream (hold-back of the classifier's longest finding), released text is written back
+  into the event's JSON; held text is re-framed into a later event of the same stream, or into a
+  synthesized delta event just before the event that ends the stream (finish chunk, ``[DONE]``,
+  ``content_block_stop``, ``*.done``). Other events pass unchanged and in order.
+* JSON bodies: buffered whole (bounded), every non-identifier string scanned, redacted in place,
+  re-serialized only if something changed.
+* anything else: scanned as a text stream with the same hold-back, released byte for byte when
+  nothing matched.
+* a block rule ends the response with a provider-shaped error (an SSE error event mid-stream).
+
+The last ``Release`` (end_of_stream=True) is computed before anything of it is sent; the server
+commits the outcome record and only then sends it.
 """
 
 from __future__ import annotations
 
-import copy
+import codecs
 import hashlib
 import json
 import zlib
-
-import re2
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ext_proc.classify import Classifier, Finding, redact, summarize
-from ext_proc.providers import match_surface, parse_response, render_response
-from ext_proc.providers.adapters import BadRequestBody
+from ext_proc.classify import STRATEGIES, Classifier, InputTooLarge
+from ext_proc.providers import error_body
+from ext_proc.streaming import formats
+from ext_proc.streaming.formats import ALL, StreamKey
+from ext_proc.streaming.gate import Blocked, Ledger, ScanPolicy, TextGate, inspect_whole
+from ext_proc.streaming.sse import EventTooLarge, SSEEvent, SSEFramer, frame
 
-HOLD_CHARS = 64
+DECODE_PIECE = 64 << 10
 
 
 @dataclass(frozen=True)
 class ResponseRules:
-    redact: Mapping[str, str] = field(default_factory=dict)
-    block: frozenset[str] = frozenset()
+    redact: Mapping[str, str] = field(default_factory=dict)   # label -> strategy ("*": default)
+    block: frozenset[str] = frozenset()                      # labels that stop the response
+
+    def __post_init__(self) -> None:
+        for label, strategy in self.redact.items():
+            if strategy not in STRATEGIES:
+                raise ValueError(f"unknown redaction strategy for {label!r}; expected one of {STRATEGIES}")
 
     @classmethod
     def from_policy(cls, response: Mapping | None) -> "ResponseRules":
+        """From a policy decision's ``response`` section: {"redact": {...}, "block": [...], ...}."""
         response = response or {}
         return cls(redact=dict(response.get("redact") or {}), block=frozenset(response.get("block") or ()))
 
@@ -46,390 +60,338 @@ class Release:
     end_of_stream: bool
 
 
-@dataclass
-class _TextStream:
-    held: str = ""
-    template: dict | None = None  # the last event JSON carrying this stream's text
-    setter: Any = None            # function(event_json, text) -> None
-    prefix: bytes = b""           # the event's non-data lines (event: ...)
+class _Decoder:
+    """gzip/deflate with a bounded output per step and in total (a zip bomb stops at the bound)."""
+
+    def __init__(self, encoding: str, max_out: int) -> None:
+        self.gzip = encoding in ("gzip", "x-gzip")
+        self.max_out = max_out
+        self.total_out = 0
+        self.total_in = 0
+        self._d: Any = None
+
+    def _new(self, first: bytes) -> Any:
+        if self.gzip:
+            return zlib.decompressobj(wbits=31)
+        # HTTP "deflate" should be zlib-wrapped; some servers send raw deflate.
+        zlib_header = len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
+        return zlib.decompressobj(wbits=15 if zlib_header else -15)
+
+    def decode(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        if not data:
+            return out
+        self.total_in += len(data)
+        if self._d is None:
+            self._d = self._new(data)
+        while True:
+            piece = self._d.decompress(data, DECODE_PIECE)
+            self.total_out += len(piece)
+            if self.total_out > self.max_out:
+                raise Blocked("response_too_large", f"the decompressed response exceeds {self.max_out} bytes")
+            if piece:
+                out.append(piece)
+            if self._d.eof:
+                data = self._d.unused_data
+                if not data:
+                    break
+                if not self.gzip:
+                    raise Blocked("bad_encoding", "data after the end of the deflate stream")
+                self._d = self._new(data)   # concatenated gzip members
+                continue
+            data = self._d.unconsumed_tail
+            if not data and len(piece) < DECODE_PIECE:
+                break
+        return out
+
+    def finish(self) -> None:
+        if self.total_in and (self._d is None or not self._d.eof):
+            raise Blocked("bad_encoding", "the compressed response ended before its end marker")
 
 
-class _Blocked(Exception):
-    def __init__(self, label: str) -> None:
-        self.label = label
+DEFAULT_HOLD_CHARS = 64
 
 
 class ResponseInspector:
     def __init__(self, surface_name: str, *, status: int, content_type: str | None, content_encoding: str | None,
                  classifier: Classifier, rules: ResponseRules, hash_key: bytes, tenant: str | None,
-                 max_event_bytes: int = 1 << 20, max_buffer_bytes: int = 8 << 20) -> None:
+                 max_event_bytes: int = 1 << 20, max_buffer_bytes: int = 8 << 20,
+                 max_decoded_bytes: int = 256 << 20, hold_chars: int | None = None) -> None:
         self.surface_name = surface_name
-        self.provider = surface_name.split(".", 1)[0] if "." in surface_name else "openai"
         self.status = status
-        self.sse = bool(content_type and "text/event-stream" in content_type.lower())
-        self.classifier = classifier
         self.rules = rules
-        self.hash_key = hash_key
-        self.tenant = tenant
-        self.max_event_bytes = max_event_bytes
         self.max_buffer_bytes = max_buffer_bytes
-        self.hold_cap = max(HOLD_CHARS, min(classifier.max_match_chars, 16384))
-        self.buf = b""
+        ctype = (content_type or "").split(";", 1)[0].strip().lower()
+        self.streamed = ctype == "text/event-stream"
+        # A short ordinary hold-back keeps time to first token close to the provider's; tokens and
+        # PEM blocks still arriving are held up to the classifier's longest finding (gate._extend_hold).
+        hold = min(DEFAULT_HOLD_CHARS, classifier.max_match_chars) if hold_chars is None else hold_chars
+        if hold <= 0:
+            raise ValueError("hold_chars must be positive")
+        self._policy = ScanPolicy(classifier=classifier, redact=dict(rules.redact), block=rules.block,
+                                  hash_key=hash_key, tenant=tenant, hold=hold, step=max(64, hold // 4),
+                                  long_hold=classifier.max_match_chars)
+        self._ledger = Ledger()
         self.finished = False
         self.blocked: dict | None = None
         self.usage: dict | None = None
         self.events = 0
-        self.findings: list[Finding] = []
-        self.redactions: list[dict] = []
         self._digest = hashlib.sha256()
-        self._streams: dict[tuple, _TextStream] = {}
+        self._body_bytes = 0                # decoded body bytes taken in so far
+        self._at_byte = 0                   # where the current event (or the body so far) starts/ends
+        self._refuse: tuple[str, str] | None = None
+        self.release_headers_mutation: dict[str, list[str]] = {"remove": ["content-length"]}
+        self._decoder: _Decoder | None = None
         enc = (content_encoding or "identity").strip().lower()
-        self._decoder = None
-        self.release_headers_mutation: dict[str, list[str]] = {}
-        self._refuse: str | None = None
         if enc in ("gzip", "x-gzip", "deflate"):
-            self._decoder = zlib.decompressobj(wbits=47 if "gzip" in enc else 15)
-            self.release_headers_mutation = {"remove": ["content-encoding"]}
+            self._decoder = _Decoder(enc, max_decoded_bytes)
+            self.release_headers_mutation = {"remove": ["content-encoding", "content-length"]}
         elif enc not in ("identity", ""):
-            self._refuse = f"response content-encoding {enc!r} cannot be inspected"
-            self.release_headers_mutation = {"remove": ["content-encoding"]}
+            self._refuse = ("unsupported_encoding", f"a response with content-encoding {enc!r} cannot be inspected")
+            self.release_headers_mutation = {"remove": ["content-encoding", "content-length"]}
+        if ctype == "application/vnd.amazon.eventstream":
+            self._refuse = ("not_inspectable", "a binary AWS event stream response cannot be inspected")
+        self._mode = "sse" if self.streamed else "json" if ctype.endswith("json") or ctype.endswith("+json") else "raw"
+        # SSE state
+        self._framer = SSEFramer(max_event_bytes)
+        self._gates: dict[StreamKey, TextGate] = {}
+        self._templates: dict[StreamKey, tuple[dict, tuple[bytes, ...], bytes]] = {}
+        self._shape: str | None = None
+        self._closing = False               # the stream's final marker was seen: hold what follows
+        self._tail = bytearray()
+        self._last_sequence = 0
+        # whole-body / raw state
+        self._buffer = bytearray()
+        self._raw_gate: TextGate | None = None
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
 
     # --- public -------------------------------------------------------------------------
     def feed(self, chunk: bytes, end_of_stream: bool) -> list[Release]:
+        """Take the next body chunk; return what may be sent to the client now, in order. When
+        ``end_of_stream`` is set the last Release carries end_of_stream=True (send it only after the
+        outcome is committed). After the end (or a block), further calls return []."""
         if self.finished:
-            return []  # Envoy may re-deliver the end of the body (envoyproxy/envoy#46237)
-        if self._refuse:
-            return self._block_now("unsupported_encoding", self._refuse)
-        if self._decoder is not None:
-            try:
-                chunk = self._decoder.decompress(chunk, self.max_buffer_bytes - len(self.buf) + 1)
-            except zlib.error:
-                return self._block_now("bad_encoding", "the compressed response could not be decoded")
-        self.buf += chunk
+            return []      # Envoy may re-deliver the end of the body (envoyproxy/envoy#46237)
         try:
-            if self.sse:
-                out = self._feed_sse(end_of_stream)
-            else:
-                out = self._feed_whole(end_of_stream)
-        except _Blocked as b:
-            return self._block_now(b.label, f"the response was stopped by policy ({b.label})")
+            if self._refuse:
+                raise Blocked(*self._refuse)
+            pieces = self._decoder.decode(chunk) if self._decoder is not None else [chunk]
+            if end_of_stream and self._decoder is not None:
+                self._decoder.finish()
+            out = [self._take(p, final=False) for p in pieces if p]
+            if end_of_stream:
+                out.append(self._take(b"", final=True))
+            body = b"".join(out)
+        except Blocked as b:
+            return self._block(b.label, b.reason)
+        except EventTooLarge as exc:
+            return self._block("event_too_large", str(exc))
+        except InputTooLarge:
+            return self._block("response_too_large", "a text of the response is too large to be inspected")
+        except Exception as exc:  # noqa: BLE001 - fail closed: what was not inspected is not released
+            return self._block("inspection_error", f"the response could not be inspected ({type(exc).__name__})")
         if end_of_stream:
             self.finished = True
-            return self._emit(out, True)
-        return self._emit(out, False)
+            return [self._release(body, True)]
+        return [self._release(body, False)] if body else []
 
     def outcome(self) -> dict:
-        return {"classification": summarize(self.findings), "redactions": self.redactions, "usage": self.usage,
-                "blocked": self.blocked, "response_sha256": self._digest.hexdigest(), "streamed": self.sse,
-                "events": self.events}
+        out = {"classification": self._ledger.summary(), "redactions": list(self._ledger.redactions),
+               "usage": self.usage, "blocked": self.blocked, "response_sha256": self._digest.hexdigest(),
+               "streamed": self.streamed, "events": self.events}
+        if self._ledger.redactions_not_listed:
+            out["redactions_not_listed"] = self._ledger.redactions_not_listed
+        return out
 
-    # --- helpers ------------------------------------------------------------------------
-    def _emit(self, body: bytes, end: bool) -> list[Release]:
+    # --- plumbing -----------------------------------------------------------------------
+    def _release(self, body: bytes, end: bool) -> Release:
         self._digest.update(body)
-        if not body and not end:
-            return []
-        return [Release(body=body, end_of_stream=end)]
+        return Release(body=body, end_of_stream=end)
 
-    def _scan_text(self, text: str, *, final: bool) -> tuple[str, int]:
-        """Scan text; block or redact. Returns (released text, number of chars consumed)."""
-        findings = self.classifier.scan(text)
-        for f in findings:
-            if f.label in self.rules.block:
-                self.findings.append(f)
-                raise _Blocked(f.label)
-        cut = len(text)
-        if not final:
-            cut = max(0, len(text) - HOLD_CHARS)
-            # A token still arriving: hold from the start of the trailing unbroken run.
-            run = len(text)
-            while run > 0 and not text[run - 1].isspace() and len(text) - run < self.hold_cap:
-                run -= 1
-            cut = min(cut, run)
-            for f in findings:
-                if f.start < cut < f.end:
-                    cut = f.start
-        done = [f for f in findings if f.end <= cut]
-        self.findings.extend(done)
-        released = text[:cut]
-        if done and self.rules.redact:
-            shifted = [Finding(f.label, f.start, f.end, f.confidence, f.validator) for f in done]
-            released, reds = redact(released, shifted, self.rules.redact, hash_key=self.hash_key, tenant=self.tenant)
-            self.redactions.extend(r.to_record() for r in reds)
-        return released, cut
-
-    def _block_now(self, label: str, message: str) -> list[Release]:
+    def _block(self, label: str, reason: str) -> list[Release]:
         self.finished = True
-        self.blocked = {"label": label, "at_event": self.events, "reason": message}
-        if self.sse:
-            body = self._error_event(message)
+        self.blocked = {"label": label, "at_event": self.events, "at_byte": self._at_byte, "reason": reason}
+        if self.streamed:
+            body = formats.error_event(self.surface_name if self._shape is None else self._shape, reason,
+                                       responses_api=self._shape == "openai.responses",
+                                       sequence_number=self._last_sequence + 1)
         else:
-            from ext_proc.providers import error_body
-            _h, body = error_body(self.provider if self.provider in ("anthropic", "gemini", "bedrock") else "openai",
-                                  502, "response_blocked", message)
-        return self._emit(body, True)
+            fam = formats.family(self.surface_name)
+            _headers, body = error_body(fam if fam in ("anthropic", "gemini", "bedrock") else "openai",
+                                        502, "response_blocked", reason)
+        return [self._release(body, True)]
 
-    def _error_event(self, message: str) -> bytes:
-        if self.provider == "anthropic":
-            data = {"type": "error", "error": {"type": "api_error", "message": message}}
-            return b"event: error\ndata: " + json.dumps(data).encode() + b"\n\n"
-        if self.provider == "gemini":
-            data = {"error": {"code": 403, "message": message, "status": "PERMISSION_DENIED"}}
-            return b"data: " + json.dumps(data).encode() + b"\n\n"
-        data = {"error": {"message": message, "type": "server_error", "param": None, "code": "response_blocked"}}
-        return b"data: " + json.dumps(data).encode() + b"\n\n"
-
-    # --- whole bodies -------------------------------------------------------------------
-    def _feed_whole(self, end: bool) -> bytes:
-        if len(self.buf) > self.max_buffer_bytes:
-            raise _Blocked("response_too_large")
-        if not end:
-            return b""
-        body, self.buf = self.buf, b""
-        surface = _surface_for(self.surface_name)
-        parsed = None
-        if surface is not None and self.status < 300:
-            try:
-                parsed = parse_response(surface, body, max_bytes=self.max_buffer_bytes)
-            except BadRequestBody:
-                parsed = None
-        if parsed is None:
-            text = body.decode("utf-8", "replace")
-            findings = self.classifier.scan(text)
-            self.findings.extend(findings)
-            for f in findings:
-                if f.label in self.rules.block:
-                    raise _Blocked(f.label)
-            if any(f.label in self.rules.redact or "*" in self.rules.redact for f in findings):
-                # Unparseable text with something to redact: redact the raw text.
-                red, reds = redact(text, findings, self.rules.redact, hash_key=self.hash_key, tenant=self.tenant)
-                self.redactions.extend(r.to_record() for r in reds)
-                return red.encode()
-            return body
-        self.usage = parsed.usage
-        replacements: dict[int, str] = {}
-        for i, seg in enumerate(parsed.segments):
-            findings = self.classifier.scan(seg.text)
-            self.findings.extend(findings)
-            for f in findings:
-                if f.label in self.rules.block:
-                    raise _Blocked(f.label)
-            if findings and self.rules.redact:
-                red, reds = redact(seg.text, findings, self.rules.redact, hash_key=self.hash_key, tenant=self.tenant)
-                if reds:
-                    replacements[i] = red
-                    self.redactions.extend(dict(r.to_record(), segment=i) for r in reds)
-        return render_response(parsed, replacements) if replacements else body
+    def _take(self, data: bytes, *, final: bool) -> bytes:
+        self._body_bytes += len(data)
+        if self._mode != "sse" or final:
+            self._at_byte = self._body_bytes
+        if self._mode == "sse":
+            return self._sse(data, final)
+        if self._mode == "json":
+            return self._json(data, final)
+        return self._raw(data, final)
 
     # --- SSE ----------------------------------------------------------------------------
-    def _feed_sse(self, end: bool) -> bytes:
+    def _sse(self, data: bytes, final: bool) -> bytes:
         out: list[bytes] = []
-        buf, pos = self.buf, 0
-        while True:
-            idx, sep_len = _find_boundary(buf, pos)
-            if idx < 0:
-                break
-            raw = buf[pos: idx + sep_len]
-            pos = idx + sep_len
-            if len(raw) > self.max_event_bytes:
-                raise _Blocked("event_too_large")
-            out.append(self._event(raw))
-        self.buf = buf[pos:]
-        if len(self.buf) > self.max_event_bytes:
-            raise _Blocked("event_too_large")
-        if end:
-            if self.buf.strip():
-                out.append(self._event(self.buf))
-            self.buf = b""
-            out.append(self._flush_all())
+        events = self._framer.feed(data) if data else []
+        if final:
+            events += self._framer.finish()
+        for ev in events:
+            released = self._event(ev)
+            if self._closing:
+                # The client treats [DONE] / message_stop / response.completed as "complete": it
+                # goes out with the final Release, after the outcome record is committed.
+                self._tail += released
+                if len(self._tail) > self.max_buffer_bytes:
+                    raise Blocked("response_too_large", "too much data after the end of the stream")
+            else:
+                out.append(released)
+        if final:
+            self._at_byte = self._body_bytes
+            out.append(self._flush(ALL))      # streams no event ended (a Gemini stream just stops)
+            out.append(bytes(self._tail))
+            self._tail.clear()
         return b"".join(out)
 
-    def _event(self, raw: bytes) -> bytes:
-        self.events += 1
-        lines = raw.replace(b"\r\n", b"\n").split(b"\n")
-        data_lines = [ln[5:].lstrip(b" ") if ln.startswith(b"data:") else None for ln in lines]
-        data = b"\n".join(d for d in data_lines if d is not None)
-        other = [ln for ln, d in zip(lines, data_lines) if d is None and ln]
-        prefix = b"".join(ln + b"\n" for ln in other)
-        if not data or data.strip() == b"[DONE]":
-            return self._flush_all() + raw
-        try:
-            ev = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return self._flush_all() + self._scan_raw_event(raw)
-        if not isinstance(ev, dict):
-            return self._flush_all() + self._scan_raw_event(raw)
-        self._note_usage(ev)
-        deltas = list(_text_deltas(ev))
-        if not deltas:
-            return self._flush_all() + self._scan_json_event(ev, raw, prefix)
-        parts: list[bytes] = []
-        for key, text, setter in deltas:
-            st = self._streams.setdefault(key, _TextStream())
-            st.held += text
-            st.template, st.setter, st.prefix = ev, setter, prefix
-            released, cut = self._scan_text(st.held, final=False)
-            st.held = st.held[cut:]
-            setter(ev, released if released is not None else "")
-        # One event may carry several streams (choices); it is re-framed once with each released text.
-        if all(_get_text(ev, k) == "" for k, _t, _s in deltas):
-            return b""  # everything held back: the text travels in a later event of the same stream
-        parts.append(_frame(prefix, ev, raw))
-        return b"".join(parts)
+    def _gate(self, key: StreamKey, count: bool = True) -> TextGate:
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = TextGate(self._policy, self._ledger, "/".join(map(str, key)), count=count)
+        return gate
 
-    def _flush_all(self) -> bytes:
-        out = []
-        for key, st in list(self._streams.items()):
-            if st.held and st.template is not None:
-                released, _cut = self._scan_text(st.held, final=True)
-                ev = copy.deepcopy(st.template)
-                for k2, _t, setter in _text_deltas(ev):
-                    setter(ev, released if k2 == key else "")
-                _strip_finish(ev)
-                out.append(_frame(st.prefix, ev, b"\n\n"))
-            st.held = ""
+    def _flush(self, prefix: StreamKey, keep: set | frozenset = frozenset()) -> bytes:
+        out: list[bytes] = []
+        for key, gate in self._gates.items():
+            if key[:len(prefix)] != prefix or key in keep or not gate.held_chars:
+                continue
+            text = gate.flush()
+            if text:
+                template, other, line_end = self._templates[key]
+                out.append(frame(other, formats.dumps(formats.synthesize(template, key, text)), line_end))
         return b"".join(out)
 
-    def _scan_json_event(self, ev: dict, raw: bytes, prefix: bytes) -> bytes:
-        """Events that carry whole texts (response.output_text.done, response.completed...)."""
-        changed = False
-        for path, text in _strings(ev):
-            if len(text) < 4:
-                continue
-            findings = self.classifier.scan(text)
-            if not findings:
-                continue
-            for f in findings:
-                if f.label in self.rules.block:
-                    raise _Blocked(f.label)
-            if self.rules.redact:
-                red, reds = redact(text, findings, self.rules.redact, hash_key=self.hash_key, tenant=self.tenant)
-                if reds:
-                    _set(ev, path, red)
-                    changed = True
-        return _frame(prefix, ev, raw) if changed else raw
-
-    def _scan_raw_event(self, raw: bytes) -> bytes:
-        text = raw.decode("utf-8", "replace")
-        for f in self.classifier.scan(text):
-            if f.label in self.rules.block or f.label in self.rules.redact or "*" in self.rules.redact:
-                raise _Blocked(f.label)
-        return raw
-
-    def _note_usage(self, ev: dict) -> None:
-        u = ev.get("usage")
-        if isinstance(u, dict) and ("prompt_tokens" in u or "completion_tokens" in u):
-            self.usage = {"input_tokens": u.get("prompt_tokens"), "output_tokens": u.get("completion_tokens")}
+    def _note_shape(self, ev: dict) -> None:
+        if self._shape is not None:
+            return
         t = ev.get("type")
-        if t == "message_start":
-            mu = (ev.get("message") or {}).get("usage") or {}
-            self.usage = {"input_tokens": mu.get("input_tokens"), "output_tokens": mu.get("output_tokens")}
-        elif t == "message_delta" and isinstance(u, dict):
-            self.usage = {**(self.usage or {}), "output_tokens": u.get("output_tokens")}
-        elif t == "response.completed":
-            ru = ((ev.get("response") or {}).get("usage")) or {}
-            self.usage = {"input_tokens": ru.get("input_tokens"), "output_tokens": ru.get("output_tokens")}
-        um = ev.get("usageMetadata")
-        if isinstance(um, dict):
-            self.usage = {"input_tokens": um.get("promptTokenCount"), "output_tokens": um.get("candidatesTokenCount")}
+        if isinstance(t, str) and t.startswith("response."):
+            self._shape = "openai.responses"
+        elif t in ("message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                   "message_delta", "message_stop", "ping"):
+            self._shape = "anthropic"
+        elif "candidates" in ev or "usageMetadata" in ev:
+            self._shape = "gemini"
+        elif "choices" in ev:
+            self._shape = "openai"
 
-
-def _surface_for(name: str):
-    paths = {"openai.chat_completions": "/v1/chat/completions", "openai.responses": "/v1/responses",
-             "openai.completions": "/v1/completions", "anthropic.messages": "/v1/messages",
-             "azure.chat_completions": "/openai/deployments/d/chat/completions",
-             "gemini.generate_content": "/v1beta/models/m:generateContent"}
-    p = paths.get(name)
-    return match_surface("POST", p) if p else None
-
-
-_EVENT_END = re2.compile(rb"\r\n\r\n|\n\n|\r\r")
-
-
-def _find_boundary(buf: bytes, start: int) -> tuple[int, int]:
-    """The next blank line (end of an SSE event) at or after start: one linear re2 scan."""
-    m = _EVENT_END.search(buf, start)
-    return (m.start(), m.end() - m.start()) if m else (-1, 0)
-
-
-def _frame(prefix: bytes, ev: dict, raw: bytes) -> bytes:
-    sep = b"\r\n\r\n" if raw.endswith(b"\r\n\r\n") else b"\n\n"
-    return prefix + b"data: " + json.dumps(ev, ensure_ascii=False, separators=(",", ":")).encode() + sep
-
-
-def _setter(path: tuple):
-    def set_text(ev: dict, text: str) -> None:
-        _set(ev, path, text)
-    return set_text
-
-
-def _set(obj: Any, path: tuple, value: Any) -> None:
-    for k in path[:-1]:
-        obj = obj[k]
-    obj[path[-1]] = value
-
-
-def _get_text(ev: dict, key: tuple) -> str:
-    for k, t, _s in _text_deltas(ev):
-        if k == key:
-            return t
-    return ""
-
-
-def _text_deltas(ev: dict):
-    """(stream key, text, setter) for every text delta an event carries."""
-    choices = ev.get("choices")
-    if isinstance(choices, list) and ev.get("object") in ("chat.completion.chunk", None):
-        for i, ch in enumerate(choices):
-            if not isinstance(ch, dict):
+    def _event(self, e: SSEEvent) -> bytes:
+        self.events += 1
+        self._at_byte = e.offset
+        if e.data is None:               # comments, bare event lines: nothing an SDK reads, still scanned
+            return self._raw_event(e, flush=False)
+        if e.data.strip() == b"[DONE]":
+            self._closing = True
+            return self._flush(ALL) + e.raw
+        duplicate = False
+        try:
+            ev = formats.loads(e.data)
+        except formats.DuplicateKeys:
+            ev, duplicate = json.loads(e.data), True
+        except (ValueError, RecursionError):
+            return self._raw_event(e, flush=True)
+        if not isinstance(ev, dict):
+            return self._flush(ALL) + self._json_event_strings(e, ev, duplicate)
+        self._note_shape(ev)
+        if isinstance(ev.get("sequence_number"), int):
+            self._last_sequence = ev["sequence_number"]
+        self.usage = formats.merge_usage(self.usage, formats.usage(ev), ev)
+        if ev.get("type") in formats.FINAL_TYPES:
+            self._closing = True
+        ends = formats.terminated(ev)
+        slots = formats.slots(ev)
+        carried = {s.key for s in slots}
+        pre = b"".join(self._flush(p, keep=carried) for p in ends)
+        changed = duplicate
+        for s in slots:
+            gate = self._gate(s.key)
+            self._templates[s.key] = (ev, tuple(ln for ln in e.other_lines if ln.startswith(b"event")), e.line_end)
+            released = gate.feed(s.text)
+            if any(s.key[:len(p)] == p for p in ends):
+                released += gate.flush()
+            if released != s.text:
+                formats.set_path(ev, s.path, released)
+                changed = True
+        slot_paths = {s.path for s in slots}
+        count = not formats.restates(ev)
+        for path, text in list(formats.strings(ev)):
+            if path in slot_paths or not text:
                 continue
-            delta = ch.get("delta")
-            if isinstance(delta, dict):
-                idx = ch.get("index", i)
-                if isinstance(delta.get("content"), str):
-                    yield ("chat", idx, "content"), delta["content"], _setter(("choices", i, "delta", "content"))
-                for j, tc in enumerate(delta.get("tool_calls") or []):
-                    fn = (tc or {}).get("function") or {}
-                    if isinstance(fn.get("arguments"), str):
-                        yield (("chat", idx, "tool", tc.get("index", j)), fn["arguments"],
-                               _setter(("choices", i, "delta", "tool_calls", j, "function", "arguments")))
-            elif isinstance(ch.get("text"), str):  # legacy completions stream
-                yield ("cmpl", ch.get("index", i)), ch["text"], _setter(("choices", i, "text"))
-    t = ev.get("type")
-    if t == "content_block_delta" and isinstance(ev.get("delta"), dict):
-        d = ev["delta"]
-        if d.get("type") == "text_delta" and isinstance(d.get("text"), str):
-            yield ("anth", ev.get("index")), d["text"], _setter(("delta", "text"))
-        elif d.get("type") == "input_json_delta" and isinstance(d.get("partial_json"), str):
-            yield ("anth", ev.get("index")), d["partial_json"], _setter(("delta", "partial_json"))
-    if t in ("response.output_text.delta", "response.function_call_arguments.delta") and isinstance(ev.get("delta"), str):
-        yield ("resp", ev.get("output_index"), ev.get("content_index")), ev["delta"], _setter(("delta",))
-    cands = ev.get("candidates")
-    if isinstance(cands, list):
-        for i, c in enumerate(cands):
-            parts = ((c or {}).get("content") or {}).get("parts") or []
-            for j, p in enumerate(parts):
-                if isinstance(p, dict) and isinstance(p.get("text"), str):
-                    yield ("gem", i, j), p["text"], _setter(("candidates", i, "content", "parts", j, "text"))
+            red = inspect_whole(self._policy, self._ledger, text, "event/" + "/".join(map(str, path)), count=count)
+            if red != text:
+                formats.set_path(ev, path, red)
+                changed = True
+        if not changed:
+            return pre + e.raw
+        if slots and any(s.text for s in slots) and all(formats.get_path(ev, s.path) == "" for s in slots) \
+                and formats.droppable(ev):
+            return pre      # all of its text is held: it travels in a later event of the same stream
+        return pre + frame(e.other_lines, formats.dumps(ev), e.line_end)
 
+    def _json_event_strings(self, e: SSEEvent, value: Any, duplicate: bool) -> bytes:
+        """An event whose data is JSON but not an object: every string in it scanned as a whole."""
+        holder = [value]
+        changed = duplicate
+        for path, text in list(formats.strings(holder)):
+            red = inspect_whole(self._policy, self._ledger, text, "event")
+            if red != text:
+                formats.set_path(holder, path, red)
+                changed = True
+        return frame(e.other_lines, formats.dumps(holder[0]), e.line_end) if changed else e.raw
 
-def _strip_finish(ev: dict) -> None:
-    """A synthesized flush event carries text only, never a finish marker or usage."""
-    for ch in ev.get("choices") or []:
-        if isinstance(ch, dict):
-            ch["finish_reason"] = None
-    ev.pop("usage", None)
-    ev.pop("usageMetadata", None)
-    for c in ev.get("candidates") or []:
-        if isinstance(c, dict):
-            c.pop("finishReason", None)
+    def _raw_event(self, e: SSEEvent, *, flush: bool) -> bytes:
+        pre = self._flush(ALL) if flush else b""
+        text = e.raw.decode("utf-8", "surrogateescape")
+        red = inspect_whole(self._policy, self._ledger, text, "event")
+        return pre + (e.raw if red == text else red.encode("utf-8", "surrogateescape"))
 
+    # --- whole JSON bodies --------------------------------------------------------------
+    def _json(self, data: bytes, final: bool) -> bytes:
+        self._buffer += data
+        if len(self._buffer) > self.max_buffer_bytes:
+            raise Blocked("response_too_large", f"the response body exceeds {self.max_buffer_bytes} bytes")
+        if not final:
+            return b""
+        body = bytes(self._buffer)
+        self._buffer.clear()
+        duplicate = False
+        try:
+            obj = formats.loads(body)
+        except formats.DuplicateKeys:
+            obj, duplicate = json.loads(body), True
+        except (ValueError, RecursionError):
+            text = body.decode("utf-8", "surrogateescape")
+            red = inspect_whole(self._policy, self._ledger, text, "body")
+            return body if red == text else red.encode("utf-8", "surrogateescape")
+        for item in obj if isinstance(obj, list) else [obj]:
+            self.usage = formats.merge_usage(self.usage, formats.usage(item), item)
+        if isinstance(obj, str):
+            red = inspect_whole(self._policy, self._ledger, obj, "body")
+            return body if red == obj and not duplicate else formats.dumps(red)
+        changed = duplicate
+        for path, text in list(formats.strings(obj)):
+            red = inspect_whole(self._policy, self._ledger, text, "/".join(map(str, path)))
+            if red != text:
+                formats.set_path(obj, path, red)
+                changed = True
+        return formats.dumps(obj) if changed else body
 
-def _strings(obj: Any, path: tuple = ()):
-    if isinstance(obj, str):
-        yield path, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _strings(v, path + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _strings(v, path + (i,))
+    # --- anything else: a text stream ---------------------------------------------------
+    def _raw(self, data: bytes, final: bool) -> bytes:
+        if self._raw_gate is None:
+            self._raw_gate = TextGate(self._policy, self._ledger, "body")
+        text = self._utf8.decode(data, final)
+        released = self._raw_gate.feed(text)
+        if final:
+            released += self._raw_gate.flush()
+        return released.encode("utf-8", "surrogateescape")

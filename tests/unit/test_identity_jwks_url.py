@@ -46,7 +46,7 @@ class JwksServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def stop(self) -> None:
         self.httpd.shutdown()
@@ -63,7 +63,7 @@ def server():
 def resolver(url: str, **extra) -> IdentityResolver:
     return IdentityResolver(IdentityConfig.from_dict({"issuers": [{
         "issuer": ISS, "audiences": [AUD], "jwks_url": url, "algorithms": ["EdDSA"], "jwks_timeout": "0.5s",
-        "jwks_stale_max": "60s", "jwks_refetch_cooldown": "30s", **extra}]}, base_dir=__import__("pathlib").Path(".")))
+        "jwks_refresh": "30s", "jwks_stale_max": "60s", "jwks_refetch_cooldown": "30s", **extra}]}, base_dir=__import__("pathlib").Path(".")))
 
 
 def tok(key, kid, now):
