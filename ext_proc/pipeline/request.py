@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from ext_proc.audit.record import decision_record
 from ext_proc.classify import Classifier, Finding, InputTooLarge, redact, summarize
-from ext_proc.identity import Identity, IdentityError
+from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
 from ext_proc.policy import Decision, Policy
 from ext_proc.providers import (
     BadRequestBody,
@@ -24,9 +24,9 @@ from ext_proc.providers import (
     render_request,
 )
 
-# Headers that carry the client's credential to ledgergate; they never travel to the provider
-# (the provider credential, if any, is injected from configuration).
-CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
+# Headers that carry the client's credential to ledgergate never travel to the provider (the
+# provider credential, if any, is injected from configuration): the identity module's own list.
+CLIENT_CREDENTIAL_HEADERS = tuple(CREDENTIAL_HEADERS)
 OWN_HEADER_PREFIX = "x-ledgergate-"
 
 
@@ -184,7 +184,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
             key = _max_tokens_field(head.surface)
             if key is not None:
                 set_fields[key] = decision.max_tokens_cap
-        if head.surface.name == "openai.chat_completions" and parsed.stream:
+        if head.surface.name in ("openai.chat_completions", "azure.chat_completions") and parsed.stream:
             # Usage arrives only when asked for; the outcome record and the token budget need it.
             set_fields[("stream_options", "include_usage")] = True
         replacements: dict[int, str] = {}
