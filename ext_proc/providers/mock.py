@@ -11,7 +11,6 @@ x-mock-event-delay-ms. GET /_mock/requests lists the last 200 requests; DELETE c
 from __future__ import annotations
 
 import base64
-import binascii
 import collections
 import json
 import socket
@@ -23,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 from urllib.parse import unquote, urlsplit
 
+from ext_proc.providers import eventstream
 from ext_proc.providers.errors import error_body
 from ext_proc.providers.surfaces import match_surface
 
@@ -91,17 +91,8 @@ def split_reply(text: str, chunk_chars: int | None) -> list[str]:
 
 
 def eventstream_message(event_type: str, payload: dict) -> bytes:
-    """One AWS event-stream message (application/vnd.amazon.eventstream), as Bedrock streams:
-    prelude (total and header lengths, CRC32), string headers, JSON payload, message CRC32."""
-    headers = b""
-    for name, value in ((":event-type", event_type), (":content-type", "application/json"),
-                        (":message-type", "event")):
-        n, v = name.encode(), value.encode()
-        headers += struct.pack(">B", len(n)) + n + b"\x07" + struct.pack(">H", len(v)) + v
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    prelude = struct.pack(">II", 12 + len(headers) + len(body) + 4, len(headers))
-    msg = prelude + struct.pack(">I", binascii.crc32(prelude)) + headers + body
-    return msg + struct.pack(">I", binascii.crc32(msg))
+    """One AWS event-stream message (application/vnd.amazon.eventstream), as Bedrock streams."""
+    return eventstream.event(event_type, json.dumps(payload, separators=(",", ":")).encode())
 
 
 def sse(data: Any, event: str | None = None) -> bytes:
