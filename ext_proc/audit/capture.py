@@ -1,4 +1,4 @@
-"""Encrypted capture for legal hold: the raw request body sealed with AES-256-GCM under a
+"""Encrypted capture for legal hold: the raw request body (and the response as delivered) sealed with AES-256-GCM under a
 deployer key, bound to its record by the request id as associated data. Off unless configured;
 without the key the record holds only ciphertext."""
 
@@ -10,6 +10,8 @@ import os
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ALG = "AES-256-GCM"
+# Associated data of a response capture: the request id followed by this suffix.
+RESPONSE_CAPTURE_AAD = b"\x00response"
 
 
 def seal_capture(key: bytes, key_id: str, plaintext: bytes, aad: bytes) -> dict:

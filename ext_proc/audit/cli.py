@@ -68,6 +68,8 @@ def run(argv: list[str]) -> int:
     v.add_argument("path", help="audit directory or postgresql:// DSN")
     v.add_argument("--trust", action="append", default=None, metavar="KEY_ID",
                    help="accept only segments signed by these key ids (repeatable)")
+    v.add_argument("--jobs", type=int, default=None,
+                   help="processes for hashes and signatures (default: one per CPU on large logs)")
     s = sub.add_parser("show", help="every record of one request")
     s.add_argument("request_id")
     s.add_argument("--path", default="var/audit")
@@ -83,7 +85,8 @@ def run(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.cmd == "verify":
         trust = set(a.trust) if a.trust else None
-        rep = verify_segments(_segments(a.path), trust) if _is_dsn(a.path) else verify_dir(a.path, trust)
+        rep = verify_segments(_segments(a.path), trust, jobs=a.jobs) if _is_dsn(a.path) \
+            else verify_dir(a.path, trust, jobs=a.jobs)
         for w in rep.warnings:
             print(f"warning: {w}", file=sys.stderr)
         if not rep.ok:

@@ -39,6 +39,7 @@ class Config:
     upstream_credentials: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics_listen: str | None = None
     drain_grace_s: float = 10.0
+    capture_max_response_bytes: int = 1024 * 1024
     raw: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, p: str | Path) -> Path:
@@ -136,6 +137,7 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         upstream_credentials=creds,
         metrics_listen=server.get("metrics_listen"),
         drain_grace_s=float(server.get("drain_grace_s", 10.0)),
+        capture_max_response_bytes=int((audit.get("capture") or {}).get("max_response_bytes", 1024 * 1024)),
         raw=data,
     )
 

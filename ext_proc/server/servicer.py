@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 
-from ext_proc.audit.capture import seal_capture
+from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, seal_capture
 from ext_proc.audit.log import AuditUnavailable
 from ext_proc.audit.record import outcome_record
 from ext_proc.identity import IdentityError, forwarded_identity_headers
@@ -99,6 +99,9 @@ class Exchange:
         self.response_status: int | None = None
         self.outcome_committed = False
         self.request_released = False
+        # Legal-hold capture of the response as delivered (after redaction), bounded.
+        self.captured: bytearray | None = bytearray() if rt.capture_key is not None else None
+        self.capture_truncated = False
 
     # --- request side -------------------------------------------------------------------
     async def on_request_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -253,6 +256,7 @@ class Exchange:
         releases = self.inspector.feed(bytes(chunk.body), chunk.end_of_stream)
         out: list[pb.ProcessingResponse] = []
         for rel in releases:
+            self._capture(rel.body)
             if rel.end_of_stream:
                 await self._commit_outcome()
             out.append(pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
@@ -264,6 +268,7 @@ class Exchange:
         out: list[pb.ProcessingResponse] = []
         if self.inspector is not None and not self.inspector.finished:
             for rel in self.inspector.feed(b"", True):
+                self._capture(rel.body)
                 if rel.end_of_stream:
                     await self._commit_outcome()
                 # The trailers end the stream; the held tail goes out as the last body data.
@@ -273,17 +278,32 @@ class Exchange:
         out.append(pb.ProcessingResponse(response_trailers=pb.TrailersResponse()))
         return out
 
+    def _capture(self, data: bytes) -> None:
+        if self.captured is None or self.capture_truncated or not data:
+            return
+        room = self.rt.config.capture_max_response_bytes - len(self.captured)
+        if len(data) > room:
+            data, self.capture_truncated = data[:max(room, 0)], True
+        self.captured += data
+
     async def _commit_outcome(self, error: str | None = None) -> None:
         if self.outcome_committed or self.head is None:
             return
         self.outcome_committed = True
         summary = self.inspector.outcome() if self.inspector is not None else {}
         usage = summary.get("usage")
+        capture = None
+        if self.captured is not None and self.inspector is not None:
+            # Bound to this request's response, so it cannot be passed off as its request body.
+            capture = seal_capture(self.rt.capture_key, self.rt.capture_key_id, bytes(self.captured),
+                                   self.head.request_id.encode() + RESPONSE_CAPTURE_AAD)
+            capture["truncated"] = self.capture_truncated
         record = outcome_record(
             request_id=self.head.request_id, completed_ms=int(self.rt.clock() * 1000),
             status=self.response_status, response_sha256=summary.get("response_sha256"),
             classification=summary.get("classification") or {}, redactions=summary.get("redactions") or [],
-            usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")), error=error)
+            usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")), error=error,
+            capture=capture)
         if self.reservation is not None:
             actual = None
             if usage:

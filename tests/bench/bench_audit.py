@@ -4,7 +4,9 @@ commit latency p50/p99 at a fixed rate, and verify throughput. Bounded in count 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -14,7 +16,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ext_proc.audit.log import open_audit_log  # noqa: E402
-from ext_proc.audit.verify import verify_dir  # noqa: E402
 
 RECORD = {"kind": "decision", "request_id": "r", "decision": {"outcome": "permit", "matched": [{"rule": "x"}]},
           "identity": {"subject": "alice", "roles": ["analyst"]}, "pad": "x" * 3000}  # ~4 KB records
@@ -56,6 +57,15 @@ async def latency_at(config: dict, key: str, rate: float = 500, seconds: float =
     return statistics.median(lat), lat[int(0.99 * len(lat))]
 
 
+VERIFY_SCRIPT = """
+import sys, time
+from ext_proc.audit.verify import verify_dir
+t = time.perf_counter()
+rep = verify_dir(sys.argv[1], jobs=int(sys.argv[2]))
+print(rep.records, time.perf_counter() - t, rep.ok)
+"""
+
+
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lg-bench-audit-"))
     key = str(tmp / "k.pem")
@@ -63,9 +73,14 @@ def main() -> None:
     print(f"file sink: {asyncio.run(throughput(file_cfg, key)):.0f} durable records/s (4 KB, concurrency 500)")
     p50, p99 = asyncio.run(latency_at(file_cfg, key))
     print(f"file sink: commit latency at 500 records/s p50 {p50:.2f} ms, p99 {p99:.2f} ms")
-    t = time.perf_counter()
-    rep = verify_dir(tmp / "audit")
-    print(f"verify: {rep.records / (time.perf_counter() - t):.0f} records/s ({rep.records} records, ok={rep.ok})")
+    # Verification runs as an auditor runs it: a fresh single-threaded process (the CLI's shape),
+    # timed inside so interpreter start-up is not counted.
+    for jobs in (1, os.cpu_count() or 1):
+        out = subprocess.run([sys.executable, "-c", VERIFY_SCRIPT, str(tmp / "audit"), str(jobs)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        records, seconds, ok = int(out[0]), float(out[1]), out[2]
+        print(f"verify ({jobs} process{'es' if jobs > 1 else ''}): {records / seconds:.0f} records/s "
+              f"({records} records, ok={ok})")
     table = f"lg_bench_{uuid.uuid4().hex[:8]}"
     pg_cfg = {"sink": "postgres", "dsn": "postgresql://postgres@127.0.0.1:5432/test", "table": table}
     try:

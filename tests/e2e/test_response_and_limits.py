@@ -142,3 +142,22 @@ def test_encrypted_capture_holds_the_original_request_for_legal_hold(strict):
     assert "zed@example.com" not in json.dumps(rec)
     original = open_capture(bytes(range(32)), rec["capture"], rid.encode())
     assert b"zed@example.com" in original
+
+
+def test_encrypted_capture_holds_the_response_as_delivered(strict):
+    from cryptography.exceptions import InvalidTag
+
+    from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, open_capture
+
+    reply = "Contact jane.doe@example.com for details."
+    raw = client(strict, reply).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "who?"}], stream=True)
+    rid = raw.headers["x-request-id"]
+    delivered = b"".join(raw.http_response.iter_bytes())
+    rec = [r for r in strict.audit_records() if r.get("request_id") == rid and r["kind"] == "outcome"][0]
+    assert "jane.doe" not in json.dumps(rec)
+    opened = open_capture(bytes(range(32)), rec["capture"], rid.encode() + RESPONSE_CAPTURE_AAD)
+    assert opened == delivered and b"jane.doe@example.com" not in opened  # what the client got: redacted
+    assert rec["capture"]["truncated"] is False
+    with pytest.raises(InvalidTag):
+        open_capture(bytes(range(32)), rec["capture"], rid.encode())  # not usable as the request's capture

@@ -172,3 +172,63 @@ def test_signing_key_is_private(tmp_path):
     assert (tmp_path / "k.pem").stat().st_mode & 0o077 == 0
     w = ChainWriter(load_or_create_signing_key(tmp_path / "k.pem"), "w", "s")
     assert w.genesis(0)["seq"] == 0 and w.seal({"kind": "x"}, 1)["seq"] == 1
+
+
+def _segments(d: Path):
+    return [(f.name, f.read_bytes().splitlines(), b"") for f in sorted(d.glob("*.jsonl"))]
+
+
+def test_a_reserialised_but_unaltered_log_still_verifies(seg):
+    # The hash fast path cuts the seal out of the stored bytes; another serialisation of the same
+    # record (a SIEM round trip) must fall back to canonical JSON and still verify.
+    d, path = seg
+    path.write_bytes(b"".join(json.dumps(json.loads(x), indent=None, sort_keys=False).encode() + b"\n"
+                              for x in lines(path)))
+    assert verify_dir(d).ok
+
+
+def test_a_reserialised_and_altered_record_is_still_caught(seg):
+    d, path = seg
+    ls = lines(path)
+    rec = json.loads(ls[4])
+    rec["decision"]["outcome"] = "deny"
+    ls[4] = json.dumps(rec).encode()
+    path.write_bytes(b"\n".join(ls) + b"\n")
+    rep = verify_dir(d)
+    assert not rep.ok and rep.problem.endswith(":5: content does not match its hash (altered)")
+
+
+@pytest.mark.parametrize("tamper", ["flip", "swap", "drop", "sig"])
+def test_parallel_verification_reports_the_same_first_problem(tmp_path, tamper, monkeypatch):
+    from ext_proc.audit import verify as verify_mod
+    d = tmp_path / "audit"
+    path = write_log(d, n=300)
+    ls = lines(path)
+    if tamper == "flip":
+        ls[250] = ls[250].replace(b'"permit"', b'"permiT"')
+    elif tamper == "swap":
+        ls[100], ls[101] = ls[101], ls[100]
+    elif tamper == "drop":
+        del ls[42]
+    else:
+        other = json.loads(ls[7])
+        rec = json.loads(ls[200])
+        rec["signature"] = other["signature"]
+        ls[200] = canonical_json(rec)
+    path.write_bytes(b"\n".join(ls) + b"\n")
+    sequential = verify_mod.verify_segments(_segments(d), jobs=1)
+    monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD", 10)
+    monkeypatch.setattr(verify_mod, "_MAX_CHUNK", 37)
+    parallel = verify_mod.verify_segments(_segments(d), jobs=2)
+    assert not sequential.ok
+    assert (parallel.ok, parallel.problem, parallel.records) == (sequential.ok, sequential.problem, sequential.records)
+
+
+def test_parallel_verification_of_an_intact_log(tmp_path, monkeypatch):
+    from ext_proc.audit import verify as verify_mod
+    d = tmp_path / "audit"
+    write_log(d, n=120)
+    monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD", 10)
+    monkeypatch.setattr(verify_mod, "_MAX_CHUNK", 16)
+    rep = verify_mod.verify_segments(_segments(d), jobs=2)
+    assert rep.ok and rep.records == 122  # genesis + 120 + closing checkpoint
