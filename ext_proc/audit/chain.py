@@ -10,7 +10,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ext_proc.audit.canonical import canonical_json
+from ext_proc.audit.canonical import canonical_json, canonical_json_unchecked, check_canonical
 from ext_proc.audit.record import SCHEMA_VERSION
 
 GENESIS_PREV = "0" * 64
@@ -47,12 +47,27 @@ class ChainWriter:
                           "alg": "Ed25519", **(extra or {})}, now_ms)
 
     def seal(self, body: dict[str, Any], committed_ms: int) -> dict[str, Any]:
-        rec = dict(body)
+        return self.seal_line(body, committed_ms)[0]
+
+    def seal_line(self, body: dict[str, Any], committed_ms: int) -> tuple[dict[str, Any], bytes]:
+        """The sealed record and its canonical JSON line (without the newline), serialised once:
+        the members sorting before "hash", between "hash" and "signature", and after it are
+        serialised apart, so the hashed form and the stored form share the work (the record is
+        the largest thing serialised per request)."""
+        rec = {k: v for k, v in body.items() if k not in SEAL_FIELDS}
         rec.update({"writer_id": self.writer_id, "segment_id": self.segment_id, "seq": self.seq,
                     "prev_hash": self.prev_hash, "committed_ms": committed_ms, "key_id": self.key_id})
-        h = record_hash(rec)
+        check_canonical(rec)
+        low, mid, high = {}, {}, {}
+        for k, v in rec.items():
+            (low if k < "hash" else mid if k < "signature" else high)[k] = v
+        parts = [canonical_json_unchecked(p)[1:-1] for p in (low, mid, high)]
+        h = hashlib.sha256(b"{" + b",".join(p for p in parts if p) + b"}").hexdigest()
+        sig = base64.b64encode(self._key.sign(bytes.fromhex(h))).decode()
         rec["hash"] = h
-        rec["signature"] = base64.b64encode(self._key.sign(bytes.fromhex(h))).decode()
+        rec["signature"] = sig
+        line = b",".join(p for p in (parts[0], b'"hash":"' + h.encode() + b'"', parts[1],
+                                     b'"signature":"' + sig.encode() + b'"', parts[2]) if p)
         self.seq += 1
         self.prev_hash = h
-        return rec
+        return rec, b"{" + line + b"}"

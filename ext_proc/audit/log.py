@@ -115,8 +115,8 @@ class AuditLog:
         await self._flush_now()
         self.ready = True
 
-    def _enqueue(self, record: dict[str, Any]) -> asyncio.Future:
-        line = canonical_json(record) + b"\n"
+    def _enqueue(self, record: dict[str, Any], line: bytes | None = None) -> asyncio.Future:
+        line = (line if line is not None else canonical_json(record)) + b"\n"
         self._leaves.append(leaf_hash(bytes.fromhex(record["hash"])))
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((line, fut))
@@ -127,8 +127,8 @@ class AuditLog:
             raise AuditUnavailable(self._failed or "audit log closed")
         if len(self._pending) >= self.max_queue:
             raise AuditUnavailable("audit queue full")
-        record = self.chain.seal(body, int(self.clock() * 1000))
-        fut = self._enqueue(record)
+        record, line = self.chain.seal_line(body, int(self.clock() * 1000))
+        fut = self._enqueue(record, line)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_loop())
         await asyncio.shield(fut)

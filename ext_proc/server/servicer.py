@@ -249,20 +249,31 @@ class Exchange:
             await self._commit_outcome()
         return out
 
-    async def on_response_body(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    # A chunk is inspected in slices, and each slice's releases are sent before the next is
+    # scanned: Envoy coalesces a fast upstream's events into one large chunk, and scanning all of
+    # it before releasing anything would put its whole cost in front of the first token. Slices
+    # double in size so a large chunk still goes out in a handful of messages.
+    FIRST_RESPONSE_SLICE_BYTES = 2048
+
+    async def iter_response_body(self, req: pb.ProcessingRequest) -> AsyncIterator[pb.ProcessingResponse]:
         if self.inspector is None:
             raise ProtocolViolation("response body before response headers")
         chunk = req.response_body
-        releases = self.inspector.feed(bytes(chunk.body), chunk.end_of_stream)
-        out: list[pb.ProcessingResponse] = []
-        for rel in releases:
-            self._capture(rel.body)
-            if rel.end_of_stream:
-                await self._commit_outcome()
-            out.append(pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
-                body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
-                    body=rel.body, end_of_stream=rel.end_of_stream))))))
-        return out
+        data, end = bytes(chunk.body), chunk.end_of_stream
+        start, step = 0, self.FIRST_RESPONSE_SLICE_BYTES
+        while True:
+            last = start + step >= len(data)
+            piece = data[start:start + step]
+            start, step = start + step, step * 2
+            for rel in self.inspector.feed(piece, end and last):
+                self._capture(rel.body)
+                if rel.end_of_stream:
+                    await self._commit_outcome()
+                yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
+                    body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
+                        body=rel.body, end_of_stream=rel.end_of_stream)))))
+            if last:
+                return
 
     async def on_response_trailers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         out: list[pb.ProcessingResponse] = []
@@ -349,7 +360,9 @@ class Servicer(pb_grpc.ExternalProcessorServicer):
                 elif kind == "response_headers":
                     replies = await ex.on_response_headers(req)
                 elif kind == "response_body":
-                    replies = await ex.on_response_body(req)
+                    async for r in ex.iter_response_body(req):
+                        yield r
+                    continue
                 elif kind == "response_trailers":
                     replies = await ex.on_response_trailers(req)
                 elif kind == "request_trailers":

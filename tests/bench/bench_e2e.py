@@ -124,9 +124,9 @@ async def measure(port: int, headers: dict[str, str], *, duration: float, rates:
                   concurrency: int) -> dict:
     raw = build_request("/v1/chat/completions", chat_body(False), headers)
     raw_stream = build_request("/v1/chat/completions", chat_body(True), headers)
-    await closed_loop(port, raw, concurrency=4, duration_s=1.0, max_requests=200)  # warm up
+    warm = await closed_loop(port, raw, concurrency=4, duration_s=1.0, max_requests=200)
     maxr = await closed_loop(port, raw, concurrency=concurrency, duration_s=duration, max_requests=100000)
-    out = {"max": maxr.summary(), "open": {}}
+    out = {"max": maxr.summary(), "open": {}, "warmup_requests": len(warm.latencies_ms)}
     for rate in rates:
         r = await open_loop(port, raw, rate=rate, duration_s=duration)
         out["open"][str(rate)] = r.summary()
@@ -153,10 +153,14 @@ def run(args: argparse.Namespace) -> dict:
         headers = {"authorization": f"Bearer {token}"}
         workers = [p for p in children(stack.proc.pid) if "serve" in cmdline(p)]
         envoy_pids = [p for p in children(stack.proc.pid) if "envoy" in cmdline(p)]
+        rates = asyncio.run(_calibrate(stack.port, headers, args))
+        # CPU is read around exactly the requests counted (the calibration run is outside).
         cpu0 = {p: proc_cpu_s(p) for p in workers + envoy_pids}
-        full = asyncio.run(_full(stack.port, headers, args))
+        full = asyncio.run(measure(stack.port, headers, duration=args.duration, rates=rates,
+                                   concurrency=args.concurrency))
+        full["rates"] = rates
         cpu1 = {p: proc_cpu_s(p) for p in workers + envoy_pids}
-        total_requests = full["max"]["requests"] + sum(v["requests"] for v in full["open"].values()) + full["stream"]["requests"]
+        total_requests = _requests(full)
         full["cpu_ms_per_request_ledgergate"] = round(
             1000 * sum(cpu1[p] - cpu0[p] for p in workers) / max(1, total_requests), 3)
         full["peak_rss_mb_per_worker"] = [round(proc_hwm_mb(p) or 0, 1) for p in workers]
@@ -177,7 +181,7 @@ def run(args: argparse.Namespace) -> dict:
         proc, port = start_envoy_variant(tmp / "empty", mock_port=mock_port, ext_ports=ep)
         cpu0 = {e.pid: proc_cpu_s(e.pid) for e in empties}
         empty = asyncio.run(measure(port, {}, duration=args.duration, rates=rates, concurrency=args.concurrency))
-        n = empty["max"]["requests"] + sum(v["requests"] for v in empty["open"].values()) + empty["stream"]["requests"]
+        n = _requests(empty)
         empty["cpu_ms_per_request_processor"] = round(
             1000 * sum(proc_cpu_s(e.pid) - cpu0[e.pid] for e in empties) / max(1, n), 3)
         results["scenarios"]["empty"] = empty
@@ -191,15 +195,18 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
-async def _full(port: int, headers: dict[str, str], args: argparse.Namespace) -> dict:
+async def _calibrate(port: int, headers: dict[str, str], args: argparse.Namespace) -> list[float]:
+    """The full pipeline's max rate sets the offered loads (a quarter, half, three quarters)."""
     raw = build_request("/v1/chat/completions", chat_body(False), headers)
     await closed_loop(port, raw, concurrency=4, duration_s=1.0, max_requests=200)
     maxr = await closed_loop(port, raw, concurrency=args.concurrency, duration_s=args.duration, max_requests=100000)
     m = maxr.summary()["throughput_rps"] or 1
-    rates = [round(m * f, 1) for f in (0.25, 0.5, 0.75)]
-    out = await measure(port, headers, duration=args.duration, rates=rates, concurrency=args.concurrency)
-    out["rates"] = rates
-    return out
+    return [round(m * f, 1) for f in (0.25, 0.5, 0.75)]
+
+
+def _requests(scenario: dict) -> int:
+    return (scenario["warmup_requests"] + scenario["max"]["requests"]
+            + sum(v["requests"] for v in scenario["open"].values()) + scenario["stream"]["requests"])
 
 
 def derive(results: dict) -> dict:
@@ -213,6 +220,8 @@ def derive(results: dict) -> dict:
         "added_p50_ms_at_half_rate": round(full["open"][half]["p50_ms"] - envoy["open"][half]["p50_ms"], 3),
         "added_p99_ms_at_half_rate": round(full["open"][half]["p99_ms"] - envoy["open"][half]["p99_ms"], 3),
         "added_ttfb_p50_ms_stream": round(full["stream"]["ttfb_p50_ms"] - envoy["stream"]["ttfb_p50_ms"], 3),
+        "added_ttft_p50_ms_stream": round(full["stream"]["ttft_p50_ms"] - envoy["stream"]["ttft_p50_ms"], 3),
+        "added_total_p50_ms_stream": round(full["stream"]["p50_ms"] - envoy["stream"]["p50_ms"], 3),
         "peak_rss_mb_per_worker": full.get("peak_rss_mb_per_worker"),
     }
     return d
@@ -236,13 +245,13 @@ def write_markdown(results: dict, md: Path, png: Path | None) -> None:
         f"Python {results['machine']['python']}; load generator, Envoy, mock and processors on the same machine; "
         f"{results['duration_s']} s per measurement, closed loop at concurrency {results['concurrency']}.",
         "",
-        "| scenario | max req/s | p50 ms @ max | p99 ms @ max | stream TTFB p50 ms |",
-        "|---|---|---|---|---|",
+        "| scenario | max req/s | p50 ms @ max | p99 ms @ max | stream TTFB p50 ms | stream TTFT p50 ms | stream total p50 ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in ("envoy", "empty", "full"):
         s = sc[name]
         lines.append(f"| {name} | {s['max']['throughput_rps']} | {s['max']['p50_ms']} | {s['max']['p99_ms']} | "
-                     f"{s['stream']['ttfb_p50_ms']} |")
+                     f"{s['stream']['ttfb_p50_ms']} | {s['stream']['ttft_p50_ms']} | {s['stream']['p50_ms']} |")
     lines += ["", "Open loop (fixed offered load; latency from the scheduled start):", "",
               "| offered req/s | envoy p50/p99 ms | empty p50/p99 ms | full p50/p99 ms |", "|---|---|---|---|"]
     for rate in sc["full"]["rates"]:

@@ -1,10 +1,12 @@
 """A small asyncio HTTP/1.1 load generator for loopback benchmarks: keep-alive connections,
 closed-loop (max throughput at a concurrency) and open-loop (fixed offered rate) modes, and
-time to first body byte for streamed responses. Bounded by request count and duration."""
+time to first body byte and to first content token for streamed responses. Bounded by request
+count and duration."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 class Result:
     latencies_ms: list[float] = field(default_factory=list)
     ttfb_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0
     elapsed_s: float = 0.0
@@ -26,6 +29,7 @@ class Result:
                 return None
             return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))], 3)
         ttfb = sorted(self.ttfb_ms)
+        ttft = sorted(self.ttft_ms)
         ok = sum(v for k, v in self.statuses.items() if 200 <= k < 300)
         return {
             "requests": len(lat), "ok": ok, "errors": self.errors, "statuses": self.statuses,
@@ -34,7 +38,12 @@ class Result:
             "p50_ms": pct(50, lat), "p90_ms": pct(90, lat), "p99_ms": pct(99, lat),
             "mean_ms": round(statistics.fmean(lat), 3) if lat else None,
             "ttfb_p50_ms": pct(50, ttfb), "ttfb_p99_ms": pct(99, ttfb),
+            "ttft_p50_ms": pct(50, ttft), "ttft_p99_ms": pct(99, ttft),
         }
+
+
+# The first non-empty text delta of an OpenAI chat stream (the role chunk carries no text).
+FIRST_TOKEN = re.compile(rb'"content":"[^"]')
 
 
 class Conn:
@@ -44,7 +53,9 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, raw: bytes) -> tuple[int, float, float]:
-        """Send one request; return (status, time to first body byte, total) in seconds."""
+        """Send one request; return (status, time to first body byte, total) in seconds; the time
+        to the first content token of a stream is left in `self.ttft`."""
+        self.ttft = None
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         t0 = time.perf_counter()
@@ -77,7 +88,9 @@ class Conn:
                 if size == 0:
                     await r.readline()
                     break
-                await r.readexactly(size + 2)
+                data = await r.readexactly(size + 2)
+                if self.ttft is None and FIRST_TOKEN.search(data):
+                    self.ttft = time.perf_counter() - t0
         elif length:
             await r.readexactly(length)
             ttfb = time.perf_counter() - t0
@@ -109,6 +122,8 @@ async def closed_loop(port: int, raw: bytes, *, concurrency: int, duration_s: fl
                 res.statuses[st] = res.statuses.get(st, 0) + 1
                 res.latencies_ms.append(total * 1000)
                 res.ttfb_ms.append(ttfb * 1000)
+                if c.ttft is not None:
+                    res.ttft_ms.append(c.ttft * 1000)
             except (OSError, ValueError, asyncio.IncompleteReadError):
                 res.errors += 1
                 c = Conn("127.0.0.1", port)
@@ -137,6 +152,8 @@ async def open_loop(port: int, raw: bytes, *, rate: float, duration_s: float, ma
             # Latency from the scheduled start, so a stalled generator is not flattering.
             res.latencies_ms.append((done - scheduled) * 1000)
             res.ttfb_ms.append(ttfb * 1000)
+            if c.ttft is not None:
+                res.ttft_ms.append(c.ttft * 1000)
         except (OSError, ValueError, asyncio.IncompleteReadError):
             res.errors += 1
             c = Conn("127.0.0.1", port)

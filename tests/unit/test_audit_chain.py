@@ -232,3 +232,23 @@ def test_parallel_verification_of_an_intact_log(tmp_path, monkeypatch):
     monkeypatch.setattr(verify_mod, "_MAX_CHUNK", 16)
     rep = verify_mod.verify_segments(_segments(d), jobs=2)
     assert rep.ok and rep.records == 122  # genesis + 120 + closing checkpoint
+
+
+record_bodies = st.dictionaries(
+    st.text(alphabet=st.characters(max_codepoint=127), max_size=12).filter(lambda k: k not in ("hash", "signature")),
+    json_values, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(record_bodies)
+def test_the_line_serialised_once_is_the_canonical_json_of_the_sealed_record(body):
+    from ext_proc.audit.chain import record_hash
+    from ext_proc.audit.log import load_or_create_signing_key
+    import tempfile
+    key = _KEY.setdefault("k", load_or_create_signing_key(Path(tempfile.mkdtemp()) / "k.pem"))
+    rec, line = ChainWriter(key, "w", "s").seal_line(body, 5)
+    assert line == canonical_json(rec)
+    assert rec["hash"] == record_hash(rec)
+
+
+_KEY: dict = {}
