@@ -13,12 +13,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ext_proc.audit.canonical import canonical_json
 from ext_proc.audit.chain import ChainWriter
 from ext_proc.audit.merkle import leaf_hash, merkle_root
+from ext_proc.keyfiles import load_or_create_ed25519
 
 
 class AuditUnavailable(Exception):
@@ -26,20 +26,7 @@ class AuditUnavailable(Exception):
 
 
 def load_or_create_signing_key(path: str | Path) -> Ed25519PrivateKey:
-    path = Path(path)
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path}: the audit signing key must be Ed25519")
-        return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    return key
+    return load_or_create_ed25519(path, "audit signing key")
 
 
 def find_torn_tails(directory: Path) -> list[dict[str, Any]]:

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ext_proc.keyfiles import load_or_create_ed25519
 
 DEV_ISSUER = "https://ledgergate.local/dev"
 DEV_AUDIENCE = "ledgergate"
@@ -36,17 +37,7 @@ def generate_dev_issuer(directory: Path) -> None:
     if key_path.exists() and jwks_path.exists():
         return
     directory.mkdir(parents=True, exist_ok=True)
-    if key_path.exists():
-        priv = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(priv, Ed25519PrivateKey):
-            raise ValueError(f"{key_path} is not an Ed25519 private key")
-    else:
-        priv = Ed25519PrivateKey.generate()
-        pem = priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+    priv = load_or_create_ed25519(key_path, "dev issuer key")
     pub = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     tmp = jwks_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"keys": [_jwk(pub)]}, indent=2))

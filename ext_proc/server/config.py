@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from ext_proc.keyfiles import write_private
+
 PROVIDERS = ("openai", "anthropic", "gemini", "bedrock")
 
 
@@ -154,9 +156,6 @@ def load_or_create_secret(path: Path, size: int = 32) -> bytes:
         if len(data) < 16:
             raise ConfigError(f"{path}: key file too short")
         return data
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = os.urandom(size)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    write_private(path, data)
     return data

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import grpc
 import structlog
@@ -33,7 +33,6 @@ from ext_proc.pipeline.request import (
     strip_headers,
 )
 from ext_proc.providers import error_body, match_surface
-from ext_proc.ratelimit import LimitSpec
 from ext_proc.server.runtime import Runtime
 from ext_proc.streaming import ResponseInspector, ResponseRules
 
