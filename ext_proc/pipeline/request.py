@@ -112,14 +112,15 @@ def build_policy_input(head: RequestHead, identity: Identity, parsed: ParsedRequ
     }
 
 
-def reject_identity(head: RequestHead, error: IdentityError, now_ms: int) -> Verdict:
-    """A request whose credential could not be verified: 401, recorded, never forwarded."""
+def reject_identity(head: RequestHead, error: IdentityError, now_ms: int, policy: Policy | None = None) -> Verdict:
+    """A request whose credential could not be verified: 401, recorded, never forwarded. The
+    record names the policy version in force, though no rule was evaluated."""
     record = decision_record(
         request_id=head.request_id, received_ms=head.received_ms, decided_ms=now_ms,
         identity=None, identity_error=error.reason, route=head.route_record(),
         provider=head.surface.provider if head.surface else None,
         model_requested=head.surface.model_from_path if head.surface else None, model_routed=None,
-        upstream=None, classification={}, policy={},
+        upstream=None, classification={}, policy=_policy_ref(policy) if policy else {},
         decision={"outcome": "deny", "status": 401, "code": error.reason, "reason": error.message},
         input={}, request_sha256=None, forwarded_sha256=None)
     v = Verdict(forward=False, status=401, code=error.reason, message=error.message, record=record)

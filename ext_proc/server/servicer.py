@@ -119,7 +119,7 @@ class Exchange:
             self.identity = await self.rt.identity.resolve(headers, attrs, now)
         except IdentityError as exc:
             self.rt.metrics.identity_failure(exc.reason)
-            verdict = reject_identity(self.head, exc, int(self.rt.clock() * 1000))
+            verdict = reject_identity(self.head, exc, int(self.rt.clock() * 1000), self.rt.policies.current)
             return [await self._finish_rejected(verdict)]
         if msg.end_of_stream:
             # No body will follow (GET /v1/models): decide now.

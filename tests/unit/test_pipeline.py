@@ -85,8 +85,9 @@ def test_unknown_route_is_denied_by_default():
 
 def test_identity_failure_is_a_recorded_401_without_the_token():
     h = head(headers={"authorization": ["Bearer secret.token.value"]})
-    v = reject_identity(h, IdentityError("token_expired", "the token has expired"), NOW)
+    v = reject_identity(h, IdentityError("token_expired", "the token has expired"), NOW, POLICY)
     assert v.status == 401 and not v.forward
+    assert v.record["policy"]["version"] == POLICY.version
     assert v.record["identity_error"] == "token_expired"
     assert "secret.token.value" not in json.dumps(v.record)
 
