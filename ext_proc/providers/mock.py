@@ -180,6 +180,8 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:  # type: ignore[attr-defined]
             srv.requests.append({"method": self.command, "path": self.path,  # type: ignore[attr-defined]
                                  "headers": {k: v for k, v in self.headers.items()},
+                                 # every header line, repeats included (the dict keeps the last)
+                                 "header_list": [[k.lower(), v] for k, v in self.headers.items()],
                                  "body": body[:MAX_LOGGED_BODY].decode("utf-8", "replace")})
 
     # --- verbs ----------------------------------------------------------------------------
