@@ -39,6 +39,8 @@ class Config:
     upstream_credentials: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics_listen: str | None = None
     drain_grace_s: float = 10.0
+    health_interval_s: float = 1.0
+    tracing: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, p: str | Path) -> Path:
@@ -46,7 +48,7 @@ class Config:
         return p if p.is_absolute() else self.base_dir / p
 
 
-_TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits"}
+_TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits", "tracing"}
 
 
 def default_config_dict(var_dir: str = "var") -> dict[str, Any]:
@@ -72,6 +74,9 @@ def default_config_dict(var_dir: str = "var") -> dict[str, Any]:
         "ratelimit": {"backend": "memory"},
         "classify": {"redaction_key_file": f"{var_dir}/keys/redaction-hash.key"},
         "limits": {"max_body_bytes": 4 * 1024 * 1024, "max_response_buffer_bytes": 8 * 1024 * 1024},
+        # Off unless enabled: the SDK is an optional extra (`pip install ledgergate[tracing]`).
+        "tracing": {"enabled": False, "exporter": "otlp", "endpoint": "http://127.0.0.1:4317",
+                    "service_name": "ledgergate", "sample_ratio": 1.0},
     }
 
 
@@ -136,8 +141,20 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         upstream_credentials=creds,
         metrics_listen=server.get("metrics_listen"),
         drain_grace_s=float(server.get("drain_grace_s", 10.0)),
+        health_interval_s=_positive_float(server.get("health_interval_s", 1.0), "server.health_interval_s"),
+        tracing=dict(data.get("tracing") or {}),
         raw=data,
     )
+
+
+def _positive_float(v: Any, where: str) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: must be a number") from None
+    if not f > 0:
+        raise ConfigError(f"{where}: must be greater than 0")
+    return f
 
 
 def _resolve(base: Path, p: str | Path) -> Path:

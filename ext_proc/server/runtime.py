@@ -15,6 +15,7 @@ from ext_proc.policy import Policy, PolicyHolder, PolicyStore
 from ext_proc.ratelimit import Admission, LimitSpec, open_limiter
 from ext_proc.server.config import Config, load_or_create_secret
 from ext_proc.server.metrics import Metrics
+from ext_proc.server.tracing import open_tracing
 
 log = structlog.get_logger("ledgergate.runtime")
 
@@ -35,6 +36,7 @@ class Runtime:
         self.audit: AuditLog = open_audit_log(config.audit, signing_key_path=str(config.audit_signing_key),
                                               writer_id=config.writer_id)
         self.limiter = open_limiter(config.ratelimit)
+        self.tracing = open_tracing(config.tracing, instance_id=config.writer_id)
         # Encrypted capture of request bodies for legal hold: off unless audit.capture is set.
         capture = config.audit.get("capture") or None
         self.capture_key: bytes | None = None
@@ -82,6 +84,7 @@ class Runtime:
         await self.audit.close()
         await self.identity.close()
         await self.limiter.close()
+        self.tracing.shutdown()
 
     # --- rate limits --------------------------------------------------------------------
     async def reserve(self, head: RequestHead, verdict: Verdict) -> Admission:

@@ -99,6 +99,7 @@ class Exchange:
         self.response_status: int | None = None
         self.outcome_committed = False
         self.request_released = False
+        self.trace = rt.tracing.exchange()
 
     # --- request side -------------------------------------------------------------------
     async def on_request_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -113,8 +114,10 @@ class Exchange:
         self.head = RequestHead(request_id=request_id, method=method, path=path, headers=headers,
                                 attributes=attrs, received_ms=int(now * 1000),
                                 surface=match_surface(method, path))
+        self.trace.start(self.head)
         try:
-            self.identity = await self.rt.identity.resolve(headers, attrs, now)
+            with self.trace.phase("identity"):
+                self.identity = await self.rt.identity.resolve(headers, attrs, now)
         except IdentityError as exc:
             self.rt.metrics.identity_failure(exc.reason)
             verdict = reject_identity(self.head, exc, int(self.rt.clock() * 1000))
@@ -153,6 +156,7 @@ class Exchange:
         assert head is not None and self.identity is not None
         policy = rt.policies.current
         started = time.perf_counter()
+        self.trace.begin("decide")
         try:
             verdict = decide_request(head, self.identity, body, policy=policy, classifier=rt.classifier_for(policy),
                                      hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
@@ -163,9 +167,11 @@ class Exchange:
                                            "the request could not be inspected; it was not forwarded",
                                            int(rt.clock() * 1000), body, policy)
         rt.metrics.phase("decide", time.perf_counter() - started)
+        self.trace.end("decide")
         extra_headers: dict[str, str] = {}
         if verdict.forward and verdict.limits:
-            admission = await rt.reserve(head, verdict)
+            with self.trace.phase("ratelimit"):
+                admission = await rt.reserve(head, verdict)
             verdict.record["ratelimit"] = admission.to_record()
             extra_headers = dict(admission.headers)
             if admission.admitted:
@@ -213,13 +219,15 @@ class Exchange:
 
     async def _commit(self, record: dict) -> None:
         started = time.perf_counter()
-        await self.rt.audit.commit(record)
+        with self.trace.audit_commit(record):
+            await self.rt.audit.commit(record)
         self.rt.metrics.phase("audit_commit", time.perf_counter() - started)
 
     # --- response side ------------------------------------------------------------------
     async def on_response_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         if self.head is None or self.verdict is None or not self.request_released:
             raise ProtocolViolation("response before the request was released")
+        self.trace.begin("response")
         headers = _headers_to_dict(req.response_headers.headers)
         self.response_status = int((headers.get(":status") or ["0"])[0] or 0)
         decision = self.verdict.decision
@@ -365,3 +373,4 @@ class Servicer(pb_grpc.ExternalProcessorServicer):
         finally:
             self.rt.metrics.stream_ended()
             await asyncio.shield(ex.on_stream_end(error))
+            ex.trace.finish(error)
