@@ -113,7 +113,7 @@ class AuditLog:
         genesis = self.chain.genesis(int(self.clock() * 1000), extra)
         self._enqueue(genesis)
         await self._flush_now()
-        self.ready = True
+        self.ready = self._failed is None  # a genesis that did not reach the sink is no start
 
     def _enqueue(self, record: dict[str, Any]) -> asyncio.Future:
         line = canonical_json(record) + b"\n"
