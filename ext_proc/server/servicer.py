@@ -89,7 +89,7 @@ def _immediate(verdict: Verdict, request_id: str, extra_headers: dict[str, str] 
 class Exchange:
     """State of one HTTP request/response pair as seen through one ext_proc stream."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, grpc_context: grpc.aio.ServicerContext | None = None) -> None:
         self.rt = rt
         self.head: RequestHead | None = None
         self.identity = None
@@ -99,7 +99,7 @@ class Exchange:
         self.response_status: int | None = None
         self.outcome_committed = False
         self.request_released = False
-        self.trace = rt.tracing.exchange()
+        self.trace = rt.tracing.exchange(grpc_context)
 
     # --- request side -------------------------------------------------------------------
     async def on_request_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -324,7 +324,7 @@ class Servicer(pb_grpc.ExternalProcessorServicer):
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
-        ex = Exchange(self.rt)
+        ex = Exchange(self.rt, context)
         self.rt.metrics.stream_started()
         error: str | None = None
         try:

@@ -1,8 +1,10 @@
 """OpenTelemetry tracing of ext_proc exchanges: optional, off by default.
 
-One span per ext_proc stream (one HTTP exchange), a child of the trace context Envoy passed in the
-request headers (W3C `traceparent`/`tracestate`, or B3), with a child span per phase: identity,
-decide, ratelimit, audit_commit (decision and outcome) and response (the inspection summary).
+One span per ext_proc stream (one HTTP exchange), a child of the trace context Envoy passed: in the
+gRPC metadata of the Process call when Envoy traces (its ext_proc client span, Envoy >= 1.31), else
+in the HTTP request headers (the client's); W3C `traceparent`/`tracestate` first, then B3. A child
+span per phase: identity, decide, ratelimit, audit_commit (decision and outcome) and response (the
+inspection summary).
 
 Attributes carry only bounded, non-content values taken from what the audit record already holds:
 request id, surface, outcome, reason codes, policy version, model names, token counts. Never
@@ -104,7 +106,7 @@ NOOP_EXCHANGE = _NoopExchangeTrace()
 class NoTracing:
     enabled = False
 
-    def exchange(self) -> _NoopExchangeTrace:
+    def exchange(self, grpc_context: Any = None) -> _NoopExchangeTrace:
         return NOOP_EXCHANGE
 
     def shutdown(self) -> None:
@@ -150,6 +152,14 @@ def b3_parent(headers: Mapping[str, list[str]]) -> tuple[int, int, bool] | None:
     if trace_id is None or span_id is None:
         return None
     return trace_id, span_id, flag in ("1", "d", "true")
+
+
+def _metadata_dict(metadata: Any) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in metadata or ():
+        if isinstance(value, str):  # binary (-bin) metadata carries no trace context
+            out.setdefault(key.lower(), []).append(value)
+    return out
 
 
 # --- enabled ------------------------------------------------------------------------------------
@@ -221,15 +231,20 @@ class ExchangeTrace:
     """The spans of one ext_proc stream. Phase spans still open when the stream ends (an exception
     between `begin` and `end`) are ended by `finish`, marked as errors."""
 
-    def __init__(self, tracing: Tracing) -> None:
+    def __init__(self, tracing: Tracing, grpc_context: Any = None) -> None:
         self._tracing = tracing
+        self._grpc_context = grpc_context
         self._root = None
         self._context = None
         self._open: dict[str, Any] = {}
 
     def start(self, head: Any) -> None:
         t = self._tracing
-        parent = t.parent_context(head.headers)
+        parent = None
+        if self._grpc_context is not None:
+            parent = t.parent_context(_metadata_dict(self._grpc_context.invocation_metadata()))
+        if parent is None:
+            parent = t.parent_context(head.headers)
         self._root = t.tracer.start_span("ledgergate.exchange", context=parent, kind=t.SpanKind.SERVER,
                                          attributes=_route_attributes(head))
         self._context = t.trace.set_span_in_context(self._root)
@@ -313,8 +328,8 @@ class Tracing:
         self.trace, self.SpanKind, self.Status, self.StatusCode = trace, SpanKind, Status, StatusCode
         self._w3c = TraceContextTextMapPropagator()
 
-    def exchange(self) -> ExchangeTrace:
-        return ExchangeTrace(self)
+    def exchange(self, grpc_context: Any = None) -> ExchangeTrace:
+        return ExchangeTrace(self, grpc_context)
 
     def parent_context(self, headers: Mapping[str, list[str]]):
         """The context Envoy (or the client) passed: W3C trace context first, then B3."""

@@ -40,8 +40,12 @@ class Aborted(Exception):
 class FakeContext:
     """The part of grpc.aio.ServicerContext that Servicer.Process uses."""
 
-    def __init__(self) -> None:
+    def __init__(self, metadata: tuple = ()) -> None:
         self.aborted: tuple | None = None
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple:
+        return self.metadata
 
     async def abort(self, code: grpc.StatusCode, details: str):
         self.aborted = (code, details)
@@ -77,12 +81,13 @@ def _exchange(token: str, request_id: str, trace_headers: dict[str, str], prompt
     ]
 
 
-async def _drive(servicer: Servicer, messages: list[pb.ProcessingRequest]) -> tuple[list[pb.ProcessingResponse], FakeContext]:
+async def _drive(servicer: Servicer, messages: list[pb.ProcessingRequest],
+                 metadata: tuple = ()) -> tuple[list[pb.ProcessingResponse], FakeContext]:
     async def it():
         for m in messages:
             yield m
 
-    ctx = FakeContext()
+    ctx = FakeContext(metadata)
     replies = []
     try:
         async for r in servicer.Process(it(), ctx):
@@ -176,6 +181,24 @@ async def test_b3_headers_are_accepted_when_there_is_no_traceparent(runtime, tok
         "x-b3-traceid": TRACE_ID, "x-b3-spanid": PARENT_SPAN_ID, "x-b3-sampled": "1"}))
     (root,) = [s for s in exporter.get_finished_spans() if s.name == "ledgergate.exchange"]
     assert f"{root.context.trace_id:032x}" == TRACE_ID and f"{root.parent.span_id:016x}" == PARENT_SPAN_ID
+
+
+async def test_envoys_context_in_the_grpc_metadata_wins_over_the_clients_headers(runtime, token):
+    """Envoy, when it traces, opens a client span for the ext_proc call and sends its context in the
+    Process call's metadata; the HTTP headers carry the client's (an ancestor of Envoy's) span."""
+    exporter = _traced(runtime)
+    envoy_span = "b7ad6b7169203331"
+    await _drive(Servicer(runtime), _exchange(token, "req-md", {"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"}),
+                 metadata=(("traceparent", f"00-{TRACE_ID}-{envoy_span}-01"), ("x-request-id", "req-md"),
+                           ("grpc-trace-bin", b"\x00")))
+    (root,) = [s for s in exporter.get_finished_spans() if s.name == "ledgergate.exchange"]
+    assert f"{root.context.trace_id:032x}" == TRACE_ID and f"{root.parent.span_id:016x}" == envoy_span
+    # B3 in the metadata (Envoy's Zipkin tracer) works the same way.
+    exporter.clear()
+    await _drive(Servicer(runtime), _exchange(token, "req-md-b3", {}),
+                 metadata=(("x-b3-traceid", TRACE_ID), ("x-b3-spanid", envoy_span), ("x-b3-sampled", "1")))
+    (root,) = [s for s in exporter.get_finished_spans() if s.name == "ledgergate.exchange"]
+    assert f"{root.parent.span_id:016x}" == envoy_span
 
 
 async def test_envoys_unsampled_decision_is_respected(runtime, token):
