@@ -39,9 +39,9 @@ class Config:
     upstream_credentials: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics_listen: str | None = None
     drain_grace_s: float = 10.0
+    raw: dict[str, Any] = field(default_factory=dict)
     health_interval_s: float = 1.0
     tracing: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -141,9 +141,9 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         upstream_credentials=creds,
         metrics_listen=server.get("metrics_listen"),
         drain_grace_s=float(server.get("drain_grace_s", 10.0)),
+        raw=data,
         health_interval_s=_positive_float(server.get("health_interval_s", 1.0), "server.health_interval_s"),
         tracing=dict(data.get("tracing") or {}),
-        raw=data,
     )
 
 

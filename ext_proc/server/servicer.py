@@ -93,13 +93,13 @@ class Exchange:
         self.rt = rt
         self.head: RequestHead | None = None
         self.identity = None
+        self.trace = rt.tracing.exchange(grpc_context)
         self.verdict: Verdict | None = None
         self.reservation = None
         self.inspector: ResponseInspector | None = None
         self.response_status: int | None = None
         self.outcome_committed = False
         self.request_released = False
-        self.trace = rt.tracing.exchange(grpc_context)
 
     # --- request side -------------------------------------------------------------------
     async def on_request_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
