@@ -5,7 +5,8 @@ COPY pyproject.toml README.md ./
 COPY ext_proc ./ext_proc
 COPY policies ./policies
 COPY envoy ./envoy
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 ledgergate
+# With the tracing extra, so `tracing.enabled: true` works in the image (off by default).
+RUN pip install --no-cache-dir ".[tracing]" && useradd --system --uid 10001 ledgergate
 USER 10001
 EXPOSE 50051 9464
 ENTRYPOINT ["ledgergate"]

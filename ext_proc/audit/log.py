@@ -100,7 +100,7 @@ class AuditLog:
         genesis = self.chain.genesis(int(self.clock() * 1000), extra)
         self._enqueue(genesis)
         await self._flush_now()
-        self.ready = True
+        self.ready = self._failed is None  # a genesis that did not reach the sink is no start
 
     def _enqueue(self, record: dict[str, Any], line: bytes | None = None) -> asyncio.Future:
         line = (line if line is not None else canonical_json(record)) + b"\n"

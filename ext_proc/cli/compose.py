@@ -16,7 +16,9 @@ HEADER = ("# Generated from envoy/local.yaml by `python -m ext_proc.cli.compose`
 
 def compose_envoy_config(local: Path) -> dict:
     cfg = yaml.safe_load(local.read_text())
-    cfg["admin"]["address"]["socket_address"]["address"] = "0.0.0.0"
+    # The admin interface stays on the container's loopback, as in every shipped config: it can
+    # stop Envoy and dump its config, so no other container (or host) may reach it.
+    cfg["admin"]["address"]["socket_address"]["address"] = "127.0.0.1"
     for listener in cfg["static_resources"]["listeners"]:
         listener["address"]["socket_address"]["address"] = "0.0.0.0"
         for chain in listener["filter_chains"]:

@@ -1,8 +1,10 @@
-"""Run the ext_proc gRPC server: listeners, health, metrics, policy reload and graceful drain."""
+"""Run the ext_proc gRPC server: listeners, health (re-evaluated every server.health_interval_s),
+metrics and /ready, policy reload and graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import grpc
@@ -11,6 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ext_proc.server.config import Config
+from ext_proc.server.health import ReadinessMonitor
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.servicer import Servicer
 
@@ -39,12 +42,18 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None,
     for addr in config.listen:
         server.add_insecure_port(_grpc_address(addr))
     await server.start()
-    status = health_pb2.HealthCheckResponse.SERVING if rt.ready else health_pb2.HealthCheckResponse.NOT_SERVING
-    for svc in ("", SERVICE_NAME):
-        await health_servicer.set(svc, status)
+
+    async def publish(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for svc in ("", SERVICE_NAME):
+            await health_servicer.set(svc, status)
+
+    monitor = ReadinessMonitor(rt, publish, interval_s=config.health_interval_s)
+    await monitor.check()
+    metrics_http = None
     if config.metrics_listen:
         try:
-            rt.metrics.serve(config.metrics_listen)
+            metrics_http = rt.metrics.serve(config.metrics_listen, ready=monitor.http_answer)
         except OSError as exc:
             log.warning("metrics_listener_failed", listen=config.metrics_listen, error=str(exc))
     log.info("ledgergate_serving", listen=config.listen, policy_version=rt.policies.current.version,
@@ -62,16 +71,22 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None,
     except (NotImplementedError, RuntimeError):
         pass
     watcher = asyncio.create_task(rt.policies.watch(1.0))
+    health_task = asyncio.create_task(monitor.run(), name="readiness")
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
         log.info("ledgergate_draining", grace_s=config.drain_grace_s)
-        for svc in ("", SERVICE_NAME):
-            await health_servicer.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await health_task
+        await monitor.drain()
         # In-flight streams finish (and commit their outcome records) within the grace period.
         await server.stop(config.drain_grace_s)
         watcher.cancel()
+        if metrics_http is not None:
+            await asyncio.to_thread(metrics_http.shutdown)
+            metrics_http.server_close()
         await rt.close()
         log.info("ledgergate_stopped")

@@ -43,13 +43,15 @@ class Config:
     drain_grace_s: float = 10.0
     capture_max_response_bytes: int = 1024 * 1024
     raw: dict[str, Any] = field(default_factory=dict)
+    health_interval_s: float = 1.0
+    tracing: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
         return p if p.is_absolute() else self.base_dir / p
 
 
-_TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits"}
+_TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits", "tracing"}
 
 
 def default_config_dict(var_dir: str = "var") -> dict[str, Any]:
@@ -75,6 +77,9 @@ def default_config_dict(var_dir: str = "var") -> dict[str, Any]:
         "ratelimit": {"backend": "memory"},
         "classify": {"redaction_key_file": f"{var_dir}/keys/redaction-hash.key"},
         "limits": {"max_body_bytes": 4 * 1024 * 1024, "max_response_buffer_bytes": 8 * 1024 * 1024},
+        # Off unless enabled: the SDK is an optional extra (`pip install ledgergate[tracing]`).
+        "tracing": {"enabled": False, "exporter": "otlp", "endpoint": "http://127.0.0.1:4317",
+                    "service_name": "ledgergate", "sample_ratio": 1.0},
     }
 
 
@@ -141,7 +146,19 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         drain_grace_s=float(server.get("drain_grace_s", 10.0)),
         capture_max_response_bytes=int((audit.get("capture") or {}).get("max_response_bytes", 1024 * 1024)),
         raw=data,
+        health_interval_s=_positive_float(server.get("health_interval_s", 1.0), "server.health_interval_s"),
+        tracing=dict(data.get("tracing") or {}),
     )
+
+
+def _positive_float(v: Any, where: str) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: must be a number") from None
+    if not f > 0:
+        raise ConfigError(f"{where}: must be greater than 0")
+    return f
 
 
 def _resolve(base: Path, p: str | Path) -> Path:

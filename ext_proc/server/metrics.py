@@ -3,7 +3,13 @@ taxonomy, surface names, reason codes."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import socket
+import threading
+from typing import Callable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 _PHASE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -47,6 +53,29 @@ class Metrics:
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()
 
-    def serve(self, listen: str) -> None:
+    def serve(self, listen: str, *, ready: Callable[[], tuple[int, bytes]] | None = None) -> ThreadingWSGIServer:
+        """Serve Prometheus text on `listen` (host:port) from a daemon thread: `/ready` answers
+        `ready()` (status, body), every other path the metrics. Returns the server (shutdown())."""
         host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        host = (host or "127.0.0.1").strip("[]")
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ, start_response):
+            if environ.get("PATH_INFO") == "/ready" and ready is not None:
+                status, body = ready()
+                start_response(f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
+                               [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+                return [body]
+            return metrics_app(environ, start_response)
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        httpd = make_server(host, int(port), app, Server, handler_class=_QuietHandler)
+        threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+        return httpd
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - probes every few seconds; no access log
+        pass

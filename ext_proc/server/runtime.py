@@ -15,8 +15,16 @@ from ext_proc.policy import Policy, PolicyHolder, PolicyStore
 from ext_proc.ratelimit import Admission, LimitSpec, open_limiter
 from ext_proc.server.config import Config, load_or_create_secret
 from ext_proc.server.metrics import Metrics
+from ext_proc.server.tracing import open_tracing
 
 log = structlog.get_logger("ledgergate.runtime")
+
+
+async def _close_quietly(audit: AuditLog) -> None:
+    try:
+        await audit.close()
+    except Exception as exc:  # noqa: BLE001 - closing a broken sink may fail too; it is abandoned
+        log.warning("audit_close_failed", error_type=type(exc).__name__)
 
 
 class Runtime:
@@ -35,6 +43,7 @@ class Runtime:
         self.audit: AuditLog = open_audit_log(config.audit, signing_key_path=str(config.audit_signing_key),
                                               writer_id=config.writer_id)
         self.limiter = open_limiter(config.ratelimit)
+        self.tracing = open_tracing(config.tracing, instance_id=config.writer_id)
         # Encrypted capture of request bodies for legal hold: off unless audit.capture is set.
         capture = config.audit.get("capture") or None
         self.capture_key: bytes | None = None
@@ -74,14 +83,36 @@ class Runtime:
         await self.identity.start()
         await self.audit.start()
 
-    @property
-    def ready(self) -> bool:
-        return bool(self.identity.ready and self.audit.ready and self.policies.current is not None)
+    async def reopen_audit(self) -> bool:
+        """After a sink failure the audit log refuses every commit: records of the failed batch
+        may or may not have reached the sink, so its chain cannot be continued. Start a new
+        segment (new genesis, same key and writer id) on a fresh sink; the failed segment stays
+        as it is, without a closing checkpoint. True when the new log is up."""
+        failed = self.audit
+        fresh: AuditLog | None = None
+        try:
+            fresh = open_audit_log(self.config.audit, signing_key_path=str(self.config.audit_signing_key),
+                                   writer_id=self.config.writer_id)
+            await fresh.start()
+        except Exception as exc:  # noqa: BLE001 - the sink is still down; try again later
+            log.warning("audit_reopen_failed", error_type=type(exc).__name__)
+            if fresh is not None:
+                await _close_quietly(fresh)
+            return False
+        if not fresh.ready:
+            log.warning("audit_reopen_failed", error_type="genesis_not_durable")
+            await _close_quietly(fresh)
+            return False
+        self.audit = fresh
+        log.warning("audit_reopened", segment_id=fresh.chain.segment_id, failed_segment_id=failed.chain.segment_id)
+        await _close_quietly(failed)
+        return True
 
     async def close(self) -> None:
         await self.audit.close()
         await self.identity.close()
         await self.limiter.close()
+        self.tracing.shutdown()
 
     # --- rate limits --------------------------------------------------------------------
     async def reserve(self, head: RequestHead, verdict: Verdict) -> Admission:

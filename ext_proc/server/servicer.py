@@ -88,10 +88,11 @@ def _immediate(verdict: Verdict, request_id: str, extra_headers: dict[str, str] 
 class Exchange:
     """State of one HTTP request/response pair as seen through one ext_proc stream."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, grpc_context: grpc.aio.ServicerContext | None = None) -> None:
         self.rt = rt
         self.head: RequestHead | None = None
         self.identity = None
+        self.trace = rt.tracing.exchange(grpc_context)
         self.verdict: Verdict | None = None
         self.reservation = None
         self.inspector: ResponseInspector | None = None
@@ -115,8 +116,10 @@ class Exchange:
         self.head = RequestHead(request_id=request_id, method=method, path=path, headers=headers,
                                 attributes=attrs, received_ms=int(now * 1000),
                                 surface=match_surface(method, path))
+        self.trace.start(self.head)
         try:
-            self.identity = await self.rt.identity.resolve(headers, attrs, now)
+            with self.trace.phase("identity"):
+                self.identity = await self.rt.identity.resolve(headers, attrs, now)
         except IdentityError as exc:
             self.rt.metrics.identity_failure(exc.reason)
             verdict = reject_identity(self.head, exc, int(self.rt.clock() * 1000), self.rt.policies.current)
@@ -155,6 +158,7 @@ class Exchange:
         assert head is not None and self.identity is not None
         policy = rt.policies.current
         started = time.perf_counter()
+        self.trace.begin("decide")
         try:
             verdict = decide_request(head, self.identity, body, policy=policy, classifier=rt.classifier_for(policy),
                                      hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
@@ -165,9 +169,11 @@ class Exchange:
                                            "the request could not be inspected; it was not forwarded",
                                            int(rt.clock() * 1000), body, policy)
         rt.metrics.phase("decide", time.perf_counter() - started)
+        self.trace.end("decide")
         extra_headers: dict[str, str] = {}
         if verdict.forward and verdict.limits:
-            admission = await rt.reserve(head, verdict)
+            with self.trace.phase("ratelimit"):
+                admission = await rt.reserve(head, verdict)
             verdict.record["ratelimit"] = admission.to_record()
             extra_headers = dict(admission.headers)
             if admission.admitted:
@@ -215,13 +221,15 @@ class Exchange:
 
     async def _commit(self, record: dict) -> None:
         started = time.perf_counter()
-        await self.rt.audit.commit(record)
+        with self.trace.audit_commit(record):
+            await self.rt.audit.commit(record)
         self.rt.metrics.phase("audit_commit", time.perf_counter() - started)
 
     # --- response side ------------------------------------------------------------------
     async def on_response_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         if self.head is None or self.verdict is None or not self.request_released:
             raise ProtocolViolation("response before the request was released")
+        self.trace.begin("response")
         headers = _headers_to_dict(req.response_headers.headers)
         self.response_status = int((headers.get(":status") or ["0"])[0] or 0)
         decision = self.verdict.decision
@@ -346,7 +354,7 @@ class Servicer(pb_grpc.ExternalProcessorServicer):
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
-        ex = Exchange(self.rt)
+        ex = Exchange(self.rt, context)
         self.rt.metrics.stream_started()
         error: str | None = None
         try:
@@ -397,3 +405,4 @@ class Servicer(pb_grpc.ExternalProcessorServicer):
         finally:
             self.rt.metrics.stream_ended()
             await asyncio.shield(ex.on_stream_end(error))
+            ex.trace.finish(error)

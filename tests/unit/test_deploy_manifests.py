@@ -604,6 +604,45 @@ def test_compose_envoy_addresses_match_the_compose_services():
             assert (sa["address"], sa["port_value"]) == ("mock", mock_port)
 
 
+def test_compose_admin_and_metrics_are_reachable_from_loopback_only():
+    cfg = yaml.safe_load((COMPOSE / "envoy.yaml").read_text())
+    assert cfg["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    services = _compose()["services"]
+    metrics_port = load_config(COMPOSE / "ledgergate.yaml").metrics_listen.rsplit(":", 1)[1]
+    published = [str(p) for p in services["ledgergate"].get("ports", [])]
+    assert published == [f"127.0.0.1:{metrics_port}:{metrics_port}"]
+    # Nothing else is published on all host interfaces except Envoy's listeners.
+    for name, svc in services.items():
+        for p in svc.get("ports", []):
+            if name != "envoy":
+                assert str(p).startswith("127.0.0.1:"), (name, p)
+    # The healthcheck asks /ready on that port, and Envoy waits for it.
+    assert f"127.0.0.1:{metrics_port}/ready" in " ".join(services["ledgergate"]["healthcheck"]["test"])
+    assert services["envoy"]["depends_on"]["ledgergate"] == {"condition": "service_healthy"}
+
+
+def test_compose_healthcheck_needs_ready_200():
+    from ext_proc.server.metrics import Metrics
+
+    test = _compose()["services"]["ledgergate"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+    (port,) = free_ports(1)
+    answer = [(200, b"ready\n")]
+    httpd = Metrics().serve(f"127.0.0.1:{port}", ready=lambda: answer[0])
+    try:
+        cmd = [sys.executable] + [c.replace(":9464/", f":{port}/") for c in test[2:]]
+        assert subprocess.run(cmd, capture_output=True, timeout=10).returncode == 0
+        answer[0] = (503, b"not ready: audit_unavailable\n")
+        assert subprocess.run(cmd, capture_output=True, timeout=10).returncode != 0
+        # /metrics still answers on the same port (startup and liveness probes use it).
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert b"ledgergate_streams_total" in r.read()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert subprocess.run(cmd, capture_output=True, timeout=10).returncode != 0  # nothing listening
+
+
 def _host_path_for(service: dict, container_path: str, root: Path) -> Path:
     """Where a path inside a compose container comes from, for a checkout at root."""
     p = PurePosixPath(container_path)
