@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e bench bench-classify bench-audit bench-policy bench-identity bench-ratelimit bench-streaming validate-envoy clean
+.PHONY: run test test-unit test-e2e bench bench-classify bench-audit bench-policy bench-identity bench-ratelimit bench-streaming bench-peers validate-envoy clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench-ratelimit: $(STAMP)
 
 bench-streaming: $(STAMP)
 	$(PY) tests/bench/bench_streaming.py
+
+# Optional: the same load through a LiteLLM proxy (installed on first use into var/bench/).
+bench-peers: $(STAMP)
+	$(PY) tests/bench/bench_peers.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
