@@ -108,19 +108,25 @@ class RedisLimiter:
                              backend_error=f"redis unreachable ({error}); limit fails closed")
         return Admission(True, Reservation(request_id, ()), backend_error=f"redis unreachable ({error}); failed open")
 
+    # Every part of a reservation carries the same request and token counts (reserve charges each
+    # limit alike), so settling or releasing is one script call over all of its keys.
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
-        for key, _start, _r, t in reservation.parts:
-            try:
-                await self._adjust(keys=[key], args=[0, max(0, actual_tokens) - t])
-            except (RedisError, OSError):
-                pass  # the window's counter keeps the reservation: over-charging, never under
+        if not reservation.parts:
+            return
+        _key, _start, _r, t = reservation.parts[0]
+        try:
+            await self._adjust(keys=[p[0] for p in reservation.parts], args=[0, max(0, actual_tokens) - t])
+        except (RedisError, OSError):
+            pass  # the window's counter keeps the reservation: over-charging, never under
 
     async def release(self, reservation: Reservation) -> None:
-        for key, _start, r, t in reservation.parts:
-            try:
-                await self._adjust(keys=[key], args=[-r, -t])
-            except (RedisError, OSError):
-                pass
+        if not reservation.parts:
+            return
+        _key, _start, r, t = reservation.parts[0]
+        try:
+            await self._adjust(keys=[p[0] for p in reservation.parts], args=[-r, -t])
+        except (RedisError, OSError):
+            pass
 
     async def close(self) -> None:
         await self.client.aclose()
