@@ -35,6 +35,7 @@ from ext_proc.pipeline.request import (
 from ext_proc.providers import error_body, match_surface
 from ext_proc.server.runtime import Runtime
 from ext_proc.streaming import ResponseInspector, ResponseRules
+from ext_proc.streaming.inspector import BLOCKED_STATUS
 
 log = structlog.get_logger("ledgergate.server")
 
@@ -97,6 +98,7 @@ class Exchange:
         self.reservation = None
         self.inspector: ResponseInspector | None = None
         self.response_status: int | None = None
+        self.pending_headers: tuple[list, list[str]] | None = None  # response headers held for a whole body
         self.outcome_committed = False
         self.request_released = False
         # Legal-hold capture of the response as delivered (after redaction), bounded.
@@ -249,12 +251,30 @@ class Exchange:
         marker = (decision.response or {}).get("marker_header") if decision is not None else None
         if marker:
             set_headers.append(_set_header(marker["name"], marker["value"]))
+        if self.inspector.whole_body and not req.response_headers.end_of_stream:
+            # Envoy keeps the headers until we answer them while the body keeps coming (full-duplex
+            # streaming), so a whole JSON body is judged before its status is: a blocked answer
+            # goes out as an error status, not as an error body under the upstream's 200.
+            self.pending_headers = (set_headers, remove)
+            return []
         common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove))
         out = [pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))]
         if req.response_headers.end_of_stream:
             # No body: the outcome is known now and must be durable before the headers go out.
             await self._commit_outcome()
         return out
+
+    def _release_pending_headers(self) -> list[pb.ProcessingResponse]:
+        if self.pending_headers is None or self.inspector is None:
+            return []
+        set_headers, remove = self.pending_headers
+        self.pending_headers = None
+        if self.inspector.blocked:
+            set_headers = set_headers + [_set_header(":status", str(BLOCKED_STATUS)),
+                                         _set_header("content-type", "application/json")]
+            remove = [h for h in remove if h != "content-type"]
+        common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove))
+        return [pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))]
 
     # A chunk is inspected in slices, and each slice's releases are sent before the next is
     # scanned: Envoy coalesces a fast upstream's events into one large chunk, and scanning all of
@@ -276,6 +296,8 @@ class Exchange:
                 self._capture(rel.body)
                 if rel.end_of_stream:
                     await self._commit_outcome()
+                for r in self._release_pending_headers():
+                    yield r
                 yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
                     body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
                         body=rel.body, end_of_stream=rel.end_of_stream)))))
@@ -289,6 +311,7 @@ class Exchange:
                 self._capture(rel.body)
                 if rel.end_of_stream:
                     await self._commit_outcome()
+                out.extend(self._release_pending_headers())
                 # The trailers end the stream; the held tail goes out as the last body data.
                 out.append(pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
                     body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
@@ -321,7 +344,8 @@ class Exchange:
             status=self.response_status, response_sha256=summary.get("response_sha256"),
             classification=summary.get("classification") or {}, redactions=summary.get("redactions") or [],
             usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")), error=error,
-            capture=capture)
+            capture=capture,
+            delivered_status=BLOCKED_STATUS if self.pending_headers is not None and summary.get("blocked") else None)
         if self.reservation is not None:
             actual = None
             if usage:

@@ -110,6 +110,10 @@ class _Decoder:
 
 
 DEFAULT_HOLD_CHARS = 64
+# The status a blocked whole (non-streamed) response goes out with, when its headers have not left
+# yet: 403 like a denied request (the SDKs raise PermissionDeniedError and do not retry it, where a
+# 5xx would be retried and the model asked again).
+BLOCKED_STATUS = 403
 
 
 class ResponseInspector:
@@ -152,6 +156,9 @@ class ResponseInspector:
         if ctype == "application/vnd.amazon.eventstream":
             self._refuse = ("not_inspectable", "a binary AWS event stream response cannot be inspected")
         self._mode = "sse" if self.streamed else "json" if ctype.endswith("json") or ctype.endswith("+json") else "raw"
+        # A whole JSON body is released in one piece at its end (or refused at once), so its
+        # headers can wait for the verdict and a block can carry its own status.
+        self.whole_body = self._mode == "json" or self._refuse is not None
         # SSE state
         self._framer = SSEFramer(max_event_bytes)
         self._gates: dict[StreamKey, TextGate] = {}
@@ -218,7 +225,7 @@ class ResponseInspector:
         else:
             fam = formats.family(self.surface_name)
             _headers, body = error_body(fam if fam in ("anthropic", "gemini", "bedrock") else "openai",
-                                        502, "response_blocked", reason)
+                                        BLOCKED_STATUS, "response_blocked", reason)
         return [self._release(body, True)]
 
     def _take(self, data: bytes, *, final: bool) -> bytes:

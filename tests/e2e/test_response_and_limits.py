@@ -161,3 +161,27 @@ def test_encrypted_capture_holds_the_response_as_delivered(strict):
     assert rec["capture"]["truncated"] is False
     with pytest.raises(InvalidTag):
         open_capture(bytes(range(32)), rec["capture"], rid.encode())  # not usable as the request's capture
+
+
+def test_a_blocked_whole_json_answer_is_an_error_status_the_sdks_raise(strict):
+    reply = "Here you go: 4111 1111 1111 1111 is the card."
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        client(strict, reply).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "card?"}])
+    assert err.value.status_code == 403 and err.value.code == "response_blocked"
+    assert "4111" not in err.value.response.text
+    rid = err.value.response.headers["x-request-id"]
+    out = [r for r in strict.audit_records() if r.get("request_id") == rid and r["kind"] == "outcome"][0]
+    assert (out["status"], out["delivered_status"], out["blocked"]["label"]) == (200, 403, "pci.card_number")
+
+    headers = {"x-mock-reply": quote(reply)}
+    a = anthropic.Anthropic(base_url=strict.base_url, api_key=strict.token(), max_retries=0, default_headers=headers)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        a.messages.create(model="claude-3-5-haiku-latest", max_tokens=64, messages=[{"role": "user", "content": "x"}])
+
+
+def test_a_clean_whole_json_answer_keeps_its_status_and_bytes(strict):
+    raw = client(strict, "nothing to see").chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+    assert raw.http_response.status_code == 200
+    assert raw.parse().choices[0].message.content == "nothing to see"
+    assert raw.headers["x-ledgergate-policy"] == "e2e-strict"
