@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from ext_proc.classify.engine import Finding
@@ -26,6 +26,8 @@ class Redaction:
     start: int
     end: int
     strategy: str
+    # What replaced the span (never in records: a partial strategy keeps some of the value).
+    replacement: str = field(default="", repr=False, compare=False)
 
     def to_record(self) -> dict:
         return {"label": self.label, "start": self.start, "end": self.end, "strategy": self.strategy}
@@ -98,8 +100,9 @@ def redact(text: str, findings: Sequence[Finding], strategies: Mapping[str, str]
     pos = 0
     for s, e, label, strategy in merged:
         out.append(text[pos:s])
-        out.append(_replacement(label, strategy, text[s:e], hash_key, tenant))
-        reds.append(Redaction(label, s, e, strategy))
+        replacement = _replacement(label, strategy, text[s:e], hash_key, tenant)
+        out.append(replacement)
+        reds.append(Redaction(label, s, e, strategy, replacement))
         pos = e
     out.append(text[pos:])
     return "".join(out), reds

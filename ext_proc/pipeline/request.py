@@ -74,6 +74,7 @@ class Verdict:
     estimated_tokens: int = 0
     model: str | None = None
     stream: bool = False
+    usage_injected: bool = False   # ledgergate asked for stream usage the client did not ask for
 
     def reject(self, status: int, code: str, message: str, provider: str) -> None:
         self.forward = False
@@ -180,6 +181,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     new_body: bytes | None = None
     redactions: list[dict] = []
     set_fields: dict[tuple, Any] = {}
+    usage_injected = False
     if parsed is not None and decision.outcome in ("permit", "redact", "observe"):
         if decision.max_tokens_cap is not None and parsed.max_tokens is None:
             key = _max_tokens_field(head.surface)
@@ -187,6 +189,8 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
                 set_fields[key] = decision.max_tokens_cap
         if head.surface.name in ("openai.chat_completions", "azure.chat_completions") and parsed.stream:
             # Usage arrives only when asked for; the outcome record and the token budget need it.
+            options = parsed.body.get("stream_options") if isinstance(parsed.body, dict) else None
+            usage_injected = not (isinstance(options, dict) and options.get("include_usage") is True)
             set_fields[("stream_options", "include_usage")] = True
         replacements: dict[int, str] = {}
         if decision.outcome == "redact" and decision.redact:
@@ -219,7 +223,8 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
                 code=decision.code, message=decision.reason, record=record, decision=decision,
                 identity=identity, new_body=new_body, limits=tuple(decision.limits),
                 estimated_tokens=parsed.estimated_tokens if parsed else 0,
-                model=policy_input["model"], stream=policy_input["request"]["stream"])
+                model=policy_input["model"], stream=policy_input["request"]["stream"],
+                usage_injected=usage_injected and decision.outcome != "deny")
     if not v.forward:
         v.reject(decision.status, decision.code, decision.reason, head.provider)
     return v

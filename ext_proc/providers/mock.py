@@ -5,7 +5,8 @@ responses, embeddings, completions, models), Anthropic (messages, count_tokens),
 The reply is "You said: " + the last user text, so tests see what reached the upstream.
 Test directives (request headers): x-mock-reply (percent-encoded reply text), x-mock-chunk-chars
 (characters per streamed delta), x-mock-status (answer with that error status), x-mock-delay-ms,
-x-mock-event-delay-ms. GET /_mock/requests lists the last 200 requests; DELETE clears them.
+x-mock-event-delay-ms. GET /_mock/requests lists the last 200 requests (with `response_b64`, the exact
+body sent); DELETE clears them.
 """
 
 from __future__ import annotations
@@ -158,6 +159,14 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body in one write.
         self._headers_buffer.append(b"\r\n" + body)
         self.flush_headers()
+        self._log_response(body)
+
+    def _log_response(self, body: bytes) -> None:
+        """The exact body sent, next to its request in the log (tests compare what a client got)."""
+        entry = getattr(self, "_log_entry", None)
+        if entry is not None and len(body) <= MAX_LOGGED_BODY:
+            with self.server.lock:  # type: ignore[attr-defined]
+                entry["response_b64"] = base64.b64encode(body).decode()
 
     def _stream(self, events: Iterator[bytes], content_type: str = "text/event-stream") -> None:
         self._started = True
@@ -167,25 +176,31 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
         delay = self._int_header("x-mock-event-delay-ms", 0, MAX_DIRECTIVE_MS) / 1000
+        sent = bytearray()
         for ev in events:
             self.wfile.write(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
             self.wfile.flush()
+            if len(sent) <= MAX_LOGGED_BODY:
+                sent += ev
             if delay:
                 time.sleep(delay)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+        self._log_response(bytes(sent))
 
     def _record(self, body: bytes) -> None:
         srv = self.server
+        self._log_entry = {"method": self.command, "path": self.path,
+                           "headers": {k: v for k, v in self.headers.items()},
+                           # every header line, repeats included (the dict keeps the last)
+                           "header_list": [[k.lower(), v] for k, v in self.headers.items()],
+                           "body": body[:MAX_LOGGED_BODY].decode("utf-8", "replace")}
         with srv.lock:  # type: ignore[attr-defined]
-            srv.requests.append({"method": self.command, "path": self.path,  # type: ignore[attr-defined]
-                                 "headers": {k: v for k, v in self.headers.items()},
-                                 # every header line, repeats included (the dict keeps the last)
-                                 "header_list": [[k.lower(), v] for k, v in self.headers.items()],
-                                 "body": body[:MAX_LOGGED_BODY].decode("utf-8", "replace")})
+            srv.requests.append(self._log_entry)  # type: ignore[attr-defined]
 
     # --- verbs ----------------------------------------------------------------------------
     def do_DELETE(self) -> None:
+        self._log_entry = None  # a kept-alive connection's next request starts a new entry
         if self.path == "/_mock/requests":
             with self.server.lock:  # type: ignore[attr-defined]
                 self.server.requests.clear()  # type: ignore[attr-defined]
@@ -194,6 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"{}")
 
     def do_GET(self) -> None:
+        self._log_entry = None  # a kept-alive connection's next request starts a new entry
         if self.path == "/_mock/requests":
             with self.server.lock:  # type: ignore[attr-defined]
                 data = list(self.server.requests)  # type: ignore[attr-defined]
@@ -225,6 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b, h)
 
     def do_POST(self) -> None:
+        self._log_entry = None  # a kept-alive connection's next request starts a new entry
         surface = match_surface("POST", self.path)
         provider = surface.provider if surface else "openai"
         try:

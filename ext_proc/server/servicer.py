@@ -243,7 +243,8 @@ class Exchange:
             content_encoding=(headers.get("content-encoding") or [None])[0],
             classifier=self.rt.classifier_for(self.rt.policies.current), rules=rules,
             hash_key=self.rt.hash_key, tenant=self.identity.tenant if self.identity else None,
-            max_buffer_bytes=self.rt.config.max_response_buffer_bytes)
+            max_buffer_bytes=self.rt.config.max_response_buffer_bytes,
+            drop_usage_chunk=self.verdict.usage_injected)
         remove = ["content-length"]
         mutation = getattr(self.inspector, "release_headers_mutation", None) or {}
         remove += [h for h in mutation.get("remove", []) if h not in remove]

@@ -83,6 +83,9 @@ class TextGate:
         self._pending: list[str] = []
         self._pending_len = 0
         self.released_chars = 0       # original characters released so far (offset of the held text)
+        # Redactions in the decided text, in stream offsets: (start, end, replacement), in order.
+        # Lets a caller that releases whole events rebuild each event's own part of the text.
+        self.edits: list[tuple[int, int, str]] = []
         limit = policy.classifier.max_input_chars
         if limit < CONTEXT_CHARS + 2 * policy.hold + policy.step:
             raise ValueError("the classifier's max_input_chars is too small for the hold-back")
@@ -91,6 +94,31 @@ class TextGate:
     @property
     def held_chars(self) -> int:
         return self._pending_len
+
+    @property
+    def fed_chars(self) -> int:
+        return self.released_chars + self._pending_len
+
+    def edited(self, start: int, end: int, text: str) -> str:
+        """`text`, the original stream characters [start, end), with the decided redactions that
+        touch it applied; a replacement goes where its finding begins, so a finding split over
+        several pieces is replaced once, in the piece that holds its start."""
+        out: list[str] = []
+        pos = start
+        for s, e, rep in self.edits:
+            if e <= start or s >= end:
+                continue
+            if s >= pos:
+                out.append(text[pos - start:s - start])
+            if s >= start:
+                out.append(rep)
+            pos = max(pos, min(e, end))
+        out.append(text[pos - start:])
+        return "".join(out)
+
+    def forget_edits_before(self, offset: int) -> None:
+        if self.edits and self.edits[0][1] <= offset:
+            self.edits = [ed for ed in self.edits if ed[1] > offset]
 
     def feed(self, text: str) -> str:
         if text:
@@ -149,6 +177,7 @@ class TextGate:
                          for f in decided]
                 piece, reds = redact(piece, local, p.redact, hash_key=p.hash_key, tenant=p.tenant)
                 for r in reds:
+                    self.edits.append((r.start + self.released_chars, r.end + self.released_chars, r.replacement))
                     rec = r.to_record()
                     rec["start"] += self.released_chars
                     rec["end"] += self.released_chars

@@ -4,10 +4,10 @@ Envoy hands the response body over in FULL_DUPLEX_STREAMED mode and whatever ``f
 exactly what the client receives, so nothing is returned before it has been scanned:
 
 * ``text/event-stream``: events are framed (bounded), text deltas go through one ``TextGate`` per
-  content stream (hold-back of the classifier's longest finding), released text is written back
-  into the event's JSON; held text is re-framed into a later event of the same stream, or into a
-  synthesized delta event just before the event that ends the stream (finish chunk, ``[DONE]``,
-  ``content_block_stop``, ``*.done``). Other events pass unchanged and in order.
+  content stream (hold-back), and whole events wait in order until every character they carry has
+  been decided. An event none of whose characters changed goes out as the bytes it came in (so a
+  response with nothing to redact is passed through byte for byte); an event with a redaction is
+  re-serialized with its own part of the redacted text.
 * JSON bodies: buffered whole (bounded), every non-identifier string scanned, redacted in place,
   re-serialized only if something changed.
 * anything else: scanned as a text stream with the same hold-back, released byte for byte when
@@ -21,6 +21,7 @@ commits the outcome record and only then sends it.
 from __future__ import annotations
 
 import codecs
+from collections import deque
 import hashlib
 import json
 import zlib
@@ -109,6 +110,17 @@ class _Decoder:
             raise Blocked("bad_encoding", "the compressed response ended before its end marker")
 
 
+@dataclass
+class _Queued:
+    """An SSE event waiting until every character it carries has been decided."""
+    raw: bytes                      # what goes out when nothing in it changed
+    e: SSEEvent | None
+    ev: Any                         # the parsed event, when it carries text to rebuild; else None
+    spans: list                     # (stream key, JSON path, start, end) of its texts in their streams
+    changed: bool                   # a string outside the streams was redacted: re-serialize
+    closing: bool = False           # the stream's final marker
+
+
 DEFAULT_HOLD_CHARS = 64
 # The status a blocked whole (non-streamed) response goes out with, when its headers have not left
 # yet: 403 like a denied request (the SDKs raise PermissionDeniedError and do not retry it, where a
@@ -120,9 +132,13 @@ class ResponseInspector:
     def __init__(self, surface_name: str, *, status: int, content_type: str | None, content_encoding: str | None,
                  classifier: Classifier, rules: ResponseRules, hash_key: bytes, tenant: str | None,
                  max_event_bytes: int = 1 << 20, max_buffer_bytes: int = 8 << 20,
-                 max_decoded_bytes: int = 256 << 20, hold_chars: int | None = None) -> None:
+                 max_decoded_bytes: int = 256 << 20, hold_chars: int | None = None,
+                 drop_usage_chunk: bool = False) -> None:
         self.surface_name = surface_name
         self.status = status
+        # ledgergate asked an OpenAI chat stream for usage the client did not ask for: the usage-only
+        # chunk (no choices) is read and then not delivered, so the client sees the stream it asked for.
+        self.drop_usage_chunk = drop_usage_chunk
         self.rules = rules
         self.max_buffer_bytes = max_buffer_bytes
         ctype = (content_type or "").split(";", 1)[0].strip().lower()
@@ -162,9 +178,10 @@ class ResponseInspector:
         # SSE state
         self._framer = SSEFramer(max_event_bytes)
         self._gates: dict[StreamKey, TextGate] = {}
-        self._templates: dict[StreamKey, tuple[dict, tuple[bytes, ...], bytes]] = {}
+        self._queue: deque[_Queued] = deque()   # events not yet released, in order
+        self._queued_bytes = 0
         self._shape: str | None = None
-        self._closing = False               # the stream's final marker was seen: hold what follows
+        self._closing = False               # the stream's final marker was released: hold what follows
         self._tail = bytearray()
         self._last_sequence = 0
         # whole-body / raw state
@@ -245,18 +262,12 @@ class ResponseInspector:
         if final:
             events += self._framer.finish()
         for ev in events:
-            released = self._event(ev)
-            if self._closing:
-                # The client treats [DONE] / message_stop / response.completed as "complete": it
-                # goes out with the final Release, after the outcome record is committed.
-                self._tail += released
-                if len(self._tail) > self.max_buffer_bytes:
-                    raise Blocked("response_too_large", "too much data after the end of the stream")
-            else:
-                out.append(released)
+            self._event(ev)
+            out.append(self._drain())
         if final:
             self._at_byte = self._body_bytes
-            out.append(self._flush(ALL))      # streams no event ended (a Gemini stream just stops)
+            self._decide(ALL)                  # streams no event ended (a Gemini stream just stops)
+            out.append(self._drain())
             out.append(bytes(self._tail))
             self._tail.clear()
         return b"".join(out)
@@ -267,16 +278,58 @@ class ResponseInspector:
             gate = self._gates[key] = TextGate(self._policy, self._ledger, "/".join(map(str, key)), count=count)
         return gate
 
-    def _flush(self, prefix: StreamKey, keep: set | frozenset = frozenset()) -> bytes:
-        out: list[bytes] = []
+    def _decide(self, prefix: StreamKey) -> None:
+        """Everything pending in the streams under `prefix` is decided (the streams ended)."""
         for key, gate in self._gates.items():
-            if key[:len(prefix)] != prefix or key in keep or not gate.held_chars:
-                continue
-            text = gate.flush()
-            if text:
-                template, other, line_end = self._templates[key]
-                out.append(frame(other, formats.dumps(formats.synthesize(template, key, text)), line_end))
+            if key[:len(prefix)] == prefix and gate.held_chars:
+                gate.flush()
+
+    def _enqueue(self, item: _Queued) -> None:
+        self._queue.append(item)
+        self._queued_bytes += len(item.raw)
+        if self._queued_bytes > self.max_buffer_bytes:
+            raise Blocked("response_too_large", "too much of the stream is waiting for its text to be decided")
+
+    def _drain(self) -> bytes:
+        """Release, in order, the events whose characters are all decided."""
+        out: list[bytes] = []
+        while self._queue:
+            item = self._queue[0]
+            if any(end > self._gates[key].released_chars for key, _path, _start, end in item.spans):
+                break
+            self._queue.popleft()
+            self._queued_bytes -= len(item.raw)
+            released = self._render(item)
+            if item.closing:
+                # The client treats [DONE] / message_stop / response.completed as "complete": it
+                # goes out with the final Release, after the outcome record is committed.
+                self._closing = True
+            if self._closing:
+                self._tail += released
+                if len(self._tail) > self.max_buffer_bytes:
+                    raise Blocked("response_too_large", "too much data after the end of the stream")
+            else:
+                out.append(released)
+        if any(g.edits for g in self._gates.values()):
+            waiting: dict[StreamKey, int] = {}
+            for item in self._queue:
+                for key, _path, start, _end in item.spans:
+                    waiting.setdefault(key, start)
+            for key, gate in self._gates.items():
+                gate.forget_edits_before(waiting.get(key, gate.released_chars))
         return b"".join(out)
+
+    def _render(self, item: _Queued) -> bytes:
+        if item.ev is None:
+            return item.raw
+        changed = item.changed
+        for key, path, start, end in item.spans:
+            text = formats.get_path(item.ev, path)
+            edited = self._gates[key].edited(start, end, text)
+            if edited != text:
+                formats.set_path(item.ev, path, edited)
+                changed = True
+        return frame(item.e.other_lines, formats.dumps(item.ev), item.e.line_end) if changed else item.raw
 
     def _note_shape(self, ev: dict) -> None:
         if self._shape is not None:
@@ -292,44 +345,41 @@ class ResponseInspector:
         elif "choices" in ev:
             self._shape = "openai"
 
-    def _event(self, e: SSEEvent) -> bytes:
+    def _event(self, e: SSEEvent) -> None:
         self.events += 1
         self._at_byte = e.offset
         if e.data is None:               # comments, bare event lines: nothing an SDK reads, still scanned
-            return self._raw_event(e, flush=False)
+            return self._raw_event(e, decide=False)
         if e.data.strip() == b"[DONE]":
-            self._closing = True
-            return self._flush(ALL) + e.raw
+            self._decide(ALL)
+            return self._enqueue(_Queued(e.raw, e, None, [], False, closing=True))
         duplicate = False
         try:
             ev = formats.loads(e.data)
         except formats.DuplicateKeys:
             ev, duplicate = json.loads(e.data), True
         except (ValueError, RecursionError):
-            return self._raw_event(e, flush=True)
+            return self._raw_event(e, decide=True)
         if not isinstance(ev, dict):
-            return self._flush(ALL) + self._json_event_strings(e, ev, duplicate)
+            self._decide(ALL)
+            return self._enqueue(_Queued(self._json_event_strings(e, ev, duplicate), e, None, [], False))
         self._note_shape(ev)
         if isinstance(ev.get("sequence_number"), int):
             self._last_sequence = ev["sequence_number"]
         self.usage = formats.merge_usage(self.usage, formats.usage(ev), ev)
-        if ev.get("type") in formats.FINAL_TYPES:
-            self._closing = True
-        ends = formats.terminated(ev)
-        slots = formats.slots(ev)
-        carried = {s.key for s in slots}
-        pre = b"".join(self._flush(p, keep=carried) for p in ends)
+        if self.drop_usage_chunk and ev.get("choices") == [] and isinstance(ev.get("usage"), dict) \
+                and ev.get("object") == "chat.completion.chunk":
+            return None
+        spans: list[tuple[StreamKey, formats.Path, int, int]] = []
+        for sl in formats.slots(ev):
+            gate = self._gate(sl.key)
+            start = gate.fed_chars
+            gate.feed(sl.text)
+            spans.append((sl.key, sl.path, start, start + len(sl.text)))
+        for prefix in formats.terminated(ev):
+            self._decide(prefix)
         changed = duplicate
-        for s in slots:
-            gate = self._gate(s.key)
-            self._templates[s.key] = (ev, tuple(ln for ln in e.other_lines if ln.startswith(b"event")), e.line_end)
-            released = gate.feed(s.text)
-            if any(s.key[:len(p)] == p for p in ends):
-                released += gate.flush()
-            if released != s.text:
-                formats.set_path(ev, s.path, released)
-                changed = True
-        slot_paths = {s.path for s in slots}
+        slot_paths = {sp[1] for sp in spans}
         count = not formats.restates(ev)
         for path, text in list(formats.strings(ev)):
             if path in slot_paths or not text:
@@ -338,12 +388,8 @@ class ResponseInspector:
             if red != text:
                 formats.set_path(ev, path, red)
                 changed = True
-        if not changed:
-            return pre + e.raw
-        if slots and any(s.text for s in slots) and all(formats.get_path(ev, s.path) == "" for s in slots) \
-                and formats.droppable(ev):
-            return pre      # all of its text is held: it travels in a later event of the same stream
-        return pre + frame(e.other_lines, formats.dumps(ev), e.line_end)
+        self._enqueue(_Queued(e.raw, e, ev if spans or changed else None, spans, changed,
+                              closing=ev.get("type") in formats.FINAL_TYPES))
 
     def _json_event_strings(self, e: SSEEvent, value: Any, duplicate: bool) -> bytes:
         """An event whose data is JSON but not an object: every string in it scanned as a whole."""
@@ -356,11 +402,12 @@ class ResponseInspector:
                 changed = True
         return frame(e.other_lines, formats.dumps(holder[0]), e.line_end) if changed else e.raw
 
-    def _raw_event(self, e: SSEEvent, *, flush: bool) -> bytes:
-        pre = self._flush(ALL) if flush else b""
+    def _raw_event(self, e: SSEEvent, *, decide: bool) -> None:
+        if decide:
+            self._decide(ALL)
         text = e.raw.decode("utf-8", "surrogateescape")
         red = inspect_whole(self._policy, self._ledger, text, "event")
-        return pre + (e.raw if red == text else red.encode("utf-8", "surrogateescape"))
+        self._enqueue(_Queued(e.raw if red == text else red.encode("utf-8", "surrogateescape"), e, None, [], False))
 
     # --- whole JSON bodies --------------------------------------------------------------
     def _json(self, data: bytes, final: bool) -> bytes:

@@ -167,13 +167,22 @@ def test_usage_from_final_events():
     assert run(gemini(["hi"]), [], "gemini.stream_generate_content")[1].usage == {"input_tokens": 4, "output_tokens": 9}
 
 
-def test_lone_surrogates_and_odd_json_survive_reframing():
+def test_a_surrogate_pair_split_over_two_events_passes_as_the_upstream_sent_it():
     body = sse([(None, b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"a\\ud83d"}}]}'),
                 (None, b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"\\ude00b"}}]}'),
                 (None, b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}')])
     released, ins = run(body, [30], hold_chars=1)
     assert ins.blocked is None
-    assert assembled(released)["content"] == "a\U0001F600b"
+    assert released == body  # each event as it came: the client joins the halves as it would have
+
+
+def test_a_redacted_surrogate_split_event_is_still_valid_json():
+    body = sse([(None, b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"mail a@example.com \\ud83d"}}]}'),
+                (None, b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"\\ude00b"}}]}'),
+                (None, b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}')])
+    released, ins = run(body, [7], hold_chars=1)
+    assert ins.blocked is None and "a@example.com" not in assembled(released)["content"]
+    assert assembled(released)["content"].endswith("\ud83d\ude00b")
 
 
 def test_duplicate_keys_are_never_passed_through_unscanned():
