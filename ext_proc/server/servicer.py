@@ -429,5 +429,9 @@ class Servicer(pb_grpc.ExternalProcessorServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "ledgergate processing error")
         finally:
             self.rt.metrics.stream_ended()
-            await asyncio.shield(ex.on_stream_end(error))
-            ex.trace.finish(error)
+            try:
+                # Shielded: when Envoy resets a finished stream, gRPC cancels this handler, and
+                # the await below is cancelled again while the outcome commit goes on.
+                await asyncio.shield(ex.on_stream_end(error))
+            finally:
+                ex.trace.finish(error)

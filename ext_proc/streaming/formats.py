@@ -86,6 +86,8 @@ def slots(ev: dict) -> list[Slot]:
         kind = t[len("response."):-len(".delta")]
         part = ev.get("content_index", ev.get("summary_index", 0))
         out.append(Slot(("resp", _idx(ev.get("output_index"), 0), kind, _idx(part, 0)), ("delta",), ev["delta"]))
+    if isinstance(ev.get("outputText"), str):            # Bedrock Titan invoke stream chunk
+        out.append(Slot(("titan", _idx(ev.get("index"), 0)), ("outputText",), ev["outputText"]))
     cands = ev.get("candidates")
     if isinstance(cands, list):
         for i, c in enumerate(cands):
@@ -125,7 +127,7 @@ def terminated(ev: dict) -> list[StreamKey]:
     for i, c in enumerate(ev.get("candidates") or ()):
         if isinstance(c, dict) and c.get("finishReason"):
             ends.append(("gem", _idx(c.get("index"), i)))
-    if "error" in ev:
+    if "error" in ev or ev.get("completionReason"):
         ends.append(ALL)
     return ends
 
@@ -138,79 +140,30 @@ def restates(ev: dict) -> bool:
         t.endswith(".done") or t in ("response.completed", "response.incomplete", "response.failed"))
 
 
-def _only(d: Any, allowed: frozenset) -> bool:
-    return isinstance(d, dict) and set(d) <= allowed
+# --- Bedrock: ConverseStream events (the event type is in the frame's headers) and the model-native
+# chunks of InvokeModelWithResponseStream that are not Anthropic-shaped (Titan's outputText).
+
+def bedrock_slots(event_type: str | None, payload: dict) -> list[Slot]:
+    out: list[Slot] = []
+    if event_type == "contentBlockDelta" and isinstance(payload.get("delta"), dict):
+        d, idx = payload["delta"], _idx(payload.get("contentBlockIndex"), 0)
+        if isinstance(d.get("text"), str):
+            out.append(Slot(("bedrock", idx, "text"), ("delta", "text"), d["text"]))
+        tool = d.get("toolUse")
+        if isinstance(tool, dict) and isinstance(tool.get("input"), str):
+            out.append(Slot(("bedrock", idx, "tool"), ("delta", "toolUse", "input"), tool["input"]))
+        reasoning = d.get("reasoningContent")
+        if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str):
+            out.append(Slot(("bedrock", idx, "reasoning"), ("delta", "reasoningContent", "text"), reasoning["text"]))
+    return out
 
 
-_CHAT_CHOICE = frozenset({"index", "delta", "finish_reason", "logprobs"})
-_CHAT_DELTA = frozenset({"content", "refusal", "reasoning_content", "tool_calls"})
-_CMPL_CHOICE = frozenset({"index", "text", "finish_reason", "logprobs"})
-_GEM_TOP = frozenset({"candidates", "modelVersion", "responseId", "createTime"})
-_GEM_CAND = frozenset({"content", "index"})
-
-
-def droppable(ev: dict) -> bool:
-    """True if the event carries nothing but text deltas (so, with all of them held, nothing)."""
-    t = ev.get("type")
-    if t == "content_block_delta":
-        return True
-    if isinstance(t, str) and t.startswith("response.") and t.endswith(".delta"):
-        return True
-    if isinstance(ev.get("choices"), list):
-        if ev.get("usage") is not None:
-            return False
-        for ch in ev["choices"]:
-            if not isinstance(ch, dict) or ch.get("finish_reason") is not None or ch.get("logprobs") is not None:
-                return False
-            if "delta" in ch:
-                d = ch["delta"]
-                if not _only(ch, _CHAT_CHOICE) or not _only(d, _CHAT_DELTA):
-                    return False
-                for tc in d.get("tool_calls") or ():
-                    if not _only(tc, frozenset({"index", "function"})) or not _only(tc["function"], frozenset({"arguments"})):
-                        return False
-            elif not _only(ch, _CMPL_CHOICE):
-                return False
-        return True
-    if isinstance(ev.get("candidates"), list) and _only(ev, _GEM_TOP):
-        for c in ev["candidates"]:
-            if not _only(c, _GEM_CAND) or not _only(c.get("content"), frozenset({"parts", "role"})):
-                return False
-            if not all(_only(p, frozenset({"text", "thought"})) for p in c["content"].get("parts") or ()):
-                return False
-        return True
-    return False
-
-
-def synthesize(template: dict, key: StreamKey, text: str) -> dict:
-    """A minimal event of the template's format carrying ``text`` for one stream, nothing else
-    (no finish marker, no usage, no tool-call id or name that an SDK would concatenate again)."""
-    fam = key[0]
-    if fam in ("chat", "cmpl"):
-        ev = {k: v for k, v in template.items() if k not in ("choices", "usage")}
-        if fam == "cmpl":
-            ev["choices"] = [{"index": key[1], "text": text, "finish_reason": None, "logprobs": None}]
-        elif key[2] == "tool":
-            ev["choices"] = [{"index": key[1], "delta": {"tool_calls": [{"index": key[3], "function": {"arguments": text}}]},
-                              "finish_reason": None}]
-        else:
-            ev["choices"] = [{"index": key[1], "delta": {key[2]: text}, "finish_reason": None}]
-        return ev
-    if fam == "anth":
-        dtype = {"text": "text_delta", "partial_json": "input_json_delta", "thinking": "thinking_delta"}[key[2]]
-        return {"type": "content_block_delta", "index": key[1], "delta": {"type": dtype, key[2]: text}}
-    if fam == "resp":
-        ev = dict(template)
-        ev["delta"] = text
-        return ev
-    if fam == "gem":
-        part: dict[str, Any] = {"text": text}
-        if key[2] == "thought":
-            part["thought"] = True
-        ev = {k: template[k] for k in ("modelVersion", "responseId") if k in template}
-        ev["candidates"] = [{"content": {"parts": [part], "role": "model"}, "index": key[1]}]
-        return ev
-    raise ValueError(f"no event format for stream family {fam!r}")
+def bedrock_terminated(event_type: str | None, payload: dict) -> list[StreamKey]:
+    if event_type == "contentBlockStop":
+        return [("bedrock", _idx(payload.get("contentBlockIndex"), 0))]
+    if event_type in ("messageStop", "metadata"):
+        return [ALL]
+    return []
 
 
 def usage(ev: Any) -> dict | None:
@@ -230,6 +183,9 @@ def usage(ev: Any) -> dict | None:
             return {"input_tokens": u.get("input_tokens"), "output_tokens": u.get("output_tokens")}
         if "inputTokens" in u or "outputTokens" in u:
             return {"input_tokens": u.get("inputTokens"), "output_tokens": u.get("outputTokens")}
+    metrics = ev.get("amazon-bedrock-invocationMetrics")   # Bedrock invoke stream, last chunk
+    if isinstance(metrics, dict) and ("inputTokenCount" in metrics or "outputTokenCount" in metrics):
+        return {"input_tokens": metrics.get("inputTokenCount"), "output_tokens": metrics.get("outputTokenCount")}
     um = ev.get("usageMetadata")
     if isinstance(um, dict):
         out = um.get("candidatesTokenCount")

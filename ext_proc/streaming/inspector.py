@@ -20,6 +20,8 @@ commits the outcome record and only then sends it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 from collections import deque
 import hashlib
@@ -29,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ext_proc.classify import STRATEGIES, Classifier, InputTooLarge
-from ext_proc.providers import error_body
+from ext_proc.providers import error_body, eventstream
+from ext_proc.providers.eventstream import EventStreamDecoder, EventStreamError
 from ext_proc.streaming import formats
 from ext_proc.streaming.formats import ALL, StreamKey
 from ext_proc.streaming.gate import Blocked, Ledger, ScanPolicy, TextGate, inspect_whole
@@ -119,9 +122,12 @@ class _Queued:
     spans: list                     # (stream key, JSON path, start, end) of its texts in their streams
     changed: bool                   # a string outside the streams was redacted: re-serialize
     closing: bool = False           # the stream's final marker
+    headers: dict | None = None     # an AWS event-stream message's headers (None: an SSE event)
+    outer: dict | None = None       # an invoke-stream chunk's payload around the model's own event
 
 
 DEFAULT_HOLD_CHARS = 64
+EVENTSTREAM_TYPE = "application/vnd.amazon.eventstream"
 # The status a blocked whole (non-streamed) response goes out with, when its headers have not left
 # yet: 403 like a denied request (the SDKs raise PermissionDeniedError and do not retry it, where a
 # 5xx would be retried and the model asked again).
@@ -142,7 +148,8 @@ class ResponseInspector:
         self.rules = rules
         self.max_buffer_bytes = max_buffer_bytes
         ctype = (content_type or "").split(";", 1)[0].strip().lower()
-        self.streamed = ctype == "text/event-stream"
+        eventstream = ctype == EVENTSTREAM_TYPE
+        self.streamed = ctype == "text/event-stream" or eventstream
         # A short ordinary hold-back keeps time to first token close to the provider's; tokens and
         # PEM blocks still arriving are held up to the classifier's longest finding (gate._extend_hold).
         hold = min(DEFAULT_HOLD_CHARS, classifier.max_match_chars) if hold_chars is None else hold_chars
@@ -169,9 +176,9 @@ class ResponseInspector:
         elif enc not in ("identity", ""):
             self._refuse = ("unsupported_encoding", f"a response with content-encoding {enc!r} cannot be inspected")
             self.release_headers_mutation = {"remove": ["content-encoding", "content-length"]}
-        if ctype == "application/vnd.amazon.eventstream":
-            self._refuse = ("not_inspectable", "a binary AWS event stream response cannot be inspected")
-        self._mode = "sse" if self.streamed else "json" if ctype.endswith("json") or ctype.endswith("+json") else "raw"
+        self._mode = "eventstream" if eventstream else "sse" if self.streamed else \
+            "json" if ctype.endswith("json") or ctype.endswith("+json") else "raw"
+        self._es = EventStreamDecoder(max_event_bytes) if eventstream else None
         # A whole JSON body is released in one piece at its end (or refused at once), so its
         # headers can wait for the verdict and a block can carry its own status.
         self.whole_body = self._mode == "json" or self._refuse is not None
@@ -210,6 +217,8 @@ class ResponseInspector:
             return self._block(b.label, b.reason)
         except EventTooLarge as exc:
             return self._block("event_too_large", str(exc))
+        except EventStreamError as exc:
+            return self._block("bad_encoding", f"the event stream is malformed ({exc})")
         except InputTooLarge:
             return self._block("response_too_large", "a text of the response is too large to be inspected")
         except Exception as exc:  # noqa: BLE001 - fail closed: what was not inspected is not released
@@ -235,7 +244,11 @@ class ResponseInspector:
     def _block(self, label: str, reason: str) -> list[Release]:
         self.finished = True
         self.blocked = {"label": label, "at_event": self.events, "at_byte": self._at_byte, "reason": reason}
-        if self.streamed:
+        if self._mode == "eventstream":
+            # A modeled stream exception: botocore raises it as an EventStreamError.
+            body = eventstream.exception("modelStreamErrorException",
+                                         json.dumps({"message": reason}, separators=(",", ":")).encode())
+        elif self.streamed:
             body = formats.error_event(self.surface_name if self._shape is None else self._shape, reason,
                                        responses_api=self._shape == "openai.responses",
                                        sequence_number=self._last_sequence + 1)
@@ -251,6 +264,8 @@ class ResponseInspector:
             self._at_byte = self._body_bytes
         if self._mode == "sse":
             return self._sse(data, final)
+        if self._mode == "eventstream":
+            return self._eventstream(data, final)
         if self._mode == "json":
             return self._json(data, final)
         return self._raw(data, final)
@@ -329,7 +344,87 @@ class ResponseInspector:
             if edited != text:
                 formats.set_path(item.ev, path, edited)
                 changed = True
-        return frame(item.e.other_lines, formats.dumps(item.ev), item.e.line_end) if changed else item.raw
+        if not changed:
+            return item.raw
+        if item.headers is None:
+            return frame(item.e.other_lines, formats.dumps(item.ev), item.e.line_end)
+        if item.outer is not None:      # invoke stream: the model's own event, base64 inside "bytes"
+            item.outer["bytes"] = base64.b64encode(formats.dumps(item.ev)).decode()
+            return eventstream.encode_message(item.headers, formats.dumps(item.outer))
+        return eventstream.encode_message(item.headers, formats.dumps(item.ev))
+
+    # --- Bedrock event streams (application/vnd.amazon.eventstream) ----------------------
+    def _eventstream(self, data: bytes, final: bool) -> bytes:
+        assert self._es is not None
+        out: list[bytes] = []
+        for msg, raw in self._es.feed(data) if data else []:
+            self._es_message(msg, raw)
+            out.append(self._drain())
+        if final:
+            if self._es.pending:
+                raise Blocked("bad_encoding", "the event stream ended inside a message")
+            self._at_byte = self._body_bytes
+            self._decide(ALL)
+            out.append(self._drain())
+            out.append(bytes(self._tail))
+            self._tail.clear()
+        return b"".join(out)
+
+    def _es_message(self, msg: eventstream.Message, raw: bytes) -> None:
+        self.events += 1
+        self._at_byte = self._body_bytes
+        try:
+            payload = formats.loads(msg.payload)
+        except (ValueError, RecursionError):
+            payload = None
+        if not isinstance(payload, dict):
+            # Not a JSON object: scanned whole, re-framed only if something was redacted.
+            self._decide(ALL)
+            text = msg.payload.decode("utf-8", "surrogateescape")
+            red = inspect_whole(self._policy, self._ledger, text, "event")
+            frame_bytes = raw if red == text else eventstream.encode_message(
+                msg.headers, red.encode("utf-8", "surrogateescape"))
+            return self._enqueue(_Queued(frame_bytes, None, None, [], False))
+        if msg.message_type != "event":
+            self._decide(ALL)            # an exception from the provider ends every stream
+        outer = None
+        ev = payload
+        if msg.event_type == "chunk" and isinstance(payload.get("bytes"), str):
+            try:
+                inner = formats.loads(base64.b64decode(payload["bytes"], validate=True))
+            except (ValueError, RecursionError, binascii.Error):
+                raise Blocked("bad_encoding", "an invoke stream chunk is not base64 JSON") from None
+            if isinstance(inner, dict):
+                outer, ev = payload, inner
+        self.usage = formats.merge_usage(self.usage, formats.usage(ev), ev)
+        if outer is not None:
+            self._note_shape(ev)
+            found, ends = formats.slots(ev), formats.terminated(ev)
+            closing = ev.get("type") in formats.FINAL_TYPES or bool(ev.get("completionReason"))
+        else:
+            found = formats.bedrock_slots(msg.event_type, ev)
+            ends = formats.bedrock_terminated(msg.event_type, ev)
+            closing = msg.event_type == "messageStop"
+        spans: list[tuple[StreamKey, formats.Path, int, int]] = []
+        for sl in found:
+            gate = self._gate(sl.key)
+            start = gate.fed_chars
+            gate.feed(sl.text)
+            spans.append((sl.key, sl.path, start, start + len(sl.text)))
+        for prefix in ends:
+            self._decide(prefix)
+        changed = False
+        slot_paths = {sp[1] for sp in spans}
+        for path, text in list(formats.strings(ev)):
+            # "p" is Bedrock's random padding (it hides the lengths of the texts), not content.
+            if path in slot_paths or not text or (outer is None and path == ("p",)):
+                continue
+            red = inspect_whole(self._policy, self._ledger, text, "event/" + "/".join(map(str, path)))
+            if red != text:
+                formats.set_path(ev, path, red)
+                changed = True
+        self._enqueue(_Queued(raw, None, ev if spans or changed else None, spans, changed, closing=closing,
+                              headers=dict(msg.headers), outer=outer))
 
     def _note_shape(self, ev: dict) -> None:
         if self._shape is not None:

@@ -32,6 +32,10 @@ CASES = {
         "model": "claude-3-5-haiku-latest", "max_tokens": 200, "stream": True, "messages": [{"role": "user", "content": m}]}),
     "gemini-sse": ("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse", lambda m: {
         "contents": [{"role": "user", "parts": [{"text": m}]}]}),
+    "bedrock-converse-stream": ("/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream", lambda m: {
+        "messages": [{"role": "user", "content": [{"text": m}]}]}),
+    "bedrock-invoke-stream": ("/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/invoke-with-response-stream", lambda m: {
+        "anthropic_version": "bedrock-2023-05-31", "max_tokens": 200, "messages": [{"role": "user", "content": m}]}),
 }
 
 

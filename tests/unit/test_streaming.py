@@ -58,17 +58,14 @@ def test_non_text_events_pass_unchanged_and_in_order(surface):
 
 
 def _skeleton(body: bytes) -> list:
-    """The events without their delta texts; pure text deltas left out (they may be merged or split)."""
+    """The events without their delta texts (events are never merged, split or dropped)."""
     out = []
     for name, data in parse_sse_strict(body):
         if data == "[DONE]":
             out.append((name, data))
             continue
         ev = json.loads(data)
-        slots = formats.slots(ev)
-        if slots and formats.droppable(ev):
-            continue
-        for s in slots:
+        for s in formats.slots(ev):
             formats.set_path(ev, s.path, "")
         out.append((name, ev))
     return out
@@ -256,7 +253,7 @@ def test_unsupported_encodings_and_binary_event_streams_are_refused():
         assert ins.blocked["label"] == "unsupported_encoding" and enc in ins.blocked["reason"]
     released, ins = run(b"\x00\x00\x00\x10payload", [], "bedrock.converse_stream",
                         ctype="application/vnd.amazon.eventstream")
-    assert ins.blocked["label"] == "not_inspectable" and b"payload" not in released
+    assert ins.blocked["label"] == "bad_encoding" and b"payload" not in released
 
 
 NON_STREAMED = {
