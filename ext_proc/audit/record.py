@@ -32,12 +32,12 @@ def decision_record(*, request_id: str, received_ms: int, decided_ms: int, ident
 def outcome_record(*, request_id: str, completed_ms: int, status: int | None, response_sha256: str | None,
                    classification: dict, redactions: list[dict], usage: dict | None, blocked: dict | None,
                    streamed: bool, error: str | None = None, capture: dict | None = None,
-                   delivered_status: int | None = None) -> dict[str, Any]:
+                   delivered_status: int | None = None, upstream_host: str | None = None) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION, "kind": "outcome", "decision_id": uuid.uuid4().hex,
         "request_id": request_id, "timestamp_ms": completed_ms, "completed_ms": completed_ms,
         "status": status, "delivered_status": delivered_status if delivered_status is not None else status,
         "response_sha256": response_sha256, "classification": classification,
         "redactions": redactions, "usage": usage, "blocked": blocked, "streamed": streamed, "error": error,
-        "capture": capture,
+        "capture": capture, "upstream_host": upstream_host,
     }

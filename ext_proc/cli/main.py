@@ -53,7 +53,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_mock_provider(args: argparse.Namespace) -> int:
     from ext_proc.providers.mock import serve
 
-    serve(args.host, args.port)
+    serve(args.host, args.port, fail_status=args.fail_status)
     return 0
 
 
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     mock = sub.add_parser("mock-provider", help="run the mock OpenAI/Anthropic/Gemini/Bedrock providers")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=18080)
+    mock.add_argument("--fail-status", type=int, default=0, metavar="STATUS",
+                      help="answer every API call with this error status (a provider that is down)")
     mock.set_defaults(func=cmd_mock_provider)
 
     for name, what in (("classify", "classify text: findings as JSON, or --redact"),

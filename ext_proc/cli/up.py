@@ -36,16 +36,37 @@ def envoy_binary() -> str:
 
 
 def parse_upstreams(items: list[str]) -> dict[str, str]:
+    """NAME=URL[,URL...]: several URLs are the provider's endpoints in failover order."""
     out: dict[str, str] = {}
     for item in items:
-        name, sep, url = item.partition("=")
+        name, sep, urls = item.partition("=")
         if not sep or name not in PROVIDERS:
             raise SystemExit(f"--upstream {item!r}: expected NAME=URL with NAME in {', '.join(PROVIDERS)}")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SystemExit(f"--upstream {item!r}: URL must be http(s)://host[:port]")
-        out[name] = url
+        schemes = set()
+        for url in urls.split(","):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise SystemExit(f"--upstream {item!r}: URL must be http(s)://host[:port]")
+            schemes.add((parts.scheme, parts.hostname))
+        if len({s for s, _h in schemes}) > 1:
+            raise SystemExit(f"--upstream {item!r}: the failover URLs of one provider must share a scheme")
+        out[name] = urls
     return out
+
+
+# Failover between a provider's endpoints: each URL is its own priority, and a retry after an
+# upstream 5xx, reset or refused connection goes to the next priority (Envoy's previous_priorities).
+def _failover_retry_policy(attempts: int) -> dict:
+    return {
+        "retry_on": "5xx,reset,connect-failure,refused-stream",
+        "num_retries": attempts - 1,
+        "retry_priority": {"name": "envoy.retry_priorities.previous_priorities", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+            "update_frequency": 1}},
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+        "host_selection_retry_max_attempts": 3,
+    }
 
 
 def _endpoint(host: str, port: int) -> dict:
@@ -67,6 +88,7 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
                     cert["certificate_chain"]["filename"] = str(var_dir / "dev" / "tls" / "server.crt")
                     cert["private_key"]["filename"] = str(var_dir / "dev" / "tls" / "server.key")
     host_rewrites: dict[str, str] = {}
+    failover: dict[str, int] = {}
     for cluster in cfg["static_resources"]["clusters"]:
         name = cluster["name"]
         eps = cluster["load_assignment"]["endpoints"][0]
@@ -79,9 +101,14 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
             if url is None:
                 eps["lb_endpoints"] = [_endpoint("127.0.0.1", mock_port)]
                 continue
-            parts = urlsplit(url)
+            urls = [urlsplit(u) for u in url.split(",")]
+            parts = urls[0]
             tls = parts.scheme == "https"
-            eps["lb_endpoints"] = [_endpoint(parts.hostname, parts.port or (443 if tls else 80))]
+            cluster["load_assignment"]["endpoints"] = [
+                {"priority": i, "lb_endpoints": [_endpoint(u.hostname, u.port or (443 if tls else 80))]}
+                for i, u in enumerate(urls)]
+            if len(urls) > 1:
+                failover[name] = len(urls)
             if tls:
                 cluster["transport_socket"] = {
                     "name": "envoy.transport_sockets.tls",
@@ -91,6 +118,15 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
                     },
                 }
             host_rewrites[name] = parts.hostname
+    if failover:
+        for listener in cfg["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for f in chain["filters"]:
+                    for vh in f["typed_config"]["route_config"]["virtual_hosts"]:
+                        for route in vh["routes"]:
+                            c = route["route"]["cluster"]
+                            if c in failover:
+                                route["route"]["retry_policy"] = _failover_retry_policy(failover[c])
     if host_rewrites:
         for listener in cfg["static_resources"]["listeners"]:
             for chain in listener["filter_chains"]:

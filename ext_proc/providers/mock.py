@@ -218,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._record(b"")
         path = urlsplit(self.path).path
         try:
-            status = self._int_header("x-mock-status", 100, 599)
+            status = self._int_header("x-mock-status", 100, 599) or self.server.fail_status  # type: ignore[attr-defined]
             delay = self._int_header("x-mock-delay-ms", 0, MAX_DIRECTIVE_MS)
         except _BadDirective as exc:
             h, b = error_body("openai", 400, "mock_directive", str(exc))
@@ -262,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b, h)
             return
         try:
-            status = self._int_header("x-mock-status", 100, 599)
+            status = self._int_header("x-mock-status", 100, 599) or self.server.fail_status  # type: ignore[attr-defined]
             delay = self._int_header("x-mock-delay-ms", 0, MAX_DIRECTIVE_MS)
             chunk = self._int_header("x-mock-chunk-chars", 0, 1_000_000) or None
             self._int_header("x-mock-event-delay-ms", 0, MAX_DIRECTIVE_MS)
@@ -545,8 +545,10 @@ class _Handler(BaseHTTPRequestHandler):
 class MockProviderServer:
     """The mock providers on one port, in a background thread (tests, `ledgergate up`)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, fail_status: int = 0) -> None:
         self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        # Answer every API call with this error status (a provider that is down, for failover tests).
+        self.httpd.fail_status = fail_status  # type: ignore[attr-defined]
         self.httpd.daemon_threads = True
         self.httpd.requests = collections.deque(maxlen=200)  # type: ignore[attr-defined]
         self.httpd.lock = threading.Lock()  # type: ignore[attr-defined]
@@ -562,8 +564,8 @@ class MockProviderServer:
         self.httpd.server_close()
 
 
-def serve(host: str, port: int) -> None:
-    srv = MockProviderServer(host, port)
+def serve(host: str, port: int, fail_status: int = 0) -> None:
+    srv = MockProviderServer(host, port, fail_status=fail_status)
     print(f"mock providers on http://{host}:{srv.port}", flush=True)
     try:
         srv.httpd.serve_forever()

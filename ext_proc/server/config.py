@@ -42,6 +42,7 @@ class Config:
     metrics_listen: str | None = None
     drain_grace_s: float = 10.0
     capture_max_response_bytes: int = 1024 * 1024
+    multiplex_models: dict = field(default_factory=dict)   # client model -> providers.translate.Target
     raw: dict[str, Any] = field(default_factory=dict)
     health_interval_s: float = 1.0
     tracing: dict[str, Any] = field(default_factory=dict)
@@ -51,7 +52,8 @@ class Config:
         return p if p.is_absolute() else self.base_dir / p
 
 
-_TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits", "tracing"}
+_TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits", "tracing",
+             "multiplex"}
 
 
 def default_config_dict(var_dir: str = "var") -> dict[str, Any]:
@@ -148,6 +150,7 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         raw=data,
         health_interval_s=_positive_float(server.get("health_interval_s", 1.0), "server.health_interval_s"),
         tracing=dict(data.get("tracing") or {}),
+        multiplex_models=_model_map(data.get("multiplex")),
     )
 
 
@@ -159,6 +162,15 @@ def _positive_float(v: Any, where: str) -> float:
     if not f > 0:
         raise ConfigError(f"{where}: must be greater than 0")
     return f
+
+
+def _model_map(section: Any) -> dict:
+    from ext_proc.pipeline.multiplex import load_model_map
+
+    try:
+        return load_model_map(section)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _resolve(base: Path, p: str | Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from typing import AsyncIterator
 
@@ -34,6 +35,9 @@ from ext_proc.pipeline.request import (
 )
 from ext_proc.providers import error_body, match_surface
 from ext_proc.server.runtime import Runtime
+from ext_proc.pipeline.multiplex import route_for
+from ext_proc.pipeline.request import sha256_hex
+from ext_proc.providers.translate import ResponseTranslator, TranslationError, translate_request
 from ext_proc.streaming import ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
 
@@ -99,6 +103,9 @@ class Exchange:
         self.inspector: ResponseInspector | None = None
         self.response_status: int | None = None
         self.pending_headers: tuple[list, list[str]] | None = None  # response headers held for a whole body
+        self.multiplex: tuple | None = None       # (Route, TranslatedRequest) when another provider serves it
+        self.translator: ResponseTranslator | None = None
+        self.upstream_host: str | None = None
         self.outcome_committed = False
         self.request_released = False
         # Legal-hold capture of the response as delivered (after redaction), bounded.
@@ -170,6 +177,8 @@ class Exchange:
             verdict = reject_unprocessable(head, self.identity, 503, "processing_error",
                                            "the request could not be inspected; it was not forwarded",
                                            int(rt.clock() * 1000), body, policy)
+        if verdict.forward and rt.config.multiplex_models:
+            self._multiplex(verdict, body)
         rt.metrics.phase("decide", time.perf_counter() - started)
         self.trace.end("decide")
         extra_headers: dict[str, str] = {}
@@ -203,12 +212,54 @@ class Exchange:
             return [pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=self._request_header_mutation()))]
         return [self._body_continue(verdict)]
 
+    def _multiplex(self, verdict: Verdict, body: bytes | None) -> None:
+        """A model the deployer maps to another provider: the forwarded body (after redaction) is
+        translated for it, and the decision record names the provider and why, before anything is
+        committed or released."""
+        assert self.head is not None
+        route = route_for(self.head.surface.name if self.head.surface else None, verdict.model,
+                          self.rt.config.multiplex_models)
+        if route is None:
+            return
+        forwarded = verdict.new_body if verdict.new_body is not None else body
+        try:
+            translated = translate_request(json.loads(forwarded or b"{}"), route.target)
+        except (TranslationError, ValueError) as exc:
+            message = str(exc) if isinstance(exc, TranslationError) else "the body is not JSON"
+            verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=400,
+                                              code="translation_error", policy_outcome=verdict.record["decision"].get("outcome"))
+            verdict.record["forwarded_sha256"] = None
+            verdict.reject(400, "translation_error", message, "openai")
+            return
+        self.multiplex = (route, translated)
+        verdict.new_body = translated.body
+        verdict.record.update(multiplex=route.to_record(), upstream=route.target.provider,
+                              model_routed=route.target.model, forwarded_sha256=sha256_hex(translated.body))
+
     def _body_continue(self, verdict: Verdict) -> pb.ProcessingResponse:
         if verdict.new_body is None:
             return pb.ProcessingResponse(request_body=pb.BodyResponse(response=pb.CommonResponse()))
+        set_headers = [_set_header("content-length", str(len(verdict.new_body)))]
+        remove: list[str] = []
+        clear_route = False
+        if self.multiplex is not None:
+            route, translated = self.multiplex
+            # The new path routes it (Envoy's routes match the providers' own paths) once the
+            # route cache is cleared; the target's credential replaces the one set for OpenAI.
+            set_headers.append(_set_header(":path", translated.path))
+            set_headers += [_set_header(k, v) for k, v in translated.headers.items()]
+            set_headers.append(_set_header("x-ledgergate-upstream", route.target.provider))
+            openai_cred = self.rt.config.upstream_credentials.get("openai")
+            cred = self.rt.config.upstream_credentials.get(route.target.provider)
+            if openai_cred:
+                remove.append(openai_cred["header"].lower())
+            if cred:
+                set_headers.append(_set_header(cred["header"], self.rt.upstream_secret(route.target.provider)))
+                remove = [h for h in remove if h != cred["header"].lower()]
+            clear_route = True
         common = pb.CommonResponse(
-            header_mutation=pb.HeaderMutation(set_headers=[_set_header("content-length", str(len(verdict.new_body)))]),
-            body_mutation=pb.BodyMutation(body=verdict.new_body))
+            header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove),
+            body_mutation=pb.BodyMutation(body=verdict.new_body), clear_route_cache=clear_route)
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
 
     async def _finish_rejected(self, verdict: Verdict, extra_headers: dict[str, str] | None = None) -> pb.ProcessingResponse:
@@ -234,21 +285,32 @@ class Exchange:
         self.trace.begin("response")
         headers = _headers_to_dict(req.response_headers.headers)
         self.response_status = int((headers.get(":status") or ["0"])[0] or 0)
+        self.upstream_host = (headers.get("x-ledgergate-upstream-host") or [None])[0]
+        content_type = (headers.get("content-type") or [None])[0]
         decision = self.verdict.decision
         rules = ResponseRules.from_policy(decision.response if decision is not None else {})
+        set_headers = [_set_header("x-request-id", self.head.request_id)]
+        if self.multiplex is not None:
+            route, translated = self.multiplex
+            self.translator = ResponseTranslator(
+                route.target, stream=translated.stream, client_model=self.verdict.model or route.target.model,
+                response_id="chatcmpl-" + hashlib.sha256(self.head.request_id.encode()).hexdigest()[:24],
+                created=int(self.rt.clock()), include_usage=True)
+            self.translator.start(self.response_status, content_type)
+            content_type = self.translator.content_type
+            set_headers.append(_set_header("content-type", content_type))
         self.inspector = ResponseInspector(
             self.head.surface.name if self.head.surface else "unknown",
             status=self.response_status,
-            content_type=(headers.get("content-type") or [None])[0],
+            content_type=content_type,
             content_encoding=(headers.get("content-encoding") or [None])[0],
             classifier=self.rt.classifier_for(self.rt.policies.current), rules=rules,
             hash_key=self.rt.hash_key, tenant=self.identity.tenant if self.identity else None,
             max_buffer_bytes=self.rt.config.max_response_buffer_bytes,
             drop_usage_chunk=self.verdict.usage_injected)
-        remove = ["content-length"]
+        remove = ["content-length", "x-ledgergate-upstream-host"]
         mutation = getattr(self.inspector, "release_headers_mutation", None) or {}
         remove += [h for h in mutation.get("remove", []) if h not in remove]
-        set_headers = [_set_header("x-request-id", self.head.request_id)]
         marker = (decision.response or {}).get("marker_header") if decision is not None else None
         if marker:
             set_headers.append(_set_header(marker["name"], marker["value"]))
@@ -288,6 +350,19 @@ class Exchange:
             raise ProtocolViolation("response body before response headers")
         chunk = req.response_body
         data, end = bytes(chunk.body), chunk.end_of_stream
+        if self.translator is not None:
+            try:
+                data = self.translator.feed(data, end)
+            except TranslationError as exc:
+                for rel in self.inspector.stop("translation_error", str(exc)):
+                    self._capture(rel.body)
+                    await self._commit_outcome()
+                    for r in self._release_pending_headers():
+                        yield r
+                    yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
+                        body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
+                            body=rel.body, end_of_stream=True)))))
+                return
         start, step = 0, self.FIRST_RESPONSE_SLICE_BYTES
         while True:
             last = start + step >= len(data)
@@ -345,7 +420,7 @@ class Exchange:
             status=self.response_status, response_sha256=summary.get("response_sha256"),
             classification=summary.get("classification") or {}, redactions=summary.get("redactions") or [],
             usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")), error=error,
-            capture=capture,
+            capture=capture, upstream_host=self.upstream_host,
             delivered_status=BLOCKED_STATUS if self.pending_headers is not None and summary.get("blocked") else None)
         if self.reservation is not None:
             actual = None

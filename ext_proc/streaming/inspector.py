@@ -228,6 +228,13 @@ class ResponseInspector:
             return [self._release(body, True)]
         return [self._release(body, False)] if body else []
 
+    def stop(self, label: str, reason: str) -> list[Release]:
+        """End the response now with a provider-shaped error (something outside the inspector,
+        such as the translation of the upstream's answer, failed)."""
+        if self.finished:
+            return []
+        return self._block(label, reason)
+
     def outcome(self) -> dict:
         out = {"classification": self._ledger.summary(), "redactions": list(self._ledger.redactions),
                "usage": self.usage, "blocked": self.blocked, "response_sha256": self._digest.hexdigest(),

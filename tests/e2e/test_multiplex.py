@@ -1,0 +1,122 @@
+"""The multiplexing mode through the real Envoy with the official openai SDK: one OpenAI-compatible
+surface, models mapped to Anthropic and Gemini by configuration, requests and answers (streamed
+or not) translated, redaction applied before translation, and failover to the provider's next
+endpoint when the first answers 503 (Envoy retry with priorities), with the endpoint that
+answered on the outcome record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from urllib.parse import quote
+
+import openai
+import pytest
+
+from tests.support import free_ports, start_stack, wait_port
+
+pytestmark = pytest.mark.e2e
+
+REPLY = "The review is on Thursday; the draft is in the shared folder."
+
+
+def _mock(port: int, *extra: str) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-m", "ext_proc.cli.main", "mock-provider", "--port", str(port), *extra],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return p
+
+
+def _requests(port: int) -> list[dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_mock/requests", timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def mux(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mux")
+    down_port, good_port = free_ports(2)
+    down, good = _mock(down_port, "--fail-status", "503"), _mock(good_port)
+    cfg = tmp / "ledgergate.yaml"
+    cfg.write_text(json.dumps({"multiplex": {"models": {
+        "claude-haiku": {"provider": "anthropic", "model": "claude-3-5-haiku-latest"},
+        "gemini-flash": {"provider": "gemini", "model": "gemini-2.0-flash"}}}}))
+    s = start_stack(tmp, "--config", str(cfg),
+                    f"--upstream=anthropic=http://127.0.0.1:{down_port},http://127.0.0.1:{good_port}",
+                    f"--upstream=gemini=http://127.0.0.1:{good_port}")
+    s.down_port, s.good_port = down_port, good_port
+    yield s
+    s.stop()
+    for p in (down, good):
+        p.terminate()
+        p.wait(10)
+
+
+def client(s, reply: str = REPLY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{s.base_url}/v1", api_key=s.token(), max_retries=0, timeout=30,
+                         default_headers={"x-mock-reply": quote(reply), "x-mock-chunk-chars": "5"})
+
+
+def _records(s, rid: str) -> tuple[dict, dict]:
+    recs = [r for r in s.audit_records() if r.get("request_id") == rid]
+    return [r for r in recs if r["kind"] == "decision"][0], [r for r in recs if r["kind"] == "outcome"][0]
+
+
+def test_an_anthropic_mapped_model_fails_over_from_a_503_and_reads_as_openai(mux):
+    marker = "mux-marker-claude"
+    raw = client(mux).chat.completions.with_raw_response.create(
+        model="claude-haiku", messages=[{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": f"{marker}: mail bob@example.org the date"}])
+    completion = raw.parse()
+    assert completion.choices[0].message.content == REPLY and completion.model == "claude-haiku"
+    assert completion.usage.completion_tokens > 0
+    assert "x-ledgergate-upstream-host" not in raw.headers
+    # The first endpoint answered 503; Envoy retried on the next priority, which got Anthropic's format.
+    assert any(marker in r["body"] for r in _requests(mux.down_port))
+    sent = [r for r in _requests(mux.good_port) if marker in r["body"]]
+    assert len(sent) == 1 and sent[0]["path"] == "/v1/messages"
+    body = json.loads(sent[0]["body"])
+    assert body["model"] == "claude-3-5-haiku-latest" and body["system"] == "Be brief."
+    assert "bob@example.org" not in sent[0]["body"]        # redacted before translation
+    assert "authorization" not in {k.lower() for k in sent[0]["headers"]}
+    decision, outcome = _records(mux, raw.headers["x-request-id"])
+    assert decision["multiplex"] == {"provider": "anthropic", "model": "claude-3-5-haiku-latest",
+                                     "rationale": "multiplex.models['claude-haiku'] -> anthropic/claude-3-5-haiku-latest"}
+    assert decision["upstream"] == "anthropic" and decision["model_requested"] == "claude-haiku"
+    assert outcome["upstream_host"] == f"127.0.0.1:{mux.good_port}" and outcome["status"] == 200
+
+
+def test_a_gemini_mapped_model_streams_as_openai_chunks(mux):
+    stream = client(mux).chat.completions.create(
+        model="gemini-flash", stream=True, messages=[{"role": "user", "content": "mux-marker-gemini"}])
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert not any(not c.choices for c in chunks)   # the usage chunk was not asked for: not delivered
+    sent = [r for r in _requests(mux.good_port) if "mux-marker-gemini" in r["body"]][0]
+    assert sent["path"] == "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+
+
+def test_a_translated_stream_is_inspected_and_usage_is_delivered_when_asked_for(mux):
+    # The default policy masks card numbers in answers: the translated stream goes through the
+    # same response inspection as a native one (the number arrives five characters per event).
+    stream = client(mux, "Use card 4111 1111 1111 1111 for the booking.").chat.completions.create(
+        model="claude-haiku", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "card?"}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert text.startswith("Use card ") and "4111" not in text and "[PCI.CARD_NUMBER]" in text
+
+
+def test_what_cannot_be_translated_is_a_precise_400(mux):
+    with pytest.raises(openai.BadRequestError) as err:
+        client(mux).chat.completions.create(model="claude-haiku", n=2, messages=[{"role": "user", "content": "x"}])
+    assert err.value.code == "translation_error" and "n is not supported" in err.value.message
+
+
+def test_an_unmapped_model_still_goes_to_openai(mux):
+    out = client(mux).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "plain"}])
+    assert out.choices[0].message.content == REPLY and out.model != "claude-haiku"
