@@ -41,3 +41,14 @@ def outcome_record(*, request_id: str, completed_ms: int, status: int | None, re
         "redactions": redactions, "usage": usage, "blocked": blocked, "streamed": streamed, "error": error,
         "capture": capture, "upstream_host": upstream_host,
     }
+
+
+def attempt_record(*, request_id: str, attempted_ms: int, provider: str, model: str, upstream_address: str | None,
+                   forwarded_sha256: str | None, error: str | None = None) -> dict[str, Any]:
+    """One upstream attempt of a cross-provider failover chain, committed before its translated
+    body is released: which provider and endpoint it went to and what was sent (digest)."""
+    return {
+        "schema": SCHEMA_VERSION, "kind": "attempt", "decision_id": uuid.uuid4().hex,
+        "request_id": request_id, "timestamp_ms": attempted_ms, "provider": provider, "model": model,
+        "upstream_address": upstream_address, "forwarded_sha256": forwarded_sha256, "error": error,
+    }

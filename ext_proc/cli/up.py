@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from ext_proc.cli.devmaterial import ensure_dev_material
+from ext_proc.pipeline.multiplex import CHAIN_HEADER
 from ext_proc.server.config import PROVIDERS, deep_merge
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,9 +74,46 @@ def _endpoint(host: str, port: int) -> dict:
     return {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
 
 
+def _chain_cluster(name: str, targets: list[dict], addresses: dict[str, tuple[str, int, bool]],
+                   ext_filter: dict) -> dict:
+    """The cluster of a cross-provider failover chain: one endpoint per target, in priority order,
+    tagged with its provider and model; ledgergate runs as its upstream filter, once per attempt,
+    and translates for the endpoint the attempt goes to."""
+    upstream_filter = json.loads(json.dumps(ext_filter))
+    cfg = upstream_filter["typed_config"]
+    cfg["grpc_service"]["initial_metadata"] = [{"key": "x-ledgergate-stage", "value": "upstream"}]
+    cfg["request_attributes"] = ["xds.upstream_host_metadata", "upstream.address"]
+    cfg["mutation_rules"] = {"allow_all_routing": True, "disallow_is_error": {"value": True}}
+    endpoints, tls_matches = [], []
+    for i, t in enumerate(targets):
+        host, port, tls = addresses[t["provider"]]
+        endpoints.append({"priority": i, "lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}},
+            "metadata": {"filter_metadata": {
+                "ledgergate": {"provider": t["provider"], "model": t["model"], "host": host},
+                "envoy.transport_socket_match": {"provider": t["provider"]}}}}]})
+        if tls:
+            tls_matches.append({"name": f"tls-{t['provider']}", "match": {"provider": t["provider"]},
+                                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                                    "sni": host}}})
+    cluster = {
+        "name": f"mux-{name}", "type": "STRICT_DNS", "connect_timeout": "5s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http_protocol_options": {}},
+            "http_filters": [upstream_filter, {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}]}},
+        "load_assignment": {"cluster_name": f"mux-{name}", "endpoints": endpoints},
+    }
+    if tls_matches:
+        cluster["transport_socket_matches"] = tls_matches
+    return cluster
+
+
 def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port: int,
                         ext_proc_ports: list[int], mock_port: int, upstreams: dict[str, str],
-                        var_dir: Path) -> dict:
+                        var_dir: Path, multiplex: dict | None = None) -> dict:
     cfg = yaml.safe_load(template.read_text())
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
     for listener in cfg["static_resources"]["listeners"]:
@@ -118,6 +156,28 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
                     },
                 }
             host_rewrites[name] = parts.hostname
+    chains = {name: spec for name, spec in ((multiplex or {}).get("models") or {}).items()
+              if isinstance(spec, list) and len(spec) > 1}
+    if chains:
+        addresses: dict[str, tuple[str, int, bool]] = {}
+        for provider in PROVIDERS:
+            url = urlsplit(upstreams[provider].split(",")[0]) if provider in upstreams else None
+            addresses[provider] = (url.hostname, url.port or (443 if url.scheme == "https" else 80),
+                                   url.scheme == "https") if url else ("127.0.0.1", mock_port, False)
+        for listener in cfg["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for f in chain["filters"]:
+                    hcm = f["typed_config"]
+                    ext_filter = next(h for h in hcm["http_filters"] if h["name"] == "envoy.filters.http.ext_proc")
+                    for vh in hcm["route_config"]["virtual_hosts"]:
+                        vh["routes"][:0] = [{
+                            "match": {"prefix": "/", "headers": [{"name": CHAIN_HEADER, "string_match": {"exact": name}}]},
+                            "route": {"cluster": f"mux-{name}", "timeout": "0s",
+                                      "retry_policy": _failover_retry_policy(len(spec))}} for name, spec in chains.items()]
+        existing = {c["name"] for c in cfg["static_resources"]["clusters"]}
+        for name, spec in chains.items():
+            if f"mux-{name}" not in existing:
+                cfg["static_resources"]["clusters"].append(_chain_cluster(name, spec, addresses, ext_filter))
     if failover:
         for listener in cfg["static_resources"]["listeners"]:
             for chain in listener["filter_chains"]:
@@ -193,7 +253,7 @@ def run_up(args: argparse.Namespace) -> int:
     envoy_cfg = render_envoy_config(
         Path(args.envoy_config) if args.envoy_config else REPO_ROOT / "envoy" / "local.yaml",
         port=args.port, tls_port=args.tls_port, admin_port=args.admin_port, ext_proc_ports=ext_ports,
-        mock_port=args.mock_port, upstreams=upstreams, var_dir=var_dir)
+        mock_port=args.mock_port, upstreams=upstreams, var_dir=var_dir, multiplex=overrides.get("multiplex"))
     envoy_path = run_dir / "envoy.yaml"
     envoy_path.write_text(yaml.safe_dump(envoy_cfg, sort_keys=False))
 

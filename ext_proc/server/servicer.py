@@ -16,7 +16,6 @@ from typing import AsyncIterator
 
 import grpc
 import structlog
-from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
@@ -34,8 +33,12 @@ from ext_proc.pipeline.request import (
     strip_headers,
 )
 from ext_proc.providers import error_body, match_surface
+from ext_proc.server.messages import attributes_of as _attributes
+from ext_proc.server.messages import headers_to_dict as _headers_to_dict
+from ext_proc.server.messages import set_header as _set_header
 from ext_proc.server.runtime import Runtime
-from ext_proc.pipeline.multiplex import route_for
+from ext_proc.server.upstream import process_upstream
+from ext_proc.pipeline.multiplex import CHAIN_HEADER, route_for
 from ext_proc.pipeline.request import sha256_hex
 from ext_proc.providers.translate import ResponseTranslator, TranslationError, translate_request
 from ext_proc.streaming import ResponseInspector, ResponseRules
@@ -46,36 +49,6 @@ log = structlog.get_logger("ledgergate.server")
 
 class ProtocolViolation(Exception):
     """Envoy sent a message this processing mode never produces."""
-
-
-def _headers_to_dict(hmap) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for h in hmap.headers:
-        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-        out.setdefault(h.key.lower(), []).append(value)
-    return out
-
-
-def _attributes(req: pb.ProcessingRequest) -> dict[str, str]:
-    out: dict[str, str] = {}
-    st = req.attributes.get("envoy.filters.http.ext_proc")
-    if st is None:
-        return out
-    for k, v in st.fields.items():
-        kind = v.WhichOneof("kind")
-        if kind == "string_value":
-            out[k] = v.string_value
-        elif kind == "bool_value":
-            out[k] = "true" if v.bool_value else "false"
-        elif kind == "number_value":
-            out[k] = str(int(v.number_value)) if v.number_value.is_integer() else str(v.number_value)
-    return out
-
-
-def _set_header(key: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
-        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
 
 
 def _immediate(verdict: Verdict, request_id: str, extra_headers: dict[str, str] | None = None) -> pb.ProcessingResponse:
@@ -152,7 +125,11 @@ class Exchange:
                 set_headers.append(_set_header(k, v))
         if body_len is not None:
             set_headers.append(_set_header("content-length", str(body_len)))
-        return pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove))
+        # A route chosen with a header the client sent in our namespace (Envoy may have resolved
+        # it already) is chosen again without it.
+        spoofed = any(h.startswith("x-ledgergate-") for h in remove)
+        return pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove),
+                                 clear_route_cache=spoofed)
 
     async def on_request_body(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         if self.head is None:
@@ -221,6 +198,15 @@ class Exchange:
                           self.rt.config.multiplex_models)
         if route is None:
             return
+        if route.chain:
+            # Translated per attempt by the chain cluster's upstream filter (server/upstream.py):
+            # the router sends the (redacted) OpenAI body to whichever provider each attempt reaches.
+            self.multiplex = (route, None)
+            if verdict.new_body is None and body is not None:
+                verdict.new_body = body
+            verdict.record.update(multiplex=route.to_record(), upstream=f"multiplex:{route.name}",
+                                  model_routed=None)
+            return
         forwarded = verdict.new_body if verdict.new_body is not None else body
         try:
             translated = translate_request(json.loads(forwarded or b"{}"), route.target)
@@ -242,7 +228,14 @@ class Exchange:
         set_headers = [_set_header("content-length", str(len(verdict.new_body)))]
         remove: list[str] = []
         clear_route = False
-        if self.multiplex is not None:
+        if self.multiplex is not None and self.multiplex[1] is None:
+            route = self.multiplex[0]
+            set_headers.append(_set_header(CHAIN_HEADER, route.name))
+            openai_cred = self.rt.config.upstream_credentials.get("openai")
+            if openai_cred:
+                remove.append(openai_cred["header"].lower())
+            clear_route = True
+        elif self.multiplex is not None:
             route, translated = self.multiplex
             # The new path routes it (Envoy's routes match the providers' own paths) once the
             # route cache is cleared; the target's credential replaces the one set for OpenAI.
@@ -290,7 +283,7 @@ class Exchange:
         decision = self.verdict.decision
         rules = ResponseRules.from_policy(decision.response if decision is not None else {})
         set_headers = [_set_header("x-request-id", self.head.request_id)]
-        if self.multiplex is not None:
+        if self.multiplex is not None and self.multiplex[1] is not None:
             route, translated = self.multiplex
             self.translator = ResponseTranslator(
                 route.target, stream=translated.stream, client_model=self.verdict.model or route.target.model,
@@ -454,6 +447,10 @@ class Servicer(pb_grpc.ExternalProcessorServicer):
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
+        if ("x-ledgergate-stage", "upstream") in tuple(context.invocation_metadata() or ()):
+            async for r in process_upstream(self.rt, request_iterator, context):
+                yield r
+            return
         ex = Exchange(self.rt, context)
         self.rt.metrics.stream_started()
         error: str | None = None

@@ -120,3 +120,64 @@ def test_what_cannot_be_translated_is_a_precise_400(mux):
 def test_an_unmapped_model_still_goes_to_openai(mux):
     out = client(mux).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "plain"}])
     assert out.choices[0].message.content == REPLY and out.model != "claude-haiku"
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """A failover chain across providers: Anthropic first (its only endpoint is down), then Gemini."""
+    tmp = tmp_path_factory.mktemp("chain")
+    down_port, good_port = free_ports(2)
+    down, good = _mock(down_port, "--fail-status", "503"), _mock(good_port)
+    cfg = tmp / "ledgergate.yaml"
+    cfg.write_text(json.dumps({"multiplex": {"models": {"resilient": [
+        {"provider": "anthropic", "model": "claude-3-5-haiku-latest"},
+        {"provider": "gemini", "model": "gemini-2.0-flash"}]}}}))
+    s = start_stack(tmp, "--config", str(cfg), f"--upstream=anthropic=http://127.0.0.1:{down_port}",
+                    f"--upstream=gemini=http://127.0.0.1:{good_port}")
+    s.down_port, s.good_port = down_port, good_port
+    yield s
+    s.stop()
+    for p in (down, good):
+        p.terminate()
+        p.wait(10)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_503_from_the_first_provider_fails_over_to_the_next_provider_in_its_format(chain, stream):
+    marker = f"chain-marker-{int(stream)}"
+    c = client(chain)
+    if stream:
+        with c.chat.completions.with_streaming_response.create(
+                model="resilient", stream=True, messages=[{"role": "user", "content": f"{marker} bob@example.org"}]) as r:
+            rid = r.headers["x-request-id"]
+            chunks = list(r.parse())
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    else:
+        raw = c.chat.completions.with_raw_response.create(
+            model="resilient", messages=[{"role": "user", "content": f"{marker} bob@example.org"}])
+        rid, text = raw.headers["x-request-id"], raw.parse().choices[0].message.content
+    assert text == REPLY
+    tried = [r for r in _requests(chain.down_port) if marker in r["body"]]
+    answered = [r for r in _requests(chain.good_port) if marker in r["body"]]
+    assert len(tried) == 1 and tried[0]["path"] == "/v1/messages"          # Anthropic's format first
+    assert len(answered) == 1 and answered[0]["path"].startswith("/v1beta/models/gemini-2.0-flash:")
+    assert "bob@example.org" not in tried[0]["body"] + answered[0]["body"]  # redacted once, before both
+    recs = [r for r in chain.audit_records() if r.get("request_id") == rid]
+    attempts = [r for r in recs if r["kind"] == "attempt"]
+    assert [a["provider"] for a in attempts] == ["anthropic", "gemini"]
+    decision = [r for r in recs if r["kind"] == "decision"][0]
+    assert decision["multiplex"]["failover"] == [{"provider": "anthropic", "model": "claude-3-5-haiku-latest"},
+                                                 {"provider": "gemini", "model": "gemini-2.0-flash"}]
+    outcome = [r for r in recs if r["kind"] == "outcome"][0]
+    assert outcome["upstream_host"] == f"127.0.0.1:{chain.good_port}"
+    res = subprocess.run([sys.executable, "-m", "ext_proc.cli.main", "audit", "verify", str(chain.audit_dir)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_client_cannot_pick_a_chain_route_itself(chain):
+    out = client(chain).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "chain-spoof"}],
+        extra_headers={"x-ledgergate-mux": "resilient"})
+    assert out.parse().choices[0].message.content == REPLY
+    assert not [r for r in _requests(chain.good_port) + _requests(chain.down_port) if "chain-spoof" in r["body"]]
