@@ -5,6 +5,7 @@ chat request, from the deployer's model map (`multiplex.models` in the configura
       models:
         claude-haiku: {provider: anthropic, model: claude-3-5-haiku-latest}
         gemini-flash: {provider: gemini, model: gemini-2.0-flash}
+        bedrock-haiku: {provider: bedrock, model: anthropic.claude-3-5-haiku-20241022-v1:0}
 
 A request whose `model` is in the map is translated for that provider after the policy decided it
 (the policy sees the model name the client asked for, so roles and rules govern it like any

@@ -156,10 +156,11 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {"content-type": "application/json"}).items():
             self.send_header(k, v)
         self.send_header("content-length", str(len(body)))
+        # Logged before it is sent, so a client that has the whole answer finds it in the log.
+        self._log_response(body)
         # Headers and body in one write.
         self._headers_buffer.append(b"\r\n" + body)
         self.flush_headers()
-        self._log_response(body)
 
     def _log_response(self, body: bytes) -> None:
         """The exact body sent, next to its request in the log (tests compare what a client got)."""
@@ -184,9 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
                 sent += ev
             if delay:
                 time.sleep(delay)
+        self._log_response(bytes(sent))   # before the last chunk: see _send
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
-        self._log_response(bytes(sent))
 
     def _record(self, body: bytes) -> None:
         srv = self.server

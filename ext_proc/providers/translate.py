@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions <-> Anthropic Messages / Gemini generateContent, for the multiplexing
+"""OpenAI Chat Completions <-> Anthropic Messages / Gemini generateContent / Bedrock Converse, for the multiplexing
 mode (sans-I/O: no sockets, no clock, no randomness; ids and times are passed in).
 
 `translate_request` turns an OpenAI chat body into the target's request; `ResponseTranslator`
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from ext_proc.providers.eventstream import EventStreamDecoder, Message
 from ext_proc.streaming.sse import SSEFramer
 
-TARGETS = ("anthropic", "gemini")
+TARGETS = ("anthropic", "gemini", "bedrock")
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096          # Anthropic requires max_tokens; OpenAI makes it optional
 MAX_EVENT_BYTES = 1 << 20
@@ -140,6 +141,8 @@ def translate_request(body: dict, target: Target) -> TranslatedRequest:
         return _to_anthropic(body, target)
     if target.provider == "gemini":
         return _to_gemini(body, target)
+    if target.provider == "bedrock":
+        return _to_bedrock(body, target)
     raise TranslationError(f"no translation to provider {target.provider!r}")
 
 
@@ -326,10 +329,105 @@ def _gemini_parts(content: Any, where: str) -> list[dict]:
     return out
 
 
+def _to_bedrock(body: dict, target: Target) -> TranslatedRequest:
+    system: list[dict] = []
+    messages: list[dict] = []
+
+    def add(role: str, blocks: list[dict]) -> None:
+        if messages and messages[-1]["role"] == role:     # Converse alternates user/assistant
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+
+    for i, m in enumerate(body["messages"]):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise TranslationError(f"{where} must be an object")
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.append({"text": _text_of(m.get("content"), f"{where}.content")})
+        elif role == "user":
+            add("user", _bedrock_parts(m.get("content"), f"{where}.content"))
+        elif role == "assistant":
+            blocks: list[dict] = []
+            text = _text_of(m.get("content"), f"{where}.content") if m.get("content") is not None else ""
+            if text:
+                blocks.append({"text": text})
+            for j, call in enumerate(m.get("tool_calls") or []):
+                blocks.append({"toolUse": {"toolUseId": str(call.get("id") or f"call_{i}_{j}"),
+                                           "name": call["function"]["name"],
+                                           "input": _tool_args(call, f"{where}.tool_calls[{j}]")}})
+            if not blocks:
+                raise TranslationError(f"{where}: an assistant message needs content or tool_calls")
+            add("assistant", blocks)
+        elif role == "tool":
+            if not isinstance(m.get("tool_call_id"), str):
+                raise TranslationError(f"{where}: a tool message needs tool_call_id")
+            add("user", [{"toolResult": {"toolUseId": m["tool_call_id"],
+                                         "content": [{"text": _text_of(m.get("content"), f"{where}.content")}]}}])
+        else:
+            raise TranslationError(f"{where}.role {role!r} cannot be translated")
+    if not messages or messages[0]["role"] != "user":
+        raise TranslationError("the conversation must start with a user message for this model")
+    out: dict[str, Any] = {"messages": messages}
+    if system:
+        out["system"] = system
+    inference: dict[str, Any] = {}
+    if _max_tokens(body):
+        inference["maxTokens"] = _max_tokens(body)
+    for key, name in (("temperature", "temperature"), ("top_p", "topP")):
+        if isinstance(body.get(key), (int, float)) and not isinstance(body.get(key), bool):
+            inference[name] = body[key]
+    if _stops(body):
+        inference["stopSequences"] = _stops(body)
+    if inference:
+        out["inferenceConfig"] = inference
+    fns = _functions(body)
+    if fns:
+        tool_config: dict[str, Any] = {"tools": [{"toolSpec": {
+            "name": f["name"], "description": f.get("description") or f["name"],
+            "inputSchema": {"json": f.get("parameters") or {"type": "object", "properties": {}}}}} for f in fns]}
+        choice = body.get("tool_choice")
+        if choice == "required":
+            tool_config["toolChoice"] = {"any": {}}
+        elif isinstance(choice, dict) and isinstance((choice.get("function") or {}).get("name"), str):
+            tool_config["toolChoice"] = {"tool": {"name": choice["function"]["name"]}}
+        elif choice not in (None, "auto"):
+            raise TranslationError("tool_choice cannot be translated for this model")
+        out["toolConfig"] = tool_config
+    stream = body.get("stream") is True
+    path = f"/model/{quote(target.model, safe='')}/{'converse-stream' if stream else 'converse'}"
+    return TranslatedRequest("POST", path, {"content-type": "application/json"}, _dumps(out), stream)
+
+
+def _bedrock_parts(content: Any, where: str) -> list[dict]:
+    if isinstance(content, str):
+        return [{"text": content}]
+    if not isinstance(content, list):
+        raise TranslationError(f"{where} must be a string or an array of parts")
+    out = []
+    for i, part in enumerate(content):
+        t = part.get("type") if isinstance(part, dict) else None
+        if t == "text" and isinstance(part.get("text"), str):
+            out.append({"text": part["text"]})
+        elif t == "image_url" and isinstance((part.get("image_url") or {}).get("url"), str) \
+                and part["image_url"]["url"].startswith("data:"):
+            media, data = _data_url(part["image_url"]["url"], f"{where}[{i}]")
+            fmt = media.split("/", 1)[-1]
+            if fmt not in ("png", "jpeg", "gif", "webp"):
+                raise TranslationError(f"{where}[{i}]: image type {media!r} cannot be translated")
+            out.append({"image": {"format": fmt, "source": {"bytes": data}}})
+        else:
+            raise TranslationError(f"{where}[{i}]: part type {t!r} cannot be translated")
+    return out
+
+
 # --- responses -------------------------------------------------------------------------------
 
 _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                      "pause_turn": "stop", "refusal": "content_filter"}
+_BEDROCK_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                   "content_filtered": "content_filter", "guardrail_intervened": "content_filter"}
 _GEMINI_FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
                   "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter"}
 
@@ -348,6 +446,7 @@ class ResponseTranslator:
         self.status = 200
         self.usage: dict | None = None
         self._sse = SSEFramer(MAX_EVENT_BYTES)
+        self._es = EventStreamDecoder(MAX_EVENT_BYTES)
         self._body = bytearray()
         self._error = False
         self._finish: str | None = None
@@ -362,7 +461,8 @@ class ResponseTranslator:
     def start(self, status: int, content_type: str | None) -> None:
         self.status = status
         ctype = (content_type or "").split(";", 1)[0].strip().lower()
-        self._error = status >= 400 or (self.stream and ctype != "text/event-stream")
+        expected = "application/vnd.amazon.eventstream" if self.target.provider == "bedrock" else "text/event-stream"
+        self._error = status >= 400 or (self.stream and ctype != expected)
 
     def feed(self, data: bytes, end_of_stream: bool) -> bytes:
         if self._error or not self.stream:
@@ -373,6 +473,13 @@ class ResponseTranslator:
                 return b""
             body = bytes(self._body)
             return self._error_body(body) if self._error else _dumps(self._whole(body))
+        if self.target.provider == "bedrock":
+            out = [self._bedrock_event(msg) for msg, _raw in self._es.feed(data)]
+            if end_of_stream:
+                if self._es.pending:
+                    raise TranslationError("the upstream event stream ended inside a message")
+                out.append(self._close())
+            return b"".join(out)
         out = [self._events(ev) for ev in self._sse.feed(data)]
         if end_of_stream:
             out += [self._events(ev) for ev in self._sse.finish()]
@@ -409,6 +516,18 @@ class ResponseTranslator:
             u = obj.get("usage") or {}
             self.usage = {"input_tokens": u.get("input_tokens") or 0, "output_tokens": u.get("output_tokens") or 0}
             return self._completion("".join(text), calls, _ANTHROPIC_FINISH.get(obj.get("stop_reason"), "stop"))
+        if self.target.provider == "bedrock":
+            text, calls = [], []
+            for block in ((obj.get("output") or {}).get("message") or {}).get("content") or []:
+                if isinstance(block.get("text"), str):
+                    text.append(block["text"])
+                elif isinstance(block.get("toolUse"), dict):
+                    tu = block["toolUse"]
+                    calls.append({"id": tu.get("toolUseId"), "type": "function", "function": {
+                        "name": tu.get("name"), "arguments": json.dumps(tu.get("input") or {})}})
+            u = obj.get("usage") or {}
+            self.usage = {"input_tokens": u.get("inputTokens") or 0, "output_tokens": u.get("outputTokens") or 0}
+            return self._completion("".join(text), calls, _BEDROCK_FINISH.get(obj.get("stopReason"), "stop"))
         text, calls, finish = [], [], None
         cand = (obj.get("candidates") or [{}])[0]
         for i, part in enumerate((cand.get("content") or {}).get("parts") or []):
@@ -429,6 +548,8 @@ class ResponseTranslator:
             err = obj.get("error") if isinstance(obj, dict) else None
             if isinstance(err, dict) and isinstance(err.get("message"), str):
                 message = err["message"]
+            elif isinstance(obj, dict) and isinstance(obj.get("message"), str):   # Bedrock
+                message = obj["message"]
         except ValueError:
             pass
         kind = "rate_limit_error" if self.status == 429 else "invalid_request_error" if self.status < 500 else "api_error"
@@ -507,6 +628,46 @@ class ResponseTranslator:
         if obj.get("usageMetadata"):
             self.usage = _gemini_usage(obj["usageMetadata"])
         return b"".join(out)
+
+    def _bedrock_event(self, msg: Message) -> bytes:
+        if self._done:
+            return b""
+        try:
+            obj = json.loads(msg.payload)
+        except ValueError:
+            raise TranslationError("an upstream event-stream payload is not JSON") from None
+        if msg.message_type != "event":
+            return self._stream_error((obj.get("message") if isinstance(obj, dict) else None)
+                                      or "the upstream stream failed")
+        if not isinstance(obj, dict):
+            return b""
+        t = msg.event_type
+        if t == "messageStart":
+            return self._chunk({"role": "assistant", "content": ""})
+        if t == "contentBlockStart":
+            tu = (obj.get("start") or {}).get("toolUse")
+            if isinstance(tu, dict):
+                n = self._tools.setdefault(obj.get("contentBlockIndex", 0), len(self._tools))
+                return self._chunk({"tool_calls": [{"index": n, "id": tu.get("toolUseId"), "type": "function",
+                                                    "function": {"name": tu.get("name"), "arguments": ""}}]})
+            return b""
+        if t == "contentBlockDelta":
+            d = obj.get("delta") or {}
+            if isinstance(d.get("text"), str):
+                return self._chunk({"content": d["text"]})
+            tu = d.get("toolUse")
+            if isinstance(tu, dict) and obj.get("contentBlockIndex", 0) in self._tools:
+                return self._chunk({"tool_calls": [{"index": self._tools[obj.get("contentBlockIndex", 0)],
+                                                    "function": {"arguments": tu.get("input") or ""}}]})
+            return b""
+        if t == "messageStop":
+            self._finish = _BEDROCK_FINISH.get(obj.get("stopReason"), "stop")
+            return b""
+        if t == "metadata":
+            u = obj.get("usage") or {}
+            self.usage = {"input_tokens": u.get("inputTokens") or 0, "output_tokens": u.get("outputTokens") or 0}
+            return self._close()
+        return b""
 
     def _stream_error(self, message: str) -> bytes:
         self._done = True

@@ -42,10 +42,11 @@ def mux(tmp_path_factory):
     cfg = tmp / "ledgergate.yaml"
     cfg.write_text(json.dumps({"multiplex": {"models": {
         "claude-haiku": {"provider": "anthropic", "model": "claude-3-5-haiku-latest"},
-        "gemini-flash": {"provider": "gemini", "model": "gemini-2.0-flash"}}}}))
+        "gemini-flash": {"provider": "gemini", "model": "gemini-2.0-flash"},
+        "bedrock-haiku": {"provider": "bedrock", "model": "anthropic.claude-3-5-haiku-20241022-v1:0"}}}}))
     s = start_stack(tmp, "--config", str(cfg),
                     f"--upstream=anthropic=http://127.0.0.1:{down_port},http://127.0.0.1:{good_port}",
-                    f"--upstream=gemini=http://127.0.0.1:{good_port}")
+                    f"--upstream=gemini=http://127.0.0.1:{good_port}", f"--upstream=bedrock=http://127.0.0.1:{good_port}")
     s.down_port, s.good_port = down_port, good_port
     yield s
     s.stop()
@@ -109,6 +110,21 @@ def test_a_translated_stream_is_inspected_and_usage_is_delivered_when_asked_for(
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert text.startswith("Use card ") and "4111" not in text and "[PCI.CARD_NUMBER]" in text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_bedrock_mapped_model_speaks_converse_and_reads_as_openai(mux, stream):
+    marker = f"mux-marker-bedrock-{int(stream)}"
+    kwargs = {"model": "bedrock-haiku", "messages": [{"role": "user", "content": marker}]}
+    if stream:
+        chunks = list(client(mux).chat.completions.create(stream=True, **kwargs))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        text = client(mux).chat.completions.create(**kwargs).choices[0].message.content
+    assert text == REPLY
+    sent = [r for r in _requests(mux.good_port) if marker in r["body"]][0]
+    assert sent["path"] == ("/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/"
+                            + ("converse-stream" if stream else "converse"))
 
 
 def test_what_cannot_be_translated_is_a_precise_400(mux):

@@ -16,7 +16,8 @@ from ext_proc.providers.mock import MockProviderServer
 from ext_proc.providers.surfaces import match_surface
 from ext_proc.providers.translate import ResponseTranslator, Target, TranslationError, translate_request
 
-TARGETS = [Target("anthropic", "claude-3-5-haiku-latest"), Target("gemini", "gemini-2.0-flash")]
+TARGETS = [Target("anthropic", "claude-3-5-haiku-latest"), Target("gemini", "gemini-2.0-flash"),
+           Target("bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0")]
 REPLY = "Sure: the meeting moved to Tuesday at ten, bring the draft."
 
 CHAT = {"model": "house-model", "max_completion_tokens": 300, "temperature": 0.2, "stop": ["END"],
@@ -54,6 +55,13 @@ def test_requests_are_well_formed_for_the_target(target):
         assert body["messages"][1]["content"][0] == {"type": "tool_use", "id": "call_1", "name": "calendar",
                                                       "input": {"day": "tue"}}
         assert tr.headers["anthropic-version"]
+    elif target.provider == "bedrock":
+        assert tr.path == "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse"
+        assert body["system"] == [{"text": "Be brief."}]
+        assert body["inferenceConfig"] == {"maxTokens": 300, "temperature": 0.2, "stopSequences": ["END"]}
+        assert body["messages"][1]["content"][0]["toolUse"] == {"toolUseId": "call_1", "name": "calendar",
+                                                                "input": {"day": "tue"}}
+        assert body["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"]["type"] == "object"
     else:
         assert body["systemInstruction"]["parts"][0]["text"] == "Be brief."
         assert body["generationConfig"] == {"maxOutputTokens": 300, "temperature": 0.2, "stopSequences": ["END"]}
@@ -111,6 +119,7 @@ def test_a_stream_split_anywhere_reads_as_openai_chunks(mock, target, seed):
     tr.start(status, ctype)
     out = _feed(tr, body, seed)
     assert tr.content_type == "text/event-stream"
+    assert out.count(b"data: [DONE]") == 1
     events = [e[len(b"data: "):] for e in out.split(b"\n\n") if e]
     assert events[-1] == b"[DONE]"
     chunks = [ChatCompletionChunk.model_validate_json(e) for e in events[:-1]]

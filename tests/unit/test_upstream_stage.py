@@ -48,7 +48,7 @@ def test_model_map_entries_and_chains():
     two = route_for("openai.chat_completions", "two", mm)
     assert two.chain and two.to_record()["failover"][1] == {"provider": "gemini", "model": "g"}
     assert route_for("openai.responses", "two", mm) is None and route_for("openai.chat_completions", "x", mm) is None
-    for bad in ({"models": {"a": {"provider": "bedrock", "model": "x"}}}, {"models": {"a": []}},
+    for bad in ({"models": {"a": {"provider": "azure", "model": "x"}}}, {"models": {"a": []}},
                 {"models": {"a b": {"provider": "gemini", "model": "g"}}}, {"models": []}):
         with pytest.raises(ValueError):
             load_model_map(bad)
