@@ -6,7 +6,11 @@ COPY ext_proc ./ext_proc
 COPY policies ./policies
 COPY envoy ./envoy
 # With the tracing extra, so `tracing.enabled: true` works in the image (off by default).
-RUN pip install --no-cache-dir ".[tracing]" && useradd --system --uid 10001 ledgergate
+# xds-protos ships an older opentelemetry/proto that can shadow opentelemetry-proto's (see Makefile).
+RUN pip install --no-cache-dir ".[tracing]" \
+ && pip install --no-cache-dir --force-reinstall --no-deps \
+      "opentelemetry-proto==$(python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
+ && useradd --system --uid 10001 ledgergate
 USER 10001
 EXPOSE 50051 9464
 ENTRYPOINT ["ledgergate"]

@@ -10,6 +10,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
+	# xds-protos ships an older copy of opentelemetry/proto that can overwrite opentelemetry-proto's
+	# (install order decides); the OTLP exporter needs the newer one, the Envoy stubs accept it.
+	$(PY) -m pip install --quiet --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $(STAMP)
 
 # The local stack in the foreground: Envoy :10000 (HTTP) and :10443 (TLS), ledgergate, mock providers.
