@@ -29,6 +29,28 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def free_port_range(n: int, attempts: int = 100) -> int:
+    """A base port with base .. base+n-1 all free (`ledgergate up --workers N` listens on N
+    consecutive ports from --ext-proc-port)."""
+    for _ in range(attempts):
+        base = free_ports(1)[0]
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports found")
+
+
 def wait_port(port: int, timeout: float = 30.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -98,9 +120,16 @@ class Stack:
 
 
 def start_stack(tmp: Path, *extra: str, workers: int = 1, env: dict | None = None) -> Stack:
-    port, tls_port, admin_port, mock_port, metrics_port = free_ports(5)
-    ext_ports = free_ports(workers)
-    ext_proc_port = ext_ports[0]
+    # `up` gives worker i the ports --ext-proc-port + i and --metrics-port + i.
+    port, tls_port, admin_port, mock_port = free_ports(4)
+    taken = {port, tls_port, admin_port, mock_port}
+    ext_proc_port = metrics_port = 0
+    for _ in range(100):
+        ext_proc_port, metrics_port = free_port_range(workers), free_port_range(workers)
+        ext_range = set(range(ext_proc_port, ext_proc_port + workers))
+        metrics_range = set(range(metrics_port, metrics_port + workers))
+        if not (ext_range & metrics_range) and not ((ext_range | metrics_range) & taken):
+            break
     var_dir = tmp / "var"
     audit_dir = var_dir / "audit"
     log_path = tmp / "stack.log"
