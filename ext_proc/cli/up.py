@@ -164,39 +164,34 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
             url = urlsplit(upstreams[provider].split(",")[0]) if provider in upstreams else None
             addresses[provider] = (url.hostname, url.port or (443 if url.scheme == "https" else 80),
                                    url.scheme == "https") if url else ("127.0.0.1", mock_port, False)
-        for listener in cfg["static_resources"]["listeners"]:
-            for chain in listener["filter_chains"]:
-                for f in chain["filters"]:
-                    hcm = f["typed_config"]
-                    ext_filter = next(h for h in hcm["http_filters"] if h["name"] == "envoy.filters.http.ext_proc")
-                    for vh in hcm["route_config"]["virtual_hosts"]:
-                        vh["routes"][:0] = [{
-                            "match": {"prefix": "/", "headers": [{"name": CHAIN_HEADER, "string_match": {"exact": name}}]},
-                            "route": {"cluster": f"mux-{name}", "timeout": "0s",
-                                      "retry_policy": _failover_retry_policy(len(spec))}} for name, spec in chains.items()]
+        for hcm in _connection_managers(cfg):
+            ext_filter = next(h for h in hcm["http_filters"] if h["name"] == "envoy.filters.http.ext_proc")
+            for vh in hcm["route_config"]["virtual_hosts"]:
+                vh["routes"][:0] = [{
+                    "match": {"prefix": "/", "headers": [{"name": CHAIN_HEADER, "string_match": {"exact": name}}]},
+                    "route": {"cluster": f"mux-{name}", "timeout": "0s",
+                              "retry_policy": _failover_retry_policy(len(spec))}} for name, spec in chains.items()]
         existing = {c["name"] for c in cfg["static_resources"]["clusters"]}
         for name, spec in chains.items():
             if f"mux-{name}" not in existing:
                 cfg["static_resources"]["clusters"].append(_chain_cluster(name, spec, addresses, ext_filter))
-    if failover:
-        for listener in cfg["static_resources"]["listeners"]:
-            for chain in listener["filter_chains"]:
-                for f in chain["filters"]:
-                    for vh in f["typed_config"]["route_config"]["virtual_hosts"]:
-                        for route in vh["routes"]:
-                            c = route["route"]["cluster"]
-                            if c in failover:
-                                route["route"]["retry_policy"] = _failover_retry_policy(failover[c])
-    if host_rewrites:
-        for listener in cfg["static_resources"]["listeners"]:
-            for chain in listener["filter_chains"]:
-                for f in chain["filters"]:
-                    for vh in f["typed_config"]["route_config"]["virtual_hosts"]:
-                        for route in vh["routes"]:
-                            c = route["route"]["cluster"]
-                            if c in host_rewrites:
-                                route["route"]["host_rewrite_literal"] = host_rewrites[c]
+    for hcm in _connection_managers(cfg):
+        for vh in hcm["route_config"]["virtual_hosts"]:
+            for route in vh["routes"]:
+                c = route["route"]["cluster"]
+                if c in failover:
+                    route["route"]["retry_policy"] = _failover_retry_policy(failover[c])
+                if c in host_rewrites:
+                    route["route"]["host_rewrite_literal"] = host_rewrites[c]
     return cfg
+
+
+def _connection_managers(cfg: dict):
+    """Every HTTP connection manager's typed_config, across listeners and filter chains."""
+    for listener in cfg["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                yield f["typed_config"]
 
 
 def _wait_port(port: int, deadline: float, proc: subprocess.Popen | None = None, what: str = "") -> None:

@@ -146,15 +146,20 @@ def translate_request(body: dict, target: Target) -> TranslatedRequest:
     raise TranslationError(f"no translation to provider {target.provider!r}")
 
 
-def _to_anthropic(body: dict, target: Target) -> TranslatedRequest:
+def _conversation(body: dict, *, user_parts, text_block, tool_call_block, tool_result_block,
+                  assistant_role: str) -> tuple[list[str], list[dict]]:
+    """The OpenAI conversation walked once for every target: system texts apart, then turns as
+    (role, blocks) with consecutive same-role turns merged (Anthropic and Bedrock require
+    alternation, Gemini accepts it). The callbacks build one target's blocks."""
     system: list[str] = []
-    messages: list[dict] = []
+    turns: list[tuple[str, list[dict]]] = []
+    names: dict[str, str] = {}       # tool_call_id -> function name (Gemini answers by name)
 
     def add(role: str, blocks: list[dict]) -> None:
-        if messages and messages[-1]["role"] == role:     # Anthropic alternates user/assistant
-            messages[-1]["content"].extend(blocks)
+        if turns and turns[-1][0] == role:
+            turns[-1][1].extend(blocks)
         else:
-            messages.append({"role": role, "content": blocks})
+            turns.append((role, list(blocks)))
 
     for i, m in enumerate(body["messages"]):
         where = f"messages[{i}]"
@@ -164,25 +169,37 @@ def _to_anthropic(body: dict, target: Target) -> TranslatedRequest:
         if role in ("system", "developer"):
             system.append(_text_of(m.get("content"), f"{where}.content"))
         elif role == "user":
-            add("user", _anthropic_parts(m.get("content"), f"{where}.content"))
+            add("user", user_parts(m.get("content"), f"{where}.content"))
         elif role == "assistant":
             blocks = []
             text = _text_of(m.get("content"), f"{where}.content") if m.get("content") is not None else ""
             if text:
-                blocks.append({"type": "text", "text": text})
+                blocks.append(text_block(text))
             for j, call in enumerate(m.get("tool_calls") or []):
-                blocks.append({"type": "tool_use", "id": str(call.get("id") or f"call_{i}_{j}"),
-                               "name": call["function"]["name"], "input": _tool_args(call, f"{where}.tool_calls[{j}]")})
+                args = _tool_args(call, f"{where}.tool_calls[{j}]")
+                call_id = str(call.get("id") or f"call_{i}_{j}")
+                names[call_id] = call["function"]["name"]
+                blocks.append(tool_call_block(call_id, call["function"]["name"], args))
             if not blocks:
                 raise TranslationError(f"{where}: an assistant message needs content or tool_calls")
-            add("assistant", blocks)
+            add(assistant_role, blocks)
         elif role == "tool":
             if not isinstance(m.get("tool_call_id"), str):
                 raise TranslationError(f"{where}: a tool message needs tool_call_id")
-            add("user", [{"type": "tool_result", "tool_use_id": m["tool_call_id"],
-                          "content": _text_of(m.get("content"), f"{where}.content")}])
+            add("user", [tool_result_block(m["tool_call_id"], names.get(m["tool_call_id"]),
+                                           _text_of(m.get("content"), f"{where}.content"), where)])
         else:
             raise TranslationError(f"{where}.role {role!r} cannot be translated")
+    return system, [{"role": r, "blocks": b} for r, b in turns]
+
+
+def _to_anthropic(body: dict, target: Target) -> TranslatedRequest:
+    system, turns = _conversation(
+        body, user_parts=_anthropic_parts, assistant_role="assistant",
+        text_block=lambda text: {"type": "text", "text": text},
+        tool_call_block=lambda cid, name, args: {"type": "tool_use", "id": cid, "name": name, "input": args},
+        tool_result_block=lambda cid, _name, text, _w: {"type": "tool_result", "tool_use_id": cid, "content": text})
+    messages = [{"role": t["role"], "content": t["blocks"]} for t in turns]
     if not messages or messages[0]["role"] != "user":
         raise TranslationError("the conversation must start with a user message for this model")
     out: dict[str, Any] = {"model": target.model, "messages": messages,
@@ -247,45 +264,16 @@ def _anthropic_tool_choice(choice: Any) -> dict:
 
 
 def _to_gemini(body: dict, target: Target) -> TranslatedRequest:
-    system: list[str] = []
-    contents: list[dict] = []
-    names: dict[str, str] = {}      # tool_call_id -> function name (Gemini answers by name)
+    def tool_result(_cid: str, name: str | None, text: str, where: str) -> dict:
+        if name is None:
+            raise TranslationError(f"{where}: tool_call_id does not match an earlier tool call")
+        return {"functionResponse": {"name": name, "response": {"content": text}}}
 
-    def add(role: str, parts: list[dict]) -> None:
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
-
-    for i, m in enumerate(body["messages"]):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise TranslationError(f"{where} must be an object")
-        role = m.get("role")
-        if role in ("system", "developer"):
-            system.append(_text_of(m.get("content"), f"{where}.content"))
-        elif role == "user":
-            add("user", _gemini_parts(m.get("content"), f"{where}.content"))
-        elif role == "assistant":
-            parts = []
-            text = _text_of(m.get("content"), f"{where}.content") if m.get("content") is not None else ""
-            if text:
-                parts.append({"text": text})
-            for j, call in enumerate(m.get("tool_calls") or []):
-                name = call["function"]["name"]
-                names[str(call.get("id"))] = name
-                parts.append({"functionCall": {"name": name, "args": _tool_args(call, f"{where}.tool_calls[{j}]")}})
-            if not parts:
-                raise TranslationError(f"{where}: an assistant message needs content or tool_calls")
-            add("model", parts)
-        elif role == "tool":
-            name = names.get(str(m.get("tool_call_id")))
-            if name is None:
-                raise TranslationError(f"{where}: tool_call_id does not match an earlier tool call")
-            add("user", [{"functionResponse": {"name": name, "response": {
-                "content": _text_of(m.get("content"), f"{where}.content")}}}])
-        else:
-            raise TranslationError(f"{where}.role {role!r} cannot be translated")
+    system, turns = _conversation(
+        body, user_parts=_gemini_parts, assistant_role="model", text_block=lambda text: {"text": text},
+        tool_call_block=lambda _cid, name, args: {"functionCall": {"name": name, "args": args}},
+        tool_result_block=tool_result)
+    contents = [{"role": t["role"], "parts": t["blocks"]} for t in turns]
     out: dict[str, Any] = {"contents": contents}
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
@@ -330,43 +318,12 @@ def _gemini_parts(content: Any, where: str) -> list[dict]:
 
 
 def _to_bedrock(body: dict, target: Target) -> TranslatedRequest:
-    system: list[dict] = []
-    messages: list[dict] = []
-
-    def add(role: str, blocks: list[dict]) -> None:
-        if messages and messages[-1]["role"] == role:     # Converse alternates user/assistant
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
-
-    for i, m in enumerate(body["messages"]):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise TranslationError(f"{where} must be an object")
-        role = m.get("role")
-        if role in ("system", "developer"):
-            system.append({"text": _text_of(m.get("content"), f"{where}.content")})
-        elif role == "user":
-            add("user", _bedrock_parts(m.get("content"), f"{where}.content"))
-        elif role == "assistant":
-            blocks: list[dict] = []
-            text = _text_of(m.get("content"), f"{where}.content") if m.get("content") is not None else ""
-            if text:
-                blocks.append({"text": text})
-            for j, call in enumerate(m.get("tool_calls") or []):
-                blocks.append({"toolUse": {"toolUseId": str(call.get("id") or f"call_{i}_{j}"),
-                                           "name": call["function"]["name"],
-                                           "input": _tool_args(call, f"{where}.tool_calls[{j}]")}})
-            if not blocks:
-                raise TranslationError(f"{where}: an assistant message needs content or tool_calls")
-            add("assistant", blocks)
-        elif role == "tool":
-            if not isinstance(m.get("tool_call_id"), str):
-                raise TranslationError(f"{where}: a tool message needs tool_call_id")
-            add("user", [{"toolResult": {"toolUseId": m["tool_call_id"],
-                                         "content": [{"text": _text_of(m.get("content"), f"{where}.content")}]}}])
-        else:
-            raise TranslationError(f"{where}.role {role!r} cannot be translated")
+    system_texts, turns = _conversation(
+        body, user_parts=_bedrock_parts, assistant_role="assistant", text_block=lambda text: {"text": text},
+        tool_call_block=lambda cid, name, args: {"toolUse": {"toolUseId": cid, "name": name, "input": args}},
+        tool_result_block=lambda cid, _name, text, _w: {"toolResult": {"toolUseId": cid, "content": [{"text": text}]}})
+    system = [{"text": t} for t in system_texts]
+    messages = [{"role": t["role"], "content": t["blocks"]} for t in turns]
     if not messages or messages[0]["role"] != "user":
         raise TranslationError("the conversation must start with a user message for this model")
     out: dict[str, Any] = {"messages": messages}

@@ -34,25 +34,35 @@ def _requests(port: int) -> list[dict]:
         return json.loads(r.read())
 
 
-@pytest.fixture(scope="module")
-def mux(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mux")
+def _stack(tmp_path_factory, name: str, models: dict, upstreams):
+    """A stack whose providers are two mocks of our own: one that answers 503, one that works."""
+    tmp = tmp_path_factory.mktemp(name)
     down_port, good_port = free_ports(2)
-    down, good = _mock(down_port, "--fail-status", "503"), _mock(good_port)
+    mocks = [_mock(down_port, "--fail-status", "503"), _mock(good_port)]
     cfg = tmp / "ledgergate.yaml"
-    cfg.write_text(json.dumps({"multiplex": {"models": {
-        "claude-haiku": {"provider": "anthropic", "model": "claude-3-5-haiku-latest"},
-        "gemini-flash": {"provider": "gemini", "model": "gemini-2.0-flash"},
-        "bedrock-haiku": {"provider": "bedrock", "model": "anthropic.claude-3-5-haiku-20241022-v1:0"}}}}))
-    s = start_stack(tmp, "--config", str(cfg),
-                    f"--upstream=anthropic=http://127.0.0.1:{down_port},http://127.0.0.1:{good_port}",
-                    f"--upstream=gemini=http://127.0.0.1:{good_port}", f"--upstream=bedrock=http://127.0.0.1:{good_port}")
+    cfg.write_text(json.dumps({"multiplex": {"models": models}}))
+    s = start_stack(tmp, "--config", str(cfg), *(f"--upstream={u}" for u in upstreams(down_port, good_port)))
     s.down_port, s.good_port = down_port, good_port
-    yield s
+    return s, mocks
+
+
+def _stop(s, mocks) -> None:
     s.stop()
-    for p in (down, good):
+    for p in mocks:
         p.terminate()
         p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def mux(tmp_path_factory):
+    s, mocks = _stack(tmp_path_factory, "mux", {
+        "claude-haiku": {"provider": "anthropic", "model": "claude-3-5-haiku-latest"},
+        "gemini-flash": {"provider": "gemini", "model": "gemini-2.0-flash"},
+        "bedrock-haiku": {"provider": "bedrock", "model": "anthropic.claude-3-5-haiku-20241022-v1:0"}},
+        lambda down, good: [f"anthropic=http://127.0.0.1:{down},http://127.0.0.1:{good}",
+                            f"gemini=http://127.0.0.1:{good}", f"bedrock=http://127.0.0.1:{good}"])
+    yield s
+    _stop(s, mocks)
 
 
 def client(s, reply: str = REPLY) -> openai.OpenAI:
@@ -141,21 +151,12 @@ def test_an_unmapped_model_still_goes_to_openai(mux):
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """A failover chain across providers: Anthropic first (its only endpoint is down), then Gemini."""
-    tmp = tmp_path_factory.mktemp("chain")
-    down_port, good_port = free_ports(2)
-    down, good = _mock(down_port, "--fail-status", "503"), _mock(good_port)
-    cfg = tmp / "ledgergate.yaml"
-    cfg.write_text(json.dumps({"multiplex": {"models": {"resilient": [
+    s, mocks = _stack(tmp_path_factory, "chain", {"resilient": [
         {"provider": "anthropic", "model": "claude-3-5-haiku-latest"},
-        {"provider": "gemini", "model": "gemini-2.0-flash"}]}}}))
-    s = start_stack(tmp, "--config", str(cfg), f"--upstream=anthropic=http://127.0.0.1:{down_port}",
-                    f"--upstream=gemini=http://127.0.0.1:{good_port}")
-    s.down_port, s.good_port = down_port, good_port
+        {"provider": "gemini", "model": "gemini-2.0-flash"}]},
+        lambda down, good: [f"anthropic=http://127.0.0.1:{down}", f"gemini=http://127.0.0.1:{good}"])
     yield s
-    s.stop()
-    for p in (down, good):
-        p.terminate()
-        p.wait(10)
+    _stop(s, mocks)
 
 
 @pytest.mark.parametrize("stream", [False, True])
