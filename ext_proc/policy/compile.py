@@ -374,6 +374,8 @@ class _Compiler:
                 self.out.add(f, p + ["redact"], "'redact' only applies to redact rules")
             if effect == "deny" and "max_tokens" in r:
                 self.out.add(f, p + ["max_tokens"], "'max_tokens' does not apply to deny rules")
+            if effect not in ("permit", "redact") and "serve_with" in r:
+                self.out.add(f, p + ["serve_with"], "'serve_with' applies to permit and redact rules")
             rules.append({
                 "id": r["id"], "description": r.get("description", ""), "effect": effect,
                 "priority": r.get("priority", 0), "shadow": bool(r.get("shadow", False)),
@@ -383,6 +385,7 @@ class _Compiler:
                           "reason": r.get("reason", "denied by policy")} if effect == "deny" else None),
                 "redact": self.redact_map(f, p + ["redact"], r["redact"]) if "redact" in r else {},
                 "max_tokens": r.get("max_tokens"),
+                "serve_with": r.get("serve_with"),
             })
 
         response_rules = []

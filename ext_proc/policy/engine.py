@@ -49,6 +49,7 @@ class Decision:
     policy_version: str
     policy_label: str | None
     route: str | None = None
+    serve_with: str | None = None     # a model of the multiplex map the policy chose for this request
     # What the non-enforced evaluation would have done (observe outcome / multiplex shadow).
     detail: Mapping = field(default_factory=dict)
 
@@ -63,7 +64,7 @@ class Decision:
                                            if self.response["marker_header"] else None),
                          "rules": list(self.response.get("rules", ()))},
             "limits": [dict(x, key=list(x["key"])) for x in self.limits],
-            "mode": self.mode, "route": self.route,
+            "mode": self.mode, "route": self.route, "serve_with": self.serve_with,
             "policy": {"id": self.policy_id, "version": self.policy_version, "label": self.policy_label},
             "detail": _plain(self.detail),
         }
@@ -358,7 +359,7 @@ class _Matcher:
 
 class _Rule:
     __slots__ = ("idx", "id", "effect", "priority", "shadow", "matcher", "tests", "unless", "deny", "redact",
-                 "redact_labels", "max_tokens", "routes", "index")
+                 "redact_labels", "max_tokens", "serve_with", "routes", "index")
 
     def __init__(self, idx: int, spec: Mapping) -> None:
         self.idx = idx
@@ -374,6 +375,7 @@ class _Rule:
         self.redact = dict(spec["redact"])
         self.redact_labels = frozenset(self.redact) if self.effect == "redact" else None
         self.max_tokens = spec["max_tokens"]
+        self.serve_with = spec.get("serve_with")
         self.routes = frozenset(when.get("routes", ())) or None
         self.index = _index_key(when, self.redact if self.effect == "redact" else None)
 
@@ -571,6 +573,7 @@ class _Result:
     cap: int | None
     observed: str | None = None
     observe_rule: str | None = None
+    serve_with: str | None = None     # the model the winning serve_with rule names
 
 
 def _empty_response() -> dict:
@@ -668,7 +671,8 @@ class Policy:
             response, limits = _empty_response(), ()
         return self._decision(outcome=res.outcome, observed=observed, status=res.status, reason=res.reason,
                               code=res.code, matched=tuple(matched), redact=res.redact, max_tokens_cap=res.cap,
-                              response=response, limits=limits, mode=route.mode, route=route.id, detail=detail)
+                              response=response, limits=limits, mode=route.mode, route=route.id, detail=detail,
+                              serve_with=res.serve_with if res.outcome in ("permit", "redact") else None)
 
     @staticmethod
     def _would(res: _Result) -> dict:
@@ -684,6 +688,7 @@ class Policy:
         permit_p = redact_p = None
         observe_w: _Rule | None = None
         rule_cap: int | None = None
+        serve_w: _Rule | None = None
         for r in route.candidates(f):
             if r.shadow and not shadow:
                 continue
@@ -704,6 +709,8 @@ class Policy:
                     continue
                 if r.max_tokens is not None:
                     rule_cap = r.max_tokens if rule_cap is None else min(rule_cap, r.max_tokens)
+                if r.serve_with is not None and (serve_w is None or r.priority > serve_w.priority):
+                    serve_w = r
                 if e == "redact":
                     redacts.append(r)
                     if redact_p is None or r.priority > redact_p:
@@ -757,7 +764,8 @@ class Policy:
         if observe_w is not None and observe_w.priority > win_priority:
             return _Result("observe", 200, "policy_observed", "", entries, {}, None,
                            observed=outcome, observe_rule=observe_w.id)
-        return _Result(outcome, status, code, reason, entries, redact, cap if outcome != "deny" else None)
+        return _Result(outcome, status, code, reason, entries, redact, cap if outcome != "deny" else None,
+                       serve_with=serve_w.serve_with if serve_w is not None and outcome != "deny" else None)
 
     def _merged_redact(self, idxs: tuple[int, ...]) -> dict[str, str]:
         """Most restrictive strategy per label over these redact rules (memoised: a policy has

@@ -9,6 +9,7 @@ without the processor (shared/notes/ext_proc.md).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -194,10 +195,22 @@ class Exchange:
         translated for it, and the decision record names the provider and why, before anything is
         committed or released."""
         assert self.head is not None
-        route = route_for(self.head.surface.name if self.head.surface else None, verdict.model,
-                          self.rt.config.multiplex_models)
+        surface = self.head.surface.name if self.head.surface else None
+        chosen = verdict.decision.serve_with if verdict.decision is not None else None
+        route = route_for(surface, chosen or verdict.model, self.rt.config.multiplex_models)
+        if chosen and route is None:
+            # The policy names a model the deployer's map does not have: a configuration error,
+            # never a silent fallback to the model the client asked for.
+            verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=503,
+                                              code="route_unavailable", policy_outcome=verdict.record["decision"].get("outcome"))
+            verdict.record["forwarded_sha256"] = None
+            verdict.reject(503, "route_unavailable", "the model the policy chose for this request is not configured",
+                           "openai")
+            return
         if route is None:
             return
+        if chosen:
+            route = dataclasses.replace(route, rationale=f"policy serve_with {chosen!r}: {route.rationale}")
         if route.chain:
             # Translated per attempt by the chain cluster's upstream filter (server/upstream.py):
             # the router sends the (redacted) OpenAI body to whichever provider each attempt reaches.

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import openai
 import pytest
 
-from tests.support import free_ports, start_stack, wait_port
+from tests.support import REPO, free_ports, start_stack, wait_port
 
 pytestmark = pytest.mark.e2e
 
@@ -34,13 +34,16 @@ def _requests(port: int) -> list[dict]:
         return json.loads(r.read())
 
 
-def _stack(tmp_path_factory, name: str, models: dict, upstreams):
+def _stack(tmp_path_factory, name: str, models: dict, upstreams, policy: str | None = None):
     """A stack whose providers are two mocks of our own: one that answers 503, one that works."""
     tmp = tmp_path_factory.mktemp(name)
     down_port, good_port = free_ports(2)
     mocks = [_mock(down_port, "--fail-status", "503"), _mock(good_port)]
     cfg = tmp / "ledgergate.yaml"
-    cfg.write_text(json.dumps({"multiplex": {"models": models}}))
+    config: dict = {"multiplex": {"models": models}}
+    if policy:
+        config["policy"] = {"path": str(REPO / "tests" / "e2e" / "policies" / policy)}
+    cfg.write_text(json.dumps(config))
     s = start_stack(tmp, "--config", str(cfg), *(f"--upstream={u}" for u in upstreams(down_port, good_port)))
     s.down_port, s.good_port = down_port, good_port
     return s, mocks
@@ -198,3 +201,28 @@ def test_a_client_cannot_pick_a_chain_route_itself(chain):
         extra_headers={"x-ledgergate-mux": "resilient"})
     assert out.parse().choices[0].message.content == REPLY
     assert not [r for r in _requests(chain.good_port) + _requests(chain.down_port) if "chain-spoof" in r["body"]]
+
+
+@pytest.fixture(scope="module")
+def chosen(tmp_path_factory):
+    s, mocks = _stack(tmp_path_factory, "chosen", {
+        "bedrock-haiku": {"provider": "bedrock", "model": "anthropic.claude-3-5-haiku-20241022-v1:0"}},
+        lambda down, good: [f"bedrock=http://127.0.0.1:{good}"], policy="serve_with.yaml")
+    yield s
+    _stop(s, mocks)
+
+
+def test_the_policy_chooses_the_provider_for_personal_data(chosen):
+    raw = client(chosen).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "serve-with-marker mail ann@example.org"}])
+    assert raw.parse().choices[0].message.content == REPLY
+    sent = [r for r in _requests(chosen.good_port) if "serve-with-marker" in r["body"]]
+    assert len(sent) == 1 and sent[0]["path"].endswith("/converse")    # Bedrock, not OpenAI
+    decision, _outcome = _records(chosen, raw.headers["x-request-id"])
+    assert decision["decision"]["serve_with"] == "bedrock-haiku"
+    assert decision["multiplex"]["rationale"].startswith("policy serve_with 'bedrock-haiku'")
+    # Without personal data the client's own model is served (by the stack's OpenAI mock).
+    plain = client(chosen).chat.completions.create(model="gpt-4o-mini",
+                                                   messages=[{"role": "user", "content": "serve-with-plain"}])
+    assert plain.choices[0].message.content == REPLY
+    assert not [r for r in _requests(chosen.good_port) if "serve-with-plain" in r["body"]]

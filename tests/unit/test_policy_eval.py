@@ -361,3 +361,33 @@ def test_bench_policy_is_fast_enough_smoke():
 
     res = bench_policy.run(n_rules=200, iterations=3000, n_inputs=200)
     assert res["p50_us"] < 500, res
+
+
+SERVE = P("""
+    id: serve
+    routes: [{id: inference, apis: [chat]}]
+    rules:
+      - {id: phi-baa, effect: permit, priority: 20, when: {labels: {any: ["phi.*"]}}, serve_with: baa-model}
+      - {id: pii-eu, effect: redact, priority: 10, when: {labels: {any: ["pii.*"]}}, redact: {"pii.*": mask},
+         serve_with: eu-model}
+      - {id: stop-secrets, effect: deny, priority: 30, when: {labels: {any: ["secret.*"]}}}
+      - {id: all, effect: permit}
+""")
+
+
+def test_serve_with_comes_from_the_highest_priority_matching_rule():
+    assert SERVE.evaluate(inp()).serve_with is None
+    assert SERVE.evaluate(inp(classification=lab("pii.email"))).serve_with == "eu-model"
+    d = SERVE.evaluate(inp(classification=lab("pii.email", "phi.mrn")))
+    assert (d.outcome, d.serve_with) == ("redact", "baa-model") and d.to_record()["serve_with"] == "baa-model"
+    assert SERVE.evaluate(inp(classification=lab("phi.mrn", "secret.aws_access_key"))).serve_with is None  # denied
+
+
+def test_serve_with_is_refused_on_deny_rules():
+    from ext_proc.policy import PolicyError
+    with pytest.raises(PolicyError, match="serve_with"):
+        P("""
+            id: bad
+            routes: [{id: inference, apis: [chat]}]
+            rules: [{id: d, effect: deny, serve_with: m}]
+        """)
