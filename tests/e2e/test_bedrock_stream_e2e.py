@@ -8,7 +8,6 @@ raises."""
 from __future__ import annotations
 
 import json
-import uuid
 from urllib.parse import quote
 
 import botocore.config
@@ -16,7 +15,7 @@ import botocore.session
 import pytest
 from botocore.exceptions import EventStreamError
 
-from tests.support import REPO, start_stack
+from tests.support import REPO, start_stack, unique_marker
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +58,7 @@ def text_of(events: list[dict]) -> str:
 
 
 def test_a_clean_converse_stream_arrives_intact(stack, monkeypatch):
-    marker = f"bedrock-{uuid.uuid4().hex[:8]}"
+    marker = unique_marker("bedrock")
     reply = "A calm and ordinary answer without anything sensitive in it, for the record."
     events = converse(bedrock(stack, monkeypatch, reply), marker)
     assert text_of(events) == reply
@@ -70,7 +69,7 @@ def test_a_clean_converse_stream_arrives_intact(stack, monkeypatch):
 
 def test_an_email_split_over_deltas_is_redacted(stack, monkeypatch):
     events = converse(bedrock(stack, monkeypatch, "Write to jane.doe@example.com today please.", chunk=2),
-                      f"bedrock-{uuid.uuid4().hex[:8]}")
+                      unique_marker("bedrock"))
     got = text_of(events)
     assert "jane.doe@example.com" not in got and "[PII.EMAIL]" in got
 
@@ -78,6 +77,6 @@ def test_an_email_split_over_deltas_is_redacted(stack, monkeypatch):
 def test_a_secret_stops_the_stream_with_an_exception_botocore_raises(stack, monkeypatch):
     client = bedrock(stack, monkeypatch, "here: AKIAIOSFODNN7ABCDEFG is the key, use it well.", chunk=3)
     with pytest.raises(EventStreamError) as err:
-        converse(client, f"bedrock-{uuid.uuid4().hex[:8]}")
+        converse(client, unique_marker("bedrock"))
     assert "modelStreamErrorException" in str(err.value)
     assert "AKIA" not in str(err.value)

@@ -5,10 +5,11 @@ for each streaming format and for a whole JSON answer, through the real Envoy an
 from __future__ import annotations
 
 import base64
-import uuid
 
 import httpx
 import pytest
+
+from tests.support import unique_marker
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +44,7 @@ CASES = {
 @pytest.mark.parametrize("chunk", ["2", "7"])
 def test_a_clean_response_is_passed_through_byte_for_byte(stack, case, chunk):
     path, body = CASES[case]
-    marker = f"exact-{uuid.uuid4().hex[:10]}"
+    marker = unique_marker("exact")
     r = httpx.post(f"{stack.base_url}{path}", json=body(marker), timeout=30,
                    headers={"authorization": f"Bearer {stack.token()}", "x-mock-reply": REPLY.replace(" ", "%20"),
                             "x-mock-chunk-chars": chunk})
@@ -56,7 +57,7 @@ def test_a_clean_response_is_passed_through_byte_for_byte(stack, case, chunk):
 def test_usage_asked_for_by_ledgergate_is_read_but_not_delivered(stack):
     import openai
 
-    marker = f"usage-{uuid.uuid4().hex[:10]}"
+    marker = unique_marker("usage")
     client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=stack.token(), max_retries=0, timeout=30,
                            default_headers={"x-mock-reply": REPLY.replace(" ", "%20")})
     with client.chat.completions.with_streaming_response.create(
