@@ -1,6 +1,6 @@
 """The durable audit log: records are sealed into the chain in the event loop, written in batches
-by one flusher (one write + fsync per batch, off the event loop), and `commit` returns only once
-the record's batch is durable. Group commit batches the fsyncs, never the guarantee."""
+by one writer thread (one write + fsync per batch, off the event loop), and `commit` returns only
+once the record's batch is durable. Group commit batches the fsyncs, never the guarantee."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ext_proc.audit.canonical import canonical_json
 from ext_proc.audit.chain import ChainWriter
-from ext_proc.audit.merkle import leaf_hash, merkle_root
+from ext_proc.audit.merkle import MerkleFrontier, leaf_hash
 from ext_proc.keyfiles import load_or_create_ed25519
 
 
@@ -76,6 +77,11 @@ class FileSink:
 
 
 class AuditLog:
+    """Records are sealed on the event loop (the chain order is the commit order) and handed to
+    one writer thread, which writes and fsyncs whatever has queued up since its last batch and
+    hands the batch's futures back in one loop callback. One wake-up each way per batch: a
+    thread pool per batch (asyncio.to_thread) cost three more loop turns per commit."""
+
     def __init__(self, sink, chain: ChainWriter, *, max_queue: int = 10000, max_batch: int = 512,
                  clock: Callable[[], float] = time.time, recovered: list[dict] | None = None) -> None:
         self.sink = sink
@@ -83,71 +89,97 @@ class AuditLog:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.clock = clock
-        self._pending: list[tuple[bytes, asyncio.Future]] = []
-        self._flusher: asyncio.Task | None = None
-        self._failed: str | None = None
+        self._cond = threading.Condition()
+        self._queue: list[tuple[bytes, asyncio.Future]] = []   # guarded by _cond
+        self._stopping = False                                  # guarded by _cond
+        self._failed: str | None = None   # set once, by the writer thread (under _cond) or start()
         self._closed = False
-        self._leaves: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: threading.Thread | None = None
+        self._frontier = MerkleFrontier()
         self._recovered = recovered or []
         self.ready = False
         self.batches = 0
         self.records = 0
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.sink.open, self.chain.writer_id, self.chain.segment_id)
+        self._writer = threading.Thread(target=self._write_loop, name="ledgergate-audit-writer", daemon=True)
+        self._writer.start()
         # Torn tails of earlier segments (a crash mid-write) are attested in this genesis record.
         extra = {"recovered_torn_tails": self._recovered} if self._recovered else None
         genesis = self.chain.genesis(int(self.clock() * 1000), extra)
-        self._enqueue(genesis)
-        await self._flush_now()
+        try:
+            await self._enqueue(genesis, canonical_json(genesis))
+        except AuditUnavailable:
+            pass
         self.ready = self._failed is None  # a genesis that did not reach the sink is no start
 
-    def _enqueue(self, record: dict[str, Any], line: bytes | None = None) -> asyncio.Future:
-        line = (line if line is not None else canonical_json(record)) + b"\n"
-        self._leaves.append(leaf_hash(bytes.fromhex(record["hash"])))
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((line, fut))
+    def _enqueue(self, record: dict[str, Any], line: bytes) -> asyncio.Future:
+        assert self._loop is not None, "AuditLog.start() first"
+        fut = self._loop.create_future()
+        with self._cond:
+            if self._failed is not None:
+                raise AuditUnavailable(self._failed)
+            self._queue.append((line + b"\n", fut))
+            self._cond.notify()
+        self._frontier.append(leaf_hash(bytes.fromhex(record["hash"])))
         return fut
 
     async def commit(self, body: dict[str, Any]) -> dict[str, Any]:
         if self._failed is not None or self._closed:
             raise AuditUnavailable(self._failed or "audit log closed")
-        if len(self._pending) >= self.max_queue:
+        if len(self._queue) >= self.max_queue:
             raise AuditUnavailable("audit queue full")
         record, line = self.chain.seal_line(body, int(self.clock() * 1000))
-        fut = self._enqueue(record, line)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_loop())
-        await asyncio.shield(fut)
+        # A cancelled caller cancels only its wait: the record is sealed and is written anyway.
+        await self._enqueue(record, line)
         return record
 
-    async def _flush_now(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_loop())
-        await self._flusher
-
-    async def _flush_loop(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+    def _write_loop(self) -> None:
+        """The writer thread: one write + fsync per batch, in chain order."""
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
             try:
-                await asyncio.to_thread(self.sink.write_batch, [line for line, _ in batch])
+                self.sink.write_batch([line for line, _ in batch])
             except Exception as exc:  # noqa: BLE001 - any sink failure makes the log unavailable
-                self._failed = f"audit sink failed: {type(exc).__name__}"
-                self.ready = False
-                for _, fut in batch + self._pending:
-                    if not fut.done():
-                        fut.set_exception(AuditUnavailable(self._failed))
-                self._pending = []
+                with self._cond:
+                    # Records of this batch may or may not be in the sink: the chain cannot go on.
+                    self._failed = f"audit sink failed: {type(exc).__name__}"
+                    batch, self._queue = batch + self._queue, []
+                self._hand_back(batch, self._failed)
                 return
-            self.batches += 1
-            self.records += len(batch)
+            self._hand_back(batch, None)
+
+    def _hand_back(self, batch: list[tuple[bytes, asyncio.Future]], error: str | None) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._settle, batch, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits for these futures any more
+
+    def _settle(self, batch: list[tuple[bytes, asyncio.Future]], error: str | None) -> None:
+        if error is not None:
+            self.ready = False
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_exception(AuditUnavailable(error))
+            return
+        self.batches += 1
+        self.records += len(batch)
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
 
     def checkpoint_body(self) -> dict[str, Any]:
-        return {"schema": "ledgergate.audit/v1", "kind": "checkpoint", "tree_size": len(self._leaves),
-                "root": base64.b64encode(merkle_root(self._leaves)).decode()}
+        return {"schema": "ledgergate.audit/v1", "kind": "checkpoint", "tree_size": self._frontier.size,
+                "root": base64.b64encode(self._frontier.root()).decode()}
 
     async def close(self) -> None:
         if self._closed:
@@ -158,8 +190,11 @@ class AuditLog:
             except AuditUnavailable:
                 pass
         self._closed = True
-        if self._flusher is not None:
-            await self._flusher
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
         await asyncio.to_thread(self.sink.close)
         self.ready = False
 
