@@ -9,6 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.signing import SigningKey
 
 from ext_proc.audit.canonical import canonical_json, canonical_json_unchecked, check_canonical
 from ext_proc.audit.record import SCHEMA_VERSION
@@ -32,7 +33,10 @@ def record_hash(record: dict[str, Any]) -> str:
 
 class ChainWriter:
     def __init__(self, signing_key: Ed25519PrivateKey, writer_id: str, segment_id: str) -> None:
-        self._key = signing_key
+        # Signed with libsodium (22 us against 36 us for OpenSSL here, the same deterministic
+        # Ed25519 signature); the cryptography key stays the loaded and exported form.
+        self._key = SigningKey(signing_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
         self.writer_id = writer_id
         self.segment_id = segment_id
         self.public_key = signing_key.public_key()
@@ -63,7 +67,7 @@ class ChainWriter:
             (low if k < "hash" else mid if k < "signature" else high)[k] = v
         parts = [canonical_json_unchecked(p)[1:-1] for p in (low, mid, high)]
         h = hashlib.sha256(b"{" + b",".join(p for p in parts if p) + b"}").hexdigest()
-        sig = base64.b64encode(self._key.sign(bytes.fromhex(h))).decode()
+        sig = base64.b64encode(self._key.sign(bytes.fromhex(h)).signature).decode()
         rec["hash"] = h
         rec["signature"] = sig
         line = b",".join(p for p in (parts[0], b'"hash":"' + h.encode() + b'"', parts[1],
