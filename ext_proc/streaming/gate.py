@@ -10,7 +10,8 @@ in it are blocked or redacted, and it is released. Only ``hold`` (+ one scan ste
 ever pending per stream, whatever the length of the stream.
 
 Scans happen once per ``step`` characters, not once per delta, so the CPU cost is linear in the
-text length.
+text length; only before the first release is every delta past the hold scanned, so the first
+token is not kept waiting for a whole step.
 """
 
 from __future__ import annotations
@@ -124,9 +125,15 @@ class TextGate:
         if text:
             self._pending.append(text)
             self._pending_len += len(text)
-        if self._pending_len < self.policy.hold + self.policy.step:
+        if self._pending_len < self.policy.hold + self._step():
             return ""
         return self._release(final=False)
+
+    def _step(self) -> int:
+        # Until something is released, every delta past the hold is scanned (time to first token);
+        # after that, a scan per `step` characters keeps the cost linear. The extra scans are
+        # bounded: the first release happens within long_hold characters.
+        return 1 if self.released_chars == 0 else self.policy.step
 
     def flush(self) -> str:
         """End of the stream: everything pending is decided and released."""
@@ -143,7 +150,7 @@ class TextGate:
             rest = len(held) - start
             take = min(rest, self._window)
             whole = final and take == rest
-            if not whole and take < p.hold + (p.step if not final else 1):
+            if not whole and take < p.hold + (self._step() if not final else 1):
                 break
             window = self._context + held[start:start + take]
             base = len(self._context)
