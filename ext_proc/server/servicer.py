@@ -77,6 +77,7 @@ class Exchange:
         self.inspector: ResponseInspector | None = None
         self.response_status: int | None = None
         self.pending_headers: tuple[list, list[str]] | None = None  # response headers held for a whole body
+        self.blocked_status_sent = False   # the held headers went out as the block's error status
         self.multiplex: tuple | None = None       # (Route, TranslatedRequest) when another provider serves it
         self.translator: ResponseTranslator | None = None
         self.upstream_host: str | None = None
@@ -339,6 +340,7 @@ class Exchange:
         set_headers, remove = self.pending_headers
         self.pending_headers = None
         if self.inspector.blocked:
+            self.blocked_status_sent = True
             set_headers = set_headers + [_set_header(":status", str(BLOCKED_STATUS)),
                                          _set_header("content-type", "application/json")]
             remove = [h for h in remove if h != "content-type"]
@@ -376,10 +378,13 @@ class Exchange:
             start, step = start + step, step * 2
             for rel in self.inspector.feed(piece, end and last):
                 self._capture(rel.body)
-                if rel.end_of_stream:
-                    await self._commit_outcome()
+                # Held headers go out first: they travel to Envoy while the outcome is made
+                # durable. Only the end of the body waits for the commit (no unaudited end of
+                # response); if the commit fails the stream is aborted and the body never follows.
                 for r in self._release_pending_headers():
                     yield r
+                if rel.end_of_stream:
+                    await self._commit_outcome()
                 yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
                     body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
                         body=rel.body, end_of_stream=rel.end_of_stream)))))
@@ -427,7 +432,8 @@ class Exchange:
             classification=summary.get("classification") or {}, redactions=summary.get("redactions") or [],
             usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")), error=error,
             capture=capture, upstream_host=self.upstream_host,
-            delivered_status=BLOCKED_STATUS if self.pending_headers is not None and summary.get("blocked") else None)
+            delivered_status=BLOCKED_STATUS if self.blocked_status_sent or (
+                self.pending_headers is not None and summary.get("blocked")) else None)
         if self.reservation is not None:
             actual = None
             if usage:
