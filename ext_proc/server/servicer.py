@@ -42,7 +42,7 @@ from ext_proc.server.upstream import process_upstream
 from ext_proc.pipeline.multiplex import CHAIN_HEADER, route_for
 from ext_proc.pipeline.request import sha256_hex
 from ext_proc.providers.translate import ResponseTranslator, TranslationError, translate_request
-from ext_proc.streaming import ResponseInspector, ResponseRules
+from ext_proc.streaming import Release, ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
 
 log = structlog.get_logger("ledgergate.server")
@@ -352,6 +352,7 @@ class Exchange:
     # it before releasing anything would put its whole cost in front of the first token. Slices
     # double in size so a large chunk still goes out in a handful of messages.
     FIRST_RESPONSE_SLICE_BYTES = 2048
+    MAX_UNSENT_SLICE_BYTES = 16384
 
     async def iter_response_body(self, req: pb.ProcessingRequest) -> AsyncIterator[pb.ProcessingResponse]:
         if self.inspector is None:
@@ -372,23 +373,34 @@ class Exchange:
                             body=rel.body, end_of_stream=True)))))
                 return
         start, step = 0, self.FIRST_RESPONSE_SLICE_BYTES
+        ready: list[Release] = []
+        text_sent = self.inspector.released_text_chars
         while True:
             last = start + step >= len(data)
             piece = data[start:start + step]
             start, step = start + step, step * 2
-            for rel in self.inspector.feed(piece, end and last):
-                self._capture(rel.body)
-                # Held headers go out first: they travel to Envoy while the outcome is made
-                # durable. Only the end of the body waits for the commit (no unaudited end of
-                # response); if the commit fails the stream is aborted and the body never follows.
-                for r in self._release_pending_headers():
-                    yield r
-                if rel.end_of_stream:
-                    await self._commit_outcome()
-                yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
-                    body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
-                        body=rel.body, end_of_stream=rel.end_of_stream)))))
-            if last:
+            ready += self.inspector.feed(piece, end and last)
+            # Releases without text (the role chunk, a ping) wait for the slice that releases the
+            # first text, up to a bound: one message instead of two in front of the first token.
+            if not ready or not (last or ready[-1].end_of_stream or start >= self.MAX_UNSENT_SLICE_BYTES
+                                 or self.inspector.released_text_chars > text_sent):
+                if last:
+                    return
+                continue
+            body, eos = b"".join(r.body for r in ready), ready[-1].end_of_stream
+            ready, text_sent = [], self.inspector.released_text_chars
+            self._capture(body)
+            # Held headers go out first: they travel to Envoy while the outcome is made
+            # durable. Only the end of the body waits for the commit (no unaudited end of
+            # response); if the commit fails the stream is aborted and the body never follows.
+            for r in self._release_pending_headers():
+                yield r
+            if eos:
+                await self._commit_outcome()
+            yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
+                body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
+                    body=body, end_of_stream=eos)))))
+            if last or eos:
                 return
 
     async def on_response_trailers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:

@@ -235,6 +235,11 @@ class ResponseInspector:
             return []
         return self._block(label, reason)
 
+    @property
+    def released_text_chars(self) -> int:
+        """Content characters released so far, over all of the response's text streams."""
+        return sum(g.released_chars for g in self._gates.values())
+
     def outcome(self) -> dict:
         out = {"classification": self._ledger.summary(), "redactions": list(self._ledger.redactions),
                "usage": self.usage, "blocked": self.blocked, "response_sha256": self._digest.hexdigest(),

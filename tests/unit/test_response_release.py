@@ -3,11 +3,14 @@ while the record is made durable), and a failed outcome commit means the body ne
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ext_proc.server.servicer import Servicer
-from tests.unit.test_tracing import Aborted, FakeContext, _exchange, runtime, token  # noqa: F401 - fixtures
+from ext_proc.server.servicer import Exchange, Servicer
+from tests.unit.test_tracing import Aborted, FakeContext, _drive, _exchange, _headers, runtime, token  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.asyncio
 
@@ -67,3 +70,28 @@ async def test_a_failed_outcome_commit_releases_no_body_and_aborts(runtime, toke
             replies.append(r)
     assert ctx.aborted is not None and ctx.aborted[0] == grpc.StatusCode.UNAVAILABLE
     assert "response_body" not in "".join(_kinds(replies))
+
+
+async def test_a_coalesced_stream_chunk_sends_its_first_text_in_the_first_body_message(runtime, token):  # noqa: F811
+    # Envoy hands a fast upstream's events over as one large chunk; it is scanned in slices. The
+    # role chunk (no text) does not go out alone ahead of the first text: one message, not two,
+    # in front of the first token. Everything arrives byte-exact and in order.
+    text = "The quarterly figures look steady and the team expects the same next quarter. " * 12
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    events += [{**base, "choices": [{"index": 0, "delta": {"content": text[i:i + 6]}, "finish_reason": None}]}
+               for i in range(0, len(text), 6)]
+    events += [{**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    sse = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    assert len(sse) > 2 * Exchange.FIRST_RESPONSE_SLICE_BYTES
+    messages = _exchange(token, "req-coalesced", {})[:2] + [
+        pb.ProcessingRequest(response_headers=_headers({":status": "200", "content-type": "text/event-stream"})),
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=sse, end_of_stream=True))]
+    replies, ctx = await _drive(Servicer(runtime), messages)
+    assert ctx.aborted is None
+    bodies = [r.response_body.response.body_mutation.streamed_response for r in replies
+              if r.WhichOneof("response") == "response_body"]
+    assert b"".join(b.body for b in bodies) == sse and bodies[-1].end_of_stream
+    first = [json.loads(line[6:]) for line in bodies[0].body.split(b"\n\n") if line.startswith(b"data: {")]
+    assert any(e["choices"][0]["delta"].get("content") for e in first)
+    assert 2 <= len(bodies) <= 4
