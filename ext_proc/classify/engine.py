@@ -12,7 +12,8 @@ from typing import Mapping, Sequence
 import re2
 
 from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, fold_plain, normalize
-from ext_proc.classify.rules import Hit, Rule, builtin_rules
+from ext_proc.classify.prefix import PrefixHold
+from ext_proc.classify.rules import CONTEXT_AFTER, Hit, Rule, builtin_rules
 from ext_proc.classify.taxonomy import CUSTOM_PREFIX
 
 MAX_CUSTOM_TERMS = 10_000
@@ -146,6 +147,9 @@ class Classifier:
         prefilter.Compile()
         self._prefilter = prefilter
         self._all = tuple(range(len(rules)))
+        # For streamed text: how much of an end could still become a finding (see prefix.py).
+        self.prefix_hold = PrefixHold([r.pattern for r in rules], max_chars=self.max_match_chars,
+                                      after=CONTEXT_AFTER)
         self.scan("warm up: 4111 1111 1111 1111 a@b.co 10.0.0.1 AKIA eyJ sk- -----BEGIN")
 
     def rules_hit(self, data: bytes) -> tuple[int, ...]:

@@ -374,7 +374,7 @@ class Exchange:
                 return
         start, step = 0, self.FIRST_RESPONSE_SLICE_BYTES
         ready: list[Release] = []
-        text_sent = self.inspector.released_text_chars
+        text_sent = self.inspector.text_events_released
         while True:
             last = start + step >= len(data)
             piece = data[start:start + step]
@@ -383,12 +383,13 @@ class Exchange:
             # Releases without text (the role chunk, a ping) wait for the slice that releases the
             # first text, up to a bound: one message instead of two in front of the first token.
             if not ready or not (last or ready[-1].end_of_stream or start >= self.MAX_UNSENT_SLICE_BYTES
-                                 or self.inspector.released_text_chars > text_sent):
+                                 or not self.inspector.streamed_sse
+                                 or self.inspector.text_events_released > text_sent):
                 if last:
                     return
                 continue
             body, eos = b"".join(r.body for r in ready), ready[-1].end_of_stream
-            ready, text_sent = [], self.inspector.released_text_chars
+            ready, text_sent = [], self.inspector.text_events_released
             self._capture(body)
             # Held headers go out first: they travel to Envoy while the outcome is made
             # durable. Only the end of the body waits for the commit (no unaudited end of

@@ -1,17 +1,20 @@
 """Hold-back scanning of one content stream (one choice's text, one tool call's arguments, one
 Anthropic content block...).
 
-Text arrives in pieces. A finding can be at most ``hold`` characters long (the classifier's
-``max_match_chars``), so once more than ``hold`` characters are pending, everything but the last
-``hold`` characters can be decided: no finding that is still arriving can reach back that far.
-A finding that straddles the cut keeps the cut before it. The decided part is scanned together with
-a little of the text released before it (context words such as "call" for phone numbers), findings
-in it are blocked or redacted, and it is released. Only ``hold`` (+ one scan step) characters are
-ever pending per stream, whatever the length of the stream.
+Text arrives in pieces. Only the end of the pending text can still be growing into a finding:
+the longest suffix that is the beginning of some match of some rule (the classifier's
+``prefix_hold``, an RE2 match over reversed prefixes, see classify/prefix.py), never more than
+``hold`` characters. Everything before it can be decided: no finding still arriving reaches back
+that far. A finding that straddles the cut keeps the cut before it. The decided part is scanned
+together with a little of the text released before it (context words such as "call" for phone
+numbers), findings in it are blocked or redacted, and it is released. So "Hello, how can I" goes
+out at once but for its last word, while a card number or a key still arriving is held whole.
+When the classifier cannot compute that suffix, ``hold`` characters are held, and a run of
+non-space characters crossing the cut (a token still arriving) up to ``long_hold``.
 
-Scans happen once per ``step`` characters, not once per delta, so the CPU cost is linear in the
-text length; only before the first release is every delta past the hold scanned, so the first
-token is not kept waiting for a whole step.
+Before the first release every delta is considered (time to first token); after it, the text is
+scanned once per ``step`` new characters, not once per delta, so the CPU cost stays linear in
+the text length.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ext_proc.classify import Classifier, Finding, redact, summarize
+from ext_proc.classify.prefix import PrefixHold
 
 CONTEXT_CHARS = 256          # released text kept as left context for the next scan
 MAX_REDACTION_RECORDS = 1000  # per response; further ones are counted, not listed
@@ -70,6 +74,7 @@ class ScanPolicy:
     hold: int
     step: int
     long_hold: int = 0   # when > hold: a token or PEM block still arriving is held up to this many chars
+    prefix: PrefixHold | None = None   # the classifier's suffix analysis; None: always hold `hold`
 
 
 class TextGate:
@@ -83,6 +88,7 @@ class TextGate:
         self._context = ""
         self._pending: list[str] = []
         self._pending_len = 0
+        self._attempt_at = 1          # pending length at which the next release is tried
         self.released_chars = 0       # original characters released so far (offset of the held text)
         # Redactions in the decided text, in stream offsets: (start, end, replacement), in order.
         # Lets a caller that releases whole events rebuild each event's own part of the text.
@@ -121,19 +127,33 @@ class TextGate:
         if self.edits and self.edits[0][1] <= offset:
             self.edits = [ed for ed in self.edits if ed[1] > offset]
 
-    def feed(self, text: str) -> str:
+    def add(self, text: str) -> None:
+        """Pending text, not yet considered for release (a whole text goes out with flush)."""
         if text:
             self._pending.append(text)
             self._pending_len += len(text)
-        if self._pending_len < self.policy.hold + self._step():
-            return ""
-        return self._release(final=False)
 
-    def _step(self) -> int:
-        # Until something is released, every delta past the hold is scanned (time to first token);
-        # after that, a scan per `step` characters keeps the cost linear. The extra scans are
-        # bounded: the first release happens within long_hold characters.
-        return 1 if self.released_chars == 0 else self.policy.step
+    def feed(self, text: str) -> str:
+        self.add(text)
+        if self._pending_len < self._attempt_at:
+            return ""
+        out = self._release(final=False)
+        # Until something is released, try again a little later (a token still arriving is held
+        # up to long_hold: tries grow geometrically, so their cost stays bounded); then once
+        # per step of new text.
+        grow = self.policy.step if self.released_chars else max(1, self._pending_len // 4)
+        self._attempt_at = self._pending_len + grow
+        return out
+
+    def _hold(self, held: str, start: int, take: int) -> tuple[int, bool]:
+        """Characters to keep back at the end of held[start:start + take], and whether that is
+        the fixed hold (then runs of non-space characters crossing the cut are kept too)."""
+        p = self.policy
+        if p.prefix is None or not p.prefix.available:
+            return p.hold, True
+        end = start + take
+        needed = p.prefix.hold(held[max(start, end - p.prefix.max_chars):end])
+        return (needed, False) if needed < p.hold else (p.hold, True)
 
     def flush(self) -> str:
         """End of the stream: everything pending is decided and released."""
@@ -150,14 +170,15 @@ class TextGate:
             rest = len(held) - start
             take = min(rest, self._window)
             whole = final and take == rest
-            if not whole and take < p.hold + (self._step() if not final else 1):
+            hold, fixed = (0, False) if whole else self._hold(held, start, take)
+            if take - hold <= 0:
                 break
             window = self._context + held[start:start + take]
             base = len(self._context)
             findings = p.classifier.scan(window)
-            cut = take if whole else take - p.hold
+            cut = take - hold
             if not whole and p.long_hold > p.hold:
-                cut = _extend_hold(held, start, take, cut, p.long_hold)
+                cut = _extend_hold(held, start, take, cut, p.long_hold, runs=fixed)
                 if cut <= 0:
                     break
             if not whole:
@@ -203,19 +224,21 @@ class TextGate:
 def inspect_whole(policy: ScanPolicy, ledger: Ledger, text: str, where: str, *, count: bool = True) -> str:
     """A complete text (a JSON string field, a whole body): scanned in bounded windows, redacted."""
     gate = TextGate(policy, ledger, where, count=count)
-    return gate.feed(text) + gate.flush()
+    gate.add(text)
+    return gate.flush()
 
 
-def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int) -> int:
-    """Move the cut back so that an unbroken run of non-space characters crossing it (a key or
-    token still arriving) and an unterminated PEM block stay held, both within long_hold of the end.
-    This keeps the ordinary hold short (time to first token) without splitting long secrets."""
+def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int, *, runs: bool = True) -> int:
+    """Move the cut back so that an unterminated PEM block (whose finding runs on past the header
+    the pattern matches) and, with `runs`, an unbroken run of non-space characters crossing it (a
+    key or token still arriving under a fixed hold) stay held, within long_hold of the end."""
     floor = start + max(0, take - long_hold)
     j = start + cut
-    while j > floor and not held[j - 1].isspace():
-        j -= 1
-    if j == floor and floor > start:
-        j = start + cut  # a run longer than any finding: nothing to protect
+    if runs:
+        while j > floor and not held[j - 1].isspace():
+            j -= 1
+        if j == floor and floor > start:
+            j = start + cut  # a run longer than any finding: nothing to protect
     begin = held.rfind("-----BEGIN", floor, start + take)
     if begin >= 0:
         end = held.find("-----END", begin, start + take)

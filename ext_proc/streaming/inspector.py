@@ -150,19 +150,23 @@ class ResponseInspector:
         ctype = (content_type or "").split(";", 1)[0].strip().lower()
         eventstream = ctype == EVENTSTREAM_TYPE
         self.streamed = ctype == "text/event-stream" or eventstream
-        # A short ordinary hold-back keeps time to first token close to the provider's; tokens and
-        # PEM blocks still arriving are held up to the classifier's longest finding (gate._extend_hold).
+        # Only what could still become a finding is held (the classifier's prefix_hold), at most
+        # `hold` characters; PEM blocks still arriving are held up to the classifier's longest
+        # finding (gate._extend_hold), and so are tokens when the prefix analysis is unavailable.
         hold = min(DEFAULT_HOLD_CHARS, classifier.max_match_chars) if hold_chars is None else hold_chars
         if hold <= 0:
             raise ValueError("hold_chars must be positive")
         self._policy = ScanPolicy(classifier=classifier, redact=dict(rules.redact), block=rules.block,
                                   hash_key=hash_key, tenant=tenant, hold=hold, step=max(64, hold // 4),
-                                  long_hold=classifier.max_match_chars)
+                                  long_hold=classifier.max_match_chars, prefix=classifier.prefix_hold)
         self._ledger = Ledger()
         self.finished = False
         self.blocked: dict | None = None
         self.usage: dict | None = None
         self.events = 0
+        # SSE events carrying text released so far: a caller may hold text-less events (the role
+        # chunk) back to send them together with the first text.
+        self.text_events_released = 0
         self._digest = hashlib.sha256()
         self._body_bytes = 0                # decoded body bytes taken in so far
         self._at_byte = 0                   # where the current event (or the body so far) starts/ends
@@ -178,6 +182,7 @@ class ResponseInspector:
             self.release_headers_mutation = {"remove": ["content-encoding", "content-length"]}
         self._mode = "eventstream" if eventstream else "sse" if self.streamed else \
             "json" if ctype.endswith("json") or ctype.endswith("+json") else "raw"
+        self.streamed_sse = self._mode == "sse"
         self._es = EventStreamDecoder(max_event_bytes) if eventstream else None
         # A whole JSON body is released in one piece at its end (or refused at once), so its
         # headers can wait for the verdict and a block can carry its own status.
@@ -234,11 +239,6 @@ class ResponseInspector:
         if self.finished:
             return []
         return self._block(label, reason)
-
-    @property
-    def released_text_chars(self) -> int:
-        """Content characters released so far, over all of the response's text streams."""
-        return sum(g.released_chars for g in self._gates.values())
 
     def outcome(self) -> dict:
         out = {"classification": self._ledger.summary(), "redactions": list(self._ledger.redactions),
@@ -327,6 +327,8 @@ class ResponseInspector:
             self._queue.popleft()
             self._queued_bytes -= len(item.raw)
             released = self._render(item)
+            if any(end > start for _key, _path, start, end in item.spans):
+                self.text_events_released += 1
             if item.closing:
                 # The client treats [DONE] / message_stop / response.completed as "complete": it
                 # goes out with the final Release, after the outcome record is committed.
