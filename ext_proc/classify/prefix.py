@@ -150,7 +150,8 @@ def _reversed_prefix_item(op: Any, av: Any) -> str:
 def reversed_prefix_pattern(pattern: str, *, after: int = 0) -> str:
     """An RE2 pattern matching exactly the reversals of the prefixes of the strings made of a
     match of `pattern` and up to `after` more characters (anchors and word boundaries taken as
-    satisfied). Raises Unsupported."""
+    satisfied). The whole match counts, context before a rule's group 1 included: a value pattern
+    alone (a generic secret's) would hold any word. Raises Unsupported."""
     try:
         parsed = sre_parse.parse(pattern)
     except Exception as exc:  # noqa: BLE001 - RE2-only syntax the stdlib parser does not know
@@ -195,9 +196,23 @@ class PrefixHold:
             return 0
         tail = text[-self.max_chars:]
         norm = normalize(tail)
-        m = self._rx.match(norm.text[::-1])
-        n = m.end() - m.start() if m else 0
-        if n == 0:
+        backwards = norm.text[::-1]
+        data = backwards.encode("utf-8", "replace")
+        end = self._match_end(data)
+        if end <= 0:
             return 0
+        n = end if len(data) == len(backwards) else len(data[:end].decode("utf-8", "replace"))
         start = norm.original_span(len(norm.text) - n, len(norm.text))[0]
         return len(tail) - start
+
+    def _match_end(self, data: bytes) -> int:
+        """End (in bytes) of the longest match anchored at the start of `data`; 0 for none.
+        Through google-re2's pybind object when it is there: the public match() converts
+        offsets in Python, most of this function's cost on short texts."""
+        inner = getattr(self._rx, "_regexp", None)
+        anchor = getattr(getattr(re2, "_Anchor", None), "ANCHOR_START", None)
+        if inner is not None and anchor is not None and hasattr(inner, "Match"):
+            found = inner.Match(anchor, data, 0, len(data))
+            return max(found[0][1], 0)
+        m = self._rx.match(data)
+        return m.end() if m else 0

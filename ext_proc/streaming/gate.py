@@ -14,7 +14,8 @@ non-space characters crossing the cut (a token still arriving) up to ``long_hold
 
 Before the first release every delta is considered (time to first token); after it, the text is
 scanned once per ``step`` new characters, not once per delta, so the CPU cost stays linear in
-the text length.
+the text length, plus once per upstream chunk (``settle``): a chunk that ends leaves nothing
+decidable waiting for the next token.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class TextGate:
         self._pending: list[str] = []
         self._pending_len = 0
         self._attempt_at = 1          # pending length at which the next release is tried
+        self._settled_at = 0          # pending length at the last settle (nothing new: no rescan)
         self.released_chars = 0       # original characters released so far (offset of the held text)
         # Redactions in the decided text, in stream offsets: (start, end, replacement), in order.
         # Lets a caller that releases whole events rebuild each event's own part of the text.
@@ -143,6 +145,15 @@ class TextGate:
         # per step of new text.
         grow = self.policy.step if self.released_chars else max(1, self._pending_len // 4)
         self._attempt_at = self._pending_len + grow
+        return out
+
+    def settle(self) -> str:
+        """Release what can be decided now, between scan steps: the caller has no more text at
+        hand (the upstream's next piece may be a while away). At most one scan per new text."""
+        if self._pending_len == self._settled_at:
+            return ""
+        out = self._release(final=False)
+        self._settled_at = self._pending_len
         return out
 
     def _hold(self, held: str, start: int, take: int) -> tuple[int, bool]:

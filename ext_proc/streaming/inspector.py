@@ -291,6 +291,8 @@ class ResponseInspector:
         for ev in events:
             self._event(ev)
             out.append(self._drain())
+        if not final and events:
+            out.append(self._settle())
         if final:
             self._at_byte = self._body_bytes
             self._decide(ALL)                  # streams no event ended (a Gemini stream just stops)
@@ -304,6 +306,14 @@ class ResponseInspector:
         if gate is None:
             gate = self._gates[key] = TextGate(self._policy, self._ledger, "/".join(map(str, key)), count=count)
         return gate
+
+    def _settle(self) -> bytes:
+        """The upstream's data so far is in: release what can be decided now rather than at the
+        next scan step (a model's next token may be a while away)."""
+        for gate in self._gates.values():
+            if gate.held_chars:
+                gate.settle()
+        return self._drain()
 
     def _decide(self, prefix: StreamKey) -> None:
         """Everything pending in the streams under `prefix` is decided (the streams ended)."""
@@ -371,9 +381,12 @@ class ResponseInspector:
     def _eventstream(self, data: bytes, final: bool) -> bytes:
         assert self._es is not None
         out: list[bytes] = []
-        for msg, raw in self._es.feed(data) if data else []:
+        messages = self._es.feed(data) if data else []
+        for msg, raw in messages:
             self._es_message(msg, raw)
             out.append(self._drain())
+        if not final and messages:
+            out.append(self._settle())
         if final:
             if self._es.pending:
                 raise Blocked("bad_encoding", "the event stream ended inside a message")

@@ -165,6 +165,22 @@ def test_the_first_text_goes_out_as_soon_as_more_than_the_hold_is_pending():
     assert text.startswith(released) and len(text) - len(released) <= 64 + step
 
 
+def test_a_model_paced_stream_keeps_back_only_the_word_still_arriving():
+    # One event per upstream chunk, as a model sends them: each chunk is settled, so the client
+    # is never more than a word (or a finding still arriving) behind the model.
+    text = "Sure, the figures are steady and the team expects the same next quarter, thanks. " * 3
+    body = openai_chat(pieces(text, 4))
+    ins = inspector()
+    out, fed, behind = b"", 0, []
+    for ev in [e + b"\n\n" for e in body.split(b"\n\n") if e][:-3]:
+        out += b"".join(r.body for r in ins.feed(ev, False))
+        data = json.loads(ev[len(b"data: "):])
+        fed += len(data["choices"][0]["delta"].get("content") or "")
+        behind.append(fed - len(assembled(out).get("content", "")))
+    assert max(behind) <= 4 + len("expects") + 1       # an event of 4 characters plus a word
+    assert behind[1] <= 4                               # "Sure" is out once ", th" arrives
+
+
 def test_private_key_longer_than_any_short_hold_is_redacted_whole():
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
