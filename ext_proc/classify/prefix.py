@@ -157,6 +157,15 @@ def reversed_prefix_pattern(pattern: str, *, after: int = 0) -> str:
     except Exception as exc:  # noqa: BLE001 - RE2-only syntax the stdlib parser does not know
         raise Unsupported(str(exc)) from None
     items = list(parsed)
+    # One character of context before a rule's group 1 (IPv6's "not a letter or digit" in front
+    # of the address) is never part of the finding: it may go out and is read back as the scan's
+    # left context. (Longer leads, such as a generic secret's key, stay: the value alone would
+    # match any word.)
+    for i, (op, av) in enumerate(items):
+        if op is sre_c.SUBPATTERN and av[0] == 1:
+            if sre_parse.SubPattern(parsed.state, items[:i]).getwidth()[1] <= 1:
+                items = items[i:]
+            break
     if after:
         items.append((sre_c.MAX_REPEAT, (0, after, [(sre_c.ANY, None)])))
     head, tail = _flags(parsed.state.flags & ~sre_c.SRE_FLAG_UNICODE, 0)
