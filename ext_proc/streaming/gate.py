@@ -90,7 +90,7 @@ class TextGate:
         self._pending: list[str] = []
         self._pending_len = 0
         self._attempt_at = 1          # pending length at which the next release is tried
-        self._settled_at = 0          # pending length at the last settle (nothing new: no rescan)
+        self._settle_at = 1           # pending length at which the next settle scans
         self.released_chars = 0       # original characters released so far (offset of the held text)
         # Redactions in the decided text, in stream offsets: (start, end, replacement), in order.
         # Lets a caller that releases whole events rebuild each event's own part of the text.
@@ -149,11 +149,14 @@ class TextGate:
 
     def settle(self) -> str:
         """Release what can be decided now, between scan steps: the caller has no more text at
-        hand (the upstream's next piece may be a while away). At most one scan per new text."""
-        if self._pending_len == self._settled_at:
+        hand (the upstream's next piece may be a while away). What stays held after a settle
+        must grow by a quarter before the next one: a long token arriving a character per chunk
+        is not rescanned whole for every character."""
+        if self._pending_len < self._settle_at:
             return ""
         out = self._release(final=False)
-        self._settled_at = self._pending_len
+        if not out:
+            self._settle_at = self._pending_len + max(1, self._pending_len // 4)
         return out
 
     def _hold(self, held: str, start: int, take: int) -> tuple[int, bool]:
@@ -229,6 +232,8 @@ class TextGate:
         rest_text = held[start:]
         self._pending = [rest_text] if rest_text else []
         self._pending_len = len(rest_text)
+        if start:
+            self._settle_at = self._pending_len + 1    # progress: the next chunk is settled again
         return "".join(out)
 
 

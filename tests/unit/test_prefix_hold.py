@@ -132,3 +132,23 @@ def test_the_first_words_go_out_while_a_card_number_is_held_whole():
     assert out.startswith("Sure") and not any(c.isdigit() for c in out)
     first = next(i for i, n in enumerate(released_after) if n)
     assert first <= 3  # "Sur", "e, ", "her": out after a word, not after 64 characters
+
+
+def test_a_long_token_arriving_a_character_per_chunk_is_not_rescanned_whole_each_time(monkeypatch):
+    # Settling every chunk must not turn a held token into quadratic work: a held tail that did
+    # not move is rescanned only after it grew by a quarter (and at each scan step).
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo" * 80   # ~2.8 K chars
+    token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload + ".c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    text = "Here it is: " + token + " and that was all of it."
+    scanned = []
+    real_scan = CLF.scan
+    monkeypatch.setattr(CLF, "scan", lambda t, **kw: scanned.append(len(t)) or real_scan(t, **kw))
+    assert [f.label for f in real_scan(text)] == ["secret.jwt"]
+    gate = TextGate(_policy(True, block=frozenset({"secret.jwt"})), Ledger(), "t")
+    out = ""
+    with pytest.raises(Blocked):
+        for ch in text:
+            out += gate.feed(ch) + gate.settle()
+        gate.flush()
+    assert "eyJ" not in out and out.startswith("Here it is")
+    assert sum(scanned) < 40 * len(text)      # ~len(text)**2 / 2 if every character rescanned the token
