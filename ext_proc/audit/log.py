@@ -138,24 +138,26 @@ class AuditLog:
         return record
 
     def _write_loop(self) -> None:
-        """The writer thread: one write + fsync per batch, in chain order."""
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
-            try:
-                self.sink.write_batch([line for line, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - any sink failure makes the log unavailable
+        """The writer thread: one write + fsync per batch, in chain order. It never ends with a
+        commit left waiting: whatever stops it fails every record not yet durable."""
+        batch: list[tuple[bytes, asyncio.Future]] = []
+        try:
+            while True:
                 with self._cond:
-                    # Records of this batch may or may not be in the sink: the chain cannot go on.
-                    self._failed = f"audit sink failed: {type(exc).__name__}"
-                    batch, self._queue = batch + self._queue, []
-                self._hand_back(batch, self._failed)
-                return
-            self._hand_back(batch, None)
+                    while not self._queue and not self._stopping:
+                        self._cond.wait()
+                    if not self._queue:
+                        return
+                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+                self.sink.write_batch([line for line, _ in batch])
+                self._hand_back(batch, None)
+                batch = []
+        except BaseException as exc:  # noqa: BLE001 - any failure makes the log unavailable
+            with self._cond:
+                # Records of this batch may or may not be in the sink: the chain cannot go on.
+                self._failed = f"audit sink failed: {type(exc).__name__}"
+                batch, self._queue = batch + self._queue, []
+            self._hand_back(batch, self._failed)
 
     def _hand_back(self, batch: list[tuple[bytes, asyncio.Future]], error: str | None) -> None:
         assert self._loop is not None
