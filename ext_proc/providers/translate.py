@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 from ext_proc.providers.eventstream import EventStreamDecoder, Message
@@ -71,6 +71,60 @@ def _data_url(url: str, where: str) -> tuple[str, str]:
     if not sep or not head.startswith("data:") or not head.endswith(";base64"):
         raise TranslationError(f"{where}: only base64 data: URLs can be translated")
     return head[len("data:"):-len(";base64")], data
+
+
+def _user_parts(content: Any, where: str, *, text: Callable[[str], dict],
+                image: Callable[[str, str], dict]) -> list[dict]:
+    """A user message's content (a string or OpenAI content parts) as the target's blocks: `text`
+    shapes a text part, `image` an image URL (and refuses what the target cannot take)."""
+    if isinstance(content, str):
+        return [text(content)]
+    if not isinstance(content, list):
+        raise TranslationError(f"{where} must be a string or an array of parts")
+    out = []
+    for i, part in enumerate(content):
+        t = part.get("type") if isinstance(part, dict) else None
+        if t == "text" and isinstance(part.get("text"), str):
+            out.append(text(part["text"]))
+        elif t == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(part["image_url"].get("url"), str):
+            out.append(image(part["image_url"]["url"], f"{where}[{i}]"))
+        else:
+            raise TranslationError(f"{where}[{i}]: part type {t!r} cannot be translated")
+    return out
+
+
+def _anthropic_image(url: str, where: str) -> dict:
+    if url.startswith("https://"):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    if not url.startswith("data:"):
+        raise TranslationError(f"{where}: an image URL must be https or a data: URL")
+    media, data = _data_url(url, where)
+    return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+
+
+def _gemini_image(url: str, where: str) -> dict:
+    media, data = _data_url(url, where)
+    return {"inlineData": {"mimeType": media, "data": data}}
+
+
+def _bedrock_image(url: str, where: str) -> dict:
+    media, data = _data_url(url, where)
+    fmt = media.split("/", 1)[-1]
+    if fmt not in ("png", "jpeg", "gif", "webp"):
+        raise TranslationError(f"{where}: image type {media!r} cannot be translated")
+    return {"image": {"format": fmt, "source": {"bytes": data}}}
+
+
+def _anthropic_parts(content: Any, where: str) -> list[dict]:
+    return _user_parts(content, where, text=lambda t: {"type": "text", "text": t}, image=_anthropic_image)
+
+
+def _gemini_parts(content: Any, where: str) -> list[dict]:
+    return _user_parts(content, where, text=lambda t: {"text": t}, image=_gemini_image)
+
+
+def _bedrock_parts(content: Any, where: str) -> list[dict]:
+    return _user_parts(content, where, text=lambda t: {"text": t}, image=_bedrock_image)
 
 
 def _common_checks(body: dict) -> None:
@@ -227,30 +281,6 @@ def _to_anthropic(body: dict, target: Target) -> TranslatedRequest:
                                                       "anthropic-version": ANTHROPIC_VERSION}, _dumps(out), stream)
 
 
-def _anthropic_parts(content: Any, where: str) -> list[dict]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if not isinstance(content, list):
-        raise TranslationError(f"{where} must be a string or an array of parts")
-    out = []
-    for i, part in enumerate(content):
-        t = part.get("type") if isinstance(part, dict) else None
-        if t == "text" and isinstance(part.get("text"), str):
-            out.append({"type": "text", "text": part["text"]})
-        elif t == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(part["image_url"].get("url"), str):
-            url = part["image_url"]["url"]
-            if url.startswith("data:"):
-                media, data = _data_url(url, f"{where}[{i}]")
-                out.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
-            elif url.startswith("https://"):
-                out.append({"type": "image", "source": {"type": "url", "url": url}})
-            else:
-                raise TranslationError(f"{where}[{i}]: an image URL must be https or a data: URL")
-        else:
-            raise TranslationError(f"{where}[{i}]: part type {t!r} cannot be translated")
-    return out
-
-
 def _anthropic_tool_choice(choice: Any) -> dict:
     if choice == "auto":
         return {"type": "auto"}
@@ -298,25 +328,6 @@ def _to_gemini(body: dict, target: Target) -> TranslatedRequest:
     return TranslatedRequest("POST", path, {"content-type": "application/json"}, _dumps(out), stream)
 
 
-def _gemini_parts(content: Any, where: str) -> list[dict]:
-    if isinstance(content, str):
-        return [{"text": content}]
-    if not isinstance(content, list):
-        raise TranslationError(f"{where} must be a string or an array of parts")
-    out = []
-    for i, part in enumerate(content):
-        t = part.get("type") if isinstance(part, dict) else None
-        if t == "text" and isinstance(part.get("text"), str):
-            out.append({"text": part["text"]})
-        elif t == "image_url" and isinstance((part.get("image_url") or {}).get("url"), str) \
-                and part["image_url"]["url"].startswith("data:"):
-            media, data = _data_url(part["image_url"]["url"], f"{where}[{i}]")
-            out.append({"inlineData": {"mimeType": media, "data": data}})
-        else:
-            raise TranslationError(f"{where}[{i}]: part type {t!r} cannot be translated")
-    return out
-
-
 def _to_bedrock(body: dict, target: Target) -> TranslatedRequest:
     system_texts, turns = _conversation(
         body, user_parts=_bedrock_parts, assistant_role="assistant", text_block=lambda text: {"text": text},
@@ -355,28 +366,6 @@ def _to_bedrock(body: dict, target: Target) -> TranslatedRequest:
     stream = body.get("stream") is True
     path = f"/model/{quote(target.model, safe='')}/{'converse-stream' if stream else 'converse'}"
     return TranslatedRequest("POST", path, {"content-type": "application/json"}, _dumps(out), stream)
-
-
-def _bedrock_parts(content: Any, where: str) -> list[dict]:
-    if isinstance(content, str):
-        return [{"text": content}]
-    if not isinstance(content, list):
-        raise TranslationError(f"{where} must be a string or an array of parts")
-    out = []
-    for i, part in enumerate(content):
-        t = part.get("type") if isinstance(part, dict) else None
-        if t == "text" and isinstance(part.get("text"), str):
-            out.append({"text": part["text"]})
-        elif t == "image_url" and isinstance((part.get("image_url") or {}).get("url"), str) \
-                and part["image_url"]["url"].startswith("data:"):
-            media, data = _data_url(part["image_url"]["url"], f"{where}[{i}]")
-            fmt = media.split("/", 1)[-1]
-            if fmt not in ("png", "jpeg", "gif", "webp"):
-                raise TranslationError(f"{where}[{i}]: image type {media!r} cannot be translated")
-            out.append({"image": {"format": fmt, "source": {"bytes": data}}})
-        else:
-            raise TranslationError(f"{where}[{i}]: part type {t!r} cannot be translated")
-    return out
 
 
 # --- responses -------------------------------------------------------------------------------

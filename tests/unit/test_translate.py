@@ -139,3 +139,35 @@ def test_upstream_errors_become_openai_errors_with_their_status(mock, target):
     out = json.loads(t.feed(r.content, True))
     assert t.status == 429 and t.content_type == "application/json"
     assert out["error"]["type"] == "rate_limit_error" and out["error"]["code"] == "upstream_429"
+
+
+PNG = "data:image/png;base64,iVBORw0KGgo="
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.provider)
+def test_image_parts_take_each_targets_shape_or_are_refused_precisely(target):
+    def with_image(url: str) -> dict:
+        return dict(CHAT, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": url}}]}])
+    body = json.loads(translate_request(with_image(PNG), target).body)
+    if target.provider == "anthropic":
+        assert body["messages"][0]["content"] == [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]
+        remote = json.loads(translate_request(with_image("https://example.com/a.png"), target).body)
+        assert remote["messages"][0]["content"][1]["source"] == {"type": "url", "url": "https://example.com/a.png"}
+    elif target.provider == "gemini":
+        assert body["contents"][0]["parts"] == [{"text": "what is this?"},
+                                                {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]
+    else:
+        assert body["messages"][0]["content"] == [{"text": "what is this?"},
+                                                  {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}}]
+        with pytest.raises(TranslationError, match=r"image type 'image/tiff'"):
+            translate_request(with_image("data:image/tiff;base64,AAAA"), target)
+    refused = "must be https or a data: URL" if target.provider == "anthropic" else "only base64 data: URLs"
+    with pytest.raises(TranslationError, match=refused):
+        translate_request(with_image("http://example.com/a.png"), target)
+    with pytest.raises(TranslationError, match=r"messages\[0\].content\[1\]: only base64 data: URLs"):
+        translate_request(with_image("data:image/png,not-base64"), target)
+    with pytest.raises(TranslationError, match="must be a string or an array of parts"):
+        translate_request(dict(CHAT, messages=[{"role": "user", "content": {"text": "x"}}]), target)
