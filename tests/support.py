@@ -195,3 +195,12 @@ def start_envoy(tmp: Path, *, ext_proc_ports: list[int], mock_port: int,
             time.sleep(0.05)
     proc.kill()
     raise TimeoutError("envoy not ready")
+
+
+def inside_one_window(window_s: int, need_s: float = 5.0) -> None:
+    """Rate-limit windows are fixed and aligned to the epoch: a test whose counts must stay in one
+    window starts in a fresh one when a boundary is under `need_s` away (a burst straddling a
+    minute once admitted twice the budget)."""
+    left = window_s - time.time() % window_s
+    if left < need_s:
+        time.sleep(left + 0.05)

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from ext_proc.ratelimit.limits import LimitSpec, limit_key
-from tests.support import REPO, start_stack
+from tests.support import REPO, inside_one_window, start_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -61,6 +61,7 @@ def test_a_streamed_burst_never_exceeds_the_token_budget_and_leaves_only_real_us
     client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=stack.token(sub=subject), max_retries=0,
                            timeout=30, default_headers={"x-mock-reply": REPLY, "x-mock-chunk-chars": "1",
                                                         "x-mock-event-delay-ms": "40"})
+    inside_one_window(3600, need_s=30)   # the policy's window
     # 12 streams at once, each lasting about half a second: their reservations overlap.
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(lambda n: _stream(client, n), range(12)))

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from tests.support import REPO, start_stack
+from tests.support import REPO, inside_one_window, start_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -39,6 +39,7 @@ def test_budget_is_exact_across_workers_under_a_concurrent_burst(two_workers):
             return 200
         except openai.RateLimitError:
             return 429
+    inside_one_window(3600, need_s=30)   # the policy's window
     with ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(one, range(24)))
     assert codes.count(200) == 3 and codes.count(429) == 21

@@ -13,7 +13,7 @@ import redis
 
 from ext_proc.ratelimit import LimitSpec, MemoryLimiter, limit_key
 from ext_proc.ratelimit.redis_backend import RedisLimiter
-from tests.support import free_ports, wait_port
+from tests.support import free_ports, inside_one_window, wait_port
 
 CTX = {"subject": "alice", "roles": ("analyst",), "tenant": "acme", "model": "gpt-4o", "route": "openai.chat"}
 
@@ -59,19 +59,11 @@ def test_bad_limit_specs_are_refused(bad):
         spec(**bad)
 
 
-def _inside_one_window(window_s: int = 60, need_s: float = 5.0) -> None:
-    """Windows are fixed and aligned to the epoch: a test whose counts must stay in one window
-    starts it over when a boundary is near (it failed once when a burst straddled a minute)."""
-    left = window_s - time.time() % window_s
-    if left < need_s:
-        time.sleep(left + 0.05)
-
-
 def test_concurrent_burst_across_two_replicas_never_overshoots(limiters):
     a, b = limiters
     s_req = spec(requests=25)
     s_tok = spec(requests=None, tokens=1000)
-    _inside_one_window()
+    inside_one_window(60)
 
     async def go():
         results = await asyncio.gather(*((a if i % 2 else b).reserve(f"r{i}", [s_req, s_tok], CTX, 30)
@@ -96,7 +88,7 @@ def test_concurrent_burst_across_two_replicas_never_overshoots(limiters):
 def test_token_budget_binds_and_headers_use_openai_names(limiters):
     a, _b = limiters
     s = spec(requests=None, tokens=100)
-    _inside_one_window()
+    inside_one_window(60)
 
     async def go():
         first = await a.reserve("t1", [s], CTX, 60)
