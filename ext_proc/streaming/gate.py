@@ -154,8 +154,9 @@ class TextGate:
         is not rescanned whole for every character."""
         if self._pending_len < self._settle_at:
             return ""
+        before = self.released_chars
         out = self._release(final=False)
-        if not out:
+        if self.released_chars == before:
             self._settle_at = self._pending_len + max(1, self._pending_len // 4)
         return out
 
