@@ -293,6 +293,20 @@ def _anthropic_tool_choice(choice: Any) -> dict:
     raise TranslationError("tool_choice cannot be translated")
 
 
+def _sampling(body: dict, *, max_tokens_key: str) -> dict[str, Any]:
+    """Gemini's generationConfig and Bedrock's inferenceConfig: the same fields, camel-cased; only
+    the name of the output-token cap differs."""
+    out: dict[str, Any] = {}
+    if _max_tokens(body):
+        out[max_tokens_key] = _max_tokens(body)
+    for key, name in (("temperature", "temperature"), ("top_p", "topP")):
+        if isinstance(body.get(key), (int, float)) and not isinstance(body.get(key), bool):
+            out[name] = body[key]
+    if _stops(body):
+        out["stopSequences"] = _stops(body)
+    return out
+
+
 def _to_gemini(body: dict, target: Target) -> TranslatedRequest:
     def tool_result(_cid: str, name: str | None, text: str, where: str) -> dict:
         if name is None:
@@ -307,14 +321,7 @@ def _to_gemini(body: dict, target: Target) -> TranslatedRequest:
     out: dict[str, Any] = {"contents": contents}
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
-    gen: dict[str, Any] = {}
-    if _max_tokens(body):
-        gen["maxOutputTokens"] = _max_tokens(body)
-    for key, name in (("temperature", "temperature"), ("top_p", "topP")):
-        if isinstance(body.get(key), (int, float)) and not isinstance(body.get(key), bool):
-            gen[name] = body[key]
-    if _stops(body):
-        gen["stopSequences"] = _stops(body)
+    gen = _sampling(body, max_tokens_key="maxOutputTokens")
     if gen:
         out["generationConfig"] = gen
     fns = _functions(body)
@@ -340,14 +347,7 @@ def _to_bedrock(body: dict, target: Target) -> TranslatedRequest:
     out: dict[str, Any] = {"messages": messages}
     if system:
         out["system"] = system
-    inference: dict[str, Any] = {}
-    if _max_tokens(body):
-        inference["maxTokens"] = _max_tokens(body)
-    for key, name in (("temperature", "temperature"), ("top_p", "topP")):
-        if isinstance(body.get(key), (int, float)) and not isinstance(body.get(key), bool):
-            inference[name] = body[key]
-    if _stops(body):
-        inference["stopSequences"] = _stops(body)
+    inference = _sampling(body, max_tokens_key="maxTokens")
     if inference:
         out["inferenceConfig"] = inference
     fns = _functions(body)
