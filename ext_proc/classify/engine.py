@@ -221,17 +221,28 @@ def _fast_spans(rx, group: int):
 
 def _resolve_overlaps(candidates: list[tuple[int, int, int, str | None, str]],
                       text_len: int) -> list[Finding]:
-    """Greedy by (confidence, length): a position belongs to at most one finding."""
+    """Every label's findings stand, even where they overlap another label's (a card inside an
+    e-mail address, a key inside an IBAN, an e-mail inside a password assignment): the policy sees
+    all labels and redaction masks the union of their spans. Within one label, a position belongs
+    to one finding, chosen greedily by (confidence, length)."""
     if len(candidates) == 1:
         s, e, conf, validator, label = candidates[0]
         return [Finding(label, s, e, conf, validator)]
-    candidates.sort(key=lambda c: (-c[2], c[0] - c[1], c[0], c[4]))
-    taken = bytearray(text_len)
+    by_label: dict[str, list[tuple[int, int, int, str | None, str]]] = {}
+    for c in candidates:
+        by_label.setdefault(c[4], []).append(c)
     kept: list[Finding] = []
-    for s, e, conf, validator, label in candidates:
-        if taken.find(1, s, e) != -1:
+    for label, group in by_label.items():
+        if len(group) == 1:
+            s, e, conf, validator, _ = group[0]
+            kept.append(Finding(label, s, e, conf, validator))
             continue
-        taken[s:e] = b"\x01" * (e - s)
-        kept.append(Finding(label, s, e, conf, validator))
-    kept.sort(key=lambda f: (f.start, f.end))
+        group.sort(key=lambda c: (-c[2], c[0] - c[1], c[0]))
+        taken = bytearray(text_len)
+        for s, e, conf, validator, _ in group:
+            if taken.find(1, s, e) != -1:
+                continue
+            taken[s:e] = b"\x01" * (e - s)
+            kept.append(Finding(label, s, e, conf, validator))
+    kept.sort(key=lambda f: (f.start, f.end, f.label))
     return kept

@@ -61,6 +61,12 @@ def _digits(s: bytes) -> str:
     return s.translate(None, _NON_DIGITS).decode("ascii")
 
 
+# Between the groups of a card, SSN or IBAN: any short run of characters that are not ASCII
+# letters or digits (dots, slashes, commas, tabs, newlines, double spaces, " - "...). Normalization
+# has already turned digits of other scripts into ASCII and dropped invisible characters.
+GROUP_SEP = r"[^0-9A-Za-z]{1,3}"
+
+
 # ---------------------------------------------------------------------------- PII
 
 EMAIL = (r"\b[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,6}"
@@ -108,7 +114,7 @@ def check_phone(data: bytes, s: int, e: int) -> list[Hit]:
 
 
 SSN_CONTEXT = ("ssn", "social security", "ss#", "soc sec", "sozialversicherung", "tax id", "tin")
-SSN = r"\b\d{3}(?:-\d{2}-|[ ]\d{2}[ ]|\d{2})\d{4}\b"
+SSN = r"\b\d{3}(?:" + GROUP_SEP + r"\d{2}" + GROUP_SEP + r"|\d{2})\d{4}\b"
 
 
 def check_ssn(data: bytes, s: int, e: int) -> list[Hit]:
@@ -117,10 +123,10 @@ def check_ssn(data: bytes, s: int, e: int) -> list[Hit]:
     if not v.ssn_ok(digits):
         return []
     ctx = _has_context(data, s, e, SSN_CONTEXT)
-    if b"-" in raw:
-        conf = 95 if ctx else 85
-    elif b" " in raw:
-        conf = 90 if ctx else 60
+    if len(digits) != len(raw) and raw.translate(None, b"0123456789-.") == b"":
+        conf = 95 if ctx else 85         # 123-45-6789, 123.45.6789
+    elif len(digits) != len(raw):
+        conf = 90 if ctx else 60         # spaces, slashes, mixed separators
     elif ctx:
         conf = 80
     else:
@@ -157,7 +163,7 @@ def check_ipv6(data: bytes, s: int, e: int) -> list[Hit]:
     return [(s, e, 80, "structure")] if v.ipv6_ok(data[s:e].decode("ascii")) else []
 
 
-IBAN = r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,36}\b"
+IBAN = r"\b[A-Z]{2}\d{2}(?:[^0-9A-Za-z]{0,3}[A-Z0-9]){11,36}\b"
 
 
 def check_iban(data: bytes, s: int, e: int) -> list[Hit]:
@@ -165,19 +171,19 @@ def check_iban(data: bytes, s: int, e: int) -> list[Hit]:
     if want is None:
         return []
     # Cut the candidate where the country's length is reached (the pattern may run on into a
-    # following upper-case word), counting characters but not the grouping spaces.
+    # following upper-case word), counting letters and digits but not the group separators.
     have = 0
     end = s
-    for piece in data[s:e].split(b" "):
-        if have + len(piece) >= want:
-            end += want - have
-            have = want
-            break
-        have += len(piece)
-        end += len(piece) + 1
+    chars: list[int] = []
+    while end < e and have < want:
+        c = data[end]
+        if c < 0x80 and chr(c).isalnum():
+            chars.append(c)
+            have += 1
+        end += 1
     if have != want or (end < len(data) and chr(data[end]).isalnum()):
         return []
-    iban = data[s:end].replace(b" ", b"").decode("ascii")
+    iban = bytes(chars).decode("ascii")
     return [(s, end, 95, "mod97")] if v.iban_mod97_ok(iban) else []
 
 
@@ -222,7 +228,9 @@ def check_dob(data: bytes, s: int, e: int) -> list[Hit]:
 
 PCI_CONTEXT = ("card", "visa", "mastercard", "amex", "credit", "debit", "cc#", "cc ", "pan",
                "payment", "karte", "carte", "tarjeta")
-CARD = r"\b\d(?:[ -]?\d){12,18}\b"
+CARD = (r"\b(?:\d(?:[ -]?\d){12,18}"                                   # one space or dash anywhere
+        r"|\d{4}(?:" + GROUP_SEP + r"\d{4}){2}" + GROUP_SEP + r"\d{1,7}"    # 4-4-4-n, any separators
+        r"|\d{4}" + GROUP_SEP + r"\d{6}" + GROUP_SEP + r"\d{4,5})\b")       # 4-6-5 (Amex), 4-6-4 (Diners)
 
 
 def check_card(data: bytes, s: int, e: int) -> list[Hit]:
@@ -249,7 +257,9 @@ def _card_subspan(data: bytes, s: int, e: int) -> tuple[int, int] | None:
         while j < e and 48 <= data[j] <= 57:
             j += 1
         groups.append((i, j))
-        i = j + 1
+        i = j
+        while i < e and not 48 <= data[i] <= 57:
+            i += 1
     n = len(groups)
     if not 2 <= n <= 8:
         return None
@@ -300,16 +310,19 @@ def _entropy_gate(floor: float, conf: int, skip: int = 0,
     return check
 
 
-AWS = r"\b((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b"
-GITHUB = (r"\b((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})\b")
-SLACK = (r"(\bxox[abposr]-(?:\d{6,15}-){1,3}[A-Za-z0-9]{16,64}\b"
+# Key patterns have no word boundary in front: a key glued to an identifier (aws_key_AKIA...,
+# token=ghp_...) is still a key; their prefixes are specific enough on their own.
+AWS = r"((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b"
+GITHUB = (r"((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})\b")
+SLACK = (r"(xox[abposr]-(?:\d{6,15}-){1,3}[A-Za-z0-9]{16,64}\b"
          r"|\bxapp-\d-[A-Z0-9]{8,15}-\d{8,15}-[a-z0-9]{32,80}\b"
          r"|https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/]{20,120})")
-STRIPE = r"\b((?:sk|rk)_live_[A-Za-z0-9]{20,99})\b"
-OPENAI = (r"\b(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,250}"
+STRIPE = r"((?:sk|rk)_live_[A-Za-z0-9]{20,99})\b"
+# "sk-" alone is too short to stand after a letter (task-..., disk-...): anything else may precede.
+OPENAI = (r"(?:^|[^A-Za-z])(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,250}"
           r"|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}|sk-[A-Za-z0-9]{40,64})\b")
-ANTHROPIC = r"\b(sk-ant-(?:api|admin|oat|sid)\d{2}-[A-Za-z0-9_-]{20,200})"
-JWT = r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+)?"
+ANTHROPIC = r"(sk-ant-(?:api|admin|oat|sid)\d{2}-[A-Za-z0-9_-]{20,200})"
+JWT = r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+)?"
 PRIVATE_KEY = r"-----BEGIN[ A-Z0-9_-]{0,40}PRIVATE KEY(?: BLOCK)?-----"
 
 
@@ -374,13 +387,14 @@ def builtin_rules() -> tuple[Rule, ...]:
     return (
         Rule("pii.email", EMAIL, r"[A-Za-z0-9._%+-]@[A-Za-z0-9]", 254, check_email),
         Rule("pii.phone", PHONE, r"\d{3}[ .-]?\d{4}|\+[1-9]", 80, check_phone),
-        Rule("pii.us_ssn", SSN, r"\d{3}[ -]?\d{2}[ -]?\d{4}", 11, check_ssn),
+        Rule("pii.us_ssn", SSN, r"\d{3}[^0-9A-Za-z]{0,3}\d{2}[^0-9A-Za-z]{0,3}\d{4}", 15, check_ssn),
         Rule("pii.ip_address", IPV4, r"\d\.\d{1,3}\.\d", 15, check_ipv4),
         Rule("pii.ip_address", IPV6, r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:", 45, check_ipv6),
-        Rule("pii.iban", IBAN, r"[A-Z]{2}\d{2}[ ]?[A-Z0-9]", 2 * v.IBAN_MAX_LEN, check_iban),
+        Rule("pii.iban", IBAN, r"[A-Z]{2}\d{2}[^0-9A-Za-z]{0,3}[A-Z0-9]", 4 * v.IBAN_MAX_LEN, check_iban),
         Rule("pii.date_of_birth", DATE, DOB_PREFILTER, 40,
              check_dob),
-        Rule("pci.card_number", CARD, r"\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d", 37, check_card),
+        Rule("pci.card_number", CARD,
+             r"\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d|\d{4}[^0-9A-Za-z]{1,3}\d{4}", 37, check_card),
         Rule("phi.us_npi", NPI, r"[12]\d{9}", 10, check_npi),
         Rule("phi.mrn", MRN, r"(?i)mrn|medical[ ]record|patient[ ]|chart[ ]|hospital[ ]number", 20,
              check_mrn),

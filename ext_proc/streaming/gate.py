@@ -197,11 +197,16 @@ class TextGate:
                 if cut <= 0:
                     break
             if not whole:
-                for f in findings:
-                    if f.start < base + cut < f.end and f.start - base > 0:
-                        cut = f.start - base      # findings are disjoint: one can straddle the cut
-                    elif f.start < base + cut < f.end and p.long_hold > p.hold and take < p.long_hold:
-                        cut = 0                   # a finding from the very start still arriving: hold it all
+                # Findings of different labels may overlap: moving the cut before one can put it
+                # inside another, so repeat until no finding straddles it (each pass only lowers it).
+                moved = True
+                while moved and cut > 0:
+                    moved = False
+                    for f in findings:
+                        if f.start < base + cut < f.end and f.start - base > 0:
+                            cut, moved = f.start - base, True
+                        elif f.start < base + cut < f.end and p.long_hold > p.hold and take < p.long_hold:
+                            cut = 0               # a finding from the very start still arriving: hold it all
                 if cut <= 0:
                     break
                 if 0xD800 <= ord(window[base + cut - 1]) <= 0xDBFF and cut > 1:
