@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ext_proc.audit.record import decision_record
-from ext_proc.classify import Classifier, Finding, InputTooLarge, redact, summarize
+from ext_proc.classify import Classifier, InputTooLarge, redact, summarize
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
 from ext_proc.policy import Decision, Policy
 from ext_proc.providers import (
@@ -21,8 +21,9 @@ from ext_proc.providers import (
     Surface,
     error_body,
     parse_request,
-    render_request,
 )
+from ext_proc.pipeline.inspect import DocumentFindings, classify_document
+from ext_proc.providers.document import Document, read_document, render_document
 
 # Headers that carry the client's credential to ledgergate never travel to the provider (the
 # provider credential, if any, is injected from configuration): the identity module's own list.
@@ -151,8 +152,13 @@ def _policy_ref(policy: Policy) -> dict[str, Any]:
     return {"id": policy.id, "version": policy.version, "label": policy.label}
 
 
-def classify_segments(classifier: Classifier, parsed: ParsedRequest) -> list[list[Finding]]:
-    return [classifier.scan(seg.text) for seg in parsed.segments]
+def inspect_request(classifier: Classifier, head: RequestHead, parsed: ParsedRequest) -> tuple[Document, DocumentFindings]:
+    """Everything the provider and its model will read of this request, classified as read."""
+    route_texts = {}
+    if head.surface is not None and head.surface.model_from_path:
+        route_texts["model"] = head.surface.model_from_path
+    doc = read_document(parsed, route_texts)
+    return doc, classify_document(classifier, doc, parsed.body)
 
 
 def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *, policy: Policy,
@@ -161,20 +167,19 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     """The whole request-side decision for an authenticated caller."""
     body = body or b""
     parsed: ParsedRequest | None = None
-    per_segment: list[list[Finding]] = []
+    doc: Document | None = None
+    found = DocumentFindings()
     if head.surface is not None and head.surface.inspectable and body:
         try:
             parsed = parse_request(head.surface, body, max_bytes=max_body_bytes)
+            doc, found = inspect_request(classifier, head, parsed)
         except BadRequestBody as exc:
             return reject_unprocessable(head, identity, 400, "invalid_request_body", str(exc),
                                         now_ms, body, policy)
-        try:
-            per_segment = classify_segments(classifier, parsed)
         except InputTooLarge as exc:
             return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms,
                                         body, policy)
-    all_findings = [f for seg in per_segment for f in seg]
-    classification = summarize(all_findings)
+    classification = found.summary(doc.unscanned if doc is not None else {})
     policy_input = build_policy_input(head, identity, parsed, classification, len(body))
     decision = policy.evaluate(policy_input)
 
@@ -193,17 +198,21 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
             usage_injected = not (isinstance(options, dict) and options.get("include_usage") is True)
             set_fields[("stream_options", "include_usage")] = True
         replacements: dict[int, str] = {}
-        if decision.outcome == "redact" and decision.redact:
-            for i, (seg, findings) in enumerate(zip(parsed.segments, per_segment)):
-                if not findings:
-                    continue
-                text, reds = redact(seg.text, findings, decision.redact, hash_key=hash_key,
+        if decision.outcome == "redact" and decision.redact and doc is not None:
+            for i in sorted(found.per_segment):
+                seg = doc.segments[i]
+                text, reds = redact(seg.text, found.per_segment[i], decision.redact, hash_key=hash_key,
                                     tenant=identity.tenant)
                 if reds:
                     replacements[i] = text
-                    redactions.extend({**r.to_record(), "segment": i} for r in reds)
-        if replacements or set_fields:
-            new_body = render_request(parsed, replacements, set_fields=set_fields)
+                    redactions.extend({**r.to_record(), "segment": i, "where": seg.kind} for r in reds)
+        if any(doc.segments[i].kind == "route" for i in replacements):
+            # The request path cannot be rewritten: what policy wants masked there is refused.
+            decision = decision.denied("unredactable_location",
+                                       "the request path contains data the policy masks; it cannot be rewritten")
+            replacements, set_fields, redactions = {}, {}, []
+        elif replacements or set_fields:
+            new_body = render_document(parsed, doc, replacements, set_fields)
 
     forwarded = new_body if new_body is not None else body
     decision_rec = decision.to_record()
@@ -214,9 +223,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
         provider=head.surface.provider if head.surface else None,
         model_requested=policy_input["model"], model_routed=policy_input["model"],
         upstream=head.surface.provider if head.surface else None,
-        classification={"summary": classification,
-                        "findings": [dict(f.to_record(), segment=i)
-                                     for i, seg in enumerate(per_segment) for f in seg]},
+        classification={"summary": classification, "findings": found.records()},
         policy=_policy_ref(policy), decision=decision_rec, input=policy_input,
         request_sha256=sha256_hex(body), forwarded_sha256=sha256_hex(forwarded) if decision.outcome != "deny" else None)
     v = Verdict(forward=decision.outcome != "deny", status=200 if decision.outcome != "deny" else decision.status,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from ext_proc.policy.compile import STRATEGY_ORDER, PolicyError, canonical_json
@@ -52,6 +52,11 @@ class Decision:
     serve_with: str | None = None     # a model of the multiplex map the policy chose for this request
     # What the non-enforced evaluation would have done (observe outcome / multiplex shadow).
     detail: Mapping = field(default_factory=dict)
+
+    def denied(self, code: str, reason: str, status: int = 403) -> "Decision":
+        """This decision turned into a deny by a fact found after evaluation (a redaction the
+        request cannot carry); the matched rules stay as evidence of what was decided first."""
+        return replace(self, outcome="deny", status=status, code=code, reason=reason)
 
     def to_record(self) -> dict:
         return {

@@ -1,0 +1,415 @@
+"""A request body as everything that will read it sees it: the generic walk.
+
+The provider's extractor (adapters.py) says how its model reads a conversation: which strings, in
+which order, make up the text the model reads together (the reading view). Everything else is
+found here without a list of known fields: every string value and every object key of the JSON
+document, numbers that could carry digits, text attachments decoded the way the provider decodes
+them, and binary attachments or remote references the provider will fetch, which cannot be
+inspected and become labels (``content.unscanned.*``) for policy instead of being skipped.
+
+Sans-I/O and bounded: the walk is iterative with the depth limit of ``load_json``; base64 and data
+URLs are decoded only up to ``MAX_ATTACHMENT_BYTES`` each (a larger text attachment is refused
+upstream by the caller, a larger binary one is only labelled).
+
+Segment kinds (``TextSegment.kind``) and how a redaction is written back:
+- ``text``: a reading-view string (the extractor's), replaced in place.
+- ``value``: any other string value, replaced in place.
+- ``key``: an object key (``path`` ends with the key), renamed.
+- ``number``: a JSON number written as digits, replaced by the redacted text (a string).
+- ``attachment``: the decoded text of an attachment at ``path``, re-encoded as it came.
+- ``route``: text from the request path (a model name); cannot be rewritten, so a redaction
+  there becomes a deny.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ext_proc.providers.adapters import (
+    MAX_SEGMENTS,
+    BadRequestBody,
+    ParsedRequest,
+    Path,
+    TextSegment,
+    _dump,
+    _set_path,
+    _get_path,
+    _MISSING,
+)
+
+MAX_ATTACHMENT_BYTES = 4 * 1024 * 1024
+_SHORT_PAYLOAD = 4096
+_PAIRED_TEXT = 1024
+# String values under these keys are encoded payloads (base64 or a data: URL) in every provider's
+# format: OpenAI file_data / input_audio.data / b64_json, Anthropic source.data, Gemini
+# inlineData.data, Bedrock source.bytes.
+_PAYLOAD_KEYS = frozenset({"data", "bytes", "file_data", "b64_json", "fileData"})
+# Where a payload's media type is written (same object, then up to two levels above).
+_MEDIA_KEYS = ("media_type", "mime_type", "mimeType", "content_type", "format")
+# String values under these keys name content the provider fetches itself.
+_REMOTE_KEYS = frozenset({"url", "uri", "image_url", "file_url", "fileUri", "file_uri", "audio_url",
+                          "video_url", "document_url"})
+_FILE_REF_KEYS = frozenset({"file_id", "fileId"})
+_REMOTE_SCHEMES = ("http://", "https://", "gs://", "s3://", "ftp://")
+# Bedrock document/image formats and OpenAI audio formats that name a media type by extension.
+_FORMAT_TYPES = {
+    "txt": "text/plain", "md": "text/markdown", "csv": "text/csv", "html": "text/html",
+    "json": "application/json", "xml": "application/xml", "yaml": "text/yaml",
+    "pdf": "application/pdf", "doc": "application/msword", "docx": "application/msword",
+    "xls": "application/vnd.ms-excel", "xlsx": "application/vnd.ms-excel",
+    "png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "gif": "image/gif",
+    "webp": "image/webp", "wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac",
+    "ogg": "audio/ogg", "mp4": "video/mp4", "mov": "video/quicktime", "webm": "video/webm",
+}
+# Magic numbers of binary formats: these are never decoded as text, whatever the type says.
+_MAGIC = (
+    (b"\x89PNG", "image"), (b"\xff\xd8\xff", "image"), (b"GIF8", "image"), (b"RIFF", "audio"),
+    (b"ID3", "audio"), (b"OggS", "audio"), (b"fLaC", "audio"), (b"%PDF", "pdf"),
+    (b"PK\x03\x04", "document"), (b"\xd0\xcf\x11\xe0", "document"), (b"\x1aE\xdf\xa3", "video"),
+)
+_CHARSETS = {"utf-8": "utf-8", "utf8": "utf-8", "us-ascii": "utf-8", "ascii": "utf-8",
+             "utf-16": "utf-16", "utf-16le": "utf-16-le", "utf-16be": "utf-16-be",
+             "iso-8859-1": "latin-1", "latin1": "latin-1", "latin-1": "latin-1"}
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """How an attachment's text was written in the body, so a redaction is written back alike."""
+
+    scheme: str            # "base64" (a bare payload) or "data_url"
+    header: str = ""       # a data URL's "data:text/plain;base64," part, kept as it was
+    base64: bool = True    # data URLs may be percent-encoded instead
+    charset: str = "utf-8"
+    urlsafe: bool = False
+
+
+@dataclass
+class View:
+    """Text made of pieces, some of which are segments: findings in it map back to segments."""
+
+    text: str
+    starts: list[int]      # offset in text of each mapped piece
+    segments: list[int]    # the segment index of each mapped piece
+    lengths: list[int]
+
+    def pieces(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """(segment, start, end) in segment offsets for every mapped piece [start, end) touches."""
+        from bisect import bisect_right
+
+        out = []
+        i = max(0, bisect_right(self.starts, start) - 1)
+        while i < len(self.starts) and self.starts[i] < end:
+            ps, pl = self.starts[i], self.lengths[i]
+            s, e = max(start, ps), min(end, ps + pl)
+            if s < e:
+                out.append((self.segments[i], s - ps, e - ps))
+            i += 1
+        return out
+
+
+class _ViewBuilder:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.pos = 0
+        self.starts: list[int] = []
+        self.segments: list[int] = []
+        self.lengths: list[int] = []
+
+    def glue(self, text: str) -> None:
+        self.parts.append(text)
+        self.pos += len(text)
+
+    def segment(self, index: int, text: str) -> None:
+        if text:
+            self.starts.append(self.pos)
+            self.segments.append(index)
+            self.lengths.append(len(text))
+            self.parts.append(text)
+            self.pos += len(text)
+
+    def build(self) -> View:
+        return View("".join(self.parts), self.starts, self.segments, self.lengths)
+
+
+@dataclass
+class Document:
+    """Every string of a request body that something downstream reads, and how it is read."""
+
+    segments: list[TextSegment]
+    reading: list[int]                     # indices of the reading-view segments, in order
+    encodings: dict[int, Encoding] = field(default_factory=dict)
+    unscanned: dict[str, int] = field(default_factory=dict)   # label -> count
+
+    def reading_views(self) -> list[View]:
+        """The text the model reads together. A value split across parts or turns must be found
+        whatever surrounds it, so the reading view is written four ways: joined with the newline
+        a provider puts between turns (each string whole, with boundaries around it); joined with
+        nothing (a value split in many pieces mid-token); and in neighbouring pairs glued with
+        nothing and a newline around each pair, once from the first string and once from the
+        second (a value split in two whose neighbours would otherwise run into it)."""
+        texts = [(i, self.segments[i].text) for i in self.reading]
+        views = []
+        for glued in (lambda n: False, lambda n: True, lambda n: n % 2 == 1, lambda n: n % 2 == 0):
+            b = _ViewBuilder()
+            for n, (i, text) in enumerate(texts):
+                if n:
+                    b.glue("" if glued(n) else "\n")
+                b.segment(i, text)
+            views.append(b.build())
+        if len(texts) < 2:
+            return views[:1]
+        if len(texts) == 2:
+            return views[:2]
+        return views
+
+    def field_view(self, body: Any) -> View:
+        """Every other string, key and number in document order, written the way a reader of the
+        JSON sees it (``"key": "value"``), so a key and its value are read together (a
+        ``"password": "..."`` pair) and values split across neighbouring fields are joined."""
+        by_path: dict[tuple, int] = {}
+        keys: dict[tuple, int] = {}
+        for i, seg in enumerate(self.segments):
+            if seg.kind == "key":
+                keys[seg.path] = i
+            elif seg.kind in ("value", "number") or (seg.kind == "text" and len(seg.text) <= _PAIRED_TEXT):
+                # Short reading-view strings come again here, beside their key ({"password": ...}).
+                by_path[seg.path] = i
+        b = _ViewBuilder()
+        # (tag, node, path): tag "glue" writes node as is, "key" the key at path, "node" a value.
+        stack: list[tuple[str, Any, Path]] = [("node", body, ())]
+        while stack:
+            tag, node, path = stack.pop()
+            if tag == "glue":
+                b.glue(node)
+            elif tag == "key":
+                b.glue('"')
+                if path in keys:
+                    b.segment(keys[path], self.segments[keys[path]].text)
+                b.glue('": ')
+            elif isinstance(node, dict):
+                b.glue("{")
+                stack.append(("glue", "}", path))
+                for k in reversed(list(node)):
+                    stack.append(("glue", ", ", path))
+                    stack.append(("node", node[k], path + (k,)))
+                    stack.append(("key", None, path + (k,)))
+            elif isinstance(node, list):
+                b.glue("[")
+                stack.append(("glue", "]", path))
+                for j in range(len(node) - 1, -1, -1):
+                    stack.append(("glue", ", ", path))
+                    stack.append(("node", node[j], path + (j,)))
+            elif path in by_path:
+                i = by_path[path]
+                quote = "" if self.segments[i].kind == "number" else '"'
+                b.glue(quote)
+                b.segment(i, self.segments[i].text)
+                b.glue(quote)
+            else:
+                b.glue('""' if isinstance(node, str) else "0")
+        return b.build()
+
+
+def _media_type(ancestors: list[dict]) -> str:
+    for obj in ancestors:
+        for key in _MEDIA_KEYS:
+            v = obj.get(key)
+            if isinstance(v, str) and v:
+                v = v.strip().lower()
+                return _FORMAT_TYPES.get(v, v)
+    return ""
+
+
+def _unscanned_kind(media_type: str, raw: bytes | None) -> str:
+    if raw is not None:
+        for magic, kind in _MAGIC:
+            if raw.startswith(magic):
+                return kind
+    major = media_type.split("/", 1)[0]
+    if major in ("image", "audio", "video"):
+        return major
+    if media_type == "application/pdf":
+        return "pdf"
+    if "word" in media_type or "excel" in media_type or "officedocument" in media_type:
+        return "document"
+    return "binary"
+
+
+def _as_text(raw: bytes, media_type: str, charset: str | None) -> tuple[str, str] | None:
+    """The text a provider would give its model from these bytes, or None when they are binary."""
+    for magic, _kind in _MAGIC:
+        if raw.startswith(magic):
+            return None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        charset = "utf-16"
+    codec = _CHARSETS.get((charset or "utf-8").lower(), "utf-8")
+    try:
+        text = raw.decode(codec)
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in text:
+        return None
+    return text, codec
+
+
+def _decode_payload(value: str) -> tuple[bytes, Encoding, str, str | None] | None:
+    """(bytes, encoding, media type from a data URL, charset) of an encoded payload, or None when
+    the string is not one (it is then inspected as a plain string)."""
+    if value[:5].lower() == "data:":
+        header, sep, payload = value.partition(",")
+        if not sep:
+            return None
+        params = [p.strip() for p in header[5:].split(";")]
+        media = params[0].lower() if params and "=" not in params[0] else ""
+        is_b64 = any(p.lower() == "base64" for p in params[1:])
+        charset = next((p.split("=", 1)[1].strip().lower() for p in params if p.lower().startswith("charset=")), None)
+        if is_b64:
+            raw = _b64(payload)
+            if raw is None:
+                return None
+        else:
+            raw = urllib.parse.unquote_to_bytes(payload)
+        return raw, Encoding("data_url", header + ",", is_b64, charset or "utf-8"), media, charset
+    raw = _b64(value)
+    if raw is None:
+        return None
+    return raw, Encoding("base64", urlsafe="-" in value or "_" in value), "", None
+
+
+def _b64(payload: str) -> bytes | None:
+    # MIME line breaks are allowed; any other whitespace means it is text, not base64.
+    s = payload.replace("\r", "").replace("\n", "")
+    if not s or len(s) > MAX_ATTACHMENT_BYTES * 4 // 3 + 4:
+        return None
+    try:
+        if "-" in s or "_" in s:
+            return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+        return base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def encode_attachment(text: str, enc: Encoding) -> str:
+    raw = text.encode(enc.charset if enc.charset in ("utf-8", "utf-16", "utf-16-le", "utf-16-be", "latin-1") else "utf-8",
+                      "replace")
+    if enc.scheme == "data_url":
+        body = base64.b64encode(raw).decode("ascii") if enc.base64 else urllib.parse.quote_from_bytes(raw)
+        return enc.header + body
+    return (base64.urlsafe_b64encode(raw) if enc.urlsafe else base64.b64encode(raw)).decode("ascii")
+
+
+def read_document(parsed: ParsedRequest, route_texts: Mapping[str, str] = {}) -> Document:
+    """The generic walk over PARSED's body. ROUTE_TEXTS: text from outside the body the provider
+    reads (the model segment of a path), inspected but never rewritable."""
+    segments: list[TextSegment] = list(parsed.segments)
+    reading = list(range(len(segments)))
+    seen = {seg.path for seg in segments}
+    doc = Document(segments, reading)
+
+    def add(seg: TextSegment) -> int:
+        if len(segments) >= MAX_SEGMENTS:
+            raise BadRequestBody(f"body has more than {MAX_SEGMENTS} strings")
+        segments.append(seg)
+        return len(segments) - 1
+
+    def unscanned(kind: str) -> None:
+        label = "content.unscanned." + kind
+        doc.unscanned[label] = doc.unscanned.get(label, 0) + 1
+
+    # (node, path, ancestors: the enclosing objects, nearest first, at most three)
+    stack: list[tuple[Any, Path, list[dict]]] = [(parsed.body, (), [])]
+    while stack:
+        node, path, ancestors = stack.pop()
+        if isinstance(node, dict):
+            inner = [node] + ancestors[:2]
+            for k in reversed(list(node)):
+                add(TextSegment(path + (k,), k, "key"))
+                stack.append((node[k], path + (k,), inner))
+        elif isinstance(node, list):
+            for j in range(len(node) - 1, -1, -1):
+                stack.append((node[j], path + (j,), ancestors))
+        elif isinstance(node, str):
+            key = path[-1] if path and isinstance(path[-1], str) else None
+            is_payload = key in _PAYLOAD_KEYS and not (ancestors and ancestors[0].get("type") == "text")
+            if is_payload or node[:5].lower() == "data:":
+                decoded = _decode_payload(node)
+                if decoded is not None:
+                    raw, enc, url_media, charset = decoded
+                    media = url_media or _media_type(ancestors)
+                    as_text = _as_text(raw, media, charset)
+                    if as_text is None:
+                        unscanned(_unscanned_kind(media, raw))
+                        if len(node) <= _SHORT_PAYLOAD and path not in seen:
+                            # A key-sized string that happens to be valid base64 is read as text too.
+                            add(TextSegment(path, node, "value"))
+                    else:
+                        text, codec = as_text
+                        i = add(TextSegment(path, text, "attachment"))
+                        doc.encodings[i] = Encoding(enc.scheme, enc.header, enc.base64, codec, enc.urlsafe)
+                    continue
+            if key in _REMOTE_KEYS and node.lower().startswith(_REMOTE_SCHEMES):
+                unscanned("remote")
+            elif key in _FILE_REF_KEYS and node:
+                unscanned("file_ref")
+            if path not in seen:
+                add(TextSegment(path, node, "value"))
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            digits = repr(node)
+            if sum(c.isdigit() for c in digits) >= 7:   # short numbers cannot hold any finding
+                add(TextSegment(path, digits, "number"))
+    for name, text in route_texts.items():
+        if text:
+            add(TextSegment(("<route>", name), text, "route"))
+    return doc
+
+
+def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[int, str],
+                    set_fields: Mapping[tuple, object]) -> bytes:
+    """The body with segment texts replaced (index -> new text) in every kind of place, and
+    fields set (JSON path -> value, intermediate objects created). The original bytes when
+    nothing changes."""
+    values: list[tuple[Path, Any, bool]] = []
+    renames: list[tuple[Path, str]] = []
+    for idx, text in replacements.items():
+        if not isinstance(text, str):
+            raise TypeError("replacement text must be a string")
+        seg = doc.segments[idx]
+        if text == seg.text:
+            continue
+        if seg.kind == "route":
+            raise ValueError("a route segment cannot be rewritten")
+        if seg.kind == "key":
+            renames.append((seg.path, text))
+        elif seg.kind == "attachment":
+            values.append((seg.path, encode_attachment(text, doc.encodings[idx]), False))
+        else:
+            values.append((seg.path, text, False))
+    for path, value in set_fields.items():
+        path = tuple(path)
+        current = _get_path(parsed.body, path)
+        if current is _MISSING or type(current) is not type(value) or current != value:
+            values.append((path, value, True))
+    if not values and not renames and parsed.raw:
+        return parsed.raw
+    obj = copy.deepcopy(parsed.body)
+    for path, value, create in values:        # paths still name the original keys
+        _set_path(obj, path, value, create=create)
+    # Deepest first, so an enclosing key is renamed after everything below it was addressed.
+    for path, new_key in sorted(renames, key=lambda r: -len(r[0])):
+        parent = obj if len(path) == 1 else _get_path(obj, path[:-1])
+        old = path[-1]
+        if not isinstance(parent, dict) or old not in parent:
+            raise ValueError("cannot rename a key: its object is gone")
+        name, n = new_key, 2
+        while name in parent and name != old:
+            name = f"{new_key}#{n}"
+            n += 1
+        items = [(name if k == old else k, v) for k, v in parent.items()]
+        parent.clear()
+        parent.update(items)
+    return _dump(obj)
