@@ -114,7 +114,11 @@ def check_phone(data: bytes, s: int, e: int) -> list[Hit]:
 
 
 SSN_CONTEXT = ("ssn", "social security", "ss#", "soc sec", "sozialversicherung", "tax id", "tin")
-SSN = r"\b\d{3}(?:" + GROUP_SEP + r"\d{2}" + GROUP_SEP + r"|\d{2})\d{4}\b"
+# Digits glued to an identifier (id_536-22-8726, x_4111...) still count: only a digit may not
+# stand right before or after the value (group 1).
+_NOT_DIGIT_BEFORE = r"(?:^|[^0-9])"
+_NOT_DIGIT_AFTER = r"(?:\b|[A-Za-z_])"
+SSN = _NOT_DIGIT_BEFORE + r"(\d{3}(?:" + GROUP_SEP + r"\d{2}" + GROUP_SEP + r"|\d{2})\d{4})" + _NOT_DIGIT_AFTER
 
 
 def check_ssn(data: bytes, s: int, e: int) -> list[Hit]:
@@ -228,9 +232,9 @@ def check_dob(data: bytes, s: int, e: int) -> list[Hit]:
 
 PCI_CONTEXT = ("card", "visa", "mastercard", "amex", "credit", "debit", "cc#", "cc ", "pan",
                "payment", "karte", "carte", "tarjeta")
-CARD = (r"\b(?:\d(?:[ -]?\d){12,18}"                                   # one space or dash anywhere
+CARD = (_NOT_DIGIT_BEFORE + r"(\d(?:[ -]?\d){12,18}"                                   # one space or dash anywhere
         r"|\d{4}(?:" + GROUP_SEP + r"\d{4}){2}" + GROUP_SEP + r"\d{1,7}"    # 4-4-4-n, any separators
-        r"|\d{4}" + GROUP_SEP + r"\d{6}" + GROUP_SEP + r"\d{4,5})\b")       # 4-6-5 (Amex), 4-6-4 (Diners)
+        r"|\d{4}" + GROUP_SEP + r"\d{6}" + GROUP_SEP + r"\d{4,5})" + _NOT_DIGIT_AFTER)       # 4-6-5 (Amex), 4-6-4 (Diners)
 
 
 def check_card(data: bytes, s: int, e: int) -> list[Hit]:
@@ -312,15 +316,17 @@ def _entropy_gate(floor: float, conf: int, skip: int = 0,
 
 # Key patterns have no word boundary in front: a key glued to an identifier (aws_key_AKIA...,
 # token=ghp_...) is still a key; their prefixes are specific enough on their own.
-AWS = r"((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b"
-GITHUB = (r"((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})\b")
-SLACK = (r"(xox[abposr]-(?:\d{6,15}-){1,3}[A-Za-z0-9]{16,64}\b"
+# Nor behind: a key's length is fixed or its class greedy, so what follows (aws_key_AKIA..._prod)
+# does not decide whether it is one.
+AWS = r"((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})"
+GITHUB = (r"((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})")
+SLACK = (r"(xox[abposr]-(?:\d{6,15}-){1,3}[A-Za-z0-9]{16,64}"
          r"|\bxapp-\d-[A-Z0-9]{8,15}-\d{8,15}-[a-z0-9]{32,80}\b"
          r"|https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/]{20,120})")
-STRIPE = r"((?:sk|rk)_live_[A-Za-z0-9]{20,99})\b"
+STRIPE = r"((?:sk|rk)_live_[A-Za-z0-9]{20,99})"
 # "sk-" alone is too short to stand after a letter (task-..., disk-...): anything else may precede.
 OPENAI = (r"(?:^|[^A-Za-z])(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,250}"
-          r"|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}|sk-[A-Za-z0-9]{40,64})\b")
+          r"|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}|sk-[A-Za-z0-9]{40,64})")
 ANTHROPIC = r"(sk-ant-(?:api|admin|oat|sid)\d{2}-[A-Za-z0-9_-]{20,200})"
 JWT = r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+)?"
 PRIVATE_KEY = r"-----BEGIN[ A-Z0-9_-]{0,40}PRIVATE KEY(?: BLOCK)?-----"

@@ -8,7 +8,7 @@ decision record, and `Policy.evaluate(input)` on the same policy version gives t
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from ext_proc.audit.record import decision_record
@@ -180,7 +180,10 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
             return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms,
                                         body, policy)
     classification = found.summary(doc.unscanned if doc is not None else {})
+    head = _masked_for_record(head, doc, found)
     policy_input = build_policy_input(head, identity, parsed, classification, len(body))
+    if doc is not None and parsed is not None and isinstance(parsed.model, str):
+        policy_input["model"] = _masked_model(doc, found, parsed.model, head)
     decision = policy.evaluate(policy_input)
 
     new_body: bytes | None = None
@@ -235,6 +238,34 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     if not v.forward:
         v.reject(decision.status, decision.code, decision.reason, head.provider)
     return v
+
+
+def _masked(doc: Document, found: DocumentFindings, kind: str, path: tuple) -> str | None:
+    """The masked text of the segment at PATH when a finding lies in it, else None."""
+    for i, seg in enumerate(doc.segments):
+        if seg.kind == kind and seg.path == path and found.per_segment.get(i):
+            return redact(seg.text, found.per_segment[i], {"*": "mask"}, hash_key=b"-")[0]
+    return None
+
+
+def _masked_for_record(head: RequestHead, doc: Document | None, found: DocumentFindings) -> RequestHead:
+    """The request head as records and policy see it: a model name in the path that holds a
+    finding is masked there (records never carry a raw value, wherever the caller put it)."""
+    if doc is None or head.surface is None or not head.surface.model_from_path:
+        return head
+    masked = _masked(doc, found, "route", ("<route>", "model"))
+    if masked is None:
+        return head
+    raw = head.surface.model_from_path
+    path = head.path.replace(raw, masked) if raw in head.path else "/[PATH WITH FINDINGS]"
+    return replace(head, path=path, surface=replace(head.surface, model_from_path=masked))
+
+
+def _masked_model(doc: Document, found: DocumentFindings, model: str, head: RequestHead) -> str:
+    if head.surface is not None and head.surface.model_from_path is not None:
+        return head.surface.model_from_path
+    masked = _masked(doc, found, "value", ("model",))
+    return model if masked is None else masked
 
 
 def _max_tokens_field(surface: Surface) -> tuple | None:
