@@ -81,7 +81,7 @@ def classify_document(classifier: Classifier, doc: Document, body: object) -> Do
 
     for view in doc.reading_views():
         take(view, scan_long(classifier, view.text))
-    fields = doc.field_view(body)
+    fields = doc.field_view()
     take(fields, scan_long(classifier, fields.text))
     for i, seg in enumerate(doc.segments):
         if seg.kind in ("attachment", "route"):

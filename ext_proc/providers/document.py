@@ -44,6 +44,7 @@ from ext_proc.providers.adapters import (
 
 MAX_ATTACHMENT_BYTES = 4 * 1024 * 1024
 _SHORT_PAYLOAD = 4096
+_KEY: list = []          # marks a stack entry that is an object key
 _PAIRED_TEXT = 1024
 # String values under these keys are encoded payloads (base64 or a data: URL) in every provider's
 # format: OpenAI file_data / input_audio.data / b64_json, Anthropic source.data, Gemini
@@ -112,28 +113,28 @@ class View:
         return out
 
 
-class _ViewBuilder:
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.pos = 0
-        self.starts: list[int] = []
-        self.segments: list[int] = []
-        self.lengths: list[int] = []
-
-    def glue(self, text: str) -> None:
-        self.parts.append(text)
-        self.pos += len(text)
-
-    def segment(self, index: int, text: str) -> None:
+def _view(items: list[tuple[int, str]], glue_before: list[str], glue_after: list[str] | None = None) -> View:
+    """A view of ITEMS (segment index, text), each preceded by its glue (and followed by one)."""
+    parts: list[str] = []
+    starts: list[int] = []
+    segments: list[int] = []
+    lengths: list[int] = []
+    pos = 0
+    for n, (i, text) in enumerate(items):
+        g = glue_before[n]
+        if g:
+            parts.append(g)
+            pos += len(g)
         if text:
-            self.starts.append(self.pos)
-            self.segments.append(index)
-            self.lengths.append(len(text))
-            self.parts.append(text)
-            self.pos += len(text)
-
-    def build(self) -> View:
-        return View("".join(self.parts), self.starts, self.segments, self.lengths)
+            starts.append(pos)
+            segments.append(i)
+            lengths.append(len(text))
+            parts.append(text)
+            pos += len(text)
+        if glue_after is not None and glue_after[n]:
+            parts.append(glue_after[n])
+            pos += len(glue_after[n])
+    return View("".join(parts), starts, segments, lengths)
 
 
 @dataclass
@@ -144,6 +145,9 @@ class Document:
     reading: list[int]                     # indices of the reading-view segments, in order
     encodings: dict[int, Encoding] = field(default_factory=dict)
     unscanned: dict[str, int] = field(default_factory=dict)   # label -> count
+    # Keys, values and numbers in document order (and short reading-view strings again, beside
+    # their key): the field view.
+    field_order: list[int] = field(default_factory=list)
 
     def reading_views(self) -> list[View]:
         """The text the model reads together. A value split across parts or turns must be found
@@ -152,67 +156,36 @@ class Document:
         nothing (a value split in many pieces mid-token); and in neighbouring pairs glued with
         nothing and a newline around each pair, once from the first string and once from the
         second (a value split in two whose neighbours would otherwise run into it)."""
-        texts = [(i, self.segments[i].text) for i in self.reading]
+        items = [(i, self.segments[i].text) for i in self.reading]
+        n = len(items)
+        ways = [["\n"] * n, [""] * n, ["" if k % 2 else "\n" for k in range(n)],
+                ["\n" if k % 2 else "" for k in range(n)]][:1 if n < 2 else 2 if n == 2 else 4]
         views = []
-        for glued in (lambda n: False, lambda n: True, lambda n: n % 2 == 1, lambda n: n % 2 == 0):
-            b = _ViewBuilder()
-            for n, (i, text) in enumerate(texts):
-                if n:
-                    b.glue("" if glued(n) else "\n")
-                b.segment(i, text)
-            views.append(b.build())
-        if len(texts) < 2:
-            return views[:1]
-        if len(texts) == 2:
-            return views[:2]
+        for glue in ways:
+            glue[0] = "" if n else glue[0]
+            views.append(_view(items, glue))
         return views
 
-    def field_view(self, body: Any) -> View:
+    def field_view(self) -> View:
         """Every other string, key and number in document order, written the way a reader of the
-        JSON sees it (``"key": "value"``), so a key and its value are read together (a
+        JSON sees it (``"key": "value", ``), so a key and its value are read together (a
         ``"password": "..."`` pair) and values split across neighbouring fields are joined."""
-        by_path: dict[tuple, int] = {}
-        keys: dict[tuple, int] = {}
-        for i, seg in enumerate(self.segments):
-            if seg.kind == "key":
-                keys[seg.path] = i
-            elif seg.kind in ("value", "number") or (seg.kind == "text" and len(seg.text) <= _PAIRED_TEXT):
-                # Short reading-view strings come again here, beside their key ({"password": ...}).
-                by_path[seg.path] = i
-        b = _ViewBuilder()
-        # (tag, node, path): tag "glue" writes node as is, "key" the key at path, "node" a value.
-        stack: list[tuple[str, Any, Path]] = [("node", body, ())]
-        while stack:
-            tag, node, path = stack.pop()
-            if tag == "glue":
-                b.glue(node)
-            elif tag == "key":
-                b.glue('"')
-                if path in keys:
-                    b.segment(keys[path], self.segments[keys[path]].text)
-                b.glue('": ')
-            elif isinstance(node, dict):
-                b.glue("{")
-                stack.append(("glue", "}", path))
-                for k in reversed(list(node)):
-                    stack.append(("glue", ", ", path))
-                    stack.append(("node", node[k], path + (k,)))
-                    stack.append(("key", None, path + (k,)))
-            elif isinstance(node, list):
-                b.glue("[")
-                stack.append(("glue", "]", path))
-                for j in range(len(node) - 1, -1, -1):
-                    stack.append(("glue", ", ", path))
-                    stack.append(("node", node[j], path + (j,)))
-            elif path in by_path:
-                i = by_path[path]
-                quote = "" if self.segments[i].kind == "number" else '"'
-                b.glue(quote)
-                b.segment(i, self.segments[i].text)
-                b.glue(quote)
+        order = self.field_order
+        segs = self.segments
+        items = [(i, segs[i].text) for i in order]
+        before = ['"' if segs[i].kind != "number" else "" for i in order]
+        after = []
+        for n, i in enumerate(order):
+            kind = segs[i].kind
+            if kind == "key":
+                # A key whose value is not written here (an object, a short number, true, null)
+                # gets a stand-in value, so it never runs into the next key.
+                has_value = n + 1 < len(order) and segs[order[n + 1]].kind != "key" \
+                    and segs[order[n + 1]].path == segs[i].path
+                after.append('": ' if has_value else '": 0, ')
             else:
-                b.glue('""' if isinstance(node, str) else "0")
-        return b.build()
+                after.append(", " if kind == "number" else '", ')
+        return _view(items, before, after)
 
 
 def _media_type(ancestors: list[dict]) -> str:
@@ -308,8 +281,9 @@ def read_document(parsed: ParsedRequest, route_texts: Mapping[str, str] = {}) ->
     reads (the model segment of a path), inspected but never rewritable."""
     segments: list[TextSegment] = list(parsed.segments)
     reading = list(range(len(segments)))
-    seen = {seg.path for seg in segments}
+    seen = {seg.path: i for i, seg in enumerate(segments)}
     doc = Document(segments, reading)
+    order = doc.field_order
 
     def add(seg: TextSegment) -> int:
         if len(segments) >= MAX_SEGMENTS:
@@ -325,11 +299,13 @@ def read_document(parsed: ParsedRequest, route_texts: Mapping[str, str] = {}) ->
     stack: list[tuple[Any, Path, list[dict]]] = [(parsed.body, (), [])]
     while stack:
         node, path, ancestors = stack.pop()
-        if isinstance(node, dict):
+        if ancestors is _KEY:
+            order.append(add(TextSegment(path, node, "key")))
+        elif isinstance(node, dict):
             inner = [node] + ancestors[:2]
             for k in reversed(list(node)):
-                add(TextSegment(path + (k,), k, "key"))
                 stack.append((node[k], path + (k,), inner))
+                stack.append((k, path + (k,), _KEY))
         elif isinstance(node, list):
             for j in range(len(node) - 1, -1, -1):
                 stack.append((node[j], path + (j,), ancestors))
@@ -346,7 +322,7 @@ def read_document(parsed: ParsedRequest, route_texts: Mapping[str, str] = {}) ->
                         unscanned(_unscanned_kind(media, raw))
                         if len(node) <= _SHORT_PAYLOAD and path not in seen:
                             # A key-sized string that happens to be valid base64 is read as text too.
-                            add(TextSegment(path, node, "value"))
+                            order.append(add(TextSegment(path, node, "value")))
                     else:
                         text, codec = as_text
                         i = add(TextSegment(path, text, "attachment"))
@@ -357,11 +333,13 @@ def read_document(parsed: ParsedRequest, route_texts: Mapping[str, str] = {}) ->
             elif key in _FILE_REF_KEYS and node:
                 unscanned("file_ref")
             if path not in seen:
-                add(TextSegment(path, node, "value"))
+                order.append(add(TextSegment(path, node, "value")))
+            elif len(node) <= _PAIRED_TEXT:
+                order.append(seen[path])     # beside its key once more ({"password": "..."})
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
             digits = repr(node)
             if sum(c.isdigit() for c in digits) >= 7:   # short numbers cannot hold any finding
-                add(TextSegment(path, digits, "number"))
+                order.append(add(TextSegment(path, digits, "number")))
     for name, text in route_texts.items():
         if text:
             add(TextSegment(("<route>", name), text, "route"))
