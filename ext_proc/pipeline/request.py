@@ -152,13 +152,15 @@ def _policy_ref(policy: Policy) -> dict[str, Any]:
     return {"id": policy.id, "version": policy.version, "label": policy.label}
 
 
-def inspect_request(classifier: Classifier, head: RequestHead, parsed: ParsedRequest) -> tuple[Document, DocumentFindings]:
-    """Everything the provider and its model will read of this request, classified as read."""
+def inspect_request(classifier: Classifier, head: RequestHead,
+                    parsed: ParsedRequest | None) -> tuple[Document, DocumentFindings]:
+    """Everything the provider and its model will read of this request, classified as read
+    (without a body, what the path says: a model or deployment name)."""
     route_texts = {}
     if head.surface is not None and head.surface.model_from_path:
         route_texts["model"] = head.surface.model_from_path
     doc = read_document(parsed, route_texts)
-    return doc, classify_document(classifier, doc, parsed.body)
+    return doc, classify_document(classifier, doc, parsed.body if parsed is not None else None)
 
 
 def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *, policy: Policy,
@@ -179,6 +181,8 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
         except InputTooLarge as exc:
             return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms,
                                         body, policy)
+    elif head.surface is not None and head.surface.model_from_path:
+        doc, found = inspect_request(classifier, head, None)   # GET /v1/models/{id}, Azure audio
     classification = found.summary(doc.unscanned if doc is not None else {})
     head = _masked_for_record(head, doc, found)
     policy_input = build_policy_input(head, identity, parsed, classification, len(body))

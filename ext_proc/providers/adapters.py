@@ -402,12 +402,13 @@ def _gemini_key(body: dict, camel: str, snake: str) -> str | None:
 
 
 def _gemini(body: dict, *, contents_required: bool = True) -> Iterator[TextSegment]:
-    if contents_required or body.get("contents") is not None:
-        for i, c in enumerate(_list(body.get("contents"), ("contents",), optional=False)):
-            yield from _gemini_content(c, ("contents", i))
+    # In the order the model reads them: the system instruction comes before the turns.
     key = _gemini_key(body, "systemInstruction", "system_instruction")
     if key is not None and body[key] is not None:
         yield from _gemini_content(body[key], (key,))
+    if contents_required or body.get("contents") is not None:
+        for i, c in enumerate(_list(body.get("contents"), ("contents",), optional=False)):
+            yield from _gemini_content(c, ("contents", i))
     _list(body.get("tools"), ("tools",))
     yield from _free(body, "tools")
     gkey = _gemini_key(body, "generationConfig", "generation_config")
@@ -424,14 +425,15 @@ def _gemini(body: dict, *, contents_required: bool = True) -> Iterator[TextSegme
 
 
 def _bedrock_converse(body: dict) -> Iterator[TextSegment]:
+    # In the order the model reads them: the system blocks come before the turns.
+    for j, s in enumerate(_list(body.get("system"), ("system",))):
+        _dict(s, ("system", j))
+        yield from _strings(s, ("system", j), free=False)
     for i, m in enumerate(_messages(body)):
         content = _list(m.get("content"), ("messages", i, "content"), optional=False)
         for j, block in enumerate(content):
             _dict(block, ("messages", i, "content", j))
             yield from _strings(block, ("messages", i, "content", j), free=False)
-    for j, s in enumerate(_list(body.get("system"), ("system",))):
-        _dict(s, ("system", j))
-        yield from _strings(s, ("system", j), free=False)
     if body.get("toolConfig") is not None:
         _dict(body["toolConfig"], ("toolConfig",))
         yield from _free(body, "toolConfig")

@@ -162,7 +162,8 @@ class Document:
                 ["\n" if k % 2 else "" for k in range(n)]][:1 if n < 2 else 2 if n == 2 else 4]
         views = []
         for glue in ways:
-            glue[0] = "" if n else glue[0]
+            if n:
+                glue[0] = ""
             views.append(_view(items, glue))
         return views
 
@@ -276,10 +277,11 @@ def encode_attachment(text: str, enc: Encoding) -> str:
     return (base64.urlsafe_b64encode(raw) if enc.urlsafe else base64.b64encode(raw)).decode("ascii")
 
 
-def read_document(parsed: ParsedRequest, route_texts: Mapping[str, str] = {}) -> Document:
-    """The generic walk over PARSED's body. ROUTE_TEXTS: text from outside the body the provider
-    reads (the model segment of a path), inspected but never rewritable."""
-    segments: list[TextSegment] = list(parsed.segments)
+def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] = {}) -> Document:
+    """The generic walk over PARSED's body (None: a request without one). ROUTE_TEXTS: text from
+    outside the body the provider reads (the model segment of a path), inspected but never
+    rewritable."""
+    segments: list[TextSegment] = list(parsed.segments) if parsed is not None else []
     reading = list(range(len(segments)))
     seen = {seg.path: i for i, seg in enumerate(segments)}
     doc = Document(segments, reading)
@@ -296,7 +298,7 @@ def read_document(parsed: ParsedRequest, route_texts: Mapping[str, str] = {}) ->
         doc.unscanned[label] = doc.unscanned.get(label, 0) + 1
 
     # (node, path, ancestors: the enclosing objects, nearest first, at most three)
-    stack: list[tuple[Any, Path, list[dict]]] = [(parsed.body, (), [])]
+    stack: list[tuple[Any, Path, list[dict]]] = [(parsed.body, (), [])] if parsed is not None else []
     while stack:
         node, path, ancestors = stack.pop()
         if ancestors is _KEY:

@@ -156,6 +156,8 @@ def _adjacent_text_pairs(obj, path=()):
     text of consecutive messages."""
     texts = [p for kind, p in _places(obj) if kind == "string" and p and p[-1] in ("text", "content", "inputText", "prompt")
              or (kind == "string" and len(p) >= 2 and p[-2] in ("input", "prompt") and isinstance(p[-1], int))]
+    # In reading order: system text comes before the turns, wherever the body puts it.
+    texts.sort(key=lambda p: p[0] not in ("system", "systemInstruction", "instructions"))
     return list(zip(texts, texts[1:]))
 
 
@@ -289,3 +291,19 @@ def test_random_bodies_with_many_turns_find_split_cards():
         msgs[i]["content"] += "4111 1111 1111 1111"[:cut]
         msgs[i + 1]["content"] = "4111 1111 1111 1111"[cut:] + msgs[i + 1]["content"]
         assert_no_leak("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": msgs}, CARD)
+
+
+def test_a_model_in_the_path_of_a_request_without_a_body_is_inspected():
+    v = decide(b"", head(f"/v1/models/x{CARD}", method="GET"))
+    assert not v.forward
+    assert CARD not in json.dumps(v.record)
+
+
+def test_gemini_and_bedrock_system_text_is_read_before_the_turns():
+    # A key split between the end of the system text and the first turn: the model reads them
+    # one after the other, so the reading view does too.
+    g = {"systemInstruction": {"parts": [{"text": "ref AKIAIOSF"}]},
+         "contents": [{"role": "user", "parts": [{"text": "ODNN7QWERTYZ go"}]}]}
+    assert not decide(json.dumps(g).encode(), head("/v1beta/models/gemini-1.5-flash:generateContent")).forward
+    b = {"system": [{"text": "ref AKIAIOSF"}], "messages": [{"role": "user", "content": [{"text": "ODNN7QWERTYZ go"}]}]}
+    assert not decide(json.dumps(b).encode(), head("/model/anthropic.claude-3-haiku-20240307-v1:0/converse")).forward
