@@ -119,6 +119,9 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
     for listener in cfg["static_resources"]["listeners"]:
         sa = listener["address"]["socket_address"]
         sa["port_value"] = port if listener["name"] == "http" else tls_port
+        # Envoy sets SO_REUSEPORT by default: a second Envoy on the same port would share its
+        # connections instead of failing to start.
+        listener["enable_reuse_port"] = False
         for chain in listener["filter_chains"]:
             ts = chain.get("transport_socket")
             if ts:
@@ -194,6 +197,38 @@ def _connection_managers(cfg: dict):
                 yield f["typed_config"]
 
 
+def port_in_use(host: str, port: int) -> OSError | None:
+    """The error binding HOST:PORT gives, or None when it is free. SO_REUSEADDR (as every server
+    here sets it) lets a port in TIME_WAIT be taken again, while a listening socket, with or
+    without SO_REUSEPORT, still refuses the bind: we do not set SO_REUSEPORT, so a stack that
+    already listens there cannot be joined by accident."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
+def check_ports_free(ports: list[tuple[str, int]], host: str = "127.0.0.1") -> None:
+    """Refuse to start when any port the stack would listen on is taken: two stacks sharing a
+    port split its traffic (and its audit trail) between them."""
+    taken = [(flag, port, exc) for flag, port in ports if (exc := port_in_use(host, port)) is not None]
+    seen: dict[int, str] = {}
+    for flag, port in ports:
+        if port in seen:
+            raise SystemExit(f"ledgergate up: {flag} {port} is also {seen[port]} {port}: every port must differ")
+        seen[port] = flag
+    if taken:
+        lines = [f"  {host}:{port} ({flag}): {exc.strerror or exc}" for flag, port, exc in taken]
+        raise SystemExit("ledgergate up: refusing to start, port(s) already in use (another stack, or "
+                         "another program, owns them):\n" + "\n".join(lines)
+                         + "\nstop that process or choose other ports with the flags named above"
+                         " (ledgergate up --help lists them)")
+
+
 def _wait_port(port: int, deadline: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -227,6 +262,14 @@ def run_up(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     upstreams = parse_upstreams(args.upstream)
     ext_ports = [args.ext_proc_port + i for i in range(max(1, args.workers))]
+    wanted = [("--port", args.port), ("--tls-port", args.tls_port), ("--admin-port", args.admin_port)]
+    wanted += [("--ext-proc-port" if i == 0 else f"--ext-proc-port+{i}", p) for i, p in enumerate(ext_ports)]
+    if len(upstreams) < len(PROVIDERS):
+        wanted.append(("--mock-port", args.mock_port))
+    if args.metrics_port:
+        wanted += [("--metrics-port" if i == 0 else f"--metrics-port+{i}", args.metrics_port + i)
+                   for i in range(len(ext_ports))]
+    check_ports_free(wanted)
 
     # The worker configuration: var/-based defaults, then --config (which wins), then --audit-dir.
     defaults: dict = {
