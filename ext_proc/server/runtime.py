@@ -12,7 +12,7 @@ from ext_proc.classify import Classifier
 from ext_proc.identity import IdentityConfig, IdentityResolver
 from ext_proc.pipeline.request import RequestHead, Verdict
 from ext_proc.policy import Policy, PolicyHolder, PolicyStore
-from ext_proc.ratelimit import Admission, LimitSpec, open_limiter
+from ext_proc.ratelimit import Admission, LimitSpec, OutputReservation, open_limiter
 from ext_proc.server.config import Config, load_or_create_secret
 from ext_proc.server.metrics import Metrics
 from ext_proc.server.tracing import open_tracing
@@ -43,6 +43,7 @@ class Runtime:
         self.audit: AuditLog = open_audit_log(config.audit, signing_key_path=str(config.audit_signing_key),
                                               writer_id=config.writer_id)
         self.limiter = open_limiter(config.ratelimit)
+        self.output_reservation = OutputReservation.from_config(config.ratelimit.get("output_reservation"))
         self.tracing = open_tracing(config.tracing, instance_id=config.writer_id)
         # Encrypted capture of request bodies for legal hold: off unless audit.capture is set.
         capture = config.audit.get("capture") or None
@@ -131,10 +132,11 @@ class Runtime:
             "route": getattr(decision, "route", None) or route["surface"],
             "api": route["api"], "provider": route["provider"], "surface": route["surface"],
         }
-        tokens = verdict.estimated_tokens
         input_request = verdict.record.get("input", {}).get("request", {})
-        if input_request.get("max_tokens") is None:
-            tokens += max((s.default_max_tokens or 0) for s in specs)
+        tokens = verdict.estimated_tokens + self.output_reservation.tokens(
+            model=verdict.model, requested=input_request.get("max_tokens"),
+            injected_cap=getattr(decision, "max_tokens_cap", None),
+            policy_defaults=[s.default_max_tokens for s in specs])
         admission = await self.limiter.reserve(head.request_id, specs, context, tokens)
         if not admission.admitted:
             self.metrics.ratelimit_rejections.labels(admission.throttled_by or "unknown").inc()

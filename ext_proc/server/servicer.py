@@ -42,6 +42,7 @@ from ext_proc.server.upstream import process_upstream
 from ext_proc.pipeline.multiplex import CHAIN_HEADER, route_for
 from ext_proc.pipeline.request import sha256_hex
 from ext_proc.providers.translate import ResponseTranslator, TranslationError, translate_request
+from ext_proc.ratelimit import refusal
 from ext_proc.streaming import Release, ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
 
@@ -81,6 +82,7 @@ class Exchange:
         self.multiplex: tuple | None = None       # (Route, TranslatedRequest) when another provider serves it
         self.translator: ResponseTranslator | None = None
         self.upstream_host: str | None = None
+        self.ratelimit_headers: dict[str, str] = {}
         self.outcome_committed = False
         self.request_released = False
         # Legal-hold capture of the response as delivered (after redaction), bounded.
@@ -168,17 +170,18 @@ class Exchange:
             extra_headers = dict(admission.headers)
             if admission.admitted:
                 self.reservation = admission.reservation
+                # The answer carries the budget it was admitted under, like OpenAI's own answers.
+                self.ratelimit_headers = {k: v for k, v in admission.headers.items() if k.startswith("x-ratelimit-")}
             else:
                 provider = head.provider
                 policy_outcome = verdict.record["decision"].get("outcome")
-                verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=429,
-                                                  code="rate_limited", throttled_by=admission.throttled_by,
+                status, code, message = refusal(admission)
+                verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=status,
+                                                  code=code, throttled_by=admission.throttled_by,
                                                   policy_outcome=policy_outcome)
                 verdict.forward = False
                 verdict.record["forwarded_sha256"] = None
-                verdict.reject(429, "rate_limited",
-                               f"rate limit '{admission.throttled_by}' exceeded; retry after {admission.retry_after_s}s",
-                               provider)
+                verdict.reject(status, code, message, provider)
         if rt.capture_key is not None and body:
             verdict.record["capture"] = seal_capture(rt.capture_key, rt.capture_key_id, body, head.request_id.encode())
         self.verdict = verdict
@@ -297,6 +300,7 @@ class Exchange:
         decision = self.verdict.decision
         rules = ResponseRules.from_policy(decision.response if decision is not None else {})
         set_headers = [_set_header("x-request-id", self.head.request_id)]
+        set_headers += [_set_header(k, v) for k, v in self.ratelimit_headers.items()]
         if self.multiplex is not None and self.multiplex[1] is not None:
             route, translated = self.multiplex
             self.translator = ResponseTranslator(
