@@ -283,10 +283,21 @@ def run_up(args: argparse.Namespace) -> int:
                   "signing_key": str(var_dir / "keys" / "audit-signing.pem")},
         "classify": {"redaction_key_file": str(var_dir / "keys" / "redaction-hash.key")},
     }
-    user = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
-    overrides = deep_merge(defaults, user)
-    if args.audit_dir:
-        overrides["audit"]["dir"] = str(Path(args.audit_dir).resolve())
+    def merged() -> dict:
+        try:
+            user = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
+        except (OSError, yaml.YAMLError) as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{args.config}:{mark.line + 1}" if mark is not None else str(args.config)
+            raise SystemExit(f"ledgergate up: {where}: {getattr(exc, 'problem', None) or exc}") from None
+        if not isinstance(user, dict):
+            raise SystemExit(f"ledgergate up: {args.config}: the configuration must be a mapping")
+        out = deep_merge(defaults, user)
+        if args.audit_dir:
+            out["audit"]["dir"] = str(Path(args.audit_dir).resolve())
+        return out
+
+    overrides = merged()
 
     envoy_cfg = render_envoy_config(
         Path(args.envoy_config) if args.envoy_config else REPO_ROOT / "envoy" / "local.yaml",
@@ -314,9 +325,39 @@ def run_up(args: argparse.Namespace) -> int:
     def interrupt(*_a) -> None:
         raise KeyboardInterrupt
 
+    def write_worker_config(i: int, port: int, merged_config: dict) -> Path:
+        cfg = json.loads(json.dumps(merged_config))
+        cfg.setdefault("server", {})
+        cfg["server"]["listen"] = [f"127.0.0.1:{port}"]
+        cfg["server"]["writer_id"] = f"{socket.gethostname()}-w{i}-{os.getpid()}"
+        cfg["server"]["metrics_listen"] = f"127.0.0.1:{args.metrics_port + i}" if args.metrics_port else None
+        wpath = run_dir / f"ledgergate-w{i}.yaml"
+        # Replaced whole (rename), so a worker reloading at this moment never reads half a file.
+        tmp = wpath.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        tmp.replace(wpath)
+        return wpath
+
+    def reload(*_a) -> None:
+        """SIGHUP: --config again into every worker's file, then SIGHUP to each worker, which
+        reloads its policy and identity (keys, issuers, JWKS) and keeps the old on any error."""
+        try:
+            fresh = merged()
+        except SystemExit as exc:
+            print(f"{exc}; reload skipped, the running configuration stays", file=sys.stderr, flush=True)
+            return
+        for i, port in enumerate(ext_ports):
+            write_worker_config(i, port, fresh)
+        for name, p in procs:
+            if name.startswith("ledgergate worker") and p.poll() is None:
+                p.send_signal(signal.SIGHUP)
+        print("ledgergate up: reload signalled to the workers (see their identity_reloaded /"
+              " policy_reloaded log lines)", file=sys.stderr, flush=True)
+
     # Explicit handlers: a shell that starts us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, reload)
     try:
         if len(upstreams) < len(PROVIDERS):
             from ext_proc.providers.mock import MockProviderServer
@@ -325,13 +366,7 @@ def run_up(args: argparse.Namespace) -> int:
             mock.start()
         deadline = time.time() + 60
         for i, port in enumerate(ext_ports):
-            cfg = json.loads(json.dumps(overrides))
-            cfg.setdefault("server", {})
-            cfg["server"]["listen"] = [f"127.0.0.1:{port}"]
-            cfg["server"]["writer_id"] = f"{socket.gethostname()}-w{i}-{os.getpid()}"
-            cfg["server"]["metrics_listen"] = f"127.0.0.1:{args.metrics_port + i}" if args.metrics_port else None
-            wpath = run_dir / f"ledgergate-w{i}.yaml"
-            wpath.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            wpath = write_worker_config(i, port, overrides)
             p = subprocess.Popen([sys.executable, "-m", "ext_proc.cli.main", "serve", "--config", str(wpath),
                                   "--log-level", args.log_level], env=env)
             procs.append((f"ledgergate worker {i}", p))

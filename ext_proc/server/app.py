@@ -80,11 +80,18 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    reloads: set[asyncio.Task] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(rt.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     try:
-        loop.add_signal_handler(signal.SIGHUP, rt.policies.reload)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     except (NotImplementedError, RuntimeError):
         pass
-    watcher = asyncio.create_task(rt.policies.watch(1.0))
+    watcher = asyncio.create_task(rt.watch_policy(1.0))
     health_task = asyncio.create_task(monitor.run(), name="readiness")
     # Everything built at start (policy, classifier, gRPC, protobuf descriptors) lives as long as
     # the process: out of the collector's way, so that a full collection under load walks only

@@ -92,6 +92,7 @@ class Config:
     raw: dict[str, Any] = field(default_factory=dict)
     health_interval_s: float = 1.0
     tracing: dict[str, Any] = field(default_factory=dict)
+    config_path: Path | None = None     # re-read on SIGHUP for the sections that reload (identity)
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -203,6 +204,7 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         health_interval_s=_positive_float(server.get("health_interval_s", 1.0), "server.health_interval_s"),
         tracing=dict(data.get("tracing") or {}),
         multiplex_models=_model_map(data.get("multiplex")),
+        config_path=Path(path).resolve() if path is not None else None,
     )
 
 

@@ -33,6 +33,9 @@ class Metrics:
         self.policy_reload_failures = Counter("ledgergate_policy_reload_failures_total",
                                               "Policy reloads rejected (the old version kept running)",
                                               registry=r)
+        self.reloads = Counter("ledgergate_config_reloads_total",
+                               "Reloads of the policy or the identity configuration, by result (ok: now in "
+                               "force; rejected: the previous one kept running)", ["what", "result"], registry=r)
 
     def decision(self, outcome: str, surface: str) -> None:
         self.decisions.labels(outcome, surface).inc()
