@@ -21,7 +21,7 @@ import yaml
 
 from ext_proc.cli.devmaterial import ensure_dev_material
 from ext_proc.pipeline.multiplex import CHAIN_HEADER
-from ext_proc.server.config import PROVIDERS, deep_merge
+from ext_proc.server.config import PROVIDERS, deep_merge, upstream_timeouts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,16 @@ def parse_upstreams(items: list[str]) -> dict[str, str]:
 
 # Failover between a provider's endpoints: each URL is its own priority, and a retry after an
 # upstream 5xx, reset or refused connection goes to the next priority (Envoy's previous_priorities).
-def _failover_retry_policy(attempts: int) -> dict:
+def _failover_retry_policy(attempts: int, per_try_timeout: str | None = None) -> dict:
+    policy = _retry_policy(attempts)
+    if per_try_timeout:
+        # An attempt that hangs moves on to the next endpoint instead of using up the whole
+        # route timeout; the timeout counts as a 5xx for retry_on.
+        policy["per_try_timeout"] = per_try_timeout
+    return policy
+
+
+def _retry_policy(attempts: int) -> dict:
     return {
         "retry_on": "5xx,reset,connect-failure,refused-stream",
         "num_retries": attempts - 1,
@@ -111,9 +120,25 @@ def _chain_cluster(name: str, targets: list[dict], addresses: dict[str, tuple[st
     return cluster
 
 
+def _seconds(duration: str) -> float:
+    return float(duration.rstrip("s"))
+
+
+def _per_try(timeouts: dict[str, str], attempts: int) -> str:
+    """The configured per-try timeout, else the route timeout shared by the attempts."""
+    if timeouts.get("per_try_timeout"):
+        return timeouts["per_try_timeout"]
+    total = _seconds(timeouts.get("timeout", "600s"))
+    return f"{max(1.0, total / attempts):g}s"
+
+
 def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port: int,
                         ext_proc_ports: list[int], mock_port: int, upstreams: dict[str, str],
-                        var_dir: Path, multiplex: dict | None = None) -> dict:
+                        var_dir: Path, multiplex: dict | None = None,
+                        upstream_settings: dict | None = None) -> dict:
+    """envoy/local.yaml with this stack's ports and paths; upstream_settings is the ledgergate
+    configuration's `upstreams:` section (per-provider route timeouts)."""
+    timeouts = {name: upstream_timeouts(name, spec) for name, spec in (upstream_settings or {}).items()}
     cfg = yaml.safe_load(template.read_text())
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
     for listener in cfg["static_resources"]["listeners"]:
@@ -172,8 +197,7 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
             for vh in hcm["route_config"]["virtual_hosts"]:
                 vh["routes"][:0] = [{
                     "match": {"prefix": "/", "headers": [{"name": CHAIN_HEADER, "string_match": {"exact": name}}]},
-                    "route": {"cluster": f"mux-{name}", "timeout": "0s",
-                              "retry_policy": _failover_retry_policy(len(spec))}} for name, spec in chains.items()]
+                    "route": _chain_route(name, spec, timeouts)} for name, spec in chains.items()]
         existing = {c["name"] for c in cfg["static_resources"]["clusters"]}
         for name, spec in chains.items():
             if f"mux-{name}" not in existing:
@@ -182,11 +206,34 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
         for vh in hcm["route_config"]["virtual_hosts"]:
             for route in vh["routes"]:
                 c = route["route"]["cluster"]
+                for key in ("timeout", "idle_timeout"):
+                    if key in timeouts.get(c, {}):
+                        route["route"][key] = timeouts[c][key]
                 if c in failover:
-                    route["route"]["retry_policy"] = _failover_retry_policy(failover[c])
+                    route["route"]["retry_policy"] = _failover_retry_policy(
+                        failover[c], _per_try({"timeout": route["route"].get("timeout", "600s"), **timeouts.get(c, {})},
+                                              failover[c]))
                 if c in host_rewrites:
                     route["route"]["host_rewrite_literal"] = host_rewrites[c]
     return cfg
+
+
+def _chain_timeouts(spec: list[dict], timeouts: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A cross-provider chain's route: the longest timeout among its providers (600 s / 300 s idle
+    unless configured), and the longest per-try timeout when any is configured."""
+    out = {"timeout": "600s", "idle_timeout": "300s"}
+    for key in ("timeout", "idle_timeout", "per_try_timeout"):
+        given = [timeouts.get(t["provider"], {}).get(key) for t in spec]
+        given = [g for g in given if g]
+        if given:
+            out[key] = max(given, key=_seconds)
+    return out
+
+
+def _chain_route(name: str, spec: list[dict], timeouts: dict[str, dict[str, str]]) -> dict:
+    t = _chain_timeouts(spec, timeouts)
+    return {"cluster": f"mux-{name}", "timeout": t["timeout"], "idle_timeout": t["idle_timeout"],
+            "retry_policy": _failover_retry_policy(len(spec), _per_try(t, len(spec)))}
 
 
 def _connection_managers(cfg: dict):
@@ -302,7 +349,8 @@ def run_up(args: argparse.Namespace) -> int:
     envoy_cfg = render_envoy_config(
         Path(args.envoy_config) if args.envoy_config else REPO_ROOT / "envoy" / "local.yaml",
         port=args.port, tls_port=args.tls_port, admin_port=args.admin_port, ext_proc_ports=ext_ports,
-        mock_port=args.mock_port, upstreams=upstreams, var_dir=var_dir, multiplex=overrides.get("multiplex"))
+        mock_port=args.mock_port, upstreams=upstreams, var_dir=var_dir, multiplex=overrides.get("multiplex"),
+        upstream_settings=overrides.get("upstreams"))
     envoy_path = run_dir / "envoy.yaml"
     envoy_path.write_text(yaml.safe_dump(envoy_cfg, sort_keys=False))
 

@@ -180,6 +180,9 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
     for name, spec in upstreams.items():
         if name not in PROVIDERS:
             raise ConfigError(f"upstreams.{name}: unknown provider (one of {', '.join(PROVIDERS)})")
+        if spec is not None and not isinstance(spec, dict):
+            raise ConfigError(f"upstreams.{name}: must be a mapping")
+        upstream_timeouts(name, spec)      # validated here; `ledgergate up` renders them into Envoy
         if isinstance(spec, dict) and spec.get("credential"):
             creds[name] = dict(spec["credential"])
     return Config(
@@ -206,6 +209,31 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         multiplex_models=_model_map(data.get("multiplex")),
         config_path=Path(path).resolve() if path is not None else None,
     )
+
+
+UPSTREAM_KEYS = {"credential", "timeout", "idle_timeout", "per_try_timeout"}
+
+
+def upstream_timeouts(name: str, spec: Any) -> dict[str, str]:
+    """upstreams.NAME's Envoy route timeouts as Envoy durations ("600s"): `timeout` (the whole
+    exchange, a whole stream included), `idle_timeout` (no byte either way), `per_try_timeout`
+    (one attempt of a failover chain). Only the keys given; ConfigError names a bad one."""
+    from ext_proc.identity.config import ConfigError as DurationError, parse_duration
+
+    spec = spec or {}
+    unknown = sorted(set(spec) - UPSTREAM_KEYS)
+    if unknown:
+        raise ConfigError(f"upstreams.{name}: unknown key(s) {unknown}; allowed: {sorted(UPSTREAM_KEYS)}")
+    out = {}
+    for key in ("timeout", "idle_timeout", "per_try_timeout"):
+        if spec.get(key) is None:
+            continue
+        try:
+            seconds = parse_duration(spec[key], f"upstreams.{name}.{key}")
+        except DurationError as exc:
+            raise ConfigError(str(exc)) from None
+        out[key] = f"{seconds:g}s"
+    return out
 
 
 def _positive_float(v: Any, where: str) -> float:

@@ -37,6 +37,7 @@ from ext_proc.providers import error_body, match_surface
 from ext_proc.server.messages import attributes_of as _attributes
 from ext_proc.server.messages import headers_to_dict as _headers_to_dict
 from ext_proc.server.messages import set_header as _set_header
+from ext_proc.server.envoy_flags import upstream_error
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.upstream import process_upstream
 from ext_proc.pipeline.multiplex import CHAIN_HEADER, route_for
@@ -83,6 +84,7 @@ class Exchange:
         self.translator: ResponseTranslator | None = None
         self.upstream_host: str | None = None
         self.ratelimit_headers: dict[str, str] = {}
+        self.upstream_error: str | None = None   # Envoy ended the exchange itself (timeout, reset)
         self.outcome_committed = False
         self.request_released = False
         # Legal-hold capture of the response as delivered (after redaction), bounded.
@@ -296,6 +298,7 @@ class Exchange:
         headers = _headers_to_dict(req.response_headers.headers)
         self.response_status = int((headers.get(":status") or ["0"])[0] or 0)
         self.upstream_host = (headers.get("x-ledgergate-upstream-host") or [None])[0]
+        self.upstream_error = upstream_error((headers.get("x-ledgergate-upstream-flags") or [None])[0])
         content_type = (headers.get("content-type") or [None])[0]
         decision = self.verdict.decision
         rules = ResponseRules.from_policy(decision.response if decision is not None else {})
@@ -319,7 +322,7 @@ class Exchange:
             hash_key=self.rt.hash_key, tenant=self.identity.tenant if self.identity else None,
             max_buffer_bytes=self.rt.config.max_response_buffer_bytes,
             drop_usage_chunk=self.verdict.usage_injected)
-        remove = ["content-length", "x-ledgergate-upstream-host"]
+        remove = ["content-length", "x-ledgergate-upstream-host", "x-ledgergate-upstream-flags"]
         mutation = getattr(self.inspector, "release_headers_mutation", None) or {}
         remove += [h for h in mutation.get("remove", []) if h not in remove]
         marker = (decision.response or {}).get("marker_header") if decision is not None else None
@@ -447,7 +450,8 @@ class Exchange:
             request_id=self.head.request_id, completed_ms=int(self.rt.clock() * 1000),
             status=self.response_status, response_sha256=summary.get("response_sha256"),
             classification=summary.get("classification") or {}, redactions=summary.get("redactions") or [],
-            usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")), error=error,
+            usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")),
+            error=error or self.upstream_error,
             capture=capture, upstream_host=self.upstream_host,
             delivered_status=BLOCKED_STATUS if self.blocked_status_sent or (
                 self.pending_headers is not None and summary.get("blocked")) else None)

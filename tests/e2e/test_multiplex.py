@@ -184,7 +184,9 @@ def test_a_503_from_the_first_provider_fails_over_to_the_next_provider_in_its_fo
     assert "bob@example.org" not in tried[0]["body"] + answered[0]["body"]  # redacted once, before both
     recs = [r for r in chain.audit_records() if r.get("request_id") == rid]
     attempts = [r for r in recs if r["kind"] == "attempt"]
-    assert [a["provider"] for a in attempts] == ["anthropic", "gemini"]
+    assert [a["provider"] for a in attempts if a["forwarded_sha256"]] == ["anthropic", "gemini"]
+    # The failed attempt's own record says why it failed (committed when its 503 arrived).
+    assert [(a["provider"], a["error"]) for a in attempts if a["error"]] == [("anthropic", "upstream_status_503")]
     decision = [r for r in recs if r["kind"] == "decision"][0]
     assert decision["multiplex"]["failover"] == [{"provider": "anthropic", "model": "claude-3-5-haiku-latest"},
                                                  {"provider": "gemini", "model": "gemini-2.0-flash"}]
