@@ -40,7 +40,7 @@ from ext_proc.server.messages import set_header as _set_header
 from ext_proc.server.envoy_flags import upstream_error
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.upstream import process_upstream
-from ext_proc.pipeline.multiplex import CHAIN_HEADER, route_for
+from ext_proc.pipeline.multiplex import CHAIN_HEADER, ModelListAliases, alias_refusal, route_for
 from ext_proc.pipeline.request import sha256_hex
 from ext_proc.providers.translate import ResponseTranslator, TranslationError, translate_request
 from ext_proc.ratelimit import refusal
@@ -81,7 +81,7 @@ class Exchange:
         self.pending_headers: tuple[list, list[str]] | None = None  # response headers held for a whole body
         self.blocked_status_sent = False   # the held headers went out as the block's error status
         self.multiplex: tuple | None = None       # (Route, TranslatedRequest) when another provider serves it
-        self.translator: ResponseTranslator | None = None
+        self.translator: ResponseTranslator | ModelListAliases | None = None
         self.upstream_host: str | None = None
         self.ratelimit_headers: dict[str, str] = {}
         self.upstream_error: str | None = None   # Envoy ended the exchange itself (timeout, reset)
@@ -203,6 +203,14 @@ class Exchange:
         assert self.head is not None
         surface = self.head.surface.name if self.head.surface else None
         chosen = verdict.decision.serve_with if verdict.decision is not None else None
+        refused = alias_refusal(surface, verdict.model, self.rt.config.multiplex_models)
+        if refused:
+            verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=400,
+                                              code="model_alias_not_on_this_api",
+                                              policy_outcome=verdict.record["decision"].get("outcome"))
+            verdict.record["forwarded_sha256"] = None
+            verdict.reject(400, "model_alias_not_on_this_api", refused, self.head.provider)
+            return
         route = route_for(surface, chosen or verdict.model, self.rt.config.multiplex_models)
         if chosen and route is None:
             # The policy names a model the deployer's map does not have: a configuration error,
@@ -313,6 +321,11 @@ class Exchange:
             self.translator.start(self.response_status, content_type)
             content_type = self.translator.content_type
             set_headers.append(_set_header("content-type", content_type))
+        elif (self.rt.config.multiplex_models and self.response_status == 200 and self.head.surface is not None
+              and self.head.surface.name == "openai.models" and not self.head.surface.model_from_path
+              and not req.response_headers.end_of_stream):
+            self.translator = ModelListAliases(self.rt.config.multiplex_models,
+                                               self.rt.config.max_response_buffer_bytes)
         self.inspector = ResponseInspector(
             self.head.surface.name if self.head.surface else "unknown",
             status=self.response_status,

@@ -151,6 +151,24 @@ def test_an_unmapped_model_still_goes_to_openai(mux):
     assert out.choices[0].message.content == REPLY and out.model != "claude-haiku"
 
 
+def test_the_model_list_names_the_aliases(mux):
+    ids = [m.id for m in client(mux).models.list()]
+    assert {"claude-haiku", "gemini-flash", "bedrock-haiku"} <= set(ids)
+    assert "gpt-4o-mini" in ids                       # what OpenAI (the mock) lists is still there
+    owners = {m.id: m.owned_by for m in client(mux).models.list()}
+    assert owners["claude-haiku"] == "anthropic" and owners["gemini-flash"] == "gemini"
+
+
+def test_an_alias_on_the_responses_api_is_a_clear_400_not_a_call_to_openai(mux):
+    mux.clear_mock()
+    with pytest.raises(openai.BadRequestError) as info:
+        client(mux).responses.create(model="claude-haiku", input="alias-on-responses")
+    assert info.value.code == "model_alias_not_on_this_api"
+    assert "/v1/chat/completions" in info.value.message
+    assert not [r for r in mux.mock_requests() if "alias-on-responses" in r.get("body", "")]
+    assert not [r for r in _requests(mux.good_port) if "alias-on-responses" in r.get("body", "")]
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """A failover chain across providers: Anthropic first (its only endpoint is down), then Gemini."""
