@@ -468,6 +468,10 @@ class Exchange:
             capture=capture, upstream_host=self.upstream_host,
             delivered_status=BLOCKED_STATUS if self.blocked_status_sent or (
                 self.pending_headers is not None and summary.get("blocked")) else None)
+        if self.verdict is not None and usage:
+            self.rt.metrics.spend(usage, tenant=self.identity.tenant if self.identity else None,
+                                  model=self.verdict.record.get("model_routed") or self.verdict.model,
+                                  provider=self.verdict.record.get("upstream") or self.head.provider)
         if self.reservation is not None:
             actual = None
             if usage:
