@@ -95,6 +95,12 @@ def _token_var_dir(explicit: str | None) -> tuple[Path, bool]:
     return here / "var", False
 
 
+def cmd_dev_material(args: argparse.Namespace) -> int:
+    from ext_proc.cli.devmaterial import run_dev_material
+
+    return run_dev_material(args.var_dir, args.owner, args.tls_dir, args.tls_owner)
+
+
 def cmd_mock_provider(args: argparse.Namespace) -> int:
     from ext_proc.providers.mock import serve
 
@@ -155,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                      help="the stack's var dir (default: the nearest var/ with a dev issuer from here up,"
                           " then the checkout's var/; the one used is printed on stderr)")
     tok.set_defaults(func=cmd_token)
+
+    dev = sub.add_parser("dev-material", help="generate the dev keys, issuer and TLS files (docker compose's init)")
+    dev.add_argument("--var-dir", default="var", help="where (default: %(default)s)")
+    dev.add_argument("--owner", metavar="UID:GID", help="chown the var dir to this user (as root)")
+    dev.add_argument("--tls-dir", help="also copy the TLS files Envoy reads (server.crt/key, ca.crt) here")
+    dev.add_argument("--tls-owner", metavar="UID:GID", help="chown the TLS dir to this user (Envoy's)")
+    dev.set_defaults(func=cmd_dev_material)
 
     mock = sub.add_parser("mock-provider", help="run the mock OpenAI/Anthropic/Gemini/Bedrock providers")
     mock.add_argument("--host", default="127.0.0.1")
