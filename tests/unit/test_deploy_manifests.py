@@ -22,7 +22,6 @@ import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ext_proc.cli.devmaterial import ensure_tls_cert
 from ext_proc.cli.up import envoy_binary
 from ext_proc.identity import IdentityConfig
 from ext_proc.policy.store import load_policy
