@@ -5,10 +5,10 @@ audit one-liner with several segments, and an Envoy that starts without warnings
 from __future__ import annotations
 
 import json
-import logging
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -69,17 +69,17 @@ def test_up_help_shows_the_default_ports(tmp_path):
         assert re.search(rf"{flag} \S+\s+.*\(default: {port}\)", out), flag
 
 
-def test_library_log_lines_are_json_too(capfd):
-    from ext_proc.cli.logging import configure
-
-    configure("info")
-    try:
+def test_library_log_lines_are_json_too(tmp_path):
+    # In a child process: logging and structlog configuration is process-wide.
+    script = textwrap.dedent("""
+        import logging
+        from ext_proc.cli.logging import configure
+        configure("info")
         logging.getLogger("httpx").info("HTTP Request: GET https://idp.example/jwks")   # dropped: chatty
         logging.getLogger("httpx").warning("odd %s", "reply")
         logging.getLogger("grpc").error("broken")
-    finally:
-        logging.getLogger().handlers[:] = []
-    err = capfd.readouterr().err
+    """)
+    err = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60).stderr
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert [(x["logger"], x["event"]) for x in lines] == [("httpx", "odd reply"), ("grpc", "broken")]
 
