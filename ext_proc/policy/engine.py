@@ -12,11 +12,15 @@ Combination (docs/policy.md has the long form):
      priority rule of the winning effect (then the earliest declared) gives status/code/reason;
   5. an ``observe`` rule with a priority strictly above that winner turns the outcome into
      ``observe`` (the request passes unchanged; ``observed`` says what enforce would have done);
-  6. route mode ``observe`` does the same for every request on the route; ``multiplex`` enforces
-     the normal rules and evaluates ``shadow`` rules too, recording the shadow outcome.
+  6. route mode ``observe`` does the same for every request on the route; ``shadow`` enforces
+     the normal rules and evaluates ``shadow`` rules too, recording the shadow outcome (``multiplex``
+     is its former name, still accepted: "multiplex" now means only provider translation).
 """
 
 from __future__ import annotations
+
+# The route mode that also evaluates shadow rules; "multiplex" is its former name.
+SHADOW_MODES = ("shadow", "multiplex")
 
 import hashlib
 import math
@@ -655,7 +659,7 @@ class Policy:
         elif res.outcome == "observe":
             detail["observed"] = {"outcome": res.observed, "by_rule": res.observe_rule}
         matched = list(res.matched)
-        if route.mode == "multiplex" and self._shadow_rules:
+        if route.mode in SHADOW_MODES and self._shadow_rules:
             sh = self._pass(f, route, shadow=True)
             own = {m["rule"] for m in matched}
             matched += [dict(m, shadow=True) for m in sh.matched if m["rule"] not in own]

@@ -37,11 +37,13 @@ from ext_proc.providers import error_body, match_surface
 from ext_proc.server.messages import attributes_of as _attributes
 from ext_proc.server.messages import headers_to_dict as _headers_to_dict
 from ext_proc.server.messages import set_header as _set_header
+from ext_proc.server.envoy_flags import upstream_error
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.upstream import process_upstream
-from ext_proc.pipeline.multiplex import CHAIN_HEADER, route_for
+from ext_proc.pipeline.multiplex import CHAIN_HEADER, ModelListAliases, alias_refusal, route_for
 from ext_proc.pipeline.request import sha256_hex
 from ext_proc.providers.translate import ResponseTranslator, TranslationError, translate_request
+from ext_proc.ratelimit import refusal
 from ext_proc.streaming import Release, ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
 
@@ -79,8 +81,10 @@ class Exchange:
         self.pending_headers: tuple[list, list[str]] | None = None  # response headers held for a whole body
         self.blocked_status_sent = False   # the held headers went out as the block's error status
         self.multiplex: tuple | None = None       # (Route, TranslatedRequest) when another provider serves it
-        self.translator: ResponseTranslator | None = None
+        self.translator: ResponseTranslator | ModelListAliases | None = None
         self.upstream_host: str | None = None
+        self.ratelimit_headers: dict[str, str] = {}
+        self.upstream_error: str | None = None   # Envoy ended the exchange itself (timeout, reset)
         self.outcome_committed = False
         self.request_released = False
         # Legal-hold capture of the response as delivered (after redaction), bounded.
@@ -168,17 +172,18 @@ class Exchange:
             extra_headers = dict(admission.headers)
             if admission.admitted:
                 self.reservation = admission.reservation
+                # The answer carries the budget it was admitted under, like OpenAI's own answers.
+                self.ratelimit_headers = {k: v for k, v in admission.headers.items() if k.startswith("x-ratelimit-")}
             else:
                 provider = head.provider
                 policy_outcome = verdict.record["decision"].get("outcome")
-                verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=429,
-                                                  code="rate_limited", throttled_by=admission.throttled_by,
+                status, code, message = refusal(admission)
+                verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=status,
+                                                  code=code, throttled_by=admission.throttled_by,
                                                   policy_outcome=policy_outcome)
                 verdict.forward = False
                 verdict.record["forwarded_sha256"] = None
-                verdict.reject(429, "rate_limited",
-                               f"rate limit '{admission.throttled_by}' exceeded; retry after {admission.retry_after_s}s",
-                               provider)
+                verdict.reject(status, code, message, provider)
         if rt.capture_key is not None and body:
             verdict.record["capture"] = seal_capture(rt.capture_key, rt.capture_key_id, body, head.request_id.encode())
         self.verdict = verdict
@@ -198,6 +203,14 @@ class Exchange:
         assert self.head is not None
         surface = self.head.surface.name if self.head.surface else None
         chosen = verdict.decision.serve_with if verdict.decision is not None else None
+        refused = alias_refusal(surface, verdict.model, self.rt.config.multiplex_models)
+        if refused:
+            verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=400,
+                                              code="model_alias_not_on_this_api",
+                                              policy_outcome=verdict.record["decision"].get("outcome"))
+            verdict.record["forwarded_sha256"] = None
+            verdict.reject(400, "model_alias_not_on_this_api", refused, self.head.provider)
+            return
         route = route_for(surface, chosen or verdict.model, self.rt.config.multiplex_models)
         if chosen and route is None:
             # The policy names a model the deployer's map does not have: a configuration error,
@@ -293,10 +306,12 @@ class Exchange:
         headers = _headers_to_dict(req.response_headers.headers)
         self.response_status = int((headers.get(":status") or ["0"])[0] or 0)
         self.upstream_host = (headers.get("x-ledgergate-upstream-host") or [None])[0]
+        self.upstream_error = upstream_error((headers.get("x-ledgergate-upstream-flags") or [None])[0])
         content_type = (headers.get("content-type") or [None])[0]
         decision = self.verdict.decision
         rules = ResponseRules.from_policy(decision.response if decision is not None else {})
         set_headers = [_set_header("x-request-id", self.head.request_id)]
+        set_headers += [_set_header(k, v) for k, v in self.ratelimit_headers.items()]
         if self.multiplex is not None and self.multiplex[1] is not None:
             route, translated = self.multiplex
             self.translator = ResponseTranslator(
@@ -306,6 +321,11 @@ class Exchange:
             self.translator.start(self.response_status, content_type)
             content_type = self.translator.content_type
             set_headers.append(_set_header("content-type", content_type))
+        elif (self.rt.config.multiplex_models and self.response_status == 200 and self.head.surface is not None
+              and self.head.surface.name == "openai.models" and not self.head.surface.model_from_path
+              and not req.response_headers.end_of_stream):
+            self.translator = ModelListAliases(self.rt.config.multiplex_models,
+                                               self.rt.config.max_response_buffer_bytes)
         self.inspector = ResponseInspector(
             self.head.surface.name if self.head.surface else "unknown",
             status=self.response_status,
@@ -315,7 +335,7 @@ class Exchange:
             hash_key=self.rt.hash_key, tenant=self.identity.tenant if self.identity else None,
             max_buffer_bytes=self.rt.config.max_response_buffer_bytes,
             drop_usage_chunk=self.verdict.usage_injected)
-        remove = ["content-length", "x-ledgergate-upstream-host"]
+        remove = ["content-length", "x-ledgergate-upstream-host", "x-ledgergate-upstream-flags"]
         mutation = getattr(self.inspector, "release_headers_mutation", None) or {}
         remove += [h for h in mutation.get("remove", []) if h not in remove]
         marker = (decision.response or {}).get("marker_header") if decision is not None else None
@@ -443,10 +463,15 @@ class Exchange:
             request_id=self.head.request_id, completed_ms=int(self.rt.clock() * 1000),
             status=self.response_status, response_sha256=summary.get("response_sha256"),
             classification=summary.get("classification") or {}, redactions=summary.get("redactions") or [],
-            usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")), error=error,
+            usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")),
+            error=error or self.upstream_error,
             capture=capture, upstream_host=self.upstream_host,
             delivered_status=BLOCKED_STATUS if self.blocked_status_sent or (
                 self.pending_headers is not None and summary.get("blocked")) else None)
+        if self.verdict is not None and usage:
+            self.rt.metrics.spend(usage, tenant=self.identity.tenant if self.identity else None,
+                                  model=self.verdict.record.get("model_routed") or self.verdict.model,
+                                  provider=self.verdict.record.get("upstream") or self.head.provider)
         if self.reservation is not None:
             actual = None
             if usage:
