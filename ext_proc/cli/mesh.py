@@ -138,13 +138,18 @@ def _insert_before_router(context: str, port: int, value: dict) -> dict:
             "patch": {"operation": "INSERT_BEFORE", "value": value}}
 
 
+# Switches a filter that is disabled in the HCM on for one virtual host or route: a FilterConfig
+# with an empty config (Envoy refuses one with no config at all; Envoy Gateway enables its
+# per-route filters the same way).
+ENABLE_FILTER = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
+
+
 def _enable_on_vhost(host: str, port: int) -> dict:
     # Istio names an outbound virtual host "<host>:<port>" in the route configuration "<port>".
     return {"applyTo": "VIRTUAL_HOST",
             "match": {"context": "SIDECAR_OUTBOUND", "routeConfiguration": {
                 "portNumber": port, "vhost": {"name": f"{host}:{port}"}}},
-            "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": {FILTER_NAME: {
-                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": False}}}}}
+            "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": {FILTER_NAME: dict(ENABLE_FILTER)}}}}
 
 
 def istio_sidecar_envoyfilter() -> dict:

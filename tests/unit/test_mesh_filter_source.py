@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from ext_proc.cli import mesh
+from tests.mesh_shapes import eg_translate
 from tests.support import REPO
 
 SOURCE_FILTER = yaml.safe_load(mesh.source_block_text())
@@ -82,39 +83,11 @@ def test_the_istio_envoyfilters_carry_the_source_filter_before_the_router():
             assert disabled is True
             enabled = {p["match"]["routeConfiguration"]["vhost"]["name"] for p in ef["spec"]["configPatches"]
                        if p["applyTo"] == "VIRTUAL_HOST"
-                       and p["patch"]["value"]["typed_per_filter_config"][mesh.FILTER_NAME]["disabled"] is False}
+                       and p["patch"]["value"]["typed_per_filter_config"][mesh.FILTER_NAME] == {
+                           "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}}
             assert enabled == {f"{h}:{mesh.SIDECAR_HTTP_PORT}" for h in mesh.PROVIDER_HOSTS.values()}
         else:
             assert disabled is False
-
-
-# Envoy Gateway's translation of an extProc entry, written out from envoyproxy/gateway v1.9
-# (internal/gatewayapi/envoyextensionpolicy.go buildExtProc, internal/xds/translator/extproc.go
-# extProcConfig / buildProcessingMode), independently of ext_proc.cli.mesh.
-def eg_translate(ext_proc: dict, cluster_name: str) -> dict:
-    body = {"Buffered": "BUFFERED", "BufferedPartial": "BUFFERED_PARTIAL", "Streamed": "STREAMED",
-            "FullDuplexStreamed": "FULL_DUPLEX_STREAMED"}
-    pm = {"request_header_mode": "SKIP", "response_header_mode": "SKIP", "request_body_mode": "NONE",
-          "response_body_mode": "NONE", "request_trailer_mode": "SKIP", "response_trailer_mode": "SKIP"}
-    cfg = {"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-           "grpc_service": {"envoy_grpc": {"cluster_name": cluster_name}, "timeout": mesh.EG_DEFAULT_GRPC_TIMEOUT}}
-    mode = ext_proc.get("processingMode") or {}
-    for d in ("request", "response"):
-        if d in mode:
-            pm[f"{d}_header_mode"] = "SEND"
-            if "body" in mode[d]:
-                pm[f"{d}_body_mode"] = body[mode[d]["body"]]
-                if pm[f"{d}_body_mode"] == "FULL_DUPLEX_STREAMED":
-                    pm[f"{d}_trailer_mode"] = "SEND"
-            if mode[d].get("attributes"):
-                cfg[f"{d}_attributes"] = list(mode[d]["attributes"])
-    cfg["processing_mode"] = pm
-    if "failOpen" in ext_proc:
-        cfg["failure_mode_allow"] = ext_proc["failOpen"]
-    if "messageTimeout" in ext_proc:
-        cfg["message_timeout"] = ext_proc["messageTimeout"]
-    cfg["allow_mode_override"] = bool(mode.get("allowModeOverride", False))
-    return {"name": mesh.FILTER_NAME, "typed_config": cfg}
 
 
 def _field_differences(a: dict, b: dict) -> set[str]:
