@@ -402,3 +402,43 @@ def eg_translate(ext_proc: dict, cluster_name: str) -> dict:
         cfg["message_timeout"] = ext_proc["messageTimeout"]
     cfg["allow_mode_override"] = bool(mode.get("allowModeOverride", False))
     return {"name": EXT_PROC, "typed_config": cfg}
+
+
+def _pointer(path) -> str:
+    """A jsonpath_ng full path as an RFC 6901 JSON pointer."""
+    from jsonpath_ng import Child, Fields, Index, Root, This
+
+    if isinstance(path, Child):
+        return _pointer(path.left) + _pointer(path.right)
+    if isinstance(path, Fields):
+        (field,) = path.fields
+        return "/" + field.replace("~", "~0").replace("/", "~1")
+    if isinstance(path, Index):
+        (index,) = path.indices
+        return f"/{index}"
+    if isinstance(path, (Root, This)):
+        return ""
+    raise AssertionError(f"unexpected path element {path!r}")
+
+
+def apply_envoy_patch_policy(cfg: dict, policy: dict) -> dict:
+    """Envoy Gateway's JSONPatch on a listener (internal/xds/translator/jsonpatch.go and
+    internal/utils/jsonpatch/jsonpathtopointer.go): every jsonPath match, joined with `path`,
+    becomes an RFC 6902 operation. Every patch must match (EG reports a failed patch as a status
+    condition; here it is an error)."""
+    import jsonpatch
+    from jsonpath_ng.ext import parse
+
+    cfg = copy.deepcopy(cfg)
+    listeners = {lst["name"]: i for i, lst in enumerate(cfg["static_resources"]["listeners"])}
+    for p in policy["spec"]["jsonPatches"]:
+        assert p["type"] == "type.googleapis.com/envoy.config.listener.v3.Listener", p["type"]
+        i = listeners[p["name"]]
+        op = p["operation"]
+        listener = cfg["static_resources"]["listeners"][i]
+        found = parse(op["jsonPath"]).find(listener)
+        assert found, f"EnvoyPatchPolicy jsonPath matched nothing: {op['jsonPath']}"
+        ops = [{"op": op["op"], "path": _pointer(m.full_path).rstrip("/") + "/" + op["path"].lstrip("/"),
+                "value": op["value"]} for m in found]
+        cfg["static_resources"]["listeners"][i] = jsonpatch.apply_patch(listener, ops)
+    return cfg

@@ -50,6 +50,14 @@ LEDGERGATE_NAMESPACE = "ledgergate"
 LEDGERGATE_GRPC_PORT = 50051
 EGRESS_EXT_PROC_CLUSTER = f"outbound|{LEDGERGATE_GRPC_PORT}||ledgergate.{LEDGERGATE_NAMESPACE}.svc.cluster.local"
 
+# What EG v1.9 names things (internal/gatewayapi/envoyextensionpolicy.go irConfigNameForExtProc,
+# internal/xds/translator/utils.go perRouteFilterName); the listener name is the pre-V2 xDS name
+# scheme, EG's default until v1.10 (with the XDSNameSchemeV2 runtime flag it is "tcp-80").
+EG_GATEWAY = "llm-gateway"
+EG_LISTENER = f"{LEDGERGATE_NAMESPACE}/{EG_GATEWAY}/http"
+EG_FILTER_NAME = f"{FILTER_NAME}/envoyextensionpolicy/{LEDGERGATE_NAMESPACE}/ledgergate/extproc/0"
+
+
 # What Envoy Gateway's EnvoyExtensionPolicy cannot say (envoyproxy/gateway v1.9,
 # internal/xds/translator/extproc.go): it always uses a 10 s gRPC call timeout, never sets
 # max_message_timeout (only used with mode overrides, which ledgergate disallows) nor
@@ -225,8 +233,39 @@ def envoy_extension_policy() -> dict:
     return {"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyExtensionPolicy",
             "metadata": {"name": "ledgergate", "namespace": LEDGERGATE_NAMESPACE,
                          "labels": {"app.kubernetes.io/part-of": "ledgergate"}},
-            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "llm-gateway"}],
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": EG_GATEWAY}],
                      "extProc": [envoy_gateway_ext_proc([{"name": "ledgergate", "port": LEDGERGATE_GRPC_PORT}])]}}
+
+
+def _protojson(value):
+    """Envoy's YAML takes a wrapper type as {value: x}; Go's protojson (which Envoy Gateway
+    patches with) only as the bare x."""
+    if isinstance(value, dict):
+        if set(value) == {"value"} and not isinstance(value["value"], (dict, list)):
+            return value["value"]
+        return {k: _protojson(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_protojson(v) for v in value]
+    return value
+
+
+def envoy_patch_policy() -> dict:
+    """The part of the source an EnvoyExtensionPolicy cannot say (EG_UNEXPRESSIBLE), patched into
+    the filter EG generates. Needs extensionApis.enableEnvoyPatchPolicy in the EG configuration."""
+    cfg = ext_proc_filter()["typed_config"]
+    where = f"$..http_filters[?(@.name == '{EG_FILTER_NAME}')].typed_config"
+    ops = [("replace", "grpc_service/timeout", cfg["grpc_service"]["timeout"]),
+           ("add", "max_message_timeout", cfg["max_message_timeout"]),
+           ("add", "mutation_rules", _protojson(cfg["mutation_rules"]))]
+    return {"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyPatchPolicy",
+            "metadata": {"name": "ledgergate-ext-proc", "namespace": LEDGERGATE_NAMESPACE,
+                         "labels": {"app.kubernetes.io/part-of": "ledgergate"}},
+            "spec": {"targetRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": EG_GATEWAY},
+                     "type": "JSONPatch",
+                     "jsonPatches": [{"type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+                                      "name": EG_LISTENER,
+                                      "operation": {"op": op, "jsonPath": where, "path": path, "value": value}}
+                                     for op, path, value in ops]}}
 
 
 # --- ConfigMap copies for the application namespace (Istio sidecar mode) ----------------------
@@ -280,6 +319,8 @@ def rendered_files() -> dict[Path, str]:
     out[deploy / "istio" / "egress-gateway" / "configmap-ledgergate-mesh-identity.yaml"] = _dump(
         _generated("deploy/k8s/configmap-ledgergate.yaml (TCP listener, identity.mtls from the mesh)"),
         [egress_ledgergate_configmap()])
+    out[deploy / "envoy-gateway-with-patch-policy" / "envoypatchpolicy.yaml"] = _dump(
+        _generated(src + " (the fields EnvoyExtensionPolicy cannot express)"), [envoy_patch_policy()])
     for name in ("configmap-ledgergate.yaml", "configmap-policy.yaml"):
         out[deploy / "istio" / "sidecar" / name] = _dump(
             _generated(f"deploy/k8s/{name} (namespace changed)"),

@@ -287,7 +287,7 @@ def test_envoy_gateway_sdks_go_through_ledgergate(envoy_gateway):
     claude = anthropic.Anthropic(base_url=f"http://127.0.0.1:{ports.listener}", api_key=token, max_retries=0, timeout=30)
     with claude.messages.stream(model="claude-3-5-haiku-latest", max_tokens=64,
                                 messages=[{"role": "user", "content": "stream claude"}]) as s:
-        assert "".join(s.text_stream) == "stream claude".join(["You said: ", ""])
+        assert "".join(s.text_stream) == "You said: stream claude"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"http://127.0.0.1:{ports.listener}/v1", api_key="bad", max_retries=0,
                       timeout=30).chat.completions.create(model="gpt-4o-mini",
@@ -305,5 +305,25 @@ def test_envoy_gateway_fails_closed_when_ledgergate_is_down(mesh):
                           timeout=30).chat.completions.create(model="gpt-4o-mini",
                                                               messages=[{"role": "user", "content": marker}])
         assert _upstream_requests(stack, marker) == []
+    finally:
+        envoy.stop()
+
+
+def test_envoy_gateway_with_the_patch_policy_runs_the_exact_source_filter(mesh):
+    # The EnvoyPatchPolicy overlay (mutation_rules, max_message_timeout, the gRPC timeout) applied
+    # the way EG applies it; Envoy accepts the result and the SDK goes through it.
+    stack, pki, tmp = mesh
+    ports = _ports(stack)
+    (epp,) = mesh_shapes.docs(mesh_shapes.DEPLOY / "envoy-gateway-with-patch-policy" / "envoypatchpolicy.yaml")
+    cfg = mesh_shapes.apply_envoy_patch_policy(mesh_shapes.envoy_gateway(ports, pki, mesh_shapes.eg_translate), epp)
+    envoy = Envoy(cfg, tmp, ports.admin)
+    try:
+        marker = unique_marker("egpatched")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports.listener}/v1", api_key=stack.token(), max_retries=0,
+                               timeout=30)
+        reply = client.chat.completions.create(model="gpt-4o-mini",
+                                               messages=[{"role": "user", "content": f"hello {marker}"}])
+        assert reply.choices[0].message.content == f"You said: hello {marker}"
+        _assert_audited(stack, _one_upstream(stack, marker))
     finally:
         envoy.stop()

@@ -111,6 +111,27 @@ def test_the_envoy_extension_policy_says_what_the_source_says_as_far_as_envoy_ga
     assert differs == set(mesh.EG_UNEXPRESSIBLE), differs
 
 
+def test_with_the_patch_policy_envoy_gateways_filter_is_the_source(tmp_path):
+    from tests import mesh_shapes
+
+    pki = mesh_shapes.make_pki(tmp_path, ["api.openai.com"], "spiffe://cluster.local/ns/x/sa/y")
+    cfg = mesh_shapes.envoy_gateway(mesh_shapes.Ports(1, 2, 3, 4, 5), pki, eg_translate)
+    (epp,) = _docs(REPO / "deploy" / "envoy-gateway-with-patch-policy" / "envoypatchpolicy.yaml")
+    patched = mesh_shapes.apply_envoy_patch_policy(cfg, epp)
+
+    def eg_filter(c):
+        hcm = c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        (f,) = [f for f in hcm["http_filters"] if f["name"] == mesh.EG_FILTER_NAME]
+        f = copy.deepcopy(f)
+        assert f.pop("disabled") is True   # EG: on per route
+        return f
+
+    f = eg_filter(patched)
+    assert _without_cluster(f)["typed_config"] == mesh._protojson(_without_cluster(SOURCE_FILTER)["typed_config"])
+    # Without the policy the gaps are there (the check is not vacuous).
+    assert _without_cluster(eg_filter(cfg))["typed_config"] != mesh._protojson(_without_cluster(SOURCE_FILTER)["typed_config"])
+
+
 def test_every_generated_file_is_in_step():
     assert mesh.drifted() == [], "regenerate: python -m ext_proc.cli.mesh"
 
@@ -124,6 +145,11 @@ def test_the_drift_check_notices_a_changed_source(tmp_path, monkeypatch):
     assert {"envoy/local.yaml", "envoy/sidecar.yaml", "envoy/edge.yaml",
             "deploy/istio/sidecar/envoyfilter-ext-proc.yaml", "deploy/istio/egress-gateway/envoyfilter-ext-proc.yaml",
             "deploy/envoy-gateway/envoyextensionpolicy.yaml"} <= stale
+    # The patch policy carries only what the EnvoyExtensionPolicy cannot: a changed message
+    # timeout reaches the EnvoyExtensionPolicy, a changed gRPC timeout the patch policy.
+    changed.write_text(mesh.SOURCE.read_text().replace("timeout: 30s", "timeout: 31s"))
+    stale = {p.relative_to(REPO).as_posix() for p in mesh.drifted()}
+    assert "deploy/envoy-gateway-with-patch-policy/envoypatchpolicy.yaml" in stale
     # And a copy edited by hand is noticed by the parsed comparison.
     edited = yaml.safe_load((REPO / "envoy" / "edge.yaml").read_text())
     _ext_proc_filters(edited)[0]["typed_config"]["message_timeout"] = "1s"

@@ -21,7 +21,8 @@ from tests.support import REPO
 DEPLOY = REPO / "deploy"
 CRDS = REPO / "tests" / "fixtures" / "crds"
 K8S_VERSION = "1.30.0"
-OVERLAYS = ["ext-proc-service", "istio/sidecar", "istio/egress-gateway", "envoy-gateway"]
+OVERLAYS = ["ext-proc-service", "istio/sidecar", "istio/egress-gateway", "envoy-gateway",
+            "envoy-gateway-with-patch-policy"]
 
 
 # --- CRD schemas -> JSON Schema ------------------------------------------------------------------
@@ -121,8 +122,7 @@ def test_every_file_in_the_overlays_is_listed_in_its_kustomization():
     (lambda d: d["spec"]["extProc"][0].__setitem__("failureModeAllow", False), "EnvoyExtensionPolicy"),
     (lambda d: d["spec"]["ports"][0].__setitem__("number", "80"), "ServiceEntry"),
     (lambda d: d["spec"]["rules"][0]["backendRefs"][0].pop("name"), "HTTPRoute"),
-    (lambda d: d["spec"]["initContainers"] if False else
-     d["spec"]["template"]["spec"]["initContainers"][0].__setitem__("restartPolicy", 1), "Deployment"),
+    (lambda d: d["spec"]["template"]["spec"]["initContainers"][0].__setitem__("restartPolicy", 1), "Deployment"),
 ], ids=["envoyfilter-unknown-field", "envoyfilter-bad-context", "eep-bad-body-mode", "eep-envoy-field-name",
         "serviceentry-port-as-string", "httproute-backend-without-name", "deployment-bad-restart-policy"])
 def test_the_validators_reject_broken_resources(mutate, kind):
@@ -166,7 +166,8 @@ def _one(docs: list[dict], kind: str, name: str | None = None) -> dict:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", ["ext-proc-service", "istio/egress-gateway", "envoy-gateway"])
+@pytest.mark.parametrize("overlay", ["ext-proc-service", "istio/egress-gateway", "envoy-gateway",
+                                     "envoy-gateway-with-patch-policy"])
 def test_the_ext_proc_service_is_ledgergate_alone_on_tcp_50051(overlay):
     docs = built(overlay)
     dep = _one(docs, "Deployment", "ledgergate")
@@ -366,3 +367,15 @@ def test_envoy_gateway_wiring():
     assert grpc["ports"] == [{"port": ref["port"], "protocol": "TCP"}]
     assert grpc["from"][0]["podSelector"]["matchLabels"]["gateway.envoyproxy.io/owning-gateway-name"] == \
         gw["metadata"]["name"]
+
+
+@needs_kubectl
+def test_the_patch_policy_overlay_is_the_envoy_gateway_overlay_plus_the_policy():
+    base = built("envoy-gateway")
+    patched = built("envoy-gateway-with-patch-policy")
+    epp = _one(patched, "EnvoyPatchPolicy")
+    assert [d for d in patched if d is not epp] == base
+    gw = _one(base, "Gateway")
+    assert epp["spec"]["targetRef"] == {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                        "name": gw["metadata"]["name"]}
+    assert epp["metadata"]["namespace"] == gw["metadata"]["namespace"]
