@@ -11,7 +11,7 @@ import json
 import ssl
 import subprocess
 import time
-import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import anthropic
@@ -20,7 +20,7 @@ import openai
 import pytest
 import yaml
 
-from ext_proc.cli.up import envoy_binary
+from ext_proc.cli.up import _wait_envoy_ready, envoy_binary
 from tests import mesh_shapes
 from tests.support import free_ports, start_stack, unique_marker
 
@@ -58,18 +58,12 @@ class Envoy:
         self.log = workdir / f"envoy-{admin_port}.log"
         self.proc = subprocess.Popen([envoy_binary(), "-c", str(self.path), "--log-level", "warn", "--concurrency", "1",
                                       "--base-id", str(admin_port)],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
-        deadline = time.time() + 30
-        while True:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=0.5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            assert time.time() < deadline, "Envoy not ready:\n" + self.log.read_text()[-3000:]
-            time.sleep(0.05)
+                                     stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+        try:
+            _wait_envoy_ready(admin_port, time.time() + 30, self.proc)
+        except SystemExit as exc:
+            self.stop()
+            raise AssertionError(f"{exc}:\n{self.log.read_text()[-3000:]}") from None
 
     def stop(self):
         self.proc.terminate()
@@ -77,6 +71,7 @@ class Envoy:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
 
 
 def _ports(stack, ext_proc_port: int | None = None) -> mesh_shapes.Ports:
@@ -88,6 +83,18 @@ def _ports(stack, ext_proc_port: int | None = None) -> mesh_shapes.Ports:
 def _dead_port() -> int:
     (port,) = free_ports(1)   # nothing listens there: the processor is down
     return port
+
+
+@contextmanager
+def _processor_down(mesh, shape):
+    """The flavour's Envoy with its ext_proc cluster pointing where nothing listens."""
+    stack, pki, tmp = mesh
+    ports = _ports(stack, ext_proc_port=_dead_port())
+    envoy = Envoy(shape(ports, pki), tmp, ports.admin)
+    try:
+        yield stack, pki, ports
+    finally:
+        envoy.stop()
 
 
 def _upstream_requests(stack, marker: str) -> list[dict]:
@@ -181,18 +188,13 @@ def test_istio_sidecar_leaves_other_mesh_services_on_the_same_port_alone(sidecar
 
 
 def test_istio_sidecar_fails_closed_when_ledgergate_is_down(mesh):
-    stack, pki, tmp = mesh
-    ports = _ports(stack, ext_proc_port=_dead_port())
-    envoy = Envoy(mesh_shapes.istio_sidecar(ports, pki), tmp, ports.admin)
-    try:
+    with _processor_down(mesh, mesh_shapes.istio_sidecar) as (stack, pki, ports):
         marker = unique_marker("sidecardown")
         with pytest.raises(openai.InternalServerError) as ei:
             _sidecar_openai(ports, stack.token()).chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": marker}])
         assert ei.value.status_code >= 500
         assert _upstream_requests(stack, marker) == []
-    finally:
-        envoy.stop()
 
 
 # --- Istio egress gateway ------------------------------------------------------------------------
@@ -244,18 +246,13 @@ def test_istio_egress_gateway_refuses_a_caller_without_a_mesh_certificate(egress
 
 
 def test_istio_egress_gateway_fails_closed_when_ledgergate_is_down(mesh):
-    stack, pki, tmp = mesh
-    ports = _ports(stack, ext_proc_port=_dead_port())
-    envoy = Envoy(mesh_shapes.istio_egress_gateway(ports, pki), tmp, ports.admin)
-    try:
+    with _processor_down(mesh, mesh_shapes.istio_egress_gateway) as (stack, pki, ports):
         marker = unique_marker("egressdown")
         r = _workload_client(ports, pki).post(
             f"https://127.0.0.1:{ports.listener}/v1/chat/completions", headers={"Host": "api.openai.com"},
             json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": marker}]})
         assert r.status_code >= 500
         assert _upstream_requests(stack, marker) == []
-    finally:
-        envoy.stop()
 
 
 # --- Envoy Gateway -------------------------------------------------------------------------------
@@ -295,18 +292,16 @@ def test_envoy_gateway_sdks_go_through_ledgergate(envoy_gateway):
 
 
 def test_envoy_gateway_fails_closed_when_ledgergate_is_down(mesh):
-    stack, pki, tmp = mesh
-    ports = _ports(stack, ext_proc_port=_dead_port())
-    envoy = Envoy(mesh_shapes.envoy_gateway(ports, pki, mesh_shapes.eg_translate), tmp, ports.admin)
-    try:
+    def shape(ports, pki):
+        return mesh_shapes.envoy_gateway(ports, pki, mesh_shapes.eg_translate)
+
+    with _processor_down(mesh, shape) as (stack, pki, ports):
         marker = unique_marker("egdown")
         with pytest.raises(openai.InternalServerError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{ports.listener}/v1", api_key=stack.token(), max_retries=0,
                           timeout=30).chat.completions.create(model="gpt-4o-mini",
                                                               messages=[{"role": "user", "content": marker}])
         assert _upstream_requests(stack, marker) == []
-    finally:
-        envoy.stop()
 
 
 def test_envoy_gateway_with_the_patch_policy_runs_the_exact_source_filter(mesh):
