@@ -1,8 +1,9 @@
 """One source for the ext_proc filter (envoy/filters/ext_proc.yaml), rendered into every place that
 configures it: the filter block of envoy/local.yaml, sidecar.yaml and edge.yaml (text, comments
-included, nothing else in those files touched), the Istio EnvoyFilters and the Envoy Gateway
-EnvoyExtensionPolicy under deploy/, and the ledgergate ConfigMap copies the Istio sidecar overlay
-needs in the application's namespace.
+included, nothing else in those files touched), the Istio EnvoyFilters, the Envoy Gateway
+EnvoyExtensionPolicy (and the EnvoyPatchPolicy for what it cannot say) under deploy/, and the
+ledgergate ConfigMaps the mesh overlays need (copies in the application's namespace for the Istio
+sidecar; the egress gateway's with mesh identities).
 
     python -m ext_proc.cli.mesh            rewrite every copy (then deploy/k8s/sync_configmaps.py
                                            regenerates the k8s Envoy ConfigMap from sidecar.yaml)
@@ -62,9 +63,9 @@ EG_FILTER_NAME = f"{FILTER_NAME}/envoyextensionpolicy/{LEDGERGATE_NAMESPACE}/led
 # internal/xds/translator/extproc.go): it always uses a 10 s gRPC call timeout, never sets
 # max_message_timeout (only used with mode overrides, which ledgergate disallows) nor
 # mutation_rules (so a disallowed mutation is ignored instead of failing the request; ledgergate
-# never asks for one: it does not mutate :authority/host/:method/x-envoy-*).
+# never asks for one on this filter: it does not mutate :authority/host/:method/x-envoy-*).
+# envoy_patch_policy() carries them for the clusters that enable EnvoyPatchPolicy.
 EG_UNEXPRESSIBLE = ("grpc_service.timeout", "max_message_timeout", "mutation_rules")
-EG_DEFAULT_GRPC_TIMEOUT = "10s"
 _EG_BODY_MODES = {"BUFFERED": "Buffered", "STREAMED": "Streamed", "BUFFERED_PARTIAL": "BufferedPartial",
                   "FULL_DUPLEX_STREAMED": "FullDuplexStreamed"}
 
