@@ -302,7 +302,13 @@ def istio_egress_gateway(ports: Ports, pki: Pki) -> dict:
             clusters[cluster] = static_cluster(cluster, ports.provider, tls=origination_tls(
                 pl["tls"]["sni"], pl["tls"]["subjectAltNames"], pki.ca))
         vhosts.append({"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"], "routes": routes})
-    listener = {"name": f"0.0.0.0_{port}", "address": _addr(ports.listener), "filter_chains": [{
+    # Istio matches the server's filter chain on SNI = the server's hosts (the sidecar sends the
+    # SNI its DestinationRule subset names), so the listener inspects TLS first.
+    listener = {"name": f"0.0.0.0_{port}", "address": _addr(ports.listener), "listener_filters": [{
+        "name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+        "filter_chains": [{
+        "filter_chain_match": {"server_names": list(server["hosts"])},
         "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
             "require_client_certificate": True,

@@ -199,12 +199,39 @@ def test_istio_sidecar_fails_closed_when_ledgergate_is_down(mesh):
 
 # --- Istio egress gateway ------------------------------------------------------------------------
 
-def _workload_client(ports, pki, *, cert: bool = True) -> httpx.Client:
-    # The calling workload's sidecar: Istio mutual TLS to the gateway with the workload's certificate.
+class _SidecarToGateway(httpx.HTTPTransport):
+    """The calling workload's sidecar: Istio mutual TLS to the gateway with the workload's
+    certificate and the SNI its DestinationRule subset names for the provider."""
+
+    def __init__(self, ctx: ssl.SSLContext, sni: dict[str, str]):
+        super().__init__(verify=ctx)
+        self.sni = sni
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.extensions["sni_hostname"] = self.sni[request.headers["host"]]
+        return super().handle_request(request)
+
+
+def _egress_sni() -> dict[str, str]:
+    """Provider host -> the SNI a sidecar sends to the gateway for it: the VirtualService's mesh
+    route names a subset, the subset's TLS settings name the SNI."""
+    overlay = mesh_shapes.DEPLOY / "istio" / "egress-gateway"
+    (dr,) = mesh_shapes.docs(overlay / "destinationrule-egressgateway.yaml")
+    subset_sni = {s["name"]: s["trafficPolicy"]["portLevelSettings"][0]["tls"]["sni"] for s in dr["spec"]["subsets"]}
+    out = {}
+    for vs in mesh_shapes.docs(overlay / "virtualservice-providers.yaml"):
+        (host,) = vs["spec"]["hosts"]
+        (to_gateway,) = [h for h in vs["spec"]["http"] if any("mesh" in m.get("gateways", []) for m in h["match"])]
+        out[host] = subset_sni[to_gateway["route"][0]["destination"]["subset"]]
+    return out
+
+
+def _workload_client(ports, pki, *, cert: bool = True, sni: dict[str, str] | None = None) -> httpx.Client:
     ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.check_hostname = False   # the gateway's certificate names its Service, the SNI the provider
     if cert:
         ctx.load_cert_chain(str(pki.workload_cert), str(pki.workload_key))
-    return httpx.Client(verify=ctx, timeout=30)
+    return httpx.Client(transport=_SidecarToGateway(ctx, _egress_sni() if sni is None else sni), timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -237,10 +264,15 @@ def test_istio_egress_gateway_takes_the_callers_spiffe_identity(egress):
     assert "".join((c.choices[0].delta.content or "") for c in stream if c.choices) == "You said: stream me please"
 
 
-def test_istio_egress_gateway_refuses_a_caller_without_a_mesh_certificate(egress):
+def test_istio_egress_gateway_refuses_a_caller_without_a_mesh_certificate_or_a_provider_sni(egress):
     stack, pki, ports = egress
     with pytest.raises(httpx.HTTPError):
         _workload_client(ports, pki, cert=False).post(
+            f"https://127.0.0.1:{ports.listener}/v1/chat/completions", headers={"Host": "api.openai.com"},
+            json={"model": "m", "messages": []})
+    # A server name the Gateway does not serve matches no filter chain.
+    with pytest.raises(httpx.HTTPError):
+        _workload_client(ports, pki, sni={"api.openai.com": "example.com"}).post(
             f"https://127.0.0.1:{ports.listener}/v1/chat/completions", headers={"Host": "api.openai.com"},
             json={"model": "m", "messages": []})
 
