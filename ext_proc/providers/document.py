@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import json
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -33,6 +34,7 @@ from typing import Any, Mapping
 from ext_proc.providers.adapters import (
     MAX_SEGMENTS,
     BadRequestBody,
+    load_json,
     ParsedRequest,
     Path,
     TextSegment,
@@ -44,6 +46,20 @@ from ext_proc.providers.adapters import (
 
 MAX_ATTACHMENT_BYTES = 4 * 1024 * 1024
 _SHORT_PAYLOAD = 4096
+MAX_NESTED_JSON_BYTES = 4 * 1024 * 1024
+
+
+class _JsonStep:
+    """A path step meaning "this string is itself a JSON document": tool-call arguments, tool
+    results and the like, whose strings the model and the SDKs read decoded (escapes included)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<json>"
+
+
+JSON_STEP = _JsonStep()
 _KEY: list = []          # marks a stack entry that is an object key
 _PAIRED_TEXT = 1024
 # String values under these keys are encoded payloads (base64 or a data: URL) in every provider's
@@ -297,6 +313,20 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
         label = "content.unscanned." + kind
         doc.unscanned[label] = doc.unscanned.get(label, 0) + 1
 
+    nested_budget = [MAX_NESTED_JSON_BYTES]
+
+    def nested_json(text: str) -> Any:
+        """TEXT decoded when it is a JSON object or array (within the budget), else None."""
+        t = text.strip()
+        if len(t) < 2 or t[0] not in "{[" or t[-1] not in "}]" or len(t) > nested_budget[0]:
+            return None
+        try:
+            obj = load_json(t.encode("utf-8", "surrogatepass"), nested_budget[0])
+        except BadRequestBody:
+            return None
+        nested_budget[0] -= len(t)
+        return obj
+
     # (node, path, ancestors: the enclosing objects, nearest first, at most three)
     stack: list[tuple[Any, Path, list[dict]]] = [(parsed.body, (), [])] if parsed is not None else []
     while stack:
@@ -338,6 +368,9 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
                 order.append(add(TextSegment(path, node, "value")))
             elif len(node) <= _PAIRED_TEXT:
                 order.append(seen[path])     # beside its key once more ({"password": "..."})
+            inner_doc = nested_json(node)
+            if inner_doc is not None:
+                stack.append((inner_doc, path + (JSON_STEP,), []))
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
             digits = repr(node)
             if sum(c.isdigit() for c in digits) >= 7:   # short numbers cannot hold any finding
@@ -377,19 +410,43 @@ def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[
     if not values and not renames and parsed.raw:
         return parsed.raw
     obj = copy.deepcopy(parsed.body)
+    # A string that is itself JSON and has edits inside is rewritten from those edits; an edit of
+    # the string as a whole would be lost in that rewrite, and the strings inside cover it.
+    nested_parents = {p[:p.index(JSON_STEP)] for p, *_ in values + renames if JSON_STEP in p}
+    values = [v for v in values if not (JSON_STEP not in v[0] and v[0] in nested_parents)]
     for path, value, create in values:        # paths still name the original keys
-        _set_path(obj, path, value, create=create)
+        _edit(obj, path, lambda o, p: _set_path(o, p, value, create=create))
     # Deepest first, so an enclosing key is renamed after everything below it was addressed.
     for path, new_key in sorted(renames, key=lambda r: -len(r[0])):
-        parent = obj if len(path) == 1 else _get_path(obj, path[:-1])
-        old = path[-1]
-        if not isinstance(parent, dict) or old not in parent:
-            raise ValueError("cannot rename a key: its object is gone")
-        name, n = new_key, 2
-        while name in parent and name != old:
-            name = f"{new_key}#{n}"
-            n += 1
-        items = [(name if k == old else k, v) for k, v in parent.items()]
-        parent.clear()
-        parent.update(items)
+        _edit(obj, path, lambda o, p: _rename(o, p, new_key))
     return _dump(obj)
+
+
+def _edit(obj: Any, path: Path, change: Any) -> None:
+    """Apply CHANGE(document, path) at PATH, decoding and re-encoding every string on the way
+    that is itself a JSON document (a JSON_STEP in the path)."""
+    if JSON_STEP not in path:
+        change(obj, path)
+        return
+    i = path.index(JSON_STEP)
+    outer, inner = path[:i], path[i + 1:]
+    text = _get_path(obj, outer)
+    if not isinstance(text, str):
+        raise ValueError("cannot edit inside a JSON string: it is gone")
+    inner_obj = json.loads(text)
+    _edit(inner_obj, inner, change)
+    _set_path(obj, outer, json.dumps(inner_obj, ensure_ascii=False), create=False)
+
+
+def _rename(obj: Any, path: Path, new_key: str) -> None:
+    parent = obj if len(path) == 1 else _get_path(obj, path[:-1])
+    old = path[-1]
+    if not isinstance(parent, dict) or old not in parent:
+        raise ValueError("cannot rename a key: its object is gone")
+    name, n = new_key, 2
+    while name in parent and name != old:
+        name = f"{new_key}#{n}"
+        n += 1
+    items = [(name if k == old else k, v) for k, v in parent.items()]
+    parent.clear()
+    parent.update(items)

@@ -307,3 +307,23 @@ def test_gemini_and_bedrock_system_text_is_read_before_the_turns():
     assert not decide(json.dumps(g).encode(), head("/v1beta/models/gemini-1.5-flash:generateContent")).forward
     b = {"system": [{"text": "ref AKIAIOSF"}], "messages": [{"role": "user", "content": [{"text": "ODNN7QWERTYZ go"}]}]}
     assert not decide(json.dumps(b).encode(), head("/model/anthropic.claude-3-haiku-20240307-v1:0/converse")).forward
+
+
+def test_strings_that_are_json_are_read_decoded_and_redacted_inside():
+    # Tool-call arguments are JSON in a string: the model and the SDKs read them decoded, so a
+    # card or an e-mail written with \u escapes there is what they see.
+    args = '{"card": "\\u0034111 1111 1111 1111", "note": {"to": "jane.\\u0064oe@example.com"}}'
+    body = {"model": "gpt-4o-mini", "messages": [
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                              "function": {"name": "pay", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"result": "sent to jane.\\u0064oe@example.com"}'}]}
+    v = decide(json.dumps(body).encode())
+    assert not v.forward and v.code == "pci_detected"
+    args_pii = '{"note": {"to": "jane.\\u0064oe@example.com"}, "n": 1}'
+    body["messages"][0]["tool_calls"][0]["function"]["arguments"] = args_pii
+    v = decide(json.dumps(body).encode())
+    assert v.forward and v.new_body is not None
+    out = json.loads(v.new_body)
+    sent_args = json.loads(out["messages"][0]["tool_calls"][0]["function"]["arguments"])
+    assert sent_args == {"note": {"to": "[PII.EMAIL]"}, "n": 1}
+    assert json.loads(out["messages"][1]["content"]) == {"result": "sent to [PII.EMAIL]"}
