@@ -327,3 +327,29 @@ def test_strings_that_are_json_are_read_decoded_and_redacted_inside():
     sent_args = json.loads(out["messages"][0]["tool_calls"][0]["function"]["arguments"])
     assert sent_args == {"note": {"to": "[PII.EMAIL]"}, "n": 1}
     assert json.loads(out["messages"][1]["content"]) == {"result": "sent to [PII.EMAIL]"}
+
+
+_JSON_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.text(max_size=12))
+_JSON = st.recursive(_JSON_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(min_size=1, max_size=8), inner, max_size=4)), max_leaves=12)
+
+
+@pytest.mark.parametrize("path", sorted(BODIES))
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_a_secret_anywhere_in_random_extra_json_never_reaches_the_provider(path, data):
+    # Fields nobody listed, of any shape, at any depth: the walk is generic.
+    body = json.loads(json.dumps(BODIES[path]))
+    extra = data.draw(_JSON)
+    objects = [where for kind, where in _places(body) if kind == "object"]
+    _get(body, data.draw(st.sampled_from(objects)))[data.draw(st.text(min_size=1, max_size=6)) + "_x"] = extra
+    places = [p for p in _places(body)]
+    name = data.draw(st.sampled_from(sorted(SECRETS)))
+    written, needle = SECRETS[name]
+    kind, where = data.draw(st.sampled_from(places))
+    if kind == "string":
+        parent, key = _get(body, where[:-1]), where[-1]
+        parent[key] = parent[key] + " " + written
+    else:
+        _get(body, where)[written] = json.loads(json.dumps(extra))
+    assert_no_leak(path, body, needle)
