@@ -44,6 +44,7 @@ from ext_proc.pipeline.request import sha256_hex
 from ext_proc.providers.translate import ResponseTranslator, TranslationError, translate_request
 from ext_proc.streaming import Release, ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
+from ext_proc.streaming.transparency import DISCLOSURE_HEADER, TransparencyMarker, transparency_marker
 
 log = structlog.get_logger("ledgergate.server")
 
@@ -81,6 +82,7 @@ class Exchange:
         self.multiplex: tuple | None = None       # (Route, TranslatedRequest) when another provider serves it
         self.translator: ResponseTranslator | None = None
         self.upstream_host: str | None = None
+        self.transparency: TransparencyMarker | None = None
         self.outcome_committed = False
         self.request_released = False
         # Legal-hold capture of the response as delivered (after redaction), bounded.
@@ -306,6 +308,13 @@ class Exchange:
             self.translator.start(self.response_status, content_type)
             content_type = self.translator.content_type
             set_headers.append(_set_header("content-type", content_type))
+        # Article 50 transparency marker (ext_proc/streaming/transparency.py).
+        target = self.multiplex[0].target if self.multiplex is not None and self.multiplex[1] is not None else None
+        self.transparency = transparency_marker(
+            (decision.response or {}).get("marker_header") if decision is not None else None,
+            provider=target.provider if target else self.head.provider, model=target.model if target else self.verdict.model,
+            policy_id=decision.policy_id if decision is not None else "", policy_version=decision.policy_version
+            if decision is not None else "")
         self.inspector = ResponseInspector(
             self.head.surface.name if self.head.surface else "unknown",
             status=self.response_status,
@@ -314,13 +323,15 @@ class Exchange:
             classifier=self.rt.classifier_for(self.rt.policies.current), rules=rules,
             hash_key=self.rt.hash_key, tenant=self.identity.tenant if self.identity else None,
             max_buffer_bytes=self.rt.config.max_response_buffer_bytes,
-            drop_usage_chunk=self.verdict.usage_injected)
+            drop_usage_chunk=self.verdict.usage_injected,
+            marker_field=(self.transparency.json_field, self.transparency.json_value())
+            if self.transparency is not None and self.transparency.json_field else None)
         remove = ["content-length", "x-ledgergate-upstream-host"]
         mutation = getattr(self.inspector, "release_headers_mutation", None) or {}
         remove += [h for h in mutation.get("remove", []) if h not in remove]
-        marker = (decision.response or {}).get("marker_header") if decision is not None else None
-        if marker:
-            set_headers.append(_set_header(marker["name"], marker["value"]))
+        if self.transparency is not None:
+            set_headers.append(_set_header(self.transparency.header_name, self.transparency.header_value))
+            set_headers.append(_set_header(DISCLOSURE_HEADER, self.transparency.disclosure))
         if self.inspector.whole_body and not req.response_headers.end_of_stream:
             # Envoy keeps the headers until we answer them while the body keeps coming (full-duplex
             # streaming), so a whole JSON body is judged before its status is: a blocked answer
@@ -447,6 +458,8 @@ class Exchange:
             capture=capture, upstream_host=self.upstream_host,
             delivered_status=BLOCKED_STATUS if self.blocked_status_sent or (
                 self.pending_headers is not None and summary.get("blocked")) else None)
+        if self.transparency is not None:
+            record["transparency"] = self.transparency.record(json_field_sent=bool(summary.get("marker_field")))
         if self.reservation is not None:
             actual = None
             if usage:

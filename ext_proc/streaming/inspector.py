@@ -156,12 +156,16 @@ class ResponseInspector:
                  classifier: Classifier, rules: ResponseRules, hash_key: bytes, tenant: str | None,
                  max_event_bytes: int = 1 << 20, max_buffer_bytes: int = 8 << 20,
                  max_decoded_bytes: int = 256 << 20, hold_chars: int | None = None,
-                 drop_usage_chunk: bool = False, max_block_chars: int = 60_000) -> None:
+                 drop_usage_chunk: bool = False, max_block_chars: int = 60_000,
+                 marker_field: tuple[str, dict] | None = None) -> None:
         self.surface_name = surface_name
         self.status = status
         # ledgergate asked an OpenAI chat stream for usage the client did not ask for: the usage-only
         # chunk (no choices) is read and then not delivered, so the client sees the stream it asked for.
         self.drop_usage_chunk = drop_usage_chunk
+        # The transparency marker's field, added to a whole JSON answer (name, value); see transparency.py.
+        self.marker_field = marker_field
+        self.marker_field_sent = False
         self.rules = rules
         self.max_buffer_bytes = max_buffer_bytes
         self.max_event_bytes = max_event_bytes
@@ -276,6 +280,8 @@ class ResponseInspector:
         out = {"classification": self._ledger.summary(), "redactions": list(self._ledger.redactions),
                "usage": self.usage, "blocked": self.blocked, "response_sha256": self._digest.hexdigest(),
                "streamed": self.streamed, "events": self.events}
+        if self.marker_field_sent:
+            out["marker_field"] = self.marker_field[0] if self.marker_field else None
         if self._ledger.redactions_not_listed:
             out["redactions_not_listed"] = self._ledger.redactions_not_listed
         return out
@@ -654,6 +660,9 @@ class ResponseInspector:
                 return body if red == text else red.encode("utf-8", "surrogateescape")
             return self._seq_values(values + more, rest, final=True)
         if isinstance(obj, dict):
+            if self.marker_field is not None and 200 <= self.status < 300:
+                obj[self.marker_field[0]] = self.marker_field[1]
+                duplicate = self.marker_field_sent = True      # re-serialized with the field
             # One event: the same walk as a streamed event's, its streams decided at once.
             self._object_event(obj, body, lambda data: data, duplicate)
             self._decide(ALL)
