@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 Path = tuple
 StreamKey = tuple
@@ -277,26 +277,33 @@ def merge_usage(have: dict | None, new: dict | None, ev: Any) -> dict | None:
     return new
 
 
-def strings(obj: Any, path: Path = (), depth: int = 0) -> Iterator[tuple[Path, str]]:
+def strings(obj: Any, path: Path = (), depth: int = 0) -> list[tuple[Path, str]]:
     """Every string of a JSON value the client's SDK will hand over, object keys included (a key
-    is yielded with a KeyOf last step), with its path; opaque provider values excepted."""
+    is listed with a KeyOf last step), with its path, in document order; opaque provider values
+    excepted."""
+    out: list[tuple[Path, str]] = []
+    _strings(obj, path, depth, out)
+    return out
+
+
+def _strings(obj: Any, path: Path, depth: int, out: list) -> None:
     if depth > 256:
         raise RecursionError("JSON nested too deeply")
     if isinstance(obj, dict):
-        for k, v in list(obj.items()):
+        for k, v in obj.items():
             if k:
-                yield path + (KeyOf(k),), k
+                out.append((path + (KeyOf(k),), k))
             if isinstance(v, str):
                 if k not in OPAQUE_KEYS:
-                    yield path + (k,), v
+                    out.append((path + (k,), v))
             elif isinstance(v, (dict, list)):
-                yield from strings(v, path + (k,), depth + 1)
+                _strings(v, path + (k,), depth + 1, out)
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             if isinstance(v, str):
-                yield path + (i,), v
+                out.append((path + (i,), v))
             elif isinstance(v, (dict, list)):
-                yield from strings(v, path + (i,), depth + 1)
+                _strings(v, path + (i,), depth + 1, out)
 
 
 class DuplicateKeys(ValueError):

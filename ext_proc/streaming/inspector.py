@@ -402,9 +402,10 @@ class ResponseInspector:
         paths below a key name it as it was)."""
         changed = False
         renames: list[tuple[formats.Path, str]] = []
+        clean = self._clean
         for path, text in list(formats.strings(ev)):
             # "p" is Bedrock's random padding (it hides the lengths of the texts), not content.
-            if path in skip or not text or (padding and path == ("p",)):
+            if text in clean or not text or path in skip or (padding and path == ("p",)):
                 continue
             red = self._inspect(text, "event/" + "/".join(map(str, path)), count=count)
             if red != text:
