@@ -359,21 +359,29 @@ class ResponseInspector:
 
     # --- SSE ----------------------------------------------------------------------------
     def _sse(self, data: bytes, final: bool) -> bytes:
-        out: list[bytes] = []
         events = self._framer.feed(data) if data else []
         if final:
             events += self._framer.finish()
-        for ev in events:
-            self._event(ev)
+        return self._events(events, self._event, final)
+
+    def _events(self, items: list, handle: Callable[[Any], None], final: bool, end: bytes = b"") -> bytes:
+        """Events in order (SSE events, event-stream messages, array elements): each handled and
+        what it lets go released; then the chunk settled. At the end of the body every stream is
+        decided (streams no event ended: a Gemini stream just stops) and the held tail and `end`
+        (an array's "]") go out."""
+        out: list[bytes] = []
+        for item in items:
+            handle(item)
             out.append(self._drain())
-        if not final and events:
+        if not final and items:
             out.append(self._settle())
         if final:
             self._at_byte = self._body_bytes
-            self._decide(ALL)                  # streams no event ended (a Gemini stream just stops)
+            self._decide(ALL)
             out.append(self._drain())
             out.append(bytes(self._tail))
             self._tail.clear()
+            out.append(end)
         return b"".join(out)
 
     def _gate(self, key: StreamKey, *, json_text: bool = False) -> TextGate | JsonTextGate:
@@ -496,22 +504,10 @@ class ResponseInspector:
     # --- Bedrock event streams (application/vnd.amazon.eventstream) ----------------------
     def _eventstream(self, data: bytes, final: bool) -> bytes:
         assert self._es is not None
-        out: list[bytes] = []
         messages = self._es.feed(data) if data else []
-        for msg, raw in messages:
-            self._es_message(msg, raw)
-            out.append(self._drain())
-        if not final and messages:
-            out.append(self._settle())
-        if final:
-            if self._es.pending:
-                raise Blocked("bad_encoding", "the event stream ended inside a message")
-            self._at_byte = self._body_bytes
-            self._decide(ALL)
-            out.append(self._drain())
-            out.append(bytes(self._tail))
-            self._tail.clear()
-        return b"".join(out)
+        if final and self._es.pending:
+            raise Blocked("bad_encoding", "the event stream ended inside a message")
+        return self._events(messages, lambda m: self._es_message(*m), final)
 
     def _es_message(self, msg: eventstream.Message, raw: bytes) -> None:
         self.events += 1
@@ -689,19 +685,8 @@ class ResponseInspector:
         return self._seq_values(values, rest, final=final)
 
     def _seq_values(self, values: list[tuple[bytes, bytes]], rest: bytes, *, final: bool) -> bytes:
-        out: list[bytes] = []
-        for lead, value in values:
-            self._seq_value(lead, value)
-            out.append(self._drain())
-        if not final and values:
-            out.append(self._settle())
-        if final:
-            self._decide(ALL)
-            out.append(self._drain())
-            out.append(bytes(self._tail))
-            self._tail.clear()
-            out.append(rest)          # the array's "]" goes with the end of the response
-        return b"".join(out)
+        # The array's "]" goes with the end of the response.
+        return self._events(values, lambda v: self._seq_value(*v), final, rest)
 
     def _seq_value(self, lead: bytes, value: bytes) -> None:
         self.events += 1

@@ -12,11 +12,11 @@ import random
 from urllib.parse import quote
 
 import anthropic
-import botocore.config
-import botocore.session
 import httpx
 import openai
 import pytest
+
+from tests.e2e.test_bedrock_stream_e2e import bedrock
 
 pytestmark = pytest.mark.e2e
 
@@ -111,16 +111,11 @@ def test_anthropic_input_json_delta_with_escapes_is_masked(stack):
 
 
 def test_botocore_converse_stream_tool_input_with_escapes_is_masked(stack, monkeypatch):
-    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", stack.token())
-    client = botocore.session.get_session().create_client(
-        "bedrock-runtime", region_name="us-east-1", endpoint_url=f"https://127.0.0.1:{stack.tls_port}",
-        verify=str(stack.var_dir / "dev" / "tls" / "server.crt"),
-        config=botocore.config.Config(retries={"max_attempts": 1}))
+    client = bedrock(stack, monkeypatch, '{"key": "' + escaped(AWS_KEY) + '"}', chunk=2)
 
-    def add(request, **_):
-        for k, v in directives('{"key": "' + escaped(AWS_KEY) + '"}', 2, **{"x-mock-reply-as": "tool"}).items():
-            request.headers[k] = v
-    client.meta.events.register("before-send.bedrock-runtime.*", add)
+    def as_tool(request, **_):
+        request.headers["x-mock-reply-as"] = "tool"
+    client.meta.events.register("before-send.bedrock-runtime.*", as_tool)
     resp = client.converse_stream(modelId="anthropic.claude-3-5-haiku-20241022-v1:0",
                                   messages=[{"role": "user", "content": [{"text": "q"}]}])
     args = "".join(e["contentBlockDelta"]["delta"]["toolUse"]["input"] for e in resp["stream"]
