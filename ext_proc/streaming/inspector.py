@@ -26,6 +26,7 @@ import codecs
 from collections import deque
 import hashlib
 import json
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,8 +37,8 @@ from ext_proc.providers import error_body, eventstream
 from ext_proc.providers.eventstream import EventStreamDecoder, EventStreamError
 from ext_proc.streaming import formats
 from ext_proc.streaming.formats import ALL, StreamKey
-from ext_proc.streaming.gate import (Blocked, JsonTextGate, Ledger, ScanPolicy, TextGate, inspect_string,
-                                     inspect_whole)
+from ext_proc.streaming.gate import (Blocked, JsonTextGate, Ledger, ScanPolicy, TextGate, clean_whole,
+                                     inspect_string, inspect_whole)
 from ext_proc.streaming.jsonseq import JsonSeqError, JsonSeqReader
 from ext_proc.streaming.sse import EventTooLarge, SSEEvent, SSEFramer, frame
 
@@ -141,6 +142,10 @@ SNIFF_BYTES = 12
 SSE_STARTS = (b"data:", b"data\n", b"data\r", b"event:", b"id:", b"retry:", b":")
 CLEAN_CACHE = 4096              # short strings (ids, model names, keys) known to hold no finding
 CLEAN_CACHE_CHARS = 256
+# Per classifier (they live as long as their policy version): keys and short space-free strings
+# found clean, shared by its responses.
+SHARED_CLEAN_CHARS = 64
+_SHARED_CLEAN: "weakref.WeakKeyDictionary[Classifier, dict[str, None]]" = weakref.WeakKeyDictionary()
 
 
 def _eventstream_prelude(head: bytes) -> bool:
@@ -215,6 +220,7 @@ class ResponseInspector:
         self.whole_body = self._declared not in ("sse", "eventstream") or self._refuse is not None
         self._released_any = False
         self._clean: dict[str, None] = {}
+        self._shared_clean = _SHARED_CLEAN.setdefault(classifier, {})
         # SSE state
         self._framer = SSEFramer(max_event_bytes)
         self._gates: dict[StreamKey, TextGate | JsonTextGate] = {}
@@ -391,18 +397,16 @@ class ResponseInspector:
             gate = self._gates[key] = kind(self._policy, self._ledger, "/".join(map(str, key)))
         return gate
 
-    def _inspect(self, text: str, where: str, *, count: bool = True) -> str:
+    def _inspect(self, text: str, path: formats.Path, *, count: bool = True) -> str:
         """One whole string of an event or body; short strings known clean (an id or a model name
         repeated in every chunk) are not scanned again."""
-        if text in self._clean:
+        if clean_whole(self._policy, text):
+            if len(text) <= CLEAN_CACHE_CHARS:
+                if len(self._clean) >= CLEAN_CACHE:
+                    self._clean.clear()
+                self._clean[text] = None
             return text
-        before = self._ledger.total
-        red = inspect_string(self._policy, self._ledger, text, where, count=count)
-        if count and red == text and self._ledger.total == before and len(text) <= CLEAN_CACHE_CHARS:
-            if len(self._clean) >= CLEAN_CACHE:
-                self._clean.clear()
-            self._clean[text] = None
-        return red
+        return inspect_string(self._policy, self._ledger, text, "event/" + "/".join(map(str, path)), count=count)
 
     def _scan_strings(self, ev: Any, skip: set, *, count: bool = True, padding: bool = False) -> bool:
         """Every string of the event but the stream texts in `skip`, keys included, scanned whole
@@ -415,7 +419,16 @@ class ResponseInspector:
             # "p" is Bedrock's random padding (it hides the lengths of the texts), not content.
             if text in clean or not text or path in skip or (padding and path == ("p",)):
                 continue
-            red = self._inspect(text, "event/" + "/".join(map(str, path)), count=count)
+            # Keys and short strings without spaces (schema words, enums, model names) known clean
+            # are shared by the classifier's responses; answer text is not kept past its response.
+            shared = len(text) <= SHARED_CLEAN_CHARS and " " not in text
+            if shared and text in self._shared_clean:
+                continue
+            red = self._inspect(text, path, count=count)
+            if shared and red == text and text in clean:
+                if len(self._shared_clean) >= CLEAN_CACHE:
+                    self._shared_clean.clear()
+                self._shared_clean[text] = None
             if red != text:
                 if isinstance(path[-1], formats.KeyOf):
                     renames.append((path, red))
