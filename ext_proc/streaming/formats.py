@@ -42,7 +42,8 @@ class Slot:
 
 
 # The strings of an OpenAI delta that carry the model's text and are held back like it.
-DELTA_TEXT_KEYS = frozenset({"content", "refusal", "reasoning_content", "reasoning", "arguments", "text"})
+DELTA_TEXT_KEYS = frozenset({"content", "refusal", "reasoning_content", "reasoning", "arguments", "text",
+                             "transcript"})   # audio answers: delta.audio.transcript
 
 
 @dataclass(frozen=True, slots=True)
