@@ -177,6 +177,13 @@ class TextGate:
         held = "".join(self._pending)
         out: list[str] = []
         start = 0
+        if final:
+            # At the end, a block that never got its footer is masked to the end of the text by
+            # its finding, which must fit one window: longer, it is refused like a growing one.
+            block = _open_block(held, 0, len(held))
+            if block is not None and len(held) - block > p.max_block_chars:
+                raise Blocked("finding_too_long", "a key block in the response ran past "
+                              f"{p.max_block_chars} characters without its end")
         while start < len(held):
             rest = len(held) - start
             take = min(rest, self._window)

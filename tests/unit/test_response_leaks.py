@@ -350,3 +350,16 @@ def test_ids_fingerprints_and_keys_are_scanned():
         "4111 1111 1111 1111": 1}}}]}}]}).encode()
     out, _ = released("gemini.generate", "application/json", whole, random.Random(2))
     assert b"4111 1111 1111 1111" not in out
+
+
+def test_an_unterminated_pem_block_at_the_end_is_masked_to_the_end_or_refused_past_the_bound():
+    key = fake_pem(4096, seed=7).rsplit("\n", 1)[0]          # no footer: the answer is cut off
+    lines = [ln for ln in key.splitlines()[1:]]
+    body = whole_chat("Here: " + key, "content")
+    out, ins = released("openai.chat_completions", "application/json", body, random.Random(8))
+    assert not any(ln in out.decode() for ln in lines) and not ins.blocked
+    small = ResponseInspector("openai.chat_completions", status=200, content_type="application/json",
+                              content_encoding=None, classifier=CLF, rules=MASK_ALL, hash_key=b"k" * 32, tenant="t",
+                              max_block_chars=1000)
+    out = b"".join(r.body for r in small.feed(body, True))
+    assert small.blocked["label"] == "finding_too_long" and not any(ln in out.decode() for ln in lines)
