@@ -5,7 +5,8 @@ responses, embeddings, completions, models), Anthropic (messages, count_tokens),
 The reply is "You said: " + the last user text, so tests see what reached the upstream.
 Test directives (request headers): x-mock-reply (percent-encoded reply text), x-mock-chunk-chars
 (characters per streamed delta), x-mock-status (answer with that error status), x-mock-delay-ms,
-x-mock-event-delay-ms. GET /_mock/requests lists the last 200 requests (with `response_b64`, the exact
+x-mock-event-delay-ms, x-mock-content-type (a streamed answer's content type, "none" for no header),
+x-mock-reply-as: tool (the reply is a tool call's arguments: chat, messages, converse). GET /_mock/requests lists the last 200 requests (with `response_b64`, the exact
 body sent); DELETE clears them.
 """
 
@@ -169,10 +170,18 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:  # type: ignore[attr-defined]
                 entry["response_b64"] = base64.b64encode(body).decode()
 
+    def _as_tool(self) -> bool:
+        """x-mock-reply-as: tool - the reply is a tool call's arguments (JSON text, sent as given,
+        escapes included) instead of text."""
+        return self.headers.get("x-mock-reply-as") == "tool"
+
     def _stream(self, events: Iterator[bytes], content_type: str = "text/event-stream") -> None:
         self._started = True
         self.send_response(200)
-        self.send_header("content-type", content_type)
+        # x-mock-content-type: a misbehaving upstream labels its stream otherwise ("none": no header).
+        content_type = self.headers.get("x-mock-content-type", content_type)
+        if content_type != "none":
+            self.send_header("content-type", content_type)
         self.send_header("cache-control", "no-cache")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
@@ -313,9 +322,13 @@ class _Handler(BaseHTTPRequestHandler):
         usage = {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(reply),
                  "total_tokens": _tokens(prompt) + _tokens(reply)}
         if not stream:
+            message: dict = {"role": "assistant", "content": reply, "refusal": None}
+            if self._as_tool():
+                message.update(content=None, tool_calls=[{"id": "call_1", "type": "function", "function": {
+                    "name": "lookup", "arguments": reply}}])
             self._send(200, json.dumps({
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": None},
+                "choices": [{"index": 0, "message": message,
                              "logprobs": None, "finish_reason": "stop"}],
                 "usage": usage}).encode())
             return
@@ -325,8 +338,15 @@ class _Handler(BaseHTTPRequestHandler):
             base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
             yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                             "logprobs": None, "finish_reason": None}]})
-            for piece in split_reply(reply, chunk):
-                yield sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "logprobs": None,
+            for i, piece in enumerate(split_reply(reply, chunk)):
+                delta: dict = {"content": piece}
+                if self._as_tool():
+                    call: dict = {"index": 0, "function": {"arguments": piece}}
+                    if i == 0:
+                        call.update(id="call_1", type="function")
+                        call["function"]["name"] = "lookup"
+                    delta = {"tool_calls": [call]}
+                yield sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                                 "finish_reason": None}]})
             yield sse({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
             if include_usage:
@@ -438,12 +458,15 @@ class _Handler(BaseHTTPRequestHandler):
                 "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
                 "stop_reason": None, "stop_sequence": None,
                 "usage": {"input_tokens": _tokens(prompt), "output_tokens": 1}}}, event="message_start")
-            yield sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                      event="content_block_start")
+            tool = self._as_tool()
+            block = {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}} if tool else \
+                {"type": "text", "text": ""}
+            yield sse({"type": "content_block_start", "index": 0, "content_block": block}, event="content_block_start")
             yield sse({"type": "ping"}, event="ping")
             for piece in split_reply(reply, chunk):
-                yield sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
-                          event="content_block_delta")
+                delta = {"type": "input_json_delta", "partial_json": piece} if tool else \
+                    {"type": "text_delta", "text": piece}
+                yield sse({"type": "content_block_delta", "index": 0, "delta": delta}, event="content_block_delta")
             yield sse({"type": "content_block_stop", "index": 0}, event="content_block_stop")
             yield sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                        "usage": {"output_tokens": _tokens(reply)}}, event="message_delta")
@@ -490,8 +513,12 @@ class _Handler(BaseHTTPRequestHandler):
         if stream:
             def events() -> Iterator[bytes]:
                 yield eventstream_message("messageStart", {"role": "assistant"})
+                if self._as_tool():
+                    yield eventstream_message("contentBlockStart", {"contentBlockIndex": 0, "start": {
+                        "toolUse": {"toolUseId": "tooluse_1", "name": "lookup"}}})
                 for piece in split_reply(reply, chunk):
-                    yield eventstream_message("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
+                    delta = {"toolUse": {"input": piece}} if self._as_tool() else {"text": piece}
+                    yield eventstream_message("contentBlockDelta", {"contentBlockIndex": 0, "delta": delta})
                 yield eventstream_message("contentBlockStop", {"contentBlockIndex": 0})
                 yield eventstream_message("messageStop", {"stopReason": "end_turn"})
                 yield eventstream_message("metadata", {

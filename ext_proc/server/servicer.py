@@ -46,6 +46,7 @@ from ext_proc.providers.translate import ResponseTranslator, TranslationError, t
 from ext_proc.ratelimit import refusal
 from ext_proc.streaming import Release, ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
+from ext_proc.streaming.transparency import DISCLOSURE_HEADER, TransparencyMarker, transparency_marker
 
 log = structlog.get_logger("ledgergate.server")
 
@@ -85,6 +86,7 @@ class Exchange:
         self.upstream_host: str | None = None
         self.ratelimit_headers: dict[str, str] = {}
         self.upstream_error: str | None = None   # Envoy ended the exchange itself (timeout, reset)
+        self.transparency: TransparencyMarker | None = None
         self.outcome_committed = False
         self.request_released = False
         # Legal-hold capture of the response as delivered (after redaction), bounded.
@@ -326,6 +328,13 @@ class Exchange:
               and not req.response_headers.end_of_stream):
             self.translator = ModelListAliases(self.rt.config.multiplex_models,
                                                self.rt.config.max_response_buffer_bytes)
+        # Article 50 transparency marker (ext_proc/streaming/transparency.py).
+        target = self.multiplex[0].target if self.multiplex is not None and self.multiplex[1] is not None else None
+        self.transparency = transparency_marker(
+            (decision.response or {}).get("marker_header") if decision is not None else None,
+            provider=target.provider if target else self.head.provider, model=target.model if target else self.verdict.model,
+            policy_id=decision.policy_id if decision is not None else "", policy_version=decision.policy_version
+            if decision is not None else "")
         self.inspector = ResponseInspector(
             self.head.surface.name if self.head.surface else "unknown",
             status=self.response_status,
@@ -334,13 +343,15 @@ class Exchange:
             classifier=self.rt.classifier_for(self.rt.policies.current), rules=rules,
             hash_key=self.rt.hash_key, tenant=self.identity.tenant if self.identity else None,
             max_buffer_bytes=self.rt.config.max_response_buffer_bytes,
-            drop_usage_chunk=self.verdict.usage_injected)
+            drop_usage_chunk=self.verdict.usage_injected,
+            marker_field=(self.transparency.json_field, self.transparency.json_value())
+            if self.transparency is not None and self.transparency.json_field else None)
         remove = ["content-length", "x-ledgergate-upstream-host", "x-ledgergate-upstream-flags"]
         mutation = getattr(self.inspector, "release_headers_mutation", None) or {}
         remove += [h for h in mutation.get("remove", []) if h not in remove]
-        marker = (decision.response or {}).get("marker_header") if decision is not None else None
-        if marker:
-            set_headers.append(_set_header(marker["name"], marker["value"]))
+        if self.transparency is not None:
+            set_headers.append(_set_header(self.transparency.header_name, self.transparency.header_value))
+            set_headers.append(_set_header(DISCLOSURE_HEADER, self.transparency.disclosure))
         if self.inspector.whole_body and not req.response_headers.end_of_stream:
             # Envoy keeps the headers until we answer them while the body keeps coming (full-duplex
             # streaming), so a whole JSON body is judged before its status is: a blocked answer
@@ -472,6 +483,8 @@ class Exchange:
             self.rt.metrics.spend(usage, tenant=self.identity.tenant if self.identity else None,
                                   model=self.verdict.record.get("model_routed") or self.verdict.model,
                                   provider=self.verdict.record.get("upstream") or self.head.provider)
+        if self.transparency is not None:
+            record["transparency"] = self.transparency.record(json_field_sent=bool(summary.get("marker_field")))
         if self.reservation is not None:
             actual = None
             if usage:
