@@ -233,11 +233,19 @@ def check_dob(data: bytes, s: int, e: int) -> list[Hit]:
 PCI_CONTEXT = ("card", "visa", "mastercard", "amex", "credit", "debit", "cc#", "cc ", "pan",
                "payment", "karte", "carte", "tarjeta")
 CARD = (_NOT_DIGIT_BEFORE + r"(\d(?:[ -]?\d){12,18}"                                   # one space or dash anywhere
-        r"|\d{4}(?:" + GROUP_SEP + r"\d{4}){2}" + GROUP_SEP + r"\d{1,7}"    # 4-4-4-n, any separators
+        r"|\d{4}(?:" + GROUP_SEP + r"\d{4}){2,6}(?:" + GROUP_SEP + r"\d{1,7})?"  # 4-4-4-n, any separators
         r"|\d{4}" + GROUP_SEP + r"\d{6}" + GROUP_SEP + r"\d{4,5})" + _NOT_DIGIT_AFTER)       # 4-6-5 (Amex), 4-6-4 (Diners)
 
 
 def check_card(data: bytes, s: int, e: int) -> list[Hit]:
+    rs, re_ = _group_run(data, s, e)
+    if (rs, re_) != (s, e):
+        # The match is part of a longer run of digit groups (a phone's last group in front, a
+        # reference after): every card in the run counts, so no group of it goes out.
+        span = (rs, re_) if v.card_ok(_digits(data[rs:re_])) else _card_subspan(data, rs, re_)
+        if span is not None:
+            ctx = _has_context(data, span[0], span[1], PCI_CONTEXT)
+            return [(span[0], span[1], 95 if ctx else 85, "luhn")]
     raw = data[s:e]
     digits = _digits(raw)
     if v.card_ok(digits):
@@ -250,10 +258,38 @@ def check_card(data: bytes, s: int, e: int) -> list[Hit]:
     return [(span[0], span[1], 95 if ctx else 85, "luhn")]
 
 
+def _is_group_sep(b: int) -> bool:
+    return b < 0x80 and not (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122)
+
+
+def _group_run(data: bytes, s: int, e: int) -> tuple[int, int]:
+    """[s, e) widened by the neighbouring group of 1-7 digits on each side, joined by 1-3
+    separator characters: the regex match is greedy, so one group each way is what can still
+    belong to a card it cut. Bounded: at most 11 bytes looked at each way."""
+    k, n = s - 1, 0
+    while k >= 0 and n < 3 and _is_group_sep(data[k]):
+        k, n = k - 1, n + 1
+    m = k
+    while m >= 0 and 48 <= data[m] <= 57 and k - m < 8:
+        m -= 1
+    if n and m < k and k - m <= 7 and not (m >= 0 and 48 <= data[m] <= 57):
+        s = m + 1
+    k, n = e, 0
+    while k < len(data) and n < 3 and _is_group_sep(data[k]):
+        k, n = k + 1, n + 1
+    m = k
+    while m < len(data) and 48 <= data[m] <= 57 and m - k < 8:
+        m += 1
+    if n and m > k and m - k <= 7 and not (m < len(data) and 48 <= data[m] <= 57):
+        e = m
+    return s, e
+
+
 def _card_subspan(data: bytes, s: int, e: int) -> tuple[int, int] | None:
-    """A separated run can hold a card followed or preceded by other digit groups
-    ("4111 1111 1111 1111 123", "ref 12 4111 1111 1111 1111"): try the longest run of whole
-    groups that starts at the first group or ends at the last one. Bounded: at most 2 x 8 tries."""
+    """A separated run can hold a card among other digit groups ("4111 1111 1111 1111 123",
+    "ref 12 4111 1111 1111 1111", a phone's last group in front): every run of whole groups that
+    is a valid card counts, and the finding covers all of them, since which one is the card
+    cannot be told and no digit of either may go out. Bounded: at most 8 groups, 36 windows."""
     groups: list[tuple[int, int]] = []
     i = s
     while i < e:
@@ -267,12 +303,20 @@ def _card_subspan(data: bytes, s: int, e: int) -> tuple[int, int] | None:
     n = len(groups)
     if not 2 <= n <= 8:
         return None
-    tries = [(0, b) for b in range(n - 2, -1, -1)] + [(a, n - 1) for a in range(1, n)]
-    for a, b in tries:
-        gs, ge = groups[a][0], groups[b][1]
-        if v.card_ok(_digits(data[gs:ge])):
-            return gs, ge
-    return None
+    widths = [j - i for i, j in groups]
+    found: tuple[int, int] | None = None
+    for a in range(n):
+        total = 0
+        for b in range(a, n):
+            total += widths[b]
+            if total > 19:
+                break
+            if total < 13 or (a, b) == (0, n - 1):
+                continue                     # too short; or the whole run, tried by the caller
+            gs, ge = groups[a][0], groups[b][1]
+            if v.card_ok(_digits(data[gs:ge])):
+                found = (gs, ge) if found is None else (min(found[0], gs), max(found[1], ge))
+    return found
 
 
 # ---------------------------------------------------------------------------- PHI

@@ -431,3 +431,13 @@ def test_fast_span_iteration_matches_public_finditer(clf):
     data = "\n".join(s.text for s in build_corpus()[::7]).encode("utf-8", "surrogatepass")
     for rx, g in zip(clf._compiled, clf._groups):
         assert list(_fast_spans(rx, g)(data)) == [m.span(g) for m in rx.finditer(data)]
+
+
+@pytest.mark.parametrize("text", [
+    "call me at (415) 555-2671 4111 1111 1111 1111 thanks",       # a phone's last group in front
+    "a 1234 4111 1111 1111 1111 5678 b",                           # other groups on both sides
+    "ref 12 34 4111 1111 1111 1111 x",
+])
+def test_a_card_among_other_digit_groups_is_masked_whole(clf, text):
+    out, _ = redact(text, clf.scan(text), {"*": "mask"}, hash_key=b"k")
+    assert "1111" not in out and "4111" not in out, out
