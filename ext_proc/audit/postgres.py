@@ -76,6 +76,56 @@ class PostgresSink:
             self._conn = None
 
 
+PAGE_ROWS = 2_000
+
+
+def stream_segments(dsn: str, table: str = DEFAULT_TABLE) -> list:
+    """The table's segments for the streaming verifier: each segment's rows are read a page at a
+    time (keyset on seq), so memory stays bounded whatever the table's size. A missing table or an
+    unreachable server raises StoreNotFound."""
+    from ext_proc.audit.verify import Segment, StoreNotFound
+
+    table = _table(table)
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise StoreNotFound(f"audit store {_redact(dsn)} not reachable ({type(exc).__name__})") from exc
+    try:
+        listing = conn.execute(f"SELECT writer_id, segment_id, count(*), sum(octet_length(record)) "
+                               f"FROM {table} GROUP BY writer_id, segment_id ORDER BY writer_id, segment_id").fetchall()
+    except psycopg.errors.UndefinedTable as exc:
+        conn.close()
+        raise StoreNotFound(f"audit table {table} not found in {_redact(dsn)}") from exc
+
+    def segment(writer: str, seg: str, count: int, size: int) -> Segment:
+        row = conn.execute(f"SELECT record FROM {table} WHERE writer_id = %s AND segment_id = %s "
+                           "ORDER BY seq LIMIT 1", (writer, seg)).fetchone()
+
+        def chunks():
+            last = None
+            while True:
+                rows = conn.execute(
+                    f"SELECT seq, record FROM {table} WHERE writer_id = %s AND segment_id = %s "
+                    + ("AND seq > %s " if last is not None else "") + "ORDER BY seq LIMIT %s",
+                    (writer, seg, *((last,) if last is not None else ()), PAGE_ROWS)).fetchall()
+                if not rows:
+                    return
+                last = rows[-1][0]
+                yield ("lines", [r[1].encode() for r in rows])
+        return Segment(f"{table}:{writer}-{seg}", row[0].encode() if row else None, chunks,
+                       size_bytes=int(size or 0) + count, count=lambda: count)
+    return [segment(w, s, int(c), int(b or 0)) for w, s, c, b in listing]
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without a password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+    u = urlsplit(dsn)
+    if u.password:
+        u = u._replace(netloc=u.netloc.replace(":" + u.password + "@", ":***@"))
+    return urlunsplit(u)
+
+
 def read_segments(dsn: str, table: str = DEFAULT_TABLE) -> list[tuple[str, list[bytes], bytes]]:
     """Every segment's records in sequence order, for verify/show/export."""
     table = _table(table)
