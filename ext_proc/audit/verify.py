@@ -38,6 +38,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from ext_proc.audit.canonical import canonical_json_unchecked
+from ext_proc.audit.checkpoint import Checkpoint, signature_problem
 from ext_proc.audit.chain import GENESIS_PREV, key_id, record_hash
 from ext_proc.audit.merkle import ConsistencyProofBuilder, MerkleFrontier, leaf_hash, verify_consistency
 
@@ -309,7 +310,9 @@ def check_lines(public_key: bytes, lines: list[bytes]) -> list[tuple]:
     return out
 
 
-def check_chunk(public_key: bytes, chunk: tuple) -> list[tuple]:
+def check_chunk_lines(chunk: tuple) -> list[bytes]:
+    """The complete lines of a chunk: ("file", path, start, stop) is read here (in the worker,
+    so record bytes never cross a pipe); ("lines", [bytes]) carries them."""
     if chunk[0] == "file":
         _kind, path, start, stop = chunk
         with open(path, "rb") as f:
@@ -317,23 +320,12 @@ def check_chunk(public_key: bytes, chunk: tuple) -> list[tuple]:
             data = f.read(stop - start)
         lines = data.split(b"\n")
         lines.pop()   # the chunk ends with a newline: the last element is empty
-        return check_lines(public_key, lines)
-    return check_lines(public_key, chunk[1])
+        return lines
+    return chunk[1]
 
 
-# --- Checkpoints kept elsewhere ---------------------------------------------------------------
-
-@dataclass
-class Checkpoint:
-    """A tree head for one segment, as kept outside the store (C2SP tlog checkpoint)."""
-    origin: str
-    writer_id: str
-    segment_id: str
-    size: int
-    root: bytes
-    source: str                       # where it came from, for messages
-    signatures: list[tuple[str, bytes]] = field(default_factory=list)   # (key name, 4-byte id + sig)
-    body: bytes = b""
+def check_chunk(public_key: bytes, chunk: tuple) -> list[tuple]:
+    return check_lines(public_key, check_chunk_lines(chunk))
 
 
 # --- Ordered checks --------------------------------------------------------------------------
@@ -390,6 +382,10 @@ class _SegmentCheck:
             return where
         self.st.writer_id, self.st.segment_id, self.st.key_id = g.get("writer_id"), g.get("segment_id"), g.get("key_id")
         mine = [c for c in self.checkpoints if (c.writer_id, c.segment_id) == (g.get("writer_id"), g.get("segment_id"))]
+        for c in mine:
+            bad = signature_problem(c, self.gen[1], g.get("key_id"))
+            if bad is not None:
+                return Problem(self.seg.name, None, bad)
         if mine:
             n = self.seg.count() if self.seg.count else 0
             for c in mine:
