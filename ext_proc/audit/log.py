@@ -76,13 +76,14 @@ def recovered_state(directory: Path) -> tuple[list[dict[str, Any]], list[dict[st
         try:
             rec = json.loads(last)
             entry = {"file": f.name, "records": int(rec["seq"]) + 1, "last_hash": str(rec["hash"])}
-            started = str(rec.get("segment_id", ""))
+            last_ms = int(rec.get("committed_ms") or 0)
         except (ValueError, KeyError, TypeError):
             continue
         if rec.get("kind") != "checkpoint":
             predecessors.append(entry)
-        if newest is None or started > newest[0]:
-            newest = (started, entry)
+        # The newest: the segment written to last (a segment id is only second-precise).
+        if newest is None or (last_ms, f.name) > newest[0]:
+            newest = ((last_ms, f.name), entry)
     if newest is not None and newest[1] not in predecessors:
         predecessors.append(newest[1])
     return torn, predecessors

@@ -78,12 +78,14 @@ class VerifyReport:
     warnings: list[str] = field(default_factory=list)
     key_ids: set[str] = field(default_factory=set)
     first: Problem | None = None
+    problems: list[Problem] = field(default_factory=list)     # every problem found, first one first
     segment_status: list[SegmentStatus] = field(default_factory=list)
     checkpoints_checked: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "records": self.records, "segments": self.segments, "problem": self.problem,
                 "first_problem": None if self.first is None else vars(self.first),
+                "problems": [str(p) for p in self.problems],
                 "warnings": self.warnings, "key_ids": sorted(self.key_ids),
                 "checkpoints_checked": self.checkpoints_checked,
                 "segment_status": [{**{k: v for k, v in vars(s).items() if k != "problem"},
@@ -92,6 +94,7 @@ class VerifyReport:
 
 
 def _fail(rep: VerifyReport, problem: Problem) -> VerifyReport:
+    rep.problems.append(problem)
     if rep.first is None:
         rep.ok = False
         rep.first = problem
@@ -574,13 +577,6 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    for name in attested_min:
-        if name not in names:
-            _fail(rep, Problem(store, None, f"gap: segment {name} is named by a later genesis but missing"))
-    for cp in checkpoints:
-        if (cp.writer_id, cp.segment_id) not in segment_ids:
-            _fail(rep, Problem(store, None, f"segment {cp.writer_id}/{cp.segment_id} of the checkpoint in "
-                                            f"{cp.source} (size {cp.size}) is missing from the store"))
     rep.segments = len(segments)
     for st in rep.segment_status:
         if st.key_id:
@@ -588,6 +584,13 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
         rep.warnings.extend(st.warnings)
         if st.problem is not None:
             _fail(rep, st.problem)
+    for name in attested_min:
+        if name not in names:
+            _fail(rep, Problem(store, None, f"gap: segment {name} is named by a later genesis but missing"))
+    for cp in checkpoints:
+        if (cp.writer_id, cp.segment_id) not in segment_ids:
+            _fail(rep, Problem(store, None, f"segment {cp.writer_id}/{cp.segment_id} of the checkpoint in "
+                                            f"{cp.source} (size {cp.size}) is missing from the store"))
     if rep.ok and rep.records == 0:
         _fail(rep, Problem(store, None, "nothing to verify: no records"))
     return rep
