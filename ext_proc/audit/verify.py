@@ -474,11 +474,20 @@ def _chunk_bytes(chunk: tuple) -> int:
     return chunk[3] - chunk[2] if chunk[0] == "file" else sum(len(x) + 1 for x in chunk[1])
 
 
-def _chunk_stream(segments: list[Segment], genes: list, pool,
-                  depth: int) -> Iterator[tuple[int, list[tuple], int]]:
+def _chunk_stream(segments: list[Segment], genes: list, pool, depth: int,
+                  finished: Callable[[int], bool]) -> Iterator[tuple[int, list[tuple], int]]:
     """(segment index, per-line results, bytes) per chunk, in order; at most `depth` chunks in
-    flight on the pool, so memory stays bounded whatever the store's size."""
-    tasks = ((i, genes[i][1], c) for i, s in enumerate(segments) if genes[i] is not None for c in s.chunks())
+    flight on the pool, so memory stays bounded whatever the store's size. The rest of a segment
+    whose first problem is found (`finished`) is not read."""
+    def tasks():
+        for i, s in enumerate(segments):
+            if genes[i] is None:
+                continue
+            for c in s.chunks():
+                if finished(i):
+                    break
+                yield i, genes[i][1], c
+    tasks = tasks()
     if pool is None:
         for i, key, c in tasks:
             yield i, check_chunk(key, c), _chunk_bytes(c)
@@ -557,7 +566,8 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
                 continue
             checks.append(c)
         done_bytes = lines_read = 0
-        for i, results, nbytes in _chunk_stream(segments, genes, pool, max(2, jobs * 3)):
+        for i, results, nbytes in _chunk_stream(segments, genes, pool, max(2, jobs * 3),
+                                                  lambda i: checks[i] is not None and checks[i].done):
             done_bytes += nbytes
             lines_read += len(results)
             c = checks[i]
