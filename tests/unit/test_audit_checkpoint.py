@@ -185,5 +185,12 @@ def test_the_log_publishes_signed_checkpoints_to_a_witness_at_an_interval_and_on
     # The mid-way checkpoint, kept by an auditor, is proven a prefix of the final store too.
     rep = verify_dir(d, checkpoints=[mid])
     assert rep.ok and rep.checkpoints_checked == 1
+    # A witness's history: every checkpoint is checked, the largest by proof, the others by prefix.
+    rep = verify_dir(d, checkpoints=[mid, *final])
+    assert rep.ok and rep.checkpoints_checked == 2
+    from dataclasses import replace
+    forged_mid = replace(mid, root=hashlib.sha256(b"another history").digest(), source="forged-mid")
+    rep = verify_dir(d, checkpoints=[forged_mid, *final])
+    assert not rep.ok and "not an extension of the checkpoint in forged-mid (size 6)" in rep.problem
     put(log.sink.path, lines(log.sink.path)[:-1])
     assert run(["verify", str(d), "--witness", str(witness)]) == 1
