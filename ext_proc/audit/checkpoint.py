@@ -179,14 +179,29 @@ class DirectoryWitness:
 
 
 def open_witnesses(config) -> list:
-    """`audit.witness` as one mapping or a list of them: {dir: PATH} (PostgreSQL and HTTP
-    witnesses are not implemented yet and are refused rather than ignored)."""
+    """`audit.witness` as one mapping or a list of them: {dir: PATH} or {dsn: postgresql://...,
+    table: NAME}. (An HTTP witness is not implemented: refused rather than ignored.)"""
     if not config:
         return []
     items = config if isinstance(config, list) else [config]
     out = []
     for item in items:
-        if not isinstance(item, dict) or "dir" not in item:
-            raise ValueError("audit.witness: each witness needs `dir` (a directory outside the audit store)")
-        out.append(DirectoryWitness(item["dir"]))
+        if isinstance(item, dict) and "dir" in item:
+            out.append(DirectoryWitness(item["dir"]))
+        elif isinstance(item, dict) and "dsn" in item:
+            from ext_proc.audit.postgres import DEFAULT_WITNESS_TABLE, PostgresWitness
+
+            out.append(PostgresWitness(item["dsn"], item.get("table", DEFAULT_WITNESS_TABLE)))
+        else:
+            raise ValueError("audit.witness: each witness needs `dir` (a directory outside the audit store) "
+                             "or `dsn` (a PostgreSQL server other than the audit store's)")
     return out
+
+
+def load_witness(spec: str, table: str | None = None) -> list[Checkpoint]:
+    """Every checkpoint a witness holds: a directory or a postgresql:// DSN."""
+    if spec.startswith(("postgresql://", "postgres://")):
+        from ext_proc.audit.postgres import DEFAULT_WITNESS_TABLE, load_postgres_witness
+
+        return load_postgres_witness(spec, table or DEFAULT_WITNESS_TABLE)
+    return load_witness_dir(spec)

@@ -117,8 +117,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="processes for hashes and signatures (default: one per CPU on large stores)")
     v.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
                    help="a checkpoint kept elsewhere: the store must extend it (repeatable)")
-    v.add_argument("--witness", action="append", default=[], metavar="DIR",
-                   help="a witness directory: the store must extend every checkpoint in it (repeatable)")
+    v.add_argument("--witness", action="append", default=[], metavar="DIR|DSN",
+                   help="a witness (directory or postgresql:// DSN): the store must extend every "
+                        "checkpoint it holds (repeatable)")
+    v.add_argument("--witness-table", default=None, help="table of a PostgreSQL witness (default ledgergate_checkpoints)")
     v.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     v.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress on stderr (default: only when stderr is a terminal)")
@@ -169,14 +171,14 @@ def run(argv: list[str], *, out: TextIO | None = None, err: TextIO | None = None
 
 
 def _verify(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ext_proc.audit.checkpoint import CheckpointError, load_checkpoint_file, load_witness_dir
+    from ext_proc.audit.checkpoint import CheckpointError, load_checkpoint_file, load_witness
 
     try:
         checkpoints = [load_checkpoint_file(f) for f in a.checkpoint]
         for d in a.witness:
-            found = load_witness_dir(d)
+            found = load_witness(d, a.witness_table)
             if not found:
-                raise CheckpointError(f"witness directory {d} holds no checkpoints")
+                raise CheckpointError(f"witness {d} holds no checkpoints")
             checkpoints += found
     except CheckpointError as exc:
         print(f"error: {exc}", file=err)

@@ -194,3 +194,53 @@ def test_the_log_publishes_signed_checkpoints_to_a_witness_at_an_interval_and_on
     assert not rep.ok and "not an extension of the checkpoint in forged-mid (size 6)" in rep.problem
     put(log.sink.path, lines(log.sink.path)[:-1])
     assert run(["verify", str(d), "--witness", str(witness)]) == 1
+
+
+@pytest.mark.postgres
+def test_a_postgres_witness_keeps_the_whole_history_and_verify_checks_all_of_it(tmp_path):
+    import uuid
+
+    import psycopg
+
+    from ext_proc.audit.checkpoint import checkpoint_body, origin_for
+    from ext_proc.audit.postgres import load_postgres_witness
+
+    dsn, table = "postgresql://postgres@127.0.0.1:5432/test", f"lg_cp_t{uuid.uuid4().hex[:10]}"
+    d = tmp_path / "audit"
+
+    async def go():
+        log = open_audit_log({"dir": str(d), "witness": {"dsn": dsn, "table": table, "interval_s": 0.05}},
+                             signing_key_path=str(tmp_path / "k.pem"), writer_id="pgw")
+        await log.start()
+        for batch in range(3):
+            for i in range(4):
+                await log.commit({"kind": "decision", "request_id": f"r{batch}-{i}"})
+            size = log._frontier.size
+            for _ in range(200):
+                if log.published_size >= size:
+                    break
+                await asyncio.sleep(0.02)
+        await log.close()
+        return log
+    try:
+        log = asyncio.run(go())
+        history = load_postgres_witness(dsn, table)
+        sizes = [c.size for c in history]
+        # Each batch's size (published while nothing was committed), then the drain; under load an
+        # interval may also have fallen between two commits of a batch.
+        assert {5, 9, 13, 14} <= set(sizes) and sizes == sorted(sizes) and sizes[-1] == 14
+        assert run(["verify", str(d), "--witness", dsn, "--witness-table", table]) == 0
+        with psycopg.connect(dsn, autocommit=True) as c:
+            with pytest.raises(psycopg.errors.RaiseException):
+                c.execute(f"DELETE FROM {table}")
+            # Someone adds a checkpoint of another history at a size the witness had not seen.
+            h, unseen = history[0], min(set(range(2, 14)) - set(sizes))
+            fake = checkpoint_body(origin_for(h.writer_id, h.segment_id), unseen, hashlib.sha256(b"x").digest())
+            c.execute(f"INSERT INTO {table} VALUES (%s, %s, %s, 0)", (h.origin, unseen, fake.decode()))
+        rep = verify_dir(d, checkpoints=load_postgres_witness(dsn, table))
+        assert not rep.ok and f"(size {unseen})" in rep.problem
+        assert log.witness_failures == 0
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+            c.execute(f"DROP FUNCTION IF EXISTS {table}_append_only() CASCADE")
