@@ -91,13 +91,15 @@ def stream_segments(dsn: str, table: str = DEFAULT_TABLE) -> list:
     except psycopg.OperationalError as exc:
         raise StoreNotFound(f"audit store {_redact(dsn)} not reachable ({type(exc).__name__})") from exc
     try:
-        listing = conn.execute(f"SELECT writer_id, segment_id, count(*), sum(octet_length(record)) "
+        # The rows as of now: a live writer's later rows are not read (as a file is read to its
+        # size at open), so the count a consistency proof is built for stays true.
+        listing = conn.execute(f"SELECT writer_id, segment_id, count(*), sum(octet_length(record)), max(seq) "
                                f"FROM {table} GROUP BY writer_id, segment_id ORDER BY writer_id, segment_id").fetchall()
     except psycopg.errors.UndefinedTable as exc:
         conn.close()
         raise StoreNotFound(f"audit table {table} not found in {_redact(dsn)}") from exc
 
-    def segment(writer: str, seg: str, count: int, size: int) -> Segment:
+    def segment(writer: str, seg: str, count: int, size: int, last_seq: int) -> Segment:
         row = conn.execute(f"SELECT record FROM {table} WHERE writer_id = %s AND segment_id = %s "
                            "ORDER BY seq LIMIT 1", (writer, seg)).fetchone()
 
@@ -105,16 +107,16 @@ def stream_segments(dsn: str, table: str = DEFAULT_TABLE) -> list:
             last = None
             while True:
                 rows = conn.execute(
-                    f"SELECT seq, record FROM {table} WHERE writer_id = %s AND segment_id = %s "
+                    f"SELECT seq, record FROM {table} WHERE writer_id = %s AND segment_id = %s AND seq <= %s "
                     + ("AND seq > %s " if last is not None else "") + "ORDER BY seq LIMIT %s",
-                    (writer, seg, *((last,) if last is not None else ()), PAGE_ROWS)).fetchall()
+                    (writer, seg, last_seq, *((last,) if last is not None else ()), PAGE_ROWS)).fetchall()
                 if not rows:
                     return
                 last = rows[-1][0]
                 yield ("lines", [r[1].encode() for r in rows])
         return Segment(f"{table}:{writer}-{seg}", row[0].encode() if row else None, chunks,
                        size_bytes=int(size or 0) + count, count=lambda: count)
-    return [segment(w, s, int(c), int(b or 0)) for w, s, c, b in listing]
+    return [segment(w, s, int(c), int(b or 0), int(m)) for w, s, c, b, m in listing]
 
 
 def _redact(dsn: str) -> str:
