@@ -353,7 +353,7 @@ class _SegmentCheck:
     """The ordered checks of one segment, fed the per-line results chunk by chunk."""
 
     def __init__(self, seg: Segment, gen: tuple[dict, bytes] | None, status: SegmentStatus,
-                 checkpoints: list[Checkpoint], attested_min: dict[str, tuple[int, str]]) -> None:
+                 checkpoints: list[Checkpoint], claimed: dict[str, set[tuple[int, str]]]) -> None:
         self.seg, self.gen, self.st = seg, gen, status
         self.genesis = gen[0] if gen else None
         self.prev, self.expected_seq, self.n, self.last_kind = GENESIS_PREV, 0, 0, None
@@ -366,8 +366,11 @@ class _SegmentCheck:
         self.by_size: dict[int, list[Checkpoint]] = {}
         self.largest: tuple[Checkpoint, ConsistencyProofBuilder | None] | None = None
         self.checked = 0
-        self.attested = attested_min.get(seg.name)   # (records, hash of the last one) from a later genesis
-        self.attested_hash_seen: str | None = None
+        # Claims of later genesis records: (records, hash of the last of them). Every claim must
+        # hold, so a later restart cannot launder an earlier truncation.
+        self.attested: set[tuple[int, str]] = claimed.get(seg.name, set())
+        self._claimed_at = {n for n, _h in self.attested}
+        self.hash_at: dict[int, str] = {}
 
     def start(self) -> Problem | None:
         g = self.genesis
@@ -441,8 +444,8 @@ class _SegmentCheck:
                     self.checked += 1
                     if c.root != prefix_root:
                         return self._not_extended(c)
-            if self.attested is not None and n == self.attested[0]:
-                self.attested_hash_seen = h
+            if n in self._claimed_at:
+                self.hash_at[n] = h
             self.prev, self.expected_seq, self.last_kind = h, self.expected_seq + 1, kind
             self.st.records += 1
         return None
@@ -463,12 +466,11 @@ class _SegmentCheck:
                                f"holds {self.frontier.size} (records removed from the end)")
             if b is None or not verify_consistency(c.size, self.frontier.size, c.root, root, b.proof()):
                 return self._not_extended(c)
-        if self.attested is not None:
-            want, want_hash = self.attested
+        for want, want_hash in sorted(self.attested, reverse=True):
             if self.n < want:
                 return Problem(seg.name, None,
                                f"truncated: a later genesis attests {want} records, the segment holds {self.n}")
-            if self.attested_hash_seen != want_hash:
+            if self.hash_at.get(want) != want_hash:
                 return Problem(seg.name, want, "record differs from the one a later genesis attests")
         if seg.torn:
             digest = hashlib.sha256(seg.torn).hexdigest()
@@ -477,9 +479,9 @@ class _SegmentCheck:
             else:
                 return Problem(seg.name, self.n + 1, "torn or truncated final record not attested")
         if not st.closed:
-            if self.attested is not None:
+            if self.attested:
                 st.warnings.append(f"{seg.name}: no closing checkpoint; the writer stopped (crash) after "
-                                   f"{self.attested[0]} records, attested by a later genesis")
+                                   f"{max(self.attested)[0]} records, attested by a later genesis")
             else:
                 st.warnings.append(f"{seg.name}: no closing checkpoint and no later genesis attests its end: the "
                                    "writer is running or crashed, or records were removed from the end "
@@ -520,6 +522,35 @@ def _chunk_stream(segments: list[Segment], genes: list, pool, depth: int,
         yield j, fut.result(), nb
 
 
+def _attestations(genes: list, sources: Iterable[int]) -> tuple[dict, dict]:
+    """What the genesis records of the given segments attest about others: torn tails
+    {(file, offset): sha256} and predecessors {file: (records, last hash)}."""
+    torn: dict[tuple[str, int], str] = {}
+    least: dict[str, set[tuple[int, str]]] = {}
+    for i in sources:
+        g = genes[i][0]
+        for t in g.get("recovered_torn_tails") or []:
+            if isinstance(t, dict):
+                torn[(t.get("file"), t.get("offset"))] = t.get("sha256")
+        for p in g.get("predecessors") or []:
+            if isinstance(p, dict) and isinstance(p.get("records"), int):
+                least.setdefault(p.get("file"), set()).add((p["records"], p.get("last_hash")))
+    return torn, least
+
+
+def _empty_segment(seg: Segment, st: SegmentStatus, attested_torn: dict) -> None:
+    if seg.torn:
+        if attested_torn.get((seg.name, 0)) == hashlib.sha256(seg.torn).hexdigest():
+            st.warnings.append(f"{seg.name}: torn first write of {len(seg.torn)} bytes, attested by a later genesis")
+        else:
+            st.ok, st.problem = False, Problem(seg.name, 1, "torn or truncated final record not attested")
+    elif attested_torn.get((seg.name, 0)) == hashlib.sha256(b"").hexdigest():
+        st.warnings.append(f"{seg.name}: empty segment (the writer crashed before its genesis), "
+                           "attested by a later genesis")
+    else:
+        st.ok, st.problem = False, Problem(seg.name, None, "empty segment: no genesis, no records")
+
+
 def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | None = None, *,
                           jobs: int | None = None, checkpoints: Iterable[Checkpoint] = (),
                           progress: Callable[[int, int, int], None] | None = None,
@@ -530,20 +561,11 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
     checkpoints = list(checkpoints)
     if not segments:
         return _fail(rep, Problem(store, None, "nothing to verify: the store holds no audit segments"))
-    attested_torn: dict[tuple[str, int], str] = {}
-    attested_min: dict[str, tuple[int, str]] = {}
     genes = [_genesis(s) for s in segments]
-    for gen in genes:
-        if gen is None:
-            continue
-        for t in gen[0].get("recovered_torn_tails") or []:
-            if isinstance(t, dict):
-                attested_torn[(t.get("file"), t.get("offset"))] = t.get("sha256")
-        for p in gen[0].get("predecessors") or []:
-            if isinstance(p, dict) and isinstance(p.get("records"), int):
-                attested_min[p.get("file")] = (p["records"], p.get("last_hash"))
-    names = {s.name for s in segments}
-    segment_ids = {(g[0].get("writer_id"), g[0].get("segment_id")) for g in genes if g is not None}
+    # Where a crashed segment ended, as its successors' genesis records claim: used while
+    # streaming only to note the record at the claimed position; a claim counts only once the
+    # genesis that makes it has verified (below).
+    _, claimed_least = _attestations(genes, (i for i, g in enumerate(genes) if g is not None))
     total_bytes = sum(s.size_bytes for s in segments)
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     pool = None
@@ -555,23 +577,13 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method))
     checks: list[_SegmentCheck | None] = []
     try:
-        for seg, gen in zip(segments, genes):
+        for i, (seg, gen) in enumerate(zip(segments, genes)):
             st = SegmentStatus(seg.name)
             rep.segment_status.append(st)
             if seg.first_line is None:
                 checks.append(None)
-                if seg.torn:
-                    st.ok, st.problem = False, Problem(seg.name, 1, "torn or truncated final record not attested")
-                    if attested_torn.get((seg.name, 0)) == hashlib.sha256(seg.torn).hexdigest():
-                        st.ok, st.problem = True, None
-                        st.warnings.append(f"{seg.name}: torn first write of {len(seg.torn)} bytes, attested by a later genesis")
-                elif attested_torn.get((seg.name, 0)) == hashlib.sha256(b"").hexdigest():
-                    st.warnings.append(f"{seg.name}: empty segment (the writer crashed before its genesis), "
-                                       "attested by a later genesis")
-                else:
-                    st.ok, st.problem = False, Problem(seg.name, None, "empty segment: no genesis, no records")
                 continue
-            c = _SegmentCheck(seg, gen, st, checkpoints, attested_min)
+            c = _SegmentCheck(seg, gen, st, checkpoints, claimed_least)
             problem = c.start()
             if problem is None and gen is not None and trusted_key_ids is not None \
                     and gen[0]["key_id"] not in trusted_key_ids:
@@ -579,7 +591,7 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
             if problem is not None:
                 st.ok, st.problem = False, problem
                 checks.append(None)
-                genes[len(checks) - 1] = None   # nothing more to read in this segment
+                genes[i] = None   # nothing more to read in this segment
                 continue
             checks.append(c)
         done_bytes = lines_read = 0
@@ -595,15 +607,21 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
                     c.st.ok, c.st.problem = False, problem
             if progress is not None:
                 progress(lines_read, done_bytes, total_bytes)
-        for c, st in zip(checks, rep.segment_status):
-            if c is not None and not c.done:
-                problem = c.finish(rep, attested_torn)
-                if problem is not None:
-                    st.ok, st.problem = False, problem
-            rep.records += st.records
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    # Only genesis records whose whole segment verified (and whose key is trusted) attest.
+    attested_torn, attested_least = _attestations(
+        genes, [i for i, c in enumerate(checks) if c is not None and not c.done])
+    for seg, c, st in zip(segments, checks, rep.segment_status):
+        if seg.first_line is None:
+            _empty_segment(seg, st, attested_torn)
+        elif c is not None and not c.done:
+            c.attested = attested_least.get(seg.name, set())
+            problem = c.finish(rep, attested_torn)
+            if problem is not None:
+                st.ok, st.problem = False, problem
+        rep.records += st.records
     rep.segments = len(segments)
     for st in rep.segment_status:
         if st.key_id:
@@ -611,9 +629,11 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
         rep.warnings.extend(st.warnings)
         if st.problem is not None:
             _fail(rep, st.problem)
-    for name in attested_min:
+    names = {s.name for s in segments}
+    for name in attested_least:
         if name not in names:
             _fail(rep, Problem(store, None, f"gap: segment {name} is named by a later genesis but missing"))
+    segment_ids = {(st.writer_id, st.segment_id) for st in rep.segment_status if st.writer_id is not None}
     for cp in checkpoints:
         if (cp.writer_id, cp.segment_id) not in segment_ids:
             _fail(rep, Problem(store, None, f"segment {cp.writer_id}/{cp.segment_id} of the checkpoint in "

@@ -183,3 +183,32 @@ def test_a_reformatted_postgres_row_fails_with_its_position(tmp_path):
         with psycopg.connect(DSN, autocommit=True) as c:
             c.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
             c.execute(f"DROP FUNCTION IF EXISTS {table}_append_only() CASCADE")
+
+
+def test_a_later_restart_cannot_launder_an_earlier_truncation(tmp_path):
+    d = tmp_path / "audit"
+    crashed = write_log(d, n=8)
+    ls = lines(crashed)
+    put(crashed, ls[:-1])          # crash: no closing checkpoint
+    write_log(d, n=2)              # restart 1 attests 9 records
+    put(crashed, ls[:-4])          # truncated
+    write_log(d, n=2)              # restart 2 attests the 6 that are left
+    rep = verify_dir(d)
+    assert not rep.ok and "a later genesis attests 9 records, the segment holds 6" in rep.problem
+
+
+def test_only_a_verified_genesis_attests(tmp_path):
+    d = tmp_path / "audit"
+    crashed = write_log(d, n=8)
+    ls = lines(crashed)
+    put(crashed, ls[:-1])
+    later = write_log(d, n=2)
+    assert verify_dir(d).ok
+    # The attesting segment is itself broken: its claims no longer vouch for the crash.
+    other = lines(later)
+    other[2] = other[2].replace(b'"permit"', b'"deny"')
+    put(later, other)
+    rep = verify_dir(d)
+    status = {s.name: s for s in rep.segment_status}
+    assert not status[later.name].ok
+    assert any("no later genesis attests its end" in w for w in status[crashed.name].warnings)
