@@ -171,6 +171,12 @@ def test_a_reformatted_postgres_row_fails_with_its_position(tmp_path):
     try:
         asyncio.run(go())
         assert verify_store(DSN, table=table).ok
+        # The same CLI for a table: the store first, --table to name it.
+        from ext_proc.audit.cli import run
+        assert run(["show", DSN, "r2", "--table", table]) == 0
+        assert run(["show", DSN, "r9", "--table", table]) == 1
+        assert run(["verify", DSN, "--table", table]) == 0
+        assert run(["verify", DSN, "--table", "lg_no_such_table"]) == 1
         with psycopg.connect(DSN, autocommit=True) as c:
             c.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_no_change")
             row = c.execute(f"SELECT record FROM {table} WHERE seq = 2").fetchone()[0]
