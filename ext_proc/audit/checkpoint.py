@@ -153,7 +153,7 @@ class DirectoryWitness:
         self.directory = Path(directory)
         self.name = f"dir:{self.directory}"
 
-    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes) -> None:
+    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs=None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in writer_id)
         target = self.directory / f"{safe}-{segment_id}.checkpoint"
@@ -178,9 +178,47 @@ class DirectoryWitness:
             os.close(dfd)
 
 
+class WitnessRefused(Exception):
+    """An HTTP witness did not accept a checkpoint (its status and reason in the message)."""
+
+
+class HttpWitness:
+    """A C2SP tlog-witness (https://c2sp.org/tlog-witness): `POST <url>/add-checkpoint` with the
+    size the witness last accepted from us, the RFC 6962 consistency proof from that size and the
+    new signed checkpoint. The witness checks the proof before it cosigns, so a history rewritten
+    after a checkpoint was witnessed is refused by the witness itself, not only found by a later
+    `audit verify`. `proofs(old_size)` gives the proof, or None when that size is too old to prove
+    from (a witness unreachable for longer than the proof window)."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        self.url = url.rstrip("/") + "/add-checkpoint"
+        self.name = f"http:{url}"
+        self.timeout_s = timeout_s
+        self._accepted: dict[str, int] = {}      # origin -> size the witness last accepted
+        self.cosignatures: dict[str, bytes] = {}  # origin -> the witness's latest cosignature lines
+
+    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs=None) -> None:
+        import httpx
+
+        origin = note.split(b"\n", 1)[0].decode()
+        old = self._accepted.get(origin, 0)
+        proof = proofs(old) if proofs is not None else ([] if old == 0 else None)
+        if proof is None:
+            raise WitnessRefused(f"{self.name}: no consistency proof from size {old} any more")
+        body = f"old {old}\n".encode() + b"".join(base64.b64encode(p) + b"\n" for p in proof) + b"\n" + note
+        r = httpx.post(self.url, content=body, timeout=self.timeout_s,
+                       headers={"content-type": "text/plain; charset=utf-8"})
+        if r.status_code == 409:
+            raise WitnessRefused(f"{self.name}: the witness holds size {r.text.strip()[:20]}, not {old}")
+        if r.status_code != 200:
+            raise WitnessRefused(f"{self.name}: status {r.status_code}")
+        self._accepted[origin] = size
+        self.cosignatures[origin] = r.content[:MAX_NOTE_BYTES]
+
+
 def open_witnesses(config) -> list:
-    """`audit.witness` as one mapping or a list of them: {dir: PATH} or {dsn: postgresql://...,
-    table: NAME}. (An HTTP witness is not implemented: refused rather than ignored.)"""
+    """`audit.witness` as one mapping or a list of them: {dir: PATH}, {dsn: postgresql://...,
+    table: NAME} or {url: https://witness.example/prefix} (a C2SP tlog-witness)."""
     if not config:
         return []
     items = config if isinstance(config, list) else [config]
@@ -188,13 +226,16 @@ def open_witnesses(config) -> list:
     for item in items:
         if isinstance(item, dict) and "dir" in item:
             out.append(DirectoryWitness(item["dir"]))
+        elif isinstance(item, dict) and "url" in item:
+            out.append(HttpWitness(item["url"], timeout_s=float(item.get("timeout_s", 5))))
         elif isinstance(item, dict) and "dsn" in item:
             from ext_proc.audit.postgres import DEFAULT_WITNESS_TABLE, PostgresWitness
 
             out.append(PostgresWitness(item["dsn"], item.get("table", DEFAULT_WITNESS_TABLE)))
         else:
-            raise ValueError("audit.witness: each witness needs `dir` (a directory outside the audit store) "
-                             "or `dsn` (a PostgreSQL server other than the audit store's)")
+            raise ValueError("audit.witness: each witness needs `dir` (a directory outside the audit store), "
+                             "`dsn` (a PostgreSQL server other than the audit store's) or `url` (a C2SP "
+                             "tlog-witness)")
     return out
 
 

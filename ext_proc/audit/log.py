@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ext_proc.audit.canonical import canonical_json
 from ext_proc.audit.chain import ChainWriter
-from ext_proc.audit.merkle import MerkleFrontier, leaf_hash
+from ext_proc.audit.checkpoint import HttpWitness
+from ext_proc.audit.merkle import MerkleFrontier, ProofWindow, leaf_hash
 from ext_proc.keyfiles import load_or_create_ed25519
 
 
@@ -153,6 +154,8 @@ class AuditLog:
         self._witness_task: asyncio.Task | None = None
         self._witness_lock: asyncio.Lock | None = None
         self._last_fut: asyncio.Future | None = None
+        # Consistency proofs for witnesses that check them (C2SP tlog-witness over HTTP).
+        self._proofs = ProofWindow() if any(isinstance(w, HttpWitness) for w in self._witnesses) else None
         self.published_size = 0
         self.witness_failures = 0
         self.ready = False
@@ -188,7 +191,10 @@ class AuditLog:
                 raise AuditUnavailable(self._failed)
             self._queue.append((line + b"\n", fut))
             self._cond.notify()
-        self._frontier.append(leaf_hash(bytes.fromhex(record["hash"])))
+        leaf = leaf_hash(bytes.fromhex(record["hash"]))
+        self._frontier.append(leaf)
+        if self._proofs is not None:
+            self._proofs.append(leaf)
         self._last_fut = fut
         return fut
 
@@ -265,6 +271,7 @@ class AuditLog:
             return False
         async with self._witness_lock:
             size, root, last = self._frontier.size, self._frontier.root(), self._last_fut
+            stack = self._frontier.snapshot()
             if size <= self.published_size or last is None:
                 return False
             try:
@@ -272,16 +279,22 @@ class AuditLog:
             except Exception:  # noqa: BLE001 - a record that did not become durable: nothing to publish
                 return False
             note = self.signed_checkpoint(size, root)
+            proofs = self._proofs
+            prove = None if proofs is None else (
+                lambda old: proofs.proof(old, size) if proofs.can_prove_from(old) else None)
             published = False
             for w in self._witnesses:
                 try:
-                    await asyncio.to_thread(w.publish, self.chain.writer_id, self.chain.segment_id, size, note)
+                    await asyncio.to_thread(w.publish, self.chain.writer_id, self.chain.segment_id, size, note,
+                                            prove)
                     published = True
                 except Exception as exc:  # noqa: BLE001
                     self.witness_failures += 1
                     _log.warning("audit witness %s failed: %s", getattr(w, "name", w), type(exc).__name__)
             if published:
                 self.published_size = size
+            if proofs is not None:
+                proofs.mark(size, stack)
             return published
 
     async def _publish_every(self, interval_s: float) -> None:

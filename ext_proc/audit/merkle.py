@@ -44,6 +44,10 @@ class MerkleFrontier:
             count, node = 2 * count, node_hash(left, node)
         self._stack.append((count, node))
 
+    def snapshot(self) -> list[tuple[int, bytes]]:
+        """The (subtree size, subtree root) pairs, largest first: ProofWindow.mark takes them."""
+        return list(self._stack)
+
     def root(self) -> bytes:
         if not self._stack:
             return hashlib.sha256(b"").digest()
@@ -154,3 +158,52 @@ def verify_consistency(m: int, n: int, old_root: bytes, new_root: bytes, proof: 
         fn >>= 1
         sn >>= 1
     return sn == 0 and fr == old_root and sr == new_root
+
+
+class ProofWindow:
+    """Consistency proofs from recently published tree sizes to the current one, without keeping
+    the whole segment: for each of the last `keep` published sizes, that tree's frontier (the
+    roots of its perfect subtrees, which are exactly the proof nodes left of the old size), and
+    the leaves appended since the oldest of them (the nodes right of it are subtrees of those).
+    Memory: O(keep * log n) plus 32 bytes per leaf since the oldest size kept."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._base = 0                                       # tree size of leaves[0]
+        self._leaves: list[bytes] = []
+        self._snapshots: dict[int, list[tuple[int, bytes]]] = {0: []}
+
+    def append(self, leaf: bytes) -> None:
+        self._leaves.append(leaf)
+
+    def mark(self, size: int, stack: list[tuple[int, bytes]]) -> None:
+        """The tree of `size` leaves (its frontier `stack`, from MerkleFrontier.snapshot) was
+        published: keep what proofs from it need."""
+        self._snapshots[size] = list(stack)
+        while len(self._snapshots) > self.keep:
+            oldest = min(self._snapshots)
+            del self._snapshots[oldest]
+            base = min(self._snapshots)
+            del self._leaves[:base - self._base]
+            self._base = base
+
+    def can_prove_from(self, m: int) -> bool:
+        return m in self._snapshots
+
+    def proof(self, m: int, n: int) -> list[bytes]:
+        """PROOF(m, n) for a size m given to `mark` (n: the current size, leaves appended so far)."""
+        if m == 0 or m == n:
+            return []
+        stack = self._snapshots[m]
+        left: dict[tuple[int, int], bytes] = {}
+        offset = 0
+        for count, root in stack:
+            left[(offset, offset + count)] = root
+            offset += count
+        out = []
+        for start, end in consistency_ranges(m, n):
+            if end <= m:
+                out.append(left[(start, end)])
+            else:
+                out.append(merkle_root(self._leaves[start - self._base:end - self._base]))
+        return out

@@ -175,7 +175,7 @@ class PostgresWitness:
         self.name = f"postgres:{_redact(dsn)}/{self.table}"
         self._ready = False
 
-    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes) -> None:
+    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs=None) -> None:
         import time
 
         from ext_proc.audit.checkpoint import parse_note

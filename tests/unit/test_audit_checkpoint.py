@@ -244,3 +244,111 @@ def test_a_postgres_witness_keeps_the_whole_history_and_verify_checks_all_of_it(
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
             c.execute(f"DROP FUNCTION IF EXISTS {table}_append_only() CASCADE")
+
+
+class _TlogWitness:
+    """A minimal C2SP tlog-witness for the test: keeps the latest checkpoint per origin, accepts a
+    new one only with `old` equal to what it holds and a consistency proof that verifies, and
+    answers with a cosignature line (409 with its size, 422 for a bad proof)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        from tests.support import free_ports
+
+        self.latest: dict[str, tuple[int, bytes]] = {}
+        self.accepted: list[tuple[int, int, int]] = []   # (old, new size, proof length)
+        witness = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                status, reply = witness.add(body)
+                self.send_response(status)
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+        self.port = free_ports(1)[0]
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, body: bytes) -> tuple[int, bytes]:
+        head, _, note = body.partition(b"\n\n")
+        lines_ = head.decode().split("\n")
+        old = int(lines_[0].removeprefix("old "))
+        proof = [base64.b64decode(x) for x in lines_[1:]]
+        cp = parse_note(note, "posted")
+        size, root = self.latest.get(cp.origin, (0, b""))
+        if old != size:
+            return 409, str(size).encode()
+        if old and not verify_consistency(old, cp.size, root, cp.root, proof):
+            return 422, b"inconsistent"
+        self.latest[cp.origin] = (cp.size, cp.root)
+        self.accepted.append((old, cp.size, len(proof)))
+        return 200, b"\xe2\x80\x94 test-witness AAAA\n"
+
+
+def test_an_http_witness_is_sent_consistency_proofs_it_can_check(tmp_path):
+    witness = _TlogWitness()
+    d = tmp_path / "audit"
+    try:
+        async def go():
+            log = open_audit_log({"dir": str(d), "witness": {"url": f"http://127.0.0.1:{witness.port}",
+                                                              "interval_s": 0.05}},
+                                 signing_key_path=str(tmp_path / "k.pem"), writer_id="http")
+            await log.start()
+            for batch in range(4):
+                for i in range(3 + batch):
+                    await log.commit({"kind": "decision", "request_id": f"r{batch}-{i}"})
+                size = log._frontier.size
+                for _ in range(200):
+                    if log.published_size >= size:
+                        break
+                    await asyncio.sleep(0.02)
+            await log.close()
+            return log
+        log = asyncio.run(go())
+    finally:
+        witness.server.shutdown()
+    assert log.witness_failures == 0
+    # Every publication after the first came with a proof from the previous one, and it verified.
+    assert witness.accepted[0][0] == 0 and len(witness.accepted) >= 5
+    assert all(old == prev_new for (old, _, _), (_, prev_new, _) in zip(witness.accepted[1:], witness.accepted))
+    assert any(n_proof > 0 for old, _, n_proof in witness.accepted if old)
+    assert list(witness.latest.values())[0][0] == 20            # genesis + 3+4+5+6 + closing checkpoint
+    # A witness that holds another size refuses; the failure is counted, traffic is not stopped.
+    other = _TlogWitness()
+    try:
+        other.latest[parse_note(log.signed_checkpoint(1, b"x" * 32), "x").origin] = (5, b"y" * 32)
+        from ext_proc.audit.checkpoint import HttpWitness, WitnessRefused
+        with pytest.raises(WitnessRefused, match="holds size 5"):
+            HttpWitness(f"http://127.0.0.1:{other.port}").publish("http", "s", 23, log.signed_checkpoint(23, b"z" * 32))
+    finally:
+        other.server.shutdown()
+
+
+@pytest.mark.parametrize("keep", [2, 3, 64])
+def test_the_proof_window_gives_the_same_proofs_as_the_whole_tree(keep):
+    from ext_proc.audit.merkle import ProofWindow
+
+    window, front, leaves, marked = ProofWindow(keep), MerkleFrontier(), [], []
+    for i in range(1, 160):
+        leaf = leaf_hash(hashlib.sha256(b"w%d" % i).digest())
+        leaves.append(leaf)
+        window.append(leaf)
+        front.append(leaf)
+        if i % 7 == 0 or i % 11 == 0:
+            provable = [m for m in marked if window.can_prove_from(m)]
+            # The window keeps the last `keep` sizes, size 0 counted until it is pushed out.
+            assert provable == (marked[-keep:] if len(marked) >= keep else marked)
+            for m in provable:
+                proof = window.proof(m, i)
+                assert proof == consistency_proof(leaves, m)
+                assert verify_consistency(m, i, merkle_root(leaves[:m]), front.root(), proof)
+            window.mark(i, front.snapshot())
+            marked.append(i)
+    assert window.can_prove_from(marked[-1]) and (keep >= len(marked) or not window.can_prove_from(marked[0]))
