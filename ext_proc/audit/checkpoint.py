@@ -198,22 +198,31 @@ class HttpWitness:
         self.cosignatures: dict[str, bytes] = {}  # origin -> the witness's latest cosignature lines
 
     def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs=None) -> None:
-        import httpx
-
         origin = note.split(b"\n", 1)[0].decode()
         old = self._accepted.get(origin, 0)
         proof = proofs(old) if proofs is not None else ([] if old == 0 else None)
         if proof is None:
             raise WitnessRefused(f"{self.name}: no consistency proof from size {old} any more")
-        body = f"old {old}\n".encode() + b"".join(base64.b64encode(p) + b"\n" for p in proof) + b"\n" + note
-        r = httpx.post(self.url, content=body, timeout=self.timeout_s,
-                       headers={"content-type": "text/plain; charset=utf-8"})
-        if r.status_code == 409:
-            raise WitnessRefused(f"{self.name}: the witness holds size {r.text.strip()[:20]}, not {old}")
+        r = self._post(old, proof, note)
+        if r.status_code == 409 and r.text.strip().isdigit() and int(r.text.strip()) != old:
+            # The witness holds another size of ours (a reply lost after it accepted): prove from
+            # that one if the proof window still can, once.
+            theirs = int(r.text.strip())
+            proof = proofs(theirs) if proofs is not None and theirs <= size else None
+            if proof is None:
+                raise WitnessRefused(f"{self.name}: the witness holds size {theirs}, not {old}")
+            r = self._post(theirs, proof, note)
         if r.status_code != 200:
             raise WitnessRefused(f"{self.name}: status {r.status_code}")
         self._accepted[origin] = size
         self.cosignatures[origin] = r.content[:MAX_NOTE_BYTES]
+
+    def _post(self, old: int, proof: list[bytes], note: bytes):
+        import httpx
+
+        body = f"old {old}\n".encode() + b"".join(base64.b64encode(p) + b"\n" for p in proof) + b"\n" + note
+        return httpx.post(self.url, content=body, timeout=self.timeout_s,
+                          headers={"content-type": "text/plain; charset=utf-8"})
 
 
 def open_witnesses(config) -> list:
