@@ -125,8 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress on stderr (default: only when stderr is a terminal)")
     s = sub.add_parser("show", help="every record of one request")
-    _add_store(s)
+    # The store may be left out here only (default var/audit): `audit show <x-request-id>` is
+    # the one-liner the README and troubleshooting docs give for the local stack.
+    s.add_argument("store", nargs="?", default="var/audit", help="audit directory or postgresql:// DSN (default var/audit)")
     s.add_argument("request_id")
+    s.add_argument("--table", default=None, help="PostgreSQL table (default ledgergate_audit)")
     e = sub.add_parser("export", help="records as JSON lines for a SIEM (the stored bytes, unverified)")
     _add_store(e)
     _add_filters(e)

@@ -152,3 +152,12 @@ def test_policy_explain_takes_a_stored_decision_record_as_audit_show_prints_it(r
                          f"@{tmp_path / 'record.json'}", "--json"], fn=policy_run)
     assert rc == 0, err
     assert json.loads(out)["code"] == "analyst_pii"
+
+
+def test_show_takes_the_local_stack_store_by_default(recorded, monkeypatch):
+    monkeypatch.chdir(recorded)      # var/audit relative to the working directory, as `up` lays it out
+    (recorded / "var").mkdir(exist_ok=True)
+    if not (recorded / "var" / "audit").exists():
+        (recorded / "var" / "audit").symlink_to(recorded / "audit")
+    rc, out, _ = _run(["show", "q3"])
+    assert rc == 0 and '"request_id": "q3"' in out
