@@ -9,6 +9,7 @@ arguments).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import time
@@ -324,8 +325,6 @@ def _checkpoint(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"FAILED: {st.problem} (no checkpoint for this segment)", file=err)
             rc = 1
             continue
-        import base64
-
         body = checkpoint_body(origin_for(st.writer_id, st.segment_id, a.origin), st.tree_size,
                                base64.b64decode(st.root))
         note = body
