@@ -43,6 +43,10 @@ bench-classify: $(STAMP)
 bench-audit: $(STAMP)
 	$(PY) tests/bench/bench_audit.py
 
+# Verification at scale: a generated store (RECORDS, default 1,000,000), records/s and peak memory.
+bench-audit-scale: $(STAMP)
+	$(PY) tests/bench/bench_audit_verify_scale.py --records $(or $(RECORDS),1000000)
+
 bench-policy: $(STAMP)
 	$(PY) tests/bench/bench_policy.py
 
