@@ -15,7 +15,8 @@ segments to the classifier with the body's.
   way might (an HTTP/1.1 upstream reads it as the next request on a kept-alive connection).
 
 Names that reach a record are either on an allowlist or a short token the classifier finds
-nothing in; anything else is recorded as "[unprintable]" or "[classified]", never verbatim.
+nothing in and that looks like a word; anything else is recorded as "[unprintable]",
+"[classified]" or "[withheld]", never verbatim.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ MAX_QUERY_PARAMS = 64
 MAX_RECORDED_NAMES = 32
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.[]$")
 MAX_RECORDED_NAME_CHARS = 64
+MAX_RECORDED_PART_CHARS = 24
+_NAME_SEPARATORS = str.maketrans({c: " " for c in "-_.[]$"})
 
 # What every provider needs: framing and content negotiation. Envoy's own request id and
 # forwarding headers are Envoy's (set by it, not by the client).
@@ -192,8 +195,13 @@ def recordable_name(name: str, has_findings: Callable[[str], bool] | None = None
     nothing in, or a placeholder (a name can carry a secret too)."""
     if not name or len(name) > MAX_RECORDED_NAME_CHARS or not set(name) <= _NAME_CHARS:
         return "[unprintable]"
-    if has_findings is not None and has_findings(name):
+    # Header names arrive lower-cased: a key's upper-case prefix (AKIA...) is looked for too.
+    if has_findings is not None and (has_findings(name) or has_findings(name.upper())):
         return "[classified]"
+    # A word-like name is recorded; one with a long or digit-heavy part may be a token.
+    for part in name.translate(_NAME_SEPARATORS).split():
+        if len(part) > MAX_RECORDED_PART_CHARS or sum(c.isdigit() for c in part) > 2:
+            return "[withheld]"
     return name
 
 
