@@ -21,7 +21,6 @@ nothing in and that looks like a word; anything else is recorded as "[unprintabl
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import parse_qsl, quote
@@ -97,7 +96,7 @@ class EnvelopeRejected(ValueError):
 @dataclass(frozen=True)
 class EnvelopeRules:
     """The deployer's configuration (`envelope:` section): extra headers and query parameters per
-    provider ("*" for all), shell-style patterns allowed (`x-mock-*`), and what to do with
+    provider ("*" for all), a trailing "*" makes a prefix (`x-mock-*`), and what to do with
     unknown query parameters ("strip" or "reject")."""
 
     extra_headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -123,14 +122,20 @@ class EnvelopeRules:
     def header_allowed(self, provider: str | None, name: str) -> bool:
         if name in BASE_HEADERS or name in PROVIDER_HEADERS.get(provider or "", ()):
             return True
-        return any(fnmatch.fnmatchcase(name, p) for p in (*self.extra_headers.get("*", ()),
-                                                          *self.extra_headers.get(provider or "", ())))
+        return any(_name_matches(name, p) for p in (*self.extra_headers.get("*", ()),
+                                                    *self.extra_headers.get(provider or "", ())))
 
     def query_allowed(self, provider: str | None, name: str) -> bool:
         if name in PROVIDER_QUERY.get(provider or "", ()):
             return True
-        return any(fnmatch.fnmatchcase(name, p) for p in (*self.extra_query.get("*", ()),
-                                                          *self.extra_query.get(provider or "", ())))
+        return any(_name_matches(name, p) for p in (*self.extra_query.get("*", ()),
+                                                    *self.extra_query.get(provider or "", ())))
+
+
+def _name_matches(name: str, pattern: str) -> bool:
+    """An exact name, or a prefix when the pattern ends with "*" (plain string code: no regex
+    over client input)."""
+    return name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
 
 
 def _names_by_provider(section: Any, where: str, *, lower: bool) -> dict[str, tuple[str, ...]]:
@@ -144,6 +149,8 @@ def _names_by_provider(section: Any, where: str, *, lower: bool) -> dict[str, tu
             raise ValueError(f"{where}.{provider}: unknown provider")
         if not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= 128 for n in names):
             raise ValueError(f"{where}.{provider}: a list of names")
+        if any("*" in n[:-1] or "?" in n or "[" in n and n.endswith("*") for n in names):
+            raise ValueError(f"{where}.{provider}: a name, or a prefix ending with '*'")
         out[provider] = tuple(n.lower() if lower else n for n in names)
     return out
 

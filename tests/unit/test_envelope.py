@@ -175,3 +175,10 @@ def test_the_candidate_budget_stops_text_made_of_near_misses():
 
 def test_without_a_budget_the_classifier_is_unchanged():
     assert CLASSIFIER.scan("123-45-" * 200) == []
+
+
+def test_patterns_are_prefixes_only():
+    with pytest.raises(ValueError, match="prefix"):
+        EnvelopeRules.from_config({"headers": {"openai": ["x-*-id"]}})
+    rules = EnvelopeRules.from_config({"headers": {"openai": ["x-mock-*", "exact"]}})
+    assert rules.header_allowed("openai", "x-mock-") and not rules.header_allowed("openai", "exactly")
