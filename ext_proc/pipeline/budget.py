@@ -9,12 +9,102 @@ The budget wraps the request's classifier, so every `scan` the pipeline makes fo
 
 from __future__ import annotations
 
-from typing import Any
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Mapping, Sequence
 
 from ext_proc.classify.engine import Classifier, InspectionBudgetExceeded
 
 DEFAULT_MAX_INSPECTION_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_INSPECTION_CANDIDATES = 10_000
+# Texts from this size up are scanned by a ScanPool, when the request has one.
+REMOTE_SCAN_MIN_CHARS = 16 * 1024
+SCAN_NICENESS = 10
+
+
+class ScanPool:
+    """Classification in a separate process: the rules' checks are Python, and a thread cannot
+    keep them from holding the GIL the event loop needs. One process ("spawn": no fork of a
+    process with gRPC threads), started on first use, replaced when it dies (the scan that saw it
+    die fails, and the request with it: fail closed). Scans are serialized through it."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self._workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=self._workers,
+                                                 mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_lower_priority)
+            return self._pool
+
+    def scan(self, custom_terms: Mapping[str, Sequence[str]], max_input_chars: int, text: str,
+             candidates_left: int, candidates_limit: int) -> tuple[list, int]:
+        pool = self._executor()
+        try:
+            findings, left = pool.submit(_scan_in_child, _terms_key(custom_terms), max_input_chars, text,
+                                         candidates_left).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
+            raise
+        if findings is None:
+            raise InspectionBudgetExceeded("candidate matches", candidates_limit)
+        return findings, left
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority() -> None:
+    # The OS schedules the event loop, Envoy and the small requests first when the scans of
+    # large bodies compete with them for the cores.
+    try:
+        os.nice(SCAN_NICENESS)
+    except OSError:
+        pass
+
+
+def _terms_key(custom_terms: Mapping[str, Sequence[str]]) -> tuple:
+    return tuple(sorted((k, tuple(v)) for k, v in custom_terms.items()))
+
+
+_CHILD_CLASSIFIERS: dict[tuple, Classifier] = {}
+
+
+def _scan_in_child(terms_key: tuple, max_input_chars: int, text: str, candidates_left: int) -> tuple[Any, int]:
+    """In the ScanPool's process: the same Classifier, built once per dictionary set; (None, 0)
+    when the candidate budget runs out (exceptions with arguments do not cross processes well)."""
+    key = (terms_key, max_input_chars)
+    c = _CHILD_CLASSIFIERS.get(key)
+    if c is None:
+        if len(_CHILD_CLASSIFIERS) >= 2:
+            _CHILD_CLASSIFIERS.pop(next(iter(_CHILD_CLASSIFIERS)))
+        c = _CHILD_CLASSIFIERS[key] = Classifier({k: list(v) for k, v in terms_key},
+                                                 max_input_chars=max_input_chars)
+    budget = _Candidates(candidates_left)
+    try:
+        findings = c.scan(text, budget=budget)
+    except InspectionBudgetExceeded:
+        return None, 0
+    return findings, budget.candidates_left
+
+
+class _Candidates:
+    __slots__ = ("candidates_left",)
+
+    def __init__(self, left: int) -> None:
+        self.candidates_left = left
 
 
 class BudgetedClassifier:
@@ -22,10 +112,15 @@ class BudgetedClassifier:
     shared classifier's."""
 
     def __init__(self, classifier: Classifier, *, max_bytes: int = DEFAULT_MAX_INSPECTION_BYTES,
-                 max_candidates: int = DEFAULT_MAX_INSPECTION_CANDIDATES) -> None:
+                 max_candidates: int = DEFAULT_MAX_INSPECTION_CANDIDATES, pool: ScanPool | None = None,
+                 custom_terms: Mapping[str, Sequence[str]] | None = None) -> None:
+        """`pool` (with the `custom_terms` the classifier was built with): large texts are
+        scanned in its process, with the same rules and the same budget."""
         if max_bytes <= 0 or max_candidates <= 0:
             raise ValueError("inspection budgets must be positive")
         self._classifier = classifier
+        self._pool = pool
+        self._custom_terms = custom_terms or {}
         self.bytes_limit = max_bytes
         self.bytes_left = max_bytes
         self.candidates_limit = max_candidates
@@ -39,6 +134,13 @@ class BudgetedClassifier:
         self.bytes_left -= size
         if self.bytes_left < 0:
             raise InspectionBudgetExceeded("bytes of text", self.bytes_limit)
+        if self._pool is not None and len(text) >= REMOTE_SCAN_MIN_CHARS and not kwargs:
+            if len(text) > self._classifier.max_input_chars:
+                return self._classifier.scan(text)     # raises InputTooLarge, as a local scan would
+            findings, self.candidates_left = self._pool.scan(
+                self._custom_terms, self._classifier.max_input_chars, text, self.candidates_left,
+                self.candidates_limit)
+            return findings
         return self._classifier.scan(text, budget=self, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
 import grpc
@@ -39,7 +41,7 @@ from ext_proc.server.messages import headers_to_dict as _headers_to_dict
 from ext_proc.server.messages import set_header as _set_header
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.upstream import process_upstream
-from ext_proc.pipeline.budget import BudgetedClassifier
+from ext_proc.pipeline.budget import BudgetedClassifier, ScanPool
 from ext_proc.pipeline.envelope import (Envelope, EnvelopeRejected, EnvelopeRules, body_refused, envoy_owned,
                                         inspect_envelope)
 from ext_proc.pipeline.multiplex import CHAIN_HEADER, route_for
@@ -49,6 +51,23 @@ from ext_proc.streaming import Release, ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
 
 log = structlog.get_logger("ledgergate.server")
+
+
+# Bodies from this size up are decided on one worker thread, one at a time, off the event loop,
+# and their large texts are classified in a separate process (ScanPool): a caller sending large
+# or pathological bodies then delays other large bodies, never the small requests the loop
+# decides inline. A thread alone is not enough: the classifier's checks are Python and hold the
+# GIL the loop needs (docs/benchmarks.md, bench-abuse).
+HEAVY_BODY_BYTES = 64 * 1024
+_heavy_lane: ThreadPoolExecutor | None = None
+_scan_pool = ScanPool(workers=1)
+
+
+def _heavy_executor() -> ThreadPoolExecutor:
+    global _heavy_lane
+    if _heavy_lane is None:
+        _heavy_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledgergate-inspect")
+    return _heavy_lane
 
 
 class ProtocolViolation(Exception):
@@ -220,13 +239,19 @@ class Exchange:
         policy = rt.policies.current
         started = time.perf_counter()
         self.trace.begin("decide")
+        heavy = body is not None and len(body) >= HEAVY_BODY_BYTES
         budget = BudgetedClassifier(rt.classifier_for(policy), max_bytes=rt.config.max_inspection_bytes,
-                                    max_candidates=rt.config.max_inspection_candidates)
+                                    max_candidates=rt.config.max_inspection_candidates,
+                                    pool=_scan_pool if heavy else None, custom_terms=policy.dictionaries)
+        decide = functools.partial(decide_request, head, self.identity, body, policy=policy, classifier=budget,
+                                   hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
+                                   max_body_bytes=rt.config.max_body_bytes,
+                                   envelope_segments=self.envelope.segments if self.envelope else ())
         try:
-            verdict = decide_request(head, self.identity, body, policy=policy, classifier=budget,
-                                     hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
-                                     max_body_bytes=rt.config.max_body_bytes,
-                                     envelope_segments=self.envelope.segments if self.envelope else ())
+            if heavy:
+                verdict = await asyncio.get_running_loop().run_in_executor(_heavy_executor(), decide)
+            else:
+                verdict = decide()
         except Exception as exc:  # noqa: BLE001 - any pipeline failure is a fail-closed denial
             log.error("pipeline_error", request_id=head.request_id, error_type=type(exc).__name__)
             verdict = reject_unprocessable(head, self.identity, 503, "processing_error",
