@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -65,17 +66,35 @@ async def abuser(url: str, token: str, stop: asyncio.Event, payload: bytes) -> t
     return lat, statuses
 
 
+def _abuse_process(url: str, token: str, payload: bytes, n: int, duration: float, out) -> None:
+    """The abusers, in their own process: the victim's latency is not the load generator's."""
+    async def go() -> list:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(abuser(url, token, stop, payload)) for _ in range(n)]
+        await asyncio.sleep(duration)
+        stop.set()
+        return await asyncio.gather(*tasks)
+    out.put(asyncio.run(go()))
+
+
 async def scenario(url: str, token: str, *, abusers: int, payload: bytes, duration: float,
                    interval: float) -> dict:
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(abuser(url, token, stop, payload)) for _ in range(abusers)]
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = None
     if abusers:
+        proc = ctx.Process(target=_abuse_process, args=(url, token, payload, abusers, duration + 2.0, queue))
+        proc.start()
         await asyncio.sleep(2.0)       # the abusers are in flight before the victim starts
+    stop = asyncio.Event()
     v = asyncio.create_task(victim(url, token, stop, interval))
     await asyncio.sleep(duration)
     stop.set()
     lat, statuses = await v
-    abuse = await asyncio.gather(*tasks)
+    abuse = []
+    if proc is not None:
+        abuse = await asyncio.to_thread(queue.get, True, 180)
+        proc.join(30)
     ab_lat = [x for a in abuse for x in a[0]]
     ab_status: dict[int, int] = {}
     for a in abuse:
@@ -88,13 +107,13 @@ async def scenario(url: str, token: str, *, abusers: int, payload: bytes, durati
 
 
 def run(args: argparse.Namespace) -> dict:
-    reps = int(args.body_mb * 1_000_000) // 7
+    reps = int(args.body_mb * 1_000_000) // len(args.unit)
     # Six messages of ~500 KB: each under the classifier's per-text limit (1 Mi characters), so
     # every one is scanned, as a caller who knows the limits would send them.
     per = reps // 6
     payload = json.dumps({"model": "gpt-4o-mini",
-                          "messages": [{"role": "user", "content": "123-45-" * per} for _ in range(6)]}).encode()
-    out: dict = {"body_bytes": len(payload), "duration_s": args.duration, "configs": {}}
+                          "messages": [{"role": "user", "content": args.unit * per} for _ in range(6)]}).encode()
+    out: dict = {"body_bytes": len(payload), "unit": args.unit, "duration_s": args.duration, "configs": {}}
     configs = {"default budget": {}}
     if args.unbounded:
         configs["budget large enough to classify every body in full"] = {
@@ -129,6 +148,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--unbounded", action="store_true", help="also run with a budget that never runs out")
+    ap.add_argument("--unit", default="123-45-", help="the text repeated in the abusive bodies "
+                    "(e.g. 'hello w' for a benign body of the same size)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if not 0 <= args.abusers <= 16 or not 0 < args.duration <= 120 or not 0 < args.body_mb <= 3.9:

@@ -182,3 +182,23 @@ def test_patterns_are_prefixes_only():
         EnvelopeRules.from_config({"headers": {"openai": ["x-*-id"]}})
     rules = EnvelopeRules.from_config({"headers": {"openai": ["x-mock-*", "exact"]}})
     assert rules.header_allowed("openai", "x-mock-") and not rules.header_allowed("openai", "exactly")
+
+
+def test_a_scan_in_the_pool_process_finds_what_a_local_scan_finds_and_spends_the_same_budget():
+    from ext_proc.pipeline.budget import REMOTE_SCAN_MIN_CHARS, ScanPool
+
+    pool = ScanPool()
+    try:
+        text = ("mail jane@example.com, card 4111 1111 1111 1111, Bluebird. " * 400)[:REMOTE_SCAN_MIN_CHARS * 2]
+        terms = {"projects": ["Bluebird"]}
+        local = BudgetedClassifier(Classifier(terms), max_candidates=100_000)
+        remote = BudgetedClassifier(Classifier(terms), max_candidates=100_000, pool=pool, custom_terms=terms)
+        assert remote.scan(text) == local.scan(text)
+        assert remote.candidates_left == local.candidates_left < 100_000
+        tight = BudgetedClassifier(CLASSIFIER, max_candidates=50, pool=pool)
+        with pytest.raises(InspectionBudgetExceeded, match="50 candidate matches"):
+            tight.scan("123-45-" * 10_000)
+        with pytest.raises(InputTooLarge):
+            BudgetedClassifier(CLASSIFIER, max_bytes=1 << 30, pool=pool).scan("a" * (CLASSIFIER.max_input_chars + 1))
+    finally:
+        pool.close()
