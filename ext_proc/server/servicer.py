@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import hashlib
 import json
 import time
@@ -59,15 +58,31 @@ log = structlog.get_logger("ledgergate.server")
 # decides inline. A thread alone is not enough: the classifier's checks are Python and hold the
 # GIL the loop needs (docs/benchmarks.md, bench-abuse).
 HEAVY_BODY_BYTES = 64 * 1024
-_heavy_lane: ThreadPoolExecutor | None = None
-_scan_pool = ScanPool(workers=1)
+# Large bodies waiting for (or in) the lane: past this a new one is refused at once with a 503
+# (inspection would outlast Envoy's message timeout; the caller may retry) rather than queued.
+HEAVY_QUEUE_MAX = 8
 
 
-def _heavy_executor() -> ThreadPoolExecutor:
-    global _heavy_lane
-    if _heavy_lane is None:
-        _heavy_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledgergate-inspect")
-    return _heavy_lane
+class _HeavyLane:
+    """One thread for the decisions on large bodies (started on first use), and how many are
+    waiting for it. Used from the event loop only."""
+
+    def __init__(self) -> None:
+        self.executor: ThreadPoolExecutor | None = None
+        self.pending = 0
+        self.scan_pool = ScanPool(workers=1)
+
+    async def run(self, fn):
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledgergate-inspect")
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        finally:
+            self.pending -= 1
+
+
+_heavy_lane = _HeavyLane()
 
 
 class ProtocolViolation(Exception):
@@ -242,14 +257,20 @@ class Exchange:
         heavy = body is not None and len(body) >= HEAVY_BODY_BYTES
         budget = BudgetedClassifier(rt.classifier_for(policy), max_bytes=rt.config.max_inspection_bytes,
                                     max_candidates=rt.config.max_inspection_candidates,
-                                    pool=_scan_pool if heavy else None, custom_terms=policy.dictionaries)
-        decide = functools.partial(decide_request, head, self.identity, body, policy=policy, classifier=budget,
-                                   hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
-                                   max_body_bytes=rt.config.max_body_bytes,
-                                   envelope_segments=self.envelope.segments if self.envelope else ())
+                                    pool=_heavy_lane.scan_pool if heavy else None, custom_terms=policy.dictionaries)
+
+        def decide() -> Verdict:   # the time of the decision is read when it is taken (after any wait)
+            return decide_request(head, self.identity, body, policy=policy, classifier=budget,
+                                  hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
+                                  max_body_bytes=rt.config.max_body_bytes,
+                                  envelope_segments=self.envelope.segments if self.envelope else ())
         try:
-            if heavy:
-                verdict = await asyncio.get_running_loop().run_in_executor(_heavy_executor(), decide)
+            if heavy and _heavy_lane.pending >= HEAVY_QUEUE_MAX:
+                verdict = reject_unprocessable(head, self.identity, 503, "inspection_busy",
+                                               "too many large requests are waiting for inspection; retry later",
+                                               int(rt.clock() * 1000), body, policy)
+            elif heavy:
+                verdict = await _heavy_lane.run(decide)
             else:
                 verdict = decide()
         except Exception as exc:  # noqa: BLE001 - any pipeline failure is a fail-closed denial
