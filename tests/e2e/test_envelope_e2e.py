@@ -195,3 +195,16 @@ def test_unknown_query_parameters_can_be_refused_by_configuration(small_budget):
     assert r.json()["error"]["code"] == "unknown_query_parameter"
     assert not _upstream(small_budget, marker)
     assert _record(small_budget, r.headers["x-request-id"])["decision"]["code"] == "unknown_query_parameter"
+
+
+def test_envoys_own_headers_are_classified_and_what_cannot_be_redacted_is_denied(stack):
+    # A processor may neither remove nor rewrite x-envoy-* headers (Envoy's mutation rules), so
+    # their values are classified and a finding the policy would redact denies the request.
+    marker = unique_marker("env-envoy")
+    r = _chat(stack, marker, headers=[("x-envoy-note", "mail jane.doe@example.com")])
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "unredactable_header"
+    assert not _upstream(stack, marker)
+    rec = _record(stack, r.headers["x-request-id"])
+    assert rec["decision"]["policy_outcome"] == "redact" and rec["forwarded_sha256"] is None
+    assert "jane.doe" not in json.dumps(rec)
