@@ -156,6 +156,7 @@ def main() -> None:
         ap.error("bounded: 0-16 abusers, duration up to 120 s, bodies up to 3.9 MB (Envoy's buffer is 4 MiB)")
     result = run(args)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
 
 
