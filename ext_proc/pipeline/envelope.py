@@ -21,6 +21,7 @@ nothing in and that looks like a word; anything else is recorded as "[unprintabl
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import parse_qsl, quote
@@ -35,6 +36,7 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 MAX_RECORDED_NAME_CHARS = 64
 MAX_RECORDED_PART_CHARS = 24
 _NAME_SEPARATORS = str.maketrans({c: " " for c in "-_.[]$"})
+_DROP_DIGITS = str.maketrans("", "", "0123456789")
 
 # What every provider needs: framing and content negotiation. Envoy's own request id and
 # forwarding headers are Envoy's (set by it, not by the client).
@@ -57,6 +59,7 @@ PROVIDER_HEADERS: Mapping[str, frozenset[str]] = {
                           "x-amzn-bedrock-guardrailidentifier", "x-amzn-bedrock-guardrailversion",
                           "x-amzn-bedrock-performanceconfig-latency", "x-amzn-bedrock-service-tier"}),
 }
+_LISTED_HEADERS: Mapping[str, frozenset[str]] = {p: BASE_HEADERS | h for p, h in PROVIDER_HEADERS.items()}
 # Headers Envoy owns or refuses to let a processor change (mutation_rules): kept, and their
 # values classified when the client could have set them.
 ENVOY_OWNED_PREFIXES = (":", "x-envoy-")
@@ -120,14 +123,18 @@ class EnvelopeRules:
                    unknown_query=mode)
 
     def header_allowed(self, provider: str | None, name: str) -> bool:
-        if name in BASE_HEADERS or name in PROVIDER_HEADERS.get(provider or "", ()):
+        if name in _LISTED_HEADERS.get(provider or "", BASE_HEADERS):
             return True
+        if not self.extra_headers:
+            return False
         return any(_name_matches(name, p) for p in (*self.extra_headers.get("*", ()),
                                                     *self.extra_headers.get(provider or "", ())))
 
     def query_allowed(self, provider: str | None, name: str) -> bool:
         if name in PROVIDER_QUERY.get(provider or "", ()):
             return True
+        if not self.extra_query:
+            return False
         return any(_name_matches(name, p) for p in (*self.extra_query.get("*", ()),
                                                     *self.extra_query.get(provider or "", ())))
 
@@ -186,7 +193,7 @@ class Envelope:
     def to_record(self, has_findings: Callable[[str], bool] | None = None) -> dict[str, Any]:
         """Names only, never values; a client-chosen name the classifier finds something in is
         not recorded verbatim."""
-        return {"removed_headers": _bounded([recordable_name(h, has_findings) for h in self.removed_headers]),
+        return {"removed_headers": _bounded(recordable_names(self.removed_headers, has_findings)),
                 "removed_query": _bounded(self.removed_query),
                 "inspected": [s.where for s in self.segments][:MAX_RECORDED_NAMES]}
 
@@ -198,18 +205,38 @@ def _bounded(names: list[str]) -> list[str]:
 
 
 def recordable_name(name: str, has_findings: Callable[[str], bool] | None = None) -> str:
-    """A client-chosen name as it may appear in a record: a short token the classifier finds
-    nothing in, or a placeholder (a name can carry a secret too)."""
+    """A client-chosen name as it may appear in a record: a short, word-like token the classifier
+    finds nothing in, or a placeholder (a name can carry a secret too)."""
+    return recordable_names([name], has_findings)[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_shape(name: str) -> str | None:
+    """The placeholder for a name that is not a short word-like token, else None."""
     if not name or len(name) > MAX_RECORDED_NAME_CHARS or not set(name) <= _NAME_CHARS:
         return "[unprintable]"
-    # Header names arrive lower-cased: a key's upper-case prefix (AKIA...) is looked for too.
-    if has_findings is not None and (has_findings(name) or has_findings(name.upper())):
-        return "[classified]"
     # A word-like name is recorded; one with a long or digit-heavy part may be a token.
     for part in name.translate(_NAME_SEPARATORS).split():
-        if len(part) > MAX_RECORDED_PART_CHARS or sum(c.isdigit() for c in part) > 2:
+        if len(part) > MAX_RECORDED_PART_CHARS or len(part) - len(part.translate(_DROP_DIGITS)) > 2:
             return "[withheld]"
-    return name
+    return None
+
+
+def recordable_names(names: Sequence[str], has_findings: Callable[[str], bool] | None = None) -> list[str]:
+    """`recordable_name` for many names with two classifier calls in the common case (all of
+    them joined, as written and upper-cased: header names arrive lower-cased, and a key's prefix
+    is upper-case); one name at a time only when the joined text holds a finding."""
+    out = [_name_shape(n) or n for n in names]
+    if has_findings is None:
+        return out
+    words = [i for i, n in enumerate(names) if out[i] == n]
+    joined = "\n".join(names[i] for i in words)
+    if not joined or not (has_findings(joined) or has_findings(joined.upper())):
+        return out
+    for i in words:
+        if has_findings(names[i]) or has_findings(names[i].upper()):
+            out[i] = "[classified]"
+    return out
 
 
 def body_refused(method: str, headers: Mapping[str, Sequence[str]], body_len: int | None) -> bool:
@@ -243,8 +270,7 @@ def inspect_envelope(method: str, path: str, headers: Mapping[str, Sequence[str]
             if lname not in NOT_CLASSIFIED:
                 for value in headers[name]:
                     if value:
-                        segments.append(EnvelopeSegment(f"header:{recordable_name(lname, has_findings)}",
-                                                        lname, value))
+                        segments.append(EnvelopeSegment(f"header:{lname}", lname, value))
             continue
         removed.append(lname)
 
@@ -268,20 +294,25 @@ def inspect_envelope(method: str, path: str, headers: Mapping[str, Sequence[str]
                 removed_query.append(name)
                 changed = True
             elif rules.query_allowed(provider, name):
-                segments.append(EnvelopeSegment(f"query:{recordable_name(name, has_findings)}", name, value,
-                                                position=len(query)))
+                segments.append(EnvelopeSegment(f"query:{name}", name, value, position=len(query)))
                 query.append((name, value))
             else:
                 if rules.unknown_query == "reject":
                     raise EnvelopeRejected(400, "unknown_query_parameter",
                                            f"query parameter {recordable_name(name, has_findings)!r} is not "
                                            "accepted for this API")
-                removed_query.append(recordable_name(name, has_findings))
+                removed_query.append(name)
                 changed = True
         if not query:
             changed = True     # "?" alone, or every parameter stripped
     elif sep:
         changed = True         # a bare "?"
+    # Names that reach a record (a segment's `where`, a stripped parameter) in recordable form.
+    kinds = [s.where.split(":", 1)[0] for s in segments]
+    recorded = recordable_names([s.name for s in segments] + removed_query, has_findings)
+    segments = [EnvelopeSegment(f"{kind}:{where}", s.name, s.text, s.position)
+                for s, kind, where in zip(segments, kinds, recorded)]
+    removed_query = recorded[len(segments):]
     return Envelope(path=raw_path, query=query, query_changed=changed, removed_headers=removed,
                     removed_query=removed_query, segments=segments)
 
