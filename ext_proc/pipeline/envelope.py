@@ -87,6 +87,13 @@ def envoy_owned(name: str) -> bool:
     return name in ENVOY_OWNED or name.startswith(ENVOY_OWNED_PREFIXES)
 
 
+def rewritable(segment: "EnvelopeSegment") -> bool:
+    """Whether a redacted value of SEGMENT can be forwarded in its place."""
+    if segment.where.startswith("query:"):
+        return True
+    return segment.where.startswith("header:") and not envoy_owned(segment.name)
+
+
 class EnvelopeRejected(ValueError):
     """The request's envelope is refused; `code` and the message are safe to show and record."""
 
@@ -274,6 +281,10 @@ def inspect_envelope(method: str, path: str, headers: Mapping[str, Sequence[str]
             continue
         removed.append(lname)
 
+    if surface is not None and surface.model_from_path:
+        # The model (or deployment) segment of the path is read by the provider too. It cannot be
+        # redacted (it names the model): a finding there that the policy would redact denies.
+        segments.append(EnvelopeSegment("path:model", "model", surface.model_from_path))
     raw_path, sep, raw_query = path.partition("?")
     raw_query = raw_query.split("#", 1)[0]
     query: list[tuple[str, str]] = []

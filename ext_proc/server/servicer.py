@@ -41,8 +41,8 @@ from ext_proc.server.messages import set_header as _set_header
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.upstream import process_upstream
 from ext_proc.pipeline.budget import BudgetedClassifier, ScanPool
-from ext_proc.pipeline.envelope import (Envelope, EnvelopeRejected, EnvelopeRules, body_refused, envoy_owned,
-                                        inspect_envelope)
+from ext_proc.pipeline.envelope import (Envelope, EnvelopeRejected, EnvelopeRules, body_refused, inspect_envelope,
+                                        rewritable)
 from ext_proc.pipeline.multiplex import CHAIN_HEADER, route_for
 from ext_proc.pipeline.request import sha256_hex
 from ext_proc.providers.translate import ResponseTranslator, TranslationError, translate_request
@@ -205,6 +205,8 @@ class Exchange:
         query_redacted: dict[int, str] = {}
         for i, value in redacted.items():
             seg = env.segments[i]
+            if not rewritable(seg):
+                continue        # the decision was turned into a deny (_decide)
             if seg.where.startswith("query:"):
                 query_redacted[seg.position] = value
             else:
@@ -281,17 +283,17 @@ class Exchange:
         verdict.record["inspection"] = budget.to_record()
         if self.envelope is not None:
             verdict.record["envelope"] = self.envelope.to_record(self._has_findings)
-            stuck = [self.envelope.segments[i].where for i in verdict.envelope_redacted
-                     if envoy_owned(self.envelope.segments[i].name)]
+            stuck = [i for i in verdict.envelope_redacted if not rewritable(self.envelope.segments[i])]
             if verdict.forward and stuck:
-                # Envoy lets no processor rewrite its own headers: what cannot be redacted is refused.
+                # Envoy lets no processor rewrite its own headers, and the model segment of the path
+                # names the model: what cannot be redacted is refused.
+                code = "unredactable_header" if self.envelope.segments[stuck[0]].where.startswith("header:") \
+                    else "unredactable_path"
                 verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=403,
-                                                  code="unredactable_header",
-                                                  policy_outcome=verdict.record["decision"].get("outcome"))
+                                                  code=code, policy_outcome=verdict.record["decision"].get("outcome"))
                 verdict.record["forwarded_sha256"] = None
-                verdict.reject(403, "unredactable_header",
-                               "a header Envoy reserves holds classified data; the request was not forwarded",
-                               head.provider)
+                verdict.reject(403, code, "a part of the request that cannot be rewritten holds classified data; "
+                               "the request was not forwarded", head.provider)
         if verdict.forward and rt.config.multiplex_models:
             self._multiplex(verdict, body)
         rt.metrics.phase("decide", time.perf_counter() - started)

@@ -208,3 +208,19 @@ def test_envoys_own_headers_are_classified_and_what_cannot_be_redacted_is_denied
     rec = _record(stack, r.headers["x-request-id"])
     assert rec["decision"]["policy_outcome"] == "redact" and rec["forwarded_sha256"] is None
     assert "jane.doe" not in json.dumps(rec)
+
+
+def test_the_model_segment_of_a_path_is_classified(stack):
+    token = stack.token()
+    for model, code in ((f"x-{AWS_KEY}", None), ("mail-jane.doe@example.com", "unredactable_path")):
+        marker = unique_marker("env-path")
+        r = httpx.post(f"{stack.base_url}/v1beta/models/{model}:generateContent",
+                       headers={"authorization": f"Bearer {token}"}, timeout=30,
+                       json={"contents": [{"role": "user", "parts": [{"text": marker}]}]})
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["status"] == "PERMISSION_DENIED"
+        assert not _upstream(stack, marker)
+        rec = _record(stack, r.headers["x-request-id"])
+        assert any(f.get("envelope") == "path:model" for f in rec["classification"]["findings"])
+        if code:
+            assert rec["decision"]["code"] == code

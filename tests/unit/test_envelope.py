@@ -78,7 +78,7 @@ def test_query_known_parameters_kept_unknown_stripped_credentials_never_segments
     env = envelope(path="/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse&key=SECRETKEY&x=1&x=2")
     assert env.query == [("alt", "sse")]
     assert env.removed_query == ["key", "x", "x"]
-    assert [s.where for s in env.segments] == ["query:alt"]
+    assert [s.where for s in env.segments] == ["path:model", "query:alt"]
     assert env.query_changed
     assert env.forwarded_path() == "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
 
@@ -202,3 +202,13 @@ def test_a_scan_in_the_pool_process_finds_what_a_local_scan_finds_and_spends_the
             BudgetedClassifier(CLASSIFIER, max_bytes=1 << 30, pool=pool).scan("a" * (CLASSIFIER.max_input_chars + 1))
     finally:
         pool.close()
+
+
+def test_the_model_segment_of_the_path_is_a_segment_that_cannot_be_rewritten():
+    from ext_proc.pipeline.envelope import rewritable
+
+    env = envelope(path="/model/anthropic.claude-3%2Dhaiku/invoke", headers={"x-envoy-a": ["b"], "accept": ["c"]})
+    by_where = {s.where: s for s in env.segments}
+    assert by_where["path:model"].text == "anthropic.claude-3-haiku"
+    assert not rewritable(by_where["path:model"]) and not rewritable(by_where["header:x-envoy-a"])
+    assert rewritable(by_where["header:accept"])
