@@ -108,11 +108,11 @@ async def scenario(url: str, token: str, *, abusers: int, payload: bytes, durati
 
 def run(args: argparse.Namespace) -> dict:
     reps = int(args.body_mb * 1_000_000) // len(args.unit)
-    # Six messages of ~500 KB: each under the classifier's per-text limit (1 Mi characters), so
-    # every one is scanned, as a caller who knows the limits would send them.
-    per = reps // 6
+    # By default six messages of ~500 KB: each under the classifier's per-text limit (1 Mi
+    # characters), so every one is scanned, as a caller who knows the limits would send them.
+    per = reps // args.messages
     payload = json.dumps({"model": "gpt-4o-mini",
-                          "messages": [{"role": "user", "content": args.unit * per} for _ in range(6)]}).encode()
+                          "messages": [{"role": "user", "content": args.unit * per} for _ in range(args.messages)]}).encode()
     out: dict = {"body_bytes": len(payload), "unit": args.unit, "duration_s": args.duration, "configs": {}}
     configs = {"default budget": {}}
     if args.unbounded:
@@ -150,9 +150,11 @@ def main() -> None:
     ap.add_argument("--unbounded", action="store_true", help="also run with a budget that never runs out")
     ap.add_argument("--unit", default="123-45-", help="the text repeated in the abusive bodies "
                     "(e.g. 'hello w' for a benign body of the same size)")
+    ap.add_argument("--messages", type=int, default=6, help="messages the body is split into")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    if not 0 <= args.abusers <= 16 or not 0 < args.duration <= 120 or not 0 < args.body_mb <= 3.9:
+    if not 0 <= args.abusers <= 16 or not 0 < args.duration <= 120 or not 0 < args.body_mb <= 3.9 \
+            or not 1 <= args.messages <= 100_000:
         ap.error("bounded: 0-16 abusers, duration up to 120 s, bodies up to 3.9 MB (Envoy's buffer is 4 MiB)")
     result = run(args)
     if args.out:

@@ -212,3 +212,31 @@ def test_the_model_segment_of_the_path_is_a_segment_that_cannot_be_rewritten():
     assert by_where["path:model"].text == "anthropic.claude-3-haiku"
     assert not rewritable(by_where["path:model"]) and not rewritable(by_where["header:x-envoy-a"])
     assert rewritable(by_where["header:accept"])
+
+
+def test_with_a_pool_many_small_near_miss_texts_move_to_the_pool_after_a_local_allowance():
+    from ext_proc.pipeline import budget as budget_mod
+    from ext_proc.pipeline.budget import LOCAL_CANDIDATES, ScanPool
+
+    calls = []
+
+    class CountingPool(ScanPool):
+        def scan(self, *args):
+            calls.append(len(args[2]))
+            return super().scan(*args)
+
+    pool = CountingPool()
+    try:
+        b = BudgetedClassifier(CLASSIFIER, max_candidates=100_000, pool=pool)
+        assert b.scan("card 4111 1111 1111 1111") and not calls          # small and clean: local
+        for _ in range(20):
+            assert b.scan("123-45-" * 100) == []                          # ~25 candidates each
+        assert calls, "the local allowance should have run out"
+        local_spent = 100_000 - b.candidates_left
+        assert local_spent > LOCAL_CANDIDATES                              # the pool's candidates count too
+        assert b._local_left == 0 and budget_mod.REMOTE_SCAN_MIN_CHARS > 700
+        tight = BudgetedClassifier(CLASSIFIER, max_candidates=30, pool=pool)
+        with pytest.raises(InspectionBudgetExceeded, match="30 candidate matches"):
+            tight.scan("123-45-" * 300)
+    finally:
+        pool.close()
