@@ -75,11 +75,16 @@ class _HeavyLane:
     async def run(self, fn):
         if self.executor is None:
             self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledgergate-inspect")
+        loop = asyncio.get_running_loop()
+        job = self.executor.submit(fn)
         self.pending += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
-        finally:
-            self.pending -= 1
+        # Counted until the work is really over (or cancelled before it started): a caller that
+        # disconnects while its body is being inspected still occupies the lane.
+        job.add_done_callback(lambda _job: loop.call_soon_threadsafe(self._release))
+        return await asyncio.wrap_future(job, loop=loop)
+
+    def _release(self) -> None:
+        self.pending -= 1
 
 
 _heavy_lane = _HeavyLane()

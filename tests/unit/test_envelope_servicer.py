@@ -79,3 +79,24 @@ async def test_a_large_body_is_decided_in_the_lane_with_its_texts_scanned_in_the
     [rec] = [r for r in _records(runtime) if r["request_id"] == "env-unit-4"]
     assert rec["classification"]["summary"].get("pci.card_number")
     assert servicer_mod._heavy_lane.executor is not None and servicer_mod._heavy_lane.pending == 0
+
+
+async def test_a_caller_that_goes_away_still_occupies_the_lane_until_its_inspection_ends():
+    import asyncio
+    import threading
+
+    lane = servicer_mod._HeavyLane()
+    release = threading.Event()
+    task = asyncio.create_task(lane.run(lambda: release.wait(10)))
+    await asyncio.sleep(0.05)
+    assert lane.pending == 1
+    task.cancel()                       # the client disconnected; the worker thread is still busy
+    await asyncio.sleep(0.05)
+    assert lane.pending == 1
+    release.set()
+    for _ in range(100):
+        if lane.pending == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert lane.pending == 0
+    lane.executor.shutdown(wait=True)
