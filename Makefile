@@ -59,6 +59,11 @@ bench-ratelimit: $(STAMP)
 bench-streaming: $(STAMP)
 	$(PY) tests/bench/bench_streaming.py
 
+# Four callers sending 3 MB pathological bodies against one small request every 50 ms (issue 16).
+.PHONY: bench-abuse
+bench-abuse: $(STAMP)
+	$(PY) tests/bench/bench_abuse.py --unbounded --out var/bench-abuse.json
+
 # Optional: the same load through a LiteLLM proxy (installed on first use into var/bench/).
 bench-peers: $(STAMP)
 	$(PY) tests/bench/bench_peers.py

@@ -46,6 +46,17 @@ class InputTooLarge(ValueError):
         self.limit = limit
 
 
+class InspectionBudgetExceeded(InputTooLarge):
+    """The request's inspection budget (text bytes or candidates validated) is spent; the message
+    has counts only. A subclass of InputTooLarge: the pipeline answers both with a 413."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        ValueError.__init__(self, f"the request needs more than {limit} {what} of inspection "
+                                  "(the per-request inspection budget)")
+        self.size = limit + 1
+        self.limit = limit
+
+
 def summarize(findings: Sequence[Finding]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for f in findings:
@@ -159,7 +170,11 @@ class Classifier:
             return self._all
         return tuple(i for i in hits if i != self._sentinel)
 
-    def scan(self, text: str, *, use_prefilter: bool = True) -> list[Finding]:
+    def scan(self, text: str, *, use_prefilter: bool = True, budget=None) -> list[Finding]:
+        """`budget`, when given, has an int `candidates_left`: the candidates (pattern matches
+        handed to a rule's check) this scan may still validate, shared by all scans of one
+        request; it is decremented, and InspectionBudgetExceeded raised when it runs out. The
+        checks are Python, so this bounds a request's CPU time on text made of near-misses."""
         if not isinstance(text, str):
             raise TypeError("scan() takes a str")
         if len(text) > self.max_input_chars:
@@ -170,14 +185,22 @@ class Classifier:
         data = norm.data
         indices = self.rules_hit(data) if use_prefilter else self._all
         raw: list[tuple[int, int, int, str | None, int]] = []
+        left = budget.candidates_left if budget is not None else -1
         for i in indices:
             check = self._rules[i].check
             covered = 0       # a check may widen a hit (a PEM block): skip matches inside it
             for bs, be in self._spans[i](data):
                 if bs < be and bs >= covered:
+                    if budget is not None:
+                        left -= 1
+                        if left < 0:
+                            raise InspectionBudgetExceeded(
+                                "candidate matches", getattr(budget, "candidates_limit", budget.candidates_left))
                     for s, e, conf, validator in check(data, bs, be):
                         raw.append((s, e, conf, validator, i))
                         covered = max(covered, e)
+        if budget is not None:
+            budget.candidates_left = left
         if not raw:
             return []
         rules = self._rules

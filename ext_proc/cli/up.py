@@ -330,6 +330,11 @@ def run_up(args: argparse.Namespace) -> int:
                   "signing_key": str(var_dir / "keys" / "audit-signing.pem")},
         "classify": {"redaction_key_file": str(var_dir / "keys" / "redaction-hash.key")},
     }
+    if len(upstreams) < len(PROVIDERS):
+        # The bundled mock's test directives (x-mock-status, x-mock-reply...) reach it through Envoy.
+        mocked = [p for p in PROVIDERS if p not in upstreams] + (["azure"] if "openai" not in upstreams else [])
+        defaults["envelope"] = {"headers": {p: ["x-mock-*"] for p in mocked}}
+
     def merged() -> dict:
         try:
             user = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}

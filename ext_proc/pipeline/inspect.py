@@ -21,8 +21,10 @@ class DocumentFindings:
     logical: list[Finding] = field(default_factory=list)     # one per value, for counts
     spans: list[tuple[str, int, tuple[tuple[int, int, int], ...]]] = field(default_factory=list)
 
-    def summary(self, unscanned: dict[str, int]) -> dict[str, dict]:
-        out = summarize(self.logical)
+    def summary(self, unscanned: dict[str, int], extra: list[Finding] = ()) -> dict[str, dict]:
+        """Counts per label: one per value (however many fields it spans), EXTRA findings made
+        elsewhere (header and query values), and the content that could not be inspected."""
+        out = summarize(self.logical + list(extra))
         for label, count in unscanned.items():
             out[label] = {"count": count, "max_confidence": 100}
         return {k: out[k] for k in sorted(out)}

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 from ext_proc.audit.record import decision_record
 from ext_proc.classify import Classifier, InputTooLarge, redact, summarize
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
+from ext_proc.pipeline.envelope import EnvelopeSegment
 from ext_proc.policy import Decision, Policy
 from ext_proc.providers import (
     BadRequestBody,
@@ -76,6 +77,7 @@ class Verdict:
     model: str | None = None
     stream: bool = False
     usage_injected: bool = False   # ledgergate asked for stream usage the client did not ask for
+    envelope_redacted: dict[int, str] = field(default_factory=dict)  # envelope segment -> redacted value
 
     def reject(self, status: int, code: str, message: str, provider: str) -> None:
         self.forward = False
@@ -165,9 +167,16 @@ def inspect_request(classifier: Classifier, head: RequestHead,
 
 def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *, policy: Policy,
                    classifier: Classifier, hash_key: bytes, now_ms: int,
-                   max_body_bytes: int) -> Verdict:
-    """The whole request-side decision for an authenticated caller."""
+                   max_body_bytes: int, envelope_segments: Sequence[EnvelopeSegment] = ()) -> Verdict:
+    """The whole request-side decision for an authenticated caller. `envelope_segments` are the
+    header and query values the provider reads besides the body (pipeline/envelope.py)."""
     body = body or b""
+    # --- envelope hook (pipeline/envelope.py): classified with the same classifier and policy ---
+    try:
+        envelope_findings = [classifier.scan(seg.text) for seg in envelope_segments]
+    except InputTooLarge as exc:
+        return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms, body, policy)
+    # --- end envelope hook ---
     parsed: ParsedRequest | None = None
     doc: Document | None = None
     found = DocumentFindings()
@@ -183,7 +192,8 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
                                         body, policy)
     elif head.surface is not None and head.surface.model_from_path:
         doc, found = inspect_request(classifier, head, None)   # GET /v1/models/{id}, Azure audio
-    classification = found.summary(doc.unscanned if doc is not None else {})
+    envelope_all = [f for seg in envelope_findings for f in seg]  # envelope hook
+    classification = found.summary(doc.unscanned if doc is not None else {}, extra=envelope_all)
     head = _masked_for_record(head, doc, found)
     policy_input = build_policy_input(head, identity, parsed, classification, len(body))
     if doc is not None and parsed is not None and isinstance(parsed.model, str):
@@ -221,6 +231,16 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
         elif replacements or set_fields:
             new_body = render_document(parsed, doc, replacements, set_fields)
 
+    # --- envelope hook: redacted header / query values, applied by the servicer's header mutation ---
+    envelope_redacted: dict[int, str] = {}
+    if decision.outcome == "redact" and decision.redact:
+        for i, (seg, findings) in enumerate(zip(envelope_segments, envelope_findings)):
+            if findings:
+                text, reds = redact(seg.text, findings, decision.redact, hash_key=hash_key, tenant=identity.tenant)
+                if reds:
+                    envelope_redacted[i] = text
+                    redactions.extend({**r.to_record(), "envelope": seg.where} for r in reds)
+    # --- end envelope hook ---
     forwarded = new_body if new_body is not None else body
     decision_rec = decision.to_record()
     decision_rec["redactions"] = redactions
@@ -230,7 +250,9 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
         provider=head.surface.provider if head.surface else None,
         model_requested=policy_input["model"], model_routed=policy_input["model"],
         upstream=head.surface.provider if head.surface else None,
-        classification={"summary": classification, "findings": found.records()},
+        classification={"summary": classification, "findings": found.records()
+                        + [dict(f.to_record(), envelope=envelope_segments[i].where)  # envelope hook
+                           for i, seg in enumerate(envelope_findings) for f in seg]},
         policy=_policy_ref(policy), decision=decision_rec, input=policy_input,
         request_sha256=sha256_hex(body), forwarded_sha256=sha256_hex(forwarded) if decision.outcome != "deny" else None)
     v = Verdict(forward=decision.outcome != "deny", status=200 if decision.outcome != "deny" else decision.status,
@@ -238,7 +260,8 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
                 identity=identity, new_body=new_body, limits=tuple(decision.limits),
                 estimated_tokens=parsed.estimated_tokens if parsed else 0,
                 model=policy_input["model"], stream=policy_input["request"]["stream"],
-                usage_injected=usage_injected and decision.outcome != "deny")
+                usage_injected=usage_injected and decision.outcome != "deny",
+                envelope_redacted=envelope_redacted if decision.outcome != "deny" else {})
     if not v.forward:
         v.reject(decision.status, decision.code, decision.reason, head.provider)
     return v

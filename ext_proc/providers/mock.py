@@ -208,9 +208,44 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:  # type: ignore[attr-defined]
             srv.requests.append(self._log_entry)  # type: ignore[attr-defined]
 
+    def _refused_body(self) -> bool:
+        """A GET, HEAD or DELETE that carries a body: read it (bounded) so no byte of it is left on
+        the kept-alive connection to be parsed as a next request, record it, answer 400 and
+        close. True when the request was answered here."""
+        has_length = (self.headers.get("content-length") or "0").strip() not in ("", "0")
+        if not has_length and "transfer-encoding" not in self.headers:
+            return False
+        try:
+            raw = self._read_body()
+        except (OverflowError, _BadDirective):
+            raw = b""
+        self._record(raw)
+        self.close_connection = True
+        h, b = error_body("openai", 400, "body_not_allowed", f"mock: a {self.command} request must not carry a body")
+        self._send(400, b, h)
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Unsupported methods and malformed requests: whatever body came with them is unread,
+        # so the connection is not reused.
+        self.close_connection = True
+        super().send_error(code, message, explain)
+
     # --- verbs ----------------------------------------------------------------------------
+    def do_HEAD(self) -> None:
+        self._log_entry = None
+        if self._refused_body():
+            return
+        self._record(b"")
+        self.close_connection = True
+        self.send_response(405)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
     def do_DELETE(self) -> None:
         self._log_entry = None  # a kept-alive connection's next request starts a new entry
+        if self._refused_body():
+            return
         if self.path == "/_mock/requests":
             with self.server.lock:  # type: ignore[attr-defined]
                 self.server.requests.clear()  # type: ignore[attr-defined]
@@ -220,6 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._log_entry = None  # a kept-alive connection's next request starts a new entry
+        if self._refused_body():
+            return
         if self.path == "/_mock/requests":
             with self.server.lock:  # type: ignore[attr-defined]
                 data = list(self.server.requests)  # type: ignore[attr-defined]

@@ -93,6 +93,10 @@ class Config:
     health_interval_s: float = 1.0
     tracing: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None     # re-read on SIGHUP for the sections that reload (identity)
+    # Per-request inspection budget (pipeline/budget.py) and the envelope rules (pipeline/envelope.py).
+    max_inspection_bytes: int = 8 * 1024 * 1024
+    max_inspection_candidates: int = 10_000
+    envelope: Any = None
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -100,7 +104,7 @@ class Config:
 
 
 _TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits", "tracing",
-             "multiplex"}
+             "multiplex", "envelope"}
 
 
 def default_config_dict(var_dir: str = "var") -> dict[str, Any]:
@@ -208,6 +212,11 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         tracing=dict(data.get("tracing") or {}),
         multiplex_models=_model_map(data.get("multiplex")),
         config_path=Path(path).resolve() if path is not None else None,
+        max_inspection_bytes=_positive_int(limits.get("max_inspection_bytes", 8 * 1024 * 1024),
+                                           "limits.max_inspection_bytes"),
+        max_inspection_candidates=_positive_int(limits.get("max_inspection_candidates", 10_000),
+                                                "limits.max_inspection_candidates"),
+        envelope=_envelope_rules(data.get("envelope")),
     )
 
 
@@ -234,6 +243,21 @@ def upstream_timeouts(name: str, spec: Any) -> dict[str, str]:
             raise ConfigError(str(exc)) from None
         out[key] = f"{seconds:g}s"
     return out
+
+
+def _positive_int(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ConfigError(f"{where}: must be a positive integer")
+    return v
+
+
+def _envelope_rules(section: Any):
+    from ext_proc.pipeline.envelope import EnvelopeRules
+
+    try:
+        return EnvelopeRules.from_config(section)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _positive_float(v: Any, where: str) -> float:
