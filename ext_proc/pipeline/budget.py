@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from ext_proc.classify.engine import Classifier, InspectionBudgetExceeded
 
-DEFAULT_MAX_INSPECTION_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_INSPECTION_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_INSPECTION_CANDIDATES = 10_000
 # With a ScanPool: texts from this size up are scanned in its process; smaller ones locally
 # (a round trip costs ~0.2 ms) until the request's local scans have validated this many

@@ -81,7 +81,7 @@ def classify_document(classifier: Classifier, doc: Document, body: object) -> Do
                 result.per_segment.setdefault(seg, []).append(
                     Finding(f.label, s, e, f.confidence, f.validator))
 
-    for view in doc.reading_views():
+    for view in doc.reading_views(edge=classifier.max_match_chars):
         take(view, scan_long(classifier, view.text))
     fields = doc.field_view()
     take(fields, scan_long(classifier, fields.text))

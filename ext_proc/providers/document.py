@@ -27,6 +27,7 @@ import base64
 import binascii
 import copy
 import json
+from bisect import bisect_right
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -113,28 +114,32 @@ class View:
     starts: list[int]      # offset in text of each mapped piece
     segments: list[int]    # the segment index of each mapped piece
     lengths: list[int]
+    offsets: list[int] | None = None   # where in its segment each piece starts (None: all at 0)
 
     def pieces(self, start: int, end: int) -> list[tuple[int, int, int]]:
         """(segment, start, end) in segment offsets for every mapped piece [start, end) touches."""
-        from bisect import bisect_right
-
         out = []
         i = max(0, bisect_right(self.starts, start) - 1)
         while i < len(self.starts) and self.starts[i] < end:
             ps, pl = self.starts[i], self.lengths[i]
             s, e = max(start, ps), min(end, ps + pl)
             if s < e:
-                out.append((self.segments[i], s - ps, e - ps))
+                off = self.offsets[i] - ps if self.offsets is not None else -ps
+                out.append((self.segments[i], s + off, e + off))
             i += 1
         return out
 
 
-def _view(items: list[tuple[int, str]], glue_before: list[str], glue_after: list[str] | None = None) -> View:
-    """A view of ITEMS (segment index, text), each preceded by its glue (and followed by one)."""
+def _view(items: list[tuple[int, str]], glue_before: list[str], glue_after: list[str] | None = None,
+          *, edge: int | None = None) -> View:
+    """A view of ITEMS (segment index, text), each preceded by its glue (and followed by one).
+    EDGE: only the first and last EDGE characters of a longer text are written (a newline
+    between them), for views that exist to find what crosses from one text into the next."""
     parts: list[str] = []
     starts: list[int] = []
     segments: list[int] = []
     lengths: list[int] = []
+    offsets: list[int] = []
     pos = 0
     for n, (i, text) in enumerate(items):
         g = glue_before[n]
@@ -142,15 +147,24 @@ def _view(items: list[tuple[int, str]], glue_before: list[str], glue_after: list
             parts.append(g)
             pos += len(g)
         if text:
-            starts.append(pos)
-            segments.append(i)
-            lengths.append(len(text))
-            parts.append(text)
-            pos += len(text)
+            if edge is not None and len(text) > 2 * edge + 1:
+                cuts = [(0, text[:edge]), (len(text) - edge, text[-edge:])]
+            else:
+                cuts = [(0, text)]
+            for k, (off, piece) in enumerate(cuts):
+                if k:
+                    parts.append("\n")
+                    pos += 1
+                starts.append(pos)
+                segments.append(i)
+                lengths.append(len(piece))
+                offsets.append(off)
+                parts.append(piece)
+                pos += len(piece)
         if glue_after is not None and glue_after[n]:
             parts.append(glue_after[n])
             pos += len(glue_after[n])
-    return View("".join(parts), starts, segments, lengths)
+    return View("".join(parts), starts, segments, lengths, offsets)
 
 
 @dataclass
@@ -165,22 +179,24 @@ class Document:
     # their key): the field view.
     field_order: list[int] = field(default_factory=list)
 
-    def reading_views(self) -> list[View]:
+    def reading_views(self, edge: int | None = None) -> list[View]:
         """The text the model reads together. A value split across parts or turns must be found
         whatever surrounds it, so the reading view is written four ways: joined with the newline
         a provider puts between turns (each string whole, with boundaries around it); joined with
         nothing (a value split in many pieces mid-token); and in neighbouring pairs glued with
         nothing and a newline around each pair, once from the first string and once from the
-        second (a value split in two whose neighbours would otherwise run into it)."""
+        second (a value split in two whose neighbours would otherwise run into it). EDGE (the
+        longest finding): the three glued views need only that much of each end of a text, since
+        the newline view already holds every finding inside one text."""
         items = [(i, self.segments[i].text) for i in self.reading]
         n = len(items)
         ways = [["\n"] * n, [""] * n, ["" if k % 2 else "\n" for k in range(n)],
                 ["\n" if k % 2 else "" for k in range(n)]][:1 if n < 2 else 2 if n == 2 else 4]
         views = []
-        for glue in ways:
+        for k, glue in enumerate(ways):
             if n:
                 glue[0] = ""
-            views.append(_view(items, glue))
+            views.append(_view(items, glue, edge=edge if k else None))
         return views
 
     def field_view(self) -> View:

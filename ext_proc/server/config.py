@@ -94,7 +94,7 @@ class Config:
     tracing: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None     # re-read on SIGHUP for the sections that reload (identity)
     # Per-request inspection budget (pipeline/budget.py) and the envelope rules (pipeline/envelope.py).
-    max_inspection_bytes: int = 8 * 1024 * 1024
+    max_inspection_bytes: int = 32 * 1024 * 1024
     max_inspection_candidates: int = 10_000
     envelope: Any = None
 
@@ -212,7 +212,7 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         tracing=dict(data.get("tracing") or {}),
         multiplex_models=_model_map(data.get("multiplex")),
         config_path=Path(path).resolve() if path is not None else None,
-        max_inspection_bytes=_positive_int(limits.get("max_inspection_bytes", 8 * 1024 * 1024),
+        max_inspection_bytes=_positive_int(limits.get("max_inspection_bytes", 32 * 1024 * 1024),
                                            "limits.max_inspection_bytes"),
         max_inspection_candidates=_positive_int(limits.get("max_inspection_candidates", 10_000),
                                                 "limits.max_inspection_candidates"),

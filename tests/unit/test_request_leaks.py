@@ -353,3 +353,18 @@ def test_a_secret_anywhere_in_random_extra_json_never_reaches_the_provider(path,
     else:
         _get(body, where)[written] = json.loads(json.dumps(extra))
     assert_no_leak(path, body, needle)
+
+
+def test_long_texts_split_at_their_ends_are_found_with_bounded_views():
+    from ext_proc.providers import match_surface, parse_request
+    from ext_proc.providers.document import read_document
+    filler = "lorem ipsum dolor sit amet " * 2000          # 54 K characters per turn
+    body = {"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": filler + " key AKIAIOSF"},
+        {"role": "user", "content": "ODNN7QWERTYZ then " + filler},
+        {"role": "user", "content": filler}]}
+    v = decide(json.dumps(body).encode())
+    assert not v.forward and v.code == "secret_detected"
+    parsed = parse_request(match_surface("POST", "/v1/chat/completions"), json.dumps(body).encode())
+    views = read_document(parsed).reading_views(edge=12_288)
+    assert len(views[0].text) > 3 * 54_000 and all(len(w.text) < 6 * 12_300 for w in views[1:])
