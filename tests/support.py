@@ -219,3 +219,12 @@ def inside_one_window(window_s: int, need_s: float = 5.0) -> None:
     left = window_s - time.time() % window_s
     if left < need_s:
         time.sleep(left + 0.05)
+
+
+def mock_reply(text: str) -> str:
+    """The mock's x-mock-reply directive for TEXT, base64-encoded: the header travels through
+    ledgergate, which inspects header values, and the secret a test wants in the *answer* must not
+    make the *request* look like it carries one."""
+    import base64
+
+    return "b64:" + base64.b64encode(text.encode("utf-8")).decode("ascii")

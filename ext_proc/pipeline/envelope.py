@@ -82,6 +82,17 @@ PROVIDER_QUERY: Mapping[str, frozenset[str]] = {
 CREDENTIAL_QUERY: Mapping[str, frozenset[str]] = {"gemini": frozenset({"key"})}
 
 
+# Headers whose purpose is to carry network addresses, set or extended by proxies (Envoy's
+# external address with use_remote_address, X-Forwarded-For): an IP address there is what the
+# header is, not data the caller sends the model. Every other finding in them still counts.
+ADDRESS_HEADERS = frozenset({"x-envoy-external-address", "x-forwarded-for", "x-real-ip", "forwarded"})
+
+
+def expected_finding(segment: "EnvelopeSegment", label: str) -> bool:
+    """A finding that is the very thing SEGMENT exists to carry (an address in a forwarding header)."""
+    return label == "pii.ip_address" and segment.where.startswith("header:") and segment.name in ADDRESS_HEADERS
+
+
 def envoy_owned(name: str) -> bool:
     """A header a processor may neither remove nor rewrite (Envoy's mutation rules)."""
     return name in ENVOY_OWNED or name.startswith(ENVOY_OWNED_PREFIXES)

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from ext_proc.audit.record import decision_record
 from ext_proc.classify import Classifier, InputTooLarge, redact, summarize
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
-from ext_proc.pipeline.envelope import EnvelopeSegment
+from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
 from ext_proc.policy import Decision, Policy
 from ext_proc.providers import (
     BadRequestBody,
@@ -173,7 +173,8 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     body = body or b""
     # --- envelope hook (pipeline/envelope.py): classified with the same classifier and policy ---
     try:
-        envelope_findings = [classifier.scan(seg.text) for seg in envelope_segments]
+        envelope_findings = [[f for f in classifier.scan(seg.text) if not expected_finding(seg, f.label)]
+                             for seg in envelope_segments]
     except InputTooLarge as exc:
         return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms, body, policy)
     # --- end envelope hook ---

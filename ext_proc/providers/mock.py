@@ -3,7 +3,8 @@ responses, embeddings, completions, models), Anthropic (messages, count_tokens),
 (generateContent, streamGenerateContent?alt=sse) and Bedrock (converse, invoke).
 
 The reply is "You said: " + the last user text, so tests see what reached the upstream.
-Test directives (request headers): x-mock-reply (percent-encoded reply text), x-mock-chunk-chars
+Test directives (request headers): x-mock-reply (percent-encoded reply text, or `b64:` and
+its base64, which ledgergate's header inspection cannot read as the secret a test makes the reply carry), x-mock-chunk-chars
 (characters per streamed delta), x-mock-status (answer with that error status), x-mock-delay-ms,
 x-mock-event-delay-ms, x-mock-content-type (a streamed answer's content type, "none" for no header),
 x-mock-reply-as: tool (the reply is a tool call's arguments: chat, messages, converse). GET /_mock/requests lists the last 200 requests (with `response_b64`, the exact
@@ -32,6 +33,12 @@ MAX_BODY = 32 * 1024 * 1024
 MAX_LOGGED_BODY = 1024 * 1024  # per request in the /_mock/requests log (200 entries)
 MAX_DIRECTIVE_MS = 120_000
 
+
+
+def _reply_directive(value: str) -> str:
+    if value.startswith("b64:"):
+        return base64.b64decode(value[4:]).decode("utf-8")
+    return unquote(value)
 
 class _BadDirective(ValueError):
     pass
@@ -335,7 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
             prompt = last_user_text(surface.api, body)
         except (AttributeError, TypeError):
             prompt = ""
-        reply = unquote(self.headers["x-mock-reply"]) if "x-mock-reply" in self.headers else f"You said: {prompt}"
+        reply = _reply_directive(self.headers["x-mock-reply"]) if "x-mock-reply" in self.headers else f"You said: {prompt}"
         model = surface.model_from_path or body.get("model")
         model = model if isinstance(model, str) else "mock-model"
         stream = surface.stream_from_path or body.get("stream") is True

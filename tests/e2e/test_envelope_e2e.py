@@ -212,7 +212,7 @@ def test_envoys_own_headers_are_classified_and_what_cannot_be_redacted_is_denied
 
 def test_the_model_segment_of_a_path_is_classified(stack):
     token = stack.token()
-    for model, code in ((f"x-{AWS_KEY}", None), ("mail-jane.doe@example.com", "unredactable_path")):
+    for model, code in ((f"x-{AWS_KEY}", None), ("mail-jane.doe@example.com", "unredactable_location")):
         marker = unique_marker("env-path")
         r = httpx.post(f"{stack.base_url}/v1beta/models/{model}:generateContent",
                        headers={"authorization": f"Bearer {token}"}, timeout=30,

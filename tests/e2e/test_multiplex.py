@@ -15,7 +15,7 @@ from urllib.parse import quote
 import openai
 import pytest
 
-from tests.support import REPO, free_ports, start_stack, wait_port
+from tests.support import REPO, free_ports, start_stack, wait_port, mock_reply
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +70,7 @@ def mux(tmp_path_factory):
 
 def client(s, reply: str = REPLY) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{s.base_url}/v1", api_key=s.token(), max_retries=0, timeout=30,
-                         default_headers={"x-mock-reply": quote(reply), "x-mock-chunk-chars": "5"})
+                         default_headers={"x-mock-reply": mock_reply(reply), "x-mock-chunk-chars": "5"})
 
 
 def _records(s, rid: str) -> tuple[dict, dict]:

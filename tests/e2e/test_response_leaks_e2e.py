@@ -16,6 +16,8 @@ import httpx
 import openai
 import pytest
 
+from tests.support import mock_reply
+
 from tests.e2e.test_bedrock_stream_e2e import bedrock
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +37,7 @@ def pem(key_bits: int = 8192) -> str:
 
 
 def directives(reply: str, chunk: int = 3, **more: str) -> dict:
-    return {"x-mock-reply": quote(reply), "x-mock-chunk-chars": str(chunk), **more}
+    return {"x-mock-reply": mock_reply(reply), "x-mock-chunk-chars": str(chunk), **more}
 
 
 def oai(stack, reply: str, chunk: int = 3, **more: str) -> openai.OpenAI:

@@ -240,3 +240,12 @@ def test_with_a_pool_many_small_near_miss_texts_move_to_the_pool_after_a_local_a
             tight.scan("123-45-" * 300)
     finally:
         pool.close()
+
+
+def test_an_address_in_a_forwarding_header_is_what_it_carries_not_a_finding():
+    from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
+    edge = EnvelopeSegment("header:x-envoy-external-address", "x-envoy-external-address", "203.0.113.7")
+    assert expected_finding(edge, "pii.ip_address")
+    assert not expected_finding(edge, "pci.card_number")
+    custom = EnvelopeSegment("header:x-note", "x-note", "203.0.113.7")
+    assert not expected_finding(custom, "pii.ip_address")
