@@ -104,19 +104,23 @@ def test_token_budget_binds_and_headers_use_openai_names(limiters):
 
 def test_window_roll_over_on_redis_time():
     a, _b, prefix = redis_pair()
-    s = spec(requests=2, window_s=1)
+    window = 2
+    s = spec(requests=2, window_s=window)
 
     async def go():
+        # Three calls take milliseconds: started with over a second left, they share one window.
+        inside_one_window(window, need_s=1.0)
         assert (await a.reserve("1", [s], CTX, 0)).admitted
         assert (await a.reserve("2", [s], CTX, 0)).admitted
         third = await a.reserve("3", [s], CTX, 0)
-        if third.admitted:  # the window rolled over between calls: allowed, but then full again
-            return
-        await asyncio.sleep(1.1)
+        assert not third.admitted and third.throttled_by == s.id
+        await asyncio.sleep(window - time.time() % window + 0.1)  # into the next window
         assert (await a.reserve("4", [s], CTX, 0)).admitted
         await a.close()
-    asyncio.run(go())
-    cleanup(prefix)
+    try:
+        asyncio.run(go())
+    finally:
+        cleanup(prefix)
 
 
 def test_redis_unreachable_fails_closed_or_open_per_limit():
