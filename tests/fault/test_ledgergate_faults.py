@@ -99,6 +99,7 @@ def test_a_fault_inside_ledgergate_never_lets_the_request_through(faulty, fault,
     assert r.status_code >= 500, (fault, r.status_code, r.text[:200])
     assert not _reached_upstream(s, marker), f"{fault}: the request reached the upstream"
     assert marker not in r.text
+    assert marker not in s.log_path.read_text(errors="replace"), "the prompt reached the process logs"
     if code is not None:
         # ledgergate answered itself: a 503 in OpenAI's error shape, and the SDK raises it.
         assert r.status_code == 503 and r.json()["error"]["code"] == code
