@@ -187,13 +187,49 @@ def markdown(results: list[dict], minutes: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recheck(extra_tests: list[str]) -> int:
+    """Apply each survivor of the last run (var/mutation/summary.json) again, one at a time, and
+    run its module's tests plus EXTRA_TESTS: which survivors the tests written since now kill."""
+    results = json.loads((OUT / "summary.json").read_text())
+    by_name = {t.name: t for t in TARGETS}
+    report = []
+    for r in results:
+        t = by_name[r["name"]]
+        source = REPO / t.module
+        backup = source.read_bytes()
+        for s in r["survivors"]:
+            diff = "\n".join(line for line in (s["diff"] or "").splitlines()
+                             if not line.startswith("--- mutation diff ---")) + "\n"
+            applied = subprocess.run(["patch", "-p1", "--quiet"], input=diff, text=True, cwd=REPO)
+            try:
+                if applied.returncode != 0:
+                    verdict = "not applicable"
+                else:
+                    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                          *t.tests, *extra_tests], cwd=REPO, capture_output=True, text=True,
+                                         timeout=t.timeout_s * 2)
+                    verdict = "survived" if run.returncode == 0 else "killed"
+            except subprocess.TimeoutExpired:
+                verdict = "killed (timeout)"
+            finally:
+                source.write_bytes(backup)
+            report.append({"module": t.module, "line": s["line"], "operator": s["operator"], "now": verdict})
+            print(f"{t.module}:{s['line']} {s['operator']}: {verdict}", flush=True)
+    (OUT / "recheck.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-minutes", type=float, default=28.0)
     p.add_argument("--only", default="", help="comma-separated target names")
     p.add_argument("--all", action="store_true", help="every mutant in the functions, not a sample")
     p.add_argument("--seed", type=int, default=24)
+    p.add_argument("--recheck", nargs="*", metavar="TEST",
+                   help="re-run the last run's survivors against the module tests plus these test paths")
     a = p.parse_args()
+    if a.recheck is not None:
+        return recheck(a.recheck)
     targets = [t for t in TARGETS if not a.only or t.name in a.only.split(",")]
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -258,3 +258,64 @@ def test_the_line_serialised_once_is_the_canonical_json_of_the_sealed_record(bod
 
 
 _KEY: dict = {}
+
+
+# --- cases the mutation run found unpinned (docs/testing.md) -------------------------------------
+
+def test_a_splice_is_named_whichever_segment_is_older(tmp_path):
+    """Segment ids sort by creation time; a record from an older segment spliced into a newer one
+    is as much a splice as the other way round."""
+    older = write_log(tmp_path / "older", writer="w1", key="k.pem")
+    newer_dir = tmp_path / "newer"
+    newer = write_log(newer_dir, writer="w1", key="k.pem")
+    assert json.loads(lines(older)[0])["segment_id"] < json.loads(lines(newer)[0])["segment_id"]
+    original = lines(newer)
+    put(newer, original[:5] + [lines(older)[5]] + original[6:])
+    rep = verify_dir(newer_dir)
+    assert not rep.ok and f"{newer.name}:6" in rep.problem and "another segment" in rep.problem, rep.problem
+
+
+def test_a_segment_ending_in_any_record_but_a_checkpoint_is_flagged(seg):
+    """A crashed writer's segment ends wherever it stopped, e.g. on an upstream attempt record (a
+    kind that sorts before "checkpoint"): it verifies, with the missing checkpoint named."""
+    d, path = seg
+    original = lines(path)
+    for kind in ("attempt", "outcome"):
+        async def go(kind=kind):
+            log = open_audit_log({"dir": str(d / kind)}, signing_key_path=str(d.parent / "k.pem"), writer_id="w1")
+            await log.start()
+            await log.commit({"kind": kind, "request_id": "r-last"})
+            return log.sink.path   # not closed: no checkpoint, as after a crash
+        crashed = asyncio.run(go())
+        rep = verify_dir(d / kind)
+        assert rep.ok and any(f"{crashed.name}: no closing checkpoint" in w for w in rep.warnings), (kind, rep.warnings)
+    rep = verify_dir(d)
+    assert rep.ok and not any("no closing checkpoint" in w for w in rep.warnings) and original == lines(path)
+
+
+def test_an_empty_segment_file_is_named(seg):
+    d, path = seg
+    (d / "zz-empty.jsonl").write_bytes(b"")
+    rep = verify_dir(d)
+    assert rep.ok and any("zz-empty.jsonl: empty segment" in w for w in rep.warnings), rep.warnings
+
+
+def test_a_line_that_is_not_json_inside_a_segment_is_named(seg):
+    d, path = seg
+    original = lines(path)
+    put(path, original[:5] + [b'{"kind": "decision", "request_id": '] + original[6:])
+    rep = verify_dir(d)
+    assert not rep.ok and f"{path.name}:6" in rep.problem and "not valid JSON" in rep.problem, rep.problem
+
+
+def test_key_id_is_the_documented_fingerprint(tmp_path):
+    """docs/audit-record.md: key_id is the first 16 hex of SHA-256 of the Ed25519 public key, so
+    an auditor can compute it from the genesis public key with any tool."""
+    import base64
+    import hashlib
+
+    path = write_log(tmp_path / "audit", n=1)
+    genesis = json.loads(lines(path)[0])
+    raw = base64.b64decode(genesis["public_key"]) if "public_key" in genesis else None
+    assert raw is not None and len(raw) == 32, sorted(genesis)
+    assert genesis["key_id"] == hashlib.sha256(raw).hexdigest()[:16]
