@@ -189,7 +189,8 @@ def markdown(results: list[dict], minutes: float) -> str:
 
 def recheck(extra_tests: list[str]) -> int:
     """Apply each survivor of the last run (var/mutation/summary.json) again, one at a time, and
-    run its module's tests plus EXTRA_TESTS: which survivors the tests written since now kill."""
+    run its module's tests plus EXTRA_TESTS ("name:path" for one target only): which survivors
+    the tests written since the run now kill."""
     results = json.loads((OUT / "summary.json").read_text())
     by_name = {t.name: t for t in TARGETS}
     report = []
@@ -205,8 +206,11 @@ def recheck(extra_tests: list[str]) -> int:
                 if applied.returncode != 0:
                     verdict = "not applicable"
                 else:
+                    # "name:path" applies to that target only; a bare path to every target.
+                    extra = [e.split(":", 1)[1] if ":" in e else e for e in extra_tests
+                             if ":" not in e or e.split(":", 1)[0] == t.name]
                     run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                                          *t.tests, *extra_tests], cwd=REPO, capture_output=True, text=True,
+                                          *t.tests, *extra], cwd=REPO, capture_output=True, text=True,
                                          timeout=t.timeout_s * 2)
                     verdict = "survived" if run.returncode == 0 else "killed"
             except subprocess.TimeoutExpired:

@@ -263,16 +263,15 @@ _KEY: dict = {}
 # --- cases the mutation run found unpinned (docs/testing.md) -------------------------------------
 
 def test_a_splice_is_named_whichever_segment_is_older(tmp_path):
-    """Segment ids sort by creation time; a record from an older segment spliced into a newer one
-    is as much a splice as the other way round."""
-    older = write_log(tmp_path / "older", writer="w1", key="k.pem")
-    newer_dir = tmp_path / "newer"
-    newer = write_log(newer_dir, writer="w1", key="k.pem")
-    assert json.loads(lines(older)[0])["segment_id"] < json.loads(lines(newer)[0])["segment_id"]
-    original = lines(newer)
-    put(newer, original[:5] + [lines(older)[5]] + original[6:])
-    rep = verify_dir(newer_dir)
-    assert not rep.ok and f"{newer.name}:6" in rep.problem and "another segment" in rep.problem, rep.problem
+    """Segment ids sort by creation time (then by a random suffix within one second); a record
+    spliced in either direction between two segments of the same writer and key is named."""
+    segs = [write_log(tmp_path / name, writer="w1", key="k.pem") for name in ("one", "two")]
+    for target, donor in (segs, segs[::-1]):
+        original = lines(target)
+        put(target, original[:5] + [lines(donor)[5]] + original[6:])
+        rep = verify_dir(target.parent)
+        assert not rep.ok and f"{target.name}:6" in rep.problem and "another segment" in rep.problem, rep.problem
+        put(target, original)
 
 
 def test_a_segment_ending_in_any_record_but_a_checkpoint_is_flagged(seg):

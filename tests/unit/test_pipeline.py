@@ -170,3 +170,12 @@ def test_observe_mode_forwards_what_enforce_would_have_redacted():
     assert v.new_body is None and v.record["decision"]["redactions"] == []
     enforced = _decide_with(CAPPED, chat("mail jane.doe@example.com"))
     assert enforced.record["decision"]["outcome"] == "redact" and b"jane.doe" not in enforced.new_body
+
+
+def test_the_request_head_cannot_change_after_it_is_built():
+    """One head is read by identity, the decision and the record: none can alter what the others saw."""
+    import dataclasses
+
+    h = head()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        h.path = "/v1/embeddings"  # type: ignore[misc]

@@ -74,3 +74,18 @@ def test_only_observed_decisions_carry_the_observed_detail():
     """)
     d = observe.evaluate(inp(classification=lab("pci.card_number")))
     assert d.outcome == "observe" and d.to_record()["detail"]["observed"]["outcome"] == "deny"
+
+
+def test_a_rate_limit_applies_only_where_its_conditions_hold():
+    limited = P("""
+        id: limited
+        rules:
+          - {id: permit-dev-ops, effect: permit, when: {roles: [dev, ops]}}
+        rate_limits:
+          - {id: tiny, key: [subject], requests: 3, window_s: 60, when: {subjects: ["limited-*"], roles: [dev]}}
+    """)
+    assert [x["id"] for x in limited.evaluate(inp(identity={"subject": "limited-bob"})).limits] == ["tiny"]
+    assert limited.evaluate(inp(identity={"subject": "alice"})).limits == ()
+    # Both conditions must hold: permitted, the subject matches, the role does not.
+    d = limited.evaluate(inp(identity={"subject": "limited-eve", "roles": ["ops"]}))
+    assert d.outcome == "permit" and d.limits == ()
