@@ -89,3 +89,17 @@ def test_a_rate_limit_applies_only_where_its_conditions_hold():
     # Both conditions must hold: permitted, the subject matches, the role does not.
     d = limited.evaluate(inp(identity={"subject": "limited-eve", "roles": ["ops"]}))
     assert d.outcome == "permit" and d.limits == ()
+
+
+def test_an_actor_condition_beside_an_indexed_one_holds_for_a_request_without_an_actor():
+    """The rule is found through its role (the index), so its actor condition is evaluated on a
+    request with no actor at all: no match, and no error."""
+    policy = P("""
+        id: agents
+        rules:
+          - {id: permit-dev, effect: permit, when: {roles: [dev]}}
+          - {id: deny-dev-agents, effect: deny, when: {roles: [dev], actors: ["agent:*"]}, code: agent, reason: x}
+    """)
+    assert policy.evaluate(inp(identity={"actor": []})).outcome == "permit"
+    assert policy.evaluate(inp(identity={"actor": ["agent:x"]})).code == "agent"
+    assert policy.evaluate(inp(identity={"actor": ["user:bob", "agent:x"]})).code == "agent"
