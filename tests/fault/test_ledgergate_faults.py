@@ -7,7 +7,6 @@ and the upstream sees nothing."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import urllib.error

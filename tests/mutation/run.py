@@ -18,7 +18,6 @@ import ast
 import json
 import random
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
