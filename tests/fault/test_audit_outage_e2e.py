@@ -57,19 +57,19 @@ def test_a_request_whose_decision_cannot_be_committed_never_reaches_the_upstream
     lock_out(role)
 
     during = unique_marker("during")
-    with pytest.raises(openai.InternalServerError) as err:
+    with pytest.raises(openai.APIStatusError) as err:
         oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": during}])
-    assert err.value.status_code == 503
-    assert err.value.body["code"] == "audit_unavailable" and err.value.body["type"]  # OpenAI's error shape
-    openai_rid = err.value.response.headers["x-request-id"]
-
     during_anthropic = unique_marker("during")
     with pytest.raises(anthropic.APIStatusError) as aerr:
         an.messages.create(model="claude-3-5-haiku-latest", max_tokens=32,
                            messages=[{"role": "user", "content": during_anthropic}])
-    assert aerr.value.status_code == 503
-    assert aerr.value.body["type"] == "error" and aerr.value.body["error"]["type"] == "overloaded_error"
 
+    # The promise first: nothing reached the upstream without a committed decision record.
     assert not _reached_upstream(s, during), "a request without a committed decision record reached the upstream"
     assert not _reached_upstream(s, during_anthropic), "an unrecorded Anthropic request reached the upstream"
-    assert openai_rid not in _recorded_request_ids(role)
+    # Then the client's view: a 503 in each provider's own error shape, from ledgergate itself.
+    assert err.value.status_code == 503
+    assert err.value.body["code"] == "audit_unavailable" and err.value.body["type"]  # OpenAI's error shape
+    assert aerr.value.status_code == 503
+    assert aerr.value.body["type"] == "error" and aerr.value.body["error"]["type"] == "overloaded_error"
+    assert err.value.response.headers["x-request-id"] not in _recorded_request_ids(role)
