@@ -103,3 +103,12 @@ def test_an_actor_condition_beside_an_indexed_one_holds_for_a_request_without_an
     assert policy.evaluate(inp(identity={"actor": []})).outcome == "permit"
     assert policy.evaluate(inp(identity={"actor": ["agent:x"]})).code == "agent"
     assert policy.evaluate(inp(identity={"actor": ["user:bob", "agent:x"]})).code == "agent"
+
+
+def test_a_multiplex_route_records_the_shadow_outcome_beside_a_denial_too():
+    from tests.unit.test_policy_eval import MODES
+
+    d = MODES.evaluate(inp(route={"api": "responses"},
+                           classification={**lab("pci.card_number"), **lab("pii.email")}))
+    assert (d.outcome, d.mode) == ("deny", "multiplex")
+    assert d.observed == d.to_record()["detail"]["shadow"]["outcome"] == "deny"
