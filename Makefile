@@ -70,3 +70,10 @@ bench-peers: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
+
+# Mutation testing (cosmic-ray, installed on first use) over the modules that carry the promises,
+# with the unit and fault tests; bounded to ~30 min, not part of `make test`. Results: docs/testing.md.
+.PHONY: mutation
+mutation: $(STAMP)
+	$(PY) -m pip install --quiet "cosmic-ray==8.7.0"
+	$(PY) -m tests.mutation.run --budget-minutes 28

@@ -76,7 +76,13 @@ def test_an_email_split_over_deltas_is_redacted(stack, monkeypatch):
 
 def test_a_secret_stops_the_stream_with_an_exception_botocore_raises(stack, monkeypatch):
     client = bedrock(stack, monkeypatch, "here: AKIAIOSFODNN7ABCDEFG is the key, use it well.", chunk=3)
+    resp = client.converse_stream(modelId=MODEL, messages=[{"role": "user", "content": [{"text": unique_marker("bedrock")}]}])
+    rid = resp["ResponseMetadata"]["HTTPHeaders"]["x-request-id"]
+    events: list[dict] = []   # what reached the client before the exception
     with pytest.raises(EventStreamError) as err:
-        converse(client, unique_marker("bedrock"))
+        for event in resp["stream"]:
+            events.append(event)
     assert "modelStreamErrorException" in str(err.value)
-    assert "AKIA" not in str(err.value)
+    assert "AKIA" not in str(err.value) and "AKIA" not in json.dumps(events)
+    (outcome,) = [r for r in stack.audit_records() if r.get("request_id") == rid and r.get("kind") == "outcome"]
+    assert outcome["blocked"]["label"].startswith("secret.")

@@ -55,13 +55,19 @@ def test_stream_passes_clean_text_unchanged_and_records_usage(strict):
 
 def test_mid_stream_block_surfaces_as_an_sdk_error(strict):
     reply = "Here you go: 4111 1111 1111 1111 is the card."
+    raw = client(strict, reply).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "card?"}], stream=True)
+    rid = raw.headers["x-request-id"]
+    got: list[str] = []   # what reached the client before the stream was stopped
     with pytest.raises(openai.APIError):
-        stream = client(strict, reply).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "card?"}], stream=True)
-        got = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
-        assert "4111" not in got
-    outcomes = [r for r in strict.audit_records() if r.get("kind") == "outcome" and r.get("blocked")]
-    assert outcomes and outcomes[-1]["blocked"]["label"] == "pci.card_number"
+        for c in raw.parse():
+            if c.choices:
+                got.append(c.choices[0].delta.content or "")
+    delivered = "".join(got)
+    assert "4111" not in delivered and "1111" not in delivered
+    assert "Here you go" in delivered   # the text before the card number was released, not all held back
+    (outcome,) = [r for r in strict.audit_records() if r.get("request_id") == rid and r.get("kind") == "outcome"]
+    assert outcome["blocked"]["label"] == "pci.card_number"
 
 
 def test_anthropic_stream_block_and_redaction(strict):
@@ -72,10 +78,13 @@ def test_anthropic_stream_block_and_redaction(strict):
         assert "".join(s.text_stream) == "Mail [PII.EMAIL] now."
     headers = {"x-mock-reply": mock_reply("key AKIAIOSFODNN7ABCDEFG ok"), "x-mock-chunk-chars": "4"}
     a = anthropic.Anthropic(base_url=strict.base_url, api_key=strict.token(), max_retries=0, default_headers=headers)
+    got: list[str] = []
     with pytest.raises(anthropic.APIError):
         with a.messages.stream(model="claude-3-5-haiku-latest", max_tokens=64,
                                messages=[{"role": "user", "content": "x"}]) as s:
-            "".join(s.text_stream)
+            for text in s.text_stream:
+                got.append(text)
+    assert "AKIA" not in "".join(got)   # nothing of the key reached the client before the error
 
 
 def test_non_streaming_response_is_redacted(strict):

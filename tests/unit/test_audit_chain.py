@@ -104,7 +104,13 @@ def test_splice_from_another_segment_and_foreign_key_are_detected(seg, tmp_path)
     other = write_log(other_dir, writer="w2", key="k2.pem")
     original = lines(path)
     put(path, original[:5] + [lines(other)[5]] + original[6:])
-    assert "another segment" in verify_dir(d).problem or not verify_dir(d).ok
+    rep = verify_dir(d)
+    assert not rep.ok and f"{path.name}:6" in rep.problem and "another segment" in rep.problem, rep.problem
+    # The same writer and key on a later segment (what a sink reopen writes): only the segment differs.
+    same_key = write_log(tmp_path / "reopened", writer="w1", key="k.pem")
+    put(path, original[:5] + [lines(same_key)[5]] + original[6:])
+    rep = verify_dir(d)
+    assert not rep.ok and f"{path.name}:6" in rep.problem and "another segment" in rep.problem, rep.problem
     put(path, original)
     # A whole chain re-signed with a foreign key verifies on its own keys but not against a trust list.
     trusted = verify_dir(d).key_ids
@@ -257,3 +263,63 @@ def test_the_line_serialised_once_is_the_canonical_json_of_the_sealed_record(bod
 
 
 _KEY: dict = {}
+
+
+# --- cases the mutation run found unpinned (docs/testing.md) -------------------------------------
+
+def test_a_splice_is_named_whichever_segment_is_older(tmp_path):
+    """Segment ids sort by creation time (then by a random suffix within one second); a record
+    spliced in either direction between two segments of the same writer and key is named."""
+    segs = [write_log(tmp_path / name, writer="w1", key="k.pem") for name in ("one", "two")]
+    for target, donor in (segs, segs[::-1]):
+        original = lines(target)
+        put(target, original[:5] + [lines(donor)[5]] + original[6:])
+        rep = verify_dir(target.parent)
+        assert not rep.ok and f"{target.name}:6" in rep.problem and "another segment" in rep.problem, rep.problem
+        put(target, original)
+
+
+def test_a_segment_ending_in_any_record_but_a_checkpoint_is_flagged(seg):
+    """A crashed writer's segment ends wherever it stopped, e.g. on an upstream attempt record (a
+    kind that sorts before "checkpoint"): it verifies, with the missing checkpoint named."""
+    d, path = seg
+    original = lines(path)
+    for kind in ("attempt", "outcome"):
+        async def go(kind=kind):
+            log = open_audit_log({"dir": str(d / kind)}, signing_key_path=str(d.parent / "k.pem"), writer_id="w1")
+            await log.start()
+            await log.commit({"kind": kind, "request_id": "r-last"})
+            return log.sink.path   # not closed: no checkpoint, as after a crash
+        crashed = asyncio.run(go())
+        rep = verify_dir(d / kind)
+        assert rep.ok and any(f"{crashed.name}: no closing checkpoint" in w for w in rep.warnings), (kind, rep.warnings)
+    rep = verify_dir(d)
+    assert rep.ok and not any("no closing checkpoint" in w for w in rep.warnings) and original == lines(path)
+
+
+def test_an_empty_segment_file_is_named(seg):
+    d, path = seg
+    (d / "zz-empty.jsonl").write_bytes(b"")
+    rep = verify_dir(d)
+    assert rep.ok and any("zz-empty.jsonl: empty segment" in w for w in rep.warnings), rep.warnings
+
+
+def test_a_line_that_is_not_json_inside_a_segment_is_named(seg):
+    d, path = seg
+    original = lines(path)
+    put(path, original[:5] + [b'{"kind": "decision", "request_id": '] + original[6:])
+    rep = verify_dir(d)
+    assert not rep.ok and f"{path.name}:6" in rep.problem and "not valid JSON" in rep.problem, rep.problem
+
+
+def test_key_id_is_the_documented_fingerprint(tmp_path):
+    """docs/audit-record.md: key_id is the first 16 hex of SHA-256 of the Ed25519 public key, so
+    an auditor can compute it from the genesis public key with any tool."""
+    import base64
+    import hashlib
+
+    path = write_log(tmp_path / "audit", n=1)
+    genesis = json.loads(lines(path)[0])
+    raw = base64.b64decode(genesis["public_key"]) if "public_key" in genesis else None
+    assert raw is not None and len(raw) == 32, sorted(genesis)
+    assert genesis["key_id"] == hashlib.sha256(raw).hexdigest()[:16]

@@ -10,11 +10,9 @@ import json
 import time
 import urllib.error
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
 
 import grpc
-import psycopg
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -34,6 +32,9 @@ from ext_proc.server.health import (
     evaluate,
     ready_http_answer,
 )
+from tests.pg import let_in as _let_in
+from tests.pg import lock_out as _lock_out
+from tests.pg import writer_role
 from tests.support import REPO, free_ports
 
 ALL_GOOD = HealthFacts(policy_loaded=True, identity_ready=True, audit_ready=True, draining=False)
@@ -201,43 +202,13 @@ async def test_a_check_that_fails_publishes_not_serving():
 
 # --- the whole server with the real PostgreSQL sink ----------------------------------------------
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _admin(sql: str, *params) -> list[tuple]:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        cur = conn.execute(sql, params or None)
-        return cur.fetchall() if cur.description else []
-
-
 @pytest.fixture
 def pg_writer_role():
     """A role of its own (owner of a schema of the same name, where its audit table goes), so the
-    test can lock it out of the database without touching anyone else's connections."""
-    try:
-        _admin("SELECT 1")
-    except psycopg.OperationalError:
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    role = f"lg_health_{uuid.uuid4().hex[:10]}"
-    _admin(f"CREATE ROLE {role} LOGIN")
-    _admin(f"CREATE SCHEMA {role} AUTHORIZATION {role}")
-    try:
+    test can lock it out of the database without touching anyone else's connections. PostgreSQL
+    down is an error here, never a skip (tests/pg.py)."""
+    with writer_role("lg_health") as role:
         yield role
-    finally:
-        _admin(f"ALTER ROLE {role} NOLOGIN")
-        _admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", role)
-        _admin(f"DROP SCHEMA {role} CASCADE")
-        _admin(f"DROP ROLE {role}")
-
-
-def _lock_out(role: str) -> None:
-    """The sink becomes unreachable: no new connections, and the open one is cut."""
-    _admin(f"ALTER ROLE {role} NOLOGIN")
-    _admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", role)
-
-
-def _let_in(role: str) -> None:
-    _admin(f"ALTER ROLE {role} LOGIN")
 
 
 async def _grpc_health(channel: grpc.aio.Channel) -> dict[str, int]:

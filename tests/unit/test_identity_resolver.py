@@ -454,13 +454,31 @@ def test_api_key_revoked_or_unknown(tmp_path, keys, value, expected):
 
 
 def test_api_key_hash_comparison_is_constant_time(tmp_path, keys, monkeypatch):
+    """What makes the API-key check safe against timing: the key is never compared as presented.
+    It is looked up by its SHA-256 (timing of that lookup can only reveal hash prefixes, which
+    cannot be steered without preimages) and confirmed with compare_digest on the two digests.
+    No timing is measured (no timing assertions in tests): the arguments are what is pinned."""
     import ext_proc.identity.resolver as res
-    calls = []
+    calls: list[tuple[bytes, bytes]] = []
     real = res.hmac.compare_digest
-    monkeypatch.setattr(res.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+    monkeypatch.setattr(res.hmac, "compare_digest", spy)
     r = make_resolver(tmp_path, keys, api_keys=API_KEYS)
-    resolve(r, GOOD_KEY, header="x-api-key")
-    assert calls
+    ident = resolve(r, GOOD_KEY, header="x-api-key")
+    assert ident.auth_method == "api_key"
+    digest = hashlib.sha256(GOOD_KEY.encode()).digest()
+    assert calls == [(digest, digest)]   # digests on both sides, never the key itself
+    # The resolver holds the keys by hash only: nothing in its table is the key or contains it.
+    assert all(GOOD_KEY.encode() not in (k if isinstance(k, bytes) else str(k).encode()) for k in r._api_keys)
+    assert GOOD_KEY not in repr(r._api_keys)
+    # A key differing from a valid one in its last character takes the same path as any unknown
+    # key: a miss on the hash, so no byte-by-byte comparison against the stored key ever happens.
+    calls.clear()
+    assert reason(r, GOOD_KEY[:-1] + ("x" if GOOD_KEY[-1] != "x" else "y"), header="x-api-key") == "api_key_unknown"
+    assert calls == []
 
 
 MTLS = {"enabled": True, "roles_by_san": {"spiffe://acme/ns/app/sa/x": ["service"]}}

@@ -110,3 +110,72 @@ def test_own_namespace_and_client_credentials_are_stripped():
     h = {"x-ledgergate-subject": ["root"], "authorization": ["Bearer t"], "x-api-key": ["k"],
          "content-type": ["application/json"], "X-LEDGERGATE-ROLE".lower(): ["admin"]}
     assert strip_headers(h) == ["authorization", "x-api-key", "x-ledgergate-role", "x-ledgergate-subject"]
+
+
+# --- cases the mutation run found unpinned (docs/testing.md) -------------------------------------
+
+CAPPED = """
+id: unit-capped
+defaults: {mode: enforce, deny: {status: 403, code: policy_denied, reason: no rule permits this}}
+roles:
+  analyst: {models: ["*"], max_tokens: 256}
+routes:
+  - {id: inference, apis: [chat, messages]}
+  - {id: trial, apis: [embeddings], mode: observe}
+rules:
+  - {id: redact-pii, effect: redact, priority: 10, when: {routes: [inference, trial]}, redact: {"pii.*": mask}}
+  - {id: permit, effect: permit, when: {routes: [inference, trial]}}
+"""
+
+
+def _decide_with(policy_text: str, body: bytes, h: RequestHead | None = None, roles=("analyst",)):
+    from ext_proc.policy import load_policy_text
+
+    policy = load_policy_text(policy_text)
+    return decide_request(h or head(), ident(roles=roles), body, policy=policy,
+                          classifier=Classifier(), hash_key=KEY, now_ms=NOW, max_body_bytes=1 << 20)
+
+
+def test_a_forwarded_verdict_is_200_and_usage_is_injected_only_when_the_client_did_not_ask():
+    v = decide(chat("hello"))
+    assert v.forward and v.status == 200 and v.usage_injected is False
+    v = decide(chat("hello", stream=True))
+    assert v.forward and v.status == 200 and v.usage_injected is True
+    v = decide(chat("hello", stream=True, stream_options={"include_usage": True}))
+    assert v.forward and v.usage_injected is False
+
+
+def test_an_unknown_route_is_recorded_as_not_inspectable():
+    v = decide(b"{}", head("/v2/something-else"))
+    assert v.record["route"]["surface"] == "unknown" and v.record["route"]["inspectable"] is False
+
+
+def test_an_identity_failure_record_says_401():
+    v = reject_identity(head(), IdentityError("token_expired", "the token has expired"), NOW, POLICY)
+    assert v.record["decision"]["status"] == 401 and v.record["decision"]["outcome"] == "deny"
+    assert v.stream is False and v.usage_injected is False
+
+
+def test_the_role_cap_is_set_only_when_the_client_asked_for_no_max_tokens():
+    v = _decide_with(CAPPED, chat("hello"))
+    assert v.forward and json.loads(v.new_body)["max_completion_tokens"] == 256   # the field chat reads
+    v = _decide_with(CAPPED, chat("hello", max_tokens=100))
+    assert v.forward and v.new_body is None   # under the cap: forwarded as sent
+
+
+def test_observe_mode_forwards_what_enforce_would_have_redacted():
+    body = json.dumps({"model": "text-embedding-3-small", "input": "mail jane.doe@example.com"}).encode()
+    v = _decide_with(CAPPED, body, head("/v1/embeddings"))
+    assert v.forward and v.record["decision"]["outcome"] == "observe"
+    assert v.new_body is None and v.record["decision"]["redactions"] == []
+    enforced = _decide_with(CAPPED, chat("mail jane.doe@example.com"))
+    assert enforced.record["decision"]["outcome"] == "redact" and b"jane.doe" not in enforced.new_body
+
+
+def test_the_request_head_cannot_change_after_it_is_built():
+    """One head is read by identity, the decision and the record: none can alter what the others saw."""
+    import dataclasses
+
+    h = head()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        h.path = "/v1/embeddings"  # type: ignore[misc]

@@ -104,19 +104,24 @@ def test_token_budget_binds_and_headers_use_openai_names(limiters):
 
 def test_window_roll_over_on_redis_time():
     a, _b, prefix = redis_pair()
-    s = spec(requests=2, window_s=1)
+    window = 4
+    s = spec(requests=2, window_s=window)
 
     async def go():
+        # Three calls take milliseconds (tens on a loaded machine): started with three seconds
+        # left, they share one window.
+        inside_one_window(window, need_s=3.0)
         assert (await a.reserve("1", [s], CTX, 0)).admitted
         assert (await a.reserve("2", [s], CTX, 0)).admitted
         third = await a.reserve("3", [s], CTX, 0)
-        if third.admitted:  # the window rolled over between calls: allowed, but then full again
-            return
-        await asyncio.sleep(1.1)
+        assert not third.admitted and third.throttled_by == s.id
+        await asyncio.sleep(window - time.time() % window + 0.1)  # into the next window
         assert (await a.reserve("4", [s], CTX, 0)).admitted
         await a.close()
-    asyncio.run(go())
-    cleanup(prefix)
+    try:
+        asyncio.run(go())
+    finally:
+        cleanup(prefix)
 
 
 def test_redis_unreachable_fails_closed_or_open_per_limit():
@@ -211,3 +216,66 @@ def test_output_reservation_is_bounded_and_never_zero():
     for bad in ({"default": 0}, {"models": {"m": -1}}, {"defualt": 5}):
         with pytest.raises(ValueError, match="output_reservation"):
             OutputReservation.from_config(bad)
+
+
+# --- cases the mutation run found unpinned (docs/testing.md) -------------------------------------
+
+@pytest.mark.parametrize("seconds, text", [(0, "0s"), (0.2, "1s"), (30, "30s"), (59, "59s"), (59.5, "1m0s"),
+                                           (60, "1m0s"), (61, "1m1s"), (3600, "60m0s")])
+def test_reset_headers_use_openais_duration_format(seconds, text):
+    from ext_proc.ratelimit.limits import _fmt_reset
+    assert _fmt_reset(seconds) == text
+
+
+def test_remaining_requests_count_down_to_zero_and_stay_there(limiters):
+    a, _b = limiters
+    s = spec(requests=3, window_s=3600)
+    inside_one_window(3600)
+
+    async def go():
+        got = [await a.reserve(f"c{i}", [s], CTX, 0) for i in range(4)]
+        assert [r.admitted for r in got] == [True, True, True, False]
+        assert [r.headers["x-ratelimit-remaining-requests"] for r in got] == ["2", "1", "0", "0"]
+        assert all(r.headers["x-ratelimit-limit-requests"] == "3" for r in got)
+    asyncio.run(go())
+
+
+def test_a_token_budget_admits_exactly_its_size_and_settling_returns_the_difference(limiters):
+    a, b = limiters
+    s = spec(requests=None, tokens=100, window_s=3600)
+    inside_one_window(3600)
+
+    async def go():
+        whole = await a.reserve("w", [s], CTX, 100)
+        assert whole.admitted and whole.headers["x-ratelimit-remaining-tokens"] == "0"
+        assert not (await b.reserve("over", [s], CTX, 1)).admitted
+        await a.settle(whole.reservation, 10)   # it used 10: 90 come back, not more
+        assert (await b.reserve("ninety", [s], CTX, 90)).admitted
+        assert not (await a.reserve("one-more", [s], CTX, 1)).admitted
+    asyncio.run(go())
+
+
+def test_memory_housekeeping_drops_only_windows_that_are_over():
+    # A daily budget in the last second of its window: housekeeping must not forget it yet.
+    now = [86400 * 20_000 + 86399.5]
+    lim = MemoryLimiter(clock=lambda: now[0])
+    s = spec(requests=1, window_s=86400)
+
+    async def go():
+        for i in range(4100):   # past the 4096 entries that start housekeeping
+            assert (await lim.reserve(f"h{i}", [s], {**CTX, "subject": f"s{i}"}, 0)).admitted
+        # The current windows survive housekeeping: subject s0 is still at its limit.
+        assert not (await lim.reserve("again", [s], {**CTX, "subject": "s0"}, 0)).admitted
+        now[0] += 2 * 86400   # two days later, the next reservation clears the old windows
+        assert (await lim.reserve("later", [s], {**CTX, "subject": "s0"}, 0)).admitted
+        assert len(lim._used) == 1
+    asyncio.run(go())
+
+
+def test_open_limiter_picks_the_configured_backend():
+    from ext_proc.ratelimit import open_limiter
+    assert isinstance(open_limiter(None), MemoryLimiter)
+    assert isinstance(open_limiter({"backend": "memory"}), MemoryLimiter)
+    assert isinstance(open_limiter({"backend": "redis", "url": "redis://127.0.0.1:6379/0"}), RedisLimiter)
+    with pytest.raises(ValueError):
+        open_limiter({"backend": "memcached"})
