@@ -100,7 +100,7 @@ class Config:
 
 
 _TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits", "tracing",
-             "multiplex"}
+             "multiplex", "cache"}
 
 
 def default_config_dict(var_dir: str = "var") -> dict[str, Any]:

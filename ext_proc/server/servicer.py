@@ -39,6 +39,7 @@ from ext_proc.server.messages import headers_to_dict as _headers_to_dict
 from ext_proc.server.messages import set_header as _set_header
 from ext_proc.server.envoy_flags import upstream_error
 from ext_proc.server.runtime import Runtime
+from ext_proc.server import response_cache
 from ext_proc.server.upstream import process_upstream
 from ext_proc.pipeline.multiplex import CHAIN_HEADER, ModelListAliases, alias_refusal, route_for
 from ext_proc.pipeline.request import sha256_hex
@@ -90,6 +91,7 @@ class Exchange:
         # Legal-hold capture of the response as delivered (after redaction), bounded.
         self.captured: bytearray | None = bytearray() if rt.capture_key is not None else None
         self.capture_truncated = False
+        self.cache_turn: response_cache.CacheTurn | None = None   # a cache miss to fill (docs/cache.md)
 
     # --- request side -------------------------------------------------------------------
     async def on_request_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -190,6 +192,8 @@ class Exchange:
         rt.metrics.decision(verdict.record["decision"].get("outcome", "deny"), head.route_record()["surface"])
         if not verdict.forward:
             return [await self._finish_rejected(verdict, extra_headers)]
+        if (hit := await response_cache.answer_from_cache(self, verdict, body)) is not None:
+            return [hit]   # served from cache: both records are committed, nothing goes upstream
         await self._commit(verdict.record)
         self.request_released = True
         if phase == "headers":
@@ -338,6 +342,7 @@ class Exchange:
         remove = ["content-length", "x-ledgergate-upstream-host", "x-ledgergate-upstream-flags"]
         mutation = getattr(self.inspector, "release_headers_mutation", None) or {}
         remove += [h for h in mutation.get("remove", []) if h not in remove]
+        set_headers += response_cache.response_headers(self, content_type)
         marker = (decision.response or {}).get("marker_header") if decision is not None else None
         if marker:
             set_headers.append(_set_header(marker["name"], marker["value"]))
@@ -440,6 +445,8 @@ class Exchange:
         return out
 
     def _capture(self, data: bytes) -> None:
+        if self.cache_turn is not None:
+            self.cache_turn.collect(data)
         if self.captured is None or self.capture_truncated or not data:
             return
         room = self.rt.config.capture_max_response_bytes - len(self.captured)
@@ -484,6 +491,7 @@ class Exchange:
             finally:
                 self.reservation = None
         await self._commit(record)
+        response_cache.after_outcome(self, summary, error or self.upstream_error)
 
     async def on_stream_end(self, error: str | None) -> None:
         """The stream ended: a released request whose outcome is not on record gets one now."""
