@@ -7,6 +7,7 @@ request-side policy change misses; blocked or failed answers do not fill; Redis 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ import openai
 import pytest
 import redis
 
-from tests.support import REPO, free_ports, start_stack
+from tests.support import PY, REPO, free_ports, start_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -56,6 +57,7 @@ def cache_stack(tmp_path_factory):
                                "cache": {"backend": "redis", "url": "redis://127.0.0.1:6379/0", "prefix": prefix}}))
     s = start_stack(tmp, "--config", str(cfg))
     s.policy_file = policy
+    s.config_file = cfg
     s.redis_prefix = prefix
     r = redis.Redis(host="127.0.0.1", port=6379)
     yield s, r
@@ -123,6 +125,10 @@ def test_hit_is_answered_without_the_provider_and_names_the_filling_request(cach
     assert recs["outcome"]["served_from_cache"]["key_sha256"] == served["key_sha256"]
     assert recs["outcome"]["status"] == 200
     assert _records(stack, filled_by)["decision"]["cache"]["result"] == "miss"
+    metrics = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics").text
+    assert 'ledgergate_cache_lookups_total{result="hit"}' in metrics
+    assert 'ledgergate_cache_bytes_total{direction="served"}' in metrics
+    assert 'ledgergate_cache_fills_total{result="stored"}' in metrics
     # No prompt or key material in clear in Redis key names.
     assert not any(marker.encode() in k or b"acme" in k for k in r.scan_iter(match=stack.redis_prefix + "*"))
 
@@ -281,3 +287,17 @@ def test_redis_down_forwards_and_the_decision_says_so(tmp_path):
         assert 'ledgergate_cache_lookups_total{result="unavailable"} 1.0' in metrics
     finally:
         stack.stop()
+
+
+def test_purge_by_tenant_drops_only_that_tenants_entries(cache_stack):
+    stack, r = cache_stack
+    marker = uuid.uuid4().hex[:10]
+    before = _entries(r, stack.redis_prefix)
+    _chat(_oai(stack, tenant="acme"), marker)
+    _chat(_oai(stack, tenant="initech"), marker)
+    _wait_entries(r, stack.redis_prefix, before + 2)
+    out = subprocess.run([PY, "-m", "ext_proc.cli.main", "cache", "purge", "--config", str(stack.config_file),
+                          "--tenant", "initech"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "purged 1 entries"
+    assert _chat(_oai(stack, tenant="acme"), marker)[0].headers["x-ledgergate-cache"] == "hit"
+    assert _chat(_oai(stack, tenant="initech"), marker)[0].headers["x-ledgergate-cache"] == "miss"
