@@ -171,14 +171,15 @@ async def _serve(ex: "Exchange", verdict: "Verdict", plan: CachePlan, entry: Ent
         await rt.release(ex.reservation)
         ex.reservation = None
     started = time.perf_counter()
-    await ex._commit(verdict.record)
     outcome = outcome_record(
         request_id=head.request_id, completed_ms=int(rt.clock() * 1000), status=200,
         response_sha256=summary.get("response_sha256"), classification=summary.get("classification") or {},
         redactions=summary.get("redactions") or [], usage=None, blocked=summary.get("blocked"),
         streamed=plan.stream, delivered_status=status)
     outcome["served_from_cache"] = dict(served, usage=summary.get("usage"))
-    await ex._commit(outcome)
+    # Both records in one group commit (sealed in this order: decision, then outcome); nothing
+    # is sent before both are durable, and a failed commit sends nothing (AuditUnavailable).
+    await asyncio.gather(ex._commit(verdict.record), ex._commit(outcome))
     ex.outcome_committed = True
     rt.metrics.phase("cache_hit_commit", time.perf_counter() - started)
     rt.cache.metrics.bytes.labels("served").inc(len(released))
