@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
 import cachetools
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+
+# redis-py imports OpenTelemetry when it is installed: imported only when a Redis store is built,
+# so a process with tracing off and an in-process cache loads none of it.
 
 
 class CacheUnavailable(Exception):
@@ -118,6 +119,10 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, *, prefix: str = "lg:cache:", timeout_s: float = 0.25) -> None:
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        self._errors = (RedisError, OSError)
         self.prefix = prefix
         self.client = aioredis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
                                         retry_on_timeout=False)
@@ -125,14 +130,14 @@ class RedisStore:
     async def get(self, key: str) -> Entry | None:
         try:
             raw = await self.client.get(self.prefix + key)
-        except (RedisError, OSError) as exc:
+        except self._errors as exc:
             raise CacheUnavailable(type(exc).__name__) from exc
         return Entry.decode(raw) if raw is not None else None
 
     async def put(self, key: str, entry: Entry, ttl_s: int) -> None:
         try:
             await self.client.set(self.prefix + key, entry.encode(), px=int(ttl_s * 1000))
-        except (RedisError, OSError) as exc:
+        except self._errors as exc:
             raise CacheUnavailable(type(exc).__name__) from exc
 
     async def purge(self, scope_sha256: str | None, model_sha256: str | None) -> int:
@@ -147,7 +152,7 @@ class RedisStore:
                     batch = []
             if batch:
                 n += await self.client.unlink(*batch)
-        except (RedisError, OSError) as exc:
+        except self._errors as exc:
             raise CacheUnavailable(type(exc).__name__) from exc
         return n
 

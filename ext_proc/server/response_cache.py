@@ -13,6 +13,7 @@ import structlog
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 
+from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, seal_capture
 from ext_proc.audit.record import outcome_record
 from ext_proc.cache import (CachePlan, CacheUnavailable, Entry, NotReplayable, cache_settings, fillable,
                             open_store, plan_request, replay_stream, request_policy_version)
@@ -177,6 +178,10 @@ async def _serve(ex: "Exchange", verdict: "Verdict", plan: CachePlan, entry: Ent
         redactions=summary.get("redactions") or [], usage=None, blocked=summary.get("blocked"),
         streamed=plan.stream, delivered_status=status)
     outcome["served_from_cache"] = dict(served, usage=summary.get("usage"))
+    if rt.capture_key is not None:
+        # Legal hold: the answer as delivered, bound to this request like a forwarded answer's.
+        outcome["capture"] = dict(seal_capture(rt.capture_key, rt.capture_key_id, released,
+                                               head.request_id.encode() + RESPONSE_CAPTURE_AAD), truncated=False)
     # Both records in one group commit (sealed in this order: decision, then outcome); nothing
     # is sent before both are durable, and a failed commit sends nothing (AuditUnavailable).
     await asyncio.gather(ex._commit(verdict.record), ex._commit(outcome))
