@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "audit":
         from ext_proc.audit.cli import run
         return run(argv[1:])
+    if argv and argv[0] == "cache":
+        from ext_proc.cache.cli import run
+        return run(argv[1:])
 
     p = argparse.ArgumentParser(prog="ledgergate", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, what in (("classify", "classify text: findings as JSON, or --redact"),
                        ("policy", "policy check | test | explain"),
-                       ("audit", "audit verify | replay | show | export | checkpoint")):
+                       ("audit", "audit verify | replay | show | export | checkpoint"),
+                       ("cache", "cache purge [--tenant T] [--model M]")):
         sub.add_parser(name, help=what, add_help=False)
 
     args = p.parse_args(argv)

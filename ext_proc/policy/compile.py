@@ -419,6 +419,25 @@ class _Compiler:
                 "default_max_tokens": r.get("default_max_tokens"),
             })
 
+        cache_rules = []
+        rule_ids = {r["id"] for r in rules}
+        for it in self.items("cache"):
+            r, p, f = it.value, it.path, it.file
+            self.unique(ids, f, p + ["id"], r["id"], "id")
+            if not r.get("routes") and not r.get("rules"):
+                self.out.add(f, p, "a cache rule needs 'routes' and/or 'rules'")
+            for key, known in (("routes", self.route_ids), ("rules", rule_ids)):
+                for i, ref in enumerate(r.get(key) or []):
+                    if ref not in known:
+                        self.out.add(f, p + [key, i], f"unknown {key[:-1]} id {ref!r}")
+            cache_rules.append({
+                "id": r["id"], "description": r.get("description", ""),
+                "routes": sorted(set(r.get("routes") or [])), "rules": sorted(set(r.get("rules") or [])),
+                "deterministic": bool(r.get("deterministic", False)),
+                "share_across_tenants": bool(r.get("share_across_tenants", False)),
+                "ttl_s": int(r.get("ttl_s", 300)),
+            })
+
         deny = {**DEFAULT_DENY, **(defaults.get("deny") or {})}
         return {
             "format": FORMAT,
@@ -432,6 +451,8 @@ class _Compiler:
             "rules": rules,
             "response_rules": response_rules,
             "rate_limits": rate_limits,
+            # Only when present: a policy without a cache section keeps the version it had.
+            **({"cache": cache_rules} if cache_rules else {}),
         }
 
 

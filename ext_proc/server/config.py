@@ -104,7 +104,7 @@ class Config:
 
 
 _TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits", "tracing",
-             "multiplex", "envelope"}
+             "multiplex", "envelope", "cache"}
 
 
 def default_config_dict(var_dir: str = "var") -> dict[str, Any]:

@@ -16,6 +16,7 @@ from ext_proc.policy import Policy, PolicyHolder, PolicyStore
 from ext_proc.ratelimit import Admission, LimitSpec, OutputReservation, open_limiter
 from ext_proc.server.config import Config, load_config, load_or_create_secret, located
 from ext_proc.server.metrics import Metrics
+from ext_proc.server.response_cache import ResponseCache
 from ext_proc.server.tracing import open_tracing
 
 log = structlog.get_logger("ledgergate.runtime")
@@ -47,6 +48,7 @@ class Runtime:
         self.limiter = open_limiter(config.ratelimit)
         self.output_reservation = OutputReservation.from_config(config.ratelimit.get("output_reservation"))
         self.tracing = open_tracing(config.tracing, instance_id=config.writer_id)
+        self.cache = ResponseCache(config.raw.get("cache"), self.metrics.registry, clock)
         # Encrypted capture of request bodies for legal hold: off unless audit.capture is set.
         capture = config.audit.get("capture") or None
         self.capture_key: bytes | None = None
@@ -169,6 +171,7 @@ class Runtime:
             task.cancel()
         await self.identity.close()
         await self.limiter.close()
+        await self.cache.close()
         self.tracing.shutdown()
 
     # --- rate limits --------------------------------------------------------------------

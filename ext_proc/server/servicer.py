@@ -40,6 +40,7 @@ from ext_proc.server.messages import headers_to_dict as _headers_to_dict
 from ext_proc.server.messages import set_header as _set_header
 from ext_proc.server.envoy_flags import upstream_error
 from ext_proc.server.runtime import Runtime
+from ext_proc.server import response_cache
 from ext_proc.server.upstream import process_upstream
 from ext_proc.pipeline.budget import BudgetedClassifier, ScanPool
 from ext_proc.pipeline.envelope import (Envelope, EnvelopeRejected, EnvelopeRules, body_refused, inspect_envelope,
@@ -135,6 +136,7 @@ class Exchange:
         self.captured: bytearray | None = bytearray() if rt.capture_key is not None else None
         self.capture_truncated = False
         self.envelope: Envelope | None = None   # headers / query as forwarded (pipeline/envelope.py)
+        self.cache_turn: response_cache.CacheTurn | None = None   # a cache miss to fill (docs/cache.md)
 
     # --- request side -------------------------------------------------------------------
     async def on_request_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -335,6 +337,8 @@ class Exchange:
         rt.metrics.decision(verdict.record["decision"].get("outcome", "deny"), head.route_record()["surface"])
         if not verdict.forward:
             return [await self._finish_rejected(verdict, extra_headers)]
+        if (hit := await response_cache.answer_from_cache(self, verdict, body)) is not None:
+            return [hit]   # served from cache: both records are committed, nothing goes upstream
         await self._commit(verdict.record)
         self.request_released = True
         if phase == "headers":
@@ -499,6 +503,7 @@ class Exchange:
         if self.transparency is not None:
             set_headers.append(_set_header(self.transparency.header_name, self.transparency.header_value))
             set_headers.append(_set_header(DISCLOSURE_HEADER, self.transparency.disclosure))
+        set_headers += response_cache.response_headers(self, content_type)
         if self.inspector.whole_body and not req.response_headers.end_of_stream:
             # Envoy keeps the headers until we answer them while the body keeps coming (full-duplex
             # streaming), so a whole JSON body is judged before its status is: a blocked answer
@@ -598,6 +603,8 @@ class Exchange:
         return out
 
     def _capture(self, data: bytes) -> None:
+        if self.cache_turn is not None:
+            self.cache_turn.collect(data)
         if self.captured is None or self.capture_truncated or not data:
             return
         room = self.rt.config.capture_max_response_bytes - len(self.captured)
@@ -644,6 +651,7 @@ class Exchange:
             finally:
                 self.reservation = None
         await self._commit(record)
+        response_cache.after_outcome(self, summary, error or self.upstream_error)
 
     async def on_stream_end(self, error: str | None) -> None:
         """The stream ended: a released request whose outcome is not on record gets one now."""
