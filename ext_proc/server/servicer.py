@@ -503,7 +503,10 @@ class Exchange:
         if self.transparency is not None:
             set_headers.append(_set_header(self.transparency.header_name, self.transparency.header_value))
             set_headers.append(_set_header(DISCLOSURE_HEADER, self.transparency.disclosure))
-        set_headers += response_cache.response_headers(self, content_type)
+        cache_headers = response_cache.response_headers(self, content_type)
+        set_headers += cache_headers
+        if not cache_headers:
+            remove.append(response_cache.CACHE_HEADER)   # only ledgergate says hit or miss
         if self.inspector.whole_body and not req.response_headers.end_of_stream:
             # Envoy keeps the headers until we answer them while the body keeps coming (full-duplex
             # streaming), so a whole JSON body is judged before its status is: a blocked answer
