@@ -181,7 +181,13 @@ class Exchange:
         return names
 
     def _has_findings(self, text: str) -> bool:
-        return bool(self.rt.classifier_for(self.rt.policies.current).scan(text))
+        """Whether a header name is safe to record as written. A classifier that fails here says
+        yes to nothing: the name is recorded as a placeholder, and the decision itself (which
+        scans again) fails closed in its own way."""
+        try:
+            return bool(self.rt.classifier_for(self.rt.policies.current).scan(text))
+        except Exception:  # noqa: BLE001 - recording must not turn a clean refusal into a stream abort
+            return True
 
     def _inspect_envelope(self, *, end_of_stream: bool) -> Verdict | None:
         """Parse the envelope once, at the request headers; a refusal is a recorded 400."""

@@ -301,7 +301,8 @@ def test_an_empty_segment_file_is_named(seg):
     d, path = seg
     (d / "zz-empty.jsonl").write_bytes(b"")
     rep = verify_dir(d)
-    assert rep.ok and any("zz-empty.jsonl: empty segment" in w for w in rep.warnings), rep.warnings
+    # An emptied segment is a failure, named (issue 19: nothing to verify is not "OK").
+    assert not rep.ok and "zz-empty.jsonl: empty segment" in rep.problem, rep.problem
 
 
 def test_a_line_that_is_not_json_inside_a_segment_is_named(seg):
