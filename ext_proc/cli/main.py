@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "audit":
         from ext_proc.audit.cli import run
         return run(argv[1:])
+    if argv and argv[0] == "console":
+        from ext_proc.console.cli import run
+        return run(argv[1:])
 
     p = argparse.ArgumentParser(prog="ledgergate", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, what in (("classify", "classify text: findings as JSON, or --redact"),
                        ("policy", "policy check | test | explain"),
-                       ("audit", "audit verify | replay | show | export | checkpoint")):
+                       ("audit", "audit verify | replay | show | export | checkpoint"),
+                       ("console", "the auditor's console: a read-only web view of the audit evidence")):
         sub.add_parser(name, help=what, add_help=False)
 
     args = p.parse_args(argv)

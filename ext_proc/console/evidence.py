@@ -1,0 +1,105 @@
+"""The one place the console touches ext_proc.audit: reading segments and asking the existing
+verifier about them. Kept thin so the verifier can change (stricter checks, checkpoints) without
+the console following it around: only `verify_segments`, `verify_dir`'s segment reading,
+`check_lines` and `read_segments` are used, and only the report's public fields."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ext_proc.audit.verify import check_lines, verify_segments
+
+# VerifyReport.problem is "<segment name>:<line>: <what>".
+_WHERE = re.compile(r"^(?P<name>.*):(?P<line>\d+): (?P<what>.*)$", re.S)
+
+
+@dataclass
+class SegmentStatus:
+    name: str
+    records: int
+    state: str                 # "verified" | "broken" | "open" (verified, no closing checkpoint)
+    broken_line: int | None = None
+    problem: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def torn_tail_attested(self) -> bool:
+        return any("attested" in n for n in self.notes)
+
+
+@dataclass
+class StoreStatus:
+    segments: dict[str, SegmentStatus]
+    records: int
+    key_ids: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.state != "broken" for s in self.segments.values())
+
+
+def verify_store(parsed: list[tuple[str, list[bytes], bytes]]) -> StoreStatus:
+    """Per-segment status from the whole-store verifier: run it; when it stops at a broken
+    segment, record where, set that segment aside and run it again over the rest, so every
+    segment gets its own verdict (torn tails stay attested by the other segments' geneses)."""
+    remaining = list(parsed)
+    statuses: dict[str, SegmentStatus] = {}
+    key_ids: set[str] = set()
+    while True:
+        rep = verify_segments(remaining, jobs=1)
+        key_ids |= set(rep.key_ids)
+        if rep.ok:
+            break
+        m = _WHERE.match(rep.problem or "")
+        if m is None or m["name"] not in {n for n, _l, _t in remaining}:
+            # A report the console cannot place: every remaining segment is unproven.
+            for name, lines, _t in remaining:
+                statuses[name] = SegmentStatus(name, len(lines), "broken", None, rep.problem)
+            remaining = []
+            break
+        name = m["name"]
+        lines = next(lines for n, lines, _t in remaining if n == name)
+        statuses[name] = SegmentStatus(name, len(lines), "broken", int(m["line"]), m["what"])
+        remaining = [seg for seg in remaining if seg[0] != name]
+        if not remaining:
+            break
+    notes: dict[str, list[str]] = {}
+    if remaining:
+        for w in rep.warnings:
+            seg, _sep, what = w.partition(": ")
+            notes.setdefault(seg, []).append(what)
+    for name, lines, _t in remaining:
+        n = notes.get(name, [])
+        state = "open" if any("no closing checkpoint" in x for x in n) else "verified"
+        statuses[name] = SegmentStatus(name, len(lines), state, None, None, n)
+    return StoreStatus({n: statuses[n] for n, _l, _t in parsed}, sum(len(l) for _n, l, _t in parsed),
+                       sorted(key_ids))
+
+
+def record_seal_checks(public_key: bytes, line: bytes) -> tuple[bool, bool, str | None]:
+    """(hash matches the content, signature verifies, the problem if any) for one stored line."""
+    problem, _h, _summary = check_lines(public_key, [line])[0]
+    if problem is None:
+        return True, True, None
+    return ("hash" not in problem and "JSON" not in problem), False, problem
+
+
+def split_torn(data: bytes) -> tuple[list[bytes], bytes]:
+    """A segment file's complete lines and its torn trailing bytes, the way the verifier reads it."""
+    torn = b""
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        torn, data = data[cut:], data[:cut]
+    return data.splitlines(), torn
+
+
+def read_pg_segments(dsn: str, table: str):
+    from ext_proc.audit.postgres import read_segments
+
+    return read_segments(dsn, table)
+
+
+def names(parsed: Iterable[tuple[str, list[bytes], bytes]]) -> list[str]:
+    return [n for n, _l, _t in parsed]

@@ -1,0 +1,377 @@
+"""The console's search index: a SQLite file in a cache directory, built incrementally from the
+records and rebuilt from them whenever a segment changed in any way but growing.
+
+It is a lookup aid, never evidence: it holds where each record is (segment, line, byte offset)
+and the few fields the filters need. Every record a page shows is read again from the store, and
+a record whose bytes no longer hash to what the index saw makes the index rebuild that segment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+CREATE TABLE IF NOT EXISTS segments (
+  name TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, inode INTEGER, head TEXT,
+  next_line INTEGER NOT NULL DEFAULT 1, next_offset INTEGER NOT NULL DEFAULT 0,
+  writer_id TEXT, segment_id TEXT, public_key TEXT, key_id TEXT
+);
+CREATE TABLE IF NOT EXISTS records (
+  id INTEGER PRIMARY KEY, segment TEXT NOT NULL, line INTEGER NOT NULL, offset INTEGER, length INTEGER,
+  line_sha256 TEXT, kind TEXT, seq INTEGER, request_id TEXT, ts_ms INTEGER, hash TEXT,
+  subject TEXT, tenant TEXT, route TEXT, outcome TEXT, code TEXT, provider TEXT, model TEXT,
+  policy_version TEXT, status INTEGER, tree_size INTEGER
+);
+CREATE TABLE IF NOT EXISTS tags (rid INTEGER NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS records_where ON records (segment, line);
+CREATE INDEX IF NOT EXISTS records_kind_ts ON records (kind, ts_ms);
+CREATE INDEX IF NOT EXISTS records_request ON records (request_id);
+CREATE INDEX IF NOT EXISTS records_subject ON records (subject, ts_ms);
+CREATE INDEX IF NOT EXISTS records_tenant ON records (tenant, ts_ms);
+CREATE INDEX IF NOT EXISTS records_route ON records (route, ts_ms);
+CREATE INDEX IF NOT EXISTS records_outcome ON records (outcome, ts_ms);
+CREATE INDEX IF NOT EXISTS records_provider ON records (provider, ts_ms);
+CREATE INDEX IF NOT EXISTS records_model ON records (model, ts_ms);
+CREATE INDEX IF NOT EXISTS records_policy ON records (policy_version, ts_ms);
+CREATE INDEX IF NOT EXISTS tags_kv ON tags (k, v, rid);
+CREATE INDEX IF NOT EXISTS tags_rid ON tags (rid);
+"""
+
+# Search filters: URL parameter -> (column or tag kind). Tags hold the multi-valued fields.
+COLUMN_FILTERS = {"subject": "subject", "tenant": "tenant", "route": "route", "decision": "outcome",
+                  "provider": "provider", "model": "model", "policy": "policy_version"}
+TAG_FILTERS = {"role": "role", "rule": "rule", "label": "label"}
+FILTERS = tuple(COLUMN_FILTERS) + tuple(TAG_FILTERS)
+
+
+def default_index_path(store_label: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ledgergate" / "console"
+    return base / (hashlib.sha256(store_label.encode()).hexdigest()[:16] + ".sqlite")
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def extract(rec: dict) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The indexed fields of one record and its tags. Only fields the records hold for filtering:
+    labels, rule ids, roles, never text."""
+    kind = _str(rec.get("kind"))
+    identity = rec.get("identity") if isinstance(rec.get("identity"), dict) else {}
+    route = rec.get("route") if isinstance(rec.get("route"), dict) else {}
+    decision = rec.get("decision") if isinstance(rec.get("decision"), dict) else {}
+    policy = rec.get("policy") if isinstance(rec.get("policy"), dict) else {}
+    classification = rec.get("classification") if isinstance(rec.get("classification"), dict) else {}
+    status = rec.get("status") if kind == "outcome" else decision.get("status")
+    fields = {
+        "kind": kind, "seq": rec.get("seq") if isinstance(rec.get("seq"), int) else None,
+        "request_id": _str(rec.get("request_id")),
+        "ts_ms": rec.get("timestamp_ms") if isinstance(rec.get("timestamp_ms"), int)
+        else rec.get("committed_ms") if isinstance(rec.get("committed_ms"), int) else None,
+        "hash": _str(rec.get("hash")), "subject": _str(identity.get("subject")),
+        "tenant": _str(identity.get("tenant")), "route": _str(route.get("path")),
+        "outcome": _str(decision.get("outcome")) if kind == "decision" else None,
+        "code": _str(decision.get("code")) if kind == "decision" else _str(rec.get("error")),
+        "provider": _str(rec.get("provider")),
+        "model": _str(rec.get("model_routed")) or _str(rec.get("model_requested")) or _str(rec.get("model")),
+        "policy_version": _str(policy.get("version")),
+        "status": status if isinstance(status, int) and not isinstance(status, bool) else None,
+        "tree_size": rec.get("tree_size") if isinstance(rec.get("tree_size"), int) else None,
+    }
+    tags: set[tuple[str, str]] = set()
+    for r in identity.get("roles") or []:
+        if isinstance(r, str):
+            tags.add(("role", r))
+    for m in decision.get("matched") or []:
+        if isinstance(m, dict) and isinstance(m.get("rule"), str):
+            tags.add(("rule", m["rule"]))
+    summary = classification.get("summary")
+    if isinstance(summary, dict):
+        tags.update(("label", k) for k in summary if isinstance(k, str))
+    for f in classification.get("findings") or []:
+        if isinstance(f, dict) and isinstance(f.get("label"), str):
+            tags.add(("label", f["label"]))
+    return fields, sorted(tags)
+
+
+_COLS = ("segment", "line", "offset", "length", "line_sha256", "kind", "seq", "request_id", "ts_ms", "hash",
+         "subject", "tenant", "route", "outcome", "code", "provider", "model", "policy_version", "status",
+         "tree_size")
+
+
+@dataclass
+class Query:
+    """A search, as it appears in the URL."""
+    filters: dict[str, str]
+    from_ms: int | None = None
+    to_ms: int | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        sql, args = ["kind = 'decision'"], []
+        if self.from_ms is not None:
+            sql.append("ts_ms >= ?")
+            args.append(self.from_ms)
+        if self.to_ms is not None:
+            sql.append("ts_ms < ?")
+            args.append(self.to_ms)
+        for name, col in COLUMN_FILTERS.items():
+            v = self.filters.get(name)
+            if v:
+                sql.append(f"{col} = ?")
+                args.append(v)
+        for name, k in TAG_FILTERS.items():
+            v = self.filters.get(name)
+            if v:
+                sql.append("id IN (SELECT rid FROM tags WHERE k = ? AND v = ?)")
+                args += [k, v]
+        return " AND ".join(sql), args
+
+
+class Index:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.generation = 0   # bumped whenever records were added or dropped
+        with self._write() as db:
+            db.executescript(SCHEMA)
+            row = db.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
+            if row is None or row[0] != str(SCHEMA_VERSION):
+                db.executescript("DELETE FROM records; DELETE FROM tags; DELETE FROM segments;")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    # --- connections: one per thread for reads, a lock around writes -----------------------------
+    def db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-65536")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    class _Tx:
+        def __init__(self, index: "Index") -> None:
+            self.index = index
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.index._lock.acquire()
+            self.conn = self.index.db()
+            self.conn.execute("BEGIN")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            try:
+                self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.index._lock.release()
+
+    def _write(self) -> "Index._Tx":
+        return Index._Tx(self)
+
+    # --- building ---------------------------------------------------------------------------------
+    def refresh(self, store) -> int:
+        """Bring the index up to the store; returns how many records were added."""
+        if store.kind == "postgres":
+            return self._refresh_pg(store)
+        return self._refresh_files(store)
+
+    def _refresh_files(self, store) -> int:
+        added = 0
+        known = {r["name"]: r for r in self.db().execute("SELECT * FROM segments")}
+        present = set()
+        for seg in store.segments():
+            present.add(seg.name)
+            row = known.get(seg.name)
+            if row is not None and (row["inode"], row["head"]) == (seg.inode, seg.head_sha256) \
+                    and seg.size >= row["next_offset"] \
+                    and not (seg.size == row["size"] and seg.mtime_ns != row["mtime_ns"]):
+                if seg.size == row["next_offset"]:
+                    continue
+                start_line, start_offset = row["next_line"], row["next_offset"]
+            else:
+                self._drop_segment(seg.name)  # new, rewritten, shrunk or changed in place
+                start_line, start_offset = 1, 0
+            data = store.read_from(seg.name, start_offset)
+            complete = data[: data.rfind(b"\n") + 1]   # a torn or still-being-written tail waits
+            entries, offset, line_no = [], start_offset, start_line
+            for raw in complete.split(b"\n")[:-1]:
+                entries.append((line_no, offset, len(raw), raw))
+                offset += len(raw) + 1
+                line_no += 1
+            added += self._insert(seg.name, entries, next_line=line_no, next_offset=offset,
+                                  stat=(seg.size, seg.mtime_ns, seg.inode, seg.head_sha256))
+        for gone in set(known) - present:
+            self._drop_segment(gone)
+        return added
+
+    def _refresh_pg(self, store) -> int:
+        marks = {r["name"]: r["next_line"] - 2 for r in self.db().execute("SELECT name, next_line FROM segments")}
+        by_seg: dict[str, list] = {}
+        for name, seq, line in store.rows_after(marks):
+            by_seg.setdefault(name, []).append((seq + 1, None, len(line), line))
+        added = 0
+        for name, entries in by_seg.items():
+            added += self._insert(name, entries, next_line=entries[-1][0] + 1, next_offset=0,
+                                  stat=(None, None, None, None))
+        return added
+
+    def _drop_segment(self, name: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM tags WHERE rid IN (SELECT id FROM records WHERE segment = ?)", (name,))
+            db.execute("DELETE FROM records WHERE segment = ?", (name,))
+            db.execute("DELETE FROM segments WHERE name = ?", (name,))
+        self.generation += 1
+
+    def _insert(self, name: str, entries: list, *, next_line: int, next_offset: int, stat: tuple) -> int:
+        rows, tag_rows = [], []
+        genesis = None
+        for line_no, offset, length, raw in entries:
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                rec = None
+            if not isinstance(rec, dict):
+                fields, tags = {"kind": "unreadable"}, []
+            else:
+                fields, tags = extract(rec)
+                if fields["kind"] == "genesis":
+                    genesis = rec
+            rows.append((name, line_no, offset, length, hashlib.sha256(raw).hexdigest(),
+                         *(fields.get(c) for c in _COLS[5:])))
+            tag_rows.append(tags)
+        with self._write() as db:
+            seg = db.execute("SELECT name FROM segments WHERE name = ?", (name,)).fetchone()
+            if seg is None:
+                db.execute("INSERT INTO segments (name) VALUES (?)", (name,))
+            if genesis is not None:
+                db.execute("UPDATE segments SET writer_id = ?, segment_id = ?, public_key = ?, key_id = ? "
+                           "WHERE name = ?", (_str(genesis.get("writer_id")), _str(genesis.get("segment_id")),
+                                              _str(genesis.get("public_key")), _str(genesis.get("key_id")), name))
+            db.execute("UPDATE segments SET size = ?, mtime_ns = ?, inode = ?, head = ?, next_line = ?, "
+                       "next_offset = ? WHERE name = ?", (*stat, next_line, next_offset, name))
+            placeholders = ",".join("?" * len(_COLS))
+            for row, tags in zip(rows, tag_rows):
+                cur = db.execute(f"INSERT INTO records ({','.join(_COLS)}) VALUES ({placeholders})", row)
+                if tags:
+                    db.executemany("INSERT INTO tags VALUES (?, ?, ?)", [(cur.lastrowid, k, v) for k, v in tags])
+        if rows:
+            self.generation += 1
+        return len(rows)
+
+    # --- reading ----------------------------------------------------------------------------------
+    def count(self, q: Query, cap: int = 100_000) -> int:
+        where, args = q.where()
+        return self.db().execute(f"SELECT count(*) FROM (SELECT 1 FROM records WHERE {where} LIMIT ?)",
+                                 (*args, cap)).fetchone()[0]
+
+    def search(self, q: Query, *, limit: int, offset: int = 0) -> list[sqlite3.Row]:
+        where, args = q.where()
+        return self.db().execute(
+            f"SELECT * FROM records WHERE {where} ORDER BY ts_ms DESC, id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset)).fetchall()
+
+    def iter_search(self, q: Query, batch: int = 2000) -> Iterable[sqlite3.Row]:
+        where, args = q.where()
+        last = None
+        while True:
+            extra, extra_args = "", []
+            if last is not None:
+                extra, extra_args = " AND (ts_ms < ? OR (ts_ms = ? AND id < ?))", [last[0], last[0], last[1]]
+            rows = self.db().execute(f"SELECT * FROM records WHERE {where}{extra} ORDER BY ts_ms DESC, id DESC "
+                                     "LIMIT ?", (*args, *extra_args, batch)).fetchall()
+            if not rows:
+                return
+            yield from rows
+            last = (rows[-1]["ts_ms"], rows[-1]["id"])
+
+    def tags_of(self, rids: list[int]) -> dict[int, dict[str, list[str]]]:
+        out: dict[int, dict[str, list[str]]] = {r: {} for r in rids}
+        if not rids:
+            return out
+        for row in self.db().execute(f"SELECT rid, k, v FROM tags WHERE rid IN ({','.join('?' * len(rids))}) "
+                                     "ORDER BY k, v", rids):
+            out[row[0]].setdefault(row[1], []).append(row[2])
+        return out
+
+    def outcomes_for(self, request_ids: list[str]) -> dict[str, sqlite3.Row]:
+        if not request_ids:
+            return {}
+        rows = self.db().execute(
+            f"SELECT * FROM records WHERE kind = 'outcome' AND request_id IN ({','.join('?' * len(request_ids))})",
+            request_ids).fetchall()
+        return {r["request_id"]: r for r in rows}
+
+    def by_request(self, request_id: str) -> list[sqlite3.Row]:
+        return self.db().execute("SELECT * FROM records WHERE request_id = ? ORDER BY ts_ms, id",
+                                 (request_id,)).fetchall()
+
+    def segment(self, name: str) -> sqlite3.Row | None:
+        return self.db().execute("SELECT * FROM segments WHERE name = ?", (name,)).fetchone()
+
+    def segments(self) -> list[sqlite3.Row]:
+        return self.db().execute("SELECT * FROM segments ORDER BY name").fetchall()
+
+    def record_at(self, segment: str, line: int) -> sqlite3.Row | None:
+        return self.db().execute("SELECT * FROM records WHERE segment = ? AND line = ?", (segment, line)).fetchone()
+
+    def next_checkpoint(self, segment: str, line: int) -> sqlite3.Row | None:
+        return self.db().execute("SELECT * FROM records WHERE segment = ? AND line > ? AND kind = 'checkpoint' "
+                                 "ORDER BY line LIMIT 1", (segment, line)).fetchone()
+
+    def last_checkpoints(self) -> list[sqlite3.Row]:
+        return self.db().execute(
+            "SELECT r.* FROM records r JOIN (SELECT segment, max(line) AS line FROM records "
+            "WHERE kind = 'checkpoint' GROUP BY segment) c ON r.segment = c.segment AND r.line = c.line "
+            "ORDER BY r.ts_ms DESC").fetchall()
+
+    def counts_by(self, column: str, q: Query, limit: int = 12) -> list[tuple[str, int]]:
+        where, args = q.where()
+        if column in TAG_FILTERS.values():
+            sql = (f"SELECT t.v, count(*) FROM tags t JOIN records r ON r.id = t.rid WHERE t.k = ? AND "
+                   f"r.id IN (SELECT id FROM records WHERE {where}) GROUP BY t.v ORDER BY count(*) DESC LIMIT ?")
+            return [(r[0], r[1]) for r in self.db().execute(sql, (column, *args, limit))]
+        assert column in COLUMN_FILTERS.values()
+        sql = (f"SELECT {column}, count(*) FROM records WHERE {where} GROUP BY {column} "
+               f"ORDER BY count(*) DESC LIMIT ?")
+        return [(r[0] if r[0] is not None else "(none)", r[1]) for r in self.db().execute(sql, (*args, limit))]
+
+    def series(self, q: Query, bucket_ms: int, by: str | None) -> list[tuple[int, str, int]]:
+        """(bucket start, group, count) for decisions over time."""
+        where, args = q.where()
+        if by is None:
+            sql = f"SELECT (ts_ms / ?) * ?, 'decisions', count(*) FROM records WHERE {where} GROUP BY 1 ORDER BY 1"
+            return [tuple(r) for r in self.db().execute(sql, (bucket_ms, bucket_ms, *args))]
+        if by in TAG_FILTERS.values():
+            sql = (f"SELECT (r.ts_ms / ?) * ?, t.v, count(*) FROM records r JOIN tags t ON t.rid = r.id AND t.k = ? "
+                   f"WHERE r.id IN (SELECT id FROM records WHERE {where}) GROUP BY 1, 2 ORDER BY 1")
+            return [tuple(r) for r in self.db().execute(sql, (bucket_ms, bucket_ms, by, *args))]
+        assert by in COLUMN_FILTERS.values()
+        sql = f"SELECT (ts_ms / ?) * ?, coalesce({by}, '(none)'), count(*) FROM records WHERE {where} GROUP BY 1, 2 ORDER BY 1"
+        return [tuple(r) for r in self.db().execute(sql, (bucket_ms, bucket_ms, *args))]
+
+    def time_span(self) -> tuple[int | None, int | None]:
+        row = self.db().execute("SELECT min(ts_ms), max(ts_ms) FROM records WHERE kind = 'decision'").fetchone()
+        return row[0], row[1]
+
+    def policy_versions(self) -> list[sqlite3.Row]:
+        return self.db().execute(
+            "SELECT policy_version, min(ts_ms) AS first_ms, max(ts_ms) AS last_ms, count(*) AS n FROM records "
+            "WHERE kind = 'decision' AND policy_version IS NOT NULL GROUP BY policy_version ORDER BY first_ms"
+        ).fetchall()
+
+    def total(self) -> int:
+        return self.db().execute("SELECT count(*) FROM records").fetchone()[0]
