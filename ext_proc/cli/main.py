@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--ext-proc-port", type=int, default=50051, help="first ext_proc worker port")
     up.add_argument("--mock-port", type=int, default=18080, help="built-in mock providers port")
     up.add_argument("--metrics-port", type=int, default=9464, help="Prometheus metrics port (first worker)")
+    up.add_argument("--console-port", type=int, default=8600,
+                    help="the auditor's console on 127.0.0.1 (0: do not start it)")
     up.add_argument("--workers", type=int, default=1, help="ext_proc worker processes (one port each)")
     up.add_argument("--var-dir", default="var", help="generated dev material and state")
     up.add_argument("--envoy-config", default=None, help="Envoy config template (default: envoy/local.yaml)")
