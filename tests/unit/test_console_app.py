@@ -1,0 +1,159 @@
+"""The console's pages over HTTP (Starlette's test client, the real identity machinery with a dev
+issuer): who may look, what every look leaves in the access log, search, export, the evidence
+report, policy diffs, and the PostgreSQL store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import uuid
+
+import pytest
+from starlette.testclient import TestClient
+
+from ext_proc.console.app import Console, create_app
+from ext_proc.console.auth import AccessLog, AuditorAuth, identity_config
+from ext_proc.console.index import Index
+from ext_proc.console.sample_store import write_sample_store
+from ext_proc.console.store import FileStore, PostgresStore
+from ext_proc.identity.dev import generate_dev_issuer, mint_dev_token
+from ext_proc.policy import PolicyStore
+from ext_proc.policy.store import load_policy_text
+from tests.support import REPO
+
+START = 1_795_900_000_000
+HOUR = 3_600_000
+
+
+@pytest.fixture
+def env(tmp_path):
+    var = tmp_path / "var"
+    generate_dev_issuer(var / "dev")
+    audit = tmp_path / "audit"
+    policies = PolicyStore(var / "policy-store")
+    base = (REPO / "policies" / "default.yaml").read_text()
+    v1 = policies.put(load_policy_text(base))
+    v2 = policies.put(load_policy_text(base.replace("roles: [developer]", "roles: [developer, analyst]")))
+    write_sample_store(audit, requests=300, start_ms=START, span_ms=5 * HOUR, policy_versions=(v1, v2))
+
+    def token(roles=("auditor",), sub="olivia", ttl=3600):
+        return mint_dev_token(var / "dev", sub=sub, roles=list(roles), ttl_s=ttl, now=time.time())
+
+    return {"var": var, "audit": audit, "token": token, "v1": v1, "v2": v2, "tmp": tmp_path}
+
+
+def client_for(env, store=None):
+    store = store or FileStore(env["audit"])
+    console = Console(store, Index(env["tmp"] / "cache" / f"{uuid.uuid4().hex}.sqlite"),
+                      AuditorAuth(identity_config(None, env["var"])), AccessLog(env["tmp"] / "access.jsonl"),
+                      env["var"] / "policy-store")
+    return TestClient(create_app(console))
+
+
+def access(env):
+    return [json.loads(line) for line in (env["tmp"] / "access.jsonl").read_text().splitlines()]
+
+
+def test_only_an_auditor_with_a_valid_token_may_look_and_every_look_is_recorded(env):
+    with client_for(env) as c:
+        assert c.get("/search").status_code == 401
+        r = c.get("/", headers={"accept": "text/html"}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        dev = env["token"](roles=("developer",), sub="mallory")
+        assert c.get("/search", headers={"authorization": f"Bearer {dev}"}).status_code == 401
+        expired = mint_dev_token(env["var"] / "dev", sub="olivia", roles=["auditor"], ttl_s=60,
+                                 now=time.time() - 3600)
+        assert c.get("/search", headers={"authorization": f"Bearer {expired}"}).status_code == 401
+        forged = env["token"]()[:-4] + "AAAA"
+        assert c.get("/search", headers={"authorization": f"Bearer {forged}"}).status_code == 401
+        r = c.post("/login", data={"token": dev, "next": "/search"}, follow_redirects=False)
+        assert r.status_code == 401 and "auditor" in r.text
+        # Signing in sets an HttpOnly cookie; the next URL is kept to this site.
+        good = env["token"]()
+        r = c.post("/login", data={"token": good, "next": "//evil.example/x"}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert "httponly" in r.headers["set-cookie"].lower() and "samesite=strict" in r.headers["set-cookie"].lower()
+        assert c.get("/search?subject=alice").status_code == 200
+    log = access(env)
+    assert [e["status"] for e in log[:5]] == [401, 401, 401, 401, 401]
+    assert log[-1]["subject"] == "olivia" and log[-1]["query"] == {"subject": "alice"}
+    assert log[-1]["viewed"]["search"] == {"subject": "alice"}
+    text = (env["tmp"] / "access.jsonl").read_text()
+    assert good not in text and dev not in text
+
+
+def test_search_pages_request_report_and_exports(env):
+    h = {"authorization": f"Bearer {env['token']()}"}
+    with client_for(env) as c:
+        page1 = c.get("/search?decision=deny", headers=h).text
+        assert "matching decision" in page1 and 'class="badge permit"' not in page1
+        j = c.get("/export.json?decision=deny", headers=h)
+        assert j.status_code == 200 and "attachment" in j.headers["content-disposition"]
+        exported = json.loads(j.text)["records"]
+        assert exported and {e["outcome"] for e in exported} == {"deny"}
+        assert f"{len(exported)} matching decision" in page1
+        rows = list(csv.DictReader(io.StringIO(c.get("/export.csv?decision=deny", headers=h).text)))
+        assert [r["request_id"] for r in rows] == [e["request_id"] for e in exported]
+        # An htmx request for the results gets only the results fragment.
+        frag = c.get("/search?decision=deny", headers={**h, "hx-request": "true", "hx-target": "results"}).text
+        assert "<html" not in frag and "results-table" in frag
+        rid = exported[0]["request_id"]
+        page = c.get(f"/request/{rid}", headers=h).text
+        assert page.count('record-state">verified') == 1  # a denied request has no outcome record
+        report = c.get(f"/request/{rid}/report", headers=h).text
+        assert "What was verified, and how" in report and 'record-state">verified' in report
+        assert c.get("/request/no-such-request", headers=h).status_code == 404
+        assert c.get("/export.xml", headers=h).status_code == 404
+        # Charts render as SVG; a bar of the time chart links to a narrower range.
+        charts = c.get("/charts?by=label", headers=h).text
+        assert "<svg" in charts and "/charts?by=label&amp;from=" in charts
+        overview = c.get("/", headers=h).text
+        assert overview.count('class="badge verified"') == 2 and "broken" not in overview
+
+
+def test_policies_in_force_and_their_diff(env):
+    h = {"authorization": f"Bearer {env['token']()}"}
+    with client_for(env) as c:
+        page = c.get("/policies", headers=h).text
+        assert page.index(env["v1"]) < page.index(env["v2"])  # in the order they came into force
+        diff = c.get(f"/policies?a={env['v1']}&b={env['v2']}", headers=h).text
+        assert 'id="policy-diff"' in diff and "analyst" in diff
+        assert c.get(f"/policies/{env['v1']}", headers=h).status_code == 200
+        # A stored text that does not hash to its version is never shown as that version.
+        path = env["var"] / "policy-store" / f"{env['v1']}.json"
+        path.write_bytes(path.read_bytes().replace(b"developer", b"everyone!"))
+        assert c.get(f"/policies/{env['v1']}", headers=h).status_code == 404
+
+
+@pytest.mark.postgres
+def test_console_over_the_postgresql_store(env):
+    psycopg = pytest.importorskip("psycopg")
+    from ext_proc.audit.postgres import SCHEMA_SQL
+
+    dsn = "postgresql://postgres@127.0.0.1:5432/test"
+    table = f"lg_console_t{uuid.uuid4().hex[:10]}"
+    rows = []
+    for f in sorted(env["audit"].glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            rows.append((rec["writer_id"], rec["segment_id"], rec["seq"], line, rec.get("request_id")))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA_SQL.format(table=table))
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s, %s, %s)", rows)
+    try:
+        h = {"authorization": f"Bearer {env['token']()}"}
+        with client_for(env, PostgresStore(dsn, table)) as c:
+            exported = json.loads(c.get("/export.json?subject=bob", headers=h).text)["records"]
+            want = sorted(json.loads(r[3])["request_id"] for r in rows
+                          if json.loads(r[3]).get("kind") == "decision" and json.loads(r[3])["identity"]["subject"] == "bob")
+            assert sorted(e["request_id"] for e in exported) == want
+            page = c.get(f"/request/{want[0]}", headers=h).text
+            assert 'record-state">verified' in page
+            assert c.get("/", headers=h).text.count('class="badge verified"') == 2
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+            conn.execute(f"DROP FUNCTION IF EXISTS {table}_append_only() CASCADE")
