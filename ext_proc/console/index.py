@@ -104,6 +104,8 @@ def extract(rec: dict) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     return fields, sorted(tags)
 
 
+_CHUNK = 8 << 20
+
 _COLS = ("segment", "line", "offset", "length", "line_sha256", "kind", "seq", "request_id", "ts_ms", "hash",
          "subject", "tenant", "route", "outcome", "code", "provider", "model", "policy_version", "status",
          "tree_size")
@@ -205,15 +207,21 @@ class Index:
             else:
                 self._drop_segment(seg.name)  # new, rewritten, shrunk or changed in place
                 start_line, start_offset = 1, 0
-            data = store.read_from(seg.name, start_offset)
-            complete = data[: data.rfind(b"\n") + 1]   # a torn or still-being-written tail waits
-            entries, offset, line_no = [], start_offset, start_line
-            for raw in complete.split(b"\n")[:-1]:
-                entries.append((line_no, offset, len(raw), raw))
-                offset += len(raw) + 1
-                line_no += 1
-            added += self._insert(seg.name, entries, next_line=line_no, next_offset=offset,
-                                  stat=(seg.size, seg.mtime_ns, seg.inode, seg.head_sha256))
+            offset, line_no = start_offset, start_line
+            while True:   # in chunks: a large segment is never held in memory whole
+                data = store.read_from(seg.name, offset, _CHUNK)
+                complete = data[: data.rfind(b"\n") + 1]   # a torn or still-being-written tail waits
+                if not complete:
+                    break
+                entries = []
+                for raw in complete.split(b"\n")[:-1]:
+                    entries.append((line_no, offset, len(raw), raw))
+                    offset += len(raw) + 1
+                    line_no += 1
+                added += self._insert(seg.name, entries, next_line=line_no, next_offset=offset,
+                                      stat=(seg.size, seg.mtime_ns, seg.inode, seg.head_sha256))
+                if len(data) < _CHUNK:
+                    break
         for gone in set(known) - present:
             self._drop_segment(gone)
         return added

@@ -42,10 +42,10 @@ class FileStore:
                                    hashlib.sha256(head).hexdigest()))
         return out
 
-    def read_from(self, name: str, offset: int) -> bytes:
+    def read_from(self, name: str, offset: int, size: int = -1) -> bytes:
         with open(self._path(name), "rb") as fh:
             fh.seek(offset)
-            return fh.read()
+            return fh.read(size)
 
     def read_at(self, name: str, offset: int, length: int) -> bytes:
         with open(self._path(name), "rb") as fh:
