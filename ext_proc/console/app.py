@@ -33,6 +33,7 @@ HERE = Path(__file__).parent
 COOKIE = "ledgergate_console"
 PAGE_SIZE = 50
 EXPORT_MAX = 100_000
+REPORT_MAX = 2_000
 CSV_COLUMNS = ("time_utc", "request_id", "outcome", "code", "status", "subject", "tenant", "roles", "route",
                "provider", "model", "rules", "labels", "policy_version", "outcome_status", "segment", "line", "hash")
 
@@ -274,6 +275,25 @@ class Console:
                            others=others, records=records, generated=fmt_ms(int(time.time() * 1000)),
                            store=self.store.label, has_policy=self._has_policy), {"request_id": request_id}
 
+    async def period_report(self, request: Request, me: Identity):
+        """A printable report of a filtered set (a period, a subject...): the chain status of every
+        segment, counts, and the decisions with the verifier's verdict on where each one lies."""
+        q = query_from(request.query_params)
+        status, fresh = await asyncio.to_thread(self.chain.current, 30.0)
+        rows = self._rows(self.index.search(q, limit=REPORT_MAX, offset=0))
+        total = self.index.count(q)
+        for item in rows:
+            seg = status.segments.get(item["r"]["segment"]) if status else None
+            item["state"] = "unverified" if seg is None else \
+                "broken" if seg.state == "broken" and (seg.broken_line is None or item["r"]["line"] >= seg.broken_line) \
+                else "verified"
+        segments = list(status.segments.values()) if status else []
+        return self.render(request, "period.html", me, q=q, rows=rows, total=total, shown=len(rows),
+                           segments=segments, fresh=fresh, by_outcome=self.index.counts_by("outcome", q),
+                           by_label=self.index.counts_by("label", q, limit=50), store=self.store.label,
+                           generated=fmt_ms(int(time.time() * 1000)),
+                           query=query_params(q)), {"report": query_params(q)}
+
     def _has_policy(self, version: str | None) -> bool:
         return bool(self.policy_store and version and (self.policy_store / f"{version}.json").is_file())
 
@@ -427,6 +447,7 @@ def create_app(console: Console) -> Starlette:
         Route("/request/{request_id}", p(console.one_request)),
         Route("/request/{request_id}/report", p(console.one_request)),
         Route("/export.{fmt:str}", p(console.export)),
+        Route("/report", p(console.period_report)),
         Route("/charts", p(console.charts_page)),
         Route("/policies", p(console.policies)),
         Route("/policies/{version}", p(console.policy)),

@@ -157,3 +157,21 @@ def test_console_over_the_postgresql_store(env):
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
             conn.execute(f"DROP FUNCTION IF EXISTS {table}_append_only() CASCADE")
+
+
+def test_period_report_states_the_verification_of_each_decision(env):
+    h = {"authorization": f"Bearer {env['token']()}"}
+    victim = sorted(env["audit"].glob("*.jsonl"))[0]
+    lines = victim.read_bytes().split(b"\n")
+    cut = len(lines) // 2
+    target = next(n for n in range(cut, len(lines)) if b'"kind":"decision"' in lines[n - 1])
+    lines[target - 1] = lines[target - 1].replace(b'"subject":"', b'"subject":"z', 1)
+    victim.write_bytes(b"\n".join(lines))
+    with client_for(env) as c:
+        page = c.get("/report?decision=permit", headers=h).text
+    assert f"at record {target}:" in page
+    assert 'class="badge verified">verified' in page and 'class="badge broken">broken' in page
+    rows = [r for r in page.split("<tr>") if f"{victim.name} #" in r]
+    for r in rows:
+        line = int(r.split(f"{victim.name} #")[1].split("<")[0])
+        assert ("broken" in r) == (line >= target), r
