@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from ext_proc.console import charts
 from ext_proc.console.auth import AccessLog, AuditorAuth
 from ext_proc.console.chainstatus import ChainStatus, record_verdict
+from ext_proc.console.evidence import replay_with
 from ext_proc.console.index import FILTERS, Index, Query
 from ext_proc.identity.model import Identity, IdentityError
 
@@ -34,6 +35,7 @@ COOKIE = "ledgergate_console"
 PAGE_SIZE = 50
 EXPORT_MAX = 100_000
 REPORT_MAX = 2_000
+WHATIF_MAX = 20_000
 CSV_COLUMNS = ("time_utc", "request_id", "outcome", "code", "status", "subject", "tenant", "roles", "route",
                "provider", "model", "rules", "labels", "policy_version", "outcome_status", "segment", "line", "hash")
 
@@ -402,6 +404,34 @@ class Console:
         return self.render(request, "policies.html", me, versions=versions, a=a, b=b, diff=diff,
                            policy_store=self.policy_store), {"policies": {"a": a, "b": b}}
 
+    async def whatif(self, request: Request, me: Identity):
+        """What-if: the filtered decisions' recorded inputs evaluated by a candidate policy version
+        from the policy store; which outcomes would change."""
+        q = query_from(request.query_params)
+        candidate = request.query_params.get("candidate", "")
+        report, error, considered = None, None, 0
+        if self._policy_text(candidate) is None:
+            error = "the candidate is not a version in the policy store (or does not hash to its version)"
+        else:
+            from ext_proc.policy import PolicyStore
+
+            policy = PolicyStore(self.policy_store).get(candidate)
+            rows = self.index.search(q, limit=WHATIF_MAX, offset=0)
+            considered = len(rows)
+
+            def records():
+                for row in rows:
+                    try:
+                        yield self._load(row)[1]
+                    except (StaleIndex, FileNotFoundError):
+                        continue
+            report = await asyncio.to_thread(replay_with, records(),
+                                             lambda _version, inp: policy.evaluate(inp).to_record())
+        return self.render(request, "whatif.html", me, q=q, candidate=candidate, report=report, error=error,
+                           considered=considered, total=self.index.count(q),
+                           versions=[r["policy_version"] for r in self.index.policy_versions()]), \
+            {"whatif": candidate, "search": query_params(q)}
+
     async def policy(self, request: Request, me: Identity):
         version = request.path_params["version"]
         text = self._policy_text(version)
@@ -450,6 +480,7 @@ def create_app(console: Console) -> Starlette:
         Route("/report", p(console.period_report)),
         Route("/charts", p(console.charts_page)),
         Route("/policies", p(console.policies)),
+        Route("/policies/whatif", p(console.whatif)),
         Route("/policies/{version}", p(console.policy)),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

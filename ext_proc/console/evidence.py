@@ -95,6 +95,14 @@ def split_torn(data: bytes) -> tuple[list[bytes], bytes]:
     return data.splitlines(), torn
 
 
+def replay_with(records, evaluate) -> dict:
+    """The evidence issue's replay (ext_proc.audit.cli.replay): each decision's recorded input
+    evaluated again; `evaluate(version, input)` decides which policy answers."""
+    from ext_proc.audit.cli import replay
+
+    return replay(records, evaluate)
+
+
 def read_pg_segments(dsn: str, table: str):
     from ext_proc.audit.postgres import read_segments
 

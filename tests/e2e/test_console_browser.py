@@ -39,12 +39,13 @@ from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
-def start_console(tmp: Path, audit_dir: Path, var_dir: Path, name: str) -> tuple[subprocess.Popen, str, Path]:
+def start_console(tmp: Path, audit_dir: Path, var_dir: Path, name: str,
+                  policies: Path | None = None) -> tuple[subprocess.Popen, str, Path]:
     port = free_ports(1)[0]
     access_log = tmp / f"{name}-access.jsonl"
     log = open(tmp / f"{name}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "ext_proc.cli.main", "console", "--audit", str(audit_dir),
-                             "--var-dir", str(var_dir), "--policies", str(var_dir / "policy-store"),
+                             "--var-dir", str(var_dir), "--policies", str(policies or var_dir / "policy-store"),
                              "--listen", f"127.0.0.1:{port}", "--index", str(tmp / f"{name}-index.sqlite"),
                              "--access-log", str(access_log)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     wait_port(port, 30)
@@ -98,8 +99,20 @@ def traffic(stack):
     return {"dev": dev, "guest": guest, "ids": ids}
 
 
+def candidate_without_pii_redaction(policy_store: Path) -> str:
+    """A candidate policy: the default one without its redact-pii rule, put in `policy_store`."""
+    from ext_proc.policy import PolicyStore, load_policy_text
+
+    text = (REPO / "policies" / "default.yaml").read_text()
+    start, end = text.index("  - id: redact-pii"), text.index("  - id: permit-developers")
+    return PolicyStore(policy_store).put(load_policy_text(text[:start] + text[end:]))
+
+
 def test_console_shows_filters_verifies_and_exports(stack, traffic, tmp_path):
-    proc, base, access_log = start_console(tmp_path, stack.audit_dir, stack.var_dir, "live")
+    policies = tmp_path / "policy-store"
+    shutil.copytree(stack.var_dir / "policy-store", policies)
+    candidate = candidate_without_pii_redaction(policies)
+    proc, base, access_log = start_console(tmp_path, stack.audit_dir, stack.var_dir, "live", policies)
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     d = browser(downloads)
@@ -165,6 +178,15 @@ def test_console_shows_filters_verifies_and_exports(stack, traffic, tmp_path):
         versions = d.find_element(By.ID, "versions").text
         assert "not in the store" not in versions or "No decision" in versions
         shot(d, "policies")
+
+        # What-if: the candidate without the PII rule would have permitted the redacted request.
+        d.get(base + f"/policies/whatif?candidate={candidate}&subject={traffic['dev']}")
+        changes = {tr.get_attribute("data-request-id"): tr.text
+                   for tr in d.find_elements(By.CSS_SELECTOR, "#whatif-changes tr[data-request-id]")}
+        assert list(changes) == [traffic["ids"]["email"]]
+        assert "redact" in changes[traffic["ids"]["email"]] and "permit" in changes[traffic["ids"]["email"]]
+        assert "replayed\n3" in d.find_element(By.ID, "whatif-summary").text
+        shot(d, "whatif")
     finally:
         d.quit()
         proc.terminate()
