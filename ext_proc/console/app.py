@@ -4,6 +4,7 @@ the store and its own index, and writes only its access log and the index in its
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import csv
 import datetime as dt
@@ -23,6 +24,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, open_capture
 from ext_proc.console import charts
 from ext_proc.console.auth import AccessLog, AuditorAuth
 from ext_proc.console.chainstatus import ChainStatus, record_verdict
@@ -296,6 +298,40 @@ class Console:
                            generated=fmt_ms(int(time.time() * 1000)),
                            query=query_params(q)), {"report": query_params(q)}
 
+    async def decrypt(self, request: Request, me: Identity):
+        """Encrypted captures of one request opened with the capture key the auditor presents
+        (the key file's 32 bytes, uploaded, or pasted as hex or base64). The key is used for this
+        request only, never kept or logged; the access is recorded with the key id."""
+        request_id = request.path_params["request_id"]
+        form = await request.form()
+        key = await _capture_key(form)
+        records = await self._request_records(request_id)
+        opened, problems, key_ids = [], [], []
+        for item in records:
+            env = item["rec"].get("capture")
+            if not isinstance(env, dict):
+                continue
+            kind = item["rec"].get("kind")
+            aad = request_id.encode() + (RESPONSE_CAPTURE_AAD if kind == "outcome" else b"")
+            key_ids.append(env.get("key_id"))
+            if key is None:
+                problems.append("the capture key must be 32 bytes (a key file, or 64 hex digits, or base64)")
+                break
+            try:
+                plain = open_capture(key, env, aad)
+            except Exception:  # noqa: BLE001 - a wrong key or altered ciphertext: say which capture
+                problems.append(f"the {kind} capture does not open with this key")
+                continue
+            opened.append({"kind": kind, "text": plain.decode("utf-8", "replace"), "bytes": len(plain),
+                           "verdict": item["verdict"]})
+        if not key_ids:
+            problems.append("this request has no encrypted capture")
+        resp = self.render(request, "decrypted.html", me, status=200 if opened else 400, request_id=request_id,
+                           opened=opened, problems=problems)
+        resp.headers["cache-control"] = "no-store"
+        return resp, {"request_id": request_id, "decrypted_capture": [o["kind"] for o in opened],
+                      "capture_key_ids": key_ids}
+
     def _has_policy(self, version: str | None) -> bool:
         return bool(self.policy_store and version and (self.policy_store / f"{version}.json").is_file())
 
@@ -445,6 +481,23 @@ class StaleIndex(Exception):
         self.segment = segment
 
 
+async def _capture_key(form) -> bytes | None:
+    upload = form.get("key_file")
+    if upload is not None and hasattr(upload, "read"):
+        data = await upload.read(64)
+        if len(data) == 32:
+            return data
+    text = str(form.get("key", "")).strip()
+    for decode in (bytes.fromhex, lambda t: base64.b64decode(t, validate=True)):
+        try:
+            key = decode(text)
+        except ValueError:
+            continue
+        if len(key) == 32:
+            return key
+    return None
+
+
 def _bucket_name(ms: int) -> str:
     return {60_000: "minute", 300_000: "5 minutes", 900_000: "15 minutes", 3_600_000: "hour",
             21_600_000: "6 hours", 86_400_000: "day"}.get(ms, "week")
@@ -476,6 +529,7 @@ def create_app(console: Console) -> Starlette:
         Route("/search", p(console.search)),
         Route("/request/{request_id}", p(console.one_request)),
         Route("/request/{request_id}/report", p(console.one_request)),
+        Route("/request/{request_id}/decrypt", p(console.decrypt), methods=["POST"]),
         Route("/export.{fmt:str}", p(console.export)),
         Route("/report", p(console.period_report)),
         Route("/charts", p(console.charts_page)),

@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ext_proc.audit.canonical import canonical_json
+from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, seal_capture
 from ext_proc.audit.chain import ChainWriter
 from ext_proc.audit.record import decision_record, outcome_record
 
@@ -73,7 +74,7 @@ def sample_pair(rnd: random.Random, now_ms: int, policy_version: str) -> tuple[d
 
 def write_sample_store(directory: str | Path, *, requests: int, start_ms: int, span_ms: int, writers: int = 2,
                        seed: int = 7, policy_versions: tuple[str, ...] = ("a" * 64, "b" * 64),
-                       close: bool = True) -> list[Path]:
+                       close: bool = True, capture_key: bytes | None = None) -> list[Path]:
     """`requests` requests spread over [start_ms, start_ms + span_ms), round-robin over `writers`
     segments; each segment opens with a genesis and (when `close`) ends with a checkpoint."""
     from ext_proc.audit.merkle import MerkleFrontier, leaf_hash
@@ -103,6 +104,11 @@ def write_sample_store(directory: str | Path, *, requests: int, start_ms: int, s
         for body in sample_pair(rnd, now, version):
             if body is None:
                 continue
+            if capture_key is not None:  # legal hold: the (made-up) bodies, sealed like the gateway does
+                rid = body["request_id"]
+                text, aad = (f"prompt of {rid}", rid.encode()) if body["kind"] == "decision" else \
+                    (f"response to {rid}", rid.encode() + RESPONSE_CAPTURE_AAD)
+                body["capture"] = seal_capture(capture_key, "legal-1", text.encode(), aad)
             rec, line = chains[w].seal_line(body, body["timestamp_ms"])
             files[w].write(line + b"\n")
             frontiers[w].append(leaf_hash(bytes.fromhex(rec["hash"])))

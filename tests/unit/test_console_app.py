@@ -175,3 +175,29 @@ def test_period_report_states_the_verification_of_each_decision(env):
     for r in rows:
         line = int(r.split(f"{victim.name} #")[1].split("<")[0])
         assert ("broken" in r) == (line >= target), r
+
+
+def test_capture_opens_only_with_the_key_and_the_access_is_recorded(env):
+    key = bytes(range(32))
+    audit = env["tmp"] / "captured"
+    write_sample_store(audit, requests=20, start_ms=START, span_ms=HOUR, capture_key=key)
+    h = {"authorization": f"Bearer {env['token']()}"}
+    with client_for(env, FileStore(audit)) as c:
+        rid = json.loads(c.get("/export.json?decision=permit", headers=h).text)["records"][0]["request_id"]
+        page = c.get(f"/request/{rid}", headers=h).text
+        assert "decrypt-form" in page and f"prompt of {rid}" not in page  # ciphertext only, until asked
+        wrong = c.post(f"/request/{rid}/decrypt", headers=h, data={"key": bytes(32).hex()})
+        assert wrong.status_code == 400 and "does not open with this key" in wrong.text
+        assert f"prompt of {rid}" not in wrong.text
+        assert c.post(f"/request/{rid}/decrypt", headers=h, data={"key": "short"}).status_code == 400
+        ok = c.post(f"/request/{rid}/decrypt", headers=h, files={"key_file": ("capture.key", key)})
+        assert ok.status_code == 200 and ok.headers["cache-control"] == "no-store"
+        assert f"prompt of {rid}" in ok.text and f"response to {rid}" in ok.text
+        by_hex = c.post(f"/request/{rid}/decrypt", headers=h, data={"key": key.hex()})
+        assert f"prompt of {rid}" in by_hex.text
+    log = access(env)
+    opened = [e for e in log if e.get("viewed", {}).get("decrypted_capture")]
+    assert [e["viewed"]["decrypted_capture"] for e in opened] == [["decision", "outcome"]] * 2
+    assert all(e["subject"] == "olivia" and e["viewed"]["capture_key_ids"] == ["legal-1", "legal-1"] for e in opened)
+    text = (env["tmp"] / "access.jsonl").read_text()
+    assert key.hex() not in text and "prompt of" not in text
