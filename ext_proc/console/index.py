@@ -139,6 +139,28 @@ class Query:
         return " AND ".join(sql), args
 
 
+def _per_generation(method):
+    """Aggregates over the whole index are kept until the index changes (a static store's overview
+    is computed once); at most 256 kept."""
+    def wrapper(self, *args, **kwargs):
+        key = (method.__name__, repr(args), repr(sorted(kwargs.items())))
+        with self._memo_lock:
+            if self._memo_generation != self.generation:
+                self._memo.clear()
+                self._memo_generation = self.generation
+            if key in self._memo:
+                return self._memo[key]
+        value = method(self, *args, **kwargs)
+        with self._memo_lock:
+            if len(self._memo) >= 256:
+                self._memo.clear()
+            self._memo[key] = value
+        return value
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
 class Index:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -146,6 +168,9 @@ class Index:
         self._lock = threading.Lock()
         self._local = threading.local()
         self.generation = 0   # bumped whenever records were added or dropped
+        self._memo: dict = {}
+        self._memo_generation = 0
+        self._memo_lock = threading.Lock()
         with self._write() as db:
             db.executescript(SCHEMA)
             row = db.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
@@ -346,6 +371,7 @@ class Index:
             "WHERE kind = 'checkpoint' GROUP BY segment) c ON r.segment = c.segment AND r.line = c.line "
             "ORDER BY r.ts_ms DESC").fetchall()
 
+    @_per_generation
     def counts_by(self, column: str, q: Query, limit: int = 12) -> list[tuple[str, int]]:
         where, args = q.where()
         if column in TAG_FILTERS.values():
@@ -357,6 +383,7 @@ class Index:
                f"ORDER BY count(*) DESC LIMIT ?")
         return [(r[0] if r[0] is not None else "(none)", r[1]) for r in self.db().execute(sql, (*args, limit))]
 
+    @_per_generation
     def series(self, q: Query, bucket_ms: int, by: str | None) -> list[tuple[int, str, int]]:
         """(bucket start, group, count) for decisions over time."""
         where, args = q.where()
@@ -371,10 +398,12 @@ class Index:
         sql = f"SELECT (ts_ms / ?) * ?, coalesce({by}, '(none)'), count(*) FROM records WHERE {where} GROUP BY 1, 2 ORDER BY 1"
         return [tuple(r) for r in self.db().execute(sql, (bucket_ms, bucket_ms, *args))]
 
+    @_per_generation
     def time_span(self) -> tuple[int | None, int | None]:
         row = self.db().execute("SELECT min(ts_ms), max(ts_ms) FROM records WHERE kind = 'decision'").fetchone()
         return row[0], row[1]
 
+    @_per_generation
     def policy_versions(self) -> list[sqlite3.Row]:
         return self.db().execute(
             "SELECT policy_version, min(ts_ms) AS first_ms, max(ts_ms) AS last_ms, count(*) AS n FROM records "
