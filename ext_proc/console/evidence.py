@@ -48,7 +48,9 @@ def verify_store(parsed: list[tuple[str, list[bytes], bytes]]) -> StoreStatus:
     statuses: dict[str, SegmentStatus] = {}
     key_ids: set[str] = set()
     while True:
-        rep = verify_segments(remaining, jobs=1)
+        # Large stores: hashes and signatures on worker processes (the verifier decides), which also
+        # keeps this server process's GIL free for the pages meanwhile.
+        rep = verify_segments(remaining)
         key_ids |= set(rep.key_ids)
         if rep.ok:
             break
