@@ -253,7 +253,7 @@ class Console:
                 if attempt:
                     raise
                 if isinstance(stale, StaleIndex):
-                    self.index._drop_segment(stale.segment)
+                    self.index.forget_segment(stale.segment)
                 await self.refresh_index(force=True)
         return []
 

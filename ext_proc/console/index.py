@@ -262,6 +262,11 @@ class Index:
                                   stat=(None, None, None, None))
         return added
 
+    def forget_segment(self, name: str) -> None:
+        """Drop a segment whose records no longer match what was indexed; the next refresh indexes
+        it again from its records."""
+        self._drop_segment(name)
+
     def _drop_segment(self, name: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM tags WHERE rid IN (SELECT id FROM records WHERE segment = ?)", (name,))

@@ -201,3 +201,17 @@ def test_capture_opens_only_with_the_key_and_the_access_is_recorded(env):
     assert all(e["subject"] == "olivia" and e["viewed"]["capture_key_ids"] == ["legal-1", "legal-1"] for e in opened)
     text = (env["tmp"] / "access.jsonl").read_text()
     assert key.hex() not in text and "prompt of" not in text
+
+
+def test_a_record_changed_under_the_index_is_read_again_from_the_store(env):
+    h = {"authorization": f"Bearer {env['token']()}"}
+    with client_for(env) as c:
+        rid = json.loads(c.get("/export.json?subject=carol", headers=h).text)["records"][0]["request_id"]
+        assert 'record-state">verified' in c.get(f"/request/{rid}", headers=h).text
+        for f in env["audit"].glob("*.jsonl"):
+            data = f.read_bytes()
+            if rid.encode() in data:
+                f.write_bytes(data.replace(b'"subject":"carol"', b'"subject":"carox"'))
+        # At once (inside the index's refresh interval): the page shows what the store now holds.
+        page = c.get(f"/request/{rid}", headers=h).text
+        assert "carox" in page and 'record-state">broken' in page
