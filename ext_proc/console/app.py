@@ -362,7 +362,7 @@ class Console:
                 w = csv.DictWriter(buf, CSV_COLUMNS)
                 w.writeheader()
                 for item in flat():
-                    w.writerow(item)
+                    w.writerow({k: _csv_cell(v) for k, v in item.items()})
                     if buf.tell() > 65536:
                         yield buf.getvalue()
                         buf.seek(0)
@@ -479,6 +479,14 @@ class StaleIndex(Exception):
     def __init__(self, segment: str) -> None:
         super().__init__(segment)
         self.segment = segment
+
+
+def _csv_cell(value: Any) -> Any:
+    """Subjects, tenants and routes come from callers: a cell a spreadsheet would run as a
+    formula is quoted (OWASP's CSV injection advice)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 async def _capture_key(form) -> bytes | None:

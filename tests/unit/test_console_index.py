@@ -144,3 +144,11 @@ def test_extract_takes_labels_rules_and_roles_never_text():
     fields, tags = extract(rec)
     assert fields["outcome"] == "deny" and fields["status"] == 403 and fields["route"] == "/v1/x"
     assert tags == [("label", "pii.email"), ("label", "pii.phone"), ("role", "a"), ("role", "b"), ("rule", "r")]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_quoted():
+    from ext_proc.console.app import _csv_cell
+
+    assert _csv_cell('=HYPERLINK("http://x")') == '\'=HYPERLINK("http://x")'
+    assert _csv_cell("@SUM(A1)") == "'@SUM(A1)" and _csv_cell("-1") == "'-1"
+    assert _csv_cell("alice") == "alice" and _csv_cell(3) == 3 and _csv_cell(None) is None
