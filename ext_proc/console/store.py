@@ -82,6 +82,7 @@ class PostgresStore:
         self.dsn = dsn
         self.table = _table(table)
         self.label = f"postgresql table {self.table}"
+        self._names: dict[str, tuple[str, str]] = {}
 
     def _connect(self):
         import psycopg
@@ -90,22 +91,40 @@ class PostgresStore:
         conn.execute("SET default_transaction_read_only = on")
         return conn
 
+    def _segments(self, conn) -> dict[str, tuple[str, str, int]]:
+        """name -> (writer_id, segment_id, last seq); one pass over the primary key."""
+        out = {}
+        for writer, segment, last in conn.execute(
+                f"SELECT writer_id, segment_id, max(seq) FROM {self.table} GROUP BY writer_id, segment_id"):
+            out[f"{writer}-{segment}"] = (writer, segment, last)
+        self._names = {n: (w, s) for n, (w, s, _l) in out.items()}
+        return out
+
     def rows_after(self, watermarks: dict[str, int]) -> Iterator[tuple[str, int, bytes]]:
-        """(segment name, seq, record line) for every row past its segment's watermark, in order."""
+        """(segment name, seq, record line) for every row past its segment's watermark, in order;
+        each segment read by its primary key from where the index stopped."""
         with self._connect() as conn:
-            for writer, segment, seq, record in conn.execute(
-                    f"SELECT writer_id, segment_id, seq, record FROM {self.table} ORDER BY writer_id, segment_id, seq"):
-                name = f"{writer}-{segment}"
-                if seq > watermarks.get(name, -1):
+            for name, (writer, segment, last) in self._segments(conn).items():
+                mark = watermarks.get(name, -1)
+                if last <= mark:
+                    continue
+                for seq, record in conn.execute(
+                        f"SELECT seq, record FROM {self.table} WHERE writer_id = %s AND segment_id = %s "
+                        "AND seq > %s ORDER BY seq", (writer, segment, mark)):
                     yield name, seq, record.encode()
 
     def read_record(self, name: str, seq: int) -> bytes:
         with self._connect() as conn:
-            for writer, segment, record in conn.execute(
-                    f"SELECT writer_id, segment_id, record FROM {self.table} WHERE seq = %s", (seq,)):
-                if f"{writer}-{segment}" == name:
-                    return record.encode()
-        raise FileNotFoundError(f"{name}:{seq}")
+            if name not in self._names:
+                self._segments(conn)
+            if name not in self._names:
+                raise FileNotFoundError(f"{name}:{seq}")
+            writer, segment = self._names[name]
+            row = conn.execute(f"SELECT record FROM {self.table} WHERE writer_id = %s AND segment_id = %s "
+                               "AND seq = %s", (writer, segment, seq)).fetchone()
+        if row is None:
+            raise FileNotFoundError(f"{name}:{seq}")
+        return row[0].encode()
 
     def segment_lines(self, name: str) -> list[bytes]:
         for n, lines, _t in self.parsed():

@@ -44,11 +44,11 @@ def env(tmp_path):
     return {"var": var, "audit": audit, "token": token, "v1": v1, "v2": v2, "tmp": tmp_path}
 
 
-def client_for(env, store=None):
+def client_for(env, store=None, refresh_s=2.0):
     store = store or FileStore(env["audit"])
     console = Console(store, Index(env["tmp"] / "cache" / f"{uuid.uuid4().hex}.sqlite"),
                       AuditorAuth(identity_config(None, env["var"])), AccessLog(env["tmp"] / "access.jsonl"),
-                      env["var"] / "policy-store")
+                      env["var"] / "policy-store", refresh_s=refresh_s)
     return TestClient(create_app(console))
 
 
@@ -139,13 +139,20 @@ def test_console_over_the_postgresql_store(env):
         for line in f.read_text().splitlines():
             rec = json.loads(line)
             rows.append((rec["writer_id"], rec["segment_id"], rec["seq"], line, rec.get("request_id")))
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA_SQL.format(table=table))
-        with conn.cursor() as cur:
-            cur.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s, %s, %s)", rows)
+    first, rest = [r for r in rows if r[2] < 200], [r for r in rows if r[2] >= 200]
+
+    def insert(batch):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SCHEMA_SQL.format(table=table))
+            with conn.cursor() as cur:
+                cur.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s, %s, %s)", batch)
+    insert(first)
     try:
         h = {"authorization": f"Bearer {env['token']()}"}
-        with client_for(env, PostgresStore(dsn, table)) as c:
+        with client_for(env, PostgresStore(dsn, table), refresh_s=0) as c:
+            part = json.loads(c.get("/export.json", headers=h).text)["records"]
+            assert len(part) == sum(1 for r in first if json.loads(r[3]).get("kind") == "decision")
+            insert(rest)  # appended rows are indexed on the next look
             exported = json.loads(c.get("/export.json?subject=bob", headers=h).text)["records"]
             want = sorted(json.loads(r[3])["request_id"] for r in rows
                           if json.loads(r[3]).get("kind") == "decision" and json.loads(r[3])["identity"]["subject"] == "bob")
