@@ -171,12 +171,13 @@ class Index:
         self._memo: dict = {}
         self._memo_generation = 0
         self._memo_lock = threading.Lock()
-        with self._write() as db:
-            db.executescript(SCHEMA)
+        with self._lock:
+            db = self.db()
+            db.executescript(SCHEMA)   # executescript commits by itself: no explicit transaction here
             row = db.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
             if row is None or row[0] != str(SCHEMA_VERSION):
-                db.executescript("DELETE FROM records; DELETE FROM tags; DELETE FROM segments;")
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                db.executescript("DELETE FROM records; DELETE FROM tags; DELETE FROM segments; "
+                                 f"INSERT OR REPLACE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');")
 
     # --- connections: one per thread for reads, a lock around writes -----------------------------
     def db(self) -> sqlite3.Connection:

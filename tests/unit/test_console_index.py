@@ -152,3 +152,12 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_quoted():
     assert _csv_cell('=HYPERLINK("http://x")') == '\'=HYPERLINK("http://x")'
     assert _csv_cell("@SUM(A1)") == "'@SUM(A1)" and _csv_cell("-1") == "'-1"
     assert _csv_cell("alice") == "alice" and _csv_cell(3) == 3 and _csv_cell(None) is None
+
+
+def test_an_existing_index_is_reopened_and_kept(tmp_path):
+    audit = tmp_path / "audit"
+    write_sample_store(audit, requests=30, start_ms=START, span_ms=HOUR)
+    index = Index(tmp_path / "i.sqlite")
+    n = index.refresh(FileStore(audit))
+    again = Index(tmp_path / "i.sqlite")
+    assert again.total() == n and again.refresh(FileStore(audit)) == 0
