@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS records (
   subject TEXT, tenant TEXT, route TEXT, outcome TEXT, code TEXT, provider TEXT, model TEXT,
   policy_version TEXT, status INTEGER, tree_size INTEGER
 );
-CREATE TABLE IF NOT EXISTS tags (rid INTEGER NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL);
+-- The multi-valued fields of decisions (roles, rules, labels), with the decision's time: a tag
+-- filter reads one index range in time order.
+CREATE TABLE IF NOT EXISTS tags (rid INTEGER NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL, ts_ms INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS records_where ON records (segment, line);
 CREATE INDEX IF NOT EXISTS records_kind_ts ON records (kind, ts_ms);
 CREATE INDEX IF NOT EXISTS records_request ON records (request_id);
@@ -45,8 +47,8 @@ CREATE INDEX IF NOT EXISTS records_outcome ON records (kind, outcome, ts_ms);
 CREATE INDEX IF NOT EXISTS records_provider ON records (kind, provider, ts_ms);
 CREATE INDEX IF NOT EXISTS records_model ON records (kind, model, ts_ms);
 CREATE INDEX IF NOT EXISTS records_policy ON records (kind, policy_version, ts_ms);
-CREATE INDEX IF NOT EXISTS tags_kv ON tags (k, v, rid);
-CREATE INDEX IF NOT EXISTS tags_rid ON tags (rid);
+CREATE INDEX IF NOT EXISTS tags_kv ON tags (k, v, ts_ms, rid);
+CREATE INDEX IF NOT EXISTS tags_rid ON tags (rid, k, v);
 """
 
 # Search filters: URL parameter -> (column or tag kind). Tags hold the multi-valued fields.
@@ -123,25 +125,44 @@ class Query:
     from_ms: int | None = None
     to_ms: int | None = None
 
-    def where(self) -> tuple[str, list[Any]]:
-        sql, args = ["kind = 'decision'"], []
+    def plan(self) -> "Plan":
+        """The SQL for the decisions this query selects. Without a tag filter, the records table
+        (one of its (kind, column, ts_ms) indexes); with one, that tag's (k, v, ts_ms) index range
+        drives, in time order, and the other filters are checked on the rows it yields."""
+        tags = [(k, self.filters[name]) for name, k in TAG_FILTERS.items() if self.filters.get(name)]
+        cond: list[str] = []
+        args: list[Any] = []
+        if tags:
+            source, ts, rid = "tags t0 JOIN records r ON r.id = t0.rid", "t0.ts_ms", "t0.rid"
+            cond.append("t0.k = ? AND t0.v = ?")
+            args += list(tags[0])
+        else:
+            source, ts, rid = "records r", "r.ts_ms", "r.id"
+            cond.append("r.kind = 'decision'")
         if self.from_ms is not None:
-            sql.append("ts_ms >= ?")
+            cond.append(f"{ts} >= ?")
             args.append(self.from_ms)
         if self.to_ms is not None:
-            sql.append("ts_ms < ?")
+            cond.append(f"{ts} < ?")
             args.append(self.to_ms)
         for name, col in COLUMN_FILTERS.items():
             v = self.filters.get(name)
             if v:
-                sql.append(f"{col} = ?")
+                cond.append(f"r.{col} = ?")
                 args.append(v)
-        for name, k in TAG_FILTERS.items():
-            v = self.filters.get(name)
-            if v:
-                sql.append("id IN (SELECT rid FROM tags WHERE k = ? AND v = ?)")
-                args += [k, v]
-        return " AND ".join(sql), args
+        for i, (k, v) in enumerate(tags[1:], start=1):
+            cond.append(f"EXISTS (SELECT 1 FROM tags t{i} WHERE t{i}.rid = r.id AND t{i}.k = ? AND t{i}.v = ?)")
+            args += [k, v]
+        return Plan(source, " AND ".join(cond), args, ts, rid)
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    where: str
+    args: list
+    ts: str
+    rid: str
 
 
 def _per_generation(method):
@@ -298,6 +319,8 @@ class Index:
                 fields, tags = {"kind": "unreadable"}, []
             else:
                 fields, tags = extract(rec)
+                if fields["kind"] != "decision":
+                    tags = []   # the filters select decisions
                 if fields["kind"] == "genesis":
                     genesis = rec
             rows.append((name, line_no, offset, length, hashlib.sha256(raw).hexdigest(),
@@ -317,32 +340,34 @@ class Index:
             for row, tags in zip(rows, tag_rows):
                 cur = db.execute(f"INSERT INTO records ({','.join(_COLS)}) VALUES ({placeholders})", row)
                 if tags:
-                    db.executemany("INSERT INTO tags VALUES (?, ?, ?)", [(cur.lastrowid, k, v) for k, v in tags])
+                    db.executemany("INSERT INTO tags VALUES (?, ?, ?, ?)",
+                                   [(cur.lastrowid, k, v, row[8]) for k, v in tags])
         if rows:
             self.generation += 1
         return len(rows)
 
     # --- reading ----------------------------------------------------------------------------------
     def count(self, q: Query, cap: int = COUNT_CAP) -> int:
-        where, args = q.where()
-        return self.db().execute(f"SELECT count(*) FROM (SELECT 1 FROM records WHERE {where} LIMIT ?)",
-                                 (*args, cap)).fetchone()[0]
+        p = q.plan()
+        return self.db().execute(f"SELECT count(*) FROM (SELECT 1 FROM {p.source} WHERE {p.where} LIMIT ?)",
+                                 (*p.args, cap)).fetchone()[0]
 
     def search(self, q: Query, *, limit: int, offset: int = 0) -> list[sqlite3.Row]:
-        where, args = q.where()
+        p = q.plan()
         return self.db().execute(
-            f"SELECT * FROM records WHERE {where} ORDER BY ts_ms DESC, id DESC LIMIT ? OFFSET ?",
-            (*args, limit, offset)).fetchall()
+            f"SELECT r.* FROM {p.source} WHERE {p.where} ORDER BY {p.ts} DESC, {p.rid} DESC LIMIT ? OFFSET ?",
+            (*p.args, limit, offset)).fetchall()
 
     def iter_search(self, q: Query, batch: int = 2000) -> Iterable[sqlite3.Row]:
-        where, args = q.where()
+        p = q.plan()
         last = None
         while True:
             extra, extra_args = "", []
-            if last is not None:
-                extra, extra_args = " AND (ts_ms < ? OR (ts_ms = ? AND id < ?))", [last[0], last[0], last[1]]
-            rows = self.db().execute(f"SELECT * FROM records WHERE {where}{extra} ORDER BY ts_ms DESC, id DESC "
-                                     "LIMIT ?", (*args, *extra_args, batch)).fetchall()
+            if last is not None:   # keyset paging: each batch is an index range, however deep
+                extra, extra_args = f" AND ({p.ts} < ? OR ({p.ts} = ? AND {p.rid} < ?))", [last[0], last[0], last[1]]
+            rows = self.db().execute(f"SELECT r.* FROM {p.source} WHERE {p.where}{extra} "
+                                     f"ORDER BY {p.ts} DESC, {p.rid} DESC LIMIT ?",
+                                     (*p.args, *extra_args, batch)).fetchall()
             if not rows:
                 return
             yield from rows
@@ -391,30 +416,30 @@ class Index:
 
     @_per_generation
     def counts_by(self, column: str, q: Query, limit: int = 12) -> list[tuple[str, int]]:
-        where, args = q.where()
+        p = q.plan()
         if column in TAG_FILTERS.values():
-            sql = (f"SELECT t.v, count(*) FROM tags t JOIN records r ON r.id = t.rid WHERE t.k = ? AND "
-                   f"r.id IN (SELECT id FROM records WHERE {where}) GROUP BY t.v ORDER BY count(*) DESC LIMIT ?")
-            return [(r[0], r[1]) for r in self.db().execute(sql, (column, *args, limit))]
+            sql = (f"SELECT t.v, count(*) FROM tags t WHERE t.k = ? AND t.rid IN "
+                   f"(SELECT {p.rid} FROM {p.source} WHERE {p.where}) GROUP BY t.v ORDER BY 2 DESC LIMIT ?")
+            return [(r[0], r[1]) for r in self.db().execute(sql, (column, *p.args, limit))]
         assert column in COLUMN_FILTERS.values()
-        sql = (f"SELECT {column}, count(*) FROM records WHERE {where} GROUP BY {column} "
-               f"ORDER BY count(*) DESC LIMIT ?")
-        return [(r[0] if r[0] is not None else "(none)", r[1]) for r in self.db().execute(sql, (*args, limit))]
+        sql = f"SELECT r.{column}, count(*) FROM {p.source} WHERE {p.where} GROUP BY 1 ORDER BY 2 DESC LIMIT ?"
+        return [(r[0] if r[0] is not None else "(none)", r[1]) for r in self.db().execute(sql, (*p.args, limit))]
 
     @_per_generation
     def series(self, q: Query, bucket_ms: int, by: str | None) -> list[tuple[int, str, int]]:
         """(bucket start, group, count) for decisions over time."""
-        where, args = q.where()
+        p = q.plan()
         if by is None:
-            sql = f"SELECT (ts_ms / ?) * ?, 'decisions', count(*) FROM records WHERE {where} GROUP BY 1 ORDER BY 1"
-            return [tuple(r) for r in self.db().execute(sql, (bucket_ms, bucket_ms, *args))]
+            sql = f"SELECT ({p.ts} / ?) * ?, 'decisions', count(*) FROM {p.source} WHERE {p.where} GROUP BY 1 ORDER BY 1"
+            return [tuple(r) for r in self.db().execute(sql, (bucket_ms, bucket_ms, *p.args))]
         if by in TAG_FILTERS.values():
-            sql = (f"SELECT (r.ts_ms / ?) * ?, t.v, count(*) FROM records r JOIN tags t ON t.rid = r.id AND t.k = ? "
-                   f"WHERE r.id IN (SELECT id FROM records WHERE {where}) GROUP BY 1, 2 ORDER BY 1")
-            return [tuple(r) for r in self.db().execute(sql, (bucket_ms, bucket_ms, by, *args))]
+            sql = (f"SELECT (t.ts_ms / ?) * ?, t.v, count(*) FROM tags t WHERE t.k = ? AND t.rid IN "
+                   f"(SELECT {p.rid} FROM {p.source} WHERE {p.where}) GROUP BY 1, 2 ORDER BY 1")
+            return [tuple(r) for r in self.db().execute(sql, (bucket_ms, bucket_ms, by, *p.args))]
         assert by in COLUMN_FILTERS.values()
-        sql = f"SELECT (ts_ms / ?) * ?, coalesce({by}, '(none)'), count(*) FROM records WHERE {where} GROUP BY 1, 2 ORDER BY 1"
-        return [tuple(r) for r in self.db().execute(sql, (bucket_ms, bucket_ms, *args))]
+        sql = (f"SELECT ({p.ts} / ?) * ?, coalesce(r.{by}, '(none)'), count(*) FROM {p.source} WHERE {p.where} "
+               "GROUP BY 1, 2 ORDER BY 1")
+        return [tuple(r) for r in self.db().execute(sql, (bucket_ms, bucket_ms, *p.args))]
 
     @_per_generation
     def time_span(self) -> tuple[int | None, int | None]:

@@ -50,6 +50,11 @@ def test_filters_agree_with_a_scan_of_the_records(tmp_path):
          lambda r: r["route"]["path"] == "/v1/messages" and r["identity"]["tenant"] == "acme"),
         ({"provider": "gemini", "model": "gemini-2.0-flash"}, lambda r: r["provider"] == "gemini"),
         ({"policy": "b" * 64}, lambda r: r["policy"]["version"] == "b" * 64),
+        ({"rule": "redact-pii", "label": "pii.email", "tenant": "globex"},
+         lambda r: r["decision"]["matched"][0]["rule"] == "redact-pii" and "pii.email" in r["classification"]["summary"]
+         and r["identity"]["tenant"] == "globex"),
+        ({"label": "pii.phone", "role": "support"},
+         lambda r: "pii.phone" in r["classification"]["summary"] and "support" in r["identity"]["roles"]),
     ]
     for filters, pred in cases:
         want = brute(audit, pred)
@@ -58,6 +63,14 @@ def test_filters_agree_with_a_scan_of_the_records(tmp_path):
         assert index.count(Query(filters)) == len(want)
     window = Query({}, START + 2 * HOUR, START + 3 * HOUR)
     assert found(index, window) == brute(audit, lambda r: START + 2 * HOUR <= r["timestamp_ms"] < START + 3 * HOUR)
+    labelled = Query({"label": "pii.iban"}, START + 2 * HOUR, START + 6 * HOUR)
+    want = brute(audit, lambda r: START + 2 * HOUR <= r["timestamp_ms"] < START + 6 * HOUR
+                 and "pii.iban" in r["classification"]["summary"])
+    assert want and found(index, labelled) == want and index.count(labelled) == len(want)
+    assert dict(index.counts_by("outcome", labelled)) == {
+        o: n for o in ("permit", "redact", "deny", "observe")
+        if (n := len(brute(audit, lambda r: START + 2 * HOUR <= r["timestamp_ms"] < START + 6 * HOUR
+                           and "pii.iban" in r["classification"]["summary"] and r["decision"]["outcome"] == o)))}
     # Pages are disjoint and cover the set, newest first.
     pages = [index.search(Query({"decision": "deny"}), limit=10, offset=o) for o in range(0, 200, 10)]
     ids = [r["request_id"] for p in pages for r in p]
