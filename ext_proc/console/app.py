@@ -29,7 +29,7 @@ from ext_proc.console import charts
 from ext_proc.console.auth import AccessLog, AuditorAuth
 from ext_proc.console.chainstatus import ChainStatus, record_verdict
 from ext_proc.console.evidence import replay_with
-from ext_proc.console.index import FILTERS, Index, Query
+from ext_proc.console.index import COUNT_CAP, FILTERS, Index, Query
 from ext_proc.identity.model import Identity, IdentityError
 
 HERE = Path(__file__).parent
@@ -219,13 +219,21 @@ class Console:
             page = max(1, int(request.query_params.get("page", "1")))
         except ValueError:
             page = 1
-        total = self.index.count(q)
-        rows = self._rows(self.index.search(q, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE))
-        ctx = dict(q=q, rows=rows, total=total, page=page, pages=max(1, -(-total // PAGE_SIZE)),
-                   page_size=PAGE_SIZE)
+        # One row more than a page says whether there is a next page; the number of matches is
+        # counted by a separate request (/search/count, loaded by htmx) so the page never waits
+        # for a count over a broad filter.
+        found = self.index.search(q, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
+        rows = self._rows(found[:PAGE_SIZE])
+        ctx = dict(q=q, rows=rows, page=page, has_next=len(found) > PAGE_SIZE, page_size=PAGE_SIZE)
         name = "_results.html" if request.headers.get("hx-request") and \
             request.headers.get("hx-target") == "results" else "search.html"
         return self.render(request, name, me, **ctx), {"search": query_params(q), "page": page}
+
+    async def search_count(self, request: Request, me: Identity):
+        q = query_from(request.query_params)
+        total = await asyncio.to_thread(self.index.count, q)
+        return self.render(request, "_count.html", me, total=total, cap=COUNT_CAP,
+                           pages=max(1, -(-total // PAGE_SIZE))), {"count": query_params(q)}
 
     def _load(self, row) -> tuple[bytes, dict]:
         """A record's bytes, read from the store (never from the index), checked against the digest
@@ -535,6 +543,7 @@ def create_app(console: Console) -> Starlette:
         Route("/logout", console.logout, methods=["POST"]),
         Route("/", p(console.overview)),
         Route("/search", p(console.search)),
+        Route("/search/count", p(console.search_count)),
         Route("/request/{request_id}", p(console.one_request)),
         Route("/request/{request_id}/report", p(console.one_request)),
         Route("/request/{request_id}/decrypt", p(console.decrypt), methods=["POST"]),

@@ -151,9 +151,11 @@ class Query:
                 cond.append(f"r.{col} = ?")
                 args.append(v)
         for i, (k, v) in enumerate(tags[1:], start=1):
-            cond.append(f"EXISTS (SELECT 1 FROM tags t{i} WHERE t{i}.rid = r.id AND t{i}.k = ? AND t{i}.v = ?)")
+            cond.append(f"EXISTS (SELECT 1 FROM tags t{i} WHERE t{i}.rid = {rid} AND t{i}.k = ? AND t{i}.v = ?)")
             args += [k, v]
-        return Plan(source, " AND ".join(cond), args, ts, rid)
+        # Only tag filters (and time): counting needs no row of the records table at all.
+        bare = bool(tags) and not any(self.filters.get(name) for name in COLUMN_FILTERS)
+        return Plan(source, " AND ".join(cond), args, ts, rid, "tags t0" if bare else source)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class Plan:
     args: list
     ts: str
     rid: str
+    count_source: str
 
 
 def _per_generation(method):
@@ -349,7 +352,7 @@ class Index:
     # --- reading ----------------------------------------------------------------------------------
     def count(self, q: Query, cap: int = COUNT_CAP) -> int:
         p = q.plan()
-        return self.db().execute(f"SELECT count(*) FROM (SELECT 1 FROM {p.source} WHERE {p.where} LIMIT ?)",
+        return self.db().execute(f"SELECT count(*) FROM (SELECT 1 FROM {p.count_source} WHERE {p.where} LIMIT ?)",
                                  (*p.args, cap)).fetchone()[0]
 
     def search(self, q: Query, *, limit: int, offset: int = 0) -> list[sqlite3.Row]:

@@ -124,6 +124,7 @@ def test_console_shows_filters_verifies_and_exports(stack, traffic, tmp_path):
 
         # Everything, then narrowed to one subject: exactly that subject's three requests.
         d.get(base + "/search")
+        WebDriverWait(d, 10).until(EC.text_to_be_present_in_element((By.ID, "match-count"), "matching"))
         everything = int(d.find_element(By.ID, "match-count").text.split()[0])
         assert everything >= 4
         d.find_element(By.ID, "f-subject").send_keys(traffic["dev"])
