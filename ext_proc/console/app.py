@@ -534,6 +534,7 @@ def create_app(console: Console) -> Starlette:
         try:
             yield
         finally:
+            console.chain.close()
             await console.auth.close()
 
     p = console.page

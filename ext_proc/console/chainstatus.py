@@ -4,6 +4,7 @@ the index), cached until the store changes, and the verdict on one record derive
 from __future__ import annotations
 
 import base64
+import multiprocessing
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ class ChainStatus:
         self._running = False
         self.verified_at: float | None = None
         self.error: str | None = None
+        self._child = None
+        self._closed = False
 
     def current(self, wait_s: float = 5.0) -> tuple[StoreStatus | None, bool]:
         """(the latest verdict or None, whether it is for the store as it is now)."""
@@ -38,16 +41,58 @@ class ChainStatus:
             return self._status, (fp == self._fingerprint and not self._running)
 
     def _run(self, fp) -> None:
+        """The verifier runs in a child process (spawned: this one has threads): the pages stay
+        responsive while it works through a large store, and close() can stop it outright."""
+        parent, child = _MP.Pipe(duplex=False)
+        proc = _MP.Process(target=_verify_in_child, args=(child, self.store.spec), daemon=True,
+                           name="ledgergate-console-verify")
+        status, error = None, "verification was stopped"
         try:
-            status = verify_store(self.store.parsed())
-            error = None
-        except Exception as exc:  # noqa: BLE001 - shown on the page: the evidence is unproven
-            status, error = None, f"verification could not run: {type(exc).__name__}"
+            with self._lock:
+                if self._closed:
+                    return
+                proc.start()
+                self._child = proc
+            child.close()
+            try:
+                outcome, value = parent.recv()
+            except EOFError:
+                outcome, value = "error", "verification process ended without a verdict"
+            status, error = (value, None) if outcome == "ok" else (None, f"verification could not run: {value}")
+        finally:
+            parent.close()
+            if proc.pid is not None:
+                proc.join(timeout=5)
+            with self._lock:
+                self._child = None
+                if not self._closed:
+                    self._status, self._fingerprint, self.error = status, fp, error
+                    self.verified_at = time.time()
+                self._running = False
+                self._done.notify_all()
+
+    def close(self) -> None:
         with self._lock:
-            self._status, self._fingerprint, self.error = status, fp, error
-            self.verified_at = time.time()
-            self._running = False
-            self._done.notify_all()
+            self._closed = True
+            child = self._child
+        if child is not None and child.is_alive():
+            child.terminate()
+            child.join(timeout=5)
+
+
+_MP = multiprocessing.get_context("spawn")
+
+
+def _verify_in_child(conn, spec: tuple[str, str]) -> None:
+    from ext_proc.console.store import open_store
+
+    try:
+        status = verify_store(open_store(*spec).parsed())
+        conn.send(("ok", status))
+    except Exception as exc:  # noqa: BLE001 - reported to the page as "could not run"
+        conn.send(("error", type(exc).__name__))
+    finally:
+        conn.close()
 
 
 @dataclass

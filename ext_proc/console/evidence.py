@@ -48,9 +48,9 @@ def verify_store(parsed: list[tuple[str, list[bytes], bytes]]) -> StoreStatus:
     statuses: dict[str, SegmentStatus] = {}
     key_ids: set[str] = set()
     while True:
-        # Large stores: hashes and signatures on worker processes (the verifier decides), which also
-        # keeps this server process's GIL free for the pages meanwhile.
-        rep = verify_segments(remaining)
+        # One process (the console runs this in a child of its own): a pool inside it would
+        # outlive a stopped console.
+        rep = verify_segments(remaining, jobs=1)
         key_ids |= set(rep.key_ids)
         if rep.ok:
             break

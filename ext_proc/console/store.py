@@ -31,6 +31,7 @@ class FileStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory).resolve()
         self.label = str(self.directory)
+        self.spec = (str(self.directory), "ledgergate_audit")   # open_store's arguments, for a child process
 
     def segments(self) -> list[SegmentFile]:
         out = []
@@ -82,6 +83,7 @@ class PostgresStore:
         self.dsn = dsn
         self.table = _table(table)
         self.label = f"postgresql table {self.table}"
+        self.spec = (dsn, self.table)
         self._names: dict[str, tuple[str, str]] = {}
 
     def _connect(self):

@@ -94,12 +94,17 @@ def main() -> int:
                 count_lat.append((time.perf_counter() - t0) * 1000)
                 assert r.status_code == 200 and "matching" in r.text, (u, r.status_code)
             t0 = time.perf_counter()
-            r = c.get("/")
-            overview_first_ms = (time.perf_counter() - t0) * 1000
-            t0 = time.perf_counter()
             r = c.get("/export.csv?subject=alice&decision=deny")
             export_ms = (time.perf_counter() - t0) * 1000
             export_rows = r.text.count("\n") - 1
+            # The overview: whole-index aggregates, and the verification of the whole store starts
+            # in a child process (the page waits for it at most 5 s, then says it is running).
+            t0 = time.perf_counter()
+            r = c.get("/")
+            overview_first_ms = (time.perf_counter() - t0) * 1000
+            t0 = time.perf_counter()
+            c.get("/")
+            overview_again_ms = (time.perf_counter() - t0) * 1000
     finally:
         proc.terminate()
         proc.wait(30)
@@ -114,6 +119,7 @@ def main() -> int:
                                  "p95": round(count_lat[int(len(count_lat) * 0.95) - 1], 1),
                                  "max": round(count_lat[-1], 1)},
               "overview_first_view_ms": round(overview_first_ms, 1),
+              "overview_again_ms": round(overview_again_ms, 1),
               "export_csv_ms": round(export_ms, 1), "export_rows": export_rows}
     print(json.dumps(result, indent=2))
     return 0
