@@ -186,9 +186,11 @@ class Console:
         for row in self.index.segments():
             s = status.segments.get(row["name"]) if status else None
             segs.append({"row": row, "status": s})
-        hourly = charts.over_time(self.index.series(q, 3_600_000, "outcome"),
-                                  start_ms=q.from_ms or first or 0, end_ms=q.to_ms or last or 0,
-                                  bucket_ms=3_600_000, title="Decisions per hour, by outcome",
+        start, end = q.from_ms or first or 0, q.to_ms or last or 0
+        # Per hour up to a couple of days; longer spans get wider buckets (at most ~60 bars).
+        bucket = max(3_600_000, charts.bucket_for(max(1, end - start)))
+        hourly = charts.over_time(self.index.series(q, bucket, "outcome"), start_ms=start, end_ms=end,
+                                  bucket_ms=bucket, title=f"Decisions per {_bucket_name(bucket)}, by outcome",
                                   colors=charts.OUTCOME_COLORS,
                                   zoom=lambda a, b: url("/charts", q, by="outcome", **{"from": a, "to": b})) \
             if first is not None else ""

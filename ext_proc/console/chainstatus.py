@@ -27,6 +27,7 @@ class ChainStatus:
         self.error: str | None = None
         self._child = None
         self._closed = False
+        self._started = 0.0
 
     def current(self, wait_s: float = 5.0) -> tuple[StoreStatus | None, bool]:
         """(the latest verdict or None, whether it is for the store as it is now)."""
@@ -34,8 +35,11 @@ class ChainStatus:
         with self._lock:
             if fp != self._fingerprint and not self._running:
                 self._running = True
+                self._started = time.time()
                 threading.Thread(target=self._run, args=(fp,), daemon=True, name="console-verify").start()
-            deadline = time.time() + wait_s
+            # Waiting is bounded from the start of the verification, not per caller: while a large
+            # store is being verified, later views return at once with the last verdict.
+            deadline = self._started + wait_s
             while self._running and time.time() < deadline:
                 self._done.wait(max(0.0, deadline - time.time()))
             return self._status, (fp == self._fingerprint and not self._running)
