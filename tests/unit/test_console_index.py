@@ -174,3 +174,20 @@ def test_an_existing_index_is_reopened_and_kept(tmp_path):
     n = index.refresh(FileStore(audit))
     again = Index(tmp_path / "i.sqlite")
     assert again.total() == n and again.refresh(FileStore(audit)) == 0
+
+
+def test_console_binds_loopback_unless_told_and_keeps_its_index_out_of_the_store(tmp_path):
+    import pytest
+
+    from ext_proc.console.cli import build_console, build_parser, is_loopback, parse_listen, run
+
+    assert parse_listen("127.0.0.1:8600") == ("127.0.0.1", 8600) and parse_listen("[::1]:9") == ("::1", 9)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
+    with pytest.raises(SystemExit, match="loopback"):
+        run(["--audit", str(tmp_path), "--listen", "0.0.0.0:8600"])
+    audit = tmp_path / "audit"
+    write_sample_store(audit, requests=2, start_ms=START, span_ms=HOUR)
+    with pytest.raises(SystemExit, match="inside the audit store"):
+        build_console(build_parser().parse_args(["--audit", str(audit), "--index", str(audit / "i.sqlite")]))
+    assert not (audit / "i.sqlite").exists()
