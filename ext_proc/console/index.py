@@ -202,11 +202,16 @@ class Index:
         self._memo_lock = threading.Lock()
         with self._lock:
             db = self.db()
-            db.executescript(SCHEMA)   # executescript commits by itself: no explicit transaction here
+            # executescript commits by itself: no explicit transaction around these.
+            db.executescript("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);")
             row = db.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
             if row is None or row[0] != str(SCHEMA_VERSION):
-                db.executescript("DELETE FROM records; DELETE FROM tags; DELETE FROM segments; "
-                                 f"INSERT OR REPLACE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');")
+                # An index of another layout (or none): start again from the records.
+                db.executescript("DROP TABLE IF EXISTS tags; DROP TABLE IF EXISTS records; "
+                                 "DROP TABLE IF EXISTS segments; DELETE FROM meta;")
+            db.executescript(SCHEMA)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            db.commit()
 
     # --- connections: one per thread for reads, a lock around writes -----------------------------
     def db(self) -> sqlite3.Connection:

@@ -191,3 +191,18 @@ def test_console_binds_loopback_unless_told_and_keeps_its_index_out_of_the_store
     with pytest.raises(SystemExit, match="inside the audit store"):
         build_console(build_parser().parse_args(["--audit", str(audit), "--index", str(audit / "i.sqlite")]))
     assert not (audit / "i.sqlite").exists()
+
+
+def test_an_index_of_another_layout_is_rebuilt_from_the_records(tmp_path):
+    import sqlite3
+
+    audit = tmp_path / "audit"
+    write_sample_store(audit, requests=200, start_ms=START, span_ms=HOUR)
+    old = sqlite3.connect(tmp_path / "i.sqlite")
+    old.executescript("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT); INSERT INTO meta VALUES ('schema', '0');"
+                      "CREATE TABLE tags (rid INTEGER, k TEXT, v TEXT); INSERT INTO tags VALUES (1, 'x', 'y');")
+    old.close()
+    index = Index(tmp_path / "i.sqlite")
+    assert index.refresh(FileStore(audit)) == len(records(audit))
+    want = brute(audit, lambda r: "pii.email" in r["classification"]["summary"])
+    assert want and found(index, Query({"label": "pii.email"})) == want
