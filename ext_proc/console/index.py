@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 3
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS segments (
@@ -50,6 +48,9 @@ CREATE INDEX IF NOT EXISTS records_policy ON records (kind, policy_version, ts_m
 CREATE INDEX IF NOT EXISTS tags_kv ON tags (k, v, ts_ms, rid);
 CREATE INDEX IF NOT EXISTS tags_rid ON tags (rid, k, v);
 """
+
+# The layout's own digest names it: any change to it rebuilds an existing index from the records.
+SCHEMA_VERSION = hashlib.sha256(SCHEMA.encode()).hexdigest()[:16]
 
 # Search filters: URL parameter -> (column or tag kind). Tags hold the multi-valued fields.
 COLUMN_FILTERS = {"subject": "subject", "tenant": "tenant", "route": "route", "decision": "outcome",
