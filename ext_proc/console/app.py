@@ -92,7 +92,7 @@ def url(path: str, q: Query | None = None, **extra: Any) -> str:
 
 class Console:
     def __init__(self, store, index: Index, auth: AuditorAuth, access_log: AccessLog,
-                 policy_store: str | Path | None = None, *, refresh_s: float = 2.0) -> None:
+                 policy_store: str | Path | None = None, *, refresh_s: float = 0.5) -> None:
         self.store = store
         self.index = index
         self.auth = auth

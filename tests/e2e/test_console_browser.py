@@ -252,3 +252,33 @@ def test_console_refuses_a_token_without_the_auditor_role(stack, tmp_path):
         proc.terminate()
         proc.wait(10)
     assert all(e["status"] in (401, 303) for e in map(json.loads, access_log.read_text().splitlines()))
+
+
+def test_ledgergate_up_starts_the_console_and_prints_its_url_and_a_dev_auditor_token(tmp_path):
+    """What `make run` prints: the console's URL and a token that signs an auditor in."""
+    from tests.support import start_stack
+
+    port = free_ports(1)[0]
+    s = start_stack(tmp_path, "--console-port", str(port))
+    try:
+        deadline = time.time() + 30
+        while b"Auditor's console" not in s.log_path.read_bytes() and time.time() < deadline:
+            time.sleep(0.1)
+        lines = s.log_path.read_text().splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith("Auditor's console:"))
+        assert f"http://127.0.0.1:{port}/" in lines[at]
+        token = lines[at + 1].strip()
+        r = chat(s, s.token(sub="up-check"), "hello from make run")
+        assert r.status_code == 200
+        for _ in range(50):  # the console indexes new records on its next look (at most every 0.5 s)
+            page = httpx.get(f"http://127.0.0.1:{port}/search?subject=up-check",
+                             headers={"authorization": f"Bearer {token}"}, timeout=30)
+            assert page.status_code == 200
+            if r.headers["x-request-id"] in page.text:
+                break
+            time.sleep(0.2)
+        assert r.headers["x-request-id"] in page.text
+        assert httpx.get(f"http://127.0.0.1:{port}/search", timeout=30).status_code == 401
+    finally:
+        s.stop()
+    assert (s.var_dir / "console" / "access.jsonl").read_text().count("dev-auditor") >= 1
