@@ -38,6 +38,7 @@ PAGE_SIZE = 50
 EXPORT_MAX = 100_000
 REPORT_MAX = 2_000
 WHATIF_MAX = 20_000
+LARGE_STORE = 200_000   # records
 CSV_COLUMNS = ("time_utc", "request_id", "outcome", "code", "status", "subject", "tenant", "roles", "route",
                "provider", "model", "rules", "labels", "policy_version", "outcome_status", "segment", "line", "hash")
 
@@ -179,7 +180,10 @@ class Console:
         return resp
 
     async def overview(self, request: Request, me: Identity):
-        status, fresh = await asyncio.to_thread(self.chain.current, 5.0)
+        # A small store verifies in a moment: wait for it. A large one takes minutes: show the
+        # last verdict (or "running") at once rather than hold the page.
+        wait = 5.0 if self.index.total() < LARGE_STORE else 0.2
+        status, fresh = await asyncio.to_thread(self.chain.current, wait)
         q = query_from(request.query_params)
         first, last = self.index.time_span()
         segs = []

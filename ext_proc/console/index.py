@@ -462,5 +462,6 @@ class Index:
             "WHERE kind = 'decision' AND policy_version IS NOT NULL GROUP BY policy_version ORDER BY first_ms"
         ).fetchall()
 
+    @_per_generation
     def total(self) -> int:
         return self.db().execute("SELECT count(*) FROM records").fetchone()[0]
