@@ -10,8 +10,12 @@ COPY envoy ./envoy
 RUN pip install --no-cache-dir ".[tracing]" \
  && pip install --no-cache-dir --force-reinstall --no-deps \
       "opentelemetry-proto==$(python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
- && useradd --system --uid 10001 ledgergate
-USER 10001
+ && groupadd --system --gid 10001 ledgergate \
+ && useradd --system --uid 10001 --gid 10001 ledgergate \
+ && mkdir -p /app/var && chown 10001:10001 /app/var
+# A named volume mounted on /app/var starts with this directory's owner (docker-compose.yml's
+# init service also hands everything it generates to 10001:10001).
+USER 10001:10001
 EXPOSE 50051 9464
 ENTRYPOINT ["ledgergate"]
 CMD ["serve", "--config", "/etc/ledgergate/ledgergate.yaml"]

@@ -43,6 +43,10 @@ bench-classify: $(STAMP)
 bench-audit: $(STAMP)
 	$(PY) tests/bench/bench_audit.py
 
+# Verification at scale: a generated store (RECORDS, default 1,000,000), records/s and peak memory.
+bench-audit-scale: $(STAMP)
+	$(PY) tests/bench/bench_audit_verify_scale.py --records $(or $(RECORDS),1000000)
+
 bench-policy: $(STAMP)
 	$(PY) tests/bench/bench_policy.py
 
@@ -54,6 +58,11 @@ bench-ratelimit: $(STAMP)
 
 bench-streaming: $(STAMP)
 	$(PY) tests/bench/bench_streaming.py
+
+# Four callers sending 3 MB pathological bodies against one small request every 50 ms (issue 16).
+.PHONY: bench-abuse
+bench-abuse: $(STAMP)
+	$(PY) tests/bench/bench_abuse.py --unbounded --out var/bench-abuse.json
 
 # Optional: the same load through a LiteLLM proxy (installed on first use into var/bench/).
 bench-peers: $(STAMP)

@@ -37,11 +37,26 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def _below_ephemeral_range() -> tuple[int, int]:
+    """Ports the kernel never hands out by itself: below net.ipv4.ip_local_port_range. A port
+    picked inside that range can be taken as the source port of any outgoing connection on the
+    machine (connect() prefers the even ports next to bind(0)'s odd ones) before the server binds
+    it, and servers refuse to share a port."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (10240, low) if low - 10240 > 4096 else (1024, low)
+
+
 def free_port_range(n: int, attempts: int = 100) -> int:
     """A base port with base .. base+n-1 all free (`ledgergate up --workers N` listens on N
-    consecutive ports from --ext-proc-port)."""
+    consecutive ports from --ext-proc-port), chosen outside the ephemeral range."""
+    import random
+
+    low, high = _below_ephemeral_range()
     for _ in range(attempts):
-        base = free_ports(1)[0]
+        base = random.randrange(low, high - n)
         if base + n > 65535:
             continue
         socks = []
@@ -204,3 +219,12 @@ def inside_one_window(window_s: int, need_s: float = 5.0) -> None:
     left = window_s - time.time() % window_s
     if left < need_s:
         time.sleep(left + 0.05)
+
+
+def mock_reply(text: str) -> str:
+    """The mock's x-mock-reply directive for TEXT, base64-encoded: the header travels through
+    ledgergate, which inspects header values, and the secret a test wants in the *answer* must not
+    make the *request* look like it carries one."""
+    import base64
+
+    return "b64:" + base64.b64encode(text.encode("utf-8")).decode("ascii")

@@ -44,6 +44,10 @@ class ChainWriter:
         self.seq = 0
         self.prev_hash = GENESIS_PREV
 
+    def sign(self, message: bytes) -> bytes:
+        """A detached Ed25519 signature with the segment's key (for signed checkpoints)."""
+        return self._key.sign(message).signature
+
     def genesis(self, now_ms: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.seal({"schema": SCHEMA_VERSION, "kind": "genesis", "writer_id": self.writer_id,
                           "segment_id": self.segment_id, "started_ms": now_ms,

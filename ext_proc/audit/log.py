@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
+import logging
 import os
 import threading
 import time
@@ -18,8 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ext_proc.audit.canonical import canonical_json
 from ext_proc.audit.chain import ChainWriter
-from ext_proc.audit.merkle import MerkleFrontier, leaf_hash
+from ext_proc.audit.checkpoint import HttpWitness
+from ext_proc.audit.merkle import MerkleFrontier, ProofWindow, leaf_hash
 from ext_proc.keyfiles import load_or_create_ed25519
+
+
+_log = logging.getLogger(__name__)
 
 
 class AuditUnavailable(Exception):
@@ -30,16 +36,58 @@ def load_or_create_signing_key(path: str | Path) -> Ed25519PrivateKey:
     return load_or_create_ed25519(path, "audit signing key")
 
 
+def _tail(path: Path) -> tuple[int, bytes, bytes | None]:
+    """(end of the last complete line, torn bytes after it, the last complete line), reading
+    backwards in blocks: a restart must not read every segment whole."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        pos, buf = size, b""
+        while pos > 0 and buf.count(b"\n") < 2:
+            step = min(65536, pos)
+            pos -= step
+            f.seek(pos)
+            buf = f.read(step) + buf
+    i = buf.rfind(b"\n")
+    if i < 0:
+        return 0, buf, None
+    j = buf.rfind(b"\n", 0, i)   # -1 when the last line is also the first: it starts at pos == 0
+    return pos + i + 1, buf[i + 1:], buf[j + 1:i]
+
+
 def find_torn_tails(directory: Path) -> list[dict[str, Any]]:
-    """Segments whose last write was cut short by a crash: the partial line's digest and offset."""
-    torn = []
+    """Segments whose last write was cut short by a crash: the partial line's digest and offset
+    (an empty segment, a crash before its genesis reached the disk, is a torn tail of length 0)."""
+    return recovered_state(directory)[0]
+
+
+def recovered_state(directory: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What a new segment's genesis attests about the segments already in the directory:
+    - torn tails (a crash mid-write), so `audit verify` accepts exactly those bytes;
+    - predecessors: every segment without a closing checkpoint (a crash) and the newest segment,
+      with its record count and last hash, so a later truncation of one of them, or the removal of
+      a segment between two others, fails verification instead of passing as a crash."""
+    torn, predecessors, newest = [], [], None
     for f in sorted(directory.glob("*.jsonl")):
-        data = f.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            torn.append({"file": f.name, "offset": cut, "length": len(data) - cut,
-                         "sha256": hashlib.sha256(data[cut:]).hexdigest()})
-    return torn
+        end, partial, last = _tail(f)
+        if partial or end == 0:
+            torn.append({"file": f.name, "offset": end, "length": len(partial),
+                         "sha256": hashlib.sha256(partial).hexdigest()})
+        if last is None:
+            continue
+        try:
+            rec = json.loads(last)
+            entry = {"file": f.name, "records": int(rec["seq"]) + 1, "last_hash": str(rec["hash"])}
+            last_ms = int(rec.get("committed_ms") or 0)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if rec.get("kind") != "checkpoint":
+            predecessors.append(entry)
+        # The newest: the segment written to last (a segment id is only second-precise).
+        if newest is None or (last_ms, f.name) > newest[0]:
+            newest = ((last_ms, f.name), entry)
+    if newest is not None and newest[1] not in predecessors:
+        predecessors.append(newest[1])
+    return torn, predecessors
 
 
 class FileSink:
@@ -83,7 +131,9 @@ class AuditLog:
     thread pool per batch (asyncio.to_thread) cost three more loop turns per commit."""
 
     def __init__(self, sink, chain: ChainWriter, *, max_queue: int = 10000, max_batch: int = 512,
-                 clock: Callable[[], float] = time.time, recovered: list[dict] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, recovered: list[dict] | None = None,
+                 predecessors: list[dict] | None = None, witnesses: list | None = None,
+                 witness_interval_s: float = 60.0) -> None:
         self.sink = sink
         self.chain = chain
         self.max_queue = max_queue
@@ -98,6 +148,16 @@ class AuditLog:
         self._writer: threading.Thread | None = None
         self._frontier = MerkleFrontier()
         self._recovered = recovered or []
+        self._predecessors = predecessors or []
+        self._witnesses = list(witnesses or [])
+        self._witness_interval_s = witness_interval_s
+        self._witness_task: asyncio.Task | None = None
+        self._witness_lock: asyncio.Lock | None = None
+        self._last_fut: asyncio.Future | None = None
+        # Consistency proofs for witnesses that check them (C2SP tlog-witness over HTTP).
+        self._proofs = ProofWindow() if any(isinstance(w, HttpWitness) for w in self._witnesses) else None
+        self.published_size = 0
+        self.witness_failures = 0
         self.ready = False
         self.batches = 0
         self.records = 0
@@ -108,13 +168,20 @@ class AuditLog:
         self._writer = threading.Thread(target=self._write_loop, name="ledgergate-audit-writer", daemon=True)
         self._writer.start()
         # Torn tails of earlier segments (a crash mid-write) are attested in this genesis record.
-        extra = {"recovered_torn_tails": self._recovered} if self._recovered else None
-        genesis = self.chain.genesis(int(self.clock() * 1000), extra)
+        extra: dict[str, Any] = {}
+        if self._recovered:
+            extra["recovered_torn_tails"] = self._recovered
+        if self._predecessors:
+            extra["predecessors"] = self._predecessors
+        genesis = self.chain.genesis(int(self.clock() * 1000), extra or None)
         try:
             await self._enqueue(genesis, canonical_json(genesis))
         except AuditUnavailable:
             pass
         self.ready = self._failed is None  # a genesis that did not reach the sink is no start
+        self._witness_lock = asyncio.Lock()
+        if self.ready and self._witnesses and self._witness_interval_s > 0:
+            self._witness_task = asyncio.create_task(self._publish_every(self._witness_interval_s))
 
     def _enqueue(self, record: dict[str, Any], line: bytes) -> asyncio.Future:
         assert self._loop is not None, "AuditLog.start() first"
@@ -124,7 +191,11 @@ class AuditLog:
                 raise AuditUnavailable(self._failed)
             self._queue.append((line + b"\n", fut))
             self._cond.notify()
-        self._frontier.append(leaf_hash(bytes.fromhex(record["hash"])))
+        leaf = leaf_hash(bytes.fromhex(record["hash"]))
+        self._frontier.append(leaf)
+        if self._proofs is not None:
+            self._proofs.append(leaf)
+        self._last_fut = fut
         return fut
 
     async def commit(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -183,14 +254,70 @@ class AuditLog:
         return {"schema": "ledgergate.audit/v1", "kind": "checkpoint", "tree_size": self._frontier.size,
                 "root": base64.b64encode(self._frontier.root()).decode()}
 
+    def signed_checkpoint(self, size: int, root: bytes) -> bytes:
+        """A C2SP checkpoint of this segment at `size`, signed with the segment's key."""
+        from ext_proc.audit.checkpoint import checkpoint_body, key_name, origin_for, sign_note
+        from ext_proc.audit.chain import public_key_raw
+
+        body = checkpoint_body(origin_for(self.chain.writer_id, self.chain.segment_id), size, root)
+        return sign_note(body, key_name(self.chain.key_id), public_key_raw(self.chain.public_key), self.chain.sign)
+
+    async def publish_checkpoint(self) -> bool:
+        """Publish a signed checkpoint of the records durable so far to every witness. Only after
+        the last record it covers is durable (a witness must never hold a size the store cannot
+        show); never a size smaller than one already published. A witness that fails is counted
+        and logged, not fatal: the store itself stays the evidence, the witness its guard."""
+        if not self._witnesses or self._witness_lock is None:
+            return False
+        async with self._witness_lock:
+            size, root, last = self._frontier.size, self._frontier.root(), self._last_fut
+            stack = self._frontier.snapshot()
+            if size <= self.published_size or last is None:
+                return False
+            try:
+                await asyncio.shield(last)
+            except Exception:  # noqa: BLE001 - a record that did not become durable: nothing to publish
+                return False
+            note = self.signed_checkpoint(size, root)
+            proofs = self._proofs
+            prove = None if proofs is None else (
+                lambda old: proofs.proof(old, size) if proofs.can_prove_from(old) else None)
+            published = False
+            for w in self._witnesses:
+                try:
+                    await asyncio.to_thread(w.publish, self.chain.writer_id, self.chain.segment_id, size, note,
+                                            prove)
+                    published = True
+                except Exception as exc:  # noqa: BLE001
+                    self.witness_failures += 1
+                    _log.warning("audit witness %s failed: %s", getattr(w, "name", w), type(exc).__name__)
+            if published:
+                self.published_size = size
+            if proofs is not None:
+                proofs.mark(size, stack)
+            return published
+
+    async def _publish_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.publish_checkpoint()
+
     async def close(self) -> None:
         if self._closed:
             return
+        if self._witness_task is not None:
+            self._witness_task.cancel()
+            try:
+                await self._witness_task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
         if self._failed is None and self.ready:
             try:
                 await self.commit(self.checkpoint_body())
             except AuditUnavailable:
                 pass
+            # On drain: the witnesses get the closing size, the closing checkpoint record included.
+            await self.publish_checkpoint()
         self._closed = True
         with self._cond:
             self._stopping = True
@@ -203,15 +330,23 @@ class AuditLog:
 
 def open_audit_log(config: dict, *, signing_key_path: str, writer_id: str) -> AuditLog:
     sink_kind = config.get("sink", "file")
+    from ext_proc.audit.checkpoint import open_witnesses
+
+    witness_cfg = config.get("witness")
+    witnesses = open_witnesses(witness_cfg)
+    interval = float((witness_cfg[0] if isinstance(witness_cfg, list) else witness_cfg or {}).get("interval_s", 60))
     key = load_or_create_signing_key(signing_key_path)
     segment_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     chain = ChainWriter(key, writer_id, segment_id)
     if sink_kind == "postgres":
         from ext_proc.audit.postgres import PostgresSink
 
-        return AuditLog(PostgresSink(config["dsn"], config.get("table", "ledgergate_audit")), chain)
+        return AuditLog(PostgresSink(config["dsn"], config.get("table", "ledgergate_audit")), chain,
+                        witnesses=witnesses, witness_interval_s=interval)
     if sink_kind != "file":
         raise ValueError(f"audit.sink {sink_kind!r}: expected file or postgres")
     directory = Path(config.get("dir", "var/audit"))
     directory.mkdir(parents=True, exist_ok=True)
-    return AuditLog(FileSink(directory), chain, recovered=find_torn_tails(directory))
+    torn, predecessors = recovered_state(directory)
+    return AuditLog(FileSink(directory), chain, recovered=torn, predecessors=predecessors,
+                    witnesses=witnesses, witness_interval_s=interval)

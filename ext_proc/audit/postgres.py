@@ -76,6 +76,58 @@ class PostgresSink:
             self._conn = None
 
 
+PAGE_ROWS = 2_000
+
+
+def stream_segments(dsn: str, table: str = DEFAULT_TABLE) -> list:
+    """The table's segments for the streaming verifier: each segment's rows are read a page at a
+    time (keyset on seq), so memory stays bounded whatever the table's size. A missing table or an
+    unreachable server raises StoreNotFound."""
+    from ext_proc.audit.verify import Segment, StoreNotFound
+
+    table = _table(table)
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise StoreNotFound(f"audit store {_redact(dsn)} not reachable ({type(exc).__name__})") from exc
+    try:
+        # The rows as of now: a live writer's later rows are not read (as a file is read to its
+        # size at open), so the count a consistency proof is built for stays true.
+        listing = conn.execute(f"SELECT writer_id, segment_id, count(*), sum(octet_length(record)), max(seq) "
+                               f"FROM {table} GROUP BY writer_id, segment_id ORDER BY writer_id, segment_id").fetchall()
+    except psycopg.errors.UndefinedTable as exc:
+        conn.close()
+        raise StoreNotFound(f"audit table {table} not found in {_redact(dsn)}") from exc
+
+    def segment(writer: str, seg: str, count: int, size: int, last_seq: int) -> Segment:
+        row = conn.execute(f"SELECT record FROM {table} WHERE writer_id = %s AND segment_id = %s "
+                           "ORDER BY seq LIMIT 1", (writer, seg)).fetchone()
+
+        def chunks():
+            last = None
+            while True:
+                rows = conn.execute(
+                    f"SELECT seq, record FROM {table} WHERE writer_id = %s AND segment_id = %s AND seq <= %s "
+                    + ("AND seq > %s " if last is not None else "") + "ORDER BY seq LIMIT %s",
+                    (writer, seg, last_seq, *((last,) if last is not None else ()), PAGE_ROWS)).fetchall()
+                if not rows:
+                    return
+                last = rows[-1][0]
+                yield ("lines", [r[1].encode() for r in rows])
+        return Segment(f"{table}:{writer}-{seg}", row[0].encode() if row else None, chunks,
+                       size_bytes=int(size or 0) + count, count=lambda: count)
+    return [segment(w, s, int(c), int(b or 0), int(m)) for w, s, c, b, m in listing]
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without a password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+    u = urlsplit(dsn)
+    if u.password:
+        u = u._replace(netloc=u.netloc.replace(":" + u.password + "@", ":***@"))
+    return urlunsplit(u)
+
+
 def read_segments(dsn: str, table: str = DEFAULT_TABLE) -> list[tuple[str, list[bytes], bytes]]:
     """Every segment's records in sequence order, for verify/show/export."""
     table = _table(table)
@@ -85,3 +137,75 @@ def read_segments(dsn: str, table: str = DEFAULT_TABLE) -> list[tuple[str, list[
                 f"SELECT writer_id, segment_id, record FROM {table} ORDER BY writer_id, segment_id, seq"):
             out.setdefault((writer, segment), []).append(record.encode())
     return [(f"{w}-{s}", lines, b"") for (w, s), lines in out.items()]
+
+
+# --- A PostgreSQL witness: checkpoints on another server ------------------------------------
+
+DEFAULT_WITNESS_TABLE = "ledgergate_checkpoints"
+
+WITNESS_SQL = """
+CREATE TABLE IF NOT EXISTS {table} (
+    origin       text   NOT NULL,
+    tree_size    bigint NOT NULL,
+    note         text   NOT NULL,
+    published_ms bigint NOT NULL,
+    PRIMARY KEY (origin, tree_size)
+);
+CREATE OR REPLACE FUNCTION {table}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'ledgergate checkpoints are append-only';
+END $$;
+DROP TRIGGER IF EXISTS {table}_no_change ON {table};
+CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}
+  FOR EACH ROW EXECUTE FUNCTION {table}_append_only();
+DROP TRIGGER IF EXISTS {table}_no_truncate ON {table};
+CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+  FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only();
+"""
+
+
+class PostgresWitness:
+    """Every published checkpoint as a row of an append-only table, on a server the audit store
+    does not share (a role with INSERT and SELECT only): unlike the directory witness it keeps
+    the whole history, and verify checks all of it."""
+
+    def __init__(self, dsn: str, table: str = DEFAULT_WITNESS_TABLE) -> None:
+        self.dsn = dsn
+        self.table = _table(table)
+        self.name = f"postgres:{_redact(dsn)}/{self.table}"
+        self._ready = False
+
+    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs=None) -> None:
+        import time
+
+        from ext_proc.audit.checkpoint import parse_note
+
+        origin = parse_note(note, "published").origin
+        with psycopg.connect(self.dsn, connect_timeout=3, autocommit=False) as conn:
+            with conn.transaction():
+                if not self._ready:
+                    conn.execute(WITNESS_SQL.format(table=self.table))
+                conn.execute(f"INSERT INTO {self.table} (origin, tree_size, note, published_ms) "
+                             "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                             (origin, size, note.decode(), int(time.time() * 1000)))
+        self._ready = True
+
+
+def load_postgres_witness(dsn: str, table: str = DEFAULT_WITNESS_TABLE) -> list:
+    from ext_proc.audit.checkpoint import CheckpointError, parse_note
+
+    table = _table(table)
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            rows = conn.execute(f"SELECT origin, tree_size, note FROM {table} ORDER BY origin, tree_size").fetchall()
+    except psycopg.errors.UndefinedTable as exc:
+        raise CheckpointError(f"witness table {table} not found in {_redact(dsn)}") from exc
+    except psycopg.OperationalError as exc:
+        raise CheckpointError(f"witness {_redact(dsn)} not reachable ({type(exc).__name__})") from exc
+    out = []
+    for origin, size, note in rows:
+        cp = parse_note(note.encode(), f"{_redact(dsn)}/{table} ({origin} @ {size})")
+        if (cp.origin, cp.size) != (origin, size):
+            raise CheckpointError(f"{cp.source}: row does not match its note")
+        out.append(cp)
+    return out

@@ -1,6 +1,22 @@
-"""Verify audit segments: every record's hash, signature, sequence and link to its predecessor;
-one genesis per segment; checkpoints match the records before them; torn tails only where a later
-genesis attests them."""
+"""Verify audit segments: every stored line is byte for byte the canonical JSON that was hashed and
+signed; every record's hash, signature, sequence and link to its predecessor; one genesis per
+segment; checkpoints match the records before them; torn tails only where a later genesis attests
+them; segments named by a later genesis are present and at least as long as attested; checkpoints
+kept elsewhere (a file, a witness directory) are proven to be prefixes of the store (RFC 6962
+consistency proofs).
+
+Streaming: segments are read in bounded chunks (a byte range of a file, a page of PostgreSQL
+rows) and only O(log n) Merkle state is kept per segment, so memory does not grow with the number
+of records. Hashes and signatures (the expensive, independent part) run on a process pool when
+there are enough records; the ordered checks run in this process, so the first problem reported is
+the same whatever the parallelism.
+
+The importable API (also used by the web console):
+
+    verify_store(store, table=..., trusted_key_ids=..., checkpoints=..., progress=...) -> VerifyReport
+    report.segment_status: one SegmentStatus per segment (records, closed, ok, first problem)
+    report.first: the first Problem (segment, line, reason) or None
+"""
 
 from __future__ import annotations
 
@@ -10,16 +26,47 @@ import json
 import multiprocessing
 import os
 import threading
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from ext_proc.audit.canonical import canonical_json_unchecked
+from ext_proc.audit.checkpoint import Checkpoint, signature_problem
 from ext_proc.audit.chain import GENESIS_PREV, key_id, record_hash
-from ext_proc.audit.merkle import leaf_hash, merkle_root
+from ext_proc.audit.merkle import ConsistencyProofBuilder, MerkleFrontier, leaf_hash, verify_consistency
+
+
+@dataclass
+class Problem:
+    segment: str
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.segment}:{self.line}: {self.reason}" if self.line is not None \
+            else f"{self.segment}: {self.reason}"
+
+
+@dataclass
+class SegmentStatus:
+    name: str
+    writer_id: str | None = None
+    segment_id: str | None = None
+    key_id: str | None = None
+    records: int = 0
+    closed: bool = False          # ends with its closing checkpoint record
+    tree_size: int = 0
+    root: str | None = None       # base64 RFC 6962 root over every record of the segment
+    ok: bool = True
+    problem: Problem | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -30,39 +77,145 @@ class VerifyReport:
     problem: str | None = None
     warnings: list[str] = field(default_factory=list)
     key_ids: set[str] = field(default_factory=set)
+    first: Problem | None = None
+    problems: list[Problem] = field(default_factory=list)     # every problem found, first one first
+    segment_status: list[SegmentStatus] = field(default_factory=list)
+    checkpoints_checked: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "records": self.records, "segments": self.segments, "problem": self.problem,
+                "first_problem": None if self.first is None else vars(self.first),
+                "problems": [str(p) for p in self.problems],
+                "warnings": self.warnings, "key_ids": sorted(self.key_ids),
+                "checkpoints_checked": self.checkpoints_checked,
+                "segment_status": [{**{k: v for k, v in vars(s).items() if k != "problem"},
+                                    "problem": None if s.problem is None else vars(s.problem)}
+                                   for s in self.segment_status]}
 
 
-def _fail(rep: VerifyReport, where: str, what: str) -> VerifyReport:
-    rep.ok = False
-    rep.problem = f"{where}: {what}"
+def _fail(rep: VerifyReport, problem: Problem) -> VerifyReport:
+    rep.problems.append(problem)
+    if rep.first is None:
+        rep.ok = False
+        rep.first = problem
+        rep.problem = str(problem)
     return rep
 
 
-def verify_dir(directory: str | Path, trusted_key_ids: set[str] | None = None, *,
-               jobs: int | None = None) -> VerifyReport:
-    """Verify the file sink's segment files."""
-    parsed: list[tuple[str, list[bytes], bytes]] = []
-    for f in sorted(Path(directory).glob("*.jsonl")):
-        data = f.read_bytes()
-        torn = b""
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            torn, data = data[cut:], data[:cut]
-        parsed.append((f.name, data.splitlines(), torn))
-    return verify_segments(parsed, trusted_key_ids, jobs=jobs)
+# --- Where segments come from -----------------------------------------------------------------
 
+CHUNK_BYTES = 2 * 1024 * 1024
+"""A file chunk: large enough to amortise a task, small enough that chunks in flight stay a few MB."""
 
-# Below this many records a process pool costs more to start than it saves.
-PARALLEL_THRESHOLD = 20_000
 _MAX_CHUNK = 4_000
+"""Lines per chunk for sources given as lines (PostgreSQL pages, lists)."""
 
+
+@dataclass
+class Segment:
+    """One segment as the verifier reads it: its first line (the genesis), its chunks of complete
+    lines in order, and a torn partial final line (files only). `count` returns the number of
+    complete lines (needed only to build a consistency proof)."""
+    name: str
+    first_line: bytes | None
+    chunks: Callable[[], Iterator[tuple]]
+    torn: bytes = b""
+    torn_offset: int = 0
+    size_bytes: int = 0
+    count: Callable[[], int] | None = None
+
+
+def _file_segment(path: Path) -> Segment:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        # The torn tail: bytes after the last newline (read backwards in blocks, never the whole file).
+        end, pos = size, size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                end = pos - step + i + 1
+                break
+            pos -= step
+        else:
+            end = 0
+        f.seek(end)
+        torn = f.read(size - end)
+        f.seek(0)
+        first = f.readline().rstrip(b"\n") if end else None
+
+    def chunks() -> Iterator[tuple]:
+        with open(path, "rb") as fh:
+            start = 0
+            while start < end:
+                stop = start + CHUNK_BYTES
+                if stop >= end:
+                    stop = end
+                else:
+                    fh.seek(stop)
+                    while True:
+                        block = fh.read(65536)
+                        i = block.find(b"\n")
+                        if i >= 0:
+                            stop += i + 1
+                            break
+                        stop += len(block)
+                yield ("file", str(path), start, stop)
+                start = stop
+
+    def count() -> int:
+        n = 0
+        with open(path, "rb") as fh:
+            left = end
+            while left > 0:
+                block = fh.read(min(1 << 20, left))
+                n += block.count(b"\n")
+                left -= len(block)
+        return n
+
+    return Segment(path.name, first, chunks, torn, end, size, count)
+
+
+def lines_segment(name: str, lines: list[bytes], torn: bytes = b"") -> Segment:
+    def chunks() -> Iterator[tuple]:
+        for i in range(0, len(lines), _MAX_CHUNK):
+            yield ("lines", lines[i:i + _MAX_CHUNK])
+    return Segment(name, lines[0] if lines else None, chunks, torn, sum(len(x) + 1 for x in lines),
+                   sum(len(x) + 1 for x in lines), lambda: len(lines))
+
+
+def file_segments(directory: str | Path) -> list[Segment]:
+    return [_file_segment(f) for f in sorted(Path(directory).glob("*.jsonl"))]
+
+
+class StoreNotFound(Exception):
+    """The store named does not exist (a missing directory, an unreachable database or table)."""
+
+
+def open_segments(store: str, table: str | None = None) -> list[Segment]:
+    """The segments of a store: a directory of the file sink, or a postgresql:// DSN."""
+    if is_dsn(store):
+        from ext_proc.audit.postgres import DEFAULT_TABLE, stream_segments
+
+        return stream_segments(store, table or DEFAULT_TABLE)
+    path = Path(store)
+    if not path.is_dir():
+        raise StoreNotFound(f"audit store {store} not found (no such directory)")
+    return file_segments(path)
+
+
+def is_dsn(store: str) -> bool:
+    return store.startswith(("postgresql://", "postgres://"))
+
+
+# --- Per-line checks (run in worker processes) -----------------------------------------------
 
 def sealed_hash(line: bytes, rec: dict) -> str:
-    """The record's hash, computed from its stored bytes when they are the canonical form the
-    writer produced (the file and PostgreSQL sinks store exactly that): the seal members are cut
-    out of the line and the rest hashed, which skips re-serialising the record. Sound because a
-    match means these bytes hash to what the writer signed; any other form (a line re-serialised by
-    another tool) falls back to canonical JSON of the parsed record."""
+    """The record's hash, computed from its stored bytes (which the caller has already found to be
+    the canonical form): the seal members are cut out of the line and the rest hashed, which skips
+    re-serialising the record. Anything else falls back to canonical JSON of the parsed record."""
     h, sig = rec.get("hash"), rec.get("signature")
     if isinstance(h, str) and isinstance(sig, str):
         cut = line
@@ -87,24 +240,66 @@ def sealed_hash(line: bytes, rec: dict) -> str:
 _SUMMARY_FIELDS = ("kind", "writer_id", "segment_id", "key_id", "seq", "prev_hash", "tree_size", "root")
 
 
+def _duplicate_key(line: bytes) -> str | None:
+    found: list[str] = []
+
+    def pairs(items):
+        seen = set()
+        for k, _v in items:
+            if k in seen and not found:
+                found.append(k)
+            seen.add(k)
+        return dict(items)
+    try:
+        json.loads(line, object_pairs_hook=pairs)
+    except ValueError:
+        return None
+    return found[0] if found else None
+
+
+def not_canonical_reason(line: bytes) -> str:
+    """Why a parsable line is not the canonical bytes the writer stored (for the report only)."""
+    if line.endswith(b"\r"):
+        return "CRLF line ending: the stored bytes are not the canonical bytes that were signed"
+    dup = _duplicate_key(line)
+    if dup is not None:
+        return (f"duplicate key {dup!r}: readers that keep the first or the last value would see "
+                "different records")
+    return ("not the canonical JSON that was signed (reformatted, reordered, escaped or padded): "
+            "the stored bytes must be exactly the signed form")
+
+
 def check_lines(public_key: bytes, lines: list[bytes]) -> list[tuple]:
-    """The per-record work that needs no predecessor: parse, hash, signature. Returns, per line,
-    (problem or None, hash, summary fields) so the ordered checks can run without re-parsing.
-    A module-level function so a process pool can run it on slices of a segment."""
+    """The per-record work that needs no predecessor: byte-exact canonical form, hash, signature.
+    Returns, per line, (problem or None, hash, summary fields) so the ordered checks can run
+    without re-parsing. A module-level function so a process pool can run it."""
     # libsodium's verify (PyNaCl) is ~1.6x faster than OpenSSL's here, and it is the bulk of the
     # cost per record; it is also the stricter of the two (rejects small-order keys).
     verify = VerifyKey(public_key).verify
     out: list[tuple] = []
     for line in lines:
+        if not line or line == b"\r":
+            out.append(("blank line (the writer never stores one)", None, None))
+            continue
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
             out.append(("not valid JSON", None, None))
             continue
         if not isinstance(rec, dict):
             out.append(("not a JSON object", None, None))
             continue
         summary = tuple(rec.get(f) for f in _SUMMARY_FIELDS)
+        # Byte-exact: the one serialisation the writer produces (orjson, sorted keys, compact),
+        # so a line that parses to the same record but is not these bytes is refused. A
+        # duplicate key collapses on parsing, so it can never reproduce the line.
+        try:
+            exact = canonical_json_unchecked(rec) == line
+        except (orjson.JSONEncodeError, TypeError):
+            exact = False
+        if not exact:
+            out.append((not_canonical_reason(line), None, summary))
+            continue
         h = sealed_hash(line, rec)
         if rec.get("hash") != h:
             out.append(("content does not match its hash (altered)", h, summary))
@@ -118,146 +313,355 @@ def check_lines(public_key: bytes, lines: list[bytes]) -> list[tuple]:
     return out
 
 
-# With a forked pool the workers inherit the segments and are sent only slice bounds, instead of
-# every record's bytes through a pipe.
-_INHERITED: list[tuple[str, list[bytes], bytes]] = []
+def check_chunk_lines(chunk: tuple) -> list[bytes]:
+    """The complete lines of a chunk: ("file", path, start, stop) is read here (in the worker,
+    so record bytes never cross a pipe); ("lines", [bytes]) carries them."""
+    if chunk[0] == "file":
+        _kind, path, start, stop = chunk
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(stop - start)
+        lines = data.split(b"\n")
+        lines.pop()   # the chunk ends with a newline: the last element is empty
+        return lines
+    return chunk[1]
 
 
-def _check_inherited_slice(segment: int, start: int, stop: int, public_key: bytes) -> list[tuple]:
-    return check_lines(public_key, _INHERITED[segment][1][start:stop])
+def check_chunk(public_key: bytes, chunk: tuple) -> list[tuple]:
+    return check_lines(public_key, check_chunk_lines(chunk))
 
 
-def verify_segments(parsed: list[tuple[str, list[bytes], bytes]],
-                    trusted_key_ids: set[str] | None = None, *, jobs: int | None = None) -> VerifyReport:
-    """Verify segments given as (name, record lines, torn trailing bytes).
+# --- Ordered checks --------------------------------------------------------------------------
 
-    Hashes and signatures (the expensive, independent part) run on `jobs` processes when there
-    are enough records (default: one per CPU); sequence, links, splices and checkpoints are then
-    checked in order, so the first bad record is the one reported whatever the parallelism."""
-    rep = VerifyReport()
-    attested: dict[tuple[str, int], str] = {}
-    for _name, lines, _torn in parsed:
-        for line in lines[:1]:
+PARALLEL_THRESHOLD_BYTES = 24 * 1024 * 1024
+"""Below this much data (~7,000 records of 3.5 KB) a process pool costs more to start than it saves."""
+
+
+def _genesis(seg: Segment) -> tuple[dict, bytes] | None:
+    if seg.first_line is None:
+        return None
+    try:
+        g = json.loads(seg.first_line)
+        raw = base64.b64decode(g["public_key"], validate=True)
+        Ed25519PublicKey.from_public_bytes(raw)
+        return g, raw
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError):
+        return None
+
+
+class _SegmentCheck:
+    """The ordered checks of one segment, fed the per-line results chunk by chunk."""
+
+    def __init__(self, seg: Segment, gen: tuple[dict, bytes] | None, status: SegmentStatus,
+                 checkpoints: list[Checkpoint], claimed: dict[str, set[tuple[int, str]]]) -> None:
+        self.seg, self.gen, self.st = seg, gen, status
+        self.genesis = gen[0] if gen else None
+        self.prev, self.expected_seq, self.n, self.last_kind = GENESIS_PREV, 0, 0, None
+        self.frontier = MerkleFrontier()
+        self.done = False
+        self.checkpoints = checkpoints
+        # The largest checkpoint of this segment is checked with an RFC 6962 consistency proof
+        # built while the leaves stream past (what a holder of only the two tree heads checks);
+        # any others (a witness's history) against the root of the same prefix, O(1) each.
+        self.by_size: dict[int, list[Checkpoint]] = {}
+        self.largest: tuple[Checkpoint, ConsistencyProofBuilder | None] | None = None
+        self.checked = 0
+        # Claims of later genesis records: (records, hash of the last of them). Every claim must
+        # hold, so a later restart cannot launder an earlier truncation.
+        self.attested: set[tuple[int, str]] = claimed.get(seg.name, set())
+        self._claimed_at = {n for n, _h in self.attested}
+        self.hash_at: dict[int, str] = {}
+
+    def start(self) -> Problem | None:
+        g = self.genesis
+        where = Problem(self.seg.name, 1, "")
+        if self.gen is None:
             try:
-                g = json.loads(line)
+                first = json.loads(self.seg.first_line or b"")
             except json.JSONDecodeError:
+                return Problem(self.seg.name, 1, "not valid JSON")
+            if not isinstance(first, dict):
+                return Problem(self.seg.name, 1, "not a JSON object")
+            if first.get("kind") != "genesis":
+                return Problem(self.seg.name, 1, "segment does not start with a genesis record")
+            return Problem(self.seg.name, 1, "genesis public key unreadable")
+        if g.get("kind") != "genesis":
+            where.reason = "segment does not start with a genesis record"
+            return where
+        if key_id(Ed25519PublicKey.from_public_bytes(self.gen[1])) != g.get("key_id"):
+            where.reason = "genesis key_id does not match its public key"
+            return where
+        self.st.writer_id, self.st.segment_id, self.st.key_id = g.get("writer_id"), g.get("segment_id"), g.get("key_id")
+        mine = [c for c in self.checkpoints if (c.writer_id, c.segment_id) == (g.get("writer_id"), g.get("segment_id"))]
+        for c in mine:
+            bad = signature_problem(c, self.gen[1], g.get("key_id"))
+            if bad is not None:
+                return Problem(self.seg.name, None, bad)
+        if mine:
+            top = max(mine, key=lambda c: c.size)
+            n = self.seg.count() if self.seg.count else 0
+            self.largest = (top, ConsistencyProofBuilder(top.size, n) if 0 < top.size <= n else None)
+            for c in mine:
+                if c is not top:
+                    self.by_size.setdefault(c.size, []).append(c)
+        return None
+
+    def _not_extended(self, c: Checkpoint) -> Problem:
+        return Problem(self.seg.name, None, f"not an extension of the checkpoint in {c.source} (size {c.size}): "
+                                            "records before it were removed, rewritten or reordered")
+
+    def feed(self, results: list[tuple]) -> Problem | None:
+        g = self.genesis
+        for problem, h, summary in results:
+            self.n += 1
+            n = self.n
+            if summary is None:
+                return Problem(self.seg.name, n, problem)
+            kind, writer_id, segment_id, kid, seq, prev_hash, tree_size, root = summary
+            if n > 1 and kind == "genesis":
+                return Problem(self.seg.name, n, "second genesis record inside a segment")
+            if writer_id != g["writer_id"] or segment_id != g["segment_id"]:
+                return Problem(self.seg.name, n, "record belongs to another segment (spliced)")
+            if kid != g["key_id"]:
+                return Problem(self.seg.name, n, "record signed with a key other than the segment's")
+            if seq != self.expected_seq:
+                return Problem(self.seg.name, n, f"sequence {seq} where {self.expected_seq} was expected "
+                                                 "(record removed, reordered or inserted)")
+            if prev_hash != self.prev:
+                return Problem(self.seg.name, n, "prev_hash does not link to the previous record")
+            if problem is not None:
+                return Problem(self.seg.name, n, problem)
+            if kind == "checkpoint":
+                if tree_size != self.frontier.size or root != base64.b64encode(self.frontier.root()).decode():
+                    return Problem(self.seg.name, n, "checkpoint does not match the records before it")
+            leaf = leaf_hash(bytes.fromhex(h))
+            self.frontier.append(leaf)
+            if self.largest is not None and self.largest[1] is not None:
+                self.largest[1].append(leaf)
+            if self.frontier.size in self.by_size:
+                prefix_root = self.frontier.root()
+                for c in self.by_size[self.frontier.size]:
+                    self.checked += 1
+                    if c.root != prefix_root:
+                        return self._not_extended(c)
+            if n in self._claimed_at:
+                self.hash_at[n] = h
+            self.prev, self.expected_seq, self.last_kind = h, self.expected_seq + 1, kind
+            self.st.records += 1
+        return None
+
+    def finish(self, rep: VerifyReport, attested_torn: dict) -> Problem | None:
+        seg, st = self.seg, self.st
+        st.tree_size = self.frontier.size
+        st.root = base64.b64encode(self.frontier.root()).decode()
+        st.closed = self.last_kind == "checkpoint"
+        root = self.frontier.root()
+        rep.checkpoints_checked += self.checked
+        if self.largest is not None:
+            c, b = self.largest
+            rep.checkpoints_checked += 1
+            if c.size > self.frontier.size:
+                return Problem(seg.name, None,
+                               f"truncated: the checkpoint in {c.source} covers {c.size} records, the segment "
+                               f"holds {self.frontier.size} (records removed from the end)")
+            if b is None or not verify_consistency(c.size, self.frontier.size, c.root, root, b.proof()):
+                return self._not_extended(c)
+        for want, want_hash in sorted(self.attested, reverse=True):
+            if self.n < want:
+                return Problem(seg.name, None,
+                               f"truncated: a later genesis attests {want} records, the segment holds {self.n}")
+            if self.hash_at.get(want) != want_hash:
+                return Problem(seg.name, want, "record differs from the one a later genesis attests")
+        if seg.torn:
+            digest = hashlib.sha256(seg.torn).hexdigest()
+            if attested_torn.get((seg.name, seg.torn_offset)) == digest:
+                st.warnings.append(f"{seg.name}: torn final write of {len(seg.torn)} bytes, attested by a later genesis")
+            else:
+                return Problem(seg.name, self.n + 1, "torn or truncated final record not attested")
+        if not st.closed:
+            if self.attested:
+                st.warnings.append(f"{seg.name}: no closing checkpoint; the writer stopped (crash) after "
+                                   f"{max(self.attested)[0]} records, attested by a later genesis")
+            else:
+                st.warnings.append(f"{seg.name}: no closing checkpoint and no later genesis attests its end: the "
+                                   "writer is running or crashed, or records were removed from the end "
+                                   "(verify against a checkpoint kept elsewhere: --checkpoint / --witness)")
+        return None
+
+
+def _chunk_bytes(chunk: tuple) -> int:
+    return chunk[3] - chunk[2] if chunk[0] == "file" else sum(len(x) + 1 for x in chunk[1])
+
+
+def _chunk_stream(segments: list[Segment], genes: list, pool, depth: int,
+                  finished: Callable[[int], bool]) -> Iterator[tuple[int, list[tuple], int]]:
+    """(segment index, per-line results, bytes) per chunk, in order; at most `depth` chunks in
+    flight on the pool, so memory stays bounded whatever the store's size. The rest of a segment
+    whose first problem is found (`finished`) is not read."""
+    def tasks():
+        for i, s in enumerate(segments):
+            if genes[i] is None:
                 continue
-            for t in g.get("recovered_torn_tails") or []:
-                attested[(t.get("file"), t.get("offset"))] = t.get("sha256")
-    geneses: list[tuple[dict, bytes] | None] = []
-    for fname, lines, _torn in parsed:
-        geneses.append(None)
-        if not lines:
-            continue
-        try:
-            g = json.loads(lines[0])
-            raw = base64.b64decode(g["public_key"], validate=True)
-            Ed25519PublicKey.from_public_bytes(raw)
-            geneses[-1] = (g, raw)
-        except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError):
-            pass
-    total = sum(len(lines) for _n, lines, _t in parsed)
+            for c in s.chunks():
+                if finished(i):
+                    break
+                yield i, genes[i][1], c
+    tasks = tasks()
+    if pool is None:
+        for i, key, c in tasks:
+            yield i, check_chunk(key, c), _chunk_bytes(c)
+        return
+    window: deque = deque()
+    for i, key, c in tasks:
+        window.append((i, pool.submit(check_chunk, key, c), _chunk_bytes(c)))
+        if len(window) >= depth:
+            j, fut, nb = window.popleft()
+            yield j, fut.result(), nb
+    while window:
+        j, fut, nb = window.popleft()
+        yield j, fut.result(), nb
+
+
+def _attestations(genes: list, sources: Iterable[int]) -> tuple[dict, dict]:
+    """What the genesis records of the given segments attest about others: torn tails
+    {(file, offset): sha256} and predecessors {file: (records, last hash)}."""
+    torn: dict[tuple[str, int], str] = {}
+    least: dict[str, set[tuple[int, str]]] = {}
+    for i in sources:
+        g = genes[i][0]
+        for t in g.get("recovered_torn_tails") or []:
+            if isinstance(t, dict):
+                torn[(t.get("file"), t.get("offset"))] = t.get("sha256")
+        for p in g.get("predecessors") or []:
+            if isinstance(p, dict) and isinstance(p.get("records"), int):
+                least.setdefault(p.get("file"), set()).add((p["records"], p.get("last_hash")))
+    return torn, least
+
+
+def _empty_segment(seg: Segment, st: SegmentStatus, attested_torn: dict) -> None:
+    if seg.torn:
+        if attested_torn.get((seg.name, 0)) == hashlib.sha256(seg.torn).hexdigest():
+            st.warnings.append(f"{seg.name}: torn first write of {len(seg.torn)} bytes, attested by a later genesis")
+        else:
+            st.ok, st.problem = False, Problem(seg.name, 1, "torn or truncated final record not attested")
+    elif attested_torn.get((seg.name, 0)) == hashlib.sha256(b"").hexdigest():
+        st.warnings.append(f"{seg.name}: empty segment (the writer crashed before its genesis), "
+                           "attested by a later genesis")
+    else:
+        st.ok, st.problem = False, Problem(seg.name, None, "empty segment: no genesis, no records")
+
+
+def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | None = None, *,
+                          jobs: int | None = None, checkpoints: Iterable[Checkpoint] = (),
+                          progress: Callable[[int, int, int], None] | None = None,
+                          store: str = "store") -> VerifyReport:
+    """Verify segments; every segment gets a SegmentStatus, the report's `first` is the first
+    problem in segment order. `progress(records, bytes_done, bytes_total)` is called per chunk."""
+    rep = VerifyReport()
+    checkpoints = list(checkpoints)
+    if not segments:
+        return _fail(rep, Problem(store, None, "nothing to verify: the store holds no audit segments"))
+    genes = [_genesis(s) for s in segments]
+    # Where a crashed segment ended, as its successors' genesis records claim: used while
+    # streaming only to note the record at the claimed position; a claim counts only once the
+    # genesis that makes it has verified (below).
+    _, claimed_least = _attestations(genes, (i for i, g in enumerate(genes) if g is not None))
+    total_bytes = sum(s.size_bytes for s in segments)
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     pool = None
-    if jobs > 1 and total >= PARALLEL_THRESHOLD:
+    if jobs > 1 and total_bytes >= PARALLEL_THRESHOLD_BYTES:
         # fork only when this process has a single thread (the CLI): forking a threaded process
         # (a server, a test runner) can copy a held lock; spawn is slower to start but safe.
         method = "fork" if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods() \
             else "spawn"
-        if method == "fork":
-            _INHERITED[:] = parsed
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method))
-    # Small enough slices that both workers stay busy to the end, large enough to amortise a task.
-    chunk = max(min(250, _MAX_CHUNK), min(_MAX_CHUNK, total // (jobs * 8) + 1))
+    checks: list[_SegmentCheck | None] = []
     try:
-        checked: list = []
-        for index, ((fname, lines, _torn), gen) in enumerate(zip(parsed, geneses)):
-            if gen is None:
-                checked.append(None)
-            elif pool is None:
-                checked.append([check_lines(gen[1], lines)])
-            elif _INHERITED:
-                checked.append([pool.submit(_check_inherited_slice, index, i, i + chunk, gen[1])
-                                for i in range(0, len(lines), chunk)])
-            else:
-                checked.append([pool.submit(check_lines, gen[1], lines[i:i + chunk])
-                                for i in range(0, len(lines), chunk)])
-        for (fname, lines, torn), gen, parts in zip(parsed, geneses, checked):
-            problem = _verify_segment(rep, fname, lines, torn, gen, parts, attested, trusted_key_ids)
+        for i, (seg, gen) in enumerate(zip(segments, genes)):
+            st = SegmentStatus(seg.name)
+            rep.segment_status.append(st)
+            if seg.first_line is None:
+                checks.append(None)
+                continue
+            c = _SegmentCheck(seg, gen, st, checkpoints, claimed_least)
+            problem = c.start()
+            if problem is None and gen is not None and trusted_key_ids is not None \
+                    and gen[0]["key_id"] not in trusted_key_ids:
+                problem = Problem(seg.name, 1, f"segment signed by untrusted key {gen[0]['key_id']}")
             if problem is not None:
-                return _fail(rep, *problem)
+                st.ok, st.problem = False, problem
+                checks.append(None)
+                genes[i] = None   # nothing more to read in this segment
+                continue
+            checks.append(c)
+        done_bytes = lines_read = 0
+        for i, results, nbytes in _chunk_stream(segments, genes, pool, max(2, jobs * 3),
+                                                  lambda i: checks[i] is not None and checks[i].done):
+            done_bytes += nbytes
+            lines_read += len(results)
+            c = checks[i]
+            if c is not None and not c.done:
+                problem = c.feed(results)
+                if problem is not None:
+                    c.done = True
+                    c.st.ok, c.st.problem = False, problem
+            if progress is not None:
+                progress(lines_read, done_bytes, total_bytes)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-        _INHERITED.clear()
+    # Only genesis records whose whole segment verified (and whose key is trusted) attest.
+    attested_torn, attested_least = _attestations(
+        genes, [i for i, c in enumerate(checks) if c is not None and not c.done])
+    for seg, c, st in zip(segments, checks, rep.segment_status):
+        if seg.first_line is None:
+            _empty_segment(seg, st, attested_torn)
+        elif c is not None and not c.done:
+            c.attested = attested_least.get(seg.name, set())
+            problem = c.finish(rep, attested_torn)
+            if problem is not None:
+                st.ok, st.problem = False, problem
+        rep.records += st.records
+    rep.segments = len(segments)
+    for st in rep.segment_status:
+        if st.key_id:
+            rep.key_ids.add(st.key_id)
+        rep.warnings.extend(st.warnings)
+        if st.problem is not None:
+            _fail(rep, st.problem)
+    names = {s.name for s in segments}
+    for name in attested_least:
+        if name not in names:
+            _fail(rep, Problem(store, None, f"gap: segment {name} is named by a later genesis but missing"))
+    segment_ids = {(st.writer_id, st.segment_id) for st in rep.segment_status if st.writer_id is not None}
+    for cp in checkpoints:
+        if (cp.writer_id, cp.segment_id) not in segment_ids:
+            _fail(rep, Problem(store, None, f"segment {cp.writer_id}/{cp.segment_id} of the checkpoint in "
+                                            f"{cp.source} (size {cp.size}) is missing from the store"))
+    if rep.ok and rep.records == 0:
+        _fail(rep, Problem(store, None, "nothing to verify: no records"))
     return rep
 
 
-def _results(parts: list):
-    for part in parts:
-        yield from (part if isinstance(part, list) else part.result())
+def verify_store(store: str, *, table: str | None = None, trusted_key_ids: set[str] | None = None,
+                 jobs: int | None = None, checkpoints: Iterable[Checkpoint] = (),
+                 progress: Callable[[int, int, int], None] | None = None) -> VerifyReport:
+    """Verify a store (directory or postgresql:// DSN). A missing store is a failed report."""
+    try:
+        segments = open_segments(store, table)
+    except StoreNotFound as exc:
+        return _fail(VerifyReport(), Problem(store, None, str(exc)))
+    return verify_store_segments(segments, trusted_key_ids, jobs=jobs, checkpoints=checkpoints,
+                                 progress=progress, store=store)
 
 
-def _verify_segment(rep: VerifyReport, fname: str, lines: list[bytes], torn: bytes,
-                    gen: tuple[dict, bytes] | None, parts: list | None,
-                    attested: dict, trusted_key_ids: set[str] | None) -> tuple[str, str] | None:
-    rep.segments += 1
-    if lines:
-        where = f"{fname}:1"
-        if gen is None:
-            try:
-                first = json.loads(lines[0])
-            except json.JSONDecodeError:
-                return where, "not valid JSON"
-            if not isinstance(first, dict):
-                return where, "not a JSON object"
-            if first.get("kind") != "genesis":
-                return where, "segment does not start with a genesis record"
-            return where, "genesis public key unreadable"
-        genesis, raw = gen
-        if genesis.get("kind") != "genesis":
-            return where, "segment does not start with a genesis record"
-        if key_id(Ed25519PublicKey.from_public_bytes(raw)) != genesis.get("key_id"):
-            return where, "genesis key_id does not match its public key"
-        if trusted_key_ids is not None and genesis["key_id"] not in trusted_key_ids:
-            return where, f"segment signed by untrusted key {genesis['key_id']}"
-        rep.key_ids.add(genesis["key_id"])
-        prev, expected_seq = GENESIS_PREV, 0
-        leaves: list[bytes] = []
-        last_kind = None
-        assert parts is not None
-        for n, (problem, h, summary) in enumerate(_results(parts), start=1):
-            where = f"{fname}:{n}"
-            if summary is None:
-                return where, problem
-            kind, writer_id, segment_id, kid, seq, prev_hash, tree_size, root = summary
-            if n > 1 and kind == "genesis":
-                return where, "second genesis record inside a segment"
-            if writer_id != genesis["writer_id"] or segment_id != genesis["segment_id"]:
-                return where, "record belongs to another segment (spliced)"
-            if kid != genesis["key_id"]:
-                return where, "record signed with a key other than the segment's"
-            if seq != expected_seq:
-                return where, f"sequence {seq} where {expected_seq} was expected (record removed, reordered or inserted)"
-            if prev_hash != prev:
-                return where, "prev_hash does not link to the previous record"
-            if problem is not None:
-                return where, problem
-            if kind == "checkpoint":
-                if tree_size != len(leaves) or root != base64.b64encode(merkle_root(leaves)).decode():
-                    return where, "checkpoint does not match the records before it"
-            leaves.append(leaf_hash(bytes.fromhex(h)))
-            prev, expected_seq, last_kind = h, expected_seq + 1, kind
-            rep.records += 1
-        if last_kind != "checkpoint":
-            rep.warnings.append(f"{fname}: no closing checkpoint (writer still running or crashed)")
-    elif not torn:
-        rep.warnings.append(f"{fname}: empty segment")
-    if torn:
-        offset = sum(len(x) + 1 for x in lines)
-        digest = hashlib.sha256(torn).hexdigest()
-        if attested.get((fname, offset)) == digest:
-            rep.warnings.append(f"{fname}: torn final write of {len(torn)} bytes, attested by a later genesis")
-        else:
-            return f"{fname}:{len(lines) + 1}", "torn or truncated final record not attested"
-    return None
+def verify_dir(directory: str | Path, trusted_key_ids: set[str] | None = None, *,
+               jobs: int | None = None, checkpoints: Iterable[Checkpoint] = ()) -> VerifyReport:
+    """Verify the file sink's segment files."""
+    return verify_store(str(directory), trusted_key_ids=trusted_key_ids, jobs=jobs, checkpoints=checkpoints)
+
+
+def verify_segments(parsed: list[tuple[str, list[bytes], bytes]],
+                    trusted_key_ids: set[str] | None = None, *, jobs: int | None = None) -> VerifyReport:
+    """Verify segments given in memory as (name, record lines, torn trailing bytes)."""
+    return verify_store_segments([lines_segment(n, ls, t) for n, ls, t in parsed], trusted_key_ids, jobs=jobs)

@@ -46,6 +46,17 @@ class InputTooLarge(ValueError):
         self.limit = limit
 
 
+class InspectionBudgetExceeded(InputTooLarge):
+    """The request's inspection budget (text bytes or candidates validated) is spent; the message
+    has counts only. A subclass of InputTooLarge: the pipeline answers both with a 413."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        ValueError.__init__(self, f"the request needs more than {limit} {what} of inspection "
+                                  "(the per-request inspection budget)")
+        self.size = limit + 1
+        self.limit = limit
+
+
 def summarize(findings: Sequence[Finding]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for f in findings:
@@ -159,7 +170,11 @@ class Classifier:
             return self._all
         return tuple(i for i in hits if i != self._sentinel)
 
-    def scan(self, text: str, *, use_prefilter: bool = True) -> list[Finding]:
+    def scan(self, text: str, *, use_prefilter: bool = True, budget=None) -> list[Finding]:
+        """`budget`, when given, has an int `candidates_left`: the candidates (pattern matches
+        handed to a rule's check) this scan may still validate, shared by all scans of one
+        request; it is decremented, and InspectionBudgetExceeded raised when it runs out. The
+        checks are Python, so this bounds a request's CPU time on text made of near-misses."""
         if not isinstance(text, str):
             raise TypeError("scan() takes a str")
         if len(text) > self.max_input_chars:
@@ -170,14 +185,22 @@ class Classifier:
         data = norm.data
         indices = self.rules_hit(data) if use_prefilter else self._all
         raw: list[tuple[int, int, int, str | None, int]] = []
+        left = budget.candidates_left if budget is not None else -1
         for i in indices:
             check = self._rules[i].check
             covered = 0       # a check may widen a hit (a PEM block): skip matches inside it
             for bs, be in self._spans[i](data):
                 if bs < be and bs >= covered:
+                    if budget is not None:
+                        left -= 1
+                        if left < 0:
+                            raise InspectionBudgetExceeded(
+                                "candidate matches", getattr(budget, "candidates_limit", budget.candidates_left))
                     for s, e, conf, validator in check(data, bs, be):
                         raw.append((s, e, conf, validator, i))
                         covered = max(covered, e)
+        if budget is not None:
+            budget.candidates_left = left
         if not raw:
             return []
         rules = self._rules
@@ -221,17 +244,28 @@ def _fast_spans(rx, group: int):
 
 def _resolve_overlaps(candidates: list[tuple[int, int, int, str | None, str]],
                       text_len: int) -> list[Finding]:
-    """Greedy by (confidence, length): a position belongs to at most one finding."""
+    """Every label's findings stand, even where they overlap another label's (a card inside an
+    e-mail address, a key inside an IBAN, an e-mail inside a password assignment): the policy sees
+    all labels and redaction masks the union of their spans. Within one label, a position belongs
+    to one finding, chosen greedily by (confidence, length)."""
     if len(candidates) == 1:
         s, e, conf, validator, label = candidates[0]
         return [Finding(label, s, e, conf, validator)]
-    candidates.sort(key=lambda c: (-c[2], c[0] - c[1], c[0], c[4]))
-    taken = bytearray(text_len)
+    by_label: dict[str, list[tuple[int, int, int, str | None, str]]] = {}
+    for c in candidates:
+        by_label.setdefault(c[4], []).append(c)
     kept: list[Finding] = []
-    for s, e, conf, validator, label in candidates:
-        if taken.find(1, s, e) != -1:
+    for label, group in by_label.items():
+        if len(group) == 1:
+            s, e, conf, validator, _ = group[0]
+            kept.append(Finding(label, s, e, conf, validator))
             continue
-        taken[s:e] = b"\x01" * (e - s)
-        kept.append(Finding(label, s, e, conf, validator))
-    kept.sort(key=lambda f: (f.start, f.end))
+        group.sort(key=lambda c: (-c[2], c[0] - c[1], c[0]))
+        taken = bytearray(text_len)
+        for s, e, conf, validator, _ in group:
+            if taken.find(1, s, e) != -1:
+                continue
+            taken[s:e] = b"\x01" * (e - s)
+            kept.append(Finding(label, s, e, conf, validator))
+    kept.sort(key=lambda f: (f.start, f.end, f.label))
     return kept

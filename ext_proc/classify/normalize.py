@@ -3,10 +3,16 @@
 What is folded, per code point (so offsets stay mappable):
 - NFKC compatibility mapping (full-width digits and letters, ligatures, circled digits, NBSP...).
   Composition across code points (``e`` + U+0301) is not applied: no rule matches accents.
+- decimal digits of every script (Unicode Nd: Arabic-Indic, Devanagari, Thai...) become ASCII
+  digits, and letters that look like Latin ones (Cyrillic, Greek and Latin look-alikes from the
+  Unicode TR39 confusables data) become those Latin letters: one code point for one, applied with
+  ``str.translate`` before anything else, so offsets do not move.
 - invisible characters (zero-width spaces and joiners, soft hyphen, BOM, bidi controls, variation
-  selectors, word joiner...) are dropped. A run longer than ``MAX_DROPPED_RUN`` becomes one space
-  instead: that bounds how much longer than its normalized form a finding can be in the original
-  text (``ORIGINAL_SPAN_FACTOR``), which the streaming inspector relies on.
+  selectors, word joiner...) are dropped, in runs of any length: a run is never turned into a
+  separator (a key with three zero-width spaces inside is still one key). ``ORIGINAL_SPAN_FACTOR``
+  bounds the other expansions (a hidden character after each visible one); a finding padded with
+  longer runs is longer in the original text than that, which whole-text scans do not mind and
+  the streaming gate handles with its long hold.
 - Unicode tag characters (U+E0020..U+E007E, used to smuggle hidden ASCII) become that ASCII.
 - dash look-alikes become ``-``; line/paragraph separators become ``\\n``.
 - lone surrogates (a Python ``str`` may hold them) become U+FFFD, one for one.
@@ -25,8 +31,8 @@ from dataclasses import dataclass
 import re2
 
 MAX_DROPPED_RUN = 2
-# original length <= ORIGINAL_SPAN_FACTOR * normalized length (+ MAX_DROPPED_RUN at most, which
-# only happens between characters, so the factor alone bounds a finding).
+# Hold sizes assume a finding is at most this many times longer in the original text than in the
+# normalized one (two hidden characters after each visible one).
 ORIGINAL_SPAN_FACTOR = MAX_DROPPED_RUN + 1
 
 INVISIBLE: frozenset[int] = frozenset(
@@ -60,6 +66,31 @@ except LookupError:
     codecs.register_error(_SURROGATE_HANDLER, _surrogate_to_fffd)
 
 
+def _one_to_one_table() -> dict[int, str]:
+    """Code point -> code point foldings: Nd digits to ASCII digits, Latin look-alikes to Latin."""
+    from confusable_homoglyphs import categories, confusables
+
+    table: dict[int, str] = {}
+    for tgt in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz":
+        for entry in confusables.confusables_data.get(tgt, ()):
+            c = entry["c"]
+            if len(c) != 1 or c.isascii() or not unicodedata.category(c).startswith("L"):
+                continue
+            if categories.alias(c) not in ("CYRILLIC", "GREEK", "LATIN"):
+                continue
+            # TR39 skeletons map I and l alike to "l"; a capital stays a capital here so that key
+            # prefixes (AKIA with a Cyrillic I) read as written.
+            table.setdefault(ord(c), "I" if tgt == "l" and c.isupper() else tgt)
+    for cp in range(0x80, 0x30000):
+        ch = chr(cp)
+        if unicodedata.category(ch) == "Nd":
+            table[cp] = str(unicodedata.decimal(ch))
+    return table
+
+
+_ONE_TO_ONE: dict[int, str] = _one_to_one_table()
+
+
 def fold_char(ch: str) -> str:
     """The normalized form of one code point (may be empty or several characters)."""
     cp = ord(ch)
@@ -79,7 +110,7 @@ def fold_char(ch: str) -> str:
 
 def fold_plain(text: str) -> str:
     """Normalize text without keeping offsets (dictionary terms, tests)."""
-    text = text.encode("utf-8", _SURROGATE_HANDLER).decode("utf-8")
+    text = text.encode("utf-8", _SURROGATE_HANDLER).decode("utf-8").translate(_ONE_TO_ONE)
     return "".join(fold_char(c) for c in text)
 
 
@@ -88,7 +119,7 @@ def _special_class() -> re2._Regexp:
     """One RE2 character class of every code point that fold_char changes (compiled once)."""
     cps = set(INVISIBLE) | _DASHES | _LINE_SEPARATORS | set(_TAG_ASCII)
     for cp in range(0x80, 0x30000):
-        if 0xD800 <= cp <= 0xDFFF or cp in cps:
+        if 0xD800 <= cp <= 0xDFFF or cp in cps or cp in _ONE_TO_ONE:
             continue
         if not unicodedata.is_normalized("NFKC", chr(cp)):
             cps.add(cp)
@@ -155,11 +186,12 @@ def normalize(text: str) -> NormalizedText:
     if text.isascii():
         return NormalizedText(text=text, data=text.encode("ascii"), identity=True)
     try:
-        data = text.encode("utf-8")
+        text.encode("utf-8")
         clean = text
     except UnicodeEncodeError:
-        data = text.encode("utf-8", _SURROGATE_HANDLER)
-        clean = data.decode("utf-8")
+        clean = text.encode("utf-8", _SURROGATE_HANDLER).decode("utf-8")
+    clean = clean.translate(_ONE_TO_ONE)       # one code point for one: offsets unchanged
+    data = clean.encode("utf-8")
     pieces: list[str] = []
     norm_starts: list[int] = []
     orig_starts: list[int] = []
@@ -179,16 +211,10 @@ def normalize(text: str) -> NormalizedText:
             pieces.append(clean[ocur:ostart])
             npos += ostart - ocur
         o = ostart
-        dropped = 0
         for ch in run:
+            # An invisible character folds to "" and vanishes, in a run of any length: never a
+            # separator, so it cannot split a value in two.
             folded = fold_char(ch)
-            if folded == "" and ord(ch) in INVISIBLE:
-                dropped += 1
-                o += 1
-                continue
-            if dropped:
-                npos = _flush_dropped(dropped, o, pieces, norm_starts, orig_starts, orig_lens, npos)
-                dropped = 0
             if folded:
                 norm_starts.append(npos)
                 orig_starts.append(o)
@@ -196,8 +222,6 @@ def normalize(text: str) -> NormalizedText:
                 pieces.append(folded)
                 npos += len(folded)
             o += 1
-        if dropped:
-            npos = _flush_dropped(dropped, o, pieces, norm_starts, orig_starts, orig_lens, npos)
         changed = True
         ocur, bcur = o, bend
     if not changed:
@@ -214,14 +238,3 @@ def normalize(text: str) -> NormalizedText:
                           _norm_starts=tuple(norm_starts), _orig_starts=tuple(orig_starts),
                           _orig_lens=tuple(orig_lens))
 
-
-def _flush_dropped(dropped: int, o_end: int, pieces: list[str], norm_starts: list[int],
-                   orig_starts: list[int], orig_lens: list[int], npos: int) -> int:
-    """A short run of invisible characters vanishes; a long one becomes a single space."""
-    if dropped <= MAX_DROPPED_RUN:
-        return npos
-    norm_starts.append(npos)
-    orig_starts.append(o_end - dropped)
-    orig_lens.append(dropped)
-    pieces.append(" ")
-    return npos + 1

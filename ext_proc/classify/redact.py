@@ -28,9 +28,14 @@ class Redaction:
     strategy: str
     # What replaced the span (never in records: a partial strategy keeps some of the value).
     replacement: str = field(default="", repr=False, compare=False)
+    # Every label whose findings this span masks (overlapping findings are masked as one span).
+    labels: tuple[str, ...] = field(default=(), compare=False)
 
     def to_record(self) -> dict:
-        return {"label": self.label, "start": self.start, "end": self.end, "strategy": self.strategy}
+        rec = {"label": self.label, "start": self.start, "end": self.end, "strategy": self.strategy}
+        if len(self.labels) > 1:
+            rec["labels"] = list(self.labels)
+        return rec
 
 
 def normalized_value(label: str, value: str) -> str:
@@ -70,8 +75,9 @@ def redact(text: str, findings: Sequence[Finding], strategies: Mapping[str, str]
            hash_key: bytes, tenant: str | None = None) -> tuple[str, list[Redaction]]:
     """Replace every finding whose label has a strategy (``"*"``: default for all labels).
 
-    Overlapping selected findings (possible when the caller merges several scans) are redacted
-    as one span under the first one's label, so no character of either survives.
+    Overlapping selected findings (findings of different labels overlap: every label stands) are
+    redacted as one span under the first one's label, so no character of either survives; the
+    redaction lists every label it masks.
     """
     for label, strategy in strategies.items():
         if strategy not in STRATEGIES:
@@ -93,16 +99,18 @@ def redact(text: str, findings: Sequence[Finding], strategies: Mapping[str, str]
     for s, e, label, strategy in selected:
         if merged and s < merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], e)
+            if label not in merged[-1][4]:
+                merged[-1][4].append(label)
         else:
-            merged.append([s, e, label, strategy])
+            merged.append([s, e, label, strategy, [label]])
     out: list[str] = []
     reds: list[Redaction] = []
     pos = 0
-    for s, e, label, strategy in merged:
+    for s, e, label, strategy, labels in merged:
         out.append(text[pos:s])
         replacement = _replacement(label, strategy, text[s:e], hash_key, tenant)
         out.append(replacement)
-        reds.append(Redaction(label, s, e, strategy, replacement))
+        reds.append(Redaction(label, s, e, strategy, replacement, tuple(labels)))
         pos = e
     out.append(text[pos:])
     return "".join(out), reds

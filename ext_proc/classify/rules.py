@@ -61,6 +61,12 @@ def _digits(s: bytes) -> str:
     return s.translate(None, _NON_DIGITS).decode("ascii")
 
 
+# Between the groups of a card, SSN or IBAN: any short run of characters that are not ASCII
+# letters or digits (dots, slashes, commas, tabs, newlines, double spaces, " - "...). Normalization
+# has already turned digits of other scripts into ASCII and dropped invisible characters.
+GROUP_SEP = r"[^0-9A-Za-z]{1,3}"
+
+
 # ---------------------------------------------------------------------------- PII
 
 EMAIL = (r"\b[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,6}"
@@ -108,7 +114,11 @@ def check_phone(data: bytes, s: int, e: int) -> list[Hit]:
 
 
 SSN_CONTEXT = ("ssn", "social security", "ss#", "soc sec", "sozialversicherung", "tax id", "tin")
-SSN = r"\b\d{3}(?:-\d{2}-|[ ]\d{2}[ ]|\d{2})\d{4}\b"
+# Digits glued to an identifier (id_536-22-8726, x_4111...) still count: only a digit may not
+# stand right before or after the value (group 1).
+_NOT_DIGIT_BEFORE = r"(?:^|[^0-9])"
+_NOT_DIGIT_AFTER = r"(?:\b|[A-Za-z_])"
+SSN = _NOT_DIGIT_BEFORE + r"(\d{3}(?:" + GROUP_SEP + r"\d{2}" + GROUP_SEP + r"|\d{2})\d{4})" + _NOT_DIGIT_AFTER
 
 
 def check_ssn(data: bytes, s: int, e: int) -> list[Hit]:
@@ -117,10 +127,10 @@ def check_ssn(data: bytes, s: int, e: int) -> list[Hit]:
     if not v.ssn_ok(digits):
         return []
     ctx = _has_context(data, s, e, SSN_CONTEXT)
-    if b"-" in raw:
-        conf = 95 if ctx else 85
-    elif b" " in raw:
-        conf = 90 if ctx else 60
+    if len(digits) != len(raw) and raw.translate(None, b"0123456789-.") == b"":
+        conf = 95 if ctx else 85         # 123-45-6789, 123.45.6789
+    elif len(digits) != len(raw):
+        conf = 90 if ctx else 60         # spaces, slashes, mixed separators
     elif ctx:
         conf = 80
     else:
@@ -157,7 +167,7 @@ def check_ipv6(data: bytes, s: int, e: int) -> list[Hit]:
     return [(s, e, 80, "structure")] if v.ipv6_ok(data[s:e].decode("ascii")) else []
 
 
-IBAN = r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,36}\b"
+IBAN = r"\b[A-Z]{2}\d{2}(?:[^0-9A-Za-z]{0,3}[A-Z0-9]){11,36}\b"
 
 
 def check_iban(data: bytes, s: int, e: int) -> list[Hit]:
@@ -165,19 +175,19 @@ def check_iban(data: bytes, s: int, e: int) -> list[Hit]:
     if want is None:
         return []
     # Cut the candidate where the country's length is reached (the pattern may run on into a
-    # following upper-case word), counting characters but not the grouping spaces.
+    # following upper-case word), counting letters and digits but not the group separators.
     have = 0
     end = s
-    for piece in data[s:e].split(b" "):
-        if have + len(piece) >= want:
-            end += want - have
-            have = want
-            break
-        have += len(piece)
-        end += len(piece) + 1
+    chars: list[int] = []
+    while end < e and have < want:
+        c = data[end]
+        if c < 0x80 and chr(c).isalnum():
+            chars.append(c)
+            have += 1
+        end += 1
     if have != want or (end < len(data) and chr(data[end]).isalnum()):
         return []
-    iban = data[s:end].replace(b" ", b"").decode("ascii")
+    iban = bytes(chars).decode("ascii")
     return [(s, end, 95, "mod97")] if v.iban_mod97_ok(iban) else []
 
 
@@ -222,10 +232,20 @@ def check_dob(data: bytes, s: int, e: int) -> list[Hit]:
 
 PCI_CONTEXT = ("card", "visa", "mastercard", "amex", "credit", "debit", "cc#", "cc ", "pan",
                "payment", "karte", "carte", "tarjeta")
-CARD = r"\b\d(?:[ -]?\d){12,18}\b"
+CARD = (_NOT_DIGIT_BEFORE + r"(\d(?:[ -]?\d){12,18}"                                   # one space or dash anywhere
+        r"|\d{4}(?:" + GROUP_SEP + r"\d{4}){2,6}(?:" + GROUP_SEP + r"\d{1,7})?"  # 4-4-4-n, any separators
+        r"|\d{4}" + GROUP_SEP + r"\d{6}" + GROUP_SEP + r"\d{4,5})" + _NOT_DIGIT_AFTER)       # 4-6-5 (Amex), 4-6-4 (Diners)
 
 
 def check_card(data: bytes, s: int, e: int) -> list[Hit]:
+    rs, re_ = _group_run(data, s, e)
+    if (rs, re_) != (s, e):
+        # The match is part of a longer run of digit groups (a phone's last group in front, a
+        # reference after): every card in the run counts, so no group of it goes out.
+        span = (rs, re_) if v.card_ok(_digits(data[rs:re_])) else _card_subspan(data, rs, re_)
+        if span is not None:
+            ctx = _has_context(data, span[0], span[1], PCI_CONTEXT)
+            return [(span[0], span[1], 95 if ctx else 85, "luhn")]
     raw = data[s:e]
     digits = _digits(raw)
     if v.card_ok(digits):
@@ -238,10 +258,38 @@ def check_card(data: bytes, s: int, e: int) -> list[Hit]:
     return [(span[0], span[1], 95 if ctx else 85, "luhn")]
 
 
+def _is_group_sep(b: int) -> bool:
+    return b < 0x80 and not (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122)
+
+
+def _group_run(data: bytes, s: int, e: int) -> tuple[int, int]:
+    """[s, e) widened by the neighbouring group of 1-7 digits on each side, joined by 1-3
+    separator characters: the regex match is greedy, so one group each way is what can still
+    belong to a card it cut. Bounded: at most 11 bytes looked at each way."""
+    k, n = s - 1, 0
+    while k >= 0 and n < 3 and _is_group_sep(data[k]):
+        k, n = k - 1, n + 1
+    m = k
+    while m >= 0 and 48 <= data[m] <= 57 and k - m < 8:
+        m -= 1
+    if n and m < k and k - m <= 7 and not (m >= 0 and 48 <= data[m] <= 57):
+        s = m + 1
+    k, n = e, 0
+    while k < len(data) and n < 3 and _is_group_sep(data[k]):
+        k, n = k + 1, n + 1
+    m = k
+    while m < len(data) and 48 <= data[m] <= 57 and m - k < 8:
+        m += 1
+    if n and m > k and m - k <= 7 and not (m < len(data) and 48 <= data[m] <= 57):
+        e = m
+    return s, e
+
+
 def _card_subspan(data: bytes, s: int, e: int) -> tuple[int, int] | None:
-    """A separated run can hold a card followed or preceded by other digit groups
-    ("4111 1111 1111 1111 123", "ref 12 4111 1111 1111 1111"): try the longest run of whole
-    groups that starts at the first group or ends at the last one. Bounded: at most 2 x 8 tries."""
+    """A separated run can hold a card among other digit groups ("4111 1111 1111 1111 123",
+    "ref 12 4111 1111 1111 1111", a phone's last group in front): every run of whole groups that
+    is a valid card counts, and the finding covers all of them, since which one is the card
+    cannot be told and no digit of either may go out. Bounded: at most 8 groups, 36 windows."""
     groups: list[tuple[int, int]] = []
     i = s
     while i < e:
@@ -249,16 +297,26 @@ def _card_subspan(data: bytes, s: int, e: int) -> tuple[int, int] | None:
         while j < e and 48 <= data[j] <= 57:
             j += 1
         groups.append((i, j))
-        i = j + 1
+        i = j
+        while i < e and not 48 <= data[i] <= 57:
+            i += 1
     n = len(groups)
     if not 2 <= n <= 8:
         return None
-    tries = [(0, b) for b in range(n - 2, -1, -1)] + [(a, n - 1) for a in range(1, n)]
-    for a, b in tries:
-        gs, ge = groups[a][0], groups[b][1]
-        if v.card_ok(_digits(data[gs:ge])):
-            return gs, ge
-    return None
+    widths = [j - i for i, j in groups]
+    found: tuple[int, int] | None = None
+    for a in range(n):
+        total = 0
+        for b in range(a, n):
+            total += widths[b]
+            if total > 19:
+                break
+            if total < 13 or (a, b) == (0, n - 1):
+                continue                     # too short; or the whole run, tried by the caller
+            gs, ge = groups[a][0], groups[b][1]
+            if v.card_ok(_digits(data[gs:ge])):
+                found = (gs, ge) if found is None else (min(found[0], gs), max(found[1], ge))
+    return found
 
 
 # ---------------------------------------------------------------------------- PHI
@@ -300,16 +358,21 @@ def _entropy_gate(floor: float, conf: int, skip: int = 0,
     return check
 
 
-AWS = r"\b((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b"
-GITHUB = (r"\b((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})\b")
-SLACK = (r"(\bxox[abposr]-(?:\d{6,15}-){1,3}[A-Za-z0-9]{16,64}\b"
+# Key patterns have no word boundary in front: a key glued to an identifier (aws_key_AKIA...,
+# token=ghp_...) is still a key; their prefixes are specific enough on their own.
+# Nor behind: a key's length is fixed or its class greedy, so what follows (aws_key_AKIA..._prod)
+# does not decide whether it is one.
+AWS = r"((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})"
+GITHUB = (r"((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})")
+SLACK = (r"(xox[abposr]-(?:\d{6,15}-){1,3}[A-Za-z0-9]{16,64}"
          r"|\bxapp-\d-[A-Z0-9]{8,15}-\d{8,15}-[a-z0-9]{32,80}\b"
          r"|https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/]{20,120})")
-STRIPE = r"\b((?:sk|rk)_live_[A-Za-z0-9]{20,99})\b"
-OPENAI = (r"\b(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,250}"
-          r"|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}|sk-[A-Za-z0-9]{40,64})\b")
-ANTHROPIC = r"\b(sk-ant-(?:api|admin|oat|sid)\d{2}-[A-Za-z0-9_-]{20,200})"
-JWT = r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+)?"
+STRIPE = r"((?:sk|rk)_live_[A-Za-z0-9]{20,99})"
+# "sk-" alone is too short to stand after a letter (task-..., disk-...): anything else may precede.
+OPENAI = (r"(?:^|[^A-Za-z])(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,250}"
+          r"|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}|sk-[A-Za-z0-9]{40,64})")
+ANTHROPIC = r"(sk-ant-(?:api|admin|oat|sid)\d{2}-[A-Za-z0-9_-]{20,200})"
+JWT = r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+)?"
 PRIVATE_KEY = r"-----BEGIN[ A-Z0-9_-]{0,40}PRIVATE KEY(?: BLOCK)?-----"
 
 
@@ -374,13 +437,14 @@ def builtin_rules() -> tuple[Rule, ...]:
     return (
         Rule("pii.email", EMAIL, r"[A-Za-z0-9._%+-]@[A-Za-z0-9]", 254, check_email),
         Rule("pii.phone", PHONE, r"\d{3}[ .-]?\d{4}|\+[1-9]", 80, check_phone),
-        Rule("pii.us_ssn", SSN, r"\d{3}[ -]?\d{2}[ -]?\d{4}", 11, check_ssn),
+        Rule("pii.us_ssn", SSN, r"\d{3}[^0-9A-Za-z]{0,3}\d{2}[^0-9A-Za-z]{0,3}\d{4}", 15, check_ssn),
         Rule("pii.ip_address", IPV4, r"\d\.\d{1,3}\.\d", 15, check_ipv4),
         Rule("pii.ip_address", IPV6, r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:", 45, check_ipv6),
-        Rule("pii.iban", IBAN, r"[A-Z]{2}\d{2}[ ]?[A-Z0-9]", 2 * v.IBAN_MAX_LEN, check_iban),
+        Rule("pii.iban", IBAN, r"[A-Z]{2}\d{2}[^0-9A-Za-z]{0,3}[A-Z0-9]", 4 * v.IBAN_MAX_LEN, check_iban),
         Rule("pii.date_of_birth", DATE, DOB_PREFILTER, 40,
              check_dob),
-        Rule("pci.card_number", CARD, r"\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d", 37, check_card),
+        Rule("pci.card_number", CARD,
+             r"\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d|\d{4}[^0-9A-Za-z]{1,3}\d{4}", 37, check_card),
         Rule("phi.us_npi", NPI, r"[12]\d{9}", 10, check_npi),
         Rule("phi.mrn", MRN, r"(?i)mrn|medical[ ]record|patient[ ]|chart[ ]|hospital[ ]number", 20,
              check_mrn),

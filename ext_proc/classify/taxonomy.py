@@ -25,11 +25,24 @@ LABELS: dict[str, str] = {
     "secret.generic": "Generic secret assignment (keyword + entropy)",
 }
 
+# Content that reaches the provider but cannot be inspected as text (binary attachments, files
+# and URLs the provider fetches itself): never skipped silently, labelled so policy can decide.
+CONTENT_LABELS: dict[str, str] = {
+    "content.unscanned.image": "Image attachment (not inspected)",
+    "content.unscanned.audio": "Audio attachment (not inspected)",
+    "content.unscanned.video": "Video attachment (not inspected)",
+    "content.unscanned.pdf": "PDF attachment (not inspected)",
+    "content.unscanned.document": "Office document attachment (not inspected)",
+    "content.unscanned.binary": "Other binary attachment (not inspected)",
+    "content.unscanned.remote": "Content the provider fetches from a URL (not inspected)",
+    "content.unscanned.file_ref": "A file uploaded earlier, referenced by id (not inspected)",
+}
+
 CUSTOM_PREFIX = "custom."
 
 
 def is_known_label(label: str, custom_names: frozenset[str] | set[str] = frozenset()) -> bool:
     """True for a built-in label or for ``custom.<name>`` where name is a declared dictionary."""
-    if label in LABELS:
+    if label in LABELS or label in CONTENT_LABELS:
         return True
     return label.startswith(CUSTOM_PREFIX) and label[len(CUSTOM_PREFIX):] in custom_names

@@ -21,7 +21,7 @@ import yaml
 
 from ext_proc.cli.devmaterial import ensure_dev_material
 from ext_proc.pipeline.multiplex import CHAIN_HEADER
-from ext_proc.server.config import PROVIDERS, deep_merge
+from ext_proc.server.config import PROVIDERS, deep_merge, upstream_timeouts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,16 @@ def parse_upstreams(items: list[str]) -> dict[str, str]:
 
 # Failover between a provider's endpoints: each URL is its own priority, and a retry after an
 # upstream 5xx, reset or refused connection goes to the next priority (Envoy's previous_priorities).
-def _failover_retry_policy(attempts: int) -> dict:
+def _failover_retry_policy(attempts: int, per_try_timeout: str | None = None) -> dict:
+    policy = _retry_policy(attempts)
+    if per_try_timeout:
+        # An attempt that hangs moves on to the next endpoint instead of using up the whole
+        # route timeout; the timeout counts as a 5xx for retry_on.
+        policy["per_try_timeout"] = per_try_timeout
+    return policy
+
+
+def _retry_policy(attempts: int) -> dict:
     return {
         "retry_on": "5xx,reset,connect-failure,refused-stream",
         "num_retries": attempts - 1,
@@ -111,14 +120,33 @@ def _chain_cluster(name: str, targets: list[dict], addresses: dict[str, tuple[st
     return cluster
 
 
+def _seconds(duration: str) -> float:
+    return float(duration.rstrip("s"))
+
+
+def _per_try(timeouts: dict[str, str], attempts: int) -> str:
+    """The configured per-try timeout, else the route timeout shared by the attempts."""
+    if timeouts.get("per_try_timeout"):
+        return timeouts["per_try_timeout"]
+    total = _seconds(timeouts.get("timeout", "600s"))
+    return f"{max(1.0, total / attempts):g}s"
+
+
 def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port: int,
                         ext_proc_ports: list[int], mock_port: int, upstreams: dict[str, str],
-                        var_dir: Path, multiplex: dict | None = None) -> dict:
+                        var_dir: Path, multiplex: dict | None = None,
+                        upstream_settings: dict | None = None) -> dict:
+    """envoy/local.yaml with this stack's ports and paths; upstream_settings is the ledgergate
+    configuration's `upstreams:` section (per-provider route timeouts)."""
+    timeouts = {name: upstream_timeouts(name, spec) for name, spec in (upstream_settings or {}).items()}
     cfg = yaml.safe_load(template.read_text())
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
     for listener in cfg["static_resources"]["listeners"]:
         sa = listener["address"]["socket_address"]
         sa["port_value"] = port if listener["name"] == "http" else tls_port
+        # Envoy sets SO_REUSEPORT by default: a second Envoy on the same port would share its
+        # connections instead of failing to start.
+        listener["enable_reuse_port"] = False
         for chain in listener["filter_chains"]:
             ts = chain.get("transport_socket")
             if ts:
@@ -169,8 +197,7 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
             for vh in hcm["route_config"]["virtual_hosts"]:
                 vh["routes"][:0] = [{
                     "match": {"prefix": "/", "headers": [{"name": CHAIN_HEADER, "string_match": {"exact": name}}]},
-                    "route": {"cluster": f"mux-{name}", "timeout": "0s",
-                              "retry_policy": _failover_retry_policy(len(spec))}} for name, spec in chains.items()]
+                    "route": _chain_route(name, spec, timeouts)} for name, spec in chains.items()]
         existing = {c["name"] for c in cfg["static_resources"]["clusters"]}
         for name, spec in chains.items():
             if f"mux-{name}" not in existing:
@@ -179,11 +206,34 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
         for vh in hcm["route_config"]["virtual_hosts"]:
             for route in vh["routes"]:
                 c = route["route"]["cluster"]
+                for key in ("timeout", "idle_timeout"):
+                    if key in timeouts.get(c, {}):
+                        route["route"][key] = timeouts[c][key]
                 if c in failover:
-                    route["route"]["retry_policy"] = _failover_retry_policy(failover[c])
+                    route["route"]["retry_policy"] = _failover_retry_policy(
+                        failover[c], _per_try({"timeout": route["route"].get("timeout", "600s"), **timeouts.get(c, {})},
+                                              failover[c]))
                 if c in host_rewrites:
                     route["route"]["host_rewrite_literal"] = host_rewrites[c]
     return cfg
+
+
+def _chain_timeouts(spec: list[dict], timeouts: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A cross-provider chain's route: the longest timeout among its providers (600 s / 300 s idle
+    unless configured), and the longest per-try timeout when any is configured."""
+    out = {"timeout": "600s", "idle_timeout": "300s"}
+    for key in ("timeout", "idle_timeout", "per_try_timeout"):
+        given = [timeouts.get(t["provider"], {}).get(key) for t in spec]
+        given = [g for g in given if g]
+        if given:
+            out[key] = max(given, key=_seconds)
+    return out
+
+
+def _chain_route(name: str, spec: list[dict], timeouts: dict[str, dict[str, str]]) -> dict:
+    t = _chain_timeouts(spec, timeouts)
+    return {"cluster": f"mux-{name}", "timeout": t["timeout"], "idle_timeout": t["idle_timeout"],
+            "retry_policy": _failover_retry_policy(len(spec), _per_try(t, len(spec)))}
 
 
 def _connection_managers(cfg: dict):
@@ -192,6 +242,38 @@ def _connection_managers(cfg: dict):
         for chain in listener["filter_chains"]:
             for f in chain["filters"]:
                 yield f["typed_config"]
+
+
+def port_in_use(host: str, port: int) -> OSError | None:
+    """The error binding HOST:PORT gives, or None when it is free. SO_REUSEADDR (as every server
+    here sets it) lets a port in TIME_WAIT be taken again, while a listening socket, with or
+    without SO_REUSEPORT, still refuses the bind: we do not set SO_REUSEPORT, so a stack that
+    already listens there cannot be joined by accident."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
+def check_ports_free(ports: list[tuple[str, int]], host: str = "127.0.0.1") -> None:
+    """Refuse to start when any port the stack would listen on is taken: two stacks sharing a
+    port split its traffic (and its audit trail) between them."""
+    taken = [(flag, port, exc) for flag, port in ports if (exc := port_in_use(host, port)) is not None]
+    seen: dict[int, str] = {}
+    for flag, port in ports:
+        if port in seen:
+            raise SystemExit(f"ledgergate up: {flag} {port} is also {seen[port]} {port}: every port must differ")
+        seen[port] = flag
+    if taken:
+        lines = [f"  {host}:{port} ({flag}): {exc.strerror or exc}" for flag, port, exc in taken]
+        raise SystemExit("ledgergate up: refusing to start, port(s) already in use (another stack, or "
+                         "another program, owns them):\n" + "\n".join(lines)
+                         + "\nstop that process or choose other ports with the flags named above"
+                         " (ledgergate up --help lists them)")
 
 
 def _wait_port(port: int, deadline: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
@@ -227,6 +309,14 @@ def run_up(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     upstreams = parse_upstreams(args.upstream)
     ext_ports = [args.ext_proc_port + i for i in range(max(1, args.workers))]
+    wanted = [("--port", args.port), ("--tls-port", args.tls_port), ("--admin-port", args.admin_port)]
+    wanted += [("--ext-proc-port" if i == 0 else f"--ext-proc-port+{i}", p) for i, p in enumerate(ext_ports)]
+    if len(upstreams) < len(PROVIDERS):
+        wanted.append(("--mock-port", args.mock_port))
+    if args.metrics_port:
+        wanted += [("--metrics-port" if i == 0 else f"--metrics-port+{i}", args.metrics_port + i)
+                   for i in range(len(ext_ports))]
+    check_ports_free(wanted)
 
     # The worker configuration: var/-based defaults, then --config (which wins), then --audit-dir.
     defaults: dict = {
@@ -240,15 +330,32 @@ def run_up(args: argparse.Namespace) -> int:
                   "signing_key": str(var_dir / "keys" / "audit-signing.pem")},
         "classify": {"redaction_key_file": str(var_dir / "keys" / "redaction-hash.key")},
     }
-    user = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
-    overrides = deep_merge(defaults, user)
-    if args.audit_dir:
-        overrides["audit"]["dir"] = str(Path(args.audit_dir).resolve())
+    if len(upstreams) < len(PROVIDERS):
+        # The bundled mock's test directives (x-mock-status, x-mock-reply...) reach it through Envoy.
+        mocked = [p for p in PROVIDERS if p not in upstreams] + (["azure"] if "openai" not in upstreams else [])
+        defaults["envelope"] = {"headers": {p: ["x-mock-*"] for p in mocked}}
+
+    def merged() -> dict:
+        try:
+            user = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
+        except (OSError, yaml.YAMLError) as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{args.config}:{mark.line + 1}" if mark is not None else str(args.config)
+            raise SystemExit(f"ledgergate up: {where}: {getattr(exc, 'problem', None) or exc}") from None
+        if not isinstance(user, dict):
+            raise SystemExit(f"ledgergate up: {args.config}: the configuration must be a mapping")
+        out = deep_merge(defaults, user)
+        if args.audit_dir:
+            out["audit"]["dir"] = str(Path(args.audit_dir).resolve())
+        return out
+
+    overrides = merged()
 
     envoy_cfg = render_envoy_config(
         Path(args.envoy_config) if args.envoy_config else REPO_ROOT / "envoy" / "local.yaml",
         port=args.port, tls_port=args.tls_port, admin_port=args.admin_port, ext_proc_ports=ext_ports,
-        mock_port=args.mock_port, upstreams=upstreams, var_dir=var_dir, multiplex=overrides.get("multiplex"))
+        mock_port=args.mock_port, upstreams=upstreams, var_dir=var_dir, multiplex=overrides.get("multiplex"),
+        upstream_settings=overrides.get("upstreams"))
     envoy_path = run_dir / "envoy.yaml"
     envoy_path.write_text(yaml.safe_dump(envoy_cfg, sort_keys=False))
 
@@ -271,9 +378,39 @@ def run_up(args: argparse.Namespace) -> int:
     def interrupt(*_a) -> None:
         raise KeyboardInterrupt
 
+    def write_worker_config(i: int, port: int, merged_config: dict) -> Path:
+        cfg = json.loads(json.dumps(merged_config))
+        cfg.setdefault("server", {})
+        cfg["server"]["listen"] = [f"127.0.0.1:{port}"]
+        cfg["server"]["writer_id"] = f"{socket.gethostname()}-w{i}-{os.getpid()}"
+        cfg["server"]["metrics_listen"] = f"127.0.0.1:{args.metrics_port + i}" if args.metrics_port else None
+        wpath = run_dir / f"ledgergate-w{i}.yaml"
+        # Replaced whole (rename), so a worker reloading at this moment never reads half a file.
+        tmp = wpath.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        tmp.replace(wpath)
+        return wpath
+
+    def reload(*_a) -> None:
+        """SIGHUP: --config again into every worker's file, then SIGHUP to each worker, which
+        reloads its policy and identity (keys, issuers, JWKS) and keeps the old on any error."""
+        try:
+            fresh = merged()
+        except SystemExit as exc:
+            print(f"{exc}; reload skipped, the running configuration stays", file=sys.stderr, flush=True)
+            return
+        for i, port in enumerate(ext_ports):
+            write_worker_config(i, port, fresh)
+        for name, p in procs:
+            if name.startswith("ledgergate worker") and p.poll() is None:
+                p.send_signal(signal.SIGHUP)
+        print("ledgergate up: reload signalled to the workers (see their identity_reloaded /"
+              " policy_reloaded log lines)", file=sys.stderr, flush=True)
+
     # Explicit handlers: a shell that starts us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, reload)
     console = None
     try:
         if len(upstreams) < len(PROVIDERS):
@@ -283,13 +420,7 @@ def run_up(args: argparse.Namespace) -> int:
             mock.start()
         deadline = time.time() + 60
         for i, port in enumerate(ext_ports):
-            cfg = json.loads(json.dumps(overrides))
-            cfg.setdefault("server", {})
-            cfg["server"]["listen"] = [f"127.0.0.1:{port}"]
-            cfg["server"]["writer_id"] = f"{socket.gethostname()}-w{i}-{os.getpid()}"
-            cfg["server"]["metrics_listen"] = f"127.0.0.1:{args.metrics_port + i}" if args.metrics_port else None
-            wpath = run_dir / f"ledgergate-w{i}.yaml"
-            wpath.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            wpath = write_worker_config(i, port, overrides)
             p = subprocess.Popen([sys.executable, "-m", "ext_proc.cli.main", "serve", "--config", str(wpath),
                                   "--log-level", args.log_level], env=env)
             procs.append((f"ledgergate worker {i}", p))

@@ -24,10 +24,11 @@ a retry after a 5xx reaches the next provider in that provider's format."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ext_proc.providers.translate import TARGETS, Target
+from ext_proc.providers.translate import TARGETS, Target, TranslationError
 
 # The surfaces a multiplexed model can be called on (what the translation reads).
 SURFACES = ("openai.chat_completions",)
@@ -93,3 +94,50 @@ def route_for(surface: str | None, model: str | None,
         return None
     chain = " then ".join(f"{t.provider}/{t.model}" for t in targets)
     return Route(model, targets, f"multiplex.models[{model!r}] -> {chain}")
+
+
+def alias_refusal(surface: str | None, model: str | None,
+                  model_map: Mapping[str, tuple[Target, ...]]) -> str | None:
+    """The 400 message for a mapped model named on a surface that is not translated (the
+    Responses API, embeddings, ...): sent as is it would reach OpenAI under a name OpenAI does
+    not know, or worse, one it does. None when the request is not such a case."""
+    if surface in SURFACES or surface is None or model is None or model not in model_map:
+        return None
+    return (f"model {model!r} is a multiplexed alias, served on /v1/chat/completions only; "
+            f"call it there, or name a model of this API's provider")
+
+
+class ModelListAliases:
+    """GET /v1/models as OpenAI answers it, plus one entry per alias of the model map (owned_by
+    names the provider, or "ledgergate" for a chain), so SDKs and UIs that list models find them.
+    The body is held (bounded) and rewritten at its end; a body that is not OpenAI's list shape
+    passes unchanged. Same feed(data, end) -> bytes shape as providers.translate.ResponseTranslator."""
+
+    content_type = "application/json"
+
+    def __init__(self, model_map: Mapping[str, tuple[Target, ...]], max_bytes: int) -> None:
+        self.model_map = model_map
+        self.max_bytes = max_bytes
+        self._held = bytearray()
+        self._done = False
+
+    def feed(self, data: bytes, end: bool) -> bytes:
+        self._held += data
+        if len(self._held) > self.max_bytes:
+            raise TranslationError("the model list is larger than the response buffer")
+        if not end:
+            return b""
+        self._done = True
+        raw = bytes(self._held)
+        try:
+            listing = json.loads(raw)
+        except ValueError:
+            return raw
+        if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+            return raw
+        present = {m.get("id") for m in listing["data"] if isinstance(m, dict)}
+        for alias, targets in self.model_map.items():
+            if alias not in present:
+                owner = targets[0].provider if len(targets) == 1 else "ledgergate"
+                listing["data"].append({"id": alias, "object": "model", "created": 0, "owned_by": owner})
+        return json.dumps(listing, separators=(",", ":")).encode()

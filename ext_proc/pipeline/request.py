@@ -8,12 +8,13 @@ decision record, and `Policy.evaluate(input)` on the same policy version gives t
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from ext_proc.audit.record import decision_record
-from ext_proc.classify import Classifier, Finding, InputTooLarge, redact, summarize
+from ext_proc.classify import Classifier, InputTooLarge, redact, summarize
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
+from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
 from ext_proc.policy import Decision, Policy
 from ext_proc.providers import (
     BadRequestBody,
@@ -21,8 +22,9 @@ from ext_proc.providers import (
     Surface,
     error_body,
     parse_request,
-    render_request,
 )
+from ext_proc.pipeline.inspect import DocumentFindings, classify_document
+from ext_proc.providers.document import Document, read_document, render_document
 
 # Headers that carry the client's credential to ledgergate never travel to the provider (the
 # provider credential, if any, is injected from configuration): the identity module's own list.
@@ -75,6 +77,7 @@ class Verdict:
     model: str | None = None
     stream: bool = False
     usage_injected: bool = False   # ledgergate asked for stream usage the client did not ask for
+    envelope_redacted: dict[int, str] = field(default_factory=dict)  # envelope segment -> redacted value
 
     def reject(self, status: int, code: str, message: str, provider: str) -> None:
         self.forward = False
@@ -151,31 +154,51 @@ def _policy_ref(policy: Policy) -> dict[str, Any]:
     return {"id": policy.id, "version": policy.version, "label": policy.label}
 
 
-def classify_segments(classifier: Classifier, parsed: ParsedRequest) -> list[list[Finding]]:
-    return [classifier.scan(seg.text) for seg in parsed.segments]
+def inspect_request(classifier: Classifier, head: RequestHead,
+                    parsed: ParsedRequest | None) -> tuple[Document, DocumentFindings]:
+    """Everything the provider and its model will read of this request, classified as read
+    (without a body, what the path says: a model or deployment name)."""
+    route_texts = {}
+    if head.surface is not None and head.surface.model_from_path:
+        route_texts["model"] = head.surface.model_from_path
+    doc = read_document(parsed, route_texts)
+    return doc, classify_document(classifier, doc, parsed.body if parsed is not None else None)
 
 
 def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *, policy: Policy,
                    classifier: Classifier, hash_key: bytes, now_ms: int,
-                   max_body_bytes: int) -> Verdict:
-    """The whole request-side decision for an authenticated caller."""
+                   max_body_bytes: int, envelope_segments: Sequence[EnvelopeSegment] = ()) -> Verdict:
+    """The whole request-side decision for an authenticated caller. `envelope_segments` are the
+    header and query values the provider reads besides the body (pipeline/envelope.py)."""
     body = body or b""
+    # --- envelope hook (pipeline/envelope.py): classified with the same classifier and policy ---
+    try:
+        envelope_findings = [[f for f in classifier.scan(seg.text) if not expected_finding(seg, f.label)]
+                             for seg in envelope_segments]
+    except InputTooLarge as exc:
+        return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms, body, policy)
+    # --- end envelope hook ---
     parsed: ParsedRequest | None = None
-    per_segment: list[list[Finding]] = []
+    doc: Document | None = None
+    found = DocumentFindings()
     if head.surface is not None and head.surface.inspectable and body:
         try:
             parsed = parse_request(head.surface, body, max_bytes=max_body_bytes)
+            doc, found = inspect_request(classifier, head, parsed)
         except BadRequestBody as exc:
             return reject_unprocessable(head, identity, 400, "invalid_request_body", str(exc),
                                         now_ms, body, policy)
-        try:
-            per_segment = classify_segments(classifier, parsed)
         except InputTooLarge as exc:
             return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms,
                                         body, policy)
-    all_findings = [f for seg in per_segment for f in seg]
-    classification = summarize(all_findings)
+    elif head.surface is not None and head.surface.model_from_path:
+        doc, found = inspect_request(classifier, head, None)   # GET /v1/models/{id}, Azure audio
+    envelope_all = [f for seg in envelope_findings for f in seg]  # envelope hook
+    classification = found.summary(doc.unscanned if doc is not None else {}, extra=envelope_all)
+    head = _masked_for_record(head, doc, found)
     policy_input = build_policy_input(head, identity, parsed, classification, len(body))
+    if doc is not None and parsed is not None and isinstance(parsed.model, str):
+        policy_input["model"] = _masked_model(doc, found, parsed.model, head)
     decision = policy.evaluate(policy_input)
 
     new_body: bytes | None = None
@@ -193,18 +216,32 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
             usage_injected = not (isinstance(options, dict) and options.get("include_usage") is True)
             set_fields[("stream_options", "include_usage")] = True
         replacements: dict[int, str] = {}
-        if decision.outcome == "redact" and decision.redact:
-            for i, (seg, findings) in enumerate(zip(parsed.segments, per_segment)):
-                if not findings:
-                    continue
-                text, reds = redact(seg.text, findings, decision.redact, hash_key=hash_key,
+        if decision.outcome == "redact" and decision.redact and doc is not None:
+            for i in sorted(found.per_segment):
+                seg = doc.segments[i]
+                text, reds = redact(seg.text, found.per_segment[i], decision.redact, hash_key=hash_key,
                                     tenant=identity.tenant)
                 if reds:
                     replacements[i] = text
-                    redactions.extend({**r.to_record(), "segment": i} for r in reds)
-        if replacements or set_fields:
-            new_body = render_request(parsed, replacements, set_fields=set_fields)
+                    redactions.extend({**r.to_record(), "segment": i, "where": seg.kind} for r in reds)
+        if any(doc.segments[i].kind == "route" for i in replacements):
+            # The request path cannot be rewritten: what policy wants masked there is refused.
+            decision = decision.denied("unredactable_location",
+                                       "the request path contains data the policy masks; it cannot be rewritten")
+            replacements, set_fields, redactions = {}, {}, []
+        elif replacements or set_fields:
+            new_body = render_document(parsed, doc, replacements, set_fields)
 
+    # --- envelope hook: redacted header / query values, applied by the servicer's header mutation ---
+    envelope_redacted: dict[int, str] = {}
+    if decision.outcome == "redact" and decision.redact:
+        for i, (seg, findings) in enumerate(zip(envelope_segments, envelope_findings)):
+            if findings:
+                text, reds = redact(seg.text, findings, decision.redact, hash_key=hash_key, tenant=identity.tenant)
+                if reds:
+                    envelope_redacted[i] = text
+                    redactions.extend({**r.to_record(), "envelope": seg.where} for r in reds)
+    # --- end envelope hook ---
     forwarded = new_body if new_body is not None else body
     decision_rec = decision.to_record()
     decision_rec["redactions"] = redactions
@@ -214,9 +251,9 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
         provider=head.surface.provider if head.surface else None,
         model_requested=policy_input["model"], model_routed=policy_input["model"],
         upstream=head.surface.provider if head.surface else None,
-        classification={"summary": classification,
-                        "findings": [dict(f.to_record(), segment=i)
-                                     for i, seg in enumerate(per_segment) for f in seg]},
+        classification={"summary": classification, "findings": found.records()
+                        + [dict(f.to_record(), envelope=envelope_segments[i].where)  # envelope hook
+                           for i, seg in enumerate(envelope_findings) for f in seg]},
         policy=_policy_ref(policy), decision=decision_rec, input=policy_input,
         request_sha256=sha256_hex(body), forwarded_sha256=sha256_hex(forwarded) if decision.outcome != "deny" else None)
     v = Verdict(forward=decision.outcome != "deny", status=200 if decision.outcome != "deny" else decision.status,
@@ -224,10 +261,39 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
                 identity=identity, new_body=new_body, limits=tuple(decision.limits),
                 estimated_tokens=parsed.estimated_tokens if parsed else 0,
                 model=policy_input["model"], stream=policy_input["request"]["stream"],
-                usage_injected=usage_injected and decision.outcome != "deny")
+                usage_injected=usage_injected and decision.outcome != "deny",
+                envelope_redacted=envelope_redacted if decision.outcome != "deny" else {})
     if not v.forward:
         v.reject(decision.status, decision.code, decision.reason, head.provider)
     return v
+
+
+def _masked(doc: Document, found: DocumentFindings, kind: str, path: tuple) -> str | None:
+    """The masked text of the segment at PATH when a finding lies in it, else None."""
+    for i, seg in enumerate(doc.segments):
+        if seg.kind == kind and seg.path == path and found.per_segment.get(i):
+            return redact(seg.text, found.per_segment[i], {"*": "mask"}, hash_key=b"-")[0]
+    return None
+
+
+def _masked_for_record(head: RequestHead, doc: Document | None, found: DocumentFindings) -> RequestHead:
+    """The request head as records and policy see it: a model name in the path that holds a
+    finding is masked there (records never carry a raw value, wherever the caller put it)."""
+    if doc is None or head.surface is None or not head.surface.model_from_path:
+        return head
+    masked = _masked(doc, found, "route", ("<route>", "model"))
+    if masked is None:
+        return head
+    raw = head.surface.model_from_path
+    path = head.path.replace(raw, masked) if raw in head.path else "/[PATH WITH FINDINGS]"
+    return replace(head, path=path, surface=replace(head.surface, model_from_path=masked))
+
+
+def _masked_model(doc: Document, found: DocumentFindings, model: str, head: RequestHead) -> str:
+    if head.surface is not None and head.surface.model_from_path is not None:
+        return head.surface.model_from_path
+    masked = _masked(doc, found, "value", ("model",))
+    return model if masked is None else masked
 
 
 def _max_tokens_field(surface: Surface) -> tuple | None:

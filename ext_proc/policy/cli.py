@@ -80,8 +80,10 @@ def _read_input(spec: str) -> dict:
     if len(text) > MAX_INPUT_BYTES:
         raise ValueError(f"input larger than {MAX_INPUT_BYTES} bytes")
     data = json.loads(text)
-    # An audit decision record carries the input under "input": replay it directly.
-    if isinstance(data, dict) and "input" in data and isinstance(data["input"], dict) and "identity" not in data:
+    # A stored audit decision record (as `audit show` prints it, or one line of the store) carries
+    # the policy input under "input": explain that. An input of its own has no "kind".
+    if isinstance(data, dict) and isinstance(data.get("input"), dict) and (
+            data.get("kind") == "decision" or "identity" not in data):
         data = data["input"]
     if not isinstance(data, dict):
         raise ValueError("the input must be a JSON object")

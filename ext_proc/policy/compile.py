@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import jsonschema
 
 from ext_proc.classify.engine import MAX_CUSTOM_TERMS, MAX_TERM_CHARS
-from ext_proc.classify.taxonomy import CUSTOM_PREFIX, LABELS, is_known_label
+from ext_proc.classify.taxonomy import CONTENT_LABELS, CUSTOM_PREFIX, LABELS, is_known_label
 from ext_proc.policy.glob import Glob, GlobError, check_glob
 from ext_proc.policy.yamlsrc import LDict, YAMLSourceError, line_of, load_yaml
 
@@ -328,7 +328,8 @@ class _Compiler:
         if total > MAX_CUSTOM_TERMS:
             self.out.add(root, ["dictionaries"], f"more than {MAX_CUSTOM_TERMS} dictionary terms in total")
         self.custom = set(dictionaries)
-        self.known = tuple(sorted(LABELS)) + tuple(sorted(CUSTOM_PREFIX + n for n in dictionaries))
+        self.known = (tuple(sorted(LABELS)) + tuple(sorted(CONTENT_LABELS))
+                      + tuple(sorted(CUSTOM_PREFIX + n for n in dictionaries)))
 
         roles: dict[str, dict] = {}
         seen = {}

@@ -12,15 +12,19 @@ Combination (docs/policy.md has the long form):
      priority rule of the winning effect (then the earliest declared) gives status/code/reason;
   5. an ``observe`` rule with a priority strictly above that winner turns the outcome into
      ``observe`` (the request passes unchanged; ``observed`` says what enforce would have done);
-  6. route mode ``observe`` does the same for every request on the route; ``multiplex`` enforces
-     the normal rules and evaluates ``shadow`` rules too, recording the shadow outcome.
+  6. route mode ``observe`` does the same for every request on the route; ``shadow`` enforces
+     the normal rules and evaluates ``shadow`` rules too, recording the shadow outcome (``multiplex``
+     is its former name, still accepted: "multiplex" now means only provider translation).
 """
 
 from __future__ import annotations
 
+# The route mode that also evaluates shadow rules; "multiplex" is its former name.
+SHADOW_MODES = ("shadow", "multiplex")
+
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from ext_proc.policy.compile import STRATEGY_ORDER, PolicyError, canonical_json
@@ -52,6 +56,11 @@ class Decision:
     serve_with: str | None = None     # a model of the multiplex map the policy chose for this request
     # What the non-enforced evaluation would have done (observe outcome / multiplex shadow).
     detail: Mapping = field(default_factory=dict)
+
+    def denied(self, code: str, reason: str, status: int = 403) -> "Decision":
+        """This decision turned into a deny by a fact found after evaluation (a redaction the
+        request cannot carry); the matched rules stay as evidence of what was decided first."""
+        return replace(self, outcome="deny", status=status, code=code, reason=reason)
 
     def to_record(self) -> dict:
         return {
@@ -650,7 +659,7 @@ class Policy:
         elif res.outcome == "observe":
             detail["observed"] = {"outcome": res.observed, "by_rule": res.observe_rule}
         matched = list(res.matched)
-        if route.mode == "multiplex" and self._shadow_rules:
+        if route.mode in SHADOW_MODES and self._shadow_rules:
             sh = self._pass(f, route, shadow=True)
             own = {m["rule"] for m in matched}
             matched += [dict(m, shadow=True) for m in sh.matched if m["rule"] not in own]

@@ -29,7 +29,7 @@ _EXPECT_KEYS = {
     "outcome": {"enum": ["permit", "redact", "deny", "observe"]},
     "observed": {"enum": ["permit", "redact", "deny", "observe", None]},
     "status": {"type": "integer"}, "code": {"type": "string"}, "reason": {"type": "string"},
-    "mode": {"enum": ["enforce", "observe", "multiplex"]}, "route": {"type": ["string", "null"]},
+    "mode": {"enum": ["enforce", "observe", "shadow", "multiplex"]}, "route": {"type": ["string", "null"]},
     "max_tokens_cap": {"type": ["integer", "null"]},
     "matched": {"type": "array", "items": {"type": "string"}},
     "matched_include": {"type": "array", "items": {"type": "string"}},

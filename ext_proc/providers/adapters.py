@@ -45,6 +45,7 @@ class BadRequestBody(ValueError):
 class TextSegment:
     path: Path
     text: str
+    kind: str = "text"     # where it sits and how it is written back: see providers/document.py
 
 
 @dataclass
@@ -80,6 +81,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
 
 def _no_constant(name: str) -> Any:
     raise BadRequestBody("body contains NaN or Infinity, which is not JSON")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if value in (float("inf"), float("-inf")):
+        # 1e999 is valid JSON syntax but no finite number: refused like NaN, since readers differ
+        # on what it means (infinity, an error, the largest double).
+        raise BadRequestBody("body has a number too large to be finite")
+    return value
 
 
 def _check_depth(obj: Any) -> None:
@@ -133,7 +143,8 @@ def load_json(body: bytes, max_bytes: int) -> Any:
     if text.startswith("\ufeff"):
         raise BadRequestBody("body starts with a byte order mark")
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                         parse_float=_finite_float)
     except BadRequestBody:
         raise
     except RecursionError:
@@ -391,12 +402,13 @@ def _gemini_key(body: dict, camel: str, snake: str) -> str | None:
 
 
 def _gemini(body: dict, *, contents_required: bool = True) -> Iterator[TextSegment]:
-    if contents_required or body.get("contents") is not None:
-        for i, c in enumerate(_list(body.get("contents"), ("contents",), optional=False)):
-            yield from _gemini_content(c, ("contents", i))
+    # In the order the model reads them: the system instruction comes before the turns.
     key = _gemini_key(body, "systemInstruction", "system_instruction")
     if key is not None and body[key] is not None:
         yield from _gemini_content(body[key], (key,))
+    if contents_required or body.get("contents") is not None:
+        for i, c in enumerate(_list(body.get("contents"), ("contents",), optional=False)):
+            yield from _gemini_content(c, ("contents", i))
     _list(body.get("tools"), ("tools",))
     yield from _free(body, "tools")
     gkey = _gemini_key(body, "generationConfig", "generation_config")
@@ -413,14 +425,15 @@ def _gemini(body: dict, *, contents_required: bool = True) -> Iterator[TextSegme
 
 
 def _bedrock_converse(body: dict) -> Iterator[TextSegment]:
+    # In the order the model reads them: the system blocks come before the turns.
+    for j, s in enumerate(_list(body.get("system"), ("system",))):
+        _dict(s, ("system", j))
+        yield from _strings(s, ("system", j), free=False)
     for i, m in enumerate(_messages(body)):
         content = _list(m.get("content"), ("messages", i, "content"), optional=False)
         for j, block in enumerate(content):
             _dict(block, ("messages", i, "content", j))
             yield from _strings(block, ("messages", i, "content", j), free=False)
-    for j, s in enumerate(_list(body.get("system"), ("system",))):
-        _dict(s, ("system", j))
-        yield from _strings(s, ("system", j), free=False)
     if body.get("toolConfig") is not None:
         _dict(body["toolConfig"], ("toolConfig",))
         yield from _free(body, "toolConfig")
@@ -429,26 +442,26 @@ def _bedrock_converse(body: dict) -> Iterator[TextSegment]:
 
 
 def _bedrock_invoke(body: dict) -> Iterator[TextSegment]:
+    # One body may carry several of these shapes (the model family decides which it reads, and
+    # ledgergate cannot know the family for sure): every one present is read.
+    shapes = [k for k in ("messages", "inputText", "prompt", "texts", "message") if k in body]
+    _expect(bool(shapes), "unrecognised Bedrock invoke body (expected messages, inputText, prompt, texts or message)")
     if "messages" in body:  # Anthropic-on-Bedrock, Nova, Mistral chat: message arrays
         yield from _anthropic(body)
-    elif "inputText" in body:  # Titan text and Titan embeddings
-        _expect(isinstance(body["inputText"], str), "inputText must be a string")
-        yield TextSegment(("inputText",), body["inputText"])
-    elif "prompt" in body:  # Llama, Mistral, Claude v2 text completions
-        _expect(isinstance(body["prompt"], str), "prompt must be a string")
-        yield TextSegment(("prompt",), body["prompt"])
-    elif "texts" in body:  # Cohere embed
+    for key in ("inputText", "prompt"):  # Titan text and embeddings; Llama, Mistral, Claude v2 completions
+        if key in body:
+            _expect(isinstance(body[key], str), f"{key} must be a string")
+            yield TextSegment((key,), body[key])
+    if "texts" in body:  # Cohere embed
         for i, t in enumerate(_list(body["texts"], ("texts",), optional=False)):
             _expect(isinstance(t, str), f"texts[{i}] must be a string")
             yield TextSegment(("texts", i), t)
-    elif "message" in body:  # Cohere command R
+    if "message" in body:  # Cohere command R
         _expect(isinstance(body["message"], str), "message must be a string")
         yield TextSegment(("message",), body["message"])
         yield from _free(body, "chat_history")
         yield from _free(body, "documents")
         yield from _opt_str(body, "preamble")
-    else:
-        raise BadRequestBody("unrecognised Bedrock invoke body (expected messages, inputText, prompt, texts or message)")
 
 
 _EXTRACTORS = {

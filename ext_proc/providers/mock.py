@@ -3,9 +3,11 @@ responses, embeddings, completions, models), Anthropic (messages, count_tokens),
 (generateContent, streamGenerateContent?alt=sse) and Bedrock (converse, invoke).
 
 The reply is "You said: " + the last user text, so tests see what reached the upstream.
-Test directives (request headers): x-mock-reply (percent-encoded reply text), x-mock-chunk-chars
+Test directives (request headers): x-mock-reply (percent-encoded reply text, or `b64:` and
+its base64, which ledgergate's header inspection cannot read as the secret a test makes the reply carry), x-mock-chunk-chars
 (characters per streamed delta), x-mock-status (answer with that error status), x-mock-delay-ms,
-x-mock-event-delay-ms. GET /_mock/requests lists the last 200 requests (with `response_b64`, the exact
+x-mock-event-delay-ms, x-mock-content-type (a streamed answer's content type, "none" for no header),
+x-mock-reply-as: tool (the reply is a tool call's arguments: chat, messages, converse). GET /_mock/requests lists the last 200 requests (with `response_b64`, the exact
 body sent); DELETE clears them.
 """
 
@@ -31,6 +33,12 @@ MAX_BODY = 32 * 1024 * 1024
 MAX_LOGGED_BODY = 1024 * 1024  # per request in the /_mock/requests log (200 entries)
 MAX_DIRECTIVE_MS = 120_000
 
+
+
+def _reply_directive(value: str) -> str:
+    if value.startswith("b64:"):
+        return base64.b64decode(value[4:]).decode("utf-8")
+    return unquote(value)
 
 class _BadDirective(ValueError):
     pass
@@ -169,10 +177,18 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:  # type: ignore[attr-defined]
                 entry["response_b64"] = base64.b64encode(body).decode()
 
+    def _as_tool(self) -> bool:
+        """x-mock-reply-as: tool - the reply is a tool call's arguments (JSON text, sent as given,
+        escapes included) instead of text."""
+        return self.headers.get("x-mock-reply-as") == "tool"
+
     def _stream(self, events: Iterator[bytes], content_type: str = "text/event-stream") -> None:
         self._started = True
         self.send_response(200)
-        self.send_header("content-type", content_type)
+        # x-mock-content-type: a misbehaving upstream labels its stream otherwise ("none": no header).
+        content_type = self.headers.get("x-mock-content-type", content_type)
+        if content_type != "none":
+            self.send_header("content-type", content_type)
         self.send_header("cache-control", "no-cache")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
@@ -199,9 +215,44 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:  # type: ignore[attr-defined]
             srv.requests.append(self._log_entry)  # type: ignore[attr-defined]
 
+    def _refused_body(self) -> bool:
+        """A GET, HEAD or DELETE that carries a body: read it (bounded) so no byte of it is left on
+        the kept-alive connection to be parsed as a next request, record it, answer 400 and
+        close. True when the request was answered here."""
+        has_length = (self.headers.get("content-length") or "0").strip() not in ("", "0")
+        if not has_length and "transfer-encoding" not in self.headers:
+            return False
+        try:
+            raw = self._read_body()
+        except (OverflowError, _BadDirective):
+            raw = b""
+        self._record(raw)
+        self.close_connection = True
+        h, b = error_body("openai", 400, "body_not_allowed", f"mock: a {self.command} request must not carry a body")
+        self._send(400, b, h)
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Unsupported methods and malformed requests: whatever body came with them is unread,
+        # so the connection is not reused.
+        self.close_connection = True
+        super().send_error(code, message, explain)
+
     # --- verbs ----------------------------------------------------------------------------
+    def do_HEAD(self) -> None:
+        self._log_entry = None
+        if self._refused_body():
+            return
+        self._record(b"")
+        self.close_connection = True
+        self.send_response(405)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
     def do_DELETE(self) -> None:
         self._log_entry = None  # a kept-alive connection's next request starts a new entry
+        if self._refused_body():
+            return
         if self.path == "/_mock/requests":
             with self.server.lock:  # type: ignore[attr-defined]
                 self.server.requests.clear()  # type: ignore[attr-defined]
@@ -211,6 +262,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._log_entry = None  # a kept-alive connection's next request starts a new entry
+        if self._refused_body():
+            return
         if self.path == "/_mock/requests":
             with self.server.lock:  # type: ignore[attr-defined]
                 data = list(self.server.requests)  # type: ignore[attr-defined]
@@ -289,7 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
             prompt = last_user_text(surface.api, body)
         except (AttributeError, TypeError):
             prompt = ""
-        reply = unquote(self.headers["x-mock-reply"]) if "x-mock-reply" in self.headers else f"You said: {prompt}"
+        reply = _reply_directive(self.headers["x-mock-reply"]) if "x-mock-reply" in self.headers else f"You said: {prompt}"
         model = surface.model_from_path or body.get("model")
         model = model if isinstance(model, str) else "mock-model"
         stream = surface.stream_from_path or body.get("stream") is True
@@ -313,9 +366,13 @@ class _Handler(BaseHTTPRequestHandler):
         usage = {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(reply),
                  "total_tokens": _tokens(prompt) + _tokens(reply)}
         if not stream:
+            message: dict = {"role": "assistant", "content": reply, "refusal": None}
+            if self._as_tool():
+                message.update(content=None, tool_calls=[{"id": "call_1", "type": "function", "function": {
+                    "name": "lookup", "arguments": reply}}])
             self._send(200, json.dumps({
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": None},
+                "choices": [{"index": 0, "message": message,
                              "logprobs": None, "finish_reason": "stop"}],
                 "usage": usage}).encode())
             return
@@ -325,8 +382,15 @@ class _Handler(BaseHTTPRequestHandler):
             base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
             yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                             "logprobs": None, "finish_reason": None}]})
-            for piece in split_reply(reply, chunk):
-                yield sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "logprobs": None,
+            for i, piece in enumerate(split_reply(reply, chunk)):
+                delta: dict = {"content": piece}
+                if self._as_tool():
+                    call: dict = {"index": 0, "function": {"arguments": piece}}
+                    if i == 0:
+                        call.update(id="call_1", type="function")
+                        call["function"]["name"] = "lookup"
+                    delta = {"tool_calls": [call]}
+                yield sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                                 "finish_reason": None}]})
             yield sse({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
             if include_usage:
@@ -438,12 +502,15 @@ class _Handler(BaseHTTPRequestHandler):
                 "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
                 "stop_reason": None, "stop_sequence": None,
                 "usage": {"input_tokens": _tokens(prompt), "output_tokens": 1}}}, event="message_start")
-            yield sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                      event="content_block_start")
+            tool = self._as_tool()
+            block = {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}} if tool else \
+                {"type": "text", "text": ""}
+            yield sse({"type": "content_block_start", "index": 0, "content_block": block}, event="content_block_start")
             yield sse({"type": "ping"}, event="ping")
             for piece in split_reply(reply, chunk):
-                yield sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
-                          event="content_block_delta")
+                delta = {"type": "input_json_delta", "partial_json": piece} if tool else \
+                    {"type": "text_delta", "text": piece}
+                yield sse({"type": "content_block_delta", "index": 0, "delta": delta}, event="content_block_delta")
             yield sse({"type": "content_block_stop", "index": 0}, event="content_block_stop")
             yield sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                        "usage": {"output_tokens": _tokens(reply)}}, event="message_delta")
@@ -490,8 +557,12 @@ class _Handler(BaseHTTPRequestHandler):
         if stream:
             def events() -> Iterator[bytes]:
                 yield eventstream_message("messageStart", {"role": "assistant"})
+                if self._as_tool():
+                    yield eventstream_message("contentBlockStart", {"contentBlockIndex": 0, "start": {
+                        "toolUse": {"toolUseId": "tooluse_1", "name": "lookup"}}})
                 for piece in split_reply(reply, chunk):
-                    yield eventstream_message("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
+                    delta = {"toolUse": {"input": piece}} if self._as_tool() else {"text": piece}
+                    yield eventstream_message("contentBlockDelta", {"contentBlockIndex": 0, "delta": delta})
                 yield eventstream_message("contentBlockStop", {"contentBlockIndex": 0})
                 yield eventstream_message("messageStop", {"stopReason": "end_turn"})
                 yield eventstream_message("metadata", {

@@ -68,10 +68,82 @@ class Admission:
     retry_after_s: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     backend_error: str | None = None
+    # Why a refusal: "requests" or "tokens" ran out in this window; "too_large" (the request alone
+    # needs more tokens than the whole budget: retrying cannot help); "unavailable" (the shared
+    # counter store is down and the limit fails closed).
+    exhausted: str | None = None
+    requested_tokens: int | None = None
 
     def to_record(self) -> dict:
         return {"admitted": self.admitted, "throttled_by": self.throttled_by, "retry_after_s": self.retry_after_s,
-                "backend_error": self.backend_error}
+                "backend_error": self.backend_error, "exhausted": self.exhausted,
+                "requested_tokens": self.requested_tokens}
+
+
+def refusal(admission: Admission) -> tuple[int, str, str]:
+    """(status, code, message) for a refused admission: the message says which budget ran out;
+    a request that can never fit is not told to retry; a counter store that is down is a 503,
+    not a 429 (which SDKs retry as if the caller were too fast)."""
+    limit = admission.throttled_by
+    if admission.exhausted == "unavailable":
+        return (503, "ratelimit_unavailable",
+                f"the rate-limit store for limit '{limit}' is unreachable; the request was not forwarded")
+    if admission.exhausted == "too_large":
+        budget = admission.headers.get("x-ratelimit-limit-tokens", "?")
+        return (429, "request_exceeds_token_budget",
+                f"this request needs about {admission.requested_tokens} tokens (prompt and reserved output), "
+                f"more than the whole token budget '{limit}' ({budget} per window); it cannot succeed "
+                f"as sent: lower max_tokens or shorten the prompt")
+    if admission.exhausted == "tokens":
+        return (429, "token_budget_exhausted",
+                f"token budget '{limit}' exhausted (tokens per window); retry after {admission.retry_after_s}s")
+    return 429, "rate_limited", f"request rate limit '{limit}' exceeded; retry after {admission.retry_after_s}s"
+
+
+@dataclass(frozen=True)
+class OutputReservation:
+    """How many output tokens a request without max_tokens is charged for until its usage is
+    known: never zero, so a burst cannot absorb more than the budget (`ratelimit.output_reservation`)."""
+    default: int = 1024
+    models: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, section: Mapping | None) -> "OutputReservation":
+        section = section or {}
+        unknown = set(section) - {"default", "models"}
+        if unknown:
+            raise ValueError(f"ratelimit.output_reservation: unknown key(s) {sorted(unknown)}")
+        default = section.get("default", cls.default)
+        models = dict(section.get("models") or {})
+        for where, v in [("default", default)] + [(f"models.{m}", n) for m, n in models.items()]:
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"ratelimit.output_reservation.{where}: must be a positive integer")
+        return cls(default, models)
+
+    def tokens(self, *, model: str | None, requested: int | None, injected_cap: int | None,
+               policy_defaults: Sequence[int | None]) -> int:
+        """Output tokens to reserve beyond the prompt: none when the caller set max_tokens (already
+        in the estimate); else the cap the policy injected, the limits' default_max_tokens, or this
+        model's (else the default) reservation, whichever applies first."""
+        if requested is not None:
+            return 0
+        if injected_cap is not None:
+            return injected_cap
+        chosen = max((d for d in policy_defaults if d), default=0)
+        if chosen:
+            return chosen
+        return self.models.get(model or "", self.default)
+
+
+def too_large(request_id: str, specs: Sequence[LimitSpec], tokens: int) -> Admission | None:
+    """The refusal of a request that needs more tokens than a whole window's budget: no retry-after
+    (it would never fit), whatever the counters say; None when every budget could hold it."""
+    for spec in specs:
+        if spec.tokens is not None and tokens > spec.tokens:
+            return Admission(False, None, spec.id, None, {"x-ratelimit-limit-tokens": str(spec.tokens),
+                                                          "x-should-retry": "false"},
+                             exhausted="too_large", requested_tokens=tokens)
+    return None
 
 
 def _fmt_reset(seconds: float) -> str:
@@ -88,6 +160,9 @@ class MemoryLimiter:
         self._lock = asyncio.Lock()
 
     async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping, tokens: int) -> Admission:
+        refused = too_large(request_id, specs, tokens)
+        if refused is not None:
+            return refused
         now = self.clock()
         async with self._lock:
             self._expire(now)
@@ -110,7 +185,8 @@ class MemoryLimiter:
                 if not (req_ok and tok_ok):
                     retry = max(1, int(math.ceil(reset)))
                     headers["retry-after"] = str(retry)
-                    return Admission(False, None, spec.id, retry, headers)
+                    return Admission(False, None, spec.id, retry, headers, exhausted="requests" if not req_ok else "tokens",
+                                     requested_tokens=tokens)
                 plan.append((k, start, 1, tokens))
             for k, start, r, t in plan:
                 used = self._used.setdefault((k, start), [0, 0])

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ext_proc.ratelimit.limits import Admission, LimitSpec, Reservation, _fmt_reset, limit_key
+from ext_proc.ratelimit.limits import Admission, LimitSpec, Reservation, _fmt_reset, limit_key, too_large
 
 # ARGV: n, tokens, then per limit: key, request limit (-1 none), token limit (-1 none), window seconds.
 _RESERVE = """
@@ -66,6 +66,9 @@ class RedisLimiter:
     async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping, tokens: int) -> Admission:
         if not specs:
             return Admission(True, Reservation(request_id, ()))
+        refused = too_large(request_id, specs, tokens)
+        if refused is not None:
+            return refused
         argv: list = [len(specs), tokens]
         for s in specs:
             argv += [self.prefix + limit_key(s, context), s.requests if s.requests is not None else -1,
@@ -79,9 +82,12 @@ class RedisLimiter:
             i = int(res[1]) - 1
             spec, reset = specs[i], float(res[2])
             retry = max(1, int(math.ceil(reset)))
-            self._headers(headers, spec, int(res[3]), int(res[4]), reset)
+            used_r, used_t = int(res[3]), int(res[4])
+            self._headers(headers, spec, used_r, used_t, reset)
             headers["retry-after"] = str(retry)
-            return Admission(False, None, spec.id, retry, headers)
+            requests_out = spec.requests is not None and used_r + 1 > spec.requests
+            return Admission(False, None, spec.id, retry, headers, exhausted="requests" if requests_out else "tokens",
+                             requested_tokens=tokens)
         parts = []
         for i, spec in enumerate(specs):
             key, used_r, used_t, reset = res[1 + 4 * i: 5 + 4 * i]
@@ -105,7 +111,7 @@ class RedisLimiter:
         closed = [s for s in specs if s.on_backend_error == "closed"]
         if closed:
             return Admission(False, None, closed[0].id, 1, {"retry-after": "1"},
-                             backend_error=f"redis unreachable ({error}); limit fails closed")
+                             backend_error=f"redis unreachable ({error}); limit fails closed", exhausted="unavailable")
         return Admission(True, Reservation(request_id, ()), backend_error=f"redis unreachable ({error}); failed open")
 
     # Every part of a reservation carries the same request and token counts (reserve charges each

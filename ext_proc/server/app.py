@@ -23,6 +23,10 @@ log = structlog.get_logger("ledgergate.server")
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
+class ListenError(OSError):
+    """A listen address is taken or unusable: the process refuses to start."""
+
+
 def _grpc_address(listen: str) -> str:
     # "unix:/path" and "host:port" are both gRPC address forms already.
     return listen
@@ -31,17 +35,26 @@ def _grpc_address(listen: str) -> str:
 async def serve(config: Config, *, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     rt = Runtime(config)
-    await rt.start()
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.max_body_bytes + (1 << 20)),
         ("grpc.max_send_message_length", config.max_body_bytes + (1 << 20)),
         ("grpc.max_concurrent_streams", 100000),
+        # gRPC sets SO_REUSEPORT by default: a second server on a taken port would then share
+        # its streams (and split the audit trail) instead of failing to start.
+        ("grpc.so_reuseport", 0),
     ])
     pb_grpc.add_ExternalProcessorServicer_to_server(Servicer(rt), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for addr in config.listen:
-        server.add_insecure_port(_grpc_address(addr))
+        try:
+            bound = server.add_insecure_port(_grpc_address(addr))
+        except RuntimeError as exc:  # grpc.aio raises where grpc returns 0
+            raise ListenError(f"cannot listen on {addr}: {exc} (is another ledgergate already there?)") from None
+        if not bound and not addr.startswith("unix:"):
+            raise ListenError(f"cannot listen on {addr} (is another ledgergate already there?)")
+    # The ports are ours before anything is started (an audit segment is opened only then).
+    await rt.start()
     await server.start()
 
     async def publish(serving: bool) -> None:
@@ -67,11 +80,18 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    reloads: set[asyncio.Task] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(rt.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     try:
-        loop.add_signal_handler(signal.SIGHUP, rt.policies.reload)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     except (NotImplementedError, RuntimeError):
         pass
-    watcher = asyncio.create_task(rt.policies.watch(1.0))
+    watcher = asyncio.create_task(rt.watch_policy(1.0))
     health_task = asyncio.create_task(monitor.run(), name="readiness")
     # Everything built at start (policy, classifier, gRPC, protobuf descriptors) lives as long as
     # the process: out of the collector's way, so that a full collection under load walks only

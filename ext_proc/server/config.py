@@ -8,6 +8,7 @@ material lives.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,51 @@ PROVIDERS = ("openai", "anthropic", "gemini", "bedrock")
 
 class ConfigError(ValueError):
     """The configuration file is unreadable or inconsistent; the message names the key."""
+
+
+_KEY_PATH = re.compile(r"^([A-Za-z_][\w-]*(?:(?:\.[\w-]+)|\[\d+\])*)")
+
+
+def config_line(path: Path, where: str) -> int | None:
+    """The line in PATH of the deepest node named by WHERE ("identity.issuers[0].jwks_file"):
+    errors point at `file:line`, like the policy checker's. None when the key is not in the file
+    (it came from the defaults) or the file is not YAML."""
+    m = _KEY_PATH.match(where.strip())
+    if not m:
+        return None
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", m.group(1)):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == part:
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and part.startswith("["):
+            i = int(part[1:-1])
+            if i >= len(node.value):
+                return line
+            node = node.value[i]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def located(path: str | Path | None, message: str) -> str:
+    """`file:line: message` when the message names a key found in the file, else `file: message`."""
+    if path is None:
+        return message
+    path = Path(path)
+    if message.startswith(f"{path}:"):
+        return message
+    line = config_line(path, message)
+    return f"{path}:{line}: {message}" if line else f"{path}: {message}"
 
 
 @dataclass
@@ -46,6 +92,11 @@ class Config:
     raw: dict[str, Any] = field(default_factory=dict)
     health_interval_s: float = 1.0
     tracing: dict[str, Any] = field(default_factory=dict)
+    config_path: Path | None = None     # re-read on SIGHUP for the sections that reload (identity)
+    # Per-request inspection budget (pipeline/budget.py) and the envelope rules (pipeline/envelope.py).
+    max_inspection_bytes: int = 32 * 1024 * 1024
+    max_inspection_candidates: int = 10_000
+    envelope: Any = None
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -53,7 +104,7 @@ class Config:
 
 
 _TOP_KEYS = {"server", "identity", "policy", "audit", "ratelimit", "classify", "upstreams", "limits", "tracing",
-             "multiplex"}
+             "multiplex", "envelope"}
 
 
 def default_config_dict(var_dir: str = "var") -> dict[str, Any]:
@@ -103,13 +154,19 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         path = Path(path)
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the configuration must be a mapping")
         unknown = set(loaded) - _TOP_KEYS
         if unknown:
-            raise ConfigError(f"{path}: unknown top-level key(s): {', '.join(sorted(unknown))}")
+            first = sorted(unknown)[0]
+            raise ConfigError(located(path, f"{first}: unknown top-level key(s): {', '.join(sorted(unknown))}"
+                                            f" (expected: {', '.join(sorted(_TOP_KEYS))})"))
         data = deep_merge(data, loaded)
     if overrides:
         data = deep_merge(data, overrides)
@@ -127,6 +184,9 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
     for name, spec in upstreams.items():
         if name not in PROVIDERS:
             raise ConfigError(f"upstreams.{name}: unknown provider (one of {', '.join(PROVIDERS)})")
+        if spec is not None and not isinstance(spec, dict):
+            raise ConfigError(f"upstreams.{name}: must be a mapping")
+        upstream_timeouts(name, spec)      # validated here; `ledgergate up` renders them into Envoy
         if isinstance(spec, dict) and spec.get("credential"):
             creds[name] = dict(spec["credential"])
     return Config(
@@ -151,7 +211,53 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         health_interval_s=_positive_float(server.get("health_interval_s", 1.0), "server.health_interval_s"),
         tracing=dict(data.get("tracing") or {}),
         multiplex_models=_model_map(data.get("multiplex")),
+        config_path=Path(path).resolve() if path is not None else None,
+        max_inspection_bytes=_positive_int(limits.get("max_inspection_bytes", 32 * 1024 * 1024),
+                                           "limits.max_inspection_bytes"),
+        max_inspection_candidates=_positive_int(limits.get("max_inspection_candidates", 10_000),
+                                                "limits.max_inspection_candidates"),
+        envelope=_envelope_rules(data.get("envelope")),
     )
+
+
+UPSTREAM_KEYS = {"credential", "timeout", "idle_timeout", "per_try_timeout"}
+
+
+def upstream_timeouts(name: str, spec: Any) -> dict[str, str]:
+    """upstreams.NAME's Envoy route timeouts as Envoy durations ("600s"): `timeout` (the whole
+    exchange, a whole stream included), `idle_timeout` (no byte either way), `per_try_timeout`
+    (one attempt of a failover chain). Only the keys given; ConfigError names a bad one."""
+    from ext_proc.identity.config import ConfigError as DurationError, parse_duration
+
+    spec = spec or {}
+    unknown = sorted(set(spec) - UPSTREAM_KEYS)
+    if unknown:
+        raise ConfigError(f"upstreams.{name}: unknown key(s) {unknown}; allowed: {sorted(UPSTREAM_KEYS)}")
+    out = {}
+    for key in ("timeout", "idle_timeout", "per_try_timeout"):
+        if spec.get(key) is None:
+            continue
+        try:
+            seconds = parse_duration(spec[key], f"upstreams.{name}.{key}")
+        except DurationError as exc:
+            raise ConfigError(str(exc)) from None
+        out[key] = f"{seconds:g}s"
+    return out
+
+
+def _positive_int(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ConfigError(f"{where}: must be a positive integer")
+    return v
+
+
+def _envelope_rules(section: Any):
+    from ext_proc.pipeline.envelope import EnvelopeRules
+
+    try:
+        return EnvelopeRules.from_config(section)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _positive_float(v: Any, where: str) -> float:

@@ -11,6 +11,34 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+# Spend labels come from verified identities (tenant) and from request bodies (model): at most this
+# many distinct values per label are exported, later ones are counted under "other", so a client
+# inventing model names cannot grow the registry without bound.
+SPEND_LABEL_VALUES = 200
+_LABEL_MAX_CHARS = 64
+
+
+class BoundedLabel:
+    """The first `limit` distinct values of one label as themselves, every later one as "other"."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return "none"
+        value = "".join(c if c.isprintable() else "?" for c in str(value)[:_LABEL_MAX_CHARS])
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return "other"
+
+
 _PHASE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -33,6 +61,25 @@ class Metrics:
         self.policy_reload_failures = Counter("ledgergate_policy_reload_failures_total",
                                               "Policy reloads rejected (the old version kept running)",
                                               registry=r)
+        self.tokens = Counter("ledgergate_tokens_total",
+                              "Tokens used as the provider reported them (outcome records' usage), by direction "
+                              "(input/output), tenant, model and provider: spend to graph and alert on",
+                              ["direction", "tenant", "model", "provider"], registry=r)
+        self._tenant_label = BoundedLabel(SPEND_LABEL_VALUES)
+        self._model_label = BoundedLabel(SPEND_LABEL_VALUES)
+        self.reloads = Counter("ledgergate_config_reloads_total",
+                               "Reloads of the policy or the identity configuration, by result (ok: now in "
+                               "force; rejected: the previous one kept running)", ["what", "result"], registry=r)
+
+    def spend(self, usage: dict | None, *, tenant: str | None, model: str | None, provider: str | None) -> None:
+        """Count one answer's token usage; nothing when the provider reported none."""
+        if not usage:
+            return
+        labels = (self._tenant_label(tenant), self._model_label(model), provider or "unknown")
+        for direction in ("input", "output"):
+            n = usage.get(f"{direction}_tokens")
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                self.tokens.labels(direction, *labels).inc(n)
 
     def decision(self, outcome: str, surface: str) -> None:
         self.decisions.labels(outcome, surface).inc()

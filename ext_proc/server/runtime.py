@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Callable
 
@@ -12,8 +13,8 @@ from ext_proc.classify import Classifier
 from ext_proc.identity import IdentityConfig, IdentityResolver
 from ext_proc.pipeline.request import RequestHead, Verdict
 from ext_proc.policy import Policy, PolicyHolder, PolicyStore
-from ext_proc.ratelimit import Admission, LimitSpec, open_limiter
-from ext_proc.server.config import Config, load_or_create_secret
+from ext_proc.ratelimit import Admission, LimitSpec, OutputReservation, open_limiter
+from ext_proc.server.config import Config, load_config, load_or_create_secret, located
 from ext_proc.server.metrics import Metrics
 from ext_proc.server.tracing import open_tracing
 
@@ -35,6 +36,7 @@ class Runtime:
         self.metrics = metrics or Metrics()
         self.hash_key = load_or_create_secret(config.redaction_key_file)
         self.identity = IdentityResolver(IdentityConfig.from_dict(config.identity, config.base_dir))
+        self._retiring: set[asyncio.Task] = set()
         config.policy_store.mkdir(parents=True, exist_ok=True)
         self.policy_store = PolicyStore(config.policy_store)
         self.policies = PolicyHolder(config.policy_path, store=self.policy_store, on_error=self._policy_error)
@@ -43,6 +45,7 @@ class Runtime:
         self.audit: AuditLog = open_audit_log(config.audit, signing_key_path=str(config.audit_signing_key),
                                               writer_id=config.writer_id)
         self.limiter = open_limiter(config.ratelimit)
+        self.output_reservation = OutputReservation.from_config(config.ratelimit.get("output_reservation"))
         self.tracing = open_tracing(config.tracing, instance_id=config.writer_id)
         # Encrypted capture of request bodies for legal hold: off unless audit.capture is set.
         capture = config.audit.get("capture") or None
@@ -64,7 +67,59 @@ class Runtime:
 
     def _policy_error(self, exc: Exception) -> None:
         self.metrics.policy_reload_failures.inc()
+        self.metrics.reloads.labels("policy", "rejected").inc()
         log.error("policy_reload_rejected", error=str(exc)[:2000])
+
+    # --- reload (SIGHUP, and the policy file watch) ---------------------------------------
+    # Identity retired by a reload keeps serving the lookups already under way for this long.
+    IDENTITY_RETIRE_S = 30.0
+
+    def reload_policy(self) -> bool:
+        """The policy file again; True when a new version is in force (and logged as such)."""
+        before = self.policies.current.version
+        if not self.policies.reload():
+            return False
+        self.metrics.reloads.labels("policy", "ok").inc()
+        log.info("policy_reloaded", policy_version=self.policies.current.version, previous_version=before)
+        return True
+
+    async def reload_identity(self) -> bool:
+        """The identity section of the configuration file again (issuers, JWKS files and URLs,
+        API keys, mTLS, introspection): built and started aside, then swapped in with one
+        assignment; anything invalid keeps the running identity and is logged."""
+        path = self.config.config_path
+        try:
+            section = load_config(path, base_dir=self.config.base_dir).identity if path else self.config.identity
+            fresh = IdentityResolver(IdentityConfig.from_dict(section, self.config.base_dir))
+            await fresh.start()
+        except Exception as exc:  # noqa: BLE001 - any invalid section keeps the identity in force
+            self.metrics.reloads.labels("identity", "rejected").inc()
+            log.error("identity_reload_rejected", error=located(path, str(exc))[:2000])
+            return False
+        retired, self.identity = self.identity, fresh
+        self.metrics.reloads.labels("identity", "ok").inc()
+        log.info("identity_reloaded", issuers=[c.name for c in fresh.config.issuers],
+                 api_keys=len(fresh.config.api_keys),
+                 api_keys_revoked=sum(1 for k in fresh.config.api_keys if k.revoked))
+        self._retiring.add(task := asyncio.create_task(self._retire(retired)))
+        task.add_done_callback(self._retiring.discard)
+        return True
+
+    async def _retire(self, resolver: IdentityResolver) -> None:
+        await asyncio.sleep(self.IDENTITY_RETIRE_S)
+        await resolver.close()
+
+    async def reload(self) -> None:
+        """SIGHUP: policy and identity, each atomically and independently."""
+        self.reload_policy()
+        await self.reload_identity()
+
+    async def watch_policy(self, interval_s: float = 1.0) -> None:
+        """Poll the policy file and its includes; reload when any of them changes."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.policies.changed_on_disk():
+                self.reload_policy()
 
     def classifier_for(self, policy: Policy) -> Classifier:
         c = self._classifiers.get(policy.version)
@@ -110,6 +165,8 @@ class Runtime:
 
     async def close(self) -> None:
         await self.audit.close()
+        for task in list(self._retiring):
+            task.cancel()
         await self.identity.close()
         await self.limiter.close()
         self.tracing.shutdown()
@@ -131,10 +188,11 @@ class Runtime:
             "route": getattr(decision, "route", None) or route["surface"],
             "api": route["api"], "provider": route["provider"], "surface": route["surface"],
         }
-        tokens = verdict.estimated_tokens
         input_request = verdict.record.get("input", {}).get("request", {})
-        if input_request.get("max_tokens") is None:
-            tokens += max((s.default_max_tokens or 0) for s in specs)
+        tokens = verdict.estimated_tokens + self.output_reservation.tokens(
+            model=verdict.model, requested=input_request.get("max_tokens"),
+            injected_cap=getattr(decision, "max_tokens_cap", None),
+            policy_defaults=[s.default_max_tokens for s in specs])
         admission = await self.limiter.reserve(head.request_id, specs, context, tokens)
         if not admission.admitted:
             self.metrics.ratelimit_rejections.labels(admission.throttled_by or "unknown").inc()

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
 import grpc
@@ -37,15 +38,59 @@ from ext_proc.providers import error_body, match_surface
 from ext_proc.server.messages import attributes_of as _attributes
 from ext_proc.server.messages import headers_to_dict as _headers_to_dict
 from ext_proc.server.messages import set_header as _set_header
+from ext_proc.server.envoy_flags import upstream_error
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.upstream import process_upstream
-from ext_proc.pipeline.multiplex import CHAIN_HEADER, route_for
+from ext_proc.pipeline.budget import BudgetedClassifier, ScanPool
+from ext_proc.pipeline.envelope import (Envelope, EnvelopeRejected, EnvelopeRules, body_refused, inspect_envelope,
+                                        rewritable)
+from ext_proc.pipeline.multiplex import CHAIN_HEADER, ModelListAliases, alias_refusal, route_for
 from ext_proc.pipeline.request import sha256_hex
 from ext_proc.providers.translate import ResponseTranslator, TranslationError, translate_request
+from ext_proc.ratelimit import refusal
 from ext_proc.streaming import Release, ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
+from ext_proc.streaming.transparency import DISCLOSURE_HEADER, TransparencyMarker, transparency_marker
 
 log = structlog.get_logger("ledgergate.server")
+
+
+# Bodies from this size up are decided on one worker thread, one at a time, off the event loop,
+# and their large texts are classified in a separate process (ScanPool): a caller sending large
+# or pathological bodies then delays other large bodies, never the small requests the loop
+# decides inline. A thread alone is not enough: the classifier's checks are Python and hold the
+# GIL the loop needs (docs/benchmarks.md, bench-abuse).
+HEAVY_BODY_BYTES = 64 * 1024
+# Large bodies waiting for (or in) the lane: past this a new one is refused at once with a 503
+# (inspection would outlast Envoy's message timeout; the caller may retry) rather than queued.
+HEAVY_QUEUE_MAX = 8
+
+
+class _HeavyLane:
+    """One thread for the decisions on large bodies (started on first use), and how many are
+    waiting for it. Used from the event loop only."""
+
+    def __init__(self) -> None:
+        self.executor: ThreadPoolExecutor | None = None
+        self.pending = 0
+        self.scan_pool = ScanPool(workers=1)
+
+    async def run(self, fn):
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledgergate-inspect")
+        loop = asyncio.get_running_loop()
+        job = self.executor.submit(fn)
+        self.pending += 1
+        # Counted until the work is really over (or cancelled before it started): a caller that
+        # disconnects while its body is being inspected still occupies the lane.
+        job.add_done_callback(lambda _job: loop.call_soon_threadsafe(self._release))
+        return await asyncio.wrap_future(job, loop=loop)
+
+    def _release(self) -> None:
+        self.pending -= 1
+
+
+_heavy_lane = _HeavyLane()
 
 
 class ProtocolViolation(Exception):
@@ -79,13 +124,17 @@ class Exchange:
         self.pending_headers: tuple[list, list[str]] | None = None  # response headers held for a whole body
         self.blocked_status_sent = False   # the held headers went out as the block's error status
         self.multiplex: tuple | None = None       # (Route, TranslatedRequest) when another provider serves it
-        self.translator: ResponseTranslator | None = None
+        self.translator: ResponseTranslator | ModelListAliases | None = None
         self.upstream_host: str | None = None
+        self.ratelimit_headers: dict[str, str] = {}
+        self.upstream_error: str | None = None   # Envoy ended the exchange itself (timeout, reset)
+        self.transparency: TransparencyMarker | None = None
         self.outcome_committed = False
         self.request_released = False
         # Legal-hold capture of the response as delivered (after redaction), bounded.
         self.captured: bytearray | None = bytearray() if rt.capture_key is not None else None
         self.capture_truncated = False
+        self.envelope: Envelope | None = None   # headers / query as forwarded (pipeline/envelope.py)
 
     # --- request side -------------------------------------------------------------------
     async def on_request_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -108,14 +157,79 @@ class Exchange:
             self.rt.metrics.identity_failure(exc.reason)
             verdict = reject_identity(self.head, exc, int(self.rt.clock() * 1000), self.rt.policies.current)
             return [await self._finish_rejected(verdict)]
+        rejected = self._inspect_envelope(end_of_stream=msg.end_of_stream)
+        if rejected is not None:
+            return [await self._finish_rejected(rejected)]
         if msg.end_of_stream:
             # No body will follow (GET /v1/models): decide now.
             return await self._decide(None, phase="headers")
         return [pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=self._request_header_mutation()))]
 
+    # --- envelope: headers, query string, method (pipeline/envelope.py) ---------------------
+    def _own_header_names(self) -> list[str]:
+        """Headers ledgergate sets itself: never on the removal list."""
+        assert self.head is not None
+        names = ["accept-encoding", "content-length"]
+        if self.head.surface is not None:
+            cred = self.rt.config.upstream_credentials.get(self.head.surface.provider)
+            if cred:
+                names.append(cred["header"].lower())
+        if self.identity is not None:
+            names += [k.lower() for k in forwarded_identity_headers(self.identity, self.rt.identity.config)]
+        return names
+
+    def _has_findings(self, text: str) -> bool:
+        return bool(self.rt.classifier_for(self.rt.policies.current).scan(text))
+
+    def _inspect_envelope(self, *, end_of_stream: bool) -> Verdict | None:
+        """Parse the envelope once, at the request headers; a refusal is a recorded 400."""
+        head = self.head
+        assert head is not None
+        rules = self.rt.config.envelope if isinstance(self.rt.config.envelope, EnvelopeRules) else EnvelopeRules()
+        try:
+            if not end_of_stream and body_refused(head.method, head.headers, None):
+                raise EnvelopeRejected(400, "body_not_allowed",
+                                       f"a {head.method.upper()} request must not carry a body")
+            self.envelope = inspect_envelope(head.method, head.path, head.headers, head.surface, rules,
+                                             keep=self._own_header_names(), has_findings=self._has_findings)
+        except EnvelopeRejected as exc:
+            return self._reject_envelope(exc)
+        return None
+
+    def _reject_envelope(self, exc: EnvelopeRejected, body: bytes | None = None) -> Verdict:
+        head = self.head
+        assert head is not None
+        verdict = reject_unprocessable(head, self.identity, exc.status, exc.code, str(exc),
+                                       int(self.rt.clock() * 1000), body, self.rt.policies.current)
+        if self.envelope is not None:
+            verdict.record["envelope"] = self.envelope.to_record(self._has_findings)
+        return verdict
+
+    def _envelope_mutation(self, verdict: Verdict | None) -> tuple[list, list[str]]:
+        """(set_headers, remove_headers) that make the forwarded headers and query what the
+        envelope allows, with the decision's redactions of header and query values."""
+        env = self.envelope
+        if env is None:
+            return [], []
+        redacted = verdict.envelope_redacted if verdict is not None else {}
+        set_headers = []
+        query_redacted: dict[int, str] = {}
+        for i, value in redacted.items():
+            seg = env.segments[i]
+            if not rewritable(seg):
+                continue        # the decision was turned into a deny (_decide)
+            if seg.where.startswith("query:"):
+                query_redacted[seg.position] = value
+            else:
+                set_headers.append(_set_header(seg.name, value))
+        if env.query_changed or query_redacted:
+            set_headers.append(_set_header(":path", env.forwarded_path(query_redacted)))
+        return set_headers, list(env.removed_headers)
+
     def _request_header_mutation(self, *, body_len: int | None = None) -> pb.CommonResponse:
         assert self.head is not None
-        remove = strip_headers(self.head.headers)
+        envelope_set, envelope_remove = self._envelope_mutation(self.verdict)
+        remove = sorted(set(strip_headers(self.head.headers)) | set(envelope_remove))
         set_headers = [_set_header("accept-encoding", "identity")]
         if self.head.surface is not None:
             cred = self.rt.config.upstream_credentials.get(self.head.surface.provider)
@@ -127,6 +241,7 @@ class Exchange:
                 set_headers.append(_set_header(k, v))
         if body_len is not None:
             set_headers.append(_set_header("content-length", str(body_len)))
+        set_headers += envelope_set
         # A route chosen with a header the client sent in our namespace (Envoy may have resolved
         # it already) is chosen again without it.
         spoofed = any(h.startswith("x-ledgergate-") for h in remove)
@@ -139,7 +254,12 @@ class Exchange:
         if self.verdict is not None:
             # Envoy re-delivered the end of the body (envoyproxy/envoy#46237): answer it the same way.
             return [self._body_continue(self.verdict)]
-        return await self._decide(bytes(req.request_body.body), phase="body")
+        body = bytes(req.request_body.body)
+        if body and body_refused(self.head.method, self.head.headers, len(body)):
+            # A body the provider's API does not read (GET /v1/models): never forwarded.
+            return [await self._finish_rejected(self._reject_envelope(EnvelopeRejected(
+                400, "body_not_allowed", f"a {self.head.method.upper()} request must not carry a body"), body))]
+        return await self._decide(body, phase="body")
 
     async def _decide(self, body: bytes | None, *, phase: str) -> list[pb.ProcessingResponse]:
         rt, head = self.rt, self.head
@@ -147,15 +267,44 @@ class Exchange:
         policy = rt.policies.current
         started = time.perf_counter()
         self.trace.begin("decide")
+        heavy = body is not None and len(body) >= HEAVY_BODY_BYTES
+        budget = BudgetedClassifier(rt.classifier_for(policy), max_bytes=rt.config.max_inspection_bytes,
+                                    max_candidates=rt.config.max_inspection_candidates,
+                                    pool=_heavy_lane.scan_pool if heavy else None, custom_terms=policy.dictionaries)
+
+        def decide() -> Verdict:   # the time of the decision is read when it is taken (after any wait)
+            return decide_request(head, self.identity, body, policy=policy, classifier=budget,
+                                  hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
+                                  max_body_bytes=rt.config.max_body_bytes,
+                                  envelope_segments=self.envelope.segments if self.envelope else ())
         try:
-            verdict = decide_request(head, self.identity, body, policy=policy, classifier=rt.classifier_for(policy),
-                                     hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
-                                     max_body_bytes=rt.config.max_body_bytes)
+            if heavy and _heavy_lane.pending >= HEAVY_QUEUE_MAX:
+                verdict = reject_unprocessable(head, self.identity, 503, "inspection_busy",
+                                               "too many large requests are waiting for inspection; retry later",
+                                               int(rt.clock() * 1000), body, policy)
+            elif heavy:
+                verdict = await _heavy_lane.run(decide)
+            else:
+                verdict = decide()
         except Exception as exc:  # noqa: BLE001 - any pipeline failure is a fail-closed denial
             log.error("pipeline_error", request_id=head.request_id, error_type=type(exc).__name__)
             verdict = reject_unprocessable(head, self.identity, 503, "processing_error",
                                            "the request could not be inspected; it was not forwarded",
                                            int(rt.clock() * 1000), body, policy)
+        verdict.record["inspection"] = budget.to_record()
+        if self.envelope is not None:
+            verdict.record["envelope"] = self.envelope.to_record(self._has_findings)
+            stuck = [i for i in verdict.envelope_redacted if not rewritable(self.envelope.segments[i])]
+            if verdict.forward and stuck:
+                # Envoy lets no processor rewrite its own headers, and the model segment of the path
+                # names the model: what cannot be redacted is refused.
+                code = "unredactable_header" if self.envelope.segments[stuck[0]].where.startswith("header:") \
+                    else "unredactable_path"
+                verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=403,
+                                                  code=code, policy_outcome=verdict.record["decision"].get("outcome"))
+                verdict.record["forwarded_sha256"] = None
+                verdict.reject(403, code, "a part of the request that cannot be rewritten holds classified data; "
+                               "the request was not forwarded", head.provider)
         if verdict.forward and rt.config.multiplex_models:
             self._multiplex(verdict, body)
         rt.metrics.phase("decide", time.perf_counter() - started)
@@ -168,17 +317,18 @@ class Exchange:
             extra_headers = dict(admission.headers)
             if admission.admitted:
                 self.reservation = admission.reservation
+                # The answer carries the budget it was admitted under, like OpenAI's own answers.
+                self.ratelimit_headers = {k: v for k, v in admission.headers.items() if k.startswith("x-ratelimit-")}
             else:
                 provider = head.provider
                 policy_outcome = verdict.record["decision"].get("outcome")
-                verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=429,
-                                                  code="rate_limited", throttled_by=admission.throttled_by,
+                status, code, message = refusal(admission)
+                verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=status,
+                                                  code=code, throttled_by=admission.throttled_by,
                                                   policy_outcome=policy_outcome)
                 verdict.forward = False
                 verdict.record["forwarded_sha256"] = None
-                verdict.reject(429, "rate_limited",
-                               f"rate limit '{admission.throttled_by}' exceeded; retry after {admission.retry_after_s}s",
-                               provider)
+                verdict.reject(status, code, message, provider)
         if rt.capture_key is not None and body:
             verdict.record["capture"] = seal_capture(rt.capture_key, rt.capture_key_id, body, head.request_id.encode())
         self.verdict = verdict
@@ -198,6 +348,14 @@ class Exchange:
         assert self.head is not None
         surface = self.head.surface.name if self.head.surface else None
         chosen = verdict.decision.serve_with if verdict.decision is not None else None
+        refused = alias_refusal(surface, verdict.model, self.rt.config.multiplex_models)
+        if refused:
+            verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=400,
+                                              code="model_alias_not_on_this_api",
+                                              policy_outcome=verdict.record["decision"].get("outcome"))
+            verdict.record["forwarded_sha256"] = None
+            verdict.reject(400, "model_alias_not_on_this_api", refused, self.head.provider)
+            return
         route = route_for(surface, chosen or verdict.model, self.rt.config.multiplex_models)
         if chosen and route is None:
             # The policy names a model the deployer's map does not have: a configuration error,
@@ -237,9 +395,13 @@ class Exchange:
                               model_routed=route.target.model, forwarded_sha256=sha256_hex(translated.body))
 
     def _body_continue(self, verdict: Verdict) -> pb.ProcessingResponse:
+        # Header and query values redacted by the decision (the envelope's removals went out with
+        # the request headers already).
+        envelope_set = self._envelope_mutation(verdict)[0] if verdict.envelope_redacted else []
         if verdict.new_body is None:
-            return pb.ProcessingResponse(request_body=pb.BodyResponse(response=pb.CommonResponse()))
-        set_headers = [_set_header("content-length", str(len(verdict.new_body)))]
+            return pb.ProcessingResponse(request_body=pb.BodyResponse(response=pb.CommonResponse(
+                header_mutation=pb.HeaderMutation(set_headers=envelope_set) if envelope_set else None)))
+        set_headers = [_set_header("content-length", str(len(verdict.new_body)))] + envelope_set
         remove: list[str] = []
         clear_route = False
         if self.multiplex is not None and self.multiplex[1] is None:
@@ -293,10 +455,12 @@ class Exchange:
         headers = _headers_to_dict(req.response_headers.headers)
         self.response_status = int((headers.get(":status") or ["0"])[0] or 0)
         self.upstream_host = (headers.get("x-ledgergate-upstream-host") or [None])[0]
+        self.upstream_error = upstream_error((headers.get("x-ledgergate-upstream-flags") or [None])[0])
         content_type = (headers.get("content-type") or [None])[0]
         decision = self.verdict.decision
         rules = ResponseRules.from_policy(decision.response if decision is not None else {})
         set_headers = [_set_header("x-request-id", self.head.request_id)]
+        set_headers += [_set_header(k, v) for k, v in self.ratelimit_headers.items()]
         if self.multiplex is not None and self.multiplex[1] is not None:
             route, translated = self.multiplex
             self.translator = ResponseTranslator(
@@ -306,6 +470,18 @@ class Exchange:
             self.translator.start(self.response_status, content_type)
             content_type = self.translator.content_type
             set_headers.append(_set_header("content-type", content_type))
+        elif (self.rt.config.multiplex_models and self.response_status == 200 and self.head.surface is not None
+              and self.head.surface.name == "openai.models" and not self.head.surface.model_from_path
+              and not req.response_headers.end_of_stream):
+            self.translator = ModelListAliases(self.rt.config.multiplex_models,
+                                               self.rt.config.max_response_buffer_bytes)
+        # Article 50 transparency marker (ext_proc/streaming/transparency.py).
+        target = self.multiplex[0].target if self.multiplex is not None and self.multiplex[1] is not None else None
+        self.transparency = transparency_marker(
+            (decision.response or {}).get("marker_header") if decision is not None else None,
+            provider=target.provider if target else self.head.provider, model=target.model if target else self.verdict.model,
+            policy_id=decision.policy_id if decision is not None else "", policy_version=decision.policy_version
+            if decision is not None else "")
         self.inspector = ResponseInspector(
             self.head.surface.name if self.head.surface else "unknown",
             status=self.response_status,
@@ -314,13 +490,15 @@ class Exchange:
             classifier=self.rt.classifier_for(self.rt.policies.current), rules=rules,
             hash_key=self.rt.hash_key, tenant=self.identity.tenant if self.identity else None,
             max_buffer_bytes=self.rt.config.max_response_buffer_bytes,
-            drop_usage_chunk=self.verdict.usage_injected)
-        remove = ["content-length", "x-ledgergate-upstream-host"]
+            drop_usage_chunk=self.verdict.usage_injected,
+            marker_field=(self.transparency.json_field, self.transparency.json_value())
+            if self.transparency is not None and self.transparency.json_field else None)
+        remove = ["content-length", "x-ledgergate-upstream-host", "x-ledgergate-upstream-flags"]
         mutation = getattr(self.inspector, "release_headers_mutation", None) or {}
         remove += [h for h in mutation.get("remove", []) if h not in remove]
-        marker = (decision.response or {}).get("marker_header") if decision is not None else None
-        if marker:
-            set_headers.append(_set_header(marker["name"], marker["value"]))
+        if self.transparency is not None:
+            set_headers.append(_set_header(self.transparency.header_name, self.transparency.header_value))
+            set_headers.append(_set_header(DISCLOSURE_HEADER, self.transparency.disclosure))
         if self.inspector.whole_body and not req.response_headers.end_of_stream:
             # Envoy keeps the headers until we answer them while the body keeps coming (full-duplex
             # streaming), so a whole JSON body is judged before its status is: a blocked answer
@@ -443,10 +621,17 @@ class Exchange:
             request_id=self.head.request_id, completed_ms=int(self.rt.clock() * 1000),
             status=self.response_status, response_sha256=summary.get("response_sha256"),
             classification=summary.get("classification") or {}, redactions=summary.get("redactions") or [],
-            usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")), error=error,
+            usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")),
+            error=error or self.upstream_error,
             capture=capture, upstream_host=self.upstream_host,
             delivered_status=BLOCKED_STATUS if self.blocked_status_sent or (
                 self.pending_headers is not None and summary.get("blocked")) else None)
+        if self.verdict is not None and usage:
+            self.rt.metrics.spend(usage, tenant=self.identity.tenant if self.identity else None,
+                                  model=self.verdict.record.get("model_routed") or self.verdict.model,
+                                  provider=self.verdict.record.get("upstream") or self.head.provider)
+        if self.transparency is not None:
+            record["transparency"] = self.transparency.record(json_field_sent=bool(summary.get("marker_field")))
         if self.reservation is not None:
             actual = None
             if usage:

@@ -14,6 +14,7 @@ error (a handler that returned would let Envoy send the untranslated request).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import AsyncIterator
@@ -69,6 +70,15 @@ class UpstreamAttempt:
         self.client_model = ""
         self.stream = False
         self.translator: ResponseTranslator | None = None
+        self.released = False         # the translated body went upstream
+        self.failure_recorded = False
+
+    async def record_failure(self, error: str) -> None:
+        """A released attempt that failed (an error status, a per-try timeout, a reset) gets a
+        second attempt record carrying the error: the first was committed before the body went out."""
+        if self.released and not self.failure_recorded:
+            self.failure_recorded = True
+            await self._commit(None, error=error)
 
     def on_request_headers(self, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
         headers = headers_to_dict(req.request_headers.headers)
@@ -98,6 +108,7 @@ class UpstreamAttempt:
         self.client_model = str(parsed.get("model") or self.target.model)
         self.stream = translated.stream
         await self._commit(translated.body)
+        self.released = True
         set_headers = [set_header(":path", translated.path), set_header("content-length", str(len(translated.body))),
                        set_header("x-ledgergate-upstream", self.target.provider)]
         set_headers += [set_header(k, v) for k, v in translated.headers.items()]
@@ -146,6 +157,7 @@ class UpstreamAttempt:
 async def process_upstream(rt: Runtime, request_iterator: AsyncIterator[pb.ProcessingRequest],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
     attempt = UpstreamAttempt(rt)
+    answered = False
     try:
         async for req in request_iterator:
             kind = req.WhichOneof("request")
@@ -157,6 +169,10 @@ async def process_upstream(rt: Runtime, request_iterator: AsyncIterator[pb.Proce
                 if reply.WhichOneof("response") == "immediate_response":
                     return
             elif kind == "response_headers":
+                answered = True
+                status = headers_to_dict(req.response_headers.headers).get(":status") or ["0"]
+                if status[0].isdigit() and int(status[0]) >= 500:
+                    await attempt.record_failure(f"upstream_status_{int(status[0])}")
                 yield attempt.on_response_headers(req)
             elif kind == "response_body":
                 yield attempt.on_response_body(bytes(req.response_body.body), req.response_body.end_of_stream)
@@ -181,3 +197,11 @@ async def process_upstream(rt: Runtime, request_iterator: AsyncIterator[pb.Proce
     except Exception as exc:  # noqa: BLE001 - fail closed
         log.error("attempt_error", request_id=attempt.request_id, error_type=type(exc).__name__)
         await context.abort(grpc.StatusCode.INTERNAL, "ledgergate processing error")
+    finally:
+        if not answered and attempt.released:
+            # Envoy ended the attempt before any answer: its per-try timeout, or a reset.
+            try:
+                await asyncio.shield(attempt.record_failure("attempt_ended_without_response"))
+            except Exception as exc:  # noqa: BLE001 - the stream is gone; log, never leak content
+                log.error("attempt_failure_record_failed", request_id=attempt.request_id,
+                          error_type=type(exc).__name__)

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 Path = tuple
 StreamKey = tuple
 
-# Keys whose values are identifiers or enums, not model output: not scanned.
-METADATA_KEYS = frozenset({
-    "id", "object", "model", "type", "role", "finish_reason", "stop_reason", "status", "system_fingerprint",
-    "item_id", "call_id", "tool_call_id", "finishReason", "modelVersion", "responseId", "service_tier",
-    "signature", "encrypted_content", "stopReason", "created", "created_at", "event", "stop_sequence",
-})
+# Every string of an event or body is scanned (ids, fingerprints, model names and enums included:
+# the SDK hands them to the application too), but for these: opaque values the provider generates
+# and checks (thinking signatures, encrypted reasoning), which a redaction would break and which
+# carry no text.
+OPAQUE_KEYS = frozenset({"signature", "encrypted_content", "thoughtSignature", "thought_signature"})
 
 ALL: StreamKey = ()   # a key prefix matching every stream
 
@@ -35,6 +34,22 @@ class Slot:
     key: StreamKey   # the content stream the text belongs to
     path: Path       # where the text sits in the event
     text: str
+    json_text: bool = False   # the stream is JSON text (tool arguments): scanned with escapes decoded
+    # Decided at once, each piece scanned after what the stream released before (a finding
+    # completed by a later piece has that piece masked): strings that are continued in rare cases
+    # only (a role, a tool call's id or name) must not hold back the events behind them.
+    eager: bool = False
+
+
+# The strings of an OpenAI delta that carry the model's text and are held back like it.
+DELTA_TEXT_KEYS = frozenset({"content", "refusal", "reasoning_content", "reasoning", "arguments", "text",
+                             "transcript"})   # audio answers: delta.audio.transcript
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOf:
+    """A path's last step naming an object's key itself (a model-chosen key of tool arguments)."""
+    name: str
 
 
 def get_path(obj: Any, path: Path) -> Any:
@@ -46,11 +61,67 @@ def get_path(obj: Any, path: Path) -> Any:
 def set_path(obj: Any, path: Path, value: Any) -> None:
     for k in path[:-1]:
         obj = obj[k]
-    obj[path[-1]] = value
+    last = path[-1]
+    if isinstance(last, KeyOf):           # rename the key, keeping the order of the others
+        items = list(obj.items())
+        obj.clear()
+        for k, v in items:
+            obj[value if k == last.name else k] = v
+        return
+    obj[last] = value
 
 
 def _idx(value: Any, default: int) -> Any:
-    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else default
+    """An index as the SDKs read it: their (pydantic) models coerce "0", 0.0 and True to 0 and 1,
+    so "0" in one event and 0 in the next are the same choice or block."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        v = value.strip()
+        if v[1:].isdigit() and v[:1] in "+-" and v.isascii() or v.isdigit() and v.isascii():
+            return int(v)
+        return value
+    return default
+
+
+def _continued(obj: Any, key: StreamKey, path: Path, out: list["Slot"]) -> None:
+    """Every string of an OpenAI delta continues the one under the same key in earlier deltas
+    (the SDK's accumulate_delta concatenates them; list items with an "index" merge by it; "index"
+    and "type" are replaced, not joined)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in ("index", "type"):
+                continue
+            if isinstance(v, str):
+                out.append(Slot(key + (k,), path + (k,), v, json_text=k == "arguments",
+                                eager=k not in DELTA_TEXT_KEYS))
+            elif isinstance(v, (dict, list)):
+                _continued(v, key + (k,), path + (k,), out)
+    elif isinstance(obj, list):
+        for j, item in enumerate(obj):
+            if isinstance(item, dict):
+                _continued(item, key + (("#", _idx(item.get("index"), j)),), path + (j,), out)
+
+
+def _logprob_tokens(logprobs: Any, key: StreamKey, path: Path, out: list["Slot"]) -> None:
+    """Logprob tokens spell the text out again, token by token: one more stream per kind."""
+    if not isinstance(logprobs, dict):
+        return
+    for kind in ("content", "refusal"):
+        items = logprobs.get(kind)
+        if isinstance(items, list):
+            for k, item in enumerate(items):
+                if isinstance(item, dict) and isinstance(item.get("token"), str):
+                    out.append(Slot(key + ("logprobs", kind), path + ("logprobs", kind, k, "token"), item["token"]))
+    tokens = logprobs.get("tokens")                    # legacy completions
+    if isinstance(tokens, list):
+        for k, tok in enumerate(tokens):
+            if isinstance(tok, str):
+                out.append(Slot(key + ("logprobs", "tokens"), path + ("logprobs", "tokens", k), tok))
 
 
 def slots(ev: dict) -> list[Slot]:
@@ -63,29 +134,31 @@ def slots(ev: dict) -> list[Slot]:
             idx = _idx(ch.get("index"), i)
             delta = ch.get("delta")
             if isinstance(delta, dict):
-                for field in ("content", "refusal", "reasoning_content"):
-                    if isinstance(delta.get(field), str):
-                        out.append(Slot(("chat", idx, field), ("choices", i, "delta", field), delta[field]))
-                tool_calls = delta.get("tool_calls")
-                if isinstance(tool_calls, list):
-                    for j, tc in enumerate(tool_calls):
-                        fn = tc.get("function") if isinstance(tc, dict) else None
-                        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                            out.append(Slot(("chat", idx, "tool", _idx(tc.get("index"), j)),
-                                            ("choices", i, "delta", "tool_calls", j, "function", "arguments"),
-                                            fn["arguments"]))
+                _continued(delta, ("chat", idx), ("choices", i, "delta"), out)
+                _logprob_tokens(ch.get("logprobs"), ("chat", idx), ("choices", i), out)
             elif isinstance(ch.get("text"), str):           # legacy completions
                 out.append(Slot(("cmpl", idx), ("choices", i, "text"), ch["text"]))
+                _logprob_tokens(ch.get("logprobs"), ("cmpl", idx), ("choices", i), out)
+            elif isinstance(ch.get("message"), dict):       # a whole chat completion
+                _logprob_tokens(ch.get("logprobs"), ("chat", idx), ("choices", i), out)
     t = ev.get("type")
     if t == "content_block_delta" and isinstance(ev.get("delta"), dict):
         d, idx = ev["delta"], _idx(ev.get("index"), 0)
         field = {"text_delta": "text", "input_json_delta": "partial_json", "thinking_delta": "thinking"}.get(d.get("type"))
         if field and isinstance(d.get(field), str):
-            out.append(Slot(("anth", idx, field), ("delta", field), d[field]))
+            out.append(Slot(("anth", idx, field), ("delta", field), d[field], json_text=field == "partial_json"))
+    elif t == "content_block_start" and isinstance(ev.get("content_block"), dict):
+        # The SDK starts the block's text (or thinking) with what this event carries and appends
+        # the deltas to it: the same stream.
+        b, idx = ev["content_block"], _idx(ev.get("index"), 0)
+        for field in ("text", "thinking"):
+            if isinstance(b.get(field), str):
+                out.append(Slot(("anth", idx, field), ("content_block", field), b[field]))
     elif isinstance(t, str) and t.startswith("response.") and t.endswith(".delta") and isinstance(ev.get("delta"), str):
         kind = t[len("response."):-len(".delta")]
         part = ev.get("content_index", ev.get("summary_index", 0))
-        out.append(Slot(("resp", _idx(ev.get("output_index"), 0), kind, _idx(part, 0)), ("delta",), ev["delta"]))
+        out.append(Slot(("resp", _idx(ev.get("output_index"), 0), kind, _idx(part, 0)), ("delta",), ev["delta"],
+                        json_text=kind == "function_call_arguments"))
     if isinstance(ev.get("outputText"), str):            # Bedrock Titan invoke stream chunk
         out.append(Slot(("titan", _idx(ev.get("index"), 0)), ("outputText",), ev["outputText"]))
     cands = ev.get("candidates")
@@ -151,7 +224,7 @@ def bedrock_slots(event_type: str | None, payload: dict) -> list[Slot]:
             out.append(Slot(("bedrock", idx, "text"), ("delta", "text"), d["text"]))
         tool = d.get("toolUse")
         if isinstance(tool, dict) and isinstance(tool.get("input"), str):
-            out.append(Slot(("bedrock", idx, "tool"), ("delta", "toolUse", "input"), tool["input"]))
+            out.append(Slot(("bedrock", idx, "tool"), ("delta", "toolUse", "input"), tool["input"], json_text=True))
         reasoning = d.get("reasoningContent")
         if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str):
             out.append(Slot(("bedrock", idx, "reasoning"), ("delta", "reasoningContent", "text"), reasoning["text"]))
@@ -205,23 +278,33 @@ def merge_usage(have: dict | None, new: dict | None, ev: Any) -> dict | None:
     return new
 
 
-def strings(obj: Any, path: Path = (), depth: int = 0) -> Iterator[tuple[Path, str]]:
-    """String leaves worth scanning (not identifiers or enums), with their paths."""
+def strings(obj: Any, path: Path = (), depth: int = 0) -> list[tuple[Path, str]]:
+    """Every string of a JSON value the client's SDK will hand over, object keys included (a key
+    is listed with a KeyOf last step), with its path, in document order; opaque provider values
+    excepted."""
+    out: list[tuple[Path, str]] = []
+    _strings(obj, path, depth, out)
+    return out
+
+
+def _strings(obj: Any, path: Path, depth: int, out: list) -> None:
     if depth > 256:
         raise RecursionError("JSON nested too deeply")
     if isinstance(obj, dict):
         for k, v in obj.items():
+            if k:
+                out.append((path + (KeyOf(k),), k))
             if isinstance(v, str):
-                if k not in METADATA_KEYS:
-                    yield path + (k,), v
+                if k not in OPAQUE_KEYS:
+                    out.append((path + (k,), v))
             elif isinstance(v, (dict, list)):
-                yield from strings(v, path + (k,), depth + 1)
+                _strings(v, path + (k,), depth + 1, out)
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             if isinstance(v, str):
-                yield path + (i,), v
+                out.append((path + (i,), v))
             elif isinstance(v, (dict, list)):
-                yield from strings(v, path + (i,), depth + 1)
+                _strings(v, path + (i,), depth + 1, out)
 
 
 class DuplicateKeys(ValueError):

@@ -20,13 +20,16 @@ decidable waiting for the next token.
 
 from __future__ import annotations
 
+import bisect
+import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from ext_proc.classify import Classifier, Finding, redact, summarize
 from ext_proc.classify.prefix import PrefixHold
 
-CONTEXT_CHARS = 256          # released text kept as left context for the next scan
+CONTEXT_CHARS = 256
+FAST_PATH_CHARS = 4096       # a whole string this short is one window of the gate          # released text kept as left context for the next scan
 MAX_REDACTION_RECORDS = 1000  # per response; further ones are counted, not listed
 
 
@@ -76,6 +79,9 @@ class ScanPolicy:
     step: int
     long_hold: int = 0   # when > hold: a token or PEM block still arriving is held up to this many chars
     prefix: PrefixHold | None = None   # the classifier's suffix analysis; None: always hold `hold`
+    # A PEM block still arriving is held whole, however long, up to this many characters; past it
+    # the response is blocked (a key is never released in part).
+    max_block_chars: int = 60_000
 
 
 class TextGate:
@@ -98,7 +104,8 @@ class TextGate:
         limit = policy.classifier.max_input_chars
         if limit < CONTEXT_CHARS + 2 * policy.hold + policy.step:
             raise ValueError("the classifier's max_input_chars is too small for the hold-back")
-        self._window = min(limit - CONTEXT_CHARS, max(4 * (policy.hold + policy.step), 1 << 16))
+        self._window = min(limit - CONTEXT_CHARS, max(4 * (policy.hold + policy.step), 1 << 16,
+                                                      policy.max_block_chars + policy.hold + policy.step))
 
     @property
     def held_chars(self) -> int:
@@ -112,18 +119,7 @@ class TextGate:
         """`text`, the original stream characters [start, end), with the decided redactions that
         touch it applied; a replacement goes where its finding begins, so a finding split over
         several pieces is replaced once, in the piece that holds its start."""
-        out: list[str] = []
-        pos = start
-        for s, e, rep in self.edits:
-            if e <= start or s >= end:
-                continue
-            if s >= pos:
-                out.append(text[pos - start:s - start])
-            if s >= start:
-                out.append(rep)
-            pos = max(pos, min(e, end))
-        out.append(text[pos - start:])
-        return "".join(out)
+        return apply_edits(self.edits, start, end, text)
 
     def forget_edits_before(self, offset: int) -> None:
         if self.edits and self.edits[0][1] <= offset:
@@ -181,6 +177,13 @@ class TextGate:
         held = "".join(self._pending)
         out: list[str] = []
         start = 0
+        if final:
+            # At the end, a block that never got its footer is masked to the end of the text by
+            # its finding, which must fit one window: longer, it is refused like a growing one.
+            block = _open_block(held, 0, len(held))
+            if block is not None and len(held) - block > p.max_block_chars:
+                raise Blocked("finding_too_long", "a key block in the response ran past "
+                              f"{p.max_block_chars} characters without its end")
         while start < len(held):
             rest = len(held) - start
             take = min(rest, self._window)
@@ -188,20 +191,40 @@ class TextGate:
             hold, fixed = (0, False) if whole else self._hold(held, start, take)
             if take - hold <= 0:
                 break
+            if not whole:
+                # A PEM block whose footer has not arrived is held whole, however long it grows:
+                # nothing of it (nor after it) is scanned or released until it ends.
+                block = _open_block(held, start, start + take)
+                if block is not None:
+                    if start + take - block > p.max_block_chars:
+                        raise Blocked("finding_too_long", "a key block in the response grew past "
+                                      f"{p.max_block_chars} characters before it ended")
+                    if block == start:
+                        break
+                    take = block - start
+                    hold, fixed = self._hold(held, start, take)
+                    if take - hold <= 0:
+                        break
             window = self._context + held[start:start + take]
             base = len(self._context)
-            findings = p.classifier.scan(window)
+            findings = _whole_blocks(window, p.classifier.scan(window), end_known=whole)
             cut = take - hold
             if not whole and p.long_hold > p.hold:
                 cut = _extend_hold(held, start, take, cut, p.long_hold, runs=fixed)
                 if cut <= 0:
                     break
             if not whole:
-                for f in findings:
-                    if f.start < base + cut < f.end and f.start - base > 0:
-                        cut = f.start - base      # findings are disjoint: one can straddle the cut
-                    elif f.start < base + cut < f.end and p.long_hold > p.hold and take < p.long_hold:
-                        cut = 0                   # a finding from the very start still arriving: hold it all
+                # Findings may overlap (every label stands): the cut moves back before each one
+                # straddling it until none does.
+                moved = True
+                while moved and cut > 0:
+                    moved = False
+                    for f in findings:
+                        if f.start < base + cut < f.end and f.start - base > 0:
+                            cut, moved = f.start - base, True
+                        elif f.start < base + cut < f.end and p.long_hold > p.hold and take < p.long_hold:
+                            cut = 0               # a finding from the very start still arriving: hold it all
+                            break
                 if cut <= 0:
                     break
                 if 0xD800 <= ord(window[base + cut - 1]) <= 0xDBFF and cut > 1:
@@ -245,6 +268,66 @@ def inspect_whole(policy: ScanPolicy, ledger: Ledger, text: str, where: str, *, 
     return gate.flush()
 
 
+def apply_edits(edits: list[tuple[int, int, str]], start: int, end: int, text: str) -> str:
+    """`text` (stream characters [start, end)) with the redactions (start, end, replacement) that
+    touch it; a replacement goes where its finding begins."""
+    out: list[str] = []
+    pos = start
+    for s, e, rep in edits:
+        if e <= start or s >= end:
+            continue
+        if s >= pos:
+            out.append(text[pos - start:s - start])
+        if s >= start:
+            out.append(rep)
+        pos = max(pos, min(e, end))
+    out.append(text[pos - start:])
+    return "".join(out)
+
+
+PEM_BEGIN = "-----BEGIN"
+PEM_END = "-----END"
+
+
+def _footer_end(text: str, begin: int, stop: int) -> int:
+    """End of the footer line ("-----END ...-----") of the block opened at `begin`; -1 if it has
+    not (completely) arrived before `stop`."""
+    end = text.find(PEM_END, begin + len(PEM_BEGIN), stop)
+    if end < 0:
+        return -1
+    close = text.find("-----", end + len(PEM_END), min(stop, end + len(PEM_END) + 80))
+    return -1 if close < 0 else close + 5
+
+
+def _open_block(held: str, start: int, stop: int) -> int | None:
+    """Where in held[start:stop] a PEM block begins whose footer has not arrived, if one does."""
+    begin = held.find(PEM_BEGIN, start, stop)
+    while begin >= 0:
+        end = _footer_end(held, begin, stop)
+        if end < 0:
+            return begin
+        begin = held.find(PEM_BEGIN, end, stop)
+    return None
+
+
+def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> list[Finding]:
+    """A finding on a PEM header covers its block to the footer, however long the block is (the
+    classifier's own finding stops at its longest match); with no footer at the end of the text,
+    to the end."""
+    out = findings
+    for i, f in enumerate(findings):
+        if not window.startswith(PEM_BEGIN, f.start):
+            continue
+        end = _footer_end(window, f.start, len(window))
+        if end < 0 and end_known:
+            end = len(window)
+        if end > f.end:
+            if out is findings:
+                out = list(findings)
+            out[i] = Finding(f.label, f.start, end, f.confidence, f.validator)
+    return out
+
+
 def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int, *, runs: bool = True) -> int:
     """Move the cut back so that an unterminated PEM block (whose finding runs on past the header
     the pattern matches) and, with `runs`, an unbroken run of non-space characters crossing it (a
@@ -263,3 +346,176 @@ def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int, *, 
         if end < 0 or held.find("-----", end + 8, start + take) < 0:
             j = min(j, begin)
     return j - start
+
+
+# --- JSON text (tool-call arguments): scanned as the application reads it --------------------
+
+_SIMPLE_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _hex4(raw: str, i: int) -> int | None:
+    h = raw[i:i + 4]
+    return int(h, 16) if len(h) == 4 and all(c in _HEX for c in h) else None
+
+
+def _escape_at(raw: str, j: int, final: bool) -> tuple[str, int]:
+    """The character the escape at raw[j] ("\\") decodes to and its raw length; ("", 0) when it
+    may still be completed by text not arrived yet. What is not a JSON escape stays literal."""
+    n = len(raw)
+    if j + 1 >= n:
+        return ("\\", 1) if final else ("", 0)
+    c = raw[j + 1]
+    if c in _SIMPLE_ESCAPES:
+        return _SIMPLE_ESCAPES[c], 2
+    if c != "u":
+        return "\\", 1
+    if j + 6 > n and not final:
+        return "", 0
+    cp = _hex4(raw, j + 2)
+    if cp is None:
+        return "\\", 1
+    if 0xD800 <= cp < 0xDC00:                 # a high surrogate: a low one may follow
+        if j + 12 > n and not final and raw.startswith("\\u"[:n - j - 6], j + 6):
+            return "", 0
+        low = _hex4(raw, j + 8) if raw.startswith("\\u", j + 6) else None
+        if low is not None and 0xDC00 <= low < 0xE000:
+            return chr(0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00)), 12
+    return chr(cp), 6
+
+
+def _json_escaped(text: str) -> str:
+    return json.dumps(text)[1:-1]
+
+
+class JsonTextGate:
+    """One content stream of JSON text (OpenAI function.arguments, Anthropic input_json_delta,
+    Bedrock toolUse.input deltas) scanned as the application reads it: the SDK hands the text to
+    json.loads, which turns "\\u0034" into "4", so the gate sees the escapes decoded. Offsets outside
+    (fed_chars, released_chars, edits) are in the raw text the events carry; a redaction replaces
+    the escaped characters of its finding, written escaped."""
+
+    def __init__(self, policy: ScanPolicy, ledger: Ledger, where: str, *, count: bool = True) -> None:
+        self.inner = TextGate(policy, ledger, where, count=count)
+        self.edits: list[tuple[int, int, str]] = []
+        self._raw_fed = 0
+        self._tail = ""                 # an escape that may still be completed by the next piece
+        self._decoded = 0               # decoded characters given to the inner gate
+        # Offset marks: from decoded offset marks_d[i] on, decoded and raw advance together from
+        # raw offset marks_r[i] (until the next mark); every escape starts a mark and ends one.
+        self._marks_d: list[int] = [0]
+        self._marks_r: list[int] = [0]
+
+    @property
+    def fed_chars(self) -> int:
+        return self._raw_fed
+
+    @property
+    def held_chars(self) -> int:
+        return self.inner.held_chars + len(self._tail)
+
+    @property
+    def released_chars(self) -> int:
+        return self._to_raw(self.inner.released_chars)
+
+    def _to_raw(self, d: int) -> int:
+        if d >= self._decoded:
+            return self._raw_fed - len(self._tail)
+        i = bisect.bisect_right(self._marks_d, d) - 1
+        return self._marks_r[i] + d - self._marks_d[i]
+
+    def _mark(self, d: int, r: int) -> None:
+        if self._marks_d[-1] == d:
+            self._marks_r[-1] = r
+        else:
+            self._marks_d.append(d)
+            self._marks_r.append(r)
+
+    def _decode(self, text: str, final: bool) -> str:
+        raw = self._tail + text
+        base = self._raw_fed - len(raw)
+        parts: list[str] = []
+        d, i, n = self._decoded, 0, len(raw)
+        while i < n:
+            j = raw.find("\\", i)
+            if j < 0:
+                parts.append(raw[i:])
+                d += n - i
+                i = n
+                break
+            parts.append(raw[i:j])
+            d += j - i
+            ch, k = _escape_at(raw, j, final)
+            if not k:
+                i = j
+                break
+            if k > 1:
+                self._mark(d, base + j)
+                self._mark(d + 1, base + j + k)
+            parts.append(ch)
+            d += 1
+            i = j + k
+        self._tail = raw[i:]
+        self._decoded = d
+        return "".join(parts)
+
+    def _sync(self) -> None:
+        for s, e, rep in self.inner.edits:
+            self.edits.append((self._to_raw(s), self._to_raw(e), _json_escaped(rep)))
+        self.inner.edits.clear()
+        keep = bisect.bisect_right(self._marks_d, self.inner.released_chars) - 1
+        if keep > 0:
+            del self._marks_d[:keep], self._marks_r[:keep]
+
+    def add(self, text: str) -> None:
+        self._raw_fed += len(text)
+        self.inner.add(self._decode(text, False))
+
+    def feed(self, text: str) -> str:
+        self._raw_fed += len(text)
+        out = self.inner.feed(self._decode(text, False))
+        self._sync()
+        return out
+
+    def settle(self) -> str:
+        out = self.inner.settle()
+        self._sync()
+        return out
+
+    def flush(self) -> str:
+        self.inner.add(self._decode("", True))
+        out = self.inner.flush()
+        self._sync()
+        return out
+
+    def edited(self, start: int, end: int, text: str) -> str:
+        return apply_edits(self.edits, start, end, text)
+
+    def forget_edits_before(self, offset: int) -> None:
+        if self.edits and self.edits[0][1] <= offset:
+            self.edits = [ed for ed in self.edits if ed[1] > offset]
+
+
+def inspect_json_text(policy: ScanPolicy, ledger: Ledger, text: str, where: str, *, count: bool = True) -> str:
+    """A complete string that may be JSON text (it holds escapes an application's json.loads
+    decodes): scanned decoded, redacted in its escaped form."""
+    gate = JsonTextGate(policy, ledger, where, count=count)
+    gate.add(text)
+    gate.flush()
+    return gate.edited(0, len(text), text) if gate.edits else text
+
+
+def inspect_string(policy: ScanPolicy, ledger: Ledger, text: str, where: str, *, count: bool = True) -> str:
+    """A whole string of a JSON body or event: with a backslash in it, as JSON text (decoded);
+    otherwise as it is."""
+    if clean_whole(policy, text):
+        return text
+    if "\\" in text:
+        return inspect_json_text(policy, ledger, text, where, count=count)
+    return inspect_whole(policy, ledger, text, where, count=count)
+
+
+def clean_whole(policy: ScanPolicy, text: str) -> bool:
+    """A short whole string without escapes in which the classifier finds nothing: what the gate
+    would decide (one window), without the gate."""
+    return len(text) <= FAST_PATH_CHARS and "\\" not in text and not policy.classifier.scan(text)

@@ -26,16 +26,20 @@ import codecs
 from collections import deque
 import hashlib
 import json
+import weakref
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from functools import partial
+from typing import Any, Callable, Mapping
 
 from ext_proc.classify import STRATEGIES, Classifier, InputTooLarge
 from ext_proc.providers import error_body, eventstream
 from ext_proc.providers.eventstream import EventStreamDecoder, EventStreamError
 from ext_proc.streaming import formats
 from ext_proc.streaming.formats import ALL, StreamKey
-from ext_proc.streaming.gate import Blocked, Ledger, ScanPolicy, TextGate, inspect_whole
+from ext_proc.streaming.gate import (Blocked, JsonTextGate, Ledger, ScanPolicy, TextGate, clean_whole,
+                                     inspect_string, inspect_whole)
+from ext_proc.streaming.jsonseq import JsonSeqError, JsonSeqReader
 from ext_proc.streaming.sse import EventTooLarge, SSEEvent, SSEFramer, frame
 
 DECODE_PIECE = 64 << 10
@@ -115,9 +119,10 @@ class _Decoder:
 
 @dataclass
 class _Queued:
-    """An SSE event waiting until every character it carries has been decided."""
+    """An event (SSE event, array element, event-stream message) waiting until every character it
+    carries has been decided."""
     raw: bytes                      # what goes out when nothing in it changed
-    e: SSEEvent | None
+    wrap: Callable[[bytes], bytes] | None   # frames a re-serialized event (SSE lines, array separators)
     ev: Any                         # the parsed event, when it carries text to rebuild; else None
     spans: list                     # (stream key, JSON path, start, end) of its texts in their streams
     changed: bool                   # a string outside the streams was redacted: re-serialize
@@ -132,6 +137,23 @@ EVENTSTREAM_TYPE = "application/vnd.amazon.eventstream"
 # yet: 403 like a denied request (the SDKs raise PermissionDeniedError and do not retry it, where a
 # 5xx would be retried and the model asked again).
 BLOCKED_STATUS = 403
+# Bytes of a body looked at before deciding how to read it (an event-stream prelude is 12).
+SNIFF_BYTES = 12
+SSE_STARTS = (b"data:", b"data\n", b"data\r", b"event:", b"id:", b"retry:", b":")
+CLEAN_CACHE = 4096              # short strings (ids, model names, keys) known to hold no finding
+CLEAN_CACHE_CHARS = 256
+# Per classifier (they live as long as their policy version): keys and short space-free strings
+# found clean, shared by its responses.
+SHARED_CLEAN_CHARS = 64
+_SHARED_CLEAN: "weakref.WeakKeyDictionary[Classifier, dict[str, None]]" = weakref.WeakKeyDictionary()
+
+
+def _eventstream_prelude(head: bytes) -> bool:
+    """The first 12 bytes are an AWS event-stream prelude (lengths and their CRC32)."""
+    if len(head) < 12:
+        return False
+    total, headers = int.from_bytes(head[0:4], "big"), int.from_bytes(head[4:8], "big")
+    return zlib.crc32(head[:8]) == int.from_bytes(head[8:12], "big") and total >= 16 and headers <= total - 16
 
 
 class ResponseInspector:
@@ -139,17 +161,24 @@ class ResponseInspector:
                  classifier: Classifier, rules: ResponseRules, hash_key: bytes, tenant: str | None,
                  max_event_bytes: int = 1 << 20, max_buffer_bytes: int = 8 << 20,
                  max_decoded_bytes: int = 256 << 20, hold_chars: int | None = None,
-                 drop_usage_chunk: bool = False) -> None:
+                 drop_usage_chunk: bool = False, max_block_chars: int = 60_000,
+                 marker_field: tuple[str, dict] | None = None) -> None:
         self.surface_name = surface_name
         self.status = status
         # ledgergate asked an OpenAI chat stream for usage the client did not ask for: the usage-only
         # chunk (no choices) is read and then not delivered, so the client sees the stream it asked for.
         self.drop_usage_chunk = drop_usage_chunk
+        # The transparency marker's field, added to a whole JSON answer (name, value); see transparency.py.
+        self.marker_field = marker_field
+        self.marker_field_sent = False
         self.rules = rules
         self.max_buffer_bytes = max_buffer_bytes
+        self.max_event_bytes = max_event_bytes
         ctype = (content_type or "").split(";", 1)[0].strip().lower()
-        eventstream = ctype == EVENTSTREAM_TYPE
-        self.streamed = ctype == "text/event-stream" or eventstream
+        # What the content type says; the body is read by what it is (_sniff): SSE served as
+        # text/plain or JSON is read as SSE, as the SDKs read it.
+        self._declared = "eventstream" if ctype == EVENTSTREAM_TYPE else "sse" if ctype == "text/event-stream" \
+            else "json" if ctype.endswith("json") or ctype.endswith("+json") else "raw"
         # Only what could still become a finding is held (the classifier's prefix_hold), at most
         # `hold` characters; PEM blocks still arriving are held up to the classifier's longest
         # finding (gate._extend_hold), and so are tokens when the prefix analysis is unavailable.
@@ -158,7 +187,8 @@ class ResponseInspector:
             raise ValueError("hold_chars must be positive")
         self._policy = ScanPolicy(classifier=classifier, redact=dict(rules.redact), block=rules.block,
                                   hash_key=hash_key, tenant=tenant, hold=hold, step=max(64, hold // 4),
-                                  long_hold=classifier.max_match_chars, prefix=classifier.prefix_hold)
+                                  long_hold=classifier.max_match_chars, prefix=classifier.prefix_hold,
+                                  max_block_chars=max_block_chars)
         self._ledger = Ledger()
         self.finished = False
         self.blocked: dict | None = None
@@ -180,16 +210,20 @@ class ResponseInspector:
         elif enc not in ("identity", ""):
             self._refuse = ("unsupported_encoding", f"a response with content-encoding {enc!r} cannot be inspected")
             self.release_headers_mutation = {"remove": ["content-encoding", "content-length"]}
-        self._mode = "eventstream" if eventstream else "sse" if self.streamed else \
-            "json" if ctype.endswith("json") or ctype.endswith("+json") else "raw"
-        self.streamed_sse = self._mode == "sse"
-        self._es = EventStreamDecoder(max_event_bytes) if eventstream else None
-        # A whole JSON body is released in one piece at its end (or refused at once), so its
-        # headers can wait for the verdict and a block can carry its own status.
-        self.whole_body = self._mode == "json" or self._refuse is not None
+        self._mode: str | None = None        # how the body is read: decided by its first bytes
+        self._sniffed = bytearray()
+        self._es: EventStreamDecoder | None = None
+        self._seq: JsonSeqReader | None = None
+        # Unless the content type announces a stream, the headers wait for the first release (a
+        # whole JSON body is released at its end): a block before anything was released carries
+        # its own status, with a JSON error body and content type (so does a refused encoding).
+        self.whole_body = self._declared not in ("sse", "eventstream") or self._refuse is not None
+        self._released_any = False
+        self._clean: dict[str, None] = {}
+        self._shared_clean = _SHARED_CLEAN.setdefault(classifier, {})
         # SSE state
         self._framer = SSEFramer(max_event_bytes)
-        self._gates: dict[StreamKey, TextGate] = {}
+        self._gates: dict[StreamKey, TextGate | JsonTextGate] = {}
         self._queue: deque[_Queued] = deque()   # events not yet released, in order
         self._queued_bytes = 0
         self._shape: str | None = None
@@ -200,6 +234,14 @@ class ResponseInspector:
         self._buffer = bytearray()
         self._raw_gate: TextGate | None = None
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+
+    @property
+    def streamed(self) -> bool:
+        return (self._mode or self._declared) in ("sse", "eventstream", "jsonseq")
+
+    @property
+    def streamed_sse(self) -> bool:
+        return (self._mode or self._declared) == "sse"
 
     # --- public -------------------------------------------------------------------------
     def feed(self, chunk: bytes, end_of_stream: bool) -> list[Release]:
@@ -244,6 +286,8 @@ class ResponseInspector:
         out = {"classification": self._ledger.summary(), "redactions": list(self._ledger.redactions),
                "usage": self.usage, "blocked": self.blocked, "response_sha256": self._digest.hexdigest(),
                "streamed": self.streamed, "events": self.events}
+        if self.marker_field_sent:
+            out["marker_field"] = self.marker_field[0] if self.marker_field else None
         if self._ledger.redactions_not_listed:
             out["redactions_not_listed"] = self._ledger.redactions_not_listed
         return out
@@ -251,61 +295,149 @@ class ResponseInspector:
     # --- plumbing -----------------------------------------------------------------------
     def _release(self, body: bytes, end: bool) -> Release:
         self._digest.update(body)
+        if body:
+            self._released_any = True
         return Release(body=body, end_of_stream=end)
 
     def _block(self, label: str, reason: str) -> list[Release]:
         self.finished = True
         self.blocked = {"label": label, "at_event": self.events, "at_byte": self._at_byte, "reason": reason}
-        if self._mode == "eventstream":
+        fam = formats.family(self.surface_name)
+        fam = fam if fam in ("anthropic", "gemini", "bedrock") else "openai"
+        # The error goes out in the form the client is reading: a JSON error under the 403 the
+        # server sets when the headers are still held; otherwise in the body's own framing (what
+        # was released so far), or the one the content type announced.
+        form = "json" if self.whole_body and not self._released_any else \
+            (self._mode or self._declared) if self._released_any else self._declared
+        if form == "eventstream":
             # A modeled stream exception: botocore raises it as an EventStreamError.
             body = eventstream.exception("modelStreamErrorException",
                                          json.dumps({"message": reason}, separators=(",", ":")).encode())
-        elif self.streamed:
+        elif form == "sse":
             body = formats.error_event(self.surface_name if self._shape is None else self._shape, reason,
                                        responses_api=self._shape == "openai.responses",
                                        sequence_number=self._last_sequence + 1)
+        elif form == "jsonseq" and self._seq is not None:
+            # The array goes on with an error element and ends: a JSON reader gets a whole array.
+            _headers, err = error_body(fam, 500, "response_blocked", reason)
+            body = (b"," + err + b"]") if self._seq.array else (b"\n" + err + b"\n")
         else:
-            fam = formats.family(self.surface_name)
-            _headers, body = error_body(fam if fam in ("anthropic", "gemini", "bedrock") else "openai",
-                                        BLOCKED_STATUS, "response_blocked", reason)
+            _headers, body = error_body(fam, BLOCKED_STATUS, "response_blocked", reason)
         return [self._release(body, True)]
+
+    def _sniff(self, head: bytes) -> str:
+        """How to read the body, by what it is: the SDKs parse SSE or an event stream whatever
+        the content type says."""
+        if self._declared == "eventstream" or _eventstream_prelude(head):
+            return "eventstream"
+        h = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+        if h[:1] == b"[":
+            return "jsonseq"
+        if h[:1] == b"{":
+            return "json"
+        if h.startswith(SSE_STARTS):
+            return "sse"
+        return self._declared
 
     def _take(self, data: bytes, *, final: bool) -> bytes:
         self._body_bytes += len(data)
+        if self._mode is None:
+            self._sniffed += data
+            if not final and (len(self._sniffed) < SNIFF_BYTES or not self._sniffed.strip()) \
+                    and len(self._sniffed) <= self.max_event_bytes:
+                return b""
+            data = bytes(self._sniffed)
+            self._sniffed.clear()
+            self._mode = self._sniff(data)
+            if self._mode == "eventstream":
+                self._es = EventStreamDecoder(self.max_event_bytes)
         if self._mode != "sse" or final:
             self._at_byte = self._body_bytes
         if self._mode == "sse":
             return self._sse(data, final)
         if self._mode == "eventstream":
             return self._eventstream(data, final)
+        if self._mode == "jsonseq":
+            return self._jsonseq(data, final)
         if self._mode == "json":
             return self._json(data, final)
         return self._raw(data, final)
 
     # --- SSE ----------------------------------------------------------------------------
     def _sse(self, data: bytes, final: bool) -> bytes:
-        out: list[bytes] = []
         events = self._framer.feed(data) if data else []
         if final:
             events += self._framer.finish()
-        for ev in events:
-            self._event(ev)
+        return self._events(events, self._event, final)
+
+    def _events(self, items: list, handle: Callable[[Any], None], final: bool, end: bytes = b"") -> bytes:
+        """Events in order (SSE events, event-stream messages, array elements): each handled and
+        what it lets go released; then the chunk settled. At the end of the body every stream is
+        decided (streams no event ended: a Gemini stream just stops) and the held tail and `end`
+        (an array's "]") go out."""
+        out: list[bytes] = []
+        for item in items:
+            handle(item)
             out.append(self._drain())
-        if not final and events:
+        if not final and items:
             out.append(self._settle())
         if final:
             self._at_byte = self._body_bytes
-            self._decide(ALL)                  # streams no event ended (a Gemini stream just stops)
+            self._decide(ALL)
             out.append(self._drain())
             out.append(bytes(self._tail))
             self._tail.clear()
+            out.append(end)
         return b"".join(out)
 
-    def _gate(self, key: StreamKey, count: bool = True) -> TextGate:
+    def _gate(self, key: StreamKey, *, json_text: bool = False) -> TextGate | JsonTextGate:
         gate = self._gates.get(key)
         if gate is None:
-            gate = self._gates[key] = TextGate(self._policy, self._ledger, "/".join(map(str, key)), count=count)
+            kind = JsonTextGate if json_text else TextGate
+            gate = self._gates[key] = kind(self._policy, self._ledger, "/".join(map(str, key)))
         return gate
+
+    def _inspect(self, text: str, path: formats.Path, *, count: bool = True) -> str:
+        """One whole string of an event or body; short strings known clean (an id or a model name
+        repeated in every chunk) are not scanned again."""
+        if clean_whole(self._policy, text):
+            if len(text) <= CLEAN_CACHE_CHARS:
+                if len(self._clean) >= CLEAN_CACHE:
+                    self._clean.clear()
+                self._clean[text] = None
+            return text
+        return inspect_string(self._policy, self._ledger, text, "event/" + "/".join(map(str, path)), count=count)
+
+    def _scan_strings(self, ev: Any, skip: set, *, count: bool = True, padding: bool = False) -> bool:
+        """Every string of the event but the stream texts in `skip`, keys included, scanned whole
+        and redacted in place; True if something changed. Keys are renamed last, deepest first (the
+        paths below a key name it as it was)."""
+        changed = False
+        renames: list[tuple[formats.Path, str]] = []
+        clean = self._clean
+        for path, text in list(formats.strings(ev)):
+            # "p" is Bedrock's random padding (it hides the lengths of the texts), not content.
+            if text in clean or not text or path in skip or (padding and path == ("p",)):
+                continue
+            # Keys and short strings without spaces (schema words, enums, model names) known clean
+            # are shared by the classifier's responses; answer text is not kept past its response.
+            shared = len(text) <= SHARED_CLEAN_CHARS and " " not in text
+            if shared and text in self._shared_clean:
+                continue
+            red = self._inspect(text, path, count=count)
+            if shared and red == text and text in clean:
+                if len(self._shared_clean) >= CLEAN_CACHE:
+                    self._shared_clean.clear()
+                self._shared_clean[text] = None
+            if red != text:
+                if isinstance(path[-1], formats.KeyOf):
+                    renames.append((path, red))
+                else:
+                    formats.set_path(ev, path, red)
+                changed = True
+        for path, red in reversed(renames):
+            formats.set_path(ev, path, red)
+        return changed
 
     def _settle(self) -> bytes:
         """The upstream's data so far is in: release what can be decided now rather than at the
@@ -368,10 +500,15 @@ class ResponseInspector:
             if edited != text:
                 formats.set_path(item.ev, path, edited)
                 changed = True
+                if path[-1] == "token":     # a logprob token's bytes spell it out again
+                    parent = formats.get_path(item.ev, path[:-1])
+                    if isinstance(parent, dict) and isinstance(parent.get("bytes"), list):
+                        parent["bytes"] = list(edited.encode("utf-8", "surrogatepass"))
         if not changed:
             return item.raw
         if item.headers is None:
-            return frame(item.e.other_lines, formats.dumps(item.ev), item.e.line_end)
+            assert item.wrap is not None
+            return item.wrap(formats.dumps(item.ev))
         if item.outer is not None:      # invoke stream: the model's own event, base64 inside "bytes"
             item.outer["bytes"] = base64.b64encode(formats.dumps(item.ev)).decode()
             return eventstream.encode_message(item.headers, formats.dumps(item.outer))
@@ -380,22 +517,10 @@ class ResponseInspector:
     # --- Bedrock event streams (application/vnd.amazon.eventstream) ----------------------
     def _eventstream(self, data: bytes, final: bool) -> bytes:
         assert self._es is not None
-        out: list[bytes] = []
         messages = self._es.feed(data) if data else []
-        for msg, raw in messages:
-            self._es_message(msg, raw)
-            out.append(self._drain())
-        if not final and messages:
-            out.append(self._settle())
-        if final:
-            if self._es.pending:
-                raise Blocked("bad_encoding", "the event stream ended inside a message")
-            self._at_byte = self._body_bytes
-            self._decide(ALL)
-            out.append(self._drain())
-            out.append(bytes(self._tail))
-            self._tail.clear()
-        return b"".join(out)
+        if final and self._es.pending:
+            raise Blocked("bad_encoding", "the event stream ended inside a message")
+        return self._events(messages, lambda m: self._es_message(*m), final)
 
     def _es_message(self, msg: eventstream.Message, raw: bytes) -> None:
         self.events += 1
@@ -408,7 +533,7 @@ class ResponseInspector:
             # Not a JSON object: scanned whole, re-framed only if something was redacted.
             self._decide(ALL)
             text = msg.payload.decode("utf-8", "surrogateescape")
-            red = inspect_whole(self._policy, self._ledger, text, "event")
+            red = inspect_string(self._policy, self._ledger, text, "event")
             frame_bytes = raw if red == text else eventstream.encode_message(
                 msg.headers, red.encode("utf-8", "surrogateescape"))
             return self._enqueue(_Queued(frame_bytes, None, None, [], False))
@@ -432,24 +557,12 @@ class ResponseInspector:
             found = formats.bedrock_slots(msg.event_type, ev)
             ends = formats.bedrock_terminated(msg.event_type, ev)
             closing = msg.event_type == "messageStop"
-        spans: list[tuple[StreamKey, formats.Path, int, int]] = []
-        for sl in found:
-            gate = self._gate(sl.key)
-            start = gate.fed_chars
-            gate.feed(sl.text)
-            spans.append((sl.key, sl.path, start, start + len(sl.text)))
+        spans = self._feed_slots(found)
         for prefix in ends:
             self._decide(prefix)
-        changed = False
-        slot_paths = {sp[1] for sp in spans}
-        for path, text in list(formats.strings(ev)):
-            # "p" is Bedrock's random padding (it hides the lengths of the texts), not content.
-            if path in slot_paths or not text or (outer is None and path == ("p",)):
-                continue
-            red = inspect_whole(self._policy, self._ledger, text, "event/" + "/".join(map(str, path)))
-            if red != text:
-                formats.set_path(ev, path, red)
-                changed = True
+        changed = self._scan_strings(ev, {sp[1] for sp in spans}, padding=outer is None)
+        if outer is not None:      # the invoke chunk's own strings around the model's event
+            changed = self._scan_strings(outer, {("bytes",)}, padding=True) or changed
         self._enqueue(_Queued(raw, None, ev if spans or changed else None, spans, changed, closing=closing,
                               headers=dict(msg.headers), outer=outer))
 
@@ -484,7 +597,24 @@ class ResponseInspector:
             return self._raw_event(e, decide=True)
         if not isinstance(ev, dict):
             self._decide(ALL)
-            return self._enqueue(_Queued(self._json_event_strings(e, ev, duplicate), e, None, [], False))
+            return self._enqueue(_Queued(self._json_event_strings(e, ev, duplicate), None, None, [], False))
+        self._object_event(ev, e.raw, partial(frame, e.other_lines, line_end=e.line_end), duplicate)
+
+    def _feed_slots(self, found: list[formats.Slot]) -> list[tuple[StreamKey, formats.Path, int, int]]:
+        spans: list[tuple[StreamKey, formats.Path, int, int]] = []
+        for sl in found:
+            gate = self._gate(sl.key, json_text=sl.json_text)
+            start = gate.fed_chars
+            gate.feed(sl.text)
+            if sl.eager:
+                gate.flush()
+            spans.append((sl.key, sl.path, start, start + len(sl.text)))
+        return spans
+
+    def _object_event(self, ev: dict, raw: bytes, wrap: Callable[[bytes], bytes], duplicate: bool) -> None:
+        """A JSON object event (an SSE event's data, an array element, a whole body): its stream
+        texts go through their gates, every other string is scanned whole, and it waits in order
+        until every character it carries is decided."""
         self._note_shape(ev)
         if isinstance(ev.get("sequence_number"), int):
             self._last_sequence = ev["sequence_number"]
@@ -492,36 +622,18 @@ class ResponseInspector:
         if self.drop_usage_chunk and ev.get("choices") == [] and isinstance(ev.get("usage"), dict) \
                 and ev.get("object") == "chat.completion.chunk":
             return None
-        spans: list[tuple[StreamKey, formats.Path, int, int]] = []
-        for sl in formats.slots(ev):
-            gate = self._gate(sl.key)
-            start = gate.fed_chars
-            gate.feed(sl.text)
-            spans.append((sl.key, sl.path, start, start + len(sl.text)))
+        spans = self._feed_slots(formats.slots(ev))
         for prefix in formats.terminated(ev):
             self._decide(prefix)
-        changed = duplicate
-        slot_paths = {sp[1] for sp in spans}
-        count = not formats.restates(ev)
-        for path, text in list(formats.strings(ev)):
-            if path in slot_paths or not text:
-                continue
-            red = inspect_whole(self._policy, self._ledger, text, "event/" + "/".join(map(str, path)), count=count)
-            if red != text:
-                formats.set_path(ev, path, red)
-                changed = True
-        self._enqueue(_Queued(e.raw, e, ev if spans or changed else None, spans, changed,
+        changed = self._scan_strings(ev, {sp[1] for sp in spans}, count=not formats.restates(ev)) or duplicate
+        self._enqueue(_Queued(raw, wrap, ev if spans or changed else None, spans, changed,
                               closing=ev.get("type") in formats.FINAL_TYPES))
 
     def _json_event_strings(self, e: SSEEvent, value: Any, duplicate: bool) -> bytes:
         """An event whose data is JSON but not an object: every string in it scanned as a whole."""
         holder = [value]
         changed = duplicate
-        for path, text in list(formats.strings(holder)):
-            red = inspect_whole(self._policy, self._ledger, text, "event")
-            if red != text:
-                formats.set_path(holder, path, red)
-                changed = True
+        changed = self._scan_strings(holder, set()) or changed
         return frame(e.other_lines, formats.dumps(holder[0]), e.line_end) if changed else e.raw
 
     def _raw_event(self, e: SSEEvent, *, decide: bool) -> None:
@@ -529,7 +641,7 @@ class ResponseInspector:
             self._decide(ALL)
         text = e.raw.decode("utf-8", "surrogateescape")
         red = inspect_whole(self._policy, self._ledger, text, "event")
-        self._enqueue(_Queued(e.raw if red == text else red.encode("utf-8", "surrogateescape"), e, None, [], False))
+        self._enqueue(_Queued(e.raw if red == text else red.encode("utf-8", "surrogateescape"), None, None, [], False))
 
     # --- whole JSON bodies --------------------------------------------------------------
     def _json(self, data: bytes, final: bool) -> bytes:
@@ -546,21 +658,70 @@ class ResponseInspector:
         except formats.DuplicateKeys:
             obj, duplicate = json.loads(body), True
         except (ValueError, RecursionError):
-            text = body.decode("utf-8", "surrogateescape")
-            red = inspect_whole(self._policy, self._ledger, text, "body")
-            return body if red == text else red.encode("utf-8", "surrogateescape")
+            # JSON values one after another (ndjson) are read as a sequence; anything else as text.
+            self._seq = JsonSeqReader(self.max_buffer_bytes)
+            try:
+                values = self._seq.feed(body)
+                more, rest = self._seq.finish()
+            except (JsonSeqError, EventTooLarge):
+                self._seq = None
+                text = body.decode("utf-8", "surrogateescape")
+                red = inspect_whole(self._policy, self._ledger, text, "body")
+                return body if red == text else red.encode("utf-8", "surrogateescape")
+            return self._seq_values(values + more, rest, final=True)
+        if isinstance(obj, dict):
+            if self.marker_field is not None and 200 <= self.status < 300:
+                obj[self.marker_field[0]] = self.marker_field[1]
+                duplicate = self.marker_field_sent = True      # re-serialized with the field
+            # One event: the same walk as a streamed event's, its streams decided at once.
+            self._object_event(obj, body, lambda data: data, duplicate)
+            self._decide(ALL)
+            return self._drain() + bytes(self._tail)
         for item in obj if isinstance(obj, list) else [obj]:
             self.usage = formats.merge_usage(self.usage, formats.usage(item), item)
-        if isinstance(obj, str):
-            red = inspect_whole(self._policy, self._ledger, obj, "body")
-            return body if red == obj and not duplicate else formats.dumps(red)
-        changed = duplicate
-        for path, text in list(formats.strings(obj)):
-            red = inspect_whole(self._policy, self._ledger, text, "/".join(map(str, path)))
-            if red != text:
-                formats.set_path(obj, path, red)
-                changed = True
-        return formats.dumps(obj) if changed else body
+        holder = [obj]
+        changed = self._scan_strings(holder, set()) or duplicate
+        return formats.dumps(holder[0]) if changed else body
+
+    # --- JSON arrays (or values) sent in pieces -----------------------------------------
+    def _jsonseq(self, data: bytes, final: bool) -> bytes:
+        if self._seq is None:
+            self._seq = JsonSeqReader(self.max_event_bytes)
+        values = self._seq.feed(data) if data else []
+        rest = b""
+        if final:
+            try:
+                more, rest = self._seq.finish()
+            except JsonSeqError as exc:
+                raise Blocked("bad_body", f"the response is not a complete JSON array ({exc})") from None
+            values += more
+        return self._seq_values(values, rest, final=final)
+
+    def _seq_values(self, values: list[tuple[bytes, bytes]], rest: bytes, *, final: bool) -> bytes:
+        # The array's "]" goes with the end of the response.
+        return self._events(values, lambda v: self._seq_value(*v), final, rest)
+
+    def _seq_value(self, lead: bytes, value: bytes) -> None:
+        self.events += 1
+        duplicate = False
+        try:
+            ev = formats.loads(value)
+        except formats.DuplicateKeys:
+            ev, duplicate = json.loads(value), True
+        except (ValueError, RecursionError):
+            ev = None
+            duplicate = True
+            self._decide(ALL)
+            text = value.decode("utf-8", "surrogateescape")
+            red = inspect_whole(self._policy, self._ledger, text, "event")
+            return self._enqueue(_Queued(lead + (value if red == text else red.encode("utf-8", "surrogateescape")),
+                                         None, None, [], False))
+        if isinstance(ev, dict):
+            return self._object_event(ev, lead + value, lambda data: lead + data, duplicate)
+        self._decide(ALL)
+        holder = [ev]
+        changed = self._scan_strings(holder, set()) or duplicate
+        self._enqueue(_Queued(lead + (formats.dumps(holder[0]) if changed else value), None, None, [], False))
 
     # --- anything else: a text stream ---------------------------------------------------
     def _raw(self, data: bytes, final: bool) -> bytes:

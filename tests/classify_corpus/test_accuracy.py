@@ -3,7 +3,11 @@
 A finding counts when its confidence is at least REPORT_CONFIDENCE (findings below it exist, e.g.
 a bare 10-digit number as a possible phone, and policies may use them, but they are hints).
 A finding is a true positive when it overlaps an expected span of the same label; an expected
-span is recalled when some finding of its label overlaps it.
+span is recalled when some finding of its label overlaps it. Overlapping findings of different
+labels all stand (a token in a URL's user part is also an e-mail address; a key in a
+`password=` assignment is also a generic secret): a finding on another label's expected span is a
+co-label, not a false positive, since the characters it covers are sensitive; co-labels are
+counted and bounded separately. A false positive is a finding on no expected span at all.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from tests.classify_corpus.generate import build_corpus
 REPORT_CONFIDENCE = 50
 MIN_RECALL = 0.98
 MIN_PRECISION = 0.95
+MAX_CO_LABEL_SHARE = 0.2
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +34,14 @@ def scores():
     fn: collections.Counter = collections.Counter()
     expected: collections.Counter = collections.Counter()
     covered = collections.Counter()
+    co_labels: collections.Counter = collections.Counter()
     for s in build_corpus():
         found = [f for f in c.scan(s.text) if f.confidence >= REPORT_CONFIDENCE]
         for f in found:
             if any(l == f.label and f.start < e and st < f.end for l, st, e in s.spans):
                 tp[f.label] += 1
+            elif any(f.start < e and st < f.end for _l, st, e in s.spans):
+                co_labels[f.label] += 1
             else:
                 fp[f.label] += 1
         for l, st, e in s.spans:
@@ -43,12 +51,12 @@ def scores():
                 fn[l] += 1
             elif any(f.start <= st and e <= f.end for f in hits):
                 covered[l] += 1
-    return tp, fp, fn, expected, covered
+    return tp, fp, fn, expected, covered, co_labels
 
 
 @pytest.mark.parametrize("label", sorted(LABELS))
 def test_precision_and_recall(scores, label):
-    tp, fp, fn, expected, covered = scores
+    tp, fp, fn, expected, covered, _co = scores
     assert expected[label] >= 20, f"corpus has too few {label} samples"
     recall = (expected[label] - fn[label]) / expected[label]
     precision = tp[label] / (tp[label] + fp[label]) if tp[label] + fp[label] else 0.0
@@ -62,3 +70,9 @@ def test_precision_and_recall(scores, label):
 def test_negatives_mostly_clean(scores):
     tp, fp, *_ = scores
     assert sum(fp.values()) <= 0.02 * (sum(tp.values()) + sum(fp.values()))
+
+
+def test_co_labels_are_a_minority(scores):
+    tp, _fp, _fn, _expected, _covered, co = scores
+    print("co-labels:", dict(co))
+    assert sum(co.values()) <= MAX_CO_LABEL_SHARE * sum(tp.values())

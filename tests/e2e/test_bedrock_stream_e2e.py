@@ -15,7 +15,7 @@ import botocore.session
 import pytest
 from botocore.exceptions import EventStreamError
 
-from tests.support import REPO, start_stack, unique_marker
+from tests.support import REPO, start_stack, unique_marker, mock_reply
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,7 @@ def bedrock(stack, monkeypatch, reply: str, chunk: int = 3):
         config=botocore.config.Config(retries={"max_attempts": 1}))
 
     def directives(request, **_):
-        request.headers["x-mock-reply"] = quote(reply)
+        request.headers["x-mock-reply"] = mock_reply(reply)
         request.headers["x-mock-chunk-chars"] = str(chunk)
     client.meta.events.register("before-send.bedrock-runtime.*", directives)
     return client

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import openai
 import pytest
 
-from tests.support import REPO, free_ports, start_stack, wait_port
+from tests.support import REPO, free_ports, start_stack, wait_port, mock_reply
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +70,7 @@ def mux(tmp_path_factory):
 
 def client(s, reply: str = REPLY) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{s.base_url}/v1", api_key=s.token(), max_retries=0, timeout=30,
-                         default_headers={"x-mock-reply": quote(reply), "x-mock-chunk-chars": "5"})
+                         default_headers={"x-mock-reply": mock_reply(reply), "x-mock-chunk-chars": "5"})
 
 
 def _records(s, rid: str) -> tuple[dict, dict]:
@@ -151,6 +151,24 @@ def test_an_unmapped_model_still_goes_to_openai(mux):
     assert out.choices[0].message.content == REPLY and out.model != "claude-haiku"
 
 
+def test_the_model_list_names_the_aliases(mux):
+    ids = [m.id for m in client(mux).models.list()]
+    assert {"claude-haiku", "gemini-flash", "bedrock-haiku"} <= set(ids)
+    assert "gpt-4o-mini" in ids                       # what OpenAI (the mock) lists is still there
+    owners = {m.id: m.owned_by for m in client(mux).models.list()}
+    assert owners["claude-haiku"] == "anthropic" and owners["gemini-flash"] == "gemini"
+
+
+def test_an_alias_on_the_responses_api_is_a_clear_400_not_a_call_to_openai(mux):
+    mux.clear_mock()
+    with pytest.raises(openai.BadRequestError) as info:
+        client(mux).responses.create(model="claude-haiku", input="alias-on-responses")
+    assert info.value.code == "model_alias_not_on_this_api"
+    assert "/v1/chat/completions" in info.value.message
+    assert not [r for r in mux.mock_requests() if "alias-on-responses" in r.get("body", "")]
+    assert not [r for r in _requests(mux.good_port) if "alias-on-responses" in r.get("body", "")]
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """A failover chain across providers: Anthropic first (its only endpoint is down), then Gemini."""
@@ -184,7 +202,9 @@ def test_a_503_from_the_first_provider_fails_over_to_the_next_provider_in_its_fo
     assert "bob@example.org" not in tried[0]["body"] + answered[0]["body"]  # redacted once, before both
     recs = [r for r in chain.audit_records() if r.get("request_id") == rid]
     attempts = [r for r in recs if r["kind"] == "attempt"]
-    assert [a["provider"] for a in attempts] == ["anthropic", "gemini"]
+    assert [a["provider"] for a in attempts if a["forwarded_sha256"]] == ["anthropic", "gemini"]
+    # The failed attempt's own record says why it failed (committed when its 503 arrived).
+    assert [(a["provider"], a["error"]) for a in attempts if a["error"]] == [("anthropic", "upstream_status_503")]
     decision = [r for r in recs if r["kind"] == "decision"][0]
     assert decision["multiplex"]["failover"] == [{"provider": "anthropic", "model": "claude-3-5-haiku-latest"},
                                                  {"provider": "gemini", "model": "gemini-2.0-flash"}]

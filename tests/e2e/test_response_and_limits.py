@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import REPO, start_stack
+from tests.support import REPO, start_stack, mock_reply
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ def strict(tmp_path_factory):
 
 def client(stack, reply: str, chunk: int = 3, sub: str = "alice") -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=stack.token(sub=sub), max_retries=0, timeout=30,
-                         default_headers={"x-mock-reply": quote(reply), "x-mock-chunk-chars": str(chunk)})
+                         default_headers={"x-mock-reply": mock_reply(reply), "x-mock-chunk-chars": str(chunk)})
 
 
 def test_stream_redaction_across_chunk_boundaries(strict):
@@ -65,12 +65,12 @@ def test_mid_stream_block_surfaces_as_an_sdk_error(strict):
 
 
 def test_anthropic_stream_block_and_redaction(strict):
-    headers = {"x-mock-reply": quote("Mail bob@example.org now."), "x-mock-chunk-chars": "3"}
+    headers = {"x-mock-reply": mock_reply("Mail bob@example.org now."), "x-mock-chunk-chars": "3"}
     a = anthropic.Anthropic(base_url=strict.base_url, api_key=strict.token(), max_retries=0, default_headers=headers)
     with a.messages.stream(model="claude-3-5-haiku-latest", max_tokens=64,
                            messages=[{"role": "user", "content": "x"}]) as s:
         assert "".join(s.text_stream) == "Mail [PII.EMAIL] now."
-    headers = {"x-mock-reply": quote("key AKIAIOSFODNN7ABCDEFG ok"), "x-mock-chunk-chars": "4"}
+    headers = {"x-mock-reply": mock_reply("key AKIAIOSFODNN7ABCDEFG ok"), "x-mock-chunk-chars": "4"}
     a = anthropic.Anthropic(base_url=strict.base_url, api_key=strict.token(), max_retries=0, default_headers=headers)
     with pytest.raises(anthropic.APIError):
         with a.messages.stream(model="claude-3-5-haiku-latest", max_tokens=64,
@@ -173,7 +173,7 @@ def test_a_blocked_whole_json_answer_is_an_error_status_the_sdks_raise(strict):
     out = [r for r in strict.audit_records() if r.get("request_id") == rid and r["kind"] == "outcome"][0]
     assert (out["status"], out["delivered_status"], out["blocked"]["label"]) == (200, 403, "pci.card_number")
 
-    headers = {"x-mock-reply": quote(reply)}
+    headers = {"x-mock-reply": mock_reply(reply)}
     a = anthropic.Anthropic(base_url=strict.base_url, api_key=strict.token(), max_retries=0, default_headers=headers)
     with pytest.raises(anthropic.PermissionDeniedError):
         a.messages.create(model="claude-3-5-haiku-latest", max_tokens=64, messages=[{"role": "user", "content": "x"}])

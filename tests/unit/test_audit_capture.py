@@ -31,7 +31,7 @@ def test_capture_round_trip_is_bound_to_its_request():
 def test_signed_checkpoint_verifies(tmp_path):
     d = tmp_path / "audit"
     write_log(d, n=5)
-    res = subprocess.run([sys.executable, "-m", "ext_proc.cli.main", "audit", "checkpoint", "--path", str(d),
+    res = subprocess.run([sys.executable, "-m", "ext_proc.cli.main", "audit", "checkpoint", str(d),
                           "--sign", str(tmp_path / "k.pem")], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert res.returncode == 0
     body, _, sigline = res.stdout.partition("\n\n")
@@ -39,4 +39,5 @@ def test_signed_checkpoint_verifies(tmp_path):
     from ext_proc.audit.log import load_or_create_signing_key
 
     pub = load_or_create_signing_key(tmp_path / "k.pem").public_key()
-    pub.verify(base64.b64decode(sigline.split()[-1]), (body + "\n").encode())
+    # C2SP signed note: the signature line carries a 4-byte key hash, then the Ed25519 signature.
+    pub.verify(base64.b64decode(sigline.split()[-1])[4:], (body + "\n").encode())

@@ -119,7 +119,7 @@ def test_signature_replaced_is_detected(seg):
     original = lines(path)
     a, b = json.loads(original[3]), json.loads(original[4])
     a["signature"] = b["signature"]
-    put(path, original[:3] + [json.dumps(a).encode()] + original[4:])
+    put(path, original[:3] + [canonical_json(a)] + original[4:])
     assert "signature" in verify_dir(d).problem
 
 
@@ -178,13 +178,14 @@ def _segments(d: Path):
     return [(f.name, f.read_bytes().splitlines(), b"") for f in sorted(d.glob("*.jsonl"))]
 
 
-def test_a_reserialised_but_unaltered_log_still_verifies(seg):
-    # The hash fast path cuts the seal out of the stored bytes; another serialisation of the same
-    # record (a SIEM round trip) must fall back to canonical JSON and still verify.
+def test_a_reserialised_but_unaltered_log_fails_byte_exact_verification(seg):
+    # Another serialisation of the same records (a SIEM round trip) is not what was signed: the
+    # stored bytes are the evidence, so the first re-serialised line is reported.
     d, path = seg
     path.write_bytes(b"".join(json.dumps(json.loads(x), indent=None, sort_keys=False).encode() + b"\n"
                               for x in lines(path)))
-    assert verify_dir(d).ok
+    rep = verify_dir(d)
+    assert not rep.ok and f"{path.name}:1: not the canonical JSON" in rep.problem
 
 
 def test_a_reserialised_and_altered_record_is_still_caught(seg):
@@ -193,6 +194,10 @@ def test_a_reserialised_and_altered_record_is_still_caught(seg):
     rec = json.loads(ls[4])
     rec["decision"]["outcome"] = "deny"
     ls[4] = json.dumps(rec).encode()
+    path.write_bytes(b"\n".join(ls) + b"\n")
+    rep = verify_dir(d)
+    assert not rep.ok and ":5: not the canonical JSON" in rep.problem
+    ls[4] = canonical_json(rec)
     path.write_bytes(b"\n".join(ls) + b"\n")
     rep = verify_dir(d)
     assert not rep.ok and rep.problem.endswith(":5: content does not match its hash (altered)")
@@ -217,7 +222,7 @@ def test_parallel_verification_reports_the_same_first_problem(tmp_path, tamper, 
         ls[200] = canonical_json(rec)
     path.write_bytes(b"\n".join(ls) + b"\n")
     sequential = verify_mod.verify_segments(_segments(d), jobs=1)
-    monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD", 10)
+    monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD_BYTES", 10)
     monkeypatch.setattr(verify_mod, "_MAX_CHUNK", 37)
     parallel = verify_mod.verify_segments(_segments(d), jobs=2)
     assert not sequential.ok
@@ -228,7 +233,7 @@ def test_parallel_verification_of_an_intact_log(tmp_path, monkeypatch):
     from ext_proc.audit import verify as verify_mod
     d = tmp_path / "audit"
     write_log(d, n=120)
-    monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD", 10)
+    monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD_BYTES", 10)
     monkeypatch.setattr(verify_mod, "_MAX_CHUNK", 16)
     rep = verify_mod.verify_segments(_segments(d), jobs=2)
     assert rep.ok and rep.records == 122  # genesis + 120 + closing checkpoint

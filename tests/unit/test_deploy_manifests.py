@@ -22,7 +22,6 @@ import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ext_proc.cli.devmaterial import ensure_tls_cert
 from ext_proc.cli.up import envoy_binary
 from ext_proc.identity import IdentityConfig
 from ext_proc.policy.store import load_policy
@@ -644,20 +643,33 @@ def test_compose_healthcheck_needs_ready_200():
 
 
 def _host_path_for(service: dict, container_path: str, root: Path) -> Path:
-    """Where a path inside a compose container comes from, for a checkout at root."""
+    """Where a path inside a compose container comes from, for a checkout at root: a ./ bind
+    mount, or a named volume (stood in for by root/volumes/NAME, see _fill_volumes)."""
     p = PurePosixPath(container_path)
     for vol in service.get("volumes", []):
         host, target = vol.split(":")[:2]
         t = PurePosixPath(target)
         if p == t or t in p.parents:
-            assert host.startswith("./"), vol
+            if not host.startswith("./"):
+                assert host in (_compose().get("volumes") or {}), vol
+                return root / "volumes" / host / p.relative_to(t)
             return root / host[2:] / p.relative_to(t)
     raise AssertionError(f"{container_path} is on no volume of the service")
 
 
+def _fill_volumes(root: Path) -> None:
+    """What compose's init service does to the named volumes (its own command, volumes as dirs)."""
+    from ext_proc.cli.devmaterial import run_dev_material
+
+    init = _compose()["services"]["init"]
+    cmd, mounts = init["command"], {v.split(":")[1]: v.split(":")[0] for v in init["volumes"]}
+    run_dev_material(str(root / "volumes" / mounts[cmd[cmd.index("--var-dir") + 1]]), None,
+                     str(root / "volumes" / mounts[cmd[cmd.index("--tls-dir") + 1]]), None)
+
+
 @pytest.mark.e2e
 def test_compose_envoy_validates_with_the_tls_files_where_compose_mounts_them(tmp_path):
-    ensure_tls_cert(tmp_path / "var" / "dev" / "tls")
+    _fill_volumes(tmp_path)
     cfg = yaml.safe_load((COMPOSE / "envoy.yaml").read_text())
     envoy_service = _compose()["services"]["envoy"]
     holders = _tls_filenames(cfg)
@@ -671,7 +683,8 @@ def test_compose_envoy_validates_with_the_tls_files_where_compose_mounts_them(tm
     res = _envoy_validate(out, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     # The same config with a file missing is refused: validate really opens the files.
-    os.remove(tmp_path / "var" / "dev" / "tls" / "server.key")
+    os.remove(_host_path_for(envoy_service, next(h["filename"] for h in _tls_filenames(
+        yaml.safe_load((COMPOSE / "envoy.yaml").read_text())) if h["filename"].endswith(".key")), tmp_path))
     assert _envoy_validate(out, tmp_path).returncode != 0
 
 
@@ -686,11 +699,11 @@ def test_compose_ledgergate_config_uses_redis_and_the_mounted_paths(tmp_path):
     lg_cmd = services["ledgergate"]["command"]
     assert cfg.metrics_listen.startswith("0.0.0.0:")
     assert lg_cmd[lg_cmd.index("--config") + 1] == "/etc/ledgergate/ledgergate.yaml"
-    # Every file path is either mounted from the checkout or baked into the image (/app).
-    ensure_tls_cert(tmp_path / "var" / "dev" / "tls")
+    # Every file path is either on the var volume init fills or baked into the image (/app).
     for p in (cfg.audit["dir"], cfg.audit_signing_key, cfg.redaction_key_file, cfg.policy_store,
               cfg.identity["issuers"][0]["jwks_file"]):
-        assert str(_host_path_for(services["ledgergate"], str(p), tmp_path)).startswith(str(tmp_path / "var"))
+        assert str(_host_path_for(services["ledgergate"], str(p), tmp_path)).startswith(
+            str(tmp_path / "volumes" / "ledgergate-var"))
     policy = PurePosixPath(str(cfg.policy_path))
     assert policy.parts[:2] == ("/", "app")
     assert (REPO / policy.relative_to("/app")).is_file()
@@ -700,9 +713,10 @@ def test_compose_ledgergate_config_uses_redis_and_the_mounted_paths(tmp_path):
 
 def test_dockerfile_user_matches_the_pod_user():
     dockerfile = (REPO / "Dockerfile").read_text()
-    uid = int(next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")))
-    assert uid != 0
-    assert _pod()["securityContext"]["runAsUser"] == uid
+    uid, _, gid = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")).partition(":")
+    assert int(uid) != 0
+    assert _pod()["securityContext"]["runAsUser"] == int(uid)
+    assert _pod()["securityContext"].get("runAsGroup", int(gid or uid)) == int(gid or uid)
     exposed = next(line.split()[1:] for line in dockerfile.splitlines() if line.startswith("EXPOSE "))
     assert "9464" in exposed
 

@@ -283,6 +283,20 @@ def test_multiplex_enforces_normal_rules_and_records_shadow():
     assert d.outcome == "redact" and d.observed is None and "shadow-deny-email" not in ids(d)
 
 
+def test_shadow_mode_is_the_new_name_of_the_multiplex_route_mode():
+    policy = P("""
+        id: t2
+        routes:
+          - {id: pilot, apis: [responses], mode: shadow}
+        rules:
+          - {id: p, effect: permit, when: {roles: [dev]}}
+          - {id: shadow-deny-email, effect: deny, shadow: true, when: {labels: {any: [pii.email]}}, code: email}
+    """)
+    d = policy.evaluate(inp(route={"api": "responses"}, classification=lab("pii.email")))
+    assert (d.outcome, d.observed, d.mode) == ("permit", "deny", "shadow")
+    assert [m["rule"] for m in d.matched if m.get("shadow")] == ["shadow-deny-email"]
+
+
 def test_no_route_denies():
     d = MODES.evaluate(inp(route={"api": "files", "path": "/v1/files"}))
     assert (d.outcome, d.code, d.route) == ("deny", "route_not_allowed", None)

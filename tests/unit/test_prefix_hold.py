@@ -59,7 +59,7 @@ def _run(policy: ScanPolicy, pieces: list[str]) -> tuple[str, list[tuple], str |
     except Blocked as exc:
         released_after.append(gate.released_chars)
         return "".join(out), [], exc.label, released_after
-    reds = [(r["label"], r["start"], r["end"]) for r in ledger.redactions]
+    reds = [(label, r["start"], r["end"]) for r in ledger.redactions for label in r.get("labels", [r["label"]])]
     return "".join(out), reds, None, released_after
 
 

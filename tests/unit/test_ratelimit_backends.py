@@ -165,3 +165,49 @@ def test_redis_restart_mid_burst_keeps_the_limit_or_fails_closed(tmp_path):
     finally:
         if srv.poll() is None:
             srv.kill()
+
+
+def test_a_request_larger_than_the_whole_budget_is_refused_without_retry_after(limiters):
+    from ext_proc.ratelimit import refusal
+
+    a, _b = limiters
+    s = spec(requests=None, tokens=100)
+
+    async def go():
+        huge = await a.reserve("big", [s], CTX, 101)
+        assert not huge.admitted and huge.exhausted == "too_large" and huge.retry_after_s is None
+        assert "retry-after" not in huge.headers and huge.headers["x-should-retry"] == "false"
+        status, code, message = refusal(huge)
+        assert (status, code) == (429, "request_exceeds_token_budget") and "101 tokens" in message
+        assert (await a.reserve("fits", [s], CTX, 100)).admitted      # nothing was charged for it
+        full = await a.reserve("next", [s], CTX, 1)
+        assert full.exhausted == "tokens" and refusal(full)[1] == "token_budget_exhausted"
+        assert "token budget" in refusal(full)[2]
+    asyncio.run(go())
+
+
+def test_request_refusals_name_requests_and_store_outages_are_503():
+    from ext_proc.ratelimit import refusal
+    from ext_proc.ratelimit.limits import Admission
+
+    assert refusal(Admission(False, None, "r", 3, exhausted="requests"))[:2] == (429, "rate_limited")
+    assert "request rate limit 'r'" in refusal(Admission(False, None, "r", 3, exhausted="requests"))[2]
+    lim = RedisLimiter(url=f"redis://127.0.0.1:{free_ports(1)[0]}/0")
+    down = asyncio.run(lim.reserve("r", [spec()], CTX, 1))
+    assert down.exhausted == "unavailable" and refusal(down)[:2] == (503, "ratelimit_unavailable")
+
+
+def test_output_reservation_is_bounded_and_never_zero():
+    from ext_proc.ratelimit import OutputReservation
+
+    r = OutputReservation.from_config({"default": 512, "models": {"gpt-4o": 4096}})
+    assert r.tokens(model="gpt-4o-mini", requested=None, injected_cap=None, policy_defaults=[None]) == 512
+    assert r.tokens(model="gpt-4o", requested=None, injected_cap=None, policy_defaults=[]) == 4096
+    assert r.tokens(model="gpt-4o", requested=None, injected_cap=None, policy_defaults=[300, None]) == 300
+    assert r.tokens(model="gpt-4o", requested=None, injected_cap=200, policy_defaults=[300]) == 200
+    assert r.tokens(model="gpt-4o", requested=50, injected_cap=200, policy_defaults=[300]) == 0  # in the estimate
+    assert OutputReservation.from_config(None).tokens(model=None, requested=None, injected_cap=None,
+                                                      policy_defaults=[]) > 0
+    for bad in ({"default": 0}, {"models": {"m": -1}}, {"defualt": 5}):
+        with pytest.raises(ValueError, match="output_reservation"):
+            OutputReservation.from_config(bad)

@@ -1,0 +1,468 @@
+"""A request body as everything that will read it sees it: the generic walk.
+
+The provider's extractor (adapters.py) says how its model reads a conversation: which strings, in
+which order, make up the text the model reads together (the reading view). Everything else is
+found here without a list of known fields: every string value and every object key of the JSON
+document, numbers that could carry digits, text attachments decoded the way the provider decodes
+them, and binary attachments or remote references the provider will fetch, which cannot be
+inspected and become labels (``content.unscanned.*``) for policy instead of being skipped.
+
+Sans-I/O and bounded: the walk is iterative with the depth limit of ``load_json``; base64 and data
+URLs are decoded only up to ``MAX_ATTACHMENT_BYTES`` each (a larger text attachment is refused
+upstream by the caller, a larger binary one is only labelled).
+
+Segment kinds (``TextSegment.kind``) and how a redaction is written back:
+- ``text``: a reading-view string (the extractor's), replaced in place.
+- ``value``: any other string value, replaced in place.
+- ``key``: an object key (``path`` ends with the key), renamed.
+- ``number``: a JSON number written as digits, replaced by the redacted text (a string).
+- ``attachment``: the decoded text of an attachment at ``path``, re-encoded as it came.
+- ``route``: text from the request path (a model name); cannot be rewritten, so a redaction
+  there becomes a deny.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import json
+from bisect import bisect_right
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ext_proc.providers.adapters import (
+    MAX_SEGMENTS,
+    BadRequestBody,
+    load_json,
+    ParsedRequest,
+    Path,
+    TextSegment,
+    _dump,
+    _set_path,
+    _get_path,
+    _MISSING,
+)
+
+MAX_ATTACHMENT_BYTES = 4 * 1024 * 1024
+_SHORT_PAYLOAD = 4096
+MAX_NESTED_JSON_BYTES = 4 * 1024 * 1024
+
+
+class _JsonStep:
+    """A path step meaning "this string is itself a JSON document": tool-call arguments, tool
+    results and the like, whose strings the model and the SDKs read decoded (escapes included)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<json>"
+
+
+JSON_STEP = _JsonStep()
+_KEY: list = []          # marks a stack entry that is an object key
+_PAIRED_TEXT = 1024
+# String values under these keys are encoded payloads (base64 or a data: URL) in every provider's
+# format: OpenAI file_data / input_audio.data / b64_json, Anthropic source.data, Gemini
+# inlineData.data, Bedrock source.bytes.
+_PAYLOAD_KEYS = frozenset({"data", "bytes", "file_data", "b64_json", "fileData"})
+# Where a payload's media type is written (same object, then up to two levels above).
+_MEDIA_KEYS = ("media_type", "mime_type", "mimeType", "content_type", "format")
+# String values under these keys name content the provider fetches itself.
+_REMOTE_KEYS = frozenset({"url", "uri", "image_url", "file_url", "fileUri", "file_uri", "audio_url",
+                          "video_url", "document_url"})
+_FILE_REF_KEYS = frozenset({"file_id", "fileId"})
+_REMOTE_SCHEMES = ("http://", "https://", "gs://", "s3://", "ftp://")
+# Bedrock document/image formats and OpenAI audio formats that name a media type by extension.
+_FORMAT_TYPES = {
+    "txt": "text/plain", "md": "text/markdown", "csv": "text/csv", "html": "text/html",
+    "json": "application/json", "xml": "application/xml", "yaml": "text/yaml",
+    "pdf": "application/pdf", "doc": "application/msword", "docx": "application/msword",
+    "xls": "application/vnd.ms-excel", "xlsx": "application/vnd.ms-excel",
+    "png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "gif": "image/gif",
+    "webp": "image/webp", "wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac",
+    "ogg": "audio/ogg", "mp4": "video/mp4", "mov": "video/quicktime", "webm": "video/webm",
+}
+# Magic numbers of binary formats: these are never decoded as text, whatever the type says.
+_MAGIC = (
+    (b"\x89PNG", "image"), (b"\xff\xd8\xff", "image"), (b"GIF8", "image"), (b"RIFF", "audio"),
+    (b"ID3", "audio"), (b"OggS", "audio"), (b"fLaC", "audio"), (b"%PDF", "pdf"),
+    (b"PK\x03\x04", "document"), (b"\xd0\xcf\x11\xe0", "document"), (b"\x1aE\xdf\xa3", "video"),
+)
+_CHARSETS = {"utf-8": "utf-8", "utf8": "utf-8", "us-ascii": "utf-8", "ascii": "utf-8",
+             "utf-16": "utf-16", "utf-16le": "utf-16-le", "utf-16be": "utf-16-be",
+             "iso-8859-1": "latin-1", "latin1": "latin-1", "latin-1": "latin-1"}
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """How an attachment's text was written in the body, so a redaction is written back alike."""
+
+    scheme: str            # "base64" (a bare payload) or "data_url"
+    header: str = ""       # a data URL's "data:text/plain;base64," part, kept as it was
+    base64: bool = True    # data URLs may be percent-encoded instead
+    charset: str = "utf-8"
+    urlsafe: bool = False
+
+
+@dataclass
+class View:
+    """Text made of pieces, some of which are segments: findings in it map back to segments."""
+
+    text: str
+    starts: list[int]      # offset in text of each mapped piece
+    segments: list[int]    # the segment index of each mapped piece
+    lengths: list[int]
+    offsets: list[int] | None = None   # where in its segment each piece starts (None: all at 0)
+
+    def pieces(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """(segment, start, end) in segment offsets for every mapped piece [start, end) touches."""
+        out = []
+        i = max(0, bisect_right(self.starts, start) - 1)
+        while i < len(self.starts) and self.starts[i] < end:
+            ps, pl = self.starts[i], self.lengths[i]
+            s, e = max(start, ps), min(end, ps + pl)
+            if s < e:
+                off = self.offsets[i] - ps if self.offsets is not None else -ps
+                out.append((self.segments[i], s + off, e + off))
+            i += 1
+        return out
+
+
+def _view(items: list[tuple[int, str]], glue_before: list[str], glue_after: list[str] | None = None,
+          *, edge: int | None = None) -> View:
+    """A view of ITEMS (segment index, text), each preceded by its glue (and followed by one).
+    EDGE: only the first and last EDGE characters of a longer text are written (a newline
+    between them), for views that exist to find what crosses from one text into the next."""
+    parts: list[str] = []
+    starts: list[int] = []
+    segments: list[int] = []
+    lengths: list[int] = []
+    offsets: list[int] = []
+    pos = 0
+    for n, (i, text) in enumerate(items):
+        g = glue_before[n]
+        if g:
+            parts.append(g)
+            pos += len(g)
+        if text:
+            if edge is not None and len(text) > 2 * edge + 1:
+                cuts = [(0, text[:edge]), (len(text) - edge, text[-edge:])]
+            else:
+                cuts = [(0, text)]
+            for k, (off, piece) in enumerate(cuts):
+                if k:
+                    parts.append("\n")
+                    pos += 1
+                starts.append(pos)
+                segments.append(i)
+                lengths.append(len(piece))
+                offsets.append(off)
+                parts.append(piece)
+                pos += len(piece)
+        if glue_after is not None and glue_after[n]:
+            parts.append(glue_after[n])
+            pos += len(glue_after[n])
+    return View("".join(parts), starts, segments, lengths, offsets)
+
+
+@dataclass
+class Document:
+    """Every string of a request body that something downstream reads, and how it is read."""
+
+    segments: list[TextSegment]
+    reading: list[int]                     # indices of the reading-view segments, in order
+    encodings: dict[int, Encoding] = field(default_factory=dict)
+    unscanned: dict[str, int] = field(default_factory=dict)   # label -> count
+    # Keys, values and numbers in document order (and short reading-view strings again, beside
+    # their key): the field view.
+    field_order: list[int] = field(default_factory=list)
+
+    def reading_views(self, edge: int | None = None) -> list[View]:
+        """The text the model reads together. A value split across parts or turns must be found
+        whatever surrounds it, so the reading view is written four ways: joined with the newline
+        a provider puts between turns (each string whole, with boundaries around it); joined with
+        nothing (a value split in many pieces mid-token); and in neighbouring pairs glued with
+        nothing and a newline around each pair, once from the first string and once from the
+        second (a value split in two whose neighbours would otherwise run into it). EDGE (the
+        longest finding): the three glued views need only that much of each end of a text, since
+        the newline view already holds every finding inside one text."""
+        items = [(i, self.segments[i].text) for i in self.reading]
+        n = len(items)
+        ways = [["\n"] * n, [""] * n, ["" if k % 2 else "\n" for k in range(n)],
+                ["\n" if k % 2 else "" for k in range(n)]][:1 if n < 2 else 2 if n == 2 else 4]
+        views = []
+        for k, glue in enumerate(ways):
+            if n:
+                glue[0] = ""
+            views.append(_view(items, glue, edge=edge if k else None))
+        return views
+
+    def field_view(self) -> View:
+        """Every other string, key and number in document order, written the way a reader of the
+        JSON sees it (``"key": "value", ``), so a key and its value are read together (a
+        ``"password": "..."`` pair) and values split across neighbouring fields are joined."""
+        order = self.field_order
+        segs = self.segments
+        items = [(i, segs[i].text) for i in order]
+        before = ['"' if segs[i].kind != "number" else "" for i in order]
+        after = []
+        for n, i in enumerate(order):
+            kind = segs[i].kind
+            if kind == "key":
+                # A key whose value is not written here (an object, a short number, true, null)
+                # gets a stand-in value, so it never runs into the next key.
+                has_value = n + 1 < len(order) and segs[order[n + 1]].kind != "key" \
+                    and segs[order[n + 1]].path == segs[i].path
+                after.append('": ' if has_value else '": 0, ')
+            else:
+                after.append(", " if kind == "number" else '", ')
+        return _view(items, before, after)
+
+
+def _media_type(ancestors: list[dict]) -> str:
+    for obj in ancestors:
+        for key in _MEDIA_KEYS:
+            v = obj.get(key)
+            if isinstance(v, str) and v:
+                v = v.strip().lower()
+                return _FORMAT_TYPES.get(v, v)
+    return ""
+
+
+def _unscanned_kind(media_type: str, raw: bytes | None) -> str:
+    if raw is not None:
+        for magic, kind in _MAGIC:
+            if raw.startswith(magic):
+                return kind
+    major = media_type.split("/", 1)[0]
+    if major in ("image", "audio", "video"):
+        return major
+    if media_type == "application/pdf":
+        return "pdf"
+    if "word" in media_type or "excel" in media_type or "officedocument" in media_type:
+        return "document"
+    return "binary"
+
+
+def _as_text(raw: bytes, media_type: str, charset: str | None) -> tuple[str, str] | None:
+    """The text a provider would give its model from these bytes, or None when they are binary."""
+    for magic, _kind in _MAGIC:
+        if raw.startswith(magic):
+            return None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        charset = "utf-16"
+    codec = _CHARSETS.get((charset or "utf-8").lower(), "utf-8")
+    try:
+        text = raw.decode(codec)
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in text:
+        return None
+    return text, codec
+
+
+def _decode_payload(value: str) -> tuple[bytes, Encoding, str, str | None] | None:
+    """(bytes, encoding, media type from a data URL, charset) of an encoded payload, or None when
+    the string is not one (it is then inspected as a plain string)."""
+    if value[:5].lower() == "data:":
+        header, sep, payload = value.partition(",")
+        if not sep:
+            return None
+        params = [p.strip() for p in header[5:].split(";")]
+        media = params[0].lower() if params and "=" not in params[0] else ""
+        is_b64 = any(p.lower() == "base64" for p in params[1:])
+        charset = next((p.split("=", 1)[1].strip().lower() for p in params if p.lower().startswith("charset=")), None)
+        if is_b64:
+            raw = _b64(payload)
+            if raw is None:
+                return None
+        else:
+            raw = urllib.parse.unquote_to_bytes(payload)
+        return raw, Encoding("data_url", header + ",", is_b64, charset or "utf-8"), media, charset
+    raw = _b64(value)
+    if raw is None:
+        return None
+    return raw, Encoding("base64", urlsafe="-" in value or "_" in value), "", None
+
+
+def _b64(payload: str) -> bytes | None:
+    # MIME line breaks are allowed; any other whitespace means it is text, not base64.
+    s = payload.replace("\r", "").replace("\n", "")
+    if not s or len(s) > MAX_ATTACHMENT_BYTES * 4 // 3 + 4:
+        return None
+    try:
+        if "-" in s or "_" in s:
+            return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+        return base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def encode_attachment(text: str, enc: Encoding) -> str:
+    raw = text.encode(enc.charset if enc.charset in ("utf-8", "utf-16", "utf-16-le", "utf-16-be", "latin-1") else "utf-8",
+                      "replace")
+    if enc.scheme == "data_url":
+        body = base64.b64encode(raw).decode("ascii") if enc.base64 else urllib.parse.quote_from_bytes(raw)
+        return enc.header + body
+    return (base64.urlsafe_b64encode(raw) if enc.urlsafe else base64.b64encode(raw)).decode("ascii")
+
+
+def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] = {}) -> Document:
+    """The generic walk over PARSED's body (None: a request without one). ROUTE_TEXTS: text from
+    outside the body the provider reads (the model segment of a path), inspected but never
+    rewritable."""
+    segments: list[TextSegment] = list(parsed.segments) if parsed is not None else []
+    reading = list(range(len(segments)))
+    seen = {seg.path: i for i, seg in enumerate(segments)}
+    doc = Document(segments, reading)
+    order = doc.field_order
+
+    def add(seg: TextSegment) -> int:
+        if len(segments) >= MAX_SEGMENTS:
+            raise BadRequestBody(f"body has more than {MAX_SEGMENTS} strings")
+        segments.append(seg)
+        return len(segments) - 1
+
+    def unscanned(kind: str) -> None:
+        label = "content.unscanned." + kind
+        doc.unscanned[label] = doc.unscanned.get(label, 0) + 1
+
+    nested_budget = [MAX_NESTED_JSON_BYTES]
+
+    def nested_json(text: str) -> Any:
+        """TEXT decoded when it is a JSON object or array (within the budget), else None."""
+        t = text.strip()
+        if len(t) < 2 or t[0] not in "{[" or t[-1] not in "}]" or len(t) > nested_budget[0]:
+            return None
+        try:
+            obj = load_json(t.encode("utf-8", "surrogatepass"), nested_budget[0])
+        except BadRequestBody:
+            return None
+        nested_budget[0] -= len(t)
+        return obj
+
+    # (node, path, ancestors: the enclosing objects, nearest first, at most three)
+    stack: list[tuple[Any, Path, list[dict]]] = [(parsed.body, (), [])] if parsed is not None else []
+    while stack:
+        node, path, ancestors = stack.pop()
+        if ancestors is _KEY:
+            order.append(add(TextSegment(path, node, "key")))
+        elif isinstance(node, dict):
+            inner = [node] + ancestors[:2]
+            for k in reversed(list(node)):
+                stack.append((node[k], path + (k,), inner))
+                stack.append((k, path + (k,), _KEY))
+        elif isinstance(node, list):
+            for j in range(len(node) - 1, -1, -1):
+                stack.append((node[j], path + (j,), ancestors))
+        elif isinstance(node, str):
+            key = path[-1] if path and isinstance(path[-1], str) else None
+            is_payload = key in _PAYLOAD_KEYS and not (ancestors and ancestors[0].get("type") == "text")
+            if is_payload or node[:5].lower() == "data:":
+                decoded = _decode_payload(node)
+                if decoded is not None:
+                    raw, enc, url_media, charset = decoded
+                    media = url_media or _media_type(ancestors)
+                    as_text = _as_text(raw, media, charset)
+                    if as_text is None:
+                        unscanned(_unscanned_kind(media, raw))
+                        if len(node) <= _SHORT_PAYLOAD and path not in seen:
+                            # A key-sized string that happens to be valid base64 is read as text too.
+                            order.append(add(TextSegment(path, node, "value")))
+                    else:
+                        text, codec = as_text
+                        i = add(TextSegment(path, text, "attachment"))
+                        doc.encodings[i] = Encoding(enc.scheme, enc.header, enc.base64, codec, enc.urlsafe)
+                    continue
+            if key in _REMOTE_KEYS and node.lower().startswith(_REMOTE_SCHEMES):
+                unscanned("remote")
+            elif key in _FILE_REF_KEYS and node:
+                unscanned("file_ref")
+            if path not in seen:
+                order.append(add(TextSegment(path, node, "value")))
+            elif len(node) <= _PAIRED_TEXT:
+                order.append(seen[path])     # beside its key once more ({"password": "..."})
+            inner_doc = nested_json(node)
+            if inner_doc is not None:
+                stack.append((inner_doc, path + (JSON_STEP,), []))
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            digits = repr(node)
+            if sum(c.isdigit() for c in digits) >= 7:   # short numbers cannot hold any finding
+                order.append(add(TextSegment(path, digits, "number")))
+    for name, text in route_texts.items():
+        if text:
+            add(TextSegment(("<route>", name), text, "route"))
+    return doc
+
+
+def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[int, str],
+                    set_fields: Mapping[tuple, object]) -> bytes:
+    """The body with segment texts replaced (index -> new text) in every kind of place, and
+    fields set (JSON path -> value, intermediate objects created). The original bytes when
+    nothing changes."""
+    values: list[tuple[Path, Any, bool]] = []
+    renames: list[tuple[Path, str]] = []
+    for idx, text in replacements.items():
+        if not isinstance(text, str):
+            raise TypeError("replacement text must be a string")
+        seg = doc.segments[idx]
+        if text == seg.text:
+            continue
+        if seg.kind == "route":
+            raise ValueError("a route segment cannot be rewritten")
+        if seg.kind == "key":
+            renames.append((seg.path, text))
+        elif seg.kind == "attachment":
+            values.append((seg.path, encode_attachment(text, doc.encodings[idx]), False))
+        else:
+            values.append((seg.path, text, False))
+    for path, value in set_fields.items():
+        path = tuple(path)
+        current = _get_path(parsed.body, path)
+        if current is _MISSING or type(current) is not type(value) or current != value:
+            values.append((path, value, True))
+    if not values and not renames and parsed.raw:
+        return parsed.raw
+    obj = copy.deepcopy(parsed.body)
+    # A string that is itself JSON and has edits inside is rewritten from those edits; an edit of
+    # the string as a whole would be lost in that rewrite, and the strings inside cover it.
+    nested_parents = {p[:p.index(JSON_STEP)] for p, *_ in values + renames if JSON_STEP in p}
+    values = [v for v in values if not (JSON_STEP not in v[0] and v[0] in nested_parents)]
+    for path, value, create in values:        # paths still name the original keys
+        _edit(obj, path, lambda o, p: _set_path(o, p, value, create=create))
+    # Deepest first, so an enclosing key is renamed after everything below it was addressed.
+    for path, new_key in sorted(renames, key=lambda r: -len(r[0])):
+        _edit(obj, path, lambda o, p: _rename(o, p, new_key))
+    return _dump(obj)
+
+
+def _edit(obj: Any, path: Path, change: Any) -> None:
+    """Apply CHANGE(document, path) at PATH, decoding and re-encoding every string on the way
+    that is itself a JSON document (a JSON_STEP in the path)."""
+    if JSON_STEP not in path:
+        change(obj, path)
+        return
+    i = path.index(JSON_STEP)
+    outer, inner = path[:i], path[i + 1:]
+    text = _get_path(obj, outer)
+    if not isinstance(text, str):
+        raise ValueError("cannot edit inside a JSON string: it is gone")
+    inner_obj = json.loads(text)
+    _edit(inner_obj, inner, change)
+    _set_path(obj, outer, json.dumps(inner_obj, ensure_ascii=False), create=False)
+
+
+def _rename(obj: Any, path: Path, new_key: str) -> None:
+    parent = obj if len(path) == 1 else _get_path(obj, path[:-1])
+    old = path[-1]
+    if not isinstance(parent, dict) or old not in parent:
+        raise ValueError("cannot rename a key: its object is gone")
+    name, n = new_key, 2
+    while name in parent and name != old:
+        name = f"{new_key}#{n}"
+        n += 1
+    items = [(name if k == old else k, v) for k, v in parent.items()]
+    parent.clear()
+    parent.update(items)
