@@ -93,13 +93,15 @@ def url(path: str, q: Query | None = None, **extra: Any) -> str:
 
 class Console:
     def __init__(self, store, index: Index, auth: AuditorAuth, access_log: AccessLog,
-                 policy_store: str | Path | None = None, *, refresh_s: float = 0.5) -> None:
+                 policy_store: str | Path | None = None, *, refresh_s: float = 0.5,
+                 witnesses: list[str] | None = None, witness_table: str | None = None) -> None:
         self.store = store
         self.index = index
         self.auth = auth
         self.access_log = access_log
         self.policy_store = Path(policy_store) if policy_store else None
-        self.chain = ChainStatus(store)
+        self.chain = ChainStatus(store, witnesses, witness_table)
+        self.witnesses = list(witnesses or [])
         self.refresh_s = refresh_s
         self._last_refresh = 0.0
         self._refresh_lock = asyncio.Lock()
@@ -208,7 +210,8 @@ class Console:
         return self.render(request, "overview.html", me, status=200, chain=status, fresh=fresh,
                            chain_error=self.chain.error, segments=segs, checkpoints=self.index.last_checkpoints()[:5],
                            hourly=hourly, by_outcome=by_outcome, top_labels=top_labels, top_routes=top_routes,
-                           store=self.store.label, total=self.index.total(), q=q), None
+                           store=self.store.label, total=self.index.total(), q=q,
+                           witness_specs=self.witnesses), None
 
     def _rows(self, rows) -> list[dict]:
         tags = self.index.tags_of([r["id"] for r in rows])

@@ -9,15 +9,17 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ext_proc.console.evidence import StoreStatus, record_seal_checks, verify_store
+from ext_proc.console.evidence import StoreStatus, record_seal_checks, verify_store_with_witnesses
 
 
 class ChainStatus:
     """Verifies in a background thread whenever the store's fingerprint changed; callers get the
     latest finished verdict (waiting a little for a fresh one, which a small store gives at once)."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, witnesses: list[str] | None = None, witness_table: str | None = None) -> None:
         self.store = store
+        self.witnesses = list(witnesses or [])
+        self.witness_table = witness_table
         self._lock = threading.Lock()
         self._done = threading.Condition(self._lock)
         self._status: StoreStatus | None = None
@@ -48,7 +50,8 @@ class ChainStatus:
         """The verifier runs in a child process (spawned: this one has threads): the pages stay
         responsive while it works through a large store, and close() can stop it outright."""
         parent, child = _MP.Pipe(duplex=False)
-        proc = _MP.Process(target=_verify_in_child, args=(child, self.store.spec), daemon=True,
+        proc = _MP.Process(target=_verify_in_child, args=(child, self.store.spec, self.witnesses, self.witness_table),
+                           daemon=True,
                            name="ledgergate-console-verify")
         status, error = None, "verification was stopped"
         try:
@@ -87,11 +90,11 @@ class ChainStatus:
 _MP = multiprocessing.get_context("spawn")
 
 
-def _verify_in_child(conn, spec: tuple[str, str]) -> None:
+def _verify_in_child(conn, spec: tuple[str, str], witnesses: list[str], witness_table: str | None) -> None:
     from ext_proc.console.store import open_store
 
     try:
-        status = verify_store(open_store(*spec).parsed())
+        status = verify_store_with_witnesses(open_store(*spec).parsed(), witnesses, witness_table)
         conn.send(("ok", status))
     except Exception as exc:  # noqa: BLE001 - reported to the page as "could not run"
         conn.send(("error", type(exc).__name__))

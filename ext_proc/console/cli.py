@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", metavar="PATH", help="SQLite index file (default: in the user's cache dir)")
     p.add_argument("--access-log", metavar="PATH",
                    help="where every view is recorded (default: console-access.jsonl beside the index)")
+    p.add_argument("--witness", action="append", default=[], metavar="DIR|DSN",
+                   help="a witness of the checkpoints (repeatable): the store must still extend what it saw")
+    p.add_argument("--witness-table", default=None, help="table of a PostgreSQL witness")
     p.add_argument("--log-level", default="warning")
     return p
 
@@ -56,7 +59,8 @@ def build_console(a: argparse.Namespace):
         raise SystemExit("console: the index must not be inside the audit store")
     access_log = Path(a.access_log) if a.access_log else index_path.with_name("console-access.jsonl")
     auth = AuditorAuth(identity_config(a.config, a.var_dir), role=a.role)
-    return Console(store, Index(index_path), auth, AccessLog(access_log), a.policies), index_path, access_log
+    return Console(store, Index(index_path), auth, AccessLog(access_log), a.policies, witnesses=a.witness,
+                   witness_table=a.witness_table), index_path, access_log
 
 
 def run(argv: list[str]) -> int:

@@ -30,14 +30,59 @@ class SegmentStatus:
 
 
 @dataclass
+class WitnessView:
+    """What a witness holds for one segment: the tree size it last saw and where it came from."""
+    source: str
+    size: int
+
+
+@dataclass
 class StoreStatus:
     segments: dict[str, SegmentStatus]
     records: int
     key_ids: list[str]
+    witnesses: dict[str, list[WitnessView]] = field(default_factory=dict)   # segment name -> views
+    witness_error: str | None = None
 
     @property
     def ok(self) -> bool:
         return all(s.state != "broken" for s in self.segments.values())
+
+
+def load_witness_checkpoints(specs: list[str], table: str | None = None) -> list:
+    """Every checkpoint the witnesses (directories or postgresql:// DSNs) hold."""
+    from ext_proc.audit.checkpoint import load_witness
+
+    out = []
+    for spec in specs:
+        out += load_witness(spec, table)
+    return out
+
+
+def verify_store_with_witnesses(parsed: list[tuple[str, list[bytes], bytes]], specs: list[str],
+                                table: str | None = None) -> StoreStatus:
+    """The verdict with the witnesses' checkpoints: the verifier proves (consistency proofs) that
+    each segment still extends what a witness saw, so a tail removed since fails."""
+    if not specs:
+        return verify_store(parsed)
+    try:
+        checkpoints = load_witness_checkpoints(specs, table)
+    except Exception as exc:  # noqa: BLE001 - an unreadable witness is shown, never ignored silently
+        status = verify_store(parsed)
+        status.witness_error = f"witness unreadable: {exc}"
+        return status
+    from ext_proc.audit.verify import lines_segment, verify_store_segments
+
+    rep = verify_store_segments([lines_segment(n, ls, t) for n, ls, t in parsed], jobs=1, checkpoints=checkpoints)
+    status = _from_segment_status(rep, parsed)
+    by_id = {(st.writer_id, st.segment_id): st.name for st in rep.segment_status}
+    for cp in checkpoints:
+        name = by_id.get((cp.writer_id, cp.segment_id))
+        if name is not None:
+            status.witnesses.setdefault(name, []).append(WitnessView(cp.source, cp.size))
+    if not rep.ok and rep.first is not None and rep.first.line is None:
+        status.witness_error = str(rep.first)   # e.g. a witnessed segment missing from the store
+    return status
 
 
 def verify_store(parsed: list[tuple[str, list[bytes], bytes]]) -> StoreStatus:

@@ -223,3 +223,34 @@ def test_a_record_changed_under_the_index_is_read_again_from_the_store(env):
         # At once (inside the index's refresh interval): the page shows what the store now holds.
         page = c.get(f"/request/{rid}", headers=h).text
         assert "carox" in page and 'record-state">broken' in page
+
+
+def test_the_witnesses_view_and_a_tail_removed_since_they_saw_it(env):
+    import io as _io
+
+    from ext_proc.audit.cli import run as audit_run
+
+    audit, witness = env["tmp"] / "open-store", env["tmp"] / "witness"
+    write_sample_store(audit, requests=40, start_ms=START, span_ms=HOUR, close=False)
+    assert audit_run(["checkpoint", str(audit), "--out", str(witness)], out=_io.StringIO(), err=_io.StringIO()) == 0
+    assert len(list(witness.glob("*.checkpoint"))) == 2
+    h = {"authorization": f"Bearer {env['token']()}"}
+
+    def console():
+        store = FileStore(audit)
+        c = Console(store, Index(env["tmp"] / "cache" / f"{uuid.uuid4().hex}.sqlite"),
+                    AuditorAuth(identity_config(None, env["var"])), AccessLog(env["tmp"] / "access.jsonl"),
+                    witnesses=[str(witness)])
+        return TestClient(create_app(c))
+
+    seg = sorted(audit.glob("*.jsonl"))[0]
+    lines = seg.read_bytes().splitlines(keepends=True)
+    with console() as c:
+        page = c.get("/", headers=h).text
+    assert page.count('class="badge verified"') == 2 and 'class="badge broken"' not in page
+    assert f"tree size {len(lines)}" in page and str(witness) in page
+    seg.write_bytes(b"".join(lines[:-3]))   # the last three records removed: the chain alone cannot tell
+    with console() as c:
+        page = c.get("/", headers=h).text
+    row = page.split(f'data-segment="{seg.name}"')[1].split("</tr>")[0]
+    assert 'class="badge broken"' in row
