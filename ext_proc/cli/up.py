@@ -482,6 +482,14 @@ def start_console(args: argparse.Namespace, var_dir: Path, audit: dict,
            "--policies", str(var_dir / "policy-store"), "--listen", f"127.0.0.1:{port}",
            "--index", str(var_dir / "console" / "index.sqlite"),
            "--access-log", str(var_dir / "console" / "access.jsonl")]
+    # The witnesses the workers publish checkpoints to, as the console's view of them (a directory
+    # or PostgreSQL; an HTTP tlog-witness cannot be read back).
+    witnesses = audit.get("witness") or []
+    for w in witnesses if isinstance(witnesses, list) else [witnesses]:
+        if isinstance(w, dict) and (w.get("dir") or w.get("dsn")):
+            cmd += ["--witness", str(w.get("dir") or w.get("dsn"))]
+            if w.get("table"):
+                cmd += ["--witness-table", str(w["table"])]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     try:
         _wait_port(port, time.time() + 30, proc, "the console")
