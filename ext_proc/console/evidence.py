@@ -133,7 +133,7 @@ def _from_segment_status(rep, parsed) -> StoreStatus:
     warnings, closed by a checkpoint) is read directly."""
     out: dict[str, SegmentStatus] = {}
     for st in rep.segment_status:
-        notes = list(st.warnings)
+        notes = [w.removeprefix(f"{st.name}: ") for w in st.warnings]   # the row already names it
         if not st.ok:
             p = st.problem
             out[st.name] = SegmentStatus(st.name, st.records, "broken", getattr(p, "line", None),
