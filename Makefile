@@ -68,6 +68,13 @@ bench-abuse: $(STAMP)
 bench-peers: $(STAMP)
 	$(PY) tests/bench/bench_peers.py
 
+# The console's browser tests need Debian's headless Chromium and its driver (installed when missing).
+.PHONY: browser
+test test-e2e: browser
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update && apt-get install -y chromium chromium-driver)
+
 clean:
 	rm -rf $(VENV) var build *.egg-info
 

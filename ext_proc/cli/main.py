@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "cache":
         from ext_proc.cache.cli import run
         return run(argv[1:])
+    if argv and argv[0] == "console":
+        from ext_proc.console.cli import run
+        return run(argv[1:])
 
     p = argparse.ArgumentParser(prog="ledgergate", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--ext-proc-port", type=int, default=50051, help="first ext_proc worker port (default: %(default)s)")
     up.add_argument("--mock-port", type=int, default=18080, help="built-in mock providers port (default: %(default)s)")
     up.add_argument("--metrics-port", type=int, default=9464, help="Prometheus metrics port (first worker) (default: %(default)s)")
+    up.add_argument("--console-port", type=int, default=8600,
+                    help="the auditor's console on 127.0.0.1, 0: do not start it (default: %(default)s)")
     up.add_argument("--workers", type=int, default=1, help="ext_proc worker processes (one port each) (default: %(default)s)")
     up.add_argument("--var-dir", default="var", help="generated dev material and state (default: %(default)s)")
     up.add_argument("--envoy-config", default=None, help="Envoy config template (omitted: envoy/local.yaml)")
@@ -182,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, what in (("classify", "classify text: findings as JSON, or --redact"),
                        ("policy", "policy check | test | explain"),
                        ("audit", "audit verify | replay | show | export | checkpoint"),
-                       ("cache", "cache purge [--tenant T] [--model M]")):
+                       ("cache", "cache purge [--tenant T] [--model M]"),
+                       ("console", "the auditor's console: a read-only web view of the audit evidence")):
         sub.add_parser(name, help=what, add_help=False)
 
     args = p.parse_args(argv)

@@ -411,6 +411,7 @@ def run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, reload)
+    console = None
     try:
         if len(upstreams) < len(PROVIDERS):
             from ext_proc.providers.mock import MockProviderServer
@@ -429,7 +430,9 @@ def run_up(args: argparse.Namespace) -> int:
                                   "--concurrency", "2", "--base-id", str(args.admin_port)], env=env)
         procs.append(("envoy", envoy))
         _wait_envoy_ready(args.admin_port, deadline, envoy)
+        console = start_console(args, var_dir, overrides["audit"], env)
         print_ready(args, var_dir)
+        print_console(console, var_dir)
         while True:
             for name, p in procs:
                 if p.poll() is not None:
@@ -439,6 +442,7 @@ def run_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        stop_console(console)
         shutdown()
 
 
@@ -458,3 +462,59 @@ print(c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user",
 
   .venv/bin/ledgergate audit verify {args.audit_dir or var_dir / 'audit'}
 Ctrl-C stops the stack.""", flush=True)
+
+
+# The auditor's console beside the stack (read only, loopback). Not one of the stack's vital
+# processes: a console that cannot start (its port taken) is reported and the stack runs on.
+def start_console(args: argparse.Namespace, var_dir: Path, audit: dict,
+                  env: dict) -> tuple[subprocess.Popen, str] | None:
+    port = getattr(args, "console_port", 0)
+    if not port:
+        return None
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            print(f"ledgergate up: port {port} is taken; the console is not started (--console-port)",
+                  file=sys.stderr)
+            return None
+    store = audit.get("dsn") if audit.get("sink") == "postgres" else audit.get("dir")
+    cmd = [sys.executable, "-m", "ext_proc.cli.main", "console", "--audit", str(store),
+           "--table", str(audit.get("table", "ledgergate_audit")), "--var-dir", str(var_dir),
+           "--policies", str(var_dir / "policy-store"), "--listen", f"127.0.0.1:{port}",
+           "--index", str(var_dir / "console" / "index.sqlite"),
+           "--access-log", str(var_dir / "console" / "access.jsonl")]
+    # The witnesses the workers publish checkpoints to, as the console's view of them (a directory
+    # or PostgreSQL; an HTTP tlog-witness cannot be read back).
+    witnesses = audit.get("witness") or []
+    for w in witnesses if isinstance(witnesses, list) else [witnesses]:
+        if isinstance(w, dict) and (w.get("dir") or w.get("dsn")):
+            cmd += ["--witness", str(w.get("dir") or w.get("dsn"))]
+            if w.get("table"):
+                cmd += ["--witness-table", str(w["table"])]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    try:
+        _wait_port(port, time.time() + 30, proc, "the console")
+    except SystemExit as exc:
+        print(f"ledgergate up: {exc}; the stack runs without it", file=sys.stderr)
+        stop_console((proc, ""))
+        return None
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def print_console(console: tuple[subprocess.Popen, str] | None, var_dir: Path) -> None:
+    if console is None:
+        return
+    from ext_proc.identity.dev import mint_dev_token
+
+    token = mint_dev_token(var_dir / "dev", sub="dev-auditor", roles=["auditor"], ttl_s=12 * 3600, now=time.time())
+    print(f"""
+Auditor's console: {console[1]}  (sign in with this dev auditor token, valid 12 h)
+  {token}""", flush=True)
+
+
+def stop_console(console: tuple[subprocess.Popen, str] | None) -> None:
+    if console is not None and console[0].poll() is None:
+        console[0].terminate()
+        try:
+            console[0].wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            console[0].kill()
