@@ -244,7 +244,8 @@ def test_console_refuses_a_token_without_the_auditor_role(stack, tmp_path):
         d.get(base + "/login")
         d.find_element(By.ID, "token").send_keys(stack.token(sub="mallory", roles="developer"))
         d.find_element(By.ID, "signin").click()
-        assert "auditor" in d.find_element(By.ID, "login-error").text
+        error = WebDriverWait(d, 10).until(EC.presence_of_element_located((By.ID, "login-error")))
+        assert "auditor" in error.text
         d.get(base + "/search")
         assert "/login" in d.current_url
     finally:
