@@ -368,3 +368,26 @@ def test_long_texts_split_at_their_ends_are_found_with_bounded_views():
     parsed = parse_request(match_surface("POST", "/v1/chat/completions"), json.dumps(body).encode())
     views = read_document(parsed).reading_views(edge=12_288)
     assert len(views[0].text) > 3 * 54_000 and all(len(w.text) < 6 * 12_300 for w in views[1:])
+
+
+@pytest.mark.parametrize("name,body,expect_status", [
+    ("more strings than the walk takes",
+     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+      "metadata": {f"k{i}": "v" for i in range(60_000)}}, 400),
+    ("a string of JSON nested past the depth limit is read as a plain string",
+     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "[" * 200 + "]" * 200}]}, 200),
+    ("a data URL whose base64 is broken is read as a plain string",
+     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
+         {"type": "image_url", "image_url": {"url": "data:text/plain;base64,@@@not base64@@@ 4111 1111 1111 1111"}}]}]},
+     403),
+    ("a data URL with no comma is read as a plain string",
+     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
+         {"type": "image_url", "image_url": {"url": "data:text/plain;base64 AKIAIOSFODNN7QWERTYZ"}}]}]}, 403),
+    ("a charset that is not a codec falls back to UTF-8",
+     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
+         {"type": "image_url", "image_url": {"url": "data:text/plain;charset=x-unknown;base64,"
+                                             + base64.b64encode(b"card 4111 1111 1111 1111").decode()}}]}]}, 403),
+])
+def test_hostile_document_shapes_are_bounded_and_never_skip_inspection(name, body, expect_status):
+    v = decide(json.dumps(body).encode())
+    assert v.status == expect_status or (expect_status == 200 and v.forward), (name, v.status, v.code)
