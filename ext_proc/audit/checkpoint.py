@@ -223,35 +223,3 @@ class HttpWitness:
         body = f"old {old}\n".encode() + b"".join(base64.b64encode(p) + b"\n" for p in proof) + b"\n" + note
         return httpx.post(self.url, content=body, timeout=self.timeout_s,
                           headers={"content-type": "text/plain; charset=utf-8"})
-
-
-def open_witnesses(config) -> list:
-    """`audit.witness` as one mapping or a list of them: {dir: PATH}, {dsn: postgresql://...,
-    table: NAME} or {url: https://witness.example/prefix} (a C2SP tlog-witness)."""
-    if not config:
-        return []
-    items = config if isinstance(config, list) else [config]
-    out = []
-    for item in items:
-        if isinstance(item, dict) and "dir" in item:
-            out.append(DirectoryWitness(item["dir"]))
-        elif isinstance(item, dict) and "url" in item:
-            out.append(HttpWitness(item["url"], timeout_s=float(item.get("timeout_s", 5))))
-        elif isinstance(item, dict) and "dsn" in item:
-            from ext_proc.audit.postgres import DEFAULT_WITNESS_TABLE, PostgresWitness
-
-            out.append(PostgresWitness(item["dsn"], item.get("table", DEFAULT_WITNESS_TABLE)))
-        else:
-            raise ValueError("audit.witness: each witness needs `dir` (a directory outside the audit store), "
-                             "`dsn` (a PostgreSQL server other than the audit store's) or `url` (a C2SP "
-                             "tlog-witness)")
-    return out
-
-
-def load_witness(spec: str, table: str | None = None) -> list[Checkpoint]:
-    """Every checkpoint a witness holds: a directory or a postgresql:// DSN."""
-    if spec.startswith(("postgresql://", "postgres://")):
-        from ext_proc.audit.postgres import DEFAULT_WITNESS_TABLE, load_postgres_witness
-
-        return load_postgres_witness(spec, table or DEFAULT_WITNESS_TABLE)
-    return load_witness_dir(spec)

@@ -175,7 +175,8 @@ def run(argv: list[str], *, out: TextIO | None = None, err: TextIO | None = None
 
 
 def _verify(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ext_proc.audit.checkpoint import CheckpointError, load_checkpoint_file, load_witness
+    from ext_proc.audit.checkpoint import CheckpointError, load_checkpoint_file
+    from ext_proc.audit.witness import load_witness
 
     try:
         checkpoints = [load_checkpoint_file(f) for f in a.checkpoint]

@@ -330,7 +330,7 @@ class AuditLog:
 
 def open_audit_log(config: dict, *, signing_key_path: str, writer_id: str) -> AuditLog:
     sink_kind = config.get("sink", "file")
-    from ext_proc.audit.checkpoint import open_witnesses
+    from ext_proc.audit.witness import open_witnesses
 
     witness_cfg = config.get("witness")
     witnesses = open_witnesses(witness_cfg)

@@ -8,6 +8,8 @@ import json
 
 import psycopg
 
+from ext_proc.audit.segments import Segment, StoreNotFound
+
 DEFAULT_TABLE = "ledgergate_audit"
 
 SCHEMA_SQL = """
@@ -83,7 +85,6 @@ def stream_segments(dsn: str, table: str = DEFAULT_TABLE) -> list:
     """The table's segments for the streaming verifier: each segment's rows are read a page at a
     time (keyset on seq), so memory stays bounded whatever the table's size. A missing table or an
     unreachable server raises StoreNotFound."""
-    from ext_proc.audit.verify import Segment, StoreNotFound
 
     table = _table(table)
     try:

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         from ext_proc.audit.cli import run
         return run(argv[1:])
     if argv and argv[0] == "cache":
-        from ext_proc.cache.cli import run
+        from ext_proc.cli.cache import run
         return run(argv[1:])
     if argv and argv[0] == "console":
         from ext_proc.console.cli import run

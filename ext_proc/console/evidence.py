@@ -51,7 +51,7 @@ class StoreStatus:
 
 def load_witness_checkpoints(specs: list[str], table: str | None = None) -> list:
     """Every checkpoint the witnesses (directories or postgresql:// DSNs) hold."""
-    from ext_proc.audit.checkpoint import load_witness
+    from ext_proc.audit.witness import load_witness
 
     out = []
     for spec in specs:

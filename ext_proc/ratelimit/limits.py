@@ -218,12 +218,3 @@ class MemoryLimiter:
     async def close(self) -> None:
         pass
 
-
-def open_limiter(config: Mapping | None):
-    backend = (config or {}).get("backend", "memory")
-    if backend == "memory":
-        return MemoryLimiter()
-    if backend == "redis":
-        from ext_proc.ratelimit.redis_backend import RedisLimiter
-        return RedisLimiter((config or {}).get("url", "redis://127.0.0.1:6379/0"))
-    raise ValueError(f"ratelimit.backend {backend!r}: expected memory or redis")

@@ -211,7 +211,7 @@ def test_a_reserialised_and_altered_record_is_still_caught(seg):
 
 @pytest.mark.parametrize("tamper", ["flip", "swap", "drop", "sig"])
 def test_parallel_verification_reports_the_same_first_problem(tmp_path, tamper, monkeypatch):
-    from ext_proc.audit import verify as verify_mod
+    from ext_proc.audit import segments as segments_mod, verify as verify_mod
     d = tmp_path / "audit"
     path = write_log(d, n=300)
     ls = lines(path)
@@ -229,18 +229,18 @@ def test_parallel_verification_reports_the_same_first_problem(tmp_path, tamper, 
     path.write_bytes(b"\n".join(ls) + b"\n")
     sequential = verify_mod.verify_segments(_segments(d), jobs=1)
     monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD_BYTES", 10)
-    monkeypatch.setattr(verify_mod, "_MAX_CHUNK", 37)
+    monkeypatch.setattr(segments_mod, "_MAX_CHUNK", 37)
     parallel = verify_mod.verify_segments(_segments(d), jobs=2)
     assert not sequential.ok
     assert (parallel.ok, parallel.problem, parallel.records) == (sequential.ok, sequential.problem, sequential.records)
 
 
 def test_parallel_verification_of_an_intact_log(tmp_path, monkeypatch):
-    from ext_proc.audit import verify as verify_mod
+    from ext_proc.audit import segments as segments_mod, verify as verify_mod
     d = tmp_path / "audit"
     write_log(d, n=120)
     monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD_BYTES", 10)
-    monkeypatch.setattr(verify_mod, "_MAX_CHUNK", 16)
+    monkeypatch.setattr(segments_mod, "_MAX_CHUNK", 16)
     rep = verify_mod.verify_segments(_segments(d), jobs=2)
     assert rep.ok and rep.records == 122  # genesis + 120 + closing checkpoint
 
