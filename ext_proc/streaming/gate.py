@@ -227,7 +227,9 @@ class TextGate:
                             break
                 if cut <= 0:
                     break
-                if 0xD800 <= ord(window[base + cut - 1]) <= 0xDBFF and cut > 1:
+                if 0xD800 <= ord(window[base + cut - 1]) <= 0xDBFF:
+                    if cut == 1:
+                        break                     # the high half alone: wait for what follows it
                     cut -= 1                      # never split a surrogate pair
             decided = [f for f in findings if f.end > base and f.start < base + cut]
             for f in decided:

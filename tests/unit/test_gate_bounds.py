@@ -3,7 +3,6 @@ on listed redaction records, and a release never ending between the halves of a 
 
 from __future__ import annotations
 
-import pytest
 
 from ext_proc.streaming.gate import MAX_REDACTION_RECORDS, Ledger, ScanPolicy, TextGate
 from tests.unit.test_prefix_hold import CLF, KEY
@@ -18,10 +17,6 @@ def test_redaction_records_are_listed_up_to_the_cap_then_counted():
     assert ledger.redactions[-1]["start"] == 999
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gate.py backs the cut off the high half, then the same _release loop runs again on the "
-    "hold + 1 characters left and releases the high half alone (cut == 1 skips the guard); found by "
-    "the mutation run, left to the streaming owner. Strict: this fails once fixed, remove the mark."))
 def test_a_release_never_ends_on_the_first_half_of_a_surrogate_pair():
     """Text decoded from UTF-16 escapes may hold a pair as two code points; the cut of a release
     falls before the high half, so no released piece ends with half a character."""
