@@ -12,6 +12,21 @@ from ext_proc.audit.segments import Segment, StoreNotFound
 
 DEFAULT_TABLE = "ledgergate_audit"
 
+# A table whose rows can only be added: the same triggers for the audit records and the witness's
+# checkpoints (UPDATE, DELETE and TRUNCATE raise).
+APPEND_ONLY_SQL = """
+CREATE OR REPLACE FUNCTION {table}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'ledgergate {what} are append-only';
+END $$;
+DROP TRIGGER IF EXISTS {table}_no_change ON {table};
+CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}
+  FOR EACH ROW EXECUTE FUNCTION {table}_append_only();
+DROP TRIGGER IF EXISTS {table}_no_truncate ON {table};
+CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+  FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only();
+"""
+
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS {table} (
     writer_id  text   NOT NULL,
@@ -22,17 +37,13 @@ CREATE TABLE IF NOT EXISTS {table} (
     PRIMARY KEY (writer_id, segment_id, seq)
 );
 CREATE INDEX IF NOT EXISTS {table}_request_id ON {table} (request_id);
-CREATE OR REPLACE FUNCTION {table}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  RAISE EXCEPTION 'ledgergate audit records are append-only';
-END $$;
-DROP TRIGGER IF EXISTS {table}_no_change ON {table};
-CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}
-  FOR EACH ROW EXECUTE FUNCTION {table}_append_only();
-DROP TRIGGER IF EXISTS {table}_no_truncate ON {table};
-CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
-  FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only();
-"""
+{append_only}"""
+
+
+def schema_sql(table: str) -> str:
+    """The audit table, its index and its append-only triggers."""
+    return SCHEMA_SQL.format(table=table, append_only=APPEND_ONLY_SQL.format(table=table, what="audit records"))
+
 
 ROLE_SQL = """
 -- The role ledgergate connects as: it can append and read, never change or remove.
@@ -58,7 +69,7 @@ class PostgresSink:
     def open(self, writer_id: str, segment_id: str) -> None:
         self._conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=3)
         with self._conn.transaction():
-            self._conn.execute(SCHEMA_SQL.format(table=self.table))
+            self._conn.execute(schema_sql(self.table))
 
     def write_batch(self, lines: list[bytes]) -> None:
         assert self._conn is not None
@@ -152,17 +163,12 @@ CREATE TABLE IF NOT EXISTS {table} (
     published_ms bigint NOT NULL,
     PRIMARY KEY (origin, tree_size)
 );
-CREATE OR REPLACE FUNCTION {table}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  RAISE EXCEPTION 'ledgergate checkpoints are append-only';
-END $$;
-DROP TRIGGER IF EXISTS {table}_no_change ON {table};
-CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}
-  FOR EACH ROW EXECUTE FUNCTION {table}_append_only();
-DROP TRIGGER IF EXISTS {table}_no_truncate ON {table};
-CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
-  FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only();
-"""
+{append_only}"""
+
+
+def witness_sql(table: str) -> str:
+    """A witness's checkpoint table and its append-only triggers."""
+    return WITNESS_SQL.format(table=table, append_only=APPEND_ONLY_SQL.format(table=table, what="checkpoints"))
 
 
 class PostgresWitness:
@@ -185,7 +191,7 @@ class PostgresWitness:
         with psycopg.connect(self.dsn, connect_timeout=3, autocommit=False) as conn:
             with conn.transaction():
                 if not self._ready:
-                    conn.execute(WITNESS_SQL.format(table=self.table))
+                    conn.execute(witness_sql(self.table))
                 conn.execute(f"INSERT INTO {self.table} (origin, tree_size, note, published_ms) "
                              "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                              (origin, size, note.decode(), int(time.time() * 1000)))

@@ -582,6 +582,17 @@ def _set_path(obj: Any, path: Path, value: Any, *, create: bool) -> None:
         raise ValueError(f"cannot set {_where(path)}")
 
 
+def field_changes(body: Any, set_fields: Mapping[tuple, object]) -> list[tuple[Path, Any, bool]]:
+    """(path, value, create) for each field to set that BODY does not already hold as is."""
+    out: list[tuple[Path, Any, bool]] = []
+    for path, value in set_fields.items():
+        path = tuple(path)
+        current = _get_path(body, path)
+        if current is _MISSING or type(current) is not type(value) or current != value:
+            out.append((path, value, True))
+    return out
+
+
 def _render(parsed: ParsedRequest | ParsedResponse, replacements: Mapping[int, str],
             set_fields: Mapping[tuple, object]) -> bytes:
     changes: list[tuple[Path, Any, bool]] = []
@@ -591,11 +602,7 @@ def _render(parsed: ParsedRequest | ParsedResponse, replacements: Mapping[int, s
         seg = parsed.segments[idx]
         if text != seg.text:
             changes.append((seg.path, text, False))
-    for path, value in set_fields.items():
-        path = tuple(path)
-        current = _get_path(parsed.body, path)
-        if current is _MISSING or type(current) is not type(value) or current != value:
-            changes.append((path, value, True))
+    changes += field_changes(parsed.body, set_fields)
     if not changes and parsed.raw:
         return parsed.raw  # byte-identical: nothing to change
     obj = copy.deepcopy(parsed.body)

@@ -40,9 +40,9 @@ from ext_proc.providers.adapters import (
     Path,
     TextSegment,
     _dump,
-    _set_path,
     _get_path,
-    _MISSING,
+    _set_path,
+    field_changes,
 )
 
 MAX_ATTACHMENT_BYTES = 4 * 1024 * 1024
@@ -418,11 +418,7 @@ def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[
             values.append((seg.path, encode_attachment(text, doc.encodings[idx]), False))
         else:
             values.append((seg.path, text, False))
-    for path, value in set_fields.items():
-        path = tuple(path)
-        current = _get_path(parsed.body, path)
-        if current is _MISSING or type(current) is not type(value) or current != value:
-            values.append((path, value, True))
+    values += field_changes(parsed.body, set_fields)
     if not values and not renames and parsed.raw:
         return parsed.raw
     obj = copy.deepcopy(parsed.body)

@@ -131,7 +131,7 @@ def test_policies_in_force_and_their_diff(env):
 @pytest.mark.postgres
 def test_console_over_the_postgresql_store(env):
     psycopg = pytest.importorskip("psycopg")
-    from ext_proc.audit.postgres import SCHEMA_SQL
+    from ext_proc.audit.postgres import schema_sql
 
     dsn = "postgresql://postgres@127.0.0.1:5432/test"
     table = f"lg_console_t{uuid.uuid4().hex[:10]}"
@@ -144,7 +144,7 @@ def test_console_over_the_postgresql_store(env):
 
     def insert(batch):
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(SCHEMA_SQL.format(table=table))
+            conn.execute(schema_sql(table))
             with conn.cursor() as cur:
                 cur.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s, %s, %s)", batch)
     insert(first)
