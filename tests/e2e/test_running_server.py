@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from urllib.parse import quote
@@ -63,7 +64,9 @@ def test_the_process_logs_hold_no_prompt_reply_secret_or_credential(server):
     r = _post(s, token, _chat(f"{word('prompt')} write to {local}@example.com"))
     assert r.status_code == 200
     # Denied for a secret in the prompt.
-    aws_key = "AKIA" + "".join(c for c in unique_marker("k").upper() if c.isalpha())[:16].ljust(16, "Q")
+    # Sixteen distinct characters: a random pick with repeats can fall under the classifier's
+    # entropy gate (3 bits per character) and read as a placeholder, which made this test flaky.
+    aws_key = "AKIA" + "".join(random.sample("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16))
     secrets.append(aws_key)
     r = _post(s, token, _chat(f"{word('denied')} use {aws_key} please"))
     assert r.status_code == 403
