@@ -46,14 +46,28 @@ PROVIDER_PATHS = {
     "openai": None,
 }
 
-# status -> message (the code is Envoy's %RESPONSE_CODE_DETAILS%, e.g. request_payload_too_large).
-_MESSAGES = {
-    413: "the request body is larger than the gateway accepts",
-    400: "the gateway refused a malformed request",
-    503: "the gateway cannot take the request now; retry after the delay in retry-after",
-    500: "the gateway failed to process the request",
-    404: "the gateway found no route for the request",
+# status -> (reason, message): the reason names the decision in ledgergate's records
+# (`envoy_<reason>`); the message is what the client reads (Envoy's own text is not shown).
+REASONS = {
+    413: ("request_too_large", "the request body is larger than the gateway accepts"),
+    400: ("bad_request", "the gateway refused a malformed request"),
+    431: ("request_headers_too_large", "the request headers are larger than the gateway accepts"),
+    404: ("no_route", "the gateway found no route for the request"),
+    408: ("request_timeout", "the request did not arrive in time"),
+    503: ("unavailable", "the gateway cannot take the request now; retry after the delay in retry-after"),
+    504: ("timeout", "the gateway timed out"),
+    500: ("error", "the gateway failed to process the request"),
 }
+_MESSAGES = {status: message for status, (_reason, message) in REASONS.items()}
+
+
+def reason_for(status: int, details: str = "") -> tuple[str, str]:
+    """(reason, message) of an Envoy reply with STATUS and response code DETAILS."""
+    if details.startswith("ext_proc_error"):
+        return "processor_error", _MESSAGES[503 if status == 503 else 500]
+    if status in REASONS:
+        return REASONS[status]
+    return ("error", _MESSAGES[500]) if status >= 500 else ("client_error", _MESSAGES[400])
 
 
 def _cel(expression: str) -> dict:
@@ -105,14 +119,22 @@ def local_reply_mappers() -> list[dict]:
 
 
 # The access log that records Envoy's replies ledgergate never sees: a request Envoy refused
-# before the filter chain (a codec error: response flag DPE) or one it answered because ledgergate
+# before the filter chain (a path with `#`, a codec error) or one it answered because ledgergate
 # failed (ext_proc_error...). Envoy's replies to requests ledgergate did see (413 over the buffer
-# limit, 400 for a bad path) reach ledgergate's response phase and are recorded there, before
-# the client gets them (server/local_reply.py).
-UNSEEN_BY_LEDGERGATE = ("response.code_details.startsWith('ext_proc_error') || "
-                        "response.code_details.startsWith('http1.') || "
-                        "response.code_details.startsWith('http2.') || "
-                        "response.code_details.startsWith('codec_error')")
+# limit) reach ledgergate's response phase and are recorded there, before the client gets them
+# (server/local_reply.py); so are the upstream errors after a request was released (the outcome
+# record's `error`).
+# Listed by Envoy's response code details: the connection manager's own checks before the filter
+# chain (a path it cannot normalize, e.g. one with `#`; codec errors) and ext_proc failures.
+UNSEEN_BY_LEDGERGATE = " || ".join([
+    "response.code_details.startsWith('ext_proc_error')",
+    "response.code_details == 'path_normalization_failed'",
+    "response.code_details.startsWith('http1.')",
+    "response.code_details.startsWith('http2.')",
+    "response.code_details.startsWith('codec_error')",
+    "response.code_details.startsWith('missing_host_header')",
+    "response.code_details.startsWith('missing_path')",
+])
 ACCESS_LOG_NAME = "ledgergate.local_replies"
 
 
