@@ -86,9 +86,8 @@ def _body_format(provider: str, status: int, message: str) -> tuple[dict, list[d
 
 def _mapper(provider: str, condition: str, status: int, message: str, *, rewrite_status: int | None = None,
             retry: bool = False, catch_all: bool = False) -> dict:
-    when = [OWN_REPLY, condition]
-    if PROVIDER_PATHS[provider]:
-        when.insert(1, PROVIDER_PATHS[provider])
+    path = PROVIDER_PATHS[provider]
+    when = [OWN_REPLY, condition] if path is None else [OWN_REPLY, path, condition]
     fmt, headers = _body_format(provider, status, message)
     if catch_all and provider == "gemini":
         fmt["json_format"]["error"]["code"] = "%RESPONSE_CODE%"   # a number: Envoy keeps its type
@@ -126,15 +125,14 @@ def local_reply_mappers() -> list[dict]:
 # record's `error`).
 # Listed by Envoy's response code details: the connection manager's own checks before the filter
 # chain (a path it cannot normalize, e.g. one with `#`; codec errors) and ext_proc failures.
-UNSEEN_BY_LEDGERGATE = " || ".join([
-    "response.code_details.startsWith('ext_proc_error')",
-    "response.code_details == 'path_normalization_failed'",
-    "response.code_details.startsWith('http1.')",
-    "response.code_details.startsWith('http2.')",
-    "response.code_details.startsWith('codec_error')",
-    "response.code_details.startsWith('missing_host_header')",
-    "response.code_details.startsWith('missing_path')",
-])
+_UNSEEN = ("response.code_details.startsWith('ext_proc_error')",
+           "response.code_details == 'path_normalization_failed'",
+           "response.code_details.startsWith('http1.')",
+           "response.code_details.startsWith('http2.')",
+           "response.code_details.startsWith('codec_error')",
+           "response.code_details.startsWith('missing_host_header')",
+           "response.code_details.startsWith('missing_path')")
+UNSEEN_BY_LEDGERGATE = " || ".join(_UNSEEN)
 ACCESS_LOG_NAME = "ledgergate.local_replies"
 
 

@@ -78,8 +78,8 @@ async def answer_envoy_reply(exchange, req: pb.ProcessingRequest) -> list[pb.Pro
     head = exchange.head
     headers = headers_to_dict(req.response_headers.headers)
     status = int((headers.get(":status") or ["0"])[0] or 0) or 500
-    flags = (headers.get("x-ledgergate-upstream-flags") or [None])[0]
-    verdict = _envoy_verdict(exchange.rt, head, exchange.identity, status, "", flags)
+    flags = headers.get("x-ledgergate-upstream-flags")
+    verdict = _envoy_verdict(exchange.rt, head, exchange.identity, status, "", flags[0] if flags else None)
     log.info("envoy_reply_recorded", request_id=head.request_id, status=status, code=verdict.code)
     return [await exchange._finish_rejected(verdict)]
 

@@ -54,7 +54,7 @@ def wait_for(predicate, timeout: float = 10.0):
 
 def verify(audit_dir) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ext_proc.cli.main", "audit", "verify", str(audit_dir)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def raw_http(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
@@ -174,7 +174,7 @@ def test_a_request_during_drain_gets_a_recorded_503_with_retry_after(tmp_path):
         t.start()
         wait_for(lambda: s.mock_requests())   # the slow request reached the provider
         worker = subprocess.run(["pgrep", "-f", str(s.var_dir / "run" / "ledgergate-w0.yaml")],
-                                capture_output=True, text=True).stdout.split()
+                                capture_output=True, text=True, check=False).stdout.split()
         assert len(worker) == 1
         os.kill(int(worker[0]), signal.SIGTERM)
         wait_for(lambda: b"ledgergate_draining" in s.log_path.read_bytes())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
