@@ -27,7 +27,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 import structlog
@@ -223,7 +223,7 @@ class DrainGate(pb_grpc.ExternalProcessorServicer):
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def _refuse(self, request_iterator, context):
@@ -242,7 +242,9 @@ class DrainGate(pb_grpc.ExternalProcessorServicer):
                 # Envoy answers a failed stream with a provider-shaped 503 (local_reply_config).
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "draining; audit store unavailable")
             log.info("request_refused_draining", request_id=head.request_id)
-            from ext_proc.server.servicer import _immediate   # the servicer imports this module
+            from ext_proc.server.servicer import (
+                _immediate,  # the servicer imports this module
+            )
 
             yield _immediate(verdict, head.request_id)
             return

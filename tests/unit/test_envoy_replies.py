@@ -17,14 +17,18 @@ from google.protobuf import struct_pb2, wrappers_pb2
 from ext_proc.audit.verify import verify_store
 from ext_proc.cli.devmaterial import ensure_dev_material
 from ext_proc.providers import envoy_replies
-from ext_proc.providers.envoy_replies import (ACCESS_LOG_NAME, OWN_REPLY, PROCESSOR_UNAVAILABLE, RETRY_AFTER_S,
-                                              local_reply_mappers)
+from ext_proc.providers.envoy_replies import (
+    ACCESS_LOG_NAME,
+    OWN_REPLY,
+    PROCESSOR_UNAVAILABLE,
+    RETRY_AFTER_S,
+    local_reply_mappers,
+)
 from ext_proc.server.config import load_config
 from ext_proc.server.local_reply import DrainGate, EnvoyReplyLog, envoy_reply_record
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.servicer import Servicer
 from tests.support import REPO
-
 
 # --- the mappers ------------------------------------------------------------------------------
 
