@@ -219,3 +219,27 @@ def test_an_unreachable_ledgergate_is_a_provider_shaped_503_with_retry_after(tmp
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# --- an upstream Envoy cannot reach: its 503 in the provider's format, retry-after, on record ----
+
+def test_an_unreachable_provider_is_a_provider_shaped_503_with_retry_after(tmp_path):
+    (closed,) = free_ports(1)
+    s = start_stack(tmp_path, f"--upstream=anthropic=http://127.0.0.1:{closed}")
+    try:
+        client = anthropic.Anthropic(base_url=s.base_url, api_key=s.token(), max_retries=0, timeout=30)
+        with pytest.raises(anthropic.APIStatusError) as err:
+            client.messages.create(model="claude-3-5-haiku-latest", max_tokens=16,
+                                   messages=[{"role": "user", "content": "anyone there?"}])
+        assert err.value.status_code == 503
+        assert err.value.response.headers["retry-after"] == "1"
+        assert err.value.body["error"]["type"] == "overloaded_error"
+        rid = err.value.response.headers["x-request-id"]
+        # Released by ledgergate, answered by Envoy: the outcome record names why.
+        outcome = wait_for(lambda: [x for x in s.audit_records()
+                                    if x.get("request_id") == rid and x["kind"] == "outcome"])
+        assert outcome[0]["status"] == 503 and outcome[0]["error"] == "upstream_connection_failure"
+        stats = httpx.get(f"http://127.0.0.1:{s.admin_port}/stats?filter=grpc_access_log", timeout=5).text
+        assert "logs_dropped" in stats, stats
+    finally:
+        s.stop()
