@@ -228,6 +228,11 @@ class DrainGate(pb_grpc.ExternalProcessorServicer):
 
     async def _refuse(self, request_iterator, context):
         async for req in request_iterator:
+            if req.WhichOneof("request") == "response_headers":
+                # Envoy's own reply to a request it refused before the filter chain: as ever.
+                async for r in pass_envoy_reply(request_iterator):
+                    yield r
+                return
             if req.WhichOneof("request") != "request_headers":
                 break
             head = _head_of(req, self.rt.clock())

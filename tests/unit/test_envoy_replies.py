@@ -228,3 +228,23 @@ async def test_a_draining_gate_passes_upstream_stage_streams_on(runtime):
     gate.inner = Inner()
     replies = [r async for r in gate.Process(_stream(), _Ctx((("x-ledgergate-stage", "upstream"),)))]
     assert seen and len(replies) == 1 and gate.in_flight == 0
+
+
+async def test_envoys_own_reply_passes_through_unchanged_also_while_draining(runtime):
+    """Response headers on a stream that carried no request (Envoy refused it before the filter
+    chain): headers continue, the body is echoed whole (duplex mode drops what is not sent back)."""
+    body = b'{"type":"error","error":{"type":"invalid_request_error","message":"m"}}'
+    stream = [pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
+                  base_pb2.HeaderValue(key=":status", raw_value=b"400")]))),
+              pb.ProcessingRequest(response_body=pb.HttpBody(body=body[:10])),
+              pb.ProcessingRequest(response_body=pb.HttpBody(body=body[10:], end_of_stream=True))]
+    for draining in (False, True):
+        gate = DrainGate(Servicer(runtime), runtime)
+        if draining:
+            await gate.drain(0.1)
+        ctx = _Ctx()
+        replies = [r async for r in gate.Process(_stream(*stream), ctx)]
+        assert ctx.aborted is None
+        assert replies[0].WhichOneof("response") == "response_headers"
+        echoed = [r.response_body.response.body_mutation.streamed_response for r in replies[1:]]
+        assert b"".join(e.body for e in echoed) == body and echoed[-1].end_of_stream
