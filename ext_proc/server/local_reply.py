@@ -80,7 +80,7 @@ async def answer_envoy_reply(exchange, req: pb.ProcessingRequest) -> list[pb.Pro
     status = int((headers.get(":status") or ["0"])[0] or 0) or 500
     flags = headers.get("x-ledgergate-upstream-flags")
     verdict = _envoy_verdict(exchange.rt, head, exchange.identity, status, "", flags[0] if flags else None)
-    log.info("envoy_reply_recorded", request_id=head.request_id, status=status, code=verdict.code)
+    # Committed, then logged (request_denied, with the envoy_ code), by the exchange.
     return [await exchange._finish_rejected(verdict)]
 
 
