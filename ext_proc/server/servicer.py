@@ -39,6 +39,7 @@ from ext_proc.server.messages import attributes_of as _attributes
 from ext_proc.server.messages import headers_to_dict as _headers_to_dict
 from ext_proc.server.messages import set_header as _set_header
 from ext_proc.server.envoy_flags import upstream_error
+from ext_proc.server.local_reply import answer_envoy_reply, pass_envoy_reply
 from ext_proc.server.runtime import Runtime
 from ext_proc.server import response_cache
 from ext_proc.server.upstream import process_upstream
@@ -459,6 +460,9 @@ class Exchange:
 
     # --- response side ------------------------------------------------------------------
     async def on_response_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if self.head is not None and not self.request_released:
+            # Envoy answered a request ledgergate holds (413 over its buffer limit, 400): a decision too.
+            return await answer_envoy_reply(self, req)
         if self.head is None or self.verdict is None or not self.request_released:
             raise ProtocolViolation("response before the request was released")
         self.trace.begin("response")
@@ -696,6 +700,13 @@ class Servicer(pb_grpc.ExternalProcessorServicer):
                 elif kind == "request_body":
                     replies = await ex.on_request_body(req)
                 elif kind == "response_headers":
+                    if ex.head is None:
+                        # Envoy's own reply to a request it refused before ledgergate saw it (a
+                        # path with `#`): nothing was released, so it passes on as Envoy shaped it;
+                        # Envoy's access log records it (server/local_reply.py).
+                        async for r in pass_envoy_reply(request_iterator):
+                            yield r
+                        return
                     replies = await ex.on_response_headers(req)
                 elif kind == "response_body":
                     async for r in ex.iter_response_body(req):
