@@ -1,0 +1,109 @@
+"""Processing-mode A/B for issue 23 through the real Envoy, both variants up at once and
+alternated (A, B, A, B ...) by wrk, with the empty processor (so only the plumbing differs):
+
+  duplex        - today's modes: response body FULL_DUPLEX_STREAMED, response trailers SEND
+  per-response  - response body BUFFERED at the filter, trailers SKIP, allow_mode_override with
+                  allowed_override_modes = [FULL_DUPLEX_STREAMED + trailers SEND]: a JSON answer
+                  is one buffered body message, an SSE answer is switched to full duplex at its
+                  response headers
+
+Also checks that a stream through the per-response variant arrives whole (every event, [DONE]).
+Usage: .venv/bin/python tests/bench/bench_modes.py [--rounds 4] [--duration 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.bench.bench_e2e import PY, _spread, chat_body, wrk_max  # noqa: E402
+from tests.bench.loadgen import build_request  # noqa: E402
+from tests.bench.wrk import run_wrk, start_fixed_upstream, start_front_envoy  # noqa: E402
+from tests.support import free_ports, wait_port  # noqa: E402
+
+PER_RESPONSE = {
+    "processing_mode": {"request_header_mode": "SEND", "request_body_mode": "BUFFERED",
+                        "request_trailer_mode": "SKIP", "response_header_mode": "SEND",
+                        "response_body_mode": "BUFFERED", "response_trailer_mode": "SKIP"},
+    "allow_mode_override": True,
+    "allowed_override_modes": [{"response_body_mode": "FULL_DUPLEX_STREAMED", "response_trailer_mode": "SEND"}],
+}
+VARIANTS = {"duplex": None, "per-response": PER_RESPONSE}
+
+
+async def stream_whole(port: int) -> dict:
+    """One 200-event stream: status, whether [DONE] arrived, and the number of data events."""
+    raw = build_request("/v1/chat/completions", chat_body(True), {"accept": "text/event-stream"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw.replace(b"host: 127.0.0.1", b"host: 127.0.0.1\r\nconnection: close"))
+    data = await asyncio.wait_for(reader.read(-1), 20)
+    writer.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return {"status": int(head.split()[1]), "done": b"data: [DONE]" in rest,
+            "events": rest.count(b"data: ")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--duration", type=float, default=4.0)
+    ap.add_argument("--connections", type=int, default=16)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="lg-modes-"))
+    procs: list[subprocess.Popen] = []
+    mock_port = free_ports(1)[0]
+    procs.append(subprocess.Popen([PY, "-m", "ext_proc.cli.main", "mock-provider", "--port", str(mock_port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        wait_port(mock_port)
+        fixed, fixed_port = start_fixed_upstream(tmp, mock_port=mock_port)
+        procs.append(fixed)
+        paths = {}
+        for name, patch in VARIANTS.items():
+            ep = free_ports(1)[0]
+            proc = subprocess.Popen([PY, str(REPO / "tests" / "bench" / "empty_processor.py"), "--port", str(ep),
+                                     "--response-body", name])
+            procs.append(proc)
+            wait_port(ep)
+            envoy, port, admin = start_front_envoy(tmp / name, upstream_port=fixed_port, ext_ports=[ep],
+                                                   filter_patch=patch)
+            procs.append(envoy)
+            paths[name] = {"port": port, "admin": admin, "worker": proc.pid, "envoy": envoy.pid}
+        out: dict = {"streams": {}, "runs": {n: [] for n in VARIANTS}}
+        for name, p in paths.items():
+            out["streams"][name] = asyncio.run(stream_whole(p["port"]))
+            run_wrk(p["port"], chat_body(False), {}, duration_s=1, connections=4)
+        for _ in range(args.rounds):
+            for name, p in paths.items():
+                out["runs"][name].append(wrk_max(p["port"], {}, duration=args.duration, connections=args.connections,
+                                                 workers=[p["worker"]], envoy_pid=p["envoy"], admin_port=p["admin"]))
+        for name in VARIANTS:
+            runs = out["runs"][name]
+            out[name] = {k: _spread(runs, k) for k in ("rps", "p50_ms", "p99_ms", "worker_cpu_ms_per_request",
+                                                        "requests_per_worker_cpu_s", "envoy_cpu_ms_per_request")}
+            out[name]["messages_per_exchange"] = runs[-1]["messages_per_exchange"]
+            out[name]["errors"] = sum(r["errors"] for r in runs)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+    print(json.dumps(out["streams"]))
+    for name in VARIANTS:
+        print(name, out[name]["messages_per_exchange"], "errors", out[name]["errors"])
+        for k, v in out[name].items():
+            if isinstance(v, dict) and "median" in v:
+                print(f"  {k}: {v['median']} ({v['min']}-{v['max']}) in order: "
+                      f"{[r.get(k) for r in out['runs'][name]]}")
+
+
+if __name__ == "__main__":
+    main()
