@@ -8,7 +8,8 @@ alternated (A, B, A, B ...) by wrk, with the empty processor (so only the plumbi
                   response headers
 
 Also checks that a stream through the per-response variant arrives whole (every event, [DONE]).
-Usage: .venv/bin/python tests/bench/bench_modes.py [--rounds 4] [--duration 4]
+Usage: .venv/bin/python tests/bench/bench_modes.py [--set modes|grpc] [--rounds 4] [--duration 4]
+(--set grpc: the same alternation over gRPC server options instead of processing modes)
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ PER_RESPONSE = {
     "allow_mode_override": True,
     "allowed_override_modes": [{"response_body_mode": "FULL_DUPLEX_STREAMED", "response_trailer_mode": "SEND"}],
 }
-VARIANTS = {"duplex": None, "per-response": PER_RESPONSE}
+# name -> (ext_proc filter patch, empty processor arguments)
+SETS = {
+    "modes": {"duplex": (None, []), "per-response": (PER_RESPONSE, ["--response-body", "per-response"])},
+    # gRPC server options on the plumbing floor (issue 23: flow control, BDP pings, target).
+    "grpc": {"default": (None, []),
+             "no-bdp-probe": (None, ["--grpc-option", "grpc.http2.bdp_probe=0"]),
+             "big-windows": (None, ["--grpc-option", "grpc.http2.lookahead_bytes=1048576",
+                                    "--grpc-option", "grpc.http2.bdp_probe=0"])},
+}
 
 
 async def stream_whole(port: int) -> dict:
@@ -56,7 +65,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--set", choices=sorted(SETS), default="modes")
     args = ap.parse_args()
+    variants = SETS[args.set]
     tmp = Path(tempfile.mkdtemp(prefix="lg-modes-"))
     procs: list[subprocess.Popen] = []
     mock_port = free_ports(1)[0]
@@ -67,17 +78,17 @@ def main() -> None:
         fixed, fixed_port = start_fixed_upstream(tmp, mock_port=mock_port)
         procs.append(fixed)
         paths = {}
-        for name, patch in VARIANTS.items():
+        for name, (patch, proc_args) in variants.items():
             ep = free_ports(1)[0]
             proc = subprocess.Popen([PY, str(REPO / "tests" / "bench" / "empty_processor.py"), "--port", str(ep),
-                                     "--response-body", name])
+                                     *proc_args])
             procs.append(proc)
             wait_port(ep)
             envoy, port, admin = start_front_envoy(tmp / name, upstream_port=fixed_port, ext_ports=[ep],
                                                    filter_patch=patch)
             procs.append(envoy)
             paths[name] = {"port": port, "admin": admin, "worker": proc.pid, "envoy": envoy.pid}
-        out: dict = {"streams": {}, "runs": {n: [] for n in VARIANTS}}
+        out: dict = {"streams": {}, "runs": {n: [] for n in variants}}
         for name, p in paths.items():
             out["streams"][name] = asyncio.run(stream_whole(p["port"]))
             run_wrk(p["port"], chat_body(False), {}, duration_s=1, connections=4)
@@ -85,7 +96,7 @@ def main() -> None:
             for name, p in paths.items():
                 out["runs"][name].append(wrk_max(p["port"], {}, duration=args.duration, connections=args.connections,
                                                  workers=[p["worker"]], envoy_pid=p["envoy"], admin_port=p["admin"]))
-        for name in VARIANTS:
+        for name in variants:
             runs = out["runs"][name]
             out[name] = {k: _spread(runs, k) for k in ("rps", "p50_ms", "p99_ms", "worker_cpu_ms_per_request",
                                                         "requests_per_worker_cpu_s", "envoy_cpu_ms_per_request")}
@@ -97,7 +108,7 @@ def main() -> None:
         for proc in procs:
             proc.wait(10)
     print(json.dumps(out["streams"]))
-    for name in VARIANTS:
+    for name in variants:
         print(name, out[name]["messages_per_exchange"], "errors", out[name]["errors"])
         for k, v in out[name].items():
             if isinstance(v, dict) and "median" in v:

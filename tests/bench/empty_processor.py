@@ -63,8 +63,11 @@ async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--response-body", choices=["duplex", "per-response"], default="duplex")
+    p.add_argument("--grpc-option", action="append", default=[], metavar="NAME=INT",
+                   help="an extra gRPC server option (A/B of server options)")
     a = p.parse_args()
-    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100000)])
+    extra = [(k, int(v)) for k, _, v in (o.partition("=") for o in a.grpc_option)]
+    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100000), *extra])
     pb_grpc.add_ExternalProcessorServicer_to_server(Empty(a.response_body == "per-response"), server)
     server.add_insecure_port(f"127.0.0.1:{a.port}")
     await server.start()
