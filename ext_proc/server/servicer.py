@@ -41,7 +41,6 @@ from ext_proc.server.messages import set_header as _set_header
 from ext_proc.server.envoy_flags import upstream_error
 from ext_proc.server.runtime import Runtime
 from ext_proc.server import response_cache
-from ext_proc.server.body_mode import filter_buffers_responses, response_mode_override
 from ext_proc.server.upstream import process_upstream
 from ext_proc.pipeline.budget import BudgetedClassifier, ScanPool
 from ext_proc.pipeline.envelope import (Envelope, EnvelopeRejected, EnvelopeRules, body_refused, inspect_envelope,
@@ -138,13 +137,10 @@ class Exchange:
         self.capture_truncated = False
         self.envelope: Envelope | None = None   # headers / query as forwarded (pipeline/envelope.py)
         self.cache_turn: response_cache.CacheTurn | None = None   # a cache miss to fill (docs/cache.md)
-        self.filter_buffers_responses = False   # the filter's response body mode is BUFFERED (body_mode.py)
-        self.response_buffered = False          # this response's body comes in one BUFFERED message
 
     # --- request side -------------------------------------------------------------------
     async def on_request_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         msg = req.request_headers
-        self.filter_buffers_responses = filter_buffers_responses(req)
         headers = _headers_to_dict(msg.headers)
         attrs = _attributes(req)
         now = self.rt.clock()
@@ -517,16 +513,14 @@ class Exchange:
         set_headers += cache_headers
         if not cache_headers:
             remove.append(response_cache.CACHE_HEADER)   # only ledgergate says hit or miss
-        override = response_mode_override(self.filter_buffers_responses, self.inspector.whole_body)
-        self.response_buffered = self.filter_buffers_responses and override is None
-        if self.inspector.whole_body and not req.response_headers.end_of_stream and not self.response_buffered:
+        if self.inspector.whole_body and not req.response_headers.end_of_stream:
             # Envoy keeps the headers until we answer them while the body keeps coming (full-duplex
             # streaming), so a whole JSON body is judged before its status is: a blocked answer
             # goes out as an error status, not as an error body under the upstream's 200.
             self.pending_headers = (set_headers, remove)
             return []
         common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove))
-        out = [pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common), mode_override=override)]
+        out = [pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))]
         if req.response_headers.end_of_stream:
             # No body: the outcome is known now and must be durable before the headers go out.
             await self._commit_outcome()
@@ -566,17 +560,10 @@ class Exchange:
                     await self._commit_outcome()
                     for r in self._release_pending_headers():
                         yield r
-                    if self.response_buffered:
-                        yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
-                            body_mutation=pb.BodyMutation(body=rel.body))))
-                        return
                     yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
                         body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
                             body=rel.body, end_of_stream=True)))))
                 return
-        if self.response_buffered:
-            yield await self._buffered_body_reply(data)
-            return
         start, step = 0, self.FIRST_RESPONSE_SLICE_BYTES
         ready: list[Release] = []
         text_sent = self.inspector.text_events_released
@@ -608,22 +595,6 @@ class Exchange:
                     body=body, end_of_stream=eos)))))
             if last or eos:
                 return
-
-    async def _buffered_body_reply(self, data: bytes) -> pb.ProcessingResponse:
-        """The whole body in one BUFFERED message, answered in one reply. Envoy still holds the
-        headers, so a blocked answer's error status goes in this reply; the outcome is durable
-        before the reply (no unaudited byte)."""
-        assert self.inspector is not None
-        body = b"".join(r.body for r in self.inspector.feed(data, True))
-        self._capture(body)
-        mutation = None
-        if self.inspector.blocked:
-            self.blocked_status_sent = True
-            mutation = pb.HeaderMutation(set_headers=[_set_header(":status", str(BLOCKED_STATUS)),
-                                                      _set_header("content-type", "application/json")])
-        await self._commit_outcome()
-        return pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
-            header_mutation=mutation, body_mutation=pb.BodyMutation(body=body))))
 
     async def on_response_trailers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         out: list[pb.ProcessingResponse] = []
