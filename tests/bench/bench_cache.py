@@ -74,8 +74,8 @@ def phase_totals(metrics_port: int) -> dict[str, tuple[float, float]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
         text = r.read().decode()
     out: dict[str, list[float]] = {}
-    for m in re.finditer(r'^ledgergate_phase_seconds_(sum|count)\{phase="([a-z_]+)"\} ([0-9.e+-]+)$', text, re.M):
-        out.setdefault(m.group(2), [0.0, 0.0])["sum count".split().index(m.group(1))] = float(m.group(3))
+    for m in re.finditer(r'^ledgergate_phase_seconds_(sum|count)\{phase="([a-z_]+)"\} ([0-9.e+-]+)$', text, re.MULTILINE):
+        out.setdefault(m.group(2), [0.0, 0.0])[("sum", "count").index(m.group(1))] = float(m.group(3))
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
