@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 
 from ext_proc.policy.compile import PolicyError, format_path
-from ext_proc.policy.engine import Decision, Policy
+from ext_proc.policy.evaluation import Decision, Policy
 from ext_proc.policy.store import load_policy
 from ext_proc.policy.yamlsrc import YAMLSourceError, line_of, load_yaml
 
