@@ -40,6 +40,7 @@ class EffectRow:
     effect: Effect
     releases: bool                 # the request goes upstream (possibly rewritten)
     code: str | None               # the decision's code when it wins; None: the winning rule's own
+                                   # status, code and reason (the row accepts those keys)
     response: Response
     rule_keys: frozenset[str]      # the optional rule keys (of OPTIONAL_RULE_KEYS) it accepts
 

@@ -10,10 +10,12 @@ Combination (docs/policy.md has the long form):
   1. the first route (declaration order) that matches gives the mode; no route -> deny;
   2. candidate rules come from the route's indexes (by label, by role, or always);
   3. role constraints add synthetic denies (model not allowed, max_tokens above the cap);
-  4. deny > redact > permit among matched rules; nothing matched -> default deny; the highest
-     priority rule of the winning effect (then the earliest declared) gives status/code/reason;
-  5. an ``observe`` rule with a priority strictly above that winner turns the outcome into
-     ``observe`` (the request passes unchanged; ``observed`` says what enforce would have done);
+  4. the effects of the matched rules combine by effects.PRECEDENCE (deny > redact > permit);
+     nothing matched -> default deny; the highest priority rule of the winning effect (then the
+     earliest declared) gives status/code/reason;
+  5. an override effect (effects.OVERRIDES: ``observe``) whose best rule has a priority strictly
+     above that winner's turns the outcome into ``observe`` (the request passes unchanged;
+     ``observed`` says what enforce would have done);
   6. route mode ``observe`` does the same for every request on the route; ``shadow`` enforces
      the normal rules and evaluates ``shadow`` rules too, recording the shadow outcome (``multiplex``
      is its former name, still accepted: "multiplex" now means only provider translation).
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from ext_proc.policy.compile import STRATEGY_ORDER, PolicyError, canonical_json
+from ext_proc.policy.effects import OVERRIDES, PRECEDENCE, ROWS, Effect, Response
 from ext_proc.policy.facts import BadInput, Facts, read_facts
 from ext_proc.policy.glob import GlobSet
 from ext_proc.policy.matchers import Matcher, Route, index_key
@@ -38,12 +41,15 @@ _INF = math.inf
 _NEG_INF = -math.inf
 _STRATEGY_RANK = {s: i for i, s in enumerate(STRATEGY_ORDER)}   # lower = more restrictive
 _MEMO_MAX = 4096
+# Why the default deny: "no permit or redact rule matched" (the combining effects that release).
+_NOTHING_RELEASED = "no {} rule matched".format(
+    " or ".join(e.value for e in Effect if any(row.effect is e and row.releases for row in PRECEDENCE)))
 
 
 @dataclass(frozen=True)
 class Decision:
-    outcome: str
-    observed: str | None
+    outcome: Effect
+    observed: Effect | None
     status: int
     reason: str
     code: str
@@ -64,11 +70,18 @@ class Decision:
     def denied(self, code: str, reason: str, status: int = 403) -> "Decision":
         """This decision turned into a deny by a fact found after evaluation (a redaction the
         request cannot carry); the matched rules stay as evidence of what was decided first."""
-        return replace(self, outcome="deny", status=status, code=code, reason=reason)
+        return replace(self, outcome=Effect.DENY, status=status, code=code, reason=reason)
+
+    @property
+    def releases(self) -> bool:
+        """Whether the request goes upstream (effects.py says which outcomes do)."""
+        return ROWS[self.outcome].releases
 
     def to_record(self) -> dict:
+        # Plain strings: the audit's canonical JSON refuses an enum member.
         return {
-            "outcome": self.outcome, "observed": self.observed, "status": self.status,
+            "outcome": self.outcome.value, "observed": self.observed.value if self.observed else None,
+            "status": self.status,
             "reason": self.reason, "code": self.code,
             "matched": [dict(m, why=list(m["why"])) for m in self.matched],
             "redact": dict(self.redact), "max_tokens_cap": self.max_tokens_cap,
@@ -93,13 +106,14 @@ def _plain(value: Any) -> Any:
 
 
 class Rule:
-    __slots__ = ("idx", "id", "effect", "priority", "shadow", "matcher", "tests", "unless", "deny", "redact",
-                 "redact_labels", "max_tokens", "serve_with", "routes", "index")
+    __slots__ = ("idx", "id", "effect", "releases", "priority", "shadow", "matcher", "tests", "unless", "deny",
+                 "redact", "redact_labels", "max_tokens", "serve_with", "routes", "index")
 
     def __init__(self, idx: int, spec: Mapping) -> None:
         self.idx = idx
         self.id = spec["id"]
-        self.effect = spec["effect"]
+        self.effect = Effect(spec["effect"])
+        self.releases = ROWS[self.effect].releases
         self.priority = spec["priority"]
         self.shadow = spec["shadow"]
         when = spec["when"]
@@ -108,17 +122,18 @@ class Rule:
         self.unless = self.matcher.unless
         self.deny = spec["deny"]
         self.redact = dict(spec["redact"])
-        self.redact_labels = frozenset(self.redact) if self.effect == "redact" else None
+        # A redact rule needs one of its labels present to match at all.
+        self.redact_labels = frozenset(self.redact) if self.effect is Effect.REDACT else None
         self.max_tokens = spec["max_tokens"]
         self.serve_with = spec.get("serve_with")
         self.routes = frozenset(when.get("routes", ())) or None
-        self.index = index_key(when, self.redact if self.effect == "redact" else None)
+        self.index = index_key(when, self.redact if self.effect is Effect.REDACT else None)
 
     def entry(self, f: Facts) -> dict:
         why = self.matcher.why(f)
         if self.redact_labels is not None:
             why = why + ("redacts " + ", ".join(sorted(self.redact_labels.intersection(f.labels))),)
-        return {"rule": self.id, "effect": self.effect, "priority": self.priority, "why": why}
+        return {"rule": self.id, "effect": self.effect.value, "priority": self.priority, "why": why}
 
 
 
@@ -155,14 +170,14 @@ class _Limit:
 class _Result:
     """One evaluation pass (enforced or shadow) before it becomes a Decision."""
 
-    outcome: str
+    outcome: Effect
     status: int
     code: str
     reason: str
     matched: list[dict]
     redact: dict[str, str]
     cap: int | None
-    observed: str | None = None
+    observed: Effect | None = None
     observe_rule: str | None = None
     serve_with: str | None = None     # the model the winning serve_with rule names
 
@@ -216,17 +231,18 @@ class Policy:
             f = read_facts(input)
         except BadInput as exc:
             # A server bug, not the client's: fail closed, say so in the record.
-            return self._decision(outcome="deny", observed=None, status=500, reason="the request could not be evaluated",
-                                  code="policy_input_invalid",
-                                  matched=({"rule": "$input", "effect": "deny", "priority": None, "why": [str(exc)]},),
+            return self._decision(outcome=Effect.DENY, observed=None, status=500,
+                                  reason="the request could not be evaluated", code="policy_input_invalid",
+                                  matched=({"rule": "$input", "effect": Effect.DENY.value, "priority": None,
+                                            "why": [str(exc)]},),
                                   redact={}, max_tokens_cap=None, response=_empty_response(), limits=(),
                                   mode="enforce")
         route = next((r for r in self._routes if r.matches(f)), None)
         if route is None:
             status, _, _ = self._default_deny
-            return self._decision(outcome="deny", observed=None, status=status, code="route_not_allowed",
+            return self._decision(outcome=Effect.DENY, observed=None, status=status, code="route_not_allowed",
                                   reason="no policy route covers this request",
-                                  matched=({"rule": "$no_route", "effect": "deny", "priority": None,
+                                  matched=({"rule": "$no_route", "effect": Effect.DENY.value, "priority": None,
                                             "why": ["no route matches this path and api"]},),
                                   redact={}, max_tokens_cap=None, response=_empty_response(), limits=(),
                                   mode="enforce")
@@ -234,25 +250,27 @@ class Policy:
         res = self._pass(f, route, shadow=False)
         detail: dict[str, Any] = {}
         observed = res.observed
-        if route.mode == "observe" and res.outcome != "observe":
+        if route.mode == "observe" and res.outcome is not Effect.OBSERVE:
             observed, res.observe_rule = res.outcome, None
             detail["observed"] = self._would(res)
-            res = _Result("observe", 200, "policy_observed", "", res.matched, {}, None, observed)
-        elif res.outcome == "observe":
-            detail["observed"] = {"outcome": res.observed, "by_rule": res.observe_rule}
+            res = _Result(Effect.OBSERVE, 200, ROWS[Effect.OBSERVE].code or "", "", res.matched, {}, None, observed)
+        elif res.outcome is Effect.OBSERVE:
+            detail["observed"] = {"outcome": res.observed.value if res.observed else None,
+                                  "by_rule": res.observe_rule}
         matched = list(res.matched)
         if route.mode in SHADOW_MODES and self._shadow_rules:
             sh = self._pass(f, route, shadow=True)
             own = {m["rule"] for m in matched}
             matched += [dict(m, shadow=True) for m in sh.matched if m["rule"] not in own]
             detail["shadow"] = self._would(sh)
-            if res.outcome != "observe":
+            if res.outcome is not Effect.OBSERVE:
                 observed = sh.outcome
 
-        if res.outcome in ("permit", "redact"):
+        applies = ROWS[res.outcome].response
+        if applies is Response.ALL:
             response = self._response_for(f)
             limits = tuple(dict(x.record) for x in self._limits if x.matcher.test(f))
-        elif res.outcome == "observe":
+        elif applies is Response.MARKER:
             marker = self._response_for(f)["marker_header"]
             response = {"redact": {}, "block": (), "marker_header": marker, "rules": ()}
             limits = ()
@@ -263,21 +281,19 @@ class Policy:
         return self._decision(outcome=res.outcome, observed=observed, status=res.status, reason=res.reason,
                               code=res.code, matched=tuple(matched), redact=res.redact, max_tokens_cap=res.cap,
                               response=response, limits=limits, mode=route.mode, route=route.id, detail=detail,
-                              serve_with=res.serve_with if res.outcome in ("permit", "redact") else None)
+                              serve_with=res.serve_with if applies is Response.ALL else None)
 
     @staticmethod
     def _would(res: _Result) -> dict:
-        return {"outcome": res.outcome, "status": res.status, "code": res.code, "reason": res.reason,
+        return {"outcome": res.outcome.value, "status": res.status, "code": res.code, "reason": res.reason,
                 "redact": dict(res.redact), "max_tokens_cap": res.cap,
                 "rules": [m["rule"] for m in res.matched]}
 
     def _pass(self, f: Facts, route: Route, *, shadow: bool) -> _Result:
         labels = f.labels
         entries: list[dict] = []
-        deny_w: Rule | None = None
+        best: dict[Effect, Rule] = {}     # per effect, the rule of the highest priority
         redacts: list[Rule] = []
-        permit_p = redact_p = None
-        observe_w: Rule | None = None
         rule_cap: int | None = None
         serve_w: Rule | None = None
         for r in route.candidates(f):
@@ -292,25 +308,18 @@ class Policy:
                 if r.unless is not None and all(t(f) for t in r.unless):
                     continue
                 entries.append(r.entry(f))
-                e = r.effect
                 # Candidates come in declaration order: on equal priority the earlier rule stays.
-                if e == "deny":
-                    if deny_w is None or r.priority > deny_w.priority:
-                        deny_w = r
-                    continue
+                w = best.get(r.effect)
+                if w is None or r.priority > w.priority:
+                    best[r.effect] = r
+                if not r.releases:
+                    continue   # a rule that stops the request has no cap and no model to serve with
                 if r.max_tokens is not None:
                     rule_cap = r.max_tokens if rule_cap is None else min(rule_cap, r.max_tokens)
                 if r.serve_with is not None and (serve_w is None or r.priority > serve_w.priority):
                     serve_w = r
-                if e == "redact":
+                if r.redact_labels is not None:
                     redacts.append(r)
-                    if redact_p is None or r.priority > redact_p:
-                        redact_p = r.priority
-                elif e == "permit":
-                    if permit_p is None or r.priority > permit_p:
-                        permit_p = r.priority
-                elif observe_w is None or r.priority > observe_w.priority:
-                    observe_w = r
 
         # Role constraints: model allowlist and the max_tokens cap.
         synthetic: list[tuple[dict, tuple[int, str, str]]] = []
@@ -319,7 +328,7 @@ class Policy:
             roles = self._roles
             caps = [roles[r].max_tokens for r in f.roles if r in roles and roles[r].models.match(f.model)]
             if not caps:
-                synthetic.append(({"rule": "$roles.models", "effect": "deny", "priority": None,
+                synthetic.append(({"rule": "$roles.models", "effect": Effect.DENY.value, "priority": None,
                                    "why": ("none of the caller's roles allows this model",)},
                                   (403, "model_not_allowed", "the requested model is not allowed for your roles")))
             else:
@@ -327,36 +336,39 @@ class Policy:
         if rule_cap is not None:
             cap = rule_cap if cap is None else min(cap, rule_cap)   # rules only restrict
         if cap is not None and f.max_tokens is not None and f.max_tokens > cap:
-            synthetic.append(({"rule": "$max_tokens", "effect": "deny", "priority": None,
+            synthetic.append(({"rule": "$max_tokens", "effect": Effect.DENY.value, "priority": None,
                                "why": (f"max_tokens {f.max_tokens} > cap {cap}",)},
                               (400, "max_tokens_exceeded", f"max_tokens is above the cap of {cap} for your roles")))
 
         redact: dict[str, str] = {}
         win_priority: float
-        if synthetic:
+        winner = next((best[row.effect] for row in PRECEDENCE if row.effect in best), None)
+        if synthetic:                      # role constraints rank above every rule
             status, code, reason = synthetic[0][1]
             entries = [e for e, _ in synthetic] + entries
-            outcome, win_priority = "deny", _INF
-        elif deny_w is not None:
-            status, code, reason = deny_w.deny["status"], deny_w.deny["code"], deny_w.deny["reason"]
-            outcome, win_priority = "deny", deny_w.priority
-        elif redacts:
-            redact = self._merged_redact(tuple(r.idx for r in redacts))
-            status, code, reason = 200, "policy_redacted", ""
-            outcome, win_priority = "redact", redact_p  # type: ignore[assignment]
-        elif permit_p is not None:
-            status, code, reason = 200, "policy_permitted", ""
-            outcome, win_priority = "permit", permit_p
-        else:
+            outcome, win_priority = Effect.DENY, _INF
+        elif winner is None:
             status, code, reason = self._default_deny
-            entries.append({"rule": "$default", "effect": "deny", "priority": None,
-                            "why": ("no permit or redact rule matched",)})
-            outcome, win_priority = "deny", _NEG_INF
-        if observe_w is not None and observe_w.priority > win_priority:
-            return _Result("observe", 200, "policy_observed", "", entries, {}, None,
-                           observed=outcome, observe_rule=observe_w.id)
-        return _Result(outcome, status, code, reason, entries, redact, cap if outcome != "deny" else None,
-                       serve_with=serve_w.serve_with if serve_w is not None and outcome != "deny" else None)
+            entries.append({"rule": "$default", "effect": Effect.DENY.value, "priority": None,
+                            "why": (_NOTHING_RELEASED,)})
+            outcome, win_priority = Effect.DENY, _NEG_INF
+        else:
+            outcome, win_priority = winner.effect, winner.priority
+            row = ROWS[outcome]
+            if row.code is None:           # the rule's own status, code and reason (deny)
+                status, code, reason = winner.deny["status"], winner.deny["code"], winner.deny["reason"]
+            else:
+                status, code, reason = 200, row.code, ""
+            if outcome is Effect.REDACT:
+                redact = self._merged_redact(tuple(r.idx for r in redacts))
+        for row in OVERRIDES:
+            w = best.get(row.effect)
+            if w is not None and w.priority > win_priority:
+                return _Result(row.effect, 200, row.code or "", "", entries, {}, None,
+                               observed=outcome, observe_rule=w.id)
+        releases = ROWS[outcome].releases
+        return _Result(outcome, status, code, reason, entries, redact, cap if releases else None,
+                       serve_with=serve_w.serve_with if serve_w is not None and releases else None)
 
     def _merged_redact(self, idxs: tuple[int, ...]) -> dict[str, str]:
         """Most restrictive strategy per label over these redact rules (memoised: a policy has
