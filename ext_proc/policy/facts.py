@@ -10,7 +10,7 @@ order of the input's lists.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, overload
 
 class BadInput(ValueError):
     """The policy input does not have the documented shape."""
@@ -23,6 +23,27 @@ class Facts:
     __slots__ = ("subject", "issuer", "auth_method", "roles", "groups", "tenant", "scopes", "actors",
                  "path", "surface", "api", "provider", "inspectable", "model", "labels",
                  "bytes", "tokens", "max_tokens", "stream", "route_id")
+
+    subject: str | None
+    issuer: str | None
+    auth_method: str | None
+    roles: frozenset[str]
+    groups: frozenset[str]
+    tenant: str | None
+    scopes: frozenset[str]
+    actors: tuple[str, ...]          # sorted
+    path: str
+    surface: str
+    api: str
+    provider: str | None
+    inspectable: bool
+    model: str | None                # lower-cased
+    labels: dict[str, tuple[int, int]]   # label -> (count, max_confidence), present labels only
+    bytes: int
+    tokens: int
+    max_tokens: int | None
+    stream: bool
+    route_id: str | None
 
 
 def _str_or_none(v: Any, what: str) -> str | None:
@@ -45,6 +66,14 @@ def _str_set(v: Any, what: str) -> frozenset[str]:
 
 
 _EMPTY_SET: frozenset[str] = frozenset()
+
+
+@overload
+def _int(v: Any, what: str, *, optional: Literal[False] = False) -> int: ...
+
+
+@overload
+def _int(v: Any, what: str, *, optional: Literal[True]) -> int | None: ...
 
 
 def _int(v: Any, what: str, *, optional: bool = False) -> int | None:

@@ -92,70 +92,75 @@ def _labels_cond(spec: dict) -> list[Cond]:
     return out
 
 
+# Cheap, selective checks first.
+_WHEN_ORDER = ("routes", "apis", "providers", "roles", "roles_all", "groups", "groups_all", "scopes",
+               "scopes_all", "auth_methods", "actor", "model", "inspectable", "stream", "labels",
+               "bytes_over", "tokens_over", "max_tokens_over", "subjects", "issuers", "tenants",
+               "actors", "paths", "surfaces", "models")
+_GLOB_ATTR = {"subjects": "subject", "issuers": "issuer", "tenants": "tenant", "paths": "path",
+              "surfaces": "surface", "models": "model"}
+
+
 def compile_when(when: Mapping[str, Any]) -> tuple[Cond, ...]:
     conds: list[Cond] = []
-    # Cheap, selective checks first.
-    order = ("routes", "apis", "providers", "roles", "roles_all", "groups", "groups_all", "scopes",
-             "scopes_all", "auth_methods", "actor", "model", "inspectable", "stream", "labels",
-             "bytes_over", "tokens_over", "max_tokens_over", "subjects", "issuers", "tenants",
-             "actors", "paths", "surfaces", "models")
-    for key in order:
+    for key in _WHEN_ORDER:
         if key not in when:
             continue
-        v = when[key]
-        s = frozenset(v) if isinstance(v, list) else None
-        if key == "routes":
-            conds.append(((lambda f, s=s: f.route_id in s), f"route in {_show(v)}"))
-        elif key == "apis":
-            conds.append(((lambda f, s=s: f.api in s), f"api in {_show(v)}"))
-        elif key == "providers":
-            conds.append(((lambda f, s=s: f.provider in s), f"provider in {_show(v)}"))
-        elif key == "auth_methods":
-            conds.append(((lambda f, s=s: f.auth_method in s), f"auth_method in {_show(v)}"))
-        elif key == "roles":
-            conds.append(((lambda f, s=s: not s.isdisjoint(f.roles)), f"roles include one of {_show(v)}"))
-        elif key == "groups":
-            conds.append(((lambda f, s=s: not s.isdisjoint(f.groups)), f"groups include one of {_show(v)}"))
-        elif key == "scopes":
-            conds.append(((lambda f, s=s: not s.isdisjoint(f.scopes)), f"scopes include one of {_show(v)}"))
-        elif key == "roles_all":
-            conds.append(((lambda f, s=s: s <= f.roles), f"roles include all of {_show(v)}"))
-        elif key == "groups_all":
-            conds.append(((lambda f, s=s: s <= f.groups), f"groups include all of {_show(v)}"))
-        elif key == "scopes_all":
-            conds.append(((lambda f, s=s: s <= f.scopes), f"scopes include all of {_show(v)}"))
-        elif key == "actor":
-            if v == "present":
-                conds.append(((lambda f: bool(f.actors)), "an actor (agent) acts for the subject"))
-            else:
-                conds.append(((lambda f: not f.actors), "no actor (agent)"))
-        elif key == "model":
-            if v == "present":
-                conds.append(((lambda f: f.model is not None), "a model is named"))
-            else:
-                conds.append(((lambda f: f.model is None), "no model is named"))
-        elif key == "inspectable":
-            conds.append(((lambda f, w=v: f.inspectable is w), f"inspectable is {str(v).lower()}"))
-        elif key == "stream":
-            conds.append(((lambda f, w=v: f.stream is w), f"stream is {str(v).lower()}"))
-        elif key == "labels":
-            conds.extend(_labels_cond(v))
-        elif key == "bytes_over":
-            conds.append(((lambda f, n=v: f.bytes > n), f"request bytes > {v}"))
-        elif key == "tokens_over":
-            conds.append(((lambda f, n=v: f.tokens > n), f"estimated tokens > {v}"))
-        elif key == "max_tokens_over":
-            conds.append(((lambda f, n=v: f.max_tokens is not None and f.max_tokens > n), f"max_tokens > {v}"))
-        elif key in ("subjects", "issuers", "tenants", "paths", "surfaces", "models"):
-            attr = {"subjects": "subject", "issuers": "issuer", "tenants": "tenant", "paths": "path",
-                    "surfaces": "surface", "models": "model"}[key]
-            conds.append(_glob_cond(attr, v))
-        elif key == "actors":
-            gs = GlobSet(v)
-            conds.append(((lambda f, g=gs: (g.match(f.actors[0]) if len(f.actors) == 1
-                                            else any(g.match(a) for a in f.actors))),
-                          f"an actor matches one of {_show(gs.patterns)}"))
+        if key == "labels":
+            conds.extend(_labels_cond(when[key]))
+        else:
+            conds.append(_cond(key, when[key]))
     return tuple(conds)
+
+
+def _cond(key: str, v: Any) -> Cond:
+    """One condition of a ``when`` (each call its own scope: the closures keep their own values)."""
+    s: frozenset = frozenset(v) if isinstance(v, list) else frozenset()
+    if key == "routes":
+        return (lambda f: f.route_id in s), f"route in {_show(v)}"
+    if key == "apis":
+        return (lambda f: f.api in s), f"api in {_show(v)}"
+    if key == "providers":
+        return (lambda f: f.provider in s), f"provider in {_show(v)}"
+    if key == "auth_methods":
+        return (lambda f: f.auth_method in s), f"auth_method in {_show(v)}"
+    if key == "roles":
+        return (lambda f: not s.isdisjoint(f.roles)), f"roles include one of {_show(v)}"
+    if key == "groups":
+        return (lambda f: not s.isdisjoint(f.groups)), f"groups include one of {_show(v)}"
+    if key == "scopes":
+        return (lambda f: not s.isdisjoint(f.scopes)), f"scopes include one of {_show(v)}"
+    if key == "roles_all":
+        return (lambda f: s <= f.roles), f"roles include all of {_show(v)}"
+    if key == "groups_all":
+        return (lambda f: s <= f.groups), f"groups include all of {_show(v)}"
+    if key == "scopes_all":
+        return (lambda f: s <= f.scopes), f"scopes include all of {_show(v)}"
+    if key == "actor":
+        if v == "present":
+            return (lambda f: bool(f.actors)), "an actor (agent) acts for the subject"
+        return (lambda f: not f.actors), "no actor (agent)"
+    if key == "model":
+        if v == "present":
+            return (lambda f: f.model is not None), "a model is named"
+        return (lambda f: f.model is None), "no model is named"
+    if key == "inspectable":
+        return (lambda f: f.inspectable is v), f"inspectable is {str(v).lower()}"
+    if key == "stream":
+        return (lambda f: f.stream is v), f"stream is {str(v).lower()}"
+    if key == "bytes_over":
+        return (lambda f: f.bytes > v), f"request bytes > {v}"
+    if key == "tokens_over":
+        return (lambda f: f.tokens > v), f"estimated tokens > {v}"
+    if key == "max_tokens_over":
+        return (lambda f: f.max_tokens is not None and f.max_tokens > v), f"max_tokens > {v}"
+    if key in _GLOB_ATTR:
+        return _glob_cond(_GLOB_ATTR[key], v)
+    if key == "actors":
+        gs = GlobSet(v)
+        return ((lambda f: (gs.match(f.actors[0]) if len(f.actors) == 1 else any(gs.match(a) for a in f.actors))),
+                f"an actor matches one of {_show(gs.patterns)}")
+    raise ValueError(f"no condition for {key!r}")      # a key of _WHEN_ORDER without a branch above
 
 
 class Matcher:
@@ -289,7 +294,8 @@ class Route:
             for k in keys:
                 bucket.setdefault(k, []).append(r)
         self.always = tuple(always)
-        self.index = tuple((facet, _GlobBucket(b) if facet in _GLOB_FACETS else {k: tuple(v) for k, v in b.items()})
+        # (facet, bucket): a _GlobBucket for the glob facets, else a dict key -> rules.
+        self.index: tuple[tuple[str, Any], ...] = tuple((facet, _GlobBucket(b) if facet in _GLOB_FACETS else {k: tuple(v) for k, v in b.items()})
                            for facet, b in sorted(index.items()))
 
     def matches(self, f: Facts) -> bool:
