@@ -41,6 +41,11 @@ _INF = math.inf
 _NEG_INF = -math.inf
 _STRATEGY_RANK = {s: i for i, s in enumerate(STRATEGY_ORDER)}   # lower = more restrictive
 _MEMO_MAX = 4096
+# Enum attribute access (and .value) costs a Python-level lookup each time: the hot path reads these.
+_DENY, _REDACT, _OBSERVE = Effect.DENY, Effect.REDACT, Effect.OBSERVE
+_ALL_RESPONSE, _MARKER_ONLY = Response.ALL, Response.MARKER
+_DENY_NAME = str(Effect.DENY)                       # an exact str, as records need
+_OBSERVED_CODE = ROWS[Effect.OBSERVE].code or ""
 # Why the default deny: "no permit or redact rule matched" (the combining effects that release).
 _NOTHING_RELEASED = "no {} rule matched".format(
     " or ".join(e.value for e in Effect if any(row.effect is e and row.releases for row in PRECEDENCE)))
@@ -80,7 +85,7 @@ class Decision:
     def to_record(self) -> dict:
         # Plain strings: the audit's canonical JSON refuses an enum member.
         return {
-            "outcome": self.outcome.value, "observed": self.observed.value if self.observed else None,
+            "outcome": str(self.outcome), "observed": str(self.observed) if self.observed else None,
             "status": self.status,
             "reason": self.reason, "code": self.code,
             "matched": [dict(m, why=list(m["why"])) for m in self.matched],
@@ -106,13 +111,14 @@ def _plain(value: Any) -> Any:
 
 
 class Rule:
-    __slots__ = ("idx", "id", "effect", "releases", "priority", "shadow", "matcher", "tests", "unless", "deny",
+    __slots__ = ("idx", "id", "effect", "effect_name", "releases", "priority", "shadow", "matcher", "tests", "unless", "deny",
                  "redact", "redact_labels", "max_tokens", "serve_with", "routes", "index")
 
     def __init__(self, idx: int, spec: Mapping) -> None:
         self.idx = idx
         self.id = spec["id"]
         self.effect = Effect(spec["effect"])
+        self.effect_name = str(self.effect)          # an exact str for the record
         self.releases = ROWS[self.effect].releases
         self.priority = spec["priority"]
         self.shadow = spec["shadow"]
@@ -133,7 +139,7 @@ class Rule:
         why = self.matcher.why(f)
         if self.redact_labels is not None:
             why = why + ("redacts " + ", ".join(sorted(self.redact_labels.intersection(f.labels))),)
-        return {"rule": self.id, "effect": self.effect.value, "priority": self.priority, "why": why}
+        return {"rule": self.id, "effect": self.effect_name, "priority": self.priority, "why": why}
 
 
 
@@ -231,18 +237,18 @@ class Policy:
             f = read_facts(input)
         except BadInput as exc:
             # A server bug, not the client's: fail closed, say so in the record.
-            return self._decision(outcome=Effect.DENY, observed=None, status=500,
+            return self._decision(outcome=_DENY, observed=None, status=500,
                                   reason="the request could not be evaluated", code="policy_input_invalid",
-                                  matched=({"rule": "$input", "effect": Effect.DENY.value, "priority": None,
+                                  matched=({"rule": "$input", "effect": _DENY_NAME, "priority": None,
                                             "why": [str(exc)]},),
                                   redact={}, max_tokens_cap=None, response=_empty_response(), limits=(),
                                   mode="enforce")
         route = next((r for r in self._routes if r.matches(f)), None)
         if route is None:
             status, _, _ = self._default_deny
-            return self._decision(outcome=Effect.DENY, observed=None, status=status, code="route_not_allowed",
+            return self._decision(outcome=_DENY, observed=None, status=status, code="route_not_allowed",
                                   reason="no policy route covers this request",
-                                  matched=({"rule": "$no_route", "effect": Effect.DENY.value, "priority": None,
+                                  matched=({"rule": "$no_route", "effect": _DENY_NAME, "priority": None,
                                             "why": ["no route matches this path and api"]},),
                                   redact={}, max_tokens_cap=None, response=_empty_response(), limits=(),
                                   mode="enforce")
@@ -250,12 +256,12 @@ class Policy:
         res = self._pass(f, route, shadow=False)
         detail: dict[str, Any] = {}
         observed = res.observed
-        if route.mode == "observe" and res.outcome is not Effect.OBSERVE:
+        if route.mode == "observe" and res.outcome is not _OBSERVE:
             observed, res.observe_rule = res.outcome, None
             detail["observed"] = self._would(res)
-            res = _Result(Effect.OBSERVE, 200, ROWS[Effect.OBSERVE].code or "", "", res.matched, {}, None, observed)
-        elif res.outcome is Effect.OBSERVE:
-            detail["observed"] = {"outcome": res.observed.value if res.observed else None,
+            res = _Result(_OBSERVE, 200, _OBSERVED_CODE, "", res.matched, {}, None, observed)
+        elif res.outcome is _OBSERVE:
+            detail["observed"] = {"outcome": str(res.observed) if res.observed else None,
                                   "by_rule": res.observe_rule}
         matched = list(res.matched)
         if route.mode in SHADOW_MODES and self._shadow_rules:
@@ -263,14 +269,14 @@ class Policy:
             own = {m["rule"] for m in matched}
             matched += [dict(m, shadow=True) for m in sh.matched if m["rule"] not in own]
             detail["shadow"] = self._would(sh)
-            if res.outcome is not Effect.OBSERVE:
+            if res.outcome is not _OBSERVE:
                 observed = sh.outcome
 
         applies = ROWS[res.outcome].response
-        if applies is Response.ALL:
+        if applies is _ALL_RESPONSE:
             response = self._response_for(f)
             limits = tuple(dict(x.record) for x in self._limits if x.matcher.test(f))
-        elif applies is Response.MARKER:
+        elif applies is _MARKER_ONLY:
             marker = self._response_for(f)["marker_header"]
             response = {"redact": {}, "block": (), "marker_header": marker, "rules": ()}
             limits = ()
@@ -281,11 +287,11 @@ class Policy:
         return self._decision(outcome=res.outcome, observed=observed, status=res.status, reason=res.reason,
                               code=res.code, matched=tuple(matched), redact=res.redact, max_tokens_cap=res.cap,
                               response=response, limits=limits, mode=route.mode, route=route.id, detail=detail,
-                              serve_with=res.serve_with if applies is Response.ALL else None)
+                              serve_with=res.serve_with if applies is _ALL_RESPONSE else None)
 
     @staticmethod
     def _would(res: _Result) -> dict:
-        return {"outcome": res.outcome.value, "status": res.status, "code": res.code, "reason": res.reason,
+        return {"outcome": str(res.outcome), "status": res.status, "code": res.code, "reason": res.reason,
                 "redact": dict(res.redact), "max_tokens_cap": res.cap,
                 "rules": [m["rule"] for m in res.matched]}
 
@@ -328,7 +334,7 @@ class Policy:
             roles = self._roles
             caps = [roles[r].max_tokens for r in f.roles if r in roles and roles[r].models.match(f.model)]
             if not caps:
-                synthetic.append(({"rule": "$roles.models", "effect": Effect.DENY.value, "priority": None,
+                synthetic.append(({"rule": "$roles.models", "effect": _DENY_NAME, "priority": None,
                                    "why": ("none of the caller's roles allows this model",)},
                                   (403, "model_not_allowed", "the requested model is not allowed for your roles")))
             else:
@@ -336,22 +342,27 @@ class Policy:
         if rule_cap is not None:
             cap = rule_cap if cap is None else min(cap, rule_cap)   # rules only restrict
         if cap is not None and f.max_tokens is not None and f.max_tokens > cap:
-            synthetic.append(({"rule": "$max_tokens", "effect": Effect.DENY.value, "priority": None,
+            synthetic.append(({"rule": "$max_tokens", "effect": _DENY_NAME, "priority": None,
                                "why": (f"max_tokens {f.max_tokens} > cap {cap}",)},
                               (400, "max_tokens_exceeded", f"max_tokens is above the cap of {cap} for your roles")))
 
         redact: dict[str, str] = {}
         win_priority: float
-        winner = next((best[row.effect] for row in PRECEDENCE if row.effect in best), None)
+        winner: Rule | None = None
+        if best and not synthetic:
+            for row in PRECEDENCE:
+                winner = best.get(row.effect)
+                if winner is not None:
+                    break
         if synthetic:                      # role constraints rank above every rule
             status, code, reason = synthetic[0][1]
             entries = [e for e, _ in synthetic] + entries
-            outcome, win_priority = Effect.DENY, _INF
+            outcome, win_priority = _DENY, _INF
         elif winner is None:
             status, code, reason = self._default_deny
-            entries.append({"rule": "$default", "effect": Effect.DENY.value, "priority": None,
+            entries.append({"rule": "$default", "effect": _DENY_NAME, "priority": None,
                             "why": (_NOTHING_RELEASED,)})
-            outcome, win_priority = Effect.DENY, _NEG_INF
+            outcome, win_priority = _DENY, _NEG_INF
         else:
             outcome, win_priority = winner.effect, winner.priority
             row = ROWS[outcome]
@@ -359,9 +370,9 @@ class Policy:
                 status, code, reason = winner.deny["status"], winner.deny["code"], winner.deny["reason"]
             else:
                 status, code, reason = 200, row.code, ""
-            if outcome is Effect.REDACT:
+            if outcome is _REDACT:
                 redact = self._merged_redact(tuple(r.idx for r in redacts))
-        for row in OVERRIDES:
+        for row in OVERRIDES if best else ():
             w = best.get(row.effect)
             if w is not None and w.priority > win_priority:
                 return _Result(row.effect, 200, row.code or "", "", entries, {}, None,
