@@ -27,8 +27,8 @@ class Effect(StrEnum):
     OBSERVE = "observe"
 
 
-class Response(Enum):
-    """Which response rules apply to a request with this outcome."""
+class ResponseSide(Enum):
+    """What of the response side (response rules, rate limits) applies to a request with this outcome."""
 
     ALL = "all"           # redaction, blocking and the marker header; rate limits apply too
     MARKER = "marker"     # the transparency marker only (nothing changed, nothing limited)
@@ -41,7 +41,7 @@ class EffectRow:
     releases: bool                 # the request goes upstream (possibly rewritten)
     code: str | None               # the decision's code when it wins; None: the winning rule's own
                                    # status, code and reason (the row accepts those keys)
-    response: Response
+    response: ResponseSide
     rule_keys: frozenset[str]      # the optional rule keys (of OPTIONAL_RULE_KEYS) it accepts
 
 
@@ -49,28 +49,18 @@ class EffectRow:
 OPTIONAL_RULE_KEYS = ("status", "code", "reason", "redact", "max_tokens", "serve_with")
 
 PRECEDENCE: tuple[EffectRow, ...] = (
-    EffectRow(Effect.DENY, releases=False, code=None, response=Response.NONE,
+    EffectRow(Effect.DENY, releases=False, code=None, response=ResponseSide.NONE,
               rule_keys=frozenset({"status", "code", "reason"})),
-    EffectRow(Effect.REDACT, releases=True, code="policy_redacted", response=Response.ALL,
+    EffectRow(Effect.REDACT, releases=True, code="policy_redacted", response=ResponseSide.ALL,
               rule_keys=frozenset({"redact", "max_tokens", "serve_with"})),
-    EffectRow(Effect.PERMIT, releases=True, code="policy_permitted", response=Response.ALL,
+    EffectRow(Effect.PERMIT, releases=True, code="policy_permitted", response=ResponseSide.ALL,
               rule_keys=frozenset({"max_tokens", "serve_with"})),
 )
 OVERRIDES: tuple[EffectRow, ...] = (
-    EffectRow(Effect.OBSERVE, releases=True, code="policy_observed", response=Response.MARKER,
+    EffectRow(Effect.OBSERVE, releases=True, code="policy_observed", response=ResponseSide.MARKER,
               rule_keys=frozenset({"max_tokens"})),
 )
 ROWS: dict[Effect, EffectRow] = {row.effect: row for row in PRECEDENCE + OVERRIDES}
-
-
-def row_of(outcome: str) -> EffectRow:
-    """The row of an effect or outcome (an Effect or its string)."""
-    return ROWS[Effect(outcome)]
-
-
-def releases(outcome: str) -> bool:
-    """Whether a decision with this outcome lets the request go upstream."""
-    return ROWS[Effect(outcome)].releases
 
 
 def misplaced_key_message(key: str) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from ext_proc.policy.compile import STRATEGY_ORDER, PolicyError, canonical_json
-from ext_proc.policy.effects import OVERRIDES, PRECEDENCE, ROWS, Effect, Response
+from ext_proc.policy.effects import OVERRIDES, PRECEDENCE, ROWS, Effect, ResponseSide
 from ext_proc.policy.facts import BadInput, Facts, read_facts
 from ext_proc.policy.glob import GlobSet
 from ext_proc.policy.matchers import Matcher, Route, index_key
@@ -43,7 +43,7 @@ _STRATEGY_RANK = {s: i for i, s in enumerate(STRATEGY_ORDER)}   # lower = more r
 _MEMO_MAX = 4096
 # Enum attribute access (and .value) costs a Python-level lookup each time: the hot path reads these.
 _DENY, _REDACT, _OBSERVE = Effect.DENY, Effect.REDACT, Effect.OBSERVE
-_ALL_RESPONSE, _MARKER_ONLY = Response.ALL, Response.MARKER
+_ALL_RESPONSE, _MARKER_ONLY = ResponseSide.ALL, ResponseSide.MARKER
 _DENY_NAME = str(Effect.DENY)                       # an exact str, as records need
 _OBSERVED_CODE = ROWS[Effect.OBSERVE].code or ""
 # Why the default deny: "no permit or redact rule matched" (the combining effects that release).
@@ -111,8 +111,8 @@ def _plain(value: Any) -> Any:
 
 
 class Rule:
-    __slots__ = ("idx", "id", "effect", "effect_name", "releases", "priority", "shadow", "matcher", "tests", "unless", "deny",
-                 "redact", "redact_labels", "max_tokens", "serve_with", "routes", "index")
+    __slots__ = ("idx", "id", "effect", "effect_name", "releases", "priority", "shadow", "matcher", "tests",
+                 "unless", "deny", "redact", "redact_labels", "max_tokens", "serve_with", "routes", "index")
 
     def __init__(self, idx: int, spec: Mapping) -> None:
         self.idx = idx

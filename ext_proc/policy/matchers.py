@@ -295,8 +295,9 @@ class Route:
                 bucket.setdefault(k, []).append(r)
         self.always = tuple(always)
         # (facet, bucket): a _GlobBucket for the glob facets, else a dict key -> rules.
-        self.index: tuple[tuple[str, Any], ...] = tuple((facet, _GlobBucket(b) if facet in _GLOB_FACETS else {k: tuple(v) for k, v in b.items()})
-                           for facet, b in sorted(index.items()))
+        self.index: tuple[tuple[str, Any], ...] = tuple(
+            (facet, _GlobBucket(b) if facet in _GLOB_FACETS else {k: tuple(v) for k, v in b.items()})
+            for facet, b in sorted(index.items()))
 
     def matches(self, f: Facts) -> bool:
         return ((self.apis is None or f.api in self.apis)

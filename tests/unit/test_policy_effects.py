@@ -12,7 +12,7 @@ import pytest
 from ext_proc.audit.canonical import check_canonical
 from ext_proc.policy import evaluation, load_policy_text
 from ext_proc.policy.compile import SCHEMA_PATH, PolicyError
-from ext_proc.policy.effects import OVERRIDES, PRECEDENCE, ROWS, Effect, Response, misplaced_key_message
+from ext_proc.policy.effects import OVERRIDES, PRECEDENCE, ROWS, Effect, ResponseSide, misplaced_key_message
 from ext_proc.policy.testing import TEST_SCHEMA
 
 
@@ -45,8 +45,8 @@ def test_the_table_orders_deny_over_redact_over_permit_and_observe_overrides():
     assert set(ROWS) == set(Effect)
     assert [row.releases for row in PRECEDENCE] == [False, True, True] and ROWS[Effect.OBSERVE].releases
     assert {e: ROWS[e].response for e in Effect} == {
-        Effect.DENY: Response.NONE, Effect.REDACT: Response.ALL, Effect.PERMIT: Response.ALL,
-        Effect.OBSERVE: Response.MARKER}
+        Effect.DENY: ResponseSide.NONE, Effect.REDACT: ResponseSide.ALL, Effect.PERMIT: ResponseSide.ALL,
+        Effect.OBSERVE: ResponseSide.MARKER}
 
 
 @pytest.mark.parametrize("labels, outcome, code", [
