@@ -16,6 +16,7 @@ from ext_proc.classify import Classifier, InputTooLarge, redact, summarize
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
 from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
 from ext_proc.policy import Decision, Policy
+from ext_proc.policy.effects import Effect
 from ext_proc.providers import (
     BadRequestBody,
     ParsedRequest,
@@ -125,7 +126,7 @@ def reject_identity(head: RequestHead, error: IdentityError, now_ms: int, policy
         provider=head.surface.provider if head.surface else None,
         model_requested=head.surface.model_from_path if head.surface else None, model_routed=None,
         upstream=None, classification={}, policy=_policy_ref(policy) if policy else {},
-        decision={"outcome": "deny", "status": 401, "code": error.reason, "reason": error.message},
+        decision={"outcome": Effect.DENY.value, "status": 401, "code": error.reason, "reason": error.message},
         input={}, request_sha256=None, forwarded_sha256=None)
     v = Verdict(forward=False, status=401, code=error.reason, message=error.message, record=record)
     v.reject(401, error.reason, error.message, head.provider)
@@ -142,7 +143,7 @@ def reject_unprocessable(head: RequestHead, identity: Identity | None, status: i
         route=head.route_record(), provider=head.surface.provider if head.surface else None,
         model_requested=None, model_routed=None, upstream=None, classification={},
         policy=_policy_ref(policy) if policy else {},
-        decision={"outcome": "deny", "status": status, "code": code, "reason": message},
+        decision={"outcome": Effect.DENY.value, "status": status, "code": code, "reason": message},
         input={}, request_sha256=sha256_hex(body), forwarded_sha256=None)
     v = Verdict(forward=False, status=status, code=code, message=message, record=record,
                 identity=identity)
@@ -205,7 +206,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     redactions: list[dict] = []
     set_fields: dict[tuple, Any] = {}
     usage_injected = False
-    if parsed is not None and decision.outcome in ("permit", "redact", "observe"):
+    if parsed is not None and decision.releases:
         if decision.max_tokens_cap is not None and parsed.max_tokens is None:
             key = _max_tokens_field(head.surface)
             if key is not None:
@@ -216,7 +217,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
             usage_injected = not (isinstance(options, dict) and options.get("include_usage") is True)
             set_fields[("stream_options", "include_usage")] = True
         replacements: dict[int, str] = {}
-        if decision.outcome == "redact" and decision.redact and doc is not None:
+        if decision.outcome == Effect.REDACT and decision.redact and doc is not None:
             for i in sorted(found.per_segment):
                 seg = doc.segments[i]
                 text, reds = redact(seg.text, found.per_segment[i], decision.redact, hash_key=hash_key,
@@ -234,7 +235,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
 
     # --- envelope hook: redacted header / query values, applied by the servicer's header mutation ---
     envelope_redacted: dict[int, str] = {}
-    if decision.outcome == "redact" and decision.redact:
+    if decision.outcome == Effect.REDACT and decision.redact:
         for i, (seg, findings) in enumerate(zip(envelope_segments, envelope_findings)):
             if findings:
                 text, reds = redact(seg.text, findings, decision.redact, hash_key=hash_key, tenant=identity.tenant)
@@ -255,14 +256,14 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
                         + [dict(f.to_record(), envelope=envelope_segments[i].where)  # envelope hook
                            for i, seg in enumerate(envelope_findings) for f in seg]},
         policy=_policy_ref(policy), decision=decision_rec, input=policy_input,
-        request_sha256=sha256_hex(body), forwarded_sha256=sha256_hex(forwarded) if decision.outcome != "deny" else None)
-    v = Verdict(forward=decision.outcome != "deny", status=200 if decision.outcome != "deny" else decision.status,
+        request_sha256=sha256_hex(body), forwarded_sha256=sha256_hex(forwarded) if decision.releases else None)
+    v = Verdict(forward=decision.releases, status=200 if decision.releases else decision.status,
                 code=decision.code, message=decision.reason, record=record, decision=decision,
                 identity=identity, new_body=new_body, limits=tuple(decision.limits),
                 estimated_tokens=parsed.estimated_tokens if parsed else 0,
                 model=policy_input["model"], stream=policy_input["request"]["stream"],
-                usage_injected=usage_injected and decision.outcome != "deny",
-                envelope_redacted=envelope_redacted if decision.outcome != "deny" else {})
+                usage_injected=usage_injected and decision.releases,
+                envelope_redacted=envelope_redacted if decision.releases else {})
     if not v.forward:
         v.reject(decision.status, decision.code, decision.reason, head.provider)
     return v

@@ -6,7 +6,7 @@ docs/policy.md) compiled to a content-addressed version and evaluated per reques
 """
 
 from ext_proc.policy.compile import PolicyError
-from ext_proc.policy.engine import Decision, Policy
+from ext_proc.policy.evaluation import Decision, Policy
 from ext_proc.policy.store import PolicyHolder, PolicyStore, load_policy, load_policy_text
 
 __all__ = ["Decision", "Policy", "PolicyError", "PolicyHolder", "PolicyStore", "load_policy", "load_policy_text"]

@@ -18,8 +18,9 @@ import jsonschema
 
 from ext_proc.classify.engine import MAX_CUSTOM_TERMS, MAX_TERM_CHARS
 from ext_proc.classify.taxonomy import CONTENT_LABELS, CUSTOM_PREFIX, LABELS, is_known_label
+from ext_proc.policy.effects import OPTIONAL_RULE_KEYS, ROWS, Effect, misplaced_key_message
 from ext_proc.policy.glob import Glob, GlobError, check_glob
-from ext_proc.policy.yamlsrc import LDict, YAMLSourceError, line_of, load_yaml
+from ext_proc.policy.yamlsrc import YAMLSourceError, line_of, load_yaml
 
 FORMAT = 1
 MAX_INCLUDE_FILES = 64
@@ -366,24 +367,19 @@ class _Compiler:
             r, p, f = it.value, it.path, it.file
             self.unique(ids, f, p + ["id"], r["id"], "id")
             effect = r["effect"]
-            for key in ("status", "code", "reason"):
-                if key in r and effect != "deny":
-                    self.out.add(f, p + [key], f"{key!r} only applies to deny rules")
-            if effect == "redact" and "redact" not in r:
-                self.out.add(f, p, "a redact rule needs a 'redact' map (label: strategy)")
-            if effect != "redact" and "redact" in r:
-                self.out.add(f, p + ["redact"], "'redact' only applies to redact rules")
-            if effect == "deny" and "max_tokens" in r:
-                self.out.add(f, p + ["max_tokens"], "'max_tokens' does not apply to deny rules")
-            if effect not in ("permit", "redact") and "serve_with" in r:
-                self.out.add(f, p + ["serve_with"], "'serve_with' applies to permit and redact rules")
+            accepted = ROWS[Effect(effect)].rule_keys      # the schema admits only known effects
+            for key in OPTIONAL_RULE_KEYS:
+                if key == "redact" and effect == Effect.REDACT and "redact" not in r:
+                    self.out.add(f, p, "a redact rule needs a 'redact' map (label: strategy)")
+                if key in r and key not in accepted:
+                    self.out.add(f, p + [key], misplaced_key_message(key))
             rules.append({
                 "id": r["id"], "description": r.get("description", ""), "effect": effect,
                 "priority": r.get("priority", 0), "shadow": bool(r.get("shadow", False)),
                 "when": self.when(f, p + ["when"], r.get("when")),
                 "unless": self.when(f, p + ["unless"], r.get("unless")) if r.get("unless") else None,
                 "deny": ({"status": r.get("status", 403), "code": r.get("code", "policy_denied"),
-                          "reason": r.get("reason", "denied by policy")} if effect == "deny" else None),
+                          "reason": r.get("reason", "denied by policy")} if "code" in accepted else None),
                 "redact": self.redact_map(f, p + ["redact"], r["redact"]) if "redact" in r else {},
                 "max_tokens": r.get("max_tokens"),
                 "serve_with": r.get("serve_with"),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ext_proc.policy.compile import PolicyError, compile_path, compile_text
-from ext_proc.policy.engine import Policy
+from ext_proc.policy.evaluation import Policy
 
 _VERSION_CHARS = frozenset("0123456789abcdef")
 

@@ -21,13 +21,15 @@ from typing import Any
 import jsonschema
 
 from ext_proc.policy.compile import PolicyError, format_path
-from ext_proc.policy.engine import Decision, Policy
+from ext_proc.policy.effects import Effect
+from ext_proc.policy.evaluation import Decision, Policy
 from ext_proc.policy.store import load_policy
 from ext_proc.policy.yamlsrc import YAMLSourceError, line_of, load_yaml
 
+_OUTCOMES = [e.value for e in Effect]
 _EXPECT_KEYS = {
-    "outcome": {"enum": ["permit", "redact", "deny", "observe"]},
-    "observed": {"enum": ["permit", "redact", "deny", "observe", None]},
+    "outcome": {"enum": _OUTCOMES},
+    "observed": {"enum": _OUTCOMES + [None]},
     "status": {"type": "integer"}, "code": {"type": "string"}, "reason": {"type": "string"},
     "mode": {"enum": ["enforce", "observe", "shadow", "multiplex"]}, "route": {"type": ["string", "null"]},
     "max_tokens_cap": {"type": ["integer", "null"]},

@@ -303,3 +303,37 @@ def test_error_messages_do_not_echo_long_values():
     secret_like = "sk-" + "A" * 500
     probs = problems_of(f"id: t\nrules:\n  - {{id: r, effect: {secret_like}}}\n")
     assert all(len(p) < 400 for p in probs)
+
+
+def test_glob_time_does_not_grow_with_the_length_of_a_literal_run():
+    # docs/architecture.md: wcmatch 12 makes stars atomic (the 16-star case above is fast there
+    # too), but Python re still tries each literal run at every position: this pair took 180 ms of
+    # CPU with wcmatch against 2 ms with RE2. A model name in a body is bounded only by the body.
+    # CPU time: a shared machine stretches the wall clock.
+    import time
+
+    from ext_proc.policy.glob import Glob
+
+    g = Glob("*" + "a" * 120 + "b*" + "a" * 120 + "c")
+    t0 = time.process_time()
+    assert not g.match("a" * 1_000_000)
+    assert time.process_time() - t0 < 0.05
+
+
+def test_a_star_matches_the_empty_string():
+    # Not a file name: an empty value (a route path or subject that is absent) is matched by "*"
+    # (wcmatch's fnmatch refuses the empty string for a leading star).
+    from ext_proc.policy.glob import Glob, GlobSet
+
+    assert Glob("*").match("") and Glob("**").match("") and GlobSet(["*x", "*"]).match("")
+    assert not Glob("?").match("") and not Glob("*?").match("")
+
+
+def test_policy_files_are_read_as_yaml_1_1():
+    # What a file means must not change with the loader (ruamel.yaml reads YAML 1.2 by default:
+    # 0755 is 755 there, "yes" a string); docs/architecture.md.
+    from ext_proc.policy.yamlsrc import load_yaml
+
+    assert load_yaml("a: 0755\nb: yes\nc: on\nd: 1:30\n") == {"a": 493, "b": True, "c": True, "d": 90}
+    probs = problems_of("id: t\non: 1\n")
+    assert probs == ["p.yaml:2: mapping keys must be strings, got bool"]

@@ -26,7 +26,7 @@ MAX_HANG_S = 30.0
 def _install(fault_dir: str) -> None:
     from ext_proc.audit.log import FileSink
     from ext_proc.classify.engine import Classifier
-    from ext_proc.policy.engine import Policy
+    from ext_proc.policy.evaluation import Policy
 
     def on(name: str) -> bool:
         return os.path.exists(os.path.join(fault_dir, name))
