@@ -112,19 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Sub-tools with their own argument parsers.
     if argv and argv[0] == "classify":
-        from ext_proc.classify.cli import run
+        from ext_proc.cli.classify import run
         return run(argv[1:])
     if argv and argv[0] == "policy":
-        from ext_proc.policy.cli import run
+        from ext_proc.cli.policy import run
         return run(argv[1:])
     if argv and argv[0] == "audit":
-        from ext_proc.audit.cli import run
+        from ext_proc.cli.audit import run
         return run(argv[1:])
     if argv and argv[0] == "cache":
         from ext_proc.cli.cache import run
         return run(argv[1:])
     if argv and argv[0] == "console":
-        from ext_proc.console.cli import run
+        from ext_proc.cli.console import run
         return run(argv[1:])
 
     p = argparse.ArgumentParser(prog="ledgergate", description=__doc__)

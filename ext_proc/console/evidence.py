@@ -167,9 +167,9 @@ def split_torn(data: bytes) -> tuple[list[bytes], bytes]:
 
 
 def replay_with(records, evaluate) -> dict:
-    """The evidence issue's replay (ext_proc.audit.cli.replay): each decision's recorded input
+    """The evidence issue's replay (ext_proc.audit.query.replay): each decision's recorded input
     evaluated again; `evaluate(version, input)` decides which policy answers."""
-    from ext_proc.audit.cli import replay
+    from ext_proc.audit.query import replay
 
     return replay(records, evaluate)
 

@@ -129,7 +129,7 @@ def test_audit_replay_reproduces_every_decision(strict):
 
 
 def test_replay_reports_a_decision_that_does_not_reproduce():
-    from ext_proc.audit.cli import replay
+    from ext_proc.audit.query import replay
 
     recs = [{"kind": "decision", "request_id": "a", "policy": {"version": "v1"}, "input": {"x": 1},
              "decision": {"outcome": "permit"}},

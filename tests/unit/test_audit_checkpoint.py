@@ -16,7 +16,7 @@ from pymerkle import InmemoryTree
 
 from ext_proc.audit.chain import ChainWriter
 from ext_proc.audit.checkpoint import load_checkpoint_file, load_witness_dir, parse_note
-from ext_proc.audit.cli import run
+from ext_proc.cli.audit import run
 from ext_proc.audit.log import load_or_create_signing_key, open_audit_log
 from ext_proc.audit.merkle import (MerkleFrontier, consistency_proof, leaf_hash, merkle_root,
                                    verify_consistency)

@@ -172,7 +172,7 @@ def test_a_reformatted_postgres_row_fails_with_its_position(tmp_path):
         asyncio.run(go())
         assert verify_store(DSN, table=table).ok
         # The same CLI for a table: the store first, --table to name it.
-        from ext_proc.audit.cli import run
+        from ext_proc.cli.audit import run
         assert run(["show", DSN, "r2", "--table", table]) == 0
         assert run(["show", DSN, "r9", "--table", table]) == 1
         assert run(["verify", DSN, "--table", table]) == 0

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ext_proc.classify import (
     LABELS, STRATEGIES, Classifier, Finding, InputTooLarge, Redaction, redact, summarize,
 )
-from ext_proc.classify import cli
+from ext_proc.cli import classify as cli
 from ext_proc.classify import validators as v
 from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, normalize
 

@@ -228,7 +228,7 @@ def test_a_record_changed_under_the_index_is_read_again_from_the_store(env):
 def test_the_witnesses_view_and_a_tail_removed_since_they_saw_it(env):
     import io as _io
 
-    from ext_proc.audit.cli import run as audit_run
+    from ext_proc.cli.audit import run as audit_run
 
     audit, witness = env["tmp"] / "open-store", env["tmp"] / "witness"
     write_sample_store(audit, requests=40, start_ms=START, span_ms=HOUR, close=False)

@@ -179,7 +179,7 @@ def test_an_existing_index_is_reopened_and_kept(tmp_path):
 def test_console_binds_loopback_unless_told_and_keeps_its_index_out_of_the_store(tmp_path):
     import pytest
 
-    from ext_proc.console.cli import build_console, build_parser, is_loopback, parse_listen, run
+    from ext_proc.cli.console import build_console, build_parser, is_loopback, parse_listen, run
 
     assert parse_listen("127.0.0.1:8600") == ("127.0.0.1", 8600) and parse_listen("[::1]:9") == ("::1", 9)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
