@@ -25,13 +25,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
-
 
 ORIGIN_PREFIX = "ledgergate"
 

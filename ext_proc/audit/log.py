@@ -13,8 +13,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -23,7 +24,6 @@ from ext_proc.audit.chain import ChainWriter
 from ext_proc.audit.checkpoint import HttpWitness
 from ext_proc.audit.merkle import MerkleFrontier, ProofWindow, leaf_hash
 from ext_proc.keyfiles import load_or_create_ed25519
-
 
 _log = logging.getLogger(__name__)
 
@@ -256,8 +256,8 @@ class AuditLog:
 
     def signed_checkpoint(self, size: int, root: bytes) -> bytes:
         """A C2SP checkpoint of this segment at `size`, signed with the segment's key."""
-        from ext_proc.audit.checkpoint import checkpoint_body, key_name, origin_for, sign_note
         from ext_proc.audit.chain import public_key_raw
+        from ext_proc.audit.checkpoint import checkpoint_body, key_name, origin_for, sign_note
 
         body = checkpoint_body(origin_for(self.chain.writer_id, self.chain.segment_id), size, root)
         return sign_note(body, key_name(self.chain.key_id), public_key_raw(self.chain.public_key), self.chain.sign)

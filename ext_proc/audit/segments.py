@@ -4,9 +4,9 @@ reads only, so the store modules and the verifier can all use it without importi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 CHUNK_BYTES = 2 * 1024 * 1024
 """A file chunk: large enough to amortise a task, small enough that chunks in flight stay a few MB."""

@@ -27,10 +27,11 @@ import multiprocessing
 import os
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -38,11 +39,12 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from ext_proc.audit.canonical import canonical_json_unchecked
-from ext_proc.audit.checkpoint import Checkpoint, signature_problem
 from ext_proc.audit.chain import GENESIS_PREV, key_id, record_hash
+from ext_proc.audit.checkpoint import Checkpoint, signature_problem
+from ext_proc.audit.merkle import ConsistencyProofBuilder, MerkleFrontier, leaf_hash, verify_consistency
+
 # lines_segment is used here and by the console through this module.
 from ext_proc.audit.segments import Segment, StoreNotFound, file_segments, is_dsn, lines_segment  # noqa: F401
-from ext_proc.audit.merkle import ConsistencyProofBuilder, MerkleFrontier, leaf_hash, verify_consistency
 
 
 @dataclass
@@ -485,7 +487,7 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method))
     checks: list[_SegmentCheck | None] = []
     try:
-        for i, (seg, gen) in enumerate(zip(segments, genes)):
+        for i, (seg, gen) in enumerate(zip(segments, genes, strict=False)):
             st = SegmentStatus(seg.name)
             rep.segment_status.append(st)
             if seg.first_line is None:
@@ -521,7 +523,7 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
     # Only genesis records whose whole segment verified (and whose key is trusted) attest.
     attested_torn, attested_least = _attestations(
         genes, [i for i, c in enumerate(checks) if c is not None and not c.done])
-    for seg, c, st in zip(segments, checks, rep.segment_status):
+    for seg, c, st in zip(segments, checks, rep.segment_status, strict=False):
         if seg.first_line is None:
             _empty_segment(seg, st, attested_torn)
         elif c is not None and not c.done:

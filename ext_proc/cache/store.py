@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import cachetools
 
@@ -39,7 +40,7 @@ class Entry:
         return json.dumps(self.meta(), separators=(",", ":")).encode() + b"\n" + self.body
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Entry":
+    def decode(cls, raw: bytes) -> Entry:
         head, sep, body = raw.partition(b"\n")
         if not sep:
             raise CacheUnavailable("malformed entry")

@@ -6,8 +6,8 @@ Everything that touches the (untrusted) text is RE2 (linear time) or bounded pla
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import re2
 
@@ -148,7 +148,7 @@ class Classifier:
         opts.log_errors = False
         self._compiled = tuple(re2.compile(r.pattern, opts) for r in rules)
         self._groups = tuple(1 if rx.groups else 0 for rx in self._compiled)
-        self._spans = tuple(_fast_spans(rx, g) for rx, g in zip(self._compiled, self._groups))
+        self._spans = tuple(_fast_spans(rx, g) for rx, g in zip(self._compiled, self._groups, strict=True))
         prefilter = re2.Set.SearchSet(opts)
         for r in rules:
             prefilter.Add(r.prefilter)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import re._constants as sre_c
 import re._parser as sre_parse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import re2
 

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (127.0.0.1) (default: %(default)s)")
     up.add_argument("--ext-proc-port", type=int, default=50051, help="first ext_proc worker port (default: %(default)s)")
     up.add_argument("--mock-port", type=int, default=18080, help="built-in mock providers port (default: %(default)s)")
-    up.add_argument("--metrics-port", type=int, default=9464, help="Prometheus metrics port (first worker) (default: %(default)s)")
+    up.add_argument("--metrics-port", type=int, default=9464,
+                    help="Prometheus metrics port (first worker) (default: %(default)s)")
     up.add_argument("--console-port", type=int, default=8600,
                     help="the auditor's console on 127.0.0.1, 0: do not start it (default: %(default)s)")
     up.add_argument("--workers", type=int, default=1, help="ext_proc worker processes (one port each) (default: %(default)s)")

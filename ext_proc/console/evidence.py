@@ -6,8 +6,8 @@ the console following it around: only `verify_segments`, `verify_dir`'s segment 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from ext_proc.audit.verify import check_lines, verify_segments
 
@@ -124,7 +124,7 @@ def verify_store(parsed: list[tuple[str, list[bytes], bytes]]) -> StoreStatus:
         n = notes.get(name, [])
         state = "open" if any("no closing checkpoint" in x for x in n) else "verified"
         statuses[name] = SegmentStatus(name, len(lines), state, None, None, n)
-    return StoreStatus({n: statuses[n] for n, _l, _t in parsed}, sum(len(l) for _n, l, _t in parsed),
+    return StoreStatus({n: statuses[n] for n, _l, _t in parsed}, sum(len(lines) for _n, lines, _t in parsed),
                        sorted(key_ids))
 
 
@@ -144,7 +144,7 @@ def _from_segment_status(rep, parsed) -> StoreStatus:
                                          notes or ([] if closed else ["no closing checkpoint (writer still running or crashed)"]))
     for name, lines, _t in parsed:
         out.setdefault(name, SegmentStatus(name, len(lines), "broken", None, rep.problem or "not verified"))
-    return StoreStatus({n: out[n] for n, _l, _t in parsed}, sum(len(l) for _n, l, _t in parsed),
+    return StoreStatus({n: out[n] for n, _l, _t in parsed}, sum(len(lines) for _n, lines, _t in parsed),
                        sorted(rep.key_ids))
 
 

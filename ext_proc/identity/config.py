@@ -8,9 +8,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 # Asymmetric JWS algorithms only: no "none", no HMAC (which is what makes HS256-signed-with-the-
 # RSA-public-key possible), nothing PyJWT would need a shared secret for.
@@ -185,7 +186,7 @@ class IdentityConfig:
         return max(sizes)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, base_dir: Path) -> "IdentityConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None, base_dir: Path) -> IdentityConfig:
         d = _check_keys(d, {"issuers", "api_keys", "mtls", "introspection", "forward_headers", "cache_size"},
                         "identity")
         base_dir = Path(base_dir)

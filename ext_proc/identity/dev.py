@@ -6,8 +6,8 @@ import base64
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jwt
 from cryptography.hazmat.primitives import serialization

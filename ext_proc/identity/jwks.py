@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import jwt
-from jwt import PyJWK
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt import PyJWK
 
 from ext_proc.identity.config import IssuerConfig
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ext_proc.classify.engine import Classifier, InspectionBudgetExceeded
 

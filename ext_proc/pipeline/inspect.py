@@ -33,7 +33,7 @@ class DocumentFindings:
         """What the decision record keeps: label, confidence and where (segment and offsets);
         a value spanning several fields is one finding with several parts."""
         out = []
-        for f, (label, _conf, parts) in zip(self.logical, self.spans):
+        for f, (_label, _conf, parts) in zip(self.logical, self.spans, strict=False):
             rec = f.to_record()
             rec["segment"], rec["start"], rec["end"] = parts[0]
             if len(parts) > 1:

@@ -25,8 +25,9 @@ a retry after a 5xx reaches the next provider in that provider's format."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ext_proc.providers.translate import TARGETS, Target, TranslationError
 

@@ -8,13 +8,15 @@ decision record, and `Policy.evaluate(input)` on the same policy version gives t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ext_proc.audit.record import decision_record
-from ext_proc.classify import Classifier, InputTooLarge, redact, summarize
+from ext_proc.classify import Classifier, InputTooLarge, redact
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
 from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
+from ext_proc.pipeline.inspect import DocumentFindings, classify_document
 from ext_proc.policy import Decision, Policy
 from ext_proc.providers import (
     BadRequestBody,
@@ -23,7 +25,6 @@ from ext_proc.providers import (
     error_body,
     parse_request,
 )
-from ext_proc.pipeline.inspect import DocumentFindings, classify_document
 from ext_proc.providers.document import Document, read_document, render_document
 
 # Headers that carry the client's credential to ledgergate never travel to the provider (the
@@ -235,7 +236,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     # --- envelope hook: redacted header / query values, applied by the servicer's header mutation ---
     envelope_redacted: dict[int, str] = {}
     if decision.outcome == "redact" and decision.redact:
-        for i, (seg, findings) in enumerate(zip(envelope_segments, envelope_findings)):
+        for i, (seg, findings) in enumerate(zip(envelope_segments, envelope_findings, strict=False)):
             if findings:
                 text, reds = redact(seg.text, findings, decision.redact, hash_key=hash_key, tenant=identity.tenant)
                 if reds:

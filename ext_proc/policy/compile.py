@@ -9,17 +9,18 @@ the offending key, and a single PolicyError carries them all: a policy is loaded
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jsonschema
 
 from ext_proc.classify.engine import MAX_CUSTOM_TERMS, MAX_TERM_CHARS
 from ext_proc.classify.taxonomy import CONTENT_LABELS, CUSTOM_PREFIX, LABELS, is_known_label
 from ext_proc.policy.glob import Glob, GlobError, check_glob
-from ext_proc.policy.yamlsrc import LDict, YAMLSourceError, line_of, load_yaml
+from ext_proc.policy.yamlsrc import YAMLSourceError, line_of, load_yaml
 
 FORMAT = 1
 MAX_INCLUDE_FILES = 64

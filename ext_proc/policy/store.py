@@ -10,8 +10,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ext_proc.policy.compile import PolicyError, compile_path, compile_text
 from ext_proc.policy.engine import Policy

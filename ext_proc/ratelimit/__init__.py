@@ -1,6 +1,6 @@
 """Identity-aware rate limits and token budgets: reserve before forwarding, settle after."""
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from ext_proc.ratelimit.limits import (
     Admission,

@@ -7,8 +7,9 @@ import asyncio
 import hashlib
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 # The bucket dimensions a policy may name (docs/policy.md, "Rate limits").
 DIMENSIONS = ("subject", "issuer", "tenant", "auth_method", "actor", "role", "roles", "model", "route", "api",
@@ -26,7 +27,7 @@ class LimitSpec:
     default_max_tokens: int | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LimitSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> LimitSpec:
         key = tuple(d.get("key") or ())
         bad = [k for k in key if k not in DIMENSIONS]
         if bad:
@@ -108,7 +109,7 @@ class OutputReservation:
     models: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, section: Mapping | None) -> "OutputReservation":
+    def from_config(cls, section: Mapping | None) -> OutputReservation:
         section = section or {}
         unknown = set(section) - {"default", "models"}
         if unknown:

@@ -4,7 +4,7 @@ request, Redis TIME as the clock so replica clock skew does not matter), counter
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError

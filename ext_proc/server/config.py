@@ -227,7 +227,8 @@ def upstream_timeouts(name: str, spec: Any) -> dict[str, str]:
     """upstreams.NAME's Envoy route timeouts as Envoy durations ("600s"): `timeout` (the whole
     exchange, a whole stream included), `idle_timeout` (no byte either way), `per_try_timeout`
     (one attempt of a failover chain). Only the keys given; ConfigError names a bad one."""
-    from ext_proc.identity.config import ConfigError as DurationError, parse_duration
+    from ext_proc.identity.config import ConfigError as DurationError
+    from ext_proc.identity.config import parse_duration
 
     spec = spec or {}
     unknown = sorted(set(spec) - UPSTREAM_KEYS)

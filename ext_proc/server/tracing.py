@@ -17,8 +17,9 @@ methods, and the OpenTelemetry packages are never imported.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from ext_proc.server.config import ConfigError
 

@@ -179,7 +179,8 @@ def run(args: argparse.Namespace) -> dict:
         proc, port = start_envoy_variant(tmp / "envoy", mock_port=mock_port, ext_ports=None)
         results["scenarios"]["envoy"] = asyncio.run(measure(port, {}, duration=args.duration, rates=rates,
                                                             concurrency=args.concurrency))
-        proc.terminate(); proc.wait(10)
+        proc.terminate()
+        proc.wait(10)
 
         ep = free_ports(args.workers)
         empties = [subprocess.Popen([PY, str(REPO / "tests" / "bench" / "empty_processor.py"), "--port", str(p)])
@@ -193,9 +194,11 @@ def run(args: argparse.Namespace) -> dict:
         empty["cpu_ms_per_request_processor"] = round(
             1000 * sum(proc_cpu_s(e.pid) - cpu0[e.pid] for e in empties) / max(1, n), 3)
         results["scenarios"]["empty"] = empty
-        proc.terminate(); proc.wait(10)
+        proc.terminate()
+        proc.wait(10)
         for e in empties:
-            e.terminate(); e.wait(10)
+            e.terminate()
+            e.wait(10)
     finally:
         mock.terminate()
         mock.wait(10)

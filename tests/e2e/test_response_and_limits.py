@@ -4,14 +4,13 @@ strict test policy (tests/e2e/policies/strict.yaml)."""
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
 
 import anthropic
 import httpx
 import openai
 import pytest
 
-from tests.support import REPO, start_stack, mock_reply
+from tests.support import REPO, mock_reply, start_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -211,7 +211,8 @@ def test_a_reserialised_and_altered_record_is_still_caught(seg):
 
 @pytest.mark.parametrize("tamper", ["flip", "swap", "drop", "sig"])
 def test_parallel_verification_reports_the_same_first_problem(tmp_path, tamper, monkeypatch):
-    from ext_proc.audit import segments as segments_mod, verify as verify_mod
+    from ext_proc.audit import segments as segments_mod
+    from ext_proc.audit import verify as verify_mod
     d = tmp_path / "audit"
     path = write_log(d, n=300)
     ls = lines(path)
@@ -236,7 +237,8 @@ def test_parallel_verification_reports_the_same_first_problem(tmp_path, tamper, 
 
 
 def test_parallel_verification_of_an_intact_log(tmp_path, monkeypatch):
-    from ext_proc.audit import segments as segments_mod, verify as verify_mod
+    from ext_proc.audit import segments as segments_mod
+    from ext_proc.audit import verify as verify_mod
     d = tmp_path / "audit"
     write_log(d, n=120)
     monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD_BYTES", 10)
@@ -253,9 +255,10 @@ record_bodies = st.dictionaries(
 @settings(max_examples=300, deadline=None)
 @given(record_bodies)
 def test_the_line_serialised_once_is_the_canonical_json_of_the_sealed_record(body):
+    import tempfile
+
     from ext_proc.audit.chain import record_hash
     from ext_proc.audit.log import load_or_create_signing_key
-    import tempfile
     key = _KEY.setdefault("k", load_or_create_signing_key(Path(tempfile.mkdtemp()) / "k.pem"))
     rec, line = ChainWriter(key, "w", "s").seal_line(body, 5)
     assert line == canonical_json(rec)

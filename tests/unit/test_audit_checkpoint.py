@@ -16,12 +16,10 @@ from pymerkle import InmemoryTree
 
 from ext_proc.audit.chain import ChainWriter
 from ext_proc.audit.checkpoint import load_checkpoint_file, load_witness_dir, parse_note
-from ext_proc.cli.audit import run
 from ext_proc.audit.log import load_or_create_signing_key, open_audit_log
-from ext_proc.audit.merkle import (MerkleFrontier, consistency_proof, leaf_hash, merkle_root,
-                                   verify_consistency)
+from ext_proc.audit.merkle import MerkleFrontier, consistency_proof, leaf_hash, merkle_root, verify_consistency
 from ext_proc.audit.verify import verify_dir
-
+from ext_proc.cli.audit import run
 from tests.unit.test_audit_chain import lines, put, write_log
 
 

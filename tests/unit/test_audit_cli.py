@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from ext_proc.cli.audit import run
 from ext_proc.audit.log import open_audit_log
+from ext_proc.cli.audit import run
 from ext_proc.cli.policy import run as policy_run
 from ext_proc.policy.store import load_policy
 

@@ -13,7 +13,6 @@ import pytest
 from ext_proc.audit.canonical import canonical_json
 from ext_proc.audit.log import open_audit_log
 from ext_proc.audit.verify import verify_dir, verify_store
-
 from tests.unit.test_audit_chain import lines, put, write_log
 
 

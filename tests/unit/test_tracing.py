@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -19,8 +18,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from ext_proc.cli.devmaterial import ensure_dev_material
-from ext_proc.identity.dev import mint_dev_token
 from ext_proc.server.config import ConfigError, load_config
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.servicer import Servicer
@@ -100,25 +97,6 @@ async def _drive(servicer: Servicer, messages: list[pb.ProcessingRequest],
     if expect_abort:
         assert ctx.aborted is not None, "the stream was expected to abort"
     return replies, ctx
-
-
-@pytest.fixture
-async def runtime(tmp_path):
-    var = tmp_path / "var"
-    ensure_dev_material(var)
-    config = load_config(None, base_dir=tmp_path, overrides={
-        "policy": {"path": str(REPO / "policies" / "default.yaml")}, "server": {"metrics_listen": None}})
-    rt = Runtime(config)
-    await rt.start()
-    try:
-        yield rt
-    finally:
-        await rt.close()
-
-
-@pytest.fixture
-def token(tmp_path):
-    return mint_dev_token(tmp_path / "var" / "dev", sub="alice", roles=["developer"], tenant="acme", now=time.time())
 
 
 def _traced(rt: Runtime) -> InMemorySpanExporter:
