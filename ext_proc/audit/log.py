@@ -23,6 +23,7 @@ from ext_proc.audit.canonical import canonical_json
 from ext_proc.audit.chain import ChainWriter
 from ext_proc.audit.checkpoint import HttpWitness
 from ext_proc.audit.merkle import MerkleFrontier, ProofWindow, leaf_hash
+from ext_proc.audit.sink import AuditSink
 from ext_proc.keyfiles import load_or_create_ed25519
 
 _log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class AuditLog:
     hands the batch's futures back in one loop callback. One wake-up each way per batch: a
     thread pool per batch (asyncio.to_thread) cost three more loop turns per commit."""
 
-    def __init__(self, sink, chain: ChainWriter, *, max_queue: int = 10000, max_batch: int = 512,
+    def __init__(self, sink: AuditSink, chain: ChainWriter, *, max_queue: int = 10000, max_batch: int = 512,
                  clock: Callable[[], float] = time.time, recovered: list[dict] | None = None,
                  predecessors: list[dict] | None = None, witnesses: list | None = None,
                  witness_interval_s: float = 60.0) -> None:

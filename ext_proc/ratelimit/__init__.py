@@ -1,7 +1,9 @@
 """Identity-aware rate limits and token budgets: reserve before forwarding, settle after."""
 
 from collections.abc import Mapping
+from typing import Any
 
+from ext_proc.ratelimit.backend import RateLimitBackend
 from ext_proc.ratelimit.limits import (
     Admission,
     LimitSpec,
@@ -12,11 +14,11 @@ from ext_proc.ratelimit.limits import (
     refusal,
 )
 
-__all__ = ["Admission", "LimitSpec", "MemoryLimiter", "OutputReservation", "Reservation", "limit_key",
-           "open_limiter", "refusal"]
+__all__ = ["Admission", "LimitSpec", "MemoryLimiter", "OutputReservation", "RateLimitBackend",
+           "Reservation", "limit_key", "open_limiter", "refusal"]
 
 
-def open_limiter(config: Mapping | None):
+def open_limiter(config: Mapping[str, Any] | None) -> RateLimitBackend:
     """The limiter the configuration names: in-process, or Redis shared by replicas (imported only
     then, and here rather than in limits.py, which the Redis backend itself builds on)."""
     backend = (config or {}).get("backend", "memory")

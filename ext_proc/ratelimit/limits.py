@@ -147,7 +147,8 @@ def too_large(request_id: str, specs: Sequence[LimitSpec], tokens: int) -> Admis
     return None
 
 
-def _fmt_reset(seconds: float) -> str:
+def format_reset(seconds: float) -> str:
+    """Seconds until a window resets, as the x-ratelimit-reset-* headers write it (`1m5s`, `42s`)."""
     s = max(0, int(math.ceil(seconds)))
     return f"{s // 60}m{s % 60}s" if s >= 60 else f"{s}s"
 
@@ -178,11 +179,11 @@ class MemoryLimiter:
                 if spec.requests is not None:
                     headers["x-ratelimit-limit-requests"] = str(spec.requests)
                     headers["x-ratelimit-remaining-requests"] = str(max(0, spec.requests - used[0] - (1 if req_ok else 0)))
-                    headers["x-ratelimit-reset-requests"] = _fmt_reset(reset)
+                    headers["x-ratelimit-reset-requests"] = format_reset(reset)
                 if spec.tokens is not None:
                     headers["x-ratelimit-limit-tokens"] = str(spec.tokens)
                     headers["x-ratelimit-remaining-tokens"] = str(max(0, spec.tokens - used[1] - (tokens if tok_ok else 0)))
-                    headers["x-ratelimit-reset-tokens"] = _fmt_reset(reset)
+                    headers["x-ratelimit-reset-tokens"] = format_reset(reset)
                 if not (req_ok and tok_ok):
                     retry = max(1, int(math.ceil(reset)))
                     headers["retry-after"] = str(retry)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ext_proc.ratelimit.limits import Admission, LimitSpec, Reservation, _fmt_reset, limit_key, too_large
+from ext_proc.ratelimit.limits import Admission, LimitSpec, Reservation, format_reset, limit_key, too_large
 
 # ARGV: n, tokens, then per limit: key, request limit (-1 none), token limit (-1 none), window seconds.
 _RESERVE = """
@@ -101,11 +101,11 @@ class RedisLimiter:
         if spec.requests is not None:
             headers["x-ratelimit-limit-requests"] = str(spec.requests)
             headers["x-ratelimit-remaining-requests"] = str(max(0, spec.requests - used_r))
-            headers["x-ratelimit-reset-requests"] = _fmt_reset(reset)
+            headers["x-ratelimit-reset-requests"] = format_reset(reset)
         if spec.tokens is not None:
             headers["x-ratelimit-limit-tokens"] = str(spec.tokens)
             headers["x-ratelimit-remaining-tokens"] = str(max(0, spec.tokens - used_t))
-            headers["x-ratelimit-reset-tokens"] = _fmt_reset(reset)
+            headers["x-ratelimit-reset-tokens"] = format_reset(reset)
 
     def _backend_down(self, request_id: str, specs: Sequence[LimitSpec], error: str) -> Admission:
         closed = [s for s in specs if s.on_backend_error == "closed"]

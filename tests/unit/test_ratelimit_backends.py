@@ -223,8 +223,8 @@ def test_output_reservation_is_bounded_and_never_zero():
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (0.2, "1s"), (30, "30s"), (59, "59s"), (59.5, "1m0s"),
                                            (60, "1m0s"), (61, "1m1s"), (3600, "60m0s")])
 def test_reset_headers_use_openais_duration_format(seconds, text):
-    from ext_proc.ratelimit.limits import _fmt_reset
-    assert _fmt_reset(seconds) == text
+    from ext_proc.ratelimit.limits import format_reset
+    assert format_reset(seconds) == text
 
 
 def test_remaining_requests_count_down_to_zero_and_stay_there(limiters):
