@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ext_proc.audit.canonical import canonical_json
 from ext_proc.audit.chain import ChainWriter
 from ext_proc.audit.checkpoint import HttpWitness
+from ext_proc.audit.config import AuditConfig
 from ext_proc.audit.merkle import MerkleFrontier, ProofWindow, leaf_hash
 from ext_proc.audit.sink import AuditSink
 from ext_proc.keyfiles import load_or_create_ed25519
@@ -329,24 +330,21 @@ class AuditLog:
         self.ready = False
 
 
-def open_audit_log(config: dict, *, signing_key_path: str, writer_id: str) -> AuditLog:
-    sink_kind = config.get("sink", "file")
+def open_audit_log(config: AuditConfig, *, writer_id: str) -> AuditLog:
     from ext_proc.audit.witness import open_witnesses
 
-    witness_cfg = config.get("witness")
-    witnesses = open_witnesses(witness_cfg)
-    interval = float((witness_cfg[0] if isinstance(witness_cfg, list) else witness_cfg or {}).get("interval_s", 60))
-    key = load_or_create_signing_key(signing_key_path)
+    witnesses = open_witnesses(config.witnesses)
+    interval = config.witness_interval_s
+    key = load_or_create_signing_key(config.signing_key)
     segment_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     chain = ChainWriter(key, writer_id, segment_id)
-    if sink_kind == "postgres":
+    if config.sink == "postgres":
         from ext_proc.audit.postgres import PostgresSink
 
-        return AuditLog(PostgresSink(config["dsn"], config.get("table", "ledgergate_audit")), chain,
+        assert config.dsn is not None   # AuditConfig requires it for this sink
+        return AuditLog(PostgresSink(config.dsn, config.table), chain,
                         witnesses=witnesses, witness_interval_s=interval)
-    if sink_kind != "file":
-        raise ValueError(f"audit.sink {sink_kind!r}: expected file or postgres")
-    directory = Path(config.get("dir", "var/audit"))
+    directory = config.dir
     directory.mkdir(parents=True, exist_ok=True)
     torn, predecessors = recovered_state(directory)
     return AuditLog(FileSink(directory), chain, recovered=torn, predecessors=predecessors,

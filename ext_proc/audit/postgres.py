@@ -8,9 +8,8 @@ import json
 
 import psycopg
 
+from ext_proc.audit.config import DEFAULT_TABLE, DEFAULT_WITNESS_TABLE
 from ext_proc.audit.segments import Segment, StoreNotFound
-
-DEFAULT_TABLE = "ledgergate_audit"
 
 # A table whose rows can only be added: the same triggers for the audit records and the witness's
 # checkpoints (UPDATE, DELETE and TRUNCATE raise).
@@ -153,7 +152,6 @@ def read_segments(dsn: str, table: str = DEFAULT_TABLE) -> list[tuple[str, list[
 
 # --- A PostgreSQL witness: checkpoints on another server ------------------------------------
 
-DEFAULT_WITNESS_TABLE = "ledgergate_checkpoints"
 
 WITNESS_SQL = """
 CREATE TABLE IF NOT EXISTS {table} (

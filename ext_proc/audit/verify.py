@@ -111,7 +111,8 @@ def _fail(rep: VerifyReport, problem: Problem) -> VerifyReport:
 def open_segments(store: str, table: str | None = None) -> list[Segment]:
     """The segments of a store: a directory of the file sink, or a postgresql:// DSN."""
     if is_dsn(store):
-        from ext_proc.audit.postgres import DEFAULT_TABLE, stream_segments
+        from ext_proc.audit.config import DEFAULT_TABLE
+        from ext_proc.audit.postgres import stream_segments
 
         return stream_segments(store, table or DEFAULT_TABLE)
     path = Path(store)

@@ -9,7 +9,7 @@ import asyncio
 import sys
 
 from ext_proc.cache.plan import model_digest, scope_digest
-from ext_proc.cache.store import RedisStore, cache_settings
+from ext_proc.cache.store import RedisStore
 
 
 async def _purge(settings: dict, scope: str | None, model: str | None) -> int:
@@ -34,9 +34,8 @@ def run(argv: list[str]) -> int:
 
     from ext_proc.server.config import load_config
 
-    config = load_config(args.config)
     try:
-        settings = cache_settings(config.raw.get("cache"))
+        settings = load_config(args.config).cache
     except ValueError as exc:
         print(f"ledgergate cache: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,6 @@ def _duration(text: str) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ext_proc.cli.logging import configure
-    from ext_proc.identity.config import ConfigError as IdentityConfigError
     from ext_proc.policy.compile import PolicyError
     from ext_proc.server.app import ListenError, serve
     from ext_proc.server.config import ConfigError, load_config, located
@@ -32,7 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=overrides or None)
         asyncio.run(serve(config))
-    except (ConfigError, IdentityConfigError, PolicyError, ListenError) as exc:
+    except (ConfigError, PolicyError, ListenError) as exc:
         # What an operator can fix: `file:line: message` and exit 2, never a traceback.
         message = str(exc) if isinstance(exc, (PolicyError, ListenError)) else located(args.config, str(exc))
         if args.config is None and isinstance(exc, PolicyError) and "not found" in message:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ext_proc.configerror import ConfigError
+
 # Asymmetric JWS algorithms only: no "none", no HMAC (which is what makes HS256-signed-with-the-
 # RSA-public-key possible), nothing PyJWT would need a shared secret for.
 ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"})
@@ -25,10 +27,6 @@ FORWARDABLE_FIELDS = frozenset({"subject", "issuer", "auth_method", "roles", "gr
                                 "credential_id"})
 IDENTITY_HEADER_PREFIX = "x-ledgergate-"
 _HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-class ConfigError(ValueError):
-    """The identity configuration is invalid; the message names the offending key."""
 
 
 def parse_duration(v: Any, where: str) -> float:

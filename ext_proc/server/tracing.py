@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ext_proc.server.config import ConfigError
+from ext_proc.configerror import ConfigError
 
 EXPORTERS = ("otlp", "console")
 # The model name comes from the client; it is an identifier, but bound it all the same.
@@ -350,10 +350,9 @@ class Tracing:
         self.provider.shutdown()
 
 
-def open_tracing(config: Mapping[str, Any] | None, *, instance_id: str = "") -> NoTracing | Tracing:
+def open_tracing(cfg: TracingConfig, *, instance_id: str = "") -> NoTracing | Tracing:
     """From the `tracing:` section: `NO_TRACING` when disabled (nothing imported), else a
     provider exporting in batches to the configured exporter."""
-    cfg = TracingConfig.from_dict(config)
     if not cfg.enabled:
         return NO_TRACING
     try:

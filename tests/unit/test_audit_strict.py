@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from ext_proc.audit.canonical import canonical_json
+from ext_proc.audit.config import AuditConfig
 from ext_proc.audit.log import open_audit_log
 from ext_proc.audit.verify import verify_dir, verify_store
 from tests.unit.test_audit_chain import lines, put, write_log
@@ -161,8 +162,7 @@ def test_a_reformatted_postgres_row_fails_with_its_position(tmp_path):
     table = f"lg_audit_s{uuid.uuid4().hex[:10]}"
 
     async def go():
-        log = open_audit_log({"sink": "postgres", "dsn": DSN, "table": table},
-                             signing_key_path=str(tmp_path / "k.pem"), writer_id="pgs")
+        log = open_audit_log(AuditConfig.from_dict({"sink": "postgres", "dsn": DSN, "table": table, "signing_key": str(tmp_path / "k.pem")}), writer_id="pgs")
         await log.start()
         for i in range(5):
             await log.commit({"kind": "decision", "request_id": f"r{i}", "decision": {"outcome": "permit"}})

@@ -278,8 +278,8 @@ async def test_tracing_off_creates_no_span(runtime, token):
 def test_tracing_off_imports_no_opentelemetry():
     code = ("import sys\n"
             "from ext_proc.server import servicer, runtime, app\n"
-            "from ext_proc.server.tracing import open_tracing\n"
-            "t = open_tracing({'enabled': False})\n"
+            "from ext_proc.server.tracing import TracingConfig, open_tracing\n"
+            "t = open_tracing(TracingConfig(enabled=False))\n"
             "ex = t.exchange(); ex.start(None)\n"
             "with ex.phase('identity'): pass\n"
             "with ex.audit_commit({'kind': 'decision'}): pass\n"
@@ -291,7 +291,7 @@ def test_tracing_off_imports_no_opentelemetry():
 
 def test_config_defaults_are_off_and_validated():
     cfg = load_config(None)
-    assert TracingConfig.from_dict(cfg.tracing).enabled is False
+    assert cfg.tracing.enabled is False
     assert open_tracing(cfg.tracing) is NO_TRACING
     with pytest.raises(ConfigError):
         TracingConfig.from_dict({"enabled": True, "exporter": "jaeger"})
@@ -301,13 +301,13 @@ def test_config_defaults_are_off_and_validated():
         TracingConfig.from_dict({"enabled": "yes"})
     with pytest.raises(ConfigError):
         TracingConfig.from_dict({"endpiont": "x"})
-    on = open_tracing({"enabled": True, "exporter": "console", "service_name": "lg-test"})
+    on = open_tracing(TracingConfig.from_dict({"enabled": True, "exporter": "console", "service_name": "lg-test"}))
     try:
         assert isinstance(on, Tracing)
         assert on.provider.resource.attributes["service.name"] == "lg-test"
     finally:
         on.shutdown()
-    otlp = open_tracing({"enabled": True, "exporter": "otlp", "endpoint": "http://127.0.0.1:4317"})
+    otlp = open_tracing(TracingConfig.from_dict({"enabled": True, "exporter": "otlp", "endpoint": "http://127.0.0.1:4317"}))
     otlp.shutdown()
 
 
