@@ -133,8 +133,8 @@ class AuditLog:
     thread pool per batch (asyncio.to_thread) cost three more loop turns per commit."""
 
     def __init__(self, sink: AuditSink, chain: ChainWriter, *, max_queue: int = 10000, max_batch: int = 512,
-                 clock: Callable[[], float] = time.time, recovered: list[dict] | None = None,
-                 predecessors: list[dict] | None = None, witnesses: list | None = None,
+                 clock: Callable[[], float] = time.time, recovered: list[dict[str, Any]] | None = None,
+                 predecessors: list[dict[str, Any]] | None = None, witnesses: list[Any] | None = None,
                  witness_interval_s: float = 60.0) -> None:
         self.sink = sink
         self.chain = chain
@@ -142,7 +142,7 @@ class AuditLog:
         self.max_batch = max_batch
         self.clock = clock
         self._cond = threading.Condition()
-        self._queue: list[tuple[bytes, asyncio.Future]] = []   # guarded by _cond
+        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []   # guarded by _cond
         self._stopping = False                                  # guarded by _cond
         self._failed: str | None = None   # set once, by the writer thread (under _cond) or start()
         self._closed = False
@@ -153,9 +153,9 @@ class AuditLog:
         self._predecessors = predecessors or []
         self._witnesses = list(witnesses or [])
         self._witness_interval_s = witness_interval_s
-        self._witness_task: asyncio.Task | None = None
+        self._witness_task: asyncio.Task[Any] | None = None
         self._witness_lock: asyncio.Lock | None = None
-        self._last_fut: asyncio.Future | None = None
+        self._last_fut: asyncio.Future[Any] | None = None
         # Consistency proofs for witnesses that check them (C2SP tlog-witness over HTTP).
         self._proofs = ProofWindow() if any(isinstance(w, HttpWitness) for w in self._witnesses) else None
         self.published_size = 0
@@ -185,7 +185,7 @@ class AuditLog:
         if self.ready and self._witnesses and self._witness_interval_s > 0:
             self._witness_task = asyncio.create_task(self._publish_every(self._witness_interval_s))
 
-    def _enqueue(self, record: dict[str, Any], line: bytes) -> asyncio.Future:
+    def _enqueue(self, record: dict[str, Any], line: bytes) -> asyncio.Future[Any]:
         assert self._loop is not None, "AuditLog.start() first"
         fut = self._loop.create_future()
         with self._cond:
@@ -213,7 +213,7 @@ class AuditLog:
     def _write_loop(self) -> None:
         """The writer thread: one write + fsync per batch, in chain order. It never ends with a
         commit left waiting: whatever stops it fails every record not yet durable."""
-        batch: list[tuple[bytes, asyncio.Future]] = []
+        batch: list[tuple[bytes, asyncio.Future[Any]]] = []
         try:
             while True:
                 with self._cond:
@@ -232,14 +232,14 @@ class AuditLog:
                 batch, self._queue = batch + self._queue, []
             self._hand_back(batch, self._failed)
 
-    def _hand_back(self, batch: list[tuple[bytes, asyncio.Future]], error: str | None) -> None:
+    def _hand_back(self, batch: list[tuple[bytes, asyncio.Future[Any]]], error: str | None) -> None:
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(self._settle, batch, error)
         except RuntimeError:
             pass  # the loop is closed: nobody waits for these futures any more
 
-    def _settle(self, batch: list[tuple[bytes, asyncio.Future]], error: str | None) -> None:
+    def _settle(self, batch: list[tuple[bytes, asyncio.Future[Any]]], error: str | None) -> None:
         if error is not None:
             self.ready = False
             for _, fut in batch:

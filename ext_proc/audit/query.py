@@ -12,8 +12,10 @@ from typing import Any
 
 import orjson
 
+from ext_proc.audit.segments import Segment
 
-def iter_records(segments) -> Iterator[dict[str, Any]]:
+
+def iter_records(segments: Iterable[Segment]) -> Iterator[dict[str, Any]]:
     """Every parsable record of the segments in store order, streaming chunk by chunk. Reading is
     not verifying: `audit verify` is the check; a line that does not parse is skipped here."""
     from ext_proc.audit.verify import check_chunk_lines
@@ -55,13 +57,13 @@ class RecordFilter:
     def about_requests(self) -> bool:
         return any(v is not None for v in (self.subject, self.tenant, self.route, self.decision, self.label))
 
-    def in_time(self, rec: dict) -> bool:
+    def in_time(self, rec: dict[str, Any]) -> bool:
         t = rec.get("timestamp_ms", rec.get("committed_ms"))
         if not isinstance(t, int):
             return self.since_ms is None and self.until_ms is None
         return (self.since_ms is None or t >= self.since_ms) and (self.until_ms is None or t < self.until_ms)
 
-    def decision_matches(self, rec: dict) -> bool:
+    def decision_matches(self, rec: dict[str, Any]) -> bool:
         """Whether a decision record matches the request filters (subject, tenant, route,
         decision outcome, label)."""
         ident = rec.get("identity") or {}
@@ -79,7 +81,7 @@ class RecordFilter:
         return True
 
 
-def route_names(rec: dict) -> set[str]:
+def route_names(rec: dict[str, Any]) -> set[str]:
     """The names a route filter matches: the policy route, the path and the API surface."""
     route = rec.get("route") or {}
     decision = rec.get("decision") or {}
@@ -87,12 +89,12 @@ def route_names(rec: dict) -> set[str]:
             if isinstance(x, str)}
 
 
-def labels_of(rec: dict) -> set[str]:
+def labels_of(rec: dict[str, Any]) -> set[str]:
     summary = ((rec.get("classification") or {}).get("summary")) or ((rec.get("input") or {}).get("classification"))
     return set(summary) if isinstance(summary, dict) else set()
 
 
-def filter_records(records: Iterable[dict], flt: RecordFilter) -> Iterator[dict]:
+def filter_records(records: Iterable[dict[str, Any]], flt: RecordFilter) -> Iterator[dict[str, Any]]:
     """Records within the time window; with request filters, the matching decision records and
     the other records (outcome, attempts) of the same requests, which follow their decision in
     the store. Genesis and checkpoint records only when no request filter is given."""
@@ -130,11 +132,11 @@ class WhatIfReport:
     changed: int = 0
     stricter: int = 0
     looser: int = 0
-    transitions: Counter = field(default_factory=Counter)     # "permit -> deny"
-    by_rule: Counter = field(default_factory=Counter)         # rules that newly match or stop matching
-    by_route: Counter = field(default_factory=Counter)
-    by_role: Counter = field(default_factory=Counter)
-    by_label: Counter = field(default_factory=Counter)
+    transitions: Counter[str] = field(default_factory=Counter)     # "permit -> deny"
+    by_rule: Counter[str] = field(default_factory=Counter)         # rules that newly match or stop matching
+    by_route: Counter[str] = field(default_factory=Counter)
+    by_role: Counter[str] = field(default_factory=Counter)
+    by_label: Counter[str] = field(default_factory=Counter)
     samples: dict[str, list[str]] = field(default_factory=dict)   # transition -> request ids
 
     def to_json(self) -> dict[str, Any]:
@@ -146,17 +148,17 @@ class WhatIfReport:
                 "samples": self.samples}
 
 
-def _recorded_outcome(rec: dict) -> str | None:
+def _recorded_outcome(rec: dict[str, Any]) -> str | None:
     d = rec.get("decision") or {}
     # A throttled request keeps the policy's own outcome in policy_outcome.
     return d.get("policy_outcome", d.get("outcome"))
 
 
-def _rules(decision: dict) -> set[str]:
+def _rules(decision: dict[str, Any]) -> set[str]:
     return {m.get("rule") for m in decision.get("matched") or [] if isinstance(m, dict) and not m.get("shadow")}
 
 
-def what_if(records: Iterable[dict], evaluate: Callable[[dict], dict], candidate: dict[str, Any],
+def what_if(records: Iterable[dict[str, Any]], evaluate: Callable[[dict[str, Any]], dict[str, Any]], candidate: dict[str, Any],
             samples: int = 5) -> WhatIfReport:
     """Re-decide every recorded decision input with `evaluate(input) -> decision record` (the
     candidate policy) and count what changes: the outcome, or for the same outcome the status
@@ -198,10 +200,11 @@ def what_if(records: Iterable[dict], evaluate: Callable[[dict], dict], candidate
     return rep
 
 
-def replay(records, evaluate) -> dict:
+def replay(records: Iterable[dict[str, Any]],
+           evaluate: Callable[[str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
     """Re-evaluate each decision record's recorded input with its recorded policy version.
     `evaluate(version, input) -> decision dict` is injected so replay is testable without files."""
-    out = {"replayed": 0, "skipped": 0, "mismatches": [], "errors": 0}
+    out: dict[str, Any] = {"replayed": 0, "skipped": 0, "mismatches": [], "errors": 0}
     for rec in records:
         if rec.get("kind") != "decision":
             continue

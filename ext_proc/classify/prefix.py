@@ -91,7 +91,7 @@ def _repeat(body: str, lo: int, hi: int) -> str:
     return f"(?:{body}){{{lo},{hi}}}"
 
 
-def _reverse(seq: Sequence) -> str:
+def _reverse(seq: Sequence[Any]) -> str:
     """The reversal of the language of `seq`."""
     return "".join(_reverse_item(op, av) for op, av in reversed(list(seq)))
 
@@ -114,7 +114,7 @@ def _reverse_item(op: Any, av: Any) -> str:
     raise Unsupported(f"{op}")
 
 
-def _reversed_prefix(seq: Sequence) -> str:
+def _reversed_prefix(seq: Sequence[Any]) -> str:
     """Reversed prefixes of `seq` (always including the empty string). For x1..xn, built from
     the right so that each reversed item appears once:
     ((rp(xn) rev(x(n-1)) | rp(x(n-1))) rev(x(n-2)) | rp(x(n-2))) ... rev(x1) | rp(x1)."""

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TextIO
 
 from ext_proc.audit.query import replay
-from ext_proc.audit.verify import StoreNotFound, open_segments, verify_store
+from ext_proc.audit.segments import StoreNotFound
+from ext_proc.audit.verify import open_segments, verify_store
 
 
 class Progress:

@@ -71,7 +71,8 @@ def verify_store_with_witnesses(parsed: list[tuple[str, list[bytes], bytes]], sp
         status = verify_store(parsed)
         status.witness_error = f"witness unreadable: {exc}"
         return status
-    from ext_proc.audit.verify import lines_segment, verify_store_segments
+    from ext_proc.audit.segments import lines_segment
+    from ext_proc.audit.verify import verify_store_segments
 
     rep = verify_store_segments([lines_segment(n, ls, t) for n, ls, t in parsed], jobs=1, checkpoints=checkpoints)
     status = _from_segment_status(rep, parsed)

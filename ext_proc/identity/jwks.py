@@ -93,7 +93,7 @@ def parse_jwks(data: bytes | str, algorithms: tuple[str, ...]) -> KeySet:
     kids = [k.get("kid") for k in raw_keys if isinstance(k, dict)]
     duplicated = {kid for kid in kids if kids.count(kid) > 1}
     keys: dict[str, dict[str, PyJWK]] = {}
-    accepted: list[dict] = []
+    accepted: list[dict[str, Any]] = []
     skipped = 0
     for jwk in raw_keys:
         if not isinstance(jwk, dict):

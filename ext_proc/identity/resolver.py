@@ -104,7 +104,7 @@ class IdentityResolver:
         self._introspection_cache = VerifiedCache(config.cache_size)
         self._introspection = IntrospectionClient(config.introspection) if config.introspection else None
         self._http: httpx.AsyncClient | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[Any]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
     @property

@@ -54,7 +54,7 @@ class Route:
     def chain(self) -> bool:
         return len(self.targets) > 1
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         out = {"provider": self.target.provider, "model": self.target.model, "rationale": self.rationale}
         if self.chain:
             out["failover"] = [{"provider": t.provider, "model": t.model} for t in self.targets]

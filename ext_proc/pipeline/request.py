@@ -73,7 +73,7 @@ class Verdict:
     new_body: bytes | None = None
     error_headers: dict[str, str] = field(default_factory=dict)
     error_body: bytes = b""
-    limits: tuple[dict, ...] = ()
+    limits: tuple[dict[str, Any], ...] = ()
     estimated_tokens: int = 0
     model: str | None = None
     stream: bool = False
@@ -97,7 +97,7 @@ def _path_only(path: str) -> str:
 
 
 def build_policy_input(head: RequestHead, identity: Identity, parsed: ParsedRequest | None,
-                       classification: Mapping[str, dict], body_len: int) -> dict[str, Any]:
+                       classification: Mapping[str, dict[str, Any]], body_len: int) -> dict[str, Any]:
     model = None
     if parsed is not None:
         model = parsed.model
@@ -203,8 +203,8 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     decision = policy.evaluate(policy_input)
 
     new_body: bytes | None = None
-    redactions: list[dict] = []
-    set_fields: dict[tuple, Any] = {}
+    redactions: list[dict[str, Any]] = []
+    set_fields: dict[tuple[Any, ...], Any] = {}
     usage_injected = False
     if parsed is not None and decision.outcome in ("permit", "redact", "observe"):
         if decision.max_tokens_cap is not None and parsed.max_tokens is None:
@@ -269,7 +269,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     return v
 
 
-def _masked(doc: Document, found: DocumentFindings, kind: str, path: tuple) -> str | None:
+def _masked(doc: Document, found: DocumentFindings, kind: str, path: tuple[Any, ...]) -> str | None:
     """The masked text of the segment at PATH when a finding lies in it, else None."""
     for i, seg in enumerate(doc.segments):
         if seg.kind == kind and seg.path == path and found.per_segment.get(i):
@@ -297,7 +297,7 @@ def _masked_model(doc: Document, found: DocumentFindings, model: str, head: Requ
     return model if masked is None else masked
 
 
-def _max_tokens_field(surface: Surface) -> tuple | None:
+def _max_tokens_field(surface: Surface) -> tuple[Any, ...] | None:
     return {
         "openai.chat_completions": ("max_completion_tokens",),
         "azure.chat_completions": ("max_completion_tokens",),

@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ext_proc.policy.compile import PolicyError, compile_path, compile_text
 from ext_proc.policy.engine import Policy
@@ -86,7 +87,7 @@ class PolicyStore:
         return sorted(p.stem for p in self.directory.glob("*.json") if len(p.stem) == 64)
 
 
-def _stamp(paths: tuple[Path, ...]) -> tuple:
+def _stamp(paths: tuple[Path, ...]) -> tuple[Any, ...]:
     out = []
     for p in paths:
         try:

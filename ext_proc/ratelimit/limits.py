@@ -75,7 +75,7 @@ class Admission:
     exhausted: str | None = None
     requested_tokens: int | None = None
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         return {"admitted": self.admitted, "throttled_by": self.throttled_by, "retry_after_s": self.retry_after_s,
                 "backend_error": self.backend_error, "exhausted": self.exhausted,
                 "requested_tokens": self.requested_tokens}
@@ -109,7 +109,7 @@ class OutputReservation:
     models: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, section: Mapping | None) -> OutputReservation:
+    def from_config(cls, section: Mapping[str, Any] | None) -> OutputReservation:
         section = section or {}
         unknown = set(section) - {"default", "models"}
         if unknown:
@@ -161,7 +161,7 @@ class MemoryLimiter:
         self._used: dict[tuple[str, int], list[int]] = {}  # (key, window start) -> [requests, tokens]
         self._lock = asyncio.Lock()
 
-    async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping, tokens: int) -> Admission:
+    async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping[str, Any], tokens: int) -> Admission:
         refused = too_large(request_id, specs, tokens)
         if refused is not None:
             return refused

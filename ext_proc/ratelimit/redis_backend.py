@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -63,13 +64,13 @@ class RedisLimiter:
         self._reserve = self.client.register_script(_RESERVE)
         self._adjust = self.client.register_script(_ADJUST)
 
-    async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping, tokens: int) -> Admission:
+    async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping[str, Any], tokens: int) -> Admission:
         if not specs:
             return Admission(True, Reservation(request_id, ()))
         refused = too_large(request_id, specs, tokens)
         if refused is not None:
             return refused
-        argv: list = [len(specs), tokens]
+        argv: list[Any] = [len(specs), tokens]
         for s in specs:
             argv += [self.prefix + limit_key(s, context), s.requests if s.requests is not None else -1,
                      s.tokens if s.tokens is not None else -1, s.window_s]

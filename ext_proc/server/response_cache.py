@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -44,7 +44,7 @@ CACHE_HEADER = "x-ledgergate-cache"
 class ResponseCache:
     """One per process: the store, its settings and metrics, the fills under way."""
 
-    def __init__(self, section: dict | None, registry, clock: Callable[[], float]) -> None:
+    def __init__(self, section: Mapping[str, Any] | None, registry: Any, clock: Callable[[], float]) -> None:
         self.settings = cache_settings(section)
         self.metrics = CacheMetrics(registry)
         self.store = open_store(self.settings, clock=clock, on_evict=self.metrics.evicted)
