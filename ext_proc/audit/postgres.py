@@ -116,7 +116,7 @@ def stream_segments(dsn: str, table: str = DEFAULT_TABLE) -> list[Any]:
         row = conn.execute(f"SELECT record FROM {table} WHERE writer_id = %s AND segment_id = %s "
                            "ORDER BY seq LIMIT 1", (writer, seg)).fetchone()
 
-        def chunks() -> Iterator[list[bytes]]:
+        def chunks() -> Iterator[tuple[str, list[bytes]]]:
             last = None
             while True:
                 rows = conn.execute(

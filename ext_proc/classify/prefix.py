@@ -44,7 +44,8 @@ _EMPTY = "(?:)"
 
 
 def _char(code: int) -> str:
-    return re2.escape(chr(code))
+    escaped: str = re2.escape(chr(code))
+    return escaped
 
 
 def _class_item(op: Any, av: Any) -> str:
@@ -223,6 +224,7 @@ class PrefixHold:
         anchor = getattr(getattr(re2, "_Anchor", None), "ANCHOR_START", None)
         if inner is not None and anchor is not None and hasattr(inner, "Match"):
             found = inner.Match(anchor, data, 0, len(data))
-            return max(found[0][1], 0)
+            end: int = max(found[0][1], 0)
+            return end
         m = self._rx.match(data)
         return m.end() if m else 0

@@ -55,7 +55,8 @@ class Route:
         return len(self.targets) > 1
 
     def to_record(self) -> dict[str, Any]:
-        out = {"provider": self.target.provider, "model": self.target.model, "rationale": self.rationale}
+        out: dict[str, Any] = {"provider": self.target.provider, "model": self.target.model,
+                               "rationale": self.rationale}
         if self.chain:
             out["failover"] = [{"provider": t.provider, "model": t.model} for t in self.targets]
         return out

@@ -88,7 +88,7 @@ class PolicyStore:
 
 
 def _stamp(paths: tuple[Path, ...]) -> tuple[Any, ...]:
-    out = []
+    out: list[tuple[str, int | None, int | None, int | None]] = []
     for p in paths:
         try:
             st = os.stat(p)

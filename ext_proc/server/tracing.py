@@ -143,7 +143,7 @@ def b3_parent(headers: Mapping[str, list[str]]) -> tuple[int, int, bool] | None:
         if len(parts) < 2:
             return None  # "0"/"1"/"d" alone: a sampling decision without a context
         trace_hex, span_hex = parts[0], parts[1]
-        flag = parts[2] if len(parts) > 2 else None
+        flag: str | None = parts[2] if len(parts) > 2 else None
     else:
         trace_hex, span_hex = _first(headers, "x-b3-traceid"), _first(headers, "x-b3-spanid")
         flag = _first(headers, "x-b3-sampled")
@@ -366,6 +366,7 @@ def open_tracing(cfg: TracingConfig, *, instance_id: str = "") -> NoTracing | Tr
     resource = Resource.create({"service.name": cfg.service_name, "service.instance.id": instance_id})
     # Parent-based: Envoy's sampling decision wins; the ratio applies to traces that start here.
     provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)))
+    exporter: Any
     if cfg.exporter == "console":
         exporter = ConsoleSpanExporter()
     else:
