@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e bench bench-classify bench-audit bench-policy bench-identity bench-ratelimit bench-streaming bench-peers validate-envoy clean
+.PHONY: run lint test test-unit test-e2e bench bench-classify bench-audit bench-policy bench-identity bench-ratelimit bench-streaming bench-peers validate-envoy clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/ledgergate up
 
-# Everything: unit, policy tests, e2e through the real Envoy, fault and security suites.
-test: $(STAMP)
+# ruff (rules and per-file exceptions in pyproject.toml), then mypy: --strict on the core packages,
+# the default checks on the rest (pyproject.toml [tool.mypy]). Any finding fails the target.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+# Everything: lint, unit, policy tests, e2e through the real Envoy, fault and security suites.
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test-unit: $(STAMP)
+test-unit: lint
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit policies
 
 test-e2e: $(STAMP)

@@ -61,7 +61,7 @@ def _key_pem(key) -> bytes:
 
 
 def make_pki(out: Path, provider_hosts: list[str], workload_spiffe_id: str) -> Pki:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ledgergate test mesh CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -14,7 +15,7 @@ ALG = "AES-256-GCM"
 RESPONSE_CAPTURE_AAD = b"\x00response"
 
 
-def seal_capture(key: bytes, key_id: str, plaintext: bytes, aad: bytes) -> dict:
+def seal_capture(key: bytes, key_id: str, plaintext: bytes, aad: bytes) -> dict[str, Any]:
     if len(key) != 32:
         raise ValueError("the capture key must be 32 bytes")
     nonce = os.urandom(12)
@@ -23,7 +24,7 @@ def seal_capture(key: bytes, key_id: str, plaintext: bytes, aad: bytes) -> dict:
             "ciphertext": base64.b64encode(ct).decode()}
 
 
-def open_capture(key: bytes, envelope: dict, aad: bytes) -> bytes:
+def open_capture(key: bytes, envelope: dict[str, Any], aad: bytes) -> bytes:
     if envelope.get("alg") != ALG:
         raise ValueError("unknown capture algorithm")
     return AESGCM(key).decrypt(base64.b64decode(envelope["nonce"]), base64.b64decode(envelope["ciphertext"]), aad)

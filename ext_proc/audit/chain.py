@@ -66,6 +66,9 @@ class ChainWriter:
         rec.update({"writer_id": self.writer_id, "segment_id": self.segment_id, "seq": self.seq,
                     "prev_hash": self.prev_hash, "committed_ms": committed_ms, "key_id": self.key_id})
         check_canonical(rec)
+        low: dict[str, Any]
+        mid: dict[str, Any]
+        high: dict[str, Any]
         low, mid, high = {}, {}, {}
         for k, v in rec.items():
             (low if k < "hash" else mid if k < "signature" else high)[k] = v

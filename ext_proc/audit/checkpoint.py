@@ -25,13 +25,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+if TYPE_CHECKING:
+    import httpx
 
 ORIGIN_PREFIX = "ledgergate"
 
@@ -225,7 +228,7 @@ class DirectoryWitness:
         self.directory = Path(directory)
         self.name = f"dir:{self.directory}"
 
-    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs=None) -> None:
+    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs: Any = None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in writer_id)
         target = self.directory / f"{safe}-{segment_id}.checkpoint"
@@ -272,7 +275,7 @@ class HttpWitness:
         # witness's signature is the evidence it saw this size, so it is kept, not only sent.
         self.keep = DirectoryWitness(keep) if keep else None
 
-    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs=None) -> None:
+    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs: Any = None) -> None:
         origin = note.split(b"\n", 1)[0].decode()
         old = self._accepted.get(origin, 0)
         proof = proofs(old) if proofs is not None else ([] if old == 0 else None)
@@ -298,7 +301,7 @@ class HttpWitness:
         if self.keep is not None:
             self.keep.publish(writer_id, segment_id, size, note + cosigned)
 
-    def _post(self, old: int, proof: list[bytes], note: bytes):
+    def _post(self, old: int, proof: list[bytes], note: bytes) -> httpx.Response:
         import httpx
 
         body = f"old {old}\n".encode() + b"".join(base64.b64encode(p) + b"\n" for p in proof) + b"\n" + note

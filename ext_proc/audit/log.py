@@ -13,17 +13,19 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ext_proc.audit.canonical import canonical_json
 from ext_proc.audit.chain import ChainWriter
 from ext_proc.audit.checkpoint import HttpWitness
+from ext_proc.audit.config import AuditConfig
 from ext_proc.audit.merkle import MerkleFrontier, ProofWindow, leaf_hash
+from ext_proc.audit.sink import AuditSink
 from ext_proc.keyfiles import load_or_create_ed25519
-
 
 _log = logging.getLogger(__name__)
 
@@ -130,9 +132,9 @@ class AuditLog:
     hands the batch's futures back in one loop callback. One wake-up each way per batch: a
     thread pool per batch (asyncio.to_thread) cost three more loop turns per commit."""
 
-    def __init__(self, sink, chain: ChainWriter, *, max_queue: int = 10000, max_batch: int = 512,
-                 clock: Callable[[], float] = time.time, recovered: list[dict] | None = None,
-                 predecessors: list[dict] | None = None, witnesses: list | None = None,
+    def __init__(self, sink: AuditSink, chain: ChainWriter, *, max_queue: int = 10000, max_batch: int = 512,
+                 clock: Callable[[], float] = time.time, recovered: list[dict[str, Any]] | None = None,
+                 predecessors: list[dict[str, Any]] | None = None, witnesses: list[Any] | None = None,
                  witness_interval_s: float = 60.0) -> None:
         self.sink = sink
         self.chain = chain
@@ -140,7 +142,7 @@ class AuditLog:
         self.max_batch = max_batch
         self.clock = clock
         self._cond = threading.Condition()
-        self._queue: list[tuple[bytes, asyncio.Future]] = []   # guarded by _cond
+        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []   # guarded by _cond
         self._stopping = False                                  # guarded by _cond
         self._failed: str | None = None   # set once, by the writer thread (under _cond) or start()
         self._closed = False
@@ -151,9 +153,9 @@ class AuditLog:
         self._predecessors = predecessors or []
         self._witnesses = list(witnesses or [])
         self._witness_interval_s = witness_interval_s
-        self._witness_task: asyncio.Task | None = None
+        self._witness_task: asyncio.Task[Any] | None = None
         self._witness_lock: asyncio.Lock | None = None
-        self._last_fut: asyncio.Future | None = None
+        self._last_fut: asyncio.Future[Any] | None = None
         # Consistency proofs for witnesses that check them (C2SP tlog-witness over HTTP).
         self._proofs = ProofWindow() if any(isinstance(w, HttpWitness) for w in self._witnesses) else None
         self.published_size = 0
@@ -183,10 +185,10 @@ class AuditLog:
         if self.ready and self._witnesses and self._witness_interval_s > 0:
             self._witness_task = asyncio.create_task(self._publish_every(self._witness_interval_s))
 
-    def _enqueue(self, record: dict[str, Any], line: bytes) -> asyncio.Future:
+    def _enqueue(self, record: dict[str, Any], line: bytes) -> asyncio.Future[Any]:
         return self._enqueue_together([(record, line)])
 
-    def _enqueue_together(self, sealed: list[tuple[dict[str, Any], bytes]]) -> asyncio.Future:
+    def _enqueue_together(self, sealed: list[tuple[dict[str, Any], bytes]]) -> asyncio.Future[Any]:
         """Queue records under one future: the writer never splits them across batches, so they
         reach the sink in one write and one fsync, and the future settles once all are durable."""
         assert self._loop is not None, "AuditLog.start() first"
@@ -230,7 +232,7 @@ class AuditLog:
     def _write_loop(self) -> None:
         """The writer thread: one write + fsync per batch, in chain order. It never ends with a
         commit left waiting: whatever stops it fails every record not yet durable."""
-        batch: list[tuple[bytes, asyncio.Future]] = []
+        batch: list[tuple[bytes, asyncio.Future[Any]]] = []
         try:
             while True:
                 with self._cond:
@@ -253,14 +255,14 @@ class AuditLog:
                 batch, self._queue = batch + self._queue, []
             self._hand_back(batch, self._failed)
 
-    def _hand_back(self, batch: list[tuple[bytes, asyncio.Future]], error: str | None) -> None:
+    def _hand_back(self, batch: list[tuple[bytes, asyncio.Future[Any]]], error: str | None) -> None:
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(self._settle, batch, error)
         except RuntimeError:
             pass  # the loop is closed: nobody waits for these futures any more
 
-    def _settle(self, batch: list[tuple[bytes, asyncio.Future]], error: str | None) -> None:
+    def _settle(self, batch: list[tuple[bytes, asyncio.Future[Any]]], error: str | None) -> None:
         if error is not None:
             self.ready = False
             for _, fut in batch:
@@ -279,8 +281,8 @@ class AuditLog:
 
     def signed_checkpoint(self, size: int, root: bytes) -> bytes:
         """A C2SP checkpoint of this segment at `size`, signed with the segment's key."""
-        from ext_proc.audit.checkpoint import checkpoint_body, key_name, origin_for, sign_note
         from ext_proc.audit.chain import public_key_raw
+        from ext_proc.audit.checkpoint import checkpoint_body, key_name, origin_for, sign_note
 
         body = checkpoint_body(origin_for(self.chain.writer_id, self.chain.segment_id), size, root)
         return sign_note(body, key_name(self.chain.key_id), public_key_raw(self.chain.public_key), self.chain.sign)
@@ -351,24 +353,21 @@ class AuditLog:
         self.ready = False
 
 
-def open_audit_log(config: dict, *, signing_key_path: str, writer_id: str) -> AuditLog:
-    sink_kind = config.get("sink", "file")
+def open_audit_log(config: AuditConfig, *, writer_id: str) -> AuditLog:
     from ext_proc.audit.witness import open_witnesses
 
-    witness_cfg = config.get("witness")
-    witnesses = open_witnesses(witness_cfg)
-    interval = float((witness_cfg[0] if isinstance(witness_cfg, list) else witness_cfg or {}).get("interval_s", 60))
-    key = load_or_create_signing_key(signing_key_path)
+    witnesses = open_witnesses(config.witnesses)
+    interval = config.witness_interval_s
+    key = load_or_create_signing_key(config.signing_key)
     segment_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     chain = ChainWriter(key, writer_id, segment_id)
-    if sink_kind == "postgres":
+    if config.sink == "postgres":
         from ext_proc.audit.postgres import PostgresSink
 
-        return AuditLog(PostgresSink(config["dsn"], config.get("table", "ledgergate_audit")), chain,
+        assert config.dsn is not None   # AuditConfig requires it for this sink
+        return AuditLog(PostgresSink(config.dsn, config.table), chain,
                         witnesses=witnesses, witness_interval_s=interval)
-    if sink_kind != "file":
-        raise ValueError(f"audit.sink {sink_kind!r}: expected file or postgres")
-    directory = Path(config.get("dir", "var/audit"))
+    directory = config.dir
     directory.mkdir(parents=True, exist_ok=True)
     torn, predecessors = recovered_state(directory)
     return AuditLog(FileSink(directory), chain, recovered=torn, predecessors=predecessors,

@@ -5,12 +5,13 @@ and TRUNCATE), one transaction per batch. The writer's role should hold only INS
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 
+from ext_proc.audit.config import DEFAULT_TABLE, DEFAULT_WITNESS_TABLE
 from ext_proc.audit.segments import Segment, StoreNotFound
-
-DEFAULT_TABLE = "ledgergate_audit"
 
 # A table whose rows can only be added: the same triggers for the audit records and the witness's
 # checkpoints (UPDATE, DELETE and TRUNCATE raise).
@@ -92,7 +93,7 @@ class PostgresSink:
 PAGE_ROWS = 2_000
 
 
-def stream_segments(dsn: str, table: str = DEFAULT_TABLE) -> list:
+def stream_segments(dsn: str, table: str = DEFAULT_TABLE) -> list[Any]:
     """The table's segments for the streaming verifier: each segment's rows are read a page at a
     time (keyset on seq), so memory stays bounded whatever the table's size. A missing table or an
     unreachable server raises StoreNotFound."""
@@ -115,7 +116,7 @@ def stream_segments(dsn: str, table: str = DEFAULT_TABLE) -> list:
         row = conn.execute(f"SELECT record FROM {table} WHERE writer_id = %s AND segment_id = %s "
                            "ORDER BY seq LIMIT 1", (writer, seg)).fetchone()
 
-        def chunks():
+        def chunks() -> Iterator[tuple[str, list[bytes]]]:
             last = None
             while True:
                 rows = conn.execute(
@@ -153,7 +154,6 @@ def read_segments(dsn: str, table: str = DEFAULT_TABLE) -> list[tuple[str, list[
 
 # --- A PostgreSQL witness: checkpoints on another server ------------------------------------
 
-DEFAULT_WITNESS_TABLE = "ledgergate_checkpoints"
 
 WITNESS_SQL = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -182,7 +182,7 @@ class PostgresWitness:
         self.name = f"postgres:{_redact(dsn)}/{self.table}"
         self._ready = False
 
-    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs=None) -> None:
+    def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs: Any = None) -> None:
         import time
 
         from ext_proc.audit.checkpoint import parse_note
@@ -198,7 +198,7 @@ class PostgresWitness:
         self._ready = True
 
 
-def load_postgres_witness(dsn: str, table: str = DEFAULT_WITNESS_TABLE) -> list:
+def load_postgres_witness(dsn: str, table: str = DEFAULT_WITNESS_TABLE) -> list[Any]:
     from ext_proc.audit.checkpoint import CheckpointError, parse_note
 
     table = _table(table)

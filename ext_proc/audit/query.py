@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import orjson
 
+from ext_proc.audit.segments import Segment
 
-def iter_records(segments) -> Iterator[dict[str, Any]]:
+
+def iter_records(segments: Iterable[Segment]) -> Iterator[dict[str, Any]]:
     """Every parsable record of the segments in store order, streaming chunk by chunk. Reading is
     not verifying: `audit verify` is the check; a line that does not parse is skipped here."""
     from ext_proc.audit.verify import check_chunk_lines
@@ -37,7 +40,7 @@ def parse_time(value: str) -> int:
     except ValueError as exc:
         raise ValueError(f"{value!r} is neither ISO 8601 nor unix milliseconds") from exc
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return int(t.timestamp() * 1000)
 
 
@@ -54,13 +57,13 @@ class RecordFilter:
     def about_requests(self) -> bool:
         return any(v is not None for v in (self.subject, self.tenant, self.route, self.decision, self.label))
 
-    def in_time(self, rec: dict) -> bool:
+    def in_time(self, rec: dict[str, Any]) -> bool:
         t = rec.get("timestamp_ms", rec.get("committed_ms"))
         if not isinstance(t, int):
             return self.since_ms is None and self.until_ms is None
         return (self.since_ms is None or t >= self.since_ms) and (self.until_ms is None or t < self.until_ms)
 
-    def decision_matches(self, rec: dict) -> bool:
+    def decision_matches(self, rec: dict[str, Any]) -> bool:
         """Whether a decision record matches the request filters (subject, tenant, route,
         decision outcome, label)."""
         ident = rec.get("identity") or {}
@@ -78,7 +81,7 @@ class RecordFilter:
         return True
 
 
-def route_names(rec: dict) -> set[str]:
+def route_names(rec: dict[str, Any]) -> set[str]:
     """The names a route filter matches: the policy route, the path and the API surface."""
     route = rec.get("route") or {}
     decision = rec.get("decision") or {}
@@ -86,12 +89,12 @@ def route_names(rec: dict) -> set[str]:
             if isinstance(x, str)}
 
 
-def labels_of(rec: dict) -> set[str]:
+def labels_of(rec: dict[str, Any]) -> set[str]:
     summary = ((rec.get("classification") or {}).get("summary")) or ((rec.get("input") or {}).get("classification"))
     return set(summary) if isinstance(summary, dict) else set()
 
 
-def filter_records(records: Iterable[dict], flt: RecordFilter) -> Iterator[dict]:
+def filter_records(records: Iterable[dict[str, Any]], flt: RecordFilter) -> Iterator[dict[str, Any]]:
     """Records within the time window; with request filters, the matching decision records and
     the other records (outcome, attempts) of the same requests, which follow their decision in
     the store. Genesis and checkpoint records only when no request filter is given."""
@@ -129,11 +132,11 @@ class WhatIfReport:
     changed: int = 0
     stricter: int = 0
     looser: int = 0
-    transitions: Counter = field(default_factory=Counter)     # "permit -> deny"
-    by_rule: Counter = field(default_factory=Counter)         # rules that newly match or stop matching
-    by_route: Counter = field(default_factory=Counter)
-    by_role: Counter = field(default_factory=Counter)
-    by_label: Counter = field(default_factory=Counter)
+    transitions: Counter[str] = field(default_factory=Counter)     # "permit -> deny"
+    by_rule: Counter[str] = field(default_factory=Counter)         # rules that newly match or stop matching
+    by_route: Counter[str] = field(default_factory=Counter)
+    by_role: Counter[str] = field(default_factory=Counter)
+    by_label: Counter[str] = field(default_factory=Counter)
     samples: dict[str, list[str]] = field(default_factory=dict)   # transition -> request ids
 
     def to_json(self) -> dict[str, Any]:
@@ -145,17 +148,17 @@ class WhatIfReport:
                 "samples": self.samples}
 
 
-def _recorded_outcome(rec: dict) -> str | None:
+def _recorded_outcome(rec: dict[str, Any]) -> str | None:
     d = rec.get("decision") or {}
     # A throttled request keeps the policy's own outcome in policy_outcome.
     return d.get("policy_outcome", d.get("outcome"))
 
 
-def _rules(decision: dict) -> set[str]:
+def _rules(decision: dict[str, Any]) -> set[str]:
     return {m.get("rule") for m in decision.get("matched") or [] if isinstance(m, dict) and not m.get("shadow")}
 
 
-def what_if(records: Iterable[dict], evaluate: Callable[[dict], dict], candidate: dict[str, Any],
+def what_if(records: Iterable[dict[str, Any]], evaluate: Callable[[dict[str, Any]], dict[str, Any]], candidate: dict[str, Any],
             samples: int = 5) -> WhatIfReport:
     """Re-decide every recorded decision input with `evaluate(input) -> decision record` (the
     candidate policy) and count what changes: the outcome, or for the same outcome the status
@@ -195,3 +198,32 @@ def what_if(records: Iterable[dict], evaluate: Callable[[dict], dict], candidate
         if len(ids) < samples:
             ids.append(rec.get("request_id"))
     return rep
+
+
+def replay(records: Iterable[dict[str, Any]],
+           evaluate: Callable[[str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Re-evaluate each decision record's recorded input with its recorded policy version.
+    `evaluate(version, input) -> decision dict` is injected so replay is testable without files."""
+    out: dict[str, Any] = {"replayed": 0, "skipped": 0, "mismatches": [], "errors": 0}
+    for rec in records:
+        if rec.get("kind") != "decision":
+            continue
+        version = (rec.get("policy") or {}).get("version")
+        if not version or not rec.get("input"):
+            out["skipped"] += 1
+            continue
+        try:
+            again = evaluate(version, rec["input"])
+        except Exception as exc:  # noqa: BLE001 - a missing version is reported, not fatal
+            out["errors"] += 1
+            out["mismatches"].append({"request_id": rec.get("request_id"), "recorded": rec["decision"].get("outcome"),
+                                      "replayed": f"error: {type(exc).__name__}"})
+            continue
+        out["replayed"] += 1
+        recorded = rec.get("decision") or {}
+        # A throttled request keeps the policy's own outcome in policy_outcome.
+        want = recorded.get("policy_outcome", recorded.get("outcome"))
+        if again.get("outcome") != want:
+            out["mismatches"].append({"request_id": rec.get("request_id"), "recorded": want,
+                                      "replayed": again.get("outcome")})
+    return out

@@ -12,11 +12,11 @@ from typing import Any
 SCHEMA_VERSION = "ledgergate.audit/v1"
 
 
-def decision_record(*, request_id: str, received_ms: int, decided_ms: int, identity: dict | None,
-                    identity_error: str | None, route: dict, provider: str | None, model_requested: str | None,
-                    model_routed: str | None, upstream: str | None, classification: dict, policy: dict,
-                    decision: dict, input: dict, request_sha256: str | None, forwarded_sha256: str | None,
-                    ratelimit: dict | None = None, capture: dict | None = None) -> dict[str, Any]:
+def decision_record(*, request_id: str, received_ms: int, decided_ms: int, identity: dict[str, Any] | None,
+                    identity_error: str | None, route: dict[str, Any], provider: str | None, model_requested: str | None,
+                    model_routed: str | None, upstream: str | None, classification: dict[str, Any], policy: dict[str, Any],
+                    decision: dict[str, Any], input: dict[str, Any], request_sha256: str | None, forwarded_sha256: str | None,
+                    ratelimit: dict[str, Any] | None = None, capture: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION, "kind": "decision", "decision_id": uuid.uuid4().hex,
         "request_id": request_id, "timestamp_ms": decided_ms,
@@ -30,8 +30,9 @@ def decision_record(*, request_id: str, received_ms: int, decided_ms: int, ident
 
 
 def outcome_record(*, request_id: str, completed_ms: int, status: int | None, response_sha256: str | None,
-                   classification: dict, redactions: list[dict], usage: dict | None, blocked: dict | None,
-                   streamed: bool, error: str | None = None, capture: dict | None = None,
+                   classification: dict[str, Any], redactions: list[dict[str, Any]], usage: dict[str, Any] | None,
+                   blocked: dict[str, Any] | None,
+                   streamed: bool, error: str | None = None, capture: dict[str, Any] | None = None,
                    delivered_status: int | None = None, upstream_host: str | None = None) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION, "kind": "outcome", "decision_id": uuid.uuid4().hex,

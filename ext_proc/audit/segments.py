@@ -4,9 +4,10 @@ reads only, so the store modules and the verifier can all use it without importi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 CHUNK_BYTES = 2 * 1024 * 1024
 """A file chunk: large enough to amortise a task, small enough that chunks in flight stay a few MB."""
@@ -22,7 +23,7 @@ class Segment:
     complete lines (needed only to build a consistency proof)."""
     name: str
     first_line: bytes | None
-    chunks: Callable[[], Iterator[tuple]]
+    chunks: Callable[[], Iterator[tuple[Any, ...]]]
     torn: bytes = b""
     torn_offset: int = 0
     size_bytes: int = 0
@@ -50,7 +51,7 @@ def _file_segment(path: Path) -> Segment:
         f.seek(0)
         first = f.readline().rstrip(b"\n") if end else None
 
-    def chunks() -> Iterator[tuple]:
+    def chunks() -> Iterator[tuple[Any, ...]]:
         with open(path, "rb") as fh:
             start = 0
             while start < end:
@@ -83,7 +84,7 @@ def _file_segment(path: Path) -> Segment:
 
 
 def lines_segment(name: str, lines: list[bytes], torn: bytes = b"") -> Segment:
-    def chunks() -> Iterator[tuple]:
+    def chunks() -> Iterator[tuple[Any, ...]]:
         for i in range(0, len(lines), _MAX_CHUNK):
             yield ("lines", lines[i:i + _MAX_CHUNK])
     return Segment(name, lines[0] if lines else None, chunks, torn, sum(len(x) + 1 for x in lines),

@@ -27,10 +27,11 @@ import multiprocessing
 import os
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -38,11 +39,12 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from ext_proc.audit.canonical import canonical_json_unchecked
-from ext_proc.audit.checkpoint import Checkpoint, signature_problem
 from ext_proc.audit.chain import GENESIS_PREV, key_id, record_hash
+from ext_proc.audit.checkpoint import Checkpoint, signature_problem
+from ext_proc.audit.merkle import ConsistencyProofBuilder, MerkleFrontier, leaf_hash, verify_consistency
+
 # lines_segment is used here and by the console through this module.
 from ext_proc.audit.segments import Segment, StoreNotFound, file_segments, is_dsn, lines_segment  # noqa: F401
-from ext_proc.audit.merkle import ConsistencyProofBuilder, MerkleFrontier, leaf_hash, verify_consistency
 
 
 @dataclass
@@ -109,7 +111,8 @@ def _fail(rep: VerifyReport, problem: Problem) -> VerifyReport:
 def open_segments(store: str, table: str | None = None) -> list[Segment]:
     """The segments of a store: a directory of the file sink, or a postgresql:// DSN."""
     if is_dsn(store):
-        from ext_proc.audit.postgres import DEFAULT_TABLE, stream_segments
+        from ext_proc.audit.config import DEFAULT_TABLE
+        from ext_proc.audit.postgres import stream_segments
 
         return stream_segments(store, table or DEFAULT_TABLE)
     path = Path(store)
@@ -120,7 +123,7 @@ def open_segments(store: str, table: str | None = None) -> list[Segment]:
 
 # --- Per-line checks (run in worker processes) -----------------------------------------------
 
-def sealed_hash(line: bytes, rec: dict) -> str:
+def sealed_hash(line: bytes, rec: dict[str, Any]) -> str:
     """The record's hash, computed from its stored bytes (which the caller has already found to be
     the canonical form): the seal members are cut out of the line and the rest hashed, which skips
     re-serialising the record. Anything else falls back to canonical JSON of the parsed record."""
@@ -151,7 +154,7 @@ _SUMMARY_FIELDS = ("kind", "writer_id", "segment_id", "key_id", "seq", "prev_has
 def _duplicate_key(line: bytes) -> str | None:
     found: list[str] = []
 
-    def pairs(items):
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         seen = set()
         for k, _v in items:
             if k in seen and not found:
@@ -177,14 +180,14 @@ def not_canonical_reason(line: bytes) -> str:
             "the stored bytes must be exactly the signed form")
 
 
-def check_lines(public_key: bytes, lines: list[bytes]) -> list[tuple]:
+def check_lines(public_key: bytes, lines: list[bytes]) -> list[tuple[Any, ...]]:
     """The per-record work that needs no predecessor: byte-exact canonical form, hash, signature.
     Returns, per line, (problem or None, hash, summary fields) so the ordered checks can run
     without re-parsing. A module-level function so a process pool can run it."""
     # libsodium's verify (PyNaCl) is ~1.6x faster than OpenSSL's here, and it is the bulk of the
     # cost per record; it is also the stricter of the two (rejects small-order keys).
     verify = VerifyKey(public_key).verify
-    out: list[tuple] = []
+    out: list[tuple[Any, ...]] = []
     for line in lines:
         if not line or line == b"\r":
             out.append(("blank line (the writer never stores one)", None, None))
@@ -221,7 +224,7 @@ def check_lines(public_key: bytes, lines: list[bytes]) -> list[tuple]:
     return out
 
 
-def check_chunk_lines(chunk: tuple) -> list[bytes]:
+def check_chunk_lines(chunk: tuple[Any, ...]) -> list[bytes]:
     """The complete lines of a chunk: ("file", path, start, stop) is read here (in the worker,
     so record bytes never cross a pipe); ("lines", [bytes]) carries them."""
     if chunk[0] == "file":
@@ -235,7 +238,7 @@ def check_chunk_lines(chunk: tuple) -> list[bytes]:
     return chunk[1]
 
 
-def check_chunk(public_key: bytes, chunk: tuple) -> list[tuple]:
+def check_chunk(public_key: bytes, chunk: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     return check_lines(public_key, check_chunk_lines(chunk))
 
 
@@ -245,7 +248,7 @@ PARALLEL_THRESHOLD_BYTES = 24 * 1024 * 1024
 """Below this much data (~7,000 records of 3.5 KB) a process pool costs more to start than it saves."""
 
 
-def _genesis(seg: Segment) -> tuple[dict, bytes] | None:
+def _genesis(seg: Segment) -> tuple[dict[str, Any], bytes] | None:
     if seg.first_line is None:
         return None
     try:
@@ -260,7 +263,7 @@ def _genesis(seg: Segment) -> tuple[dict, bytes] | None:
 class _SegmentCheck:
     """The ordered checks of one segment, fed the per-line results chunk by chunk."""
 
-    def __init__(self, seg: Segment, gen: tuple[dict, bytes] | None, status: SegmentStatus,
+    def __init__(self, seg: Segment, gen: tuple[dict[str, Any], bytes] | None, status: SegmentStatus,
                  checkpoints: list[Checkpoint], claimed: dict[str, set[tuple[int, str]]]) -> None:
         self.seg, self.gen, self.st = seg, gen, status
         self.genesis = gen[0] if gen else None
@@ -318,7 +321,7 @@ class _SegmentCheck:
         return Problem(self.seg.name, None, f"not an extension of the checkpoint in {c.source} (size {c.size}): "
                                             "records before it were removed, rewritten or reordered")
 
-    def feed(self, results: list[tuple]) -> Problem | None:
+    def feed(self, results: list[tuple[Any, ...]]) -> Problem | None:
         g = self.genesis
         for problem, h, summary in results:
             self.n += 1
@@ -358,7 +361,7 @@ class _SegmentCheck:
             self.st.records += 1
         return None
 
-    def finish(self, rep: VerifyReport, attested_torn: dict) -> Problem | None:
+    def finish(self, rep: VerifyReport, attested_torn: dict[str, Any]) -> Problem | None:
         seg, st = self.seg, self.st
         st.tree_size = self.frontier.size
         st.root = base64.b64encode(self.frontier.root()).decode()
@@ -397,16 +400,16 @@ class _SegmentCheck:
         return None
 
 
-def _chunk_bytes(chunk: tuple) -> int:
+def _chunk_bytes(chunk: tuple[Any, ...]) -> int:
     return chunk[3] - chunk[2] if chunk[0] == "file" else sum(len(x) + 1 for x in chunk[1])
 
 
-def _chunk_stream(segments: list[Segment], genes: list, pool, depth: int,
-                  finished: Callable[[int], bool]) -> Iterator[tuple[int, list[tuple], int]]:
+def _chunk_stream(segments: list[Segment], genes: list[Any], pool: Any, depth: int,
+                  finished: Callable[[int], bool]) -> Iterator[tuple[int, list[tuple[Any, ...]], int]]:
     """(segment index, per-line results, bytes) per chunk, in order; at most `depth` chunks in
     flight on the pool, so memory stays bounded whatever the store's size. The rest of a segment
     whose first problem is found (`finished`) is not read."""
-    def tasks():
+    def chunk_tasks() -> Iterator[tuple[int, Any, Any]]:
         for i, s in enumerate(segments):
             if genes[i] is None:
                 continue
@@ -414,12 +417,12 @@ def _chunk_stream(segments: list[Segment], genes: list, pool, depth: int,
                 if finished(i):
                     break
                 yield i, genes[i][1], c
-    tasks = tasks()
+    tasks = chunk_tasks()
     if pool is None:
         for i, key, c in tasks:
             yield i, check_chunk(key, c), _chunk_bytes(c)
         return
-    window: deque = deque()
+    window: deque[Any] = deque()
     for i, key, c in tasks:
         window.append((i, pool.submit(check_chunk, key, c), _chunk_bytes(c)))
         if len(window) >= depth:
@@ -430,7 +433,7 @@ def _chunk_stream(segments: list[Segment], genes: list, pool, depth: int,
         yield j, fut.result(), nb
 
 
-def _attestations(genes: list, sources: Iterable[int]) -> tuple[dict, dict]:
+def _attestations(genes: list[Any], sources: Iterable[int]) -> tuple[dict[str, Any], dict]:
     """What the genesis records of the given segments attest about others: torn tails
     {(file, offset): sha256} and predecessors {file: (records, last hash)}."""
     torn: dict[tuple[str, int], str] = {}
@@ -446,7 +449,7 @@ def _attestations(genes: list, sources: Iterable[int]) -> tuple[dict, dict]:
     return torn, least
 
 
-def _empty_segment(seg: Segment, st: SegmentStatus, attested_torn: dict) -> None:
+def _empty_segment(seg: Segment, st: SegmentStatus, attested_torn: dict[str, Any]) -> None:
     if seg.torn:
         if attested_torn.get((seg.name, 0)) == hashlib.sha256(seg.torn).hexdigest():
             st.warnings.append(f"{seg.name}: torn first write of {len(seg.torn)} bytes, attested by a later genesis")
@@ -485,7 +488,7 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method))
     checks: list[_SegmentCheck | None] = []
     try:
-        for i, (seg, gen) in enumerate(zip(segments, genes)):
+        for i, (seg, gen) in enumerate(zip(segments, genes, strict=False)):
             st = SegmentStatus(seg.name)
             rep.segment_status.append(st)
             if seg.first_line is None:
@@ -521,7 +524,7 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
     # Only genesis records whose whole segment verified (and whose key is trusted) attest.
     attested_torn, attested_least = _attestations(
         genes, [i for i, c in enumerate(checks) if c is not None and not c.done])
-    for seg, c, st in zip(segments, checks, rep.segment_status):
+    for seg, c, st in zip(segments, checks, rep.segment_status, strict=False):
         if seg.first_line is None:
             _empty_segment(seg, st, attested_torn)
         elif c is not None and not c.done:

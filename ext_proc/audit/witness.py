@@ -4,29 +4,27 @@ Its own module so that the checkpoint format knows nothing of PostgreSQL (no imp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ext_proc.audit.checkpoint import Checkpoint, DirectoryWitness, HttpWitness, load_witness_dir
-from ext_proc.audit.postgres import DEFAULT_WITNESS_TABLE, PostgresWitness, load_postgres_witness
+from ext_proc.audit.config import DEFAULT_WITNESS_TABLE, WitnessConfig
+from ext_proc.audit.postgres import PostgresWitness, load_postgres_witness
+
+Witness = DirectoryWitness | HttpWitness | PostgresWitness
 
 
-def open_witnesses(config) -> list:
-    """`audit.witness` as one mapping or a list of them: {dir: PATH}, {dsn: postgresql://...,
-    table: NAME} or {url: https://witness.example/prefix, keep: DIR} (a C2SP tlog-witness; its
-    cosigned checkpoints are kept in DIR for `audit verify --witness DIR --witness-key VKEY`)."""
-    if not config:
-        return []
-    items = config if isinstance(config, list) else [config]
-    out = []
-    for item in items:
-        if isinstance(item, dict) and "dir" in item:
-            out.append(DirectoryWitness(item["dir"]))
-        elif isinstance(item, dict) and "url" in item:
-            out.append(HttpWitness(item["url"], timeout_s=float(item.get("timeout_s", 5)), keep=item.get("keep")))
-        elif isinstance(item, dict) and "dsn" in item:
-            out.append(PostgresWitness(item["dsn"], item.get("table", DEFAULT_WITNESS_TABLE)))
-        else:
-            raise ValueError("audit.witness: each witness needs `dir` (a directory outside the audit store), "
-                             "`dsn` (a PostgreSQL server other than the audit store's) or `url` (a C2SP "
-                             "tlog-witness)")
+def open_witnesses(configs: Sequence[WitnessConfig]) -> list[Witness]:
+    """`audit.witness` (checked by audit/config.py): a directory, a PostgreSQL table or a C2SP
+    tlog-witness over HTTP each (its cosigned checkpoints kept in `keep` for
+    `audit verify --witness DIR --witness-key VKEY`)."""
+    out: list[Witness] = []
+    for w in configs:
+        if w.dir is not None:
+            out.append(DirectoryWitness(w.dir))
+        elif w.url is not None:
+            out.append(HttpWitness(w.url, timeout_s=w.timeout_s, keep=w.keep))
+        elif w.dsn is not None:
+            out.append(PostgresWitness(w.dsn, w.table))
     return out
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 # The surfaces whose answer ledgergate can replay in both forms (JSON and the provider's SSE).
 REPLAYABLE_SURFACES = ("openai.chat_completions", "anthropic.messages")

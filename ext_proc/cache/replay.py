@@ -20,7 +20,7 @@ class NotReplayable(Exception):
 def _event(payload: Any, event: str | None = None) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     head = f"event: {event}\n" if event else ""
-    return f"{head}data: {data}\n\n".encode("utf-8")
+    return f"{head}data: {data}\n\n".encode()
 
 
 def _pieces(text: str) -> list[str]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import cachetools
+
+from ext_proc.configerror import ConfigError
 
 # redis-py imports OpenTelemetry when it is installed: imported only when a Redis store is built,
 # so a process with tracing off and an in-process cache loads none of it.
@@ -39,7 +42,7 @@ class Entry:
         return json.dumps(self.meta(), separators=(",", ":")).encode() + b"\n" + self.body
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Entry":
+    def decode(cls, raw: bytes) -> Entry:
         head, sep, body = raw.partition(b"\n")
         if not sep:
             raise CacheUnavailable("malformed entry")
@@ -172,12 +175,12 @@ def cache_settings(section: Mapping | None) -> dict[str, Any]:
     s = {**DEFAULTS, **dict(section or {})}
     unknown = set(s) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"cache: unknown key(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"cache: unknown key(s) {', '.join(sorted(unknown))}")
     if s["backend"] not in ("memory", "redis"):
-        raise ValueError("cache.backend must be 'memory' or 'redis'")
+        raise ConfigError("cache.backend: must be 'memory' or 'redis'")
     for k in ("max_bytes", "max_entry_bytes"):
         if not isinstance(s[k], int) or s[k] <= 0:
-            raise ValueError(f"cache.{k} must be a positive integer")
+            raise ConfigError(f"cache.{k}: must be a positive integer")
     return s
 
 

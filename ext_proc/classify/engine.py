@@ -6,8 +6,9 @@ Everything that touches the (untrusted) text is RE2 (linear time) or bounded pla
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any
 
 import re2
 
@@ -31,7 +32,7 @@ class Finding:
     confidence: int
     validator: str | None
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         """What may go into an audit record: where and what kind, never the value."""
         return {"label": self.label, "start": self.start, "end": self.end,
                 "confidence": self.confidence, "validator": self.validator}
@@ -57,8 +58,8 @@ class InspectionBudgetExceeded(InputTooLarge):
         self.limit = limit
 
 
-def summarize(findings: Sequence[Finding]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
+def summarize(findings: Sequence[Finding]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     for f in findings:
         s = out.get(f.label)
         if s is None:
@@ -148,7 +149,7 @@ class Classifier:
         opts.log_errors = False
         self._compiled = tuple(re2.compile(r.pattern, opts) for r in rules)
         self._groups = tuple(1 if rx.groups else 0 for rx in self._compiled)
-        self._spans = tuple(_fast_spans(rx, g) for rx, g in zip(self._compiled, self._groups))
+        self._spans = tuple(_fast_spans(rx, g) for rx, g in zip(self._compiled, self._groups, strict=True))
         prefilter = re2.Set.SearchSet(opts)
         for r in rules:
             prefilter.Add(r.prefilter)
@@ -170,7 +171,7 @@ class Classifier:
             return self._all
         return tuple(i for i in hits if i != self._sentinel)
 
-    def scan(self, text: str, *, use_prefilter: bool = True, budget=None) -> list[Finding]:
+    def scan(self, text: str, *, use_prefilter: bool = True, budget: Any = None) -> list[Finding]:
         """`budget`, when given, has an int `candidates_left`: the candidates (pattern matches
         handed to a rule's check) this scan may still validate, shared by all scans of one
         request; it is decremented, and InspectionBudgetExceeded raised when it runs out. The
@@ -221,7 +222,7 @@ class Classifier:
         return _resolve_overlaps(candidates, len(text))
 
 
-def _fast_spans(rx, group: int):
+def _fast_spans(rx: Any, group: int) -> Callable[[bytes], Iterator[tuple[int, int]]]:
     """Spans of successive non-overlapping matches in bytes, through google-re2's pybind object
     (the public finditer builds a match object per hit, a third of scan time on dense text).
     Falls back to the public API if the binding's internals are not what this expects."""
@@ -230,7 +231,7 @@ def _fast_spans(rx, group: int):
     if inner is None or anchor is None or not hasattr(inner, "Match"):
         return lambda data: (m.span(group) for m in rx.finditer(data))
 
-    def spans(data: bytes):
+    def spans(data: bytes) -> Iterator[tuple[int, int]]:
         pos, end = 0, len(data)
         while pos <= end:
             found = inner.Match(anchor, data, pos, end)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import re._constants as sre_c
 import re._parser as sre_parse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import re2
 
@@ -43,7 +44,8 @@ _EMPTY = "(?:)"
 
 
 def _char(code: int) -> str:
-    return re2.escape(chr(code))
+    escaped: str = re2.escape(chr(code))
+    return escaped
 
 
 def _class_item(op: Any, av: Any) -> str:
@@ -90,7 +92,7 @@ def _repeat(body: str, lo: int, hi: int) -> str:
     return f"(?:{body}){{{lo},{hi}}}"
 
 
-def _reverse(seq: Sequence) -> str:
+def _reverse(seq: Sequence[Any]) -> str:
     """The reversal of the language of `seq`."""
     return "".join(_reverse_item(op, av) for op, av in reversed(list(seq)))
 
@@ -113,7 +115,7 @@ def _reverse_item(op: Any, av: Any) -> str:
     raise Unsupported(f"{op}")
 
 
-def _reversed_prefix(seq: Sequence) -> str:
+def _reversed_prefix(seq: Sequence[Any]) -> str:
     """Reversed prefixes of `seq` (always including the empty string). For x1..xn, built from
     the right so that each reversed item appears once:
     ((rp(xn) rev(x(n-1)) | rp(x(n-1))) rev(x(n-2)) | rp(x(n-2))) ... rev(x1) | rp(x1)."""
@@ -222,6 +224,7 @@ class PrefixHold:
         anchor = getattr(getattr(re2, "_Anchor", None), "ANCHOR_START", None)
         if inner is not None and anchor is not None and hasattr(inner, "Match"):
             found = inner.Match(anchor, data, 0, len(data))
-            return max(found[0][1], 0)
+            end: int = max(found[0][1], 0)
+            return end
         m = self._rx.match(data)
         return m.end() if m else 0

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any
 
 from ext_proc.classify.engine import Finding
 from ext_proc.classify.normalize import fold_plain
@@ -31,7 +32,7 @@ class Redaction:
     # Every label whose findings this span masks (overlapping findings are masked as one span).
     labels: tuple[str, ...] = field(default=(), compare=False)
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         rec = {"label": self.label, "start": self.start, "end": self.end, "strategy": self.strategy}
         if len(self.labels) > 1:
             rec["labels"] = list(self.labels)
@@ -95,7 +96,7 @@ def redact(text: str, findings: Sequence[Finding], strategies: Mapping[str, str]
     if any(s == "hash" for *_, s in selected) and not (isinstance(hash_key, bytes) and hash_key):
         raise ValueError("the hash strategy needs a non-empty hash_key")
     selected.sort()
-    merged: list[list] = []
+    merged: list[list[Any]] = []
     for s, e, label, strategy in selected:
         if merged and s < merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], e)

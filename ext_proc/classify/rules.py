@@ -9,8 +9,8 @@ or none to reject). All of them are plain, bounded string code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from re2 import escape as re2_escape
 

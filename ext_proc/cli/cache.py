@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from ext_proc.cache.plan import model_digest, scope_digest
-from ext_proc.cache.store import RedisStore, cache_settings
+from ext_proc.cache.store import RedisStore
 
 
-async def _purge(settings: dict, scope: str | None, model: str | None) -> int:
+async def _purge(settings: Mapping[str, Any], scope: str | None, model: str | None) -> int:
     store = RedisStore(settings["url"], prefix=settings["prefix"], timeout_s=5.0)
     try:
         return await store.purge(scope_digest(scope) if scope is not None else None,
@@ -34,9 +36,8 @@ def run(argv: list[str]) -> int:
 
     from ext_proc.server.config import load_config
 
-    config = load_config(args.config)
     try:
-        settings = cache_settings(config.raw.get("cache"))
+        settings = load_config(args.config).cache
     except ValueError as exc:
         print(f"ledgergate cache: {exc}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ def ensure_tls_cert(tls_dir: Path, now: dt.datetime | None = None) -> tuple[Path
     crt, key = tls_dir / "server.crt", tls_dir / "server.key"
     if crt.exists() and key.exists():
         return crt, key
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     priv = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     cert = (
@@ -56,7 +56,7 @@ def ensure_client_ca(tls_dir: Path, now: dt.datetime | None = None) -> tuple[Pat
     client_crt, client_key = tls_dir / "client.crt", tls_dir / "client.key"
     if all(p.exists() for p in (ca_crt, ca_key, client_crt, client_key)):
         return ca_crt, client_crt, client_key
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     ca_priv, client_priv = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ledgergate dev client CA")])
     validity = (now - dt.timedelta(minutes=5), now + dt.timedelta(days=90))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
@@ -18,7 +19,7 @@ QUIET_LIBRARIES = ("httpx", "httpcore")
 def configure(level: str = "info", *, json: bool = True) -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-    shared = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

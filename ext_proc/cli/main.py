@@ -20,7 +20,6 @@ def _duration(text: str) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ext_proc.cli.logging import configure
-    from ext_proc.identity.config import ConfigError as IdentityConfigError
     from ext_proc.policy.compile import PolicyError
     from ext_proc.server.app import ListenError, serve
     from ext_proc.server.config import ConfigError, load_config, located
@@ -32,7 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=overrides or None)
         asyncio.run(serve(config))
-    except (ConfigError, IdentityConfigError, PolicyError, ListenError) as exc:
+    except (ConfigError, PolicyError, ListenError) as exc:
         # What an operator can fix: `file:line: message` and exit 2, never a traceback.
         message = str(exc) if isinstance(exc, (PolicyError, ListenError)) else located(args.config, str(exc))
         if args.config is None and isinstance(exc, PolicyError) and "not found" in message:
@@ -112,19 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Sub-tools with their own argument parsers.
     if argv and argv[0] == "classify":
-        from ext_proc.classify.cli import run
+        from ext_proc.cli.classify import run
         return run(argv[1:])
     if argv and argv[0] == "policy":
-        from ext_proc.policy.cli import run
+        from ext_proc.cli.policy import run
         return run(argv[1:])
     if argv and argv[0] == "audit":
-        from ext_proc.audit.cli import run
+        from ext_proc.cli.audit import run
         return run(argv[1:])
     if argv and argv[0] == "cache":
         from ext_proc.cli.cache import run
         return run(argv[1:])
     if argv and argv[0] == "console":
-        from ext_proc.console.cli import run
+        from ext_proc.cli.console import run
         return run(argv[1:])
 
     p = argparse.ArgumentParser(prog="ledgergate", description=__doc__)
@@ -143,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (127.0.0.1) (default: %(default)s)")
     up.add_argument("--ext-proc-port", type=int, default=50051, help="first ext_proc worker port (default: %(default)s)")
     up.add_argument("--mock-port", type=int, default=18080, help="built-in mock providers port (default: %(default)s)")
-    up.add_argument("--metrics-port", type=int, default=9464, help="Prometheus metrics port (first worker) (default: %(default)s)")
+    up.add_argument("--metrics-port", type=int, default=9464,
+                    help="Prometheus metrics port (first worker) (default: %(default)s)")
     up.add_argument("--console-port", type=int, default=8600,
                     help="the auditor's console on 127.0.0.1, 0: do not start it (default: %(default)s)")
     up.add_argument("--workers", type=int, default=1, help="ext_proc worker processes (one port each) (default: %(default)s)")

@@ -20,6 +20,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -258,8 +259,8 @@ def envoy_gateway_ext_proc(backend_refs: list[dict]) -> dict:
                           "max_message_timeout", "mutation_rules"}
     if unknown:
         raise ValueError(f"no EnvoyExtensionPolicy field for {sorted(unknown)}")
-    request = {"body": _EG_BODY_MODES[pm["request_body_mode"]]}
-    response = {"body": _EG_BODY_MODES[pm["response_body_mode"]]}
+    request: dict[str, Any] = {"body": _EG_BODY_MODES[pm["request_body_mode"]]}
+    response: dict[str, Any] = {"body": _EG_BODY_MODES[pm["response_body_mode"]]}
     if cfg.get("request_attributes"):
         request["attributes"] = list(cfg["request_attributes"])
     if cfg.get("response_attributes"):

@@ -424,7 +424,7 @@ def run_up(args: argparse.Namespace) -> int:
             p = subprocess.Popen([sys.executable, "-m", "ext_proc.cli.main", "serve", "--config", str(wpath),
                                   "--log-level", args.log_level], env=env)
             procs.append((f"ledgergate worker {i}", p))
-        for (name, p), port in zip(procs, ext_ports):
+        for (name, p), port in zip(procs, ext_ports, strict=False):
             _wait_port(port, deadline, p, name)
         envoy = subprocess.Popen([envoy_binary(), "-c", str(envoy_path), "--log-level", "warn",
                                   "--concurrency", "2", "--base-id", str(args.admin_port)], env=env)
@@ -458,7 +458,8 @@ ledgergate ready: Envoy on {base} (HTTP) and https://127.0.0.1:{args.tls_port} (
        -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hello"}}]}}'
 
   .venv/bin/python -c 'import os, openai; c = openai.OpenAI(base_url="{base}/v1", api_key=os.environ["TOKEN"]); \
-print(c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hello"}}]).choices[0].message.content)'
+r = c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hello"}}]); \
+print(r.choices[0].message.content)'
 
   .venv/bin/ledgergate audit verify {args.audit_dir or var_dir / 'audit'}
 Ctrl-C stops the stack.""", flush=True)

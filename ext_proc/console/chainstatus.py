@@ -8,6 +8,7 @@ import multiprocessing
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ext_proc.console.evidence import StoreStatus, record_seal_checks, verify_store_with_witnesses
 
@@ -27,7 +28,7 @@ class ChainStatus:
         self._running = False
         self.verified_at: float | None = None
         self.error: str | None = None
-        self._child = None
+        self._child: Any = None
         self._closed = False
         self._started = 0.0
 
@@ -53,7 +54,8 @@ class ChainStatus:
         proc = _MP.Process(target=_verify_in_child, args=(child, self.store.spec, self.witnesses, self.witness_table),
                            daemon=True,
                            name="ledgergate-console-verify")
-        status, error = None, "verification was stopped"
+        status: Any = None
+        error: str | None = "verification was stopped"
         try:
             with self._lock:
                 if self._closed:

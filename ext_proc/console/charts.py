@@ -4,7 +4,7 @@ is a link (a bar of a time chart narrows the time range to its bucket: that is t
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable
+from collections.abc import Callable
 
 import pygal
 from pygal.style import Style
@@ -27,7 +27,7 @@ def bucket_for(span_ms: int) -> int:
 
 
 def _label(ms: int, bucket_ms: int) -> str:
-    t = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
     return t.strftime("%m-%d" if bucket_ms >= 86_400_000 else "%m-%d %H:%M")
 
 

@@ -6,8 +6,8 @@ the console following it around: only `verify_segments`, `verify_dir`'s segment 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from ext_proc.audit.verify import check_lines, verify_segments
 
@@ -71,7 +71,8 @@ def verify_store_with_witnesses(parsed: list[tuple[str, list[bytes], bytes]], sp
         status = verify_store(parsed)
         status.witness_error = f"witness unreadable: {exc}"
         return status
-    from ext_proc.audit.verify import lines_segment, verify_store_segments
+    from ext_proc.audit.segments import lines_segment
+    from ext_proc.audit.verify import verify_store_segments
 
     rep = verify_store_segments([lines_segment(n, ls, t) for n, ls, t in parsed], jobs=1, checkpoints=checkpoints)
     status = _from_segment_status(rep, parsed)
@@ -124,7 +125,7 @@ def verify_store(parsed: list[tuple[str, list[bytes], bytes]]) -> StoreStatus:
         n = notes.get(name, [])
         state = "open" if any("no closing checkpoint" in x for x in n) else "verified"
         statuses[name] = SegmentStatus(name, len(lines), state, None, None, n)
-    return StoreStatus({n: statuses[n] for n, _l, _t in parsed}, sum(len(l) for _n, l, _t in parsed),
+    return StoreStatus({n: statuses[n] for n, _l, _t in parsed}, sum(len(lines) for _n, lines, _t in parsed),
                        sorted(key_ids))
 
 
@@ -144,7 +145,7 @@ def _from_segment_status(rep, parsed) -> StoreStatus:
                                          notes or ([] if closed else ["no closing checkpoint (writer still running or crashed)"]))
     for name, lines, _t in parsed:
         out.setdefault(name, SegmentStatus(name, len(lines), "broken", None, rep.problem or "not verified"))
-    return StoreStatus({n: out[n] for n, _l, _t in parsed}, sum(len(l) for _n, l, _t in parsed),
+    return StoreStatus({n: out[n] for n, _l, _t in parsed}, sum(len(lines) for _n, lines, _t in parsed),
                        sorted(rep.key_ids))
 
 
@@ -167,9 +168,9 @@ def split_torn(data: bytes) -> tuple[list[bytes], bytes]:
 
 
 def replay_with(records, evaluate) -> dict:
-    """The evidence issue's replay (ext_proc.audit.cli.replay): each decision's recorded input
+    """The evidence issue's replay (ext_proc.audit.query.replay): each decision's recorded input
     evaluated again; `evaluate(version, input)` decides which policy answers."""
-    from ext_proc.audit.cli import replay
+    from ext_proc.audit.query import replay
 
     return replay(records, evaluate)
 

@@ -13,9 +13,10 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
@@ -126,7 +127,7 @@ class Query:
     from_ms: int | None = None
     to_ms: int | None = None
 
-    def plan(self) -> "Plan":
+    def plan(self) -> Plan:
         """The SQL for the decisions this query selects. Without a tag filter, the records table
         (one of its (kind, column, ts_ms) indexes); with one, that tag's (k, v, ts_ms) index range
         drives, in time order, and the other filters are checked on the rows it yields."""
@@ -227,7 +228,7 @@ class Index:
         return conn
 
     class _Tx:
-        def __init__(self, index: "Index") -> None:
+        def __init__(self, index: Index) -> None:
             self.index = index
 
         def __enter__(self) -> sqlite3.Connection:
@@ -242,7 +243,7 @@ class Index:
             finally:
                 self.index._lock.release()
 
-    def _write(self) -> "Index._Tx":
+    def _write(self) -> Index._Tx:
         return Index._Tx(self)
 
     # --- building ---------------------------------------------------------------------------------
@@ -346,7 +347,7 @@ class Index:
             db.execute("UPDATE segments SET size = ?, mtime_ns = ?, inode = ?, head = ?, next_line = ?, "
                        "next_offset = ? WHERE name = ?", (*stat, next_line, next_offset, name))
             placeholders = ",".join("?" * len(_COLS))
-            for row, tags in zip(rows, tag_rows):
+            for row, tags in zip(rows, tag_rows, strict=True):
                 cur = db.execute(f"INSERT INTO records ({','.join(_COLS)}) VALUES ({placeholders})", row)
                 if tags:
                     db.executemany("INSERT INTO tags VALUES (?, ?, ?, ?)",

@@ -77,8 +77,9 @@ def write_sample_store(directory: str | Path, *, requests: int, start_ms: int, s
                        close: bool = True, capture_key: bytes | None = None) -> list[Path]:
     """`requests` requests spread over [start_ms, start_ms + span_ms), round-robin over `writers`
     segments; each segment opens with a genesis and (when `close`) ends with a checkpoint."""
-    from ext_proc.audit.merkle import MerkleFrontier, leaf_hash
     import base64
+
+    from ext_proc.audit.merkle import MerkleFrontier, leaf_hash
 
     rnd = random.Random(seed)
     directory = Path(directory)
@@ -113,7 +114,7 @@ def write_sample_store(directory: str | Path, *, requests: int, start_ms: int, s
             files[w].write(line + b"\n")
             frontiers[w].append(leaf_hash(bytes.fromhex(rec["hash"])))
     paths = []
-    for chain, fh, frontier in zip(chains, files, frontiers):
+    for chain, fh, frontier in zip(chains, files, frontiers, strict=False):
         if close:
             body = {"schema": "ledgergate.audit/v1", "kind": "checkpoint", "tree_size": frontier.size,
                     "root": base64.b64encode(frontier.root()).decode()}

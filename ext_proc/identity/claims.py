@@ -5,7 +5,8 @@ group could skip a policy rule that denies that group."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ext_proc.identity.model import Identity, IdentityError
 

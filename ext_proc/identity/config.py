@@ -8,9 +8,12 @@ from __future__ import annotations
 import ipaddress
 import math
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from ext_proc.configerror import ConfigError
 
 # Asymmetric JWS algorithms only: no "none", no HMAC (which is what makes HS256-signed-with-the-
 # RSA-public-key possible), nothing PyJWT would need a shared secret for.
@@ -24,10 +27,6 @@ FORWARDABLE_FIELDS = frozenset({"subject", "issuer", "auth_method", "roles", "gr
                                 "credential_id"})
 IDENTITY_HEADER_PREFIX = "x-ledgergate-"
 _HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-class ConfigError(ValueError):
-    """The identity configuration is invalid; the message names the offending key."""
 
 
 def parse_duration(v: Any, where: str) -> float:
@@ -185,7 +184,7 @@ class IdentityConfig:
         return max(sizes)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, base_dir: Path) -> "IdentityConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None, base_dir: Path) -> IdentityConfig:
         d = _check_keys(d, {"issuers", "api_keys", "mtls", "introspection", "forward_headers", "cache_size"},
                         "identity")
         base_dir = Path(base_dir)

@@ -7,7 +7,7 @@ or an API key. A header sent twice, or two different credentials, is refused rat
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ext_proc.identity.model import IdentityError
 

@@ -6,8 +6,9 @@ import base64
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -22,7 +23,7 @@ def _b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
-def _jwk(pub_raw: bytes) -> dict:
+def _jwk(pub_raw: bytes) -> dict[str, Any]:
     jwk = {"crv": "Ed25519", "kty": "OKP", "x": _b64(pub_raw)}
     # RFC 7638 thumbprint as the kid.
     thumb = hashlib.sha256(json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode()).digest()
@@ -57,7 +58,7 @@ def mint_dev_token(directory: Path, *, sub: str, roles: Sequence[str], tenant: s
     if tenant:
         claims["tenant"] = tenant
     chain = [act] if isinstance(act, str) else list(act or ())
-    nested: dict | None = None
+    nested: dict[str, Any] | None = None
     for actor in reversed(chain):
         nested = {"sub": actor, **({"act": nested} if nested else {})}
     if nested:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import jwt
-from jwt import PyJWK
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt import PyJWK
 
 from ext_proc.identity.config import IssuerConfig
 
@@ -92,7 +93,7 @@ def parse_jwks(data: bytes | str, algorithms: tuple[str, ...]) -> KeySet:
     kids = [k.get("kid") for k in raw_keys if isinstance(k, dict)]
     duplicated = {kid for kid in kids if kids.count(kid) > 1}
     keys: dict[str, dict[str, PyJWK]] = {}
-    accepted: list[dict] = []
+    accepted: list[dict[str, Any]] = []
     skipped = 0
     for jwk in raw_keys:
         if not isinstance(jwk, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +19,7 @@ class Identity:
     credential_id: str  # a hash prefix naming the credential, never the credential
     expires_at: float | None
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         return {"subject": self.subject, "issuer": self.issuer, "auth_method": self.auth_method,
                 "roles": list(self.roles), "groups": list(self.groups), "tenant": self.tenant,
                 "scopes": list(self.scopes), "actor": list(self.actor), "credential_id": self.credential_id}

@@ -5,10 +5,10 @@ attributes (never a header). JWTs, API keys and mTLS are decided by pure CPU ove
 (the key sets, the API-key table, the verified-token cache); only opaque tokens sent to an RFC 7662
 introspection endpoint await the network. One exception, for key rotation: a JWT whose `kid` is
 unknown triggers one forced JWKS refresh per cooldown, and the requests that see that kid wait
-for it (at most `jwks_timeout`) instead of failing; every other request carries on meanwhile. JWKS files and URLs are read at `start()` and refreshed
-by one background task per issuer, off the event loop (httpx async I/O; file reads and key parsing
-in a worker thread). This class reads the wall clock only to schedule those refreshes; every
-verification uses the `now` it is given.
+for it (at most `jwks_timeout`) instead of failing; every other request carries on meanwhile.
+JWKS files and URLs are read at `start()` and refreshed by one background task per issuer, off
+the event loop (httpx async I/O; file reads and key parsing in a worker thread). This class reads
+the wall clock only to schedule those refreshes; every verification uses the `now` it is given.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import hashlib
 import hmac
 import time
 from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import httpx
 import structlog
@@ -103,7 +104,7 @@ class IdentityResolver:
         self._introspection_cache = VerifiedCache(config.cache_size)
         self._introspection = IntrospectionClient(config.introspection) if config.introspection else None
         self._http: httpx.AsyncClient | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[Any]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
     @property
@@ -121,7 +122,7 @@ class IdentityResolver:
         if self._introspection is not None:
             await self._introspection.start()
         errors = await asyncio.gather(*(self._fetch(s) for s in self._states.values()))
-        for state, error in zip(self._states.values(), errors):
+        for state, error in zip(self._states.values(), errors, strict=True):
             if error is not None and state.cfg.jwks_file is not None:
                 await self.close()
                 raise JwksError(f"identity issuer {state.cfg.name!r}: {error}")

@@ -12,11 +12,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from ext_proc.classify.engine import Classifier, InspectionBudgetExceeded
+from ext_proc.classify.engine import Classifier, Finding, InspectionBudgetExceeded
 
 DEFAULT_MAX_INSPECTION_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_INSPECTION_CANDIDATES = 10_000
@@ -49,7 +50,7 @@ class ScanPool:
             return self._pool
 
     def scan(self, custom_terms: Mapping[str, Sequence[str]], max_input_chars: int, text: str,
-             candidates_left: int, candidates_limit: int) -> tuple[list, int]:
+             candidates_left: int, candidates_limit: int) -> tuple[list[Any], int]:
         pool = self._executor()
         try:
             findings, left = pool.submit(_scan_in_child, _terms_key(custom_terms), max_input_chars, text,
@@ -79,14 +80,14 @@ def _lower_priority() -> None:
         pass
 
 
-def _terms_key(custom_terms: Mapping[str, Sequence[str]]) -> tuple:
+def _terms_key(custom_terms: Mapping[str, Sequence[str]]) -> tuple[Any, ...]:
     return tuple(sorted((k, tuple(v)) for k, v in custom_terms.items()))
 
 
-_CHILD_CLASSIFIERS: dict[tuple, Classifier] = {}
+_CHILD_CLASSIFIERS: dict[tuple[Any, ...], Classifier] = {}
 
 
-def _scan_in_child(terms_key: tuple, max_input_chars: int, text: str, candidates_left: int) -> tuple[Any, int]:
+def _scan_in_child(terms_key: tuple[Any, ...], max_input_chars: int, text: str, candidates_left: int) -> tuple[Any, int]:
     """In the ScanPool's process: the same Classifier, built once per dictionary set; (None, 0)
     when the candidate budget runs out (exceptions with arguments do not cross processes well)."""
     key = (terms_key, max_input_chars)
@@ -131,7 +132,7 @@ class BudgetedClassifier:
         self.candidates_left = max_candidates    # decremented by Classifier.scan
         self._local_left = LOCAL_CANDIDATES      # with a pool: candidates still validated here
 
-    def scan(self, text: str, **kwargs: Any):
+    def scan(self, text: str, **kwargs: Any) -> list[Finding]:
         if not isinstance(text, str):
             raise TypeError("scan() takes a str")
         # len() is the UTF-8 size for ASCII; encode only the text that is not.
@@ -158,7 +159,7 @@ class BudgetedClassifier:
             return findings
         return self._remote(text)
 
-    def _remote(self, text: str):
+    def _remote(self, text: str) -> list[Finding]:
         assert self._pool is not None
         findings, self.candidates_left = self._pool.scan(
             self._custom_terms, self._classifier.max_input_chars, text, self.candidates_left, self.candidates_limit)

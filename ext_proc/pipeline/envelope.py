@@ -22,8 +22,9 @@ nothing in and that looks like a word; anything else is recorded as "[unprintabl
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from ext_proc.providers import Surface
@@ -88,7 +89,7 @@ CREDENTIAL_QUERY: Mapping[str, frozenset[str]] = {"gemini": frozenset({"key"})}
 ADDRESS_HEADERS = frozenset({"x-envoy-external-address", "x-forwarded-for", "x-real-ip", "forwarded"})
 
 
-def expected_finding(segment: "EnvelopeSegment", label: str) -> bool:
+def expected_finding(segment: EnvelopeSegment, label: str) -> bool:
     """A finding that is the very thing SEGMENT exists to carry (an address in a forwarding header)."""
     return label == "pii.ip_address" and segment.where.startswith("header:") and segment.name in ADDRESS_HEADERS
 
@@ -98,7 +99,7 @@ def envoy_owned(name: str) -> bool:
     return name in ENVOY_OWNED or name.startswith(ENVOY_OWNED_PREFIXES)
 
 
-def rewritable(segment: "EnvelopeSegment") -> bool:
+def rewritable(segment: EnvelopeSegment) -> bool:
     """Whether a redacted value of SEGMENT can be forwarded in its place."""
     if segment.where.startswith("query:"):
         return True
@@ -125,7 +126,7 @@ class EnvelopeRules:
     unknown_query: str = "strip"
 
     @classmethod
-    def from_config(cls, section: Any) -> "EnvelopeRules":
+    def from_config(cls, section: Any) -> EnvelopeRules:
         if section is None:
             return cls()
         if not isinstance(section, Mapping):
@@ -333,7 +334,7 @@ def inspect_envelope(method: str, path: str, headers: Mapping[str, Sequence[str]
     kinds = [s.where.split(":", 1)[0] for s in segments]
     recorded = recordable_names([s.name for s in segments] + removed_query, has_findings)
     segments = [EnvelopeSegment(f"{kind}:{where}", s.name, s.text, s.position)
-                for s, kind, where in zip(segments, kinds, recorded)]
+                for s, kind, where in zip(segments, kinds, recorded, strict=False)]
     removed_query = recorded[len(segments):]
     return Envelope(path=raw_path, query=query, query_changed=changed, removed_headers=removed,
                     removed_query=removed_query, segments=segments)

@@ -9,7 +9,9 @@ conversation is never refused for length alone; the request's byte budget is enf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ext_proc.classify import Classifier, Finding, summarize
 from ext_proc.providers.document import Document, View
@@ -21,7 +23,7 @@ class DocumentFindings:
     logical: list[Finding] = field(default_factory=list)     # one per value, for counts
     spans: list[tuple[str, int, tuple[tuple[int, int, int], ...]]] = field(default_factory=list)
 
-    def summary(self, unscanned: dict[str, int], extra: list[Finding] = ()) -> dict[str, dict]:
+    def summary(self, unscanned: dict[str, int], extra: Sequence[Finding] = ()) -> dict[str, dict[str, Any]]:
         """Counts per label: one per value (however many fields it spans), EXTRA findings made
         elsewhere (header and query values), and the content that could not be inspected."""
         out = summarize(self.logical + list(extra))
@@ -29,11 +31,11 @@ class DocumentFindings:
             out[label] = {"count": count, "max_confidence": 100}
         return {k: out[k] for k in sorted(out)}
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[dict[str, Any]]:
         """What the decision record keeps: label, confidence and where (segment and offsets);
         a value spanning several fields is one finding with several parts."""
         out = []
-        for f, (label, _conf, parts) in zip(self.logical, self.spans):
+        for f, (_label, _conf, parts) in zip(self.logical, self.spans, strict=False):
             rec = f.to_record()
             rec["segment"], rec["start"], rec["end"] = parts[0]
             if len(parts) > 1:

@@ -25,8 +25,9 @@ a retry after a 5xx reaches the next provider in that provider's format."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ext_proc.providers.translate import TARGETS, Target, TranslationError
 
@@ -53,8 +54,9 @@ class Route:
     def chain(self) -> bool:
         return len(self.targets) > 1
 
-    def to_record(self) -> dict:
-        out = {"provider": self.target.provider, "model": self.target.model, "rationale": self.rationale}
+    def to_record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"provider": self.target.provider, "model": self.target.model,
+                               "rationale": self.rationale}
         if self.chain:
             out["failover"] = [{"provider": t.provider, "model": t.model} for t in self.targets]
         return out

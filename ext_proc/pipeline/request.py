@@ -8,13 +8,15 @@ decision record, and `Policy.evaluate(input)` on the same policy version gives t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ext_proc.audit.record import decision_record
-from ext_proc.classify import Classifier, InputTooLarge, redact, summarize
+from ext_proc.classify import Classifier, InputTooLarge, redact
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
 from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
+from ext_proc.pipeline.inspect import DocumentFindings, classify_document
 from ext_proc.policy import Decision, Policy
 from ext_proc.policy.effects import Effect
 from ext_proc.providers import (
@@ -24,7 +26,6 @@ from ext_proc.providers import (
     error_body,
     parse_request,
 )
-from ext_proc.pipeline.inspect import DocumentFindings, classify_document
 from ext_proc.providers.document import Document, read_document, render_document
 
 # Headers that carry the client's credential to ledgergate never travel to the provider (the
@@ -73,7 +74,7 @@ class Verdict:
     new_body: bytes | None = None
     error_headers: dict[str, str] = field(default_factory=dict)
     error_body: bytes = b""
-    limits: tuple[dict, ...] = ()
+    limits: tuple[dict[str, Any], ...] = ()
     estimated_tokens: int = 0
     model: str | None = None
     stream: bool = False
@@ -97,7 +98,7 @@ def _path_only(path: str) -> str:
 
 
 def build_policy_input(head: RequestHead, identity: Identity, parsed: ParsedRequest | None,
-                       classification: Mapping[str, dict], body_len: int) -> dict[str, Any]:
+                       classification: Mapping[str, dict[str, Any]], body_len: int) -> dict[str, Any]:
     model = None
     if parsed is not None:
         model = parsed.model
@@ -203,8 +204,8 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     decision = policy.evaluate(policy_input)
 
     new_body: bytes | None = None
-    redactions: list[dict] = []
-    set_fields: dict[tuple, Any] = {}
+    redactions: list[dict[str, Any]] = []
+    set_fields: dict[tuple[Any, ...], Any] = {}
     usage_injected = False
     if parsed is not None and decision.releases:
         if decision.max_tokens_cap is not None and parsed.max_tokens is None:
@@ -236,7 +237,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     # --- envelope hook: redacted header / query values, applied by the servicer's header mutation ---
     envelope_redacted: dict[int, str] = {}
     if decision.outcome == Effect.REDACT and decision.redact:
-        for i, (seg, findings) in enumerate(zip(envelope_segments, envelope_findings)):
+        for i, (seg, findings) in enumerate(zip(envelope_segments, envelope_findings, strict=False)):
             if findings:
                 text, reds = redact(seg.text, findings, decision.redact, hash_key=hash_key, tenant=identity.tenant)
                 if reds:
@@ -269,7 +270,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     return v
 
 
-def _masked(doc: Document, found: DocumentFindings, kind: str, path: tuple) -> str | None:
+def _masked(doc: Document, found: DocumentFindings, kind: str, path: tuple[Any, ...]) -> str | None:
     """The masked text of the segment at PATH when a finding lies in it, else None."""
     for i, seg in enumerate(doc.segments):
         if seg.kind == kind and seg.path == path and found.per_segment.get(i):
@@ -297,7 +298,7 @@ def _masked_model(doc: Document, found: DocumentFindings, model: str, head: Requ
     return model if masked is None else masked
 
 
-def _max_tokens_field(surface: Surface) -> tuple | None:
+def _max_tokens_field(surface: Surface) -> tuple[Any, ...] | None:
     return {
         "openai.chat_completions": ("max_completion_tokens",),
         "azure.chat_completions": ("max_completion_tokens",),

@@ -9,10 +9,11 @@ the offending key, and a single PolicyError carries them all: a policy is loaded
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jsonschema
 
@@ -44,8 +45,9 @@ class PolicyError(Exception):
 
 
 @lru_cache(maxsize=1)
-def schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+def schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return loaded
 
 
 @lru_cache(maxsize=1)
@@ -80,7 +82,7 @@ class _Item:
     """One entry of a section, with where it came from (for messages)."""
 
     file: _File
-    path: list
+    path: list[Any]
     value: Any
 
 
@@ -88,7 +90,7 @@ class _Item:
 class _Collector:
     problems: list[str] = field(default_factory=list)
 
-    def add(self, file: _File | str, path: list, message: str, line: int | None = None) -> None:
+    def add(self, file: _File | str, path: list[Any], message: str, line: int | None = None) -> None:
         source = file.source if isinstance(file, _File) else file
         if line is None and isinstance(file, _File):
             line = line_of(file.doc, path)
@@ -152,7 +154,7 @@ class _Loader:
         self.paths: list[Path] = []           # every file read (for hot-reload watching)
         self._done: set[Path] = set()
 
-    def load_path(self, path: Path, display: str, stack: tuple[Path, ...], include_ref: tuple[_File, list] | None) -> None:
+    def load_path(self, path: Path, display: str, stack: tuple[Path, ...], include_ref: tuple[_File, list[Any]] | None) -> None:
         resolved = path.resolve()
         if resolved in stack:
             chain = " -> ".join(p.name for p in stack + (resolved,))
@@ -213,13 +215,13 @@ class _Compiler:
         self.route_ids: set[str] = set()
 
     # --- helpers -----------------------------------------------------------------------
-    def labels(self, item_file: _File, path: list, patterns: list[str]) -> list[str]:
+    def labels(self, item_file: _File, path: list[Any], patterns: list[str]) -> list[str]:
         found: set[str] = set()
         for i, pat in enumerate(patterns):
             found |= self.label_glob(item_file, path + [i], pat)
         return sorted(found)
 
-    def label_glob(self, file: _File, path: list, pattern: str) -> set[str]:
+    def label_glob(self, file: _File, path: list[Any], pattern: str) -> set[str]:
         if "*" in pattern:
             try:
                 g = Glob(pattern)
@@ -237,7 +239,7 @@ class _Compiler:
             return set()
         return {pattern}
 
-    def globs(self, file: _File, path: list, patterns: list[str]) -> list[str]:
+    def globs(self, file: _File, path: list[Any], patterns: list[str]) -> list[str]:
         for i, pat in enumerate(patterns):
             try:
                 check_glob(pat)
@@ -246,7 +248,7 @@ class _Compiler:
                 self.out.add(file, path + [i], f"{_short(pat)}: {exc}")
         return sorted(set(patterns))
 
-    def redact_map(self, file: _File, path: list, mapping: dict) -> dict[str, str]:
+    def redact_map(self, file: _File, path: list[Any], mapping: dict[str, Any]) -> dict[str, str]:
         exact: dict[str, str] = {}
         globbed: dict[str, str] = {}
         for key, strategy in mapping.items():
@@ -258,7 +260,7 @@ class _Compiler:
         merged = {**globbed, **exact}      # an explicit label beats a pattern that also covers it
         return {k: merged[k] for k in sorted(merged)}
 
-    def when(self, file: _File, path: list, when: dict | None) -> dict:
+    def when(self, file: _File, path: list[Any], when: dict[str, Any] | None) -> dict[str, Any]:
         if not when:
             return {}
         out: dict[str, Any] = {}
@@ -289,7 +291,7 @@ class _Compiler:
                 out[key] = value
         return out
 
-    def unique(self, seen: dict[str, str], file: _File, path: list, ident: str, what: str) -> None:
+    def unique(self, seen: dict[str, str], file: _File, path: list[Any], ident: str, what: str) -> None:
         where = f"{file.source}:{line_of(file.doc, path)}"
         if ident in seen:
             self.out.add(file, path, f"duplicate {what} {ident!r} (first defined at {seen[ident]})")
@@ -304,7 +306,7 @@ class _Compiler:
                 out.append(_Item(f, [section, i], value))
         return out
 
-    def compile(self) -> dict:
+    def compile(self) -> dict[str, Any]:
         root = self.files[-1]
         for f in self.files[:-1]:
             for key in ROOT_ONLY_KEYS:
@@ -332,7 +334,7 @@ class _Compiler:
         self.known = (tuple(sorted(LABELS)) + tuple(sorted(CONTENT_LABELS))
                       + tuple(sorted(CUSTOM_PREFIX + n for n in dictionaries)))
 
-        roles: dict[str, dict] = {}
+        roles: dict[str, dict[str, Any]] = {}
         seen = {}
         for f in self.files:
             for name, spec in (f.doc.get("roles") or {}).items():
@@ -452,7 +454,7 @@ class _Compiler:
         }
 
 
-def _finish(loader: _Loader, out: _Collector) -> tuple[dict, tuple[Path, ...]]:
+def _finish(loader: _Loader, out: _Collector) -> tuple[dict[str, Any], tuple[Path, ...]]:
     if out.problems or not loader.files:
         raise PolicyError(out.problems or ["no policy loaded"])
     compiled = _Compiler(loader.files, out).compile()
@@ -461,7 +463,7 @@ def _finish(loader: _Loader, out: _Collector) -> tuple[dict, tuple[Path, ...]]:
     return compiled, tuple(loader.paths)
 
 
-def compile_path(path: str | Path) -> tuple[dict, tuple[Path, ...]]:
+def compile_path(path: str | Path) -> tuple[dict[str, Any], tuple[Path, ...]]:
     """The compiled form of a policy file and its includes, and every file that was read."""
     out = _Collector()
     loader = _Loader(out)
@@ -469,7 +471,8 @@ def compile_path(path: str | Path) -> tuple[dict, tuple[Path, ...]]:
     return _finish(loader, out)
 
 
-def compile_text(text: str, source: str = "<string>", base_dir: str | Path | None = None) -> tuple[dict, tuple[Path, ...]]:
+def compile_text(text: str, source: str = "<string>",
+                 base_dir: str | Path | None = None) -> tuple[dict[str, Any], tuple[Path, ...]]:
     out = _Collector()
     loader = _Loader(out)
     base = Path(base_dir) if base_dir is not None else Path.cwd()

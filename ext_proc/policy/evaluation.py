@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from ext_proc.policy.compile import STRATEGY_ORDER, PolicyError, canonical_json
 from ext_proc.policy.effects import OVERRIDES, PRECEDENCE, ROWS, Effect, ResponseSide
@@ -58,11 +59,11 @@ class Decision:
     status: int
     reason: str
     code: str
-    matched: tuple[dict, ...]
+    matched: tuple[dict[str, Any], ...]
     redact: Mapping[str, str]
     max_tokens_cap: int | None
-    response: Mapping
-    limits: tuple[dict, ...]
+    response: Mapping[str, Any]
+    limits: tuple[dict[str, Any], ...]
     mode: str
     policy_id: str
     policy_version: str
@@ -70,9 +71,9 @@ class Decision:
     route: str | None = None
     serve_with: str | None = None     # a model of the multiplex map the policy chose for this request
     # What the non-enforced evaluation would have done (observe outcome / multiplex shadow).
-    detail: Mapping = field(default_factory=dict)
+    detail: Mapping[str, Any] = field(default_factory=dict)
 
-    def denied(self, code: str, reason: str, status: int = 403) -> "Decision":
+    def denied(self, code: str, reason: str, status: int = 403) -> Decision:
         """This decision turned into a deny by a fact found after evaluation (a redaction the
         request cannot carry); the matched rules stay as evidence of what was decided first."""
         return replace(self, outcome=Effect.DENY, status=status, code=code, reason=reason)
@@ -82,7 +83,7 @@ class Decision:
         """Whether the request goes upstream (effects.py says which outcomes do)."""
         return ROWS[self.outcome].releases
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         # Plain strings: the audit's canonical JSON refuses an enum member.
         return {
             "outcome": str(self.outcome), "observed": str(self.observed) if self.observed else None,
@@ -114,7 +115,7 @@ class Rule:
     __slots__ = ("idx", "id", "effect", "effect_name", "releases", "priority", "shadow", "matcher", "tests",
                  "unless", "deny", "redact", "redact_labels", "max_tokens", "serve_with", "routes", "index")
 
-    def __init__(self, idx: int, spec: Mapping) -> None:
+    def __init__(self, idx: int, spec: Mapping[str, Any]) -> None:
         self.idx = idx
         self.id = spec["id"]
         self.effect = Effect(spec["effect"])
@@ -135,7 +136,7 @@ class Rule:
         self.routes = frozenset(when.get("routes", ())) or None
         self.index = index_key(when, self.redact if self.effect is Effect.REDACT else None)
 
-    def entry(self, f: Facts) -> dict:
+    def entry(self, f: Facts) -> dict[str, Any]:
         why = self.matcher.why(f)
         if self.redact_labels is not None:
             why = why + ("redacts " + ", ".join(sorted(self.redact_labels.intersection(f.labels))),)
@@ -146,7 +147,7 @@ class Rule:
 class _Role:
     __slots__ = ("models", "max_tokens")
 
-    def __init__(self, spec: Mapping) -> None:
+    def __init__(self, spec: Mapping[str, Any]) -> None:
         self.models = GlobSet(spec["models"])
         self.max_tokens = spec["max_tokens"]
 
@@ -154,7 +155,7 @@ class _Role:
 class _ResponseRule:
     __slots__ = ("idx", "id", "priority", "matcher", "redact", "block", "marker")
 
-    def __init__(self, idx: int, spec: Mapping) -> None:
+    def __init__(self, idx: int, spec: Mapping[str, Any]) -> None:
         self.idx, self.id, self.priority = idx, spec["id"], spec["priority"]
         self.matcher = Matcher(spec["when"], spec["unless"])
         self.redact = dict(spec["redact"])
@@ -165,7 +166,7 @@ class _ResponseRule:
 class _Limit:
     __slots__ = ("matcher", "record")
 
-    def __init__(self, spec: Mapping) -> None:
+    def __init__(self, spec: Mapping[str, Any]) -> None:
         self.matcher = Matcher(spec["when"], spec["unless"])
         self.record = {k: spec[k] for k in ("id", "requests", "tokens", "window_s", "on_backend_error",
                                             "default_max_tokens")}
@@ -180,7 +181,7 @@ class _Result:
     status: int
     code: str
     reason: str
-    matched: list[dict]
+    matched: list[dict[str, Any]]
     redact: dict[str, str]
     cap: int | None
     observed: Effect | None = None
@@ -188,7 +189,7 @@ class _Result:
     serve_with: str | None = None     # the model the winning serve_with rule names
 
 
-def _empty_response() -> dict:
+def _empty_response() -> dict[str, Any]:
     return {"redact": {}, "block": (), "marker_header": None, "rules": ()}
 
 
@@ -196,7 +197,7 @@ class Policy:
     """A validated, compiled policy. Build with ``load_policy``/``load_policy_text`` or
     ``Policy.from_compiled``; never half-built (the constructor raises before anything is exposed)."""
 
-    def __init__(self, compiled: Mapping, *, sources: tuple = ()) -> None:
+    def __init__(self, compiled: Mapping[str, Any], *, sources: tuple[Any, ...] = ()) -> None:
         self.compiled = compiled
         self.canonical = canonical_json(compiled)
         self.version = hashlib.sha256(self.canonical).hexdigest()
@@ -214,11 +215,11 @@ class Policy:
         self._roles = {k: _Role(v) for k, v in compiled["roles"].items()}
         self._response = tuple(_ResponseRule(i, r) for i, r in enumerate(compiled["response_rules"]))
         self._limits = tuple(_Limit(x) for x in compiled["rate_limits"])
-        self._redact_memo: dict[tuple, dict] = {}
-        self._response_memo: dict[tuple, dict] = {}
+        self._redact_memo: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._response_memo: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     @classmethod
-    def from_compiled(cls, compiled: Mapping, *, sources: tuple = ()) -> "Policy":
+    def from_compiled(cls, compiled: Mapping[str, Any], *, sources: tuple[Any, ...] = ()) -> Policy:
         try:
             return cls(compiled, sources=sources)
         except (KeyError, TypeError, ValueError) as exc:
@@ -232,7 +233,7 @@ class Policy:
         kw.setdefault("detail", {})
         return Decision(policy_id=self.id, policy_version=self.version, policy_label=self.label, **kw)
 
-    def evaluate(self, input: Mapping) -> Decision:  # noqa: A002 - the name is the interface
+    def evaluate(self, input: Mapping[str, Any]) -> Decision:  # noqa: A002 - the name is the interface
         try:
             f = read_facts(input)
         except BadInput as exc:
@@ -290,14 +291,14 @@ class Policy:
                               serve_with=res.serve_with if applies is _ALL_RESPONSE else None)
 
     @staticmethod
-    def _would(res: _Result) -> dict:
+    def _would(res: _Result) -> dict[str, Any]:
         return {"outcome": str(res.outcome), "status": res.status, "code": res.code, "reason": res.reason,
                 "redact": dict(res.redact), "max_tokens_cap": res.cap,
                 "rules": [m["rule"] for m in res.matched]}
 
     def _pass(self, f: Facts, route: Route, *, shadow: bool) -> _Result:
         labels = f.labels
-        entries: list[dict] = []
+        entries: list[dict[str, Any]] = []
         best: dict[Effect, Rule] = {}     # per effect, the rule of the highest priority
         redacts: list[Rule] = []
         rule_cap: int | None = None
@@ -328,7 +329,7 @@ class Policy:
                     redacts.append(r)
 
         # Role constraints: model allowlist and the max_tokens cap.
-        synthetic: list[tuple[dict, tuple[int, str, str]]] = []
+        synthetic: list[tuple[dict[str, Any], tuple[int, str, str]]] = []
         cap: int | None = None
         if self._roles and f.model is not None:
             roles = self._roles
@@ -398,7 +399,7 @@ class Policy:
             self._redact_memo[idxs] = hit
         return dict(hit)
 
-    def _response_for(self, f: Facts) -> dict:
+    def _response_for(self, f: Facts) -> dict[str, Any]:
         idxs = tuple(rr.idx for rr in self._response if rr.matcher.test(f))
         hit = self._response_memo.get(idxs)
         if hit is None:
@@ -409,10 +410,10 @@ class Policy:
         return {"redact": dict(hit["redact"]), "block": hit["block"],
                 "marker_header": dict(hit["marker_header"]) if hit["marker_header"] else None, "rules": hit["rules"]}
 
-    def _merge_response(self, idxs: tuple[int, ...]) -> dict:
+    def _merge_response(self, idxs: tuple[int, ...]) -> dict[str, Any]:
         redact: dict[str, str] = {}
         block: set[str] = set()
-        marker: tuple | None = None
+        marker: tuple[Any, ...] | None = None
         ids: list[str] = []
         for i in idxs:
             rr = self._response[i]

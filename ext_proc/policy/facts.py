@@ -10,7 +10,9 @@ order of the input's lists.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, overload
+from collections.abc import Mapping
+from typing import Any, Literal, overload
+
 
 class BadInput(ValueError):
     """The policy input does not have the documented shape."""
@@ -88,7 +90,7 @@ def _int(v: Any, what: str, *, optional: bool = False) -> int | None:
     return v
 
 
-def _mapping(v: Any, what: str) -> Mapping:
+def _mapping(v: Any, what: str) -> Mapping[str, Any]:
     if type(v) is dict:          # the common case; isinstance on an ABC is slow
         return v
     if v is None:

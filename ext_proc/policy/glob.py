@@ -7,7 +7,7 @@ code. The rest compile to an RE2 (linear time) with a memory cap.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import re2
 

@@ -9,7 +9,8 @@ prefix...) to the rule, so evaluation tries only the rules that can match.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ext_proc.policy.facts import Facts
 from ext_proc.policy.glob import GlobSet
@@ -33,6 +34,7 @@ def _show(values: Any, limit: int = 8) -> str:
 def _glob_cond(attr: str, patterns: list[str]) -> Cond:
     gs = GlobSet(patterns)
     first = gs.first_match
+    getter: Callable[[Facts], str | None]
     getter = {"subject": lambda f: f.subject, "issuer": lambda f: f.issuer, "tenant": lambda f: f.tenant,
               "path": lambda f: f.path, "surface": lambda f: f.surface, "model": lambda f: f.model}[attr]
     if len(gs.patterns) == 1 and not gs.globs:                 # one exact value
@@ -49,7 +51,7 @@ def _glob_cond(attr: str, patterns: list[str]) -> Cond:
     return test, f"{attr} matches one of {_show(gs.patterns)}"
 
 
-def _labels_cond(spec: dict) -> list[Cond]:
+def _labels_cond(spec: dict[str, Any]) -> list[Cond]:
     mc, mconf = spec["min_count"], spec["min_confidence"]
     plain = mc <= 1 and mconf <= 0
     qual = "" if plain else f" (count >= {mc}, confidence >= {mconf})"
@@ -115,7 +117,7 @@ def compile_when(when: Mapping[str, Any]) -> tuple[Cond, ...]:
 
 def _cond(key: str, v: Any) -> Cond:
     """One condition of a ``when`` (each call its own scope: the closures keep their own values)."""
-    s: frozenset = frozenset(v) if isinstance(v, list) else frozenset()
+    s: frozenset[str] = frozenset(v) if isinstance(v, list) else frozenset()
     if key == "routes":
         return (lambda f: f.route_id in s), f"route in {_show(v)}"
     if key == "apis":
@@ -168,7 +170,7 @@ class Matcher:
 
     __slots__ = ("tests", "whys", "unless", "static_why")
 
-    def __init__(self, when: Mapping, unless: Mapping | None) -> None:
+    def __init__(self, when: Mapping[str, Any], unless: Mapping[str, Any] | None) -> None:
         conds = compile_when(when)
         self.tests = tuple(c[0] for c in conds)
         self.whys = tuple(c[1] for c in conds)
@@ -209,7 +211,7 @@ def _affix_keys(patterns: list[str]) -> tuple[str, ...] | None:
     return tuple(keys)
 
 
-def index_key(when: Mapping, redact: Mapping | None) -> tuple[str, tuple[str, ...]] | None:
+def index_key(when: Mapping[str, Any], redact: Mapping[str, Any] | None) -> tuple[str, tuple[str, ...]] | None:
     """The one necessary condition a rule is indexed under: (facet, keys). The rule is a
     candidate only when the input has one of ``keys`` in ``facet``; None: always a candidate.
     Facets are tried from the most to the least selective."""
@@ -252,12 +254,12 @@ class _GlobBucket:
 
     __slots__ = ("exact", "prefix", "lengths")
 
-    def __init__(self, entries: dict[str, list]) -> None:
+    def __init__(self, entries: dict[str, list[Any]]) -> None:
         self.exact = {k[1:]: tuple(v) for k, v in entries.items() if k[0] == "="}
         self.prefix = {k[1:]: tuple(v) for k, v in entries.items() if k[0] == "^"}
         self.lengths = tuple(sorted({len(k) for k in self.prefix}))
 
-    def lookup(self, value: str | None, found: list) -> None:
+    def lookup(self, value: str | None, found: list[Any]) -> None:
         if value is None:
             return
         hit = self.exact.get(value)
@@ -274,7 +276,7 @@ class _GlobBucket:
 class Route:
     __slots__ = ("id", "mode", "paths", "apis", "surfaces", "providers", "always", "index")
 
-    def __init__(self, spec: Mapping, rules: list[Rule]) -> None:
+    def __init__(self, spec: Mapping[str, Any], rules: list[Rule]) -> None:
         self.id = spec["id"]
         self.mode = spec["mode"]
         self.paths = GlobSet(spec["paths"]) if spec["paths"] else None

@@ -10,8 +10,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from ext_proc.policy.compile import PolicyError, compile_path, compile_text
 from ext_proc.policy.evaluation import Policy
@@ -86,8 +87,8 @@ class PolicyStore:
         return sorted(p.stem for p in self.directory.glob("*.json") if len(p.stem) == 64)
 
 
-def _stamp(paths: tuple[Path, ...]) -> tuple:
-    out = []
+def _stamp(paths: tuple[Path, ...]) -> tuple[Any, ...]:
+    out: list[tuple[str, int | None, int | None, int | None]] = []
     for p in paths:
         try:
             st = os.stat(p)

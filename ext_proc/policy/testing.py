@@ -90,7 +90,7 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def check_expectations(decision: Decision, expect: dict) -> list[str]:
+def check_expectations(decision: Decision, expect: dict[str, Any]) -> list[str]:
     rec = decision.to_record()
     ids = [m["rule"] for m in rec["matched"]]
     out: list[str] = []

@@ -13,16 +13,16 @@ import yaml
 MAX_POLICY_FILE_BYTES = 2 * 1024 * 1024
 
 
-class LDict(dict):
+class LDict(dict[str, Any]):
     """A mapping that remembers where it and each of its keys were written."""
 
     line: int = 0
-    key_lines: dict
+    key_lines: dict[str, Any]
 
 
-class LList(list):
+class LList(list[Any]):
     line: int = 0
-    item_lines: list
+    item_lines: list[Any]
 
 
 class YAMLSourceError(ValueError):
@@ -33,9 +33,9 @@ class YAMLSourceError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    def compose_node(self, parent, index):  # type: ignore[override]
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            ev = self.peek_event()
+            ev = self.peek_event()  # type: ignore[no-untyped-call]
             raise YAMLSourceError(ev.start_mark.line + 1, "YAML aliases (*name) are not allowed in policy files")
         return super().compose_node(parent, index)
 
@@ -90,7 +90,7 @@ def load_yaml(text: str) -> Any:
     return docs[0]
 
 
-def line_of(root: Any, path: list) -> int | None:
+def line_of(root: Any, path: list[Any]) -> int | None:
     """Line of the deepest element of ``path`` (keys and indexes) that has a known line."""
     node, line = root, getattr(root, "line", None)
     for step in path:

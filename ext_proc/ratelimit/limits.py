@@ -7,8 +7,9 @@ import asyncio
 import hashlib
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 # The bucket dimensions a policy may name (docs/policy.md, "Rate limits").
 DIMENSIONS = ("subject", "issuer", "tenant", "auth_method", "actor", "role", "roles", "model", "route", "api",
@@ -26,7 +27,7 @@ class LimitSpec:
     default_max_tokens: int | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LimitSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> LimitSpec:
         key = tuple(d.get("key") or ())
         bad = [k for k in key if k not in DIMENSIONS]
         if bad:
@@ -74,7 +75,7 @@ class Admission:
     exhausted: str | None = None
     requested_tokens: int | None = None
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         return {"admitted": self.admitted, "throttled_by": self.throttled_by, "retry_after_s": self.retry_after_s,
                 "backend_error": self.backend_error, "exhausted": self.exhausted,
                 "requested_tokens": self.requested_tokens}
@@ -108,7 +109,7 @@ class OutputReservation:
     models: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, section: Mapping | None) -> "OutputReservation":
+    def from_config(cls, section: Mapping[str, Any] | None) -> OutputReservation:
         section = section or {}
         unknown = set(section) - {"default", "models"}
         if unknown:
@@ -146,7 +147,8 @@ def too_large(request_id: str, specs: Sequence[LimitSpec], tokens: int) -> Admis
     return None
 
 
-def _fmt_reset(seconds: float) -> str:
+def format_reset(seconds: float) -> str:
+    """Seconds until a window resets, as the x-ratelimit-reset-* headers write it (`1m5s`, `42s`)."""
     s = max(0, int(math.ceil(seconds)))
     return f"{s // 60}m{s % 60}s" if s >= 60 else f"{s}s"
 
@@ -159,7 +161,7 @@ class MemoryLimiter:
         self._used: dict[tuple[str, int], list[int]] = {}  # (key, window start) -> [requests, tokens]
         self._lock = asyncio.Lock()
 
-    async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping, tokens: int) -> Admission:
+    async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping[str, Any], tokens: int) -> Admission:
         refused = too_large(request_id, specs, tokens)
         if refused is not None:
             return refused
@@ -177,11 +179,11 @@ class MemoryLimiter:
                 if spec.requests is not None:
                     headers["x-ratelimit-limit-requests"] = str(spec.requests)
                     headers["x-ratelimit-remaining-requests"] = str(max(0, spec.requests - used[0] - (1 if req_ok else 0)))
-                    headers["x-ratelimit-reset-requests"] = _fmt_reset(reset)
+                    headers["x-ratelimit-reset-requests"] = format_reset(reset)
                 if spec.tokens is not None:
                     headers["x-ratelimit-limit-tokens"] = str(spec.tokens)
                     headers["x-ratelimit-remaining-tokens"] = str(max(0, spec.tokens - used[1] - (tokens if tok_ok else 0)))
-                    headers["x-ratelimit-reset-tokens"] = _fmt_reset(reset)
+                    headers["x-ratelimit-reset-tokens"] = format_reset(reset)
                 if not (req_ok and tok_ok):
                     retry = max(1, int(math.ceil(reset)))
                     headers["retry-after"] = str(retry)

@@ -4,12 +4,13 @@ request, Redis TIME as the clock so replica clock skew does not matter), counter
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ext_proc.ratelimit.limits import Admission, LimitSpec, Reservation, _fmt_reset, limit_key, too_large
+from ext_proc.ratelimit.limits import Admission, LimitSpec, Reservation, format_reset, limit_key, too_large
 
 # ARGV: n, tokens, then per limit: key, request limit (-1 none), token limit (-1 none), window seconds.
 _RESERVE = """
@@ -63,13 +64,13 @@ class RedisLimiter:
         self._reserve = self.client.register_script(_RESERVE)
         self._adjust = self.client.register_script(_ADJUST)
 
-    async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping, tokens: int) -> Admission:
+    async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping[str, Any], tokens: int) -> Admission:
         if not specs:
             return Admission(True, Reservation(request_id, ()))
         refused = too_large(request_id, specs, tokens)
         if refused is not None:
             return refused
-        argv: list = [len(specs), tokens]
+        argv: list[Any] = [len(specs), tokens]
         for s in specs:
             argv += [self.prefix + limit_key(s, context), s.requests if s.requests is not None else -1,
                      s.tokens if s.tokens is not None else -1, s.window_s]
@@ -101,11 +102,11 @@ class RedisLimiter:
         if spec.requests is not None:
             headers["x-ratelimit-limit-requests"] = str(spec.requests)
             headers["x-ratelimit-remaining-requests"] = str(max(0, spec.requests - used_r))
-            headers["x-ratelimit-reset-requests"] = _fmt_reset(reset)
+            headers["x-ratelimit-reset-requests"] = format_reset(reset)
         if spec.tokens is not None:
             headers["x-ratelimit-limit-tokens"] = str(spec.tokens)
             headers["x-ratelimit-remaining-tokens"] = str(max(0, spec.tokens - used_t))
-            headers["x-ratelimit-reset-tokens"] = _fmt_reset(reset)
+            headers["x-ratelimit-reset-tokens"] = format_reset(reset)
 
     def _backend_down(self, request_id: str, specs: Sequence[LimitSpec], error: str) -> Admission:
         closed = [s for s in specs if s.on_backend_error == "closed"]

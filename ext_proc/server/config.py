@@ -10,19 +10,23 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ext_proc.audit.config import AuditConfig
+from ext_proc.cache.store import cache_settings
+from ext_proc.configerror import ConfigError
+from ext_proc.identity.config import IdentityConfig
 from ext_proc.keyfiles import write_private
+from ext_proc.policy.yamlsrc import YAMLSourceError, line_of, load_yaml
+from ext_proc.ratelimit.config import RateLimitConfig
+from ext_proc.server.tracing import TracingConfig
 
 PROVIDERS = ("openai", "anthropic", "gemini", "bedrock")
-
-
-class ConfigError(ValueError):
-    """The configuration file is unreadable or inconsistent; the message names the key."""
 
 
 _KEY_PATH = re.compile(r"^([A-Za-z_][\w-]*(?:(?:\.[\w-]+)|\[\d+\])*)")
@@ -30,33 +34,20 @@ _KEY_PATH = re.compile(r"^([A-Za-z_][\w-]*(?:(?:\.[\w-]+)|\[\d+\])*)")
 
 def config_line(path: Path, where: str) -> int | None:
     """The line in PATH of the deepest node named by WHERE ("identity.issuers[0].jwks_file"):
-    errors point at `file:line`, like the policy checker's. None when the key is not in the file
-    (it came from the defaults) or the file is not YAML."""
+    errors point at `file:line`, like the policy checker's (the same line-keeping YAML loader).
+    None when the key is not in the file (it came from the defaults) or the file is not YAML."""
     m = _KEY_PATH.match(where.strip())
     if not m:
         return None
     try:
-        node = yaml.compose(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        root = load_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, YAMLSourceError):
         return None
-    line = None
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", m.group(1)):
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == part:
-                    line, node = k.start_mark.line + 1, v
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and part.startswith("["):
-            i = int(part[1:-1])
-            if i >= len(node.value):
-                return line
-            node = node.value[i]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
+    steps: list[str | int] = [int(p[1:-1]) if p.startswith("[") else p
+                              for p in re.findall(r"[^.\[\]]+|\[\d+\]", m.group(1))]
+    if not isinstance(root, dict) or steps[0] not in root:
+        return None
+    return line_of(root, steps)
 
 
 def located(path: str | Path | None, message: str) -> str:
@@ -70,33 +61,42 @@ def located(path: str | Path | None, message: str) -> str:
     return f"{path}:{line}: {message}" if line else f"{path}: {message}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
+    """The whole configuration, every section parsed and checked by load_config: nothing reads
+    a raw dict after start-up."""
+
     base_dir: Path
     listen: list[str]
     policy_path: Path
     policy_store: Path
-    identity: dict[str, Any]
-    audit: dict[str, Any]
-    audit_signing_key: Path
+    identity: IdentityConfig
+    audit: AuditConfig
     writer_id: str
-    ratelimit: dict[str, Any]
+    ratelimit: RateLimitConfig
     redaction_key_file: Path
     max_body_bytes: int
     max_response_buffer_bytes: int
     upstream_credentials: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics_listen: str | None = None
     drain_grace_s: float = 10.0
-    capture_max_response_bytes: int = 1024 * 1024
-    multiplex_models: dict = field(default_factory=dict)   # client model -> providers.translate.Target
-    raw: dict[str, Any] = field(default_factory=dict)
+    multiplex_models: dict[str, Any] = field(default_factory=dict)  # client model -> providers.translate.Target
+    cache: Mapping[str, Any] = field(default_factory=dict)          # cache/store.py cache_settings
     health_interval_s: float = 1.0
-    tracing: dict[str, Any] = field(default_factory=dict)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     config_path: Path | None = None     # re-read on SIGHUP for the sections that reload (identity)
     # Per-request inspection budget (pipeline/budget.py) and the envelope rules (pipeline/envelope.py).
     max_inspection_bytes: int = 32 * 1024 * 1024
     max_inspection_candidates: int = 10_000
     envelope: Any = None
+
+    @property
+    def audit_signing_key(self) -> Path:
+        return self.audit.signing_key
+
+    @property
+    def capture_max_response_bytes(self) -> int:
+        return self.audit.capture.max_response_bytes if self.audit.capture else 1024 * 1024
 
     def resolve(self, p: str | Path) -> Path:
         p = Path(p)
@@ -148,7 +148,16 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> Config:
-    """Read the YAML file (or only the defaults when path is None) and apply overrides."""
+    """Read the YAML file (or only the defaults when path is None), apply overrides, and parse
+    every section. A ConfigError names `file:line` of the key when the key is in the file."""
+    try:
+        return _load_config(path, base_dir=base_dir, overrides=overrides)
+    except ConfigError as exc:
+        raise ConfigError(located(path, str(exc))) from None
+
+
+def _load_config(path: str | Path | None, *, base_dir: str | Path | None,
+                 overrides: dict[str, Any] | None) -> Config:
     data = default_config_dict()
     if path is not None:
         path = Path(path)
@@ -175,9 +184,6 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
     listen = server.get("listen") or ["127.0.0.1:50051"]
     if isinstance(listen, str):
         listen = [listen]
-    audit = dict(data.get("audit") or {})
-    if "dir" in audit:
-        audit["dir"] = str(_resolve(base, audit["dir"]))
     limits = data.get("limits") or {}
     upstreams = data.get("upstreams") or {}
     creds: dict[str, dict[str, str]] = {}
@@ -194,11 +200,10 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         listen=list(listen),
         policy_path=_resolve(base, data["policy"]["path"]),
         policy_store=_resolve(base, data["policy"].get("store", "var/policy-store")),
-        identity=data.get("identity") or {},
-        audit=audit,
-        audit_signing_key=_resolve(base, audit.get("signing_key", "var/keys/audit-signing.pem")),
+        identity=IdentityConfig.from_dict(data.get("identity"), base),
+        audit=AuditConfig.from_dict(data.get("audit"), base),
         writer_id=str(server.get("writer_id") or f"{socket.gethostname()}-{os.getpid()}"),
-        ratelimit=data.get("ratelimit") or {"backend": "memory"},
+        ratelimit=RateLimitConfig.from_dict(data.get("ratelimit")),
         redaction_key_file=_resolve(base, (data.get("classify") or {}).get(
             "redaction_key_file", "var/keys/redaction-hash.key")),
         max_body_bytes=int(limits.get("max_body_bytes", 4 * 1024 * 1024)),
@@ -206,10 +211,9 @@ def load_config(path: str | Path | None, *, base_dir: str | Path | None = None,
         upstream_credentials=creds,
         metrics_listen=server.get("metrics_listen"),
         drain_grace_s=float(server.get("drain_grace_s", 10.0)),
-        capture_max_response_bytes=int((audit.get("capture") or {}).get("max_response_bytes", 1024 * 1024)),
-        raw=data,
+        cache=cache_settings(data.get("cache")),
         health_interval_s=_positive_float(server.get("health_interval_s", 1.0), "server.health_interval_s"),
-        tracing=dict(data.get("tracing") or {}),
+        tracing=TracingConfig.from_dict(data.get("tracing")),
         multiplex_models=_model_map(data.get("multiplex")),
         config_path=Path(path).resolve() if path is not None else None,
         max_inspection_bytes=_positive_int(limits.get("max_inspection_bytes", 32 * 1024 * 1024),
@@ -227,7 +231,7 @@ def upstream_timeouts(name: str, spec: Any) -> dict[str, str]:
     """upstreams.NAME's Envoy route timeouts as Envoy durations ("600s"): `timeout` (the whole
     exchange, a whole stream included), `idle_timeout` (no byte either way), `per_try_timeout`
     (one attempt of a failover chain). Only the keys given; ConfigError names a bad one."""
-    from ext_proc.identity.config import ConfigError as DurationError, parse_duration
+    from ext_proc.identity.config import parse_duration
 
     spec = spec or {}
     unknown = sorted(set(spec) - UPSTREAM_KEYS)
@@ -237,10 +241,7 @@ def upstream_timeouts(name: str, spec: Any) -> dict[str, str]:
     for key in ("timeout", "idle_timeout", "per_try_timeout"):
         if spec.get(key) is None:
             continue
-        try:
-            seconds = parse_duration(spec[key], f"upstreams.{name}.{key}")
-        except DurationError as exc:
-            raise ConfigError(str(exc)) from None
+        seconds = parse_duration(spec[key], f"upstreams.{name}.{key}")
         out[key] = f"{seconds:g}s"
     return out
 

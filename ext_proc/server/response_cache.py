@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -15,8 +16,18 @@ from envoy.type.v3 import http_status_pb2
 
 from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, seal_capture
 from ext_proc.audit.record import outcome_record
-from ext_proc.cache import (CachePlan, CacheUnavailable, Entry, NotReplayable, cache_settings, fillable,
-                            open_store, plan_request, replay_stream, request_policy_version)
+from ext_proc.cache import (
+    CachePlan,
+    CacheUnavailable,
+    Entry,
+    NotReplayable,
+    cache_settings,
+    fillable,
+    open_store,
+    plan_request,
+    replay_stream,
+    request_policy_version,
+)
 from ext_proc.cache.metrics import CacheMetrics
 from ext_proc.server.messages import set_header
 from ext_proc.streaming import ResponseInspector, ResponseRules
@@ -33,7 +44,7 @@ CACHE_HEADER = "x-ledgergate-cache"
 class ResponseCache:
     """One per process: the store, its settings and metrics, the fills under way."""
 
-    def __init__(self, section: dict | None, registry, clock: Callable[[], float]) -> None:
+    def __init__(self, section: Mapping[str, Any] | None, registry: Any, clock: Callable[[], float]) -> None:
         self.settings = cache_settings(section)
         self.metrics = CacheMetrics(registry)
         self.store = open_store(self.settings, clock=clock, on_evict=self.metrics.evicted)
@@ -83,7 +94,7 @@ class CacheTurn:
         self.body += data
 
 
-def _plan(ex: "Exchange", verdict: "Verdict", policy, body: bytes | None) -> CachePlan:
+def _plan(ex: Exchange, verdict: Verdict, policy, body: bytes | None) -> CachePlan:
     head, identity, decision = ex.head, verdict.identity, verdict.decision
     assert head is not None
     forwarded = verdict.new_body if verdict.new_body is not None else body
@@ -99,7 +110,7 @@ def _plan(ex: "Exchange", verdict: "Verdict", policy, body: bytes | None) -> Cac
         multiplexed=ex.multiplex is not None)
 
 
-async def answer_from_cache(ex: "Exchange", verdict: "Verdict", body: bytes | None) -> pb.ProcessingResponse | None:
+async def answer_from_cache(ex: Exchange, verdict: Verdict, body: bytes | None) -> pb.ProcessingResponse | None:
     """After a forward decision: the immediate response of a hit (both records committed), or
     None to forward (miss, bypass, store outage; the decision record says which)."""
     rc: ResponseCache = ex.rt.cache
@@ -140,11 +151,11 @@ async def answer_from_cache(ex: "Exchange", verdict: "Verdict", body: bytes | No
     return None
 
 
-def plan_surface(ex: "Exchange") -> str:
+def plan_surface(ex: Exchange) -> str:
     return ex.head.surface.name if ex.head is not None and ex.head.surface is not None else "unknown"
 
 
-async def _serve(ex: "Exchange", verdict: "Verdict", plan: CachePlan, entry: Entry, body: bytes, ctype: str,
+async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, body: bytes, ctype: str,
                  record: dict) -> pb.ProcessingResponse:
     rt, head = ex.rt, ex.head
     assert head is not None
@@ -204,7 +215,7 @@ async def _serve(ex: "Exchange", verdict: "Verdict", plan: CachePlan, entry: Ent
         body=released, details="served_from_cache"))
 
 
-def response_headers(ex: "Exchange", content_type: str | None) -> list:
+def response_headers(ex: Exchange, content_type: str | None) -> list:
     """`x-ledgergate-cache: miss` on a forwarded answer that was looked up."""
     turn = ex.cache_turn
     if turn is None:
@@ -213,7 +224,7 @@ def response_headers(ex: "Exchange", content_type: str | None) -> list:
     return [set_header(CACHE_HEADER, "miss")]
 
 
-def after_outcome(ex: "Exchange", summary: dict, error: str | None) -> None:
+def after_outcome(ex: Exchange, summary: dict, error: str | None) -> None:
     """The outcome record of a miss is committed: fill the entry if the answer qualifies."""
     turn, rt = ex.cache_turn, ex.rt
     if turn is None or turn.result != "miss" or ex.head is None or ex.verdict is None:

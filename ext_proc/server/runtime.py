@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from ext_proc.audit.log import AuditLog, open_audit_log
 from ext_proc.classify import Classifier
-from ext_proc.identity import IdentityConfig, IdentityResolver
+from ext_proc.configerror import ConfigError
+from ext_proc.identity import IdentityResolver
 from ext_proc.pipeline.request import RequestHead, Verdict
 from ext_proc.policy import Policy, PolicyHolder, PolicyStore
-from ext_proc.ratelimit import Admission, LimitSpec, OutputReservation, open_limiter
+from ext_proc.ratelimit import Admission, LimitSpec, open_limiter
 from ext_proc.server.config import Config, load_config, load_or_create_secret, located
 from ext_proc.server.metrics import Metrics
 from ext_proc.server.response_cache import ResponseCache
@@ -36,28 +38,27 @@ class Runtime:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.hash_key = load_or_create_secret(config.redaction_key_file)
-        self.identity = IdentityResolver(IdentityConfig.from_dict(config.identity, config.base_dir))
+        self.identity = IdentityResolver(config.identity)
         self._retiring: set[asyncio.Task] = set()
         config.policy_store.mkdir(parents=True, exist_ok=True)
         self.policy_store = PolicyStore(config.policy_store)
         self.policies = PolicyHolder(config.policy_path, store=self.policy_store, on_error=self._policy_error)
         self._classifiers: dict[str, Classifier] = {}
         self.classifier_for(self.policies.current)  # compile and warm the patterns at start-up
-        self.audit: AuditLog = open_audit_log(config.audit, signing_key_path=str(config.audit_signing_key),
-                                              writer_id=config.writer_id)
+        self.audit: AuditLog = open_audit_log(config.audit, writer_id=config.writer_id)
         self.limiter = open_limiter(config.ratelimit)
-        self.output_reservation = OutputReservation.from_config(config.ratelimit.get("output_reservation"))
+        self.output_reservation = config.ratelimit.output_reservation
         self.tracing = open_tracing(config.tracing, instance_id=config.writer_id)
-        self.cache = ResponseCache(config.raw.get("cache"), self.metrics.registry, clock)
+        self.cache = ResponseCache(config.cache, self.metrics.registry, clock)
         # Encrypted capture of request bodies for legal hold: off unless audit.capture is set.
-        capture = config.audit.get("capture") or None
+        capture = config.audit.capture
         self.capture_key: bytes | None = None
         self.capture_key_id: str | None = None
-        if capture:
-            key = config.resolve(capture["key_file"]).read_bytes()
+        if capture is not None:
+            key = capture.key_file.read_bytes()
             if len(key) != 32:
-                raise ValueError("audit.capture.key_file must hold exactly 32 bytes")
-            self.capture_key, self.capture_key_id = key, str(capture.get("key_id") or "capture-1")
+                raise ConfigError("audit.capture.key_file: must hold exactly 32 bytes")
+            self.capture_key, self.capture_key_id = key, capture.key_id
         self._upstream_secrets: dict[str, str] = {}
         for provider, cred in config.upstream_credentials.items():
             if "value_file" in cred:
@@ -92,7 +93,7 @@ class Runtime:
         path = self.config.config_path
         try:
             section = load_config(path, base_dir=self.config.base_dir).identity if path else self.config.identity
-            fresh = IdentityResolver(IdentityConfig.from_dict(section, self.config.base_dir))
+            fresh = IdentityResolver(section)
             await fresh.start()
         except Exception as exc:  # noqa: BLE001 - any invalid section keeps the identity in force
             self.metrics.reloads.labels("identity", "rejected").inc()
@@ -148,8 +149,7 @@ class Runtime:
         failed = self.audit
         fresh: AuditLog | None = None
         try:
-            fresh = open_audit_log(self.config.audit, signing_key_path=str(self.config.audit_signing_key),
-                                   writer_id=self.config.writer_id)
+            fresh = open_audit_log(self.config.audit, writer_id=self.config.writer_id)
             await fresh.start()
         except Exception as exc:  # noqa: BLE001 - the sink is still down; try again later
             log.warning("audit_reopen_failed", error_type=type(exc).__name__)

@@ -17,10 +17,11 @@ methods, and the OpenTelemetry packages are never imported.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
-from ext_proc.server.config import ConfigError
+from ext_proc.configerror import ConfigError
 
 EXPORTERS = ("otlp", "console")
 # The model name comes from the client; it is an identifier, but bound it all the same.
@@ -142,7 +143,7 @@ def b3_parent(headers: Mapping[str, list[str]]) -> tuple[int, int, bool] | None:
         if len(parts) < 2:
             return None  # "0"/"1"/"d" alone: a sampling decision without a context
         trace_hex, span_hex = parts[0], parts[1]
-        flag = parts[2] if len(parts) > 2 else None
+        flag: str | None = parts[2] if len(parts) > 2 else None
     else:
         trace_hex, span_hex = _first(headers, "x-b3-traceid"), _first(headers, "x-b3-spanid")
         flag = _first(headers, "x-b3-sampled")
@@ -349,10 +350,9 @@ class Tracing:
         self.provider.shutdown()
 
 
-def open_tracing(config: Mapping[str, Any] | None, *, instance_id: str = "") -> NoTracing | Tracing:
+def open_tracing(cfg: TracingConfig, *, instance_id: str = "") -> NoTracing | Tracing:
     """From the `tracing:` section: `NO_TRACING` when disabled (nothing imported), else a
     provider exporting in batches to the configured exporter."""
-    cfg = TracingConfig.from_dict(config)
     if not cfg.enabled:
         return NO_TRACING
     try:
@@ -366,6 +366,7 @@ def open_tracing(config: Mapping[str, Any] | None, *, instance_id: str = "") -> 
     resource = Resource.create({"service.name": cfg.service_name, "service.instance.id": instance_id})
     # Parent-based: Envoy's sampling decision wins; the ratio applies to traces that start here.
     provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)))
+    exporter: Any
     if cfg.exporter == "console":
         exporter = ConsoleSpanExporter()
     else:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from ext_proc.audit.config import AuditConfig
 from ext_proc.audit.log import open_audit_log  # noqa: E402
 
 RECORD = {"kind": "decision", "request_id": "r", "decision": {"outcome": "permit", "matched": [{"rule": "x"}]},
@@ -22,7 +23,7 @@ RECORD = {"kind": "decision", "request_id": "r", "decision": {"outcome": "permit
 
 
 async def throughput(config: dict, key: str, n: int = 20000, concurrency: int = 500) -> float:
-    log = open_audit_log(config, signing_key_path=key, writer_id=f"bench-{uuid.uuid4().hex[:6]}")
+    log = open_audit_log(AuditConfig.from_dict({**config, "signing_key": key}), writer_id=f"bench-{uuid.uuid4().hex[:6]}")
     await log.start()
     sem = asyncio.Semaphore(concurrency)
 
@@ -37,7 +38,7 @@ async def throughput(config: dict, key: str, n: int = 20000, concurrency: int = 
 
 
 async def latency_at(config: dict, key: str, rate: float = 500, seconds: float = 5) -> tuple[float, float]:
-    log = open_audit_log(config, signing_key_path=key, writer_id=f"lat-{uuid.uuid4().hex[:6]}")
+    log = open_audit_log(AuditConfig.from_dict({**config, "signing_key": key}), writer_id=f"lat-{uuid.uuid4().hex[:6]}")
     await log.start()
     lat: list[float] = []
 

@@ -33,11 +33,12 @@ print(rep.records, el, rep.ok, me.ru_maxrss, ch.ru_maxrss, cpu)
 
 
 def generate(directory: Path, records: int, pad: int, segments: int) -> None:
+    import base64
+
     from ext_proc.audit.canonical import canonical_json
     from ext_proc.audit.chain import ChainWriter
     from ext_proc.audit.log import load_or_create_signing_key
     from ext_proc.audit.merkle import MerkleFrontier, leaf_hash
-    import base64
 
     directory.mkdir(parents=True, exist_ok=True)
     key = load_or_create_signing_key(directory.parent / "bench-k.pem")

@@ -44,8 +44,8 @@ def filtered_urls(rnd: random.Random, n: int) -> list[str]:
             f"/search?role={rnd.choice(ROLES)}&tenant={rnd.choice(TENANTS)}",
             f"/search?from={iso}&to={iso2}",
             f"/search?subject={rnd.choice(SUBJECTS)}&from={iso}&to={iso2}&decision=redact",
-            f"/search?rule=deny-secrets&label=secret.api_key",
-            f"/search?provider=gemini&model=gemini-2.0-flash&page=3",
+            "/search?rule=deny-secrets&label=secret.api_key",
+            "/search?provider=gemini&model=gemini-2.0-flash&page=3",
         ][kind])
     return out
 

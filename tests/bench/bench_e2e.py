@@ -33,8 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.bench.loadgen import build_request, closed_loop, open_loop  # noqa: E402
-from tests.bench.wrk import (ext_proc_counters, messages_per_exchange, run_wrk,  # noqa: E402
-                             start_fixed_upstream, start_front_envoy)
+from tests.bench.wrk import ext_proc_counters, messages_per_exchange, run_wrk, start_fixed_upstream, start_front_envoy  # noqa: E402
 from tests.support import free_ports, start_stack, wait_port  # noqa: E402
 
 PY = sys.executable

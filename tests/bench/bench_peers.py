@@ -68,7 +68,7 @@ def start_litellm(venv: Path, tmp: Path, mock_port: int) -> tuple[subprocess.Pop
             return proc, port
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"litellm exited:\n{(tmp / 'litellm.log').read_text()[-3000:]}")
+                raise RuntimeError(f"litellm exited:\n{(tmp / 'litellm.log').read_text()[-3000:]}") from None
             time.sleep(0.5)
     proc.kill()
     raise TimeoutError("litellm did not come up")

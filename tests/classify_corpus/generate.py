@@ -30,11 +30,11 @@ class Sample:
     spans: list[tuple[str, int, int]] = field(default_factory=list)
     kind: str = "positive"
 
-    def add(self, s: str) -> "Sample":
+    def add(self, s: str) -> Sample:
         self.text += s
         return self
 
-    def value(self, label: str, v: str) -> "Sample":
+    def value(self, label: str, v: str) -> Sample:
         self.spans.append((label, len(self.text), len(self.text) + len(v)))
         self.text += v
         return self

@@ -38,19 +38,19 @@ def scores():
     for s in build_corpus():
         found = [f for f in c.scan(s.text) if f.confidence >= REPORT_CONFIDENCE]
         for f in found:
-            if any(l == f.label and f.start < e and st < f.end for l, st, e in s.spans):
+            if any(lab == f.label and f.start < e and st < f.end for lab, st, e in s.spans):
                 tp[f.label] += 1
             elif any(f.start < e and st < f.end for _l, st, e in s.spans):
                 co_labels[f.label] += 1
             else:
                 fp[f.label] += 1
-        for l, st, e in s.spans:
-            expected[l] += 1
-            hits = [f for f in found if f.label == l and f.start < e and st < f.end]
+        for lab, st, e in s.spans:
+            expected[lab] += 1
+            hits = [f for f in found if f.label == lab and f.start < e and st < f.end]
             if not hits:
-                fn[l] += 1
+                fn[lab] += 1
             elif any(f.start <= st and e <= f.end for f in hits):
-                covered[l] += 1
+                covered[lab] += 1
     return tp, fp, fn, expected, covered, co_labels
 
 

@@ -8,14 +8,13 @@ raises."""
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
 
 import botocore.config
 import botocore.session
 import pytest
 from botocore.exceptions import EventStreamError
 
-from tests.support import REPO, start_stack, unique_marker, mock_reply
+from tests.support import REPO, mock_reply, start_stack, unique_marker
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
-from urllib.parse import urlsplit, parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import anthropic
 import httpx

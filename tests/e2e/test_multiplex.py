@@ -10,12 +10,11 @@ import json
 import subprocess
 import sys
 import urllib.request
-from urllib.parse import quote
 
 import openai
 import pytest
 
-from tests.support import REPO, free_ports, start_stack, wait_port, mock_reply
+from tests.support import REPO, free_ports, mock_reply, start_stack, wait_port
 
 pytestmark = pytest.mark.e2e
 

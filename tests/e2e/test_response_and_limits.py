@@ -4,14 +4,13 @@ strict test policy (tests/e2e/policies/strict.yaml)."""
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
 
 import anthropic
 import httpx
 import openai
 import pytest
 
-from tests.support import REPO, start_stack, mock_reply
+from tests.support import REPO, mock_reply, start_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -129,7 +128,7 @@ def test_audit_replay_reproduces_every_decision(strict):
 
 
 def test_replay_reports_a_decision_that_does_not_reproduce():
-    from ext_proc.audit.cli import replay
+    from ext_proc.audit.query import replay
 
     recs = [{"kind": "decision", "request_id": "a", "policy": {"version": "v1"}, "input": {"x": 1},
              "decision": {"outcome": "permit"}},

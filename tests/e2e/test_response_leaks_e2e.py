@@ -9,16 +9,14 @@ from __future__ import annotations
 import base64
 import json
 import random
-from urllib.parse import quote
 
 import anthropic
 import httpx
 import openai
 import pytest
 
-from tests.support import mock_reply
-
 from tests.e2e.test_bedrock_stream_e2e import bedrock
+from tests.support import mock_reply
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +25,7 @@ AWS_KEY = "AKIAIOSFODNN7QWERTYZ"
 
 
 def escaped(text: str) -> str:
-    return "".join("\\u%04x" % ord(c) if c.isalnum() else c for c in text)
+    return "".join(f"\\u{ord(c):04x}" if c.isalnum() else c for c in text)
 
 
 def pem(key_bits: int = 8192) -> str:

@@ -4,11 +4,12 @@
 import asyncio
 import sys
 
+from ext_proc.audit.config import AuditConfig
 from ext_proc.audit.log import open_audit_log
 
 
 async def main(directory: str, key: str) -> None:
-    log = open_audit_log({"dir": directory}, signing_key_path=key, writer_id="crashy")
+    log = open_audit_log(AuditConfig.from_dict({"dir": directory, "signing_key": key}), writer_id="crashy")
     await log.start()
     i = 0
 

@@ -9,10 +9,9 @@ import subprocess
 import sys
 import time
 
+from ext_proc.audit.verify import verify_dir
 from tests.support import REPO
 from tests.unit.test_audit_chain import write_log
-
-from ext_proc.audit.verify import verify_dir
 
 
 def test_kill_9_under_load_loses_no_committed_record(tmp_path):

@@ -250,7 +250,6 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "cosmic_ray.tools.filters.operators_filter", str(session), str(config)],
                        cwd=REPO, check=True)
         planned[t.name] = select(t, session, everything=a.all, seed=a.seed)
-    total = sum(planned.values()) or 1
     budget = a.budget_minutes * 60
     results = []
     for t in targets:

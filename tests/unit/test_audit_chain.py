@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ext_proc.audit.canonical import canonical_json
 from ext_proc.audit.chain import ChainWriter
+from ext_proc.audit.config import AuditConfig
 from ext_proc.audit.log import AuditUnavailable, load_or_create_signing_key, open_audit_log
 from ext_proc.audit.verify import verify_dir
 
@@ -38,7 +39,7 @@ def test_canonical_json_refuses_what_it_cannot_keep_canonical(bad):
 
 def write_log(directory: Path, n: int = 20, writer: str = "w1", key: str = "k.pem") -> Path:
     async def go():
-        log = open_audit_log({"dir": str(directory)}, signing_key_path=str(directory.parent / key), writer_id=writer)
+        log = open_audit_log(AuditConfig.from_dict({"dir": str(directory), "signing_key": str(directory.parent / key)}), writer_id=writer)
         await log.start()
         await asyncio.gather(*(log.commit({"kind": "decision", "request_id": f"r{i}", "decision": {"outcome": "permit"}})
                                for i in range(n)))
@@ -141,7 +142,7 @@ def test_torn_final_write_is_attested_by_the_next_segment_not_mistaken_for_tampe
 
 def test_sink_failure_fails_closed(tmp_path):
     async def go():
-        log = open_audit_log({"dir": str(tmp_path / "a")}, signing_key_path=str(tmp_path / "k.pem"), writer_id="w")
+        log = open_audit_log(AuditConfig.from_dict({"dir": str(tmp_path / "a"), "signing_key": str(tmp_path / "k.pem")}), writer_id="w")
         await log.start()
         await log.commit({"kind": "decision", "request_id": "ok"})
 
@@ -158,7 +159,7 @@ def test_sink_failure_fails_closed(tmp_path):
 
 def test_group_commit_batches_and_every_commit_is_durable_when_it_returns(tmp_path):
     async def go():
-        log = open_audit_log({"dir": str(tmp_path / "a")}, signing_key_path=str(tmp_path / "k.pem"), writer_id="w")
+        log = open_audit_log(AuditConfig.from_dict({"dir": str(tmp_path / "a"), "signing_key": str(tmp_path / "k.pem")}), writer_id="w")
         await log.start()
         done = []
 
@@ -261,7 +262,8 @@ def test_a_reserialised_and_altered_record_is_still_caught(seg):
 
 @pytest.mark.parametrize("tamper", ["flip", "swap", "drop", "sig"])
 def test_parallel_verification_reports_the_same_first_problem(tmp_path, tamper, monkeypatch):
-    from ext_proc.audit import segments as segments_mod, verify as verify_mod
+    from ext_proc.audit import segments as segments_mod
+    from ext_proc.audit import verify as verify_mod
     d = tmp_path / "audit"
     path = write_log(d, n=300)
     ls = lines(path)
@@ -286,7 +288,8 @@ def test_parallel_verification_reports_the_same_first_problem(tmp_path, tamper, 
 
 
 def test_parallel_verification_of_an_intact_log(tmp_path, monkeypatch):
-    from ext_proc.audit import segments as segments_mod, verify as verify_mod
+    from ext_proc.audit import segments as segments_mod
+    from ext_proc.audit import verify as verify_mod
     d = tmp_path / "audit"
     write_log(d, n=120)
     monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD_BYTES", 10)
@@ -303,9 +306,10 @@ record_bodies = st.dictionaries(
 @settings(max_examples=300, deadline=None)
 @given(record_bodies)
 def test_the_line_serialised_once_is_the_canonical_json_of_the_sealed_record(body):
+    import tempfile
+
     from ext_proc.audit.chain import record_hash
     from ext_proc.audit.log import load_or_create_signing_key
-    import tempfile
     key = _KEY.setdefault("k", load_or_create_signing_key(Path(tempfile.mkdtemp()) / "k.pem"))
     rec, line = ChainWriter(key, "w", "s").seal_line(body, 5)
     assert line == canonical_json(rec)
@@ -336,7 +340,7 @@ def test_a_segment_ending_in_any_record_but_a_checkpoint_is_flagged(seg):
     original = lines(path)
     for kind in ("attempt", "outcome"):
         async def go(kind=kind):
-            log = open_audit_log({"dir": str(d / kind)}, signing_key_path=str(d.parent / "k.pem"), writer_id="w1")
+            log = open_audit_log(AuditConfig.from_dict({"dir": str(d / kind), "signing_key": str(d.parent / "k.pem")}), writer_id="w1")
             await log.start()
             await log.commit({"kind": kind, "request_id": "r-last"})
             return log.sink.path   # not closed: no checkpoint, as after a crash

@@ -16,12 +16,11 @@ from pymerkle import InmemoryTree
 
 from ext_proc.audit.chain import ChainWriter
 from ext_proc.audit.checkpoint import load_checkpoint_file, load_witness_dir, parse_note
-from ext_proc.audit.cli import run
+from ext_proc.audit.config import AuditConfig
 from ext_proc.audit.log import load_or_create_signing_key, open_audit_log
-from ext_proc.audit.merkle import (MerkleFrontier, consistency_proof, leaf_hash, merkle_root,
-                                   verify_consistency)
+from ext_proc.audit.merkle import MerkleFrontier, consistency_proof, leaf_hash, merkle_root, verify_consistency
 from ext_proc.audit.verify import verify_dir
-
+from ext_proc.cli.audit import run
 from tests.unit.test_audit_chain import lines, put, write_log
 
 
@@ -162,8 +161,7 @@ def test_the_log_publishes_signed_checkpoints_to_a_witness_at_an_interval_and_on
     d, witness = tmp_path / "audit", tmp_path / "witness"
 
     async def go():
-        log = open_audit_log({"dir": str(d), "witness": {"dir": str(witness), "interval_s": 0.05}},
-                             signing_key_path=str(tmp_path / "k.pem"), writer_id="wit")
+        log = open_audit_log(AuditConfig.from_dict({"dir": str(d), "witness": {"dir": str(witness), "interval_s": 0.05}, "signing_key": str(tmp_path / "k.pem")}), writer_id="wit")
         await log.start()
         for i in range(5):
             await log.commit({"kind": "decision", "request_id": f"a{i}"})
@@ -209,8 +207,7 @@ def test_a_postgres_witness_keeps_the_whole_history_and_verify_checks_all_of_it(
     d = tmp_path / "audit"
 
     async def go():
-        log = open_audit_log({"dir": str(d), "witness": {"dsn": dsn, "table": table, "interval_s": 0.05}},
-                             signing_key_path=str(tmp_path / "k.pem"), writer_id="pgw")
+        log = open_audit_log(AuditConfig.from_dict({"dir": str(d), "witness": {"dsn": dsn, "table": table, "interval_s": 0.05}, "signing_key": str(tmp_path / "k.pem")}), writer_id="pgw")
         await log.start()
         for batch in range(3):
             for i in range(4):
@@ -315,9 +312,8 @@ def test_an_http_witness_is_sent_consistency_proofs_it_can_check(tmp_path):
     d = tmp_path / "audit"
     try:
         async def go():
-            log = open_audit_log({"dir": str(d), "witness": {"url": f"http://127.0.0.1:{witness.port}",
-                                                              "interval_s": 0.05}},
-                                 signing_key_path=str(tmp_path / "k.pem"), writer_id="http")
+            log = open_audit_log(AuditConfig.from_dict({"dir": str(d), "witness": {"url": f"http://127.0.0.1:{witness.port}",
+                                                              "interval_s": 0.05}, "signing_key": str(tmp_path / "k.pem")}), writer_id="http")
             await log.start()
             for batch in range(4):
                 for i in range(3 + batch):

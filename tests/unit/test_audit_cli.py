@@ -10,9 +10,10 @@ import json
 
 import pytest
 
-from ext_proc.audit.cli import run
+from ext_proc.audit.config import AuditConfig
 from ext_proc.audit.log import open_audit_log
-from ext_proc.policy.cli import run as policy_run
+from ext_proc.cli.audit import run
+from ext_proc.cli.policy import run as policy_run
 from ext_proc.policy.store import load_policy
 
 CURRENT = """\
@@ -57,7 +58,7 @@ def recorded(tmp_path_factory):
     policy = load_policy(tmp / "current.yaml")
 
     async def go():
-        log = open_audit_log({"dir": str(tmp / "audit")}, signing_key_path=str(tmp / "k.pem"), writer_id="rec")
+        log = open_audit_log(AuditConfig.from_dict({"dir": str(tmp / "audit"), "signing_key": str(tmp / "k.pem")}), writer_id="rec")
         await log.start()
         for rid, subject, role, labels, tenant, ts in TRAFFIC:
             inp = _input(subject, role, labels, tenant)

@@ -8,6 +8,7 @@ import uuid
 import psycopg
 import pytest
 
+from ext_proc.audit.config import AuditConfig
 from ext_proc.audit.log import open_audit_log
 from ext_proc.audit.postgres import read_segments
 from ext_proc.audit.verify import verify_segments
@@ -27,8 +28,7 @@ def table():
 
 def test_records_commit_in_batches_verify_and_cannot_be_changed(table, tmp_path):
     async def go():
-        log = open_audit_log({"sink": "postgres", "dsn": DSN, "table": table},
-                             signing_key_path=str(tmp_path / "k.pem"), writer_id="pg1")
+        log = open_audit_log(AuditConfig.from_dict({"sink": "postgres", "dsn": DSN, "table": table, "signing_key": str(tmp_path / "k.pem")}), writer_id="pg1")
         await log.start()
         await asyncio.gather(*(log.commit({"kind": "decision", "request_id": f"r{i}"}) for i in range(200)))
         assert log.batches < 200
@@ -50,8 +50,7 @@ def test_records_commit_in_batches_verify_and_cannot_be_changed(table, tmp_path)
 
 
 def test_unreachable_database_fails_at_start(tmp_path):
-    log = open_audit_log({"sink": "postgres", "dsn": "postgresql://postgres@127.0.0.1:1/test"},
-                         signing_key_path=str(tmp_path / "k.pem"), writer_id="pg2")
+    log = open_audit_log(AuditConfig.from_dict({"sink": "postgres", "dsn": "postgresql://postgres@127.0.0.1:1/test", "signing_key": str(tmp_path / "k.pem")}), writer_id="pg2")
     with pytest.raises(psycopg.OperationalError):
         asyncio.run(log.start())
 

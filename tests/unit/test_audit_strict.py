@@ -11,9 +11,9 @@ import psycopg
 import pytest
 
 from ext_proc.audit.canonical import canonical_json
+from ext_proc.audit.config import AuditConfig
 from ext_proc.audit.log import open_audit_log
 from ext_proc.audit.verify import verify_dir, verify_store
-
 from tests.unit.test_audit_chain import lines, put, write_log
 
 
@@ -162,8 +162,7 @@ def test_a_reformatted_postgres_row_fails_with_its_position(tmp_path):
     table = f"lg_audit_s{uuid.uuid4().hex[:10]}"
 
     async def go():
-        log = open_audit_log({"sink": "postgres", "dsn": DSN, "table": table},
-                             signing_key_path=str(tmp_path / "k.pem"), writer_id="pgs")
+        log = open_audit_log(AuditConfig.from_dict({"sink": "postgres", "dsn": DSN, "table": table, "signing_key": str(tmp_path / "k.pem")}), writer_id="pgs")
         await log.start()
         for i in range(5):
             await log.commit({"kind": "decision", "request_id": f"r{i}", "decision": {"outcome": "permit"}})
@@ -172,7 +171,7 @@ def test_a_reformatted_postgres_row_fails_with_its_position(tmp_path):
         asyncio.run(go())
         assert verify_store(DSN, table=table).ok
         # The same CLI for a table: the store first, --table to name it.
-        from ext_proc.audit.cli import run
+        from ext_proc.cli.audit import run
         assert run(["show", DSN, "r2", "--table", table]) == 0
         assert run(["show", DSN, "r9", "--table", table]) == 1
         assert run(["verify", DSN, "--table", table]) == 0

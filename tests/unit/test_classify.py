@@ -14,11 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ext_proc.classify import (
-    LABELS, STRATEGIES, Classifier, Finding, InputTooLarge, Redaction, redact, summarize,
+    LABELS,
+    STRATEGIES,
+    Classifier,
+    Finding,
+    InputTooLarge,
+    Redaction,
+    redact,
+    summarize,
 )
-from ext_proc.classify import cli
 from ext_proc.classify import validators as v
 from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, normalize
+from ext_proc.cli import classify as cli
 
 
 @pytest.fixture(scope="module")

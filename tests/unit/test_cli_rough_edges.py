@@ -33,6 +33,8 @@ def test_config_errors_are_file_line_message_and_exit_2(tmp_path):
         "top.yaml": ("bogus: 1\n", r"top\.yaml:1: bogus: unknown top-level key"),
         "yaml.yaml": ("a: [\n", r"yaml\.yaml:2: not valid YAML"),
         "upstream.yaml": ("upstreams:\n  openai:\n    timeout: soon\n", r"upstream\.yaml:3: upstreams\.openai\.timeout"),
+        "audit.yaml": ("audit:\n  sink: file\n  witnes: {dir: /mnt/w}\n", r"audit\.yaml:3: audit\.witnes: unknown key"),
+        "ratelimit.yaml": ("ratelimit:\n  backend: memcached\n", r"ratelimit\.yaml:2: ratelimit\.backend"),
     }
     for name, (text, expected) in cases.items():
         (tmp_path / name).write_text(text)

@@ -53,7 +53,7 @@ def test_init_hands_each_volume_to_the_user_that_reads_it():
     init_mounts = _mounts("init")
     var_volume = init_mounts[_flag(init_cmd, "--var-dir")]
     tls_volume = init_mounts[_flag(init_cmd, "--tls-dir")]
-    assert _flag(init_cmd, "--owner") == "%d:%d" % _image_user()
+    assert _flag(init_cmd, "--owner") == "{}:{}".format(*_image_user())
     assert _flag(init_cmd, "--tls-owner").split(":")[0] == str(ENVOY_UID)
     assert _mounts("ledgergate")["/app/var"] == var_volume
     envoy_tls_mount = next(t for t, s in _mounts("envoy").items() if s == tls_volume)

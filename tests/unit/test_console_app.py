@@ -93,7 +93,7 @@ def test_search_pages_request_report_and_exports(env):
         assert j.status_code == 200 and "attachment" in j.headers["content-disposition"]
         exported = json.loads(j.text)["records"]
         assert exported and {e["outcome"] for e in exported} == {"deny"}
-        assert f'hx-get="/search/count?decision=deny"' in page1  # the count loads apart from the page
+        assert 'hx-get="/search/count?decision=deny"' in page1  # the count loads apart from the page
         assert f"{len(exported)} matching decision" in c.get("/search/count?decision=deny", headers=h).text
         rows = list(csv.DictReader(io.StringIO(c.get("/export.csv?decision=deny", headers=h).text)))
         assert [r["request_id"] for r in rows] == [e["request_id"] for e in exported]
@@ -228,7 +228,7 @@ def test_a_record_changed_under_the_index_is_read_again_from_the_store(env):
 def test_the_witnesses_view_and_a_tail_removed_since_they_saw_it(env):
     import io as _io
 
-    from ext_proc.audit.cli import run as audit_run
+    from ext_proc.cli.audit import run as audit_run
 
     audit, witness = env["tmp"] / "open-store", env["tmp"] / "witness"
     write_sample_store(audit, requests=40, start_ms=START, span_ms=HOUR, close=False)

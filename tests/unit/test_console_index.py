@@ -70,7 +70,7 @@ def test_filters_agree_with_a_scan_of_the_records(tmp_path):
     assert dict(index.counts_by("outcome", labelled)) == {
         o: n for o in ("permit", "redact", "deny", "observe")
         if (n := len(brute(audit, lambda r: START + 2 * HOUR <= r["timestamp_ms"] < START + 6 * HOUR
-                           and "pii.iban" in r["classification"]["summary"] and r["decision"]["outcome"] == o)))}
+                           and "pii.iban" in r["classification"]["summary"] and r["decision"]["outcome"] == o)))}  # noqa: B023 - called at once
     # Pages are disjoint and cover the set, newest first.
     pages = [index.search(Query({"decision": "deny"}), limit=10, offset=o) for o in range(0, 200, 10)]
     ids = [r["request_id"] for p in pages for r in p]
@@ -179,7 +179,7 @@ def test_an_existing_index_is_reopened_and_kept(tmp_path):
 def test_console_binds_loopback_unless_told_and_keeps_its_index_out_of_the_store(tmp_path):
     import pytest
 
-    from ext_proc.console.cli import build_console, build_parser, is_loopback, parse_listen, run
+    from ext_proc.cli.console import build_console, build_parser, is_loopback, parse_listen, run
 
     assert parse_listen("127.0.0.1:8600") == ("127.0.0.1", 8600) and parse_listen("[::1]:9") == ("::1", 9)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")

@@ -286,7 +286,7 @@ def test_ledgergate_config_loads_and_every_path_is_on_a_mounted_volume(tmp_path)
     cfg_file = tmp_path / "ledgergate.yaml"
     cfg_file.write_text(_configmap_text("ledgergate-config", "ledgergate.yaml"))
     cfg = load_config(cfg_file)
-    IdentityConfig.from_dict(cfg.identity, cfg.base_dir)
+    assert isinstance(cfg.identity, IdentityConfig)   # parsed and checked at load
     pod, lg = _pod(), _container("ledgergate")
     secret_keys = set(_one("Secret", "ledgergate-secrets")["stringData"])
 
@@ -310,7 +310,7 @@ def test_ledgergate_config_loads_and_every_path_is_on_a_mounted_volume(tmp_path)
     # Secret files: each is an item of the Secret volume, and the placeholder documents its key.
     secret_files = [cfg.audit_signing_key, cfg.redaction_key_file,
                     *(Path(c["value_file"]) for c in cfg.upstream_credentials.values())]
-    dsn = urllib.parse.urlsplit(cfg.audit["dsn"])
+    dsn = urllib.parse.urlsplit(cfg.audit.dsn)
     secret_files.append(Path(urllib.parse.parse_qs(dsn.query)["sslrootcert"][0]))
     for f in secret_files:
         m = mounted(str(f))
@@ -691,17 +691,17 @@ def test_compose_envoy_validates_with_the_tls_files_where_compose_mounts_them(tm
 def test_compose_ledgergate_config_uses_redis_and_the_mounted_paths(tmp_path):
     path = COMPOSE / "ledgergate.yaml"
     cfg = load_config(path)
-    IdentityConfig.from_dict(cfg.identity, cfg.base_dir)
+    assert isinstance(cfg.identity, IdentityConfig)   # parsed and checked at load
     services = _compose()["services"]
-    assert cfg.ratelimit["backend"] == "redis"
-    url = urllib.parse.urlsplit(cfg.ratelimit["url"])
+    assert cfg.ratelimit.backend == "redis"
+    url = urllib.parse.urlsplit(cfg.ratelimit.url)
     assert (url.hostname, url.port or 6379) == ("redis", 6379) and "redis" in services
     lg_cmd = services["ledgergate"]["command"]
     assert cfg.metrics_listen.startswith("0.0.0.0:")
     assert lg_cmd[lg_cmd.index("--config") + 1] == "/etc/ledgergate/ledgergate.yaml"
     # Every file path is either on the var volume init fills or baked into the image (/app).
-    for p in (cfg.audit["dir"], cfg.audit_signing_key, cfg.redaction_key_file, cfg.policy_store,
-              cfg.identity["issuers"][0]["jwks_file"]):
+    for p in (cfg.audit.dir, cfg.audit_signing_key, cfg.redaction_key_file, cfg.policy_store,
+              cfg.identity.issuers[0].jwks_file):
         assert str(_host_path_for(services["ledgergate"], str(p), tmp_path)).startswith(
             str(tmp_path / "volumes" / "ledgergate-var"))
     policy = PurePosixPath(str(cfg.policy_path))

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
 from ext_proc.server import servicer as servicer_mod
 from ext_proc.server.servicer import HEAVY_BODY_BYTES, HEAVY_QUEUE_MAX, Servicer
-from tests.unit.test_tracing import _drive, _request_headers, runtime, token  # noqa: F401 - fixtures
+from tests.unit.test_tracing import _drive, _request_headers
 
 pytestmark = pytest.mark.asyncio
 

@@ -3,7 +3,6 @@ on listed redaction records, and a release never ending between the halves of a 
 
 from __future__ import annotations
 
-
 from ext_proc.streaming.gate import MAX_REDACTION_RECORDS, Ledger, ScanPolicy, TextGate
 from tests.unit.test_prefix_hold import CLF, KEY
 

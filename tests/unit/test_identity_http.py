@@ -69,11 +69,6 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = _answer
 
 
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys()
-
-
 @pytest.fixture()
 def server():
     srv = FakeServer()

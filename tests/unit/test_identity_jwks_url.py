@@ -11,12 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ext_proc.identity import IdentityConfig, IdentityError, IdentityResolver
 from tests.unit.test_identity_resolver import AUD, ISS, b64
-
-from cryptography.hazmat.primitives import serialization
 
 
 def jwk(key: Ed25519PrivateKey, kid: str) -> dict:

@@ -34,11 +34,6 @@ class Keys:
         self.attacker = Ed25519PrivateKey.generate()
 
 
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys()
-
-
 def ed_jwk(priv, kid: str, **extra) -> dict:
     raw = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return {"kty": "OKP", "crv": "Ed25519", "x": b64(raw), "kid": kid, "use": "sig", "alg": "EdDSA", **extra}

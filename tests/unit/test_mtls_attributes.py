@@ -11,7 +11,7 @@ from google.protobuf import struct_pb2
 
 from ext_proc.identity import IdentityError
 from ext_proc.server.messages import attributes_of
-from tests.unit.test_identity_resolver import MTLS, NOW, keys, make_resolver  # noqa: F401 - keys is a fixture
+from tests.unit.test_identity_resolver import MTLS, NOW, make_resolver
 
 SAN = "spiffe://acme/ns/app/sa/x"
 DIGEST = "0f" * 32

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ext_proc.cli.policy import run
 from ext_proc.policy import PolicyError, load_policy
-from ext_proc.policy.cli import run
 from ext_proc.policy.testing import run_test_file
 
 ROOT = Path(__file__).resolve().parents[2] / "policies"

@@ -6,7 +6,8 @@ import json
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ext_proc.providers import BadRequestBody, match_surface, parse_request, render_request
 from ext_proc.providers.adapters import MAX_DEPTH, MAX_SEGMENTS

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ext_proc.providers import BadRequestBody, match_surface, parse_response, render_response
 from ext_proc.providers.mock import MockProviderServer

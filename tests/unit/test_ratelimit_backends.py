@@ -11,7 +11,8 @@ import uuid
 import pytest
 import redis
 
-from ext_proc.ratelimit import LimitSpec, MemoryLimiter, limit_key
+from ext_proc.configerror import ConfigError
+from ext_proc.ratelimit import LimitSpec, MemoryLimiter, RateLimitConfig, limit_key
 from ext_proc.ratelimit.redis_backend import RedisLimiter
 from tests.support import free_ports, inside_one_window, wait_port
 
@@ -225,8 +226,8 @@ def test_output_reservation_is_bounded_and_never_zero():
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (0.2, "1s"), (30, "30s"), (59, "59s"), (59.5, "1m0s"),
                                            (60, "1m0s"), (61, "1m1s"), (3600, "60m0s")])
 def test_reset_headers_use_openais_duration_format(seconds, text):
-    from ext_proc.ratelimit.limits import _fmt_reset
-    assert _fmt_reset(seconds) == text
+    from ext_proc.ratelimit.limits import format_reset
+    assert format_reset(seconds) == text
 
 
 def test_remaining_requests_count_down_to_zero_and_stay_there(limiters):
@@ -276,8 +277,20 @@ def test_memory_housekeeping_drops_only_windows_that_are_over():
 
 def test_open_limiter_picks_the_configured_backend():
     from ext_proc.ratelimit import open_limiter
-    assert isinstance(open_limiter(None), MemoryLimiter)
-    assert isinstance(open_limiter({"backend": "memory"}), MemoryLimiter)
-    assert isinstance(open_limiter({"backend": "redis", "url": "redis://127.0.0.1:6379/0"}), RedisLimiter)
-    with pytest.raises(ValueError):
-        open_limiter({"backend": "memcached"})
+    assert isinstance(open_limiter(RateLimitConfig.from_dict(None)), MemoryLimiter)
+    assert isinstance(open_limiter(RateLimitConfig.from_dict({"backend": "memory"})), MemoryLimiter)
+    assert isinstance(open_limiter(RateLimitConfig.from_dict({"backend": "redis", "url": "redis://127.0.0.1:6379/0"})),
+                      RedisLimiter)
+
+
+@pytest.mark.parametrize("section,key", [
+    ({"backend": "memcached"}, "ratelimit.backend"),
+    ({"backend": "redis", "url": 6379}, "ratelimit.url"),
+    ({"backend": "redis", "uri": "redis://127.0.0.1"}, "ratelimit.uri"),
+    ({"output_reservation": {"default": 0}}, "ratelimit.output_reservation.default"),
+    (["memory"], "ratelimit"),
+])
+def test_a_bad_ratelimit_section_is_a_config_error_naming_the_key(section, key):
+    with pytest.raises(ConfigError) as info:
+        RateLimitConfig.from_dict(section)
+    assert str(info.value).startswith(f"{key}:")

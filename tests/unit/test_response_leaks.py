@@ -54,7 +54,7 @@ def escaped(text: str, rnd: random.Random) -> str:
     out = []
     for ch in text:
         if ch in '"\\' or ord(ch) < 0x20 or rnd.random() < 0.5:
-            out.append("\\u%04x" % ord(ch))
+            out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     return "".join(out)

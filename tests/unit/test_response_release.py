@@ -10,7 +10,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from ext_proc.server.servicer import Exchange, Servicer
-from tests.unit.test_tracing import Aborted, FakeContext, _drive, _exchange, _headers, runtime, token  # noqa: F401 - fixtures
+from tests.unit.test_tracing import Aborted, FakeContext, _drive, _exchange, _headers
 
 pytestmark = pytest.mark.asyncio
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-import openai
 import httpx
+import openai
 
 from ext_proc.classify import Classifier
 from ext_proc.streaming import ResponseInspector, ResponseRules

@@ -12,8 +12,24 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ext_proc.streaming import ResponseInspector, ResponseRules, formats
-from tests.unit.test_streaming_support import (CARD, CLF, EMAIL, RULES, anthropic, assembled, feed_all, gemini, inspector,
-                                              openai_chat, parse_sse_strict, pieces, random_cuts, responses, run, sse)
+from tests.unit.test_streaming_support import (
+    CARD,
+    CLF,
+    EMAIL,
+    RULES,
+    anthropic,
+    assembled,
+    feed_all,
+    gemini,
+    inspector,
+    openai_chat,
+    parse_sse_strict,
+    pieces,
+    random_cuts,
+    responses,
+    run,
+    sse,
+)
 
 CLEAN = "The quick brown fox jumps over the lazy dog, twice, and then sleeps. Ünïcödé ✓ 日本語 🙂 done."
 WITH_EMAIL = f"Write to {EMAIL} for the report, thanks."

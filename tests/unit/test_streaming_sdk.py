@@ -9,8 +9,8 @@ import httpx2  # the anthropic SDK installed here is built on httpx2
 import openai
 import pytest
 
-from tests.unit.test_streaming_support import CARD, EMAIL, anthropic as anthropic_sse
-from tests.unit.test_streaming_support import openai_chat, pieces, responses, run
+from tests.unit.test_streaming_support import CARD, EMAIL, openai_chat, pieces, responses, run
+from tests.unit.test_streaming_support import anthropic as anthropic_sse
 
 TEXT = f"Reach {EMAIL} today, the summary follows in a few words."
 REDACTED = TEXT.replace(EMAIL, "[PII.EMAIL]")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 from ext_proc.classify import Classifier
 from ext_proc.streaming import Release, ResponseInspector, ResponseRules

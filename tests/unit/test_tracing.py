@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -19,8 +18,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from ext_proc.cli.devmaterial import ensure_dev_material
-from ext_proc.identity.dev import mint_dev_token
 from ext_proc.server.config import ConfigError, load_config
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.servicer import Servicer
@@ -100,25 +97,6 @@ async def _drive(servicer: Servicer, messages: list[pb.ProcessingRequest],
     if expect_abort:
         assert ctx.aborted is not None, "the stream was expected to abort"
     return replies, ctx
-
-
-@pytest.fixture
-async def runtime(tmp_path):
-    var = tmp_path / "var"
-    ensure_dev_material(var)
-    config = load_config(None, base_dir=tmp_path, overrides={
-        "policy": {"path": str(REPO / "policies" / "default.yaml")}, "server": {"metrics_listen": None}})
-    rt = Runtime(config)
-    await rt.start()
-    try:
-        yield rt
-    finally:
-        await rt.close()
-
-
-@pytest.fixture
-def token(tmp_path):
-    return mint_dev_token(tmp_path / "var" / "dev", sub="alice", roles=["developer"], tenant="acme", now=time.time())
 
 
 def _traced(rt: Runtime) -> InMemorySpanExporter:
@@ -300,8 +278,8 @@ async def test_tracing_off_creates_no_span(runtime, token):
 def test_tracing_off_imports_no_opentelemetry():
     code = ("import sys\n"
             "from ext_proc.server import servicer, runtime, app\n"
-            "from ext_proc.server.tracing import open_tracing\n"
-            "t = open_tracing({'enabled': False})\n"
+            "from ext_proc.server.tracing import TracingConfig, open_tracing\n"
+            "t = open_tracing(TracingConfig(enabled=False))\n"
             "ex = t.exchange(); ex.start(None)\n"
             "with ex.phase('identity'): pass\n"
             "with ex.audit_commit({'kind': 'decision'}): pass\n"
@@ -313,7 +291,7 @@ def test_tracing_off_imports_no_opentelemetry():
 
 def test_config_defaults_are_off_and_validated():
     cfg = load_config(None)
-    assert TracingConfig.from_dict(cfg.tracing).enabled is False
+    assert cfg.tracing.enabled is False
     assert open_tracing(cfg.tracing) is NO_TRACING
     with pytest.raises(ConfigError):
         TracingConfig.from_dict({"enabled": True, "exporter": "jaeger"})
@@ -323,13 +301,13 @@ def test_config_defaults_are_off_and_validated():
         TracingConfig.from_dict({"enabled": "yes"})
     with pytest.raises(ConfigError):
         TracingConfig.from_dict({"endpiont": "x"})
-    on = open_tracing({"enabled": True, "exporter": "console", "service_name": "lg-test"})
+    on = open_tracing(TracingConfig.from_dict({"enabled": True, "exporter": "console", "service_name": "lg-test"}))
     try:
         assert isinstance(on, Tracing)
         assert on.provider.resource.attributes["service.name"] == "lg-test"
     finally:
         on.shutdown()
-    otlp = open_tracing({"enabled": True, "exporter": "otlp", "endpoint": "http://127.0.0.1:4317"})
+    otlp = open_tracing(TracingConfig.from_dict({"enabled": True, "exporter": "otlp", "endpoint": "http://127.0.0.1:4317"}))
     otlp.shutdown()
 
 

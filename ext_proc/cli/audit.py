@@ -16,35 +16,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ext_proc.audit.verify import StoreNotFound, open_segments, verify_store
-
-
-def replay(records, evaluate) -> dict:
-    """Re-evaluate each decision record's recorded input with its recorded policy version.
-    `evaluate(version, input) -> decision dict` is injected so replay is testable without files."""
-    out = {"replayed": 0, "skipped": 0, "mismatches": [], "errors": 0}
-    for rec in records:
-        if rec.get("kind") != "decision":
-            continue
-        version = (rec.get("policy") or {}).get("version")
-        if not version or not rec.get("input"):
-            out["skipped"] += 1
-            continue
-        try:
-            again = evaluate(version, rec["input"])
-        except Exception as exc:  # noqa: BLE001 - a missing version is reported, not fatal
-            out["errors"] += 1
-            out["mismatches"].append({"request_id": rec.get("request_id"), "recorded": rec["decision"].get("outcome"),
-                                      "replayed": f"error: {type(exc).__name__}"})
-            continue
-        out["replayed"] += 1
-        recorded = rec.get("decision") or {}
-        # A throttled request keeps the policy's own outcome in policy_outcome.
-        want = recorded.get("policy_outcome", recorded.get("outcome"))
-        if again.get("outcome") != want:
-            out["mismatches"].append({"request_id": rec.get("request_id"), "recorded": want,
-                                      "replayed": again.get("outcome")})
-    return out
+from ext_proc.audit.query import replay
+from ext_proc.audit.segments import StoreNotFound
+from ext_proc.audit.verify import open_segments, verify_store
 
 
 class Progress:
@@ -178,8 +152,7 @@ def run(argv: list[str], *, out: TextIO | None = None, err: TextIO | None = None
 
 
 def _verify(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ext_proc.audit.checkpoint import (CheckpointError, cosignature_problem, load_checkpoint_file,
-                                           parse_verifier_key)
+    from ext_proc.audit.checkpoint import CheckpointError, cosignature_problem, load_checkpoint_file, parse_verifier_key
     from ext_proc.audit.verify import Problem, _fail
     from ext_proc.audit.witness import load_witness
 

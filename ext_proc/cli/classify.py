@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
 from ext_proc.classify.engine import Classifier, InputTooLarge
 from ext_proc.classify.redact import redact
 from ext_proc.policy import PolicyError
