@@ -9,12 +9,10 @@ without the processor (shared/notes/ext_proc.md).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator
+from typing import AsyncIterator, Mapping
 
 import grpc
 import structlog
@@ -24,7 +22,6 @@ from envoy.type.v3 import http_status_pb2
 
 from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, seal_capture
 from ext_proc.audit.log import AuditUnavailable
-from ext_proc.audit.record import outcome_record
 from ext_proc.identity import IdentityError, forwarded_identity_headers
 from ext_proc.pipeline.request import (
     RequestHead,
@@ -45,10 +42,12 @@ from ext_proc.server.upstream import process_upstream
 from ext_proc.pipeline.budget import BudgetedClassifier, ScanPool
 from ext_proc.pipeline.envelope import (Envelope, EnvelopeRejected, EnvelopeRules, body_refused, inspect_envelope,
                                         rewritable)
-from ext_proc.pipeline.multiplex import CHAIN_HEADER, ModelListAliases, alias_refusal, route_for
-from ext_proc.pipeline.request import sha256_hex
-from ext_proc.providers.translate import ResponseTranslator, TranslationError, translate_request
-from ext_proc.ratelimit import refusal
+from ext_proc.pipeline.admission import admit, needs_admission
+from ext_proc.pipeline.envelope import refuse_unrewritable
+from ext_proc.pipeline.multiplex import CHAIN_HEADER, FailoverChain, ModelListAliases, Translated, choose_route
+from ext_proc.pipeline.outcome import ResponseSeen, response_outcome
+from ext_proc.pipeline.verdict import annotated
+from ext_proc.providers.translate import ResponseTranslator, TranslationError
 from ext_proc.streaming import Release, ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
 from ext_proc.streaming.transparency import DISCLOSURE_HEADER, TransparencyMarker, transparency_marker
@@ -124,7 +123,7 @@ class Exchange:
         self.response_status: int | None = None
         self.pending_headers: tuple[list, list[str]] | None = None  # response headers held for a whole body
         self.blocked_status_sent = False   # the held headers went out as the block's error status
-        self.multiplex: tuple | None = None       # (Route, TranslatedRequest) when another provider serves it
+        self.multiplex: Translated | FailoverChain | None = None   # when another provider serves it
         self.translator: ResponseTranslator | ModelListAliases | None = None
         self.upstream_host: str | None = None
         self.ratelimit_headers: dict[str, str] = {}
@@ -210,7 +209,7 @@ class Exchange:
         verdict = reject_unprocessable(head, self.identity, exc.status, exc.code, str(exc),
                                        int(self.rt.clock() * 1000), body, self.rt.policies.current)
         if self.envelope is not None:
-            verdict.record["envelope"] = self.envelope.to_record(self._has_findings)
+            verdict = annotated(verdict, envelope=self.envelope.to_record(self._has_findings))
         return verdict
 
     def _envelope_mutation(self, verdict: Verdict | None) -> tuple[list, list[str]]:
@@ -299,110 +298,38 @@ class Exchange:
             verdict = reject_unprocessable(head, self.identity, 503, "processing_error",
                                            "the request could not be inspected; it was not forwarded",
                                            int(rt.clock() * 1000), body, policy)
-        verdict.record["inspection"] = budget.to_record()
+        verdict = annotated(verdict, inspection=budget.to_record())
         if self.envelope is not None:
-            verdict.record["envelope"] = self.envelope.to_record(self._has_findings)
-            stuck = [i for i in verdict.envelope_redacted if not rewritable(self.envelope.segments[i])]
-            if verdict.forward and stuck:
-                # Envoy lets no processor rewrite its own headers, and the model segment of the path
-                # names the model: what cannot be redacted is refused.
-                code = "unredactable_header" if self.envelope.segments[stuck[0]].where.startswith("header:") \
-                    else "unredactable_path"
-                verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=403,
-                                                  code=code, policy_outcome=verdict.record["decision"].get("outcome"))
-                verdict.record["forwarded_sha256"] = None
-                verdict.reject(403, code, "a part of the request that cannot be rewritten holds classified data; "
-                               "the request was not forwarded", head.provider)
-        if verdict.forward and rt.config.multiplex_models:
-            self._multiplex(verdict, body)
+            verdict = refuse_unrewritable(annotated(verdict, envelope=self.envelope.to_record(self._has_findings)),
+                                          self.envelope, head.provider)
+        choice = choose_route(verdict, body, head.surface.name if head.surface else None, head.provider,
+                              rt.config.multiplex_models)
+        verdict, self.multiplex = choice.verdict, choice.multiplexed
         rt.metrics.phase("decide", time.perf_counter() - started)
         self.trace.end("decide")
-        extra_headers: dict[str, str] = {}
-        if verdict.forward and verdict.limits:
+        refusal_headers: Mapping[str, str] = {}
+        if needs_admission(verdict):
             with self.trace.phase("ratelimit"):
                 admission = await rt.reserve(head, verdict)
-            verdict.record["ratelimit"] = admission.to_record()
-            extra_headers = dict(admission.headers)
-            if admission.admitted:
-                self.reservation = admission.reservation
-                # The answer carries the budget it was admitted under, like OpenAI's own answers.
-                self.ratelimit_headers = {k: v for k, v in admission.headers.items() if k.startswith("x-ratelimit-")}
-            else:
-                provider = head.provider
-                policy_outcome = verdict.record["decision"].get("outcome")
-                status, code, message = refusal(admission)
-                verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=status,
-                                                  code=code, throttled_by=admission.throttled_by,
-                                                  policy_outcome=policy_outcome)
-                verdict.forward = False
-                verdict.record["forwarded_sha256"] = None
-                verdict.reject(status, code, message, provider)
+            admitted = admit(verdict, admission, head.provider)
+            verdict, self.reservation = admitted.verdict, admitted.reservation
+            refusal_headers, self.ratelimit_headers = admitted.refusal_headers, dict(admitted.answer_headers)
         if rt.capture_key is not None and body:
-            verdict.record["capture"] = seal_capture(rt.capture_key, rt.capture_key_id, body, head.request_id.encode())
+            verdict = annotated(verdict, capture=seal_capture(rt.capture_key, rt.capture_key_id, body,
+                                                              head.request_id.encode()))
         self.verdict = verdict
-        rt.metrics.decision(verdict.record["decision"].get("outcome", "deny"), head.route_record()["surface"])
+        rt.metrics.decision(verdict.outcome, head.route_record()["surface"])
         if not verdict.forward:
-            return [await self._finish_rejected(verdict, extra_headers)]
-        if (hit := await response_cache.answer_from_cache(self, verdict, body)) is not None:
+            return [await self._finish_rejected(verdict, refusal_headers)]
+        verdict, hit = await response_cache.answer_from_cache(self, verdict, body)
+        self.verdict = verdict
+        if hit is not None:
             return [hit]   # served from cache: both records are committed, nothing goes upstream
         await self._commit(verdict.record)
         self.request_released = True
         if phase == "headers":
             return [pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=self._request_header_mutation()))]
         return [self._body_continue(verdict)]
-
-    def _multiplex(self, verdict: Verdict, body: bytes | None) -> None:
-        """A model the deployer maps to another provider: the forwarded body (after redaction) is
-        translated for it, and the decision record names the provider and why, before anything is
-        committed or released."""
-        assert self.head is not None
-        surface = self.head.surface.name if self.head.surface else None
-        chosen = verdict.decision.serve_with if verdict.decision is not None else None
-        refused = alias_refusal(surface, verdict.model, self.rt.config.multiplex_models)
-        if refused:
-            verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=400,
-                                              code="model_alias_not_on_this_api",
-                                              policy_outcome=verdict.record["decision"].get("outcome"))
-            verdict.record["forwarded_sha256"] = None
-            verdict.reject(400, "model_alias_not_on_this_api", refused, self.head.provider)
-            return
-        route = route_for(surface, chosen or verdict.model, self.rt.config.multiplex_models)
-        if chosen and route is None:
-            # The policy names a model the deployer's map does not have: a configuration error,
-            # never a silent fallback to the model the client asked for.
-            verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=503,
-                                              code="route_unavailable", policy_outcome=verdict.record["decision"].get("outcome"))
-            verdict.record["forwarded_sha256"] = None
-            verdict.reject(503, "route_unavailable", "the model the policy chose for this request is not configured",
-                           "openai")
-            return
-        if route is None:
-            return
-        if chosen:
-            route = dataclasses.replace(route, rationale=f"policy serve_with {chosen!r}: {route.rationale}")
-        if route.chain:
-            # Translated per attempt by the chain cluster's upstream filter (server/upstream.py):
-            # the router sends the (redacted) OpenAI body to whichever provider each attempt reaches.
-            self.multiplex = (route, None)
-            if verdict.new_body is None and body is not None:
-                verdict.new_body = body
-            verdict.record.update(multiplex=route.to_record(), upstream=f"multiplex:{route.name}",
-                                  model_routed=None)
-            return
-        forwarded = verdict.new_body if verdict.new_body is not None else body
-        try:
-            translated = translate_request(json.loads(forwarded or b"{}"), route.target)
-        except (TranslationError, ValueError) as exc:
-            message = str(exc) if isinstance(exc, TranslationError) else "the body is not JSON"
-            verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=400,
-                                              code="translation_error", policy_outcome=verdict.record["decision"].get("outcome"))
-            verdict.record["forwarded_sha256"] = None
-            verdict.reject(400, "translation_error", message, "openai")
-            return
-        self.multiplex = (route, translated)
-        verdict.new_body = translated.body
-        verdict.record.update(multiplex=route.to_record(), upstream=route.target.provider,
-                              model_routed=route.target.model, forwarded_sha256=sha256_hex(translated.body))
 
     def _body_continue(self, verdict: Verdict) -> pb.ProcessingResponse:
         # Header and query values redacted by the decision (the envelope's removals went out with
@@ -414,15 +341,15 @@ class Exchange:
         set_headers = [_set_header("content-length", str(len(verdict.new_body)))] + envelope_set
         remove: list[str] = []
         clear_route = False
-        if self.multiplex is not None and self.multiplex[1] is None:
-            route = self.multiplex[0]
+        if isinstance(self.multiplex, FailoverChain):
+            route = self.multiplex.route
             set_headers.append(_set_header(CHAIN_HEADER, route.name))
             openai_cred = self.rt.config.upstream_credentials.get("openai")
             if openai_cred:
                 remove.append(openai_cred["header"].lower())
             clear_route = True
-        elif self.multiplex is not None:
-            route, translated = self.multiplex
+        elif isinstance(self.multiplex, Translated):
+            route, translated = self.multiplex.route, self.multiplex.request
             # The new path routes it (Envoy's routes match the providers' own paths) once the
             # route cache is cleared; the target's credential replaces the one set for OpenAI.
             set_headers.append(_set_header(":path", translated.path))
@@ -471,8 +398,8 @@ class Exchange:
         rules = ResponseRules.from_policy(decision.response if decision is not None else {})
         set_headers = [_set_header("x-request-id", self.head.request_id)]
         set_headers += [_set_header(k, v) for k, v in self.ratelimit_headers.items()]
-        if self.multiplex is not None and self.multiplex[1] is not None:
-            route, translated = self.multiplex
+        if isinstance(self.multiplex, Translated):
+            route, translated = self.multiplex.route, self.multiplex.request
             self.translator = ResponseTranslator(
                 route.target, stream=translated.stream, client_model=self.verdict.model or route.target.model,
                 response_id="chatcmpl-" + hashlib.sha256(self.head.request_id.encode()).hexdigest()[:24],
@@ -486,7 +413,7 @@ class Exchange:
             self.translator = ModelListAliases(self.rt.config.multiplex_models,
                                                self.rt.config.max_response_buffer_bytes)
         # Article 50 transparency marker (ext_proc/streaming/transparency.py).
-        target = self.multiplex[0].target if self.multiplex is not None and self.multiplex[1] is not None else None
+        target = self.multiplex.route.target if isinstance(self.multiplex, Translated) else None
         self.transparency = transparency_marker(
             (decision.response or {}).get("marker_header") if decision is not None else None,
             provider=target.provider if target else self.head.provider, model=target.model if target else self.verdict.model,
@@ -625,42 +552,30 @@ class Exchange:
         if self.outcome_committed or self.head is None:
             return
         self.outcome_committed = True
-        summary = self.inspector.outcome() if self.inspector is not None else {}
-        usage = summary.get("usage")
         capture = None
         if self.captured is not None and self.inspector is not None:
             # Bound to this request's response, so it cannot be passed off as its request body.
-            capture = seal_capture(self.rt.capture_key, self.rt.capture_key_id, bytes(self.captured),
-                                   self.head.request_id.encode() + RESPONSE_CAPTURE_AAD)
-            capture["truncated"] = self.capture_truncated
-        record = outcome_record(
-            request_id=self.head.request_id, completed_ms=int(self.rt.clock() * 1000),
-            status=self.response_status, response_sha256=summary.get("response_sha256"),
-            classification=summary.get("classification") or {}, redactions=summary.get("redactions") or [],
-            usage=usage, blocked=summary.get("blocked"), streamed=bool(summary.get("streamed")),
-            error=error or self.upstream_error,
-            capture=capture, upstream_host=self.upstream_host,
-            delivered_status=BLOCKED_STATUS if self.blocked_status_sent or (
-                self.pending_headers is not None and summary.get("blocked")) else None)
-        if self.verdict is not None and usage:
-            self.rt.metrics.spend(usage, tenant=self.identity.tenant if self.identity else None,
+            capture = dict(seal_capture(self.rt.capture_key, self.rt.capture_key_id, bytes(self.captured),
+                                        self.head.request_id.encode() + RESPONSE_CAPTURE_AAD),
+                           truncated=self.capture_truncated)
+        summary = self.inspector.outcome() if self.inspector is not None else {}
+        outcome = response_outcome(ResponseSeen(
+            request_id=self.head.request_id, completed_ms=int(self.rt.clock() * 1000), status=self.response_status,
+            summary=summary, error=error or self.upstream_error, upstream_host=self.upstream_host,
+            status_held=self.pending_headers is not None, block_status_sent=self.blocked_status_sent,
+            capture=capture, transparency=self.transparency))
+        if self.verdict is not None and outcome.usage:
+            self.rt.metrics.spend(outcome.usage, tenant=self.identity.tenant if self.identity else None,
                                   model=self.verdict.record.get("model_routed") or self.verdict.model,
                                   provider=self.verdict.record.get("upstream") or self.head.provider)
-        if self.transparency is not None:
-            record["transparency"] = self.transparency.record(json_field_sent=bool(summary.get("marker_field")))
         if self.reservation is not None:
-            actual = None
-            if usage:
-                actual = int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
             try:
-                # Without usage (an upstream error, a blocked stream) the reservation stays charged
-                # as estimated: the request was released, so it counts.
-                if actual is not None:
-                    await self.rt.settle(self.reservation, actual)
+                if outcome.settle_tokens is not None:
+                    await self.rt.settle(self.reservation, outcome.settle_tokens)
             finally:
                 self.reservation = None
-        await self._commit(record)
-        response_cache.after_outcome(self, summary, error or self.upstream_error)
+        await self._commit(outcome.record)
+        response_cache.after_outcome(self, summary, outcome.error)
 
     async def on_stream_end(self, error: str | None) -> None:
         """The stream ended: a released request whose outcome is not on record gets one now."""
