@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import structlog
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from envoy.type.v3 import http_status_pb2
 
 from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, seal_capture
 from ext_proc.cache import (CachePlan, CacheUnavailable, Entry, NotReplayable, cache_settings, fillable,
@@ -19,13 +18,13 @@ from ext_proc.cache import (CachePlan, CacheUnavailable, Entry, NotReplayable, c
 from ext_proc.cache.metrics import CacheMetrics
 from ext_proc.pipeline.outcome import cache_hit
 from ext_proc.pipeline.verdict import annotated
-from ext_proc.server.messages import set_header
+from ext_proc.server import replies
 from ext_proc.streaming import ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
 
 if TYPE_CHECKING:
     from ext_proc.pipeline.request import Verdict
-    from ext_proc.server.servicer import Exchange
+    from ext_proc.server.exchange import Exchange
 
 log = structlog.get_logger("ledgergate.cache")
 CACHE_HEADER = "x-ledgergate-cache"
@@ -172,8 +171,7 @@ async def _serve(ex: "Exchange", verdict: "Verdict", plan: CachePlan, entry: Ent
     started = time.perf_counter()
     # Both records in one group commit (sealed in this order: decision, then outcome); nothing
     # is sent before both are durable, and a failed commit sends nothing (AuditUnavailable).
-    await asyncio.gather(ex._commit(hit.verdict.record), ex._commit(hit.outcome.record))
-    ex.outcome_committed = True
+    await asyncio.gather(ex.commit(hit.verdict.record), ex.commit(hit.outcome.record))
     rt.metrics.phase("cache_hit_commit", time.perf_counter() - started)
     rt.cache.metrics.bytes.labels("served").inc(len(released))
     headers = {"content-type": "application/json" if hit.status == BLOCKED_STATUS else ctype,
@@ -184,29 +182,28 @@ async def _serve(ex: "Exchange", verdict: "Verdict", plan: CachePlan, entry: Ent
         headers[marker["name"]] = marker["value"]
     if plan.stream:
         headers["cache-control"] = "no-cache"
-    return hit.verdict, pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
-        status=http_status_pb2.HttpStatus(code=hit.status),
-        headers=pb.HeaderMutation(set_headers=[set_header(k, v) for k, v in headers.items()]),
-        body=released, details="served_from_cache"))
+    return hit.verdict, replies.immediate(hit.status, headers, released, "served_from_cache")
 
 
-def response_headers(ex: "Exchange", content_type: str | None) -> list:
+def response_headers(ex: "Exchange", content_type: str | None) -> dict[str, str]:
     """`x-ledgergate-cache: miss` on a forwarded answer that was looked up."""
     turn = ex.cache_turn
     if turn is None:
-        return []
+        return {}
     turn.content_type = content_type
-    return [set_header(CACHE_HEADER, "miss")]
+    return {CACHE_HEADER: "miss"}
 
 
-def after_outcome(ex: "Exchange", summary: dict, error: str | None) -> None:
-    """The outcome record of a miss is committed: fill the entry if the answer qualifies."""
+def after_outcome(ex: "Exchange", summary: Mapping[str, Any], error: str | None, status: int | None,
+                  finished: bool) -> None:
+    """The outcome record of a miss is committed: fill the entry if the answer qualifies
+    (FINISHED: the response inspection saw the whole answer)."""
     turn, rt = ex.cache_turn, ex.rt
     if turn is None or turn.result != "miss" or ex.head is None or ex.verdict is None:
         return
     ex.cache_turn = None
-    why_not = fillable(plan=turn.plan, status=ex.response_status, outcome=summary, error=error,
-                       finished=ex.inspector is not None and ex.inspector.finished and not turn.oversize,
+    why_not = fillable(plan=turn.plan, status=status, outcome=summary, error=error,
+                       finished=finished and not turn.oversize,
                        content_type=turn.content_type, body_len=len(turn.body),
                        max_entry_bytes=rt.cache.max_entry_bytes)
     if why_not is not None:

@@ -133,6 +133,11 @@ class Runtime:
             self._classifiers[policy.version] = c
         return c
 
+    def credential_header(self, provider: str) -> str | None:
+        """The header that carries PROVIDER's credential, when one is configured."""
+        cred = self.config.upstream_credentials.get(provider)
+        return cred["header"] if cred else None
+
     def upstream_secret(self, provider: str) -> str:
         return self._upstream_secrets[provider]
 

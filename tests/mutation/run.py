@@ -71,9 +71,9 @@ TARGETS = [
     Target("policy", "ext_proc/policy/engine.py", ["tests/unit/test_policy_eval.py"], 35,
            ["Policy.evaluate", "_Matcher.test", "_Route.matches", "_Route.candidates", "_facts", "_glob_cond",
             "_labels_cond", "_compile_when"]),
-    Target("servicer", "ext_proc/server/servicer.py", UNIT_SERVICER + FAULT_SERVICER, 30,
-           ["Exchange._decide", "Exchange._finish_rejected", "Exchange._commit", "Exchange._commit_outcome",
-            "Exchange.on_stream_end", "Servicer.Process"], timeout_s=240.0),
+    Target("servicer", "ext_proc/server/exchange.py", UNIT_SERVICER + FAULT_SERVICER, 30,
+           ["Exchange._decide", "Exchange._refuse", "Exchange.commit", "Exchange.commit_outcome",
+            "Exchange.failure", "Exchange.finish"], timeout_s=240.0),
 ]
 
 
