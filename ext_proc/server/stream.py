@@ -11,6 +11,7 @@ aborting the RPC.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Protocol, Union
 
@@ -50,8 +51,8 @@ class Failure:
 
 class Stage(Protocol):
     """One ext_proc stream's state. Handlers (named in HANDLERS) take the message and return
-    their replies as a list, or as an async iterator when the replies of one message go out
-    while it is still being worked on (response bodies)."""
+    their replies as a list (or a coroutine of one), or as an async iterator when the replies of
+    one message go out while it is still being worked on (response bodies)."""
 
     def failure(self, exc: Exception) -> Failure: ...
 
@@ -63,7 +64,7 @@ async def _replies(out) -> AsyncIterator[pb.ProcessingResponse]:
         async for r in out:
             yield r
         return
-    for r in await out:
+    for r in (await out if inspect.isawaitable(out) else out):
         yield r
 
 
