@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from ext_proc.audit.record import decision_record
-from ext_proc.classify import Classifier, InputTooLarge, redact, summarize
+from ext_proc.classify import Classifier, InputTooLarge, redact
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
 from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
-from ext_proc.policy import Decision, Policy
+from ext_proc.policy import Policy
 from ext_proc.providers import (
     BadRequestBody,
     ParsedRequest,

@@ -188,7 +188,7 @@ class Exchange:
             ResponseSeen(request_id=request_id, completed_ms=now_ms, status=None, error=error)
         outcome = response_outcome(seen)
         if self.verdict is not None and outcome.usage:
-            self.rt.metrics.spend(outcome.usage, tenant=self.identity.tenant if self.identity else None,
+            self.rt.metrics.spend(dict(outcome.usage), tenant=self.identity.tenant if self.identity else None,
                                   model=self.verdict.record.get("model_routed") or self.verdict.model,
                                   provider=self.verdict.record.get("upstream") or self.head.provider)
         if self.reservation is not None:

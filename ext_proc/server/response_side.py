@@ -34,7 +34,7 @@ UPSTREAM_FLAGS_HEADER = "x-ledgergate-upstream-flags"
 
 
 def _first(headers: dict[str, list[str]], name: str) -> str | None:
-    return (headers.get(name) or [None])[0]
+    return next(iter(headers.get(name) or ()), None)
 
 
 class ResponseSide:

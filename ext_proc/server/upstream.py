@@ -146,7 +146,7 @@ class UpstreamAttempt:
             self.target, stream=self.stream, client_model=self.client_model,
             response_id="chatcmpl-" + hashlib.sha256(self.request_id.encode()).hexdigest()[:24],
             created=int(self.rt.clock()), include_usage=True)
-        self.translator.start(status, (headers.get("content-type") or [None])[0])
+        self.translator.start(status, next(iter(headers.get("content-type") or ()), None))
         edit = HeaderEdit(remove=["content-length", "content-encoding"]).put("content-type", self.translator.content_type)
         return [replies.response_headers(edit)]
 
