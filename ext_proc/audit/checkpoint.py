@@ -130,6 +130,78 @@ def signature_problem(cp: Checkpoint, public_key_raw: bytes, kid: str) -> str | 
     return f"{cp.source} is not signed by the segment's key ({name})"
 
 
+# --- witness cosignatures (https://c2sp.org/tlog-cosignature) -----------------------------------
+# A witness's reply to add-checkpoint is its cosignature line(s). Appended to the checkpoint they
+# make a co-signed note, which an HTTP witness keeps next to the checkpoint (HttpWitness `keep`)
+# and `audit verify --witness DIR --witness-key VKEY` checks against the witness's public key.
+ALG_ED25519 = 0x01
+ALG_COSIGNATURE_V1 = 0x04
+
+
+@dataclass
+class WitnessKey:
+    """A signed-note verifier key `<name>+<hex key hash>+<base64(alg || Ed25519 public key)>`."""
+    name: str
+    key_hash: bytes
+    alg: int
+    public_key: bytes
+
+
+def parse_verifier_key(vkey: str) -> WitnessKey:
+    name, sep1, rest = vkey.strip().partition("+")
+    hash_hex, sep2, key_b64 = rest.partition("+")
+    try:
+        raw = base64.b64decode(key_b64, validate=True)
+        key_hash = bytes.fromhex(hash_hex)
+    except ValueError as exc:
+        raise CheckpointError(f"witness key {vkey!r}: not <name>+<hex hash>+<base64 key>") from exc
+    if not (sep1 and sep2 and name) or len(key_hash) != 4 or len(raw) != 33 or raw[0] not in (
+            ALG_ED25519, ALG_COSIGNATURE_V1):
+        raise CheckpointError(f"witness key {vkey!r}: not an Ed25519 or cosignature/v1 verifier key")
+    if hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4] != key_hash:
+        raise CheckpointError(f"witness key {vkey!r}: the key hash does not match the key")
+    return WitnessKey(name, key_hash, raw[0], raw[1:])
+
+
+def cosignature_problem(cp: Checkpoint, key: WitnessKey) -> str | None:
+    """None when CP carries a valid signature by the witness KEY (cosignature/v1: over
+    "cosignature/v1\ntime <t>\n" + the checkpoint; plain Ed25519: over the checkpoint)."""
+    verify = VerifyKey(key.public_key).verify
+    for signer, sig in cp.signatures:
+        if signer != key.name or sig[:4] != key.key_hash:
+            continue
+        try:
+            if key.alg == ALG_COSIGNATURE_V1:
+                if len(sig) != 4 + 8 + 64:
+                    return f"{cp.source}: the cosignature of {key.name} is malformed"
+                when = int.from_bytes(sig[4:12], "big")
+                verify(b"cosignature/v1\ntime %d\n" % when + cp.body, sig[12:])
+            else:
+                verify(cp.body, sig[4:])
+            return None
+        except (BadSignatureError, ValueError):
+            return f"{cp.source}: the cosignature of {key.name} does not verify"
+    return f"{cp.source}: no cosignature of witness {key.name}"
+
+
+def cosignature_lines(reply: bytes, source: str) -> bytes:
+    """The signature lines of a witness's reply, checked for shape (bounded; nothing else kept)."""
+    if len(reply) > MAX_NOTE_BYTES:
+        raise CheckpointError(f"{source}: cosignature reply larger than {MAX_NOTE_BYTES} bytes")
+    lines = [line for line in reply.decode("utf-8", "replace").split("\n") if line]
+    for line in lines:
+        bits = line.split(" ")
+        if len(bits) != 3 or bits[0] != _DASH:
+            raise CheckpointError(f"{source}: the reply is not cosignature lines")
+        try:
+            base64.b64decode(bits[2], validate=True)
+        except ValueError as exc:
+            raise CheckpointError(f"{source}: a cosignature is not base64") from exc
+    if not lines:
+        raise CheckpointError(f"{source}: the reply holds no cosignature")
+    return "".join(line + "\n" for line in lines).encode()
+
+
 def load_checkpoint_file(path: str | Path) -> Checkpoint:
     p = Path(path)
     if not p.is_file():
@@ -190,12 +262,15 @@ class HttpWitness:
     `audit verify`. `proofs(old_size)` gives the proof, or None when that size is too old to prove
     from (a witness unreachable for longer than the proof window)."""
 
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 5.0, keep: str | Path | None = None) -> None:
         self.url = url.rstrip("/") + "/add-checkpoint"
         self.name = f"http:{url}"
         self.timeout_s = timeout_s
         self._accepted: dict[str, int] = {}      # origin -> size the witness last accepted
         self.cosignatures: dict[str, bytes] = {}  # origin -> the witness's latest cosignature lines
+        # Where the co-signed checkpoints go (a directory `audit verify --witness` reads): the
+        # witness's signature is the evidence it saw this size, so it is kept, not only sent.
+        self.keep = DirectoryWitness(keep) if keep else None
 
     def publish(self, writer_id: str, segment_id: str, size: int, note: bytes, proofs=None) -> None:
         origin = note.split(b"\n", 1)[0].decode()
@@ -215,7 +290,13 @@ class HttpWitness:
         if r.status_code != 200:
             raise WitnessRefused(f"{self.name}: status {r.status_code}")
         self._accepted[origin] = size
-        self.cosignatures[origin] = r.content[:MAX_NOTE_BYTES]
+        try:
+            cosigned = cosignature_lines(r.content, self.name)
+        except CheckpointError as exc:
+            raise WitnessRefused(str(exc)) from None
+        self.cosignatures[origin] = cosigned
+        if self.keep is not None:
+            self.keep.publish(writer_id, segment_id, size, note + cosigned)
 
     def _post(self, old: int, proof: list[bytes], note: bytes):
         import httpx

@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a witness (directory or postgresql:// DSN): the store must extend every "
                         "checkpoint it holds (repeatable)")
     v.add_argument("--witness-table", default=None, help="table of a PostgreSQL witness (default ledgergate_checkpoints)")
+    v.add_argument("--witness-key", action="append", default=[], metavar="VKEY",
+                   help="a witness's verifier key (<name>+<hash>+<base64 key>): every checkpoint from "
+                        "--witness must carry its valid cosignature (repeatable)")
     v.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     v.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress on stderr (default: only when stderr is a terminal)")
@@ -175,16 +178,23 @@ def run(argv: list[str], *, out: TextIO | None = None, err: TextIO | None = None
 
 
 def _verify(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ext_proc.audit.checkpoint import CheckpointError, load_checkpoint_file
+    from ext_proc.audit.checkpoint import (CheckpointError, cosignature_problem, load_checkpoint_file,
+                                           parse_verifier_key)
+    from ext_proc.audit.verify import Problem, _fail
     from ext_proc.audit.witness import load_witness
 
+    witnessed = []
     try:
+        witness_keys = [parse_verifier_key(k) for k in a.witness_key]
+        if witness_keys and not a.witness:
+            raise CheckpointError("--witness-key needs --witness (the directory of cosigned checkpoints)")
         checkpoints = [load_checkpoint_file(f) for f in a.checkpoint]
         for d in a.witness:
             found = load_witness(d, a.witness_table)
             if not found:
                 raise CheckpointError(f"witness {d} holds no checkpoints")
-            checkpoints += found
+            witnessed += found
+        checkpoints += witnessed
     except CheckpointError as exc:
         print(f"error: {exc}", file=err)
         return 2
@@ -195,6 +205,12 @@ def _verify(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                        progress=progress)
     if progress is not None:
         progress.end()
+    # The witnesses' own signatures: each witnessed checkpoint was cosigned by every key given.
+    for cp in witnessed:
+        for key in witness_keys:
+            bad = cosignature_problem(cp, key)
+            if bad is not None:
+                _fail(rep, Problem(cp.source, None, bad))
     if a.json:
         json.dump(rep.to_json(), out, indent=2, sort_keys=True)
         out.write("\n")
@@ -206,6 +222,8 @@ def _verify(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 1
     keys = "trusted keys" if a.trust else f"keys from genesis records ({', '.join(sorted(rep.key_ids))})"
     extra = f"; extends {rep.checkpoints_checked} checkpoint(s) kept elsewhere" if checkpoints else ""
+    if witness_keys:
+        extra += f", each cosigned by {', '.join(k.name for k in witness_keys)}"
     print(f"OK: {rep.records} records in {rep.segments} segments verified against {keys}{extra}", file=out)
     return 0
 

@@ -184,17 +184,23 @@ class AuditLog:
             self._witness_task = asyncio.create_task(self._publish_every(self._witness_interval_s))
 
     def _enqueue(self, record: dict[str, Any], line: bytes) -> asyncio.Future:
+        return self._enqueue_together([(record, line)])
+
+    def _enqueue_together(self, sealed: list[tuple[dict[str, Any], bytes]]) -> asyncio.Future:
+        """Queue records under one future: the writer never splits them across batches, so they
+        reach the sink in one write and one fsync, and the future settles once all are durable."""
         assert self._loop is not None, "AuditLog.start() first"
         fut = self._loop.create_future()
         with self._cond:
             if self._failed is not None:
                 raise AuditUnavailable(self._failed)
-            self._queue.append((line + b"\n", fut))
+            self._queue.extend((line + b"\n", fut) for _, line in sealed)
             self._cond.notify()
-        leaf = leaf_hash(bytes.fromhex(record["hash"]))
-        self._frontier.append(leaf)
-        if self._proofs is not None:
-            self._proofs.append(leaf)
+        for record, _ in sealed:
+            leaf = leaf_hash(bytes.fromhex(record["hash"]))
+            self._frontier.append(leaf)
+            if self._proofs is not None:
+                self._proofs.append(leaf)
         self._last_fut = fut
         return fut
 
@@ -208,6 +214,19 @@ class AuditLog:
         await self._enqueue(record, line)
         return record
 
+    async def commit_together(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Seal the records in this order and make them durable in one write and one fsync
+        (a cache hit's decision and outcome: issue 22); returns once all of them are, and none
+        is returned as committed unless all are."""
+        if self._failed is not None or self._closed:
+            raise AuditUnavailable(self._failed or "audit log closed")
+        if len(self._queue) + len(bodies) > self.max_queue:
+            raise AuditUnavailable("audit queue full")
+        now = int(self.clock() * 1000)
+        sealed = [self.chain.seal_line(body, now) for body in bodies]
+        await self._enqueue_together(sealed)
+        return [record for record, _ in sealed]
+
     def _write_loop(self) -> None:
         """The writer thread: one write + fsync per batch, in chain order. It never ends with a
         commit left waiting: whatever stops it fails every record not yet durable."""
@@ -219,7 +238,11 @@ class AuditLog:
                         self._cond.wait()
                     if not self._queue:
                         return
-                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+                    n = min(len(self._queue), self.max_batch)
+                    # Records committed together share a future: never cut between them.
+                    while n < len(self._queue) and self._queue[n][1] is self._queue[n - 1][1]:
+                        n += 1
+                    batch, self._queue = self._queue[:n], self._queue[n:]
                 self.sink.write_batch([line for line, _ in batch])
                 self._hand_back(batch, None)
                 batch = []

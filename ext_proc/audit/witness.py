@@ -10,7 +10,8 @@ from ext_proc.audit.postgres import DEFAULT_WITNESS_TABLE, PostgresWitness, load
 
 def open_witnesses(config) -> list:
     """`audit.witness` as one mapping or a list of them: {dir: PATH}, {dsn: postgresql://...,
-    table: NAME} or {url: https://witness.example/prefix} (a C2SP tlog-witness)."""
+    table: NAME} or {url: https://witness.example/prefix, keep: DIR} (a C2SP tlog-witness; its
+    cosigned checkpoints are kept in DIR for `audit verify --witness DIR --witness-key VKEY`)."""
     if not config:
         return []
     items = config if isinstance(config, list) else [config]
@@ -19,7 +20,7 @@ def open_witnesses(config) -> list:
         if isinstance(item, dict) and "dir" in item:
             out.append(DirectoryWitness(item["dir"]))
         elif isinstance(item, dict) and "url" in item:
-            out.append(HttpWitness(item["url"], timeout_s=float(item.get("timeout_s", 5))))
+            out.append(HttpWitness(item["url"], timeout_s=float(item.get("timeout_s", 5)), keep=item.get("keep")))
         elif isinstance(item, dict) and "dsn" in item:
             out.append(PostgresWitness(item["dsn"], item.get("table", DEFAULT_WITNESS_TABLE)))
         else:

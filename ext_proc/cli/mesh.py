@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import re
 import sys
 from pathlib import Path
@@ -121,6 +122,48 @@ def replace_filter_block(config_text: str) -> str:
     lines = config_text.splitlines()
     start, end, indent = _block_span(lines)
     out = lines[:start] + render_block(indent) + lines[end:]
+    return "\n".join(out) + ("\n" if config_text.endswith("\n") else "")
+
+
+# --- envoy/*.yaml: Envoy's own replies, as text between two marker comments ----------------------
+# The HttpConnectionManager's local_reply_config (each provider's error format, retry-after on
+# 503) and the access log for the replies ledgergate never sees, from
+# ext_proc/providers/envoy_replies.py. Only the plain envoy/*.yaml carry them: the Istio and
+# Envoy Gateway flavours patch an HTTP filter, not the connection manager.
+
+REPLIES_BEGIN = "# BEGIN envoy replies: rendered by `python -m ext_proc.cli.mesh` from ext_proc/providers/envoy_replies.py"
+REPLIES_END = "# END envoy replies"
+_HCM_KEY = re.compile(r"^(?P<indent> *)route_config:\s*$")
+
+
+def render_replies_block(indent: int) -> list[str]:
+    from ext_proc.providers.envoy_replies import local_reply_access_log, local_reply_config
+
+    pad = " " * indent
+    # One line per mapper (JSON is YAML): the block stays readable as a list of cases.
+    flow = [pad + "local_reply_config:", pad + "  mappers:"]
+    flow += [pad + "  - " + json.dumps(m, separators=(", ", ": ")) for m in local_reply_config()["mappers"]]
+    flow += [pad + "access_log:"] + [pad + "- " + json.dumps(a, separators=(", ", ": "))
+                                     for a in local_reply_access_log()]
+    return [pad + REPLIES_BEGIN] + flow + [pad + REPLIES_END]
+
+
+def replace_replies_block(config_text: str) -> str:
+    """Replace the marked block; without one, insert it before the connection manager's
+    route_config (there must be exactly one)."""
+    lines = config_text.splitlines()
+    begins = [i for i, line in enumerate(lines) if line.strip() == REPLIES_BEGIN]
+    if begins:
+        start = begins[0]
+        end = next(i for i in range(start, len(lines)) if lines[i].strip() == REPLIES_END) + 1
+        indent = len(lines[start]) - len(lines[start].lstrip(" "))
+    else:
+        keys = [i for i, line in enumerate(lines) if _HCM_KEY.match(line)]
+        if len(keys) != 1:
+            raise ValueError(f"expected exactly one `route_config:` line, found {len(keys)}")
+        start = end = keys[0]
+        indent = len(_HCM_KEY.match(lines[start])["indent"])
+    out = lines[:start] + render_replies_block(indent) + lines[end:]
     return "\n".join(out) + ("\n" if config_text.endswith("\n") else "")
 
 
@@ -311,7 +354,7 @@ def _generated(what: str) -> str:
 def rendered_files() -> dict[Path, str]:
     """Every file this module owns the content (or, for envoy/*.yaml, the filter block) of."""
     src = "envoy/filters/ext_proc.yaml"
-    out = {p: replace_filter_block(p.read_text(encoding="utf-8")) for p in ENVOY_CONFIGS}
+    out = {p: replace_replies_block(replace_filter_block(p.read_text(encoding="utf-8"))) for p in ENVOY_CONFIGS}
     deploy = REPO / "deploy"
     out[deploy / "istio" / "sidecar" / "envoyfilter-ext-proc.yaml"] = _dump(_generated(src), [istio_sidecar_envoyfilter()])
     out[deploy / "istio" / "egress-gateway" / "envoyfilter-ext-proc.yaml"] = _dump(

@@ -65,6 +65,16 @@ def overruled(verdict: Verdict, status: int, code: str, message: str, provider: 
     return replace(verdict, record=record).rejected(status, code, message, provider)
 
 
+def attributed(verdict: Verdict, decided_by: str, *, retry_after_s: int | None = None, **details: Any) -> Verdict:
+    """A refusal taken outside the policy (by Envoy, or by ledgergate while draining): the
+    record's decision names who decided it, with DETAILS; RETRY_AFTER_S goes on the error answer."""
+    decision = dict(verdict.record["decision"], decided_by=decided_by, **details)
+    headers = dict(verdict.error_headers)
+    if retry_after_s is not None:
+        headers["retry-after"] = str(retry_after_s)
+    return replace(verdict, record=dict(verdict.record, decision=decision), error_headers=headers)
+
+
 def annotated(verdict: Verdict, **sections: Any) -> Verdict:
     """The verdict with SECTIONS set in its record (names from `SECTIONS` only)."""
     unknown = set(sections) - SECTIONS

@@ -10,11 +10,13 @@ import signal
 
 import grpc
 import structlog
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ext_proc.server.config import Config
 from ext_proc.server.health import ReadinessMonitor
+from ext_proc.server.local_reply import DrainGate, EnvoyReplyLog
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.servicer import Servicer
 
@@ -43,7 +45,10 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None,
         # its streams (and split the audit trail) instead of failing to start.
         ("grpc.so_reuseport", 0),
     ])
-    pb_grpc.add_ExternalProcessorServicer_to_server(Servicer(rt), server)
+    gate = DrainGate(Servicer(rt), rt)
+    pb_grpc.add_ExternalProcessorServicer_to_server(gate, server)
+    # Envoy's access log of its own replies ledgergate never saw (server/local_reply.py).
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(EnvoyReplyLog(rt), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for addr in config.listen:
@@ -108,8 +113,12 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None,
         with contextlib.suppress(asyncio.CancelledError):
             await health_task
         await monitor.drain()
-        # In-flight streams finish (and commit their outcome records) within the grace period.
-        await server.stop(config.drain_grace_s)
+        # In-flight streams finish (and commit their outcome records) within the grace period;
+        # requests arriving meanwhile get a recorded 503 + retry-after (an empty 500 before).
+        await gate.drain(config.drain_grace_s)
+        # Then the refusals under way (milliseconds), Envoy's access-log stream (never ends by
+        # itself) and whatever outlived the grace: cancelled.
+        await server.stop(0.5)
         watcher.cancel()
         if metrics_http is not None:
             await asyncio.to_thread(metrics_http.shutdown)

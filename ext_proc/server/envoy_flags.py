@@ -18,6 +18,9 @@ FLAG_NAMES = {
     "LR": "local_reset",
     "DC": "downstream_connection_termination",
     "UMSDR": "upstream_max_stream_duration_reached",
+    "DPE": "downstream_protocol_error",
+    "OM": "overload_manager",
+    "DR": "downstream_remote_reset",
 }
 
 

@@ -30,6 +30,7 @@ from ext_proc.providers import error_body, match_surface
 from ext_proc.ratelimit.limits import Reservation
 from ext_proc.server import forwarding, replies, response_cache
 from ext_proc.server.decide import decide
+from ext_proc.server.local_reply import answer_envoy_reply
 from ext_proc.server.messages import attributes_of, headers_to_dict
 from ext_proc.server.response_side import ResponseSide
 from ext_proc.server.runtime import Runtime
@@ -45,6 +46,7 @@ class Phase(enum.Enum):
     RELEASED = "released"               # the decision is committed and the request forwarded
     RESPONDING = "responding"           # the upstream's answer is being inspected
     COMPLETED = "completed"             # the outcome is committed (or a cache hit answered)
+    ENVOY_REPLY = "envoy_reply"         # Envoy's own reply to a request ledgergate never saw passes on
 
 
 class Exchange:
@@ -86,7 +88,7 @@ class Exchange:
                 self.identity = await self.rt.identity.resolve(headers, attrs, now)
         except IdentityError as exc:
             self.rt.metrics.identity_failure(exc.reason)
-            return [await self._refuse(reject_identity(head, exc, self._now_ms(), self.rt.policies.current))]
+            return [await self.refuse(reject_identity(head, exc, self._now_ms(), self.rt.policies.current))]
         rules = self.rt.config.envelope if isinstance(self.rt.config.envelope, EnvelopeRules) else EnvelopeRules()
         try:
             if not msg.end_of_stream and body_refused(method, headers, None):
@@ -95,7 +97,7 @@ class Exchange:
                                              keep=forwarding.own_header_names(self.rt, head, self.identity),
                                              has_findings=forwarding.has_findings(self.rt))
         except EnvelopeRejected as exc:
-            return [await self._refuse(self._envelope_refusal(exc))]
+            return [await self.refuse(self._envelope_refusal(exc))]
         if msg.end_of_stream:
             return await self._decide(None, headers_phase=True)   # no body will follow (GET /v1/models)
         return [forwarding.request_headers_reply(self.rt, head, self.identity, self.envelope, None)]
@@ -109,7 +111,7 @@ class Exchange:
         body = bytes(req.request_body.body)
         if body and body_refused(self.head.method, self.head.headers, len(body)):
             # A body the provider's API does not read (GET /v1/models): never forwarded.
-            return [await self._refuse(self._envelope_refusal(EnvelopeRejected(
+            return [await self.refuse(self._envelope_refusal(EnvelopeRejected(
                 400, "body_not_allowed", f"a {self.head.method.upper()} request must not carry a body"), body))]
         return await self._decide(body, headers_phase=False)
 
@@ -134,7 +136,7 @@ class Exchange:
         self.verdict, self.multiplex, self.reservation = decided.verdict, decided.multiplexed, decided.reservation
         self.ratelimit_headers = decided.answer_headers
         if not decided.verdict.forward:
-            return [await self._refuse(decided.verdict, decided.refusal_headers)]
+            return [await self.refuse(decided.verdict, decided.refusal_headers)]
         self.verdict, hit = await response_cache.answer_from_cache(self, decided.verdict, body)
         if hit is not None:
             self.phase = Phase.COMPLETED   # served from cache: both records are committed, nothing goes upstream
@@ -145,7 +147,7 @@ class Exchange:
             return [forwarding.request_headers_reply(self.rt, self.head, self.identity, self.envelope, self.verdict)]
         return [forwarding.request_body_reply(self.rt, self.verdict, self.envelope, self.multiplex)]
 
-    async def _refuse(self, verdict: Verdict, extra_headers: Mapping[str, str] | None = None) -> pb.ProcessingResponse:
+    async def refuse(self, verdict: Verdict, extra_headers: Mapping[str, str] | None = None) -> pb.ProcessingResponse:
         assert self.head is not None
         self.verdict = verdict
         await self.commit(verdict.record)
@@ -164,6 +166,14 @@ class Exchange:
 
     # --- response side (server/response_side.py) ----------------------------------------
     async def on_response_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if self.phase is Phase.AWAITING_BODY:
+            # Envoy answered a request ledgergate holds (413 over its buffer limit, 400): a decision too.
+            return await answer_envoy_reply(self, req)
+        if self.phase is Phase.AWAITING_HEADERS:
+            # Envoy refused the request before ledgergate saw it (a path with `#`): nothing was
+            # released, so its reply passes on as Envoy shaped it, body echoed (server/local_reply.py).
+            self.phase = Phase.ENVOY_REPLY
+            return [replies.response_headers()]
         if self.phase is not Phase.RELEASED:
             raise ProtocolViolation("response before the request was released")
         self.trace.begin("response")
@@ -171,7 +181,9 @@ class Exchange:
         self.response = ResponseSide(self, req.response_headers)
         return await self.response.headers_replies(req.response_headers.end_of_stream)
 
-    def on_response_body(self, req: pb.ProcessingRequest) -> AsyncIterator[pb.ProcessingResponse]:
+    def on_response_body(self, req: pb.ProcessingRequest) -> AsyncIterator[pb.ProcessingResponse] | list:
+        if self.phase is Phase.ENVOY_REPLY:
+            return [replies.body_chunk(req.response_body.body, req.response_body.end_of_stream)]
         if self.response is None:
             raise ProtocolViolation("response body before response headers")
         return self.response.body_replies(req.response_body)

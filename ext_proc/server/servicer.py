@@ -17,11 +17,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.server.exchange import Exchange
 from ext_proc.server.runtime import Runtime
-from ext_proc.server.stream import Stage, serve
+from ext_proc.server.stream import UPSTREAM_STAGE, Stage, serve
 from ext_proc.server.upstream import UpstreamAttempt
-
-# The gRPC metadata Envoy's upstream ext_proc filter sends (envoy/filters/ext_proc.yaml).
-UPSTREAM_STAGE = ("x-ledgergate-stage", "upstream")
 
 
 class Servicer(pb_grpc.ExternalProcessorServicer):

@@ -22,6 +22,10 @@ from ext_proc.server.replies import is_immediate
 
 Replies = Union[list[pb.ProcessingResponse], AsyncIterator[pb.ProcessingResponse]]
 
+# The gRPC metadata Envoy's upstream ext_proc filter sends (envoy/filters/ext_proc.yaml): the
+# stream is an upstream attempt of a failover chain, not a request.
+UPSTREAM_STAGE = ("x-ledgergate-stage", "upstream")
+
 # ext_proc message kind -> the stage's handler for it.
 HANDLERS = {
     "request_headers": "on_request_headers",

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import tempfile
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -67,6 +69,16 @@ async def measure(envoy_port: int, lg_port: int, token: str, n: int) -> dict[str
     return out
 
 
+def phase_totals(metrics_port: int) -> dict[str, tuple[float, float]]:
+    """(sum of seconds, count) per ledgergate_phase_seconds phase, from the worker's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, list[float]] = {}
+    for m in re.finditer(r'^ledgergate_phase_seconds_(sum|count)\{phase="([a-z_]+)"\} ([0-9.e+-]+)$', text, re.MULTILINE):
+        out.setdefault(m.group(2), [0.0, 0.0])[("sum", "count").index(m.group(1))] = float(m.group(3))
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=300)
@@ -86,7 +98,9 @@ def main() -> None:
         envoy_proc = None
         try:
             envoy_proc, envoy_port = start_envoy_variant(tmp, mock_port=stack.mock_port, ext_ports=None)
+            phases0 = phase_totals(stack.metrics_port)
             lat = asyncio.run(measure(envoy_port, stack.port, stack.token(), args.requests))
+            phases1 = phase_totals(stack.metrics_port)
             keys = list(r.scan_iter(match=prefix + "*")) if args.backend == "redis" else []
             mem = [r.memory_usage(k) for k in keys[:50]]
             value_len = [r.strlen(k) for k in keys[:50]]
@@ -101,6 +115,11 @@ def main() -> None:
     res = {name: {"p50_ms": pct(xs, 50), "p90_ms": pct(xs, 90), "p99_ms": pct(xs, 99),
                   "mean_ms": statistics.fmean(xs) * 1000, "n": len(xs)} for name, xs in lat.items()}
     res["backend"] = args.backend
+    # The durable commits alone (less exposed to the shared machine's CPU load than end to end):
+    # a hit's two records (cache_hit_commit) and a miss's records one by one (audit_commit).
+    for phase in ("cache_hit_commit", "audit_commit"):
+        (s0, c0), (s1, c1) = phases0.get(phase, (0.0, 0.0)), phases1.get(phase, (0.0, 0.0))
+        res[f"{phase}_mean_ms"] = round(1000 * (s1 - s0) / (c1 - c0), 3) if c1 > c0 else None
     res["hit_added_p50_ms_over_envoy"] = res["hit"]["p50_ms"] - res["envoy"]["p50_ms"]
     res["miss_added_p50_ms_over_envoy"] = res["miss"]["p50_ms"] - res["envoy"]["p50_ms"]
     res["hit_over_miss_p50_ratio"] = res["hit"]["p50_ms"] / res["miss"]["p50_ms"]

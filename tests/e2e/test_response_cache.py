@@ -301,3 +301,26 @@ def test_purge_by_tenant_drops_only_that_tenants_entries(cache_stack):
     assert out.strip() == "purged 1 entries"
     assert _chat(_oai(stack, tenant="acme"), marker)[0].headers["x-ledgergate-cache"] == "hit"
     assert _chat(_oai(stack, tenant="initech"), marker)[0].headers["x-ledgergate-cache"] == "miss"
+
+
+def test_a_hits_two_records_are_on_disk_adjacent_and_verify_when_the_answer_arrives(cache_stack):
+    # Issue 22: a hit's decision and outcome are committed in one durable write before the
+    # answer is released; read the segment the moment the answer is back, then verify the chain.
+    from ext_proc.audit.verify import verify_dir
+
+    stack, r = cache_stack
+    marker = uuid.uuid4().hex[:10]
+    before = _entries(r, stack.redis_prefix)
+    _chat(_oai(stack), marker)
+    _wait_entries(r, stack.redis_prefix, before + 1)
+    raw, _ = _chat(_oai(stack), marker)
+    assert raw.headers["x-ledgergate-cache"] == "hit"
+    request_id = raw.headers["x-request-id"]
+    lines = [json.loads(x) for f in sorted(stack.audit_dir.glob("*.jsonl")) for x in f.read_bytes().splitlines()]
+    mine = [rec for rec in lines if rec.get("request_id") == request_id]
+    assert [rec["kind"] for rec in mine] == ["decision", "outcome"]
+    decision, outcome = mine
+    assert outcome["seq"] == decision["seq"] + 1 and outcome["segment_id"] == decision["segment_id"]
+    assert outcome["served_from_cache"]["key_sha256"] == decision["served_from_cache"]["key_sha256"]
+    rep = verify_dir(stack.audit_dir)
+    assert rep.ok, rep.problem

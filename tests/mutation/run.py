@@ -72,7 +72,7 @@ TARGETS = [
            ["Policy.evaluate", "_Matcher.test", "_Route.matches", "_Route.candidates", "_facts", "_glob_cond",
             "_labels_cond", "_compile_when"]),
     Target("servicer", "ext_proc/server/exchange.py", UNIT_SERVICER + FAULT_SERVICER, 30,
-           ["Exchange._decide", "Exchange._refuse", "Exchange.commit", "Exchange.commit_outcome",
+           ["Exchange._decide", "Exchange.refuse", "Exchange.commit", "Exchange.commit_outcome",
             "Exchange.failure", "Exchange.finish"], timeout_s=240.0),
 ]
 

@@ -173,6 +173,56 @@ def test_group_commit_batches_and_every_commit_is_durable_when_it_returns(tmp_pa
     asyncio.run(go())
 
 
+def test_records_committed_together_are_one_write_and_one_fsync_and_durable_when_it_returns(tmp_path):
+    # A cache hit's decision and outcome (issue 22): one write + fsync for both, even when the
+    # writer's batch limit would cut between them and other commits are queued around them.
+    async def go():
+        log = open_audit_log({"dir": str(tmp_path / "a")}, signing_key_path=str(tmp_path / "k.pem"), writer_id="w")
+        log.max_batch = 1
+        await log.start()
+        writes: list[list[bytes]] = []
+        real = log.sink.write_batch
+
+        def counting(lines):
+            writes.append(list(lines))
+            real(lines)
+        log.sink.write_batch = counting
+
+        async def pair(i):
+            decision, outcome = await log.commit_together([{"kind": "decision", "request_id": f"hit{i}"},
+                                                           {"kind": "outcome", "request_id": f"hit{i}"}])
+            on_disk = log.sink.path.read_bytes()
+            assert decision["hash"].encode() in on_disk and outcome["hash"].encode() in on_disk
+            assert outcome["seq"] == decision["seq"] + 1
+            return decision, outcome
+        results = await asyncio.gather(*(pair(i) for i in range(20)),
+                                       *(log.commit({"kind": "decision", "request_id": f"other{i}"})
+                                         for i in range(20)))
+        for decision, outcome in results[:20]:
+            both = [w for w in writes if any(decision["hash"].encode() in line for line in w)]
+            assert len(both) == 1 and any(outcome["hash"].encode() in line for line in both[0])
+        await log.close()
+    asyncio.run(go())
+    rep = verify_dir(tmp_path / "a")
+    assert rep.ok, rep.problem
+
+
+def test_records_committed_together_are_not_committed_when_the_write_fails(tmp_path):
+    async def go():
+        log = open_audit_log({"dir": str(tmp_path / "a")}, signing_key_path=str(tmp_path / "k.pem"), writer_id="w")
+        await log.start()
+
+        def broken(lines):
+            raise OSError("disk gone")
+        log.sink.write_batch = broken
+        with pytest.raises(AuditUnavailable):
+            await log.commit_together([{"kind": "decision", "request_id": "x"}, {"kind": "outcome", "request_id": "x"}])
+        with pytest.raises(AuditUnavailable):
+            await log.commit_together([{"kind": "decision", "request_id": "y"}])
+        await log.close()
+    asyncio.run(go())
+
+
 def test_signing_key_is_private(tmp_path):
     load_or_create_signing_key(tmp_path / "k.pem")
     assert (tmp_path / "k.pem").stat().st_mode & 0o077 == 0

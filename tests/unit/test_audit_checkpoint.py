@@ -251,12 +251,21 @@ class _TlogWitness:
     new one only with `old` equal to what it holds and a consistency proof that verifies, and
     answers with a cosignature line (409 with its size, 422 for a bad proof)."""
 
+    NAME = "witness.test/w1"
+
     def __init__(self):
         import http.server
         import threading
 
+        from nacl.signing import SigningKey
+
         from tests.support import free_ports
 
+        # A cosignature/v1 key (c2sp.org/tlog-cosignature), written from the spec's text here.
+        self.key = SigningKey.generate()
+        raw = b"\x04" + bytes(self.key.verify_key)
+        self.key_id = hashlib.sha256(self.NAME.encode() + b"\n" + raw).digest()[:4]
+        self.vkey = f"{self.NAME}+{self.key_id.hex()}+{base64.b64encode(raw).decode()}"
         self.latest: dict[str, tuple[int, bytes]] = {}
         self.accepted: list[tuple[int, int, int]] = []   # (old, new size, proof length)
         self.lose_reply_after = None                     # accept this many, then lose one reply
@@ -292,7 +301,12 @@ class _TlogWitness:
         self.accepted.append((old, cp.size, len(proof)))
         if self.lose_reply_after is not None and len(self.accepted) == self.lose_reply_after:
             return 503, b"reply lost"                    # accepted, but the writer does not learn it
-        return 200, b"\xe2\x80\x94 test-witness AAAA\n"
+        return 200, self.cosign(cp.body)
+
+    def cosign(self, checkpoint_body: bytes, when: int = 1_790_000_000) -> bytes:
+        message = b"cosignature/v1\ntime " + str(when).encode() + b"\n" + checkpoint_body
+        sig = self.key_id + when.to_bytes(8, "big") + self.key.sign(message).signature
+        return f"\u2014 {self.NAME} {base64.b64encode(sig).decode()}\n".encode()
 
 
 def test_an_http_witness_is_sent_consistency_proofs_it_can_check(tmp_path):
@@ -358,3 +372,56 @@ def test_the_proof_window_gives_the_same_proofs_as_the_whole_tree(keep):
             window.mark(i, front.snapshot())
             marked.append(i)
     assert window.can_prove_from(marked[-1]) and (keep >= len(marked) or not window.can_prove_from(marked[0]))
+
+
+def test_an_http_witness_cosignature_is_kept_and_verify_checks_it(tmp_path, capsys):
+    """The witness's reply (its cosignature) is stored next to the checkpoint it signs, and
+    `verify --witness DIR --witness-key VKEY` fails when it is missing, forged or someone else's."""
+    witness = _TlogWitness()
+    d, kept = tmp_path / "audit", tmp_path / "cosigned"
+    try:
+        async def go():
+            log = open_audit_log({"dir": str(d), "witness": {"url": f"http://127.0.0.1:{witness.port}",
+                                                              "keep": str(kept), "interval_s": 3600}},
+                                 signing_key_path=str(tmp_path / "k.pem"), writer_id="cosign")
+            await log.start()
+            for i in range(5):
+                await log.commit({"kind": "decision", "request_id": f"r{i}"})
+            await log.close()       # publishes the closing size
+        asyncio.run(go())
+    finally:
+        witness.server.shutdown()
+    (note_file,) = sorted(kept.glob("*.checkpoint"))
+    cp = parse_note(note_file.read_bytes(), "kept")
+    assert cp.size == 7 and [name for name, _ in cp.signatures][1:] == [_TlogWitness.NAME]
+    assert run(["verify", str(d), "--witness", str(kept), "--witness-key", witness.vkey]) == 0
+    assert "cosigned by witness.test/w1" in capsys.readouterr().out
+    # Another witness's key: no cosignature of it.
+    stranger = _TlogWitness()
+    stranger.server.shutdown()
+    assert run(["verify", str(d), "--witness", str(kept), "--witness-key", stranger.vkey]) == 1
+    assert "no cosignature of witness witness.test/w1" in capsys.readouterr().out
+    # A forged cosignature (one bit of the signature flipped) fails.
+    text = note_file.read_text()
+    name, sig = text.rstrip("\n").split("\n")[-1].split(" ")[1:]
+    raw = bytearray(base64.b64decode(sig))
+    raw[-1] ^= 1
+    note_file.write_text(text.replace(sig, base64.b64encode(bytes(raw)).decode()))
+    assert run(["verify", str(d), "--witness", str(kept), "--witness-key", witness.vkey]) == 1
+    assert "does not verify" in capsys.readouterr().out
+    # A checkpoint without any cosignature (a plain directory witness) fails with a key given.
+    note_file.write_text(text.rsplit("\u2014 " + name, 1)[0])
+    assert run(["verify", str(d), "--witness", str(kept), "--witness-key", witness.vkey]) == 1
+    # A malformed key is a usage error; a key without --witness too.
+    assert run(["verify", str(d), "--witness", str(kept), "--witness-key", "nonsense"]) == 2
+    assert run(["verify", str(d), "--witness-key", witness.vkey]) == 2
+
+
+def test_a_witness_reply_that_is_not_cosignature_lines_is_refused(tmp_path):
+    from ext_proc.audit.checkpoint import CheckpointError, cosignature_lines
+
+    with pytest.raises(CheckpointError):
+        cosignature_lines(b"<html>ok</html>", "w")
+    with pytest.raises(CheckpointError):
+        cosignature_lines(b"", "w")
+    assert cosignature_lines(b"\xe2\x80\x94 w AAAA\n\n", "w") == "\u2014 w AAAA\n".encode()

@@ -54,3 +54,24 @@ def test_unreachable_database_fails_at_start(tmp_path):
                          signing_key_path=str(tmp_path / "k.pem"), writer_id="pg2")
     with pytest.raises(psycopg.OperationalError):
         asyncio.run(log.start())
+
+
+def test_records_committed_together_are_one_transaction_and_verify(table, tmp_path):
+    # A cache hit's decision and outcome (issue 22) on the PostgreSQL sink: one batch, one
+    # transaction, even with a batch limit of one record.
+    async def go():
+        log = open_audit_log({"sink": "postgres", "dsn": DSN, "table": table},
+                             signing_key_path=str(tmp_path / "k.pem"), writer_id="pg2")
+        log.max_batch = 1
+        await log.start()
+        before = log.batches
+        decision, outcome = await log.commit_together([{"kind": "decision", "request_id": "hit"},
+                                                       {"kind": "outcome", "request_id": "hit"}])
+        assert log.batches == before + 1
+        with psycopg.connect(DSN, autocommit=True) as c:
+            rows = c.execute(f"SELECT seq FROM {table} WHERE request_id = 'hit' ORDER BY seq").fetchall()
+        assert [r[0] for r in rows] == [decision["seq"], outcome["seq"]]
+        await log.close()
+    asyncio.run(go())
+    rep = verify_segments(read_segments(DSN, table))
+    assert rep.ok, rep.problem

@@ -114,9 +114,9 @@ def test_glob_with_many_stars_is_linear_time():
     from ext_proc.policy.glob import Glob
 
     g = Glob("*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b")
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     assert not g.match("a" * 100_000)
-    assert time.perf_counter() - t0 < 0.5
+    assert time.process_time() - t0 < 0.5
 
 
 def test_duplicate_rule_ids_across_includes(tmp_path):

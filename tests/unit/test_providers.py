@@ -292,10 +292,10 @@ def test_depth_limit_is_exact():
 @pytest.mark.parametrize("body", [b"[" * 200_000, b'{"a":' * 200_000, b"[" * 2000 + b"]" * 2000,
                                   b'{"messages": [' + b'{"content": [' * 1500 + b"]}" * 1500 + b"]}"])
 def test_very_deep_nesting_is_rejected_quickly(body):
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     with pytest.raises(BadRequestBody, match="deeper than"):
         parse_request(CHAT, body)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
 
 
 def test_body_size_limit():
@@ -319,9 +319,9 @@ def test_non_inspectable_surface_is_refused():
 def test_large_body_parses_fast():
     msgs = [{"role": "user", "content": [{"type": "text", "text": "hello world " * 20}]} for _ in range(20000)]
     body = json.dumps({"model": "m", "messages": msgs}).encode()  # ~5 MB
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     p = parse_request(CHAT, body)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     assert len(p.segments) == 20000 and elapsed < 2.0
 
 

@@ -63,7 +63,9 @@ def test_concurrent_burst_across_two_replicas_never_overshoots(limiters):
     a, b = limiters
     s_req = spec(requests=25)
     s_tok = spec(requests=None, tokens=1000)
-    inside_one_window(60)
+    # Two bursts of 240 reservations against Redis: on a loaded machine this took over 5 s once and
+    # straddled a window boundary (a fresh window admits again), so ask for a wider margin.
+    inside_one_window(60, need_s=20)
 
     async def go():
         results = await asyncio.gather(*((a if i % 2 else b).reserve(f"r{i}", [s_req, s_tok], CTX, 30)
