@@ -15,7 +15,7 @@ from ext_proc.pipeline.admission import admit, needs_admission
 from ext_proc.pipeline.envelope import Envelope, EnvelopeSegment, refuse_unrewritable
 from ext_proc.pipeline.multiplex import FailoverChain, Translated, choose_route, load_model_map
 from ext_proc.pipeline.outcome import ResponseSeen, cache_hit, response_outcome, tokens_used
-from ext_proc.pipeline.verdict import Verdict, annotated, overruled
+from ext_proc.pipeline.verdict import Verdict, annotated, attributed, overruled
 from ext_proc.ratelimit import Admission
 from ext_proc.ratelimit.limits import Reservation
 from ext_proc.streaming.inspector import BLOCKED_STATUS
@@ -177,3 +177,11 @@ def test_cache_hit_forwards_nothing_and_a_blocked_whole_answer_gets_the_blocked_
     streamed = cache_hit(v, {}, served, request_id="r-1", completed_ms=5, streamed=True, capture=None,
                          summary={"blocked": {"label": "secret"}})
     assert streamed.status == 200
+
+
+def test_a_refusal_decided_outside_the_policy_names_who_decided_and_leaves_the_original_alone():
+    refused = permitted().rejected(503, "draining", "restarting", "openai")
+    out = attributed(refused, "ledgergate", retry_after_s=5, envoy_flags=None)
+    assert out.record["decision"]["decided_by"] == "ledgergate" and out.error_headers["retry-after"] == "5"
+    assert "decided_by" not in refused.record["decision"] and "retry-after" not in refused.error_headers
+    assert not out.forward and out.status == 503
