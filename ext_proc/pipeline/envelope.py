@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+from ext_proc.pipeline.verdict import Verdict, overruled
 from ext_proc.providers import Surface
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE"})
@@ -339,3 +340,15 @@ def inspect_envelope(method: str, path: str, headers: Mapping[str, Sequence[str]
     return Envelope(path=raw_path, query=query, query_changed=changed, removed_headers=removed,
                     removed_query=removed_query, segments=segments)
 
+
+
+def refuse_unrewritable(verdict: Verdict, envelope: Envelope, provider: str) -> Verdict:
+    """A permit whose decision redacts a header or path segment no processor can rewrite (Envoy
+    lets none rewrite its own headers, and the model segment of the path names the model) is
+    refused with a 403: what cannot be redacted is not forwarded."""
+    stuck = [i for i in verdict.envelope_redacted if not rewritable(envelope.segments[i])]
+    if not verdict.forward or not stuck:
+        return verdict
+    code = "unredactable_header" if envelope.segments[stuck[0]].where.startswith("header:") else "unredactable_path"
+    return overruled(verdict, 403, code, "a part of the request that cannot be rewritten holds classified data; "
+                     "the request was not forwarded", provider)

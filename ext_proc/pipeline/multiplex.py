@@ -24,12 +24,14 @@ a retry after a 5xx reaches the next provider in that provider's format."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from ext_proc.providers.translate import TARGETS, Target, TranslationError
+from ext_proc.pipeline.verdict import Verdict, annotated, overruled
+from ext_proc.providers.translate import TARGETS, Target, TranslatedRequest, TranslationError, translate_request
 
 # The surfaces a multiplexed model can be called on (what the translation reads).
 SURFACES = ("openai.chat_completions",)
@@ -107,6 +109,69 @@ def alias_refusal(surface: str | None, model: str | None,
         return None
     return (f"model {model!r} is a multiplexed alias, served on /v1/chat/completions only; "
             f"call it there, or name a model of this API's provider")
+
+
+@dataclass(frozen=True)
+class Translated:
+    """Served by one other provider: the router sends REQUEST (translated from the forwarded
+    OpenAI body) to ROUTE's target, and its answer is translated back."""
+
+    route: Route
+    request: TranslatedRequest
+
+
+@dataclass(frozen=True)
+class FailoverChain:
+    """Served by a chain of providers: the router sends the forwarded OpenAI body to the chain's
+    cluster, whose upstream filter (server/upstream.py) translates it for each attempt."""
+
+    route: Route
+
+
+@dataclass(frozen=True)
+class RouteChoice:
+    """The verdict after the route choice, and how the request leaves (None: to the provider
+    the client called, unchanged)."""
+
+    verdict: Verdict
+    multiplexed: Translated | FailoverChain | None = None
+
+
+def choose_route(verdict: Verdict, body: bytes | None, surface: str | None, client_provider: str,
+                 model_map: Mapping[str, tuple[Target, ...]]) -> RouteChoice:
+    """Which provider serves a forwarded request, decided before anything is committed or
+    released: the policy's `serve_with`, else the model the client named, looked up in the
+    deployer's model map. A mapped alias on an API that is not translated (400), a `serve_with`
+    the map lacks (503) and a body that cannot be translated (400) are overrules."""
+    if not verdict.forward or not model_map:
+        return RouteChoice(verdict)
+    chosen = verdict.decision.serve_with if verdict.decision is not None else None
+    refused = alias_refusal(surface, verdict.model, model_map)
+    if refused:
+        return RouteChoice(overruled(verdict, 400, "model_alias_not_on_this_api", refused, client_provider))
+    route = route_for(surface, chosen or verdict.model, model_map)
+    if chosen and route is None:
+        # The policy names a model the deployer's map does not have: a configuration error,
+        # never a silent fallback to the model the client asked for.
+        return RouteChoice(overruled(verdict, 503, "route_unavailable",
+                                     "the model the policy chose for this request is not configured", "openai"))
+    if route is None:
+        return RouteChoice(verdict)
+    if chosen:
+        route = replace(route, rationale=f"policy serve_with {chosen!r}: {route.rationale}")
+    forwarded = verdict.new_body if verdict.new_body is not None else body
+    if route.chain:
+        chained = annotated(verdict, multiplex=route.to_record(), upstream=f"multiplex:{route.name}",
+                            model_routed=None)
+        return RouteChoice(replace(chained, new_body=forwarded), FailoverChain(route))
+    try:
+        translated = translate_request(json.loads(forwarded or b"{}"), route.target)
+    except (TranslationError, ValueError) as exc:
+        message = str(exc) if isinstance(exc, TranslationError) else "the body is not JSON"
+        return RouteChoice(overruled(verdict, 400, "translation_error", message, "openai"))
+    routed = annotated(verdict, multiplex=route.to_record(), upstream=route.target.provider,
+                       model_routed=route.target.model, forwarded_sha256=hashlib.sha256(translated.body).hexdigest())
+    return RouteChoice(replace(routed, new_body=translated.body), Translated(route, translated))
 
 
 class ModelListAliases:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ext_proc.audit.record import decision_record
@@ -17,13 +17,13 @@ from ext_proc.classify import Classifier, InputTooLarge, redact
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
 from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
 from ext_proc.pipeline.inspect import DocumentFindings, classify_document
-from ext_proc.policy import Decision, Policy
+from ext_proc.pipeline.verdict import Verdict
+from ext_proc.policy import Policy
 from ext_proc.policy.effects import Effect
 from ext_proc.providers import (
     BadRequestBody,
     ParsedRequest,
     Surface,
-    error_body,
     parse_request,
 )
 from ext_proc.providers.document import Document, read_document, render_document
@@ -58,34 +58,6 @@ class RequestHead:
     @property
     def provider(self) -> str:
         return self.surface.provider if self.surface is not None else "openai"
-
-
-@dataclass
-class Verdict:
-    """The answer for one request: forward (possibly with a new body) or reject."""
-
-    forward: bool
-    status: int
-    code: str
-    message: str
-    record: dict[str, Any]
-    decision: Decision | None = None
-    identity: Identity | None = None
-    new_body: bytes | None = None
-    error_headers: dict[str, str] = field(default_factory=dict)
-    error_body: bytes = b""
-    limits: tuple[dict[str, Any], ...] = ()
-    estimated_tokens: int = 0
-    model: str | None = None
-    stream: bool = False
-    usage_injected: bool = False   # ledgergate asked for stream usage the client did not ask for
-    envelope_redacted: dict[int, str] = field(default_factory=dict)  # envelope segment -> redacted value
-
-    def reject(self, status: int, code: str, message: str, provider: str) -> None:
-        self.forward = False
-        self.status, self.code, self.message = status, code, message
-        self.error_headers, self.error_body = error_body(provider, status, code, message)
-        self.new_body = None
 
 
 def sha256_hex(data: bytes | None) -> str | None:
@@ -129,9 +101,8 @@ def reject_identity(head: RequestHead, error: IdentityError, now_ms: int, policy
         upstream=None, classification={}, policy=_policy_ref(policy) if policy else {},
         decision={"outcome": Effect.DENY.value, "status": 401, "code": error.reason, "reason": error.message},
         input={}, request_sha256=None, forwarded_sha256=None)
-    v = Verdict(forward=False, status=401, code=error.reason, message=error.message, record=record)
-    v.reject(401, error.reason, error.message, head.provider)
-    return v
+    return Verdict(forward=False, status=401, code=error.reason, message=error.message,
+                   record=record).rejected(401, error.reason, error.message, head.provider)
 
 
 def reject_unprocessable(head: RequestHead, identity: Identity | None, status: int, code: str,
@@ -146,10 +117,8 @@ def reject_unprocessable(head: RequestHead, identity: Identity | None, status: i
         policy=_policy_ref(policy) if policy else {},
         decision={"outcome": Effect.DENY.value, "status": status, "code": code, "reason": message},
         input={}, request_sha256=sha256_hex(body), forwarded_sha256=None)
-    v = Verdict(forward=False, status=status, code=code, message=message, record=record,
-                identity=identity)
-    v.reject(status, code, message, head.provider)
-    return v
+    return Verdict(forward=False, status=status, code=code, message=message, record=record,
+                   identity=identity).rejected(status, code, message, head.provider)
 
 
 def _policy_ref(policy: Policy) -> dict[str, Any]:
@@ -265,9 +234,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
                 model=policy_input["model"], stream=policy_input["request"]["stream"],
                 usage_injected=usage_injected and decision.releases,
                 envelope_redacted=envelope_redacted if decision.releases else {})
-    if not v.forward:
-        v.reject(decision.status, decision.code, decision.reason, head.provider)
-    return v
+    return v if v.forward else v.rejected(decision.status, decision.code, decision.reason, head.provider)
 
 
 def _masked(doc: Document, found: DocumentFindings, kind: str, path: tuple[Any, ...]) -> str | None:

@@ -1,4 +1,4 @@
-"""Request and response adapters: every piece of user-controlled text in a provider's JSON body
+"""Request adapters: every piece of user-controlled text in a provider's JSON request body
 as a list of segments addressed by JSON path, and the body rendered back with replacements.
 
 Sans-I/O: bytes in, plain data out. Every failure on untrusted input is a BadRequestBody whose
@@ -9,6 +9,9 @@ string except structural values (type tags, ids, media types, signatures) and bi
 (base64 image/audio/file data, data: URLs); inside free JSON chosen by the caller (tool
 definitions and schemas, tool call arguments and inputs, function responses, metadata) every
 string. New part types therefore stay inspected without a code change.
+
+Responses are read by the streaming inspector (ext_proc/streaming/), which sees every framing
+the client reads; there is no whole-body response adapter here.
 """
 
 from __future__ import annotations
@@ -57,15 +60,6 @@ class ParsedRequest:
     max_tokens: int | None
     segments: list[TextSegment] = field(default_factory=list)
     estimated_tokens: int = 0
-    raw: bytes = field(default=b"", repr=False)
-
-
-@dataclass
-class ParsedResponse:
-    surface: Surface
-    body: Any
-    segments: list[TextSegment] = field(default_factory=list)
-    usage: dict | None = None
     raw: bytes = field(default=b"", repr=False)
 
 
@@ -593,7 +587,7 @@ def field_changes(body: Any, set_fields: Mapping[tuple, object]) -> list[tuple[P
     return out
 
 
-def _render(parsed: ParsedRequest | ParsedResponse, replacements: Mapping[int, str],
+def _render(parsed: ParsedRequest, replacements: Mapping[int, str],
             set_fields: Mapping[tuple, object]) -> bytes:
     changes: list[tuple[Path, Any, bool]] = []
     for idx, text in replacements.items():
@@ -617,127 +611,3 @@ def render_request(parsed: ParsedRequest, replacements: Mapping[int, str], *,
     intermediate objects created). Returns the original bytes when nothing changes."""
     return _render(parsed, replacements, set_fields)
 
-
-# --- responses -------------------------------------------------------------------------------
-
-def _usage(u: Any, inp: str, out: str) -> dict | None:
-    if not isinstance(u, dict) or not u:
-        return None
-
-    def num(v: Any) -> int | None:
-        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
-    return {"input_tokens": num(u.get(inp)), "output_tokens": num(u.get(out))}
-
-
-def _items(value: Any, where: str) -> list:
-    """A list in a response, or empty when absent. Any other type is a shape we do not know: the
-    caller (the response inspector) then scans the raw text instead of trusting our segments."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadRequestBody(f"response {where} has an unexpected type")
-    return value
-
-
-def _obj(value: Any, where: str) -> dict | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise BadRequestBody(f"response {where} has an unexpected type")
-    return value
-
-
-def _text_at(segs: list[TextSegment], obj: dict, key: str, path: Path) -> None:
-    v = obj.get(key)
-    if v is None:
-        return
-    if not isinstance(v, str):
-        raise BadRequestBody(f"response {_where(path + (key,))} has an unexpected type")
-    segs.append(TextSegment(path + (key,), v))
-
-
-def _response_segments(surface: Surface, obj: dict) -> tuple[list[TextSegment], dict | None]:
-    segs: list[TextSegment] = []
-    api = surface.api
-    if api in ("chat", "completions"):
-        for i, ch in enumerate(_items(obj.get("choices"), "choices")):
-            ch = _obj(ch, "choices[]") or {}
-            _text_at(segs, ch, "text", ("choices", i))
-            msg = _obj(ch.get("message"), "choices[].message")
-            if msg is None:
-                continue
-            for key in ("content", "refusal"):
-                _text_at(segs, msg, key, ("choices", i, "message"))
-            for j, tc in enumerate(_items(msg.get("tool_calls"), "tool_calls")):
-                fn = _obj((_obj(tc, "tool_calls[]") or {}).get("function"), "tool_calls[].function")
-                if fn is not None:
-                    _text_at(segs, fn, "arguments", ("choices", i, "message", "tool_calls", j, "function"))
-        return segs, _usage(obj.get("usage"), "prompt_tokens", "completion_tokens")
-    if api in ("messages", "invoke") and "results" not in obj:
-        for i, block in enumerate(_items(obj.get("content"), "content")):
-            block = _obj(block, "content[]") or {}
-            for key in ("text", "thinking"):
-                _text_at(segs, block, key, ("content", i))
-            if block.get("input") is not None:
-                segs.extend(_strings(block["input"], ("content", i, "input"), free=True))
-        return segs, _usage(obj.get("usage"), "input_tokens", "output_tokens")
-    if api == "invoke":  # Titan
-        out = 0
-        for i, r in enumerate(_items(obj.get("results"), "results")):
-            r = _obj(r, "results[]") or {}
-            _text_at(segs, r, "outputText", ("results", i))
-            if isinstance(r.get("tokenCount"), int):
-                out += r["tokenCount"]
-        inp = obj.get("inputTextTokenCount")
-        return segs, {"input_tokens": inp if isinstance(inp, int) else None, "output_tokens": out}
-    if api == "responses":
-        for i, item in enumerate(_items(obj.get("output"), "output")):
-            item = _obj(item, "output[]") or {}
-            for j, c in enumerate(_items(item.get("content"), "output[].content")):
-                c = _obj(c, "output[].content[]") or {}
-                for key in ("text", "refusal"):
-                    _text_at(segs, c, key, ("output", i, "content", j))
-            _text_at(segs, item, "arguments", ("output", i))
-        return segs, _usage(obj.get("usage"), "input_tokens", "output_tokens")
-    if api == "generate":
-        for i, cand in enumerate(_items(obj.get("candidates"), "candidates")):
-            content = _obj((_obj(cand, "candidates[]") or {}).get("content"), "candidates[].content")
-            if content is None:
-                continue
-            for j, part in enumerate(_items(content.get("parts"), "parts")):
-                part = _obj(part, "parts[]") or {}
-                _text_at(segs, part, "text", ("candidates", i, "content", "parts", j))
-                fc = _obj(part.get("functionCall"), "functionCall")
-                if fc is not None and fc.get("args") is not None:
-                    segs.extend(_strings(fc["args"], ("candidates", i, "content", "parts", j,
-                                                      "functionCall", "args"), free=True))
-        return segs, _usage(obj.get("usageMetadata"), "promptTokenCount", "candidatesTokenCount")
-    if api == "converse":
-        msg = _obj((_obj(obj.get("output"), "output") or {}).get("message"), "output.message")
-        if msg is not None:
-            for j, block in enumerate(_items(msg.get("content"), "output.message.content")):
-                block = _obj(block, "content[]") or {}
-                _text_at(segs, block, "text", ("output", "message", "content", j))
-                tu = _obj(block.get("toolUse"), "toolUse")
-                if tu is not None and tu.get("input") is not None:
-                    segs.extend(_strings(tu["input"], ("output", "message", "content", j, "toolUse", "input"),
-                                         free=True))
-        return segs, _usage(obj.get("usage"), "inputTokens", "outputTokens")
-    if api == "embeddings":
-        return segs, _usage(obj.get("usage"), "prompt_tokens", "completion_tokens")
-    return segs, None
-
-
-def parse_response(surface: Surface, body: bytes, *, max_bytes: int = 16 * 1024 * 1024) -> ParsedResponse:
-    """Non-streaming responses: assistant text and tool arguments, and the usage."""
-    obj = load_json(body, max_bytes)
-    segs: list[TextSegment] = []
-    usage = None
-    if isinstance(obj, dict):
-        segs, usage = _response_segments(surface, obj)
-        _expect(len(segs) <= MAX_SEGMENTS, f"response has more than {MAX_SEGMENTS} text fields")
-    return ParsedResponse(surface=surface, body=obj, segments=segs, usage=usage, raw=bytes(body))
-
-
-def render_response(parsed: ParsedResponse, replacements: Mapping[int, str]) -> bytes:
-    return _render(parsed, replacements, {})

@@ -37,12 +37,15 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.audit.log import AuditUnavailable
-from ext_proc.pipeline.request import RequestHead, Verdict, reject_unprocessable
+from ext_proc.pipeline.request import RequestHead, reject_unprocessable
+from ext_proc.pipeline.verdict import Verdict, attributed
 from ext_proc.providers import match_surface
 from ext_proc.providers.envoy_replies import ACCESS_LOG_NAME, RETRY_AFTER_S, reason_for
+from ext_proc.server import replies
 from ext_proc.server.envoy_flags import upstream_error
 from ext_proc.server.messages import attributes_of, headers_to_dict
 from ext_proc.server.runtime import Runtime
+from ext_proc.server.stream import UPSTREAM_STAGE
 
 log = structlog.get_logger("ledgergate.local_reply")
 
@@ -51,22 +54,14 @@ _MAX_PATH = 2048
 _MAX_DETAILS = 256
 
 
-def _retry_headers(status: int) -> dict[str, str]:
-    return {"retry-after": str(RETRY_AFTER_S)} if status == 503 else {}
-
-
 def _envoy_verdict(rt: Runtime, head: RequestHead, identity, status: int, details: str,
                    flags: str | None) -> Verdict:
     """The recorded refusal for an Envoy reply with STATUS (deny, decided by Envoy)."""
     reason, message = reason_for(status, details)
     verdict = reject_unprocessable(head, identity, status, f"envoy_{reason}", message,
                                    int(rt.clock() * 1000), None, rt.policies.current)
-    decision = verdict.record["decision"]
-    decision["decided_by"] = "envoy"
-    decision["envoy_details"] = details[:_MAX_DETAILS] or None
-    decision["envoy_flags"] = upstream_error(flags)
-    verdict.error_headers.update(_retry_headers(status))
-    return verdict
+    return attributed(verdict, "envoy", retry_after_s=RETRY_AFTER_S if status == 503 else None,
+                      envoy_details=details[:_MAX_DETAILS] or None, envoy_flags=upstream_error(flags))
 
 
 # --- seen by ledgergate: Envoy's reply arrives as the response to a request not yet released ----
@@ -81,7 +76,7 @@ async def answer_envoy_reply(exchange, req: pb.ProcessingRequest) -> list[pb.Pro
     flags = headers.get("x-ledgergate-upstream-flags")
     verdict = _envoy_verdict(exchange.rt, head, exchange.identity, status, "", flags[0] if flags else None)
     # Committed, then logged (request_denied, with the envoy_ code), by the exchange.
-    return [await exchange._finish_rejected(verdict)]
+    return [await exchange.refuse(verdict)]
 
 
 async def pass_envoy_reply(request_iterator) -> AsyncIterator[pb.ProcessingResponse]:
@@ -91,18 +86,16 @@ async def pass_envoy_reply(request_iterator) -> AsyncIterator[pb.ProcessingRespo
     then every body chunk echoed (in duplex mode what is not sent back never reaches the client;
     a clean close here would lose the body), then the trailers. The record comes from Envoy's
     access log, which has the path and the details this stream lacks."""
-    yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+    yield replies.response_headers()
     async for req in request_iterator:
         kind = req.WhichOneof("request")
         if kind == "response_body":
             chunk = req.response_body
-            yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
-                body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
-                    body=chunk.body, end_of_stream=chunk.end_of_stream)))))
+            yield replies.body_chunk(chunk.body, chunk.end_of_stream)
             if chunk.end_of_stream:
                 return
         elif kind == "response_trailers":
-            yield pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+            yield replies.response_trailers()
             return
         else:
             raise ValueError(f"unexpected {kind} after Envoy's own response headers")
@@ -185,9 +178,6 @@ class EnvoyReplyLog(als_pb2_grpc.AccessLogServiceServicer):
 
 # --- during drain ---------------------------------------------------------------------------
 
-UPSTREAM_STAGE = ("x-ledgergate-stage", "upstream")
-
-
 class DrainGate(pb_grpc.ExternalProcessorServicer):
     """The ext_proc service in front of the servicer: while draining, a new request is refused
     with a recorded 503 + retry-after in its provider's format; everything else, and every
@@ -239,19 +229,14 @@ class DrainGate(pb_grpc.ExternalProcessorServicer):
             reason = "the gateway is restarting; retry after the delay in retry-after"
             verdict = reject_unprocessable(head, None, 503, "draining", reason, int(self.rt.clock() * 1000),
                                            None, self.rt.policies.current)
-            verdict.record["decision"]["decided_by"] = "ledgergate"
-            verdict.error_headers.update(_retry_headers(503))
+            verdict = attributed(verdict, "ledgergate", retry_after_s=RETRY_AFTER_S)
             try:
                 await self.rt.audit.commit(verdict.record)
             except AuditUnavailable:
                 # Envoy answers a failed stream with a provider-shaped 503 (local_reply_config).
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "draining; audit store unavailable")
             log.info("request_refused_draining", request_id=head.request_id)
-            from ext_proc.server.servicer import (
-                _immediate,  # the servicer imports this module
-            )
-
-            yield _immediate(verdict, head.request_id)
+            yield replies.rejection(verdict, head.request_id)
             return
         await context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
 

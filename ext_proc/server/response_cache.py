@@ -12,10 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from envoy.type.v3 import http_status_pb2
 
 from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, seal_capture
-from ext_proc.audit.record import outcome_record
 from ext_proc.cache import (
     CachePlan,
     CacheUnavailable,
@@ -29,13 +27,15 @@ from ext_proc.cache import (
     request_policy_version,
 )
 from ext_proc.cache.metrics import CacheMetrics
-from ext_proc.server.messages import set_header
+from ext_proc.pipeline.outcome import cache_hit
+from ext_proc.pipeline.verdict import annotated
+from ext_proc.server import replies
 from ext_proc.streaming import ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
 
 if TYPE_CHECKING:
-    from ext_proc.pipeline.request import Verdict
-    from ext_proc.server.servicer import Exchange
+    from ext_proc.pipeline.verdict import Verdict
+    from ext_proc.server.exchange import Exchange
 
 log = structlog.get_logger("ledgergate.cache")
 CACHE_HEADER = "x-ledgergate-cache"
@@ -110,45 +110,43 @@ def _plan(ex: Exchange, verdict: Verdict, policy, body: bytes | None) -> CachePl
         multiplexed=ex.multiplex is not None)
 
 
-async def answer_from_cache(ex: Exchange, verdict: Verdict, body: bytes | None) -> pb.ProcessingResponse | None:
-    """After a forward decision: the immediate response of a hit (both records committed), or
-    None to forward (miss, bypass, store outage; the decision record says which)."""
+async def answer_from_cache(ex: Exchange, verdict: Verdict,
+                            body: bytes | None) -> tuple[Verdict, pb.ProcessingResponse | None]:
+    """After a forward decision: the verdict with its `cache` section, and the immediate
+    response of a hit (both records committed), or None to forward (miss, bypass, store outage;
+    the decision record says which)."""
     rc: ResponseCache = ex.rt.cache
     policy = ex.rt.policies.current
     if verdict.decision is None or verdict.decision.policy_version != policy.version:
-        verdict.record["cache"] = {"result": "bypass", "reason": "policy_reloaded_during_decision"}
         rc.metrics.lookups.labels("bypass").inc()
-        return None
+        return annotated(verdict, cache={"result": "bypass", "reason": "policy_reloaded_during_decision"}), None
     plan = _plan(ex, verdict, policy, body)
     if not plan.cacheable:
-        if plan.reason != "off":
-            verdict.record["cache"] = plan.to_record()
-            rc.metrics.lookups.labels("bypass").inc()
-        return None
-    record: dict[str, Any] = {"rule": plan.rule, "key_sha256": plan.key_sha256}
+        if plan.reason == "off":
+            return verdict, None
+        rc.metrics.lookups.labels("bypass").inc()
+        return annotated(verdict, cache=plan.to_record()), None
+    lookup: dict[str, Any] = {"rule": plan.rule, "key_sha256": plan.key_sha256}
     try:
         entry = await rc.store.get(plan.key)
     except CacheUnavailable as exc:
         # An outage never fails a request: it is forwarded, and the record says so.
-        verdict.record["cache"] = {**record, "result": "unavailable", "error": str(exc)[:64]}
         rc.metrics.lookups.labels("unavailable").inc()
         ex.cache_turn = CacheTurn(plan, "unavailable", 0)
-        return None
+        return annotated(verdict, cache={**lookup, "result": "unavailable", "error": str(exc)[:64]}), None
     if entry is not None:
         try:
             answer, ctype = ((replay_stream(plan_surface(ex), entry.body, include_usage=not verdict.usage_injected),
                               "text/event-stream") if plan.stream else (entry.body, entry.content_type))
         except NotReplayable as exc:
-            verdict.record["cache"] = {**record, "result": "miss", "reason": f"not_replayable_{exc}"}
             rc.metrics.lookups.labels("miss").inc()
             ex.cache_turn = CacheTurn(plan, "miss", 0)
-            return None
+            return annotated(verdict, cache={**lookup, "result": "miss", "reason": f"not_replayable_{exc}"}), None
         rc.metrics.lookups.labels("hit").inc()
-        return await _serve(ex, verdict, plan, entry, answer, ctype, record)
-    verdict.record["cache"] = {**record, "result": "miss"}
+        return await _serve(ex, verdict, plan, entry, answer, ctype, lookup)
     rc.metrics.lookups.labels("miss").inc()
     ex.cache_turn = CacheTurn(plan, "miss", rc.max_entry_bytes)
-    return None
+    return annotated(verdict, cache={**lookup, "result": "miss"}), None
 
 
 def plan_surface(ex: Exchange) -> str:
@@ -156,7 +154,7 @@ def plan_surface(ex: Exchange) -> str:
 
 
 async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, body: bytes, ctype: str,
-                 record: dict) -> pb.ProcessingResponse:
+                 lookup: dict) -> tuple[Verdict, pb.ProcessingResponse]:
     rt, head = ex.rt, ex.head
     assert head is not None
     decision = verdict.decision
@@ -168,70 +166,58 @@ async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, 
         hash_key=rt.hash_key, tenant=verdict.identity.tenant if verdict.identity else None,
         max_buffer_bytes=rt.config.max_response_buffer_bytes, drop_usage_chunk=False)
     released = b"".join(r.body for r in inspector.feed(body, True))
-    summary = inspector.outcome()
-    status = 200
-    if inspector.blocked and not plan.stream:
-        status, ctype = BLOCKED_STATUS, "application/json"
     served = {"key_sha256": plan.key_sha256, "filled_by_request_id": entry.filled_by,
               "filled_ms": entry.filled_ms, "filled_policy_version": entry.policy_version, "rule": plan.rule}
-    verdict.record["cache"] = {**record, "result": "hit"}
-    verdict.record["served_from_cache"] = served
-    verdict.record["upstream"] = None
-    verdict.record["forwarded_sha256"] = None
+    capture = None
+    if rt.capture_key is not None:
+        # Legal hold: the answer as delivered, bound to this request like a forwarded answer's.
+        capture = seal_capture(rt.capture_key, rt.capture_key_id, released,
+                               head.request_id.encode() + RESPONSE_CAPTURE_AAD)
+    hit = cache_hit(verdict, lookup, served, request_id=head.request_id, completed_ms=int(rt.clock() * 1000),
+                    summary=inspector.outcome(), streamed=plan.stream, capture=capture)
     if ex.reservation is not None:
         # Nothing is asked of the provider: the tokens reserved for it are given back.
         await rt.release(ex.reservation)
         ex.reservation = None
     started = time.perf_counter()
-    outcome = outcome_record(
-        request_id=head.request_id, completed_ms=int(rt.clock() * 1000), status=200,
-        response_sha256=summary.get("response_sha256"), classification=summary.get("classification") or {},
-        redactions=summary.get("redactions") or [], usage=None, blocked=summary.get("blocked"),
-        streamed=plan.stream, delivered_status=status)
-    outcome["served_from_cache"] = dict(served, usage=summary.get("usage"))
-    if rt.capture_key is not None:
-        # Legal hold: the answer as delivered, bound to this request like a forwarded answer's.
-        outcome["capture"] = dict(seal_capture(rt.capture_key, rt.capture_key_id, released,
-                                               head.request_id.encode() + RESPONSE_CAPTURE_AAD), truncated=False)
     # Both records in one durable write, one fsync (sealed in this order: decision, then
     # outcome); nothing is sent before both are durable, and a failed commit sends nothing
     # (AuditUnavailable). Two commits cost two fsyncs when the writer woke between them, most of
     # a hit's added latency (issue 22).
-    with ex.trace.audit_commit(verdict.record), ex.trace.audit_commit(outcome):
-        await rt.audit.commit_together([verdict.record, outcome])
-    ex.outcome_committed = True
+    with ex.trace.audit_commit(hit.verdict.record), ex.trace.audit_commit(hit.outcome.record):
+        await rt.audit.commit_together([hit.verdict.record, hit.outcome.record])
     rt.metrics.phase("cache_hit_commit", time.perf_counter() - started)
     rt.cache.metrics.bytes.labels("served").inc(len(released))
-    headers = {"content-type": ctype, CACHE_HEADER: "hit", "x-request-id": head.request_id}
+    headers = {"content-type": "application/json" if hit.status == BLOCKED_STATUS else ctype,
+               CACHE_HEADER: "hit", "x-request-id": head.request_id}
     headers.update(ex.ratelimit_headers)
     marker = (decision.response or {}).get("marker_header")
     if marker:
         headers[marker["name"]] = marker["value"]
     if plan.stream:
         headers["cache-control"] = "no-cache"
-    return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
-        status=http_status_pb2.HttpStatus(code=status),
-        headers=pb.HeaderMutation(set_headers=[set_header(k, v) for k, v in headers.items()]),
-        body=released, details="served_from_cache"))
+    return hit.verdict, replies.immediate(hit.status, headers, released, "served_from_cache")
 
 
-def response_headers(ex: Exchange, content_type: str | None) -> list:
+def response_headers(ex: Exchange, content_type: str | None) -> dict[str, str]:
     """`x-ledgergate-cache: miss` on a forwarded answer that was looked up."""
     turn = ex.cache_turn
     if turn is None:
-        return []
+        return {}
     turn.content_type = content_type
-    return [set_header(CACHE_HEADER, "miss")]
+    return {CACHE_HEADER: "miss"}
 
 
-def after_outcome(ex: Exchange, summary: dict, error: str | None) -> None:
-    """The outcome record of a miss is committed: fill the entry if the answer qualifies."""
+def after_outcome(ex: Exchange, summary: Mapping[str, Any], error: str | None, status: int | None,
+                  finished: bool) -> None:
+    """The outcome record of a miss is committed: fill the entry if the answer qualifies
+    (FINISHED: the response inspection saw the whole answer)."""
     turn, rt = ex.cache_turn, ex.rt
     if turn is None or turn.result != "miss" or ex.head is None or ex.verdict is None:
         return
     ex.cache_turn = None
-    why_not = fillable(plan=turn.plan, status=ex.response_status, outcome=summary, error=error,
-                       finished=ex.inspector is not None and ex.inspector.finished and not turn.oversize,
+    why_not = fillable(plan=turn.plan, status=status, outcome=summary, error=error,
+                       finished=finished and not turn.oversize,
                        content_type=turn.content_type, body_len=len(turn.body),
                        max_entry_bytes=rt.cache.max_entry_bytes)
     if why_not is not None:

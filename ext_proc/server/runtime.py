@@ -13,7 +13,8 @@ from ext_proc.audit.log import AuditLog, open_audit_log
 from ext_proc.classify import Classifier
 from ext_proc.configerror import ConfigError
 from ext_proc.identity import IdentityResolver
-from ext_proc.pipeline.request import RequestHead, Verdict
+from ext_proc.pipeline.request import RequestHead
+from ext_proc.pipeline.verdict import Verdict
 from ext_proc.policy import Policy, PolicyHolder, PolicyStore
 from ext_proc.ratelimit import Admission, LimitSpec, open_limiter
 from ext_proc.server.config import Config, load_config, load_or_create_secret, located
@@ -133,6 +134,11 @@ class Runtime:
                 self._classifiers.pop(next(iter(self._classifiers)))
             self._classifiers[policy.version] = c
         return c
+
+    def credential_header(self, provider: str) -> str | None:
+        """The header that carries PROVIDER's credential, when one is configured."""
+        cred = self.config.upstream_credentials.get(provider)
+        return cred["header"] if cred else None
 
     def upstream_secret(self, provider: str) -> str:
         return self._upstream_secrets[provider]

@@ -14,16 +14,13 @@ error (a handler that returned would let Envoy send the untranslated request).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-from typing import AsyncIterator
 
 import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from envoy.type.v3 import http_status_pb2
 from google.protobuf import text_format
 
 from ext_proc.audit.log import AuditUnavailable
@@ -32,8 +29,11 @@ from ext_proc.pipeline.multiplex import CHAIN_HEADER
 from ext_proc.pipeline.request import CLIENT_CREDENTIAL_HEADERS, sha256_hex
 from ext_proc.providers import error_body
 from ext_proc.providers.translate import ResponseTranslator, Target, TranslationError, translate_request
-from ext_proc.server.messages import attributes_of, headers_to_dict, set_header
+from ext_proc.server import replies
+from ext_proc.server.messages import attributes_of, headers_to_dict
+from ext_proc.server.replies import HeaderEdit
 from ext_proc.server.runtime import Runtime
+from ext_proc.server.stream import Failure
 
 log = structlog.get_logger("ledgergate.upstream")
 
@@ -61,6 +61,8 @@ def endpoint_target(metadata_text: str) -> tuple[Target, str | None]:
 
 
 class UpstreamAttempt:
+    """One attempt's stream (server/stream.py runs it)."""
+
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.request_id = ""
@@ -71,6 +73,8 @@ class UpstreamAttempt:
         self.stream = False
         self.translator: ResponseTranslator | None = None
         self.released = False         # the translated body went upstream
+        self.answered = False         # the upstream's response headers arrived
+        self.response_ended = False   # the translator was fed the end of the answer
         self.failure_recorded = False
 
     async def record_failure(self, error: str) -> None:
@@ -80,7 +84,7 @@ class UpstreamAttempt:
             self.failure_recorded = True
             await self._commit(None, error=error)
 
-    def on_request_headers(self, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
+    def on_request_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         headers = headers_to_dict(req.request_headers.headers)
         if CHAIN_HEADER not in headers:
             # Only the router-level exchange sets it (clients' x-ledgergate-* headers are stripped):
@@ -90,9 +94,9 @@ class UpstreamAttempt:
         self.target, self.host = endpoint_target(attrs.get("xds.upstream_host_metadata", ""))
         self.address = attrs.get("upstream.address")
         self.request_id = (headers.get("x-request-id") or [""])[0]
-        return pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+        return [replies.request_headers()]
 
-    async def on_request_body(self, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
+    async def on_request_body(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         assert self.target is not None
         body = bytes(req.request_body.body)
         try:
@@ -102,28 +106,26 @@ class UpstreamAttempt:
             message = str(exc) if isinstance(exc, TranslationError) else "the body is not JSON"
             headers, err = error_body("openai", 400, "translation_error", message)
             await self._commit(None, error="translation_error")
-            return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
-                status=http_status_pb2.HttpStatus(code=400), body=err, details="translation_error",
-                headers=pb.HeaderMutation(set_headers=[set_header(k, v) for k, v in headers.items()])))
+            return [replies.immediate(400, headers, err, "translation_error")]
         self.client_model = str(parsed.get("model") or self.target.model)
         self.stream = translated.stream
         await self._commit(translated.body)
         self.released = True
-        set_headers = [set_header(":path", translated.path), set_header("content-length", str(len(translated.body))),
-                       set_header("x-ledgergate-upstream", self.target.provider)]
-        set_headers += [set_header(k, v) for k, v in translated.headers.items()]
-        if self.host:
-            set_headers.append(set_header(":authority", self.host))
         # Envoy retries with the headers the previous attempt left (the body is the router's
         # original): whatever credential or provider header is there is not this provider's.
-        remove = sorted(CLIENT_CREDENTIAL_HEADERS) + [h for h in PROVIDER_HEADERS if h not in translated.headers]
-        cred = self.rt.config.upstream_credentials.get(self.target.provider)
-        if cred:
-            set_headers.append(set_header(cred["header"], self.rt.upstream_secret(self.target.provider)))
-            remove = [h for h in remove if h != cred["header"].lower()]
-        common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove),
-                                   body_mutation=pb.BodyMutation(body=translated.body))
-        return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+        edit = HeaderEdit(remove=sorted(CLIENT_CREDENTIAL_HEADERS) + [h for h in PROVIDER_HEADERS
+                                                                       if h not in translated.headers])
+        edit.put(":path", translated.path).put("content-length", str(len(translated.body)))
+        edit.put("x-ledgergate-upstream", self.target.provider)
+        for k, v in translated.headers.items():
+            edit.put(k, v)
+        if self.host:
+            edit.put(":authority", self.host)
+        edit.inject_credential(self.rt, self.target.provider)
+        return [replies.request_body(edit, translated.body)]
+
+    async def on_request_trailers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        return [replies.request_trailers()]
 
     async def _commit(self, translated: bytes | None, error: str | None = None) -> None:
         assert self.target is not None
@@ -132,76 +134,55 @@ class UpstreamAttempt:
             model=self.target.model, upstream_address=self.address, forwarded_sha256=sha256_hex(translated),
             error=error))
 
-    def on_response_headers(self, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
+    async def on_response_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         assert self.target is not None
+        self.answered = True
         headers = headers_to_dict(req.response_headers.headers)
-        status = int((headers.get(":status") or ["0"])[0] or 0)
+        raw_status = (headers.get(":status") or ["0"])[0]
+        if raw_status.isdigit() and int(raw_status) >= 500:
+            await self.record_failure(f"upstream_status_{int(raw_status)}")
+        status = int(raw_status or 0)
         self.translator = ResponseTranslator(
             self.target, stream=self.stream, client_model=self.client_model,
             response_id="chatcmpl-" + hashlib.sha256(self.request_id.encode()).hexdigest()[:24],
             created=int(self.rt.clock()), include_usage=True)
-        self.translator.start(status, (headers.get("content-type") or [None])[0])
-        common = pb.CommonResponse(header_mutation=pb.HeaderMutation(
-            set_headers=[set_header("content-type", self.translator.content_type)],
-            remove_headers=["content-length", "content-encoding"]))
-        return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+        self.translator.start(status, next(iter(headers.get("content-type") or ()), None))
+        edit = HeaderEdit(remove=["content-length", "content-encoding"]).put("content-type", self.translator.content_type)
+        return [replies.response_headers(edit)]
 
-    def on_response_body(self, data: bytes, end: bool) -> pb.ProcessingResponse:
+    async def on_response_body(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         if self.translator is None:
             raise AttemptRefused("response body before response headers")
-        out = self.translator.feed(data, end)
-        return pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
-            body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(body=out, end_of_stream=end)))))
+        end = req.response_body.end_of_stream
+        out = self.translator.feed(bytes(req.response_body.body), end)
+        self.response_ended = self.response_ended or end
+        return [replies.body_chunk(out, end)]
 
+    async def on_response_trailers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        out = []
+        if self.translator is not None and not self.response_ended:
+            self.response_ended = True
+            # The trailers end the stream; the translated tail goes out as the last body data.
+            if tail := self.translator.feed(b"", True):
+                out.append(replies.body_chunk(tail, False))
+        return out + [replies.response_trailers()]
 
-async def process_upstream(rt: Runtime, request_iterator: AsyncIterator[pb.ProcessingRequest],
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
-    attempt = UpstreamAttempt(rt)
-    answered = False
-    try:
-        async for req in request_iterator:
-            kind = req.WhichOneof("request")
-            if kind == "request_headers":
-                yield attempt.on_request_headers(req)
-            elif kind == "request_body":
-                reply = await attempt.on_request_body(req)
-                yield reply
-                if reply.WhichOneof("response") == "immediate_response":
-                    return
-            elif kind == "response_headers":
-                answered = True
-                status = headers_to_dict(req.response_headers.headers).get(":status") or ["0"]
-                if status[0].isdigit() and int(status[0]) >= 500:
-                    await attempt.record_failure(f"upstream_status_{int(status[0])}")
-                yield attempt.on_response_headers(req)
-            elif kind == "response_body":
-                yield attempt.on_response_body(bytes(req.response_body.body), req.response_body.end_of_stream)
-            elif kind == "response_trailers":
-                if attempt.translator is not None and not attempt.translator._done:
-                    tail = attempt.translator.feed(b"", True)
-                    if tail:
-                        yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
-                            body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
-                                body=tail, end_of_stream=False)))))
-                yield pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
-            elif kind == "request_trailers":
-                yield pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
-            else:
-                raise AttemptRefused(f"unexpected message {kind!r}")
-    except AuditUnavailable:
-        log.error("audit_unavailable", request_id=attempt.request_id, stage="upstream")
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "audit store unavailable")
-    except (AttemptRefused, TranslationError) as exc:
-        log.error("attempt_refused", request_id=attempt.request_id, reason=str(exc))
-        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "ledgergate refused this upstream attempt")
-    except Exception as exc:  # noqa: BLE001 - fail closed
-        log.error("attempt_error", request_id=attempt.request_id, error_type=type(exc).__name__)
-        await context.abort(grpc.StatusCode.INTERNAL, "ledgergate processing error")
-    finally:
-        if not answered and attempt.released:
+    def failure(self, exc: Exception) -> Failure:
+        if isinstance(exc, AuditUnavailable):
+            log.error("audit_unavailable", request_id=self.request_id, stage="upstream")
+            return Failure("audit_unavailable", status=grpc.StatusCode.UNAVAILABLE, detail="audit store unavailable")
+        if isinstance(exc, (AttemptRefused, TranslationError)):
+            log.error("attempt_refused", request_id=self.request_id, reason=str(exc))
+            return Failure("attempt_refused", status=grpc.StatusCode.FAILED_PRECONDITION,
+                           detail="ledgergate refused this upstream attempt")
+        log.error("attempt_error", request_id=self.request_id, error_type=type(exc).__name__)
+        return Failure(type(exc).__name__)
+
+    async def finish(self, error: str | None) -> None:
+        if not self.answered and self.released:
             # Envoy ended the attempt before any answer: its per-try timeout, or a reset.
             try:
-                await asyncio.shield(attempt.record_failure("attempt_ended_without_response"))
+                await self.record_failure("attempt_ended_without_response")
             except Exception as exc:  # noqa: BLE001 - the stream is gone; log, never leak content
-                log.error("attempt_failure_record_failed", request_id=attempt.request_id,
+                log.error("attempt_failure_record_failed", request_id=self.request_id,
                           error_type=type(exc).__name__)

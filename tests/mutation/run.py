@@ -76,9 +76,9 @@ TARGETS = [
            ["Matcher.test", "Route.matches", "Route.candidates", "_glob_cond", "_labels_cond", "compile_when",
             "_cond"]),
     Target("policy-facts", "ext_proc/policy/facts.py", ["tests/unit/test_policy_eval.py"], 5, ["read_facts"]),
-    Target("servicer", "ext_proc/server/servicer.py", UNIT_SERVICER + FAULT_SERVICER, 30,
-           ["Exchange._decide", "Exchange._finish_rejected", "Exchange._commit", "Exchange._commit_outcome",
-            "Exchange.on_stream_end", "Servicer.Process"], timeout_s=240.0),
+    Target("servicer", "ext_proc/server/exchange.py", UNIT_SERVICER + FAULT_SERVICER, 30,
+           ["Exchange._decide", "Exchange.refuse", "Exchange.commit", "Exchange.commit_outcome",
+            "Exchange.failure", "Exchange.finish"], timeout_s=240.0),
 ]
 
 

@@ -9,8 +9,9 @@ import json
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ext_proc.server import servicer as servicer_mod
-from ext_proc.server.servicer import HEAVY_BODY_BYTES, HEAVY_QUEUE_MAX, Servicer
+from ext_proc.server import decide as decide_mod
+from ext_proc.server.decide import HEAVY_BODY_BYTES, HEAVY_QUEUE_MAX
+from ext_proc.server.servicer import Servicer
 from tests.unit.test_tracing import _drive, _request_headers
 
 pytestmark = pytest.mark.asyncio
@@ -61,7 +62,7 @@ async def test_a_get_with_a_body_is_an_immediate_400_with_a_record(runtime, toke
 
 
 async def test_large_bodies_past_the_queue_bound_are_refused_at_once(runtime, token, monkeypatch):
-    monkeypatch.setattr(servicer_mod._heavy_lane, "pending", HEAVY_QUEUE_MAX)
+    monkeypatch.setattr(decide_mod.heavy_lane, "pending", HEAVY_QUEUE_MAX)
     body = _chat("x" * HEAVY_BODY_BYTES)
     replies, _ = await _drive(Servicer(runtime), _post(token, "/v1/messages", {}, body, "env-unit-3"))
     imm = replies[-1].immediate_response
@@ -78,14 +79,14 @@ async def test_a_large_body_is_decided_in_the_lane_with_its_texts_scanned_in_the
     assert imm.status.code == 403                       # the card is found by the pool's scan
     [rec] = [r for r in _records(runtime) if r["request_id"] == "env-unit-4"]
     assert rec["classification"]["summary"].get("pci.card_number")
-    assert servicer_mod._heavy_lane.executor is not None and servicer_mod._heavy_lane.pending == 0
+    assert decide_mod.heavy_lane.executor is not None and decide_mod.heavy_lane.pending == 0
 
 
 async def test_a_caller_that_goes_away_still_occupies_the_lane_until_its_inspection_ends():
     import asyncio
     import threading
 
-    lane = servicer_mod._HeavyLane()
+    lane = decide_mod.HeavyLane()
     release = threading.Event()
     task = asyncio.create_task(lane.run(lambda: release.wait(10)))
     await asyncio.sleep(0.05)

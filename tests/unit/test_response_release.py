@@ -9,7 +9,8 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ext_proc.server.servicer import Exchange, Servicer
+from ext_proc.server.response_side import ResponseSide
+from ext_proc.server.servicer import Servicer
 from tests.unit.test_tracing import Aborted, FakeContext, _drive, _exchange, _headers
 
 pytestmark = pytest.mark.asyncio
@@ -83,7 +84,7 @@ async def test_a_coalesced_stream_chunk_sends_its_first_text_in_the_first_body_m
                for i in range(0, len(text), 6)]
     events += [{**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
     sse = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
-    assert len(sse) > 2 * Exchange.FIRST_RESPONSE_SLICE_BYTES
+    assert len(sse) > 2 * ResponseSide.FIRST_RESPONSE_SLICE_BYTES
     messages = _exchange(token, "req-coalesced", {})[:2] + [
         pb.ProcessingRequest(response_headers=_headers({":status": "200", "content-type": "text/event-stream"})),
         pb.ProcessingRequest(response_body=pb.HttpBody(body=sse, end_of_stream=True))]
