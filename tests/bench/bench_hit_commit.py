@@ -19,13 +19,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from ext_proc.audit.config import AuditConfig  # noqa: E402
 from ext_proc.audit.log import open_audit_log  # noqa: E402
 
 PAD = "x" * 3000
 
 
 async def run(directory: Path, hits: int, rounds: int) -> dict:
-    log = open_audit_log({"dir": str(directory)}, signing_key_path=str(directory / "k.pem"), writer_id="bench")
+    log = open_audit_log(AuditConfig.from_dict({**{"dir": str(directory)}, "signing_key": str(directory / "k.pem")}), writer_id="bench")
     await log.start()
     out: dict[str, dict[str, list[float]]] = {"two_commits": {"p50_ms": [], "fsyncs_per_hit": []},
                                               "commit_together": {"p50_ms": [], "fsyncs_per_hit": []}}

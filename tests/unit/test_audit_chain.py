@@ -178,7 +178,7 @@ def test_records_committed_together_are_one_write_and_one_fsync_and_durable_when
     # A cache hit's decision and outcome (issue 22): one write + fsync for both, even when the
     # writer's batch limit would cut between them and other commits are queued around them.
     async def go():
-        log = open_audit_log({"dir": str(tmp_path / "a")}, signing_key_path=str(tmp_path / "k.pem"), writer_id="w")
+        log = open_audit_log(AuditConfig.from_dict({**{"dir": str(tmp_path / "a")}, "signing_key": str(tmp_path / "k.pem")}), writer_id="w")
         log.max_batch = 1
         await log.start()
         writes: list[list[bytes]] = []
@@ -210,7 +210,7 @@ def test_records_committed_together_are_one_write_and_one_fsync_and_durable_when
 
 def test_records_committed_together_are_not_committed_when_the_write_fails(tmp_path):
     async def go():
-        log = open_audit_log({"dir": str(tmp_path / "a")}, signing_key_path=str(tmp_path / "k.pem"), writer_id="w")
+        log = open_audit_log(AuditConfig.from_dict({**{"dir": str(tmp_path / "a")}, "signing_key": str(tmp_path / "k.pem")}), writer_id="w")
         await log.start()
 
         def broken(lines):

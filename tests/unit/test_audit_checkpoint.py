@@ -377,9 +377,8 @@ def test_an_http_witness_cosignature_is_kept_and_verify_checks_it(tmp_path, caps
     d, kept = tmp_path / "audit", tmp_path / "cosigned"
     try:
         async def go():
-            log = open_audit_log({"dir": str(d), "witness": {"url": f"http://127.0.0.1:{witness.port}",
-                                                              "keep": str(kept), "interval_s": 3600}},
-                                 signing_key_path=str(tmp_path / "k.pem"), writer_id="cosign")
+            log = open_audit_log(AuditConfig.from_dict({**{"dir": str(d), "witness": {"url": f"http://127.0.0.1:{witness.port}",
+                                                              "keep": str(kept), "interval_s": 3600}}, "signing_key": str(tmp_path / "k.pem")}), writer_id="cosign")
             await log.start()
             for i in range(5):
                 await log.commit({"kind": "decision", "request_id": f"r{i}"})

@@ -59,8 +59,7 @@ def test_records_committed_together_are_one_transaction_and_verify(table, tmp_pa
     # A cache hit's decision and outcome (issue 22) on the PostgreSQL sink: one batch, one
     # transaction, even with a batch limit of one record.
     async def go():
-        log = open_audit_log({"sink": "postgres", "dsn": DSN, "table": table},
-                             signing_key_path=str(tmp_path / "k.pem"), writer_id="pg2")
+        log = open_audit_log(AuditConfig.from_dict({**{"sink": "postgres", "dsn": DSN, "table": table}, "signing_key": str(tmp_path / "k.pem")}), writer_id="pg2")
         log.max_batch = 1
         await log.start()
         before = log.batches
