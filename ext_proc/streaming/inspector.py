@@ -605,8 +605,11 @@ class ResponseInspector:
         for sl in found:
             gate = self._gate(sl.key, json_text=sl.json_text)
             start = gate.fed_chars
+            # A constant decided at once only when nothing of its stream is held: a piece held
+            # before it may still be growing into a finding with what follows.
+            eager = sl.eager and not gate.held_chars
             gate.feed(sl.text)
-            if sl.eager:
+            if eager:
                 gate.flush()
             spans.append((sl.key, sl.path, start, start + len(sl.text)))
         return spans
