@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ext_proc.classify import Classifier, Finding, redact, summarize
+from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, normalize
 from ext_proc.classify.prefix import PrefixHold
 
 CONTEXT_CHARS = 256
@@ -101,6 +102,7 @@ class TextGate:
         # Redactions in the decided text, in stream offsets: (start, end, replacement), in order.
         # Lets a caller that releases whole events rebuild each event's own part of the text.
         self.edits: list[tuple[int, int, str]] = []
+        self._pem = PemMarks()
         limit = policy.classifier.max_input_chars
         if limit < CONTEXT_CHARS + 2 * policy.hold + policy.step:
             raise ValueError("the classifier's max_input_chars is too small for the hold-back")
@@ -177,10 +179,13 @@ class TextGate:
         held = "".join(self._pending)
         out: list[str] = []
         start = 0
+        base = self.released_chars
+        self._pem.extend(held, base)
         if final:
             # At the end, a block that never got its footer is masked to the end of the text by
             # its finding, which must fit one window: longer, it is refused like a growing one.
-            block = _open_block(held, 0, len(held))
+            block = self._pem.open_block(base, base + len(held))
+            block = None if block is None else block - base
             if block is not None and len(held) - block > p.max_block_chars:
                 raise Blocked("finding_too_long", "a key block in the response ran past "
                               f"{p.max_block_chars} characters without its end")
@@ -194,8 +199,9 @@ class TextGate:
             if not whole:
                 # A PEM block whose footer has not arrived is held whole, however long it grows:
                 # nothing of it (nor after it) is scanned or released until it ends.
-                block = _open_block(held, start, start + take)
+                block = self._pem.open_block(base + start, base + start + take)
                 if block is not None:
+                    block -= base
                     if start + take - block > p.max_block_chars:
                         raise Blocked("finding_too_long", "a key block in the response grew past "
                                       f"{p.max_block_chars} characters before it ended")
@@ -206,7 +212,7 @@ class TextGate:
                     if take - hold <= 0:
                         break
             window = self._context + held[start:start + take]
-            base = len(self._context)
+            ctx = len(self._context)
             findings = _whole_blocks(window, p.classifier.scan(window), end_known=whole)
             cut = take - hold
             if not whole and p.long_hold > p.hold:
@@ -220,18 +226,18 @@ class TextGate:
                 while moved and cut > 0:
                     moved = False
                     for f in findings:
-                        if f.start < base + cut < f.end and f.start - base > 0:
-                            cut, moved = f.start - base, True
-                        elif f.start < base + cut < f.end and p.long_hold > p.hold and take < p.long_hold:
+                        if f.start < ctx + cut < f.end and f.start - ctx > 0:
+                            cut, moved = f.start - ctx, True
+                        elif f.start < ctx + cut < f.end and p.long_hold > p.hold and take < p.long_hold:
                             cut = 0               # a finding from the very start still arriving: hold it all
                             break
                 if cut <= 0:
                     break
-                if 0xD800 <= ord(window[base + cut - 1]) <= 0xDBFF:
+                if 0xD800 <= ord(window[ctx + cut - 1]) <= 0xDBFF:
                     if cut == 1:
                         break                     # the high half alone: wait for what follows it
                     cut -= 1                      # never split a surrogate pair
-            decided = [f for f in findings if f.end > base and f.start < base + cut]
+            decided = [f for f in findings if f.end > ctx and f.start < ctx + cut]
             for f in decided:
                 if f.label in p.block:
                     if self.count:
@@ -241,7 +247,7 @@ class TextGate:
                 self.ledger.count(decided)
             piece = held[start:start + cut]
             if decided and p.redact:
-                local = [Finding(f.label, max(f.start - base, 0), min(f.end - base, cut), f.confidence, f.validator)
+                local = [Finding(f.label, max(f.start - ctx, 0), min(f.end - ctx, cut), f.confidence, f.validator)
                          for f in decided]
                 piece, reds = redact(piece, local, p.redact, hash_key=p.hash_key, tenant=p.tenant)
                 for r in reds:
@@ -289,38 +295,95 @@ def apply_edits(edits: list[tuple[int, int, str]], start: int, end: int, text: s
 
 PEM_BEGIN = "-----BEGIN"
 PEM_END = "-----END"
+PEM_CLOSE_WITHIN = 80          # characters after "-----END" in which the footer's "-----" must come
+# The most raw characters a footer ("-----END ...-----") can take: the classifier reads up to
+# ORIGINAL_SPAN_FACTOR raw characters per normalized one (invisible characters in between).
+PEM_FOOTER_RAW = ORIGINAL_SPAN_FACTOR * (len(PEM_END) + PEM_CLOSE_WITHIN + 5)
 
 
-def _footer_end(text: str, begin: int, stop: int) -> int:
-    """End of the footer line ("-----END ...-----") of the block opened at `begin`; -1 if it has
-    not (completely) arrived before `stop`."""
-    end = text.find(PEM_END, begin + len(PEM_BEGIN), stop)
-    if end < 0:
-        return -1
-    close = text.find("-----", end + len(PEM_END), min(stop, end + len(PEM_END) + 80))
-    return -1 if close < 0 else close + 5
+def pem_markers(text: str, base: int = 0) -> tuple[list[int], list[tuple[int, int]]]:
+    """PEM headers ("-----BEGIN" starts) and complete footers ((start, end) of "-----END ...-----")
+    in `text`, as the classifier reads them: found in its normalized form (look-alike dashes,
+    full-width letters and confusables folded, invisible characters dropped) and mapped back to
+    raw offsets (plus `base`). One pass of normalization and two of str.find: linear."""
+    norm = normalize(text)
+    n = norm.text
+
+    def raw_start(i: int) -> int:
+        return base + (i if norm.identity else norm.original_span(i, i + 1)[0])
+
+    def raw_end(i: int) -> int:
+        return base + (i if norm.identity else norm.original_span(i - 1, i)[1])
+
+    begins: list[int] = []
+    i = n.find(PEM_BEGIN)
+    while i >= 0:
+        begins.append(raw_start(i))
+        i = n.find(PEM_BEGIN, i + len(PEM_BEGIN))
+    footers: list[tuple[int, int]] = []
+    j = n.find(PEM_END)
+    while j >= 0:
+        close = n.find("-----", j + len(PEM_END), j + len(PEM_END) + PEM_CLOSE_WITHIN)
+        if close >= 0:
+            footers.append((raw_start(j), raw_end(close + 5)))
+        j = n.find(PEM_END, j + len(PEM_END))
+    return begins, footers
 
 
-def _open_block(held: str, start: int, stop: int) -> int | None:
-    """Where in held[start:stop] a PEM block begins whose footer has not arrived, if one does."""
-    begin = held.find(PEM_BEGIN, start, stop)
-    while begin >= 0:
-        end = _footer_end(held, begin, stop)
-        if end < 0:
-            return begin
-        begin = held.find(PEM_BEGIN, end, stop)
-    return None
+class PemMarks:
+    """The PEM headers and complete footers of a stream's pending text, in stream offsets, kept as
+    the text grows: each call normalizes only what arrived since the last one plus a tail in which
+    a footer may still have been arriving (PEM_FOOTER_RAW), so a block held while it grows to
+    max_block_chars costs linear time, not a rescan per step."""
+
+    def __init__(self) -> None:
+        self.begins: list[int] = []
+        self.footers: list[tuple[int, int]] = []
+        self.upto = 0              # stream offset up to which the markers are known
+
+    def extend(self, held: str, base: int) -> None:
+        """`held` is the pending text, starting at stream offset `base`."""
+        end = base + len(held)
+        if end <= self.upto:
+            return
+        lo = max(base, self.upto - PEM_FOOTER_RAW)
+        begins, footers = pem_markers(held[lo - base:], lo)
+        # What starts before lo was found before (a footer that started there and had not ended
+        # by then is longer than PEM_FOOTER_RAW: its block stays open, and is refused at the bound).
+        self.begins = [b for b in self.begins if base <= b < lo] + begins
+        self.footers = [f for f in self.footers if base <= f[0] < lo] + footers
+        self.upto = end
+
+    def open_block(self, start: int, stop: int) -> int | None:
+        """Where in [start, stop) a PEM block begins whose footer has not arrived before `stop`."""
+        k = bisect.bisect_left(self.begins, start)
+        while k < len(self.begins) and self.begins[k] < stop:
+            b = self.begins[k]
+            f = bisect.bisect_right(self.footers, (b, -1))
+            while f < len(self.footers) and self.footers[f][0] <= b:
+                f += 1
+            if f == len(self.footers) or self.footers[f][1] > stop:
+                return b
+            k = bisect.bisect_left(self.begins, self.footers[f][1], k + 1)
+        return None
 
 
 def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> list[Finding]:
     """A finding on a PEM header covers its block to the footer, however long the block is (the
     classifier's own finding stops at its longest match); with no footer at the end of the text,
-    to the end."""
+    to the end. Headers and footers are read as the classifier reads them (normalized)."""
+    if not findings:
+        return findings
+    begins, footers = pem_markers(window)
+    if not begins:
+        return findings
+    heads = set(begins)
     out = findings
     for i, f in enumerate(findings):
-        if not window.startswith(PEM_BEGIN, f.start):
+        if f.start not in heads:
             continue
-        end = _footer_end(window, f.start, len(window))
+        k = bisect.bisect_right(footers, (f.start, len(window) + 1))
+        end = footers[k][1] if k < len(footers) else -1
         if end < 0 and end_known:
             end = len(window)
         if end > f.end:
@@ -331,9 +394,9 @@ def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> l
 
 
 def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int, *, runs: bool = True) -> int:
-    """Move the cut back so that an unterminated PEM block (whose finding runs on past the header
-    the pattern matches) and, with `runs`, an unbroken run of non-space characters crossing it (a
-    key or token still arriving under a fixed hold) stay held, within long_hold of the end."""
+    """Move the cut back so that an unbroken run of non-space characters crossing it (a key or
+    token still arriving under a fixed hold) stays held, within long_hold of the end. (A PEM block
+    still open never reaches here: the caller cuts before it, see PemMarks.open_block.)"""
     floor = start + max(0, take - long_hold)
     j = start + cut
     if runs:
@@ -341,12 +404,6 @@ def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int, *, 
             j -= 1
         if j == floor and floor > start:
             j = start + cut  # a run longer than any finding: nothing to protect
-    begin = held.rfind("-----BEGIN", floor, start + take)
-    if begin >= 0:
-        end = held.find("-----END", begin, start + take)
-        # Held until the footer is complete ("-----END ... -----"), not just started.
-        if end < 0 or held.find("-----", end + 8, start + take) < 0:
-            j = min(j, begin)
     return j - start
 
 

@@ -95,3 +95,50 @@ def test_a_constant_role_does_not_hold_the_first_token_back():
                                                     hash_key=b"k" * 32, tenant="t")
     first = b"".join(r.body for r in ins.feed(body[:body.index(b" are you")], False))
     assert b'"role":"assistant"' in first.replace(b" ", b"") and b"Hello" in first
+
+
+# --- 2. PEM headers disguised as the classifier reads them ------------------------------------
+
+DISGUISES = {
+    "zero-width": ("-----BEGIN RSA PRIVATE KEY-----", "-----BEG\u200bIN RSA PRIVATE KEY-----"),
+    "full-width": ("-----BEGIN", "-----\uff22\uff25\uff27\uff29\uff2e"),
+    "dash-look-alikes": ("-----BEGIN", "\u2014-\u2013\u2212\uff0dBEGIN"),
+    "cyrillic": ("-----BEGIN", "-----B\u0415GIN"),
+    "invisible-runs": ("-----BEGIN", "-\u200b-\u200d-\u2060--B\ufeffEGIN"),
+    "footer-full-width": ("-----END", "\uff0d\uff0d\uff0d\uff0d\uff0d\uff25\uff2e\uff24"),
+}
+
+
+@pytest.mark.parametrize("disguise", sorted(DISGUISES))
+@pytest.mark.parametrize("framing", ["chat.content", "anthropic.text", "gemini.array", "whole.content"])
+def test_a_disguised_pem_header_holds_the_block_whole(disguise, framing):
+    from tests.unit.test_response_leaks import build
+    plain, hidden = DISGUISES[disguise]
+    key = fake_pem(8192, seed=11)
+    lines = [ln.strip() for ln in key.splitlines()[1:-1]]
+    rnd = random.Random(f"{disguise}/{framing}")
+    surface, ctype, body = build(framing, key.replace(plain, hidden), rnd)
+    out, ins = released(surface, ctype, body, rnd)
+    views = sdk_view(out)
+    assert not [ln for ln in lines if any(ln in v for v in views)], "lines of the key reached the client"
+    assert ins.outcome()["classification"].get("secret.private_key")
+
+
+def test_pem_markers_are_found_in_linear_time_while_a_disguised_block_grows(monkeypatch):
+    """A block held while it grows is normalized about once, not once per scan step."""
+    from ext_proc.streaming import gate
+    normalized = [0]
+    real = gate.normalize
+
+    def counting(text):
+        normalized[0] += len(text)
+        return real(text)
+    monkeypatch.setattr(gate, "normalize", counting)
+    key = fake_pem(8192, seed=12).replace("-----BEGIN", "-----\uff22\uff25\uff27\uff29\uff2e")
+    text = "Here: " + key + "\nok"
+    pieces = [text[i:i + 3] for i in range(0, len(text), 3)]
+    out, ins = out_of(chat([{"content": p} for p in pieces]))
+    assert ins.outcome()["classification"].get("secret.private_key")
+    # the classifier's scans of the decided windows are the rest; the held block itself is
+    # normalized a bounded number of times (PEM_FOOTER_RAW of overlap per step)
+    assert normalized[0] < 4 * len(text) + (len(text) // 64 + 1) * gate.PEM_FOOTER_RAW
