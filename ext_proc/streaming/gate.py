@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -103,6 +104,10 @@ class TextGate:
         # Lets a caller that releases whole events rebuild each event's own part of the text.
         self.edits: list[tuple[int, int, str]] = []
         self._pem = PemMarks()
+        # A finding inside a run of token characters still arriving (a JWT or key longer than the
+        # classifier's longest match): held from this stream offset until the run ends.
+        self._token_at: int | None = None
+        self._token_seen = 0           # stream offset up to which that run is known to go on
         limit = policy.classifier.max_input_chars
         if limit < CONTEXT_CHARS + 2 * policy.hold + policy.step:
             raise ValueError("the classifier's max_input_chars is too small for the hold-back")
@@ -168,6 +173,26 @@ class TextGate:
         needed = p.prefix.hold(held[max(start, end - p.prefix.max_chars):end])
         return (needed, False) if needed < p.hold else (p.hold, True)
 
+    def _open_token(self, held: str, base: int, start: int, take: int) -> int | None:
+        """Where (in `held`) the token run of a held finding begins, if it has not ended before
+        held[start + take]; past max_block_chars it is refused. None once it has ended (then the
+        window is scanned and the finding covers the whole run)."""
+        if self._token_at is None:
+            return None
+        t = self._token_at - base
+        stop = start + take
+        if not start <= t < stop:
+            return None
+        pos = max(t, self._token_seen - base - 1)
+        if _run_end(held, pos, stop) is not None:
+            self._token_at = None
+            return None
+        self._token_seen = base + stop
+        if stop - t > self.policy.max_block_chars:
+            raise Blocked("finding_too_long", "a secret in the response grew past "
+                          f"{self.policy.max_block_chars} characters before it ended")
+        return t
+
     def flush(self) -> str:
         """End of the stream: everything pending is decided and released."""
         if not self._pending_len:
@@ -189,6 +214,9 @@ class TextGate:
             if block is not None and len(held) - block > p.max_block_chars:
                 raise Blocked("finding_too_long", "a key block in the response ran past "
                               f"{p.max_block_chars} characters without its end")
+            if self._token_at is not None and base + len(held) - self._token_at > p.max_block_chars:
+                raise Blocked("finding_too_long", "a secret in the response ran past "
+                              f"{p.max_block_chars} characters")
         while start < len(held):
             rest = len(held) - start
             take = min(rest, self._window)
@@ -211,14 +239,32 @@ class TextGate:
                     hold, fixed = self._hold(held, start, take)
                     if take - hold <= 0:
                         break
+                # So is a secret whose token is still growing: until the run ends, it is not
+                # scanned again (the run is followed with one linear match per step).
+                tok = self._open_token(held, base, start, take)
+                if tok is not None:
+                    if tok == start:
+                        break
+                    take = tok - start
+                    hold, fixed = self._hold(held, start, take)
+                    if take - hold <= 0:
+                        break
             window = self._context + held[start:start + take]
             ctx = len(self._context)
             findings = _whole_blocks(window, p.classifier.scan(window), end_known=whole)
+            findings, open_at = _whole_tokens(window, findings, end_known=whole)
             cut = take - hold
             if not whole and p.long_hold > p.hold:
                 cut = _extend_hold(held, start, take, cut, p.long_hold, runs=fixed)
-                if cut <= 0:
-                    break
+            if open_at is not None:
+                tok = max(open_at - ctx, 0)
+                if take - tok > p.max_block_chars:
+                    raise Blocked("finding_too_long", "a secret in the response grew past "
+                                  f"{p.max_block_chars} characters before it ended")
+                self._token_at, self._token_seen = base + start + tok, base + start + take
+                cut = min(cut, tok)
+            if not whole and cut <= 0:
+                break
             if not whole:
                 # Findings may overlap (every label stands): the cut moves back before each one
                 # straddling it until none does.
@@ -391,6 +437,46 @@ def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> l
                 out = list(findings)
             out[i] = Finding(f.label, f.start, end, f.confidence, f.validator)
     return out
+
+
+# Characters that go on a token (keys, JWTs, base64 and hex values; invisible characters, which
+# the classifier drops, too); "." and "-" only between two of them.
+_TOKEN_CHAR = r"[\w+/=~\u00ad\u200b-\u200f\u2060-\u2064\ufeff]"
+_TOKEN_RUN = re.compile(rf"(?:{_TOKEN_CHAR}|[.\-](?={_TOKEN_CHAR}))*")
+_TOKEN_LAST = re.compile(r"[\w+/=~]")
+
+
+def _run_end(text: str, pos: int, stop: int) -> int | None:
+    """End of the token run going on from text[pos] before `stop`; None if it may still go on
+    (it reaches `stop`, or all that stops it is a last "." or "-")."""
+    e = _TOKEN_RUN.match(text, pos, stop).end()
+    if e >= stop or (e == stop - 1 and text[e] in ".-"):
+        return None
+    return e
+
+
+def _whole_tokens(window: str, findings: list[Finding], *, end_known: bool) -> tuple[list[Finding], int | None]:
+    """A finding that ends inside a run of token characters covers the run (a 20,000-character JWT
+    or key: the classifier's own finding stops at its longest match). Returns the findings and,
+    unless the end of the text is known, where the earliest finding whose run is still going on
+    at the end of the window begins (None if none is)."""
+    out = findings
+    open_at: int | None = None
+    n = len(window)
+    for i, f in enumerate(findings):
+        if f.end >= n or f.end <= f.start or not _TOKEN_LAST.match(window, f.end - 1):
+            continue
+        e = _run_end(window, f.end, n)
+        if e is None:
+            if not end_known:
+                open_at = f.start if open_at is None else min(open_at, f.start)
+                continue
+            e = n
+        if e > f.end:
+            if out is findings:
+                out = list(findings)
+            out[i] = Finding(f.label, f.start, e, f.confidence, f.validator)
+    return out, open_at
 
 
 def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int, *, runs: bool = True) -> int:

@@ -142,3 +142,61 @@ def test_pem_markers_are_found_in_linear_time_while_a_disguised_block_grows(monk
     # the classifier's scans of the decided windows are the rest; the held block itself is
     # normalized a bounded number of times (PEM_FOOTER_RAW of overlap per step)
     assert normalized[0] < 4 * len(text) + (len(text) // 64 + 1) * gate.PEM_FOOTER_RAW
+
+
+# --- 3. values longer than the classifier's longest finding ------------------------------------
+
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def long_jwt(claim_chars: int, seed: int = 3) -> str:
+    """A well-formed JWT whose payload carries a long claim (the classifier's finding stops at
+    4,096 characters of it)."""
+    rnd = random.Random(seed)
+    payload = json.dumps({"sub": "1234567890", "data": b64u(rnd.randbytes(claim_chars))[:claim_chars]})
+    return b64u(b'{"alg":"HS256","typ":"JWT"}') + "." + b64u(payload.encode()) + "." + b64u(rnd.randbytes(32))
+
+
+def pieces_out(secret: str, views: list[str], size: int = 48) -> int:
+    """How many of the secret's `size`-character pieces can be read in the released answer."""
+    return sum(1 for i in range(0, len(secret) - size, size) if any(secret[i:i + size] in v for v in views))
+
+
+@pytest.mark.parametrize("framing", ["chat.content", "whole.content", "anthropic.text", "gemini.array",
+                                     "converse.tool"])
+def test_a_20000_character_token_is_masked_whole_never_in_part(framing):
+    from tests.unit.test_response_leaks import build
+    token = long_jwt(15000)
+    assert len(token) > 20000
+    rnd = random.Random(framing)
+    surface, ctype, body = build(framing, token, rnd)
+    out, ins = released(surface, ctype, body, rnd)
+    assert not ins.blocked
+    assert pieces_out(token, sdk_view(out)) == 0, "part of the token reached the client"
+    assert ins.outcome()["classification"].get("secret.jwt")
+
+
+def test_a_token_growing_past_the_bound_blocks_the_answer_cleanly():
+    from ext_proc.streaming import ResponseInspector
+    from tests.unit.test_response_leaks import CLF, build
+    token = long_jwt(15000, seed=5)
+    rnd = random.Random(9)
+    surface, ctype, body = build("chat.content", token, rnd)
+    ins = ResponseInspector(surface, status=200, content_type=ctype, content_encoding=None, classifier=CLF,
+                            rules=MASK_ALL, hash_key=b"k" * 32, tenant="t", max_block_chars=8000)
+    out, i = [], 0
+    while i < len(body):
+        out += ins.feed(body[i:i + 700], i + 700 >= len(body))
+        i += 700
+    text = b"".join(r.body for r in out).decode()
+    assert ins.blocked and ins.blocked["label"] == "finding_too_long"
+    assert pieces_out(token, [text]) == 0 and '"code":"response_blocked"' in text
+
+
+def test_a_long_base64_value_without_a_finding_is_not_held_or_masked():
+    blob = base64.b64encode(random.Random(6).randbytes(30000)).decode()
+    body = chat([{"content": "image: "}] + [{"content": blob[i:i + 500]} for i in range(0, len(blob), 500)]
+                + [{"content": " done"}])
+    out, ins = out_of(body)
+    assert not ins.blocked and out == body
