@@ -200,3 +200,71 @@ def test_a_long_base64_value_without_a_finding_is_not_held_or_masked():
                 + [{"content": " done"}])
     out, ins = out_of(body)
     assert not ins.blocked and out == body
+
+
+# --- 4. logprobs: chosen bytes and the alternatives of each rank --------------------------------
+
+def lp_entry(token: str, alts: list[str] = (), raw: bytes | None = None) -> dict:
+    return {"token": token, "logprob": -0.1, "bytes": list(token.encode() if raw is None else raw),
+            "top_logprobs": [{"token": a, "logprob": -1.0 - r, "bytes": list(a.encode())} for r, a in enumerate(alts)]}
+
+
+def logprob_chat(entries: list[dict], content: list[str] | None = None) -> bytes:
+    content = content or [e["token"] for e in entries]
+    return chat([{"content": c} for c in content], [{"logprobs": {"content": [e]}} for e in entries])
+
+
+KEY_PIECES = ["AKIA", "IOSF", "ODNN", "7QWE", "RTYZ"]
+WORDS = ["The", " sky", " is", " blue", " today"]
+
+
+def lp_views(body: bytes) -> list[str]:
+    """What an application can build from the logprobs it reads: each rank's tokens joined,
+    and the bytes of each rank joined and decoded."""
+    ranks: dict = {}
+    for ev in events_of(body):
+        for ch in ev.get("choices", []):
+            for e in (ch.get("logprobs") or {}).get("content") or []:
+                ranks.setdefault("chosen", []).append((e["token"], e.get("bytes") or []))
+                for r, a in enumerate(e.get("top_logprobs") or []):
+                    ranks.setdefault(r, []).append((a["token"], a.get("bytes") or []))
+    out = []
+    for seq in ranks.values():
+        out.append("".join(t for t, _ in seq))
+        out.append(bytes(b for _, bs in seq for b in bs).decode("utf-8", "replace"))
+    return out
+
+
+LOGPROB_CASES = {
+    "second-best-rank": [lp_entry(w, [w, k]) for w, k in zip(WORDS, KEY_PIECES)],
+    "first-rank-differs": [lp_entry(w, [k, w]) for w, k in zip(WORDS, KEY_PIECES)],
+    "chosen-bytes": [lp_entry(w, raw=k.encode()) for w, k in zip(WORDS, KEY_PIECES)],
+    "alternative-bytes": [{**lp_entry(w), "top_logprobs": [{"token": "x", "logprob": -2, "bytes": list(k.encode())}]}
+                          for w, k in zip(WORDS, KEY_PIECES)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOGPROB_CASES))
+def test_a_key_spelled_across_logprob_alternatives_or_bytes_is_masked(case):
+    out, ins = out_of(logprob_chat(LOGPROB_CASES[case], WORDS))
+    assert longest_part(AWS, lp_views(out) + sdk_view(out)) < 5
+    assert ins.outcome()["classification"].get("secret.aws_access_key")
+
+
+def test_clean_logprobs_with_a_character_split_over_two_tokens_pass_byte_for_byte():
+    euro = "\u20ac".encode()
+    entries = [lp_entry("Price", ["Price", "Cost"]), lp_entry(" 5", [" 5", " 6"]),
+               lp_entry("bytes:\\xe2\\x82", raw=euro[:2]), lp_entry("\\xac", raw=euro[2:]), lp_entry(" only")]
+    body = logprob_chat(entries, ["Price", " 5", " \u20ac"[:1], "\u20ac", " only"])
+    out, ins = out_of(body)
+    assert out == body and not ins.outcome()["classification"]
+
+
+def test_a_redacted_chosen_token_has_its_bytes_rewritten_to_match():
+    entries = [lp_entry(p) for p in ["Key ", *KEY_PIECES, " ok"]]
+    out, _ = out_of(logprob_chat(entries))
+    for ev in events_of(out):
+        for ch in ev.get("choices", []):
+            for e in (ch.get("logprobs") or {}).get("content") or []:
+                assert bytes(e["bytes"]).decode() == e["token"]
+    assert "AKIA" not in "".join(lp_views(out))
