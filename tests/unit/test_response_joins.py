@@ -58,7 +58,7 @@ ONCE_SENT = {
     "role-later": [{"role": "AKIAIOSFODNN7QWERTY", "content": ""}, {"content": "hi there"}, {"role": "Z"}],
     "role-after-constant": [{"role": "assistant", "content": ""}, {"role": " AKIAIOSFOD"}, {"role": "NN7QWERTYZ"}],
     "tool-id": [tool_delta(id="AKIAIOSFOD", type="function", fn_name="f", fn_arguments=""),
-                tool_delta(id="NN7QWERTYZ")],
+                tool_delta(id="NN7QWERTYZ", fn_arguments="")],
     "tool-name": [tool_delta(id="c", type="function", fn_name="AKIAIOSFOD", fn_arguments=""),
                   tool_delta(fn_arguments="{}"), tool_delta(fn_name="NN7QWERTYZ")],
     "audio-id": [{"audio": {"id": "AKIAIOSFODNN7"}}, {"audio": {"transcript": "x"}}, {"audio": {"id": "QWERTYZ"}}],
