@@ -175,6 +175,17 @@ def whole_chat(text: str, field: str) -> bytes:
         {"index": 0, "message": msg, "finish_reason": "stop"}]}).encode()
 
 
+def whole_responses(text: str, field: str) -> bytes:
+    if field == "arguments":
+        item = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": text,
+                "status": "completed"}
+    else:
+        item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}
+    return json.dumps({"id": "resp_1", "object": "response", "status": "completed", "model": "m",
+                       "output": [item]}).encode()
+
+
 def build(framing: str, secret: str, rnd: random.Random) -> tuple[str, str | None, bytes]:
     json_text = framing.endswith(("arguments", "partial_json", "tool"))
     before = "Sure, here it is: " if not json_text else '{"value": "'
@@ -200,6 +211,8 @@ def build(framing: str, secret: str, rnd: random.Random) -> tuple[str, str | Non
         return "bedrock.converse", "application/vnd.amazon.eventstream", converse(pieces, framing[9:])
     if framing.startswith("whole."):
         return "openai.chat_completions", "application/json", whole_chat(text, framing[6:])
+    if framing.startswith("whole_responses."):
+        return "openai.responses", "application/json", whole_responses(text, framing[16:])
     raise AssertionError(framing)
 
 
@@ -209,7 +222,8 @@ FRAMINGS = ["chat.content", "chat.refusal", "chat.reasoning_content", "chat.argu
             "sse-as-application_x-ndjson", "sse-as-none",
             "responses.output_text", "responses.function_call_arguments",
             "anthropic.text", "anthropic.thinking", "anthropic.partial_json",
-            "gemini.sse", "gemini.array", "converse.text", "converse.tool", "whole.content", "whole.arguments"]
+            "gemini.sse", "gemini.array", "converse.text", "converse.tool", "whole.content", "whole.arguments",
+            "whole_responses.output_text", "whole_responses.arguments"]
 
 
 # --- what the client's SDK reads ---------------------------------------------------------------
@@ -332,10 +346,12 @@ def test_a_hidden_split_secret_never_reaches_the_sdk_intact(framing, kind):
 
 @pytest.mark.parametrize("framing", ["chat.content", "anthropic.text", "gemini.array", "gemini.sse",
                                      "converse.text", "whole.content", "chat.arguments"])
-@pytest.mark.parametrize("key", ["rsa8192", "rsa4096-indented"])
+@pytest.mark.parametrize("key", ["rsa8192", "rsa4096-indented", "rsa8192-disguised"])
 def test_a_long_pem_block_is_never_released_in_part(framing, key):
     rnd = random.Random(f"{framing}/{key}")
-    pem = fake_pem(8192, seed=1) if key == "rsa8192" else fake_pem(4096, indent=40, seed=2)
+    pem = fake_pem(8192, seed=1) if key != "rsa4096-indented" else fake_pem(4096, indent=40, seed=2)
+    if key == "rsa8192-disguised":      # a header the classifier reads through its normalization
+        pem = pem.replace("-----BEGIN", "-\u200b---\uff0d\uff22EGIN", 1)
     assert len(pem) > 4096 + 1000
     body_lines = [ln.strip() for ln in pem.splitlines()[1:-1]]
     for _ in range(2):
