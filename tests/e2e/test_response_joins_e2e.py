@@ -15,8 +15,17 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from tests.support import mock_reply
-from tests.unit.test_response_joins import (AWS, KEY_PIECES, ONCE_SENT, WORDS, chat, fake_pem, lp_entry,
-                                            logprob_chat, long_jwt, longest_part, pieces_out)
+from tests.unit.test_response_joins import (
+    AWS,
+    ONCE_SENT,
+    WORDS,
+    chat,
+    fake_pem,
+    logprob_chat,
+    long_jwt,
+    longest_part,
+    pieces_out,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +64,7 @@ def test_a_key_continued_in_a_once_sent_field_never_reaches_the_sdk_in_part(stac
 @pytest.mark.parametrize("case", ["second-best-rank", "chosen-bytes"])
 def test_a_key_spelled_in_logprob_alternatives_or_bytes_is_masked(stack, case):
     from tests.unit.test_response_joins import LOGPROB_CASES
-    chunks, snap = read(client(stack, **body_directive(logprob_chat(LOGPROB_CASES[case], WORDS))))
+    chunks, _snap = read(client(stack, **body_directive(logprob_chat(LOGPROB_CASES[case], WORDS))))
     ranks: dict = {}
     for ch in chunks:
         for c in ch["choices"]:
@@ -73,7 +82,7 @@ def test_an_8192_bit_key_behind_a_full_width_header_is_masked_whole(stack):
     lines = key.splitlines()[1:-1]
     disguised = key.replace("-----BEGIN", "-----\uff22\uff25\uff27\uff29\uff2e")
     c = client(stack, **{"x-mock-reply": mock_reply("Here:\n" + disguised + "\nkeep it."), "x-mock-chunk-chars": "7"})
-    chunks, snap = read(c)
+    _chunks, snap = read(c)
     content = snap["choices"][0]["message"]["content"]
     assert not any(line in content for line in lines) and "keep it." in content
 
@@ -81,6 +90,6 @@ def test_an_8192_bit_key_behind_a_full_width_header_is_masked_whole(stack):
 def test_a_20000_character_jwt_in_tiny_deltas_is_masked_whole(stack):
     token = long_jwt(15000, seed=22)
     c = client(stack, **{"x-mock-reply": mock_reply("token: " + token + " done."), "x-mock-chunk-chars": "11"})
-    chunks, snap = read(c)
+    _chunks, snap = read(c)
     content = snap["choices"][0]["message"]["content"]
     assert pieces_out(token, [content]) == 0 and content.endswith(" done.")

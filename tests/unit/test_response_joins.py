@@ -13,7 +13,14 @@ import random
 
 import pytest
 
-from tests.unit.test_response_leaks import MASK_ALL, events_of, fake_pem, released, sdk_view, sse
+from tests.unit.test_response_leaks import (
+    MASK_ALL,
+    events_of,
+    fake_pem,
+    released,
+    sdk_view,
+    sse,
+)
 
 AWS = "AKIAIOSFODNN7QWERTYZ"
 BASE = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
@@ -139,6 +146,7 @@ def test_pem_markers_are_found_in_linear_time_while_a_disguised_block_grows(monk
     pieces = [text[i:i + 3] for i in range(0, len(text), 3)]
     out, ins = out_of(chat([{"content": p} for p in pieces]))
     assert ins.outcome()["classification"].get("secret.private_key")
+    assert not any(line in out.decode() for line in key.splitlines()[1:-1])
     # the classifier's scans of the decided windows are the rest; the held block itself is
     # normalized a bounded number of times (PEM_FOOTER_RAW of overlap per step)
     assert normalized[0] < 4 * len(text) + (len(text) // 64 + 1) * gate.PEM_FOOTER_RAW
