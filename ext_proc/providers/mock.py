@@ -7,7 +7,9 @@ Test directives (request headers): x-mock-reply (percent-encoded reply text, or 
 its base64, which ledgergate's header inspection cannot read as the secret a test makes the reply carry), x-mock-chunk-chars
 (characters per streamed delta), x-mock-status (answer with that error status), x-mock-delay-ms,
 x-mock-event-delay-ms, x-mock-content-type (a streamed answer's content type, "none" for no header),
-x-mock-reply-as: tool (the reply is a tool call's arguments: chat, messages, converse). GET /_mock/requests lists the last 200 requests (with `response_b64`, the exact
+x-mock-reply-as: tool (the reply is a tool call's arguments: chat, messages, converse), x-mock-body
+(`b64:` and the exact body of a streamed answer, sent in pieces of x-mock-chunk-chars bytes: a
+misbehaving upstream's own events). GET /_mock/requests lists the last 200 requests (with `response_b64`, the exact
 body sent); DELETE clears them.
 """
 
@@ -352,6 +354,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b, h)
             return
         self._started = False
+        if stream and self.headers.get("x-mock-body", "").startswith("b64:"):
+            raw_body = base64.b64decode(self.headers["x-mock-body"][4:])
+            step = chunk or len(raw_body) or 1
+            self._stream(iter([raw_body[i:i + step] for i in range(0, len(raw_body), step)]))
+            return
         try:
             handler(body, model, prompt, reply, chunk, stream)
         except (AttributeError, TypeError, ValueError, KeyError):

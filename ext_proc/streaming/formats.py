@@ -35,15 +35,17 @@ class Slot:
     path: Path       # where the text sits in the event
     text: str
     json_text: bool = False   # the stream is JSON text (tool arguments): scanned with escapes decoded
-    # Decided at once, each piece scanned after what the stream released before (a finding
-    # completed by a later piece has that piece masked): strings that are continued in rare cases
-    # only (a role, a tool call's id or name) must not hold back the events behind them.
+    # Decided at once: a value from a fixed public set (a chat role) discloses nothing, so the
+    # event carrying it need not wait; a later piece continuing it is held and masked as usual.
     eager: bool = False
 
 
 # The strings of an OpenAI delta that carry the model's text and are held back like it.
 DELTA_TEXT_KEYS = frozenset({"content", "refusal", "reasoning_content", "reasoning", "arguments", "text",
                              "transcript"})   # audio answers: delta.audio.transcript
+# The roles an OpenAI delta names: constants, not text (every other string, a tool call's id or
+# name included, is held and joined like text: the SDK joins it).
+DELTA_ROLES = frozenset({"assistant", "user", "system", "developer", "tool", "function"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,7 @@ def _continued(obj: Any, key: StreamKey, path: Path, out: list["Slot"]) -> None:
                 continue
             if isinstance(v, str):
                 out.append(Slot(key + (k,), path + (k,), v, json_text=k == "arguments",
-                                eager=k not in DELTA_TEXT_KEYS))
+                                eager=k == "role" and v in DELTA_ROLES))
             elif isinstance(v, (dict, list)):
                 _continued(v, key + (k,), path + (k,), out)
     elif isinstance(obj, list):

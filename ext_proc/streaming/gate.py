@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from ext_proc.classify import Classifier, Finding, redact, summarize
+from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, normalize
 from ext_proc.classify.prefix import PrefixHold
 
 CONTEXT_CHARS = 256
@@ -101,6 +103,11 @@ class TextGate:
         # Redactions in the decided text, in stream offsets: (start, end, replacement), in order.
         # Lets a caller that releases whole events rebuild each event's own part of the text.
         self.edits: list[tuple[int, int, str]] = []
+        self._pem = PemMarks()
+        # A finding inside a run of token characters still arriving (a JWT or key longer than the
+        # classifier's longest match): held from this stream offset until the run ends.
+        self._token_at: int | None = None
+        self._token_seen = 0           # stream offset up to which that run is known to go on
         limit = policy.classifier.max_input_chars
         if limit < CONTEXT_CHARS + 2 * policy.hold + policy.step:
             raise ValueError("the classifier's max_input_chars is too small for the hold-back")
@@ -166,6 +173,26 @@ class TextGate:
         needed = p.prefix.hold(held[max(start, end - p.prefix.max_chars):end])
         return (needed, False) if needed < p.hold else (p.hold, True)
 
+    def _open_token(self, held: str, base: int, start: int, take: int) -> int | None:
+        """Where (in `held`) the token run of a held finding begins, if it has not ended before
+        held[start + take]; past max_block_chars it is refused. None once it has ended (then the
+        window is scanned and the finding covers the whole run)."""
+        if self._token_at is None:
+            return None
+        t = self._token_at - base
+        stop = start + take
+        if not start <= t < stop:
+            return None
+        pos = max(t, self._token_seen - base - 1)
+        if _run_end(held, pos, stop) is not None:
+            self._token_at = None
+            return None
+        self._token_seen = base + stop
+        if stop - t > self.policy.max_block_chars:
+            raise Blocked("finding_too_long", "a secret in the response grew past "
+                          f"{self.policy.max_block_chars} characters before it ended")
+        return t
+
     def flush(self) -> str:
         """End of the stream: everything pending is decided and released."""
         if not self._pending_len:
@@ -177,13 +204,19 @@ class TextGate:
         held = "".join(self._pending)
         out: list[str] = []
         start = 0
+        base = self.released_chars
+        self._pem.extend(held, base)
         if final:
             # At the end, a block that never got its footer is masked to the end of the text by
             # its finding, which must fit one window: longer, it is refused like a growing one.
-            block = _open_block(held, 0, len(held))
+            block = self._pem.open_block(base, base + len(held))
+            block = None if block is None else block - base
             if block is not None and len(held) - block > p.max_block_chars:
                 raise Blocked("finding_too_long", "a key block in the response ran past "
                               f"{p.max_block_chars} characters without its end")
+            if self._token_at is not None and base + len(held) - self._token_at > p.max_block_chars:
+                raise Blocked("finding_too_long", "a secret in the response ran past "
+                              f"{p.max_block_chars} characters")
         while start < len(held):
             rest = len(held) - start
             take = min(rest, self._window)
@@ -194,8 +227,9 @@ class TextGate:
             if not whole:
                 # A PEM block whose footer has not arrived is held whole, however long it grows:
                 # nothing of it (nor after it) is scanned or released until it ends.
-                block = _open_block(held, start, start + take)
+                block = self._pem.open_block(base + start, base + start + take)
                 if block is not None:
+                    block -= base
                     if start + take - block > p.max_block_chars:
                         raise Blocked("finding_too_long", "a key block in the response grew past "
                                       f"{p.max_block_chars} characters before it ended")
@@ -205,14 +239,32 @@ class TextGate:
                     hold, fixed = self._hold(held, start, take)
                     if take - hold <= 0:
                         break
+                # So is a secret whose token is still growing: until the run ends, it is not
+                # scanned again (the run is followed with one linear match per step).
+                tok = self._open_token(held, base, start, take)
+                if tok is not None:
+                    if tok == start:
+                        break
+                    take = tok - start
+                    hold, fixed = self._hold(held, start, take)
+                    if take - hold <= 0:
+                        break
             window = self._context + held[start:start + take]
-            base = len(self._context)
+            ctx = len(self._context)
             findings = _whole_blocks(window, p.classifier.scan(window), end_known=whole)
+            findings, open_at = _whole_tokens(window, findings, end_known=whole)
             cut = take - hold
             if not whole and p.long_hold > p.hold:
                 cut = _extend_hold(held, start, take, cut, p.long_hold, runs=fixed)
-                if cut <= 0:
-                    break
+            if open_at is not None:
+                tok = max(open_at - ctx, 0)
+                if take - tok > p.max_block_chars:
+                    raise Blocked("finding_too_long", "a secret in the response grew past "
+                                  f"{p.max_block_chars} characters before it ended")
+                self._token_at, self._token_seen = base + start + tok, base + start + take
+                cut = min(cut, tok)
+            if not whole and cut <= 0:
+                break
             if not whole:
                 # Findings may overlap (every label stands): the cut moves back before each one
                 # straddling it until none does.
@@ -220,18 +272,18 @@ class TextGate:
                 while moved and cut > 0:
                     moved = False
                     for f in findings:
-                        if f.start < base + cut < f.end and f.start - base > 0:
-                            cut, moved = f.start - base, True
-                        elif f.start < base + cut < f.end and p.long_hold > p.hold and take < p.long_hold:
+                        if f.start < ctx + cut < f.end and f.start - ctx > 0:
+                            cut, moved = f.start - ctx, True
+                        elif f.start < ctx + cut < f.end and p.long_hold > p.hold and take < p.long_hold:
                             cut = 0               # a finding from the very start still arriving: hold it all
                             break
                 if cut <= 0:
                     break
-                if 0xD800 <= ord(window[base + cut - 1]) <= 0xDBFF:
+                if 0xD800 <= ord(window[ctx + cut - 1]) <= 0xDBFF:
                     if cut == 1:
                         break                     # the high half alone: wait for what follows it
                     cut -= 1                      # never split a surrogate pair
-            decided = [f for f in findings if f.end > base and f.start < base + cut]
+            decided = [f for f in findings if f.end > ctx and f.start < ctx + cut]
             for f in decided:
                 if f.label in p.block:
                     if self.count:
@@ -241,7 +293,7 @@ class TextGate:
                 self.ledger.count(decided)
             piece = held[start:start + cut]
             if decided and p.redact:
-                local = [Finding(f.label, max(f.start - base, 0), min(f.end - base, cut), f.confidence, f.validator)
+                local = [Finding(f.label, max(f.start - ctx, 0), min(f.end - ctx, cut), f.confidence, f.validator)
                          for f in decided]
                 piece, reds = redact(piece, local, p.redact, hash_key=p.hash_key, tenant=p.tenant)
                 for r in reds:
@@ -289,38 +341,95 @@ def apply_edits(edits: list[tuple[int, int, str]], start: int, end: int, text: s
 
 PEM_BEGIN = "-----BEGIN"
 PEM_END = "-----END"
+PEM_CLOSE_WITHIN = 80          # characters after "-----END" in which the footer's "-----" must come
+# The most raw characters a footer ("-----END ...-----") can take: the classifier reads up to
+# ORIGINAL_SPAN_FACTOR raw characters per normalized one (invisible characters in between).
+PEM_FOOTER_RAW = ORIGINAL_SPAN_FACTOR * (len(PEM_END) + PEM_CLOSE_WITHIN + 5)
 
 
-def _footer_end(text: str, begin: int, stop: int) -> int:
-    """End of the footer line ("-----END ...-----") of the block opened at `begin`; -1 if it has
-    not (completely) arrived before `stop`."""
-    end = text.find(PEM_END, begin + len(PEM_BEGIN), stop)
-    if end < 0:
-        return -1
-    close = text.find("-----", end + len(PEM_END), min(stop, end + len(PEM_END) + 80))
-    return -1 if close < 0 else close + 5
+def pem_markers(text: str, base: int = 0) -> tuple[list[int], list[tuple[int, int]]]:
+    """PEM headers ("-----BEGIN" starts) and complete footers ((start, end) of "-----END ...-----")
+    in `text`, as the classifier reads them: found in its normalized form (look-alike dashes,
+    full-width letters and confusables folded, invisible characters dropped) and mapped back to
+    raw offsets (plus `base`). One pass of normalization and two of str.find: linear."""
+    norm = normalize(text)
+    n = norm.text
+
+    def raw_start(i: int) -> int:
+        return base + (i if norm.identity else norm.original_span(i, i + 1)[0])
+
+    def raw_end(i: int) -> int:
+        return base + (i if norm.identity else norm.original_span(i - 1, i)[1])
+
+    begins: list[int] = []
+    i = n.find(PEM_BEGIN)
+    while i >= 0:
+        begins.append(raw_start(i))
+        i = n.find(PEM_BEGIN, i + len(PEM_BEGIN))
+    footers: list[tuple[int, int]] = []
+    j = n.find(PEM_END)
+    while j >= 0:
+        close = n.find("-----", j + len(PEM_END), j + len(PEM_END) + PEM_CLOSE_WITHIN)
+        if close >= 0:
+            footers.append((raw_start(j), raw_end(close + 5)))
+        j = n.find(PEM_END, j + len(PEM_END))
+    return begins, footers
 
 
-def _open_block(held: str, start: int, stop: int) -> int | None:
-    """Where in held[start:stop] a PEM block begins whose footer has not arrived, if one does."""
-    begin = held.find(PEM_BEGIN, start, stop)
-    while begin >= 0:
-        end = _footer_end(held, begin, stop)
-        if end < 0:
-            return begin
-        begin = held.find(PEM_BEGIN, end, stop)
-    return None
+class PemMarks:
+    """The PEM headers and complete footers of a stream's pending text, in stream offsets, kept as
+    the text grows: each call normalizes only what arrived since the last one plus a tail in which
+    a footer may still have been arriving (PEM_FOOTER_RAW), so a block held while it grows to
+    max_block_chars costs linear time, not a rescan per step."""
+
+    def __init__(self) -> None:
+        self.begins: list[int] = []
+        self.footers: list[tuple[int, int]] = []
+        self.upto = 0              # stream offset up to which the markers are known
+
+    def extend(self, held: str, base: int) -> None:
+        """`held` is the pending text, starting at stream offset `base`."""
+        end = base + len(held)
+        if end <= self.upto:
+            return
+        lo = max(base, self.upto - PEM_FOOTER_RAW)
+        begins, footers = pem_markers(held[lo - base:], lo)
+        # What starts before lo was found before (a footer that started there and had not ended
+        # by then is longer than PEM_FOOTER_RAW: its block stays open, and is refused at the bound).
+        self.begins = [b for b in self.begins if base <= b < lo] + begins
+        self.footers = [f for f in self.footers if base <= f[0] < lo] + footers
+        self.upto = end
+
+    def open_block(self, start: int, stop: int) -> int | None:
+        """Where in [start, stop) a PEM block begins whose footer has not arrived before `stop`."""
+        k = bisect.bisect_left(self.begins, start)
+        while k < len(self.begins) and self.begins[k] < stop:
+            b = self.begins[k]
+            f = bisect.bisect_right(self.footers, (b, -1))
+            while f < len(self.footers) and self.footers[f][0] <= b:
+                f += 1
+            if f == len(self.footers) or self.footers[f][1] > stop:
+                return b
+            k = bisect.bisect_left(self.begins, self.footers[f][1], k + 1)
+        return None
 
 
 def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> list[Finding]:
     """A finding on a PEM header covers its block to the footer, however long the block is (the
     classifier's own finding stops at its longest match); with no footer at the end of the text,
-    to the end."""
+    to the end. Headers and footers are read as the classifier reads them (normalized)."""
+    if not findings:
+        return findings
+    begins, footers = pem_markers(window)
+    if not begins:
+        return findings
+    heads = set(begins)
     out = findings
     for i, f in enumerate(findings):
-        if not window.startswith(PEM_BEGIN, f.start):
+        if f.start not in heads:
             continue
-        end = _footer_end(window, f.start, len(window))
+        k = bisect.bisect_right(footers, (f.start, len(window) + 1))
+        end = footers[k][1] if k < len(footers) else -1
         if end < 0 and end_known:
             end = len(window)
         if end > f.end:
@@ -330,10 +439,50 @@ def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> l
     return out
 
 
+# Characters that go on a token (keys, JWTs, base64 and hex values; invisible characters, which
+# the classifier drops, too); "." and "-" only between two of them.
+_TOKEN_CHAR = r"[\w+/=~\u00ad\u200b-\u200f\u2060-\u2064\ufeff]"
+_TOKEN_RUN = re.compile(rf"(?:{_TOKEN_CHAR}|[.\-](?={_TOKEN_CHAR}))*")
+_TOKEN_LAST = re.compile(r"[\w+/=~]")
+
+
+def _run_end(text: str, pos: int, stop: int) -> int | None:
+    """End of the token run going on from text[pos] before `stop`; None if it may still go on
+    (it reaches `stop`, or all that stops it is a last "." or "-")."""
+    e = _TOKEN_RUN.match(text, pos, stop).end()
+    if e >= stop or (e == stop - 1 and text[e] in ".-"):
+        return None
+    return e
+
+
+def _whole_tokens(window: str, findings: list[Finding], *, end_known: bool) -> tuple[list[Finding], int | None]:
+    """A finding that ends inside a run of token characters covers the run (a 20,000-character JWT
+    or key: the classifier's own finding stops at its longest match). Returns the findings and,
+    unless the end of the text is known, where the earliest finding whose run is still going on
+    at the end of the window begins (None if none is)."""
+    out = findings
+    open_at: int | None = None
+    n = len(window)
+    for i, f in enumerate(findings):
+        if f.end >= n or f.end <= f.start or not _TOKEN_LAST.match(window, f.end - 1):
+            continue
+        e = _run_end(window, f.end, n)
+        if e is None:
+            if not end_known:
+                open_at = f.start if open_at is None else min(open_at, f.start)
+                continue
+            e = n
+        if e > f.end:
+            if out is findings:
+                out = list(findings)
+            out[i] = Finding(f.label, f.start, e, f.confidence, f.validator)
+    return out, open_at
+
+
 def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int, *, runs: bool = True) -> int:
-    """Move the cut back so that an unterminated PEM block (whose finding runs on past the header
-    the pattern matches) and, with `runs`, an unbroken run of non-space characters crossing it (a
-    key or token still arriving under a fixed hold) stay held, within long_hold of the end."""
+    """Move the cut back so that an unbroken run of non-space characters crossing it (a key or
+    token still arriving under a fixed hold) stays held, within long_hold of the end. (A PEM block
+    still open never reaches here: the caller cuts before it, see PemMarks.open_block.)"""
     floor = start + max(0, take - long_hold)
     j = start + cut
     if runs:
@@ -341,12 +490,6 @@ def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int, *, 
             j -= 1
         if j == floor and floor > start:
             j = start + cut  # a run longer than any finding: nothing to protect
-    begin = held.rfind("-----BEGIN", floor, start + take)
-    if begin >= 0:
-        end = held.find("-----END", begin, start + take)
-        # Held until the footer is complete ("-----END ... -----"), not just started.
-        if end < 0 or held.find("-----", end + 8, start + take) < 0:
-            j = min(j, begin)
     return j - start
 
 

@@ -117,6 +117,14 @@ class _Decoder:
             raise Blocked("bad_encoding", "the compressed response ended before its end marker")
 
 
+@dataclass(frozen=True, slots=True)
+class _Bytes:
+    """A logprob entry's `bytes` while its event waits: the text they decode to in their stream
+    (what the gate scans) and the list as it came (what goes out when nothing was redacted)."""
+    text: str
+    original: list
+
+
 @dataclass
 class _Queued:
     """An event (SSE event, array element, event-stream message) waiting until every character it
@@ -234,6 +242,7 @@ class ResponseInspector:
         self._buffer = bytearray()
         self._raw_gate: TextGate | None = None
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self._byte_decoders: dict[StreamKey, Any] = {}     # logprob bytes streams
 
     @property
     def streamed(self) -> bool:
@@ -496,6 +505,14 @@ class ResponseInspector:
         changed = item.changed
         for key, path, start, end in item.spans:
             text = formats.get_path(item.ev, path)
+            if isinstance(text, _Bytes):        # a logprob's bytes, scanned as the text they spell
+                edited = self._gates[key].edited(start, end, text.text)
+                if edited != text.text:
+                    changed = True
+                    formats.set_path(item.ev, path, list(edited.encode("utf-8", "surrogateescape")))
+                else:
+                    formats.set_path(item.ev, path, text.original)
+                continue
             edited = self._gates[key].edited(start, end, text)
             if edited != text:
                 formats.set_path(item.ev, path, edited)
@@ -605,11 +622,70 @@ class ResponseInspector:
         for sl in found:
             gate = self._gate(sl.key, json_text=sl.json_text)
             start = gate.fed_chars
+            # A constant decided at once only when nothing of its stream is held: a piece held
+            # before it may still be growing into a finding with what follows.
+            eager = sl.eager and not gate.held_chars
             gate.feed(sl.text)
-            if sl.eager:
+            if eager:
                 gate.flush()
             spans.append((sl.key, sl.path, start, start + len(sl.text)))
         return spans
+
+    def _logprob_slots(self, ev: dict) -> list[formats.Slot]:
+        """Logprobs as an application can read them, beyond the chosen tokens (formats.slots):
+        the chosen tokens' `bytes` joined (they decode to the text again, a character split over
+        two tokens included), and the alternatives of each rank joined across positions (the
+        second-best reading, and so on), tokens and bytes. Each alternative alone is a string of
+        the event, scanned whole like every other. A reading mixing ranks is not joined."""
+        out: list[formats.Slot] = []
+        lists: list[tuple[StreamKey, formats.Path, Any]] = []
+        choices = ev.get("choices")
+        if isinstance(choices, list):
+            for i, ch in enumerate(choices):
+                if not isinstance(ch, dict) or not isinstance(ch.get("logprobs"), dict):
+                    continue
+                kind = "chat" if isinstance(ch.get("delta"), dict) or isinstance(ch.get("message"), dict) else "cmpl"
+                idx = formats._idx(ch.get("index"), i)
+                for part in ("content", "refusal"):
+                    lists.append(((kind, idx, "logprobs", part), ("choices", i, "logprobs", part),
+                                  ch["logprobs"].get(part)))
+        t = ev.get("type")
+        if isinstance(t, str) and t.startswith("response.") and isinstance(ev.get("logprobs"), list):
+            part = formats._idx(ev.get("content_index", 0), 0)
+            lists.append((("resp", formats._idx(ev.get("output_index"), 0), "logprobs", part), ("logprobs",),
+                          ev["logprobs"]))
+        for key, path, items in lists:
+            if not isinstance(items, list):
+                continue
+            for k, item in enumerate(items):
+                if not isinstance(item, dict):
+                    continue
+                if "logprobs" == path[0] and isinstance(item.get("token"), str):   # Responses: chosen tokens
+                    out.append(formats.Slot(key + ("token",), path + (k, "token"), item["token"]))
+                self._bytes_slot(item, key + ("bytes",), path + (k, "bytes"), out)
+                top = item.get("top_logprobs")
+                if not isinstance(top, list):
+                    continue
+                for r, alt in enumerate(top):
+                    if not isinstance(alt, dict):
+                        continue
+                    if isinstance(alt.get("token"), str):
+                        out.append(formats.Slot(key + ("top", r), path + (k, "top_logprobs", r, "token"), alt["token"]))
+                    self._bytes_slot(alt, key + ("top-bytes", r), path + (k, "top_logprobs", r, "bytes"), out)
+        return out
+
+    def _bytes_slot(self, item: dict, key: StreamKey, path: formats.Path, out: list[formats.Slot]) -> None:
+        raw = item.get("bytes")
+        if not isinstance(raw, list) or not raw:
+            return
+        if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in raw):
+            raise Blocked("bad_body", "a logprob's bytes are not a list of bytes")
+        dec = self._byte_decoders.get(key)
+        if dec is None:
+            dec = self._byte_decoders[key] = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        text = dec.decode(bytes(raw))
+        item["bytes"] = _Bytes(text, raw)
+        out.append(formats.Slot(key, path, text))
 
     def _object_event(self, ev: dict, raw: bytes, wrap: Callable[[bytes], bytes], duplicate: bool) -> None:
         """A JSON object event (an SSE event's data, an array element, a whole body): its stream
@@ -622,7 +698,7 @@ class ResponseInspector:
         if self.drop_usage_chunk and ev.get("choices") == [] and isinstance(ev.get("usage"), dict) \
                 and ev.get("object") == "chat.completion.chunk":
             return None
-        spans = self._feed_slots(formats.slots(ev))
+        spans = self._feed_slots(formats.slots(ev) + self._logprob_slots(ev))
         for prefix in formats.terminated(ev):
             self._decide(prefix)
         changed = self._scan_strings(ev, {sp[1] for sp in spans}, count=not formats.restates(ev)) or duplicate

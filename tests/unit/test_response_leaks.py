@@ -79,11 +79,31 @@ def sse(events: list[dict], names: list[str | None] | None = None, done: bool = 
 
 # --- framings: (surface, content type, body) from the text pieces ----------------------------
 
+FILLER = ["The", " sky", " is", " blue", " and", " the", " sea", " is", " calm"]
+
+
 def openai_chat(pieces: list[str], field: str) -> bytes:
     base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "system_fingerprint": "fp_1"}
     evs = []
     for i, p in enumerate(pieces):
-        if field == "arguments":
+        lp = None
+        if field in ("top_logprobs", "logprob_bytes"):
+            # the text is spelled by the second-best alternatives, or by the chosen tokens' bytes,
+            # while the chosen tokens say something else
+            word = FILLER[i % len(FILLER)]
+            alt = {"token": p, "logprob": -2.0, "bytes": list(p.encode())}
+            entry = {"token": word, "logprob": -0.1, "bytes": list((p if field == "logprob_bytes" else word).encode()),
+                     "top_logprobs": [{"token": word, "logprob": -0.1, "bytes": list(word.encode())}]
+                     + ([alt] if field == "top_logprobs" else [])}
+            delta, lp = {"content": word}, {"content": [entry], "refusal": None}
+        elif field in ("tool_id", "tool_name"):
+            # strings the SDK joins though an upstream sends them once
+            call: dict = {"index": 0, "id": p, "function": {"arguments": ""}} if field == "tool_id" else \
+                {"index": 0, "function": {"name": p}}
+            if i == 0:
+                call["type"] = "function"
+            delta = {"tool_calls": [call]}
+        elif field == "arguments":
             delta = {"tool_calls": [{"index": 0, "function": {"arguments": p}}]}
             if i == 0:
                 delta["tool_calls"][0].update(id="call_1", type="function")
@@ -91,7 +111,10 @@ def openai_chat(pieces: list[str], field: str) -> bytes:
         else:
             delta = {field: p}
         # the choice index as "0" in some events and 0 in others: the SDK reads both as choice 0
-        evs.append({**base, "choices": [{"index": "0" if i % 2 else 0, "delta": delta, "finish_reason": None}]})
+        choice = {"index": "0" if i % 2 else 0, "delta": delta, "finish_reason": None}
+        if lp is not None:
+            choice["logprobs"] = lp
+        evs.append({**base, "choices": [choice]})
     evs.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     return sse(evs, done=True)
 
@@ -152,6 +175,17 @@ def whole_chat(text: str, field: str) -> bytes:
         {"index": 0, "message": msg, "finish_reason": "stop"}]}).encode()
 
 
+def whole_responses(text: str, field: str) -> bytes:
+    if field == "arguments":
+        item = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": text,
+                "status": "completed"}
+    else:
+        item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}
+    return json.dumps({"id": "resp_1", "object": "response", "status": "completed", "model": "m",
+                       "output": [item]}).encode()
+
+
 def build(framing: str, secret: str, rnd: random.Random) -> tuple[str, str | None, bytes]:
     json_text = framing.endswith(("arguments", "partial_json", "tool"))
     before = "Sure, here it is: " if not json_text else '{"value": "'
@@ -177,15 +211,19 @@ def build(framing: str, secret: str, rnd: random.Random) -> tuple[str, str | Non
         return "bedrock.converse", "application/vnd.amazon.eventstream", converse(pieces, framing[9:])
     if framing.startswith("whole."):
         return "openai.chat_completions", "application/json", whole_chat(text, framing[6:])
+    if framing.startswith("whole_responses."):
+        return "openai.responses", "application/json", whole_responses(text, framing[16:])
     raise AssertionError(framing)
 
 
 FRAMINGS = ["chat.content", "chat.refusal", "chat.reasoning_content", "chat.arguments", "chat.role",
+            "chat.tool_id", "chat.tool_name", "chat.top_logprobs", "chat.logprob_bytes",
             "sse-as-text_plain", "sse-as-application_octet-stream", "sse-as-application_json",
             "sse-as-application_x-ndjson", "sse-as-none",
             "responses.output_text", "responses.function_call_arguments",
             "anthropic.text", "anthropic.thinking", "anthropic.partial_json",
-            "gemini.sse", "gemini.array", "converse.text", "converse.tool", "whole.content", "whole.arguments"]
+            "gemini.sse", "gemini.array", "converse.text", "converse.tool", "whole.content", "whole.arguments",
+            "whole_responses.output_text", "whole_responses.arguments"]
 
 
 # --- what the client's SDK reads ---------------------------------------------------------------
@@ -237,13 +275,30 @@ def _unescape(text: str) -> str:
         m.group(1), m.group(1)), text)
 
 
+def logprob_ranks(ev: dict, ranks: dict) -> None:
+    """Logprobs joined per rank across positions (tokens and decoded bytes): the chosen tokens,
+    the best alternatives, the second-best..."""
+    for ch in ev.get("choices") or []:
+        for e in ((ch.get("logprobs") or {}).get("content") or []) if isinstance(ch, dict) else []:
+            for r, item in [("chosen", e)] + list(enumerate(e.get("top_logprobs") or [])):
+                tokens, raw = ranks.setdefault(r, ([], bytearray()))
+                tokens.append(item.get("token") or "")
+                raw.extend(item.get("bytes") or [])
+
+
 def sdk_view(body: bytes) -> list[str]:
-    """Strings joined per field name across events (as the SDKs join a stream), decoded too."""
+    """Strings joined per field name across events (as the SDKs join a stream), decoded too;
+    logprobs joined per rank."""
     joined: dict[str, str] = {}
+    ranks: dict = {}
     for ev in events_of(body):
         for name, s in _walk(ev):
             joined[name] = joined.get(name, "") + s
+        if isinstance(ev, dict):
+            logprob_ranks(ev, ranks)
     texts = list(joined.values())
+    for tokens, raw in ranks.values():
+        texts += ["".join(tokens), raw.decode("utf-8", "replace")]
     return texts + [_unescape(t) for t in texts] + [body.decode("utf-8", "replace")]
 
 
@@ -259,9 +314,23 @@ def released(surface: str, ctype: str | None, body: bytes, rnd: random.Random, r
     return b"".join(r.body for r in out), ins
 
 
+def longest_part(secret: str, views: list[str]) -> int:
+    """The longest substring of `secret` that can be read in one of `views`."""
+    best = 0
+    for v in views:
+        for i in range(len(secret) - best):
+            j = i + best + 1
+            while j <= len(secret) and secret[i:j] in v:
+                best, j = j - i, j + 1
+    return best
+
+
 def assert_not_intact(secret: str, views: list[str]) -> None:
     for v in views:
         assert secret not in v
+    # nor in part: what goes out of a secret before it is decided is a leak too (up to 5
+    # characters may be shared by chance with the framing: "e.com" in "response.completed")
+    assert longest_part(secret, views) < 6, "part of the secret reached the client"
 
 
 @pytest.mark.parametrize("framing", FRAMINGS)
@@ -277,10 +346,12 @@ def test_a_hidden_split_secret_never_reaches_the_sdk_intact(framing, kind):
 
 @pytest.mark.parametrize("framing", ["chat.content", "anthropic.text", "gemini.array", "gemini.sse",
                                      "converse.text", "whole.content", "chat.arguments"])
-@pytest.mark.parametrize("key", ["rsa8192", "rsa4096-indented"])
+@pytest.mark.parametrize("key", ["rsa8192", "rsa4096-indented", "rsa8192-disguised"])
 def test_a_long_pem_block_is_never_released_in_part(framing, key):
     rnd = random.Random(f"{framing}/{key}")
-    pem = fake_pem(8192, seed=1) if key == "rsa8192" else fake_pem(4096, indent=40, seed=2)
+    pem = fake_pem(8192, seed=1) if key != "rsa4096-indented" else fake_pem(4096, indent=40, seed=2)
+    if key == "rsa8192-disguised":      # a header the classifier reads through its normalization
+        pem = pem.replace("-----BEGIN", "-\u200b---\uff0d\uff22EGIN", 1)
     assert len(pem) > 4096 + 1000
     body_lines = [ln.strip() for ln in pem.splitlines()[1:-1]]
     for _ in range(2):
