@@ -32,18 +32,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ext_proc.providers.adapters import (
-    MAX_SEGMENTS,
-    BadRequestBody,
-    load_json,
-    ParsedRequest,
-    Path,
-    TextSegment,
-    _dump,
-    _get_path,
-    _set_path,
-    field_changes,
-)
+from ext_proc.providers.adapters import ParsedRequest, _get_path, _set_path, field_changes
+from ext_proc.providers.body import MAX_SEGMENTS, BadRequestBody, Path, TextSegment, dump_json, load_json
 
 MAX_ATTACHMENT_BYTES = 4 * 1024 * 1024
 _SHORT_PAYLOAD = 4096
@@ -431,7 +421,7 @@ def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[
     # Deepest first, so an enclosing key is renamed after everything below it was addressed.
     for path, new_key in sorted(renames, key=lambda r: -len(r[0])):
         _edit(obj, path, lambda o, p: _rename(o, p, new_key))
-    return _dump(obj)
+    return dump_json(obj)
 
 
 def _edit(obj: Any, path: Path, change: Any) -> None:

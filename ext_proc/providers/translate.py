@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote
 
-from ext_proc.providers.eventstream import EventStreamDecoder, Message
-from ext_proc.streaming.sse import SSEFramer
+from ext_proc.wire.eventstream import EventStreamDecoder, Message
+from ext_proc.wire.sse import SSEFramer
 
 TARGETS = ("anthropic", "gemini", "bedrock")
 ANTHROPIC_VERSION = "2023-06-01"

@@ -17,8 +17,10 @@ from typing import Any
 import yaml
 
 from ext_proc.keyfiles import write_private
+from ext_proc.providers import registry
 
-PROVIDERS = ("openai", "anthropic", "gemini", "bedrock")
+# The upstream clusters (Azure shares OpenAI's), each configurable under upstreams.NAME.
+PROVIDERS = registry.upstream_clusters()
 
 
 class ConfigError(ValueError):

@@ -33,14 +33,15 @@ from functools import partial
 from typing import Any, Callable, Mapping
 
 from ext_proc.classify import STRATEGIES, Classifier, InputTooLarge
-from ext_proc.providers import error_body, eventstream
-from ext_proc.providers.eventstream import EventStreamDecoder, EventStreamError
+from ext_proc.providers import error_body
+from ext_proc.wire import eventstream
+from ext_proc.wire.eventstream import EventStreamDecoder, EventStreamError
 from ext_proc.streaming import formats
 from ext_proc.streaming.formats import ALL, StreamKey
 from ext_proc.streaming.gate import (Blocked, JsonTextGate, Ledger, ScanPolicy, TextGate, clean_whole,
                                      inspect_string, inspect_whole)
-from ext_proc.streaming.jsonseq import JsonSeqError, JsonSeqReader
-from ext_proc.streaming.sse import EventTooLarge, SSEEvent, SSEFramer, frame
+from ext_proc.wire.jsonseq import JsonSeqError, JsonSeqReader
+from ext_proc.wire.sse import EventTooLarge, SSEEvent, SSEFramer, frame
 
 DECODE_PIECE = 64 << 10
 
@@ -303,7 +304,6 @@ class ResponseInspector:
         self.finished = True
         self.blocked = {"label": label, "at_event": self.events, "at_byte": self._at_byte, "reason": reason}
         fam = formats.family(self.surface_name)
-        fam = fam if fam in ("anthropic", "gemini", "bedrock") else "openai"
         # The error goes out in the form the client is reading: a JSON error under the 403 the
         # server sets when the headers are still held; otherwise in the body's own framing (what
         # was released so far), or the one the content type announced.

@@ -8,8 +8,8 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext_proc.providers import eventstream
-from ext_proc.providers.eventstream import EventStreamDecoder, EventStreamError, encode_message
+from ext_proc.wire import eventstream
+from ext_proc.wire.eventstream import EventStreamDecoder, EventStreamError, encode_message
 
 header_values = st.one_of(st.text(max_size=40), st.booleans(), st.integers(-2**31, 2**31 - 1),
                           st.binary(max_size=40))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ext_proc.providers import BadRequestBody, match_surface, parse_response, render_response
-from ext_proc.providers.mock import MockProviderServer
+from ext_proc.dev.mock import MockProviderServer
 
 CHAT = match_surface("POST", "/v1/chat/completions")
 COMP = match_surface("POST", "/v1/completions")

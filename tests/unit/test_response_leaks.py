@@ -22,8 +22,8 @@ import re
 import pytest
 
 from ext_proc.classify import Classifier
-from ext_proc.providers import eventstream
-from ext_proc.providers.eventstream import EventStreamDecoder
+from ext_proc.wire import eventstream
+from ext_proc.wire.eventstream import EventStreamDecoder
 from ext_proc.streaming import ResponseInspector, ResponseRules
 
 CLF = Classifier()

@@ -25,9 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 from urllib.parse import unquote, urlsplit
 
-from ext_proc.providers import eventstream
-from ext_proc.providers.errors import error_body
-from ext_proc.providers.surfaces import match_surface
+from ext_proc.wire import eventstream
+from ext_proc.providers.registry import error_body, match_surface
 
 MAX_BODY = 32 * 1024 * 1024
 MAX_LOGGED_BODY = 1024 * 1024  # per request in the /_mock/requests log (200 entries)

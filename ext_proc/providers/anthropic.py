@@ -1,0 +1,146 @@
+"""Anthropic: messages and count_tokens (inspected), message batches (route only). Its messages
+shape is also what Anthropic models read on Bedrock's invoke surfaces."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from ext_proc.providers.body import (
+    TextSegment,
+    as_list,
+    content_segments,
+    dump_json,
+    free_json,
+    items,
+    messages_of,
+    obj_or_none,
+    strings,
+    text_at,
+    usage_of,
+)
+from ext_proc.providers.events import ALL, Slot, StreamKey, index
+from ext_proc.providers.names import Provider
+from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
+from ext_proc.providers.surfaces import Surface, under
+
+_EXACT = {
+    "/v1/messages": ("anthropic.messages", "messages"),
+    "/v1/messages/count_tokens": ("anthropic.count_tokens", "count_tokens"),
+}
+
+
+def match(method: str, path: str) -> Surface | None:
+    hit = _EXACT.get(path) if method == "POST" else None
+    if hit is not None:
+        return Surface(name=hit[0], provider=Provider.ANTHROPIC, api=hit[1])
+    if under(path, "/v1/messages/batches"):
+        return Surface(name="anthropic.batches", provider=Provider.ANTHROPIC, api="batch", inspectable=False)
+    return None
+
+
+def read_messages(body: dict, *, messages_required: bool = True) -> Iterator[TextSegment]:
+    """In the order the model reads them: the system prompt, the turns, then the tools."""
+    system = body.get("system")
+    if system is not None:
+        yield from content_segments(system, ("system",))
+    for i, m in enumerate(messages_of(body, required=messages_required)):
+        yield from content_segments(m.get("content"), ("messages", i, "content"))
+    as_list(body.get("tools"), ("tools",))
+    yield from free_json(body, "tools")
+    for key in ("metadata", "output_format", "output_config", "mcp_servers", "container"):
+        yield from free_json(body, key)
+
+
+def answer_messages(obj: dict) -> tuple[list[TextSegment], dict | None]:
+    segs: list[TextSegment] = []
+    for i, block in enumerate(items(obj.get("content"), "content")):
+        block = obj_or_none(block, "content[]") or {}
+        for key in ("text", "thinking"):
+            text_at(segs, block, key, ("content", i))
+        if block.get("input") is not None:
+            segs.extend(strings(block["input"], ("content", i, "input"), free=True))
+    return segs, usage_of(obj.get("usage"), "input_tokens", "output_tokens")
+
+
+# --- streamed events ---------------------------------------------------------------------------
+
+_DELTA_FIELDS = {"text_delta": "text", "input_json_delta": "partial_json", "thinking_delta": "thinking"}
+# Event types only Anthropic's stream has: how a stream is recognised as Anthropic's.
+EVENT_TYPES = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                         "message_delta", "message_stop", "ping"})
+
+
+def stream_slots(ev: dict) -> list[Slot]:
+    out: list[Slot] = []
+    t = ev.get("type")
+    if t == "content_block_delta" and isinstance(ev.get("delta"), dict):
+        d, idx = ev["delta"], index(ev.get("index"), 0)
+        field = _DELTA_FIELDS.get(d.get("type"))
+        if field and isinstance(d.get(field), str):
+            out.append(Slot(("anth", idx, field), ("delta", field), d[field], json_text=field == "partial_json"))
+    elif t == "content_block_start" and isinstance(ev.get("content_block"), dict):
+        # The SDK starts the block's text (or thinking) with what this event carries and appends
+        # the deltas to it: the same stream.
+        b, idx = ev["content_block"], index(ev.get("index"), 0)
+        for field in ("text", "thinking"):
+            if isinstance(b.get(field), str):
+                out.append(Slot(("anth", idx, field), ("content_block", field), b[field]))
+    return out
+
+
+def stream_terminated(ev: dict) -> list[StreamKey]:
+    t = ev.get("type")
+    if t == "content_block_stop":
+        return [("anth", index(ev.get("index"), 0))]
+    if t in ("message_delta", "message_stop", "error"):
+        return [ALL]
+    return []
+
+
+def _usage_holder(ev: dict) -> Any:
+    return ev["message"] if ev.get("type") == "message_start" and isinstance(ev.get("message"), dict) else None
+
+
+STREAM = StreamRules(slots=stream_slots, terminated=stream_terminated, final_types=frozenset({"message_stop"}),
+                     usage_holder=_usage_holder,
+                     output_only_usage=frozenset({"message_delta"}))   # the input came with message_start
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+# https://docs.anthropic.com/en/api/errors
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+          500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "timeout_error",
+          529: "overloaded_error"}
+
+
+def error_body(status: int, code: str, message: str) -> tuple[dict[str, str], dict]:
+    kind = _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {}, {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def stream_error(surface_name: str, message: str, responses_api: bool, sequence_number: int) -> bytes:
+    """The anthropic SDK raises APIStatusError on `event: error`."""
+    data = {"type": "error", "error": {"type": "api_error", "message": message}}
+    return b"event: error\ndata: " + dump_json(data) + b"\n\n"
+
+
+MESSAGES = SurfaceRules(read_messages, answer_messages, cap_field=("max_tokens",))
+
+SPEC = ProviderSpec(
+    name=Provider.ANTHROPIC,
+    match=match,
+    surfaces={"anthropic.messages": MESSAGES, "anthropic.count_tokens": SurfaceRules(read_messages)},
+    error_body=error_body,
+    stream_error=stream_error,
+    stream=STREAM,
+    token_fields=(("input_tokens", "output_tokens"),),
+    ceiling_fields=(("max_tokens",),),
+    # anthropic-sdk: anthropic-version (required), anthropic-beta (feature flags).
+    headers=frozenset({"anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"}),
+    query=frozenset({"beta", "limit", "before_id", "after_id"}),
+    genai_name="anthropic",
+    cluster="anthropic",
+    upstream_host="api.anthropic.com",
+)

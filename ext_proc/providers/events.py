@@ -1,0 +1,43 @@
+"""The vocabulary of streamed answers that every provider module speaks: the text deltas of an
+event (slots), the content streams they belong to (keys) and indexes read the way the SDKs read
+them. The rules for each provider's events live in its own module; streaming/formats.py asks
+every registered provider in turn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Path = tuple
+StreamKey = tuple
+
+ALL: StreamKey = ()   # a key prefix matching every stream
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    key: StreamKey   # the content stream the text belongs to
+    path: Path       # where the text sits in the event
+    text: str
+    json_text: bool = False   # the stream is JSON text (tool arguments): scanned with escapes decoded
+    # Decided at once, each piece scanned after what the stream released before (a finding
+    # completed by a later piece has that piece masked): strings that are continued in rare cases
+    # only (a role, a tool call's id or name) must not hold back the events behind them.
+    eager: bool = False
+
+
+def index(value: Any, default: int) -> Any:
+    """An index as the SDKs read it: their (pydantic) models coerce "0", 0.0 and True to 0 and 1,
+    so "0" in one event and 0 in the next are the same choice or block."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        v = value.strip()
+        if v[1:].isdigit() and v[:1] in "+-" and v.isascii() or v.isdigit() and v.isascii():
+            return int(v)
+        return value
+    return default
