@@ -13,3 +13,4 @@ class Provider(StrEnum):
     ANTHROPIC = "anthropic"
     GEMINI = "gemini"
     BEDROCK = "bedrock"
+    MISTRAL = "mistral"

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from typing import Iterator, Mapping
 
-from ext_proc.providers import anthropic, azure, bedrock, gemini, openai
+from ext_proc.providers import anthropic, azure, bedrock, gemini, mistral, openai
 from ext_proc.providers.body import Path
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
 from ext_proc.providers.surfaces import MAX_PATH, Surface
 
-SPECS: tuple[ProviderSpec, ...] = (openai.SPEC, azure.SPEC, anthropic.SPEC, bedrock.SPEC, gemini.SPEC)
+SPECS: tuple[ProviderSpec, ...] = (openai.SPEC, azure.SPEC, anthropic.SPEC, bedrock.SPEC, gemini.SPEC,
+                                    mistral.SPEC)
 PROVIDERS: Mapping[str, ProviderSpec] = {s.name: s for s in SPECS}
 _SURFACES: Mapping[str, SurfaceRules] = {name: rules for s in SPECS for name, rules in s.surfaces.items()}
 # Unknown routes answer in OpenAI's error format (the most common client).

@@ -73,3 +73,6 @@ class ProviderSpec:
     genai_name: str = ""                                # OpenTelemetry gen_ai.provider.name
     cluster: str = ""                                   # the Envoy cluster its requests go to
     upstream_host: str = ""                             # the public API host
+    # A prefix ledgergate's Envoy routes put before the provider's own paths when they would
+    # collide with another provider's (Envoy's prefix_rewrite strips it on the way upstream).
+    route_prefix: str = ""

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote
 
+from ext_proc.providers.names import Provider
 from ext_proc.wire.eventstream import EventStreamDecoder, Message
 from ext_proc.wire.sse import SSEFramer
 
-TARGETS = ("anthropic", "gemini", "bedrock")
+TARGETS = (Provider.ANTHROPIC, Provider.GEMINI, Provider.BEDROCK)
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096          # Anthropic requires max_tokens; OpenAI makes it optional
 MAX_EVENT_BYTES = 1 << 20
@@ -30,7 +31,7 @@ class TranslationError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    provider: str    # "anthropic" | "gemini"
+    provider: str    # one of TARGETS
     model: str       # the provider's model id
 
 
@@ -191,11 +192,11 @@ def _functions(body: dict) -> list[dict]:
 
 def translate_request(body: dict, target: Target) -> TranslatedRequest:
     _common_checks(body)
-    if target.provider == "anthropic":
+    if target.provider == Provider.ANTHROPIC:
         return _to_anthropic(body, target)
-    if target.provider == "gemini":
+    if target.provider == Provider.GEMINI:
         return _to_gemini(body, target)
-    if target.provider == "bedrock":
+    if target.provider == Provider.BEDROCK:
         return _to_bedrock(body, target)
     raise TranslationError(f"no translation to provider {target.provider!r}")
 
@@ -407,7 +408,7 @@ class ResponseTranslator:
     def start(self, status: int, content_type: str | None) -> None:
         self.status = status
         ctype = (content_type or "").split(";", 1)[0].strip().lower()
-        expected = "application/vnd.amazon.eventstream" if self.target.provider == "bedrock" else "text/event-stream"
+        expected = "application/vnd.amazon.eventstream" if self.target.provider == Provider.BEDROCK else "text/event-stream"
         self._error = status >= 400 or (self.stream and ctype != expected)
 
     def feed(self, data: bytes, end_of_stream: bool) -> bytes:
@@ -419,7 +420,7 @@ class ResponseTranslator:
                 return b""
             body = bytes(self._body)
             return self._error_body(body) if self._error else _dumps(self._whole(body))
-        if self.target.provider == "bedrock":
+        if self.target.provider == Provider.BEDROCK:
             out = [self._bedrock_event(msg) for msg, _raw in self._es.feed(data)]
             if end_of_stream:
                 if self._es.pending:
@@ -451,7 +452,7 @@ class ResponseTranslator:
             raise TranslationError("the upstream answer is not JSON") from None
         if not isinstance(obj, dict):
             raise TranslationError("the upstream answer is not a JSON object")
-        if self.target.provider == "anthropic":
+        if self.target.provider == Provider.ANTHROPIC:
             text, calls = [], []
             for block in obj.get("content") or []:
                 if block.get("type") == "text":
@@ -462,7 +463,7 @@ class ResponseTranslator:
             u = obj.get("usage") or {}
             self.usage = {"input_tokens": u.get("input_tokens") or 0, "output_tokens": u.get("output_tokens") or 0}
             return self._completion("".join(text), calls, _ANTHROPIC_FINISH.get(obj.get("stop_reason"), "stop"))
-        if self.target.provider == "bedrock":
+        if self.target.provider == Provider.BEDROCK:
             text, calls = [], []
             for block in ((obj.get("output") or {}).get("message") or {}).get("content") or []:
                 if isinstance(block.get("text"), str):
@@ -517,7 +518,7 @@ class ResponseTranslator:
             raise TranslationError("an upstream stream event is not JSON") from None
         if not isinstance(obj, dict):
             return b""
-        if self.target.provider == "anthropic":
+        if self.target.provider == Provider.ANTHROPIC:
             return self._anthropic_event(obj)
         return self._gemini_event(obj)
 

@@ -34,7 +34,7 @@ from ext_proc.pipeline.request import (
     reject_unprocessable,
     strip_headers,
 )
-from ext_proc.providers import error_body, match_surface
+from ext_proc.providers import Provider, error_body, match_surface
 from ext_proc.server.messages import attributes_of as _attributes
 from ext_proc.server.messages import headers_to_dict as _headers_to_dict
 from ext_proc.server.messages import set_header as _set_header
@@ -374,7 +374,7 @@ class Exchange:
                                               code="route_unavailable", policy_outcome=verdict.record["decision"].get("outcome"))
             verdict.record["forwarded_sha256"] = None
             verdict.reject(503, "route_unavailable", "the model the policy chose for this request is not configured",
-                           "openai")
+                           Provider.OPENAI)
             return
         if route is None:
             return
@@ -397,7 +397,7 @@ class Exchange:
             verdict.record["decision"] = dict(verdict.record["decision"], outcome="deny", status=400,
                                               code="translation_error", policy_outcome=verdict.record["decision"].get("outcome"))
             verdict.record["forwarded_sha256"] = None
-            verdict.reject(400, "translation_error", message, "openai")
+            verdict.reject(400, "translation_error", message, Provider.OPENAI)
             return
         self.multiplex = (route, translated)
         verdict.new_body = translated.body
@@ -417,7 +417,7 @@ class Exchange:
         if self.multiplex is not None and self.multiplex[1] is None:
             route = self.multiplex[0]
             set_headers.append(_set_header(CHAIN_HEADER, route.name))
-            openai_cred = self.rt.config.upstream_credentials.get("openai")
+            openai_cred = self.rt.config.upstream_credentials.get(Provider.OPENAI)
             if openai_cred:
                 remove.append(openai_cred["header"].lower())
             clear_route = True
@@ -428,7 +428,7 @@ class Exchange:
             set_headers.append(_set_header(":path", translated.path))
             set_headers += [_set_header(k, v) for k, v in translated.headers.items()]
             set_headers.append(_set_header("x-ledgergate-upstream", route.target.provider))
-            openai_cred = self.rt.config.upstream_credentials.get("openai")
+            openai_cred = self.rt.config.upstream_credentials.get(Provider.OPENAI)
             cred = self.rt.config.upstream_credentials.get(route.target.provider)
             if openai_cred:
                 remove.append(openai_cred["header"].lower())
