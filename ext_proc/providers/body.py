@@ -174,13 +174,6 @@ def as_dict(value: Any, path: Path) -> dict:
     return value
 
 
-def opt_dict(body: dict, key: str) -> dict:
-    v = body.get(key)
-    if v is None:
-        return {}
-    return as_dict(v, (key,))
-
-
 def is_data_url(s: str) -> bool:
     return s[:5].lower() == "data:"
 
