@@ -3,6 +3,7 @@ shape is also what Anthropic models read on Bedrock's invoke surfaces."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator
 
 from ext_proc.providers.body import (
@@ -18,10 +19,11 @@ from ext_proc.providers.body import (
     text_at,
     usage_of,
 )
-from ext_proc.providers.events import ALL, Slot, StreamKey, index
+from ext_proc.providers.events import ALL, NotReplayable, Slot, StreamKey, index, replay_pieces
 from ext_proc.providers.names import Provider
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
 from ext_proc.providers.surfaces import Surface, under
+from ext_proc.wire.sse import event_bytes
 
 _EXACT = {
     "/v1/messages": ("anthropic.messages", "messages"),
@@ -106,6 +108,34 @@ STREAM = StreamRules(slots=stream_slots, terminated=stream_terminated, final_typ
                      output_only_usage=frozenset({"message_delta"}))   # the input came with message_start
 
 
+def _event(payload: dict, event: str) -> bytes:
+    return event_bytes(json.dumps(payload, separators=(",", ":"), ensure_ascii=False), event)
+
+
+def replay_messages(answer: dict, include_usage: bool) -> bytes:
+    """A cached message as its stream (text blocks only); the usage always travels in it."""
+    blocks = answer.get("content")
+    if not isinstance(blocks, list) or any(not isinstance(b, dict) or b.get("type") != "text" for b in blocks):
+        raise NotReplayable("content")
+    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+    start = {k: answer.get(k) for k in ("id", "type", "role", "model")}
+    start.update(content=[], stop_reason=None, stop_sequence=None,
+                 usage={"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1})
+    out = [_event({"type": "message_start", "message": start}, "message_start")]
+    for i, block in enumerate(blocks):
+        out.append(_event({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}},
+                          "content_block_start"))
+        for piece in replay_pieces(block.get("text") or ""):
+            out.append(_event({"type": "content_block_delta", "index": i,
+                               "delta": {"type": "text_delta", "text": piece}}, "content_block_delta"))
+        out.append(_event({"type": "content_block_stop", "index": i}, "content_block_stop"))
+    out.append(_event({"type": "message_delta",
+                       "delta": {"stop_reason": answer.get("stop_reason"), "stop_sequence": answer.get("stop_sequence")},
+                       "usage": {"output_tokens": usage.get("output_tokens", 0)}}, "message_delta"))
+    out.append(_event({"type": "message_stop"}, "message_stop"))
+    return b"".join(out)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 # https://docs.anthropic.com/en/api/errors
@@ -126,7 +156,7 @@ def stream_error(surface_name: str, message: str, responses_api: bool, sequence_
     return b"event: error\ndata: " + dump_json(data) + b"\n\n"
 
 
-MESSAGES = SurfaceRules(read_messages, answer_messages, cap_field=("max_tokens",))
+MESSAGES = SurfaceRules(read_messages, answer_messages, cap_field=("max_tokens",), replay=replay_messages)
 
 SPEC = ProviderSpec(
     name=Provider.ANTHROPIC,

@@ -4,6 +4,8 @@ requests go to the openai cluster (an Azure resource is configured as that upstr
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ext_proc.providers import openai
 from ext_proc.providers.names import Provider
 from ext_proc.providers.spec import ProviderSpec, SurfaceRules
@@ -45,7 +47,8 @@ SPEC = ProviderSpec(
     name=Provider.AZURE,
     match=match,
     # No max_tokens cap is written on its responses and completions surfaces.
-    surfaces={"azure.chat_completions": openai.CHAT, "azure.responses": SurfaceRules(openai.read_responses, openai.answer_responses),
+    # Answers are not served from the response cache (replay=None): not tried with AzureOpenAI yet.
+    surfaces={"azure.chat_completions": replace(openai.CHAT, replay=None), "azure.responses": SurfaceRules(openai.read_responses, openai.answer_responses),
               "azure.embeddings": openai.EMBEDDINGS,
               "azure.completions": SurfaceRules(openai.read_completions, openai.answer_chat)},
     error_body=openai.error_body,

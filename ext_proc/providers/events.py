@@ -12,6 +12,16 @@ Path = tuple
 StreamKey = tuple
 
 ALL: StreamKey = ()   # a key prefix matching every stream
+REPLAY_PIECE_CHARS = 64   # text per delta of a replayed stream; the SDKs concatenate them
+
+
+class NotReplayable(Exception):
+    """A cached answer has a shape its provider does not re-frame as a stream (tool calls, several
+    choices, non-text blocks): the request is forwarded instead of approximated."""
+
+
+def replay_pieces(text: str) -> list[str]:
+    return [text[i:i + REPLAY_PIECE_CHARS] for i in range(0, len(text), REPLAY_PIECE_CHARS)] or [""]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ OpenAI-compatible ones (Azure, Mistral) and the one multiplexing translates to a
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator
 
 from ext_proc.providers.body import (
@@ -24,10 +25,11 @@ from ext_proc.providers.body import (
     usage_of,
     where_of,
 )
-from ext_proc.providers.events import ALL, Slot, StreamKey, index
+from ext_proc.providers.events import ALL, NotReplayable, Slot, StreamKey, index, replay_pieces
 from ext_proc.providers.names import Provider
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
 from ext_proc.providers.surfaces import Surface, model_segment, under
+from ext_proc.wire.sse import event_bytes
 
 # --- routes -----------------------------------------------------------------------------------
 
@@ -321,6 +323,37 @@ STREAM = StreamRules(slots=stream_slots, terminated=stream_terminated, final_typ
                      usage_holder=_usage_holder, restates=_restates)
 
 
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def replay_chat(answer: dict, include_usage: bool) -> bytes:
+    """A cached chat completion as its stream: role, text deltas, finish, usage when asked, [DONE]."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1:
+        raise NotReplayable("choices")
+    choice = choices[0]
+    msg = choice.get("message") or {}
+    text = msg.get("content")
+    if not isinstance(text, str) or msg.get("tool_calls") or msg.get("function_call"):
+        raise NotReplayable("message")
+    base = {"id": answer.get("id"), "object": "chat.completion.chunk", "created": answer.get("created"),
+            "model": answer.get("model")}
+    if answer.get("system_fingerprint") is not None:
+        base["system_fingerprint"] = answer["system_fingerprint"]
+    out = [event_bytes(_json({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                   "logprobs": None, "finish_reason": None}]}))]
+    for piece in replay_pieces(text):
+        out.append(event_bytes(_json({**base, "choices": [{"index": 0, "delta": {"content": piece},
+                                                           "logprobs": None, "finish_reason": None}]})))
+    out.append(event_bytes(_json({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                                       "finish_reason": choice.get("finish_reason") or "stop"}]})))
+    if include_usage and isinstance(answer.get("usage"), dict):
+        out.append(event_bytes(_json({**base, "choices": [], "usage": answer["usage"]})))
+    out.append(event_bytes("[DONE]"))
+    return b"".join(out)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -354,7 +387,7 @@ def stream_error(surface_name: str, message: str, responses_api: bool, sequence_
 # --- the provider ------------------------------------------------------------------------------
 
 CHAT = SurfaceRules(read_chat, answer_chat, cap_field=("max_completion_tokens",),
-                    usage_option=("stream_options", "include_usage"))
+                    usage_option=("stream_options", "include_usage"), replay=replay_chat)
 RESPONSES = SurfaceRules(read_responses, answer_responses, cap_field=("max_output_tokens",))
 EMBEDDINGS = SurfaceRules(read_embeddings, answer_embeddings)
 COMPLETIONS = SurfaceRules(read_completions, answer_chat, cap_field=("max_tokens",))

@@ -53,6 +53,11 @@ def surface_rules(surface_name: str) -> SurfaceRules | None:
     return _SURFACES.get(surface_name)
 
 
+def replayable_surfaces() -> tuple[str, ...]:
+    """The surfaces whose cached answers can be re-framed as their stream."""
+    return tuple(name for name, rules in _SURFACES.items() if rules.replay is not None)
+
+
 def family(surface_name: str) -> ProviderSpec:
     """The provider whose formats a surface (or a stream shape such as "openai.responses") speaks."""
     return PROVIDERS.get(surface_name.split(".", 1)[0].lower(), DEFAULT)

@@ -30,6 +30,10 @@ class SurfaceRules:
     # A streamed request gets this field set to True so the usage comes back (OpenAI's
     # stream_options.include_usage); None when the provider always reports it.
     usage_option: Path | None = None
+    # A cached whole answer re-framed as the provider's own stream, (answer, include_usage) ->
+    # SSE bytes, so the SDK that asked for a stream reads it as its own; NotReplayable when the
+    # shape is not one it re-frames. None: answers of this surface are not served from the cache.
+    replay: Callable[[dict, bool], bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
