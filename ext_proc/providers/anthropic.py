@@ -23,6 +23,8 @@ from ext_proc.providers.events import ALL, NotReplayable, Slot, StreamKey, index
 from ext_proc.providers.names import Provider
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
 from ext_proc.providers.surfaces import Surface, under
+from ext_proc.providers import translation as tr
+from ext_proc.providers.translation import Emitter, Target, TranslatedRequest, Translation, TranslationError
 from ext_proc.wire.sse import event_bytes
 
 _EXACT = {
@@ -158,6 +160,118 @@ def stream_error(surface_name: str, message: str, responses_api: bool, sequence_
 
 MESSAGES = SurfaceRules(read_messages, answer_messages, cap_field=("max_tokens",), replay=replay_messages)
 
+
+# --- multiplexing: an OpenAI chat request served by Anthropic Messages ------------------------
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096          # Anthropic requires max_tokens; OpenAI makes it optional
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+           "pause_turn": "stop", "refusal": "content_filter"}
+
+
+def _image(url: str, where: str) -> dict:
+    if url.startswith("https://"):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    if not url.startswith("data:"):
+        raise TranslationError(f"{where}: an image URL must be https or a data: URL")
+    media, data = tr.data_url(url, where)
+    return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+
+
+def _tool_choice(choice: Any) -> dict:
+    if choice == "auto":
+        return {"type": "auto"}
+    if choice == "required":
+        return {"type": "any"}
+    if choice == "none":
+        return {"type": "none"}
+    if isinstance(choice, dict) and isinstance((choice.get("function") or {}).get("name"), str):
+        return {"type": "tool", "name": choice["function"]["name"]}
+    raise TranslationError("tool_choice cannot be translated")
+
+
+def from_openai(body: dict, target: Target) -> TranslatedRequest:
+    system, turns = tr.conversation(
+        body, assistant_role="assistant",
+        user_parts=lambda c, w: tr.user_parts(c, w, text=lambda t: {"type": "text", "text": t}, image=_image),
+        text_block=lambda text: {"type": "text", "text": text},
+        tool_call_block=lambda cid, name, args: {"type": "tool_use", "id": cid, "name": name, "input": args},
+        tool_result_block=lambda cid, _name, text, _w: {"type": "tool_result", "tool_use_id": cid, "content": text})
+    messages = [{"role": t["role"], "content": t["blocks"]} for t in turns]
+    if not messages or messages[0]["role"] != "user":
+        raise TranslationError("the conversation must start with a user message for this model")
+    out: dict[str, Any] = {"model": target.model, "messages": messages,
+                           "max_tokens": tr.max_tokens(body) or DEFAULT_MAX_TOKENS}
+    if system:
+        out["system"] = "\n\n".join(system)
+    for key in ("temperature", "top_p"):
+        if isinstance(body.get(key), (int, float)) and not isinstance(body.get(key), bool):
+            out[key] = body[key]
+    if tr.stops(body):
+        out["stop_sequences"] = tr.stops(body)
+    fns = tr.functions(body)
+    if fns:
+        out["tools"] = [{"name": f["name"], "description": f.get("description") or "",
+                         "input_schema": f.get("parameters") or {"type": "object", "properties": {}}} for f in fns]
+    choice = body.get("tool_choice")
+    if choice is not None:
+        out["tool_choice"] = _tool_choice(choice)
+    if isinstance(body.get("user"), str):
+        out["metadata"] = {"user_id": body["user"]}
+    stream = body.get("stream") is True
+    if stream:
+        out["stream"] = True
+    return TranslatedRequest("POST", "/v1/messages", {"content-type": "application/json",
+                                                      "anthropic-version": ANTHROPIC_VERSION}, tr.dumps(out), stream)
+
+
+def whole_to_openai(obj: dict) -> tr.WholeAnswer:
+    text, calls = [], []
+    for block in obj.get("content") or []:
+        if block.get("type") == "text":
+            text.append(block.get("text") or "")
+        elif block.get("type") == "tool_use":
+            calls.append(tr.tool_call(block.get("id"), block.get("name"), block.get("input")))
+    u = obj.get("usage") or {}
+    usage = {"input_tokens": u.get("input_tokens") or 0, "output_tokens": u.get("output_tokens") or 0}
+    return "".join(text), calls, _FINISH.get(obj.get("stop_reason"), "stop"), usage
+
+
+def event_to_openai(out: Emitter, obj: dict) -> bytes:
+    t = obj.get("type")
+    if t == "message_start":
+        u = (obj.get("message") or {}).get("usage") or {}
+        out.usage = {"input_tokens": u.get("input_tokens") or 0, "output_tokens": u.get("output_tokens") or 0}
+        return out.chunk({"role": "assistant", "content": ""})
+    if t == "content_block_start" and (obj.get("content_block") or {}).get("type") == "tool_use":
+        block = obj["content_block"]
+        n = out.tools.setdefault(obj.get("index", 0), len(out.tools))
+        return out.chunk({"tool_calls": [{"index": n, "id": block.get("id"), "type": "function",
+                                          "function": {"name": block.get("name"), "arguments": ""}}]})
+    if t == "content_block_delta":
+        d = obj.get("delta") or {}
+        if d.get("type") == "text_delta":
+            return out.chunk({"content": d.get("text") or ""})
+        if d.get("type") == "input_json_delta" and obj.get("index", 0) in out.tools:
+            return out.chunk({"tool_calls": [{"index": out.tools[obj.get("index", 0)],
+                                              "function": {"arguments": d.get("partial_json") or ""}}]})
+        return b""
+    if t == "message_delta":
+        u = obj.get("usage") or {}
+        if out.usage is not None and u.get("output_tokens") is not None:
+            out.usage["output_tokens"] = u["output_tokens"]
+        out.finish = _FINISH.get((obj.get("delta") or {}).get("stop_reason"), "stop")
+        return b""
+    if t == "message_stop":
+        return out.close()
+    if t == "error":
+        return out.stream_error(((obj.get("error") or {}).get("message")) or "the upstream stream failed")
+    return b""
+
+
+TRANSLATION = Translation(from_openai, whole_to_openai, event_to_openai)
+
+
 SPEC = ProviderSpec(
     name=Provider.ANTHROPIC,
     match=match,
@@ -173,4 +287,5 @@ SPEC = ProviderSpec(
     genai_name="anthropic",
     cluster="anthropic",
     upstream_host="api.anthropic.com",
+    translation=TRANSLATION,
 )

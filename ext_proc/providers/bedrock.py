@@ -4,7 +4,9 @@ with the model in the path. Streams are AWS event streams (ext_proc/wire/eventst
 
 from __future__ import annotations
 
-from typing import Iterator
+import json
+from typing import Any, Iterator
+from urllib.parse import quote
 
 from ext_proc.providers import anthropic, openai
 from ext_proc.providers.body import (
@@ -25,6 +27,9 @@ from ext_proc.providers.events import ALL, Slot, StreamKey, index
 from ext_proc.providers.names import Provider
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
 from ext_proc.providers.surfaces import Surface, model_segment
+from ext_proc.providers import translation as tr
+from ext_proc.providers.translation import Emitter, Target, TranslatedRequest, Translation, TranslationError
+from ext_proc.wire.eventstream import Message
 
 _VERBS = {
     "converse": ("bedrock.converse", "converse", False),
@@ -178,6 +183,115 @@ def error_body(status: int, code: str, message: str) -> tuple[dict[str, str], di
     return {"x-amzn-errortype": kind}, {"message": message}
 
 
+
+# --- multiplexing: an OpenAI chat request served by Converse ----------------------------------
+
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+           "content_filtered": "content_filter", "guardrail_intervened": "content_filter"}
+
+
+def _image(url: str, where: str) -> dict:
+    media, data = tr.data_url(url, where)
+    fmt = media.split("/", 1)[-1]
+    if fmt not in ("png", "jpeg", "gif", "webp"):
+        raise TranslationError(f"{where}: image type {media!r} cannot be translated")
+    return {"image": {"format": fmt, "source": {"bytes": data}}}
+
+
+def _tool_config(body: dict, fns: list[dict]) -> dict:
+    tool_config: dict[str, Any] = {"tools": [{"toolSpec": {
+        "name": f["name"], "description": f.get("description") or f["name"],
+        "inputSchema": {"json": f.get("parameters") or {"type": "object", "properties": {}}}}} for f in fns]}
+    choice = body.get("tool_choice")
+    if choice == "required":
+        tool_config["toolChoice"] = {"any": {}}
+    elif isinstance(choice, dict) and isinstance((choice.get("function") or {}).get("name"), str):
+        tool_config["toolChoice"] = {"tool": {"name": choice["function"]["name"]}}
+    elif choice not in (None, "auto"):
+        raise TranslationError("tool_choice cannot be translated for this model")
+    return tool_config
+
+
+def from_openai(body: dict, target: Target) -> TranslatedRequest:
+    system_texts, turns = tr.conversation(
+        body, assistant_role="assistant", text_block=lambda text: {"text": text},
+        user_parts=lambda c, w: tr.user_parts(c, w, text=lambda t: {"text": t}, image=_image),
+        tool_call_block=lambda cid, name, args: {"toolUse": {"toolUseId": cid, "name": name, "input": args}},
+        tool_result_block=lambda cid, _name, text, _w: {"toolResult": {"toolUseId": cid, "content": [{"text": text}]}})
+    system = [{"text": t} for t in system_texts]
+    messages = [{"role": t["role"], "content": t["blocks"]} for t in turns]
+    if not messages or messages[0]["role"] != "user":
+        raise TranslationError("the conversation must start with a user message for this model")
+    out: dict[str, Any] = {"messages": messages}
+    if system:
+        out["system"] = system
+    inference = tr.sampling(body, max_tokens_key="maxTokens")
+    if inference:
+        out["inferenceConfig"] = inference
+    fns = tr.functions(body)
+    if fns:
+        out["toolConfig"] = _tool_config(body, fns)
+    stream = body.get("stream") is True
+    path = f"/model/{quote(target.model, safe='')}/{'converse-stream' if stream else 'converse'}"
+    return TranslatedRequest("POST", path, {"content-type": "application/json"}, tr.dumps(out), stream)
+
+
+def whole_to_openai(obj: dict) -> tr.WholeAnswer:
+    text, calls = [], []
+    for block in ((obj.get("output") or {}).get("message") or {}).get("content") or []:
+        if isinstance(block.get("text"), str):
+            text.append(block["text"])
+        elif isinstance(block.get("toolUse"), dict):
+            tu = block["toolUse"]
+            calls.append(tr.tool_call(tu.get("toolUseId"), tu.get("name"), tu.get("input")))
+    u = obj.get("usage") or {}
+    usage = {"input_tokens": u.get("inputTokens") or 0, "output_tokens": u.get("outputTokens") or 0}
+    return "".join(text), calls, _FINISH.get(obj.get("stopReason"), "stop"), usage
+
+
+def event_to_openai(out: Emitter, msg: Message) -> bytes:
+    try:
+        obj = json.loads(msg.payload)
+    except ValueError:
+        raise TranslationError("an upstream event-stream payload is not JSON") from None
+    if msg.message_type != "event":
+        return out.stream_error((obj.get("message") if isinstance(obj, dict) else None)
+                                or "the upstream stream failed")
+    if not isinstance(obj, dict):
+        return b""
+    t = msg.event_type
+    if t == "messageStart":
+        return out.chunk({"role": "assistant", "content": ""})
+    if t == "contentBlockStart":
+        tu = (obj.get("start") or {}).get("toolUse")
+        if isinstance(tu, dict):
+            n = out.tools.setdefault(obj.get("contentBlockIndex", 0), len(out.tools))
+            return out.chunk({"tool_calls": [{"index": n, "id": tu.get("toolUseId"), "type": "function",
+                                              "function": {"name": tu.get("name"), "arguments": ""}}]})
+        return b""
+    if t == "contentBlockDelta":
+        d = obj.get("delta") or {}
+        if isinstance(d.get("text"), str):
+            return out.chunk({"content": d["text"]})
+        tu = d.get("toolUse")
+        if isinstance(tu, dict) and obj.get("contentBlockIndex", 0) in out.tools:
+            return out.chunk({"tool_calls": [{"index": out.tools[obj.get("contentBlockIndex", 0)],
+                                              "function": {"arguments": tu.get("input") or ""}}]})
+        return b""
+    if t == "messageStop":
+        out.finish = _FINISH.get(obj.get("stopReason"), "stop")
+        return b""
+    if t == "metadata":
+        u = obj.get("usage") or {}
+        out.usage = {"input_tokens": u.get("inputTokens") or 0, "output_tokens": u.get("outputTokens") or 0}
+        return out.close()
+    return b""
+
+
+TRANSLATION = Translation(from_openai, whole_to_openai, event_to_openai,
+                          stream_content_type="application/vnd.amazon.eventstream")
+
+
 SPEC = ProviderSpec(
     name=Provider.BEDROCK,
     match=match,
@@ -199,4 +313,5 @@ SPEC = ProviderSpec(
     genai_name="aws.bedrock",
     cluster="bedrock",
     upstream_host="bedrock-runtime.us-east-1.amazonaws.com",
+    translation=TRANSLATION,
 )

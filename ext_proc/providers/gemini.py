@@ -3,7 +3,9 @@ and embedContent, with the model in the path."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator
+from urllib.parse import quote
 
 from ext_proc.providers.body import (
     Path,
@@ -23,6 +25,8 @@ from ext_proc.providers.events import Slot, StreamKey, index
 from ext_proc.providers.names import Provider
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
 from ext_proc.providers.surfaces import Surface, model_segment
+from ext_proc.providers import translation as tr
+from ext_proc.providers.translation import Emitter, Target, TranslatedRequest, Translation, TranslationError
 
 _VERBS = {
     "generateContent": ("gemini.generate_content", "generate", False),
@@ -165,6 +169,94 @@ def stream_error(surface_name: str, message: str, responses_api: bool, sequence_
     return b"data: " + dump_json(data) + b"\n\n"
 
 
+
+# --- multiplexing: an OpenAI chat request served by generateContent ----------------------------
+
+_FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
+           "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter"}
+
+
+def _image(url: str, where: str) -> dict:
+    media, data = tr.data_url(url, where)
+    return {"inlineData": {"mimeType": media, "data": data}}
+
+
+def from_openai(body: dict, target: Target) -> TranslatedRequest:
+    def tool_result(_cid: str, name: str | None, text: str, where: str) -> dict:
+        if name is None:
+            raise TranslationError(f"{where}: tool_call_id does not match an earlier tool call")
+        return {"functionResponse": {"name": name, "response": {"content": text}}}
+
+    system, turns = tr.conversation(
+        body, assistant_role="model", text_block=lambda text: {"text": text},
+        user_parts=lambda c, w: tr.user_parts(c, w, text=lambda t: {"text": t}, image=_image),
+        tool_call_block=lambda _cid, name, args: {"functionCall": {"name": name, "args": args}},
+        tool_result_block=tool_result)
+    contents = [{"role": t["role"], "parts": t["blocks"]} for t in turns]
+    out: dict[str, Any] = {"contents": contents}
+    if system:
+        out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    gen = tr.sampling(body, max_tokens_key="maxOutputTokens")
+    if gen:
+        out["generationConfig"] = gen
+    fns = tr.functions(body)
+    if fns:
+        out["tools"] = [{"functionDeclarations": [
+            {k: v for k, v in (("name", f["name"]), ("description", f.get("description")),
+                               ("parameters", f.get("parameters"))) if v is not None} for f in fns]}]
+    stream = body.get("stream") is True
+    method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    path = f"/v1beta/models/{quote(target.model, safe='')}:{method}"
+    return TranslatedRequest("POST", path, {"content-type": "application/json"}, tr.dumps(out), stream)
+
+
+def _usage(um: Any) -> dict | None:
+    if not isinstance(um, dict):
+        return None
+    out = (um.get("candidatesTokenCount") or 0) + (um.get("thoughtsTokenCount") or 0)
+    return {"input_tokens": um.get("promptTokenCount") or 0, "output_tokens": out}
+
+
+def whole_to_openai(obj: dict) -> tr.WholeAnswer:
+    text, calls = [], []
+    cand = (obj.get("candidates") or [{}])[0]
+    for i, part in enumerate((cand.get("content") or {}).get("parts") or []):
+        if isinstance(part.get("text"), str) and not part.get("thought"):
+            text.append(part["text"])
+        elif isinstance(part.get("functionCall"), dict):
+            fc = part["functionCall"]
+            calls.append(tr.tool_call(f"call_{i}", fc.get("name"), fc.get("args")))
+    finish = "tool_calls" if calls else _FINISH.get(cand.get("finishReason"), "stop")
+    return "".join(text), calls, finish, _usage(obj.get("usageMetadata"))
+
+
+def event_to_openai(out: Emitter, obj: dict) -> bytes:
+    if isinstance(obj.get("error"), dict):
+        return out.stream_error(obj["error"].get("message") or "the upstream stream failed")
+    chunks = []
+    if not out.role_sent:
+        out.role_sent = True
+        chunks.append(out.chunk({"role": "assistant", "content": ""}))
+    cand = (obj.get("candidates") or [{}])[0]
+    for part in (cand.get("content") or {}).get("parts") or []:
+        if isinstance(part.get("text"), str) and not part.get("thought"):
+            chunks.append(out.chunk({"content": part["text"]}))
+        elif isinstance(part.get("functionCall"), dict):
+            fc = part["functionCall"]
+            n = out.tools[len(out.tools)] = len(out.tools)   # Gemini sends each call whole
+            chunks.append(out.chunk({"tool_calls": [{"index": n, "id": f"call_{n}", "type": "function", "function": {
+                "name": fc.get("name"), "arguments": json.dumps(fc.get("args") or {})}}]}))
+            out.finish = "tool_calls"
+    if cand.get("finishReason") and out.finish is None:
+        out.finish = _FINISH.get(cand["finishReason"], "stop")
+    if obj.get("usageMetadata"):
+        out.usage = _usage(obj["usageMetadata"])
+    return b"".join(chunks)
+
+
+TRANSLATION = Translation(from_openai, whole_to_openai, event_to_openai)
+
+
 SPEC = ProviderSpec(
     name=Provider.GEMINI,
     match=match,
@@ -183,4 +275,5 @@ SPEC = ProviderSpec(
     genai_name="gcp.gemini",
     cluster="gemini",
     upstream_host="generativelanguage.googleapis.com",
+    translation=TRANSLATION,
 )

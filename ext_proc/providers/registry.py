@@ -53,6 +53,11 @@ def surface_rules(surface_name: str) -> SurfaceRules | None:
     return _SURFACES.get(surface_name)
 
 
+def translation_targets() -> tuple[str, ...]:
+    """The providers multiplexing can translate an OpenAI chat request to."""
+    return tuple(s.name for s in SPECS if s.translation is not None)
+
+
 def replayable_surfaces() -> tuple[str, ...]:
     """The surfaces whose cached answers can be re-framed as their stream."""
     return tuple(name for name, rules in _SURFACES.items() if rules.replay is not None)

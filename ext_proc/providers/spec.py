@@ -13,6 +13,7 @@ from ext_proc.providers.body import Path, Reader, TextSegment
 from ext_proc.providers.events import Slot, StreamKey
 from ext_proc.providers.names import Provider
 from ext_proc.providers.surfaces import Surface
+from ext_proc.providers.translation import Translation
 
 # A whole (non-streamed) answer: the text segments the client reads and the usage it reports.
 AnswerReader = Callable[[dict], tuple[list[TextSegment], "dict | None"]]
@@ -80,3 +81,5 @@ class ProviderSpec:
     # A prefix ledgergate's Envoy routes put before the provider's own paths when they would
     # collide with another provider's (Envoy's prefix_rewrite strips it on the way upstream).
     route_prefix: str = ""
+    # Multiplexing: how it serves a client's OpenAI chat request (None: not a translation target).
+    translation: Translation | None = None
