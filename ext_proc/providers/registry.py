@@ -26,10 +26,6 @@ def get(name: str | None) -> ProviderSpec | None:
     return PROVIDERS.get(name) if name is not None else None
 
 
-def names() -> tuple[str, ...]:
-    return tuple(PROVIDERS)
-
-
 def upstream_clusters() -> tuple[str, ...]:
     """The Envoy clusters the providers' requests go to (Azure shares OpenAI's), each once."""
     return tuple(dict.fromkeys(s.cluster for s in SPECS))
