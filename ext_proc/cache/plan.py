@@ -20,8 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ext_proc.providers import registry
+
 # The surfaces whose answer ledgergate can replay in both forms (JSON and the provider's SSE).
-REPLAYABLE_SURFACES = ("openai.chat_completions", "anthropic.messages")
+REPLAYABLE_SURFACES = registry.replayable_surfaces()
 # Fields that only say how the answer travels, not what it is.
 STREAM_ONLY_FIELDS = ("stream", "stream_options")
 DEFAULT_TTL_S = 300

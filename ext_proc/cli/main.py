@@ -101,7 +101,7 @@ def cmd_dev_material(args: argparse.Namespace) -> int:
 
 
 def cmd_mock_provider(args: argparse.Namespace) -> int:
-    from ext_proc.providers.mock import serve
+    from ext_proc.dev.mock import serve
 
     serve(args.host, args.port, fail_status=args.fail_status)
     return 0

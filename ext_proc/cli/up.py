@@ -21,6 +21,7 @@ import yaml
 
 from ext_proc.cli.devmaterial import ensure_dev_material
 from ext_proc.pipeline.multiplex import CHAIN_HEADER
+from ext_proc.providers import registry
 from ext_proc.server.config import PROVIDERS, deep_merge, upstream_timeouts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -332,7 +333,7 @@ def run_up(args: argparse.Namespace) -> int:
     }
     if len(upstreams) < len(PROVIDERS):
         # The bundled mock's test directives (x-mock-status, x-mock-reply...) reach it through Envoy.
-        mocked = [p for p in PROVIDERS if p not in upstreams] + (["azure"] if "openai" not in upstreams else [])
+        mocked = [spec.name for spec in registry.SPECS if spec.cluster not in upstreams]
         defaults["envelope"] = {"headers": {p: ["x-mock-*"] for p in mocked}}
 
     def merged() -> dict:
@@ -414,7 +415,7 @@ def run_up(args: argparse.Namespace) -> int:
     console = None
     try:
         if len(upstreams) < len(PROVIDERS):
-            from ext_proc.providers.mock import MockProviderServer
+            from ext_proc.dev.mock import MockProviderServer
 
             mock = MockProviderServer(host="127.0.0.1", port=args.mock_port)
             mock.start()

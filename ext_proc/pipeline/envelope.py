@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from ext_proc.pipeline.verdict import Verdict, overruled
-from ext_proc.providers import Surface
+from ext_proc.providers import Surface, registry
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 MAX_QUERY_BYTES = 16 * 1024
@@ -46,21 +46,7 @@ BASE_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding",
                           "x-request-id", "x-forwarded-proto", "idempotency-key"})
 # The headers each provider's API reads, as the official SDKs send them (client credentials are
 # handled by the identity layer and never forwarded; the provider credential comes from configuration).
-PROVIDER_HEADERS: Mapping[str, frozenset[str]] = {
-    # openai-python: OpenAI-Organization, OpenAI-Project, OpenAI-Beta (assistants, realtime).
-    "openai": frozenset({"openai-organization", "openai-project", "openai-beta"}),
-    # AzureOpenAI: the same SDK, plus Azure's request id.
-    "azure": frozenset({"openai-organization", "openai-project", "openai-beta", "x-ms-client-request-id"}),
-    # anthropic-sdk: anthropic-version (required), anthropic-beta (feature flags).
-    "anthropic": frozenset({"anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"}),
-    # google-genai: x-goog-api-client (SDK version), x-goog-user-project (billing project).
-    "gemini": frozenset({"x-goog-api-client", "x-goog-user-project"}),
-    # botocore bedrock-runtime: SigV4 headers and the InvokeModel/Converse header parameters.
-    "bedrock": frozenset({"x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "amz-sdk-invocation-id",
-                          "amz-sdk-request", "x-amzn-bedrock-accept", "x-amzn-bedrock-trace",
-                          "x-amzn-bedrock-guardrailidentifier", "x-amzn-bedrock-guardrailversion",
-                          "x-amzn-bedrock-performanceconfig-latency", "x-amzn-bedrock-service-tier"}),
-}
+PROVIDER_HEADERS: Mapping[str, frozenset[str]] = {s.name: s.headers for s in registry.SPECS}
 _LISTED_HEADERS: Mapping[str, frozenset[str]] = {p: BASE_HEADERS | h for p, h in PROVIDER_HEADERS.items()}
 # Headers Envoy owns or refuses to let a processor change (mutation_rules): kept, and their
 # values classified when the client could have set them.
@@ -71,17 +57,11 @@ NOT_CLASSIFIED = frozenset({"x-request-id", "x-forwarded-proto", "content-length
                             ":method", ":scheme", ":path", ":authority", "host"})
 
 # The query parameters each provider's API reads.
-PROVIDER_QUERY: Mapping[str, frozenset[str]] = {
-    "openai": frozenset({"limit", "after", "before", "order", "purpose", "include[]", "include", "stream",
-                         "starting_after"}),
-    "azure": frozenset({"api-version"}),
-    "anthropic": frozenset({"beta", "limit", "before_id", "after_id"}),
-    "gemini": frozenset({"alt", "pageSize", "pageToken"}),
-    "bedrock": frozenset(),
-}
+PROVIDER_QUERY: Mapping[str, frozenset[str]] = {s.name: s.query for s in registry.SPECS}
 # Credentials in the query string: never forwarded (the provider credential comes from
 # configuration), never classified (a key is high-entropy noise), the name alone recorded.
-CREDENTIAL_QUERY: Mapping[str, frozenset[str]] = {"gemini": frozenset({"key"})}
+CREDENTIAL_QUERY: Mapping[str, frozenset[str]] = {s.name: s.credential_query for s in registry.SPECS
+                                                  if s.credential_query}
 
 
 # Headers whose purpose is to carry network addresses, set or extended by proxies (Envoy's

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ext_proc.pipeline.verdict import Verdict, annotated, overruled
+from ext_proc.providers.names import Provider
 from ext_proc.providers.translate import TARGETS, Target, TranslatedRequest, TranslationError, translate_request
 
 # The surfaces a multiplexed model can be called on (what the translation reads).
@@ -154,7 +155,7 @@ def choose_route(verdict: Verdict, body: bytes | None, surface: str | None, clie
         # The policy names a model the deployer's map does not have: a configuration error,
         # never a silent fallback to the model the client asked for.
         return RouteChoice(overruled(verdict, 503, "route_unavailable",
-                                     "the model the policy chose for this request is not configured", "openai"))
+                                     "the model the policy chose for this request is not configured", Provider.OPENAI))
     if route is None:
         return RouteChoice(verdict)
     if chosen:
@@ -168,7 +169,7 @@ def choose_route(verdict: Verdict, body: bytes | None, surface: str | None, clie
         translated = translate_request(json.loads(forwarded or b"{}"), route.target)
     except (TranslationError, ValueError) as exc:
         message = str(exc) if isinstance(exc, TranslationError) else "the body is not JSON"
-        return RouteChoice(overruled(verdict, 400, "translation_error", message, "openai"))
+        return RouteChoice(overruled(verdict, 400, "translation_error", message, Provider.OPENAI))
     routed = annotated(verdict, multiplex=route.to_record(), upstream=route.target.provider,
                        model_routed=route.target.model, forwarded_sha256=hashlib.sha256(translated.body).hexdigest())
     return RouteChoice(replace(routed, new_body=translated.body), Translated(route, translated))

@@ -25,7 +25,9 @@ from ext_proc.providers import (
     ParsedRequest,
     Surface,
     parse_request,
+    registry,
 )
+from ext_proc.providers.adapters import _get_path
 from ext_proc.providers.document import Document, read_document, render_document
 
 # Headers that carry the client's credential to ledgergate never travel to the provider (the
@@ -57,7 +59,7 @@ class RequestHead:
 
     @property
     def provider(self) -> str:
-        return self.surface.provider if self.surface is not None else "openai"
+        return self.surface.provider if self.surface is not None else registry.DEFAULT.name
 
 
 def sha256_hex(data: bytes | None) -> str | None:
@@ -177,15 +179,14 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     set_fields: dict[tuple[Any, ...], Any] = {}
     usage_injected = False
     if parsed is not None and decision.releases:
-        if decision.max_tokens_cap is not None and parsed.max_tokens is None:
-            key = _max_tokens_field(head.surface)
-            if key is not None:
-                set_fields[key] = decision.max_tokens_cap
-        if head.surface.name in ("openai.chat_completions", "azure.chat_completions") and parsed.stream:
+        rules = registry.surface_rules(head.surface.name)
+        if decision.max_tokens_cap is not None and parsed.max_tokens is None and rules.cap_field is not None:
+            set_fields[rules.cap_field] = decision.max_tokens_cap
+        if rules.usage_option is not None and parsed.stream:
             # Usage arrives only when asked for; the outcome record and the token budget need it.
-            options = parsed.body.get("stream_options") if isinstance(parsed.body, dict) else None
-            usage_injected = not (isinstance(options, dict) and options.get("include_usage") is True)
-            set_fields[("stream_options", "include_usage")] = True
+            asked = _get_path(parsed.body, rules.usage_option) is True
+            usage_injected = not asked
+            set_fields[rules.usage_option] = True
         replacements: dict[int, str] = {}
         if decision.outcome == Effect.REDACT and decision.redact and doc is not None:
             for i in sorted(found.per_segment):
@@ -263,16 +264,6 @@ def _masked_model(doc: Document, found: DocumentFindings, model: str, head: Requ
         return head.surface.model_from_path
     masked = _masked(doc, found, "value", ("model",))
     return model if masked is None else masked
-
-
-def _max_tokens_field(surface: Surface) -> tuple[Any, ...] | None:
-    return {
-        "openai.chat_completions": ("max_completion_tokens",),
-        "azure.chat_completions": ("max_completion_tokens",),
-        "openai.responses": ("max_output_tokens",),
-        "openai.completions": ("max_tokens",),
-        "anthropic.messages": ("max_tokens",),
-    }.get(surface.name)
 
 
 def strip_headers(headers: Mapping[str, Sequence[str]]) -> list[str]:

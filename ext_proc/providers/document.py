@@ -27,23 +27,14 @@ import base64
 import binascii
 import copy
 import json
-from bisect import bisect_right
 import urllib.parse
+from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from ext_proc.providers.adapters import (
-    MAX_SEGMENTS,
-    BadRequestBody,
-    load_json,
-    ParsedRequest,
-    Path,
-    TextSegment,
-    _dump,
-    _get_path,
-    _set_path,
-    field_changes,
-)
+from ext_proc.providers.adapters import ParsedRequest, _get_path, _set_path, field_changes
+from ext_proc.providers.body import MAX_SEGMENTS, BadRequestBody, Path, TextSegment, dump_json, load_json
 
 MAX_ATTACHMENT_BYTES = 4 * 1024 * 1024
 _SHORT_PAYLOAD = 4096
@@ -427,11 +418,11 @@ def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[
     nested_parents = {p[:p.index(JSON_STEP)] for p, *_ in values + renames if JSON_STEP in p}
     values = [v for v in values if not (JSON_STEP not in v[0] and v[0] in nested_parents)]
     for path, value, create in values:        # paths still name the original keys
-        _edit(obj, path, lambda o, p: _set_path(o, p, value, create=create))
+        _edit(obj, path, lambda o, p, v=value, c=create: _set_path(o, p, v, create=c))
     # Deepest first, so an enclosing key is renamed after everything below it was addressed.
     for path, new_key in sorted(renames, key=lambda r: -len(r[0])):
-        _edit(obj, path, lambda o, p: _rename(o, p, new_key))
-    return _dump(obj)
+        _edit(obj, path, lambda o, p, k=new_key: _rename(o, p, k))
+    return dump_json(obj)
 
 
 def _edit(obj: Any, path: Path, change: Any) -> None:

@@ -5,7 +5,7 @@ Envoy answers some requests itself (a local reply): a body over its buffer limit
 malformed request (400), an upstream overflow or no healthy upstream (503), ledgergate
 unreachable (an ext_proc gRPC UNAVAILABLE, which Envoy answers 500 with an empty body). The
 official SDKs raise their typed errors only for a body in their provider's format, and they retry
-5xx: so every such reply gets a provider-shaped body (the same shapes as errors.error_body), a
+5xx: so every such reply gets a provider-shaped body (the same shapes as registry.error_body), a
 503 gets `retry-after`, and "ledgergate unreachable" becomes a 503 with `retry-after` instead of
 an empty 500.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 
-from ext_proc.providers.errors import error_body
+from ext_proc.providers.registry import error_body
 
 # Seconds an SDK should wait before retrying a 503 of Envoy's (overflow, no healthy upstream,
 # ledgergate restarting or draining); the OpenAI and Anthropic SDKs honour retry-after.
@@ -36,10 +36,11 @@ OWN_REPLY = "!('content-type' in response.headers)"
 # ledgergate could not be reached (down, draining, its cluster overflowing): gRPC UNAVAILABLE.
 PROCESSOR_UNAVAILABLE = "response.code_details.startsWith('ext_proc_error_gRPC_error_14')"
 
-# Provider by path, as providers/surfaces.py matches them; anything else gets OpenAI's format
+# Provider by path, as the provider modules' `match` does; anything else gets OpenAI's format
 # (also what ledgergate answers for unknown routes). A reply without a path (a codec error before
 # the request line was read) makes these expressions fail, so it falls to OpenAI's as well.
 PROVIDER_PATHS = {
+    "mistral": "request.path.startsWith('/mistral/')",
     "anthropic": "request.path.startsWith('/v1/messages')",
     "gemini": "request.path.matches('^/v1(beta)?/models/[^/?]+:')",
     "bedrock": "request.path.startsWith('/model/')",

@@ -23,10 +23,12 @@ from ext_proc.configerror import ConfigError
 from ext_proc.identity.config import IdentityConfig
 from ext_proc.keyfiles import write_private
 from ext_proc.policy.yamlsrc import YAMLSourceError, line_of, load_yaml
+from ext_proc.providers import registry
 from ext_proc.ratelimit.config import RateLimitConfig
 from ext_proc.server.tracing import TracingConfig
 
-PROVIDERS = ("openai", "anthropic", "gemini", "bedrock")
+# The upstream clusters (Azure shares OpenAI's), each configurable under upstreams.NAME.
+PROVIDERS = registry.upstream_clusters()
 
 
 _KEY_PATH = re.compile(r"^([A-Za-z_][\w-]*(?:(?:\.[\w-]+)|\[\d+\])*)")

@@ -17,6 +17,7 @@ from ext_proc.pipeline.envelope import Envelope, rewritable
 from ext_proc.pipeline.multiplex import CHAIN_HEADER, FailoverChain, Translated
 from ext_proc.pipeline.request import OWN_HEADER_PREFIX, RequestHead, strip_headers
 from ext_proc.pipeline.verdict import Verdict
+from ext_proc.providers.names import Provider
 from ext_proc.server import replies
 from ext_proc.server.replies import HeaderEdit
 
@@ -96,7 +97,7 @@ def request_body_reply(rt: Runtime, verdict: Verdict, envelope: Envelope | None,
         edit.put(k, v)
     if isinstance(multiplexed, FailoverChain):
         # The chain's upstream stage (server/upstream.py) sets each attempt's credential.
-        edit.put(CHAIN_HEADER, multiplexed.route.name).inject_credential(rt, None, replacing="openai")
+        edit.put(CHAIN_HEADER, multiplexed.route.name).inject_credential(rt, None, replacing=Provider.OPENAI)
     elif isinstance(multiplexed, Translated):
         # The new path routes it (Envoy's routes match the providers' own paths) once the
         # route cache is cleared; the target's credential replaces the one set for OpenAI.
@@ -104,5 +105,5 @@ def request_body_reply(rt: Runtime, verdict: Verdict, envelope: Envelope | None,
         for k, v in multiplexed.request.headers.items():
             edit.put(k, v)
         edit.put("x-ledgergate-upstream", multiplexed.route.target.provider)
-        edit.inject_credential(rt, multiplexed.route.target.provider, replacing="openai")
+        edit.inject_credential(rt, multiplexed.route.target.provider, replacing=Provider.OPENAI)
     return replies.request_body(edit, verdict.new_body, clear_route_cache=multiplexed is not None)

@@ -22,14 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.configerror import ConfigError
+from ext_proc.providers import registry
 
 EXPORTERS = ("otlp", "console")
 # The model name comes from the client; it is an identifier, but bound it all the same.
 _MAX_MODEL_CHARS = 128
 
-# gen_ai.provider.name values of the OpenTelemetry GenAI semantic conventions.
-_GENAI_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini",
-                   "bedrock": "aws.bedrock", "azure": "azure.ai.openai"}
 # Surface api -> gen_ai.operation.name, where the conventions name the operation.
 _GENAI_OPERATION = {"chat": "chat", "messages": "chat", "responses": "chat", "converse": "chat",
                     "completions": "text_completion", "embeddings": "embeddings",
@@ -171,8 +169,8 @@ def _route_attributes(head: Any) -> dict[str, Any]:
                              "ledgergate.surface": route["surface"], "url.path": route["path"]}
     provider = route.get("provider")
     if provider:
-        attrs["gen_ai.provider.name"] = _GENAI_PROVIDER.get(provider, provider)
-        attrs["gen_ai.system"] = _GENAI_PROVIDER.get(provider, provider)
+        spec = registry.get(provider)     # its gen_ai.provider.name in the GenAI semantic conventions
+        attrs["gen_ai.provider.name"] = attrs["gen_ai.system"] = spec.genai_name if spec else provider
     operation = _GENAI_OPERATION.get(route.get("api") or "")
     if operation:
         attrs["gen_ai.operation.name"] = operation

@@ -27,7 +27,7 @@ from ext_proc.audit.log import AuditUnavailable
 from ext_proc.audit.record import attempt_record
 from ext_proc.pipeline.multiplex import CHAIN_HEADER
 from ext_proc.pipeline.request import CLIENT_CREDENTIAL_HEADERS, sha256_hex
-from ext_proc.providers import error_body
+from ext_proc.providers import Provider, error_body
 from ext_proc.providers.translate import ResponseTranslator, Target, TranslationError, translate_request
 from ext_proc.server import replies
 from ext_proc.server.messages import attributes_of, headers_to_dict
@@ -104,7 +104,7 @@ class UpstreamAttempt:
             translated = translate_request(parsed, self.target)
         except (TranslationError, ValueError) as exc:
             message = str(exc) if isinstance(exc, TranslationError) else "the body is not JSON"
-            headers, err = error_body("openai", 400, "translation_error", message)
+            headers, err = error_body(Provider.OPENAI, 400, "translation_error", message)
             await self._commit(None, error="translation_error")
             return [replies.immediate(400, headers, err, "translation_error")]
         self.client_model = str(parsed.get("model") or self.target.model)

@@ -1,10 +1,10 @@
 """What the provider stream formats look like to the inspector, recognized by the event's shape
-(so Azure, OpenAI-compatible and proxied streams work whatever the route was called):
+(so Azure, OpenAI-compatible and proxied streams work whatever the route was called). Each
+provider's rules live in its module (ext_proc/providers/<name>.py); this module asks every
+registered provider in turn:
 
 * which strings of an event are text deltas, and of which content stream (``slots``);
 * which event ends which streams (``terminated``): held text must be flushed before or into it;
-* whether an event whose deltas are all held back can be left out (``droppable``);
-* a minimal event carrying only held text for one stream (``synthesize``);
 * usage counts, and the provider-shaped error event that ends a blocked stream.
 """
 
@@ -14,8 +14,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-Path = tuple
-StreamKey = tuple
+from ext_proc.providers import registry
+from ext_proc.providers.events import ALL, Path, Slot, StreamKey
+
+__all__ = ["ALL", "FINAL_TYPES", "OPAQUE_KEYS", "KeyOf", "Path", "Slot", "StreamKey", "bedrock_slots",
+           "bedrock_terminated", "dumps", "error_event", "family", "get_path", "loads", "merge_usage",
+           "restates", "set_path", "slots", "strings", "terminated", "usage"]
 
 # Every string of an event or body is scanned (ids, fingerprints, model names and enums included:
 # the SDK hands them to the application too), but for these: opaque values the provider generates
@@ -23,29 +27,12 @@ StreamKey = tuple
 # carry no text.
 OPAQUE_KEYS = frozenset({"signature", "encrypted_content", "thoughtSignature", "thought_signature"})
 
-ALL: StreamKey = ()   # a key prefix matching every stream
+_RULES = tuple(registry.stream_rules())
+_TOKEN_FIELDS = registry.token_fields()
+_OUTPUT_ONLY = frozenset().union(*(r.output_only_usage for r in _RULES))
 
 # Events after which an SDK considers the response complete (besides OpenAI's `data: [DONE]`).
-FINAL_TYPES = frozenset({"message_stop", "response.completed", "response.failed", "response.incomplete"})
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    key: StreamKey   # the content stream the text belongs to
-    path: Path       # where the text sits in the event
-    text: str
-    json_text: bool = False   # the stream is JSON text (tool arguments): scanned with escapes decoded
-    # Decided at once: a value from a fixed public set (a chat role) discloses nothing, so the
-    # event carrying it need not wait; a later piece continuing it is held and masked as usual.
-    eager: bool = False
-
-
-# The strings of an OpenAI delta that carry the model's text and are held back like it.
-DELTA_TEXT_KEYS = frozenset({"content", "refusal", "reasoning_content", "reasoning", "arguments", "text",
-                             "transcript"})   # audio answers: delta.audio.transcript
-# The roles an OpenAI delta names: constants, not text (every other string, a tool call's id or
-# name included, is held and joined like text: the SDK joins it).
-DELTA_ROLES = frozenset({"assistant", "user", "system", "developer", "tool", "function"})
+FINAL_TYPES = frozenset().union(*(r.final_types for r in _RULES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,136 +60,14 @@ def set_path(obj: Any, path: Path, value: Any) -> None:
     obj[last] = value
 
 
-def _idx(value: Any, default: int) -> Any:
-    """An index as the SDKs read it: their (pydantic) models coerce "0", 0.0 and True to 0 and 1,
-    so "0" in one event and 0 in the next are the same choice or block."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        v = value.strip()
-        if v[1:].isdigit() and v[:1] in "+-" and v.isascii() or v.isdigit() and v.isascii():
-            return int(v)
-        return value
-    return default
-
-
-def _continued(obj: Any, key: StreamKey, path: Path, out: list["Slot"]) -> None:
-    """Every string of an OpenAI delta continues the one under the same key in earlier deltas
-    (the SDK's accumulate_delta concatenates them; list items with an "index" merge by it; "index"
-    and "type" are replaced, not joined)."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if k in ("index", "type"):
-                continue
-            if isinstance(v, str):
-                out.append(Slot(key + (k,), path + (k,), v, json_text=k == "arguments",
-                                eager=k == "role" and v in DELTA_ROLES))
-            elif isinstance(v, (dict, list)):
-                _continued(v, key + (k,), path + (k,), out)
-    elif isinstance(obj, list):
-        for j, item in enumerate(obj):
-            if isinstance(item, dict):
-                _continued(item, key + (("#", _idx(item.get("index"), j)),), path + (j,), out)
-
-
-def _logprob_tokens(logprobs: Any, key: StreamKey, path: Path, out: list["Slot"]) -> None:
-    """Logprob tokens spell the text out again, token by token: one more stream per kind."""
-    if not isinstance(logprobs, dict):
-        return
-    for kind in ("content", "refusal"):
-        items = logprobs.get(kind)
-        if isinstance(items, list):
-            for k, item in enumerate(items):
-                if isinstance(item, dict) and isinstance(item.get("token"), str):
-                    out.append(Slot(key + ("logprobs", kind), path + ("logprobs", kind, k, "token"), item["token"]))
-    tokens = logprobs.get("tokens")                    # legacy completions
-    if isinstance(tokens, list):
-        for k, tok in enumerate(tokens):
-            if isinstance(tok, str):
-                out.append(Slot(key + ("logprobs", "tokens"), path + ("logprobs", "tokens", k), tok))
-
-
 def slots(ev: dict) -> list[Slot]:
-    out: list[Slot] = []
-    choices = ev.get("choices")
-    if isinstance(choices, list):
-        for i, ch in enumerate(choices):
-            if not isinstance(ch, dict):
-                continue
-            idx = _idx(ch.get("index"), i)
-            delta = ch.get("delta")
-            if isinstance(delta, dict):
-                _continued(delta, ("chat", idx), ("choices", i, "delta"), out)
-                _logprob_tokens(ch.get("logprobs"), ("chat", idx), ("choices", i), out)
-            elif isinstance(ch.get("text"), str):           # legacy completions
-                out.append(Slot(("cmpl", idx), ("choices", i, "text"), ch["text"]))
-                _logprob_tokens(ch.get("logprobs"), ("cmpl", idx), ("choices", i), out)
-            elif isinstance(ch.get("message"), dict):       # a whole chat completion
-                _logprob_tokens(ch.get("logprobs"), ("chat", idx), ("choices", i), out)
-    t = ev.get("type")
-    if t == "content_block_delta" and isinstance(ev.get("delta"), dict):
-        d, idx = ev["delta"], _idx(ev.get("index"), 0)
-        field = {"text_delta": "text", "input_json_delta": "partial_json", "thinking_delta": "thinking"}.get(d.get("type"))
-        if field and isinstance(d.get(field), str):
-            out.append(Slot(("anth", idx, field), ("delta", field), d[field], json_text=field == "partial_json"))
-    elif t == "content_block_start" and isinstance(ev.get("content_block"), dict):
-        # The SDK starts the block's text (or thinking) with what this event carries and appends
-        # the deltas to it: the same stream.
-        b, idx = ev["content_block"], _idx(ev.get("index"), 0)
-        for field in ("text", "thinking"):
-            if isinstance(b.get(field), str):
-                out.append(Slot(("anth", idx, field), ("content_block", field), b[field]))
-    elif isinstance(t, str) and t.startswith("response.") and t.endswith(".delta") and isinstance(ev.get("delta"), str):
-        kind = t[len("response."):-len(".delta")]
-        part = ev.get("content_index", ev.get("summary_index", 0))
-        out.append(Slot(("resp", _idx(ev.get("output_index"), 0), kind, _idx(part, 0)), ("delta",), ev["delta"],
-                        json_text=kind == "function_call_arguments"))
-    if isinstance(ev.get("outputText"), str):            # Bedrock Titan invoke stream chunk
-        out.append(Slot(("titan", _idx(ev.get("index"), 0)), ("outputText",), ev["outputText"]))
-    cands = ev.get("candidates")
-    if isinstance(cands, list):
-        for i, c in enumerate(cands):
-            content = c.get("content") if isinstance(c, dict) else None
-            parts = content.get("parts") if isinstance(content, dict) else None
-            if not isinstance(parts, list):
-                continue
-            idx = _idx(c.get("index"), i)
-            for j, p in enumerate(parts):
-                if isinstance(p, dict) and isinstance(p.get("text"), str):
-                    kind = "thought" if p.get("thought") else "text"
-                    out.append(Slot(("gem", idx, kind), ("candidates", i, "content", "parts", j, "text"), p["text"]))
-    return out
+    return [slot for rules in _RULES for slot in rules.slots(ev)]
 
 
 def terminated(ev: dict) -> list[StreamKey]:
     """Key prefixes of the streams this event ends (their held text must not come after it)."""
-    ends: list[StreamKey] = []
-    for i, ch in enumerate(ev.get("choices") or ()):
-        if isinstance(ch, dict) and ch.get("finish_reason") is not None:
-            idx = _idx(ch.get("index"), i)
-            ends += [("chat", idx), ("cmpl", idx)]
-    t = ev.get("type")
-    if t == "content_block_stop":
-        ends.append(("anth", _idx(ev.get("index"), 0)))
-    elif t in ("message_delta", "message_stop", "error", "response.completed", "response.failed",
-               "response.incomplete"):
-        ends.append(ALL)
-    elif isinstance(t, str) and t.startswith("response.") and t.endswith(".done"):
-        oi = _idx(ev.get("output_index"), 0)
-        if t in ("response.output_item.done", "response.content_part.done"):
-            ends.append(("resp", oi))
-        else:
-            kind = t[len("response."):-len(".done")]
-            part = ev.get("content_index", ev.get("summary_index", 0))
-            ends.append(("resp", oi, kind, _idx(part, 0)))
-    for i, c in enumerate(ev.get("candidates") or ()):
-        if isinstance(c, dict) and c.get("finishReason"):
-            ends.append(("gem", _idx(c.get("index"), i)))
-    if "error" in ev or ev.get("completionReason"):
+    ends = [key for rules in _RULES for key in rules.terminated(ev)]
+    if "error" in ev:                      # an error in any shape ends every stream
         ends.append(ALL)
     return ends
 
@@ -210,71 +75,45 @@ def terminated(ev: dict) -> list[StreamKey]:
 def restates(ev: dict) -> bool:
     """Events that repeat text already streamed as deltas (Responses API *.done, response.completed):
     scanned and redacted, but not counted twice in the classification."""
-    t = ev.get("type")
-    return isinstance(t, str) and t.startswith("response.") and (
-        t.endswith(".done") or t in ("response.completed", "response.incomplete", "response.failed"))
+    return any(rules.restates(ev) for rules in _RULES)
 
-
-# --- Bedrock: ConverseStream events (the event type is in the frame's headers) and the model-native
-# chunks of InvokeModelWithResponseStream that are not Anthropic-shaped (Titan's outputText).
 
 def bedrock_slots(event_type: str | None, payload: dict) -> list[Slot]:
-    out: list[Slot] = []
-    if event_type == "contentBlockDelta" and isinstance(payload.get("delta"), dict):
-        d, idx = payload["delta"], _idx(payload.get("contentBlockIndex"), 0)
-        if isinstance(d.get("text"), str):
-            out.append(Slot(("bedrock", idx, "text"), ("delta", "text"), d["text"]))
-        tool = d.get("toolUse")
-        if isinstance(tool, dict) and isinstance(tool.get("input"), str):
-            out.append(Slot(("bedrock", idx, "tool"), ("delta", "toolUse", "input"), tool["input"], json_text=True))
-        reasoning = d.get("reasoningContent")
-        if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str):
-            out.append(Slot(("bedrock", idx, "reasoning"), ("delta", "reasoningContent", "text"), reasoning["text"]))
-    return out
+    """Slots of a binary-framed event (AWS event stream), whose type is in the frame's headers."""
+    return [slot for rules in _RULES if rules.frame_slots is not None
+            for slot in rules.frame_slots(event_type, payload)]
 
 
 def bedrock_terminated(event_type: str | None, payload: dict) -> list[StreamKey]:
-    if event_type == "contentBlockStop":
-        return [("bedrock", _idx(payload.get("contentBlockIndex"), 0))]
-    if event_type in ("messageStop", "metadata"):
-        return [ALL]
-    return []
+    return [key for rules in _RULES if rules.frame_terminated is not None
+            for key in rules.frame_terminated(event_type, payload)]
 
 
 def usage(ev: Any) -> dict | None:
     """{"input_tokens", "output_tokens"} if the event (or whole body) reports usage."""
     if not isinstance(ev, dict):
         return None
-    t = ev.get("type")
-    if t == "message_start" and isinstance(ev.get("message"), dict):
-        return usage(ev["message"])
-    if t in ("response.completed", "response.incomplete", "response.failed") and isinstance(ev.get("response"), dict):
-        return usage(ev["response"])
+    for rules in _RULES:
+        holder = rules.usage_holder(ev)
+        if holder is not None:
+            return usage(holder)
     u = ev.get("usage")
     if isinstance(u, dict):
-        if "prompt_tokens" in u or "completion_tokens" in u:
-            return {"input_tokens": u.get("prompt_tokens"), "output_tokens": u.get("completion_tokens")}
-        if "input_tokens" in u or "output_tokens" in u:
-            return {"input_tokens": u.get("input_tokens"), "output_tokens": u.get("output_tokens")}
-        if "inputTokens" in u or "outputTokens" in u:
-            return {"input_tokens": u.get("inputTokens"), "output_tokens": u.get("outputTokens")}
-    metrics = ev.get("amazon-bedrock-invocationMetrics")   # Bedrock invoke stream, last chunk
-    if isinstance(metrics, dict) and ("inputTokenCount" in metrics or "outputTokenCount" in metrics):
-        return {"input_tokens": metrics.get("inputTokenCount"), "output_tokens": metrics.get("outputTokenCount")}
-    um = ev.get("usageMetadata")
-    if isinstance(um, dict):
-        out = um.get("candidatesTokenCount")
-        if isinstance(um.get("thoughtsTokenCount"), int):
-            out = (out or 0) + um["thoughtsTokenCount"]
-        return {"input_tokens": um.get("promptTokenCount"), "output_tokens": out}
+        for inp, out in _TOKEN_FIELDS:
+            if inp in u or out in u:
+                return {"input_tokens": u.get(inp), "output_tokens": u.get(out)}
+    for rules in _RULES:
+        found = rules.usage(ev)
+        if found is not None:
+            return found
     return None
 
 
 def merge_usage(have: dict | None, new: dict | None, ev: Any) -> dict | None:
-    """Anthropic's message_delta reports output only (input came with message_start)."""
+    """Some events report the output only (Anthropic's message_delta: the input came before)."""
     if new is None:
         return have
-    if have and isinstance(ev, dict) and ev.get("type") == "message_delta":
+    if have and isinstance(ev, dict) and ev.get("type") in _OUTPUT_ONLY:
         return {"input_tokens": new.get("input_tokens") if new.get("input_tokens") is not None
                 else have.get("input_tokens"), "output_tokens": new.get("output_tokens")}
     return new
@@ -333,23 +172,10 @@ def dumps(obj: Any) -> bytes:
 
 
 def family(surface_name: str) -> str:
-    head = surface_name.split(".", 1)[0].lower()
-    return head if head in ("openai", "azure", "anthropic", "gemini", "bedrock") else "openai"
+    """The provider whose formats a surface (or a stream shape) speaks; OpenAI's when unknown."""
+    return registry.family(surface_name).name
 
 
 def error_event(surface_name: str, message: str, *, responses_api: bool = False, sequence_number: int = 0) -> bytes:
-    """The SSE event that ends a blocked stream in the provider's own shape; the SDKs raise on it
-    (openai: APIError on any data with "error"; anthropic: APIStatusError on `event: error`)."""
-    fam = family(surface_name)
-    if fam == "anthropic":
-        data = {"type": "error", "error": {"type": "api_error", "message": message}}
-        return b"event: error\ndata: " + dumps(data) + b"\n\n"
-    if fam == "gemini":
-        data = {"error": {"code": 500, "message": message, "status": "INTERNAL"}}
-        return b"data: " + dumps(data) + b"\n\n"
-    err = {"message": message, "type": "server_error", "param": None, "code": "response_blocked"}
-    if responses_api or surface_name == "openai.responses":
-        data = {"type": "error", "code": "response_blocked", "message": message, "param": None,
-                "sequence_number": sequence_number, "error": err}
-        return b"event: error\ndata: " + dumps(data) + b"\n\n"
-    return b"data: " + dumps({"error": err}) + b"\n\n"
+    """The SSE event that ends a blocked stream in the provider's own shape; the SDKs raise on it."""
+    return registry.family(surface_name).stream_error(surface_name, message, responses_api, sequence_number)

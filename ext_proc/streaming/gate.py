@@ -23,15 +23,15 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from ext_proc.classify import Classifier, Finding, redact, summarize
 from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, normalize
 from ext_proc.classify.prefix import PrefixHold
 
-CONTEXT_CHARS = 256
-FAST_PATH_CHARS = 4096       # a whole string this short is one window of the gate          # released text kept as left context for the next scan
+CONTEXT_CHARS = 256           # released text kept as left context for the next scan
+FAST_PATH_CHARS = 4096       # a whole string this short is one window of the gate
 MAX_REDACTION_RECORDS = 1000  # per response; further ones are counted, not listed
 
 

@@ -23,24 +23,34 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-from collections import deque
 import hashlib
 import json
 import weakref
 import zlib
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ext_proc.classify import STRATEGIES, Classifier, InputTooLarge
-from ext_proc.providers import error_body, eventstream
-from ext_proc.providers.eventstream import EventStreamDecoder, EventStreamError
+from ext_proc.providers import error_body
 from ext_proc.streaming import formats
 from ext_proc.streaming.formats import ALL, StreamKey
-from ext_proc.streaming.gate import (Blocked, JsonTextGate, Ledger, ScanPolicy, TextGate, clean_whole,
-                                     inspect_string, inspect_whole)
-from ext_proc.streaming.jsonseq import JsonSeqError, JsonSeqReader
-from ext_proc.streaming.sse import EventTooLarge, SSEEvent, SSEFramer, frame
+from ext_proc.streaming.gate import (
+    Blocked,
+    JsonTextGate,
+    Ledger,
+    ScanPolicy,
+    TextGate,
+    clean_whole,
+    inspect_string,
+    inspect_whole,
+)
+from ext_proc.wire import eventstream
+from ext_proc.wire.eventstream import EventStreamDecoder, EventStreamError
+from ext_proc.wire.jsonseq import JsonSeqError, JsonSeqReader
+from ext_proc.wire.sse import EventTooLarge, SSEEvent, SSEFramer, frame
 
 DECODE_PIECE = 64 << 10
 
@@ -56,7 +66,7 @@ class ResponseRules:
                 raise ValueError(f"unknown redaction strategy for {label!r}; expected one of {STRATEGIES}")
 
     @classmethod
-    def from_policy(cls, response: Mapping | None) -> "ResponseRules":
+    def from_policy(cls, response: Mapping | None) -> ResponseRules:
         """From a policy decision's ``response`` section: {"redact": {...}, "block": [...], ...}."""
         response = response or {}
         return cls(redact=dict(response.get("redact") or {}), block=frozenset(response.get("block") or ()))
@@ -153,7 +163,7 @@ CLEAN_CACHE_CHARS = 256
 # Per classifier (they live as long as their policy version): keys and short space-free strings
 # found clean, shared by its responses.
 SHARED_CLEAN_CHARS = 64
-_SHARED_CLEAN: "weakref.WeakKeyDictionary[Classifier, dict[str, None]]" = weakref.WeakKeyDictionary()
+_SHARED_CLEAN: weakref.WeakKeyDictionary[Classifier, dict[str, None]] = weakref.WeakKeyDictionary()
 
 
 def _eventstream_prelude(head: bytes) -> bool:
@@ -312,7 +322,6 @@ class ResponseInspector:
         self.finished = True
         self.blocked = {"label": label, "at_event": self.events, "at_byte": self._at_byte, "reason": reason}
         fam = formats.family(self.surface_name)
-        fam = fam if fam in ("anthropic", "gemini", "bedrock") else "openai"
         # The error goes out in the form the client is reading: a JSON error under the 403 the
         # server sets when the headers are still held; otherwise in the body's own framing (what
         # was released so far), or the one the content type announced.

@@ -17,8 +17,9 @@ separators goes into the header, at most 128 characters each.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 DISCLOSURE_HEADER = "x-ledgergate-ai-disclosure"
 _SAFE = frozenset(chr(c) for c in range(0x21, 0x7F)) - set(';,="\\')

@@ -20,7 +20,7 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "card 4
 
 @pytest.fixture(scope="module")
 def mock():
-    from ext_proc.providers.mock import MockProviderServer
+    from ext_proc.dev.mock import MockProviderServer
 
     m = MockProviderServer(host="127.0.0.1", port=free_ports(1)[0])
     m.start()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_every_request_the_upstream_saw_was_recorded_first(tmp_path):
-    from ext_proc.providers.mock import MockProviderServer
+    from ext_proc.dev.mock import MockProviderServer
 
     # The upstream lives outside the stack, so it outlives the `ledgergate up` that stops when its
     # worker dies.

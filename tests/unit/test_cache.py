@@ -11,7 +11,7 @@ import pytest
 from ext_proc.cache import Entry, MemoryStore, NotReplayable, fillable, plan_request, replay_stream
 from ext_proc.cache.plan import client_refuses_cache, request_policy_version
 from ext_proc.policy import load_policy_text
-from ext_proc.streaming.sse import SSEFramer
+from ext_proc.wire.sse import SSEFramer
 
 RULES = [{"id": "c", "routes": ["inference"], "rules": [], "deterministic": False, "share_across_tenants": False,
           "ttl_s": 60}]

@@ -8,8 +8,8 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext_proc.providers import eventstream
-from ext_proc.providers.eventstream import EventStreamDecoder, EventStreamError, encode_message
+from ext_proc.wire import eventstream
+from ext_proc.wire.eventstream import EventStreamDecoder, EventStreamError, encode_message
 
 header_values = st.one_of(st.text(max_size=40), st.booleans(), st.integers(-2**31, 2**31 - 1),
                           st.binary(max_size=40))
@@ -63,3 +63,24 @@ def test_a_length_shorter_than_its_headers_is_rejected():
     import zlib
     with pytest.raises(EventStreamError):
         EventStreamDecoder().feed(prelude + struct.pack(">I", zlib.crc32(prelude)) + b"\0" * 8)
+
+
+def test_a_repeated_header_is_refused_like_botocore_does():
+    from botocore.eventstream import DuplicateHeader
+
+    one = eventstream.event("chunk", b"{}")
+    head = b"".join(bytes([len(n)]) + n + b"\x07" + struct.pack(">H", len(v)) + v
+                    for n, v in ((b":event-type", b"chunk"), (b":event-type", b"metadata")))
+    import zlib
+    total = 12 + len(head) + 2 + 4
+    prelude = struct.pack(">II", total, len(head))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    frame = prelude + head + b"{}"
+    frame += struct.pack(">I", zlib.crc32(frame))
+    buf = EventStreamBuffer()
+    buf.add_data(frame)
+    with pytest.raises(DuplicateHeader):
+        list(buf)
+    with pytest.raises(EventStreamError, match="twice"):
+        EventStreamDecoder().feed(frame)
+    assert len(EventStreamDecoder().feed(one)) == 1

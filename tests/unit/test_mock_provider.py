@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from ext_proc.providers.mock import MockProviderServer, split_reply
+from ext_proc.dev.mock import MockProviderServer, split_reply
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +325,7 @@ def test_split_reply():
 
 def test_serve_blocks_and_stops_on_ctrl_c():
     proc = subprocess.Popen([sys.executable, "-c",
-                             "from ext_proc.providers.mock import serve; serve('127.0.0.1', 0)"],
+                             "from ext_proc.dev.mock import serve; serve('127.0.0.1', 0)"],
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

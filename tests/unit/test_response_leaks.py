@@ -22,9 +22,9 @@ import re
 import pytest
 
 from ext_proc.classify import Classifier
-from ext_proc.providers import eventstream
-from ext_proc.providers.eventstream import EventStreamDecoder
 from ext_proc.streaming import ResponseInspector, ResponseRules
+from ext_proc.wire import eventstream
+from ext_proc.wire.eventstream import EventStreamDecoder
 
 CLF = Classifier()
 MASK_ALL = ResponseRules(redact={"*": "mask"})

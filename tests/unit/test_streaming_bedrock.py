@@ -11,7 +11,7 @@ import json
 import pytest
 from botocore.eventstream import EventStreamBuffer
 
-from ext_proc.providers import eventstream
+from ext_proc.wire import eventstream
 from tests.unit.test_streaming_support import CARD, EMAIL, random_cuts, run
 
 SURFACE = "bedrock.converse_stream"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext_proc.streaming.sse import EventTooLarge, SSEFramer, frame
+from ext_proc.wire.sse import EventTooLarge, SSEFramer, frame
 
 LINE = st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=12)
 EVENT = st.lists(st.tuples(st.sampled_from(["data", "event", "id", ""]), LINE), min_size=1, max_size=4)

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from ext_proc.dev.mock import MockProviderServer
 from ext_proc.providers.adapters import parse_request
-from ext_proc.providers.mock import MockProviderServer
-from ext_proc.providers.surfaces import match_surface
+from ext_proc.providers.registry import match_surface
 from ext_proc.providers.translate import ResponseTranslator, Target, TranslationError, translate_request
 
 TARGETS = [Target("anthropic", "claude-3-5-haiku-latest"), Target("gemini", "gemini-2.0-flash"),

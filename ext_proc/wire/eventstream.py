@@ -52,6 +52,9 @@ def _decode_headers(raw: bytes) -> dict[str, object]:
             raise EventStreamError("header name runs past the header block")
         name = raw[i:i + name_len].decode("utf-8", "strict")
         i += name_len
+        if name in out:
+            # botocore refuses it (DuplicateHeader): the client would read no message at all.
+            raise EventStreamError(f"header {name!r} appears twice")
         kind = raw[i]
         i += 1
         if kind == _TYPE_TRUE or kind == _TYPE_FALSE:

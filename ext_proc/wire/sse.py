@@ -139,6 +139,12 @@ def _parse(raw: bytes, offset: int) -> SSEEvent:
                     other_lines=tuple(other), line_end=line_end)
 
 
+def event_bytes(data: str, event: str | None = None) -> bytes:
+    """One event written from scratch: an optional event line and one data line."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {data}\n\n".encode()
+
+
 def frame(other_lines: tuple[bytes, ...], data: bytes, line_end: bytes = b"\n") -> bytes:
     """An event from its non-data lines and a data payload (one data line per payload line)."""
     parts = [line + line_end for line in other_lines]

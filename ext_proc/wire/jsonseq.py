@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ext_proc.streaming.sse import EventTooLarge
+from ext_proc.wire.sse import EventTooLarge
 
 _IN_VALUE = re.compile(rb'[\[\]{}"]')
 _IN_STRING = re.compile(rb'["\\]')

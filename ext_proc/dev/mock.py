@@ -1,6 +1,7 @@
 """Mock LLM providers that speak the real wire formats (JSON and SSE) of OpenAI (chat completions,
 responses, embeddings, completions, models), Anthropic (messages, count_tokens), Gemini
-(generateContent, streamGenerateContent?alt=sse) and Bedrock (converse, invoke).
+(generateContent, streamGenerateContent?alt=sse), Bedrock (converse, invoke) and Mistral (chat).
+A development and test module: `ledgergate up` and the tests start it; the server never imports it.
 
 The reply is "You said: " + the last user text, so tests see what reached the upstream.
 Test directives (request headers): x-mock-reply (percent-encoded reply text, or `b64:` and
@@ -23,17 +24,24 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ext_proc.providers import eventstream
-from ext_proc.providers.errors import error_body
-from ext_proc.providers.surfaces import match_surface
+from ext_proc.providers import registry
+from ext_proc.providers.registry import error_body, match_surface
+from ext_proc.providers.surfaces import Surface
+from ext_proc.wire import eventstream
 
 MAX_BODY = 32 * 1024 * 1024
 MAX_LOGGED_BODY = 1024 * 1024  # per request in the /_mock/requests log (200 entries)
 MAX_DIRECTIVE_MS = 120_000
+# The fields Mistral's chat API takes; it answers any other with a 422 (extra_forbidden).
+MISTRAL_CHAT_FIELDS = frozenset({"model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop",
+                                 "random_seed", "response_format", "tools", "tool_choice", "presence_penalty",
+                                 "frequency_penalty", "n", "prediction", "parallel_tool_calls", "prompt_mode",
+                                 "safe_prompt"})
 
 
 
@@ -296,9 +304,16 @@ class _Handler(BaseHTTPRequestHandler):
             h, b = error_body("openai", 404, "not_found", "mock has no such GET route")
             self._send(404, b, h)
 
+    def _surface(self) -> Surface | None:
+        """The surface of this request. A provider whose ledgergate route carries a prefix (which
+        Envoy strips) is recognised by the host Envoy rewrites the request to."""
+        host = (self.headers.get("host") or "").split(":", 1)[0]
+        spec = next((s for s in registry.SPECS if s.route_prefix and s.upstream_host == host), None)
+        return match_surface("POST", (spec.route_prefix if spec else "") + self.path)
+
     def do_POST(self) -> None:
         self._log_entry = None  # a kept-alive connection's next request starts a new entry
-        surface = match_surface("POST", self.path)
+        surface = self._surface()
         provider = surface.provider if surface else "openai"
         try:
             raw = self._read_body()
@@ -348,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = surface.model_from_path or body.get("model")
         model = model if isinstance(model, str) else "mock-model"
         stream = surface.stream_from_path or body.get("stream") is True
-        handler = getattr(self, f"_api_{surface.api}", None)
+        handler = getattr(self, f"_{surface.provider}_{surface.api}", None) or getattr(self, f"_api_{surface.api}", None)
         if handler is None or not surface.inspectable:
             h, b = error_body(provider, 404, "not_found", f"mock does not implement {surface.name}")
             self._send(404, b, h)
@@ -402,6 +417,44 @@ class _Handler(BaseHTTPRequestHandler):
             yield sse({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
             if include_usage:
                 yield sse({**base, "choices": [], "usage": usage})
+            yield sse("[DONE]")
+        self._stream(events())
+
+    # --- Mistral ---------------------------------------------------------------------------
+    def _mistral_chat(self, body, model, prompt, reply, chunk, stream) -> None:
+        """OpenAI's chat shape, but: unknown fields refused (422), the usage in the last chunk
+        always (no stream_options), a tool call streamed whole in one chunk."""
+        extra = sorted(set(body) - MISTRAL_CHAT_FIELDS)
+        if extra:
+            h, b = error_body("mistral", 422, "extra_forbidden", f"Extra inputs are not permitted: {', '.join(extra)}")
+            self._send(422, b, h)
+            return
+        cid, created = uuid.uuid4().hex, int(time.time())
+        usage = {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(reply),
+                 "total_tokens": _tokens(prompt) + _tokens(reply)}
+        call = {"id": "D681PevKs", "type": "function", "function": {"name": "lookup", "arguments": reply}}
+        if not stream:
+            message = {"role": "assistant", "content": "" if self._as_tool() else reply,
+                       "tool_calls": [call] if self._as_tool() else None, "prefix": False}
+            self._send(200, json.dumps({
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if self._as_tool() else "stop"}],
+                "usage": usage}).encode())
+            return
+
+        def events() -> Iterator[bytes]:
+            base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+            yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None}]})
+            if self._as_tool():
+                yield sse({**base, "choices": [{"index": 0, "delta": {"tool_calls": [{**call, "index": 0}]},
+                                                "finish_reason": None}]})
+            else:
+                for piece in split_reply(reply, chunk):
+                    yield sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+            yield sse({**base, "choices": [{"index": 0, "delta": {"content": ""},
+                                            "finish_reason": "tool_calls" if self._as_tool() else "stop"}],
+                       "usage": usage})
             yield sse("[DONE]")
         self._stream(events())
 

@@ -1,0 +1,1 @@
+"""Development and test helpers that the server never imports (the mock providers)."""
