@@ -35,6 +35,7 @@ from typing import Any
 
 from ext_proc.classify import STRATEGIES, Classifier, InputTooLarge
 from ext_proc.providers import error_body
+from ext_proc.providers.events import index as event_index
 from ext_proc.streaming import formats
 from ext_proc.streaming.formats import ALL, StreamKey
 from ext_proc.streaming.gate import (
@@ -613,7 +614,7 @@ class ResponseInspector:
             return self._raw_event(e, decide=False)
         if e.data.strip() == b"[DONE]":
             self._decide(ALL)
-            return self._enqueue(_Queued(e.raw, e, None, [], False, closing=True))
+            return self._enqueue(_Queued(e.raw, None, None, [], False, closing=True))
         duplicate = False
         try:
             ev = formats.loads(e.data)
@@ -654,14 +655,14 @@ class ResponseInspector:
                 if not isinstance(ch, dict) or not isinstance(ch.get("logprobs"), dict):
                     continue
                 kind = "chat" if isinstance(ch.get("delta"), dict) or isinstance(ch.get("message"), dict) else "cmpl"
-                idx = formats._idx(ch.get("index"), i)
+                idx = event_index(ch.get("index"), i)
                 for part in ("content", "refusal"):
                     lists.append(((kind, idx, "logprobs", part), ("choices", i, "logprobs", part),
                                   ch["logprobs"].get(part)))
         t = ev.get("type")
         if isinstance(t, str) and t.startswith("response.") and isinstance(ev.get("logprobs"), list):
-            part = formats._idx(ev.get("content_index", 0), 0)
-            lists.append((("resp", formats._idx(ev.get("output_index"), 0), "logprobs", part), ("logprobs",),
+            part = event_index(ev.get("content_index", 0), 0)
+            lists.append((("resp", event_index(ev.get("output_index"), 0), "logprobs", part), ("logprobs",),
                           ev["logprobs"]))
         for key, path, items in lists:
             if not isinstance(items, list):
