@@ -1,7 +1,7 @@
 """pytest plugin for `make mutation`: which test executes which line of one module.
 
-Loaded with `-p tests.mutation.covermap` when MUTATION_COVER_SOURCE names a source file; writes
-MUTATION_COVER_OUT (JSON): for each executed line the node ids of the tests that ran it ("" for
+Loaded with `-p tests.mutation.covermap` when MUTATION_COVER_SOURCE names source files (os.pathsep
+between them); writes MUTATION_COVER_OUT (JSON): for each file and each executed line the node ids of the tests that ran it ("" for
 import time), each test's duration and outcome. The mutation run uses it to give each mutant only
 the tests that can see it, fastest first. Lines run in another process are not seen (a mutant there
 is reported as covered by no test, i.e. survived, never as killed).
@@ -22,7 +22,8 @@ _tests: dict[str, dict] = {}
 
 if SOURCE:
     # Started at plugin import, before conftest and the test modules import the source.
-    _cov = coverage.Coverage(data_file=None, include=[os.path.abspath(SOURCE)], config_file=False)
+    _cov = coverage.Coverage(data_file=None, include=[os.path.abspath(p) for p in SOURCE.split(os.pathsep)],
+                             config_file=False)
     _cov.start()
 
 
@@ -48,8 +49,11 @@ def pytest_unconfigure(config):
         return
     _cov.stop()
     data = _cov.get_data()
-    path = os.path.abspath(SOURCE)
-    by_line = data.contexts_by_lineno(path) if path in data.measured_files() else {}
-    out = {"lines": {str(n): sorted(c) for n, c in by_line.items()}, "tests": _tests}
+    files = {}
+    for source in SOURCE.split(os.pathsep):
+        path = os.path.abspath(source)
+        by_line = data.contexts_by_lineno(path) if path in data.measured_files() else {}
+        files[source] = {str(n): sorted(c) for n, c in by_line.items()}
+    out = {"files": files, "tests": _tests}
     with open(os.environ["MUTATION_COVER_OUT"], "w") as f:
         json.dump(out, f)

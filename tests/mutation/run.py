@@ -109,6 +109,72 @@ def run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[str, s
     return ("passed" if proc.returncode == 0 else "failed"), text[-3000:]
 
 
+class WarmPytest:
+    """pytest in a forked child of this process, which has already imported pytest and the
+    third-party libraries the tests use, but nothing of ext_proc or tests: each child imports the
+    (mutated) source from disk. Saves the interpreter's and the libraries' start-up per mutant
+    (seconds each on a shared 2-core machine). The baseline runs the same way, so a test that
+    cannot run in a fork fails there and is left out; it cannot kill a mutant."""
+
+    NOT_PRELOADED = ("ext_proc", "tests", "opentelemetry", "__main__")  # tests check what tracing-off imports
+
+    def __init__(self, test_files: list[str]) -> None:
+        script = ("import sys, json, pytest; pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', "
+                  "*sys.argv[1:]]); print('MODULES' + json.dumps(sorted(sys.modules)))")
+        out = subprocess.run([sys.executable, "-c", script, *test_files], cwd=REPO, env=test_env(),
+                             capture_output=True, text=True).stdout
+        names = json.loads(out.rsplit("MODULES", 1)[1]) if "MODULES" in out else []
+        loaded = 0
+        for name in names:
+            if name.split(".")[0] in self.NOT_PRELOADED or name in sys.modules:
+                continue
+            try:
+                __import__(name)
+                loaded += 1
+            except BaseException:   # a module that only imports in its own context: the child will
+                pass
+        sys.dont_write_bytecode = True
+        print(f"   preloaded {loaded} modules for the forked test runs", flush=True)
+
+    def run(self, args: list[str], timeout: float, env: dict | None = None) -> tuple[str, str]:
+        log = OUT / "child.log"
+        pid = os.fork()
+        if pid == 0:   # the child: its own group (a timeout kills what it started), output to a file
+            try:
+                os.setsid()
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.chdir(REPO)
+                os.environ.clear()
+                os.environ.update(env or test_env())
+                sys.path.insert(0, str(REPO))
+                import pytest
+                code = int(pytest.main(["-p", "no:cacheprovider", *args]))
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                code = 99
+            os._exit(code)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                os.waitpid(pid, 0)
+                return "timeout", f"timeout after {timeout:.0f}s"
+            time.sleep(0.05)
+        text = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        return ("passed" if os.waitstatus_to_exitcode(status) == 0 else "failed"), text
+
+
 def function_lines(path: Path, names: list[str]) -> list[tuple[int, int]]:
     """Line ranges (inclusive) of the named functions and methods."""
     tree = ast.parse(path.read_text())
@@ -125,6 +191,27 @@ def function_lines(path: Path, names: list[str]) -> list[tuple[int, int]]:
     if missing:
         raise SystemExit(f"{path}: no function {missing} (renamed or moved? update tests/mutation/targets.toml)")
     return [found[n] for n in names]
+
+
+def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the type annotations are: `X | None` turned into `X * None` there changes nothing, as
+    every target has `from __future__ import annotations` (checked): annotations are never evaluated."""
+    source = path.read_text()
+    tree = ast.parse(source)
+    if not any(isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
+               for n in tree.body):
+        return []
+    spans = []
+    for node in ast.walk(tree):
+        found = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.append(node.returns)
+        elif isinstance(node, ast.arg):
+            found.append(node.annotation)
+        elif isinstance(node, ast.AnnAssign):
+            found.append(node.annotation)
+        spans += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in found if a is not None]
+    return spans
 
 
 def write_config(t: Target, path: Path) -> None:
@@ -148,13 +235,18 @@ def select(t: Target, session: Path, *, everything: bool, seed: int) -> list:
     """Skip mutants outside the promise-carrying functions, then all but a seeded sample (drawn by
     operator and occurrence, not by cosmic-ray's random job ids: the same source gives the same sample)."""
     ranges = function_lines(REPO / t.module, t.functions) if t.functions else None
+    annotations = annotation_spans(REPO / t.module)
     with use_db(str(session), WorkDB.Mode.open) as db:
         keep = []
         for item in db.pending_work_items:
-            line = item.mutations[0].start_pos[0]
+            m = item.mutations[0]
+            line = m.start_pos[0]
             if ranges is not None and not any(a <= line <= b for a, b in ranges):
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
                                                       output="outside the promise-carrying functions"))
+            elif any(a <= tuple(m.start_pos) and tuple(m.end_pos) <= b for a, b in annotations):
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
+                                                      output="inside an annotation"))
             else:
                 keep.append(item)
         keep.sort(key=lambda i: (i.mutations[0].operator_name, i.mutations[0].occurrence))
@@ -180,20 +272,24 @@ class Baseline:
     process_ok: bool
 
 
-def baseline(t: Target) -> Baseline:
-    """The unmutated tests once, under coverage: who executes what, how fast, and that they pass."""
-    cover = OUT / f"{t.name}.cover.json"
-    cover.unlink(missing_ok=True)
-    env = dict(test_env(), MUTATION_COVER_SOURCE=str(REPO / t.module), MUTATION_COVER_OUT=str(cover))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.mutation.covermap",
-           *selection_args(t), *t.tests]
-    status, out = run(cmd, 1800, env)
-    if not cover.exists():
-        raise SystemExit(f"{t.name}: the baseline run wrote no coverage map ({status}):\n{out}")
-    data = json.loads(cover.read_text())
+def baseline(t: Target, warm: WarmPytest, same_tests: list[Target], cache: dict) -> Baseline:
+    """The unmutated tests once, under coverage: who executes what, how fast, and that they pass.
+    One run serves every target with the same tests (SAME_TESTS: their modules are measured together)."""
+    key = (tuple(t.tests), tuple(t.deselect))
+    if key not in cache:
+        cover = OUT / f"{t.name}.cover.json"
+        cover.unlink(missing_ok=True)
+        env = dict(test_env(), MUTATION_COVER_SOURCE=os.pathsep.join(str(REPO / x.module) for x in same_tests),
+                   MUTATION_COVER_OUT=str(cover))
+        status, out = warm.run(["-q", "-p", "tests.mutation.covermap", *selection_args(t), *t.tests], 1800, env)
+        if not cover.exists():
+            raise SystemExit(f"{t.name}: the baseline run wrote no coverage map ({status}):\n{out}")
+        cache[key] = json.loads(cover.read_text())
+    data = cache[key]
     failed = sorted(n for n, r in data["tests"].items() if r.get("failed"))
     seconds = {n: r.get("seconds", 1.0) for n, r in data["tests"].items() if not r.get("failed")}
-    lines = {int(k): [c for c in v if c in seconds or c == ""] for k, v in data["lines"].items()}
+    lines = {int(k): [c for c in v if c in seconds or c == ""]
+             for k, v in data["files"][str(REPO / t.module)].items()}
     process_ok = True
     if t.process_tests:
         status, out = run(pytest_cmd(*t.process_tests), t.process_timeout_s)
@@ -227,7 +323,7 @@ def first_failure(output: str) -> str | None:
     return found.group(1) if found else None
 
 
-def run_mutant(t: Target, b: Baseline, item, remaining: float) -> WorkResult | None:
+def run_mutant(t: Target, b: Baseline, item, remaining: float, warm: WarmPytest) -> WorkResult | None:
     """Apply one mutant, run its tests, restore the file. None: the budget ran out during it (not run)."""
     m = item.mutations[0]
     operator = get_operator(m.operator_name)(**(m.operator_args or {}))
@@ -243,14 +339,14 @@ def run_mutant(t: Target, b: Baseline, item, remaining: float) -> WorkResult | N
                                               f"a/{m.module_path}", f"b/{m.module_path}", lineterm=""))
         stages = []
         if ids:
-            stages.append((pytest_cmd(*ids), STARTUP_S + 3 * sum(b.seconds.get(n, 1.0) for n in ids)))
+            stages.append((warm.run, ["-x", "-q", *ids], STARTUP_S + 3 * sum(b.seconds.get(n, 1.0) for n in ids)))
         if process:
-            stages.append((pytest_cmd(*process), t.process_timeout_s))
+            stages.append((run, pytest_cmd(*process), t.process_timeout_s))
         output = ""
-        for cmd, timeout in stages:
+        for runner, cmd, timeout in stages:
             limit = min(timeout, remaining)
             started = time.monotonic()
-            status, output = run(cmd, limit)
+            status, output = runner(cmd, limit)
             remaining -= time.monotonic() - started
             if status == "timeout" and limit < timeout:
                 return None    # cut by the budget, not by the mutant: not run
@@ -384,7 +480,8 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     budget = a.budget_minutes * 60
-    queues, baselines = [], {}
+    queues, baselines, cover_cache = [], {}, {}
+    warm = WarmPytest(sorted({f for t in targets for f in t.tests}))
     for t in targets:
         config, session = OUT / f"{t.name}.toml", OUT / f"{t.name}.sqlite"
         write_config(t, config)
@@ -396,7 +493,8 @@ def main() -> int:
         for pyc in (REPO / t.module).parent.glob(f"__pycache__/{Path(t.module).stem}.*.pyc"):
             pyc.unlink()
         b0 = time.monotonic()
-        baselines[t.name] = baseline(t)
+        same = [x for x in targets if (x.tests, x.deselect) == (t.tests, t.deselect)]
+        baselines[t.name] = baseline(t, warm, same, cover_cache)
         print(f"== {t.module}: {len(chosen)} mutants; baseline {time.monotonic() - b0:.0f}s, "
               f"{len(baselines[t.name].seconds)} tests", flush=True)
         queues.append([(t, item) for item in chosen])
@@ -408,7 +506,7 @@ def main() -> int:
             if remaining < 5:
                 print(f"budget spent: {len(jobs) - n + 1} mutants not run", flush=True)
                 break
-            result = run_mutant(t, baselines[t.name], item, remaining)
+            result = run_mutant(t, baselines[t.name], item, remaining, warm)
             if result is None:
                 print("budget spent during a mutant: it and the rest are not run", flush=True)
                 break
