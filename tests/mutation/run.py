@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import hashlib
 import json
 import os
 import random
@@ -119,11 +120,16 @@ class WarmPytest:
     NOT_PRELOADED = ("ext_proc", "tests", "opentelemetry", "__main__")  # tests check what tracing-off imports
 
     def __init__(self, test_files: list[str]) -> None:
-        script = ("import sys, json, pytest; pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', "
-                  "*sys.argv[1:]]); print('MODULES' + json.dumps(sorted(sys.modules)))")
-        out = subprocess.run([sys.executable, "-c", script, *test_files], cwd=REPO, env=test_env(),
-                             capture_output=True, text=True).stdout
-        names = json.loads(out.rsplit("MODULES", 1)[1]) if "MODULES" in out else []
+        # Which modules the tests import: collected once, kept (a stale list only costs start-up time).
+        listed = OUT / "preload.json"
+        names = json.loads(listed.read_text()) if listed.exists() else []
+        if not names:
+            script = ("import sys, json, pytest; pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', "
+                      "*sys.argv[1:]]); print('MODULES' + json.dumps(sorted(sys.modules)))")
+            out = subprocess.run([sys.executable, "-c", script, *test_files], cwd=REPO, env=test_env(),
+                                 capture_output=True, text=True).stdout
+            names = json.loads(out.rsplit("MODULES", 1)[1]) if "MODULES" in out else []
+            listed.write_text(json.dumps(names))
         loaded = 0
         for name in names:
             if name.split(".")[0] in self.NOT_PRELOADED or name in sys.modules:
@@ -278,14 +284,21 @@ def baseline(t: Target, warm: WarmPytest, same_tests: list[Target], cache: dict)
     One run serves every target with the same tests (SAME_TESTS: their modules are measured together)."""
     key = (tuple(t.tests), tuple(t.deselect))
     if key not in cache:
-        cover = OUT / f"{t.name}.cover.json"
-        cover.unlink(missing_ok=True)
-        env = dict(test_env(), MUTATION_COVER_SOURCE=os.pathsep.join(str(REPO / x.module) for x in same_tests),
-                   MUTATION_COVER_OUT=str(cover))
-        status, out = warm.run(["-q", "-p", "tests.mutation.covermap", *selection_args(t), *t.tests], 1800, env)
-        if not cover.exists():
-            raise SystemExit(f"{t.name}: the baseline run wrote no coverage map ({status}):\n{out}")
-        cache[key] = json.loads(cover.read_text())
+        sources = [str(REPO / x.module) for x in same_tests]
+        # Kept across runs while nothing it depends on changed (the source tree, these tests, this tool).
+        stored = OUT / "baselines" / f"{fingerprint('ext_proc', 'tests/mutation', *CONFTESTS, *t.tests, extra=[*key, *sources])}.json"
+        if not stored.exists():
+            cover = OUT / f"{t.name}.cover.json"
+            cover.unlink(missing_ok=True)
+            env = dict(test_env(), MUTATION_COVER_SOURCE=os.pathsep.join(sources), MUTATION_COVER_OUT=str(cover))
+            status, out = warm.run(["-q", "-p", "tests.mutation.covermap", *selection_args(t), *t.tests], 1800, env)
+            if not cover.exists():
+                raise SystemExit(f"{t.name}: the baseline run wrote no coverage map ({status}):\n{out}")
+            stored.parent.mkdir(exist_ok=True)
+            cover.replace(stored)
+        else:
+            print(f"   {t.name}: coverage map unchanged since {time.ctime(stored.stat().st_mtime)}", flush=True)
+        cache[key] = json.loads(stored.read_text())
     data = cache[key]
     failed = sorted(n for n, r in data["tests"].items() if r.get("failed"))
     seconds = {n: r.get("seconds", 1.0) for n, r in data["tests"].items() if not r.get("failed")}
@@ -293,13 +306,38 @@ def baseline(t: Target, warm: WarmPytest, same_tests: list[Target], cache: dict)
              for k, v in data["files"][str(REPO / t.module)].items()}
     process_ok = True
     if t.process_tests:
-        status, out = run(pytest_cmd(*t.process_tests), t.process_timeout_s)
+        passed = OUT / "baselines" / (fingerprint("ext_proc", "envoy", "policies", "tests/fault", "pyproject.toml",
+                                                  *CONFTESTS, *t.process_tests) + ".passed")
+        if passed.exists():
+            status = "passed"
+            print(f"   {t.name}: process tests passed unmutated on the same tree at {time.ctime(passed.stat().st_mtime)}",
+                  flush=True)
+        else:
+            status, out = run(pytest_cmd(*t.process_tests), t.process_timeout_s)
         process_ok = status == "passed"
-        if not process_ok:
+        if process_ok:
+            passed.parent.mkdir(exist_ok=True)
+            passed.touch()
+        else:
             print(f"   {t.name}: process tests fail unmutated ({status}); left out:\n{out[-1500:]}", flush=True)
     if failed:
         print(f"   {t.name}: {len(failed)} test(s) fail unmutated and are left out: {failed}", flush=True)
     return Baseline(lines, seconds, failed, process_ok)
+
+
+CONFTESTS = ("tests/conftest.py", "tests/support.py", "tests/pg.py")
+
+
+def fingerprint(*paths: str, extra: list[str] = ()) -> str:
+    """sha256 over the named files and every file under the named directories, and EXTRA."""
+    h = hashlib.sha256("\0".join(extra).encode())
+    for p in paths:
+        root = REPO / p
+        files = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for f in files:
+            if f.is_file() and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:24]
 
 
 def tests_for(item, b: Baseline) -> list[str] | None:
