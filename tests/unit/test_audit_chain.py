@@ -324,3 +324,19 @@ def test_key_id_is_the_documented_fingerprint(tmp_path):
     raw = base64.b64decode(genesis["public_key"]) if "public_key" in genesis else None
     assert raw is not None and len(raw) == 32, sorted(genesis)
     assert genesis["key_id"] == hashlib.sha256(raw).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("first_kind", ["genesis", "outcome"])
+def test_the_first_record_is_named_for_what_is_wrong_with_it(seg, first_kind):
+    """A genesis whose public key cannot be read, and a segment that opens with another kind of
+    record, are two different findings (found by `make mutation`: the genesis-kind test compared
+    with `<=` gave the second reason for a genesis record, `outcome` sorting after it the first)."""
+    d, path = seg
+    original = lines(path)
+    first = json.loads(original[0])
+    first["public_key"] = "not base64!"
+    first["kind"] = first_kind
+    put(path, [json.dumps(first).encode()] + original[1:])
+    rep = verify_dir(d)
+    want = "genesis public key unreadable" if first_kind == "genesis" else "does not start with a genesis record"
+    assert not rep.ok and f"{path.name}:1" in rep.problem and want in rep.problem, rep.problem
