@@ -36,6 +36,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +52,7 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "var" / "mutation"
+TREE = REPO   # where tests run and mutants are applied: a worker's own copy of the repository
 TARGETS_FILE = Path(__file__).with_name("targets.toml")
 
 # Operators left out: the rarer arithmetic/bitwise replacements (Add->Pow, Sub->LShift...) add
@@ -85,7 +87,7 @@ def load_targets() -> list[Target]:
 def test_env() -> dict[str, str]:
     # The worktree first (subprocesses such as `ledgergate up` inherit it); no .pyc written, so a
     # mutant and the original of the same size and second are never confused.
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(TREE), os.environ.get("PYTHONPATH")) if p),
                 PYTHONDONTWRITEBYTECODE="1")
 
 
@@ -95,7 +97,7 @@ def pytest_cmd(*args: str) -> list[str]:
 
 def run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[str, str]:
     """("passed" | "failed" | "timeout", output tail). Its own process group: a timeout kills Envoy too."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env or test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=TREE, env=env or test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -107,7 +109,7 @@ def run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[str, s
         proc.communicate()
         return "timeout", f"timeout after {timeout:.0f}s"
     text = out.decode(errors="replace")
-    return ("passed" if proc.returncode == 0 else "failed"), text[-3000:]
+    return {0: "passed", 1: "failed", 2: "failed"}.get(proc.returncode, "error"), text[-3000:]
 
 
 class WarmPytest:
@@ -143,7 +145,7 @@ class WarmPytest:
         print(f"   preloaded {loaded} modules for the forked test runs", flush=True)
 
     def run(self, args: list[str], timeout: float, env: dict | None = None) -> tuple[str, str]:
-        log = OUT / "child.log"
+        log = OUT / f"child-{os.getpid()}.log"
         pid = os.fork()
         if pid == 0:   # the child: its own group (a timeout kills what it started), output to a file
             try:
@@ -151,10 +153,14 @@ class WarmPytest:
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
-                os.chdir(REPO)
+                os.chdir(TREE)
                 os.environ.clear()
                 os.environ.update(env or test_env())
-                sys.path.insert(0, str(REPO))
+                # This runner is itself in `tests` (of the original tree): the child imports the
+                # tests, and ext_proc, afresh from its own tree.
+                for name in [n for n in sys.modules if n.split(".")[0] in ("tests", "ext_proc")]:
+                    del sys.modules[name]
+                sys.path[:] = [str(TREE)] + [p for p in sys.path if p not in ("", str(REPO))]
                 import pytest
                 code = int(pytest.main(["-p", "no:cacheprovider", *args]))
                 sys.stdout.flush()
@@ -178,7 +184,11 @@ class WarmPytest:
                 return "timeout", f"timeout after {timeout:.0f}s"
             time.sleep(0.05)
         text = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-        return ("passed" if os.waitstatus_to_exitcode(status) == 0 else "failed"), text
+        log.unlink(missing_ok=True)
+        code = os.waitstatus_to_exitcode(status)
+        # 1: a test failed; 2: collection failed (a mutant can break an import): both kill. 3-5, 99:
+        # pytest itself or this runner failed, or nothing ran: never a kill.
+        return {0: "passed", 1: "failed", 2: "failed"}.get(code, "error"), text
 
 
 def function_lines(path: Path, names: list[str]) -> list[tuple[int, int]]:
@@ -286,7 +296,7 @@ def baseline(t: Target, warm: WarmPytest, same_tests: list[Target], cache: dict)
     if key not in cache:
         sources = [str(REPO / x.module) for x in same_tests]
         # Kept across runs while nothing it depends on changed (the source tree, these tests, this tool).
-        stored = OUT / "baselines" / f"{fingerprint('ext_proc', 'tests/mutation', *CONFTESTS, *t.tests, extra=[*key, *sources])}.json"
+        stored = OUT / "baselines" / f"{fingerprint('ext_proc', 'tests/mutation', *CONFTESTS, *t.tests, extra=[json.dumps(key), *sources])}.json"
         if not stored.exists():
             cover = OUT / f"{t.name}.cover.json"
             cover.unlink(missing_ok=True)
@@ -371,7 +381,7 @@ def run_mutant(t: Target, b: Baseline, item, remaining: float, warm: WarmPytest)
     if ids is None and not process:
         return WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=TestOutcome.SURVIVED, output=NO_TEST,
                           diff=None)
-    with use_mutation(REPO / m.module_path, operator, m.occurrence) as (original, mutated):
+    with use_mutation(TREE / m.module_path, operator, m.occurrence) as (original, mutated):
         if mutated is None:
             return WorkResult(worker_outcome=WorkerOutcome.NO_TEST)
         diff = "\n".join(difflib.unified_diff(original.splitlines(), mutated.splitlines(),
@@ -395,9 +405,20 @@ def run_mutant(t: Target, b: Baseline, item, remaining: float, warm: WarmPytest)
             if status == "failed":
                 return WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=TestOutcome.KILLED,
                                   output=output, diff=diff)
-        note = "" if ids else NO_TEST + " in this process; the process tests passed\n"
-        return WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=TestOutcome.SURVIVED,
-                          output=note + output, diff=diff)
+            if status == "error":
+                control = (runner, cmd, limit)
+                break
+        else:
+            note = "" if ids else NO_TEST + " in this process; the process tests passed\n"
+            return WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=TestOutcome.SURVIVED,
+                              output=note + output, diff=diff)
+    # pytest could not run the tests with the mutant (typically the mutant broke a test module's
+    # import, "found no collectors"): a kill only if the same tests run and pass without it.
+    runner, cmd, limit = control
+    status, _ = runner(cmd, limit)
+    outcome = TestOutcome.KILLED if status == "passed" else TestOutcome.INCOMPETENT
+    return WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=outcome, diff=diff,
+                      output=f"the tests could not run with the mutant; without it they {status}\n" + output)
 
 
 def summarise(t: Target, session: Path, b: Baseline | None) -> dict:
@@ -495,12 +516,52 @@ def recheck(extra_tests: list[str]) -> int:
                     status, _ = run(pytest_cmd(*extra, *selection_args(t), *t.tests), 900)
                     if status == "passed" and t.process_tests:
                         status, _ = run(pytest_cmd(*t.process_tests), t.process_timeout_s)
-                    verdict = {"passed": "survived", "failed": "killed", "timeout": "killed (timeout)"}[status]
+                    verdict = {"passed": "survived", "failed": "killed", "timeout": "killed (timeout)", "error": "error"}[status]
             finally:
                 source.write_bytes(backup)
             report.append({"module": t.module, "line": s["line"], "operator": s["operator"], "now": verdict})
             print(f"{t.module}:{s['line']} {s['operator']}: {verdict}", flush=True)
     (OUT / "recheck.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def work(k: int, jobs: list, baselines: dict, warm: WarmPytest, deadline: float, started: float) -> int:
+    """One worker (a fork of the runner): copies the repository (tracked and new files alike, not
+    var/ or .git) and runs its jobs there, so two workers never see each other's mutants."""
+    global TREE
+    TREE = OUT / "trees" / f"w{k}"
+    shutil.rmtree(TREE, ignore_errors=True)
+    shutil.copytree(REPO, TREE, ignore=shutil.ignore_patterns("var", ".git", "__pycache__", ".hypothesis", ".venv",
+                                                               "*.egg-info", ".pytest_cache"))
+    out = OUT / f"results-{k}.jsonl"
+    out.unlink(missing_ok=True)
+    try:
+        # The copy works unmutated: each target's fastest test passes there, or this worker runs nothing.
+        fastest = sorted({min(b.seconds, key=b.seconds.get) for b in baselines.values() if b.seconds})
+        status, output = warm.run(["-q", *fastest], 600)
+        if status != "passed":
+            print(f"worker {k}: the unmutated copy fails its tests ({status}); its mutants are not run:\n{output}",
+                  flush=True)
+            return 1
+        for n, (t, item) in enumerate(jobs, 1):
+            remaining = deadline - time.monotonic()
+            if remaining < 5:
+                print(f"worker {k}: budget spent, {len(jobs) - n + 1} mutants not run", flush=True)
+                break
+            result = run_mutant(t, baselines[t.name], item, remaining, warm)
+            if result is None:
+                print(f"worker {k}: budget spent during a mutant: it and {len(jobs) - n} more not run", flush=True)
+                break
+            with out.open("a") as f:
+                f.write(json.dumps({"target": t.name, "job_id": item.job_id,
+                                    "worker_outcome": str(result.worker_outcome.value),
+                                    "test_outcome": result.test_outcome.value if result.test_outcome else None,
+                                    "output": result.output, "diff": result.diff}) + "\n")
+            m = item.mutations[0]
+            print(f"[w{k} {n}/{len(jobs)} {(time.monotonic() - started) / 60:.1f} min] {t.module}:{m.start_pos[0]} "
+                  f"{m.operator_name}: {(result.test_outcome or result.worker_outcome).value}", flush=True)
+    finally:
+        shutil.rmtree(TREE, ignore_errors=True)
     return 0
 
 
@@ -510,6 +571,7 @@ def main() -> int:
     p.add_argument("--only", default="", help="comma-separated target names")
     p.add_argument("--all", action="store_true", help="every mutant in the functions, not a sample")
     p.add_argument("--seed", type=int, default=24)
+    p.add_argument("--workers", type=int, default=2, help="mutants run in parallel, each worker in its own copy")
     p.add_argument("--recheck", nargs="*", metavar="TEST",
                    help="re-run the last run's survivors against the target tests plus these test paths")
     a = p.parse_args()
@@ -540,26 +602,27 @@ def main() -> int:
               f"{len(baselines[t.name].seconds)} tests", flush=True)
         queues.append([(t, item) for item in chosen])
     jobs = interleave(queues)
-    sources = {t.name: (REPO / t.module).read_bytes() for t in targets}
-    try:
-        for n, (t, item) in enumerate(jobs, 1):
-            remaining = budget - (time.monotonic() - started)
-            if remaining < 5:
-                print(f"budget spent: {len(jobs) - n + 1} mutants not run", flush=True)
-                break
-            result = run_mutant(t, baselines[t.name], item, remaining, warm)
-            if result is None:
-                print("budget spent during a mutant: it and the rest are not run", flush=True)
-                break
-            with use_db(str(OUT / f"{t.name}.sqlite"), WorkDB.Mode.open) as db:
-                db.set_result(item.job_id, result)
-            m = item.mutations[0]
-            print(f"[{n}/{len(jobs)} {(time.monotonic() - started) / 60:.1f} min] {t.module}:{m.start_pos[0]} "
-                  f"{m.operator_name}: {result.test_outcome or result.worker_outcome}", flush=True)
-    finally:
-        for t in targets:   # never leave a mutant behind
-            if (REPO / t.module).read_bytes() != sources[t.name]:
-                (REPO / t.module).write_bytes(sources[t.name])
+    deadline = started + budget
+    workers = []
+    for k in range(a.workers):   # each worker: its own copy of the tree, every a.workers-th job
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = work(k, jobs[k::a.workers], baselines, warm, deadline, started)
+            finally:
+                os._exit(code)
+        workers.append(pid)
+    for pid in workers:
+        os.waitpid(pid, 0)
+    by_name = {t.name: t for t in targets}
+    for k in range(a.workers):
+        done = OUT / f"results-{k}.jsonl"
+        for line in (done.read_text().splitlines() if done.exists() else []):
+            r = json.loads(line)
+            with use_db(str(OUT / f"{by_name[r.pop('target')].name}.sqlite"), WorkDB.Mode.open) as db:
+                db.set_result(r.pop("job_id"), WorkResult(**r))
+        done.unlink(missing_ok=True)
     results = [summarise(t, OUT / f"{t.name}.sqlite", baselines.get(t.name)) for t in targets]
     minutes = (time.monotonic() - started) / 60
     (OUT / "summary.json").write_text(json.dumps(results, indent=2))
