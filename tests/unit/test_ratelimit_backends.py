@@ -279,3 +279,37 @@ def test_open_limiter_picks_the_configured_backend():
     assert isinstance(open_limiter({"backend": "redis", "url": "redis://127.0.0.1:6379/0"}), RedisLimiter)
     with pytest.raises(ValueError):
         open_limiter({"backend": "memcached"})
+
+
+def test_releasing_one_of_several_reservations_returns_exactly_its_tokens(limiters):
+    """Found by `make mutation`: a release that subtracted from the request count instead of the
+    token count passed every test with a single reservation in the window."""
+    a, b = limiters
+    s = spec(requests=None, tokens=100, window_s=3600)
+    inside_one_window(3600)
+
+    async def go():
+        first = await a.reserve("r1", [s], CTX, 40)
+        second = await b.reserve("r2", [s], CTX, 40)
+        assert first.admitted and second.admitted
+        await a.release(first.reservation)      # 40 of 100 still held by the second request
+        assert not (await b.reserve("r3", [s], CTX, 70)).admitted
+        third = await a.reserve("r4", [s], CTX, 60)
+        assert third.admitted and third.headers["x-ratelimit-remaining-tokens"] == "0"
+    asyncio.run(go())
+
+
+def test_a_negative_usage_report_settles_as_zero(limiters):
+    """A provider's usage is never taken below zero: settling -100 tokens frees the reservation and
+    nothing more (found by `make mutation`: a floor of -1 took one token from the other holders)."""
+    a, b = limiters
+    s = spec(requests=None, tokens=100, window_s=3600)
+    inside_one_window(3600)
+
+    async def go():
+        first = await a.reserve("r1", [s], CTX, 40)
+        await b.reserve("r2", [s], CTX, 40)
+        await a.settle(first.reservation, -100)
+        probe = await b.reserve("r3", [s], CTX, 10)
+        assert probe.admitted and probe.headers["x-ratelimit-remaining-tokens"] == "50"
+    asyncio.run(go())
