@@ -112,3 +112,33 @@ def test_a_multiplex_route_records_the_shadow_outcome_beside_a_denial_too():
                            classification={**lab("pci.card_number"), **lab("pii.email")}))
     assert (d.outcome, d.mode) == ("deny", "multiplex")
     assert d.observed == d.to_record()["detail"]["shadow"]["outcome"] == "deny"
+
+
+WHY = P("""
+    id: why
+    rules:
+      - {id: permit-all, effect: permit}
+      - {id: one-label, effect: deny, when: {labels: {any: [pci.card_number]}}, code: one, reason: one}
+      - {id: two-labels, effect: deny, when: {labels: {any: [pii.email, pii.phone]}}, code: two, reason: two}
+      - {id: max-tokens, effect: deny, when: {max_tokens_over: 1000}, code: big, reason: big}
+""")
+
+
+def _why(decision, rule: str) -> list[str]:
+    return next(m["why"] for m in decision.to_record()["matched"] if m["rule"] == rule)
+
+
+def test_a_label_match_says_which_labels_were_present():
+    """The record explains a match with the labels found, never their values (found by `make
+    mutation`: the one-label wording swapped with the several-labels one passed every test)."""
+    one = WHY.evaluate(inp(classification=lab("pci.card_number")))
+    assert _why(one, "one-label") == ["label pci.card_number present"]
+    two = WHY.evaluate(inp(classification=lab("pii.phone")))
+    assert _why(two, "two-labels") == ["labels present: pii.phone"]
+
+
+def test_max_tokens_over_is_a_threshold_not_an_inequality():
+    """Found by `make mutation`: `max_tokens is not n` for `> n` matched every other value."""
+    assert WHY.evaluate(inp(request={"max_tokens": 500})).outcome == "permit"
+    assert WHY.evaluate(inp(request={"max_tokens": 1000})).outcome == "permit"
+    assert WHY.evaluate(inp(request={"max_tokens": 1001})).code == "big"
