@@ -190,3 +190,17 @@ def test_the_recorded_path_never_carries_the_query_string(path):
     v = decide(body, head(path))
     assert v.record["route"]["path"] == path.split("?")[0]
     assert "secret-query-key" not in json.dumps(v.record)
+
+
+def test_an_envelope_value_over_the_inspection_budget_is_refused_not_forwarded():
+    """A header or query value the provider reads is inspected within the same budget as the body:
+    past it, a 413 in the provider's format and a record (found by `make mutation`: nothing
+    exercised the envelope's budget refusal)."""
+    from ext_proc.pipeline.budget import BudgetedClassifier
+    from ext_proc.pipeline.envelope import EnvelopeSegment
+
+    segment = EnvelopeSegment(where="header:anthropic-beta", name="anthropic-beta", text="x" * 300)
+    v = decide_request(head(), ident(), chat("hello"), policy=POLICY, classifier=BudgetedClassifier(CLASSIFIER, max_bytes=200),
+                       hash_key=KEY, now_ms=NOW, max_body_bytes=1 << 20, envelope_segments=(segment,))
+    assert not v.forward and v.status == 413 and v.code == "request_too_large"
+    assert v.record["decision"]["outcome"] == "deny" and json.loads(v.error_body)["error"]["message"]
