@@ -384,6 +384,11 @@ def run_mutant(t: Target, b: Baseline, item, remaining: float, warm: WarmPytest)
     with use_mutation(TREE / m.module_path, operator, m.occurrence) as (original, mutated):
         if mutated is None:
             return WorkResult(worker_outcome=WorkerOutcome.NO_TEST)
+        try:   # cosmic-ray can write code that does not compile ({**d} -> {+d}): not a mutant any test kills
+            compile(mutated, str(m.module_path), "exec")
+        except SyntaxError as exc:
+            return WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=TestOutcome.INCOMPETENT,
+                              output=f"does not compile: {exc}")
         diff = "\n".join(difflib.unified_diff(original.splitlines(), mutated.splitlines(),
                                               f"a/{m.module_path}", f"b/{m.module_path}", lineterm=""))
         stages = []

@@ -204,3 +204,16 @@ def test_an_envelope_value_over_the_inspection_budget_is_refused_not_forwarded()
                        hash_key=KEY, now_ms=NOW, max_body_bytes=1 << 20, envelope_segments=(segment,))
     assert not v.forward and v.status == 413 and v.code == "request_too_large"
     assert v.record["decision"]["outcome"] == "deny" and json.loads(v.error_body)["error"]["message"]
+
+
+def test_a_redacted_envelope_value_is_recorded_with_where_it_was():
+    """An e-mail address in a header the provider reads is redacted like one in the body, and the
+    record says where, without the value (found by `make mutation`: no test reached this path)."""
+    from ext_proc.pipeline.envelope import EnvelopeSegment
+
+    segment = EnvelopeSegment(where="header:x-trace-note", name="x-trace-note", text="from jane.doe@example.com")
+    v = decide_request(head(), ident(), chat("hello"), policy=POLICY, classifier=CLASSIFIER,
+                       hash_key=KEY, now_ms=NOW, max_body_bytes=1 << 20, envelope_segments=(segment,))
+    assert v.forward and "jane.doe@example.com" not in v.envelope_redacted[0]
+    recorded = [r for r in v.record["decision"]["redactions"] if r.get("envelope") == "header:x-trace-note"]
+    assert recorded and "jane.doe@example.com" not in json.dumps(v.record)
