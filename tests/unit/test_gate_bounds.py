@@ -32,3 +32,38 @@ def test_a_release_never_ends_on_the_first_half_of_a_surrogate_pair():
     released = gate.feed(text)
     assert released and not ("\ud800" <= released[-1] <= "\udbff"), repr(released[-3:])
     assert released + gate.flush() == text
+
+
+def _json_policy(hold: int = 32) -> ScanPolicy:
+    return ScanPolicy(classifier=CLF, redact={"pii.email": "mask"}, block=frozenset(), hash_key=KEY, tenant="t",
+                      hold=hold, step=hold, long_hold=0, prefix=None)
+
+
+def test_json_text_is_scanned_as_the_application_decodes_it():
+    """Tool-call arguments are JSON text: an address written with escapes (\\u0040 for @, \\n, a
+    surrogate pair) is what json.loads gives the application, so it is what is scanned and
+    redacted (found by `make mutation`: the escape decoding had no test of its own)."""
+    import json as _json
+
+    from ext_proc.streaming.gate import inspect_json_text
+
+    for escaped in ("mail jane.doe\\u0040example.com\\nthanks \\ud83d\\ude00",
+                    "\\ud83d\\ude00 \\t mail:\\njane.doe\\u0040example.com",
+                    "mail \\ud83d\\ude00jane.doe\\u0040example.com"):
+        out = inspect_json_text(_json_policy(), Ledger(), escaped, "t")
+        decoded = _json.loads(f'"{out}"')        # still valid JSON text after redaction
+        assert "jane.doe@example.com" not in decoded and "\U0001F600" in decoded, decoded
+        assert decoded.replace("[PII.EMAIL]", "jane.doe@example.com") == _json.loads(f'"{escaped}"'), decoded
+
+
+def test_json_text_arriving_in_pieces_decodes_escapes_split_between_them():
+    import json as _json
+
+    from ext_proc.streaming.gate import JsonTextGate
+
+    escaped = "smile \\ud83d\\ude00 and mail jane.doe\\u0040example.com, " + "more words " * 12
+    for size in (1, 3, 5, 7, 11):
+        gate = JsonTextGate(_json_policy(), Ledger(), "t")
+        out = "".join(gate.feed(escaped[i:i + size]) for i in range(0, len(escaped), size)) + gate.flush()
+        decoded = _json.loads(f'"{out}"')
+        assert "jane.doe@example.com" not in decoded and decoded.startswith("smile \U0001F600 and mail "), (size, out)
