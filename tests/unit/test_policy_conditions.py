@@ -142,3 +142,32 @@ def test_max_tokens_over_is_a_threshold_not_an_inequality():
     assert WHY.evaluate(inp(request={"max_tokens": 500})).outcome == "permit"
     assert WHY.evaluate(inp(request={"max_tokens": 1000})).outcome == "permit"
     assert WHY.evaluate(inp(request={"max_tokens": 1001})).code == "big"
+
+
+COUNTS = P("""
+    id: counts
+    rules:
+      - {id: permit-all, effect: permit}
+      - {id: twice, effect: deny, when: {labels: {any: [pii.email], min_count: 2}}, code: twice, reason: twice}
+      - {id: by-surface, effect: deny, when: {surfaces: [anthropic.messages]}, code: surface, reason: surface}
+      - {id: all-scopes, effect: deny, when: {scopes_all: [admin, billing]}, code: scopes, reason: scopes}
+""")
+
+
+def test_min_count_on_any_is_a_threshold_counted_and_not_a_presence():
+    """Found by `make mutation`: min_count 2 taken as plain presence, or as an exact count."""
+    assert COUNTS.evaluate(inp(classification=lab("pii.email", count=1))).outcome == "permit"
+    assert COUNTS.evaluate(inp(classification=lab("pii.email", count=2))).code == "twice"
+    assert COUNTS.evaluate(inp(classification=lab("pii.email", count=3))).code == "twice"
+
+
+def test_a_surface_condition_reads_the_route_surface():
+    """Found by `make mutation`: every surface read as "unknown" passed every test."""
+    assert COUNTS.evaluate(inp()).outcome == "permit"
+    assert COUNTS.evaluate(inp(route={"surface": "anthropic.messages"})).code == "surface"
+
+
+def test_scopes_all_holds_for_exactly_those_scopes_and_for_more():
+    assert COUNTS.evaluate(inp(identity={"scopes": ["admin"]})).outcome == "permit"
+    assert COUNTS.evaluate(inp(identity={"scopes": ["admin", "billing"]})).code == "scopes"
+    assert COUNTS.evaluate(inp(identity={"scopes": ["admin", "billing", "read"]})).code == "scopes"
