@@ -67,3 +67,23 @@ def test_json_text_arriving_in_pieces_decodes_escapes_split_between_them():
         out = "".join(gate.feed(escaped[i:i + size]) for i in range(0, len(escaped), size)) + gate.flush()
         decoded = _json.loads(f'"{out}"')
         assert "jane.doe@example.com" not in decoded and decoded.startswith("smile \U0001F600 and mail "), (size, out)
+
+
+def test_a_token_longer_than_the_fixed_hold_is_kept_back_whole_while_it_arrives():
+    """Under a fixed hold shorter than a token, the long hold keeps the unbroken run that crosses
+    the cut until it ends, so the address is found whole and never released in part; a run
+    longer than the long hold is released (found by `make mutation`: the long hold switched off
+    or its floor moved passed every test)."""
+    policy = ScanPolicy(classifier=CLF, redact={"pii.email": "mask"}, block=frozenset(), hash_key=KEY, tenant="t",
+                        hold=8, step=8, long_hold=64, prefix=None)
+    text = "some words here and there " * 3 + "jane.doe@example.com" + " and the tail of it" * 6
+    for size in (3, 5, 7):
+        gate = TextGate(policy, Ledger(), "t")
+        pieces = [gate.feed(text[i:i + size]) for i in range(0, len(text), size)]
+        out = "".join(pieces) + gate.flush()
+        assert "jane" not in out and "[PII.EMAIL]" in out, (size, out)
+        assert out.replace("[PII.EMAIL]", "jane.doe@example.com") == text
+    # A run of non-space characters longer than the long hold is not held to the end.
+    gate = TextGate(policy, Ledger(), "t")
+    released = "".join(gate.feed(c * 10) for c in "ab" * 20)
+    assert len(released) > 200, len(released)
