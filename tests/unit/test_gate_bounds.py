@@ -87,3 +87,20 @@ def test_a_token_longer_than_the_fixed_hold_is_kept_back_whole_while_it_arrives(
     gate = TextGate(policy, Ledger(), "t")
     released = "".join(gate.feed(c * 10) for c in "ab" * 20)
     assert len(released) > 200, len(released)
+
+
+def test_forgetting_released_edits_keeps_the_ones_still_to_be_written():
+    """The streaming inspector drops the redactions of text already sent and keeps those of text
+    still queued (found by `make mutation`: keeping the old ones and dropping the rest passed)."""
+    from ext_proc.streaming.gate import JsonTextGate
+
+    raw = "from jane.doe\\u0040example.com " + "filler words " * 8 + "to john.roe\\u0040example.org " + "end " * 8
+    gate = JsonTextGate(_json_policy(), Ledger(), "t")
+    gate.feed(raw)
+    gate.flush()
+    assert len(gate.edits) == 2
+    second = raw.index("john.roe")
+    gate.forget_edits_before(second - 3)      # the first address has been written out
+    assert len(gate.edits) == 1
+    rest = gate.edited(second - 3, len(raw), raw[second - 3:])
+    assert "john.roe" not in rest and "[PII.EMAIL]" in rest, rest
