@@ -95,3 +95,15 @@ async def test_a_coalesced_stream_chunk_sends_its_first_text_in_the_first_body_m
     first = [json.loads(line[6:]) for line in bodies[0].body.split(b"\n\n") if line.startswith(b"data: {")]
     assert any(e["choices"][0]["delta"].get("content") for e in first)
     assert 2 <= len(bodies) <= 4
+
+
+async def test_the_tokens_an_answer_used_are_counted_for_spend(runtime, token):  # noqa: F811
+    """The outcome's usage feeds the spend counter (found by `make mutation`: the condition that
+    reads the usage inverted, no spend counted, passed every test)."""
+    def counted() -> float:
+        return sum(s.value for m in runtime.metrics.registry.collect() if m.name == "ledgergate_tokens"
+                   for s in m.samples if s.name == "ledgergate_tokens_total")
+    before = counted()
+    async for _ in _replies(Servicer(runtime), _exchange(token, "req-spend", {}), []):
+        pass
+    assert counted() > before
