@@ -358,3 +358,16 @@ def test_an_altered_record_is_named_as_not_matching_its_hash(seg):
         assert not rep.ok and f"{path.name}:{i + 1}" in rep.problem, rep.problem
         assert "does not match its hash" in rep.problem, rep.problem
     put(path, original)
+
+
+def test_the_segment_with_the_problem_is_marked_not_ok_in_the_report(seg):
+    """The report's per-segment status (what `audit verify --json` prints) marks the tampered
+    segment, not only the whole result (found by `make mutation`: a status left ok passed)."""
+    d, path = seg
+    original = lines(path)
+    rec = json.loads(original[5])
+    rec["seq"] += 1
+    put(path, original[:5] + [json.dumps(rec).encode()] + original[6:])
+    rep = verify_dir(d)
+    [status] = [s for s in rep.segment_status if s.name == path.name]
+    assert not rep.ok and not status.ok and status.problem is not None
