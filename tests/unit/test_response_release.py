@@ -107,3 +107,21 @@ async def test_the_tokens_an_answer_used_are_counted_for_spend(runtime, token): 
     async for _ in _replies(Servicer(runtime), _exchange(token, "req-spend", {}), []):
         pass
     assert counted() > before
+
+
+async def test_the_outcome_record_holds_the_transparency_marker_that_was_sent(runtime, token):  # noqa: F811
+    """With the policy's Article 50 marker on (the default policy's), the outcome record says what
+    was disclosed (found by `make mutation`: dropping it from the record passed every unit test)."""
+    from ext_proc.streaming.transparency import DISCLOSURE_HEADER
+
+    replies = []
+    async for r in _replies(Servicer(runtime), _exchange(token, "req-marker", {}), []):
+        replies.append(r)
+    sent = {h.header.key for r in replies if r.WhichOneof("response") == "response_headers"
+            for h in r.response_headers.response.header_mutation.set_headers}
+    records = []
+    for f in sorted(runtime.config.base_dir.glob("var/audit/*.jsonl")):
+        records += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    [outcome] = [r for r in records if r.get("kind") == "outcome" and r.get("request_id") == "req-marker"]
+    assert DISCLOSURE_HEADER in sent
+    assert DISCLOSURE_HEADER in outcome["transparency"]["header"]
