@@ -171,3 +171,15 @@ def test_scopes_all_holds_for_exactly_those_scopes_and_for_more():
     assert COUNTS.evaluate(inp(identity={"scopes": ["admin"]})).outcome == "permit"
     assert COUNTS.evaluate(inp(identity={"scopes": ["admin", "billing"]})).code == "scopes"
     assert COUNTS.evaluate(inp(identity={"scopes": ["admin", "billing", "read"]})).code == "scopes"
+
+
+def test_a_min_confidence_of_one_is_not_plain_presence():
+    """Found by `make mutation`: min_confidence 1 taken as "present at all" passed every test."""
+    p = P("""
+        id: conf
+        rules:
+          - {id: permit-all, effect: permit}
+          - {id: sure, effect: deny, when: {labels: {any: [pii.email], min_confidence: 1}}, code: sure, reason: sure}
+    """)
+    assert p.evaluate(inp(classification=lab("pii.email", conf=0))).outcome == "permit"
+    assert p.evaluate(inp(classification=lab("pii.email", conf=1))).code == "sure"
