@@ -313,3 +313,19 @@ def test_a_negative_usage_report_settles_as_zero(limiters):
         probe = await b.reserve("r3", [s], CTX, 10)
         assert probe.admitted and probe.headers["x-ratelimit-remaining-tokens"] == "50"
     asyncio.run(go())
+
+
+def test_retry_after_is_the_rest_of_the_window_rounded_up_and_at_least_one_second():
+    """Found by `make mutation`: a floor of 2 seconds passed every test."""
+    now = [60 * 1_000_000 + 59.5]
+    lim = MemoryLimiter(clock=lambda: now[0])
+    s = spec(requests=1, window_s=60)
+
+    async def go():
+        assert (await lim.reserve("a", [s], CTX, 0)).admitted
+        refused = await lim.reserve("b", [s], CTX, 0)
+        assert not refused.admitted and refused.retry_after_s == 1 and refused.headers["retry-after"] == "1"
+        now[0] -= 30
+        refused = await lim.reserve("c", [s], CTX, 0)
+        assert refused.headers["retry-after"] == "31"
+    asyncio.run(go())
