@@ -104,3 +104,16 @@ def test_forgetting_released_edits_keeps_the_ones_still_to_be_written():
     assert len(gate.edits) == 1
     rest = gate.edited(second - 3, len(raw), raw[second - 3:])
     assert "john.roe" not in rest and "[PII.EMAIL]" in rest, rest
+
+
+def test_the_last_high_surrogate_is_not_split_from_its_pair_either():
+    """U+DBFF, the last high surrogate, is one too (found by `make mutation`: `< 0xDBFF` passed)."""
+    hold = 64
+    policy = ScanPolicy(classifier=CLF, redact={}, block=frozenset(), hash_key=KEY, tenant="t",
+                        hold=hold, step=hold, long_hold=0, prefix=None)
+    plain = "words and more words " * 10
+    text = plain[:200 - hold - 1] + "\udbff\udfff" + plain[:hold - 1]
+    gate = TextGate(policy, Ledger(), "t")
+    released = gate.feed(text)
+    assert released and released[-1] != "\udbff"
+    assert released + gate.flush() == text
