@@ -371,3 +371,13 @@ def test_the_segment_with_the_problem_is_marked_not_ok_in_the_report(seg):
     rep = verify_dir(d)
     [status] = [s for s in rep.segment_status if s.name == path.name]
     assert not rep.ok and not status.ok and status.problem is not None
+
+
+@pytest.mark.parametrize("blank", [b"", b"\r"])
+def test_a_blank_line_inside_a_segment_is_named_as_such(seg, blank):
+    """Found by `make mutation`: a blank line reported as "not valid JSON" passed every test."""
+    d, path = seg
+    original = lines(path)
+    put(path, original[:5] + [blank] + original[5:])
+    rep = verify_dir(d)
+    assert not rep.ok and f"{path.name}:6" in rep.problem and "blank line" in rep.problem, rep.problem

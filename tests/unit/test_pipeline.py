@@ -236,3 +236,11 @@ def test_a_model_name_in_the_path_holding_a_finding_is_masked_in_the_record():
 def test_a_model_name_in_the_path_is_masked_in_the_record_of_an_unparseable_body():
     bad = decide(b"{", head("/v1beta/models/mail-jane.doe@example.com:generateContent"))
     assert not bad.forward and "jane.doe" not in json.dumps(bad.record)
+
+
+def test_an_identity_failure_record_names_the_provider_of_the_route():
+    """Found by `make mutation`: the provider inverted (None for a known route) passed every test."""
+    v = reject_identity(head("/v1/messages"), IdentityError("token_expired", "the token has expired"), NOW, POLICY)
+    assert v.record["provider"] == "anthropic"
+    unknown = reject_identity(head("/v1/unknown"), IdentityError("token_expired", "expired"), NOW, POLICY)
+    assert unknown.record["provider"] is None and unknown.status == 401
