@@ -378,3 +378,60 @@ def test_key_id_is_the_documented_fingerprint(tmp_path):
     raw = base64.b64decode(genesis["public_key"]) if "public_key" in genesis else None
     assert raw is not None and len(raw) == 32, sorted(genesis)
     assert genesis["key_id"] == hashlib.sha256(raw).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("first_kind", ["genesis", "outcome"])
+def test_the_first_record_is_named_for_what_is_wrong_with_it(seg, first_kind):
+    """A genesis whose public key cannot be read, and a segment that opens with another kind of
+    record, are two different findings (found by `make mutation`: the genesis-kind test compared
+    with `<=` gave the second reason for a genesis record, `outcome` sorting after it the first)."""
+    d, path = seg
+    original = lines(path)
+    first = json.loads(original[0])
+    first["public_key"] = "not base64!"
+    first["kind"] = first_kind
+    put(path, [json.dumps(first).encode()] + original[1:])
+    rep = verify_dir(d)
+    want = "genesis public key unreadable" if first_kind == "genesis" else "does not start with a genesis record"
+    assert not rep.ok and f"{path.name}:1" in rep.problem and want in rep.problem, rep.problem
+
+
+def test_an_altered_record_is_named_as_not_matching_its_hash(seg):
+    """A record whose content changed (still canonical JSON) is reported as such, whichever way
+    its new hash sorts against the stored one (found by `make mutation`: `>` for `!=` let half of
+    the alterations through to the signature check). Twenty records: a mutant passes 1 in 10^6."""
+    from ext_proc.audit.canonical import canonical_json
+
+    d, path = seg
+    original = lines(path)
+    for i in range(1, 21):
+        rec = json.loads(original[i])
+        rec["request_id"] = rec["request_id"] + "x"
+        put(path, original[:i] + [canonical_json(rec)] + original[i + 1:])
+        rep = verify_dir(d)
+        assert not rep.ok and f"{path.name}:{i + 1}" in rep.problem, rep.problem
+        assert "does not match its hash" in rep.problem, rep.problem
+    put(path, original)
+
+
+def test_the_segment_with_the_problem_is_marked_not_ok_in_the_report(seg):
+    """The report's per-segment status (what `audit verify --json` prints) marks the tampered
+    segment, not only the whole result (found by `make mutation`: a status left ok passed)."""
+    d, path = seg
+    original = lines(path)
+    rec = json.loads(original[5])
+    rec["seq"] += 1
+    put(path, original[:5] + [json.dumps(rec).encode()] + original[6:])
+    rep = verify_dir(d)
+    [status] = [s for s in rep.segment_status if s.name == path.name]
+    assert not rep.ok and not status.ok and status.problem is not None
+
+
+@pytest.mark.parametrize("blank", [b"", b"\r"])
+def test_a_blank_line_inside_a_segment_is_named_as_such(seg, blank):
+    """Found by `make mutation`: a blank line reported as "not valid JSON" passed every test."""
+    d, path = seg
+    original = lines(path)
+    put(path, original[:5] + [blank] + original[5:])
+    rep = verify_dir(d)
+    assert not rep.ok and f"{path.name}:6" in rep.problem and "blank line" in rep.problem, rep.problem

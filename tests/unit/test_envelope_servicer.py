@@ -101,3 +101,42 @@ async def test_a_caller_that_goes_away_still_occupies_the_lane_until_its_inspect
         await asyncio.sleep(0.01)
     assert lane.pending == 0
     lane.executor.shutdown(wait=True)
+
+
+# --- paths of the servicer's decision that `make mutation` found no in-process test for ---------
+
+async def test_a_finding_in_a_header_envoy_owns_is_refused_with_403_and_a_record(runtime, token):
+    """A redaction Envoy would not let ledgergate write is a refusal, not a release."""
+    replies, _ = await _drive(Servicer(runtime), _post(
+        token, "/v1/chat/completions", {"x-envoy-note": "mail jane.doe@example.com"}, _chat("hello"), "env-unit-5"))
+    imm = replies[-1].immediate_response
+    assert imm.status.code == 403 and json.loads(imm.body)["error"]["code"] == "unredactable_header"
+    [rec] = [r for r in _records(runtime) if r["request_id"] == "env-unit-5"]
+    assert rec["decision"]["status"] == 403 and rec["decision"]["policy_outcome"] == "redact"
+    assert rec["forwarded_sha256"] is None and "jane.doe" not in json.dumps(rec)
+
+
+async def test_a_classifier_that_raises_is_a_503_with_a_record_timed_now(runtime, token, monkeypatch):
+    """Any failure of the pipeline is a fail-closed 503 whose record carries the time it was taken."""
+    import time
+
+    class Raising:
+        def __getattr__(self, name):
+            raise RuntimeError("classifier broke")
+
+    monkeypatch.setattr(runtime, "classifier_for", lambda policy: Raising())
+    before = time.time() * 1000
+    replies, _ = await _drive(Servicer(runtime), _post(token, "/v1/chat/completions", {}, _chat("hello"), "env-unit-6"))
+    imm = replies[-1].immediate_response
+    assert imm.status.code == 503 and json.loads(imm.body)["error"]["code"] == "processing_error"
+    [rec] = [r for r in _records(runtime) if r["request_id"] == "env-unit-6"]
+    assert rec["decision"]["code"] == "processing_error" and rec["forwarded_sha256"] is None
+    assert before - 1000 <= rec["decided_ms"] <= time.time() * 1000 + 1000
+
+
+async def test_the_audit_commit_phase_is_measured_in_seconds(runtime, token):
+    replies, _ = await _drive(Servicer(runtime), _post(token, "/v1/chat/completions", {}, _chat("hello"), "env-unit-7"))
+    assert replies[-1].WhichOneof("response") != "immediate_response"
+    seconds = runtime.metrics.registry.get_sample_value("ledgergate_phase_seconds_sum", {"phase": "audit_commit"})
+    count = runtime.metrics.registry.get_sample_value("ledgergate_phase_seconds_count", {"phase": "audit_commit"})
+    assert count and 0 < seconds < 30 * count

@@ -112,3 +112,74 @@ def test_a_multiplex_route_records_the_shadow_outcome_beside_a_denial_too():
                            classification={**lab("pci.card_number"), **lab("pii.email")}))
     assert (d.outcome, d.mode) == ("deny", "multiplex")
     assert d.observed == d.to_record()["detail"]["shadow"]["outcome"] == "deny"
+
+
+WHY = P("""
+    id: why
+    rules:
+      - {id: permit-all, effect: permit}
+      - {id: one-label, effect: deny, when: {labels: {any: [pci.card_number]}}, code: one, reason: one}
+      - {id: two-labels, effect: deny, when: {labels: {any: [pii.email, pii.phone]}}, code: two, reason: two}
+      - {id: max-tokens, effect: deny, when: {max_tokens_over: 1000}, code: big, reason: big}
+""")
+
+
+def _why(decision, rule: str) -> list[str]:
+    return next(m["why"] for m in decision.to_record()["matched"] if m["rule"] == rule)
+
+
+def test_a_label_match_says_which_labels_were_present():
+    """The record explains a match with the labels found, never their values (found by `make
+    mutation`: the one-label wording swapped with the several-labels one passed every test)."""
+    one = WHY.evaluate(inp(classification=lab("pci.card_number")))
+    assert _why(one, "one-label") == ["label pci.card_number present"]
+    two = WHY.evaluate(inp(classification=lab("pii.phone")))
+    assert _why(two, "two-labels") == ["labels present: pii.phone"]
+
+
+def test_max_tokens_over_is_a_threshold_not_an_inequality():
+    """Found by `make mutation`: `max_tokens is not n` for `> n` matched every other value."""
+    assert WHY.evaluate(inp(request={"max_tokens": 500})).outcome == "permit"
+    assert WHY.evaluate(inp(request={"max_tokens": 1000})).outcome == "permit"
+    assert WHY.evaluate(inp(request={"max_tokens": 1001})).code == "big"
+
+
+COUNTS = P("""
+    id: counts
+    rules:
+      - {id: permit-all, effect: permit}
+      - {id: twice, effect: deny, when: {labels: {any: [pii.email], min_count: 2}}, code: twice, reason: twice}
+      - {id: by-surface, effect: deny, when: {surfaces: [anthropic.messages]}, code: surface, reason: surface}
+      - {id: all-scopes, effect: deny, when: {scopes_all: [admin, billing]}, code: scopes, reason: scopes}
+""")
+
+
+def test_min_count_on_any_is_a_threshold_counted_and_not_a_presence():
+    """Found by `make mutation`: min_count 2 taken as plain presence, or as an exact count."""
+    assert COUNTS.evaluate(inp(classification=lab("pii.email", count=1))).outcome == "permit"
+    assert COUNTS.evaluate(inp(classification=lab("pii.email", count=2))).code == "twice"
+    assert COUNTS.evaluate(inp(classification=lab("pii.email", count=3))).code == "twice"
+
+
+def test_a_surface_condition_reads_the_route_surface():
+    """Found by `make mutation`: every surface read as "unknown" passed every test."""
+    assert COUNTS.evaluate(inp()).outcome == "permit"
+    assert COUNTS.evaluate(inp(route={"surface": "anthropic.messages"})).code == "surface"
+
+
+def test_scopes_all_holds_for_exactly_those_scopes_and_for_more():
+    assert COUNTS.evaluate(inp(identity={"scopes": ["admin"]})).outcome == "permit"
+    assert COUNTS.evaluate(inp(identity={"scopes": ["admin", "billing"]})).code == "scopes"
+    assert COUNTS.evaluate(inp(identity={"scopes": ["admin", "billing", "read"]})).code == "scopes"
+
+
+def test_a_min_confidence_of_one_is_not_plain_presence():
+    """Found by `make mutation`: min_confidence 1 taken as "present at all" passed every test."""
+    p = P("""
+        id: conf
+        rules:
+          - {id: permit-all, effect: permit}
+          - {id: sure, effect: deny, when: {labels: {any: [pii.email], min_confidence: 1}}, code: sure, reason: sure}
+    """)
+    assert p.evaluate(inp(classification=lab("pii.email", conf=0))).outcome == "permit"
+    assert p.evaluate(inp(classification=lab("pii.email", conf=1))).code == "sure"

@@ -294,3 +294,53 @@ def test_a_bad_ratelimit_section_is_a_config_error_naming_the_key(section, key):
     with pytest.raises(ConfigError) as info:
         RateLimitConfig.from_dict(section)
     assert str(info.value).startswith(f"{key}:")
+
+
+def test_releasing_one_of_several_reservations_returns_exactly_its_tokens(limiters):
+    """Found by `make mutation`: a release that subtracted from the request count instead of the
+    token count passed every test with a single reservation in the window."""
+    a, b = limiters
+    s = spec(requests=None, tokens=100, window_s=3600)
+    inside_one_window(3600)
+
+    async def go():
+        first = await a.reserve("r1", [s], CTX, 40)
+        second = await b.reserve("r2", [s], CTX, 40)
+        assert first.admitted and second.admitted
+        await a.release(first.reservation)      # 40 of 100 still held by the second request
+        assert not (await b.reserve("r3", [s], CTX, 70)).admitted
+        third = await a.reserve("r4", [s], CTX, 60)
+        assert third.admitted and third.headers["x-ratelimit-remaining-tokens"] == "0"
+    asyncio.run(go())
+
+
+def test_a_negative_usage_report_settles_as_zero(limiters):
+    """A provider's usage is never taken below zero: settling -100 tokens frees the reservation and
+    nothing more (found by `make mutation`: a floor of -1 took one token from the other holders)."""
+    a, b = limiters
+    s = spec(requests=None, tokens=100, window_s=3600)
+    inside_one_window(3600)
+
+    async def go():
+        first = await a.reserve("r1", [s], CTX, 40)
+        await b.reserve("r2", [s], CTX, 40)
+        await a.settle(first.reservation, -100)
+        probe = await b.reserve("r3", [s], CTX, 10)
+        assert probe.admitted and probe.headers["x-ratelimit-remaining-tokens"] == "50"
+    asyncio.run(go())
+
+
+def test_retry_after_is_the_rest_of_the_window_rounded_up_and_at_least_one_second():
+    """Found by `make mutation`: a floor of 2 seconds passed every test."""
+    now = [60 * 1_000_000 + 59.5]
+    lim = MemoryLimiter(clock=lambda: now[0])
+    s = spec(requests=1, window_s=60)
+
+    async def go():
+        assert (await lim.reserve("a", [s], CTX, 0)).admitted
+        refused = await lim.reserve("b", [s], CTX, 0)
+        assert not refused.admitted and refused.retry_after_s == 1 and refused.headers["retry-after"] == "1"
+        now[0] -= 30
+        refused = await lim.reserve("c", [s], CTX, 0)
+        assert refused.headers["retry-after"] == "31"
+    asyncio.run(go())

@@ -96,3 +96,33 @@ async def test_a_coalesced_stream_chunk_sends_its_first_text_in_the_first_body_m
     first = [json.loads(line[6:]) for line in bodies[0].body.split(b"\n\n") if line.startswith(b"data: {")]
     assert any(e["choices"][0]["delta"].get("content") for e in first)
     assert 2 <= len(bodies) <= 4
+
+
+async def test_the_tokens_an_answer_used_are_counted_for_spend(runtime, token):  # noqa: F811
+    """The outcome's usage feeds the spend counter (found by `make mutation`: the condition that
+    reads the usage inverted, no spend counted, passed every test)."""
+    def counted() -> float:
+        return sum(s.value for m in runtime.metrics.registry.collect() if m.name == "ledgergate_tokens"
+                   for s in m.samples if s.name == "ledgergate_tokens_total")
+    before = counted()
+    async for _ in _replies(Servicer(runtime), _exchange(token, "req-spend", {}), []):
+        pass
+    assert counted() > before
+
+
+async def test_the_outcome_record_holds_the_transparency_marker_that_was_sent(runtime, token):  # noqa: F811
+    """With the policy's Article 50 marker on (the default policy's), the outcome record says what
+    was disclosed (found by `make mutation`: dropping it from the record passed every unit test)."""
+    from ext_proc.streaming.transparency import DISCLOSURE_HEADER
+
+    replies = []
+    async for r in _replies(Servicer(runtime), _exchange(token, "req-marker", {}), []):
+        replies.append(r)
+    sent = {h.header.key for r in replies if r.WhichOneof("response") == "response_headers"
+            for h in r.response_headers.response.header_mutation.set_headers}
+    records = []
+    for f in sorted(runtime.config.base_dir.glob("var/audit/*.jsonl")):
+        records += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    [outcome] = [r for r in records if r.get("kind") == "outcome" and r.get("request_id") == "req-marker"]
+    assert DISCLOSURE_HEADER in sent
+    assert DISCLOSURE_HEADER in outcome["transparency"]["header"]
