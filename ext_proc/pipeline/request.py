@@ -92,9 +92,25 @@ def build_policy_input(head: RequestHead, identity: Identity, parsed: ParsedRequ
     }
 
 
-def reject_identity(head: RequestHead, error: IdentityError, now_ms: int, policy: Policy | None = None) -> Verdict:
+def masked_route(head: RequestHead, classifier: Classifier | None) -> RequestHead:
+    """The head as a refusal's record shows it when no body was read: a model name in the path
+    classified and masked there, as a decision's record has it. A classifier that fails (it may be
+    why the request is refused) leaves no raw value either: the name is withheld."""
+    if classifier is None or head.surface is None or not head.surface.model_from_path:
+        return head
+    try:
+        doc, found = inspect_request(classifier, head, None)
+    except Exception:  # noqa: BLE001 - the refusal is recorded whatever the classifier does
+        return replace(head, path="/[PATH NOT INSPECTED]",
+                       surface=replace(head.surface, model_from_path="[NOT INSPECTED]"))
+    return _masked_for_record(head, doc, found)
+
+
+def reject_identity(head: RequestHead, error: IdentityError, now_ms: int, policy: Policy | None = None, *,
+                    classifier: Classifier | None = None) -> Verdict:
     """A request whose credential could not be verified: 401, recorded, never forwarded. The
     record names the policy version in force, though no rule was evaluated."""
+    head = masked_route(head, classifier)
     record = decision_record(
         request_id=head.request_id, received_ms=head.received_ms, decided_ms=now_ms,
         identity=None, identity_error=error.reason, route=head.route_record(),
@@ -109,8 +125,10 @@ def reject_identity(head: RequestHead, error: IdentityError, now_ms: int, policy
 
 def reject_unprocessable(head: RequestHead, identity: Identity | None, status: int, code: str,
                          message: str, now_ms: int, body: bytes | None,
-                         policy: Policy | None = None) -> Verdict:
-    """Fail closed before a policy decision could be taken (bad body, classifier error...)."""
+                         policy: Policy | None = None, *, classifier: Classifier | None = None) -> Verdict:
+    """Fail closed before a policy decision could be taken (bad body, classifier error...).
+    With CLASSIFIER, a model name in the path is masked in the record (masked_route)."""
+    head = masked_route(head, classifier)
     record = decision_record(
         request_id=head.request_id, received_ms=head.received_ms, decided_ms=now_ms,
         identity=identity.to_record() if identity else None, identity_error=None,
@@ -149,7 +167,8 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
         envelope_findings = [[f for f in classifier.scan(seg.text) if not expected_finding(seg, f.label)]
                              for seg in envelope_segments]
     except InputTooLarge as exc:
-        return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms, body, policy)
+        return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms, body, policy,
+                                    classifier=classifier)
     # --- end envelope hook ---
     parsed: ParsedRequest | None = None
     doc: Document | None = None
@@ -160,10 +179,10 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
             doc, found = inspect_request(classifier, head, parsed)
         except BadRequestBody as exc:
             return reject_unprocessable(head, identity, 400, "invalid_request_body", str(exc),
-                                        now_ms, body, policy)
+                                        now_ms, body, policy, classifier=classifier)
         except InputTooLarge as exc:
             return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms,
-                                        body, policy)
+                                        body, policy, classifier=classifier)
     elif head.surface is not None and head.surface.model_from_path:
         doc, found = inspect_request(classifier, head, None)   # GET /v1/models/{id}, Azure audio
     envelope_all = [f for seg in envelope_findings for f in seg]  # envelope hook

@@ -97,7 +97,7 @@ async def decide(rt: Runtime, head: RequestHead, identity: Identity, envelope: E
         if heavy and heavy_lane.pending >= HEAVY_QUEUE_MAX:
             verdict = reject_unprocessable(head, identity, 503, "inspection_busy",
                                            "too many large requests are waiting for inspection; retry later",
-                                           int(rt.clock() * 1000), body, policy)
+                                           int(rt.clock() * 1000), body, policy, classifier=rt.classifier_for(policy))
         elif heavy:
             verdict = await heavy_lane.run(run)
         else:
@@ -106,7 +106,7 @@ async def decide(rt: Runtime, head: RequestHead, identity: Identity, envelope: E
         log.error("pipeline_error", request_id=head.request_id, error_type=type(exc).__name__)
         verdict = reject_unprocessable(head, identity, 503, "processing_error",
                                        "the request could not be inspected; it was not forwarded",
-                                       int(rt.clock() * 1000), body, policy)
+                                       int(rt.clock() * 1000), body, policy, classifier=rt.classifier_for(policy))
     verdict = annotated(verdict, inspection=budget.to_record())
     if envelope is not None:
         verdict = refuse_unrewritable(annotated(verdict, envelope=envelope.to_record(has_findings)),

@@ -87,7 +87,8 @@ class Exchange:
                 self.identity = await self.rt.identity.resolve(headers, attrs, now)
         except IdentityError as exc:
             self.rt.metrics.identity_failure(exc.reason)
-            return [await self.refuse(reject_identity(head, exc, self._now_ms(), self.rt.policies.current))]
+            return [await self.refuse(reject_identity(head, exc, self._now_ms(), self.rt.policies.current,
+                                                       classifier=self.rt.classifier_for(self.rt.policies.current)))]
         rules = self.rt.config.envelope if isinstance(self.rt.config.envelope, EnvelopeRules) else EnvelopeRules()
         try:
             if not msg.end_of_stream and body_refused(method, headers, None):
@@ -123,7 +124,8 @@ class Exchange:
     def _envelope_refusal(self, exc: EnvelopeRejected, body: bytes | None = None) -> Verdict:
         assert self.head is not None
         verdict = reject_unprocessable(self.head, self.identity, exc.status, exc.code, str(exc), self._now_ms(),
-                                       body, self.rt.policies.current)
+                                       body, self.rt.policies.current,
+                                       classifier=self.rt.classifier_for(self.rt.policies.current))
         if self.envelope is not None:
             verdict = annotated(verdict, envelope=self.envelope.to_record(forwarding.has_findings(self.rt)))
         return verdict

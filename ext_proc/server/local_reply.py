@@ -59,7 +59,8 @@ def _envoy_verdict(rt: Runtime, head: RequestHead, identity, status: int, detail
     """The recorded refusal for an Envoy reply with STATUS (deny, decided by Envoy)."""
     reason, message = reason_for(status, details)
     verdict = reject_unprocessable(head, identity, status, f"envoy_{reason}", message,
-                                   int(rt.clock() * 1000), None, rt.policies.current)
+                                   int(rt.clock() * 1000), None, rt.policies.current,
+                                   classifier=rt.classifier_for(rt.policies.current))
     return attributed(verdict, "envoy", retry_after_s=RETRY_AFTER_S if status == 503 else None,
                       envoy_details=details[:_MAX_DETAILS] or None, envoy_flags=upstream_error(flags))
 
@@ -228,7 +229,8 @@ class DrainGate(pb_grpc.ExternalProcessorServicer):
             head = _head_of(req, self.rt.clock())
             reason = "the gateway is restarting; retry after the delay in retry-after"
             verdict = reject_unprocessable(head, None, 503, "draining", reason, int(self.rt.clock() * 1000),
-                                           None, self.rt.policies.current)
+                                           None, self.rt.policies.current,
+                                           classifier=self.rt.classifier_for(self.rt.policies.current))
             verdict = attributed(verdict, "ledgergate", retry_after_s=RETRY_AFTER_S)
             try:
                 await self.rt.audit.commit(verdict.record)

@@ -9,7 +9,7 @@ import pytest
 
 from ext_proc.classify import Classifier
 from ext_proc.identity import Identity, IdentityError
-from ext_proc.pipeline.request import RequestHead, decide_request, reject_identity, strip_headers
+from ext_proc.pipeline.request import RequestHead, decide_request, reject_identity, reject_unprocessable, strip_headers
 from ext_proc.policy import load_policy
 from ext_proc.providers import match_surface
 from tests.support import REPO
@@ -231,11 +231,27 @@ def test_a_model_name_in_the_path_holding_a_finding_is_masked_in_the_record():
     assert not bad.forward and bad.status == 400
 
 
-@pytest.mark.xfail(strict=True, reason="bug found by make mutation (issue 24): with an unparseable body the "
-                                       "model segment of the path is not classified, so it is recorded raw")
 def test_a_model_name_in_the_path_is_masked_in_the_record_of_an_unparseable_body():
+    # Found by make mutation (issue 24): the refusal recorded the path's model segment raw.
     bad = decide(b"{", head("/v1beta/models/mail-jane.doe@example.com:generateContent"))
     assert not bad.forward and "jane.doe" not in json.dumps(bad.record)
+
+
+def test_a_model_name_in_the_path_is_masked_in_the_record_of_an_unverified_caller():
+    path = "/v1beta/models/mail-jane.doe@example.com:generateContent"
+    v = reject_identity(head(path), IdentityError("token_expired", "expired"), NOW, POLICY, classifier=CLASSIFIER)
+    assert v.status == 401 and "jane.doe" not in json.dumps(v.record)
+    assert "jane.doe" in json.dumps(reject_identity(head(path), IdentityError("token_expired", "e"), NOW, POLICY).record)
+
+
+def test_a_failing_classifier_withholds_the_path_model_from_a_refusal_record():
+    class Broken:
+        def scan(self, *_a, **_k):
+            raise RuntimeError("classifier down")
+
+    path = "/v1beta/models/mail-jane.doe@example.com:generateContent"
+    v = reject_unprocessable(head(path), None, 503, "processing_error", "x", NOW, b"{}", POLICY, classifier=Broken())
+    assert "jane.doe" not in json.dumps(v.record)
 
 
 def test_an_identity_failure_record_names_the_provider_of_the_route():
