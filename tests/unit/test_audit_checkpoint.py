@@ -420,3 +420,24 @@ def test_a_witness_reply_that_is_not_cosignature_lines_is_refused(tmp_path):
     with pytest.raises(CheckpointError):
         cosignature_lines(b"", "w")
     assert cosignature_lines(b"\xe2\x80\x94 w AAAA\n\n", "w") == "\u2014 w AAAA\n".encode()
+
+
+def test_a_checkpoint_over_the_genesis_alone_is_extended_by_the_grown_segment(tmp_path):
+    """The smallest checkpoint there is (one record: the genesis, taken right after a start) still
+    gets its consistency proof, and a store that grew from it verifies; one rewritten under it
+    does not. Found by `make mutation`: no proof for a checkpoint of size 1 passed every test."""
+    d = tmp_path / "audit"
+    path = write_log(d, n=5)
+    full = lines(path)
+    put(path, full[:1])                  # the segment as it stood right after its genesis
+    cp_file = next(_checkpoint(d, tmp_path).glob("*.checkpoint"))
+    assert load_checkpoint_file(cp_file).size == 1
+    put(path, full)                      # ... and as it grew
+    rep = verify_dir(d, checkpoints=[load_checkpoint_file(cp_file)])
+    assert rep.ok and rep.checkpoints_checked >= 1, rep.problem
+    genesis = json.loads(full[0])
+    _resign(path, tmp_path / "k.pem", lambda b: b)            # same key, same records: still an extension
+    assert verify_dir(d, checkpoints=[load_checkpoint_file(cp_file)]).ok
+    forged = {**genesis, "writer_id": "someone-else"}
+    put(path, [json.dumps(forged).encode(), *full[1:]])
+    assert not verify_dir(d, checkpoints=[load_checkpoint_file(cp_file)]).ok
