@@ -90,6 +90,9 @@ class Config:
     # Per-request inspection budget (pipeline/budget.py) and the envelope rules (pipeline/envelope.py).
     max_inspection_bytes: int = 32 * 1024 * 1024
     max_inspection_candidates: int = 10_000
+    # The longest finding an answer may carry while it is still growing (a PEM block, an unbroken
+    # token): held whole until it ends, the answer blocked past this (streaming/gate.py).
+    max_finding_chars: int = 60_000
     envelope: Any = None
 
     @property
@@ -222,6 +225,7 @@ def _load_config(path: str | Path | None, *, base_dir: str | Path | None,
                                            "limits.max_inspection_bytes"),
         max_inspection_candidates=_positive_int(limits.get("max_inspection_candidates", 10_000),
                                                 "limits.max_inspection_candidates"),
+        max_finding_chars=_positive_int(limits.get("max_finding_chars", 60_000), "limits.max_finding_chars"),
         envelope=_envelope_rules(data.get("envelope")),
     )
 

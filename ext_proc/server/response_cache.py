@@ -164,7 +164,8 @@ async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, 
         plan_surface(ex), status=200, content_type=ctype, content_encoding=None,
         classifier=rt.classifier_for(rt.policies.current), rules=ResponseRules.from_policy(decision.response),
         hash_key=rt.hash_key, tenant=verdict.identity.tenant if verdict.identity else None,
-        max_buffer_bytes=rt.config.max_response_buffer_bytes, drop_usage_chunk=False)
+        max_buffer_bytes=rt.config.max_response_buffer_bytes, drop_usage_chunk=False,
+        max_block_chars=rt.config.max_finding_chars)
     released = b"".join(r.body for r in inspector.feed(body, True))
     served = {"key_sha256": plan.key_sha256, "filled_by_request_id": entry.filled_by,
               "filled_ms": entry.filled_ms, "filled_policy_version": entry.policy_version, "rule": plan.rule}

@@ -92,6 +92,7 @@ class ResponseSide:
             rules=ResponseRules.from_policy(decision.response if decision is not None else {}),
             hash_key=rt.hash_key, tenant=ex.identity.tenant if ex.identity else None,
             max_buffer_bytes=rt.config.max_response_buffer_bytes, drop_usage_chunk=verdict.usage_injected,
+            max_block_chars=rt.config.max_finding_chars,
             marker_field=(self.transparency.json_field, self.transparency.json_value())
             if self.transparency is not None and self.transparency.json_field else None)
         for name in ["content-length", UPSTREAM_HOST_HEADER, UPSTREAM_FLAGS_HEADER,

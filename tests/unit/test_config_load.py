@@ -107,6 +107,7 @@ OTHER_REJECTIONS = [
     ("cache:\n  backend: disk\n", "cache.backend", 2),
     ("identity:\n  issuers:\n    - name: x\n      audience: [a]\n", "identity.issuers[0]", 3),
     ("server:\n  health_interval_s: 0\n", "server.health_interval_s", 2),
+    ("limits:\n  max_finding_chars: 0\n", "limits.max_finding_chars", 2),
     ("limits:\n  max_inspection_bytes: -1\n", "limits.max_inspection_bytes", 2),
     ("upstreams:\n  openai: {timeout: forever}\n", "upstreams.openai.timeout", 2),
     ("upstreams:\n  cohere: {}\n", "upstreams.cohere", 2),

@@ -126,3 +126,47 @@ async def test_the_outcome_record_holds_the_transparency_marker_that_was_sent(ru
     [outcome] = [r for r in records if r.get("kind") == "outcome" and r.get("request_id") == "req-marker"]
     assert DISCLOSURE_HEADER in sent
     assert DISCLOSURE_HEADER in outcome["transparency"]["header"]
+
+
+def _pem_stream_exchange(token: str, request_id: str) -> list[pb.ProcessingRequest]:
+    """A streamed answer whose text opens a private key and keeps growing (no footer yet when the
+    bound is reached): 3,200 characters in 100-character deltas."""
+    from tests.unit.test_tracing import _request_headers
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True,
+                       "messages": [{"role": "user", "content": "say hi"}]}).encode()
+    text = "-----BEGIN RSA PRIVATE KEY-----\n" + "".join(
+        ("MIIEowIBAAKCAQEA" * 4)[:63] + "\n" for _ in range(50))
+    events = b"".join(b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                                               "choices": [{"index": 0, "delta": {"content": text[i:i + 100]},
+                                                            "finish_reason": None}]}).encode() + b"\n\n"
+                      for i in range(0, len(text), 100)) + b"data: [DONE]\n\n"
+    return [
+        _request_headers({":method": "POST", ":path": "/v1/chat/completions", ":authority": "gw",
+                          "authorization": f"Bearer {token}", "content-type": "application/json"}, request_id),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)),
+        pb.ProcessingRequest(response_headers=_headers({":status": "200", "content-type": "text/event-stream"})),
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=events, end_of_stream=True)),
+    ]
+
+
+def _outcome(runtime, request_id: str) -> dict:
+    records = []
+    for f in sorted(runtime.config.base_dir.glob("var/audit/*.jsonl")):
+        records += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    [outcome] = [r for r in records if r.get("kind") == "outcome" and r.get("request_id") == request_id]
+    return outcome
+
+
+async def test_the_configured_finding_bound_reaches_the_response_inspector(runtime, token):  # noqa: F811
+    """`limits.max_finding_chars`: a key still growing past the bound blocks the answer; under the
+    default bound (60,000) the same answer is masked whole instead."""
+    from dataclasses import replace
+
+    async for _ in _replies(Servicer(runtime), _pem_stream_exchange(token, "req-default-bound"), []):
+        pass
+    assert not _outcome(runtime, "req-default-bound").get("blocked")
+    runtime.config = replace(runtime.config, max_finding_chars=1000)
+    async for _ in _replies(Servicer(runtime), _pem_stream_exchange(token, "req-small-bound"), []):
+        pass
+    blocked = _outcome(runtime, "req-small-bound").get("blocked")
+    assert blocked and blocked["label"] == "finding_too_long", blocked
