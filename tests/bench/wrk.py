@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from ext_proc.cli.up import _wait_envoy_ready
+
 REPO = Path(__file__).resolve().parents[2]
 
 FIXED_COMPLETION = json.dumps({
@@ -44,18 +46,12 @@ def wrk_binary() -> str:
 
 
 def _wait_ready(admin_port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=0.5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise TimeoutError(f"{what} not ready")
+    """`ledgergate up`'s own readiness wait (Envoy's /ready), with the process killed on failure."""
+    try:
+        _wait_envoy_ready(admin_port, time.time() + 30, proc)
+    except SystemExit as exc:
+        proc.kill()
+        raise RuntimeError(f"{what}: {exc}") from None
 
 
 def start_fixed_upstream(tmp: Path, *, mock_port: int) -> tuple[subprocess.Popen, int]:
