@@ -96,7 +96,11 @@ def masked_route(head: RequestHead, classifier: Classifier | None) -> RequestHea
     """The head as a refusal's record shows it when no body was read: a model name in the path
     classified and masked there, as a decision's record has it. A classifier that fails (it may be
     why the request is refused) leaves no raw value either: the name is withheld."""
-    if classifier is None or head.surface is None or not head.surface.model_from_path:
+    if classifier is None:
+        return head
+    if head.surface is None:
+        return _masked_unknown_path(head, classifier)
+    if not head.surface.model_from_path:
         return head
     try:
         doc, found = inspect_request(classifier, head, None)
@@ -104,6 +108,19 @@ def masked_route(head: RequestHead, classifier: Classifier | None) -> RequestHea
         return replace(head, path="/[PATH NOT INSPECTED]",
                        surface=replace(head.surface, model_from_path="[NOT INSPECTED]"))
     return _masked_for_record(head, doc, found)
+
+
+def _masked_unknown_path(head: RequestHead, classifier: Classifier) -> RequestHead:
+    """A path no provider route names is recorded (and shown to policy) with its findings masked:
+    its segments are free text the caller chose."""
+    path = _path_only(head.path)
+    try:
+        findings = classifier.scan(path)
+    except Exception:  # noqa: BLE001 - as in masked_route: withhold rather than record raw
+        return replace(head, path="/[PATH NOT INSPECTED]")
+    if not findings:
+        return head
+    return replace(head, path=redact(path, findings, {"*": "mask"}, hash_key=b"-")[0])
 
 
 def reject_identity(head: RequestHead, error: IdentityError, now_ms: int, policy: Policy | None = None, *,
@@ -187,7 +204,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
         doc, found = inspect_request(classifier, head, None)   # GET /v1/models/{id}, Azure audio
     envelope_all = [f for seg in envelope_findings for f in seg]  # envelope hook
     classification = found.summary(doc.unscanned if doc is not None else {}, extra=envelope_all)
-    head = _masked_for_record(head, doc, found)
+    head = _masked_for_record(head, doc, found) if head.surface is not None else masked_route(head, classifier)
     policy_input = build_policy_input(head, identity, parsed, classification, len(body))
     if doc is not None and parsed is not None and isinstance(parsed.model, str):
         policy_input["model"] = _masked_model(doc, found, parsed.model, head)

@@ -260,3 +260,15 @@ def test_an_identity_failure_record_names_the_provider_of_the_route():
     assert v.record["provider"] == "anthropic"
     unknown = reject_identity(head("/v1/unknown"), IdentityError("token_expired", "expired"), NOW, POLICY)
     assert unknown.record["provider"] is None and unknown.status == 401
+
+
+def test_a_secret_in_a_path_no_route_names_is_masked_in_the_record():
+    """Unknown routes are refused, and their record keeps the path: its segments are the caller's
+    free text, so findings in it are masked (record and policy input), whatever refused it."""
+    path = "/v1/unknown/AKIAIOSFODNN7QWERTYZ/x"
+    v = decide(b"{}", head(path))
+    assert not v.forward and "AKIAIOSFODNN7QWERTYZ" not in json.dumps(v.record)
+    assert v.record["route"]["path"] == "/v1/unknown/[SECRET.AWS_ACCESS_KEY]/x"
+    refused = reject_identity(head(path), IdentityError("token_expired", "e"), NOW, POLICY, classifier=CLASSIFIER)
+    assert "AKIAIOSFODNN7QWERTYZ" not in json.dumps(refused.record)
+    assert decide(b"{}", head("/v1/unknown/plain")).record["route"]["path"] == "/v1/unknown/plain"
