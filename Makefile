@@ -72,8 +72,9 @@ bench-streaming: $(STAMP)
 bench-abuse: $(STAMP)
 	$(PY) tests/bench/bench_abuse.py --unbounded --out var/bench-abuse.json
 
-# Optional: the same load through a LiteLLM proxy (installed on first use into var/bench/).
+# Optional: the same load (wrk) through a LiteLLM proxy (installed on first use into var/bench/).
 bench-peers: $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) tests/bench/bench_peers.py
 
 # The console's browser tests need Debian's headless Chromium and its driver (installed when missing).
