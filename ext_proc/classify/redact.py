@@ -88,7 +88,9 @@ def redact(text: str, findings: Sequence[Finding], strategies: Mapping[str, str]
     for f in findings:
         if not 0 <= f.start < f.end <= len(text):
             raise ValueError(f"finding span {f.start}..{f.end} is outside the text ({len(text)} characters)")
-        strategy = strategies.get(f.label, default)
+        strategy = strategies.get(f.label)
+        if strategy is None:
+            strategy = default
         if strategy is not None:
             selected.append((f.start, f.end, f.label, strategy))
     if not selected:
