@@ -135,7 +135,11 @@ class RedisStore:
             raw = await self.client.get(self.prefix + key)
         except self._errors as exc:
             raise CacheUnavailable(type(exc).__name__) from exc
-        return Entry.decode(raw) if raw is not None else None
+        if raw is None:
+            return None
+        if not isinstance(raw, bytes):  # the client is built without decode_responses: never a str
+            raise CacheUnavailable("malformed entry")
+        return Entry.decode(raw)
 
     async def put(self, key: str, entry: Entry, ttl_s: int) -> None:
         try:

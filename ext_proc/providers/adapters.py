@@ -56,7 +56,7 @@ def _max_tokens(body: dict) -> int | None:
         for step in path[:-1]:
             obj = as_dict(obj[step], (step,)) if obj.get(step) is not None else {}
         if obj.get(path[-1]) is not None:
-            found.append(non_negative_int(obj[path[-1]], ".".join(path)))
+            found.append(non_negative_int(obj[path[-1]], ".".join(str(step) for step in path)))
     return max(found) if found else None
 
 
@@ -67,7 +67,8 @@ def parse_request(surface: Surface, body: bytes, *, max_bytes: int = 8 * 1024 * 
     obj = load_json(body, max_bytes)
     expect(isinstance(obj, dict), "the body must be a JSON object")
     rules = registry.surface_rules(surface.name)
-    expect(rules is not None, f"the {surface.name} surface cannot be inspected")
+    if rules is None:
+        raise BadRequestBody(f"the {surface.name} surface cannot be inspected")
     segments: list[TextSegment] = []
     for seg in rules.read(obj):
         segments.append(seg)

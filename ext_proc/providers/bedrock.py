@@ -154,7 +154,8 @@ def error_body(status: int, code: str, message: str) -> tuple[dict[str, str], di
 
 # --- multiplexing: an OpenAI chat request served by Converse ----------------------------------
 
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+# Looked up with the answer's stop reason, which may be absent (None: "stop", as any unknown one).
+_FINISH: dict[str | None, str] = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
            "content_filtered": "content_filter", "guardrail_intervened": "content_filter"}
 
 

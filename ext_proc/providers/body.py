@@ -20,7 +20,21 @@ from typing import Any
 
 MAX_DEPTH = 64
 MAX_SEGMENTS = 100_000
-Path = tuple[str | int, ...]
+
+
+class JsonStep:
+    """A path step meaning "this string is itself a JSON document": tool-call arguments, tool
+    results and the like, whose strings the model and the SDKs read decoded (escapes included).
+    Only the document walk (providers/document.py) puts one in a path."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<json>"
+
+
+JSON_STEP = JsonStep()
+Path = tuple[str | int | JsonStep, ...]
 
 # String values under these keys inside content parts describe structure, not user text.
 _STRUCTURAL = frozenset({
@@ -159,7 +173,7 @@ def expect(cond: bool, message: str) -> None:
 def where_of(path: Path) -> str:
     out = ""
     for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else f"{p}")
     return out
 
 

@@ -34,24 +34,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ext_proc.providers.adapters import ParsedRequest, _get_path, _set_path, field_changes
-from ext_proc.providers.body import MAX_SEGMENTS, BadRequestBody, Path, TextSegment, dump_json, load_json
+from ext_proc.providers.body import (
+    JSON_STEP,
+    MAX_SEGMENTS,
+    BadRequestBody,
+    Path,
+    TextSegment,
+    dump_json,
+    load_json,
+)
 
 MAX_ATTACHMENT_BYTES = 4 * 1024 * 1024
 _SHORT_PAYLOAD = 4096
 MAX_NESTED_JSON_BYTES = 4 * 1024 * 1024
 
 
-class _JsonStep:
-    """A path step meaning "this string is itself a JSON document": tool-call arguments, tool
-    results and the like, whose strings the model and the SDKs read decoded (escapes included)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<json>"
-
-
-JSON_STEP = _JsonStep()
 _KEY: list = []          # marks a stack entry that is an object key
 _PAIRED_TEXT = 1024
 # String values under these keys are encoded payloads (base64 or a data: URL) in every provider's

@@ -136,6 +136,8 @@ def b3_parent(headers: Mapping[str, list[str]]) -> tuple[int, int, bool] | None:
     """(trace id, span id, sampled) from B3 headers: single `b3` or multi `x-b3-*`; None when
     absent or malformed. A 64-bit trace id is widened to 128 bits with zeros, as B3 specifies."""
     single = _first(headers, "b3")
+    trace_hex: str | None
+    span_hex: str | None
     if single:
         parts = single.split("-")
         if len(parts) < 2:
