@@ -77,9 +77,8 @@ class ResponseCache:
 class CacheTurn:
     """One exchange's cache state after a miss: the plan, and the answer as it was delivered."""
 
-    def __init__(self, plan: CachePlan, key: str, result: str, max_bytes: int) -> None:
+    def __init__(self, plan: CachePlan, result: str, max_bytes: int) -> None:
         self.plan = plan
-        self.key = key                    # the plan's store key (a cacheable plan always has one)
         self.result = result              # "miss" or "unavailable"
         self.max_bytes = max_bytes
         self.body = bytearray()
@@ -136,7 +135,7 @@ async def answer_from_cache(ex: Exchange, verdict: Verdict,
     except CacheUnavailable as exc:
         # An outage never fails a request: it is forwarded, and the record says so.
         rc.metrics.lookups.labels("unavailable").inc()
-        ex.cache_turn = CacheTurn(plan, key, "unavailable", 0)
+        ex.cache_turn = CacheTurn(plan, "unavailable", 0)
         return annotated(verdict, cache={**lookup, "result": "unavailable", "error": str(exc)[:64]}), None
     if entry is not None:
         try:
@@ -144,12 +143,12 @@ async def answer_from_cache(ex: Exchange, verdict: Verdict,
                               "text/event-stream") if plan.stream else (entry.body, entry.content_type))
         except NotReplayable as exc:
             rc.metrics.lookups.labels("miss").inc()
-            ex.cache_turn = CacheTurn(plan, key, "miss", 0)
+            ex.cache_turn = CacheTurn(plan, "miss", 0)
             return annotated(verdict, cache={**lookup, "result": "miss", "reason": f"not_replayable_{exc}"}), None
         rc.metrics.lookups.labels("hit").inc()
         return await _serve(ex, verdict, plan, entry, answer, ctype, lookup)
     rc.metrics.lookups.labels("miss").inc()
-    ex.cache_turn = CacheTurn(plan, key, "miss", rc.max_entry_bytes)
+    ex.cache_turn = CacheTurn(plan, "miss", rc.max_entry_bytes)
     return annotated(verdict, cache={**lookup, "result": "miss"}), None
 
 
@@ -234,4 +233,7 @@ def after_outcome(ex: Exchange, summary: Mapping[str, Any], error: str | None, s
                   filled_by=ex.head.request_id, filled_ms=int(rt.clock() * 1000),
                   policy_version=decision.policy_version if decision is not None else "",
                   surface=plan_surface(ex))
-    rt.cache.schedule_fill(turn.key, entry, turn.plan.ttl_s)
+    key = turn.plan.key
+    if key is None:  # a turn is made only for a cacheable plan, which has its key: never fill under None
+        raise RuntimeError("a cache turn without a store key")
+    rt.cache.schedule_fill(key, entry, turn.plan.ttl_s)
