@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import structlog
 
@@ -26,6 +26,9 @@ from ext_proc.ratelimit.limits import Reservation
 
 if TYPE_CHECKING:
     from ext_proc.server.runtime import Runtime
+    from ext_proc.server.tracing import AnyExchangeTrace
+
+T = TypeVar("T")
 
 log = structlog.get_logger("ledgergate.server")
 
@@ -49,7 +52,7 @@ class HeavyLane:
         self.pending = 0
         self.scan_pool = ScanPool(workers=1)
 
-    async def run(self, fn):
+    async def run(self, fn: Callable[[], T]) -> T:
         if self.executor is None:
             self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledgergate-inspect")
         loop = asyncio.get_running_loop()
@@ -79,7 +82,7 @@ class Decided:
 
 
 async def decide(rt: Runtime, head: RequestHead, identity: Identity, envelope: Envelope | None,
-                 body: bytes | None, has_findings: Callable[[str], bool], trace) -> Decided:
+                 body: bytes | None, has_findings: Callable[[str], bool], trace: AnyExchangeTrace) -> Decided:
     policy = rt.policies.current
     started = time.perf_counter()
     trace.begin("decide")
