@@ -49,7 +49,7 @@ _SHORT_PAYLOAD = 4096
 MAX_NESTED_JSON_BYTES = 4 * 1024 * 1024
 
 
-_KEY: list = []          # marks a stack entry that is an object key
+_KEY: list[Any] = []          # marks a stack entry that is an object key
 _PAIRED_TEXT = 1024
 # String values under these keys are encoded payloads (base64 or a data: URL) in every provider's
 # format: OpenAI file_data / input_audio.data / b64_json, Anthropic source.data, Gemini
@@ -209,7 +209,7 @@ class Document:
         return _view(items, before, after)
 
 
-def _media_type(ancestors: list[dict]) -> str:
+def _media_type(ancestors: list[dict[str, Any]]) -> str:
     for obj in ancestors:
         for key in _MEDIA_KEYS:
             v = obj.get(key)
@@ -332,7 +332,7 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
         return obj
 
     # (node, path, ancestors: the enclosing objects, nearest first, at most three)
-    stack: list[tuple[Any, Path, list[dict]]] = [(parsed.body, (), [])] if parsed is not None else []
+    stack: list[tuple[Any, Path, list[dict[str, Any]]]] = [(parsed.body, (), [])] if parsed is not None else []
     while stack:
         node, path, ancestors = stack.pop()
         if ancestors is _KEY:
@@ -386,7 +386,7 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
 
 
 def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[int, str],
-                    set_fields: Mapping[tuple, object]) -> bytes:
+                    set_fields: Mapping[tuple[Any, ...], object]) -> bytes:
     """The body with segment texts replaced (index -> new text) in every kind of place, and
     fields set (JSON path -> value, intermediate objects created). The original bytes when
     nothing changes."""
