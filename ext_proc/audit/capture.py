@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -22,6 +23,18 @@ def seal_capture(key: bytes, key_id: str, plaintext: bytes, aad: bytes) -> dict[
     ct = AESGCM(key).encrypt(nonce, plaintext, aad)
     return {"alg": ALG, "key_id": key_id, "nonce": base64.b64encode(nonce).decode(),
             "ciphertext": base64.b64encode(ct).decode()}
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureKey:
+    """The deployer's capture key and the id recorded beside what it seals: one value, so a
+    configured capture always has both."""
+
+    key: bytes
+    key_id: str
+
+    def seal(self, plaintext: bytes, aad: bytes) -> dict[str, Any]:
+        return seal_capture(self.key, self.key_id, plaintext, aad)
 
 
 def open_capture(key: bytes, envelope: dict[str, Any], aad: bytes) -> bytes:

@@ -118,7 +118,8 @@ def filter_records(records: Iterable[dict[str, Any]], flt: RecordFilter) -> Iter
 
 # --- What-if replay -----------------------------------------------------------------------------
 
-_STRICTNESS = {"permit": 0, "observe": 0, "redact": 1, "deny": 2}
+# Keyed by a recorded outcome, which a record may lack (None: strictness 0, as an unknown outcome).
+_STRICTNESS: dict[str | None, int] = {"permit": 0, "observe": 0, "redact": 1, "deny": 2}
 
 
 @dataclass
@@ -137,7 +138,8 @@ class WhatIfReport:
     by_route: Counter[str] = field(default_factory=Counter)
     by_role: Counter[str] = field(default_factory=Counter)
     by_label: Counter[str] = field(default_factory=Counter)
-    samples: dict[str, list[str]] = field(default_factory=dict)   # transition -> request ids
+    # transition -> request ids (None for a record without one; printed as such)
+    samples: dict[str, list[str | None]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"candidate": self.candidate, "decisions": self.decisions, "replayed": self.replayed,
@@ -155,7 +157,9 @@ def _recorded_outcome(rec: dict[str, Any]) -> str | None:
 
 
 def _rules(decision: dict[str, Any]) -> set[str]:
-    return {m.get("rule") for m in decision.get("matched") or [] if isinstance(m, dict) and not m.get("shadow")}
+    # The evaluator names every match (a str); an entry without a name is no rule to count.
+    return {rule for m in decision.get("matched") or []
+            if isinstance(m, dict) and not m.get("shadow") and isinstance(rule := m.get("rule"), str)}
 
 
 def what_if(records: Iterable[dict[str, Any]], evaluate: Callable[[dict[str, Any]], dict[str, Any]], candidate: dict[str, Any],
@@ -175,7 +179,8 @@ def what_if(records: Iterable[dict[str, Any]], evaluate: Callable[[dict[str, Any
         rep.replayed += 1
         old = rec.get("decision") or {}
         new = evaluate(inp)
-        before, after = _recorded_outcome(rec), new.get("outcome")
+        before: str | None = _recorded_outcome(rec)
+        after: str | None = new.get("outcome")
         same = before == after and (after != "deny" or
                                     (old.get("status"), old.get("code")) == (new.get("status"), new.get("code")))
         if same:

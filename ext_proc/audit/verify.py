@@ -235,7 +235,8 @@ def check_chunk_lines(chunk: tuple[Any, ...]) -> list[bytes]:
         lines = data.split(b"\n")
         lines.pop()   # the chunk ends with a newline: the last element is empty
         return lines
-    return chunk[1]
+    carried: list[bytes] = chunk[1]
+    return carried
 
 
 def check_chunk(public_key: bytes, chunk: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -260,13 +261,33 @@ def _genesis(seg: Segment) -> tuple[dict[str, Any], bytes] | None:
         return None
 
 
-class _SegmentCheck:
-    """The ordered checks of one segment, fed the per-line results chunk by chunk."""
+def _unreadable_genesis(seg: Segment) -> Problem:
+    """Why a segment's first line gave no genesis record with a usable public key."""
+    try:
+        first = json.loads(seg.first_line or b"")
+    except json.JSONDecodeError:
+        return Problem(seg.name, 1, "not valid JSON")
+    if not isinstance(first, dict):
+        return Problem(seg.name, 1, "not a JSON object")
+    if first.get("kind") != "genesis":
+        return Problem(seg.name, 1, "segment does not start with a genesis record")
+    return Problem(seg.name, 1, "genesis public key unreadable")
 
-    def __init__(self, seg: Segment, gen: tuple[dict[str, Any], bytes] | None, status: SegmentStatus,
-                 checkpoints: list[Checkpoint], claimed: dict[str, set[tuple[int, str]]]) -> None:
-        self.seg, self.gen, self.st = seg, gen, status
-        self.genesis = gen[0] if gen else None
+
+# What later genesis records claim about a predecessor: {file: {(records, hash of the last)}}. Read
+# from records, so a malformed claim keeps whatever JSON value it holds: it never matches and
+# fails the check that reads it (a missing segment, a differing record).
+_Claims = dict[Any, set[tuple[int, Any]]]
+
+
+class _SegmentCheck:
+    """The ordered checks of one segment, fed the per-line results chunk by chunk. Built only for
+    a segment whose genesis record was read with its public key (`_genesis`)."""
+
+    def __init__(self, seg: Segment, gen: tuple[dict[str, Any], bytes], status: SegmentStatus,
+                 checkpoints: list[Checkpoint], claimed: _Claims) -> None:
+        self.seg, self.st = seg, status
+        self.genesis, self.public_key = gen
         self.prev, self.expected_seq, self.n, self.last_kind = GENESIS_PREV, 0, 0, None
         self.frontier = MerkleFrontier()
         self.done = False
@@ -279,33 +300,24 @@ class _SegmentCheck:
         self.checked = 0
         # Claims of later genesis records: (records, hash of the last of them). Every claim must
         # hold, so a later restart cannot launder an earlier truncation.
-        self.attested: set[tuple[int, str]] = claimed.get(seg.name, set())
+        self.attested: set[tuple[int, Any]] = claimed.get(seg.name, set())
         self._claimed_at = {n for n, _h in self.attested}
         self.hash_at: dict[int, str] = {}
 
     def start(self) -> Problem | None:
         g = self.genesis
         where = Problem(self.seg.name, 1, "")
-        if self.gen is None:
-            try:
-                first = json.loads(self.seg.first_line or b"")
-            except json.JSONDecodeError:
-                return Problem(self.seg.name, 1, "not valid JSON")
-            if not isinstance(first, dict):
-                return Problem(self.seg.name, 1, "not a JSON object")
-            if first.get("kind") != "genesis":
-                return Problem(self.seg.name, 1, "segment does not start with a genesis record")
-            return Problem(self.seg.name, 1, "genesis public key unreadable")
         if g.get("kind") != "genesis":
             where.reason = "segment does not start with a genesis record"
             return where
-        if key_id(Ed25519PublicKey.from_public_bytes(self.gen[1])) != g.get("key_id"):
+        kid = key_id(Ed25519PublicKey.from_public_bytes(self.public_key))
+        if kid != g.get("key_id"):
             where.reason = "genesis key_id does not match its public key"
             return where
-        self.st.writer_id, self.st.segment_id, self.st.key_id = g.get("writer_id"), g.get("segment_id"), g.get("key_id")
+        self.st.writer_id, self.st.segment_id, self.st.key_id = g.get("writer_id"), g.get("segment_id"), kid
         mine = [c for c in self.checkpoints if (c.writer_id, c.segment_id) == (g.get("writer_id"), g.get("segment_id"))]
         for c in mine:
-            bad = signature_problem(c, self.gen[1], g.get("key_id"))
+            bad = signature_problem(c, self.public_key, kid)
             if bad is not None:
                 return Problem(self.seg.name, None, bad)
         if mine:
@@ -361,7 +373,7 @@ class _SegmentCheck:
             self.st.records += 1
         return None
 
-    def finish(self, rep: VerifyReport, attested_torn: dict[str, Any]) -> Problem | None:
+    def finish(self, rep: VerifyReport, attested_torn: dict[tuple[str, int], str]) -> Problem | None:
         seg, st = self.seg, self.st
         st.tree_size = self.frontier.size
         st.root = base64.b64encode(self.frontier.root()).decode()
@@ -404,19 +416,20 @@ def _chunk_bytes(chunk: tuple[Any, ...]) -> int:
     return chunk[3] - chunk[2] if chunk[0] == "file" else sum(len(x) + 1 for x in chunk[1])
 
 
-def _chunk_stream(segments: list[Segment], genes: list[Any], pool: Any, depth: int,
+def _chunk_stream(segments: list[Segment], genes: list[tuple[dict[str, Any], bytes] | None], pool: Any, depth: int,
                   finished: Callable[[int], bool]) -> Iterator[tuple[int, list[tuple[Any, ...]], int]]:
     """(segment index, per-line results, bytes) per chunk, in order; at most `depth` chunks in
     flight on the pool, so memory stays bounded whatever the store's size. The rest of a segment
     whose first problem is found (`finished`) is not read."""
     def chunk_tasks() -> Iterator[tuple[int, Any, Any]]:
         for i, s in enumerate(segments):
-            if genes[i] is None:
+            gen = genes[i]
+            if gen is None:
                 continue
             for c in s.chunks():
                 if finished(i):
                     break
-                yield i, genes[i][1], c
+                yield i, gen[1], c
     tasks = chunk_tasks()
     if pool is None:
         for i, key, c in tasks:
@@ -433,23 +446,29 @@ def _chunk_stream(segments: list[Segment], genes: list[Any], pool: Any, depth: i
         yield j, fut.result(), nb
 
 
-def _attestations(genes: list[Any], sources: Iterable[int]) -> tuple[dict[str, Any], dict]:
+def _attestations(genes: list[tuple[dict[str, Any], bytes] | None],
+                  sources: Iterable[int]) -> tuple[dict[tuple[str, int], str], _Claims]:
     """What the genesis records of the given segments attest about others: torn tails
     {(file, offset): sha256} and predecessors {file: (records, last hash)}."""
     torn: dict[tuple[str, int], str] = {}
-    least: dict[str, set[tuple[int, str]]] = {}
+    least: _Claims = {}
     for i in sources:
-        g = genes[i][0]
+        gen = genes[i]
+        if gen is None:  # callers pass only segments with a genesis; none means nothing attested
+            continue
+        g = gen[0]
         for t in g.get("recovered_torn_tails") or []:
-            if isinstance(t, dict):
-                torn[(t.get("file"), t.get("offset"))] = t.get("sha256")
+            # Only a well-formed entry attests (a malformed one could never match a torn tail).
+            if isinstance(t, dict) and isinstance(f := t.get("file"), str) \
+                    and isinstance(off := t.get("offset"), int) and isinstance(digest := t.get("sha256"), str):
+                torn[(f, off)] = digest
         for p in g.get("predecessors") or []:
             if isinstance(p, dict) and isinstance(p.get("records"), int):
                 least.setdefault(p.get("file"), set()).add((p["records"], p.get("last_hash")))
     return torn, least
 
 
-def _empty_segment(seg: Segment, st: SegmentStatus, attested_torn: dict[str, Any]) -> None:
+def _empty_segment(seg: Segment, st: SegmentStatus, attested_torn: dict[tuple[str, int], str]) -> None:
     if seg.torn:
         if attested_torn.get((seg.name, 0)) == hashlib.sha256(seg.torn).hexdigest():
             st.warnings.append(f"{seg.name}: torn first write of {len(seg.torn)} bytes, attested by a later genesis")
@@ -487,6 +506,11 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
             else "spawn"
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method))
     checks: list[_SegmentCheck | None] = []
+    c: _SegmentCheck | None
+
+    def finished(i: int) -> bool:
+        check = checks[i]
+        return check is not None and check.done
     try:
         for i, (seg, gen) in enumerate(zip(segments, genes, strict=False)):
             st = SegmentStatus(seg.name)
@@ -494,11 +518,13 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
             if seg.first_line is None:
                 checks.append(None)
                 continue
-            c = _SegmentCheck(seg, gen, st, checkpoints, claimed_least)
-            problem = c.start()
-            if problem is None and gen is not None and trusted_key_ids is not None \
-                    and gen[0]["key_id"] not in trusted_key_ids:
-                problem = Problem(seg.name, 1, f"segment signed by untrusted key {gen[0]['key_id']}")
+            if gen is None:
+                problem: Problem | None = _unreadable_genesis(seg)
+            else:
+                c = _SegmentCheck(seg, gen, st, checkpoints, claimed_least)
+                problem = c.start()
+                if problem is None and trusted_key_ids is not None and gen[0]["key_id"] not in trusted_key_ids:
+                    problem = Problem(seg.name, 1, f"segment signed by untrusted key {gen[0]['key_id']}")
             if problem is not None:
                 st.ok, st.problem = False, problem
                 checks.append(None)
@@ -506,8 +532,7 @@ def verify_store_segments(segments: list[Segment], trusted_key_ids: set[str] | N
                 continue
             checks.append(c)
         done_bytes = lines_read = 0
-        for i, results, nbytes in _chunk_stream(segments, genes, pool, max(2, jobs * 3),
-                                                  lambda i: checks[i] is not None and checks[i].done):
+        for i, results, nbytes in _chunk_stream(segments, genes, pool, max(2, jobs * 3), finished):
             done_bytes += nbytes
             lines_read += len(results)
             c = checks[i]

@@ -65,7 +65,7 @@ def _canonical(value: Any) -> bytes:
 _VERSION_MEMO: dict[str, str] = {}
 
 
-def request_policy_version(compiled: Mapping, version: str) -> str:
+def request_policy_version(compiled: Mapping[str, Any], version: str) -> str:
     """The digest of everything in the compiled policy that decides a request (all of it but the
     response rules). A change there invalidates every entry; a change of the response rules does
     not, because the response policy in force is applied again to every answer served from cache."""
@@ -88,7 +88,8 @@ def client_refuses_cache(headers: Mapping[str, Sequence[str]]) -> str | None:
     return None
 
 
-def matching_rule(cache_rules: Iterable[Mapping], route: str | None, matched_rules: Iterable[str]) -> Mapping | None:
+def matching_rule(cache_rules: Iterable[Mapping[str, Any]], route: str | None,
+                  matched_rules: Iterable[str]) -> Mapping[str, Any] | None:
     matched = set(matched_rules)
     for rule in cache_rules:
         if (route is not None and route in rule.get("routes", ())) or matched & set(rule.get("rules", ())):
@@ -96,18 +97,18 @@ def matching_rule(cache_rules: Iterable[Mapping], route: str | None, matched_rul
     return None
 
 
-def is_deterministic(body: Mapping) -> bool:
+def is_deterministic(body: Mapping[str, Any]) -> bool:
     """Sampling turned off by the request itself: temperature 0 (and no n > 1)."""
     t = body.get("temperature")
     n = body.get("n", 1)
     return (isinstance(t, (int, float)) and not isinstance(t, bool) and t == 0) and n in (1, None)
 
 
-def normalized_body(body: Mapping) -> dict:
+def normalized_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in STREAM_ONLY_FIELDS}
 
 
-def plan_request(*, cache_rules: Sequence[Mapping], route: str | None, matched_rules: Iterable[str],
+def plan_request(*, cache_rules: Sequence[Mapping[str, Any]], route: str | None, matched_rules: Iterable[str],
                  outcome: str, surface: str | None, provider: str | None, model: str | None,
                  forwarded_body: bytes | None, tenant: str | None, subject_scope: str | None,
                  client_headers: Mapping[str, Sequence[str]], policy_request_version: str,
@@ -164,7 +165,7 @@ def model_digest(model: str | None) -> str:
     return _digest(b"model\0" + (model or "").encode())[:16]
 
 
-def fillable(*, plan: CachePlan | None, status: int | None, outcome: Mapping, error: str | None,
+def fillable(*, plan: CachePlan | None, status: int | None, outcome: Mapping[str, Any], error: str | None,
              finished: bool, content_type: str | None, body_len: int, max_entry_bytes: int) -> str | None:
     """None when the answer may fill the entry, else why not. Only a non-streamed 200 JSON answer
     that the response policy let through unchanged (no block, no redaction), complete, with its

@@ -53,7 +53,7 @@ class Entry:
             raise CacheUnavailable("malformed entry") from exc
 
 
-class _LRU(cachetools.TLRUCache):
+class _LRU(cachetools.TLRUCache[str, tuple[Entry, int]]):
     """TLRU cache that reports size evictions (expiry is counted separately)."""
 
     def __init__(self, maxsize: int, timer: Callable[[], float], on_evict: Callable[[str, int], None]) -> None:
@@ -61,7 +61,7 @@ class _LRU(cachetools.TLRUCache):
                          getsizeof=lambda v: len(v[0].body) + 256)
         self._on_evict = on_evict
 
-    def popitem(self):
+    def popitem(self) -> tuple[str, tuple[Entry, int]]:
         key, value = super().popitem()
         self._on_evict("size", len(value[0].body))
         return key, value
@@ -135,7 +135,11 @@ class RedisStore:
             raw = await self.client.get(self.prefix + key)
         except self._errors as exc:
             raise CacheUnavailable(type(exc).__name__) from exc
-        return Entry.decode(raw) if raw is not None else None
+        if raw is None:
+            return None
+        if not isinstance(raw, bytes):  # the client is built without decode_responses: never a str
+            raise CacheUnavailable("malformed entry")
+        return Entry.decode(raw)
 
     async def put(self, key: str, entry: Entry, ttl_s: int) -> None:
         try:
@@ -147,7 +151,7 @@ class RedisStore:
         pattern = f"{self.prefix}{scope_sha256 or '*'}:{model_sha256 or '*'}:*"
         n = 0
         try:
-            batch: list = []
+            batch: list[Any] = []   # the keys as redis-py returns them
             async for k in self.client.scan_iter(match=pattern, count=500):
                 batch.append(k)
                 if len(batch) >= 500:
@@ -170,7 +174,7 @@ DEFAULTS = {"backend": "memory", "max_bytes": 64 << 20, "max_entry_bytes": 1 << 
             "url": "redis://127.0.0.1:6379/0", "prefix": "lg:cache:"}
 
 
-def cache_settings(section: Mapping | None) -> dict[str, Any]:
+def cache_settings(section: Mapping[str, Any] | None) -> dict[str, Any]:
     """The `cache:` section of the configuration, validated, with defaults."""
     s = {**DEFAULTS, **dict(section or {})}
     unknown = set(s) - set(DEFAULTS)
@@ -184,7 +188,7 @@ def cache_settings(section: Mapping | None) -> dict[str, Any]:
     return s
 
 
-def open_store(settings: Mapping, *, clock: Callable[[], float],
+def open_store(settings: Mapping[str, Any], *, clock: Callable[[], float],
                on_evict: Callable[[str, int], None] = lambda reason, n: None) -> MemoryStore | RedisStore:
     if settings["backend"] == "redis":
         return RedisStore(settings["url"], prefix=settings["prefix"])

@@ -202,29 +202,32 @@ class PrefixHold:
         return self._rx is not None
 
     def hold(self, text: str) -> int:
-        assert self._rx is not None
+        rx = self._rx
+        if rx is None:  # callers check `available` first; fail loudly, never hold nothing
+            raise RuntimeError("PrefixHold.hold called while unavailable")
         if not text:
             return 0
         tail = text[-self.max_chars:]
         norm = normalize(tail)
         backwards = norm.text[::-1]
         data = backwards.encode("utf-8", "replace")
-        end = self._match_end(data)
+        end = self._match_end(rx, data)
         if end <= 0:
             return 0
         n = end if len(data) == len(backwards) else len(data[:end].decode("utf-8", "replace"))
         start = norm.original_span(len(norm.text) - n, len(norm.text))[0]
         return len(tail) - start
 
-    def _match_end(self, data: bytes) -> int:
+    @staticmethod
+    def _match_end(rx: Any, data: bytes) -> int:
         """End (in bytes) of the longest match anchored at the start of `data`; 0 for none.
         Through google-re2's pybind object when it is there: the public match() converts
         offsets in Python, most of this function's cost on short texts."""
-        inner = getattr(self._rx, "_regexp", None)
+        inner = getattr(rx, "_regexp", None)
         anchor = getattr(getattr(re2, "_Anchor", None), "ANCHOR_START", None)
         if inner is not None and anchor is not None and hasattr(inner, "Match"):
             found = inner.Match(anchor, data, 0, len(data))
             end: int = max(found[0][1], 0)
             return end
-        m = self._rx.match(data)
+        m = rx.match(data)
         return m.end() if m else 0

@@ -88,9 +88,11 @@ def redact(text: str, findings: Sequence[Finding], strategies: Mapping[str, str]
     for f in findings:
         if not 0 <= f.start < f.end <= len(text):
             raise ValueError(f"finding span {f.start}..{f.end} is outside the text ({len(text)} characters)")
-        strategy = strategies.get(f.label, default)
-        if strategy is not None:
-            selected.append((f.start, f.end, f.label, strategy))
+        chosen = strategies.get(f.label)
+        if chosen is None:
+            chosen = default
+        if chosen is not None:
+            selected.append((f.start, f.end, f.label, chosen))
     if not selected:
         return text, []
     if any(s == "hash" for *_, s in selected) and not (isinstance(hash_key, bytes) and hash_key):

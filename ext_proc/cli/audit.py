@@ -286,25 +286,27 @@ def _what_if(a: argparse.Namespace, records, out: TextIO, err: TextIO) -> int:
 
 
 def _checkpoint(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from ext_proc.audit.chain import key_id, public_key_raw
     from ext_proc.audit.checkpoint import DirectoryWitness, checkpoint_body, key_name, origin_for, sign_note
 
-    key = None
+    key: Ed25519PrivateKey | None = None
     if a.sign:
         if not Path(a.sign).is_file():
             print(f"error: signing key {a.sign} not found (checkpoint never creates a key)", file=err)
             return 2
         from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         try:
-            key = serialization.load_pem_private_key(Path(a.sign).read_bytes(), password=None)
+            loaded = serialization.load_pem_private_key(Path(a.sign).read_bytes(), password=None)
         except ValueError as exc:
             print(f"error: {a.sign} is not a PEM private key ({exc})", file=err)
             return 2
-        if not isinstance(key, Ed25519PrivateKey):
+        if not isinstance(loaded, Ed25519PrivateKey):
             print(f"error: {a.sign} is not an Ed25519 key", file=err)
             return 2
+        key = loaded
     # Only what verifies is checkpointed: a checkpoint vouches for the records it covers.
     rep = verify_store(a.store, table=a.table)
     if rep.first is not None and not rep.segment_status:
@@ -317,13 +319,19 @@ def _checkpoint(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"FAILED: {st.problem} (no checkpoint for this segment)", file=err)
             rc = 1
             continue
-        body = checkpoint_body(origin_for(st.writer_id, st.segment_id, a.origin), st.tree_size,
+        writer_id, segment_id = st.writer_id, st.segment_id
+        if writer_id is None or segment_id is None:  # a verified genesis names both; never checkpoint "None"
+            print(f"FAILED: {st.name}: the genesis names no writer or segment id (no checkpoint for this segment)",
+                  file=err)
+            rc = 1
+            continue
+        body = checkpoint_body(origin_for(writer_id, segment_id, a.origin), st.tree_size,
                                base64.b64decode(st.root))
         note = body
         if key is not None:
             pub = key.public_key()
             note = sign_note(body, key_name(key_id(pub)), public_key_raw(pub), key.sign)
         if witness is not None:
-            witness.publish(st.writer_id, st.segment_id, st.tree_size, note)
+            witness.publish(writer_id, segment_id, st.tree_size, note)
         out.write(note.decode() + "\n")
     return rc

@@ -132,9 +132,11 @@ def run_dev_material(var_dir: str, owner: str | None, tls_dir: str | None, tls_o
             if not dst.exists() or dst.read_bytes() != src.read_bytes():
                 shutil.copyfile(src, dst)
             dst.chmod(0o600 if name.endswith(".key") else 0o644)
-        if _owner(tls_owner):
-            hand_over(out, _owner(tls_owner))
-    if _owner(owner):
-        hand_over(var, _owner(owner))
+        tls_ids = _owner(tls_owner)
+        if tls_ids:
+            hand_over(out, tls_ids)
+    var_ids = _owner(owner)
+    if var_ids:
+        hand_over(var, var_ids)
     print(f"dev material ready in {var}" + (f" (Envoy TLS files in {Path(tls_dir).resolve()})" if tls_dir else ""))
     return 0

@@ -20,9 +20,10 @@ def _duration(text: str) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ext_proc.cli.logging import configure
+    from ext_proc.configerror import ConfigError
     from ext_proc.policy.compile import PolicyError
     from ext_proc.server.app import ListenError, serve
-    from ext_proc.server.config import ConfigError, load_config, located
+    from ext_proc.server.config import load_config, located
 
     configure(args.log_level)
     overrides = {}

@@ -15,7 +15,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
@@ -107,7 +108,7 @@ def _chain_cluster(name: str, targets: list[dict], addresses: dict[str, tuple[st
                                 "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
                                     "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                                     "sni": host}}})
-    cluster = {
+    cluster: dict[str, Any] = {
         "name": f"mux-{name}", "type": "STRICT_DNS", "connect_timeout": "5s",
         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -119,6 +120,14 @@ def _chain_cluster(name: str, targets: list[dict], addresses: dict[str, tuple[st
     if tls_matches:
         cluster["transport_socket_matches"] = tls_matches
     return cluster
+
+
+def _host(url: SplitResult) -> str:
+    """The URL's host (parse_upstreams refuses a URL without one)."""
+    host = url.hostname
+    if not host:
+        raise SystemExit(f"upstream URL {url.geturl()!r}: URL must be http(s)://host[:port]")
+    return host
 
 
 def _seconds(duration: str) -> float:
@@ -172,7 +181,7 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
             parts = urls[0]
             tls = parts.scheme == "https"
             cluster["load_assignment"]["endpoints"] = [
-                {"priority": i, "lb_endpoints": [_endpoint(u.hostname, u.port or (443 if tls else 80))]}
+                {"priority": i, "lb_endpoints": [_endpoint(_host(u), u.port or (443 if tls else 80))]}
                 for i, u in enumerate(urls)]
             if len(urls) > 1:
                 failover[name] = len(urls)
@@ -181,18 +190,18 @@ def render_envoy_config(template: Path, *, port: int, tls_port: int, admin_port:
                     "name": "envoy.transport_sockets.tls",
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "sni": parts.hostname,
+                        "sni": _host(parts),
                     },
                 }
-            host_rewrites[name] = parts.hostname
+            host_rewrites[name] = _host(parts)
     chains = {name: spec for name, spec in ((multiplex or {}).get("models") or {}).items()
               if isinstance(spec, list) and len(spec) > 1}
     if chains:
         addresses: dict[str, tuple[str, int, bool]] = {}
         for provider in PROVIDERS:
-            url = urlsplit(upstreams[provider].split(",")[0]) if provider in upstreams else None
-            addresses[provider] = (url.hostname, url.port or (443 if url.scheme == "https" else 80),
-                                   url.scheme == "https") if url else ("127.0.0.1", mock_port, False)
+            first = urlsplit(upstreams[provider].split(",")[0]) if provider in upstreams else None
+            addresses[provider] = (_host(first), first.port or (443 if first.scheme == "https" else 80),
+                                   first.scheme == "https") if first else ("127.0.0.1", mock_port, False)
         for hcm in _connection_managers(cfg):
             ext_filter = next(h for h in hcm["http_filters"] if h["name"] == "envoy.filters.http.ext_proc")
             for vh in hcm["route_config"]["virtual_hosts"]:
@@ -225,9 +234,9 @@ def _chain_timeouts(spec: list[dict], timeouts: dict[str, dict[str, str]]) -> di
     out = {"timeout": "600s", "idle_timeout": "300s"}
     for key in ("timeout", "idle_timeout", "per_try_timeout"):
         given = [timeouts.get(t["provider"], {}).get(key) for t in spec]
-        given = [g for g in given if g]
-        if given:
-            out[key] = max(given, key=_seconds)
+        present = [g for g in given if g]
+        if present:
+            out[key] = max(present, key=_seconds)
     return out
 
 

@@ -233,10 +233,10 @@ class Console:
         # for a count over a broad filter.
         found = self.index.search(q, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
         rows = self._rows(found[:PAGE_SIZE])
-        ctx = dict(q=q, rows=rows, page=page, has_next=len(found) > PAGE_SIZE, page_size=PAGE_SIZE)
         name = "_results.html" if request.headers.get("hx-request") and \
             request.headers.get("hx-target") == "results" else "search.html"
-        return self.render(request, name, me, **ctx), {"search": query_params(q), "page": page}
+        return self.render(request, name, me, q=q, rows=rows, page=page, has_next=len(found) > PAGE_SIZE,
+                           page_size=PAGE_SIZE), {"search": query_params(q), "page": page}
 
     async def search_count(self, request: Request, me: Identity):
         q = query_from(request.query_params)
@@ -463,12 +463,13 @@ class Console:
         q = query_from(request.query_params)
         candidate = request.query_params.get("candidate", "")
         report, error, considered = None, None, 0
-        if self._policy_text(candidate) is None:
+        store = self.policy_store
+        if store is None or self._policy_text(candidate) is None:   # no store: no text either
             error = "the candidate is not a version in the policy store (or does not hash to its version)"
         else:
             from ext_proc.policy import PolicyStore
 
-            policy = PolicyStore(self.policy_store).get(candidate)
+            policy = PolicyStore(store).get(candidate)
             rows = self.index.search(q, limit=WHATIF_MAX, offset=0)
             considered = len(rows)
 

@@ -69,15 +69,17 @@ def _str(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
+def _obj(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
 def extract(rec: dict) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """The indexed fields of one record and its tags. Only fields the records hold for filtering:
     labels, rule ids, roles, never text."""
     kind = _str(rec.get("kind"))
-    identity = rec.get("identity") if isinstance(rec.get("identity"), dict) else {}
-    route = rec.get("route") if isinstance(rec.get("route"), dict) else {}
-    decision = rec.get("decision") if isinstance(rec.get("decision"), dict) else {}
-    policy = rec.get("policy") if isinstance(rec.get("policy"), dict) else {}
-    classification = rec.get("classification") if isinstance(rec.get("classification"), dict) else {}
+    identity, route = _obj(rec.get("identity")), _obj(rec.get("route"))
+    decision, policy = _obj(rec.get("decision")), _obj(rec.get("policy"))
+    classification = _obj(rec.get("classification"))
     status = rec.get("status") if kind == "outcome" else decision.get("status")
     fields = {
         "kind": kind, "seq": rec.get("seq") if isinstance(rec.get("seq"), int) else None,
@@ -320,6 +322,8 @@ class Index:
     def _insert(self, name: str, entries: list, *, next_line: int, next_offset: int, stat: tuple) -> int:
         rows, tag_rows = [], []
         genesis = None
+        fields: dict[str, Any]
+        tags: list[tuple[str, str]]
         for line_no, offset, length, raw in entries:
             try:
                 rec = json.loads(raw)
@@ -372,7 +376,8 @@ class Index:
         p = q.plan()
         last = None
         while True:
-            extra, extra_args = "", []
+            extra = ""
+            extra_args: list[Any] = []
             if last is not None:   # keyset paging: each batch is an index range, however deep
                 extra, extra_args = f" AND ({p.ts} < ? OR ({p.ts} = ? AND {p.rid} < ?))", [last[0], last[0], last[1]]
             rows = self.db().execute(f"SELECT r.* FROM {p.source} WHERE {p.where}{extra} "

@@ -29,12 +29,12 @@ def extract_credential(headers: Mapping[str, Sequence[str]], max_bytes: int) -> 
             values.setdefault(lname, []).extend([vals] if isinstance(vals, str) else vals)
     found: list[str] = []
     for name in CREDENTIAL_HEADERS:
-        vals = values.get(name)
-        if not vals:
+        sent = values.get(name)
+        if not sent:
             continue
-        if len(vals) > 1:
+        if len(sent) > 1:
             raise IdentityError("duplicate_credential", f"the {name} header was sent more than once")
-        raw = vals[0]
+        raw = sent[0]
         if len(raw) > max_bytes + 64:  # checked before any other look at the value
             raise IdentityError("token_too_large", f"the credential is larger than {max_bytes} bytes")
         value = raw.strip(" \t")

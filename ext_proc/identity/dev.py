@@ -12,6 +12,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ext_proc.keyfiles import load_or_create_ed25519
 
@@ -52,6 +53,8 @@ def mint_dev_token(directory: Path, *, sub: str, roles: Sequence[str], tenant: s
     is a delegation chain, the agent calling first."""
     directory = Path(directory)
     priv = serialization.load_pem_private_key((directory / "issuer-key.pem").read_bytes(), password=None)
+    if not isinstance(priv, Ed25519PrivateKey):
+        raise ValueError(f"{directory / 'issuer-key.pem'} is not an Ed25519 key (the dev issuer signs EdDSA)")
     pub = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     claims = {"iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": sub, "iat": int(now), "nbf": int(now),
               "exp": int(now) + int(ttl_s), "roles": list(roles), "groups": list(groups)}

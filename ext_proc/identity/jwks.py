@@ -114,7 +114,7 @@ def parse_jwks(data: bytes | str, algorithms: tuple[str, ...]) -> KeySet:
                 if isinstance(key.key, rsa.RSAPublicKey) and key.key.key_size < MIN_RSA_BITS:
                     continue
                 by_alg[alg] = key
-        if not by_alg:
+        if not by_alg or not isinstance(kid, str):  # `usable` already required a str kid
             skipped += 1
             continue
         keys[kid] = by_alg

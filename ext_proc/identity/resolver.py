@@ -18,10 +18,10 @@ import hashlib
 import hmac
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import structlog
@@ -39,10 +39,13 @@ log = structlog.get_logger("ledgergate.identity")
 CERT_DIGEST_ATTRIBUTE = "connection.sha256_peer_certificate_digest"
 
 
+TagT = TypeVar("TagT")
+
+
 @dataclass(slots=True)
-class _CacheEntry:
+class _CacheEntry(Generic[TagT]):
     identity: Identity
-    tag: Hashable
+    tag: TagT                     # what the entry was verified with (the JWT cache: issuer, key generation)
     expires_at: float
 
 
@@ -55,18 +58,18 @@ class _RefreshPending(IdentityError):
         self.timeout_s = timeout_s
 
 
-class VerifiedCache:
+class VerifiedCache(Generic[TagT]):
     """Bounded LRU of verified identities keyed by SHA-256 of the credential. An entry is never
     returned at or after its `expires_at` (the token's exp, or sooner)."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[bytes, _CacheEntry] = OrderedDict()
+        self._entries: OrderedDict[bytes, _CacheEntry[TagT]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: bytes, now: float) -> _CacheEntry | None:
+    def get(self, key: bytes, now: float) -> _CacheEntry[TagT] | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -76,7 +79,7 @@ class VerifiedCache:
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: bytes, identity: Identity, tag: Hashable, expires_at: float, now: float) -> None:
+    def put(self, key: bytes, identity: Identity, tag: TagT, expires_at: float, now: float) -> None:
         if expires_at <= now:
             return
         self._entries[key] = _CacheEntry(identity, tag, expires_at)
@@ -100,8 +103,8 @@ class IdentityResolver:
         self._wake: dict[str, asyncio.Event] = {c.issuer: asyncio.Event() for c in config.issuers}
         self._refresh_waiters: dict[str, asyncio.Event] = {}  # set when the forced refresh has run
         self._api_keys = {k.sha256: k for k in config.api_keys}
-        self._jwt_cache = VerifiedCache(config.cache_size)
-        self._introspection_cache = VerifiedCache(config.cache_size)
+        self._jwt_cache: VerifiedCache[tuple[str, int]] = VerifiedCache(config.cache_size)
+        self._introspection_cache: VerifiedCache[None] = VerifiedCache(config.cache_size)
         self._introspection = IntrospectionClient(config.introspection) if config.introspection else None
         self._http: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -258,11 +261,11 @@ class IdentityResolver:
         digest = hashlib.sha256(token.encode()).digest()
         hit = self._jwt_cache.get(digest, now)
         if hit is not None:
-            issuer, generation = hit.tag  # type: ignore[misc]
-            state = self._states[issuer]
+            issuer, generation = hit.tag
+            known = self._states[issuer]
             # A key set that changed (rotation, removal) or went past its stale bound invalidates
             # what was verified with it.
-            if generation == state.generation and state.keys_at(now) is not None:
+            if generation == known.generation and known.keys_at(now) is not None:
                 return hit.identity
         unverified = split_jwt(token)
         iss = unverified.payload.get("iss")

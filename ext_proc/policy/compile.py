@@ -145,6 +145,14 @@ def _read(path: Path) -> str:
         raise YAMLSourceError(None, "file is not valid UTF-8") from None
 
 
+def _included(include_ref: tuple[_File, list[Any]] | None) -> tuple[_File, list[Any]]:
+    """Where a file that cannot be loaded was included. The root file has no include and is
+    never in the include stack nor past the file limit, so None here is a bug, not a miss."""
+    if include_ref is None:
+        raise RuntimeError("an include problem on the root policy file")
+    return include_ref
+
+
 class _Loader:
     """Depth-first include resolution; every file once; cycles reported with their chain."""
 
@@ -158,13 +166,13 @@ class _Loader:
         resolved = path.resolve()
         if resolved in stack:
             chain = " -> ".join(p.name for p in stack + (resolved,))
-            f, p = include_ref  # type: ignore[misc]
+            f, p = _included(include_ref)
             self.out.add(f, p, f"circular include: {chain}")
             return
         if resolved in self._done:
             return
         if len(self._done) >= MAX_INCLUDE_FILES:
-            f, p = include_ref  # type: ignore[misc]
+            f, p = _included(include_ref)
             self.out.add(f, p, f"more than {MAX_INCLUDE_FILES} policy files")
             return
         self._done.add(resolved)

@@ -69,7 +69,10 @@ class Glob:
                     and text.endswith(self._b))
         if k == "any":
             return True
-        return self._re.fullmatch(text) is not None
+        rx = self._re
+        if rx is None:  # the "re2" kind always compiled one; anything else is a bug, not a miss
+            raise RuntimeError(f"glob {self.pattern!r} has no compiled pattern")
+        return rx.fullmatch(text) is not None
 
 
 class GlobSet:

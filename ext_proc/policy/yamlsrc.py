@@ -35,7 +35,7 @@ class YAMLSourceError(ValueError):
 class _Loader(yaml.SafeLoader):
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            ev = self.peek_event()  # type: ignore[no-untyped-call]
+            ev = self.peek_event()  # type: ignore[no-untyped-call]  # types-PyYAML leaves it unannotated
             raise YAMLSourceError(ev.start_mark.line + 1, "YAML aliases (*name) are not allowed in policy files")
         return super().compose_node(parent, index)
 

@@ -47,7 +47,7 @@ class ParsedRequest:
     raw: bytes = field(default=b"", repr=False)
 
 
-def _max_tokens(body: dict) -> int | None:
+def _max_tokens(body: dict[str, Any]) -> int | None:
     """The output-token ceiling the caller asked for; the largest when several fields are set
     (every provider's field is read: the model, not the route, decides which one it honours)."""
     found: list[int] = []
@@ -67,7 +67,8 @@ def parse_request(surface: Surface, body: bytes, *, max_bytes: int = 8 * 1024 * 
     obj = load_json(body, max_bytes)
     expect(isinstance(obj, dict), "the body must be a JSON object")
     rules = registry.surface_rules(surface.name)
-    expect(rules is not None, f"the {surface.name} surface cannot be inspected")
+    if rules is None:
+        raise BadRequestBody(f"the {surface.name} surface cannot be inspected")
     segments: list[TextSegment] = []
     for seg in rules.read(obj):
         segments.append(seg)
@@ -137,7 +138,7 @@ def _set_path(obj: Any, path: Path, value: Any, *, create: bool) -> None:
         raise ValueError(f"cannot set {where_of(path)}")
 
 
-def field_changes(body: Any, set_fields: Mapping[tuple, object]) -> list[tuple[Path, Any, bool]]:
+def field_changes(body: Any, set_fields: Mapping[tuple[Any, ...], object]) -> list[tuple[Path, Any, bool]]:
     """(path, value, create) for each field to set that BODY does not already hold as is."""
     out: list[tuple[Path, Any, bool]] = []
     for path, value in set_fields.items():
@@ -149,7 +150,7 @@ def field_changes(body: Any, set_fields: Mapping[tuple, object]) -> list[tuple[P
 
 
 def _render(parsed: ParsedRequest, replacements: Mapping[int, str],
-            set_fields: Mapping[tuple, object]) -> bytes:
+            set_fields: Mapping[tuple[Any, ...], object]) -> bytes:
     changes: list[tuple[Path, Any, bool]] = []
     for idx, text in replacements.items():
         if not isinstance(text, str):
@@ -167,7 +168,7 @@ def _render(parsed: ParsedRequest, replacements: Mapping[int, str],
 
 
 def render_request(parsed: ParsedRequest, replacements: Mapping[int, str], *,
-                   set_fields: Mapping[tuple, object] = {}) -> bytes:
+                   set_fields: Mapping[tuple[Any, ...], object] = {}) -> bytes:
     """The body with segment texts replaced (index -> new text) and fields set (JSON path -> value,
     intermediate objects created). Returns the original bytes when nothing changes."""
     return _render(parsed, replacements, set_fields)

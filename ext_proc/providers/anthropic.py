@@ -104,7 +104,8 @@ def replay_messages(answer: dict, include_usage: bool) -> bytes:
     blocks = answer.get("content")
     if not isinstance(blocks, list) or any(not isinstance(b, dict) or b.get("type") != "text" for b in blocks):
         raise NotReplayable("content")
-    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+    given = answer.get("usage")
+    usage = given if isinstance(given, dict) else {}
     start = {k: answer.get(k) for k in ("id", "type", "role", "model")}
     start.update(content=[], stop_reason=None, stop_sequence=None,
                  usage={"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1})
@@ -150,7 +151,8 @@ MESSAGES = SurfaceRules(read_messages, cap_field=("max_tokens",), replay=replay_
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096          # Anthropic requires max_tokens; OpenAI makes it optional
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+# Looked up with the answer's stop reason, which may be absent (None: "stop", as any unknown one).
+_FINISH: dict[str | None, str] = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
            "pause_turn": "stop", "refusal": "content_filter"}
 
 

@@ -49,7 +49,7 @@ def match(method: str, path: str) -> Surface | None:
     return Surface(name=name, provider=Provider.BEDROCK, api=api, model_from_path=model, stream_from_path=stream)
 
 
-def read_converse(body: dict) -> Iterator[TextSegment]:
+def read_converse(body: dict[str, Any]) -> Iterator[TextSegment]:
     # In the order the model reads them: the system blocks come before the turns.
     for j, s in enumerate(as_list(body.get("system"), ("system",))):
         as_dict(s, ("system", j))
@@ -66,7 +66,7 @@ def read_converse(body: dict) -> Iterator[TextSegment]:
         yield from free_json(body, key)
 
 
-def read_invoke(body: dict) -> Iterator[TextSegment]:
+def read_invoke(body: dict[str, Any]) -> Iterator[TextSegment]:
     # One body may carry several of these shapes (the model family decides which it reads, and
     # ledgergate cannot know the family for sure): every one present is read.
     shapes = [k for k in ("messages", "inputText", "prompt", "texts", "message") if k in body]
@@ -92,24 +92,24 @@ def read_invoke(body: dict) -> Iterator[TextSegment]:
 # --- streamed events: ConverseStream (the event type is in the frame's headers) and the model-native
 # chunks of InvokeModelWithResponseStream that are not Anthropic-shaped (Titan's outputText).
 
-def stream_slots(ev: dict) -> list[Slot]:
+def stream_slots(ev: dict[str, Any]) -> list[Slot]:
     if isinstance(ev.get("outputText"), str):            # Titan invoke stream chunk
         return [Slot(("titan", index(ev.get("index"), 0)), ("outputText",), ev["outputText"])]
     return []
 
 
-def stream_terminated(ev: dict) -> list[StreamKey]:
+def stream_terminated(ev: dict[str, Any]) -> list[StreamKey]:
     return [ALL] if ev.get("completionReason") else []
 
 
-def stream_usage(ev: dict) -> dict | None:
+def stream_usage(ev: dict[str, Any]) -> dict[str, Any] | None:
     metrics = ev.get("amazon-bedrock-invocationMetrics")   # invoke stream, last chunk
     if isinstance(metrics, dict) and ("inputTokenCount" in metrics or "outputTokenCount" in metrics):
         return {"input_tokens": metrics.get("inputTokenCount"), "output_tokens": metrics.get("outputTokenCount")}
     return None
 
 
-def frame_slots(event_type: str | None, payload: dict) -> list[Slot]:
+def frame_slots(event_type: str | None, payload: dict[str, Any]) -> list[Slot]:
     out: list[Slot] = []
     if event_type == "contentBlockDelta" and isinstance(payload.get("delta"), dict):
         d, idx = payload["delta"], index(payload.get("contentBlockIndex"), 0)
@@ -124,7 +124,7 @@ def frame_slots(event_type: str | None, payload: dict) -> list[Slot]:
     return out
 
 
-def frame_terminated(event_type: str | None, payload: dict) -> list[StreamKey]:
+def frame_terminated(event_type: str | None, payload: dict[str, Any]) -> list[StreamKey]:
     if event_type == "contentBlockStop":
         return [("bedrock", index(payload.get("contentBlockIndex"), 0))]
     if event_type in ("messageStop", "metadata"):
@@ -145,7 +145,7 @@ _TYPES = {400: "ValidationException", 401: "UnrecognizedClientException", 403: "
           504: "ModelTimeoutException"}
 
 
-def error_body(status: int, code: str, message: str) -> tuple[dict[str, str], dict]:
+def error_body(status: int, code: str, message: str) -> tuple[dict[str, str], dict[str, Any]]:
     """botocore reads the error's type from x-amzn-errortype and raises it as that exception."""
     kind = _TYPES.get(status, "InternalServerException" if status >= 500 else "ValidationException")
     return {"x-amzn-errortype": kind}, {"message": message}
@@ -154,11 +154,12 @@ def error_body(status: int, code: str, message: str) -> tuple[dict[str, str], di
 
 # --- multiplexing: an OpenAI chat request served by Converse ----------------------------------
 
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+# Looked up with the answer's stop reason, which may be absent (None: "stop", as any unknown one).
+_FINISH: dict[str | None, str] = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
            "content_filtered": "content_filter", "guardrail_intervened": "content_filter"}
 
 
-def _image(url: str, where: str) -> dict:
+def _image(url: str, where: str) -> dict[str, Any]:
     media, data = tr.data_url(url, where)
     fmt = media.split("/", 1)[-1]
     if fmt not in ("png", "jpeg", "gif", "webp"):
@@ -166,7 +167,7 @@ def _image(url: str, where: str) -> dict:
     return {"image": {"format": fmt, "source": {"bytes": data}}}
 
 
-def _tool_config(body: dict, fns: list[dict]) -> dict:
+def _tool_config(body: dict[str, Any], fns: list[dict[str, Any]]) -> dict[str, Any]:
     tool_config: dict[str, Any] = {"tools": [{"toolSpec": {
         "name": f["name"], "description": f.get("description") or f["name"],
         "inputSchema": {"json": f.get("parameters") or {"type": "object", "properties": {}}}}} for f in fns]}
@@ -180,7 +181,7 @@ def _tool_config(body: dict, fns: list[dict]) -> dict:
     return tool_config
 
 
-def from_openai(body: dict, target: Target) -> TranslatedRequest:
+def from_openai(body: dict[str, Any], target: Target) -> TranslatedRequest:
     system_texts, turns = tr.conversation(
         body, assistant_role="assistant", text_block=lambda text: {"text": text},
         user_parts=lambda c, w: tr.user_parts(c, w, text=lambda t: {"text": t}, image=_image),
@@ -204,7 +205,7 @@ def from_openai(body: dict, target: Target) -> TranslatedRequest:
     return TranslatedRequest("POST", path, {"content-type": "application/json"}, tr.dumps(out), stream)
 
 
-def whole_to_openai(obj: dict) -> tr.WholeAnswer:
+def whole_to_openai(obj: dict[str, Any]) -> tr.WholeAnswer:
     text, calls = [], []
     for block in ((obj.get("output") or {}).get("message") or {}).get("content") or []:
         if isinstance(block.get("text"), str):

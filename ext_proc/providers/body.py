@@ -20,7 +20,21 @@ from typing import Any
 
 MAX_DEPTH = 64
 MAX_SEGMENTS = 100_000
-Path = tuple[str | int, ...]
+
+
+class JsonStep:
+    """A path step meaning "this string is itself a JSON document": tool-call arguments, tool
+    results and the like, whose strings the model and the SDKs read decoded (escapes included).
+    Only the document walk (providers/document.py) puts one in a path."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<json>"
+
+
+JSON_STEP = JsonStep()
+Path = tuple[str | int | JsonStep, ...]
 
 # String values under these keys inside content parts describe structure, not user text.
 _STRUCTURAL = frozenset({
@@ -47,12 +61,12 @@ class TextSegment:
 
 
 # A surface's reading view: the strings its model reads, in the order it reads them.
-Reader = Callable[[dict], Iterator[TextSegment]]
+Reader = Callable[[dict[str, Any]], Iterator[TextSegment]]
 
 
 # --- JSON ------------------------------------------------------------------------------------
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         # Two values for one key: we would inspect one and the provider might use the other.
@@ -159,19 +173,21 @@ def expect(cond: bool, message: str) -> None:
 def where_of(path: Path) -> str:
     out = ""
     for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else f"{p}")
     return out
 
 
-def as_list(value: Any, path: Path, *, optional: bool = True) -> list:
+def as_list(value: Any, path: Path, *, optional: bool = True) -> list[Any]:
     if value is None and optional:
         return []
-    expect(isinstance(value, list), f"{where_of(path)} must be an array")
+    if not isinstance(value, list):
+        raise BadRequestBody(f"{where_of(path)} must be an array")
     return value
 
 
-def as_dict(value: Any, path: Path) -> dict:
-    expect(isinstance(value, dict), f"{where_of(path)} must be an object")
+def as_dict(value: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequestBody(f"{where_of(path)} must be an object")
     return value
 
 
@@ -182,7 +198,7 @@ def is_data_url(s: str) -> bool:
 def strings(obj: Any, path: Path, *, free: bool) -> Iterator[TextSegment]:
     """Strings inside OBJ. free=False (content parts): skip structural values and binary payloads;
     under a _FREE_JSON key everything below is free."""
-    stack: list[tuple[Any, Path, bool, dict | None]] = [(obj, path, free, None)]
+    stack: list[tuple[Any, Path, bool, dict[str, Any] | None]] = [(obj, path, free, None)]
     while stack:
         node, p, fr, parent = stack.pop()
         if isinstance(node, str):
@@ -216,19 +232,19 @@ def content_segments(content: Any, path: Path) -> Iterator[TextSegment]:
         yield from strings(part, path + (i,), free=False)
 
 
-def free_json(body: dict, key: str) -> Iterator[TextSegment]:
+def free_json(body: dict[str, Any], key: str) -> Iterator[TextSegment]:
     if body.get(key) is not None:
         yield from strings(body[key], (key,), free=True)
 
 
-def opt_str(body: dict, key: str) -> Iterator[TextSegment]:
+def opt_str(body: dict[str, Any], key: str) -> Iterator[TextSegment]:
     v = body.get(key)
     if v is not None:
         expect(isinstance(v, str), f"{key} must be a string")
         yield TextSegment((key,), v)
 
 
-def messages_of(body: dict, *, required: bool = True) -> list:
+def messages_of(body: dict[str, Any], *, required: bool = True) -> list[Any]:
     if not required and body.get("messages") is None:
         return []
     msgs = as_list(body.get("messages"), ("messages",), optional=False)
@@ -239,15 +255,15 @@ def messages_of(body: dict, *, required: bool = True) -> list:
 
 
 def non_negative_int(value: Any, where: str) -> int:
-    expect(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-            f"{where} must be a non-negative integer")
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise BadRequestBody(f"{where} must be a non-negative integer")
     return value
 
 
 
 # --- responses -------------------------------------------------------------------------------
 
-def usage_of(u: Any, inp: str, out: str) -> dict | None:
+def usage_of(u: Any, inp: str, out: str) -> dict[str, Any] | None:
     if not isinstance(u, dict) or not u:
         return None
 
@@ -256,7 +272,7 @@ def usage_of(u: Any, inp: str, out: str) -> dict | None:
     return {"input_tokens": num(u.get(inp)), "output_tokens": num(u.get(out))}
 
 
-def items(value: Any, where: str) -> list:
+def items(value: Any, where: str) -> list[Any]:
     """A list in a response, or empty when absent. Any other type is a shape we do not know: the
     caller (the response inspector) then scans the raw text instead of trusting our segments."""
     if value is None:
@@ -266,7 +282,7 @@ def items(value: Any, where: str) -> list:
     return value
 
 
-def obj_or_none(value: Any, where: str) -> dict | None:
+def obj_or_none(value: Any, where: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -274,7 +290,7 @@ def obj_or_none(value: Any, where: str) -> dict | None:
     return value
 
 
-def text_at(segs: list[TextSegment], obj: dict, key: str, path: Path) -> None:
+def text_at(segs: list[TextSegment], obj: dict[str, Any], key: str, path: Path) -> None:
     v = obj.get(key)
     if v is None:
         return

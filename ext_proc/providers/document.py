@@ -34,25 +34,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ext_proc.providers.adapters import ParsedRequest, _get_path, _set_path, field_changes
-from ext_proc.providers.body import MAX_SEGMENTS, BadRequestBody, Path, TextSegment, dump_json, load_json
+from ext_proc.providers.body import (
+    JSON_STEP,
+    MAX_SEGMENTS,
+    BadRequestBody,
+    Path,
+    TextSegment,
+    dump_json,
+    load_json,
+)
 
 MAX_ATTACHMENT_BYTES = 4 * 1024 * 1024
 _SHORT_PAYLOAD = 4096
 MAX_NESTED_JSON_BYTES = 4 * 1024 * 1024
 
 
-class _JsonStep:
-    """A path step meaning "this string is itself a JSON document": tool-call arguments, tool
-    results and the like, whose strings the model and the SDKs read decoded (escapes included)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<json>"
-
-
-JSON_STEP = _JsonStep()
-_KEY: list = []          # marks a stack entry that is an object key
+_KEY: list[Any] = []          # marks a stack entry that is an object key
 _PAIRED_TEXT = 1024
 # String values under these keys are encoded payloads (base64 or a data: URL) in every provider's
 # format: OpenAI file_data / input_audio.data / b64_json, Anthropic source.data, Gemini
@@ -212,7 +209,7 @@ class Document:
         return _view(items, before, after)
 
 
-def _media_type(ancestors: list[dict]) -> str:
+def _media_type(ancestors: list[dict[str, Any]]) -> str:
     for obj in ancestors:
         for key in _MEDIA_KEYS:
             v = obj.get(key)
@@ -335,7 +332,7 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
         return obj
 
     # (node, path, ancestors: the enclosing objects, nearest first, at most three)
-    stack: list[tuple[Any, Path, list[dict]]] = [(parsed.body, (), [])] if parsed is not None else []
+    stack: list[tuple[Any, Path, list[dict[str, Any]]]] = [(parsed.body, (), [])] if parsed is not None else []
     while stack:
         node, path, ancestors = stack.pop()
         if ancestors is _KEY:
@@ -389,7 +386,7 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
 
 
 def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[int, str],
-                    set_fields: Mapping[tuple, object]) -> bytes:
+                    set_fields: Mapping[tuple[Any, ...], object]) -> bytes:
     """The body with segment texts replaced (index -> new text) in every kind of place, and
     fields set (JSON path -> value, intermediate objects created). The original bytes when
     nothing changes."""

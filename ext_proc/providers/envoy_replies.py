@@ -21,6 +21,7 @@ mappers leave those untouched.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ext_proc.providers.registry import error_body
 
@@ -71,11 +72,11 @@ def reason_for(status: int, details: str = "") -> tuple[str, str]:
     return ("error", _MESSAGES[500]) if status >= 500 else ("client_error", _MESSAGES[400])
 
 
-def _cel(expression: str) -> dict:
+def _cel(expression: str) -> dict[str, Any]:
     return {"extension_filter": {"name": _CEL_FILTER, "typed_config": {"@type": _CEL_TYPE, "expression": expression}}}
 
 
-def _body_format(provider: str, status: int, message: str) -> tuple[dict, list[dict]]:
+def _body_format(provider: str, status: int, message: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(body_format_override, headers_to_add) for PROVIDER's error at STATUS, with Envoy's
     response code details as the machine code."""
     headers, body = error_body(provider, status, "%RESPONSE_CODE_DETAILS%", f"{message} (%RESPONSE_CODE_DETAILS%)")
@@ -86,7 +87,7 @@ def _body_format(provider: str, status: int, message: str) -> tuple[dict, list[d
 
 
 def _mapper(provider: str, condition: str, status: int, message: str, *, rewrite_status: int | None = None,
-            retry: bool = False, catch_all: bool = False) -> dict:
+            retry: bool = False, catch_all: bool = False) -> dict[str, Any]:
     path = PROVIDER_PATHS[provider]
     when = [OWN_REPLY, condition] if path is None else [OWN_REPLY, path, condition]
     fmt, headers = _body_format(provider, status, message)
@@ -95,7 +96,7 @@ def _mapper(provider: str, condition: str, status: int, message: str, *, rewrite
     if retry:
         headers.append({"header": {"key": "retry-after", "value": str(RETRY_AFTER_S)},
                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})
-    m: dict = {"filter": _cel(" && ".join(when))}
+    m: dict[str, Any] = {"filter": _cel(" && ".join(when))}
     if rewrite_status is not None:
         m["status_code"] = rewrite_status
     if headers:
@@ -104,7 +105,7 @@ def _mapper(provider: str, condition: str, status: int, message: str, *, rewrite
     return m
 
 
-def local_reply_mappers() -> list[dict]:
+def local_reply_mappers() -> list[dict[str, Any]]:
     """The mappers, first match wins: per provider, ledgergate unreachable (-> 503 + retry-after),
     503, 413, 400, 404, then any other 5xx and 4xx."""
     out = []
@@ -137,7 +138,7 @@ UNSEEN_BY_LEDGERGATE = " || ".join(_UNSEEN)
 ACCESS_LOG_NAME = "ledgergate.local_replies"
 
 
-def local_reply_access_log(cluster_name: str = "ledgergate") -> list[dict]:
+def local_reply_access_log(cluster_name: str = "ledgergate") -> list[dict[str, Any]]:
     return [{
         "name": "envoy.access_loggers.http_grpc",
         "filter": _cel(UNSEEN_BY_LEDGERGATE),
@@ -155,5 +156,5 @@ def local_reply_access_log(cluster_name: str = "ledgergate") -> list[dict]:
     }]
 
 
-def local_reply_config() -> dict:
+def local_reply_config() -> dict[str, Any]:
     return {"mappers": local_reply_mappers()}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Path = tuple
-StreamKey = tuple
+StreamKey = tuple[Any, ...]   # (choice or block index, kind, ...): see each provider's stream rules
 
 ALL: StreamKey = ()   # a key prefix matching every stream
 REPLAY_PIECE_CHARS = 64   # text per delta of a replayed stream; the SDKs concatenate them

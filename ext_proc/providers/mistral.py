@@ -10,6 +10,7 @@ chat shape ending with `data: [DONE]`, with the usage in the last chunk always: 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from ext_proc.providers import openai
 from ext_proc.providers.body import (
@@ -35,7 +36,7 @@ def match(method: str, path: str) -> Surface | None:
     return None
 
 
-def read_chat(body: dict) -> Iterator[TextSegment]:
+def read_chat(body: dict[str, Any]) -> Iterator[TextSegment]:
     """The turns in order (content as a string or chunks, then an assistant's tool calls), then
     the tools and the JSON schema of the answer, which the model reads as part of its prompt."""
     for i, m in enumerate(messages_of(body)):
@@ -49,7 +50,7 @@ def read_chat(body: dict) -> Iterator[TextSegment]:
         yield from free_json(body, key)
 
 
-def error_body(status: int, code: str, message: str) -> tuple[dict[str, str], dict]:
+def error_body(status: int, code: str, message: str) -> tuple[dict[str, str], dict[str, Any]]:
     _headers, shaped = openai.error_body(status, code, message)
     return {}, {"object": "error", "message": message, "type": shaped["error"]["type"], "param": None,
                 "code": code}

@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterator, Mapping
 
 from ext_proc.providers import anthropic, azure, bedrock, gemini, mistral, openai
-from ext_proc.providers.body import Path
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
 from ext_proc.providers.surfaces import MAX_PATH, Surface
 
@@ -83,7 +82,7 @@ def token_fields() -> tuple[tuple[str, str], ...]:
     return tuple(dict.fromkeys(pair for s in SPECS for pair in s.token_fields))
 
 
-def ceiling_fields() -> tuple[Path, ...]:
+def ceiling_fields() -> tuple[tuple[str, ...], ...]:
     """Every field any provider's model takes an output-token ceiling from: top-level fields first."""
     fields = dict.fromkeys(f for s in SPECS for f in s.ceiling_fields)
     return tuple(sorted(fields, key=len))

@@ -70,7 +70,7 @@ class ProviderSpec:
     stream: StreamRules | None = None                   # None: it streams another provider's shape
     token_fields: tuple[tuple[str, str], ...] = ()      # (input, output) keys of its usage objects
     # Every field its models take an output-token ceiling from (a body may carry several).
-    ceiling_fields: tuple[Path, ...] = ()
+    ceiling_fields: tuple[tuple[str, ...], ...] = ()    # each one's keys, from the top level down
     headers: frozenset[str] = frozenset()               # request headers its API reads
     query: frozenset[str] = frozenset()                 # query parameters its API reads
     credential_query: frozenset[str] = frozenset()      # query parameters that carry a credential

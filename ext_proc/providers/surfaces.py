@@ -7,6 +7,7 @@ policy sees as the surface "unknown" (default deny in the shipped policies)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 MAX_PATH = 4096
@@ -25,7 +26,7 @@ class Surface:
         # A Provider member is a str subclass; records (canonical JSON) take exact strings only.
         object.__setattr__(self, "provider", str(self.provider))
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         return {"name": self.name, "provider": self.provider, "api": self.api,
                 "inspectable": self.inspectable, "model_from_path": self.model_from_path,
                 "stream_from_path": self.stream_from_path}

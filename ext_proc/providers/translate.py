@@ -23,7 +23,7 @@ from ext_proc.providers.translation import (
     dumps,
 )
 from ext_proc.wire.eventstream import EventStreamDecoder, Message
-from ext_proc.wire.sse import SSEFramer
+from ext_proc.wire.sse import SSEEvent, SSEFramer
 
 __all__ = ["MAX_BODY_BYTES", "MAX_EVENT_BYTES", "TARGETS", "ResponseTranslator", "Target", "TranslatedRequest",
            "TranslationError", "translate_request"]
@@ -41,7 +41,7 @@ def translation_of(target: Target) -> Translation:
     return spec.translation
 
 
-def translate_request(body: dict, target: Target) -> TranslatedRequest:
+def translate_request(body: dict[str, Any], target: Target) -> TranslatedRequest:
     common_checks(body)
     return translation_of(target).request(body, target)
 
@@ -58,7 +58,7 @@ class ResponseTranslator:
         self.created = created
         self.include_usage = include_usage
         self.status = 200
-        self.usage: dict | None = None
+        self.usage: dict[str, Any] | None = None
         self._sse = SSEFramer(MAX_EVENT_BYTES)
         self._es = EventStreamDecoder(MAX_EVENT_BYTES)
         self._body = bytearray()
@@ -101,7 +101,7 @@ class ResponseTranslator:
         return b"".join(out)
 
     # whole answers
-    def _completion(self, text: str, calls: list[dict], finish: str | None) -> dict:
+    def _completion(self, text: str, calls: list[dict[str, Any]], finish: str | None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
         if calls:
             message["tool_calls"] = calls
@@ -112,7 +112,7 @@ class ResponseTranslator:
             out["usage"] = _openai_usage(self.usage)
         return out
 
-    def _whole(self, body: bytes) -> dict:
+    def _whole(self, body: bytes) -> dict[str, Any]:
         try:
             obj = json.loads(body)
         except ValueError:
@@ -137,13 +137,13 @@ class ResponseTranslator:
         return dumps({"error": {"message": message, "type": kind, "param": None, "code": f"upstream_{self.status}"}})
 
     # streams (the Emitter the target's event handler writes through)
-    def chunk(self, delta: dict, finish: str | None = None) -> bytes:
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         ev = {"id": self.response_id, "object": "chat.completion.chunk", "created": self.created,
               "model": self.client_model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
                                                        "logprobs": None}]}
         return b"data: " + dumps(ev) + b"\n\n"
 
-    def _events(self, ev) -> bytes:
+    def _events(self, ev: SSEEvent) -> bytes:
         if ev.data is None or self._done:
             return b""
         try:
@@ -176,7 +176,7 @@ class ResponseTranslator:
         return b"".join(out)
 
 
-def _openai_usage(u: dict) -> dict:
+def _openai_usage(u: dict[str, Any]) -> dict[str, Any]:
     i, o = int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)
     return {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}
 

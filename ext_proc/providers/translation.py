@@ -37,26 +37,26 @@ class Emitter(Protocol):
     """What a target's stream-event handler writes through (providers/translate.ResponseTranslator):
     OpenAI chunks, the end of the stream, an error, and the state kept across events."""
 
-    usage: dict | None
+    usage: dict[str, Any] | None
     finish: str | None
     tools: dict[int, int]        # upstream block index -> OpenAI tool_calls index
     role_sent: bool
 
-    def chunk(self, delta: dict, finish: str | None = None) -> bytes: ...
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes: ...
     def close(self) -> bytes: ...
     def stream_error(self, message: str) -> bytes: ...
 
 
 # (text, tool calls, finish reason, usage {"input_tokens", "output_tokens"} or None)
-WholeAnswer = tuple[str, list[dict], str, "dict | None"]
+WholeAnswer = tuple[str, list[dict[str, Any]], str, "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
 class Translation:
     """How a target provider serves an OpenAI chat request."""
 
-    request: Callable[[dict, Target], TranslatedRequest]   # the OpenAI body (checked) -> its request
-    whole: Callable[[dict], WholeAnswer]                    # its non-streamed answer, read
+    request: Callable[[dict[str, Any], Target], TranslatedRequest]   # the OpenAI body (checked) -> its request
+    whole: Callable[[dict[str, Any]], WholeAnswer]                    # its non-streamed answer, read
     event: Callable[[Emitter, Any], bytes]                  # one stream event (a JSON object, or a
                                                             # wire.eventstream Message) -> OpenAI chunks
     stream_content_type: str = "text/event-stream"
@@ -92,8 +92,8 @@ def data_url(url: str, where: str) -> tuple[str, str]:
     return head[len("data:"):-len(";base64")], data
 
 
-def user_parts(content: Any, where: str, *, text: Callable[[str], dict],
-                image: Callable[[str, str], dict]) -> list[dict]:
+def user_parts(content: Any, where: str, *, text: Callable[[str], dict[str, Any]],
+                image: Callable[[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
     """A user message's content (a string or OpenAI content parts) as the target's blocks: `text`
     shapes a text part, `image` an image URL (and refuses what the target cannot take)."""
     if isinstance(content, str):
@@ -112,7 +112,7 @@ def user_parts(content: Any, where: str, *, text: Callable[[str], dict],
     return out
 
 
-def common_checks(body: dict) -> None:
+def common_checks(body: dict[str, Any]) -> None:
     if not isinstance(body, dict):
         raise TranslationError("the body must be a JSON object")
     for key in _UNSUPPORTED:
@@ -127,7 +127,7 @@ def common_checks(body: dict) -> None:
         raise TranslationError("response_format other than text is not supported for this model")
 
 
-def max_tokens(body: dict) -> int | None:
+def max_tokens(body: dict[str, Any]) -> int | None:
     for key in ("max_completion_tokens", "max_tokens"):
         v = body.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
@@ -135,7 +135,7 @@ def max_tokens(body: dict) -> int | None:
     return None
 
 
-def stops(body: dict) -> list[str]:
+def stops(body: dict[str, Any]) -> list[str]:
     stop = body.get("stop")
     if stop is None:
         return []
@@ -146,7 +146,7 @@ def stops(body: dict) -> list[str]:
     raise TranslationError("stop must be a string or an array of strings")
 
 
-def tool_args(call: dict, where: str) -> Any:
+def tool_args(call: dict[str, Any], where: str) -> Any:
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise TranslationError(f"{where}: a tool call needs function.name")
@@ -159,7 +159,7 @@ def tool_args(call: dict, where: str) -> Any:
     return args
 
 
-def functions(body: dict) -> list[dict]:
+def functions(body: dict[str, Any]) -> list[dict[str, Any]]:
     tools = body.get("tools") or []
     if not isinstance(tools, list):
         raise TranslationError("tools must be an array")
@@ -172,16 +172,19 @@ def functions(body: dict) -> list[dict]:
     return out
 
 
-def conversation(body: dict, *, user_parts, text_block, tool_call_block, tool_result_block,
-                  assistant_role: str) -> tuple[list[str], list[dict]]:
+def conversation(body: dict[str, Any], *, user_parts: Callable[[Any, str], list[dict[str, Any]]],
+                 text_block: Callable[[str], dict[str, Any]],
+                 tool_call_block: Callable[[str, str, Any], dict[str, Any]],
+                 tool_result_block: Callable[[str, str | None, str, str], dict[str, Any]],
+                 assistant_role: str) -> tuple[list[str], list[dict[str, Any]]]:
     """The OpenAI conversation walked once for every target: system texts apart, then turns as
     (role, blocks) with consecutive same-role turns merged (Anthropic and Bedrock require
     alternation, Gemini accepts it). The callbacks build one target's blocks."""
     system: list[str] = []
-    turns: list[tuple[str, list[dict]]] = []
+    turns: list[tuple[str, list[dict[str, Any]]]] = []
     names: dict[str, str] = {}       # tool_call_id -> function name (Gemini answers by name)
 
-    def add(role: str, blocks: list[dict]) -> None:
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
         if turns and turns[-1][0] == role:
             turns[-1][1].extend(blocks)
         else:
@@ -219,7 +222,7 @@ def conversation(body: dict, *, user_parts, text_block, tool_call_block, tool_re
     return system, [{"role": r, "blocks": b} for r, b in turns]
 
 
-def sampling(body: dict, *, max_tokens_key: str) -> dict[str, Any]:
+def sampling(body: dict[str, Any], *, max_tokens_key: str) -> dict[str, Any]:
     """Gemini's generationConfig and Bedrock's inferenceConfig: the same fields, camel-cased; only
     the name of the output-token cap differs."""
     out: dict[str, Any] = {}
@@ -233,6 +236,6 @@ def sampling(body: dict, *, max_tokens_key: str) -> dict[str, Any]:
     return out
 
 
-def tool_call(call_id: Any, name: Any, args: Any) -> dict:
+def tool_call(call_id: Any, name: Any, args: Any) -> dict[str, Any]:
     """An OpenAI tool call from a target's whole answer (arguments as JSON text)."""
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(args or {})}}

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+from typing import Any
 
 import grpc
 import structlog
@@ -85,7 +86,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    reloads: set[asyncio.Task] = set()
+    reloads: set[asyncio.Task[Any]] = set()
 
     def on_sighup() -> None:
         task = asyncio.create_task(rt.reload(), name="reload")

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -26,6 +26,9 @@ from ext_proc.policy.yamlsrc import YAMLSourceError, line_of, load_yaml
 from ext_proc.providers import registry
 from ext_proc.ratelimit.config import RateLimitConfig
 from ext_proc.server.tracing import TracingConfig
+
+if TYPE_CHECKING:
+    from ext_proc.pipeline.envelope import EnvelopeRules
 
 # The upstream clusters (Azure shares OpenAI's), each configurable under upstreams.NAME.
 PROVIDERS = registry.upstream_clusters()
@@ -141,7 +144,7 @@ def default_config_dict(var_dir: str = "var") -> dict[str, Any]:
     }
 
 
-def deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -258,7 +261,7 @@ def _positive_int(v: Any, where: str) -> int:
     return v
 
 
-def _envelope_rules(section: Any):
+def _envelope_rules(section: Any) -> EnvelopeRules:
     from ext_proc.pipeline.envelope import EnvelopeRules
 
     try:
@@ -277,7 +280,7 @@ def _positive_float(v: Any, where: str) -> float:
     return f
 
 
-def _model_map(section: Any) -> dict:
+def _model_map(section: Any) -> dict[str, Any]:
     from ext_proc.pipeline.multiplex import load_model_map
 
     try:

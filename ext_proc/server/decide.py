@@ -10,11 +10,11 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import structlog
 
-from ext_proc.audit.capture import seal_capture
+from ext_proc.classify import Classifier
 from ext_proc.identity import Identity
 from ext_proc.pipeline.admission import admit, needs_admission
 from ext_proc.pipeline.budget import BudgetedClassifier, ScanPool
@@ -26,6 +26,9 @@ from ext_proc.ratelimit.limits import Reservation
 
 if TYPE_CHECKING:
     from ext_proc.server.runtime import Runtime
+    from ext_proc.server.tracing import AnyExchangeTrace
+
+T = TypeVar("T")
 
 log = structlog.get_logger("ledgergate.server")
 
@@ -49,7 +52,7 @@ class HeavyLane:
         self.pending = 0
         self.scan_pool = ScanPool(workers=1)
 
-    async def run(self, fn):
+    async def run(self, fn: Callable[[], T]) -> T:
         if self.executor is None:
             self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledgergate-inspect")
         loop = asyncio.get_running_loop()
@@ -79,7 +82,7 @@ class Decided:
 
 
 async def decide(rt: Runtime, head: RequestHead, identity: Identity, envelope: Envelope | None,
-                 body: bytes | None, has_findings: Callable[[str], bool], trace) -> Decided:
+                 body: bytes | None, has_findings: Callable[[str], bool], trace: AnyExchangeTrace) -> Decided:
     policy = rt.policies.current
     started = time.perf_counter()
     trace.begin("decide")
@@ -89,7 +92,9 @@ async def decide(rt: Runtime, head: RequestHead, identity: Identity, envelope: E
                                 pool=heavy_lane.scan_pool if heavy else None, custom_terms=policy.dictionaries)
 
     def run() -> Verdict:   # the time of the decision is read when it is taken (after any wait)
-        return decide_request(head, identity, body, policy=policy, classifier=budget,
+        # BudgetedClassifier is a Classifier by delegation (its scan counts, __getattr__ forwards
+        # the rest); decide_request names the concrete class, not a protocol both satisfy.
+        return decide_request(head, identity, body, policy=policy, classifier=cast(Classifier, budget),
                               hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
                               max_body_bytes=rt.config.max_body_bytes,
                               envelope_segments=envelope.segments if envelope else ())
@@ -123,7 +128,7 @@ async def decide(rt: Runtime, head: RequestHead, identity: Identity, envelope: E
         decided = Decided(admitted.verdict, choice.multiplexed, admitted.reservation, admitted.refusal_headers,
                           admitted.answer_headers)
     if rt.capture_key is not None and body:
-        capture = seal_capture(rt.capture_key, rt.capture_key_id, body, head.request_id.encode())
+        capture = rt.capture_key.seal(body, head.request_id.encode())
         decided = replace(decided, verdict=annotated(decided.verdict, capture=capture))
     rt.metrics.decision(decided.verdict.outcome, head.route_record()["surface"])
     return decided

@@ -3,11 +3,13 @@ the upstream-level exchanges."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 
-def headers_to_dict(hmap) -> dict[str, list[str]]:
+def headers_to_dict(hmap: Any) -> dict[str, list[str]]:   # an Envoy HeaderMap (untyped stubs)
     out: dict[str, list[str]] = {}
     for h in hmap.headers:
         value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value

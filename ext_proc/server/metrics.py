@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -71,7 +72,7 @@ class Metrics:
                                "Reloads of the policy or the identity configuration, by result (ok: now in "
                                "force; rejected: the previous one kept running)", ["what", "result"], registry=r)
 
-    def spend(self, usage: dict | None, *, tenant: str | None, model: str | None, provider: str | None) -> None:
+    def spend(self, usage: Mapping[str, Any] | None, *, tenant: str | None, model: str | None, provider: str | None) -> None:
         """Count one answer's token usage; nothing when the provider reported none."""
         if not usage:
             return
@@ -107,13 +108,14 @@ class Metrics:
         host = (host or "127.0.0.1").strip("[]")
         metrics_app = make_wsgi_app(self.registry)
 
-        def app(environ, start_response):
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if environ.get("PATH_INFO") == "/ready" and ready is not None:
                 status, body = ready()
                 start_response(f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
                                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
                 return [body]
-            return metrics_app(environ, start_response)
+            metrics: Iterable[bytes] = metrics_app(environ, start_response)
+            return metrics
 
         class Server(ThreadingWSGIServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -124,5 +126,5 @@ class Metrics:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - probes every few seconds; no access log
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - probes every few seconds; no access log
         pass

@@ -119,4 +119,5 @@ def rejection(verdict: Verdict, request_id: str, extra_headers: Mapping[str, str
 
 
 def is_immediate(reply: pb.ProcessingResponse) -> bool:
-    return reply.WhichOneof("response") == "immediate_response"
+    which: str | None = reply.WhichOneof("response")
+    return which == "immediate_response"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, seal_capture
+from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD
 from ext_proc.cache import (
     CachePlan,
     CacheUnavailable,
@@ -126,9 +126,12 @@ async def answer_from_cache(ex: Exchange, verdict: Verdict,
             return verdict, None
         rc.metrics.lookups.labels("bypass").inc()
         return annotated(verdict, cache=plan.to_record()), None
+    key = plan.key
+    if key is None:  # plan_request gives every cacheable plan its key: anything else is a bug
+        raise RuntimeError("a cacheable plan without a store key")
     lookup: dict[str, Any] = {"rule": plan.rule, "key_sha256": plan.key_sha256}
     try:
-        entry = await rc.store.get(plan.key)
+        entry = await rc.store.get(key)
     except CacheUnavailable as exc:
         # An outage never fails a request: it is forwarded, and the record says so.
         rc.metrics.lookups.labels("unavailable").inc()
@@ -158,6 +161,8 @@ async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, 
     rt, head = ex.rt, ex.head
     assert head is not None
     decision = verdict.decision
+    if decision is None:  # answer_from_cache bypasses a verdict without a decision before a lookup
+        raise RuntimeError("a cache hit served without a policy decision")
     # The response policy in force now, on the whole cached answer, with the same inspector a
     # provider's answer goes through.
     inspector = ResponseInspector(
@@ -172,8 +177,7 @@ async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, 
     capture = None
     if rt.capture_key is not None:
         # Legal hold: the answer as delivered, bound to this request like a forwarded answer's.
-        capture = seal_capture(rt.capture_key, rt.capture_key_id, released,
-                               head.request_id.encode() + RESPONSE_CAPTURE_AAD)
+        capture = rt.capture_key.seal(released, head.request_id.encode() + RESPONSE_CAPTURE_AAD)
     hit = cache_hit(verdict, lookup, served, request_id=head.request_id, completed_ms=int(rt.clock() * 1000),
                     summary=inspector.outcome(), streamed=plan.stream, capture=capture)
     if ex.reservation is not None:
@@ -229,4 +233,7 @@ def after_outcome(ex: Exchange, summary: Mapping[str, Any], error: str | None, s
                   filled_by=ex.head.request_id, filled_ms=int(rt.clock() * 1000),
                   policy_version=decision.policy_version if decision is not None else "",
                   surface=plan_surface(ex))
-    rt.cache.schedule_fill(turn.plan.key, entry, turn.plan.ttl_s)
+    key = turn.plan.key
+    if key is None:  # a turn is made only for a cacheable plan, which has its key: never fill under None
+        raise RuntimeError("a cache turn without a store key")
+    rt.cache.schedule_fill(key, entry, turn.plan.ttl_s)

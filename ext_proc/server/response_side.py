@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, seal_capture
+from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD
 from ext_proc.pipeline.multiplex import ModelListAliases, Translated
 from ext_proc.pipeline.outcome import ResponseSeen
 from ext_proc.providers.translate import ResponseTranslator, TranslationError
@@ -199,9 +199,12 @@ class ResponseSide:
     def seen(self, request_id: str, completed_ms: int, error: str | None) -> ResponseSeen:
         capture = None
         if self.captured is not None:
+            key = self.ex.rt.capture_key
+            if key is None:  # a buffer exists only when the runtime has a capture key (__init__)
+                raise RuntimeError("a response was captured without a capture key")
             # Bound to this request's response, so it cannot be passed off as its request body.
-            capture = dict(seal_capture(self.ex.rt.capture_key, self.ex.rt.capture_key_id, bytes(self.captured),
-                                        request_id.encode() + RESPONSE_CAPTURE_AAD), truncated=self.capture_truncated)
+            capture = dict(key.seal(bytes(self.captured), request_id.encode() + RESPONSE_CAPTURE_AAD),
+                           truncated=self.capture_truncated)
         return ResponseSeen(request_id=request_id, completed_ms=completed_ms, status=self.status,
                             summary=self.inspector.outcome(), error=error or self.upstream_error,
                             upstream_host=self.upstream_host, status_held=self.held is not None,

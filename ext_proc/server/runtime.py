@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from ext_proc.audit.capture import CaptureKey
 from ext_proc.audit.log import AuditLog, open_audit_log
 from ext_proc.classify import Classifier
 from ext_proc.configerror import ConfigError
@@ -53,13 +54,12 @@ class Runtime:
         self.cache = ResponseCache(config.cache, self.metrics.registry, clock)
         # Encrypted capture of request bodies for legal hold: off unless audit.capture is set.
         capture = config.audit.capture
-        self.capture_key: bytes | None = None
-        self.capture_key_id: str | None = None
+        self.capture_key: CaptureKey | None = None
         if capture is not None:
             key = capture.key_file.read_bytes()
             if len(key) != 32:
                 raise ConfigError("audit.capture.key_file: must hold exactly 32 bytes")
-            self.capture_key, self.capture_key_id = key, capture.key_id
+            self.capture_key = CaptureKey(key, capture.key_id)
         self._upstream_secrets: dict[str, str] = {}
         for provider, cred in config.upstream_credentials.items():
             if "value_file" in cred:

@@ -21,7 +21,7 @@ from ext_proc.server.stream import UPSTREAM_STAGE, Stage, serve
 from ext_proc.server.upstream import UpstreamAttempt
 
 
-class Servicer(pb_grpc.ExternalProcessorServicer):
+class Servicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated gRPC base: no type stubs
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 

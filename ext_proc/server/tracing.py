@@ -83,10 +83,10 @@ class _NoopExchangeTrace:
     def start(self, head: Any) -> None:
         pass
 
-    def phase(self, name: str) -> contextlib.AbstractContextManager:
+    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
         return _NULL_CONTEXT
 
-    def audit_commit(self, record: Mapping[str, Any]) -> contextlib.AbstractContextManager:
+    def audit_commit(self, record: Mapping[str, Any]) -> contextlib.AbstractContextManager[None]:
         return _NULL_CONTEXT
 
     def begin(self, name: str) -> None:
@@ -136,6 +136,8 @@ def b3_parent(headers: Mapping[str, list[str]]) -> tuple[int, int, bool] | None:
     """(trace id, span id, sampled) from B3 headers: single `b3` or multi `x-b3-*`; None when
     absent or malformed. A 64-bit trace id is widened to 128 bits with zeros, as B3 specifies."""
     single = _first(headers, "b3")
+    trace_hex: str | None
+    span_hex: str | None
     if single:
         parts = single.split("-")
         if len(parts) < 2:
@@ -248,7 +250,7 @@ class ExchangeTrace:
                                          attributes=_route_attributes(head))
         self._context = t.trace.set_span_in_context(self._root)
 
-    def _child(self, name: str, attributes: Mapping[str, Any] | None = None):
+    def _child(self, name: str, attributes: Mapping[str, Any] | None = None) -> Any:   # an OpenTelemetry span
         return self._tracing.tracer.start_span(f"ledgergate.{name}", context=self._context,
                                                attributes=attributes)
 
@@ -312,6 +314,10 @@ class ExchangeTrace:
         self._root = None
 
 
+# What an exchange traces with: Tracing.exchange() or NoTracing.exchange().
+AnyExchangeTrace = ExchangeTrace | _NoopExchangeTrace
+
+
 class Tracing:
     """Tracing on: spans go to `provider` (an OpenTelemetry SDK TracerProvider)."""
 
@@ -330,7 +336,7 @@ class Tracing:
     def exchange(self, grpc_context: Any = None) -> ExchangeTrace:
         return ExchangeTrace(self, grpc_context)
 
-    def parent_context(self, headers: Mapping[str, list[str]]):
+    def parent_context(self, headers: Mapping[str, list[str]]) -> Any:   # an OpenTelemetry Context or None
         """The context Envoy (or the client) passed: W3C trace context first, then B3."""
         if "traceparent" in headers:
             ctx = self._w3c.extract(headers)

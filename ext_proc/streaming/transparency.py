@@ -45,17 +45,17 @@ class TransparencyMarker:
         return (f"ai-generated; provider={_token(self.provider)}; model={_token(self.model)}; "
                 f"policy={_token(self.policy_id)}@{_token(self.policy_version)[:12]}")
 
-    def json_value(self) -> dict:
+    def json_value(self) -> dict[str, Any]:
         return {"ai_generated": True, "provider": self.provider, "model": self.model,
                 "policy": self.policy_id, "policy_version": self.policy_version}
 
-    def record(self, *, json_field_sent: bool) -> dict:
+    def record(self, *, json_field_sent: bool) -> dict[str, Any]:
         return {"header": {self.header_name: self.header_value, DISCLOSURE_HEADER: self.disclosure},
                 "json_field": self.json_field if json_field_sent else None,
                 "provider": self.provider, "model": self.model, "policy_version": self.policy_version}
 
 
-def transparency_marker(spec: Mapping | None, *, provider: str | None, model: str | None, policy_id: str,
+def transparency_marker(spec: Mapping[str, Any] | None, *, provider: str | None, model: str | None, policy_id: str,
                         policy_version: str) -> TransparencyMarker | None:
     """The marker a decision's ``response.marker_header`` asks for, or None."""
     if not spec:

@@ -162,3 +162,16 @@ def test_show_takes_the_local_stack_store_by_default(recorded, monkeypatch):
         (recorded / "var" / "audit").symlink_to(recorded / "audit")
     rc, out, _ = _run(["show", "q3"])
     assert rc == 0 and '"request_id": "q3"' in out
+
+
+def test_what_if_counts_only_named_rules():
+    # A matched entry without a rule name (a hand-edited or foreign record) is no rule to count;
+    # mixed with named ones it used to make sorted() raise TypeError.
+    from ext_proc.audit.query import what_if
+
+    recorded = [{"kind": "decision", "request_id": "r1", "input": {"route": {"path": "/v1/chat/completions"}},
+                 "decision": {"outcome": "permit", "matched": [{"effect": "permit"}]}}]
+    rep = what_if(recorded, lambda inp: {"outcome": "deny", "status": 403, "code": "blocked",
+                                         "matched": [{"rule": "block-all", "effect": "deny"}]}, {})
+    assert rep.changed == 1 and rep.stricter == 1
+    assert dict(rep.by_rule) == {"block-all": 1} and rep.samples == {"permit -> deny": ["r1"]}

@@ -217,3 +217,24 @@ def test_only_a_verified_genesis_attests(tmp_path):
     status = {s.name: s for s in rep.segment_status}
     assert not status[later.name].ok
     assert any("no later genesis attests its end" in w for w in status[crashed.name].warnings)
+
+
+def test_a_malformed_torn_tail_attestation_is_a_failed_genesis_not_a_crash(tmp_path):
+    # Claims are read from every genesis before any is verified; a claim whose file is a list
+    # (unhashable) used to raise TypeError out of the verifier. Now it never attests anything and
+    # the altered genesis fails like any altered record.
+    d = tmp_path / "audit"
+    crashed = write_log(d, n=4)
+    with open(crashed, "ab") as f:
+        f.write(b'{"kind":"decision","request_')
+    later = write_log(d, n=2)
+    assert verify_dir(d).ok
+    ls = lines(later)
+    genesis = json.loads(ls[0])
+    genesis["recovered_torn_tails"][0]["file"] = [crashed.name]
+    ls[0] = canonical_json(genesis)
+    put(later, ls)
+    rep = verify_dir(d)
+    status = {s.name: s for s in rep.segment_status}
+    assert not status[later.name].ok and "altered" in status[later.name].problem.reason
+    assert not status[crashed.name].ok and "not attested" in status[crashed.name].problem.reason
