@@ -77,6 +77,11 @@ class ProviderSpec:
     genai_name: str = ""                                # OpenTelemetry gen_ai.provider.name
     cluster: str = ""                                   # the Envoy cluster its requests go to
     upstream_host: str = ""                             # the public API host
+    # Where its cluster connects in the shipped deployments (envoy/sidecar.yaml, edge.yaml, the mesh
+    # manifests; rendered by ext_proc/cli/mesh.py): TLS to upstream_host:upstream_port, with this
+    # SNI (empty: the host) and the certificate checked for the same name.
+    upstream_port: int = 443
+    upstream_sni: str = ""
     # A prefix ledgergate's Envoy routes put before the provider's own paths when they would
     # collide with another provider's (Envoy's prefix_rewrite strips it on the way upstream).
     route_prefix: str = ""

@@ -20,14 +20,14 @@ import openai
 import pytest
 import yaml
 
+from ext_proc.cli import mesh
 from ext_proc.cli.up import _wait_envoy_ready, envoy_binary
 from tests import mesh_shapes
 from tests.support import free_ports, start_stack, unique_marker
 
 pytestmark = pytest.mark.e2e
 
-PROVIDERS = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
-             "bedrock-runtime.us-east-1.amazonaws.com"]
+PROVIDERS = list(mesh.PROVIDER_HOSTS.values())   # every provider host the mesh manifests name
 
 
 def _egress_identity() -> dict:
