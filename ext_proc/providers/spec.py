@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.providers.body import Path, Reader
-from ext_proc.providers.events import Slot, StreamKey
+from ext_proc.providers.events import Shape, Slot, StreamKey
 from ext_proc.providers.names import Provider
 from ext_proc.providers.surfaces import Surface
 from ext_proc.providers.translation import Translation
@@ -43,6 +43,8 @@ class StreamRules:
 
     slots: Callable[[dict], list[Slot]]
     terminated: Callable[[dict], list[StreamKey]]
+    # How its events are recognized, one row per shape it streams.
+    shapes: tuple[Shape, ...] = ()
     # Events after which the SDK considers the response complete.
     final_types: frozenset[str] = frozenset()
     # The object inside an event that carries the usage (Anthropic's message_start.message).
