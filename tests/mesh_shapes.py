@@ -248,14 +248,18 @@ def istio_sidecar(ports: Ports, pki: Pki, *, extra_hosts: dict[str, int] | None 
     (se,) = docs(overlay / "serviceentry-providers.yaml")
     drs = {d["spec"]["host"]: d for d in docs(overlay / "destinationrule-providers.yaml")}
     (ef,) = docs(overlay / "envoyfilter-ext-proc.yaml")
+    # A host with a VirtualService gets its routes (Istio: match uri prefix, rewrite uri ->
+    # prefix_rewrite, after the filter); the others Istio's default route.
+    vss = {vs["spec"]["hosts"][0]: vs for vs in docs(overlay / "virtualservice-route-prefixes.yaml")}
     (se_port,) = se["spec"]["ports"]
     port = se_port["number"]
     vhosts, clusters = [], []
     for host in se["spec"]["hosts"]:
         cluster = f"outbound|{port}||{host}"
-        vhosts.append({"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"],
-                       "routes": [{"name": "default", "match": {"prefix": "/"},
-                                   "route": {"cluster": cluster, "timeout": "0s"}}]})
+        routes = [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]
+        if host in vss:
+            routes = [_vs_route(http, cluster) for http in vss[host]["spec"]["http"]]
+        vhosts.append({"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"], "routes": routes})
         (pl,) = [p for p in drs[host]["spec"]["trafficPolicy"]["portLevelSettings"] if p["port"]["number"] == port]
         assert pl["tls"]["mode"] == "SIMPLE"
         clusters.append(static_cluster(cluster, ports.provider,
@@ -277,6 +281,15 @@ def istio_sidecar(ports: Ports, pki: Pki, *, extra_hosts: dict[str, int] | None 
     return cfg
 
 
+def _vs_route(http: dict, cluster: str) -> dict:
+    """An Istio VirtualService http route as Envoy gets it (the parts the shipped ones use)."""
+    (m,) = http["match"]
+    route: dict = {"cluster": cluster, "timeout": "0s"}
+    if "rewrite" in http:
+        route["prefix_rewrite"] = http["rewrite"]["uri"]
+    return {"name": http["name"], "match": {"prefix": m.get("uri", {}).get("prefix", "/")}, "route": route}
+
+
 def istio_egress_gateway(ports: Ports, pki: Pki) -> dict:
     overlay = DEPLOY / "istio" / "egress-gateway"
     (gw,) = docs(overlay / "gateway.yaml")
@@ -296,7 +309,7 @@ def istio_egress_gateway(ports: Ports, pki: Pki) -> dict:
                 continue   # the mesh half of the VirtualService: sidecars, not this gateway
             dest = http["route"][0]["destination"]
             cluster = f"outbound|{dest['port']['number']}||{dest['host']}"
-            routes.append({"name": http["name"], "match": {"prefix": "/"}, "route": {"cluster": cluster}})
+            routes.append(_vs_route(http, cluster))
             (pl,) = [p for p in drs[dest["host"]]["spec"]["trafficPolicy"]["portLevelSettings"]
                      if p["port"]["number"] == dest["port"]["number"]]
             clusters[cluster] = static_cluster(cluster, ports.provider, tls=origination_tls(
@@ -356,12 +369,14 @@ def envoy_gateway(ports: Ports, pki: Pki, eg_translate) -> dict:
                     "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {
                         "exact": be["endpoints"][0]["fqdn"]["hostname"]}}]}}})
             (rewrite,) = [f["urlRewrite"] for f in rule["filters"] if f["type"] == "URLRewrite"]
+            # ReplacePrefixMatch of a segment prefix: EG keeps what follows the prefix.
+            path_rewrite = {"prefix_rewrite": rewrite["path"]["replacePrefixMatch"]} if "path" in rewrite else {}
             for m in rule["matches"]:
                 value = m["path"]["value"]
                 match = {"prefix": value} if value.endswith("/") else {"path_separated_prefix": value}
                 routes.append({"name": f"{cluster}/match/{len(routes)}", "match": match, "route": {
                     "cluster": cluster, "host_rewrite_literal": rewrite["hostname"],
-                    "timeout": rule["timeouts"]["request"]},
+                    "timeout": rule["timeouts"]["request"], **path_rewrite},
                     # EG: FilterConfig{Config: &anypb.Any{}} (patchRoute, enableFilterOnRoute)
                     "typed_per_filter_config": {filter_name: {
                         "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}}})

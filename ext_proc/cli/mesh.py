@@ -5,6 +5,14 @@ EnvoyExtensionPolicy (and the EnvoyPatchPolicy for what it cannot say) under dep
 ledgergate ConfigMaps the mesh overlays need (copies in the application's namespace for the Istio
 sidecar; the egress gateway's with mesh identities).
 
+The providers the same way: their hosts, ports and SNI come from the registry
+(ext_proc/providers/registry.py upstreams()), their paths from the one hand-written route table,
+envoy/local.yaml's. From those this renders the provider routes and clusters of envoy/sidecar.yaml
+and edge.yaml (between marker comments) and every provider resource of the mesh overlays: the
+Istio ServiceEntries, DestinationRules, Gateway and VirtualServices, the Envoy Gateway Backends and
+HTTPRoutes. A provider whose local route strips a route prefix (Mistral's /mistral/v1/ -> /v1/)
+keeps that prefix on every flavour: ledgergate reads the surface from the path.
+
     python -m ext_proc.cli.mesh            rewrite every copy (then deploy/k8s/sync_configmaps.py
                                            regenerates the k8s Envoy ConfigMap from sidecar.yaml)
     python -m ext_proc.cli.mesh --check    exit 1 and name the copies that drifted
@@ -19,25 +27,27 @@ import copy
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ext_proc.providers import registry
+
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "envoy" / "filters" / "ext_proc.yaml"
 ENVOY_CONFIGS = [REPO / "envoy" / n for n in ("local.yaml", "sidecar.yaml", "edge.yaml")]
+LOCAL = REPO / "envoy" / "local.yaml"          # the hand-written route table every flavour follows
+# The configs that reach the real providers: their provider routes and clusters are rendered.
+PROVIDER_CONFIGS = [REPO / "envoy" / n for n in ("sidecar.yaml", "edge.yaml")]
 FILTER_NAME = "envoy.filters.http.ext_proc"
 ROUTER = "envoy.filters.http.router"
 HCM = "envoy.filters.network.http_connection_manager"
 
-# The provider hosts every mesh flavour routes through ledgergate (the upstreams of envoy/sidecar.yaml).
-PROVIDER_HOSTS = {
-    "openai": "api.openai.com",
-    "anthropic": "api.anthropic.com",
-    "gemini": "generativelanguage.googleapis.com",
-    "bedrock": "bedrock-runtime.us-east-1.amazonaws.com",
-}
+# The provider hosts every flavour routes through ledgergate, by cluster (from the registry).
+PROVIDER_HOSTS = {u.cluster: u.host for u in registry.upstreams()}
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
 
 # Istio sidecar: ledgergate is a native sidecar of the application pod, on the pod's loopback.
 SIDECAR_EXT_PROC_CLUSTER = "ledgergate-ext-proc"
@@ -166,6 +176,97 @@ def replace_replies_block(config_text: str) -> str:
         indent = len(_HCM_KEY.match(lines[start])["indent"])
     out = lines[:start] + render_replies_block(indent) + lines[end:]
     return "\n".join(out) + ("\n" if config_text.endswith("\n") else "")
+
+
+# --- envoy/sidecar.yaml, edge.yaml: the provider routes and clusters, between marker comments ----
+
+ROUTES_BEGIN = ("# BEGIN provider routes: rendered by `python -m ext_proc.cli.mesh` from envoy/local.yaml's "
+                "routes and ext_proc/providers/registry.py")
+ROUTES_END = "# END provider routes"
+CLUSTERS_BEGIN = "# BEGIN provider clusters: rendered by `python -m ext_proc.cli.mesh` from ext_proc/providers/registry.py"
+CLUSTERS_END = "# END provider clusters"
+
+
+def _local_routes() -> list[dict]:
+    cfg = yaml.safe_load(LOCAL.read_text(encoding="utf-8"))
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    return list(vhost["routes"])
+
+
+def provider_routes() -> list[dict]:
+    """envoy/local.yaml's routes, each with the Host rewritten to its cluster's provider host.
+    Raises when a route goes to a cluster no provider owns, or a provider's cluster has no route."""
+    hosts = PROVIDER_HOSTS
+    out = []
+    for r in _local_routes():
+        cluster = r["route"]["cluster"]
+        if cluster not in hosts:
+            raise ValueError(f"{LOCAL.name}: route {r['match']} goes to {cluster!r}, which no provider owns")
+        route = {k: v for k, v in r["route"].items() if k != "host_rewrite_literal"}
+        route["host_rewrite_literal"] = hosts[cluster]
+        out.append({"match": dict(r["match"]), "route": route})
+    routed = {r["route"]["cluster"] for r in out if r["match"].get("prefix") != "/"}
+    if set(hosts) - routed:
+        raise ValueError(f"{LOCAL.name} has no route to the provider cluster(s) {sorted(set(hosts) - routed)}")
+    return out
+
+
+def provider_prefixes() -> dict[str, list[tuple[str, str | None]]]:
+    """cluster -> [(path prefix, what Envoy rewrites it to or None)], the catch-all left out and
+    so is a prefix an earlier route shadows (Envoy's route table takes the first match; Gateway
+    API the longest prefix, so a shadowed one would change where a request goes)."""
+    out: dict[str, list[tuple[str, str | None]]] = {u.cluster: [] for u in registry.upstreams()}
+    seen: list[str] = []
+    for r in _local_routes():
+        p = r["match"]["prefix"]
+        if p != "/" and not any(p.startswith(q) for q in seen):
+            out[r["route"]["cluster"]].append((p, r["route"].get("prefix_rewrite")))
+        seen.append(p)
+    return out
+
+
+def provider_cluster(u: registry.Upstream) -> dict:
+    """TLS to the provider's host and port, SNI as the registry says, the certificate checked
+    against the system CAs and for the provider's name."""
+    return {
+        "name": u.cluster, "type": "LOGICAL_DNS", "connect_timeout": "2s", "dns_lookup_family": "V4_ONLY",
+        "load_assignment": {"cluster_name": u.cluster, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": u.host, "port_value": u.port}}}}]}]},
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": u.sni,
+            "common_tls_context": {"validation_context": {
+                "trusted_ca": {"filename": SYSTEM_CAS},
+                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": u.host}}]}}}},
+    }
+
+
+def _yaml_lines(value: Any, indent: int) -> list[str]:
+    pad = " " * indent
+    return [pad + line for line in yaml.safe_dump(value, sort_keys=False, width=120).splitlines()]
+
+
+def replace_marked(config_text: str, begin: str, end: str, body: Callable[[int], list[str]]) -> str:
+    """Replace the lines between the one `begin` comment and the next `end` comment (both kept,
+    at their indentation) with body(indent)."""
+    lines = config_text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip().startswith(begin.split(":", 1)[0] + ":")]
+    if len(starts) != 1:
+        raise ValueError(f"expected exactly one `{begin.split(':', 1)[0]}` comment, found {len(starts)}")
+    start = starts[0]
+    stop = next((i for i in range(start + 1, len(lines)) if lines[i].strip() == end), None)
+    if stop is None:
+        raise ValueError(f"`{end}` is missing")
+    indent = len(lines[start]) - len(lines[start].lstrip(" "))
+    out = lines[:start] + [" " * indent + begin] + body(indent) + [" " * indent + end] + lines[stop + 1:]
+    return "\n".join(out) + ("\n" if config_text.endswith("\n") else "")
+
+
+def replace_provider_blocks(config_text: str) -> str:
+    text = replace_marked(config_text, ROUTES_BEGIN, ROUTES_END, lambda i: _yaml_lines(provider_routes(), i))
+    return replace_marked(text, CLUSTERS_BEGIN, CLUSTERS_END,
+                          lambda i: _yaml_lines([provider_cluster(u) for u in registry.upstreams()], i))
 
 
 # --- Istio -------------------------------------------------------------------------------------
@@ -313,6 +414,214 @@ def envoy_patch_policy() -> dict:
                                      for op, path, value in ops]}}
 
 
+# --- the provider resources of the mesh overlays (hosts, ports, SNI from the registry) ----------
+
+EGRESS_GATEWAY_HOST = f"{EGRESS_GATEWAY_LABEL['istio']}.{EGRESS_NAMESPACE}.svc.cluster.local"
+
+
+def _meta(name: str, namespace: str) -> dict:
+    return {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "ledgergate"}}
+
+
+def _provider_target_port() -> int:
+    """A ServiceEntry port has one targetPort: every provider host must listen on the same one."""
+    ports = {u.port for u in registry.upstreams()}
+    if len(ports) != 1:
+        raise ValueError(f"the provider ServiceEntry takes one TLS port, the registry names {sorted(ports)}")
+    return ports.pop()
+
+
+def istio_provider_serviceentry(namespace: str, *, export_here: bool) -> dict:
+    spec: dict[str, Any] = {"hosts": list(PROVIDER_HOSTS.values()), "location": "MESH_EXTERNAL", "resolution": "DNS"}
+    if export_here:
+        spec["exportTo"] = ["."]
+    spec["ports"] = [{"number": SIDECAR_HTTP_PORT, "name": "http", "protocol": "HTTP",
+                      "targetPort": _provider_target_port()}]
+    return {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": _meta("llm-providers", namespace),
+            "spec": spec}
+
+
+def istio_tls_origination(namespace: str) -> list[dict]:
+    return [{"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+             "metadata": _meta(f"tls-origination-{u.cluster}", namespace),
+             "spec": {"host": u.host, "exportTo": ["."], "trafficPolicy": {"portLevelSettings": [{
+                 "port": {"number": SIDECAR_HTTP_PORT},
+                 "tls": {"mode": "SIMPLE", "sni": u.sni, "subjectAltNames": [u.host]}}]}}}
+            for u in registry.upstreams()]
+
+
+def _rewritten_prefixes(cluster: str) -> list[tuple[str, str]]:
+    return [(p, rw) for p, rw in provider_prefixes()[cluster] if rw is not None]
+
+
+def _to_provider(host: str, name: str, match: dict, prefixes: list[tuple[str, str]]) -> list[dict]:
+    """The route(s) to the provider's port-80 mesh service; a route prefix (ledgergate's, not the
+    provider's) is matched and rewritten away, and a path without it is not routed at all."""
+    dest = [{"destination": {"host": host, "port": {"number": SIDECAR_HTTP_PORT}}}]
+    if not prefixes:
+        return [{"name": name, "match": [match], "route": dest}]
+    return [{"name": f"{name}-{i}" if len(prefixes) > 1 else name, "match": [{**match, "uri": {"prefix": p}}],
+             "rewrite": {"uri": rw}, "route": dest} for i, (p, rw) in enumerate(prefixes)]
+
+
+def istio_sidecar_route_prefixes() -> list[dict]:
+    """Sidecar mode: a provider with a route prefix is called as http://<host><prefix>... (the
+    SDK's base URL carries the prefix, so ledgergate reads the provider from the path); the
+    outbound route strips the prefix after the filter."""
+    return [{"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+             "metadata": _meta(f"route-prefix-{u.cluster}", APP_NAMESPACE),
+             "spec": {"hosts": [u.host], "exportTo": ["."],
+                      "http": _to_provider(u.host, "strip-route-prefix", {"port": SIDECAR_HTTP_PORT},
+                                           _rewritten_prefixes(u.cluster))}}
+            for u in registry.upstreams() if _rewritten_prefixes(u.cluster)]
+
+
+def istio_egress_gateway() -> dict:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": _meta(EGRESS_GATEWAY_LABEL["istio"], EGRESS_NAMESPACE),
+            "spec": {"selector": dict(EGRESS_GATEWAY_LABEL), "servers": [{
+                "port": {"number": EGRESS_GATEWAY_PORT, "name": "https-llm", "protocol": "HTTPS"},
+                "hosts": list(PROVIDER_HOSTS.values()), "tls": {"mode": "ISTIO_MUTUAL"}}]}}
+
+
+def istio_egress_gateway_subsets() -> dict:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": _meta(EGRESS_GATEWAY_LABEL["istio"], EGRESS_NAMESPACE),
+            "spec": {"host": EGRESS_GATEWAY_HOST, "subsets": [
+                {"name": u.cluster, "trafficPolicy": {"portLevelSettings": [{
+                    "port": {"number": EGRESS_GATEWAY_PORT}, "tls": {"mode": "ISTIO_MUTUAL", "sni": u.host}}]}}
+                for u in registry.upstreams()]}}
+
+
+def istio_egress_virtualservices() -> list[dict]:
+    gateway = f"{EGRESS_NAMESPACE}/{EGRESS_GATEWAY_LABEL['istio']}"
+    return [{"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+             "metadata": _meta(f"llm-{u.cluster}", EGRESS_NAMESPACE),
+             "spec": {"hosts": [u.host], "gateways": ["mesh", gateway], "http": [
+                 {"name": "mesh-to-egressgateway", "match": [{"gateways": ["mesh"], "port": SIDECAR_HTTP_PORT}],
+                  "route": [{"destination": {"host": EGRESS_GATEWAY_HOST, "subset": u.cluster,
+                                             "port": {"number": EGRESS_GATEWAY_PORT}}}]},
+                 *_to_provider(u.host, "egressgateway-to-provider", {"gateways": [gateway], "port": EGRESS_GATEWAY_PORT},
+                               _rewritten_prefixes(u.cluster))]}}
+            for u in registry.upstreams()]
+
+
+def envoy_gateway_backends() -> list[dict]:
+    return [{"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "Backend",
+             "metadata": _meta(u.cluster, LEDGERGATE_NAMESPACE),
+             "spec": {"endpoints": [{"fqdn": {"hostname": u.host, "port": u.port}}],
+                      "tls": {"sni": u.sni, "wellKnownCACertificates": "System"}}}
+            for u in registry.upstreams()]
+
+
+def _gateway_api_prefix(prefix: str) -> str:
+    # Gateway API matches a path prefix by whole segments; a trailing slash adds nothing there.
+    return prefix.rstrip("/") if prefix != "/" else prefix
+
+
+def envoy_gateway_httproutes() -> list[dict]:
+    """One HTTPRoute per provider: its unshadowed local prefixes to its Backend, Host rewritten; a
+    prefix Envoy rewrites (a route prefix) is a rule of its own (ReplacePrefixMatch takes one match)."""
+    out = []
+    for u in registry.upstreams():
+        backend = [{"group": "gateway.envoyproxy.io", "kind": "Backend", "name": u.cluster, "port": u.port}]
+        plain = [p for p, rw in provider_prefixes()[u.cluster] if rw is None]
+        rules = []
+        if plain:
+            rules.append({"matches": [{"path": {"type": "PathPrefix", "value": p}} for p in plain],
+                          "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": u.host}}]})
+        for p, rw in _rewritten_prefixes(u.cluster):
+            rules.append({"matches": [{"path": {"type": "PathPrefix", "value": _gateway_api_prefix(p)}}],
+                          "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": u.host, "path": {
+                              "type": "ReplacePrefixMatch", "replacePrefixMatch": _gateway_api_prefix(rw)}}}]})
+        for rule in rules:
+            rule.update({"backendRefs": backend, "timeouts": {"request": "0s"}})
+        out.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": _meta(u.cluster, LEDGERGATE_NAMESPACE),
+                    "spec": {"parentRefs": [{"name": EG_GATEWAY}], "rules": rules}})
+    return out
+
+
+# What each provider file says to its reader (kept here, as the files are generated).
+PROVIDER_FILE_NOTES = {
+    "istio/sidecar/serviceentry-providers.yaml": """\
+# The provider hosts as mesh services on plain HTTP port 80: the SDKs call http://<provider host>
+# (OPENAI_BASE_URL=http://api.openai.com/v1, ANTHROPIC_BASE_URL=http://api.anthropic.com), the
+# request stays inside the pod in plain text, istio-proxy runs ledgergate on it and originates TLS
+# to port 443 (destinationrule-providers.yaml). There is deliberately NO port 443 entry: together
+# with sidecar-registry-only.yaml an https:// call straight to a provider has no route and fails,
+# so the only way out to a provider is through the filter.
+""",
+    "istio/sidecar/destinationrule-providers.yaml": """\
+# TLS origination: the sidecar connects to the provider's port 443 (the ServiceEntry's targetPort)
+# with TLS, SNI and a certificate checked against the system CAs for the provider's name.
+""",
+    "istio/sidecar/virtualservice-route-prefixes.yaml": """\
+# The providers ledgergate's routes give a prefix of their own (their paths are another provider's,
+# e.g. Mistral's chat is OpenAI's /v1/chat/completions): the SDK's base URL carries the prefix
+# (http://api.mistral.ai/mistral/v1), ledgergate reads the provider from the path, and the route
+# strips the prefix after the filter. A path without the prefix is not routed to the provider.
+""",
+    "istio/egress-gateway/serviceentry-providers.yaml": """\
+# The provider hosts as mesh services on plain HTTP port 80 (targetPort 443): apps call
+# http://api.openai.com/v1 (OPENAI_BASE_URL), their sidecar sends it over mTLS to the egress
+# gateway (virtualservice-providers.yaml), the gateway runs ledgergate and originates TLS to the
+# provider's 443 (destinationrule-providers.yaml). No port 443 entry: with
+# meshConfig.outboundTrafficPolicy REGISTRY_ONLY an https:// call straight to a provider has no route.
+""",
+    "istio/egress-gateway/destinationrule-providers.yaml": """\
+# TLS origination at the gateway (exportTo "." keeps it to the gateway's namespace): TLS to the
+# provider's port 443 with SNI and the certificate checked against the system CAs for its name.
+""",
+    "istio/egress-gateway/gateway.yaml": """\
+# The gateway's provider server: HTTPS with Istio mutual TLS, so the gateway Envoy sees the calling
+# workload's certificate (its SPIFFE ID in the URI SAN) and passes it to ledgergate as
+# connection.uri_san_peer_certificate. Dedicated to LLM providers: the EnvoyFilter puts ledgergate
+# in front of everything on this port, and ledgergate refuses what is not a provider API.
+""",
+    "istio/egress-gateway/destinationrule-egressgateway.yaml": """\
+# The sidecar -> gateway hop: Istio mutual TLS (the gateway learns the caller's SPIFFE ID), one
+# subset per provider so the SNI names the provider the gateway server expects.
+""",
+    "istio/egress-gateway/virtualservice-providers.yaml": """\
+# Sidecars send a provider host's port-80 requests to the egress gateway (mesh); the gateway sends
+# them on to the provider (its port-80 mesh service, whose TLS origination is in
+# destinationrule-providers.yaml). Both hops are HTTP to Envoy, so the gateway's filter sees them.
+# A provider with a route prefix (http://api.mistral.ai/mistral/v1) has it stripped after the
+# gateway's filter; a path without it is not routed to the provider.
+""",
+    "envoy-gateway/backends.yaml": """\
+# One Backend per provider: its public host on 443, TLS with SNI, the certificate checked against
+# the system CAs. (A Backend, not an ExternalName Service: Envoy Gateway originates TLS to it.)
+""",
+    "envoy-gateway/httproutes.yaml": """\
+# The provider API paths of envoy/local.yaml's route table, per provider, to that provider's Backend
+# with the Host rewritten to the provider's (and a route prefix such as /mistral replaced by the
+# provider's own path); request timeout off (streams last as long as the model writes).
+# A prefix that the route table shadows with an earlier route (gemini's /v1/models/ under OpenAI's
+# /v1/models) is left out: Gateway API picks the longest prefix, Envoy's route table the first.
+# Paths no route names get 404 from Envoy and reach no provider.
+""",
+}
+
+
+def provider_resources() -> dict[str, list[dict]]:
+    """deploy/-relative path -> the resources it holds."""
+    return {
+        "istio/sidecar/serviceentry-providers.yaml": [istio_provider_serviceentry(APP_NAMESPACE, export_here=True)],
+        "istio/sidecar/destinationrule-providers.yaml": istio_tls_origination(APP_NAMESPACE),
+        "istio/sidecar/virtualservice-route-prefixes.yaml": istio_sidecar_route_prefixes(),
+        "istio/egress-gateway/serviceentry-providers.yaml": [istio_provider_serviceentry(EGRESS_NAMESPACE,
+                                                                                         export_here=False)],
+        "istio/egress-gateway/destinationrule-providers.yaml": istio_tls_origination(EGRESS_NAMESPACE),
+        "istio/egress-gateway/gateway.yaml": [istio_egress_gateway()],
+        "istio/egress-gateway/destinationrule-egressgateway.yaml": [istio_egress_gateway_subsets()],
+        "istio/egress-gateway/virtualservice-providers.yaml": istio_egress_virtualservices(),
+        "envoy-gateway/backends.yaml": envoy_gateway_backends(),
+        "envoy-gateway/httproutes.yaml": envoy_gateway_httproutes(),
+    }
+
+
 # --- ConfigMap copies for the application namespace (Istio sidecar mode) ----------------------
 
 def _configmap_in(path: Path, namespace: str) -> dict:
@@ -356,7 +665,12 @@ def rendered_files() -> dict[Path, str]:
     """Every file this module owns the content (or, for envoy/*.yaml, the filter block) of."""
     src = "envoy/filters/ext_proc.yaml"
     out = {p: replace_replies_block(replace_filter_block(p.read_text(encoding="utf-8"))) for p in ENVOY_CONFIGS}
+    for p in PROVIDER_CONFIGS:
+        out[p] = replace_provider_blocks(out[p])
     deploy = REPO / "deploy"
+    providers = "ext_proc/providers/registry.py and envoy/local.yaml's routes"
+    for rel, docs in provider_resources().items():
+        out[deploy / rel] = _dump(_generated(providers) + PROVIDER_FILE_NOTES[rel], docs)
     out[deploy / "istio" / "sidecar" / "envoyfilter-ext-proc.yaml"] = _dump(_generated(src), [istio_sidecar_envoyfilter()])
     out[deploy / "istio" / "egress-gateway" / "envoyfilter-ext-proc.yaml"] = _dump(
         _generated(src), [istio_egress_envoyfilter()])

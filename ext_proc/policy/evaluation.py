@@ -296,7 +296,7 @@ class Policy:
                 "redact": dict(res.redact), "max_tokens_cap": res.cap,
                 "rules": [m["rule"] for m in res.matched]}
 
-    def _pass(self, f: Facts, route: Route, *, shadow: bool) -> _Result:
+    def _pass(self, f: Facts, route: Route[Rule], *, shadow: bool) -> _Result:
         labels = f.labels
         entries: list[dict[str, Any]] = []
         best: dict[Effect, Rule] = {}     # per effect, the rule of the highest priority

@@ -10,13 +10,10 @@ prefix...) to the rule, so evaluation tries only the rules that can match.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from ext_proc.policy.facts import Facts
 from ext_proc.policy.glob import GlobSet
-
-if TYPE_CHECKING:
-    from ext_proc.policy.evaluation import Rule
 
 # --- conditions ------------------------------------------------------------------------
 # A condition is (test, why). test(facts) -> bool is the hot path. why explains a match: a
@@ -273,18 +270,33 @@ class _GlobBucket:
                 found.extend(hit)
 
 
-class Route:
+class Indexed(Protocol):
+    """What a route's index reads of a rule (policy/evaluation.py's Rule, which imports this
+    module): its place in the policy, the routes it is limited to, the facet it is indexed under."""
+
+    @property
+    def idx(self) -> int: ...
+    @property
+    def routes(self) -> frozenset[str] | None: ...
+    @property
+    def index(self) -> tuple[str, tuple[str, ...]] | None: ...
+
+
+R = TypeVar("R", bound=Indexed)
+
+
+class Route(Generic[R]):
     __slots__ = ("id", "mode", "paths", "apis", "surfaces", "providers", "always", "index")
 
-    def __init__(self, spec: Mapping[str, Any], rules: list[Rule]) -> None:
+    def __init__(self, spec: Mapping[str, Any], rules: list[R]) -> None:
         self.id = spec["id"]
         self.mode = spec["mode"]
         self.paths = GlobSet(spec["paths"]) if spec["paths"] else None
         self.apis = frozenset(spec["apis"]) or None
         self.surfaces = GlobSet(spec["surfaces"]) if spec["surfaces"] else None
         self.providers = frozenset(spec["providers"]) or None
-        always: list[Rule] = []
-        index: dict[str, dict[str, list[Rule]]] = {}
+        always: list[R] = []
+        index: dict[str, dict[str, list[R]]] = {}
         for r in rules:
             if r.routes is not None and self.id not in r.routes:
                 continue
@@ -307,9 +319,9 @@ class Route:
                 and (self.paths is None or self.paths.match(f.path))
                 and (self.surfaces is None or self.surfaces.match(f.surface)))
 
-    def candidates(self, f: Facts) -> list[Rule]:
+    def candidates(self, f: Facts) -> list[R]:
         """Rules that can match, in declaration order (so ``matched`` is stable)."""
-        found: list[Rule] = list(self.always)
+        found: list[R] = list(self.always)
         for facet, bucket in self.index:
             if facet == "labels":
                 keys: Any = f.labels
@@ -340,5 +352,5 @@ class Route:
 _FACET_ATTR = {"subjects": "subject", "tenants": "tenant", "models": "model"}
 
 
-def _idx_of(r: Rule) -> int:
+def _idx_of(r: Indexed) -> int:
     return r.idx

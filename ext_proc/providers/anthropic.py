@@ -16,7 +16,7 @@ from ext_proc.providers.body import (
     free_json,
     messages_of,
 )
-from ext_proc.providers.events import ALL, NotReplayable, Slot, StreamKey, index, replay_pieces
+from ext_proc.providers.events import ALL, BY_TYPE, NotReplayable, Shape, Slot, StreamKey, index, replay_pieces
 from ext_proc.providers.names import Provider
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
 from ext_proc.providers.surfaces import Surface, under
@@ -90,7 +90,13 @@ def _usage_holder(ev: dict) -> Any:
     return ev["message"] if ev.get("type") == "message_start" and isinstance(ev.get("message"), dict) else None
 
 
+def _messages_event(ev: dict) -> bool:
+    t = ev.get("type")
+    return isinstance(t, str) and t in EVENT_TYPES
+
+
 STREAM = StreamRules(slots=stream_slots, terminated=stream_terminated, final_types=frozenset({"message_stop"}),
+                     shapes=(Shape("anthropic", _messages_event, BY_TYPE),),
                      usage_holder=_usage_holder,
                      output_only_usage=frozenset({"message_delta"}))   # the input came with message_start
 

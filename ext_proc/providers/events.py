@@ -5,6 +5,7 @@ every registered provider in turn."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,21 @@ class Slot:
     # Decided at once: a value from a fixed public set (a chat role) discloses nothing, so the
     # event carrying it need not wait; a later piece continuing it is held and masked as usual.
     eager: bool = False
+
+
+# How sure a shape test is, the order in which shapes are asked (first match wins).
+BY_TYPE = 0       # the event's own "type" names it
+BY_KEYS = 1       # keys only this shape's events carry
+COMMON = 2        # a shape other providers stream too (OpenAI-compatible "choices")
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One provider stream shape, as the inspector recognizes it in an event. Its name picks the
+    provider-shaped error event that ends a blocked stream (registry.family resolves it)."""
+    name: str
+    test: Callable[[dict], bool]
+    rank: int = BY_KEYS
 
 
 def index(value: Any, default: int) -> Any:

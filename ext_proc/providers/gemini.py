@@ -19,7 +19,7 @@ from ext_proc.providers.body import (
     free_json,
     strings,
 )
-from ext_proc.providers.events import Slot, StreamKey, index
+from ext_proc.providers.events import BY_KEYS, Shape, Slot, StreamKey, index
 from ext_proc.providers.names import Provider
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
 from ext_proc.providers.surfaces import Surface, model_segment
@@ -129,7 +129,8 @@ def recognises(ev: dict) -> bool:
     return "candidates" in ev or "usageMetadata" in ev
 
 
-STREAM = StreamRules(slots=stream_slots, terminated=stream_terminated, usage=stream_usage)
+STREAM = StreamRules(slots=stream_slots, terminated=stream_terminated, usage=stream_usage,
+                     shapes=(Shape("gemini", lambda ev: "candidates" in ev or "usageMetadata" in ev, BY_KEYS),))
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ext_proc.providers.body import (
     strings,
     where_of,
 )
-from ext_proc.providers.events import ALL, NotReplayable, Slot, StreamKey, index, replay_pieces
+from ext_proc.providers.events import ALL, BY_TYPE, COMMON, NotReplayable, Shape, Slot, StreamKey, index, replay_pieces
 from ext_proc.providers.names import Provider
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
 from ext_proc.providers.surfaces import Surface, model_segment, under
@@ -283,8 +283,16 @@ def _restates(ev: dict) -> bool:
     return isinstance(t, str) and t.startswith("response.") and (t.endswith(".done") or t in _RESPONSE_ENDS)
 
 
+def _responses_event(ev: dict) -> bool:
+    t = ev.get("type")
+    return isinstance(t, str) and t.startswith("response.")
+
+
 STREAM = StreamRules(slots=stream_slots, terminated=stream_terminated, final_types=_RESPONSE_ENDS,
-                     usage_holder=_usage_holder, restates=_restates)
+                     usage_holder=_usage_holder, restates=_restates,
+                     shapes=(Shape("openai.responses", _responses_event, BY_TYPE),
+                             # Streamed by every OpenAI-compatible API (Mistral's too): asked last.
+                             Shape("openai", lambda ev: "choices" in ev, COMMON)))
 
 
 def _json(obj: Any) -> str:

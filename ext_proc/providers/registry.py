@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from ext_proc.providers import anthropic, azure, bedrock, gemini, mistral, openai
 from ext_proc.providers.spec import ProviderSpec, StreamRules, SurfaceRules
@@ -28,6 +29,25 @@ def get(name: str | None) -> ProviderSpec | None:
 def upstream_clusters() -> tuple[str, ...]:
     """The Envoy clusters the providers' requests go to (Azure shares OpenAI's), each once."""
     return tuple(dict.fromkeys(s.cluster for s in SPECS))
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One provider cluster as the shipped deployments reach it: TLS to host:port, SNI `sni`."""
+
+    cluster: str
+    host: str
+    port: int
+    sni: str
+
+
+def upstreams() -> tuple[Upstream, ...]:
+    """Each cluster once, in SPECS order, with the host of the provider that owns it (the spec
+    named like the cluster: Azure's deployments go through OpenAI's cluster and host)."""
+    owners = {s.cluster: s for s in reversed(SPECS)}
+    owners.update({s.cluster: s for s in SPECS if s.name == s.cluster})
+    return tuple(Upstream(c, owners[c].upstream_host, owners[c].upstream_port,
+                          owners[c].upstream_sni or owners[c].upstream_host) for c in upstream_clusters())
 
 
 def match_surface(method: str, path: str) -> Surface | None:

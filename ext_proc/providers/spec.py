@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.providers.body import Path, Reader
-from ext_proc.providers.events import Slot, StreamKey
+from ext_proc.providers.events import Shape, Slot, StreamKey
 from ext_proc.providers.names import Provider
 from ext_proc.providers.surfaces import Surface
 from ext_proc.providers.translation import Translation
@@ -43,6 +43,8 @@ class StreamRules:
 
     slots: Callable[[dict], list[Slot]]
     terminated: Callable[[dict], list[StreamKey]]
+    # How its events are recognized, one row per shape it streams.
+    shapes: tuple[Shape, ...] = ()
     # Events after which the SDK considers the response complete.
     final_types: frozenset[str] = frozenset()
     # The object inside an event that carries the usage (Anthropic's message_start.message).
@@ -77,6 +79,11 @@ class ProviderSpec:
     genai_name: str = ""                                # OpenTelemetry gen_ai.provider.name
     cluster: str = ""                                   # the Envoy cluster its requests go to
     upstream_host: str = ""                             # the public API host
+    # Where its cluster connects in the shipped deployments (envoy/sidecar.yaml, edge.yaml, the mesh
+    # manifests; rendered by ext_proc/cli/mesh.py): TLS to upstream_host:upstream_port, with this
+    # SNI (empty: the host) and the certificate checked for the same name.
+    upstream_port: int = 443
+    upstream_sni: str = ""
     # A prefix ledgergate's Envoy routes put before the provider's own paths when they would
     # collide with another provider's (Envoy's prefix_rewrite strips it on the way upstream).
     route_prefix: str = ""

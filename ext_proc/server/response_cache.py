@@ -5,9 +5,8 @@ Kept out of servicer.py so the hooks there stay a few lines each (docs/cache.md)
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -19,82 +18,27 @@ from ext_proc.cache import (
     CacheUnavailable,
     Entry,
     NotReplayable,
-    cache_settings,
     fillable,
-    open_store,
     plan_request,
     replay_stream,
     request_policy_version,
 )
-from ext_proc.cache.metrics import CacheMetrics
 from ext_proc.pipeline.outcome import cache_hit
 from ext_proc.pipeline.verdict import annotated
 from ext_proc.server import replies
+from ext_proc.server.cache_state import CacheTurn, ResponseCache
 from ext_proc.streaming import ResponseInspector, ResponseRules
 from ext_proc.streaming.inspector import BLOCKED_STATUS
 
 if TYPE_CHECKING:
     from ext_proc.pipeline.verdict import Verdict
-    from ext_proc.server.exchange import Exchange
+    from ext_proc.server.exchange_view import ExchangeView
 
 log = structlog.get_logger("ledgergate.cache")
 CACHE_HEADER = "x-ledgergate-cache"
 
 
-class ResponseCache:
-    """One per process: the store, its settings and metrics, the fills under way."""
-
-    def __init__(self, section: Mapping[str, Any] | None, registry: Any, clock: Callable[[], float]) -> None:
-        self.settings = cache_settings(section)
-        self.metrics = CacheMetrics(registry)
-        self.store = open_store(self.settings, clock=clock, on_evict=self.metrics.evicted)
-        self.max_entry_bytes = int(self.settings["max_entry_bytes"])
-        self._fills: set[asyncio.Task] = set()
-
-    def schedule_fill(self, key: str, entry: Entry, ttl_s: int) -> None:
-        task = asyncio.get_running_loop().create_task(self._fill(key, entry, ttl_s))
-        self._fills.add(task)
-        task.add_done_callback(self._fills.discard)
-
-    async def _fill(self, key: str, entry: Entry, ttl_s: int) -> None:
-        try:
-            await self.store.put(key, entry, ttl_s)
-        except CacheUnavailable as exc:
-            self.metrics.fills.labels("store_unavailable").inc()
-            log.warning("cache_fill_failed", error_type=str(exc))
-            return
-        self.metrics.fills.labels("stored").inc()
-        self.metrics.bytes.labels("stored").inc(len(entry.body))
-        if hasattr(self.store, "bytes_held"):
-            self.metrics.held.set(self.store.bytes_held)
-
-    async def close(self) -> None:
-        if self._fills:
-            await asyncio.gather(*self._fills, return_exceptions=True)
-        await self.store.close()
-
-
-class CacheTurn:
-    """One exchange's cache state after a miss: the plan, and the answer as it was delivered."""
-
-    def __init__(self, plan: CachePlan, result: str, max_bytes: int) -> None:
-        self.plan = plan
-        self.result = result              # "miss" or "unavailable"
-        self.max_bytes = max_bytes
-        self.body = bytearray()
-        self.oversize = False
-        self.content_type: str | None = None
-
-    def collect(self, data: bytes) -> None:
-        if self.oversize or not data or self.plan.stream:
-            return
-        if len(self.body) + len(data) > self.max_bytes:
-            self.oversize, self.body = True, bytearray()
-            return
-        self.body += data
-
-
-def _plan(ex: Exchange, verdict: Verdict, policy, body: bytes | None) -> CachePlan:
+def _plan(ex: ExchangeView, verdict: Verdict, policy, body: bytes | None) -> CachePlan:
     head, identity, decision = ex.head, verdict.identity, verdict.decision
     assert head is not None
     forwarded = verdict.new_body if verdict.new_body is not None else body
@@ -110,7 +54,7 @@ def _plan(ex: Exchange, verdict: Verdict, policy, body: bytes | None) -> CachePl
         multiplexed=ex.multiplex is not None)
 
 
-async def answer_from_cache(ex: Exchange, verdict: Verdict,
+async def answer_from_cache(ex: ExchangeView, verdict: Verdict,
                             body: bytes | None) -> tuple[Verdict, pb.ProcessingResponse | None]:
     """After a forward decision: the verdict with its `cache` section, and the immediate
     response of a hit (both records committed), or None to forward (miss, bypass, store outage;
@@ -152,11 +96,11 @@ async def answer_from_cache(ex: Exchange, verdict: Verdict,
     return annotated(verdict, cache={**lookup, "result": "miss"}), None
 
 
-def plan_surface(ex: Exchange) -> str:
+def plan_surface(ex: ExchangeView) -> str:
     return ex.head.surface.name if ex.head is not None and ex.head.surface is not None else "unknown"
 
 
-async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, body: bytes, ctype: str,
+async def _serve(ex: ExchangeView, verdict: Verdict, plan: CachePlan, entry: Entry, body: bytes, ctype: str,
                  lookup: dict) -> tuple[Verdict, pb.ProcessingResponse]:
     rt, head = ex.rt, ex.head
     assert head is not None
@@ -204,7 +148,7 @@ async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, 
     return hit.verdict, replies.immediate(hit.status, headers, released, "served_from_cache")
 
 
-def response_headers(ex: Exchange, content_type: str | None) -> dict[str, str]:
+def response_headers(ex: ExchangeView, content_type: str | None) -> dict[str, str]:
     """`x-ledgergate-cache: miss` on a forwarded answer that was looked up."""
     turn = ex.cache_turn
     if turn is None:
@@ -213,7 +157,7 @@ def response_headers(ex: Exchange, content_type: str | None) -> dict[str, str]:
     return {CACHE_HEADER: "miss"}
 
 
-def after_outcome(ex: Exchange, summary: Mapping[str, Any], error: str | None, status: int | None,
+def after_outcome(ex: ExchangeView, summary: Mapping[str, Any], error: str | None, status: int | None,
                   finished: bool) -> None:
     """The outcome record of a miss is committed: fill the entry if the answer qualifies
     (FINISHED: the response inspection saw the whole answer)."""

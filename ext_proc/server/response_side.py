@@ -27,7 +27,7 @@ from ext_proc.streaming.inspector import BLOCKED_STATUS
 from ext_proc.streaming.transparency import DISCLOSURE_HEADER, transparency_marker
 
 if TYPE_CHECKING:
-    from ext_proc.server.exchange import Exchange
+    from ext_proc.server.exchange_view import ExchangeView
 
 # Set by Envoy's route for ledgergate's eyes only (the upstream host, the response flags).
 UPSTREAM_HOST_HEADER = "x-ledgergate-upstream-host"
@@ -48,7 +48,7 @@ class ResponseSide:
     FIRST_RESPONSE_SLICE_BYTES = 2048
     MAX_UNSENT_SLICE_BYTES = 16384
 
-    def __init__(self, ex: Exchange, msg: pb.HttpHeaders) -> None:
+    def __init__(self, ex: ExchangeView, msg: pb.HttpHeaders) -> None:
         assert ex.head is not None and ex.verdict is not None
         self.ex = ex
         rt, head, verdict = ex.rt, ex.head, ex.verdict

@@ -18,9 +18,9 @@ from ext_proc.pipeline.request import RequestHead
 from ext_proc.pipeline.verdict import Verdict
 from ext_proc.policy import Policy, PolicyHolder, PolicyStore
 from ext_proc.ratelimit import Admission, LimitSpec, open_limiter
+from ext_proc.server.cache_state import ResponseCache
 from ext_proc.server.config import Config, load_config, load_or_create_secret, located
 from ext_proc.server.metrics import Metrics
-from ext_proc.server.response_cache import ResponseCache
 from ext_proc.server.tracing import open_tracing
 
 log = structlog.get_logger("ledgergate.runtime")

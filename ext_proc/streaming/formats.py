@@ -19,7 +19,7 @@ from ext_proc.providers.events import ALL, Path, Slot, StreamKey
 
 __all__ = ["ALL", "FINAL_TYPES", "OPAQUE_KEYS", "KeyOf", "Path", "Slot", "StreamKey", "bedrock_slots",
            "bedrock_terminated", "dumps", "error_event", "family", "get_path", "loads", "merge_usage",
-           "restates", "set_path", "slots", "strings", "terminated", "usage"]
+           "restates", "set_path", "shape", "slots", "strings", "terminated", "usage"]
 
 # Every string of an event or body is scanned (ids, fingerprints, model names and enums included:
 # the SDK hands them to the application too), but for these: opaque values the provider generates
@@ -33,6 +33,8 @@ _OUTPUT_ONLY = frozenset().union(*(r.output_only_usage for r in _RULES))
 
 # Events after which an SDK considers the response complete (besides OpenAI's `data: [DONE]`).
 FINAL_TYPES = frozenset().union(*(r.final_types for r in _RULES))
+# Every provider's stream shapes, surest test first (a stable sort: registry order within a rank).
+_SHAPES = tuple(sorted((s for r in _RULES for s in r.shapes), key=lambda s: s.rank))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,11 @@ def terminated(ev: dict) -> list[StreamKey]:
     if "error" in ev:                      # an error in any shape ends every stream
         ends.append(ALL)
     return ends
+
+
+def shape(ev: dict) -> str | None:
+    """The name of the provider stream shape the event is in (the first shape whose test it passes)."""
+    return next((s.name for s in _SHAPES if s.test(ev)), None)
 
 
 def restates(ev: dict) -> bool:

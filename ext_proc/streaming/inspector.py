@@ -196,8 +196,7 @@ class ResponseInspector:
         ctype = (content_type or "").split(";", 1)[0].strip().lower()
         # What the content type says; the body is read by what it is (_sniff): SSE served as
         # text/plain or JSON is read as SSE, as the SDKs read it.
-        self._declared = "eventstream" if ctype == EVENTSTREAM_TYPE else "sse" if ctype == "text/event-stream" \
-            else "json" if ctype.endswith("json") or ctype.endswith("+json") else "raw"
+        self._declared = next((kind for kind, r in READERS.items() if r.declared(ctype)), "raw")
         # Only what could still become a finding is held (the classifier's prefix_hold), at most
         # `hold` characters; PEM blocks still arriving are held up to the classifier's longest
         # finding (gate._extend_hold), and so are tokens when the prefix analysis is unavailable.
@@ -236,7 +235,7 @@ class ResponseInspector:
         # Unless the content type announces a stream, the headers wait for the first release (a
         # whole JSON body is released at its end): a block before anything was released carries
         # its own status, with a JSON error body and content type (so does a refused encoding).
-        self.whole_body = self._declared not in ("sse", "eventstream") or self._refuse is not None
+        self.whole_body = not READERS[self._declared].streamed or self._refuse is not None
         self._released_any = False
         self._clean: dict[str, None] = {}
         self._shared_clean = _SHARED_CLEAN.setdefault(classifier, {})
@@ -257,7 +256,7 @@ class ResponseInspector:
 
     @property
     def streamed(self) -> bool:
-        return (self._mode or self._declared) in ("sse", "eventstream", "jsonseq")
+        return READERS[self._mode or self._declared].streamed
 
     @property
     def streamed_sse(self) -> bool:
@@ -328,35 +327,38 @@ class ResponseInspector:
         # was released so far), or the one the content type announced.
         form = "json" if self.whole_body and not self._released_any else \
             (self._mode or self._declared) if self._released_any else self._declared
-        if form == "eventstream":
-            # A modeled stream exception: botocore raises it as an EventStreamError.
-            body = eventstream.exception("modelStreamErrorException",
-                                         json.dumps({"message": reason}, separators=(",", ":")).encode())
-        elif form == "sse":
-            body = formats.error_event(self.surface_name if self._shape is None else self._shape, reason,
-                                       responses_api=self._shape == "openai.responses",
-                                       sequence_number=self._last_sequence + 1)
-        elif form == "jsonseq" and self._seq is not None:
-            # The array goes on with an error element and ends: a JSON reader gets a whole array.
-            _headers, err = error_body(fam, 500, "response_blocked", reason)
-            body = (b"," + err + b"]") if self._seq.array else (b"\n" + err + b"\n")
-        else:
+        body = READERS[form].blocked(self, reason)
+        if body is None:
             _headers, body = error_body(fam, BLOCKED_STATUS, "response_blocked", reason)
         return [self._release(body, True)]
+
+    def _blocked_eventstream(self, reason: str) -> bytes:
+        # A modeled stream exception: botocore raises it as an EventStreamError.
+        return eventstream.exception("modelStreamErrorException",
+                                     json.dumps({"message": reason}, separators=(",", ":")).encode())
+
+    def _blocked_sse(self, reason: str) -> bytes:
+        # A shape names the error form itself (the Responses API's "openai.responses" its own event).
+        return formats.error_event(self.surface_name if self._shape is None else self._shape, reason,
+                                   sequence_number=self._last_sequence + 1)
+
+    def _blocked_jsonseq(self, reason: str) -> bytes | None:
+        if self._seq is None:
+            return None
+        # The array goes on with an error element and ends: a JSON reader gets a whole array.
+        _headers, err = error_body(formats.family(self.surface_name), 500, "response_blocked", reason)
+        return (b"," + err + b"]") if self._seq.array else (b"\n" + err + b"\n")
+
+    def _blocked_whole(self, reason: str) -> bytes | None:
+        return None        # a JSON error body in the provider's format
 
     def _sniff(self, head: bytes) -> str:
         """How to read the body, by what it is: the SDKs parse SSE or an event stream whatever
         the content type says."""
-        if self._declared == "eventstream" or _eventstream_prelude(head):
+        if self._declared == "eventstream":
             return "eventstream"
         h = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
-        if h[:1] == b"[":
-            return "jsonseq"
-        if h[:1] == b"{":
-            return "json"
-        if h.startswith(SSE_STARTS):
-            return "sse"
-        return self._declared
+        return next((kind for kind, r in READERS.items() if r.sniff(head, h)), self._declared)
 
     def _take(self, data: bytes, *, final: bool) -> bytes:
         self._body_bytes += len(data)
@@ -370,17 +372,10 @@ class ResponseInspector:
             self._mode = self._sniff(data)
             if self._mode == "eventstream":
                 self._es = EventStreamDecoder(self.max_event_bytes)
-        if self._mode != "sse" or final:
+        reader = READERS[self._mode]
+        if not reader.framed or final:
             self._at_byte = self._body_bytes
-        if self._mode == "sse":
-            return self._sse(data, final)
-        if self._mode == "eventstream":
-            return self._eventstream(data, final)
-        if self._mode == "jsonseq":
-            return self._jsonseq(data, final)
-        if self._mode == "json":
-            return self._json(data, final)
-        return self._raw(data, final)
+        return reader.read(self, data, final)
 
     # --- SSE ----------------------------------------------------------------------------
     def _sse(self, data: bytes, final: bool) -> bytes:
@@ -594,18 +589,9 @@ class ResponseInspector:
                               headers=dict(msg.headers), outer=outer))
 
     def _note_shape(self, ev: dict) -> None:
-        if self._shape is not None:
-            return
-        t = ev.get("type")
-        if isinstance(t, str) and t.startswith("response."):
-            self._shape = "openai.responses"
-        elif t in ("message_start", "content_block_start", "content_block_delta", "content_block_stop",
-                   "message_delta", "message_stop", "ping"):
-            self._shape = "anthropic"
-        elif "candidates" in ev or "usageMetadata" in ev:
-            self._shape = "gemini"
-        elif "choices" in ev:
-            self._shape = "openai"
+        """The first event of a known shape names the stream's shape (providers' StreamRules.shapes)."""
+        if self._shape is None:
+            self._shape = formats.shape(ev)
 
     def _event(self, e: SSEEvent) -> None:
         self.events += 1
@@ -818,3 +804,37 @@ class ResponseInspector:
         if final:
             released += self._raw_gate.flush()
         return released.encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """One kind of body, one row of READERS (h11's READERS in spirit): how it is recognized, how
+    its bytes are read, and how a block ends what went out of it."""
+    read: Callable[[ResponseInspector, bytes, bool], bytes]
+    # None: a JSON error body in the provider's format (and the 403 while the headers are held).
+    blocked: Callable[[ResponseInspector, str], bytes | None]
+    streamed: bool                  # the SDKs read it as a stream
+    declared: Callable[[str], bool] = lambda ctype: False          # the content type announces it
+    sniff: Callable[[bytes, bytes], bool] = lambda head, h: False  # its first bytes (raw, BOM/space stripped)
+    framed: bool = False            # its events carry their own offsets (SSE): no per-chunk byte count
+
+
+def _json_type(ctype: str) -> bool:
+    return ctype.endswith("json") or ctype.endswith("+json")
+
+
+# Asked in this order (the event-stream prelude first: its bytes are binary); "raw" is what is
+# neither announced nor recognized.
+READERS: Mapping[str, Reader] = {
+    "eventstream": Reader(ResponseInspector._eventstream, ResponseInspector._blocked_eventstream, streamed=True,
+                          declared=lambda ctype: ctype == EVENTSTREAM_TYPE,
+                          sniff=lambda head, h: _eventstream_prelude(head)),
+    "sse": Reader(ResponseInspector._sse, ResponseInspector._blocked_sse, streamed=True,
+                  declared=lambda ctype: ctype == "text/event-stream", sniff=lambda head, h: h.startswith(SSE_STARTS),
+                  framed=True),
+    "jsonseq": Reader(ResponseInspector._jsonseq, ResponseInspector._blocked_jsonseq, streamed=True,
+                      sniff=lambda head, h: h[:1] == b"["),
+    "json": Reader(ResponseInspector._json, ResponseInspector._blocked_whole, streamed=False, declared=_json_type,
+                   sniff=lambda head, h: h[:1] == b"{"),
+    "raw": Reader(ResponseInspector._raw, ResponseInspector._blocked_whole, streamed=False),
+}

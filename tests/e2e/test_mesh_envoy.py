@@ -20,14 +20,14 @@ import openai
 import pytest
 import yaml
 
+from ext_proc.cli import mesh
 from ext_proc.cli.up import _wait_envoy_ready, envoy_binary
 from tests import mesh_shapes
 from tests.support import free_ports, start_stack, unique_marker
 
 pytestmark = pytest.mark.e2e
 
-PROVIDERS = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
-             "bedrock-runtime.us-east-1.amazonaws.com"]
+PROVIDERS = list(mesh.PROVIDER_HOSTS.values())   # every provider host the mesh manifests name
 
 
 def _egress_identity() -> dict:
@@ -162,6 +162,30 @@ def test_istio_sidecar_sdks_go_through_ledgergate_with_tls_originated(sidecar):
     msg = claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=64,
                                  messages=[{"role": "user", "content": "hi claude"}])
     assert msg.content[0].text == "You said: hi claude"
+
+
+def test_istio_sidecar_mistral_keeps_its_route_prefix_through_the_filter(sidecar):
+    """A provider whose paths are another's (Mistral's chat is OpenAI's path): the SDK's base URL
+    carries ledgergate's route prefix, the filter classifies the prefixed path, the route strips
+    it; without the prefix nothing reaches the provider."""
+    stack, ports = sidecar
+    marker = unique_marker("mistral")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports.listener}/mistral/v1", api_key=stack.token(),
+                           max_retries=0, timeout=30, default_headers={"Host": "api.mistral.ai"})
+    reply = client.chat.completions.create(model="mistral-small-latest",
+                                           messages=[{"role": "user", "content": f"hello {marker}"}])
+    assert reply.choices[0].message.content == f"You said: hello {marker}"
+    upstream = _one_upstream(stack, marker)
+    headers = {k.lower(): v for k, v in upstream["headers"].items()}
+    assert upstream["path"] == "/v1/chat/completions" and headers["host"] == "api.mistral.ai"
+    decision = _assert_audited(stack, upstream)["decision"]
+    assert decision["route"]["surface"] == "mistral.chat_completions" and decision["provider"] == "mistral"
+    unprefixed = unique_marker("mistralbare")
+    r = httpx.post(f"http://127.0.0.1:{ports.listener}/v1/chat/completions", timeout=30,
+                   headers={"Host": "api.mistral.ai", "Authorization": f"Bearer {stack.token()}"},
+                   json={"model": "mistral-small-latest", "messages": [{"role": "user", "content": unprefixed}]})
+    assert r.status_code == 404
+    assert _upstream_requests(stack, unprefixed) == []
 
 
 def test_istio_sidecar_refuses_an_unverified_caller_before_the_provider(sidecar):

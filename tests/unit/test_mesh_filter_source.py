@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from ext_proc.cli import mesh
+from ext_proc.providers import registry
 from tests.mesh_shapes import eg_translate
 from tests.support import REPO
 
@@ -182,3 +183,58 @@ def test_an_eep_that_cannot_say_the_source_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(mesh, "SOURCE", changed)
     with pytest.raises(ValueError, match="request headers"):
         mesh.envoy_extension_policy()
+
+
+# --- the providers: hosts from the registry, paths from envoy/local.yaml ------------------------
+
+def _parsed_routes_and_clusters(path) -> tuple[list[dict], dict[str, dict]]:
+    cfg = yaml.safe_load(path.read_text())
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (vh,) = hcm["route_config"]["virtual_hosts"]
+    return vh["routes"], {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+
+
+def test_the_hand_written_local_config_routes_to_and_has_a_cluster_for_every_provider():
+    routes, clusters = _parsed_routes_and_clusters(REPO / "envoy" / "local.yaml")
+    upstreams = registry.upstreams()
+    assert {u.cluster for u in upstreams} == set(clusters) - {"ledgergate"}
+    assert {u.cluster for u in upstreams} == {r["route"]["cluster"] for r in routes if r["match"]["prefix"] != "/"}
+
+
+@pytest.mark.parametrize("name", ["sidecar.yaml", "edge.yaml"])
+def test_the_provider_configs_route_like_local_to_the_registry_hosts_over_checked_tls(name):
+    local_routes, _ = _parsed_routes_and_clusters(REPO / "envoy" / "local.yaml")
+    routes, clusters = _parsed_routes_and_clusters(REPO / "envoy" / name)
+    hosts = {u.cluster: u for u in registry.upstreams()}
+    assert [(r["match"], r["route"]["cluster"], r["route"].get("prefix_rewrite")) for r in routes] == \
+        [(r["match"], r["route"]["cluster"], r["route"].get("prefix_rewrite")) for r in local_routes]
+    assert all(r["route"]["host_rewrite_literal"] == hosts[r["route"]["cluster"]].host for r in routes)
+    for u in hosts.values():
+        c = clusters[u.cluster]
+        sa = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        assert (sa["address"], sa["port_value"]) == (u.host, u.port)
+        tls = c["transport_socket"]["typed_config"]
+        assert tls["sni"] == u.sni
+        assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
+            {"san_type": "DNS", "matcher": {"exact": u.host}}]
+
+
+def test_a_provider_without_a_local_route_stops_the_rendering(tmp_path, monkeypatch):
+    text = (REPO / "envoy" / "local.yaml").read_text()
+    start = text.index('- {match: {prefix: "/mistral/v1/"}')
+    end = text.index("- {match: {prefix: \"/\"}")
+    local = tmp_path / "local.yaml"
+    local.write_text(text[:start] + text[end:])
+    monkeypatch.setattr(mesh, "LOCAL", local)
+    with pytest.raises(ValueError, match="no route to the provider cluster.*mistral"):
+        mesh.rendered_files()
+
+
+def test_only_the_marked_provider_blocks_are_replaced():
+    original = (REPO / "envoy" / "edge.yaml").read_text()
+    edited = original.replace("host_rewrite_literal: api.mistral.ai", "host_rewrite_literal: evil.example", 1) \
+        .replace("xff_num_trusted_hops: 0", "xff_num_trusted_hops: 1")
+    out = mesh.replace_provider_blocks(edited)
+    assert out == original.replace("xff_num_trusted_hops: 0", "xff_num_trusted_hops: 1")
+    with pytest.raises(ValueError, match="END provider routes"):
+        mesh.replace_provider_blocks(original.replace(mesh.ROUTES_END, "# the end"))

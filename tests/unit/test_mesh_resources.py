@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from ext_proc.cli import mesh
+from ext_proc.providers import registry
 from tests.support import REPO
 
 DEPLOY = REPO / "deploy"
@@ -413,18 +414,54 @@ def test_the_egress_identity_config_is_one_ledgergate_accepts(tmp_path):
 
 # --- wiring: Envoy Gateway -----------------------------------------------------------------------
 
-def _sidecar_yaml_prefixes() -> dict[str, list[str]]:
+def _sidecar_yaml_prefixes() -> dict[str, list[tuple[str, str | None]]]:
+    """cluster -> [(prefix, prefix_rewrite)] of envoy/sidecar.yaml's routes, read independently of mesh."""
     cfg = yaml.safe_load((REPO / "envoy" / "sidecar.yaml").read_text())
     routes = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
         "route_config"]["virtual_hosts"][0]["routes"]
-    out: dict[str, list[str]] = {}
+    out: dict[str, list[tuple[str, str | None]]] = {}
     seen: list[str] = []
     for r in routes:
         p = r["match"]["prefix"]
         if p != "/" and not any(p.startswith(q) for q in seen):   # shadowed by an earlier route
-            out.setdefault(r["route"]["cluster"], []).append(p)
+            out.setdefault(r["route"]["cluster"], []).append((p, r["route"].get("prefix_rewrite")))
         seen.append(p)
     return out
+
+
+def test_every_provider_of_the_registry_is_in_every_flavour():
+    """A provider added to the registry (its module, its local route) reaches every flavour: the
+    Envoy configs, the Istio resources of both overlays, the Envoy Gateway Backends and routes."""
+    hosts = {u.host for u in registry.upstreams()}
+    clusters = {u.cluster for u in registry.upstreams()}
+    assert set(mesh.PROVIDER_HOSTS.values()) == hosts and "api.mistral.ai" in hosts
+    assert set(_sidecar_yaml_prefixes()) == clusters
+    for flavour in ("istio/sidecar", "istio/egress-gateway"):
+        (se,) = _file(flavour, "serviceentry-providers.yaml")
+        assert set(se["spec"]["hosts"]) == hosts, flavour
+        assert {d["spec"]["host"] for d in _file(flavour, "destinationrule-providers.yaml")} == hosts, flavour
+    (gw,) = _file("istio/egress-gateway", "gateway.yaml")
+    assert set(gw["spec"]["servers"][0]["hosts"]) == hosts
+    assert {h for v in _file("istio/egress-gateway", "virtualservice-providers.yaml") for h in v["spec"]["hosts"]} == hosts
+    assert {d["metadata"]["name"] for d in _file("envoy-gateway", "backends.yaml")} == clusters
+    assert {d["metadata"]["name"] for d in _file("envoy-gateway", "httproutes.yaml")} == clusters
+
+
+def test_a_route_prefix_is_kept_through_the_filter_and_stripped_after_it():
+    """Mistral's chat path is OpenAI's, so ledgergate's routes give it the prefix /mistral: every
+    flavour matches the prefixed path (what ledgergate classifies) and rewrites it to the provider's."""
+    rewritten = {c: [(p, rw) for p, rw in ps if rw] for c, ps in _sidecar_yaml_prefixes().items()}
+    assert rewritten["mistral"] == [("/mistral/v1/", "/v1/")]
+    (vs,) = _file("istio/sidecar", "virtualservice-route-prefixes.yaml")
+    (http,) = vs["spec"]["http"]
+    assert vs["spec"]["hosts"] == ["api.mistral.ai"]
+    assert http["match"] == [{"port": mesh.SIDECAR_HTTP_PORT, "uri": {"prefix": "/mistral/v1/"}}]
+    assert http["rewrite"] == {"uri": "/v1/"}
+    (egress,) = [v for v in _file("istio/egress-gateway", "virtualservice-providers.yaml")
+                 if v["spec"]["hosts"] == ["api.mistral.ai"]]
+    to_gw, to_provider = egress["spec"]["http"]
+    assert "uri" not in to_gw["match"][0] and "rewrite" not in to_gw   # the gateway's filter sees the prefix
+    assert to_provider["match"][0]["uri"] == {"prefix": "/mistral/v1/"} and to_provider["rewrite"] == {"uri": "/v1/"}
 
 
 @needs_kubectl
@@ -448,14 +485,23 @@ def test_envoy_gateway_wiring():
         name = r["metadata"]["name"]
         host = mesh.PROVIDER_HOSTS[name]
         assert r["spec"]["parentRefs"] == [{"name": gw["metadata"]["name"]}]
-        (rule,) = r["spec"]["rules"]
-        assert [m["path"]["value"] for m in rule["matches"]] == prefixes[name]
-        (b,) = rule["backendRefs"]
-        assert (b["kind"], b["name"]) == ("Backend", name)
-        assert rule["filters"] == [{"type": "URLRewrite", "urlRewrite": {"hostname": host}}]
-        be = backends[name]["spec"]
-        assert be["endpoints"] == [{"fqdn": {"hostname": host, "port": b["port"]}}]
-        assert be["tls"]["sni"] == host and be["tls"]["wellKnownCACertificates"] == "System"
+        got = []
+        for rule in r["spec"]["rules"]:
+            (b,) = rule["backendRefs"]
+            assert (b["kind"], b["name"]) == ("Backend", name)
+            (f,) = rule["filters"]
+            assert f["type"] == "URLRewrite" and f["urlRewrite"]["hostname"] == host
+            path = f["urlRewrite"].get("path")
+            if path is None:
+                got += [(m["path"]["value"], None) for m in rule["matches"]]
+            else:   # Gateway API: ReplacePrefixMatch with exactly one PathPrefix match
+                (m,) = rule["matches"]
+                assert path["type"] == "ReplacePrefixMatch"
+                got.append((m["path"]["value"] + "/", path["replacePrefixMatch"] + "/"))
+            be = backends[name]["spec"]
+            assert be["endpoints"] == [{"fqdn": {"hostname": host, "port": b["port"]}}]
+            assert be["tls"]["sni"] == host and be["tls"]["wellKnownCACertificates"] == "System"
+        assert got == prefixes[name]
     # Only the gateway's proxies reach ext_proc.
     np_ = _one(docs, "NetworkPolicy")
     dep = _one(docs, "Deployment", "ledgergate")
