@@ -222,8 +222,21 @@ def provider_prefixes() -> dict[str, list[tuple[str, str | None]]]:
         p = r["match"]["prefix"]
         if p != "/" and not any(p.startswith(q) for q in seen):
             out[r["route"]["cluster"]].append((p, r["route"].get("prefix_rewrite")))
-        seen.append(p)
+        if route_method(r) is None:     # a route for one method leaves the others to later routes
+            seen.append(p)
     return out
+
+
+def route_method(route: dict) -> str | None:
+    """The one HTTP method a local route is restricted to (an exact `:method` header match)."""
+    for h in route["match"].get("headers") or ():
+        if h.get("name") == ":method":
+            return str(h["string_match"]["exact"])
+    return None
+
+
+def _prefix_methods() -> dict[str, str]:
+    return {r["match"]["prefix"]: m for r in _local_routes() if (m := route_method(r)) is not None}
 
 
 def provider_cluster(u: registry.Upstream) -> dict:
@@ -526,9 +539,13 @@ def envoy_gateway_httproutes() -> list[dict]:
     for u in registry.upstreams():
         backend = [{"group": "gateway.envoyproxy.io", "kind": "Backend", "name": u.cluster, "port": u.port}]
         plain = [p for p, rw in provider_prefixes()[u.cluster] if rw is None]
+        methods = _prefix_methods()
         rules = []
         if plain:
-            rules.append({"matches": [{"path": {"type": "PathPrefix", "value": p}} for p in plain],
+            # A method-restricted prefix keeps its method: Gateway API prefers a method match over
+            # none at equal prefix length, as Envoy's first-match table did.
+            rules.append({"matches": [{"path": {"type": "PathPrefix", "value": _gateway_api_prefix(p)},
+                                       **({"method": methods[p]} if p in methods else {})} for p in plain],
                           "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": u.host}}]})
         for p, rw in _rewritten_prefixes(u.cluster):
             rules.append({"matches": [{"path": {"type": "PathPrefix", "value": _gateway_api_prefix(p)}}],
