@@ -6,10 +6,13 @@ Kept out of servicer.py so the hooks there stay a few lines each (docs/cache.md)
 from __future__ import annotations
 
 import asyncio
+import copy
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import cachetools
 import structlog
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -41,6 +44,58 @@ log = structlog.get_logger("ledgergate.cache")
 CACHE_HEADER = "x-ledgergate-cache"
 
 
+# How many inspection results of cached answers one process remembers (InspectionMemo).
+INSPECTION_MEMO_ENTRIES = 1024
+
+
+class InspectionMemo:
+    """The response inspection of a cached answer, remembered when it let the answer through
+    unchanged, so that the next hit on the same answer under the same response policy does not
+    run the same pure computation again (docs/cache.md, "A hit").
+
+    `ResponseInspector` is sans-I/O and deterministic: no clock, no randomness, no state shared
+    between inspectors that changes a result (the classifier's memo of clean strings only makes
+    it faster). Its result is a function of exactly what the key holds: the answer's bytes (their
+    SHA-256), the surface, the content type, the classifier (one per full policy version, which
+    covers custom dictionaries), the response rules the decision carries (redact and block), the
+    tenant (`hash` redaction is keyed per tenant), the process's redaction key, and the limits;
+    status 200, no content encoding, the usage chunk kept and no marker field are fixed at the one
+    caller. A different value of any of these is a different key, so a remembered result is the
+    result the inspection would give now. Only unchanged answers are kept (not blocked, nothing
+    redacted, released byte for byte): the value is the summary alone, never an answer's bytes,
+    at most INSPECTION_MEMO_ENTRIES of them (LRU), each a few hundred bytes. Event loop only."""
+
+    def __init__(self, max_entries: int = INSPECTION_MEMO_ENTRIES) -> None:
+        self._memo: cachetools.LRUCache = cachetools.LRUCache(max_entries)
+        self._hash_key: bytes | None = None
+        self._hash_key_id = b""
+        self.hits = 0
+
+    def key(self, body: bytes, *, surface: str, content_type: str, policy_version: str, rules: ResponseRules,
+            tenant: str | None, hash_key: bytes, max_buffer_bytes: int, max_block_chars: int) -> tuple:
+        if hash_key is not self._hash_key:
+            # The redaction key in the memo's keys by digest only (it is fixed for a process).
+            self._hash_key, self._hash_key_id = hash_key, hashlib.sha256(b"ledgergate.inspection-memo\0" + hash_key).digest()
+        return (hashlib.sha256(body).digest(), surface, content_type, policy_version,
+                tuple(sorted(rules.redact.items())), tuple(sorted(rules.block)), tenant, self._hash_key_id,
+                max_buffer_bytes, max_block_chars)
+
+    def get(self, key: tuple) -> dict | None:
+        summary = self._memo.get(key)
+        if summary is None:
+            return None
+        self.hits += 1
+        return copy.deepcopy(summary)    # records built from it are the caller's own
+
+    def put(self, key: tuple, body: bytes, released: bytes, summary: Mapping[str, Any]) -> None:
+        if released == body and not summary.get("blocked") and not summary.get("redactions") \
+                and not summary.get("redactions_not_listed"):
+            self._memo[key] = copy.deepcopy(dict(summary))
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+
 class ResponseCache:
     """One per process: the store, its settings and metrics, the fills under way."""
 
@@ -49,6 +104,7 @@ class ResponseCache:
         self.metrics = CacheMetrics(registry)
         self.store = open_store(self.settings, clock=clock, on_evict=self.metrics.evicted)
         self.max_entry_bytes = int(self.settings["max_entry_bytes"])
+        self.inspections = InspectionMemo()
         self._fills: set[asyncio.Task] = set()
 
     def schedule_fill(self, key: str, entry: Entry, ttl_s: int) -> None:
@@ -64,7 +120,7 @@ class ResponseCache:
             log.warning("cache_fill_failed", error_type=str(exc))
             return
         self.metrics.fills.labels("stored").inc()
-        self.metrics.bytes.labels("stored").inc(len(entry.body))
+        self.metrics.bytes_moved("stored", len(entry.body))
         if hasattr(self.store, "bytes_held"):
             self.metrics.held.set(self.store.bytes_held)
 
@@ -118,20 +174,20 @@ async def answer_from_cache(ex: Exchange, verdict: Verdict,
     rc: ResponseCache = ex.rt.cache
     policy = ex.rt.policies.current
     if verdict.decision is None or verdict.decision.policy_version != policy.version:
-        rc.metrics.lookups.labels("bypass").inc()
+        rc.metrics.lookup("bypass")
         return annotated(verdict, cache={"result": "bypass", "reason": "policy_reloaded_during_decision"}), None
     plan = _plan(ex, verdict, policy, body)
     if not plan.cacheable:
         if plan.reason == "off":
             return verdict, None
-        rc.metrics.lookups.labels("bypass").inc()
+        rc.metrics.lookup("bypass")
         return annotated(verdict, cache=plan.to_record()), None
     lookup: dict[str, Any] = {"rule": plan.rule, "key_sha256": plan.key_sha256}
     try:
         entry = await rc.store.get(plan.key)
     except CacheUnavailable as exc:
         # An outage never fails a request: it is forwarded, and the record says so.
-        rc.metrics.lookups.labels("unavailable").inc()
+        rc.metrics.lookup("unavailable")
         ex.cache_turn = CacheTurn(plan, "unavailable", 0)
         return annotated(verdict, cache={**lookup, "result": "unavailable", "error": str(exc)[:64]}), None
     if entry is not None:
@@ -139,12 +195,12 @@ async def answer_from_cache(ex: Exchange, verdict: Verdict,
             answer, ctype = ((replay_stream(plan_surface(ex), entry.body, include_usage=not verdict.usage_injected),
                               "text/event-stream") if plan.stream else (entry.body, entry.content_type))
         except NotReplayable as exc:
-            rc.metrics.lookups.labels("miss").inc()
+            rc.metrics.lookup("miss")
             ex.cache_turn = CacheTurn(plan, "miss", 0)
             return annotated(verdict, cache={**lookup, "result": "miss", "reason": f"not_replayable_{exc}"}), None
-        rc.metrics.lookups.labels("hit").inc()
+        rc.metrics.lookup("hit")
         return await _serve(ex, verdict, plan, entry, answer, ctype, lookup)
-    rc.metrics.lookups.labels("miss").inc()
+    rc.metrics.lookup("miss")
     ex.cache_turn = CacheTurn(plan, "miss", rc.max_entry_bytes)
     return annotated(verdict, cache={**lookup, "result": "miss"}), None
 
@@ -158,15 +214,28 @@ async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, 
     rt, head = ex.rt, ex.head
     assert head is not None
     decision = verdict.decision
+    policy = rt.policies.current
     # The response policy in force now, on the whole cached answer, with the same inspector a
     # provider's answer goes through.
-    inspector = ResponseInspector(
-        plan_surface(ex), status=200, content_type=ctype, content_encoding=None,
-        classifier=rt.classifier_for(rt.policies.current), rules=ResponseRules.from_policy(decision.response),
-        hash_key=rt.hash_key, tenant=verdict.identity.tenant if verdict.identity else None,
-        max_buffer_bytes=rt.config.max_response_buffer_bytes, drop_usage_chunk=False,
-        max_block_chars=rt.config.max_finding_chars)
-    released = b"".join(r.body for r in inspector.feed(body, True))
+    rules = ResponseRules.from_policy(decision.response)
+    tenant = verdict.identity.tenant if verdict.identity else None
+    memo = rt.cache.inspections
+    memo_key = memo.key(body, surface=plan_surface(ex), content_type=ctype, policy_version=policy.version,
+                        rules=rules, tenant=tenant, hash_key=rt.hash_key, max_buffer_bytes=rt.config.max_response_buffer_bytes,
+                        max_block_chars=rt.config.max_finding_chars)
+    summary = memo.get(memo_key)
+    if summary is not None:
+        released = body     # this answer went through this response policy unchanged before
+    else:
+        inspector = ResponseInspector(
+            plan_surface(ex), status=200, content_type=ctype, content_encoding=None,
+            classifier=rt.classifier_for(policy), rules=rules, hash_key=rt.hash_key, tenant=tenant,
+            max_buffer_bytes=rt.config.max_response_buffer_bytes, drop_usage_chunk=False,
+            max_block_chars=rt.config.max_finding_chars)
+        released = b"".join(r.body for r in inspector.feed(body, True))
+        summary = inspector.outcome()
+        if inspector.finished:
+            memo.put(memo_key, body, released, summary)
     served = {"key_sha256": plan.key_sha256, "filled_by_request_id": entry.filled_by,
               "filled_ms": entry.filled_ms, "filled_policy_version": entry.policy_version, "rule": plan.rule}
     capture = None
@@ -175,7 +244,7 @@ async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, 
         capture = seal_capture(rt.capture_key, rt.capture_key_id, released,
                                head.request_id.encode() + RESPONSE_CAPTURE_AAD)
     hit = cache_hit(verdict, lookup, served, request_id=head.request_id, completed_ms=int(rt.clock() * 1000),
-                    summary=inspector.outcome(), streamed=plan.stream, capture=capture)
+                    summary=summary, streamed=plan.stream, capture=capture)
     if ex.reservation is not None:
         # Nothing is asked of the provider: the tokens reserved for it are given back.
         await rt.release(ex.reservation)
@@ -188,7 +257,7 @@ async def _serve(ex: Exchange, verdict: Verdict, plan: CachePlan, entry: Entry, 
     with ex.trace.audit_commit(hit.verdict.record), ex.trace.audit_commit(hit.outcome.record):
         await rt.audit.commit_together([hit.verdict.record, hit.outcome.record])
     rt.metrics.phase("cache_hit_commit", time.perf_counter() - started)
-    rt.cache.metrics.bytes.labels("served").inc(len(released))
+    rt.cache.metrics.bytes_moved("served", len(released))
     headers = {"content-type": "application/json" if hit.status == BLOCKED_STATUS else ctype,
                CACHE_HEADER: "hit", "x-request-id": head.request_id}
     headers.update(ex.ratelimit_headers)
