@@ -324,3 +324,108 @@ async def test_a_hit_through_the_servicer_reuses_the_inspection_only_under_the_s
         assert rt.cache.inspections.hits == 1
     finally:
         await rt.close()
+
+
+# --- the Redis store's look-up connections (the machine's Redis) ---------------------------------
+
+def _stored(i: int = 0) -> Entry:
+    return Entry(body=b'{"answer": %d}' % i, content_type="application/json", filled_by=f"r{i}", filled_ms=i,
+                 policy_version="v", surface="openai.chat_completions")
+
+
+@pytest.fixture
+async def redis_store():
+    import uuid
+
+    from ext_proc.cache import RedisStore
+
+    store = RedisStore("redis://127.0.0.1:6379/0", prefix=f"lg:test-store:{uuid.uuid4().hex[:8]}:")
+    try:
+        yield store
+    finally:
+        await store.purge(None, None)
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_lookups_reuse_their_connections_and_answer_concurrent_callers(redis_store):
+    store = redis_store
+    for i in range(20):
+        await store.put(f"s:m:{i}", _stored(i), 60)
+    assert await store.get("s:m:0") == _stored(0) and await store.get("s:m:none") is None
+    assert len(store._idle) == 1                       # one connection, used twice
+    got = await asyncio.gather(*(store.get(f"s:m:{i}") for i in range(20)))
+    assert got == [_stored(i) for i in range(20)]
+    assert 1 <= len(store._idle) <= store.MAX_IDLE
+
+
+@pytest.mark.redis
+async def test_redis_lookup_error_reply_is_unavailable_and_the_connection_is_not_reused(redis_store):
+    from ext_proc.cache import CacheUnavailable
+
+    store = redis_store
+    await store.client.rpush(store.prefix + "s:m:list", b"x")     # GET on a list: WRONGTYPE
+    await store.put("s:m:ok", _stored(1), 60)
+    assert await store.get("s:m:ok") == _stored(1)
+    first = store._idle[0]
+    with pytest.raises(CacheUnavailable):
+        await store.get("s:m:list")
+    assert first not in store._idle
+    assert await store.get("s:m:ok") == _stored(1)
+
+
+@pytest.mark.redis
+async def test_redis_lookup_survives_an_idle_connection_the_server_closed(redis_store):
+    store = redis_store
+    await store.put("s:m:ok", _stored(2), 60)
+    assert await store.get("s:m:ok") == _stored(2)
+    conn = store._idle[0]
+    await conn.send_packed_command(conn.pack_command("CLIENT", "ID"), check_health=False)
+    client_id = await conn.read_response()
+    assert await store.client.client_kill_filter(_id=client_id) == 1
+    assert await store.get("s:m:ok") == _stored(2)
+
+
+async def test_redis_lookup_has_one_deadline_and_never_reuses_an_unfinished_connection():
+    """A server that accepts and never answers: the look-up fails within its deadline; a caller
+    cancelled mid-look-up leaves no connection behind to read the stale reply later."""
+    import time as _time
+
+    from ext_proc.cache import CacheUnavailable, RedisStore
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader, writer):
+        accepted.append(writer)
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="lg:t:", timeout_s=0.2)
+    try:
+        t0 = _time.monotonic()
+        with pytest.raises(CacheUnavailable):
+            await store.get("s:m:k")
+        assert _time.monotonic() - t0 < 1.0 and not store._idle
+        task = asyncio.ensure_future(store.get("s:m:k"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not store._idle and len(accepted) == 2
+    finally:
+        await store.close()
+        server.close()
+        for w in accepted:
+            w.close()
+
+
+async def test_redis_lookup_on_a_dead_port_is_unavailable():
+    from ext_proc.cache import CacheUnavailable, RedisStore
+    from tests.support import free_ports
+
+    (port,) = free_ports(1)
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="lg:t:", timeout_s=0.2)
+    try:
+        with pytest.raises(CacheUnavailable):
+            await store.get("s:m:k")
+    finally:
+        await store.close()
