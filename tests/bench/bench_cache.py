@@ -88,7 +88,7 @@ async def serve_floor(port: int, answer: bytes) -> None:
 
 async def measure(envoy_port: int, floor_port: int, stacks: dict[str, tuple[int, str]], n: int) -> dict[str, list[float]]:
     """One request at a time, interleaved: envoy, floor, then a miss and a hit of each ledgergate
-    (STACKS: name -> (port, token))."""
+    (STACKS: name -> (port, token)), the ledgergates in turn first and second."""
     envoy, floor = Conn("127.0.0.1", envoy_port), Conn("127.0.0.1", floor_port)
     conns = {name: (Conn("127.0.0.1", port), {"authorization": f"Bearer {token}"}) for name, (port, token) in stacks.items()}
     hit_raw = {name: build_request("/v1/chat/completions", body("fixed"), auth) for name, (_, auth) in conns.items()}
@@ -96,24 +96,25 @@ async def measure(envoy_port: int, floor_port: int, stacks: dict[str, tuple[int,
     for name in stacks:
         out[f"miss{name}"], out[f"hit{name}"] = [], []
 
-    async def round_(record: bool) -> None:
+    async def round_(record: bool, flip: bool) -> None:
         s, _, t = await envoy.request(hit_raw[next(iter(stacks))])
         s1, _, t1 = await floor.request(hit_raw[next(iter(stacks))])
         assert s == s1 == 200, (s, s1)
         if record:
             out["envoy"].append(t)
             out["floor"].append(t1)
-        for name, (conn, auth) in conns.items():
+        # The trees take turns at going first (no position in the round favours one of them).
+        for name, (conn, auth) in (reversed(list(conns.items())) if flip else conns.items()):
             s2, _, t2 = await conn.request(build_request("/v1/chat/completions", body(uuid.uuid4().hex), auth))
             s3, _, t3 = await conn.request(hit_raw[name])
             assert s2 == s3 == 200, (name, s2, s3)
             if record:
                 out[f"miss{name}"].append(t2)
                 out[f"hit{name}"].append(t3)
-    for _ in range(20):                              # warm up every path
-        await round_(False)
-    for _ in range(n):
-        await round_(True)
+    for i in range(20):                              # warm up every path
+        await round_(False, i % 2 == 1)
+    for i in range(n):
+        await round_(True, i % 2 == 1)
     return out
 
 
