@@ -147,6 +147,7 @@ class RedisStore:
         self._lookup_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
         self._connection_class = pool.connection_class
         self._idle: list[Any] = []
+        self._closed = False
 
     async def get(self, key: str) -> Entry | None:
         try:
@@ -175,7 +176,7 @@ class RedisStore:
                 if reused and isinstance(exc, self._connection_errors):
                     continue
                 raise
-            if len(self._idle) < self.MAX_IDLE:
+            if len(self._idle) < self.MAX_IDLE and not self._closed:
                 self._idle.append(conn)
             else:
                 await _drop(conn)
@@ -207,6 +208,7 @@ class RedisStore:
         return await self.client.memory_usage(self.prefix + key)
 
     async def close(self) -> None:
+        self._closed = True     # a look-up still under way closes its connection itself
         idle, self._idle = self._idle, []
         for conn in idle:
             await _drop(conn)

@@ -429,3 +429,15 @@ async def test_redis_lookup_on_a_dead_port_is_unavailable():
             await store.get("s:m:k")
     finally:
         await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_lookup_finishing_after_close_keeps_no_connection():
+    from ext_proc.cache import RedisStore
+
+    store = RedisStore("redis://127.0.0.1:6379/0", prefix="lg:test-store-close:")
+    assert await store.get("s:m:none") is None and len(store._idle) == 1
+    pending = asyncio.ensure_future(store.get("s:m:none"))
+    await asyncio.sleep(0)            # the look-up has its connection (taken from the idle list)
+    await store.close()
+    assert await pending is None and store._idle == []
