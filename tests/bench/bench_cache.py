@@ -1,5 +1,5 @@
-"""Response cache latency through the real Envoy, three paths in one run, requests interleaved
-one at a time (so the busy machine's noise falls on all three alike):
+"""Response cache latency through the real Envoy, four paths in one run, requests interleaved
+one at a time (so the busy machine's noise falls on all of them alike):
 
   envoy - Envoy alone (ext_proc filter removed) -> mock provider
   miss  - Envoy + ledgergate, a cacheable request not yet cached (forwarded, then filled)
@@ -8,12 +8,18 @@ one at a time (so the busy machine's noise falls on all three alike):
           continue, request body -> the same answer as an immediate response), on the same gRPC
           server as ledgergate: what any Python ext_proc hit costs before ledgergate does anything
 
-Then, to be robust to a shared machine, process CPU: a block of hits alone and a block of
-requests through Envoy alone, with the CPU time (utime + stime, /proc) the ledgergate worker and
-the Envoy in front of it spent per request, and ledgergate's own phase histogram per hit.
+With --baseline DIR, a second ledgergate run from another checkout (older code) takes part in
+the same rounds (miss_base, hit_base), the two taking turns at going first: an A/B in the same
+minutes.
+
+Then, to be robust to a shared machine, process CPU: blocks of hits alone (and of the floor and
+of Envoy alone), 4 per path, alternated, with the CPU time (utime + stime, /proc) each
+ledgergate worker, the floor processor and the Envoys spent per request, and ledgergate's own
+phase histogram per hit.
 
 Plus the Redis memory of one entry (MEMORY USAGE). Usage:
-  .venv/bin/python tests/bench/bench_cache.py [--requests 300] [--backend redis|memory] [--out FILE]
+  .venv/bin/python tests/bench/bench_cache.py [--requests 300] [--backend redis|memory]
+      [--baseline DIR] [--out FILE]
 Only 127.0.0.1 is contacted; the Redis keys use a unique prefix and are deleted at the end.
 """
 
