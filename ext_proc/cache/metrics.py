@@ -3,6 +3,8 @@ only bounded values: lookup results, fill refusals, eviction reasons."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
@@ -20,6 +22,21 @@ class CacheMetrics:
                                  "Entries the in-process store dropped, by reason (size, ttl); Redis reports "
                                  "its own evictions (INFO stats evicted_keys)", ["reason"], registry=registry)
         self.held = Gauge("ledgergate_cache_held_bytes", "Bytes held by the in-process store", registry=registry)
+        # Each labelled child looked up once (`labels()` takes a lock and builds a key each call)
+        # and only on first use, so a result never seen is not exported as a zero.
+        self._children: dict[tuple[str, str], Any] = {}
+
+    def lookup(self, result: str) -> None:
+        self._child("lookups", result).inc()
+
+    def bytes_moved(self, direction: str, n: int) -> None:
+        self._child("bytes", direction).inc(n)
+
+    def _child(self, metric: str, label: str) -> Any:
+        child = self._children.get((metric, label))
+        if child is None:
+            child = self._children[(metric, label)] = getattr(self, metric).labels(label)
+        return child
 
     def evicted(self, reason: str, nbytes: int) -> None:
         self.evictions.labels(reason).inc()

@@ -6,6 +6,7 @@ Every store failure is raised as `CacheUnavailable`; the caller forwards the req
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Mapping
@@ -117,29 +118,69 @@ def _matches(key: str, scope: str | None, model: str | None) -> bool:
 
 class RedisStore:
     """Shared by replicas: one string per entry (`SET ... PX`), named prefix + key. Redis' own
-    `maxmemory` policy bounds the total; `max_entry_bytes` bounds each entry."""
+    `maxmemory` policy bounds the total; `max_entry_bytes` bounds each entry.
+
+    The look-up (`get`, once per cacheable request) goes over connections of its own, taken from
+    an idle list, with one deadline for connect + send + read (`asyncio.timeout`, a scope on the
+    caller's task). The client's `get` spends about a third of a hit's store time in its pool,
+    retry wrapper and the extra task its per-write `wait_for` starts (a loop turn of its own);
+    these connections are redis-py's own (same URL, authentication, database, TLS and reply
+    parser), only driven directly. A connection whose command did not complete (timeout,
+    cancellation, any error) is closed, never reused: its next reply could be the previous one's."""
 
     kind = "redis"
+    MAX_IDLE = 32     # look-up connections kept open between look-ups (more are opened under load)
 
     def __init__(self, url: str, *, prefix: str = "lg:cache:", timeout_s: float = 0.25) -> None:
         import redis.asyncio as aioredis
+        from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import RedisError
 
         self._errors = (RedisError, OSError)
+        self._connection_errors = (RedisConnectionError, ConnectionError)
         self.prefix = prefix
+        self.timeout_s = timeout_s
         self.client = aioredis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
                                         retry_on_timeout=False)
+        pool = self.client.connection_pool
+        # No per-operation socket timeout on these (the deadline covers the whole look-up).
+        self._lookup_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        self._connection_class = pool.connection_class
+        self._idle: list[Any] = []
+        self._closed = False
 
     async def get(self, key: str) -> Entry | None:
         try:
-            raw = await self.client.get(self.prefix + key)
-        except self._errors as exc:
+            async with asyncio.timeout(self.timeout_s):
+                raw = await self._get(self.prefix + key)
+        except (TimeoutError, *self._errors) as exc:
             raise CacheUnavailable(type(exc).__name__) from exc
-        if raw is None:
-            return None
-        if not isinstance(raw, bytes):  # the client is built without decode_responses: never a str
+        if raw is not None and not isinstance(raw, bytes):
             raise CacheUnavailable("malformed entry")
-        return Entry.decode(raw)
+        return Entry.decode(raw) if raw is not None else None
+
+    async def _get(self, name: str) -> Any:
+        while True:
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else self._connection_class(**self._lookup_kwargs)
+            try:
+                if not conn.is_connected:
+                    reused = False
+                    await conn.connect()
+                await conn.send_packed_command(conn.pack_command("GET", name), check_health=False)
+                raw = await conn.read_response()
+            except BaseException as exc:
+                await _drop(conn)
+                # An idle connection the server closed meanwhile (a restart, its idle timeout):
+                # the look-up goes on with another one, within the same deadline.
+                if reused and isinstance(exc, self._connection_errors):
+                    continue
+                raise
+            if len(self._idle) < self.MAX_IDLE and not self._closed:
+                self._idle.append(conn)
+            else:
+                await _drop(conn)
+            return raw
 
     async def put(self, key: str, entry: Entry, ttl_s: int) -> None:
         try:
@@ -167,7 +208,19 @@ class RedisStore:
         return await self.client.memory_usage(self.prefix + key)
 
     async def close(self) -> None:
+        self._closed = True     # a look-up still under way closes its connection itself
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await _drop(conn)
         await self.client.aclose()
+
+
+async def _drop(conn: Any) -> None:
+    """Close a look-up connection, whatever state it is in (never raises)."""
+    try:
+        await conn.disconnect(nowait=True)
+    except Exception:  # noqa: BLE001 - a connection being dropped may be broken already
+        pass
 
 
 DEFAULTS = {"backend": "memory", "max_bytes": 64 << 20, "max_entry_bytes": 1 << 20,

@@ -540,7 +540,7 @@ def envoy_gateway_httproutes() -> list[dict]:
         backend = [{"group": "gateway.envoyproxy.io", "kind": "Backend", "name": u.cluster, "port": u.port}]
         plain = [p for p, rw in provider_prefixes()[u.cluster] if rw is None]
         methods = _prefix_methods()
-        rules = []
+        rules: list[dict[str, Any]] = []
         if plain:
             # A method-restricted prefix keeps its method: Gateway API prefers a method match over
             # none at equal prefix length, as Envoy's first-match table did.

@@ -6,15 +6,71 @@ so neither imports the other back."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import cachetools
 import structlog
 
 from ext_proc.cache import CachePlan, CacheUnavailable, Entry, cache_settings, open_store
 from ext_proc.cache.metrics import CacheMetrics
+from ext_proc.streaming import ResponseRules
 
 log = structlog.get_logger("ledgergate.cache")
+
+
+# How many inspection results of cached answers one process remembers (InspectionMemo).
+INSPECTION_MEMO_ENTRIES = 1024
+
+
+class InspectionMemo:
+    """The response inspection of a cached answer, remembered when it let the answer through
+    unchanged, so that the next hit on the same answer under the same response policy does not
+    run the same pure computation again (docs/cache.md, "A hit").
+
+    `ResponseInspector` is sans-I/O and deterministic: no clock, no randomness, no state shared
+    between inspectors that changes a result (the classifier's memo of clean strings only makes
+    it faster). Its result is a function of exactly what the key holds: the answer's bytes (their
+    SHA-256), the surface, the content type, the classifier (one per full policy version, which
+    covers custom dictionaries), the response rules the decision carries (redact and block), the
+    tenant (`hash` redaction is keyed per tenant), the process's redaction key, and the limits;
+    status 200, no content encoding, the usage chunk kept and no marker field are fixed at the one
+    caller. A different value of any of these is a different key, so a remembered result is the
+    result the inspection would give now. Only unchanged answers are kept (not blocked, nothing
+    redacted, released byte for byte): the value is the summary alone, never an answer's bytes,
+    at most INSPECTION_MEMO_ENTRIES of them (LRU), each a few hundred bytes. Event loop only."""
+
+    def __init__(self, max_entries: int = INSPECTION_MEMO_ENTRIES) -> None:
+        self._memo: cachetools.LRUCache = cachetools.LRUCache(max_entries)
+        self._hash_key: bytes | None = None
+        self._hash_key_id = b""
+        self.hits = 0
+
+    def key(self, body: bytes, *, surface: str, content_type: str, policy_version: str, rules: ResponseRules,
+            tenant: str | None, hash_key: bytes, max_buffer_bytes: int, max_block_chars: int) -> tuple:
+        if hash_key is not self._hash_key:
+            # The redaction key in the memo's keys by digest only (it is fixed for a process).
+            self._hash_key, self._hash_key_id = hash_key, hashlib.sha256(b"ledgergate.inspection-memo\0" + hash_key).digest()
+        return (hashlib.sha256(body).digest(), surface, content_type, policy_version,
+                tuple(sorted(rules.redact.items())), tuple(sorted(rules.block)), tenant, self._hash_key_id,
+                max_buffer_bytes, max_block_chars)
+
+    def get(self, key: tuple) -> dict | None:
+        summary = self._memo.get(key)
+        if summary is None:
+            return None
+        self.hits += 1
+        return copy.deepcopy(summary)    # records built from it are the caller's own
+
+    def put(self, key: tuple, body: bytes, released: bytes, summary: Mapping[str, Any]) -> None:
+        if released == body and not summary.get("blocked") and not summary.get("redactions") \
+                and not summary.get("redactions_not_listed"):
+            self._memo[key] = copy.deepcopy(dict(summary))
+
+    def __len__(self) -> int:
+        return len(self._memo)
 
 
 class ResponseCache:
@@ -25,6 +81,7 @@ class ResponseCache:
         self.metrics = CacheMetrics(registry)
         self.store = open_store(self.settings, clock=clock, on_evict=self.metrics.evicted)
         self.max_entry_bytes = int(self.settings["max_entry_bytes"])
+        self.inspections = InspectionMemo()
         self._fills: set[asyncio.Task] = set()
 
     def schedule_fill(self, key: str, entry: Entry, ttl_s: int) -> None:
@@ -40,7 +97,7 @@ class ResponseCache:
             log.warning("cache_fill_failed", error_type=str(exc))
             return
         self.metrics.fills.labels("stored").inc()
-        self.metrics.bytes.labels("stored").inc(len(entry.body))
+        self.metrics.bytes_moved("stored", len(entry.body))
         if hasattr(self.store, "bytes_held"):
             self.metrics.held.set(self.store.bytes_held)
 

@@ -62,13 +62,13 @@ async def answer_from_cache(ex: ExchangeView, verdict: Verdict,
     rc: ResponseCache = ex.rt.cache
     policy = ex.rt.policies.current
     if verdict.decision is None or verdict.decision.policy_version != policy.version:
-        rc.metrics.lookups.labels("bypass").inc()
+        rc.metrics.lookup("bypass")
         return annotated(verdict, cache={"result": "bypass", "reason": "policy_reloaded_during_decision"}), None
     plan = _plan(ex, verdict, policy, body)
     if not plan.cacheable:
         if plan.reason == "off":
             return verdict, None
-        rc.metrics.lookups.labels("bypass").inc()
+        rc.metrics.lookup("bypass")
         return annotated(verdict, cache=plan.to_record()), None
     key = plan.key
     if key is None:  # plan_request gives every cacheable plan its key: anything else is a bug
@@ -78,7 +78,7 @@ async def answer_from_cache(ex: ExchangeView, verdict: Verdict,
         entry = await rc.store.get(key)
     except CacheUnavailable as exc:
         # An outage never fails a request: it is forwarded, and the record says so.
-        rc.metrics.lookups.labels("unavailable").inc()
+        rc.metrics.lookup("unavailable")
         ex.cache_turn = CacheTurn(plan, "unavailable", 0)
         return annotated(verdict, cache={**lookup, "result": "unavailable", "error": str(exc)[:64]}), None
     if entry is not None:
@@ -86,12 +86,12 @@ async def answer_from_cache(ex: ExchangeView, verdict: Verdict,
             answer, ctype = ((replay_stream(plan_surface(ex), entry.body, include_usage=not verdict.usage_injected),
                               "text/event-stream") if plan.stream else (entry.body, entry.content_type))
         except NotReplayable as exc:
-            rc.metrics.lookups.labels("miss").inc()
+            rc.metrics.lookup("miss")
             ex.cache_turn = CacheTurn(plan, "miss", 0)
             return annotated(verdict, cache={**lookup, "result": "miss", "reason": f"not_replayable_{exc}"}), None
-        rc.metrics.lookups.labels("hit").inc()
+        rc.metrics.lookup("hit")
         return await _serve(ex, verdict, plan, entry, answer, ctype, lookup)
-    rc.metrics.lookups.labels("miss").inc()
+    rc.metrics.lookup("miss")
     ex.cache_turn = CacheTurn(plan, "miss", rc.max_entry_bytes)
     return annotated(verdict, cache={**lookup, "result": "miss"}), None
 
@@ -107,15 +107,28 @@ async def _serve(ex: ExchangeView, verdict: Verdict, plan: CachePlan, entry: Ent
     decision = verdict.decision
     if decision is None:  # answer_from_cache bypasses a verdict without a decision before a lookup
         raise RuntimeError("a cache hit served without a policy decision")
+    policy = rt.policies.current
     # The response policy in force now, on the whole cached answer, with the same inspector a
     # provider's answer goes through.
-    inspector = ResponseInspector(
-        plan_surface(ex), status=200, content_type=ctype, content_encoding=None,
-        classifier=rt.classifier_for(rt.policies.current), rules=ResponseRules.from_policy(decision.response),
-        hash_key=rt.hash_key, tenant=verdict.identity.tenant if verdict.identity else None,
-        max_buffer_bytes=rt.config.max_response_buffer_bytes, drop_usage_chunk=False,
-        max_block_chars=rt.config.max_finding_chars)
-    released = b"".join(r.body for r in inspector.feed(body, True))
+    rules = ResponseRules.from_policy(decision.response)
+    tenant = verdict.identity.tenant if verdict.identity else None
+    memo = rt.cache.inspections
+    memo_key = memo.key(body, surface=plan_surface(ex), content_type=ctype, policy_version=policy.version,
+                        rules=rules, tenant=tenant, hash_key=rt.hash_key, max_buffer_bytes=rt.config.max_response_buffer_bytes,
+                        max_block_chars=rt.config.max_finding_chars)
+    summary = memo.get(memo_key)
+    if summary is not None:
+        released = body     # this answer went through this response policy unchanged before
+    else:
+        inspector = ResponseInspector(
+            plan_surface(ex), status=200, content_type=ctype, content_encoding=None,
+            classifier=rt.classifier_for(policy), rules=rules, hash_key=rt.hash_key, tenant=tenant,
+            max_buffer_bytes=rt.config.max_response_buffer_bytes, drop_usage_chunk=False,
+            max_block_chars=rt.config.max_finding_chars)
+        released = b"".join(r.body for r in inspector.feed(body, True))
+        summary = inspector.outcome()
+        if inspector.finished:
+            memo.put(memo_key, body, released, summary)
     served = {"key_sha256": plan.key_sha256, "filled_by_request_id": entry.filled_by,
               "filled_ms": entry.filled_ms, "filled_policy_version": entry.policy_version, "rule": plan.rule}
     capture = None
@@ -123,7 +136,7 @@ async def _serve(ex: ExchangeView, verdict: Verdict, plan: CachePlan, entry: Ent
         # Legal hold: the answer as delivered, bound to this request like a forwarded answer's.
         capture = rt.capture_key.seal(released, head.request_id.encode() + RESPONSE_CAPTURE_AAD)
     hit = cache_hit(verdict, lookup, served, request_id=head.request_id, completed_ms=int(rt.clock() * 1000),
-                    summary=inspector.outcome(), streamed=plan.stream, capture=capture)
+                    summary=summary, streamed=plan.stream, capture=capture)
     if ex.reservation is not None:
         # Nothing is asked of the provider: the tokens reserved for it are given back.
         await rt.release(ex.reservation)
@@ -136,7 +149,7 @@ async def _serve(ex: ExchangeView, verdict: Verdict, plan: CachePlan, entry: Ent
     with ex.trace.audit_commit(hit.verdict.record), ex.trace.audit_commit(hit.outcome.record):
         await rt.audit.commit_together([hit.verdict.record, hit.outcome.record])
     rt.metrics.phase("cache_hit_commit", time.perf_counter() - started)
-    rt.cache.metrics.bytes.labels("served").inc(len(released))
+    rt.cache.metrics.bytes_moved("served", len(released))
     headers = {"content-type": "application/json" if hit.status == BLOCKED_STATUS else ctype,
                CACHE_HEADER: "hit", "x-request-id": head.request_id}
     headers.update(ex.ratelimit_headers)

@@ -1,12 +1,25 @@
-"""Response cache latency through the real Envoy, three paths in one run, requests interleaved
-one at a time (so the busy machine's noise falls on all three alike):
+"""Response cache latency through the real Envoy, four paths in one run, requests interleaved
+one at a time (so the busy machine's noise falls on all of them alike):
 
   envoy - Envoy alone (ext_proc filter removed) -> mock provider
   miss  - Envoy + ledgergate, a cacheable request not yet cached (forwarded, then filled)
   hit   - Envoy + ledgergate, the same request again: answered from the cache, no provider
+  floor - Envoy + a processor that does nothing but a hit's ext_proc exchange (request headers ->
+          continue, request body -> the same answer as an immediate response), on the same gRPC
+          server as ledgergate: what any Python ext_proc hit costs before ledgergate does anything
+
+With --baseline DIR, a second ledgergate run from another checkout (older code) takes part in
+the same rounds (miss_base, hit_base), the two taking turns at going first: an A/B in the same
+minutes.
+
+Then, to be robust to a shared machine, process CPU: blocks of hits alone (and of the floor and
+of Envoy alone), 4 per path, alternated, with the CPU time (utime + stime, /proc) each
+ledgergate worker, the floor processor and the Envoys spent per request, and ledgergate's own
+phase histogram per hit.
 
 Plus the Redis memory of one entry (MEMORY USAGE). Usage:
-  .venv/bin/python tests/bench/bench_cache.py [--requests 300] [--backend redis|memory] [--out FILE]
+  .venv/bin/python tests/bench/bench_cache.py [--requests 300] [--backend redis|memory]
+      [--baseline DIR] [--out FILE]
 Only 127.0.0.1 is contacted; the Redis keys use a unique prefix and are deleted at the end.
 """
 
@@ -15,22 +28,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+import grpc
 import redis
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests import support  # noqa: E402
 from tests.bench.bench_e2e import start_envoy_variant  # noqa: E402
 from tests.bench.loadgen import Conn, build_request  # noqa: E402
-from tests.support import start_stack  # noqa: E402
 
 PROMPT = ("Summarise the attached quarterly figures for the operations team in three bullet points; "
           "keep it short and neutral. ") * 3
@@ -46,27 +66,111 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] * 1000
 
 
-async def measure(envoy_port: int, lg_port: int, token: str, n: int) -> dict[str, list[float]]:
-    auth = {"authorization": f"Bearer {token}"}
-    envoy, lg = Conn("127.0.0.1", envoy_port), Conn("127.0.0.1", lg_port)
-    hit_raw = build_request("/v1/chat/completions", body("fixed"), auth)
-    out: dict[str, list[float]] = {"envoy": [], "miss": [], "hit": []}
-    status, _, _ = await lg.request(hit_raw)        # fill
-    assert status == 200
-    await asyncio.sleep(0.2)
-    for _ in range(20):                              # warm up every path
-        await envoy.request(hit_raw)
-        await lg.request(build_request("/v1/chat/completions", body(uuid.uuid4().hex), auth))
-        await lg.request(hit_raw)
-    for _ in range(n):
-        s, _, t = await envoy.request(hit_raw)
-        out["envoy"].append(t)
-        s2, _, t2 = await lg.request(build_request("/v1/chat/completions", body(uuid.uuid4().hex), auth))
-        out["miss"].append(t2)
-        s3, _, t3 = await lg.request(hit_raw)
-        out["hit"].append(t3)
-        assert s == s2 == s3 == 200, (s, s2, s3)
+class HitFloor(pb_grpc.ExternalProcessorServicer):
+    """A hit's ext_proc exchange and nothing else: headers -> continue, body -> ANSWER."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.reply = pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
+            status={"code": 200}, body=answer, details="served_from_cache",
+            headers=pb.HeaderMutation(set_headers=[base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"))])))
+
+    async def Process(self, request_iterator, context):
+        async for req in request_iterator:
+            if req.WhichOneof("request") == "request_headers":
+                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+            else:
+                yield self.reply
+                return
+
+
+async def serve_floor(port: int, answer: bytes) -> None:
+    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100000), ("grpc.so_reuseport", 0)])
+    pb_grpc.add_ExternalProcessorServicer_to_server(HitFloor(answer), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def measure(envoy_port: int, floor_port: int, stacks: dict[str, tuple[int, str]], n: int) -> dict[str, list[float]]:
+    """One request at a time, interleaved: envoy, floor, then a miss and a hit of each ledgergate
+    (STACKS: name -> (port, token)), the ledgergates in turn first and second."""
+    envoy, floor = Conn("127.0.0.1", envoy_port), Conn("127.0.0.1", floor_port)
+    conns = {name: (Conn("127.0.0.1", port), {"authorization": f"Bearer {token}"}) for name, (port, token) in stacks.items()}
+    hit_raw = {name: build_request("/v1/chat/completions", body("fixed"), auth) for name, (_, auth) in conns.items()}
+    out: dict[str, list[float]] = {"envoy": [], "floor": []}
+    for name in stacks:
+        out[f"miss{name}"], out[f"hit{name}"] = [], []
+
+    async def round_(record: bool, flip: bool) -> None:
+        s, _, t = await envoy.request(hit_raw[next(iter(stacks))])
+        s1, _, t1 = await floor.request(hit_raw[next(iter(stacks))])
+        assert s == s1 == 200, (s, s1)
+        if record:
+            out["envoy"].append(t)
+            out["floor"].append(t1)
+        # The trees take turns at going first (no position in the round favours one of them).
+        for name, (conn, auth) in (reversed(list(conns.items())) if flip else conns.items()):
+            s2, _, t2 = await conn.request(build_request("/v1/chat/completions", body(uuid.uuid4().hex), auth))
+            s3, _, t3 = await conn.request(hit_raw[name])
+            assert s2 == s3 == 200, (name, s2, s3)
+            if record:
+                out[f"miss{name}"].append(t2)
+                out[f"hit{name}"].append(t3)
+    for i in range(20):                              # warm up every path
+        await round_(False, i % 2 == 1)
+    for i in range(n):
+        await round_(True, i % 2 == 1)
     return out
+
+
+def fill(lg_port: int, token: str) -> bytes:
+    """Fill the entry the hits read; returns the answer a hit gets (checked to be a hit)."""
+    def post() -> tuple[bytes, str | None]:
+        req = urllib.request.Request(f"http://127.0.0.1:{lg_port}/v1/chat/completions", data=body("fixed"),
+                                     headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.read(), r.headers.get("x-ledgergate-cache")
+    post()
+    for _ in range(50):
+        answer, cache = post()
+        if cache == "hit":
+            return answer
+        time.sleep(0.1)
+    raise RuntimeError("the entry was not filled")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of PID (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose parent is PID."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                out.append((int(d.name), (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+async def cpu_per_request(port: int, raw: bytes, n: int, pids: dict[str, int]) -> dict[str, float]:
+    """Process CPU milliseconds per request of each of PIDS over N requests sent one at a time."""
+    conn = Conn("127.0.0.1", port)
+    for _ in range(20):
+        await conn.request(raw)
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    for _ in range(n):
+        s, _, _ = await conn.request(raw)
+        assert s == 200, s
+    return {k: round(1000 * (cpu_seconds(p) - before[k]) / n, 3) for k, p in pids.items()}
 
 
 def phase_totals(metrics_port: int) -> dict[str, tuple[float, float]]:
@@ -79,51 +183,119 @@ def phase_totals(metrics_port: int) -> dict[str, tuple[float, float]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+def start_stack_from(repo: Path, tmp: Path, *extra: str):
+    """The local stack (ledgergate up) run from the checkout REPO (an A/B against older code)."""
+    saved = support.REPO
+    support.REPO = repo
+    try:
+        return support.start_stack(tmp, *extra)
+    finally:
+        support.REPO = saved
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--backend", choices=["redis", "memory"], default="redis")
+    ap.add_argument("--baseline", type=Path, help="a checkout of older code: run it too, interleaved (A/B), "
+                                                   "its paths named miss_base / hit_base")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--floor-processor", type=int, help=argparse.SUPPRESS)   # internal: serve the floor
+    ap.add_argument("--floor-answer", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.floor_processor:
+        asyncio.run(serve_floor(args.floor_processor, args.floor_answer.read_bytes()))
+        return
     prefix = f"lg:bench-cache:{uuid.uuid4().hex[:8]}:"
     r = redis.Redis(host="127.0.0.1", port=6379)
+    trees = {"": REPO, **({"_base": args.baseline.resolve()} if args.baseline else {})}
+    procs: list[subprocess.Popen] = []
+    stacks: dict[str, support.Stack] = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cfg = tmp / "ledgergate.yaml"
-        cfg.write_text(json.dumps({
-            "policy": {"path": str(REPO / "tests" / "e2e" / "policies" / "cache.yaml")},
-            "audit": {"sink": "file"},
-            "cache": {"backend": args.backend, "prefix": prefix}}))
-        stack = start_stack(tmp, "--config", str(cfg))
-        envoy_proc = None
         try:
-            envoy_proc, envoy_port = start_envoy_variant(tmp, mock_port=stack.mock_port, ext_ports=None)
-            phases0 = phase_totals(stack.metrics_port)
-            lat = asyncio.run(measure(envoy_port, stack.port, stack.token(), args.requests))
-            phases1 = phase_totals(stack.metrics_port)
-            keys = list(r.scan_iter(match=prefix + "*")) if args.backend == "redis" else []
+            for name, tree in trees.items():
+                sub = tmp / f"stack{name}"
+                sub.mkdir()
+                cfg = sub / "ledgergate.yaml"
+                cfg.write_text(json.dumps({
+                    "policy": {"path": str(REPO / "tests" / "e2e" / "policies" / "cache.yaml")},
+                    "audit": {"sink": "file"},
+                    "cache": {"backend": args.backend, "prefix": f"{prefix}{name}:"}}))
+                stacks[name] = start_stack_from(tree, sub, "--config", str(cfg))
+            first = stacks[""]
+            tokens = {name: st.token() for name, st in stacks.items()}
+            answer = fill(first.port, tokens[""])
+            for name, st in stacks.items():
+                if name:
+                    fill(st.port, tokens[name])
+            (tmp / "answer").write_bytes(answer)
+            (floor_port,) = support.free_ports(1)
+            procs.append(subprocess.Popen([sys.executable, __file__, "--floor-processor", str(floor_port),
+                                           "--floor-answer", str(tmp / "answer")]))
+            support.wait_port(floor_port)
+            envoy_proc, envoy_port = start_envoy_variant(tmp, mock_port=first.mock_port, ext_ports=None)
+            procs.append(envoy_proc)
+            floor_envoy, floor_envoy_port = start_envoy_variant(tmp, mock_port=first.mock_port, ext_ports=[floor_port])
+            procs.append(floor_envoy)
+            phases0 = {name: phase_totals(st.metrics_port) for name, st in stacks.items()}
+            lat = asyncio.run(measure(envoy_port, floor_envoy_port,
+                                      {name: (st.port, tokens[name]) for name, st in stacks.items()}, args.requests))
+            phases1 = {name: phase_totals(st.metrics_port) for name, st in stacks.items()}
+            # CPU per request, blocks of hits alone, alternated between the trees (4 blocks each).
+            cpu: dict[str, dict[str, list[float]]] = {}
+            raw = {name: build_request("/v1/chat/completions", body("fixed"), {"authorization": f"Bearer {tokens[name]}"})
+                   for name in stacks}
+            pids = {}
+            for name, st in stacks.items():
+                kids = children(st.proc.pid)
+                pids[name] = {"ledgergate": next(p for p, cmd in kids if " serve " in cmd),
+                              "envoy": next(p for p, cmd in kids if "envoy" in cmd)}
+            block = max(50, args.requests // 4)
+            for _ in range(4):
+                for name, st in stacks.items():
+                    for k, v in asyncio.run(cpu_per_request(st.port, raw[name], block, pids[name])).items():
+                        cpu.setdefault(f"hit{name}", {}).setdefault(k, []).append(v)
+                for k, v in asyncio.run(cpu_per_request(floor_envoy_port, raw[""], block,
+                                                        {"floor_processor": procs[0].pid,
+                                                         "envoy": floor_envoy.pid})).items():
+                    cpu.setdefault("floor", {}).setdefault(k, []).append(v)
+                for k, v in asyncio.run(cpu_per_request(envoy_port, raw[""], block, {"envoy": envoy_proc.pid})).items():
+                    cpu.setdefault("envoy_alone", {}).setdefault(k, []).append(v)
+            phases2 = {name: phase_totals(st.metrics_port) for name, st in stacks.items()}
+            keys = list(r.scan_iter(match=prefix + ":*")) if args.backend == "redis" else []
             mem = [r.memory_usage(k) for k in keys[:50]]
             value_len = [r.strlen(k) for k in keys[:50]]
         finally:
-            if envoy_proc is not None:
-                envoy_proc.terminate()
-                envoy_proc.wait(10)
-            stack.stop()
+            for p in procs:
+                p.terminate()
+                p.wait(10)
+            for st in stacks.values():
+                st.stop()
             doomed = list(r.scan_iter(match=prefix + "*"))
             if doomed:
                 r.delete(*doomed)
-    res = {name: {"p50_ms": pct(xs, 50), "p90_ms": pct(xs, 90), "p99_ms": pct(xs, 99),
-                  "mean_ms": statistics.fmean(xs) * 1000, "n": len(xs)} for name, xs in lat.items()}
+    res: dict = {name: {"p50_ms": pct(xs, 50), "p90_ms": pct(xs, 90), "p99_ms": pct(xs, 99),
+                        "mean_ms": statistics.fmean(xs) * 1000, "n": len(xs)} for name, xs in lat.items()}
     res["backend"] = args.backend
-    # The durable commits alone (less exposed to the shared machine's CPU load than end to end):
-    # a hit's two records (cache_hit_commit) and a miss's records one by one (audit_commit).
-    for phase in ("cache_hit_commit", "audit_commit"):
-        (s0, c0), (s1, c1) = phases0.get(phase, (0.0, 0.0)), phases1.get(phase, (0.0, 0.0))
-        res[f"{phase}_mean_ms"] = round(1000 * (s1 - s0) / (c1 - c0), 3) if c1 > c0 else None
-    res["hit_added_p50_ms_over_envoy"] = res["hit"]["p50_ms"] - res["envoy"]["p50_ms"]
-    res["miss_added_p50_ms_over_envoy"] = res["miss"]["p50_ms"] - res["envoy"]["p50_ms"]
-    res["hit_over_miss_p50_ratio"] = res["hit"]["p50_ms"] / res["miss"]["p50_ms"]
-    res["hit_over_envoy_p50_ratio"] = res["hit"]["p50_ms"] / res["envoy"]["p50_ms"]
+    # CPU milliseconds per request of each process: the median of the 4 blocks, and all of them.
+    res["cpu_ms_per_request"] = {path: {proc: {"median": statistics.median(v), "blocks": v} for proc, v in d.items()}
+                                 for path, d in cpu.items()}
+    for name in stacks:
+        p0, p1, p2 = phases0[name], phases1[name], phases2[name]
+        # Per hit, from the blocks of hits alone: ledgergate's phase histogram (means).
+        res[f"hit{name}_phases_mean_ms"] = {
+            k: round(1000 * (p2[k][0] - p1.get(k, (0.0, 0.0))[0]) / (p2[k][1] - p1.get(k, (0.0, 0.0))[1]), 3)
+            for k in p2 if p2[k][1] > p1.get(k, (0.0, 0.0))[1]}
+        # The durable commits in the interleaved run: a hit's two records (cache_hit_commit) and
+        # a miss's records one by one (audit_commit).
+        for phase in ("cache_hit_commit", "audit_commit"):
+            (s0, c0), (s1, c1) = p0.get(phase, (0.0, 0.0)), p1.get(phase, (0.0, 0.0))
+            res[f"{phase}{name}_mean_ms"] = round(1000 * (s1 - s0) / (c1 - c0), 3) if c1 > c0 else None
+        res[f"hit{name}_added_p50_ms_over_envoy"] = res[f"hit{name}"]["p50_ms"] - res["envoy"]["p50_ms"]
+        res[f"miss{name}_added_p50_ms_over_envoy"] = res[f"miss{name}"]["p50_ms"] - res["envoy"]["p50_ms"]
+        res[f"hit{name}_over_miss_p50_ratio"] = res[f"hit{name}"]["p50_ms"] / res[f"miss{name}"]["p50_ms"]
+    res["floor_added_p50_ms_over_envoy"] = res["floor"]["p50_ms"] - res["envoy"]["p50_ms"]
     if mem:
         res["redis_entry_bytes_median"] = statistics.median(mem)
         res["redis_value_bytes_median"] = statistics.median(value_len)

@@ -247,6 +247,9 @@ def test_response_policy_in_force_is_applied_to_a_hit_and_a_request_policy_chang
     assert email in c1.choices[0].message.content
     _wait_entries(r, stack.redis_prefix, before + 1)
     v1 = _records(stack, raw1.headers["x-request-id"])["decision"]["policy"]["version"]
+    # A hit under the policy of the fill: the answer as it was (and its inspection remembered).
+    raw1b, c1b = _chat(client, marker)
+    assert raw1b.headers["x-ledgergate-cache"] == "hit" and email in c1b.choices[0].message.content
 
     # A response rule added after the fill: the same entry is served, masked by the new rule.
     _write_policy(stack.policy_file, POLICY + BLOCK_PCI + REDACT_EMAIL)

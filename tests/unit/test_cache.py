@@ -192,3 +192,252 @@ def test_anthropic_replay_event_sequence():
         b"message_start", b"content_block_start", b"content_block_delta", b"content_block_stop",
         b"message_delta", b"message_stop")]
     assert [json.loads(e.data)["type"] for e in evs][-1] == "message_stop"
+
+
+# --- the inspection memo of cached answers (server/response_cache.py) --------------------------
+
+ANSWER = json.dumps({"id": "c1", "object": "chat.completion", "model": "m", "choices": [
+    {"index": 0, "message": {"role": "assistant", "content": "write to jane.doe@example.com"},
+     "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}).encode()
+
+
+def _inspect(rules, tenant="acme", body=ANSWER):
+    from ext_proc.classify import Classifier
+    from ext_proc.streaming import ResponseInspector
+
+    ins = ResponseInspector("openai.chat_completions", status=200, content_type="application/json",
+                            content_encoding=None, classifier=Classifier(), rules=rules, hash_key=b"k" * 32,
+                            tenant=tenant, drop_usage_chunk=False)
+    released = b"".join(r.body for r in ins.feed(body, True))
+    return released, ins.outcome()
+
+
+def _memo_key(memo, **over):
+    from ext_proc.streaming import ResponseRules
+
+    kw = dict(surface="openai.chat_completions", content_type="application/json", policy_version="v1",
+              rules=ResponseRules.from_policy({}), tenant="acme", hash_key=b"k" * 32,
+              max_buffer_bytes=1 << 20, max_block_chars=60_000)
+    kw.update(over)
+    return memo.key(over.pop("body", ANSWER), **{k: v for k, v in kw.items() if k != "body"})
+
+
+def test_inspection_memo_key_holds_every_input_of_the_inspection():
+    from ext_proc.server.cache_state import InspectionMemo
+    from ext_proc.streaming import ResponseRules
+
+    memo = InspectionMemo()
+    base = _memo_key(memo)
+    assert _memo_key(memo) == base
+    for over in [{"body": ANSWER + b" "}, {"surface": "anthropic.messages"}, {"content_type": "text/event-stream"},
+                 {"policy_version": "v2"}, {"rules": ResponseRules.from_policy({"redact": {"pii.email": "mask"}})},
+                 {"rules": ResponseRules.from_policy({"block": ["pii.email"]})}, {"tenant": "globex"},
+                 {"tenant": None}, {"hash_key": b"j" * 32}, {"max_buffer_bytes": 1 << 10},
+                 {"max_block_chars": 10}]:
+        assert _memo_key(memo, **over) != base, over
+    # Neither the redaction key nor the answer appears in a key in clear.
+    assert b"k" * 32 not in base and ANSWER not in base
+
+
+def test_inspection_memo_keeps_only_unchanged_answers_and_hands_out_copies():
+    from ext_proc.server.cache_state import InspectionMemo
+    from ext_proc.streaming import ResponseRules
+
+    memo = InspectionMemo(max_entries=2)
+    plain, masked = ResponseRules.from_policy({}), ResponseRules.from_policy({"redact": {"pii.email": "mask"}})
+    released, summary = _inspect(plain)
+    assert released == ANSWER and summary["classification"]        # an e-mail found, nothing changed
+    memo.put(_memo_key(memo), ANSWER, released, summary)
+    got = memo.get(_memo_key(memo))
+    assert got == summary and got is not summary
+    got["classification"].clear()                                    # a caller's record is its own
+    assert memo.get(_memo_key(memo)) == summary
+
+    # A rule that changes the answer: a different key, and its (redacted) result is never kept.
+    key = _memo_key(memo, rules=masked)
+    assert memo.get(key) is None
+    released2, summary2 = _inspect(masked)
+    assert released2 != ANSWER and summary2["redactions"]
+    memo.put(key, ANSWER, released2, summary2)
+    assert memo.get(key) is None
+    blocked = {**summary, "blocked": {"label": "pii.email"}}
+    memo.put(_memo_key(memo, tenant="globex"), ANSWER, ANSWER, blocked)
+    assert memo.get(_memo_key(memo, tenant="globex")) is None
+
+    # Bounded: least recently used first out.
+    for i in range(3):
+        memo.put(_memo_key(memo, policy_version=f"p{i}"), ANSWER, ANSWER, summary)
+    assert len(memo) == 2 and memo.get(_memo_key(memo, policy_version="p0")) is None
+
+
+async def test_a_hit_through_the_servicer_reuses_the_inspection_only_under_the_same_response_policy(tmp_path):
+    """Fill, then hits through the real Servicer (in-process store, file audit sink): the second
+    hit under one policy reuses the first one's inspection (same outcome); a response rule added
+    by a policy reload is applied to the next hit (the cached answer is masked)."""
+    import time as _time
+
+    from ext_proc.cli.devmaterial import ensure_dev_material
+    from ext_proc.identity.dev import mint_dev_token
+    from ext_proc.server.config import load_config
+    from ext_proc.server.runtime import Runtime
+    from ext_proc.server.servicer import Servicer
+    from tests.bench import bench_hit_cpu as drive
+    from tests.support import REPO
+
+    var = tmp_path / "var"
+    ensure_dev_material(var)
+    policy = tmp_path / "policy.yaml"
+    text = (REPO / "tests" / "e2e" / "policies" / "cache.yaml").read_text()
+    policy.write_text(text)
+    rt = Runtime(load_config(None, base_dir=tmp_path, overrides={
+        "policy": {"path": str(policy)}, "server": {"metrics_listen": None}, "cache": {"backend": "memory"}}))
+    await rt.start()
+    try:
+        servicer = Servicer(rt)
+        token = mint_dev_token(var / "dev", sub="alice", roles=["developer"], tenant="acme", now=_time.time())
+        payload = json.dumps({"model": "gpt-4o-mini", "temperature": 0,
+                              "messages": [{"role": "user", "content": "who do I write to?"}]}).encode()
+        answer_msgs = [drive.response_messages()[0],
+                       drive.pb.ProcessingRequest(response_body=drive.pb.HttpBody(body=ANSWER, end_of_stream=True))]
+        assert len(await drive.drive(servicer, drive.request_messages(token, "fill", payload) + answer_msgs)) == 4
+        await asyncio.gather(*rt.cache._fills)
+
+        async def hit(request_id: str) -> bytes:
+            out = await drive.drive(servicer, drive.request_messages(token, request_id, payload))
+            assert out[-1].HasField("immediate_response"), out
+            return out[-1].immediate_response.body
+
+        assert await hit("hit-1") == ANSWER and rt.cache.inspections.hits == 0
+        assert await hit("hit-2") == ANSWER and rt.cache.inspections.hits == 1
+        # Both hits' records are durable once their answers are out: read them as they are.
+        records = {(r.get("request_id"), r.get("kind")): r for f in sorted((var / "audit").glob("*.jsonl"))
+                   for r in map(json.loads, f.read_text().splitlines())}
+        one, two = records[("hit-1", "outcome")], records[("hit-2", "outcome")]
+        for field in ("classification", "redactions", "response_sha256", "blocked", "served_from_cache"):
+            assert one[field] == two[field], field
+        assert one["classification"] and not one["redactions"]
+
+        policy.write_text(text + "\nresponse_rules:\n  - id: mask-email\n    redact: {\"pii.email\": mask}\n")
+        assert rt.reload_policy()
+        masked = await hit("hit-3")
+        assert b"jane.doe@example.com" not in masked and b"write to" in masked
+        assert rt.cache.inspections.hits == 1
+    finally:
+        await rt.close()
+
+
+# --- the Redis store's look-up connections (the machine's Redis) ---------------------------------
+
+def _stored(i: int = 0) -> Entry:
+    return Entry(body=b'{"answer": %d}' % i, content_type="application/json", filled_by=f"r{i}", filled_ms=i,
+                 policy_version="v", surface="openai.chat_completions")
+
+
+@pytest.fixture
+async def redis_store():
+    import uuid
+
+    from ext_proc.cache import RedisStore
+
+    store = RedisStore("redis://127.0.0.1:6379/0", prefix=f"lg:test-store:{uuid.uuid4().hex[:8]}:")
+    try:
+        yield store
+    finally:
+        await store.purge(None, None)
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_lookups_reuse_their_connections_and_answer_concurrent_callers(redis_store):
+    store = redis_store
+    for i in range(20):
+        await store.put(f"s:m:{i}", _stored(i), 60)
+    assert await store.get("s:m:0") == _stored(0) and await store.get("s:m:none") is None
+    assert len(store._idle) == 1                       # one connection, used twice
+    got = await asyncio.gather(*(store.get(f"s:m:{i}") for i in range(20)))
+    assert got == [_stored(i) for i in range(20)]
+    assert 1 <= len(store._idle) <= store.MAX_IDLE
+
+
+@pytest.mark.redis
+async def test_redis_lookup_error_reply_is_unavailable_and_the_connection_is_not_reused(redis_store):
+    from ext_proc.cache import CacheUnavailable
+
+    store = redis_store
+    await store.client.rpush(store.prefix + "s:m:list", b"x")     # GET on a list: WRONGTYPE
+    await store.put("s:m:ok", _stored(1), 60)
+    assert await store.get("s:m:ok") == _stored(1)
+    first = store._idle[0]
+    with pytest.raises(CacheUnavailable):
+        await store.get("s:m:list")
+    assert first not in store._idle
+    assert await store.get("s:m:ok") == _stored(1)
+
+
+@pytest.mark.redis
+async def test_redis_lookup_survives_an_idle_connection_the_server_closed(redis_store):
+    store = redis_store
+    await store.put("s:m:ok", _stored(2), 60)
+    assert await store.get("s:m:ok") == _stored(2)
+    conn = store._idle[0]
+    await conn.send_packed_command(conn.pack_command("CLIENT", "ID"), check_health=False)
+    client_id = await conn.read_response()
+    assert await store.client.client_kill_filter(_id=client_id) == 1
+    assert await store.get("s:m:ok") == _stored(2)
+
+
+async def test_redis_lookup_has_one_deadline_and_never_reuses_an_unfinished_connection():
+    """A server that accepts and never answers: the look-up fails within its deadline; a caller
+    cancelled mid-look-up leaves no connection behind to read the stale reply later."""
+    import time as _time
+
+    from ext_proc.cache import CacheUnavailable, RedisStore
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader, writer):
+        accepted.append(writer)
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="lg:t:", timeout_s=0.2)
+    try:
+        t0 = _time.monotonic()
+        with pytest.raises(CacheUnavailable):
+            await store.get("s:m:k")
+        assert _time.monotonic() - t0 < 1.0 and not store._idle
+        task = asyncio.ensure_future(store.get("s:m:k"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not store._idle and len(accepted) == 2
+    finally:
+        await store.close()
+        server.close()
+        for w in accepted:
+            w.close()
+
+
+async def test_redis_lookup_on_a_dead_port_is_unavailable():
+    from ext_proc.cache import CacheUnavailable, RedisStore
+    from tests.support import free_ports
+
+    (port,) = free_ports(1)
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="lg:t:", timeout_s=0.2)
+    try:
+        with pytest.raises(CacheUnavailable):
+            await store.get("s:m:k")
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_lookup_finishing_after_close_keeps_no_connection():
+    from ext_proc.cache import RedisStore
+
+    store = RedisStore("redis://127.0.0.1:6379/0", prefix="lg:test-store-close:")
+    assert await store.get("s:m:none") is None and len(store._idle) == 1
+    pending = asyncio.ensure_future(store.get("s:m:none"))
+    await asyncio.sleep(0)            # the look-up has its connection (taken from the idle list)
+    await store.close()
+    assert await pending is None and store._idle == []
