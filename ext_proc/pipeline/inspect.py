@@ -77,9 +77,18 @@ def classify_document(classifier: Classifier, doc: Document, body: object) -> Do
 
     def take(view: View, findings: list[Finding]) -> None:
         pieces = view.pieces
+        single = len(view.starts) == 1     # one mapped piece (a lone reading string, a route)
+        if single:
+            ps, pl, seg1 = view.starts[0], view.lengths[0], view.segments[0]
+            off = view.offsets[0] - ps if view.offsets is not None else -ps
+        parts: tuple[tuple[int, int, int], ...]
         for f in findings:
             label = f.label
-            parts = tuple(pieces(f.start, f.end))
+            if single:                         # View.pieces for one piece, without the call
+                s, e = max(f.start, ps), min(f.end, ps + pl)
+                parts = ((seg1, s + off, e + off),) if s < e else ()
+            else:
+                parts = tuple(pieces(f.start, f.end))
             if not parts or (label, parts) in seen:
                 continue                      # glue only (JSON punctuation), or already found
             seen.add((label, parts))

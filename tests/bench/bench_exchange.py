@@ -177,7 +177,11 @@ def main_decide(args: argparse.Namespace) -> None:
                      tenant="acme", scopes=(), actor=(), credential_id="c", expires_at=None)
     head = RequestHead(request_id="r", method="POST", path="/v1/chat/completions", headers={}, attributes={},
                        received_ms=0, surface=match_surface("POST", "/v1/chat/completions"))
-    body = chat_body(False)
+    if args.body == "bench":
+        body = chat_body(False)
+    else:
+        from tests.bench.bench_inspect import bodies
+        body = bodies()[args.body]
     for _ in range(args.warm):
         decide_request(head, ident, body, policy=policy, classifier=classifier, hash_key=b"k" * 32,
                        now_ms=1, max_body_bytes=4 << 20)
@@ -196,6 +200,8 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=30)
     ap.add_argument("--profile", choices=("cprofile", "pyinstrument"))
     ap.add_argument("--only", choices=("exchange", "decide"), default="exchange")
+    ap.add_argument("--body", default="bench",
+                    help="with --only decide: 'bench' (make bench's prompt) or a tests/bench/bench_inspect.py body name")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.only == "decide":
