@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -156,6 +157,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             print(prof.output_text(unicode=False, color=False, show_all=False))
     finally:
         await rt.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     out = {"exchanges": args.n, "median_ms_loop_thread_window": round(statistics.median(per), 3),
            "cpu_ms_per_exchange_all_threads": round(total_cpu * 1000 / args.n, 3),
            "cpu_ms_per_exchange_in_window": round(loop_cpu * 1000 / args.n, 3),
