@@ -36,8 +36,11 @@ class DocumentFindings:
         a value spanning several fields is one finding with several parts."""
         out = []
         for f, (_label, _conf, parts) in zip(self.logical, self.spans, strict=False):
-            rec = f.to_record()
-            rec["segment"], rec["start"], rec["end"] = parts[0]
+            seg, start, end = parts[0]
+            # Finding.to_record's keys, in its order, then the segment (the logical finding's
+            # start and end are its first part's).
+            rec = {"label": f.label, "start": start, "end": end, "confidence": f.confidence,
+                   "validator": f.validator, "segment": seg}
             if len(parts) > 1:
                 rec["parts"] = [{"segment": s, "start": a, "end": b} for s, a, b in parts]
             out.append(rec)
@@ -70,18 +73,36 @@ def classify_document(classifier: Classifier, doc: Document, body: object) -> Do
     result = DocumentFindings()
     seen: set[tuple[str, tuple[tuple[int, int, int], ...]]] = set()
 
+    spans, logical, per_segment = result.spans, result.logical, result.per_segment
+
     def take(view: View, findings: list[Finding]) -> None:
+        pieces = view.pieces
+        single = len(view.starts) == 1     # one mapped piece (a lone reading string, a route)
+        if single:
+            ps, pl, seg1 = view.starts[0], view.lengths[0], view.segments[0]
+            off = view.offsets[0] - ps if view.offsets is not None else -ps
+        parts: tuple[tuple[int, int, int], ...]
         for f in findings:
-            parts = tuple(view.pieces(f.start, f.end))
-            if not parts or (f.label, parts) in seen:
+            label = f.label
+            if single:                         # View.pieces for one piece, without the call
+                s, e = max(f.start, ps), min(f.end, ps + pl)
+                parts = ((seg1, s + off, e + off),) if s < e else ()
+            else:
+                parts = tuple(pieces(f.start, f.end))
+            if not parts or (label, parts) in seen:
                 continue                      # glue only (JSON punctuation), or already found
-            seen.add((f.label, parts))
-            result.spans.append((f.label, f.confidence, parts))
+            seen.add((label, parts))
+            spans.append((label, f.confidence, parts))
+            # Findings are immutable: one already at a part's offsets is that part's finding.
             seg0, s0, e0 = parts[0]
-            result.logical.append(Finding(f.label, s0, e0, f.confidence, f.validator))
+            first = f if s0 == f.start and e0 == f.end else Finding(label, s0, e0, f.confidence, f.validator)
+            logical.append(first)
+            if len(parts) == 1:
+                per_segment.setdefault(seg0, []).append(first)
+                continue
             for seg, s, e in parts:
-                result.per_segment.setdefault(seg, []).append(
-                    Finding(f.label, s, e, f.confidence, f.validator))
+                per_segment.setdefault(seg, []).append(
+                    first if s == s0 and e == e0 else Finding(label, s, e, f.confidence, f.validator))
 
     for view in doc.reading_views(edge=classifier.max_match_chars):
         take(view, scan_long(classifier, view.text))

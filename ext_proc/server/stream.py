@@ -64,15 +64,6 @@ class Stage(Protocol):
     def finish(self, error: str | None) -> Awaitable[None]: ...
 
 
-async def _replies(out) -> AsyncIterator[pb.ProcessingResponse]:
-    if hasattr(out, "__aiter__"):
-        async for r in out:
-            yield r
-        return
-    for r in (await out if inspect.isawaitable(out) else out):
-        yield r
-
-
 async def serve(stage: Stage, requests: AsyncIterator[pb.ProcessingRequest],
                 context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
     error: str | None = None
@@ -82,10 +73,18 @@ async def serve(stage: Stage, requests: AsyncIterator[pb.ProcessingRequest],
             handler = getattr(stage, HANDLERS.get(kind or "", ""), None)
             if handler is None:
                 raise ProtocolViolation(f"unexpected message {kind!r}")
-            async for reply in _replies(handler(req)):
+            out = handler(req)
+            if hasattr(out, "__aiter__"):
+                async for reply in out:
+                    yield reply
+                    if is_immediate(reply):
+                        return   # Envoy ends the stream after an immediate response.
+                continue
+            # A list (or a coroutine of one): iterated here, without an async generator per message.
+            for reply in (await out if inspect.isawaitable(out) else out):
                 yield reply
                 if is_immediate(reply):
-                    return   # Envoy ends the stream after an immediate response.
+                    return
     except asyncio.CancelledError:
         error = "cancelled"
         raise
