@@ -66,6 +66,7 @@ class Metrics:
                               "Tokens used as the provider reported them (outcome records' usage), by direction "
                               "(input/output), tenant, model and provider: spend to graph and alert on",
                               ["direction", "tenant", "model", "provider"], registry=r)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._tenant_label = BoundedLabel(SPEND_LABEL_VALUES)
         self._model_label = BoundedLabel(SPEND_LABEL_VALUES)
         self.reloads = Counter("ledgergate_config_reloads_total",
@@ -83,13 +84,23 @@ class Metrics:
                 self.tokens.labels(direction, *labels).inc(n)
 
     def decision(self, outcome: str, surface: str) -> None:
-        self.decisions.labels(outcome, surface).inc()
+        self._child(self.decisions, outcome, surface).inc()
 
     def identity_failure(self, reason: str) -> None:
         self.identity_failures.labels(reason).inc()
 
     def phase(self, name: str, seconds: float) -> None:
-        self.phase_seconds.labels(name).observe(seconds)
+        self._child(self.phase_seconds, name).observe(seconds)
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """A labelled series, looked up in prometheus_client once (its `labels()` takes a lock and
+        re-validates the values on every call; these run several times per request). The memo
+        holds no more series than the registry itself does."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def stream_started(self) -> None:
         self.streams.inc()
