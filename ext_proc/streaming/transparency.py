@@ -17,6 +17,7 @@ separators goes into the header, at most 128 characters each.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,13 @@ DISCLOSURE_HEADER = "x-ledgergate-ai-disclosure"
 _SAFE = frozenset(chr(c) for c in range(0x21, 0x7F)) - set(';,="\\')
 
 
+# One character class, no repetition: linear, and one C call instead of a generator per character.
+_UNSAFE = re.compile("[^" + "".join(re.escape(c) for c in sorted(_SAFE)) + "]")
+
+
 def _token(value: Any) -> str:
-    text = "".join(ch if ch in _SAFE else "_" for ch in str(value or "unknown"))[:128]
+    # Each character maps to one, so truncating first gives the same 128 characters.
+    text = _UNSAFE.sub("_", str(value or "unknown")[:128])
     return text or "unknown"
 
 
