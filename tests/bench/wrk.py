@@ -138,7 +138,10 @@ wrk.headers["content-type"] = "application/json"
 %(headers)s
 local pause = tonumber(os.getenv("LG_WRK_DELAY_MS") or "0")
 if pause > 0 then
-  function delay() return pause end
+  -- An exponential pause with the given mean: with a fixed one the connections stay in step and
+  -- arrive as bursts of `connections` requests, so the paced p50 measured queueing in the burst.
+  math.randomseed(os.time())
+  function delay() return math.floor(-math.log(1 - math.random()) * pause) end
 end
 function done(summary, latency, requests)
   local s = summary
@@ -153,9 +156,10 @@ end
 
 def run_wrk(port: int, body: bytes, headers: dict[str, str], *, duration_s: float, connections: int = 16,
             rate: float | None = None, path: str = "/v1/chat/completions") -> dict:
-    """One wrk run (one thread). With `rate`, each connection waits connections/rate seconds
-    between its requests: a paced load near `rate` (latency is measured from each send, so this
-    is not an open loop; the achieved rate is reported)."""
+    """One wrk run (one thread). With `rate`, each connection waits a random (exponential) pause
+    of mean connections/rate seconds between its requests: a paced load near `rate` whose
+    arrivals are spread out as an open loop's are (latency is measured from each send; the
+    achieved rate is reported)."""
     with tempfile.TemporaryDirectory(prefix="lg-wrk-") as d:
         body_path, script = Path(d) / "body", Path(d) / "post.lua"
         body_path.write_bytes(body)
