@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ext_proc.audit.record import DecisionRecord
+from ext_proc.audit.record import DecisionRecord, evolve
 from ext_proc.identity import Identity
 from ext_proc.policy import Decision
 from ext_proc.providers import error_body
@@ -71,4 +71,4 @@ def attributed(verdict: Verdict, decided_by: str, *, retry_after_s: int | None =
 def annotated(verdict: Verdict, **sections: Any) -> Verdict:
     """The verdict with SECTIONS set in its record (the names in `audit.record.SECTIONS` only:
     a step's own section, or where the request now goes)."""
-    return replace(verdict, record=verdict.record.annotated(**sections))
+    return evolve(verdict, record=verdict.record.annotated(**sections))

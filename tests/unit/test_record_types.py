@@ -353,6 +353,10 @@ def test_records_are_frozen_and_change_only_by_a_new_one():
         new.request_id = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
         new["decision"] = {}  # type: ignore[index]
+    stepped = new.annotated(cache={"result": "miss"}, upstream="anthropic")
+    with pytest.raises(FrozenInstanceError):
+        stepped.steps.cache = None  # type: ignore[misc]
+    assert stepped.routing.upstream == "anthropic" and new.routing.upstream == "openai" and new.steps.cache is None
     before = new.to_dict()
     denied = new.overruled(429, "rate_limited", throttled_by="per-user")
     assert new.to_dict() == before and new.decision.outcome == "redact" and new.digests.forwarded_sha256
