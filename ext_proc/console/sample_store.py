@@ -14,7 +14,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ext_proc.audit.canonical import canonical_json
 from ext_proc.audit.capture import RESPONSE_CAPTURE_AAD, seal_capture
 from ext_proc.audit.chain import ChainWriter
-from ext_proc.audit.record import decision_record, outcome_record
+from ext_proc.audit.record import (
+    Caller,
+    Classification,
+    DecisionRecord,
+    Digests,
+    OutcomeRecord,
+    PolicyRef,
+    ResponseInspection,
+    Routing,
+    Ruling,
+    Steps,
+)
 
 SUBJECTS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
 TENANTS = ["acme", "globex", "initech"]
@@ -35,7 +46,10 @@ def _pick_outcome(rnd: random.Random) -> str:
     return "permit"
 
 
-def sample_pair(rnd: random.Random, now_ms: int, policy_version: str) -> tuple[dict, dict | None]:
+def sample_pair(rnd: random.Random, now_ms: int, policy_version: str,
+                capture_key: bytes | None = None) -> tuple[dict, dict | None]:
+    """One request's decision record and (unless denied) its outcome record, as committed. With
+    CAPTURE_KEY both carry a sealed capture of a made-up body, as under legal hold."""
     subject = rnd.choice(SUBJECTS)
     path, provider, model = rnd.choice(ROUTES)
     outcome = _pick_outcome(rnd)
@@ -50,26 +64,39 @@ def sample_pair(rnd: random.Random, now_ms: int, policy_version: str) -> tuple[d
                 "roles": [rnd.choice(ROLES)], "groups": [], "tenant": rnd.choice(TENANTS), "scopes": [],
                 "actor": [], "credential_id": "jwt:" + uuid.UUID(int=rnd.getrandbits(128)).hex[:16]}
     request_id = str(uuid.UUID(int=rnd.getrandbits(128)))
-    dec = decision_record(
-        request_id=request_id, received_ms=now_ms - 3, decided_ms=now_ms, identity=identity, identity_error=None,
-        route={"path": path, "surface": f"{provider}.api", "api": "chat", "provider": provider, "inspectable": True},
-        provider=provider, model_requested=model, model_routed=model, upstream=provider,
-        classification={"summary": summary, "findings": findings},
-        policy={"id": "default", "version": policy_version, "label": None},
-        decision={"outcome": outcome, "observed": None, "status": status, "reason": f"rule {rule}",
-                  "code": "policy_" + outcome, "matched": [{"rule": rule, "effect": outcome, "priority": None,
-                                                           "why": [f"labels {', '.join(labels) or 'none'}"]}],
-                  "redact": {}, "max_tokens_cap": None, "limits": [], "mode": "enforce", "redactions": []},
-        input={}, request_sha256=uuid.UUID(int=rnd.getrandbits(128)).hex * 2,
-        forwarded_sha256=None if outcome == "deny" else uuid.UUID(int=rnd.getrandbits(128)).hex * 2)
+
+    def capture(kind: str) -> dict | None:
+        if capture_key is None:
+            return None
+        text, aad = (f"prompt of {request_id}", request_id.encode()) if kind == "decision" else \
+            (f"response to {request_id}", request_id.encode() + RESPONSE_CAPTURE_AAD)
+        return seal_capture(capture_key, "legal-1", text.encode(), aad)
+
+    dec = DecisionRecord(
+        request_id=request_id, received_ms=now_ms - 3, decided_ms=now_ms, caller=Caller(identity),
+        routing=Routing({"path": path, "surface": f"{provider}.api", "api": "chat", "provider": provider,
+                         "inspectable": True}, provider=provider, model_requested=model, model_routed=model,
+                        upstream=provider),
+        classification=Classification(summary, findings),
+        policy=PolicyRef("default", policy_version),
+        decision=Ruling({"outcome": outcome, "observed": None, "status": status, "reason": f"rule {rule}",
+                         "code": "policy_" + outcome, "matched": [{"rule": rule, "effect": outcome, "priority": None,
+                                                                  "why": [f"labels {', '.join(labels) or 'none'}"]}],
+                         "redact": {}, "max_tokens_cap": None, "limits": [], "mode": "enforce"}, redactions=[]),
+        digests=Digests(uuid.UUID(int=rnd.getrandbits(128)).hex * 2,
+                        None if outcome == "deny" else uuid.UUID(int=rnd.getrandbits(128)).hex * 2),
+        steps=Steps(capture=capture("decision")))
     if outcome == "deny":
-        return dec, None
-    out = outcome_record(request_id=request_id, completed_ms=now_ms + rnd.randrange(50, 900), status=200,
-                         response_sha256=uuid.UUID(int=rnd.getrandbits(128)).hex * 2,
-                         classification={"summary": {}, "findings": []}, redactions=[],
-                         usage={"input_tokens": rnd.randrange(5, 900), "output_tokens": rnd.randrange(5, 900)},
-                         blocked=None, streamed=rnd.random() < .3, upstream_host="127.0.0.1")
-    return dec, out
+        return dec.to_dict(), None
+    out = OutcomeRecord(
+        request_id=request_id, completed_ms=now_ms + rnd.randrange(50, 900), status=200,
+        response=ResponseInspection(
+            response_sha256=uuid.UUID(int=rnd.getrandbits(128)).hex * 2,
+            classification={"summary": {}, "findings": []}, redactions=[],
+            usage={"input_tokens": rnd.randrange(5, 900), "output_tokens": rnd.randrange(5, 900)},
+            blocked=None, streamed=rnd.random() < .3),
+        upstream_host="127.0.0.1", capture=capture("outcome"))
+    return dec.to_dict(), out.to_dict()
 
 
 def write_sample_store(directory: str | Path, *, requests: int, start_ms: int, span_ms: int, writers: int = 2,
@@ -102,14 +129,9 @@ def write_sample_store(directory: str | Path, *, requests: int, start_ms: int, s
         now = start_ms + i * step
         version = policy_versions[min(len(policy_versions) - 1, i * len(policy_versions) // max(1, requests))]
         w = i % writers
-        for body in sample_pair(rnd, now, version):
+        for body in sample_pair(rnd, now, version, capture_key):
             if body is None:
                 continue
-            if capture_key is not None:  # legal hold: the (made-up) bodies, sealed like the gateway does
-                rid = body["request_id"]
-                text, aad = (f"prompt of {rid}", rid.encode()) if body["kind"] == "decision" else \
-                    (f"response to {rid}", rid.encode() + RESPONSE_CAPTURE_AAD)
-                body["capture"] = seal_capture(capture_key, "legal-1", text.encode(), aad)
             rec, line = chains[w].seal_line(body, body["timestamp_ms"])
             files[w].write(line + b"\n")
             frontiers[w].append(leaf_hash(bytes.fromhex(rec["hash"])))

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ext_proc.audit.record import outcome_record
+from ext_proc.audit.record import OutcomeRecord, ResponseInspection
 from ext_proc.pipeline.verdict import Verdict, annotated
 from ext_proc.streaming.inspector import BLOCKED_STATUS
 from ext_proc.streaming.transparency import TransparencyMarker
@@ -39,7 +39,7 @@ class Outcome:
     reservation is charged (None: it stays charged as estimated, e.g. an upstream error or a
     blocked stream without usage: the request was released, so it counts)."""
 
-    record: dict[str, Any]
+    record: OutcomeRecord
     usage: Mapping[str, Any] | None
     settle_tokens: int | None
     error: str | None
@@ -56,15 +56,13 @@ def response_outcome(seen: ResponseSeen) -> Outcome:
     usage = summary.get("usage")
     blocked = summary.get("blocked")
     status_replaced = seen.block_status_sent or (seen.status_held and bool(blocked))
-    record = outcome_record(
+    record = OutcomeRecord(
         request_id=seen.request_id, completed_ms=seen.completed_ms, status=seen.status,
-        response_sha256=summary.get("response_sha256"), classification=summary.get("classification") or {},
-        redactions=summary.get("redactions") or [], usage=usage, blocked=blocked,
-        streamed=bool(summary.get("streamed")), error=seen.error,
+        response=ResponseInspection.from_summary(summary, streamed=bool(summary.get("streamed")), usage=usage),
+        delivered_status=BLOCKED_STATUS if status_replaced else None, error=seen.error,
         capture=dict(seen.capture) if seen.capture is not None else None, upstream_host=seen.upstream_host,
-        delivered_status=BLOCKED_STATUS if status_replaced else None)
-    if seen.transparency is not None:
-        record["transparency"] = seen.transparency.record(json_field_sent=bool(summary.get("marker_field")))
+        transparency=(seen.transparency.record(json_field_sent=bool(summary.get("marker_field")))
+                      if seen.transparency is not None else None))
     return Outcome(record, usage, tokens_used(usage), seen.error)
 
 
@@ -88,12 +86,9 @@ def cache_hit(verdict: Verdict, lookup: Mapping[str, Any], served: Mapping[str, 
     status = BLOCKED_STATUS if summary.get("blocked") and not streamed else 200
     hit = replace(annotated(verdict, cache={**lookup, "result": "hit"}, served_from_cache=dict(served),
                             upstream=None, forwarded_sha256=None), new_body=None)
-    record = outcome_record(
+    record = OutcomeRecord(
         request_id=request_id, completed_ms=completed_ms, status=200,
-        response_sha256=summary.get("response_sha256"), classification=summary.get("classification") or {},
-        redactions=summary.get("redactions") or [], usage=None, blocked=summary.get("blocked"),
-        streamed=streamed, delivered_status=status)
-    record["served_from_cache"] = dict(served, usage=summary.get("usage"))
-    if capture is not None:
-        record["capture"] = dict(capture, truncated=False)
+        response=ResponseInspection.from_summary(summary, streamed=streamed, usage=None), delivered_status=status,
+        capture=dict(capture, truncated=False) if capture is not None else None,
+        served_from_cache=dict(served, usage=summary.get("usage")))
     return CacheHit(hit, Outcome(record, None, None, None), status)

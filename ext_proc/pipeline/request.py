@@ -12,7 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ext_proc.audit.record import decision_record
+from ext_proc.audit.record import (
+    Caller,
+    Classification,
+    DecisionRecord,
+    Digests,
+    PolicyRef,
+    Routing,
+    Ruling,
+)
 from ext_proc.classify import Classifier, InputTooLarge, redact
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
 from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
@@ -128,14 +136,11 @@ def reject_identity(head: RequestHead, error: IdentityError, now_ms: int, policy
     """A request whose credential could not be verified: 401, recorded, never forwarded. The
     record names the policy version in force, though no rule was evaluated."""
     head = masked_route(head, classifier)
-    record = decision_record(
+    record = DecisionRecord(
         request_id=head.request_id, received_ms=head.received_ms, decided_ms=now_ms,
-        identity=None, identity_error=error.reason, route=head.route_record(),
-        provider=head.surface.provider if head.surface else None,
-        model_requested=head.surface.model_from_path if head.surface else None, model_routed=None,
-        upstream=None, classification={}, policy=_policy_ref(policy) if policy else {},
-        decision={"outcome": Effect.DENY.value, "status": 401, "code": error.reason, "reason": error.message},
-        input={}, request_sha256=None, forwarded_sha256=None)
+        caller=Caller(error=error.reason),
+        routing=_routing(head, model_requested=head.surface.model_from_path if head.surface else None),
+        decision=_refusal(401, error.reason, error.message), policy=_policy_ref(policy) if policy else None)
     return Verdict(forward=False, status=401, code=error.reason, message=error.message,
                    record=record).rejected(401, error.reason, error.message, head.provider)
 
@@ -146,20 +151,28 @@ def reject_unprocessable(head: RequestHead, identity: Identity | None, status: i
     """Fail closed before a policy decision could be taken (bad body, classifier error...).
     With CLASSIFIER, a model name in the path is masked in the record (masked_route)."""
     head = masked_route(head, classifier)
-    record = decision_record(
+    record = DecisionRecord(
         request_id=head.request_id, received_ms=head.received_ms, decided_ms=now_ms,
-        identity=identity.to_record() if identity else None, identity_error=None,
-        route=head.route_record(), provider=head.surface.provider if head.surface else None,
-        model_requested=None, model_routed=None, upstream=None, classification={},
-        policy=_policy_ref(policy) if policy else {},
-        decision={"outcome": Effect.DENY.value, "status": status, "code": code, "reason": message},
-        input={}, request_sha256=sha256_hex(body), forwarded_sha256=None)
+        caller=Caller(identity=identity.to_record() if identity else None), routing=_routing(head),
+        decision=_refusal(status, code, message), policy=_policy_ref(policy) if policy else None,
+        digests=Digests(request_sha256=sha256_hex(body)))
     return Verdict(forward=False, status=status, code=code, message=message, record=record,
                    identity=identity).rejected(status, code, message, head.provider)
 
 
-def _policy_ref(policy: Policy) -> dict[str, Any]:
-    return {"id": policy.id, "version": policy.version, "label": policy.label}
+def _policy_ref(policy: Policy) -> PolicyRef:
+    return PolicyRef(policy.id, policy.version, policy.label)
+
+
+def _refusal(status: int, code: str, reason: str) -> Ruling:
+    """The decision of a refusal taken before any policy rule ran."""
+    return Ruling({"outcome": Effect.DENY.value, "status": status, "code": code, "reason": reason})
+
+
+def _routing(head: RequestHead, *, model_requested: str | None = None, model_routed: str | None = None,
+             upstream: str | None = None) -> Routing:
+    return Routing(head.route_record(), provider=head.surface.provider if head.surface else None,
+                   model_requested=model_requested, model_routed=model_routed, upstream=upstream)
 
 
 def inspect_request(classifier: Classifier, head: RequestHead,
@@ -214,8 +227,12 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     redactions: list[dict[str, Any]] = []
     set_fields: dict[tuple[Any, ...], Any] = {}
     usage_injected = False
-    if parsed is not None and decision.releases:
+    # A parsed body was read from a known surface, and inspected (parse and inspection succeed
+    # or the request was refused above).
+    if parsed is not None and doc is not None and head.surface is not None and decision.releases:
         rules = registry.surface_rules(head.surface.name)
+        if rules is None:   # every surface a provider route names has its rules: fail closed
+            raise LookupError(f"no rules for surface {head.surface.name!r}")
         if decision.max_tokens_cap is not None and parsed.max_tokens is None and rules.cap_field is not None:
             set_fields[rules.cap_field] = decision.max_tokens_cap
         if rules.usage_option is not None and parsed.stream:
@@ -224,7 +241,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
             usage_injected = not asked
             set_fields[rules.usage_option] = True
         replacements: dict[int, str] = {}
-        if decision.outcome == Effect.REDACT and decision.redact and doc is not None:
+        if decision.outcome == Effect.REDACT and decision.redact:
             for i in sorted(found.per_segment):
                 seg = doc.segments[i]
                 text, reds = redact(seg.text, found.per_segment[i], decision.redact, hash_key=hash_key,
@@ -243,27 +260,26 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     # --- envelope hook: redacted header / query values, applied by the servicer's header mutation ---
     envelope_redacted: dict[int, str] = {}
     if decision.outcome == Effect.REDACT and decision.redact:
-        for i, (seg, findings) in enumerate(zip(envelope_segments, envelope_findings, strict=False)):
+        for i, (env_seg, findings) in enumerate(zip(envelope_segments, envelope_findings, strict=False)):
             if findings:
-                text, reds = redact(seg.text, findings, decision.redact, hash_key=hash_key, tenant=identity.tenant)
+                text, reds = redact(env_seg.text, findings, decision.redact, hash_key=hash_key,
+                                    tenant=identity.tenant)
                 if reds:
                     envelope_redacted[i] = text
-                    redactions.extend({**r.to_record(), "envelope": seg.where} for r in reds)
+                    redactions.extend({**r.to_record(), "envelope": env_seg.where} for r in reds)
     # --- end envelope hook ---
     forwarded = new_body if new_body is not None else body
-    decision_rec = decision.to_record()
-    decision_rec["redactions"] = redactions
-    record = decision_record(
+    envelope_found = [dict(f.to_record(), envelope=envelope_segments[i].where)  # envelope hook
+                      for i, seg in enumerate(envelope_findings) for f in seg]
+    model = policy_input["model"]
+    record = DecisionRecord(
         request_id=head.request_id, received_ms=head.received_ms, decided_ms=now_ms,
-        identity=identity.to_record(), identity_error=None, route=head.route_record(),
-        provider=head.surface.provider if head.surface else None,
-        model_requested=policy_input["model"], model_routed=policy_input["model"],
-        upstream=head.surface.provider if head.surface else None,
-        classification={"summary": classification, "findings": found.records()
-                        + [dict(f.to_record(), envelope=envelope_segments[i].where)  # envelope hook
-                           for i, seg in enumerate(envelope_findings) for f in seg]},
-        policy=_policy_ref(policy), decision=decision_rec, input=policy_input,
-        request_sha256=sha256_hex(body), forwarded_sha256=sha256_hex(forwarded) if decision.releases else None)
+        caller=Caller(identity.to_record()),
+        routing=_routing(head, model_requested=model, model_routed=model,
+                         upstream=head.surface.provider if head.surface else None),
+        decision=Ruling(decision.to_record(), redactions=redactions), policy=_policy_ref(policy),
+        classification=Classification(classification, found.records() + envelope_found), input=policy_input,
+        digests=Digests(sha256_hex(body), sha256_hex(forwarded) if decision.releases else None))
     v = Verdict(forward=decision.releases, status=200 if decision.releases else decision.status,
                 code=decision.code, message=decision.reason, record=record, decision=decision,
                 identity=identity, new_body=new_body, limits=tuple(decision.limits),

@@ -11,26 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ext_proc.audit.record import DecisionRecord, evolve
 from ext_proc.identity import Identity
 from ext_proc.policy import Decision
 from ext_proc.providers import error_body
-
-# The record sections the steps after the policy add to a decision record (what each means is in
-# docs/audit.md); anything else in the record is the policy step's.
-SECTIONS = frozenset({"inspection", "envelope", "capture", "ratelimit", "cache", "served_from_cache", "multiplex",
-                      "upstream", "model_routed", "forwarded_sha256"})
 
 
 @dataclass(frozen=True)
 class Verdict:
     """The answer for one request: forward (possibly with a new body) or reject, and the decision
-    record to commit. `record` is built by the pipeline only (this module and pipeline/request.py)."""
+    record to commit. `record` is built by the pipeline only (pipeline/request.py builds it, the
+    functions below derive a new one)."""
 
     forward: bool
     status: int
     code: str
     message: str
-    record: dict[str, Any]
+    record: DecisionRecord
     decision: Decision | None = None
     identity: Identity | None = None
     new_body: bytes | None = None
@@ -46,7 +43,7 @@ class Verdict:
     @property
     def outcome(self) -> str:
         """What the record says was done: permit, redact, observe or deny."""
-        return str(self.record.get("decision", {}).get("outcome", "deny"))
+        return self.record.decision.outcome
 
     def rejected(self, status: int, code: str, message: str, provider: str) -> Verdict:
         """The same record, answered with an error in the client's provider's format."""
@@ -58,26 +55,20 @@ class Verdict:
 def overruled(verdict: Verdict, status: int, code: str, message: str, provider: str, **why: Any) -> Verdict:
     """A deny after the policy permitted: the record says deny with STATUS and CODE, keeps the
     policy's own outcome as `policy_outcome`, adds WHY (e.g. `throttled_by`), and forwards nothing."""
-    previous = verdict.record["decision"]
-    decision = dict(previous, outcome="deny", status=status, code=code, **why,
-                    policy_outcome=previous.get("outcome"))
-    record = dict(verdict.record, decision=decision, forwarded_sha256=None)
+    record = verdict.record.overruled(status, code, **why)
     return replace(verdict, record=record).rejected(status, code, message, provider)
 
 
 def attributed(verdict: Verdict, decided_by: str, *, retry_after_s: int | None = None, **details: Any) -> Verdict:
     """A refusal taken outside the policy (by Envoy, or by ledgergate while draining): the
     record's decision names who decided it, with DETAILS; RETRY_AFTER_S goes on the error answer."""
-    decision = dict(verdict.record["decision"], decided_by=decided_by, **details)
     headers = dict(verdict.error_headers)
     if retry_after_s is not None:
         headers["retry-after"] = str(retry_after_s)
-    return replace(verdict, record=dict(verdict.record, decision=decision), error_headers=headers)
+    return replace(verdict, record=verdict.record.attributed(decided_by, **details), error_headers=headers)
 
 
 def annotated(verdict: Verdict, **sections: Any) -> Verdict:
-    """The verdict with SECTIONS set in its record (names from `SECTIONS` only)."""
-    unknown = set(sections) - SECTIONS
-    if unknown:
-        raise ValueError(f"not a decision record section: {', '.join(sorted(unknown))}")
-    return replace(verdict, record={**verdict.record, **sections})
+    """The verdict with SECTIONS set in its record (the names in `audit.record.SECTIONS` only:
+    a step's own section, or where the request now goes)."""
+    return evolve(verdict, record=verdict.record.annotated(**sections))

@@ -19,6 +19,7 @@ import structlog
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from ext_proc.audit.log import AuditUnavailable
+from ext_proc.audit.record import AuditRecord
 from ext_proc.identity import Identity, IdentityError
 from ext_proc.pipeline.envelope import Envelope, EnvelopeRejected, EnvelopeRules, body_refused, inspect_envelope
 from ext_proc.pipeline.multiplex import FailoverChain, Translated
@@ -159,10 +160,11 @@ class Exchange:
         log.info("request_denied", request_id=self.head.request_id, status=verdict.status, code=verdict.code)
         return replies.rejection(verdict, self.head.request_id, extra_headers)
 
-    async def commit(self, record: dict) -> None:
+    async def commit(self, record: AuditRecord) -> None:
         started = time.perf_counter()
-        with self.trace.audit_commit(record):
-            await self.rt.audit.commit(record)
+        body = record.to_dict()
+        with self.trace.audit_commit(body):
+            await self.rt.audit.commit(body)
         self.rt.metrics.phase("audit_commit", time.perf_counter() - started)
 
     # --- response side (server/response_side.py) ----------------------------------------
@@ -202,8 +204,8 @@ class Exchange:
         outcome = response_outcome(seen)
         if self.verdict is not None and outcome.usage:
             self.rt.metrics.spend(dict(outcome.usage), tenant=self.identity.tenant if self.identity else None,
-                                  model=self.verdict.record.get("model_routed") or self.verdict.model,
-                                  provider=self.verdict.record.get("upstream") or self.head.provider)
+                                  model=self.verdict.record.routing.model_routed or self.verdict.model,
+                                  provider=self.verdict.record.routing.upstream or self.head.provider)
         if self.reservation is not None:
             try:
                 if outcome.settle_tokens is not None:

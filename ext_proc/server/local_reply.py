@@ -145,7 +145,7 @@ def envoy_reply_record(rt: Runtime, entry) -> dict:
     head = envoy_reply_head(entry, int(rt.clock() * 1000))
     status = entry.response.response_code.value if entry.response.HasField("response_code") else 0
     details = entry.response.response_code_details
-    return _envoy_verdict(rt, head, None, status, details, _flags_text(entry)).record
+    return _envoy_verdict(rt, head, None, status, details, _flags_text(entry)).record.to_dict()
 
 
 class EnvoyReplyLog(als_pb2_grpc.AccessLogServiceServicer):
@@ -233,7 +233,7 @@ class DrainGate(pb_grpc.ExternalProcessorServicer):
                                            classifier=self.rt.classifier_for(self.rt.policies.current))
             verdict = attributed(verdict, "ledgergate", retry_after_s=RETRY_AFTER_S)
             try:
-                await self.rt.audit.commit(verdict.record)
+                await self.rt.audit.commit(verdict.record.to_dict())
             except AuditUnavailable:
                 # Envoy answers a failed stream with a provider-shaped 503 (local_reply_config).
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "draining; audit store unavailable")

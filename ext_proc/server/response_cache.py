@@ -146,8 +146,9 @@ async def _serve(ex: ExchangeView, verdict: Verdict, plan: CachePlan, entry: Ent
     # outcome); nothing is sent before both are durable, and a failed commit sends nothing
     # (AuditUnavailable). Two commits cost two fsyncs when the writer woke between them, most of
     # a hit's added latency (issue 22).
-    with ex.trace.audit_commit(hit.verdict.record), ex.trace.audit_commit(hit.outcome.record):
-        await rt.audit.commit_together([hit.verdict.record, hit.outcome.record])
+    bodies = [hit.verdict.record.to_dict(), hit.outcome.record.to_dict()]
+    with ex.trace.audit_commit(bodies[0]), ex.trace.audit_commit(bodies[1]):
+        await rt.audit.commit_together(bodies)
     rt.metrics.phase("cache_hit_commit", time.perf_counter() - started)
     rt.cache.metrics.bytes_moved("served", len(released))
     headers = {"content-type": "application/json" if hit.status == BLOCKED_STATUS else ctype,

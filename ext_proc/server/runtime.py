@@ -197,7 +197,7 @@ class Runtime:
             "route": getattr(decision, "route", None) or route["surface"],
             "api": route["api"], "provider": route["provider"], "surface": route["surface"],
         }
-        input_request = verdict.record.get("input", {}).get("request", {})
+        input_request = verdict.record.input.get("request", {})
         tokens = verdict.estimated_tokens + self.output_reservation.tokens(
             model=verdict.model, requested=input_request.get("max_tokens"),
             injected_cap=getattr(decision, "max_tokens_cap", None),

@@ -24,7 +24,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import text_format
 
 from ext_proc.audit.log import AuditUnavailable
-from ext_proc.audit.record import attempt_record
+from ext_proc.audit.record import AttemptRecord
 from ext_proc.pipeline.multiplex import CHAIN_HEADER
 from ext_proc.pipeline.request import CLIENT_CREDENTIAL_HEADERS, sha256_hex
 from ext_proc.providers import Provider, error_body
@@ -129,10 +129,10 @@ class UpstreamAttempt:
 
     async def _commit(self, translated: bytes | None, error: str | None = None) -> None:
         assert self.target is not None
-        await self.rt.audit.commit(attempt_record(
+        await self.rt.audit.commit(AttemptRecord(
             request_id=self.request_id, attempted_ms=int(self.rt.clock() * 1000), provider=self.target.provider,
             model=self.target.model, upstream_address=self.address, forwarded_sha256=sha256_hex(translated),
-            error=error))
+            error=error).to_dict())
 
     async def on_response_headers(self, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         assert self.target is not None

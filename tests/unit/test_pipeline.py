@@ -44,8 +44,8 @@ def test_clean_prompt_is_forwarded_unchanged():
     body = chat("what is the capital of France?")
     v = decide(body)
     assert v.forward and v.new_body is None
-    assert v.record["decision"]["outcome"] == "permit"
-    assert v.record["forwarded_sha256"] == v.record["request_sha256"]
+    assert v.record.to_dict()["decision"]["outcome"] == "permit"
+    assert v.record.to_dict()["forwarded_sha256"] == v.record.to_dict()["request_sha256"]
 
 
 def test_pii_is_redacted_and_the_record_holds_no_raw_value():
@@ -55,8 +55,8 @@ def test_pii_is_redacted_and_the_record_holds_no_raw_value():
     forwarded = json.loads(v.new_body)
     assert "jane.doe@example.com" not in forwarded["messages"][0]["content"]
     assert "[PII.EMAIL]" in forwarded["messages"][0]["content"]
-    assert "jane.doe@example.com" not in json.dumps(v.record)
-    assert v.record["forwarded_sha256"] != v.record["request_sha256"]
+    assert "jane.doe@example.com" not in json.dumps(v.record.to_dict())
+    assert v.record.to_dict()["forwarded_sha256"] != v.record.to_dict()["request_sha256"]
 
 
 def test_secret_is_denied_in_the_provider_format():
@@ -68,14 +68,14 @@ def test_secret_is_denied_in_the_provider_format():
                        "messages": [{"role": "user", "content": "key AKIAIOSFODNN7ABCDEFG"}]}).encode()
     v = decide(body, anthropic)
     assert not v.forward and json.loads(v.error_body)["type"] == "error"
-    assert "AKIAIOSFODNN7ABCDEFG" not in json.dumps(v.record) + v.error_body.decode()
+    assert "AKIAIOSFODNN7ABCDEFG" not in json.dumps(v.record.to_dict()) + v.error_body.decode()
 
 
 @pytest.mark.parametrize("body", [b"{", b"\xff\xfe", b"[]", b'{"messages": "x"}', b'{"model": 1, "messages": []' + b"]" * 10])
 def test_unparseable_body_is_rejected_with_400(body):
     v = decide(body)
     assert not v.forward and v.status == 400
-    assert v.record["decision"]["outcome"] == "deny"
+    assert v.record.to_dict()["decision"]["outcome"] == "deny"
 
 
 def test_unknown_route_is_denied_by_default():
@@ -87,9 +87,9 @@ def test_identity_failure_is_a_recorded_401_without_the_token():
     h = head(headers={"authorization": ["Bearer secret.token.value"]})
     v = reject_identity(h, IdentityError("token_expired", "the token has expired"), NOW, POLICY)
     assert v.status == 401 and not v.forward
-    assert v.record["policy"]["version"] == POLICY.version
-    assert v.record["identity_error"] == "token_expired"
-    assert "secret.token.value" not in json.dumps(v.record)
+    assert v.record.to_dict()["policy"]["version"] == POLICY.version
+    assert v.record.to_dict()["identity_error"] == "token_expired"
+    assert "secret.token.value" not in json.dumps(v.record.to_dict())
 
 
 def test_streamed_chat_asks_for_usage():
@@ -99,11 +99,11 @@ def test_streamed_chat_asks_for_usage():
 
 def test_same_inputs_give_the_same_decision_and_policy_input():
     a, b = decide(chat("mail bob@example.org")), decide(chat("mail bob@example.org"))
-    assert a.record["decision"] == b.record["decision"]
-    assert a.record["input"] == b.record["input"]
+    assert a.record.to_dict()["decision"] == b.record.to_dict()["decision"]
+    assert a.record.to_dict()["input"] == b.record.to_dict()["input"]
     assert a.new_body == b.new_body
     # The recorded input replays to the recorded outcome.
-    assert POLICY.evaluate(a.record["input"]).outcome == a.record["decision"]["outcome"]
+    assert POLICY.evaluate(a.record.to_dict()["input"]).outcome == a.record.to_dict()["decision"]["outcome"]
 
 
 def test_own_namespace_and_client_credentials_are_stripped():
@@ -147,12 +147,12 @@ def test_a_forwarded_verdict_is_200_and_usage_is_injected_only_when_the_client_d
 
 def test_an_unknown_route_is_recorded_as_not_inspectable():
     v = decide(b"{}", head("/v2/something-else"))
-    assert v.record["route"]["surface"] == "unknown" and v.record["route"]["inspectable"] is False
+    assert v.record.to_dict()["route"]["surface"] == "unknown" and v.record.to_dict()["route"]["inspectable"] is False
 
 
 def test_an_identity_failure_record_says_401():
     v = reject_identity(head(), IdentityError("token_expired", "the token has expired"), NOW, POLICY)
-    assert v.record["decision"]["status"] == 401 and v.record["decision"]["outcome"] == "deny"
+    assert v.record.to_dict()["decision"]["status"] == 401 and v.record.to_dict()["decision"]["outcome"] == "deny"
     assert v.stream is False and v.usage_injected is False
 
 
@@ -166,10 +166,10 @@ def test_the_role_cap_is_set_only_when_the_client_asked_for_no_max_tokens():
 def test_observe_mode_forwards_what_enforce_would_have_redacted():
     body = json.dumps({"model": "text-embedding-3-small", "input": "mail jane.doe@example.com"}).encode()
     v = _decide_with(CAPPED, body, head("/v1/embeddings"))
-    assert v.forward and v.record["decision"]["outcome"] == "observe"
-    assert v.new_body is None and v.record["decision"]["redactions"] == []
+    assert v.forward and v.record.to_dict()["decision"]["outcome"] == "observe"
+    assert v.new_body is None and v.record.to_dict()["decision"]["redactions"] == []
     enforced = _decide_with(CAPPED, chat("mail jane.doe@example.com"))
-    assert enforced.record["decision"]["outcome"] == "redact" and b"jane.doe" not in enforced.new_body
+    assert enforced.record.to_dict()["decision"]["outcome"] == "redact" and b"jane.doe" not in enforced.new_body
 
 
 def test_the_request_head_cannot_change_after_it_is_built():
@@ -188,8 +188,8 @@ def test_the_recorded_path_never_carries_the_query_string(path):
     routes (found by `make mutation`: a split that kept the query string passed every test)."""
     body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}).encode()
     v = decide(body, head(path))
-    assert v.record["route"]["path"] == path.split("?")[0]
-    assert "secret-query-key" not in json.dumps(v.record)
+    assert v.record.to_dict()["route"]["path"] == path.split("?")[0]
+    assert "secret-query-key" not in json.dumps(v.record.to_dict())
 
 
 def test_an_envelope_value_over_the_inspection_budget_is_refused_not_forwarded():
@@ -203,7 +203,7 @@ def test_an_envelope_value_over_the_inspection_budget_is_refused_not_forwarded()
     v = decide_request(head(), ident(), chat("hello"), policy=POLICY, classifier=BudgetedClassifier(CLASSIFIER, max_bytes=200),
                        hash_key=KEY, now_ms=NOW, max_body_bytes=1 << 20, envelope_segments=(segment,))
     assert not v.forward and v.status == 413 and v.code == "request_too_large"
-    assert v.record["decision"]["outcome"] == "deny" and json.loads(v.error_body)["error"]["message"]
+    assert v.record.to_dict()["decision"]["outcome"] == "deny" and json.loads(v.error_body)["error"]["message"]
 
 
 def test_a_redacted_envelope_value_is_recorded_with_where_it_was():
@@ -215,8 +215,8 @@ def test_a_redacted_envelope_value_is_recorded_with_where_it_was():
     v = decide_request(head(), ident(), chat("hello"), policy=POLICY, classifier=CLASSIFIER,
                        hash_key=KEY, now_ms=NOW, max_body_bytes=1 << 20, envelope_segments=(segment,))
     assert v.forward and "jane.doe@example.com" not in v.envelope_redacted[0]
-    recorded = [r for r in v.record["decision"]["redactions"] if r.get("envelope") == "header:x-trace-note"]
-    assert recorded and "jane.doe@example.com" not in json.dumps(v.record)
+    recorded = [r for r in v.record.to_dict()["decision"]["redactions"] if r.get("envelope") == "header:x-trace-note"]
+    assert recorded and "jane.doe@example.com" not in json.dumps(v.record.to_dict())
 
 
 def test_a_model_name_in_the_path_holding_a_finding_is_masked_in_the_record():
@@ -226,7 +226,7 @@ def test_a_model_name_in_the_path_holding_a_finding_is_masked_in_the_record():
     path = "/v1beta/models/mail-jane.doe@example.com:generateContent"
     body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}).encode()
     v = decide(body, head(path))
-    assert "jane.doe" not in json.dumps(v.record) and "jane.doe" not in v.record["route"]["path"]
+    assert "jane.doe" not in json.dumps(v.record.to_dict()) and "jane.doe" not in v.record.to_dict()["route"]["path"]
     bad = decide(b"{", head(path))
     assert not bad.forward and bad.status == 400
 
@@ -234,14 +234,14 @@ def test_a_model_name_in_the_path_holding_a_finding_is_masked_in_the_record():
 def test_a_model_name_in_the_path_is_masked_in_the_record_of_an_unparseable_body():
     # Found by make mutation (issue 24): the refusal recorded the path's model segment raw.
     bad = decide(b"{", head("/v1beta/models/mail-jane.doe@example.com:generateContent"))
-    assert not bad.forward and "jane.doe" not in json.dumps(bad.record)
+    assert not bad.forward and "jane.doe" not in json.dumps(bad.record.to_dict())
 
 
 def test_a_model_name_in_the_path_is_masked_in_the_record_of_an_unverified_caller():
     path = "/v1beta/models/mail-jane.doe@example.com:generateContent"
     v = reject_identity(head(path), IdentityError("token_expired", "expired"), NOW, POLICY, classifier=CLASSIFIER)
-    assert v.status == 401 and "jane.doe" not in json.dumps(v.record)
-    assert "jane.doe" in json.dumps(reject_identity(head(path), IdentityError("token_expired", "e"), NOW, POLICY).record)
+    assert v.status == 401 and "jane.doe" not in json.dumps(v.record.to_dict())
+    assert "jane.doe" in json.dumps(reject_identity(head(path), IdentityError("token_expired", "e"), NOW, POLICY).record.to_dict())
 
 
 def test_a_failing_classifier_withholds_the_path_model_from_a_refusal_record():
@@ -251,15 +251,15 @@ def test_a_failing_classifier_withholds_the_path_model_from_a_refusal_record():
 
     path = "/v1beta/models/mail-jane.doe@example.com:generateContent"
     v = reject_unprocessable(head(path), None, 503, "processing_error", "x", NOW, b"{}", POLICY, classifier=Broken())
-    assert "jane.doe" not in json.dumps(v.record)
+    assert "jane.doe" not in json.dumps(v.record.to_dict())
 
 
 def test_an_identity_failure_record_names_the_provider_of_the_route():
     """Found by `make mutation`: the provider inverted (None for a known route) passed every test."""
     v = reject_identity(head("/v1/messages"), IdentityError("token_expired", "the token has expired"), NOW, POLICY)
-    assert v.record["provider"] == "anthropic"
+    assert v.record.to_dict()["provider"] == "anthropic"
     unknown = reject_identity(head("/v1/unknown"), IdentityError("token_expired", "expired"), NOW, POLICY)
-    assert unknown.record["provider"] is None and unknown.status == 401
+    assert unknown.record.to_dict()["provider"] is None and unknown.status == 401
 
 
 def test_a_secret_in_a_path_no_route_names_is_masked_in_the_record():
@@ -267,8 +267,8 @@ def test_a_secret_in_a_path_no_route_names_is_masked_in_the_record():
     free text, so findings in it are masked (record and policy input), whatever refused it."""
     path = "/v1/unknown/AKIAIOSFODNN7QWERTYZ/x"
     v = decide(b"{}", head(path))
-    assert not v.forward and "AKIAIOSFODNN7QWERTYZ" not in json.dumps(v.record)
-    assert v.record["route"]["path"] == "/v1/unknown/[SECRET.AWS_ACCESS_KEY]/x"
+    assert not v.forward and "AKIAIOSFODNN7QWERTYZ" not in json.dumps(v.record.to_dict())
+    assert v.record.to_dict()["route"]["path"] == "/v1/unknown/[SECRET.AWS_ACCESS_KEY]/x"
     refused = reject_identity(head(path), IdentityError("token_expired", "e"), NOW, POLICY, classifier=CLASSIFIER)
-    assert "AKIAIOSFODNN7QWERTYZ" not in json.dumps(refused.record)
-    assert decide(b"{}", head("/v1/unknown/plain")).record["route"]["path"] == "/v1/unknown/plain"
+    assert "AKIAIOSFODNN7QWERTYZ" not in json.dumps(refused.record.to_dict())
+    assert decide(b"{}", head("/v1/unknown/plain")).record.to_dict()["route"]["path"] == "/v1/unknown/plain"

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from ext_proc.audit.record import Caller, DecisionRecord, Digests, Routing, Ruling
 from ext_proc.pipeline.admission import admit, needs_admission
 from ext_proc.pipeline.envelope import Envelope, EnvelopeSegment, refuse_unrewritable
 from ext_proc.pipeline.multiplex import FailoverChain, Translated, choose_route, load_model_map
@@ -29,17 +30,20 @@ MODELS = load_model_map({"models": {
 
 
 def permitted(model: str = "claude-fast", limits: tuple = (), serve_with: str | None = None, **extra) -> Verdict:
-    record = {"decision": {"outcome": "permit", "status": 200, "code": "ok"}, "upstream": "openai",
-              "model_routed": model, "forwarded_sha256": hashlib.sha256(BODY).hexdigest()}
+    record = DecisionRecord(request_id="r-1", received_ms=1, decided_ms=2, caller=Caller(),
+                            routing=Routing({}, upstream="openai", model_routed=model),
+                            decision=Ruling({"outcome": "permit", "status": 200, "code": "ok"}),
+                            digests=Digests(forwarded_sha256=hashlib.sha256(BODY).hexdigest()))
     return Verdict(forward=True, status=200, code="ok", message="", record=record, model=model, limits=limits,
                    decision=SimpleNamespace(serve_with=serve_with), **extra)
 
 
 def assert_overruled(v: Verdict, status: int, code: str, policy_outcome: str = "permit") -> None:
     assert not v.forward and v.status == status and v.code == code and v.new_body is None
-    assert v.record["decision"]["outcome"] == "deny" and v.record["decision"]["status"] == status
-    assert v.record["decision"]["code"] == code and v.record["decision"]["policy_outcome"] == policy_outcome
-    assert v.record["forwarded_sha256"] is None and v.error_body and v.error_headers
+    rec = v.record.to_dict()
+    assert rec["decision"]["outcome"] == "deny" and rec["decision"]["status"] == status
+    assert rec["decision"]["code"] == code and rec["decision"]["policy_outcome"] == policy_outcome
+    assert rec["forwarded_sha256"] is None and v.error_body and v.error_headers
 
 
 def test_a_verdict_is_frozen_and_steps_never_touch_the_one_they_were_given():
@@ -47,7 +51,7 @@ def test_a_verdict_is_frozen_and_steps_never_touch_the_one_they_were_given():
     with pytest.raises(FrozenInstanceError):
         v.forward = False  # type: ignore[misc]
     denied = overruled(v, 429, "rate_limited", "slow down", "openai")
-    assert v.forward and v.record["decision"]["outcome"] == "permit" and v.record["forwarded_sha256"]
+    assert v.forward and v.record.to_dict()["decision"]["outcome"] == "permit" and v.record.to_dict()["forwarded_sha256"]
     assert_overruled(denied, 429, "rate_limited")
     with pytest.raises(ValueError):
         annotated(v, decision={"outcome": "permit"})   # the policy's section is not a step's to write
@@ -63,8 +67,8 @@ def test_admission_refused_is_a_recorded_429_with_the_limit_and_the_retry_header
     assert needs_admission(v) and not needs_admission(permitted()) and not needs_admission(v.rejected(403, "x", "", "openai"))
     out = admit(v, _admission(False, retry_after_s=7, exhausted="requests"), "openai")
     assert_overruled(out.verdict, 429, "rate_limited")
-    assert out.verdict.record["decision"]["throttled_by"] == "per-user"
-    assert out.verdict.record["ratelimit"]["admitted"] is False
+    assert out.verdict.record.to_dict()["decision"]["throttled_by"] == "per-user"
+    assert out.verdict.record.to_dict()["ratelimit"]["admitted"] is False
     assert out.reservation is None and out.refusal_headers["retry-after"] == "7" and not out.answer_headers
 
 
@@ -76,8 +80,8 @@ def test_admission_with_the_counter_store_down_is_a_503_not_a_429():
 def test_admitted_request_keeps_its_verdict_and_carries_only_the_budget_headers():
     v = permitted(limits=({"id": "per-user"},))
     out = admit(v, _admission(True), "openai")
-    assert out.verdict.forward and out.verdict.record["decision"] == v.record["decision"]
-    assert out.verdict.record["ratelimit"]["admitted"] is True and out.reservation == Reservation("r", ())
+    assert out.verdict.forward and out.verdict.record.to_dict()["decision"] == v.record.to_dict()["decision"]
+    assert out.verdict.record.to_dict()["ratelimit"]["admitted"] is True and out.reservation == Reservation("r", ())
     assert dict(out.answer_headers) == {"x-ratelimit-remaining-requests": "0"} and not out.refusal_headers
 
 
@@ -86,7 +90,7 @@ def test_route_choice_translates_a_mapped_model_and_names_the_provider_in_the_re
     assert isinstance(choice.multiplexed, Translated) and choice.verdict.forward
     assert choice.multiplexed.route.target.provider == "anthropic"
     assert choice.verdict.new_body == choice.multiplexed.request.body != BODY
-    rec = choice.verdict.record
+    rec = choice.verdict.record.to_dict()
     assert rec["upstream"] == "anthropic" and rec["model_routed"] == "claude-3-5-haiku-latest"
     assert rec["forwarded_sha256"] == hashlib.sha256(choice.verdict.new_body).hexdigest()
 
@@ -94,7 +98,7 @@ def test_route_choice_translates_a_mapped_model_and_names_the_provider_in_the_re
 def test_route_choice_for_a_chain_forwards_the_openai_body_to_the_chain():
     choice = choose_route(permitted("resilient"), BODY, "openai.chat_completions", "openai", MODELS)
     assert isinstance(choice.multiplexed, FailoverChain) and choice.verdict.new_body == BODY
-    assert choice.verdict.record["upstream"] == "multiplex:resilient" and choice.verdict.record["model_routed"] is None
+    assert choice.verdict.record.to_dict()["upstream"] == "multiplex:resilient" and choice.verdict.record.to_dict()["model_routed"] is None
 
 
 def test_route_choice_refusals_are_overrules():
@@ -133,7 +137,7 @@ def _seen(**kw) -> ResponseSeen:
 def test_outcome_settles_the_reservation_at_the_usage_and_records_the_upstream_status():
     out = response_outcome(_seen(upstream_host="api.openai.com"))
     assert out.settle_tokens == 15 and out.error is None
-    rec = out.record
+    rec = out.record.to_dict()
     assert rec["kind"] == "outcome" and rec["status"] == rec["delivered_status"] == 200
     assert rec["usage"] == {"input_tokens": 10, "output_tokens": 5} and rec["upstream_host"] == "api.openai.com"
     assert rec["completed_ms"] == 1000 and "transparency" not in rec
@@ -141,7 +145,7 @@ def test_outcome_settles_the_reservation_at_the_usage_and_records_the_upstream_s
 
 def test_outcome_without_usage_keeps_the_estimate_charged_and_names_the_error():
     out = response_outcome(_seen(status=None, summary={}, error="stream_ended_before_response_completed"))
-    assert out.settle_tokens is None and out.record["error"] == "stream_ended_before_response_completed"
+    assert out.settle_tokens is None and out.record.to_dict()["error"] == "stream_ended_before_response_completed"
     assert tokens_used({"input_tokens": 3}) == 3 and tokens_used(None) is None
 
 
@@ -153,14 +157,14 @@ def test_outcome_without_usage_keeps_the_estimate_charged_and_names_the_error():
 ])
 def test_outcome_delivered_status(held, sent, blocked, delivered):
     seen = _seen(status_held=held, block_status_sent=sent, summary={"blocked": blocked})
-    rec = response_outcome(seen).record
+    rec = response_outcome(seen).record.to_dict()
     assert rec["status"] == 200 and rec["delivered_status"] == delivered and rec["blocked"] == blocked
 
 
 def test_outcome_records_the_transparency_marker():
     marker = transparency_marker({"name": "x-ai-generated", "value": "true"}, provider="openai", model="m",
                                  policy_id="p", policy_version="v1")
-    rec = response_outcome(_seen(transparency=marker)).record
+    rec = response_outcome(_seen(transparency=marker)).record.to_dict()
     assert rec["transparency"]["provider"] == "openai" and rec["transparency"]["json_field"] is None
 
 
@@ -169,11 +173,11 @@ def test_cache_hit_forwards_nothing_and_a_blocked_whole_answer_gets_the_blocked_
     served = {"key_sha256": "k", "filled_by_request_id": "r-0"}
     hit = cache_hit(v, {"rule": "c"}, served, request_id="r-1", completed_ms=5, streamed=False, capture=None,
                     summary={"blocked": {"label": "secret"}, "usage": {"input_tokens": 1}})
-    assert hit.status == BLOCKED_STATUS and hit.outcome.record["delivered_status"] == BLOCKED_STATUS
-    assert hit.verdict.record["upstream"] is None and hit.verdict.record["forwarded_sha256"] is None
-    assert hit.verdict.record["cache"] == {"rule": "c", "result": "hit"}
-    assert hit.outcome.record["served_from_cache"]["usage"] == {"input_tokens": 1}
-    assert hit.outcome.record["usage"] is None and hit.outcome.settle_tokens is None
+    assert hit.status == BLOCKED_STATUS and hit.outcome.record.to_dict()["delivered_status"] == BLOCKED_STATUS
+    assert hit.verdict.record.to_dict()["upstream"] is None and hit.verdict.record.to_dict()["forwarded_sha256"] is None
+    assert hit.verdict.record.to_dict()["cache"] == {"rule": "c", "result": "hit"}
+    assert hit.outcome.record.to_dict()["served_from_cache"]["usage"] == {"input_tokens": 1}
+    assert hit.outcome.record.to_dict()["usage"] is None and hit.outcome.settle_tokens is None
     streamed = cache_hit(v, {}, served, request_id="r-1", completed_ms=5, streamed=True, capture=None,
                          summary={"blocked": {"label": "secret"}})
     assert streamed.status == 200
@@ -182,6 +186,6 @@ def test_cache_hit_forwards_nothing_and_a_blocked_whole_answer_gets_the_blocked_
 def test_a_refusal_decided_outside_the_policy_names_who_decided_and_leaves_the_original_alone():
     refused = permitted().rejected(503, "draining", "restarting", "openai")
     out = attributed(refused, "ledgergate", retry_after_s=5, envoy_flags=None)
-    assert out.record["decision"]["decided_by"] == "ledgergate" and out.error_headers["retry-after"] == "5"
-    assert "decided_by" not in refused.record["decision"] and "retry-after" not in refused.error_headers
+    assert out.record.to_dict()["decision"]["decided_by"] == "ledgergate" and out.error_headers["retry-after"] == "5"
+    assert "decided_by" not in refused.record.to_dict()["decision"] and "retry-after" not in refused.error_headers
     assert not out.forward and out.status == 503

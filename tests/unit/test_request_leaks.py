@@ -125,11 +125,11 @@ def assert_no_leak(path: str, body: dict, needle: str) -> None:
     raw = json.dumps(body, ensure_ascii=False).encode()
     v = decide(raw, head(path))
     if not v.forward:
-        assert needle not in json.dumps(v.record, ensure_ascii=False)
+        assert needle not in json.dumps(v.record.to_dict(), ensure_ascii=False)
         return
     forwarded = v.new_body if v.new_body is not None else raw
     assert not _intact(forwarded, needle), (path, json.dumps(body)[:400])
-    assert needle not in json.dumps(v.record, ensure_ascii=False)
+    assert needle not in json.dumps(v.record.to_dict(), ensure_ascii=False)
 
 
 def _places(obj, path=()):
@@ -247,10 +247,10 @@ def test_binary_attachments_and_remote_content_are_labelled_not_skipped():
         {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,"
                                   + base64.b64encode(b"%PDF-1.7 ...").decode()}}]}]}
     v = decide(json.dumps(body).encode())
-    summary = v.record["classification"]["summary"]
+    summary = v.record.to_dict()["classification"]["summary"]
     assert {"content.unscanned.image", "content.unscanned.remote", "content.unscanned.file_ref",
             "content.unscanned.pdf"} <= set(summary)
-    assert v.record["input"]["classification"] == summary      # the policy saw them
+    assert v.record.to_dict()["input"]["classification"] == summary      # the policy saw them
     assert v.forward                                              # the default policy permits and records
 
 
@@ -277,7 +277,7 @@ def test_redaction_across_parts_masks_every_piece_and_keeps_the_shape():
     assert [p["type"] for p in parts] == ["text", "text"]
     assert "jane" not in parts[0]["text"] and "example.com" not in parts[1]["text"]
     assert list(out["metadata"]) == ["[PII.EMAIL]"]
-    finding = next(f for f in v.record["classification"]["findings"] if "parts" in f)
+    finding = next(f for f in v.record.to_dict()["classification"]["findings"] if "parts" in f)
     assert [p["segment"] for p in finding["parts"]] == [0, 1]
 
 
@@ -296,7 +296,7 @@ def test_random_bodies_with_many_turns_find_split_cards():
 def test_a_model_in_the_path_of_a_request_without_a_body_is_inspected():
     v = decide(b"", head(f"/v1/models/x{CARD}", method="GET"))
     assert not v.forward
-    assert CARD not in json.dumps(v.record)
+    assert CARD not in json.dumps(v.record.to_dict())
 
 
 def test_gemini_and_bedrock_system_text_is_read_before_the_turns():
