@@ -107,11 +107,11 @@ _BLOCK_START = re.compile(r"^(?P<indent> *)- name: " + re.escape(FILTER_NAME) + 
 
 def _block_span(lines: list[str]) -> tuple[int, int, int]:
     """(first line, line after the last, indent of the `-`) of the one ext_proc list item."""
-    starts = [i for i, line in enumerate(lines) if _BLOCK_START.match(line)]
+    starts = [(i, m) for i, line in enumerate(lines) if (m := _BLOCK_START.match(line))]
     if len(starts) != 1:
         raise ValueError(f"expected exactly one `- name: {FILTER_NAME}` block, found {len(starts)}")
-    start = starts[0]
-    indent = len(_BLOCK_START.match(lines[start])["indent"])
+    (start, match), = starts
+    indent = len(match["indent"])
     end = start + 1
     while end < len(lines):
         line = lines[end]
@@ -169,11 +169,12 @@ def replace_replies_block(config_text: str) -> str:
         end = next(i for i in range(start, len(lines)) if lines[i].strip() == REPLIES_END) + 1
         indent = len(lines[start]) - len(lines[start].lstrip(" "))
     else:
-        keys = [i for i, line in enumerate(lines) if _HCM_KEY.match(line)]
+        keys = [(i, m) for i, line in enumerate(lines) if (m := _HCM_KEY.match(line))]
         if len(keys) != 1:
             raise ValueError(f"expected exactly one `route_config:` line, found {len(keys)}")
-        start = end = keys[0]
-        indent = len(_HCM_KEY.match(lines[start])["indent"])
+        (start, match), = keys
+        end = start
+        indent = len(match["indent"])
     out = lines[:start] + render_replies_block(indent) + lines[end:]
     return "\n".join(out) + ("\n" if config_text.endswith("\n") else "")
 
