@@ -207,8 +207,10 @@ def test_tool_arguments_in_pieces_are_redacted_on_the_raw_text_wherever_the_esca
 
 def test_a_redaction_record_gives_the_offsets_the_application_reads_after_lone_surrogates():
     """Two high surrogates in a row are two characters to json.loads (the second is not the low
-    half of the first): the finding after them is recorded at the offset the application sees."""
-    for lead in ("\\ud83d\\udbff ", "\\udbff\\udbff ", "\\ud800\\ud800 ", "\\ud83d\\ude00 ", "\\udc00 "):
+    half of the first), and so are a high one before a character past the low range, and a low
+    one first: the finding after them is recorded at the offset the application sees."""
+    for lead in ("\\ud83d\\udbff ", "\\udbff\\udbff ", "\\ud800\\ud800 ", "\\ud83d\\ude00 ", "\\udc00 ",
+                 "\\ud83d\\ue000 ", "\\ud83d\\ue001 ", "\\udc01\\udc02 ", "\\ue000\\udc00 "):
         raw = lead + "mail " + EMAIL + " " + "and more words " * 4
         ledger = Ledger()
         out = inspect_json_text(policy(prefix=True, hold=32), ledger, raw, "t")
@@ -274,3 +276,18 @@ def test_every_character_before_a_growing_key_block_goes_out_while_it_grows():
         assert out == "Here it is:\n ", out[-40:]
     out += gate.feed(key[len(body):] + "\nDone.") + gate.flush()
     assert out == "Here it is:\n [SECRET.PRIVATE_KEY]\nDone."
+
+
+def test_a_long_token_growing_piece_by_piece_is_followed_in_linear_time(monkeypatch):
+    """While a token longer than the long hold grows, the gate follows its run instead of
+    rescanning the held text at every step: the classifier reads about each character a bounded
+    number of times (bounded, linear work on untrusted input)."""
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + base64.urlsafe_b64encode(random.Random(5).randbytes(24000)).decode()
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload.rstrip("=") + ".c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    text = "Here you go, " + jwt + " and that is all of it, nothing more."
+    scanned: list[int] = []
+    real_scan = CLF.scan
+    monkeypatch.setattr(CLF, "scan", lambda t, **kw: scanned.append(len(t)) or real_scan(t, **kw))
+    after, out = stream(TextGate(policy(prefix=True), Ledger(), "t"), [text[i:i + 200] for i in range(0, len(text), 200)])
+    assert out == "Here you go, [SECRET.JWT] and that is all of it, nothing more."
+    assert sum(scanned) < 6 * len(text), sum(scanned) / len(text)
