@@ -291,3 +291,19 @@ def test_a_long_token_growing_piece_by_piece_is_followed_in_linear_time(monkeypa
     after, out = stream(TextGate(policy(prefix=True), Ledger(), "t"), [text[i:i + 200] for i in range(0, len(text), 200)])
     assert out == "Here you go, [SECRET.JWT] and that is all of it, nothing more."
     assert sum(scanned) < 6 * len(text), sum(scanned) / len(text)
+
+
+def test_a_token_that_passes_the_bound_in_the_last_piece_is_refused_at_the_end():
+    """The bound on a token still growing holds at the end of the answer too: a token longer
+    than the classifier's match, under the bound while it grew, that the last piece takes past
+    it, is refused, not released."""
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + base64.urlsafe_b64encode(random.Random(8).randbytes(6000)).decode()
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload.rstrip("=")
+    text = "Here you go, " + jwt
+    gate = TextGate(policy(prefix=True, max_block_chars=6000), Ledger(), "t")
+    out = gate.feed(text[:5500]) + gate.settle()
+    assert out == "Here you go, " and gate.held_chars < 6000
+    gate.add(text[5500:])
+    with pytest.raises(Blocked) as exc:
+        gate.flush()
+    assert exc.value.label == "finding_too_long"
