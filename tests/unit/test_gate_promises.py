@@ -307,3 +307,20 @@ def test_a_token_that_passes_the_bound_in_the_last_piece_is_refused_at_the_end()
     with pytest.raises(Blocked) as exc:
         gate.flush()
     assert exc.value.label == "finding_too_long"
+
+
+def test_each_chunk_settled_releases_what_it_made_decidable_right_after_a_release():
+    """A chunk that ends leaves nothing decidable waiting for the next token: after a settle that
+    released something, the next chunk's settle runs however little it adds (found by `make
+    mutation`: waiting for the held text to grow by a quarter after progress too passed)."""
+    gate = TextGate(policy(prefix=True, hold=64), Ledger(), "t")
+    out = gate.feed("Hello there, ") + gate.settle()
+    assert out == "Hello there, "
+    # A phone number still arriving is held; the settle releases the word before it.
+    out += gate.feed("go. (415) 555-") + gate.settle()
+    assert out == "Hello there, go. " and gate.held_chars == len("(415) 555-")
+    # One character that cannot continue the number: what is decided goes out at this settle.
+    out += gate.feed("x") + gate.settle()
+    assert out.startswith("Hello there, go. (415) "), out
+    out += gate.feed(" and so on.") + gate.flush()
+    assert out == "Hello there, go. (415) 555-x and so on."
