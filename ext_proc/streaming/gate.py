@@ -173,6 +173,14 @@ class TextGate:
         needed = p.prefix.hold(held[max(start, end - p.prefix.max_chars):end])
         return (needed, False) if needed < p.hold else (p.hold, True)
 
+    def _before(self, held: str, start: int, stop: int) -> tuple[int, int, bool]:
+        """The window from `start` cut short at `stop`, where a PEM block or a token still growing
+        begins (nothing from there on is scanned or released until it ends), and its hold as _hold
+        gives it. The caller releases nothing when take - hold <= 0 (always so when stop == start)."""
+        take = stop - start
+        hold, fixed = self._hold(held, start, take)
+        return take, hold, fixed
+
     def _open_token(self, held: str, base: int, start: int, take: int) -> int | None:
         """Where (in `held`) the token run of a held finding begins, if it has not ended before
         held[start + take]; past max_block_chars it is refused. None once it has ended (then the
@@ -233,20 +241,14 @@ class TextGate:
                     if start + take - block > p.max_block_chars:
                         raise Blocked("finding_too_long", "a key block in the response grew past "
                                       f"{p.max_block_chars} characters before it ended")
-                    if block == start:
-                        break
-                    take = block - start
-                    hold, fixed = self._hold(held, start, take)
+                    take, hold, fixed = self._before(held, start, block)
                     if take - hold <= 0:
                         break
                 # So is a secret whose token is still growing: until the run ends, it is not
                 # scanned again (the run is followed with one linear match per step).
                 tok = self._open_token(held, base, start, take)
                 if tok is not None:
-                    if tok == start:
-                        break
-                    take = tok - start
-                    hold, fixed = self._hold(held, start, take)
+                    take, hold, fixed = self._before(held, start, tok)
                     if take - hold <= 0:
                         break
             window = self._context + held[start:start + take]
@@ -440,17 +442,20 @@ def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> l
 
 
 # Characters that go on a token (keys, JWTs, base64 and hex values; invisible characters, which
-# the classifier drops, too); "." and "-" only between two of them.
+# the classifier drops, too); "." and "-" only between two of them, alone or several in a row
+# (base64url has "-": "--" and "-." at a segment's end are in real JWTs). Possessive: a run of
+# them not followed by a token character is read once, never backtracked over.
 _TOKEN_CHAR = r"[\w+/=~\u00ad\u200b-\u200f\u2060-\u2064\ufeff]"
-_TOKEN_RUN = re.compile(rf"(?:{_TOKEN_CHAR}|[.\-](?={_TOKEN_CHAR}))*")
+_TOKEN_RUN = re.compile(rf"(?:{_TOKEN_CHAR}|[.\-]++(?={_TOKEN_CHAR}))*")
 _TOKEN_LAST = re.compile(r"[\w+/=~]")
+_JOINERS = re.compile(r"[.\-]*")
 
 
 def _run_end(text: str, pos: int, stop: int) -> int | None:
     """End of the token run going on from text[pos] before `stop`; None if it may still go on
-    (it reaches `stop`, or all that stops it is a last "." or "-")."""
+    (it reaches `stop`, or all that stops it is a last run of "." and "-")."""
     e = _TOKEN_RUN.match(text, pos, stop).end()
-    if e >= stop or (e == stop - 1 and text[e] in ".-"):
+    if _JOINERS.match(text, e, stop).end() == stop:
         return None
     return e
 

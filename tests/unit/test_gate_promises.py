@@ -1,0 +1,326 @@
+"""The streaming gate's promises, each driven the way the response inspector drives the gate (a
+piece fed per upstream chunk, settled, flushed at the end; JSON text released as its raw events
+with the gate's edits applied) and checked on what reached the client, not on the gate's state:
+
+- a secret still arriving when a chunk ends is never released in part, whatever the split: a PEM
+  block longer than the classifier's own match, a token longer than the hold, a finding split
+  over many pieces;
+- the whole text goes out once, in order, with only the findings replaced;
+- tool-call arguments (JSON text) are scanned decoded, and the redactions land on the raw text
+  the events carry, however the escapes fall between pieces;
+- what the outcome record says (redaction offsets) is where the application reads the finding.
+
+Written for the mutants `make mutation` left alive in ext_proc/streaming/gate.py (docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+
+import pytest
+
+from ext_proc.streaming.gate import Blocked, JsonTextGate, Ledger, ScanPolicy, TextGate, inspect_json_text
+from tests.unit.test_prefix_hold import CLF, KEY
+
+EMAIL = "jane.doe@example.com"
+
+
+def policy(*, prefix: bool, hold: int = 64, long_hold: int | None = None, max_block_chars: int = 60_000,
+           block: frozenset[str] = frozenset()) -> ScanPolicy:
+    """The inspector's policy: with the classifier's prefix analysis (prefix=True), or the
+    fixed hold it falls back to, where runs of non-space characters are held up to long_hold."""
+    return ScanPolicy(classifier=CLF, redact={label: "mask" for label in CLF.labels}, block=block, hash_key=KEY,
+                      tenant="t", hold=hold, step=max(16, hold // 4),
+                      long_hold=CLF.max_match_chars if long_hold is None else long_hold,
+                      prefix=CLF.prefix_hold if prefix else None, max_block_chars=max_block_chars)
+
+
+def pieces(text: str, rnd: random.Random, most: int) -> list[str]:
+    out, i = [], 0
+    while i < len(text):
+        n = rnd.randint(1, most)
+        out.append(text[i:i + n])
+        i += n
+    return out
+
+
+def stream(gate: TextGate | JsonTextGate, parts: list[str]) -> tuple[list[str], str]:
+    """Each part fed and settled as the inspector does per chunk; returns what went out after each
+    part (the releases the client has by then) and everything released after the flush."""
+    out, after = [], []
+    for p in parts:
+        out.append(gate.feed(p))
+        out.append(gate.settle())
+        after.append("".join(out))
+    out.append(gate.flush())
+    return after, "".join(out)
+
+
+def fake_pem(chars: int, seed: int) -> tuple[str, list[str]]:
+    rnd = random.Random(seed)
+    body = base64.b64encode(rnd.randbytes(chars * 3 // 4)).decode()
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END RSA PRIVATE KEY-----", lines
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-hold", "fixed-hold"])
+def test_a_pem_block_longer_than_the_classifiers_match_is_never_released_in_part(prefix):
+    """The classifier's own finding on a key block stops at its longest match (a few thousand
+    characters); the gate holds the block from its header until the footer arrives and masks it
+    whole, so no line of the key reaches the client, on any split, with settles between pieces."""
+    key, lines = fake_pem(6000, seed=1)
+    assert CLF.scan(key)[0].end < len(key), "the block must be longer than the classifier's own match"
+    lead = ("Here is the key you asked for. Keep it out of version control, and give it to the service "
+            "through its secret store rather than an environment variable. It is in the format it reads:\n")
+    text = lead + key + "\nKeep it somewhere safe, and rotate it. " + "Then restart the service. " * 20
+    footer_end = text.index("-----END")
+    for seed in range(3):
+        parts = pieces(text, random.Random(seed), 700)
+        after, out = stream(TextGate(policy(prefix=prefix), Ledger(), "t"), parts)
+        assert out == text.replace(key, "[SECRET.PRIVATE_KEY]"), (seed, out[:200])
+        fed = 0
+        for part, released in zip(parts, after):
+            fed += len(part)
+            assert not any(line in released for line in lines), seed
+            assert "-----BEGIN" not in released
+            # The words before the block go out while it is still arriving; the block, masked,
+            # and the words after it once its footer has come (not only at the end of the answer).
+            if len(lead) + 200 <= fed <= footer_end:
+                assert released.startswith(lead[:len(lead) - 80]), (seed, fed, released[-80:])
+            if fed >= footer_end + 300:
+                assert "[SECRET.PRIVATE_KEY]\nKeep it" in released, (seed, fed, released[-80:])
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-hold", "fixed-hold"])
+def test_a_pem_block_growing_past_the_bound_is_refused_while_it_grows(prefix):
+    """A key block is held whole while it arrives, but only up to max_block_chars: past it the
+    answer is stopped then (not held on to the end of the answer), and nothing of it went out."""
+    key, lines = fake_pem(6000, seed=4)
+    text = "The key:\n" + key + "\nThat is all."
+    gate = TextGate(policy(prefix=prefix, max_block_chars=2000), Ledger(), "t")
+    out, fed = "", 0
+    with pytest.raises(Blocked) as exc:
+        for part in pieces(text, random.Random(2), 150):
+            out += gate.feed(part) + gate.settle()
+            fed += len(part)
+            # Tried again each time the held text grew by a quarter at most.
+            assert gate.held_chars <= 2000 * 5 // 4 + 64 + 2 * 150
+    assert exc.value.label == "finding_too_long"
+    assert fed < 2000 * 5 // 4 + 64 + 2 * 150, fed
+    assert "BEGIN" not in out and not any(line in out for line in lines)
+
+
+def test_a_pem_block_at_the_end_without_its_footer_is_masked_to_the_end():
+    key, lines = fake_pem(6000, seed=2)
+    open_key = key[:key.index("-----END")]
+    text = "Truncated answer:\n" + open_key
+    _, out = stream(TextGate(policy(prefix=True), Ledger(), "t"), pieces(text, random.Random(5), 900))
+    assert out == "Truncated answer:\n[SECRET.PRIVATE_KEY]", out[:200]
+
+
+def test_a_token_run_longer_than_any_finding_is_held_whole_until_it_ends():
+    """A JWT far longer than the hold: held from its start while it grows, masked whole when it
+    ends, and the words after it go out."""
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + base64.urlsafe_b64encode(random.Random(3).randbytes(3000)).decode()
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload + ".c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    text = "Here you go, " + jwt + " (expires in an hour) and nothing more to say."
+    for prefix in (True, False):
+        after, out = stream(TextGate(policy(prefix=prefix), Ledger(), "t"), pieces(text, random.Random(9), 300))
+        assert out == text.replace(jwt, "[SECRET.JWT]"), out[:120]
+        assert all("eyJ" not in r and payload[:40] not in r for r in after)
+
+
+@pytest.mark.parametrize("tail", [20, 21])
+def test_under_a_fixed_hold_the_words_before_a_token_still_arriving_go_out_and_the_token_is_held(tail):
+    """Fixed hold 8, long hold 64: the cut moves back to the start of the unbroken run crossing it,
+    exactly: every word before the token goes out (with the space after it), nothing of the token
+    (either parity of the run's length: the cut walks back one character at a time)."""
+    p = policy(prefix=False, hold=8, long_hold=64)
+    words = "one two three four five six "
+    token = "AbCdEfGhIjKlMnOpQrStUvWxYz0123"[:tail]
+    gate = TextGate(p, Ledger(), "t")
+    assert gate.feed(words + token) == words
+    assert gate.held_chars == tail
+
+
+@pytest.mark.parametrize("most", [1, 4, 9, 40])
+def test_a_finding_split_over_pieces_with_settles_between_is_masked_whole(most):
+    text = ("Sure, mail " + EMAIL + " or call me at (415) 555-2671, card 4111 1111 1111 1111; "
+            "the rest of the answer is plain words, " * 3)
+    for prefix in (True, False):
+        after, out = stream(TextGate(policy(prefix=prefix), Ledger(), "t"), pieces(text, random.Random(most), most))
+        assert EMAIL not in out and "4111" not in out and "555-2671" not in out, out
+        assert out.startswith("Sure, mail [PII.EMAIL] or call"), out
+        for released in after:
+            assert "jane" not in released and "4111 1" not in released
+
+
+def test_a_blocked_label_stops_the_stream_before_any_of_the_finding_is_released():
+    text = "Here you go: " + "4111 1111 1111 1111" + " and more text after it " * 4
+    for prefix in (True, False):
+        gate = TextGate(policy(prefix=prefix, block=frozenset({"pci.card_number"})), Ledger(), "t")
+        out = ""
+        with pytest.raises(Blocked) as exc:
+            for part in pieces(text, random.Random(1), 3):
+                out += gate.feed(part) + gate.settle()
+            gate.flush()
+        assert exc.value.label == "pci.card_number"
+        assert not any(c.isdigit() for c in out) and "Here you go" in out or out == ""
+
+
+# --- JSON text (tool-call arguments) ------------------------------------------------------------
+
+def released_raw(gate: JsonTextGate, parts: list[str]) -> str:
+    """What the client receives when the events carrying `parts` are released as the inspector
+    releases them: each event's raw text up to the gate's released_chars, the gate's edits applied."""
+    raw, sent, out = "", 0, []
+    for part in parts:
+        raw += part
+        gate.feed(part)
+        gate.settle()
+        upto = gate.released_chars
+        out.append(gate.edited(sent, upto, raw[sent:upto]))
+        sent = upto
+    gate.flush()
+    assert gate.released_chars == len(raw), "every raw character is released once, at the end at the latest"
+    out.append(gate.edited(sent, len(raw), raw[sent:]))
+    return "".join(out)
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-hold", "fixed-hold"])
+def test_tool_arguments_in_pieces_are_redacted_on_the_raw_text_wherever_the_escapes_fall(prefix):
+    """Escapes before the address, in earlier pieces and in the same one, shift decoded offsets
+    against raw ones: the mask must still land exactly on the address in the raw text, and the
+    released arguments must still parse (found by `make mutation`: a wrong decoded count after
+    an escape followed by plain text passed every test)."""
+    raw = ('{\\"note\\": \\"say \\\\\\"hi\\\\\\"\\" and wait\\n, ' "\\tthen mail jane.doe\\u0040example.com, "
+           "\\u00e9t\\u00e9 \\ud83d\\ude00 " + "please, " * 12)
+    want = json.loads('"' + raw + '"').replace(EMAIL, "[PII.EMAIL]")
+    for most in (1, 5, 17, 60, len(raw)):
+        for seed in range(3):
+            gate = JsonTextGate(policy(prefix=prefix, hold=32), Ledger(), "t")
+            got = released_raw(gate, pieces(raw, random.Random(seed), most))
+            assert json.loads('"' + got + '"') == want, (most, seed, got)
+
+
+def test_a_redaction_record_gives_the_offsets_the_application_reads_after_lone_surrogates():
+    """Two high surrogates in a row are two characters to json.loads (the second is not the low
+    half of the first), and so are a high one before a character past the low range, and a low
+    one first: the finding after them is recorded at the offset the application sees."""
+    for lead in ("\\ud83d\\udbff ", "\\udbff\\udbff ", "\\ud800\\ud800 ", "\\ud83d\\ude00 ", "\\udc00 ",
+                 "\\ud83d\\ue000 ", "\\ud83d\\ue001 ", "\\udc01\\udc02 ", "\\ue000\\udc00 "):
+        raw = lead + "mail " + EMAIL + " " + "and more words " * 4
+        ledger = Ledger()
+        out = inspect_json_text(policy(prefix=True, hold=32), ledger, raw, "t")
+        decoded = json.loads('"' + raw + '"')
+        start = decoded.index(EMAIL)
+        assert [(r["start"], r["end"]) for r in ledger.redactions] == [(start, start + len(EMAIL))], lead
+        assert json.loads('"' + out + '"') == decoded.replace(EMAIL, "[PII.EMAIL]")
+
+
+def test_a_token_longer_than_the_long_hold_with_dashes_in_a_row_is_masked_whole():
+    """base64url has "-": a long JWT holds "--", and a segment may end in "-" before its ".". The
+    run of token characters goes on over them, so the token is held while it grows and masked to
+    its end (before: the run was taken to end at "--", and the rest of the token went out in clear)."""
+    rnd = random.Random(11)
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + "".join(
+        base64.urlsafe_b64encode(rnd.randbytes(600)).decode().rstrip("=") + sep for sep in ("--", "-", "---", "_-")) * 6
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload + "-.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    assert len(jwt) > CLF.max_match_chars and "--" in payload
+    text = "Here you go, " + jwt + " and that is all of it, nothing more."
+    for seed, most in ((1, 500), (2, 3000), (3, 9000)):
+        after, out = stream(TextGate(policy(prefix=True), Ledger(), "t"), pieces(text, random.Random(seed), most))
+        assert out == "Here you go, [SECRET.JWT] and that is all of it, nothing more.", (seed, out[:60], out[-90:])
+        assert all("eyJ" not in r for r in after)
+
+
+def test_a_piece_ending_on_a_dot_or_dashes_inside_a_long_token_does_not_end_it():
+    """A piece that ends right after a "." or "-" of a token still arriving: the token may go on
+    (its next segment is in the next piece), so it stays held and is masked whole."""
+    rnd = random.Random(12)
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + "".join(
+        base64.urlsafe_b64encode(rnd.randbytes(2400)).decode().rstrip("=") + sep for sep in ("--", "-", "A")) * 2
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload + ".c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    text = "Here you go, " + jwt + " and that is all of it, nothing more."
+    ends = [i + 1 for i in range(len(text) - 1) if text[i] in ".-" and text[i + 1] not in ".-"][-6:]
+    for k in ends:
+        parts = [text[:4000], text[4000:k], text[k:]]
+        after, out = stream(TextGate(policy(prefix=True), Ledger(), "t"), parts)
+        assert out == "Here you go, [SECRET.JWT] and that is all of it, nothing more.", (k, out[-90:])
+
+
+@pytest.mark.xfail(strict=True, reason="open: under the fixed hold (a classifier without prefix analysis), a token "
+                   "longer than long_hold that starts the held text is cut at take - hold inside its finding, and "
+                   "the part after the cut goes out in clear unless the next scan finds it again (docs/testing.md)")
+def test_under_the_fixed_hold_a_token_longer_than_the_long_hold_is_masked_whole():
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + base64.urlsafe_b64encode(random.Random(3).randbytes(15000)).decode()
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload.rstrip("=") + ".c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    text = "Here you go, " + jwt + " and that is all of it, nothing more."
+    k = text.rindex(".")
+    after, out = stream(TextGate(policy(prefix=False), Ledger(), "t"), [text[:5000], text[5000:k], text[k:]])
+    assert out == "Here you go, [SECRET.JWT] and that is all of it, nothing more.", out[-90:]
+
+
+def test_every_character_before_a_growing_key_block_goes_out_while_it_grows():
+    """Up to the header: the text before a key block is not held with it, even one character
+    (here the indent before the header, which arrives with it)."""
+    key, lines = fake_pem(3000, seed=6)
+    gate = TextGate(policy(prefix=True), Ledger(), "t")
+    out = gate.feed("Here it is:\n") + gate.settle()
+    assert out == "Here it is:\n"
+    body = key[:key.index("-----END")]
+    for i in range(0, len(body), 400):
+        out += gate.feed((" " if i == 0 else "") + body[i:i + 400]) + gate.settle()
+        assert out == "Here it is:\n ", out[-40:]
+    out += gate.feed(key[len(body):] + "\nDone.") + gate.flush()
+    assert out == "Here it is:\n [SECRET.PRIVATE_KEY]\nDone."
+
+
+def test_a_long_token_growing_piece_by_piece_is_followed_in_linear_time(monkeypatch):
+    """While a token longer than the long hold grows, the gate follows its run instead of
+    rescanning the held text at every step: the classifier reads about each character a bounded
+    number of times (bounded, linear work on untrusted input)."""
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + base64.urlsafe_b64encode(random.Random(5).randbytes(24000)).decode()
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload.rstrip("=") + ".c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    text = "Here you go, " + jwt + " and that is all of it, nothing more."
+    scanned: list[int] = []
+    real_scan = CLF.scan
+    monkeypatch.setattr(CLF, "scan", lambda t, **kw: scanned.append(len(t)) or real_scan(t, **kw))
+    after, out = stream(TextGate(policy(prefix=True), Ledger(), "t"), [text[i:i + 200] for i in range(0, len(text), 200)])
+    assert out == "Here you go, [SECRET.JWT] and that is all of it, nothing more."
+    assert sum(scanned) < 6 * len(text), sum(scanned) / len(text)
+
+
+def test_a_token_that_passes_the_bound_in_the_last_piece_is_refused_at_the_end():
+    """The bound on a token still growing holds at the end of the answer too: a token longer
+    than the classifier's match, under the bound while it grew, that the last piece takes past
+    it, is refused, not released."""
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + base64.urlsafe_b64encode(random.Random(8).randbytes(6000)).decode()
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload.rstrip("=")
+    text = "Here you go, " + jwt
+    gate = TextGate(policy(prefix=True, max_block_chars=6000), Ledger(), "t")
+    out = gate.feed(text[:5500]) + gate.settle()
+    assert out == "Here you go, " and gate.held_chars < 6000
+    gate.add(text[5500:])
+    with pytest.raises(Blocked) as exc:
+        gate.flush()
+    assert exc.value.label == "finding_too_long"
+
+
+def test_each_chunk_settled_releases_what_it_made_decidable_right_after_a_release():
+    """A chunk that ends leaves nothing decidable waiting for the next token: after a settle that
+    released something, the next chunk's settle runs however little it adds (found by `make
+    mutation`: waiting for the held text to grow by a quarter after progress too passed)."""
+    gate = TextGate(policy(prefix=True, hold=64), Ledger(), "t")
+    out = gate.feed("Hello there, ") + gate.settle()
+    assert out == "Hello there, "
+    # A phone number still arriving is held; the settle releases the word before it.
+    out += gate.feed("go. (415) 555-") + gate.settle()
+    assert out == "Hello there, go. " and gate.held_chars == len("(415) 555-")
+    # One character that cannot continue the number: what is decided goes out at this settle.
+    out += gate.feed("x") + gate.settle()
+    assert out.startswith("Hello there, go. (415) "), out
+    out += gate.feed(" and so on.") + gate.flush()
+    assert out == "Hello there, go. (415) 555-x and so on."
