@@ -454,10 +454,16 @@ _JOINERS = re.compile(r"[.\-]*")
 def _run_end(text: str, pos: int, stop: int) -> int | None:
     """End of the token run going on from text[pos] before `stop`; None if it may still go on
     (it reaches `stop`, or all that stops it is a last run of "." and "-")."""
-    e = _TOKEN_RUN.match(text, pos, stop).end()
-    if _JOINERS.match(text, e, stop).end() == stop:
+    e = _match_end(_TOKEN_RUN, text, pos, stop)
+    if _match_end(_JOINERS, text, e, stop) == stop:
         return None
     return e
+
+
+def _match_end(pattern: re.Pattern[str], text: str, pos: int, stop: int) -> int:
+    # Both patterns match the empty string, so there is always a match (at least up to pos).
+    m = pattern.match(text, pos, stop)
+    return m.end() if m is not None else pos
 
 
 def _whole_tokens(window: str, findings: list[Finding], *, end_known: bool) -> tuple[list[Finding], int | None]:
