@@ -16,7 +16,7 @@ built by their own module's `to_record()`.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -28,7 +28,12 @@ JsonObject = dict[str, Any]
 
 
 def new_record_id() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID's 32 hex digits, as `uuid.uuid4().hex` gives them, without
+    building the UUID object (two per exchange; that object was 2 % of an exchange's CPU)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40   # version 4
+    b[8] = (b[8] & 0x3F) | 0x80   # RFC 4122 variant
+    return b.hex()
 
 
 _T = TypeVar("_T")

@@ -74,6 +74,13 @@ def sha256_hex(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
+def _digests(body: bytes | None, forwarded: bytes | None) -> Digests:
+    """The received and the forwarded body's digests; the same object (nothing rewritten) is
+    hashed once."""
+    request_sha256 = sha256_hex(body)
+    return Digests(request_sha256, request_sha256 if forwarded is body else sha256_hex(forwarded))
+
+
 def _path_only(path: str) -> str:
     # The query string can carry keys (Gemini's ?key=); it never goes into a record.
     return path.split("?", 1)[0]
@@ -279,7 +286,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
                          upstream=head.surface.provider if head.surface else None),
         decision=Ruling(decision.to_record(), redactions=redactions), policy=_policy_ref(policy),
         classification=Classification(classification, found.records() + envelope_found), input=policy_input,
-        digests=Digests(sha256_hex(body), sha256_hex(forwarded) if decision.releases else None))
+        digests=_digests(body, forwarded if decision.releases else None))
     v = Verdict(forward=decision.releases, status=200 if decision.releases else decision.status,
                 code=decision.code, message=decision.reason, record=record, decision=decision,
                 identity=identity, new_body=new_body, limits=tuple(decision.limits),

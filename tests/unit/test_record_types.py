@@ -384,3 +384,19 @@ def test_every_record_gets_its_own_id():
     b, _ = _policy_decision()
     assert a.decision_id != b.decision_id and len(a.decision_id) == 32
     assert a.annotated(cache={"result": "miss"}).decision_id == a.decision_id   # a step keeps the record's id
+
+
+def test_record_ids_are_random_version_4_uuids():
+    import uuid as uuid_mod
+
+    from ext_proc.audit.record import new_record_id
+
+    ids = {new_record_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for i in ids:
+        u = uuid_mod.UUID(hex=i)
+        assert u.hex == i and len(i) == 32
+        assert u.version == 4 and u.variant == uuid_mod.RFC_4122
+    # every one of the 122 random bits varies across the sample
+    assert all(len({(int(i, 16) >> bit) & 1 for i in ids}) == 2 for bit in range(128)
+               if not (76 <= bit < 80 or 62 <= bit < 64))
