@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import unquote
 
 from ext_proc.audit.record import (
     Caller,
@@ -314,7 +315,12 @@ def _masked_for_record(head: RequestHead, doc: Document | None, found: DocumentF
     if masked is None:
         return head
     raw = head.surface.model_from_path
-    path = head.path.replace(raw, masked) if raw in head.path else "/[PATH WITH FINDINGS]"
+    # The name is the path's segment percent-decoded: replaced where it stands written as is, and
+    # the whole path withheld when any form of it is left (written percent-encoded, the decoded
+    # text can still stand in the query, where replacing it left the path's own copy raw).
+    before, sep, query = head.path.partition("?")
+    before = before.replace(raw, masked)
+    path = before + sep + query.replace(raw, masked) if raw not in unquote(before) else "/[PATH WITH FINDINGS]"
     return replace(head, path=path, surface=replace(head.surface, model_from_path=masked))
 
 

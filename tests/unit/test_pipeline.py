@@ -231,6 +231,26 @@ def test_a_model_name_in_the_path_holding_a_finding_is_masked_in_the_record():
     assert not bad.forward and bad.status == 400
 
 
+@pytest.mark.parametrize("path", [
+    "/v1beta/models/mail-jane%2Edoe%40example.com:generateContent",
+    # The decoded name in the query too: replacing it there once left the path's encoded copy raw.
+    "/v1beta/models/mail-jane%2Edoe@example.com:generateContent?x=mail-jane.doe@example.com",
+])
+def test_a_percent_encoded_model_name_holding_a_finding_never_reaches_the_record(path):
+    """The path's model name is decoded before it is scanned: written percent-encoded it is not in
+    the path as the decoder returns it, and the path is recorded withheld (found by `make mutation`:
+    the path masked only when the decoded name was *not* in it passed every test)."""
+    from urllib.parse import unquote
+
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}).encode()
+    h = head(path)
+    assert h.surface is not None and h.surface.model_from_path == "mail-jane.doe@example.com"
+    v = decide(body, h)
+    recorded = json.dumps(v.record.to_dict())
+    assert "jane" not in unquote(recorded), v.record.to_dict()["route"]["path"]
+    assert v.record.to_dict()["route"]["path"] == "/[PATH WITH FINDINGS]"
+
+
 def test_a_model_name_in_the_path_is_masked_in_the_record_of_an_unparseable_body():
     # Found by make mutation (issue 24): the refusal recorded the path's model segment raw.
     bad = decide(b"{", head("/v1beta/models/mail-jane.doe@example.com:generateContent"))
