@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from structlog.testing import capture_logs
 
+from ext_proc.cli.devmaterial import ensure_dev_material
+from ext_proc.identity.dev import mint_dev_token
+from ext_proc.server.config import load_config
 from ext_proc.server.response_side import ResponseSide
+from ext_proc.server.runtime import Runtime
 from ext_proc.server.servicer import Servicer
-from tests.unit.test_tracing import FakeContext, _drive, _exchange, _headers
+from tests.support import REPO
+from tests.unit.test_tracing import FakeContext, _drive, _exchange, _headers, _request_headers
 
 pytestmark = pytest.mark.asyncio
 
@@ -100,7 +106,7 @@ async def test_a_large_chunk_of_events_without_text_is_released_in_two_messages_
 
 async def test_a_non_sse_stream_is_released_slice_by_slice(runtime, token):
     """Only SSE releases wait for the first text; a stream of another kind (a JSON array of
-    chunks, as Gemini streams) goes out as each slice is scanned (mutant response_side.py:153,
+    chunks, as Gemini streams, here chunks without text) goes out as each slice is scanned (mutant response_side.py:153,
     `and not streamed_sse`: its releases deferred to the chunk's end, one message instead of
     several, the first bytes waiting for the whole chunk's scan)."""
     # Chunks without text (usage only): no slice releases text, only the kind of stream decides.
@@ -145,6 +151,37 @@ async def test_trailers_ending_a_held_body_go_out_after_the_outcome_is_committed
     assert got == body
     assert "commit:outcome" in order and order.index("commit:outcome") < order.index("reply:response_trailers"), order
     assert order.index("commit:outcome") < len(order) - 1 - order[::-1].index("reply:response_body"), order
+
+
+async def test_an_answer_that_cannot_be_translated_back_ends_with_an_error_after_the_outcome(tmp_path):
+    """Multiplexing: an Anthropic answer that is not JSON cannot be translated to the client's
+    OpenAI format; the client gets an error body that ends the stream, after the outcome record
+    (mutant response_side.py:138, the stop's releases never sent: the stream never ended)."""
+    ensure_dev_material(tmp_path / "var")
+    config = load_config(None, base_dir=tmp_path, overrides={
+        "policy": {"path": str(REPO / "policies" / "default.yaml")}, "server": {"metrics_listen": None},
+        "multiplex": {"models": {"claude-haiku": {"provider": "anthropic", "model": "claude-3-5-haiku-latest"}}}})
+    rt = Runtime(config)
+    await rt.start()
+    try:
+        order: list[str] = []
+        _outcome_last(rt, order)
+        token = mint_dev_token(tmp_path / "var" / "dev", sub="alice", roles=["developer"], tenant="acme", now=time.time())
+        body = json.dumps({"model": "claude-haiku", "messages": [{"role": "user", "content": "hello"}]}).encode()
+        messages = [
+            _request_headers({":method": "POST", ":path": "/v1/chat/completions", ":authority": "gw",
+                              "authorization": f"Bearer {token}", "content-type": "application/json"}, "req-untranslatable"),
+            pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)),
+            pb.ProcessingRequest(response_headers=_headers({":status": "200", "content-type": "application/json"})),
+            pb.ProcessingRequest(response_body=pb.HttpBody(body=b"<html>not json", end_of_stream=True))]
+        replies, ctx = await _drive(Servicer(rt), messages)
+        assert ctx.aborted is None
+        bodies = _body_replies(replies)
+        assert len(bodies) == 1 and bodies[0].end_of_stream
+        assert json.loads(bodies[0].body)["error"]["message"] == "the upstream answer is not JSON"
+        assert order == ["commit:decision", "commit:outcome"], order
+    finally:
+        await rt.close()
 
 
 # --- the outcome's spend metric, the failure's log line and answer (server/exchange.py) --------
