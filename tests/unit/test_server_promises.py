@@ -70,7 +70,7 @@ async def test_a_streamed_answers_headers_go_out_before_its_body_arrives(runtime
         for m in messages:
             yield m
         try:
-            await asyncio.wait_for(answered.wait(), 2)
+            await asyncio.wait_for(answered.wait(), 5)
         except TimeoutError:
             late.append("the headers were not answered before the body came")
         yield pb.ProcessingRequest(response_body=pb.HttpBody(body=tail, end_of_stream=True))
