@@ -435,3 +435,18 @@ def test_a_blank_line_inside_a_segment_is_named_as_such(seg, blank):
     put(path, original[:5] + [blank] + original[5:])
     rep = verify_dir(d)
     assert not rep.ok and f"{path.name}:6" in rep.problem and "blank line" in rep.problem, rep.problem
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_segment_refused_at_its_genesis_is_marked_not_ok_in_the_report(tmp_path, jobs, monkeypatch):
+    """A segment signed by a key the auditor does not trust: its own status in the report (what
+    `audit verify --json` prints) is not ok, in the parallel path as in the sequential one (found
+    by `make mutation`: a status left ok with its problem attached passed every test)."""
+    from ext_proc.audit import verify as verify_mod
+    d = tmp_path / "audit"
+    path = write_log(d, n=30)
+    monkeypatch.setattr(verify_mod, "PARALLEL_THRESHOLD_BYTES", 10)
+    rep = verify_dir(d, trusted_key_ids={"not-this-key"}, jobs=jobs)
+    [status] = [s for s in rep.segment_status if s.name == path.name]
+    assert not rep.ok and "untrusted key" in rep.problem
+    assert not status.ok and status.problem is not None

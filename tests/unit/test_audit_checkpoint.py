@@ -441,3 +441,31 @@ def test_a_checkpoint_over_the_genesis_alone_is_extended_by_the_grown_segment(tm
     forged = {**genesis, "writer_id": "someone-else"}
     put(path, [json.dumps(forged).encode(), *full[1:]])
     assert not verify_dir(d, checkpoints=[load_checkpoint_file(cp_file)]).ok
+
+
+@pytest.mark.parametrize("forged_root", [bytes(32), b"\xff" * 32])
+def test_an_earlier_checkpoint_with_any_other_root_is_not_extended(tmp_path, forged_root):
+    """An earlier checkpoint (checked by prefix, not by proof) whose root differs from the store's
+    prefix of its size is refused, whichever way the roots compare (found by `make mutation`:
+    verify.py comparing the roots with `<` passed, as the one forged root of the test above sorts
+    first)."""
+    from dataclasses import replace
+    d, witness = tmp_path / "audit", tmp_path / "witness"
+
+    async def go():
+        log = open_audit_log(AuditConfig.from_dict({"dir": str(d), "witness": {"dir": str(witness), "interval_s": 3600},
+                                                    "signing_key": str(tmp_path / "k.pem")}), writer_id="wit")
+        await log.start()
+        for i in range(5):
+            await log.commit({"kind": "decision", "request_id": f"a{i}"})
+        await log.close()
+    asyncio.run(go())
+    [final] = load_witness_dir(witness)
+    assert final.size > 3
+    # The store's own prefix of 3 records is what an honest earlier checkpoint of size 3 holds.
+    leaves = [leaf_hash(bytes.fromhex(json.loads(line)["hash"])) for line in lines(next(d.glob("*.jsonl")))[:3]]
+    honest = replace(final, size=3, root=merkle_root(leaves), source="honest-3")
+    assert verify_dir(d, checkpoints=[honest, final]).ok
+    forged = replace(honest, root=forged_root, source="forged-3")
+    rep = verify_dir(d, checkpoints=[forged, final])
+    assert not rep.ok and "not an extension of the checkpoint in forged-3 (size 3)" in rep.problem, rep.problem

@@ -405,3 +405,16 @@ def test_serve_with_is_refused_on_deny_rules():
             routes: [{id: inference, apis: [chat]}]
             rules: [{id: d, effect: deny, serve_with: m}]
         """)
+
+
+def test_an_input_that_is_a_mapping_but_not_a_dict_is_evaluated_as_the_dict_would_be():
+    """`evaluate` takes any Mapping (a read-only view of the input, say), not only a dict (found
+    by `make mutation`: facts.py refusing every non-dict input passed, as every caller passes a
+    dict; such an input was then denied with a 500 as a server bug)."""
+    from types import MappingProxyType
+
+    d = COMBO.evaluate(MappingProxyType(inp()))
+    assert (d.outcome, d.status, d.code) == ("permit", 200, "policy_permitted")
+    assert ids(d) == ids(COMBO.evaluate(inp()))
+    # What is not a mapping at all is still refused.
+    assert COMBO.evaluate(list(inp().items())).code == "policy_input_invalid"  # type: ignore[arg-type]

@@ -5,12 +5,15 @@ to the limiter put every caller in one bucket, and no test saw it (docs/testing.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 
 import pytest
 
 from ext_proc.cli.devmaterial import ensure_dev_material
 from ext_proc.identity.dev import mint_dev_token
+from ext_proc.ratelimit.limits import LimitSpec, limit_key
 from ext_proc.server.config import load_config
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.servicer import Servicer
@@ -73,3 +76,71 @@ def test_an_answer_settles_exactly_the_tokens_its_usage_reports_even_with_one_si
     assert tokens_used({"output_tokens": 30}) == 30
     assert tokens_used({"input_tokens": 12, "output_tokens": None}) == 12
     assert tokens_used({}) is None and tokens_used(None) is None
+
+
+async def _limited_runtime(tmp_path, key: str) -> Runtime:
+    inside_one_window(3600)
+    ensure_dev_material(tmp_path / "var")
+    config = load_config(None, base_dir=tmp_path, overrides={
+        "policy": {"path": _policy_with_one_request_per(tmp_path, key)}, "server": {"metrics_listen": None}})
+    rt = Runtime(config)
+    await rt.start()
+    return rt
+
+
+def _claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+async def test_the_limiter_is_told_the_callers_issuer_auth_method_and_route(tmp_path):
+    """A limit keyed by issuer, auth method or route counts by what the request carries (found by
+    `make mutation`: runtime.py:191, 192 passing no issuer or no auth method, and 197 (`decision.route
+    and surface`) the surface for the route the decision named and none when it names none, put
+    every issuer, method or route in one bucket). The unit
+    runtime has one issuer and one method, so what the limiter is told is read at its door."""
+    rt = await _limited_runtime(tmp_path, "tenant")
+    try:
+        seen: list[dict] = []
+        reserve = rt.limiter.reserve
+
+        async def recording_reserve(request_id, specs, context, tokens):
+            seen.append(dict(context))
+            return await reserve(request_id, specs, context, tokens)
+        rt.limiter.reserve = recording_reserve
+        token = mint_dev_token(tmp_path / "var" / "dev", sub="alice", roles=["developer"], tenant="acme", now=time.time())
+        replies, ctx = await _drive(Servicer(rt), _request(token, "k-context", 10))
+        assert ctx.aborted is None
+        [context] = seen
+        assert context["issuer"] == _claims(token)["iss"]
+        assert context["auth_method"] == "jwt"
+        # The route the policy's decision named (strict.yaml's "inference"), not the API surface.
+        assert (context["route"], context["surface"]) == ("inference", "openai.chat_completions")
+        keyed = {dim: limit_key(LimitSpec.from_dict({"id": "l", "key": [dim], "requests": 1, "window_s": 60}), context)
+                 for dim in ("issuer", "auth_method", "route")}
+        other = dict(context, issuer="https://other.example", auth_method="api_key", route="openai.embeddings")
+        for dim, key in keyed.items():
+            assert limit_key(LimitSpec.from_dict({"id": "l", "key": [dim], "requests": 1, "window_s": 60}), other) != key
+    finally:
+        await rt.close()
+
+
+async def test_the_rejection_metric_counts_only_rejections_by_the_limit_that_refused(tmp_path):
+    """ledgergate_ratelimit_rejections_total{limit=...} (found by `make mutation`: runtime.py:206
+    counting on admission instead of rejection, 207 labelling every rejection "unknown")."""
+    rt = await _limited_runtime(tmp_path, "tenant")
+    try:
+        def counts() -> dict[str, float]:
+            return {s.labels["limit"]: s.value for m in rt.metrics.registry.collect()
+                    if m.name == "ledgergate_ratelimit_rejections" for s in m.samples
+                    if s.name == "ledgergate_ratelimit_rejections_total"}
+        token = mint_dev_token(tmp_path / "var" / "dev", sub="alice", roles=["developer"], tenant="acme", now=time.time())
+        servicer = Servicer(rt)
+        replies, ctx = await _drive(servicer, _request(token, "m-1", 10))
+        assert replies[-1].WhichOneof("response") != "immediate_response"
+        assert counts() == {}
+        replies, ctx = await _drive(servicer, _request(token, "m-2", 10))
+        assert replies[-1].immediate_response.status.code == 429
+        assert counts() == {"one-per-tenant": 1.0}
+    finally:
+        await rt.close()
