@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import bisect
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ext_proc.classify import Classifier, Finding, redact, summarize
+from ext_proc.classify.extent import TOKEN_LAST as _TOKEN_LAST
+from ext_proc.classify.extent import run_end as _run_end
 from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, normalize
 from ext_proc.classify.prefix import PrefixHold
 
@@ -276,8 +277,12 @@ class TextGate:
                     for f in findings:
                         if f.start < ctx + cut < f.end and f.start - ctx > 0:
                             cut, moved = f.start - ctx, True
-                        elif f.start < ctx + cut < f.end and p.long_hold > p.hold and take < p.long_hold:
-                            cut = 0               # a finding from the very start still arriving: hold it all
+                        elif f.start < ctx + cut < f.end and p.long_hold > p.hold and (take < p.long_hold or fixed):
+                            # A finding from the very start still arriving, or (under the fixed
+                            # hold, which cannot tell) one the hold cuts inside: hold it all; the
+                            # cut passes its end once more text has come (it is shorter than a
+                            # window: max_block_chars bounds a run, max_match_chars the rest).
+                            cut = 0
                             break
                 if cut <= 0:
                     break
@@ -439,31 +444,6 @@ def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> l
                 out = list(findings)
             out[i] = Finding(f.label, f.start, end, f.confidence, f.validator)
     return out
-
-
-# Characters that go on a token (keys, JWTs, base64 and hex values; invisible characters, which
-# the classifier drops, too); "." and "-" only between two of them, alone or several in a row
-# (base64url has "-": "--" and "-." at a segment's end are in real JWTs). Possessive: a run of
-# them not followed by a token character is read once, never backtracked over.
-_TOKEN_CHAR = r"[\w+/=~\u00ad\u200b-\u200f\u2060-\u2064\ufeff]"
-_TOKEN_RUN = re.compile(rf"(?:{_TOKEN_CHAR}|[.\-]++(?={_TOKEN_CHAR}))*")
-_TOKEN_LAST = re.compile(r"[\w+/=~]")
-_JOINERS = re.compile(r"[.\-]*")
-
-
-def _run_end(text: str, pos: int, stop: int) -> int | None:
-    """End of the token run going on from text[pos] before `stop`; None if it may still go on
-    (it reaches `stop`, or all that stops it is a last run of "." and "-")."""
-    e = _match_end(_TOKEN_RUN, text, pos, stop)
-    if _match_end(_JOINERS, text, e, stop) == stop:
-        return None
-    return e
-
-
-def _match_end(pattern: re.Pattern[str], text: str, pos: int, stop: int) -> int:
-    # Both patterns match the empty string, so there is always a match (at least up to pos).
-    m = pattern.match(text, pos, stop)
-    return m.end() if m is not None else pos
 
 
 def _whole_tokens(window: str, findings: list[Finding], *, end_known: bool) -> tuple[list[Finding], int | None]:
