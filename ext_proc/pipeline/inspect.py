@@ -9,11 +9,13 @@ conversation is never refused for length alone; the request's byte budget is enf
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ext_proc.classify import Classifier, Finding, summarize
+from ext_proc.classify.extent import whole_secrets
 from ext_proc.providers.document import Document, View
 
 
@@ -45,6 +47,24 @@ class DocumentFindings:
                 rec["parts"] = [{"segment": s, "start": a, "end": b} for s, a, b in parts]
             out.append(rec)
         return out
+
+
+# How far past its start a secret's value is followed when the classifier's match stops short of
+# it (classify/extent.py): the response side's default bound on a finding still growing.
+SECRET_EXTENT_CHARS = 60_000
+
+
+def scan_value(classifier: Classifier, view: View) -> list[Finding]:
+    """scan_long over a view, each secret covering its whole value (a JWT or key block longer than
+    its rule's longest match): the model reads all of it, so redaction must remove all of it. A
+    value goes on within its own text only, never into the next one a joined view glues to it."""
+    starts, lengths = view.starts, view.lengths
+
+    def piece_end(pos: int) -> int:
+        i = bisect_right(starts, pos) - 1
+        return starts[i] + lengths[i] if i >= 0 and pos < starts[i] + lengths[i] else pos
+
+    return whole_secrets(view.text, scan_long(classifier, view.text), limit=SECRET_EXTENT_CHARS, value_end=piece_end)
 
 
 def scan_long(classifier: Classifier, text: str) -> list[Finding]:
@@ -105,13 +125,13 @@ def classify_document(classifier: Classifier, doc: Document, body: object) -> Do
                     first if s == s0 and e == e0 else Finding(label, s, e, f.confidence, f.validator))
 
     for view in doc.reading_views(edge=classifier.max_match_chars):
-        take(view, scan_long(classifier, view.text))
+        take(view, scan_value(classifier, view))
     fields = doc.field_view()
-    take(fields, scan_long(classifier, fields.text))
+    take(fields, scan_value(classifier, fields))
     for i, seg in enumerate(doc.segments):
         if seg.kind in ("attachment", "route"):
             view = View(seg.text, [0], [i], [len(seg.text)])
-            take(view, scan_long(classifier, seg.text))
+            take(view, scan_value(classifier, view))
     for findings in result.per_segment.values():
         findings.sort(key=lambda f: (f.start, f.end, f.label))
     return result

@@ -18,7 +18,6 @@ import hashlib
 import itertools
 import json
 import sys
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 from ext_proc.audit.canonical import canonical_json  # noqa: E402
 from ext_proc.classify import Classifier  # noqa: E402
 from ext_proc.identity import Identity  # noqa: E402
-from ext_proc.pipeline import request as request_mod  # noqa: E402
 from ext_proc.pipeline.budget import BudgetedClassifier  # noqa: E402
 from ext_proc.pipeline.request import RequestHead, decide_request  # noqa: E402
 from ext_proc.policy import load_policy  # noqa: E402
@@ -98,8 +96,6 @@ def cases():
 
 def main() -> None:
     counter = itertools.count()
-    request_mod_uuid = sys.modules[request_mod.decision_record.__module__].uuid
-    request_mod_uuid.uuid4 = lambda: uuid.UUID(int=next(counter))   # deterministic decision ids
     policies = [load_policy(ROOT / "policies" / "default.yaml"), load_policy(ROOT / "policies" / "examples" / "bank.yaml")]
     classifiers = [Classifier(p.dictionaries) for p in policies]
     ident = Identity(subject="alice", issuer="dev", auth_method="jwt", roles=("developer",), groups=("eng",),
@@ -114,7 +110,9 @@ def main() -> None:
             try:
                 v = decide_request(head, ident, body, policy=policy, classifier=budget, hash_key=b"k" * 32,
                                    now_ms=2000, max_body_bytes=4 << 20)
-                rec = canonical_json(v.record)
+                rec_dict = v.record.to_dict()
+                rec_dict["decision_id"] = f"{next(counter):032x}"   # ids are random: numbered instead
+                rec = canonical_json(rec_dict)
                 out = b"|".join([rec, v.new_body or b"-", str(v.status).encode(), str(v.code).encode(),
                                  json.dumps(budget.to_record(), sort_keys=True).encode(),
                                  json.dumps(sorted(v.envelope_redacted.items())).encode()])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 
 from ext_proc.classify import Classifier, Finding
-from ext_proc.pipeline.inspect import DocumentFindings, classify_document, scan_long
+from ext_proc.pipeline.inspect import DocumentFindings, classify_document, scan_value
 from ext_proc.providers import match_surface
 from ext_proc.providers.adapters import parse_request
 from ext_proc.providers.body import BadRequestBody
@@ -35,12 +35,13 @@ def reference(classifier: Classifier, doc: Document) -> DocumentFindings:
                 result.per_segment.setdefault(seg, []).append(Finding(f.label, s, e, f.confidence, f.validator))
 
     for view in doc.reading_views(edge=classifier.max_match_chars):
-        take(view, scan_long(classifier, view.text))
+        take(view, scan_value(classifier, view))
     fields = doc.field_view()
-    take(fields, scan_long(classifier, fields.text))
+    take(fields, scan_value(classifier, fields))
     for i, seg in enumerate(doc.segments):
         if seg.kind in ("attachment", "route"):
-            take(View(seg.text, [0], [i], [len(seg.text)]), scan_long(classifier, seg.text))
+            piece = View(seg.text, [0], [i], [len(seg.text)])
+            take(piece, scan_value(classifier, piece))
     for findings in result.per_segment.values():
         findings.sort(key=lambda f: (f.start, f.end, f.label))
     return result

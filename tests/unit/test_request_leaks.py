@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ext_proc.classify.normalize import fold_plain
-from tests.unit.test_pipeline import decide, head
+from tests.unit.test_pipeline import chat, decide, head
 
 CARD = "4111111111111111"
 SECRETS = {
@@ -391,3 +391,39 @@ def test_long_texts_split_at_their_ends_are_found_with_bounded_views():
 def test_hostile_document_shapes_are_bounded_and_never_skip_inspection(name, body, expect_status):
     v = decide(json.dumps(body).encode())
     assert v.status == expect_status or (expect_status == 200 and v.forward), (name, v.status, v.code)
+
+
+def _long_jwt(n: int, seed: int) -> str:
+    payload = "eyJzdWIiOiJhbGljZSIsImdyb3VwcyI6WyI" + base64.urlsafe_b64encode(random.Random(seed).randbytes(n)).decode()
+    return "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9." + payload.rstrip("=") + ".c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmU"
+
+
+def _long_key(lines: int, seed: int) -> str:
+    rnd = random.Random(seed)
+    body = "\n".join(base64.b64encode(rnd.randbytes(48)).decode() for _ in range(lines))
+    return "-----BEGIN RSA PRIVATE KEY-----\n" + body + "\n-----END RSA PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize(("secret", "n"), [("jwt", 3000), ("jwt", 6000), ("jwt", 30000), ("key", 50), ("key", 100),
+                                           ("key", 400)])
+def test_a_secret_longer_than_its_rules_longest_match_is_removed_whole(secret, n):
+    """A token from an identity provider with many group claims (over 4,096 characters), an
+    RSA-8192 key block (about 6,400): the rule's match stops at its bound, and the rest of the
+    value went to the model. The finding now covers the whole value."""
+    from ext_proc.classify import Classifier
+    from ext_proc.pipeline.request import decide_request
+    from ext_proc.policy import load_policy_text
+    from tests.unit.test_pipeline import KEY, NOW, ident
+
+    policy = load_policy_text("id: redact-secrets\nroutes: [{id: inference, apis: [chat]}]\nrules:\n"
+                              "  - {id: mask-secrets, effect: redact, when: {labels: {any: ['secret.*']}}, "
+                              "redact: {'secret.*': mask}}\n  - {id: permit, effect: permit}\n")
+    value = _long_jwt(n, 1) if secret == "jwt" else _long_key(n, 2)
+    v = decide_request(head(), ident(), chat("Why does this fail?\n" + value + "\nThanks."), policy=policy,
+                       classifier=Classifier(), hash_key=KEY, now_ms=NOW, max_body_bytes=1 << 20)
+    assert v.forward and v.new_body is not None, v.record.to_dict()["decision"]
+    sent = json.loads(v.new_body)["messages"][0]["content"]
+    core = value.split(".")[1] if secret == "jwt" else value.split("\n")[-2]   # the payload / last key line
+    for i in range(0, len(core) - 16, 16):
+        assert core[i:i + 16] not in sent, (i, sent[:120])
+    assert sent.startswith("Why does this fail?") and sent.endswith("Thanks.")

@@ -1,0 +1,90 @@
+"""Where a secret's value ends when the classifier's own match stops short of it.
+
+A rule's match is bounded (a JWT at 4,096 characters, a key block at 4,096): a longer value (an
+identity provider's token with many group claims, an RSA-8192 key) goes on past the match. The
+streaming gate follows such a value to its end before it releases anything (streaming/gate.py);
+a request's document is whole, so its findings are extended here (pipeline/inspect.py). Linear:
+one possessive match per finding, and bounded by the caller.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from ext_proc.classify.engine import Finding
+
+# Characters that go on a token (keys, JWTs, base64 and hex values; invisible characters, which
+# the classifier drops, too); "." and "-" only between two of them, alone or several in a row
+# (base64url has "-": "--" and "-." at a segment's end are in real JWTs). Possessive: a run of
+# them not followed by a token character is read once, never backtracked over.
+_TOKEN_CHAR = r"[\w+/=~\u00ad\u200b-\u200f\u2060-\u2064\ufeff]"
+_TOKEN_RUN = re.compile(rf"(?:{_TOKEN_CHAR}|[.\-]++(?={_TOKEN_CHAR}))*")
+# The last character of a finding whose token may go on: a token character, or a "." or "-"
+# (a classifier's longest match can stop on one inside a long JWT or base64url value).
+TOKEN_LAST = re.compile(r"[\w+/=~.\-]")
+_JOINERS = re.compile(r"[.\-]*")
+_PEM_BEGIN = "-----BEGIN"
+_PEM_END = "-----END"
+# What a PEM block's body holds (base64, its headers, line breaks).
+_PEM_BODY = re.compile(r"[A-Za-z0-9+/=:,\- \t\r\n]*")
+
+
+def run_end(text: str, pos: int, stop: int) -> int | None:
+    """End of the token run going on from text[pos] before `stop`; None if it may still go on
+    (it reaches `stop`, or all that stops it is a last run of "." and "-")."""
+    e = _match_end(_TOKEN_RUN, text, pos, stop)
+    if _match_end(_JOINERS, text, e, stop) == stop:
+        return None
+    return e
+
+
+def _match_end(pattern: re.Pattern[str], text: str, pos: int, stop: int) -> int:
+    # Every pattern here matches the empty string, so there is always a match (at least up to pos).
+    m = pattern.match(text, pos, stop)
+    return m.end() if m is not None else pos
+
+
+def whole_secrets(text: str, findings: list[Finding], *, limit: int,
+                  value_end: Callable[[int], int] | None = None) -> list[Finding]:
+    """`findings` over the whole `text`, each secret (a `secret.*` label) covering its whole value:
+    a key block to the end of its END line, a token to the end of its run, at most `limit`
+    characters from the finding's start and never past `value_end(last character)` (where the
+    text that holds it ends, in a view that joins several). Other findings are returned as they are."""
+    out = findings
+    for i, f in enumerate(findings):
+        if not f.label.startswith("secret.") or f.end >= len(text) or f.end <= f.start:
+            continue
+        stop = min(len(text), f.start + limit, value_end(f.end - 1) if value_end is not None else len(text))
+        if stop <= f.end:
+            continue
+        if text.startswith(_PEM_BEGIN, f.start):
+            if text.find(_PEM_END, f.start, f.end) != -1:
+                continue                  # the match holds the END line already: the whole block
+            end = _block_end(text, f.end, stop)
+        elif TOKEN_LAST.match(text, f.end - 1):
+            end = _match_end(_TOKEN_RUN, text, f.end - 1, stop)
+            # a run that ends on "." or "-" ends before them (a sentence's full stop)
+            while end > f.end and text[end - 1] in ".-":
+                end -= 1
+        else:
+            continue
+        if end > f.end:
+            if out is findings:
+                out = list(findings)
+            out[i] = Finding(f.label, f.start, end, f.confidence, f.validator)
+    return out
+
+
+def _block_end(text: str, pos: int, stop: int) -> int:
+    """End of a key block whose header the finding holds: after its END line's closing dashes,
+    or, with no END line in reach, where its body's characters end."""
+    at = text.find(_PEM_END, pos, stop)
+    if at != -1:
+        close = text.find("-----", at + len(_PEM_END), min(stop, at + len(_PEM_END) + 60))
+        if close != -1:
+            return close + 5
+    end = _match_end(_PEM_BODY, text, pos, stop)
+    while end > pos and text[end - 1] in " \t\r\n":
+        end -= 1
+    return end
