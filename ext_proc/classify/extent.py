@@ -50,23 +50,28 @@ def whole_secrets(text: str, findings: list[Finding], *, limit: int,
     """`findings` over the whole `text`, each secret (a `secret.*` label) covering its whole value:
     a key block to the end of its END line, a token to the end of its run, at most `limit`
     characters from the finding's start and never past `value_end(last character)` (where the
-    text that holds it ends, in a view that joins several). Other findings are returned as they are."""
+    text that holds it ends, in a view that joins several). Other findings are returned as they are.
+
+    Linear in the text however many findings share one value: they are taken in order of their
+    end, and each run (of token or key-block characters) is read once, its end remembered."""
     out = findings
-    for i, f in enumerate(findings):
+    tokens, bodies = _Runs(_TOKEN_RUN, text), _Runs(_PEM_BODY, text)
+    ends = _EndLines(text)
+    for i in sorted(range(len(findings)), key=lambda k: findings[k].end):
+        f = findings[i]
         if not f.label.startswith("secret.") or f.end >= len(text) or f.end <= f.start:
             continue
         stop = min(len(text), f.start + limit, value_end(f.end - 1) if value_end is not None else len(text))
         if stop <= f.end:
             continue
         if text.startswith(_PEM_BEGIN, f.start):
-            if text.find(_PEM_END, f.start, f.end) != -1:
+            at = ends.next_at(f.start)
+            if at != -1 and at < f.end:
                 continue                  # the match holds the END line already: the whole block
-            end = _block_end(text, f.end, stop)
+            end = _block_end(text, f.end, stop, at, bodies)
         elif TOKEN_LAST.match(text, f.end - 1):
-            end = _match_end(_TOKEN_RUN, text, f.end - 1, stop)
-            # a run that ends on "." or "-" ends before them (a sentence's full stop)
-            while end > f.end and text[end - 1] in ".-":
-                end -= 1
+            # (the run never ends on "." or "-": they belong to it only before a token character)
+            end = tokens.end(f.end - 1, stop)
         else:
             continue
         if end > f.end:
@@ -76,15 +81,54 @@ def whole_secrets(text: str, findings: list[Finding], *, limit: int,
     return out
 
 
-def _block_end(text: str, pos: int, stop: int) -> int:
-    """End of a key block whose header the finding holds: after its END line's closing dashes,
-    or, with no END line in reach, where its body's characters end."""
-    at = text.find(_PEM_END, pos, stop)
-    if at != -1:
-        close = text.find("-----", at + len(_PEM_END), min(stop, at + len(_PEM_END) + 60))
+class _Runs:
+    """Where a run of PATTERN's characters going on from a position ends, for positions asked in
+    increasing order: a position inside the run last read reuses its end (a run read from any of
+    its characters ends at the same place), and a run cut at an earlier stop is read on from
+    where it was cut. Every character is read at most once."""
+
+    def __init__(self, pattern: re.Pattern[str], text: str) -> None:
+        self.pattern, self.text = pattern, text
+        self.lo = self.hi = -1
+        self.whole = False          # [lo, hi) is the whole run (it ended before its stop)
+
+    def end(self, pos: int, stop: int) -> int:
+        if self.lo <= pos <= self.hi:
+            if self.whole or self.hi >= stop:
+                return min(self.hi, stop)
+            e = _match_end(self.pattern, self.text, self.hi, stop)
+        else:
+            self.lo = pos
+            e = _match_end(self.pattern, self.text, pos, stop)
+        self.hi, self.whole = e, e < stop
+        return e
+
+
+class _EndLines:
+    """The first END line at or after a position, for positions asked in increasing order (one
+    search per END line, not one per finding)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.searched_from, self.found = -1, -1
+
+    def next_at(self, pos: int) -> int:
+        if self.searched_from == -1 or pos < self.searched_from or (self.found != -1 and pos > self.found):
+            self.searched_from, self.found = pos, self.text.find(_PEM_END, pos)
+        return self.found
+
+
+def _block_end(text: str, pos: int, stop: int, end_line: int, bodies: _Runs) -> int:
+    """End of a key block whose header the finding holds: after its END line's closing dashes
+    (END_LINE: the first END line after the header, or -1), or, with no END line in reach,
+    where its body's characters end, less the line breaks and spaces that close the body."""
+    if pos <= end_line < stop:
+        close = text.find("-----", end_line + len(_PEM_END), min(stop, end_line + len(_PEM_END) + 60))
         if close != -1:
             return close + 5
-    end = _match_end(_PEM_BODY, text, pos, stop)
-    while end > pos and text[end - 1] in " \t\r\n":
+    end = bodies.end(pos, stop)
+    # the body's trailing blanks are few unless the text is hostile: stop looking after a line's worth
+    floor = max(pos, end - 256)
+    while end > floor and text[end - 1] in " \t\r\n":
         end -= 1
     return end

@@ -44,3 +44,21 @@ def test_a_key_block_goes_on_to_its_end_line_or_where_its_body_ends():
     assert cut[4:_ends(cut, f)] == block[:5000] + "\n\nThanks"
     whole = Finding("secret.private_key", 4, 4 + len(block), 99, "structure")   # END already in it
     assert whole_secrets(text, [whole], limit=60_000) == [whole]
+
+
+def test_many_findings_in_one_long_value_read_it_once():
+    """Hostile input: a 1 MB run with a secret finding every 20 characters, and 30,000 key-block
+    headers without an END line. Each finding used to read its value anew up to the 60,000-character
+    limit (164 s of CPU for the first); the runs are now read once."""
+    import time
+
+    text = "x" * 1_000_000
+    found = [Finding("secret.generic", i, i + 10, 60, None) for i in range(0, len(text) - 100, 20)]
+    t = time.process_time()
+    out = whole_secrets(text, found, limit=60_000)
+    assert [f.end for f in out[:2]] == [60_000, 60_020] and out[-1].end == len(text)
+    blocks = "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n" * 30_000
+    headers = [Finding("secret.private_key", i, i + 31, 99, None) for i in range(0, len(blocks), 37)]
+    out = whole_secrets(blocks, headers, limit=60_000)
+    assert out[0].end == 59_999 and out[-1].end == len(blocks) - 1
+    assert time.process_time() - t < 5, "quadratic"
