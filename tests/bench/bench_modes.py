@@ -11,8 +11,9 @@ Also checks that a stream through the per-response variant arrives whole (every 
 the empty processor echoes, so that check cannot tell an ignored override from an honoured one:
 Envoy's ext_proc message counters can (the full-pipeline A/B is in commit 6eb2ab6,
 `bench_modes.py --set full`, with the servicer support it needs).
-Usage: .venv/bin/python tests/bench/bench_modes.py [--set modes|grpc] [--rounds 4] [--duration 4]
-(--set grpc: the same alternation over gRPC server options instead of processing modes)
+Usage: .venv/bin/python tests/bench/bench_modes.py [--set modes|grpc|transport] [--rounds 4] [--duration 4]
+(--set grpc: the same alternation over gRPC server options instead of processing modes;
+--set transport: loopback TCP against a Unix socket between Envoy and the processor)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +49,8 @@ PER_RESPONSE = {
                                 "response_body_mode": "FULL_DUPLEX_STREAMED", "request_trailer_mode": "SKIP",
                                 "response_trailer_mode": "SEND"}],
 }
-# name -> (ext_proc filter patch, empty processor arguments)
+# name -> (ext_proc filter patch, empty processor arguments); "unix" in the arguments: the processor
+# listens on a Unix socket and Envoy's ledgergate cluster is a pipe (the sidecar's transport).
 SETS = {
     "modes": {"duplex": (None, []), "per-response": (PER_RESPONSE, ["--response-body", "per-response"])},
     # gRPC server options on the plumbing floor (issue 23: flow control, BDP pings, target).
@@ -55,6 +58,9 @@ SETS = {
              "no-bdp-probe": (None, ["--grpc-option", "grpc.http2.bdp_probe=0"]),
              "big-windows": (None, ["--grpc-option", "grpc.http2.lookahead_bytes=1048576",
                                     "--grpc-option", "grpc.http2.bdp_probe=0"])},
+    # The transport to the processor: loopback TCP (envoy/local.yaml, make bench) or a Unix socket
+    # (envoy/sidecar.yaml; envoyproxy/ai-gateway does the same).
+    "transport": {"tcp": (None, []), "unix": (None, ["unix"])},
 }
 
 
@@ -68,6 +74,14 @@ async def stream_whole(port: int) -> dict:
     head, _, rest = data.partition(b"\r\n\r\n")
     return {"status": int(head.split()[1]), "done": b"data: [DONE]" in rest,
             "events": rest.count(b"data: ")}
+
+
+def _wait_socket(path: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.05)
 
 
 def main() -> None:
@@ -90,12 +104,17 @@ def main() -> None:
         paths = {}
         for name, (patch, proc_args) in variants.items():
             ep = free_ports(1)[0]
-            proc = subprocess.Popen([PY, str(REPO / "tests" / "bench" / "empty_processor.py"), "--port", str(ep),
-                                     *proc_args])
+            sock = tmp / f"{name}.sock" if "unix" in proc_args else None
+            listen = ["--listen", f"unix:{sock}"] if sock else ["--port", str(ep)]
+            proc = subprocess.Popen([PY, str(REPO / "tests" / "bench" / "empty_processor.py"), *listen,
+                                     *[a for a in proc_args if a != "unix"]])
             procs.append(proc)
-            wait_port(ep)
+            if sock:
+                _wait_socket(sock)
+            else:
+                wait_port(ep)
             envoy, port, admin = start_front_envoy(tmp / name, upstream_port=fixed_port, ext_ports=[ep],
-                                                   filter_patch=patch)
+                                                   filter_patch=patch, ext_socket=sock)
             procs.append(envoy)
             paths[name] = {"port": port, "admin": admin, "worker": proc.pid, "envoy": envoy.pid}
         out: dict = {"streams": {}, "runs": {n: [] for n in variants}}

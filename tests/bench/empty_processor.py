@@ -61,7 +61,8 @@ class Empty(pb_grpc.ExternalProcessorServicer):
 
 async def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int)
+    p.add_argument("--listen", help="a gRPC address instead of --port, e.g. unix:/tmp/x.sock")
     p.add_argument("--response-body", choices=["duplex", "per-response"], default="duplex")
     p.add_argument("--grpc-option", action="append", default=[], metavar="NAME=INT",
                    help="an extra gRPC server option (A/B of server options)")
@@ -69,7 +70,7 @@ async def main() -> None:
     extra = [(k, int(v)) for k, _, v in (o.partition("=") for o in a.grpc_option)]
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100000), *extra])
     pb_grpc.add_ExternalProcessorServicer_to_server(Empty(a.response_body == "per-response"), server)
-    server.add_insecure_port(f"127.0.0.1:{a.port}")
+    server.add_insecure_port(a.listen or f"127.0.0.1:{a.port}")
     await server.start()
     await server.wait_for_termination()
 

@@ -98,10 +98,12 @@ def start_fixed_upstream(tmp: Path, *, mock_port: int) -> tuple[subprocess.Popen
 
 
 def start_front_envoy(tmp: Path, *, upstream_port: int, ext_ports: list[int] | None,
-                      filter_patch: dict | None = None) -> tuple[subprocess.Popen, int, int]:
+                      filter_patch: dict | None = None,
+                      ext_socket: Path | None = None) -> tuple[subprocess.Popen, int, int]:
     """Envoy from envoy/local.yaml with every provider pointed at the fixed upstream; without
     ext_ports the ext_proc filter is removed (Envoy alone). filter_patch is merged into the
-    ext_proc filter's typed_config (processing-mode A/B). Returns (process, http port, admin port)."""
+    ext_proc filter's typed_config (processing-mode A/B); ext_socket reaches the processor over
+    that Unix socket instead (as envoy/sidecar.yaml does). Returns (process, http port, admin port)."""
     from ext_proc.cli.devmaterial import ensure_tls_cert
     from ext_proc.cli.up import envoy_binary, render_envoy_config
     from tests.support import free_ports
@@ -121,6 +123,11 @@ def start_front_envoy(tmp: Path, *, upstream_port: int, ext_ports: list[int] | N
                     for h in hfs:
                         if h["name"] == "envoy.filters.http.ext_proc":
                             h["typed_config"].update(filter_patch)
+    if ext_socket is not None:
+        for cluster in cfg["static_resources"]["clusters"]:
+            if cluster["name"] == "ledgergate":
+                cluster["load_assignment"]["endpoints"] = [
+                    {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(ext_socket)}}}}]}]
     path = tmp / f"envoy-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     proc = subprocess.Popen([envoy_binary(), "-c", str(path), "--log-level", "error", "--concurrency", "2",
