@@ -441,3 +441,23 @@ async def test_redis_lookup_finishing_after_close_keeps_no_connection():
     await asyncio.sleep(0)            # the look-up has its connection (taken from the idle list)
     await store.close()
     assert await pending is None and store._idle == []
+
+
+def test_inspection_memo_does_not_remember_a_summary_records_could_not_hold():
+    # The memo keeps a summary as its canonical JSON; one that JSON cannot carry canonically
+    # (a float, say a provider's cost) is not remembered: the next hit inspects again.
+    from ext_proc.server.cache_state import InspectionMemo
+
+    memo = InspectionMemo()
+    released, summary = _inspect(_rules_plain())
+    memo.put(_memo_key(memo), ANSWER, released, {**summary, "usage": {"cost": 0.25}})
+    assert memo.get(_memo_key(memo)) is None and len(memo) == 0
+    memo.put(_memo_key(memo), ANSWER, released, summary)
+    got = memo.get(_memo_key(memo))
+    assert got == summary and got is not summary
+
+
+def _rules_plain():
+    from ext_proc.streaming import ResponseRules
+
+    return ResponseRules.from_policy({})
