@@ -145,6 +145,7 @@ def instrument() -> None:
         (response_cache, "cache_hit", "2b5 the two records built"),
         (runtime_mod.Runtime, "release", "2b6 rate-limit release"),
         (log.AuditLog, "commit_together", "2b7 commit_together (seal + wait until durable)"),
+        (log.AuditLog, "begin_together", "2b7b begin_together (seal + queue; the wait is in the cache step)"),
         (chain.ChainWriter, "seal_line", "2b7a seal one record (canonical JSON, hash, signature)"),
         (replies, "immediate", "2b8 immediate response built"),
         (log.FileSink, "write_batch", "W  writer thread: write + fsync"),
