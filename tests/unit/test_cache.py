@@ -326,6 +326,50 @@ async def test_a_hit_through_the_servicer_reuses_the_inspection_only_under_the_s
         await rt.close()
 
 
+
+async def test_a_hit_whose_records_cannot_be_made_durable_releases_nothing_of_the_answer(tmp_path):
+    """The hit's answer is built while its records are being written; a write that fails must
+    still send none of it: the client gets the 503 audit_unavailable, never the cached body."""
+    import time as _time
+
+    from ext_proc.cli.devmaterial import ensure_dev_material
+    from ext_proc.identity.dev import mint_dev_token
+    from ext_proc.server.config import load_config
+    from ext_proc.server.runtime import Runtime
+    from ext_proc.server.servicer import Servicer
+    from tests.bench import bench_hit_cpu as drive
+    from tests.support import REPO
+
+    var = tmp_path / "var"
+    ensure_dev_material(var)
+    rt = Runtime(load_config(None, base_dir=tmp_path, overrides={
+        "policy": {"path": str(REPO / "tests" / "e2e" / "policies" / "cache.yaml")},
+        "server": {"metrics_listen": None}, "cache": {"backend": "memory"}}))
+    await rt.start()
+    try:
+        servicer = Servicer(rt)
+        token = mint_dev_token(var / "dev", sub="alice", roles=["developer"], tenant="acme", now=_time.time())
+        payload = json.dumps({"model": "gpt-4o-mini", "temperature": 0,
+                              "messages": [{"role": "user", "content": "who do I write to?"}]}).encode()
+        answer_msgs = [drive.response_messages()[0],
+                       drive.pb.ProcessingRequest(response_body=drive.pb.HttpBody(body=ANSWER, end_of_stream=True))]
+        assert len(await drive.drive(servicer, drive.request_messages(token, "fill", payload) + answer_msgs)) == 4
+        await asyncio.gather(*rt.cache._fills)
+        hit = await drive.drive(servicer, drive.request_messages(token, "hit-ok", payload))
+        assert hit[-1].immediate_response.body == ANSWER
+
+        def broken(lines):
+            raise OSError("disk gone")
+        rt.audit.sink.write_batch = broken
+        out = await drive.drive(servicer, drive.request_messages(token, "hit-lost", payload))
+        assert out[-1].HasField("immediate_response"), out
+        refused = out[-1].immediate_response
+        assert refused.status.code == 503 and b"audit_unavailable" in refused.body
+        assert all(ANSWER not in r.SerializeToString() for r in out)
+    finally:
+        await rt.close()
+
+
 # --- the Redis store's look-up connections (the machine's Redis) ---------------------------------
 
 def _stored(i: int = 0) -> Entry:
