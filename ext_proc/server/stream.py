@@ -63,6 +63,9 @@ class Stage(Protocol):
 
     def finish(self, error: str | None) -> Awaitable[None]: ...
 
+    # Optional: `finish_now(error) -> bool` ends the stream without waiting when there is
+    # nothing to wait for (True), sparing the task `finish` is shielded in (Exchange has it).
+
 
 async def serve(stage: Stage, requests: AsyncIterator[pb.ProcessingRequest],
                 context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
@@ -97,5 +100,8 @@ async def serve(stage: Stage, requests: AsyncIterator[pb.ProcessingRequest],
         await context.abort(failed.status, failed.detail)
     finally:
         # Shielded: when Envoy resets a finished stream, gRPC cancels this handler, and the await
-        # below is cancelled again while the stage's end (an outcome commit) goes on.
-        await asyncio.shield(stage.finish(error))
+        # below is cancelled again while the stage's end (an outcome commit) goes on. A stage
+        # with nothing to wait for ends at once (no task: a cache hit's or a refusal's end).
+        now = getattr(stage, "finish_now", None)
+        if now is None or not now(error):
+            await asyncio.shield(stage.finish(error))

@@ -370,6 +370,61 @@ async def test_a_hit_whose_records_cannot_be_made_durable_releases_nothing_of_th
         await rt.close()
 
 
+
+async def test_a_hits_stream_ends_without_a_task_and_a_released_request_still_gets_its_outcome(tmp_path, monkeypatch):
+    """The stream's end runs shielded in a task of its own only when it has something to wait
+    for: a hit's end does not (its records are committed); a released request whose answer never
+    came does, and its outcome is committed."""
+    import time as _time
+
+    from ext_proc.cli.devmaterial import ensure_dev_material
+    from ext_proc.identity.dev import mint_dev_token
+    from ext_proc.server import stream
+    from ext_proc.server.config import load_config
+    from ext_proc.server.runtime import Runtime
+    from ext_proc.server.servicer import Servicer
+    from tests.bench import bench_hit_cpu as drive
+    from tests.support import REPO
+
+    shielded: list[object] = []
+    real_shield = stream.asyncio.shield
+
+    def counting_shield(aw):
+        shielded.append(aw)
+        return real_shield(aw)
+    monkeypatch.setattr(stream.asyncio, "shield", counting_shield)
+    var = tmp_path / "var"
+    ensure_dev_material(var)
+    rt = Runtime(load_config(None, base_dir=tmp_path, overrides={
+        "policy": {"path": str(REPO / "tests" / "e2e" / "policies" / "cache.yaml")},
+        "server": {"metrics_listen": None}, "cache": {"backend": "memory"}}))
+    await rt.start()
+    try:
+        servicer = Servicer(rt)
+        token = mint_dev_token(var / "dev", sub="alice", roles=["developer"], tenant="acme", now=_time.time())
+
+        def payload(text: str) -> bytes:
+            return json.dumps({"model": "gpt-4o-mini", "temperature": 0,
+                               "messages": [{"role": "user", "content": text}]}).encode()
+        answer_msgs = [drive.response_messages()[0],
+                       drive.pb.ProcessingRequest(response_body=drive.pb.HttpBody(body=ANSWER, end_of_stream=True))]
+        await drive.drive(servicer, drive.request_messages(token, "fill", payload("q")) + answer_msgs)
+        await asyncio.gather(*rt.cache._fills)
+        shielded.clear()
+        out = await drive.drive(servicer, drive.request_messages(token, "hit", payload("q")))
+        assert out[-1].immediate_response.body == ANSWER and shielded == []
+
+        # Released (a miss), then the stream ends before any answer: the outcome says so.
+        out = await drive.drive(servicer, drive.request_messages(token, "gone", payload("another question")))
+        assert not out[-1].HasField("immediate_response") and len(shielded) == 1
+        records = [r for f in sorted((var / "audit").glob("*.jsonl"))
+                   for r in map(json.loads, f.read_text().splitlines())]
+        gone = [r for r in records if r.get("request_id") == "gone" and r.get("kind") == "outcome"]
+        assert len(gone) == 1 and gone[0]["error"] == "stream_ended_before_response_completed"
+    finally:
+        await rt.close()
+
+
 # --- the Redis store's look-up connections (the machine's Redis) ---------------------------------
 
 def _stored(i: int = 0) -> Entry:
