@@ -414,6 +414,19 @@ async def test_a_hits_stream_ends_without_a_task_and_a_released_request_still_ge
         out = await drive.drive(servicer, drive.request_messages(token, "hit", payload("q")))
         assert out[-1].immediate_response.body == ANSWER and shielded == []
 
+        # The request side left open by the immediate response is closed by then, not later by
+        # the event loop's async-generator finaliser (a task of its own).
+        closed: list[bool] = []
+
+        async def requests():
+            try:
+                for m in drive.request_messages(token, "hit-2", payload("q")):
+                    yield m
+            finally:
+                closed.append(True)
+        out = [r async for r in servicer.Process(requests(), drive.Ctx())]
+        assert out[-1].immediate_response.body == ANSWER and closed == [True]
+
         # Released (a miss), then the stream ends before any answer: the outcome says so.
         out = await drive.drive(servicer, drive.request_messages(token, "gone", payload("another question")))
         assert not out[-1].HasField("immediate_response") and len(shielded) == 1
