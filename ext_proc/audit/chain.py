@@ -9,7 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from nacl.signing import SigningKey
+from nacl.bindings import crypto_sign, crypto_sign_BYTES, crypto_sign_seed_keypair
 
 from ext_proc.audit.canonical import canonical_json, canonical_json_unchecked, check_canonical
 from ext_proc.audit.record import SCHEMA_VERSION
@@ -34,8 +34,10 @@ def record_hash(record: dict[str, Any]) -> str:
 class ChainWriter:
     def __init__(self, signing_key: Ed25519PrivateKey, writer_id: str, segment_id: str) -> None:
         # Signed with libsodium (22 us against 36 us for OpenSSL here, the same deterministic
-        # Ed25519 signature); the cryptography key stays the loaded and exported form.
-        self._key = SigningKey(signing_key.private_bytes(
+        # Ed25519 signature), through PyNaCl's binding directly: its SigningKey wrapper builds a
+        # SignedMessage around each signature (a tenth of the call). The cryptography key stays
+        # the loaded and exported form.
+        _pk, self._secret = crypto_sign_seed_keypair(signing_key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
         self.writer_id = writer_id
         self.segment_id = segment_id
@@ -46,7 +48,7 @@ class ChainWriter:
 
     def sign(self, message: bytes) -> bytes:
         """A detached Ed25519 signature with the segment's key (for signed checkpoints)."""
-        return self._key.sign(message).signature
+        return crypto_sign(message, self._secret)[:crypto_sign_BYTES]
 
     def genesis(self, now_ms: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.seal({"schema": SCHEMA_VERSION, "kind": "genesis", "writer_id": self.writer_id,
@@ -74,7 +76,7 @@ class ChainWriter:
             (low if k < "hash" else mid if k < "signature" else high)[k] = v
         parts = [canonical_json_unchecked(p)[1:-1] for p in (low, mid, high)]
         h = hashlib.sha256(b"{" + b",".join(p for p in parts if p) + b"}").hexdigest()
-        sig = base64.b64encode(self._key.sign(bytes.fromhex(h)).signature).decode()
+        sig = base64.b64encode(crypto_sign(bytes.fromhex(h), self._secret)[:crypto_sign_BYTES]).decode()
         rec["hash"] = h
         rec["signature"] = sig
         line = b",".join(p for p in (parts[0], b'"hash":"' + h.encode() + b'"', parts[1],

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import threading
 import time
 import uuid
@@ -28,6 +29,10 @@ from ext_proc.audit.sink import AuditSink
 from ext_proc.keyfiles import load_or_create_ed25519
 
 _log = logging.getLogger(__name__)
+
+
+_STOP = None
+"""The last item of the writer's queue (AuditLog.close)."""
 
 
 class AuditUnavailable(Exception):
@@ -141,10 +146,12 @@ class AuditLog:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.clock = clock
-        self._cond = threading.Condition()
-        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []   # guarded by _cond
-        self._stopping = False                                  # guarded by _cond
-        self._failed: str | None = None   # set once, by the writer thread (under _cond) or start()
+        # Commits go to the writer thread through a C queue: one item per commit (its lines and
+        # its future), `_STOP` last. Its put and get are each one call without Python-level
+        # locking, so the writer is woken with one futex call and no Condition bookkeeping.
+        self._queue: queue.SimpleQueue[tuple[list[bytes], asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._pending = 0                 # records queued and not yet settled (event loop only)
+        self._failed: str | None = None   # set once, by the writer thread or start()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: threading.Thread | None = None
@@ -190,26 +197,28 @@ class AuditLog:
 
     def _enqueue_together(self, sealed: list[tuple[dict[str, Any], bytes]]) -> asyncio.Future[Any]:
         """Queue records under one future: the writer never splits them across batches, so they
-        reach the sink in one write and one fsync, and the future settles once all are durable."""
+        reach the sink in one write and one fsync, and the future settles once all are durable.
+        The Merkle leaves are appended before the writer is woken: once it is, the event loop
+        should let go of the GIL as soon as it can (the writer needs it to start)."""
         assert self._loop is not None, "AuditLog.start() first"
+        if self._failed is not None:
+            raise AuditUnavailable(self._failed)
         fut = self._loop.create_future()
-        with self._cond:
-            if self._failed is not None:
-                raise AuditUnavailable(self._failed)
-            self._queue.extend((line + b"\n", fut) for _, line in sealed)
-            self._cond.notify()
         for record, _ in sealed:
             leaf = leaf_hash(bytes.fromhex(record["hash"]))
             self._frontier.append(leaf)
             if self._proofs is not None:
                 self._proofs.append(leaf)
         self._last_fut = fut
+        self._pending += len(sealed)
+        # A writer that failed meanwhile still takes this item and fails it (_write_loop).
+        self._queue.put(([line + b"\n" for _, line in sealed], fut))
         return fut
 
     async def commit(self, body: dict[str, Any]) -> dict[str, Any]:
         if self._failed is not None or self._closed:
             raise AuditUnavailable(self._failed or "audit log closed")
-        if len(self._queue) >= self.max_queue:
+        if self._pending >= self.max_queue:
             raise AuditUnavailable("audit queue full")
         record, line = self.chain.seal_line(body, int(self.clock() * 1000))
         # A cancelled caller cancels only its wait: the record is sealed and is written anyway.
@@ -220,49 +229,70 @@ class AuditLog:
         """Seal the records in this order and make them durable in one write and one fsync
         (a cache hit's decision and outcome: issue 22); returns once all of them are, and none
         is returned as committed unless all are."""
+        records, durable = self.begin_together(bodies)
+        await durable
+        return records
+
+    def begin_together(self, bodies: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], asyncio.Future[Any]]:
+        """`commit_together` in two steps: seal and queue now (AuditUnavailable when the log
+        cannot take them), and the future that settles once all of them are durable (or fails
+        for all of them). The caller may prepare its answer meanwhile and release nothing before
+        the future is done. A cancelled wait cancels only the wait: the records are written anyway."""
         if self._failed is not None or self._closed:
             raise AuditUnavailable(self._failed or "audit log closed")
-        if len(self._queue) + len(bodies) > self.max_queue:
+        if self._pending + len(bodies) > self.max_queue:
             raise AuditUnavailable("audit queue full")
         now = int(self.clock() * 1000)
         sealed = [self.chain.seal_line(body, now) for body in bodies]
-        await self._enqueue_together(sealed)
-        return [record for record, _ in sealed]
+        durable = self._enqueue_together(sealed)
+        return [record for record, _ in sealed], durable
 
     def _write_loop(self) -> None:
-        """The writer thread: one write + fsync per batch, in chain order. It never ends with a
-        commit left waiting: whatever stops it fails every record not yet durable."""
-        batch: list[tuple[bytes, asyncio.Future[Any]]] = []
+        """The writer thread: one write + fsync per batch (whatever has queued up since the last
+        one, up to `max_batch` records, never cutting a commit's records), in chain order. It
+        never ends with a commit left waiting: whatever stops it fails every record not yet
+        durable, and every commit queued after that, until `_STOP`."""
+        q = self._queue
+        batch: list[tuple[list[bytes], asyncio.Future[Any]]] = []
+        stop = False
         try:
-            while True:
-                with self._cond:
-                    while not self._queue and not self._stopping:
-                        self._cond.wait()
-                    if not self._queue:
-                        return
-                    n = min(len(self._queue), self.max_batch)
-                    # Records committed together share a future: never cut between them.
-                    while n < len(self._queue) and self._queue[n][1] is self._queue[n - 1][1]:
-                        n += 1
-                    batch, self._queue = self._queue[:n], self._queue[n:]
-                self.sink.write_batch([line for line, _ in batch])
+            while not stop:
+                item = q.get()
+                if item is _STOP:
+                    return
+                batch, n = [item], len(item[0])
+                while n < self.max_batch:
+                    try:
+                        item = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                    n += len(item[0])
+                self.sink.write_batch([line for lines, _ in batch for line in lines])
                 self._hand_back(batch, None)
                 batch = []
         except BaseException as exc:  # noqa: BLE001 - any failure makes the log unavailable
-            with self._cond:
-                # Records of this batch may or may not be in the sink: the chain cannot go on.
-                self._failed = f"audit sink failed: {type(exc).__name__}"
-                batch, self._queue = batch + self._queue, []
+            # Records of this batch may or may not be in the sink: the chain cannot go on.
+            self._failed = f"audit sink failed: {type(exc).__name__}"
             self._hand_back(batch, self._failed)
+            while not stop:
+                item = q.get()
+                if item is _STOP:
+                    return
+                self._hand_back([item], self._failed)
 
-    def _hand_back(self, batch: list[tuple[bytes, asyncio.Future[Any]]], error: str | None) -> None:
+    def _hand_back(self, batch: list[tuple[list[bytes], asyncio.Future[Any]]], error: str | None) -> None:
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(self._settle, batch, error)
         except RuntimeError:
             pass  # the loop is closed: nobody waits for these futures any more
 
-    def _settle(self, batch: list[tuple[bytes, asyncio.Future[Any]]], error: str | None) -> None:
+    def _settle(self, batch: list[tuple[list[bytes], asyncio.Future[Any]]], error: str | None) -> None:
+        self._pending -= sum(len(lines) for lines, _ in batch)
         if error is not None:
             self.ready = False
             for _, fut in batch:
@@ -270,7 +300,7 @@ class AuditLog:
                     fut.set_exception(AuditUnavailable(error))
             return
         self.batches += 1
-        self.records += len(batch)
+        self.records += sum(len(lines) for lines, _ in batch)
         for _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
@@ -344,9 +374,7 @@ class AuditLog:
             # On drain: the witnesses get the closing size, the closing checkpoint record included.
             await self.publish_checkpoint()
         self._closed = True
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
+        self._queue.put(_STOP)
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
         await asyncio.to_thread(self.sink.close)

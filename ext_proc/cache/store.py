@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import cachetools
+import orjson
 
 from ext_proc.configerror import ConfigError
 
@@ -48,7 +49,7 @@ class Entry:
         if not sep:
             raise CacheUnavailable("malformed entry")
         try:
-            meta = json.loads(head)
+            meta = orjson.loads(head)
             return cls(body=body, **meta)
         except (ValueError, TypeError) as exc:
             raise CacheUnavailable("malformed entry") from exc

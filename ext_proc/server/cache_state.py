@@ -6,14 +6,15 @@ so neither imports the other back."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import cachetools
+import orjson
 import structlog
 
+from ext_proc.audit.canonical import canonical_json
 from ext_proc.cache import CachePlan, CacheUnavailable, Entry, cache_settings, open_store
 from ext_proc.cache.metrics import CacheMetrics
 from ext_proc.streaming import ResponseRules
@@ -40,7 +41,10 @@ class InspectionMemo:
     caller. A different value of any of these is a different key, so a remembered result is the
     result the inspection would give now. Only unchanged answers are kept (not blocked, nothing
     redacted, released byte for byte): the value is the summary alone, never an answer's bytes,
-    at most INSPECTION_MEMO_ENTRIES of them (LRU), each a few hundred bytes. Event loop only."""
+    at most INSPECTION_MEMO_ENTRIES of them (LRU), each a few hundred bytes. It is kept as its
+    canonical JSON and parsed anew for each hit, so the records built from it are the caller's own
+    (a tenth of a deep copy's cost); a summary outside what records may hold (audit/canonical.py)
+    is not remembered. Event loop only."""
 
     def __init__(self, max_entries: int = INSPECTION_MEMO_ENTRIES) -> None:
         self._memo: cachetools.LRUCache = cachetools.LRUCache(max_entries)
@@ -58,16 +62,21 @@ class InspectionMemo:
                 max_buffer_bytes, max_block_chars)
 
     def get(self, key: tuple) -> dict | None:
-        summary = self._memo.get(key)
-        if summary is None:
+        kept = self._memo.get(key)
+        if kept is None:
             return None
         self.hits += 1
-        return copy.deepcopy(summary)    # records built from it are the caller's own
+        summary: dict = orjson.loads(kept)    # a new object: records built from it are the caller's own
+        return summary
 
     def put(self, key: tuple, body: bytes, released: bytes, summary: Mapping[str, Any]) -> None:
         if released == body and not summary.get("blocked") and not summary.get("redactions") \
                 and not summary.get("redactions_not_listed"):
-            self._memo[key] = copy.deepcopy(dict(summary))
+            try:
+                kept = canonical_json(dict(summary))
+            except (TypeError, ValueError):
+                return
+            self._memo[key] = kept
 
     def __len__(self) -> int:
         return len(self._memo)

@@ -233,6 +233,16 @@ class Exchange:
         return Failure("audit_unavailable", replies.immediate(503, {**headers, "x-request-id": self.head.request_id},
                                                               body, "audit_unavailable"))
 
+    def finish_now(self, error: str | None) -> bool:
+        """The stream's end when it has nothing to wait for (a hit, a refusal: nothing released
+        whose outcome is missing, no reservation to give back): done here, and True; False when
+        `finish` must run (server/stream.py then runs it shielded, as a task of its own)."""
+        if self.released or self.reservation is not None:
+            return False
+        self.rt.metrics.stream_ended()
+        self.trace.finish(error)
+        return True
+
     async def finish(self, error: str | None) -> None:
         """The stream ended: a released request whose outcome is not on record gets one now."""
         self.rt.metrics.stream_ended()

@@ -145,21 +145,24 @@ async def _serve(ex: ExchangeView, verdict: Verdict, plan: CachePlan, entry: Ent
     # Both records in one durable write, one fsync (sealed in this order: decision, then
     # outcome); nothing is sent before both are durable, and a failed commit sends nothing
     # (AuditUnavailable). Two commits cost two fsyncs when the writer woke between them, most of
-    # a hit's added latency (issue 22).
+    # a hit's added latency (issue 22). The answer is built while the writer makes them durable,
+    # and returned only once they are.
     bodies = [hit.verdict.record.to_dict(), hit.outcome.record.to_dict()]
     with ex.trace.audit_commit(bodies[0]), ex.trace.audit_commit(bodies[1]):
-        await rt.audit.commit_together(bodies)
+        _records, durable = rt.audit.begin_together(bodies)
+        headers = {"content-type": "application/json" if hit.status == BLOCKED_STATUS else ctype,
+                   CACHE_HEADER: "hit", "x-request-id": head.request_id}
+        headers.update(ex.ratelimit_headers)
+        marker = (decision.response or {}).get("marker_header")
+        if marker:
+            headers[marker["name"]] = marker["value"]
+        if plan.stream:
+            headers["cache-control"] = "no-cache"
+        reply = replies.immediate(hit.status, headers, released, "served_from_cache")
+        await durable
     rt.metrics.phase("cache_hit_commit", time.perf_counter() - started)
     rt.cache.metrics.bytes_moved("served", len(released))
-    headers = {"content-type": "application/json" if hit.status == BLOCKED_STATUS else ctype,
-               CACHE_HEADER: "hit", "x-request-id": head.request_id}
-    headers.update(ex.ratelimit_headers)
-    marker = (decision.response or {}).get("marker_header")
-    if marker:
-        headers[marker["name"]] = marker["value"]
-    if plan.stream:
-        headers["cache-control"] = "no-cache"
-    return hit.verdict, replies.immediate(hit.status, headers, released, "served_from_cache")
+    return hit.verdict, reply
 
 
 def response_headers(ex: ExchangeView, content_type: str | None) -> dict[str, str]:

@@ -63,12 +63,16 @@ class Stage(Protocol):
 
     def finish(self, error: str | None) -> Awaitable[None]: ...
 
+    # Optional: `finish_now(error) -> bool` ends the stream without waiting when there is
+    # nothing to wait for (True), sparing the task `finish` is shielded in (Exchange has it).
+
 
 async def serve(stage: Stage, requests: AsyncIterator[pb.ProcessingRequest],
                 context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
     error: str | None = None
+    received = requests.__aiter__()
     try:
-        async for req in requests:
+        async for req in received:
             kind = req.WhichOneof("request")
             handler = getattr(stage, HANDLERS.get(kind or "", ""), None)
             if handler is None:
@@ -78,12 +82,14 @@ async def serve(stage: Stage, requests: AsyncIterator[pb.ProcessingRequest],
                 async for reply in out:
                     yield reply
                     if is_immediate(reply):
+                        await _close(received)
                         return   # Envoy ends the stream after an immediate response.
                 continue
             # A list (or a coroutine of one): iterated here, without an async generator per message.
             for reply in (await out if inspect.isawaitable(out) else out):
                 yield reply
                 if is_immediate(reply):
+                    await _close(received)
                     return
     except asyncio.CancelledError:
         error = "cancelled"
@@ -97,5 +103,19 @@ async def serve(stage: Stage, requests: AsyncIterator[pb.ProcessingRequest],
         await context.abort(failed.status, failed.detail)
     finally:
         # Shielded: when Envoy resets a finished stream, gRPC cancels this handler, and the await
-        # below is cancelled again while the stage's end (an outcome commit) goes on.
-        await asyncio.shield(stage.finish(error))
+        # below is cancelled again while the stage's end (an outcome commit) goes on. A stage
+        # with nothing to wait for ends at once (no task: a cache hit's or a refusal's end).
+        now = getattr(stage, "finish_now", None)
+        if now is None or not now(error):
+            await asyncio.shield(stage.finish(error))
+
+
+async def _close(received: AsyncIterator[pb.ProcessingRequest]) -> None:
+    """Close the request side left unfinished by an immediate response here (gRPC's receiver is
+    an async generator): otherwise the event loop's finaliser closes it later in a task of its own."""
+    aclose = getattr(received, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # noqa: BLE001 - the answer is out; closing the request side is housekeeping
+            pass

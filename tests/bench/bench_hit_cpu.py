@@ -11,6 +11,11 @@ prints the event loop's CPU (thread time) and the wall time of each per hit. Usa
   .venv/bin/python tests/bench/bench_hit_cpu.py [--hits 300] [--backend redis|memory]
       [--phases] [--profile FILE.pstats] [--top 40]
 Only 127.0.0.1 is contacted; the Redis keys use a unique prefix and are deleted at the end.
+
+Instruction counts (noise-free on a shared machine): under callgrind with LG_CALLGRIND=1 only the
+measured hits are instrumented, and the Redis deadline is raised to 60 s (valgrind is ~50x slower):
+  PYTHONHASHSEED=0 LG_CALLGRIND=1 valgrind --tool=callgrind --instr-atstart=no \
+      .venv/bin/python tests/bench/bench_hit_cpu.py --hits 100
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import cProfile
 import functools
 import io
 import json
+import os
 import pstats
 import statistics
 import sys
@@ -42,6 +48,7 @@ from ext_proc.server.config import load_config  # noqa: E402
 from ext_proc.server.runtime import Runtime  # noqa: E402
 from ext_proc.server.servicer import Servicer  # noqa: E402
 from tests.bench.bench_cache import body  # noqa: E402
+from tests.bench.bench_exchange import _callgrind  # noqa: E402
 
 ANSWER = json.dumps({
     "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
@@ -145,6 +152,7 @@ def instrument() -> None:
         (response_cache, "cache_hit", "2b5 the two records built"),
         (runtime_mod.Runtime, "release", "2b6 rate-limit release"),
         (log.AuditLog, "commit_together", "2b7 commit_together (seal + wait until durable)"),
+        (log.AuditLog, "begin_together", "2b7b begin_together (seal + queue; the wait is in the cache step)"),
         (chain.ChainWriter, "seal_line", "2b7a seal one record (canonical JSON, hash, signature)"),
         (replies, "immediate", "2b8 immediate response built"),
         (log.FileSink, "write_batch", "W  writer thread: write + fsync"),
@@ -170,6 +178,9 @@ async def run(tmp: Path, hits: int, backend: str, profile: Path | None, top: int
         "policy": {"path": str(REPO / "tests" / "e2e" / "policies" / "cache.yaml")},
         "server": {"metrics_listen": None},
         "cache": {"backend": backend, "prefix": prefix}})
+    if os.environ.get("LG_CALLGRIND") == "1":
+        from ext_proc.cache.store import RedisStore
+        RedisStore.__init__.__kwdefaults__["timeout_s"] = 60.0
     rt = Runtime(config)
     await rt.start()
     servicer = Servicer(rt)
@@ -193,10 +204,12 @@ async def run(tmp: Path, hits: int, backend: str, profile: Path | None, top: int
         prof = cProfile.Profile() if profile else None
         if prof:
             prof.enable()
+        _callgrind(True)
         for i in range(hits):
             t = time.perf_counter()
             await hit(1000 + i)
             wall.append(time.perf_counter() - t)
+        _callgrind(False)
         if prof:
             prof.disable()
         cpu, elapsed, loop_cpu = time.process_time() - cpu0, time.perf_counter() - w0, time.thread_time() - t0

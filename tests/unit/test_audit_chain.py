@@ -450,3 +450,71 @@ def test_a_segment_refused_at_its_genesis_is_marked_not_ok_in_the_report(tmp_pat
     [status] = [s for s in rep.segment_status if s.name == path.name]
     assert not rep.ok and "untrusted key" in rep.problem
     assert not status.ok and status.problem is not None
+
+
+def _blocked_log(tmp_path):
+    """A file-sink log whose writer holds each batch until `gate` is set, failing it while
+    `fail` is set."""
+    import threading
+
+    log = open_audit_log(AuditConfig.from_dict({"dir": str(tmp_path / "a"), "signing_key": str(tmp_path / "k.pem")}),
+                         writer_id="w")
+    gate, fail, taken = threading.Event(), threading.Event(), threading.Event()
+    real = log.sink.write_batch
+
+    def held(lines):
+        taken.set()
+        gate.wait(10)
+        if fail.is_set():
+            raise OSError("disk gone")
+        real(lines)
+    return log, held, gate, fail, taken
+
+
+def test_every_commit_queued_behind_a_failed_write_fails_and_none_waits_forever(tmp_path):
+    async def go():
+        log, held, gate, fail, taken = _blocked_log(tmp_path)
+        await log.start()
+        log.sink.write_batch = held
+        first = asyncio.ensure_future(log.commit({"kind": "decision", "request_id": "in-flight"}))
+        await asyncio.to_thread(taken.wait, 5)            # the writer holds it
+        behind = [asyncio.ensure_future(log.commit_together([{"kind": "decision", "request_id": f"b{i}"},
+                                                             {"kind": "outcome", "request_id": f"b{i}"}]))
+                  for i in range(3)]
+        await asyncio.sleep(0)
+        fail.set()
+        gate.set()
+        for fut in [first, *behind]:
+            with pytest.raises(AuditUnavailable):
+                await asyncio.wait_for(fut, 5)
+        # A commit that passed its check just before the writer failed (the race the writer
+        # closes by failing whatever reaches its queue after the failure, until close).
+        failed, log._failed = log._failed, None
+        _records, durable = log.begin_together([{"kind": "decision", "request_id": "raced"}])
+        log._failed = failed
+        with pytest.raises(AuditUnavailable):
+            await asyncio.wait_for(durable, 5)
+        await asyncio.wait_for(log.close(), 5)
+    asyncio.run(go())
+
+
+def test_the_queue_bound_counts_records_not_yet_durable_and_frees_as_they_become_durable(tmp_path):
+    async def go():
+        log, held, gate, fail, taken = _blocked_log(tmp_path)
+        log.max_queue = 3
+        await log.start()
+        log.sink.write_batch = held
+        first = asyncio.ensure_future(log.commit({"kind": "decision", "request_id": "in-flight"}))
+        await asyncio.to_thread(taken.wait, 5)
+        pair = asyncio.ensure_future(log.commit_together([{"kind": "decision", "request_id": "p"},
+                                                          {"kind": "outcome", "request_id": "p"}]))
+        await asyncio.sleep(0)
+        with pytest.raises(AuditUnavailable, match="queue full"):
+            await log.commit({"kind": "decision", "request_id": "one too many"})
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, pair), 5)
+        # Durable records no longer count: the log takes commits again, as many as the bound.
+        for i in range(3):
+            await asyncio.wait_for(log.commit({"kind": "decision", "request_id": f"again{i}"}), 5)
+        await log.close()
+    asyncio.run(go())

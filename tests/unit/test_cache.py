@@ -326,6 +326,118 @@ async def test_a_hit_through_the_servicer_reuses_the_inspection_only_under_the_s
         await rt.close()
 
 
+
+async def test_a_hit_whose_records_cannot_be_made_durable_releases_nothing_of_the_answer(tmp_path):
+    """The hit's answer is built while its records are being written; a write that fails must
+    still send none of it: the client gets the 503 audit_unavailable, never the cached body."""
+    import time as _time
+
+    from ext_proc.cli.devmaterial import ensure_dev_material
+    from ext_proc.identity.dev import mint_dev_token
+    from ext_proc.server.config import load_config
+    from ext_proc.server.runtime import Runtime
+    from ext_proc.server.servicer import Servicer
+    from tests.bench import bench_hit_cpu as drive
+    from tests.support import REPO
+
+    var = tmp_path / "var"
+    ensure_dev_material(var)
+    rt = Runtime(load_config(None, base_dir=tmp_path, overrides={
+        "policy": {"path": str(REPO / "tests" / "e2e" / "policies" / "cache.yaml")},
+        "server": {"metrics_listen": None}, "cache": {"backend": "memory"}}))
+    await rt.start()
+    try:
+        servicer = Servicer(rt)
+        token = mint_dev_token(var / "dev", sub="alice", roles=["developer"], tenant="acme", now=_time.time())
+        payload = json.dumps({"model": "gpt-4o-mini", "temperature": 0,
+                              "messages": [{"role": "user", "content": "who do I write to?"}]}).encode()
+        answer_msgs = [drive.response_messages()[0],
+                       drive.pb.ProcessingRequest(response_body=drive.pb.HttpBody(body=ANSWER, end_of_stream=True))]
+        assert len(await drive.drive(servicer, drive.request_messages(token, "fill", payload) + answer_msgs)) == 4
+        await asyncio.gather(*rt.cache._fills)
+        hit = await drive.drive(servicer, drive.request_messages(token, "hit-ok", payload))
+        assert hit[-1].immediate_response.body == ANSWER
+
+        def broken(lines):
+            raise OSError("disk gone")
+        rt.audit.sink.write_batch = broken
+        out = await drive.drive(servicer, drive.request_messages(token, "hit-lost", payload))
+        assert out[-1].HasField("immediate_response"), out
+        refused = out[-1].immediate_response
+        assert refused.status.code == 503 and b"audit_unavailable" in refused.body
+        assert all(ANSWER not in r.SerializeToString() for r in out)
+    finally:
+        await rt.close()
+
+
+
+async def test_a_hits_stream_ends_without_a_task_and_a_released_request_still_gets_its_outcome(tmp_path, monkeypatch):
+    """The stream's end runs shielded in a task of its own only when it has something to wait
+    for: a hit's end does not (its records are committed); a released request whose answer never
+    came does, and its outcome is committed."""
+    import time as _time
+
+    from ext_proc.cli.devmaterial import ensure_dev_material
+    from ext_proc.identity.dev import mint_dev_token
+    from ext_proc.server import stream
+    from ext_proc.server.config import load_config
+    from ext_proc.server.runtime import Runtime
+    from ext_proc.server.servicer import Servicer
+    from tests.bench import bench_hit_cpu as drive
+    from tests.support import REPO
+
+    shielded: list[object] = []
+    real_shield = stream.asyncio.shield
+
+    def counting_shield(aw):
+        shielded.append(aw)
+        return real_shield(aw)
+    monkeypatch.setattr(stream.asyncio, "shield", counting_shield)
+    var = tmp_path / "var"
+    ensure_dev_material(var)
+    rt = Runtime(load_config(None, base_dir=tmp_path, overrides={
+        "policy": {"path": str(REPO / "tests" / "e2e" / "policies" / "cache.yaml")},
+        "server": {"metrics_listen": None}, "cache": {"backend": "memory"}}))
+    await rt.start()
+    try:
+        servicer = Servicer(rt)
+        token = mint_dev_token(var / "dev", sub="alice", roles=["developer"], tenant="acme", now=_time.time())
+
+        def payload(text: str) -> bytes:
+            return json.dumps({"model": "gpt-4o-mini", "temperature": 0,
+                               "messages": [{"role": "user", "content": text}]}).encode()
+        answer_msgs = [drive.response_messages()[0],
+                       drive.pb.ProcessingRequest(response_body=drive.pb.HttpBody(body=ANSWER, end_of_stream=True))]
+        await drive.drive(servicer, drive.request_messages(token, "fill", payload("q")) + answer_msgs)
+        await asyncio.gather(*rt.cache._fills)
+        shielded.clear()
+        out = await drive.drive(servicer, drive.request_messages(token, "hit", payload("q")))
+        assert out[-1].immediate_response.body == ANSWER and shielded == []
+
+        # The request side left open by the immediate response is closed by then, not later by
+        # the event loop's async-generator finaliser (a task of its own).
+        closed: list[bool] = []
+
+        async def requests():
+            try:
+                for m in drive.request_messages(token, "hit-2", payload("q")):
+                    yield m
+            finally:
+                closed.append(True)
+        out = [r async for r in servicer.Process(requests(), drive.Ctx())]
+        assert out[-1].immediate_response.body == ANSWER and closed == [True]
+
+        # Released (a miss), then the stream ends before any answer: the outcome says so.
+        out = await drive.drive(servicer, drive.request_messages(token, "gone", payload("another question")))
+        assert not out[-1].HasField("immediate_response") and len(shielded) == 1
+        records = [r for f in sorted((var / "audit").glob("*.jsonl"))
+                   for r in map(json.loads, f.read_text().splitlines())]
+        gone = [r for r in records if r.get("request_id") == "gone" and r.get("kind") == "outcome"]
+        assert len(gone) == 1 and gone[0]["error"] == "stream_ended_before_response_completed"
+    finally:
+        await rt.close()
+
+
 # --- the Redis store's look-up connections (the machine's Redis) ---------------------------------
 
 def _stored(i: int = 0) -> Entry:
@@ -441,3 +553,23 @@ async def test_redis_lookup_finishing_after_close_keeps_no_connection():
     await asyncio.sleep(0)            # the look-up has its connection (taken from the idle list)
     await store.close()
     assert await pending is None and store._idle == []
+
+
+def test_inspection_memo_does_not_remember_a_summary_records_could_not_hold():
+    # The memo keeps a summary as its canonical JSON; one that JSON cannot carry canonically
+    # (a float, say a provider's cost) is not remembered: the next hit inspects again.
+    from ext_proc.server.cache_state import InspectionMemo
+
+    memo = InspectionMemo()
+    released, summary = _inspect(_rules_plain())
+    memo.put(_memo_key(memo), ANSWER, released, {**summary, "usage": {"cost": 0.25}})
+    assert memo.get(_memo_key(memo)) is None and len(memo) == 0
+    memo.put(_memo_key(memo), ANSWER, released, summary)
+    got = memo.get(_memo_key(memo))
+    assert got == summary and got is not summary
+
+
+def _rules_plain():
+    from ext_proc.streaming import ResponseRules
+
+    return ResponseRules.from_policy({})
