@@ -4,6 +4,7 @@ every record whose commit returned is on disk."""
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import sys
@@ -18,10 +19,21 @@ def test_kill_9_under_load_loses_no_committed_record(tmp_path):
     d = tmp_path / "audit"
     p = subprocess.Popen([sys.executable, "-m", "tests.fault.audit_writer", str(d), str(tmp_path / "k.pem")],
                          cwd=REPO, stdout=subprocess.PIPE)
-    time.sleep(2.0)
+    # Kill once the writer is well under way (200 acknowledged commits), not after a fixed time:
+    # on a loaded machine the interpreter's start-up alone can take longer than a fixed pause.
+    assert p.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 60
+    while len(seen) < 200 and time.monotonic() < deadline:
+        if not select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            break
+        line = p.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
     p.send_signal(signal.SIGKILL)
     out, _ = p.communicate(timeout=10)
-    acknowledged = {x for x in out.decode().split() if x.startswith("r")}
+    acknowledged = {x for x in b"".join(seen).decode().split() + out.decode().split() if x.startswith("r")}
     assert len(acknowledged) > 100
     on_disk = set()
     for f in d.glob("*.jsonl"):
