@@ -169,6 +169,21 @@ class NormalizedText:
             return start, end
         return self._orig_char(start)[0], self._orig_char(end - 1)[1]
 
+    def normalized_at(self, pos: int) -> int:
+        """How many normalized characters the original text before `pos` gives (the inverse of
+        ``original_span``: an original offset -> a normalized one; a position inside or right
+        after dropped characters maps to where the next visible one goes)."""
+        if self.identity:
+            return pos
+        i = bisect_right(self._orig_starts, pos - 1) - 1     # the last segment starting before pos
+        if i < 0:
+            return 0
+        nstart = self._norm_starts[i]
+        nlen = (self._norm_starts[i + 1] if i + 1 < len(self._norm_starts) else len(self.text)) - nstart
+        if self._orig_lens[i] == 0:                          # copied one for one
+            return nstart + min(pos - self._orig_starts[i], nlen)
+        return nstart + nlen                                 # a folded character, whole
+
     def char_offsets(self, byte_offsets: list[int]) -> dict[int, int]:
         """Byte offsets into ``data`` (on character boundaries) -> char offsets into ``text``."""
         if self.ascii:

@@ -381,20 +381,30 @@ def check_jwt(data: bytes, s: int, e: int) -> list[Hit]:
     return [(s, e, 95, "structure")] if v.jwt_header_ok(data[s:e].decode("ascii")) else []
 
 
-_PEM_BODY = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=:,- \t\r\n"
+# A key block as the rule reads it (in normalized text), and as classify/extent.py follows it past
+# the rule's bound: one definition for both. The END line's closing dashes come within
+# PEM_CLOSE_WITHIN characters after "-----END"; the body holds base64, its headers, line breaks.
+PEM_BEGIN = "-----BEGIN"
+PEM_END = "-----END"
+PEM_CLOSE = "-----"
+PEM_CLOSE_WITHIN = 60
+PEM_BODY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=:,- \t\r\n"
+_PEM_END_B, _PEM_CLOSE_B = PEM_END.encode("ascii"), PEM_CLOSE.encode("ascii")
+_PEM_BODY_B = PEM_BODY_CHARS.encode("ascii")
 
 
 def check_private_key(data: bytes, s: int, e: int) -> list[Hit]:
     """The header is the evidence; the finding covers the whole block (to the END line) so that a
     redaction removes the key material, up to PRIVATE_KEY_MAX characters."""
     limit = min(len(data), s + PRIVATE_KEY_MAX)
-    end_at = data.find(b"-----END", e, limit)
+    end_at = data.find(_PEM_END_B, e, limit)
     if end_at != -1:
-        close = data.find(b"-----", end_at + 8, min(limit, end_at + 8 + 60))
+        after = end_at + len(_PEM_END_B)
+        close = data.find(_PEM_CLOSE_B, after, min(limit, after + PEM_CLOSE_WITHIN))
         if close != -1:
-            return [(s, close + 5, 99, "structure")]
+            return [(s, close + len(_PEM_CLOSE_B), 99, "structure")]
     body = data[e:limit]
-    i = e + len(body) - len(body.lstrip(_PEM_BODY))
+    i = e + len(body) - len(body.lstrip(_PEM_BODY_B))
     while i > e and data[i - 1] in b" \t\r\n":
         i -= 1
     return [(s, i, 99, None)]
