@@ -8,13 +8,15 @@ What is folded, per code point (so offsets stay mappable):
   Unicode TR39 confusables data) become those Latin letters: one code point for one, applied with
   ``str.translate`` before anything else, so offsets do not move.
 - invisible characters (zero-width spaces and joiners, soft hyphen, BOM, bidi controls, variation
-  selectors, word joiner...) are dropped, in runs of any length: a run is never turned into a
+  selectors, word joiner...) and combining marks (accents, underlines, keycaps, the marks of
+  every script) are dropped, in runs of any length: a run is never turned into a
   separator (a key with three zero-width spaces inside is still one key). ``ORIGINAL_SPAN_FACTOR``
   bounds the other expansions (a hidden character after each visible one); a finding padded with
   longer runs is longer in the original text than that, which whole-text scans do not mind and
   the streaming gate handles with its long hold.
 - Unicode tag characters (U+E0020..U+E007E, used to smuggle hidden ASCII) become that ASCII.
-- dash look-alikes become ``-``; line/paragraph separators become ``\\n``.
+- dash look-alikes become ``-``; line/paragraph separators become ``\\n``; the ideographic full
+  stops IDNA reads as a domain's dots become ``.``.
 - lone surrogates (a Python ``str`` may hold them) become U+FFFD, one for one.
 
 Pure-ASCII text (the common case) is returned as is with no per-character work.
@@ -45,9 +47,19 @@ INVISIBLE: frozenset[int] = frozenset(
     + list(range(0xFE00, 0xFE10))      # variation selectors
     + list(range(0xE0100, 0xE01F0))    # variation selectors supplement
 )
+# Combining marks (Unicode Mn, Me: accents, underlines, the keycap and enclosing circles, the
+# marks of every script) are dropped like invisible characters: a mark after each digit of a card
+# ("4\u0301 1\u0301...") or letter of a key leaves the value a model reads, so it must not cut the
+# match. No rule matches a mark; dictionary terms are folded the same way (fold_plain).
+COMBINING: frozenset[int] = frozenset(
+    cp for cp in range(0x300, 0x30000) if unicodedata.category(chr(cp)) in ("Mn", "Me"))
 _DASHES = frozenset([0x2010, 0x2011, 0x2012, 0x2013, 0x2014, 0x2015, 0x2212, 0xFE58, 0xFE63,
                      0xFF0D])
 _LINE_SEPARATORS = frozenset([0x2028, 0x2029])
+# Full stops that IDNA reads as the dot between a domain's labels (UTS #46: U+3002 ideographic,
+# U+FF61 half-width ideographic; U+FF0E full-width is NFKC's already): "jane@example\u3002com"
+# is an address to a mail client and to a model.
+_DOTS = frozenset([0x3002, 0xFF61])
 _TAG_ASCII = range(0xE0020, 0xE007F)
 
 _SURROGATE_HANDLER = "ledgergate.classify.surrogate_to_fffd"
@@ -94,12 +106,14 @@ _ONE_TO_ONE: dict[int, str] = _one_to_one_table()
 def fold_char(ch: str) -> str:
     """The normalized form of one code point (may be empty or several characters)."""
     cp = ord(ch)
-    if cp in INVISIBLE:
+    if cp in INVISIBLE or cp in COMBINING:
         return ""
     if cp in _DASHES:
         return "-"
     if cp in _LINE_SEPARATORS:
         return "\n"
+    if cp in _DOTS:
+        return "."
     if cp in _TAG_ASCII:
         return chr(cp - 0xE0000)
     out = unicodedata.normalize("NFKC", ch)
@@ -117,7 +131,7 @@ def fold_plain(text: str) -> str:
 @functools.cache
 def _special_class() -> re2._Regexp:
     """One RE2 character class of every code point that fold_char changes (compiled once)."""
-    cps = set(INVISIBLE) | _DASHES | _LINE_SEPARATORS | set(_TAG_ASCII)
+    cps = set(INVISIBLE) | COMBINING | _DASHES | _LINE_SEPARATORS | _DOTS | set(_TAG_ASCII)
     for cp in range(0x80, 0x30000):
         if 0xD800 <= cp <= 0xDFFF or cp in cps or cp in _ONE_TO_ONE:
             continue
