@@ -134,6 +134,8 @@ def classify_document(classifier: Classifier, doc: Document, body: object) -> Do
         take(view, scan_value(classifier, view))
     fields = doc.field_view()
     take(fields, scan_value(classifier, fields))
+    for view in doc.array_views(edge=classifier.max_match_chars):
+        take(view, scan_value(classifier, view))
     for i, seg in enumerate(doc.segments):
         if seg.kind in ("attachment", "route"):
             view = View(seg.text, [0], [i], [len(seg.text)])

@@ -16,6 +16,8 @@ Segment kinds (``TextSegment.kind``) and how a redaction is written back:
 - ``value``: any other string value, replaced in place.
 - ``key``: an object key (``path`` ends with the key), renamed.
 - ``number``: a JSON number written as digits, replaced by the redacted text (a string).
+- ``numbers``: the numbers of one JSON array (two or more, of any length), written with a space
+  between them; a redaction replaces the array by the redacted text (a string).
 - ``attachment``: the decoded text of an attachment at ``path``, re-encoded as it came.
 - ``route``: text from the request path (a model name); cannot be rewritten, so a redaction
   there becomes a deny.
@@ -50,6 +52,11 @@ MAX_NESTED_JSON_BYTES = 4 * 1024 * 1024
 
 
 _KEY: list[Any] = []          # marks a stack entry that is an object key
+# Segment kinds written in the field view without quotes: a number, and the numbers of an array.
+_NUMBER_KINDS = ("number", "numbers")
+# OpenAI's token arrays (`input` / `prompt` of embeddings, completions, moderations: a list of
+# token ids, or a list of such lists): ids the model reads as tokens, not digits the model reads.
+_TOKEN_ARRAY_KEYS = frozenset({"input", "prompt"})
 _PAIRED_TEXT = 1024
 # String values under these keys are encoded payloads (base64 or a data: URL) in every provider's
 # format: OpenAI file_data / input_audio.data / b64_json, Anthropic source.data, Gemini
@@ -194,7 +201,7 @@ class Document:
         order = self.field_order
         segs = self.segments
         items = [(i, segs[i].text) for i in order]
-        before = ['"' if segs[i].kind != "number" else "" for i in order]
+        before = ['"' if segs[i].kind not in _NUMBER_KINDS else "" for i in order]
         after = []
         for n, i in enumerate(order):
             kind = segs[i].kind
@@ -205,8 +212,27 @@ class Document:
                     and segs[order[n + 1]].path == segs[i].path
                 after.append('": ' if has_value else '": 0, ')
             else:
-                after.append(", " if kind == "number" else '", ')
+                after.append(", " if kind in _NUMBER_KINDS else '", ')
         return _view(items, before, after)
+
+    def array_views(self, edge: int | None = None) -> list[View]:
+        """The strings of each JSON array joined with nothing, in order: a value spelled out one
+        character (or a few) per element (`"stop": ["4", "1", "1", ...]`, a tool result that is a
+        list of digits) is read by the model as the value, and the field view's `", "` between
+        elements would keep it apart. Each string is in at most one array: linear. EDGE as in
+        reading_views (the field view already holds every finding inside one string)."""
+        groups: dict[Path, list[tuple[int, int]]] = {}
+        for i, seg in enumerate(self.segments):
+            if seg.kind in ("text", "value") and seg.path and isinstance(seg.path[-1], int):
+                groups.setdefault(seg.path[:-1], []).append((seg.path[-1], i))
+        views = []
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            members.sort()
+            items = [(i, self.segments[i].text) for _, i in members]
+            views.append(_view(items, [""] * len(items), edge=edge))
+        return views
 
 
 def _media_type(ancestors: list[dict[str, Any]]) -> str:
@@ -343,8 +369,18 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
                 stack.append((node[k], path + (k,), inner))
                 stack.append((k, path + (k,), _KEY))
         elif isinstance(node, list):
+            numeric = [j for j, x in enumerate(node) if isinstance(x, (int, float)) and not isinstance(x, bool)]
+            if len(numeric) >= 2 and not _token_array(path, node):
+                # The numbers of an array are read together, whatever their length
+                # ([4111, 1111, 1111, 1111], one digit per element): one segment, written with a
+                # space between them; a redaction there replaces the array by the redacted text.
+                order.append(add(TextSegment(path, " ".join(_number_text(node[j]) for j in numeric), "numbers")))
+                taken = set(numeric)
+            else:
+                taken = set()
             for j in range(len(node) - 1, -1, -1):
-                stack.append((node[j], path + (j,), ancestors))
+                if j not in taken:
+                    stack.append((node[j], path + (j,), ancestors))
         elif isinstance(node, str):
             key = path[-1] if path and isinstance(path[-1], str) else None
             is_payload = key in _PAYLOAD_KEYS and not (ancestors and ancestors[0].get("type") == "text")
@@ -376,13 +412,23 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
             if inner_doc is not None:
                 stack.append((inner_doc, path + (JSON_STEP,), []))
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
-            digits = repr(node)
+            digits = _number_text(node)
             if sum(c.isdigit() for c in digits) >= 7:   # short numbers cannot hold any finding
                 order.append(add(TextSegment(path, digits, "number")))
     for name, text in route_texts.items():
         if text:
             add(TextSegment(("<route>", name), text, "route"))
     return doc
+
+
+def _number_text(n: int | float) -> str:
+    return repr(n)
+
+
+def _token_array(path: Path, node: list[Any]) -> bool:
+    """An OpenAI token array: ids under a top-level `input` or `prompt`, or one list deep."""
+    return (0 < len(path) <= 2 and path[0] in _TOKEN_ARRAY_KEYS and all(isinstance(p, int) for p in path[1:])
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in node))
 
 
 def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[int, str],
@@ -406,6 +452,15 @@ def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[
             values.append((seg.path, encode_attachment(text, doc.encodings[idx]), False))
         else:
             values.append((seg.path, text, False))
+    # An array whose numbers were redacted is replaced by the redacted text as a whole: edits of
+    # anything else inside it went with it.
+    gone = {doc.segments[idx].path for idx, text in replacements.items()
+            if doc.segments[idx].kind == "numbers" and text != doc.segments[idx].text}
+    if gone:
+        def inside(p: Path) -> bool:
+            return any(p[:k] in gone for k in range(len(p)))
+        values = [v for v in values if not inside(v[0])]
+        renames = [r for r in renames if not inside(r[0])]
     values += field_changes(parsed.body, set_fields)
     if not values and not renames and parsed.raw:
         return parsed.raw
