@@ -493,6 +493,8 @@ def _look_alikes(ch: str) -> list[str]:
         forms += ["\u00a0", "\u3000", "\u2002"]
     if ch == "-":
         forms += [chr(c) for c in sorted(nz._DASHES)]
+    if ch == ".":
+        forms += ["\u3002", "\uff61", "\uff0e", "\ufe52"]      # the full stops IDNA reads as dots
     forms += [chr(c) for c, t in sorted(nz._ONE_TO_ONE.items()) if t == ch][:6]
     forms += [f + z for f in forms[:3] for z in ("\u200b", "\u2060", "\u00ad", "\ufeff")]
     return [f for f in forms if fold_plain(f) == ch]
