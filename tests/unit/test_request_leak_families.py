@@ -242,3 +242,46 @@ def test_a_redacted_array_of_numbers_is_replaced_by_its_redacted_text():
     assert v.forward and v.new_body is not None
     out = json.loads(v.new_body)
     assert out["metadata"] == {"ssn": "[PII.US_SSN]", "n": [1, 2]}
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("x-mock-4111111111111111", CARD), ("x-mock-card-4111-1111-1111-1111", "4111-1111-1111-1111"),
+    ("x-mock-akiaiosfodnn7qwertyz", "akiaiosfodnn7qwertyz"), ("x-envoy-4111111111111111", CARD)])
+def test_a_header_name_let_through_by_a_prefix_is_classified_and_never_forwarded(name, needle):
+    """A deployer's `x-mock-*` (or Envoy's own `x-envoy-` prefix) lets the client choose the rest
+    of the name, which goes upstream as written: it is read like a value, and since a name cannot
+    be rewritten, what the policy would redact or deny there refuses the request."""
+    from ext_proc.pipeline.envelope import EnvelopeRules, inspect_envelope, refuse_unrewritable
+    from ext_proc.pipeline.request import decide_request
+    from tests.unit.test_pipeline import CLASSIFIER, KEY, NOW, POLICY, chat, head, ident
+
+    rules = EnvelopeRules.from_config({"headers": {"*": ["x-mock-*"]}, "query": {"*": ["dbg_*"]}})
+    h = head(headers={name: ["1"]})
+    def has_findings(text: str) -> bool:
+        return bool(CLASSIFIER.scan(text))
+
+    env = inspect_envelope("POST", h.path, h.headers, h.surface, rules, has_findings=has_findings)
+    v = decide_request(h, ident(), chat("hello"), policy=POLICY, classifier=CLASSIFIER, hash_key=KEY, now_ms=NOW,
+                       max_body_bytes=1 << 20, envelope_segments=env.segments)
+    v = refuse_unrewritable(v, env, "openai")
+    assert not v.forward, (v.status, v.code)
+    assert needle not in json.dumps(v.record.to_dict())
+    # and a query parameter's name let through by a prefix (written as the client wrote it: a
+    # header name arrives lower-cased, a query name does not)
+    path = "/v1/chat/completions?dbg_" + (name.upper() if "akia" in name else name) + "=1"
+    h = head(path)
+    env = inspect_envelope("POST", path, {}, h.surface, rules, has_findings=has_findings)
+    v = refuse_unrewritable(decide_request(h, ident(), chat("hello"), policy=POLICY, classifier=CLASSIFIER, hash_key=KEY,
+                                           now_ms=NOW, max_body_bytes=1 << 20, envelope_segments=env.segments), env, "openai")
+    assert not v.forward, (v.status, v.code)
+    assert needle not in json.dumps(v.record.to_dict())
+
+
+def test_names_named_exactly_are_not_segments():
+    from ext_proc.pipeline.envelope import EnvelopeRules, inspect_envelope
+
+    rules = EnvelopeRules.from_config({"headers": {"*": ["x-mock-*", "x-trace-id"]}})
+    env = inspect_envelope("POST", "/v1/chat/completions", {"x-trace-id": ["t"], "openai-beta": ["b"], "x-mock-a": ["1"]},
+                           match_surface("POST", "/v1/chat/completions"), rules)
+    assert sorted(s.where for s in env.segments) == ["header-name:x-mock-a", "header:openai-beta", "header:x-mock-a",
+                                                     "header:x-trace-id"]
