@@ -18,8 +18,11 @@ What is folded, per code point (so offsets stay mappable):
 - dash look-alikes become ``-``; line/paragraph separators become ``\\n``; the ideographic full
   stops IDNA reads as a domain's dots become ``.``.
 - lone surrogates (a Python ``str`` may hold them) become U+FFFD, one for one.
+- control characters without a glyph (NUL, ESC, DEL, C1...) are dropped; vertical tab, form feed,
+  the information separators and NEL become ``\\n``.
 
-Pure-ASCII text (the common case) is returned as is with no per-character work.
+Pure-ASCII text without control characters (the common case; one RE2 search) is returned as is
+with no per-character work.
 """
 
 from __future__ import annotations
@@ -53,6 +56,13 @@ INVISIBLE: frozenset[int] = frozenset(
 # match. No rule matches a mark; dictionary terms are folded the same way (fold_plain).
 COMBINING: frozenset[int] = frozenset(
     cp for cp in range(0x300, 0x30000) if unicodedata.category(chr(cp)) in ("Mn", "Me"))
+# Control characters have no glyph: those that are not line breaks are dropped like invisible
+# characters (a NUL, ESC or DEL between the characters of a key or card leaves what a model reads
+# of it); vertical tab, form feed, the information separators and NEL, which Python reads as
+# whitespace, become line breaks. Tab, LF and CR stay.
+CONTROLS: frozenset[int] = frozenset([*range(0x00, 0x09), *range(0x0E, 0x1C), 0x7F, *range(0x80, 0x85),
+                                      *range(0x86, 0xA0)])
+_CONTROL_BREAKS = frozenset([0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x1F, 0x85])
 _DASHES = frozenset([0x2010, 0x2011, 0x2012, 0x2013, 0x2014, 0x2015, 0x2212, 0xFE58, 0xFE63,
                      0xFF0D])
 _LINE_SEPARATORS = frozenset([0x2028, 0x2029])
@@ -106,8 +116,10 @@ _ONE_TO_ONE: dict[int, str] = _one_to_one_table()
 def fold_char(ch: str) -> str:
     """The normalized form of one code point (may be empty or several characters)."""
     cp = ord(ch)
-    if cp in INVISIBLE or cp in COMBINING:
+    if cp in INVISIBLE or cp in COMBINING or cp in CONTROLS:
         return ""
+    if cp in _CONTROL_BREAKS:
+        return "\n"
     if cp in _DASHES:
         return "-"
     if cp in _LINE_SEPARATORS:
@@ -131,7 +143,8 @@ def fold_plain(text: str) -> str:
 @functools.cache
 def _special_class() -> re2._Regexp:
     """One RE2 character class of every code point that fold_char changes (compiled once)."""
-    cps = set(INVISIBLE) | COMBINING | _DASHES | _LINE_SEPARATORS | _DOTS | set(_TAG_ASCII)
+    cps = set(INVISIBLE) | COMBINING | CONTROLS | _CONTROL_BREAKS | _DASHES | _LINE_SEPARATORS | _DOTS \
+        | set(_TAG_ASCII)
     for cp in range(0x80, 0x30000):
         if 0xD800 <= cp <= 0xDFFF or cp in cps or cp in _ONE_TO_ONE:
             continue
@@ -211,9 +224,18 @@ class NormalizedText:
         return out
 
 
+@functools.cache
+def _ascii_controls() -> re2._Regexp:
+    """The ASCII characters fold_char changes (control characters), as one RE2 class."""
+    cps = sorted(cp for cp in CONTROLS | _CONTROL_BREAKS if cp < 0x80)
+    return re2.compile("[" + "".join(f"\\x{{{cp:x}}}" for cp in cps) + "]")
+
+
 def normalize(text: str) -> NormalizedText:
     if text.isascii():
-        return NormalizedText(text=text, data=text.encode("ascii"), identity=True)
+        data = text.encode("ascii")
+        if _ascii_controls().search(data) is None:
+            return NormalizedText(text=text, data=data, identity=True)
     try:
         text.encode("utf-8")
         clean = text

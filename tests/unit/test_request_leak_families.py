@@ -104,9 +104,14 @@ VALUES = {
 _MARKS = [cp for cp in range(0x300, 0x3000) if unicodedata.category(chr(cp)) in ("Mn", "Me")]
 
 
+# Control characters without a glyph (NUL, backspace, ESC, DEL, C1 controls).
+_CONTROLS = ["\x00", "\x08", "\x1b", "\x7f", "\x9b"]
+
+
 def _evade(written: str, rng: random.Random) -> str:
     """WRITTEN with some characters replaced by forms the classifier folds to them, and combining
-    marks or invisible characters after some of them (what a model still reads as the value)."""
+    marks, invisible or control characters after some of them (what a model still reads as the
+    value)."""
     out = []
     for ch in written:
         r = rng.random()
@@ -114,6 +119,8 @@ def _evade(written: str, rng: random.Random) -> str:
             out.append(rng.choice(_look_alikes(ch)))
         elif r < 0.5 and ch.isalnum():
             out.append(ch + "".join(chr(rng.choice(_MARKS)) for _ in range(rng.randint(1, 2))))
+        elif r < 0.6 and ch.isalnum():
+            out.append(ch + rng.choice(_CONTROLS))
         else:
             out.append(ch)
     text = "".join(out)
@@ -134,8 +141,9 @@ def _objects(body):
 @given(data=st.data())
 def test_a_value_written_in_look_alikes_and_marks_never_reaches_the_provider(path, data):
     """Full-width and other-script digits, confusable letters, combining marks (an accent, an
-    underline, a keycap after each character), zero-width characters and non-breaking spaces as
-    separators: the classifier folds them, so a model's reading of the value is what is matched."""
+    underline, a keycap after each character), zero-width and control characters, non-breaking
+    spaces as separators: the classifier folds them, so a model's reading of the value is what is
+    matched."""
     body = json.loads(json.dumps(SURFACES[path]))
     name = data.draw(st.sampled_from(sorted(VALUES)))
     written, needle = VALUES[name]
@@ -146,7 +154,8 @@ def test_a_value_written_in_look_alikes_and_marks_never_reaches_the_provider(pat
     assert_no_leak(_route(path), body, needle)
 
 
-_DIGIT_SEPARATORS = ["\n", "\r\n", "\t", ",", ", ", "/", "-", " ", ". ", "\u00a0", "\u2011"]
+_DIGIT_SEPARATORS = ["\n", "\r\n", "\t", ",", ", ", "/", "-", " ", ". ", "\u00a0", "\u2011", "\x0c", "\x0b",
+                     "\x1f", "\x85", "\x00", "\x1b"]
 
 
 @pytest.mark.parametrize("path", sorted(SURFACES))
@@ -178,6 +187,8 @@ def test_a_value_spelled_over_the_strings_of_an_array_never_reaches_the_provider
     name = data.draw(st.sampled_from(sorted(VALUES)))
     written, needle = VALUES[name]
     pieces = _pieces(written, random.Random(data.draw(st.integers(0, 10**6))))
+    if data.draw(st.booleans()):
+        pieces = _nest(pieces, random.Random(data.draw(st.integers(0, 10**6))))
     obj = _get(body, data.draw(st.sampled_from(_objects(body))))
     obj[data.draw(st.sampled_from(["stop", "values", "chars", "q", "result"]))] = pieces
     assert_no_leak(_route(path), body, needle)
@@ -208,9 +219,25 @@ def test_digits_written_as_the_numbers_of_an_array_never_reach_the_provider(path
     numbers = _digit_groups(digits, random.Random(data.draw(st.integers(0, 10**6))))
     if digits == "536228726":
         numbers = [536, 22, 8726]
+    if data.draw(st.booleans()):
+        numbers = _nest(numbers, random.Random(data.draw(st.integers(0, 10**6))))
     obj = _get(body, data.draw(st.sampled_from(_objects(body))))
     obj[data.draw(st.sampled_from(["card", "values", "q", "result", "ssn"]))] = numbers
     assert_no_leak(_route(path), body, digits)
+
+
+def _nest(items: list, rng: random.Random) -> list:
+    """ITEMS in order, some of them wrapped in arrays, some runs of them in arrays of arrays
+    ([[4111], [1111, [1111]], 1111]): a model reads the JSON, the order is the same."""
+    out: list = []
+    i = 0
+    while i < len(items):
+        n = rng.randint(1, 3)
+        chunk = items[i:i + n]
+        i += n
+        r = rng.random()
+        out.append(chunk if r < 0.4 else [chunk] if r < 0.6 else chunk[0] if len(chunk) == 1 else chunk)
+    return out
 
 
 @pytest.mark.parametrize("literal", ["4111111111111111", "4.111111111111111e15", "4111111111111111.0",
@@ -221,6 +248,19 @@ def test_a_card_written_as_one_json_number_in_any_notation_never_reaches_the_pro
         assert_no_leak(path, json.loads(raw), CARD)
 
 
+def test_an_array_nested_in_arrays_is_read_once_and_whole():
+    """[[4111], [1111, [1111]], 1111]: one segment for the outer array; the arrays inside it are
+    not read for numbers again (linear however deep)."""
+    from ext_proc.providers import parse_request
+    from ext_proc.providers.document import read_document
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"x": [[4111], [1111, [1111]], 1111], "y": [[7], "a", [[8]]]}}
+    parsed = parse_request(match_surface("POST", "/v1/chat/completions"), json.dumps(body).encode())
+    numbers = [(s.path, s.text) for s in read_document(parsed).segments if s.kind == "numbers"]
+    assert numbers == [(("metadata", "x"), "4111 1111 1111 1111"), (("metadata", "y"), "7 8")]
+
+
 def test_openai_token_arrays_are_token_ids_not_digits():
     """An embeddings input of token ids is read by the model as tokens: a run of ids is not a
     card (what `_token_array` leaves out), so a legitimate token array is not refused."""
@@ -228,6 +268,7 @@ def test_openai_token_arrays_are_token_ids_not_digits():
 
     for path, body in (("/v1/embeddings", {"model": "text-embedding-3-small", "input": [[4111, 1111, 1111, 1111]]}),
                        ("/v1/embeddings", {"model": "text-embedding-3-small", "input": [4111, 1111, 1111, 1111]}),
+                       ("/v1/embeddings", {"model": "text-embedding-3-small", "input": [[4111, 1111], [1111, 1111]]}),
                        ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": [4111, 1111, 1111, 1111]})):
         v = decide(json.dumps(body).encode(), head(path))
         assert v.forward and v.new_body is None, (path, v.code)
