@@ -221,10 +221,13 @@ class Document:
         list of digits) is read by the model as the value, and the field view's `", "` between
         elements would keep it apart. Each string is in at most one array: linear. EDGE as in
         reading_views (the field view already holds every finding inside one string)."""
-        groups: dict[Path, list[tuple[int, int]]] = {}
+        groups: dict[Path, list[tuple[Path, int]]] = {}
         for i, seg in enumerate(self.segments):
             if seg.kind in ("text", "value") and seg.path and isinstance(seg.path[-1], int):
-                groups.setdefault(seg.path[:-1], []).append((seg.path[-1], i))
+                k = len(seg.path)
+                while k > 0 and isinstance(seg.path[k - 1], int):
+                    k -= 1                       # arrays in arrays ([["4"], ["1"], ...]) are one
+                groups.setdefault(seg.path[:k], []).append((seg.path[k:], i))
         views = []
         for members in groups.values():
             if len(members) < 2:
@@ -344,6 +347,8 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
         doc.unscanned[label] = doc.unscanned.get(label, 0) + 1
 
     nested_budget = [MAX_NESTED_JSON_BYTES]
+    covered: set[int] = set()     # ids of arrays whose numbers an enclosing array's segment holds
+    bare: set[int] = set()        # ids of arrays inside one with fewer than two numbers, or ids
 
     def nested_json(text: str) -> Any:
         """TEXT decoded when it is a JSON object or array (within the budget), else None."""
@@ -369,17 +374,24 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
                 stack.append((node[k], path + (k,), inner))
                 stack.append((k, path + (k,), _KEY))
         elif isinstance(node, list):
-            numeric = [j for j, x in enumerate(node) if isinstance(x, (int, float)) and not isinstance(x, bool)]
-            if len(numeric) >= 2 and not _token_array(path, node):
-                # The numbers of an array are read together, whatever their length
-                # ([4111, 1111, 1111, 1111], one digit per element): one segment, written with a
-                # space between them; a redaction there replaces the array by the redacted text.
-                order.append(add(TextSegment(path, " ".join(_number_text(node[j]) for j in numeric), "numbers")))
-                taken = set(numeric)
-            else:
-                taken = set()
+            # The numbers of an array (and of the arrays inside it) are read together, whatever
+            # their length ([4111, 1111, 1111, 1111], one digit per element, [[4111], [1111],
+            # ...]): one segment, written with a space between them; a redaction there replaces
+            # the array by the redacted text. Each array is read for numbers once: an array
+            # inside one that took its numbers is "covered"; inside one that had fewer than two
+            # (or is a token array), "bare", its numbers inspected one by one as before.
+            skip_numbers = id(node) in covered
+            if not skip_numbers and id(node) not in bare:
+                nested: list[int] = []
+                numbers = _array_numbers(node, nested)
+                if len(numbers) >= 2 and not _token_array(path, node):
+                    order.append(add(TextSegment(path, " ".join(_number_text(x) for x in numbers), "numbers")))
+                    covered.update(nested)
+                    skip_numbers = True
+                else:
+                    bare.update(nested)
             for j in range(len(node) - 1, -1, -1):
-                if j not in taken:
+                if not (skip_numbers and _is_number(node[j])):
                     stack.append((node[j], path + (j,), ancestors))
         elif isinstance(node, str):
             key = path[-1] if path and isinstance(path[-1], str) else None
@@ -425,10 +437,36 @@ def _number_text(n: int | float) -> str:
     return repr(n)
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _array_numbers(node: list[Any], nested: list[int]) -> list[Any]:
+    """The numbers of NODE and of the arrays nested in it, in order (objects and strings among
+    them are skipped: their own walk reads them); the ids of the nested arrays go to NESTED."""
+    out: list[Any] = []
+    stack: list[Any] = [iter(node)]
+    while stack:
+        for x in stack[-1]:
+            if _is_number(x):
+                out.append(x)
+            elif isinstance(x, list):
+                nested.append(id(x))
+                stack.append(iter(x))
+                break
+        else:
+            stack.pop()
+    return out
+
+
 def _token_array(path: Path, node: list[Any]) -> bool:
-    """An OpenAI token array: ids under a top-level `input` or `prompt`, or one list deep."""
-    return (0 < len(path) <= 2 and path[0] in _TOKEN_ARRAY_KEYS and all(isinstance(p, int) for p in path[1:])
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in node))
+    """An OpenAI token array: ids under a top-level `input` or `prompt` (a list of ids, a list of
+    such lists, or one of those lists)."""
+    if not (0 < len(path) <= 2 and path[0] in _TOKEN_ARRAY_KEYS and all(isinstance(p, int) for p in path[1:])):
+        return False
+    return all(isinstance(x, int) and not isinstance(x, bool)
+               or len(path) == 1 and isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+               for x in node)
 
 
 def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[int, str],
