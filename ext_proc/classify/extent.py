@@ -3,8 +3,14 @@
 A rule's match is bounded (a JWT at 4,096 characters, a key block at 4,096): a longer value (an
 identity provider's token with many group claims, an RSA-8192 key) goes on past the match. The
 streaming gate follows such a value to its end before it releases anything (streaming/gate.py);
-a request's document is whole, so its findings are extended here (pipeline/inspect.py). Linear:
-one possessive match per finding, and bounded by the caller.
+a request's document is whole, so its findings are extended here (pipeline/inspect.py), in the
+body and in the envelope (header and query values) alike.
+
+The value is followed as the classifier reads it: in the normalized text (classify/normalize.py),
+so whatever form the rules accept (a key block's header or END line in full-width or other
+look-alike dashes, confusable letters, invisible characters inside a token) the extent accepts
+too, and ends are mapped back to the original text. Linear: one normalization of the text, and
+each run read once however many findings share it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import re
 from collections.abc import Callable
 
 from ext_proc.classify.engine import Finding
+from ext_proc.classify.normalize import normalize
+from ext_proc.classify.rules import PEM_BEGIN, PEM_BODY_CHARS, PEM_CLOSE, PEM_CLOSE_WITHIN, PEM_END
 
 # Characters that go on a token (keys, JWTs, base64 and hex values; invisible characters, which
 # the classifier drops, too); "." and "-" only between two of them, alone or several in a row
@@ -24,10 +32,8 @@ _TOKEN_RUN = re.compile(rf"(?:{_TOKEN_CHAR}|[.\-]++(?={_TOKEN_CHAR}))*")
 # (a classifier's longest match can stop on one inside a long JWT or base64url value).
 TOKEN_LAST = re.compile(r"[\w+/=~.\-]")
 _JOINERS = re.compile(r"[.\-]*")
-_PEM_BEGIN = "-----BEGIN"
-_PEM_END = "-----END"
-# What a PEM block's body holds (base64, its headers, line breaks).
-_PEM_BODY = re.compile(r"[A-Za-z0-9+/=:,\- \t\r\n]*")
+# What a key block's body holds: the rule's own definition (classify/rules.py).
+_PEM_BODY = re.compile("[" + re.escape(PEM_BODY_CHARS) + "]*")
 
 
 def run_end(text: str, pos: int, stop: int) -> int | None:
@@ -52,33 +58,62 @@ def whole_secrets(text: str, findings: list[Finding], *, limit: int,
     characters from the finding's start and never past `value_end(last character)` (where the
     text that holds it ends, in a view that joins several). Other findings are returned as they are.
 
+    The value is read in the normalized text (as the classifier read it) and its end mapped back.
     Linear in the text however many findings share one value: they are taken in order of their
     end, and each run (of token or key-block characters) is read once, its end remembered."""
-    out = findings
-    tokens, bodies = _Runs(_TOKEN_RUN, text), _Runs(_PEM_BODY, text)
-    ends = _EndLines(text)
+    may_go_on: list[tuple[int, int]] = []          # (finding, stop) of the secrets that may go on
     for i in sorted(range(len(findings)), key=lambda k: findings[k].end):
         f = findings[i]
         if not f.label.startswith("secret.") or f.end >= len(text) or f.end <= f.start:
             continue
         stop = min(len(text), f.start + limit, value_end(f.end - 1) if value_end is not None else len(text))
-        if stop <= f.end:
-            continue
-        if text.startswith(_PEM_BEGIN, f.start):
-            at = ends.next_at(f.start)
-            if at != -1 and at < f.end:
-                continue                  # the match holds the END line already: the whole block
-            end = _block_end(text, f.end, stop, at, bodies)
-        elif TOKEN_LAST.match(text, f.end - 1):
-            # (the run never ends on "." or "-": they belong to it only before a token character)
-            end = tokens.end(f.end - 1, stop)
-        else:
-            continue
+        if stop > f.end:
+            may_go_on.append((i, stop))
+    if not may_go_on:
+        return findings
+    # One normalization, of the stretch of text those values can reach (not the whole view).
+    reading = _Reading(text, min(findings[i].start for i, _ in may_go_on), max(stop for _, stop in may_go_on))
+    out = findings
+    for i, stop in may_go_on:
+        f = findings[i]
+        end = reading.value_end(f.start, f.end, stop)
         if end > f.end:
             if out is findings:
                 out = list(findings)
             out[i] = Finding(f.label, f.start, end, f.confidence, f.validator)
     return out
+
+
+class _Reading:
+    """text[lo:hi] as the classifier reads it (normalized), with the runs and END lines read so
+    far; offsets in and out are the whole text's."""
+
+    def __init__(self, text: str, lo: int, hi: int) -> None:
+        self.norm = normalize(text[lo:hi])
+        self.lo = lo
+        n = self.norm.text
+        self.text = n
+        self.tokens, self.bodies = _Runs(_TOKEN_RUN, n), _Runs(_PEM_BODY, n)
+        self.ends = _EndLines(n)
+
+    def value_end(self, start: int, end: int, stop: int) -> int:
+        """Where the value of a finding [start, end) ends, before `stop` (`end` when it does not
+        go on)."""
+        norm, n, lo = self.norm, self.text, self.lo
+        ns, ne, nstop = norm.normalized_at(start - lo), norm.normalized_at(end - lo), norm.normalized_at(stop - lo)
+        if nstop <= ne or ne <= ns:
+            return end
+        if n.startswith(PEM_BEGIN, ns):
+            at = self.ends.next_at(ns)
+            if at != -1 and at < ne:
+                return end               # the match holds the END line already: the whole block
+            e = _block_end(n, ne, nstop, at, self.bodies)
+        elif TOKEN_LAST.match(n, ne - 1):
+            # (the run never ends on "." or "-": they belong to it only before a token character)
+            e = self.tokens.end(ne - 1, nstop)
+        else:
+            return end
+        return lo + norm.original_span(e - 1, e)[1] if e > ne else end
 
 
 class _Runs:
@@ -114,7 +149,7 @@ class _EndLines:
 
     def next_at(self, pos: int) -> int:
         if self.searched_from == -1 or pos < self.searched_from or (self.found != -1 and pos > self.found):
-            self.searched_from, self.found = pos, self.text.find(_PEM_END, pos)
+            self.searched_from, self.found = pos, self.text.find(PEM_END, pos)
         return self.found
 
 
@@ -123,9 +158,10 @@ def _block_end(text: str, pos: int, stop: int, end_line: int, bodies: _Runs) -> 
     (END_LINE: the first END line after the header, or -1), or, with no END line in reach,
     where its body's characters end, less the line breaks and spaces that close the body."""
     if pos <= end_line < stop:
-        close = text.find("-----", end_line + len(_PEM_END), min(stop, end_line + len(_PEM_END) + 60))
+        after = end_line + len(PEM_END)
+        close = text.find(PEM_CLOSE, after, min(stop, after + PEM_CLOSE_WITHIN))
         if close != -1:
-            return close + 5
+            return close + len(PEM_CLOSE)
     end = bodies.end(pos, stop)
     # the body's trailing blanks are few unless the text is hostile: stop looking after a line's worth
     floor = max(pos, end - 256)

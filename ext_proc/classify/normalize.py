@@ -8,16 +8,21 @@ What is folded, per code point (so offsets stay mappable):
   Unicode TR39 confusables data) become those Latin letters: one code point for one, applied with
   ``str.translate`` before anything else, so offsets do not move.
 - invisible characters (zero-width spaces and joiners, soft hyphen, BOM, bidi controls, variation
-  selectors, word joiner...) are dropped, in runs of any length: a run is never turned into a
+  selectors, word joiner...) and combining marks (accents, underlines, keycaps, the marks of
+  every script) are dropped, in runs of any length: a run is never turned into a
   separator (a key with three zero-width spaces inside is still one key). ``ORIGINAL_SPAN_FACTOR``
   bounds the other expansions (a hidden character after each visible one); a finding padded with
   longer runs is longer in the original text than that, which whole-text scans do not mind and
   the streaming gate handles with its long hold.
 - Unicode tag characters (U+E0020..U+E007E, used to smuggle hidden ASCII) become that ASCII.
-- dash look-alikes become ``-``; line/paragraph separators become ``\\n``.
+- dash look-alikes become ``-``; line/paragraph separators become ``\\n``; the ideographic full
+  stops IDNA reads as a domain's dots become ``.``.
 - lone surrogates (a Python ``str`` may hold them) become U+FFFD, one for one.
+- control characters without a glyph (NUL, ESC, DEL, C1...) are dropped; vertical tab, form feed,
+  the information separators and NEL become ``\\n``.
 
-Pure-ASCII text (the common case) is returned as is with no per-character work.
+Pure-ASCII text without control characters (the common case; one RE2 search) is returned as is
+with no per-character work.
 """
 
 from __future__ import annotations
@@ -45,9 +50,26 @@ INVISIBLE: frozenset[int] = frozenset(
     + list(range(0xFE00, 0xFE10))      # variation selectors
     + list(range(0xE0100, 0xE01F0))    # variation selectors supplement
 )
+# Combining marks (Unicode Mn, Me: accents, underlines, the keycap and enclosing circles, the
+# marks of every script) are dropped like invisible characters: a mark after each digit of a card
+# ("4\u0301 1\u0301...") or letter of a key leaves the value a model reads, so it must not cut the
+# match. No rule matches a mark; dictionary terms are folded the same way (fold_plain).
+COMBINING: frozenset[int] = frozenset(
+    cp for cp in range(0x300, 0x30000) if unicodedata.category(chr(cp)) in ("Mn", "Me"))
+# Control characters have no glyph: those that are not line breaks are dropped like invisible
+# characters (a NUL, ESC or DEL between the characters of a key or card leaves what a model reads
+# of it); vertical tab, form feed, the information separators and NEL, which Python reads as
+# whitespace, become line breaks. Tab, LF and CR stay.
+CONTROLS: frozenset[int] = frozenset([*range(0x00, 0x09), *range(0x0E, 0x1C), 0x7F, *range(0x80, 0x85),
+                                      *range(0x86, 0xA0)])
+_CONTROL_BREAKS = frozenset([0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x1F, 0x85])
 _DASHES = frozenset([0x2010, 0x2011, 0x2012, 0x2013, 0x2014, 0x2015, 0x2212, 0xFE58, 0xFE63,
                      0xFF0D])
 _LINE_SEPARATORS = frozenset([0x2028, 0x2029])
+# Full stops that IDNA reads as the dot between a domain's labels (UTS #46: U+3002 ideographic,
+# U+FF61 half-width ideographic; U+FF0E full-width is NFKC's already): "jane@example\u3002com"
+# is an address to a mail client and to a model.
+_DOTS = frozenset([0x3002, 0xFF61])
 _TAG_ASCII = range(0xE0020, 0xE007F)
 
 _SURROGATE_HANDLER = "ledgergate.classify.surrogate_to_fffd"
@@ -94,12 +116,16 @@ _ONE_TO_ONE: dict[int, str] = _one_to_one_table()
 def fold_char(ch: str) -> str:
     """The normalized form of one code point (may be empty or several characters)."""
     cp = ord(ch)
-    if cp in INVISIBLE:
+    if cp in INVISIBLE or cp in COMBINING or cp in CONTROLS:
         return ""
+    if cp in _CONTROL_BREAKS:
+        return "\n"
     if cp in _DASHES:
         return "-"
     if cp in _LINE_SEPARATORS:
         return "\n"
+    if cp in _DOTS:
+        return "."
     if cp in _TAG_ASCII:
         return chr(cp - 0xE0000)
     out = unicodedata.normalize("NFKC", ch)
@@ -117,7 +143,8 @@ def fold_plain(text: str) -> str:
 @functools.cache
 def _special_class() -> re2._Regexp:
     """One RE2 character class of every code point that fold_char changes (compiled once)."""
-    cps = set(INVISIBLE) | _DASHES | _LINE_SEPARATORS | set(_TAG_ASCII)
+    cps = set(INVISIBLE) | COMBINING | CONTROLS | _CONTROL_BREAKS | _DASHES | _LINE_SEPARATORS | _DOTS \
+        | set(_TAG_ASCII)
     for cp in range(0x80, 0x30000):
         if 0xD800 <= cp <= 0xDFFF or cp in cps or cp in _ONE_TO_ONE:
             continue
@@ -169,6 +196,21 @@ class NormalizedText:
             return start, end
         return self._orig_char(start)[0], self._orig_char(end - 1)[1]
 
+    def normalized_at(self, pos: int) -> int:
+        """How many normalized characters the original text before `pos` gives (the inverse of
+        ``original_span``: an original offset -> a normalized one; a position inside or right
+        after dropped characters maps to where the next visible one goes)."""
+        if self.identity:
+            return pos
+        i = bisect_right(self._orig_starts, pos - 1) - 1     # the last segment starting before pos
+        if i < 0:
+            return 0
+        nstart = self._norm_starts[i]
+        nlen = (self._norm_starts[i + 1] if i + 1 < len(self._norm_starts) else len(self.text)) - nstart
+        if self._orig_lens[i] == 0:                          # copied one for one
+            return nstart + min(pos - self._orig_starts[i], nlen)
+        return nstart + nlen                                 # a folded character, whole
+
     def char_offsets(self, byte_offsets: list[int]) -> dict[int, int]:
         """Byte offsets into ``data`` (on character boundaries) -> char offsets into ``text``."""
         if self.ascii:
@@ -182,9 +224,18 @@ class NormalizedText:
         return out
 
 
+@functools.cache
+def _ascii_controls() -> re2._Regexp:
+    """The ASCII characters fold_char changes (control characters), as one RE2 class."""
+    cps = sorted(cp for cp in CONTROLS | _CONTROL_BREAKS if cp < 0x80)
+    return re2.compile("[" + "".join(f"\\x{{{cp:x}}}" for cp in cps) + "]")
+
+
 def normalize(text: str) -> NormalizedText:
     if text.isascii():
-        return NormalizedText(text=text, data=text.encode("ascii"), identity=True)
+        data = text.encode("ascii")
+        if _ascii_controls().search(data) is None:
+            return NormalizedText(text=text, data=data, identity=True)
     try:
         text.encode("utf-8")
         clean = text

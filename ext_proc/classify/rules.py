@@ -232,7 +232,11 @@ def check_dob(data: bytes, s: int, e: int) -> list[Hit]:
 
 PCI_CONTEXT = ("card", "visa", "mastercard", "amex", "credit", "debit", "cc#", "cc ", "pan",
                "payment", "karte", "carte", "tarjeta")
-CARD = (_NOT_DIGIT_BEFORE + r"(\d(?:[ -]?\d){12,18}"                                   # one space or dash anywhere
+# Between single digits: a space or dash, a line break (CRLF too), or one of tab, line break,
+# comma, slash, dot with an optional space after it (a card written one digit per line,
+# "4,1,1,1,...", "4, 1, 1, ...").
+_DIGIT_SEP = r"(?:[ -]|\r\n|[\t\r\n,/.][ ]?)"
+CARD = (_NOT_DIGIT_BEFORE + r"(\d(?:" + _DIGIT_SEP + r"?\d){12,18}"                    # a separator anywhere
         r"|\d{4}(?:" + GROUP_SEP + r"\d{4}){2,6}(?:" + GROUP_SEP + r"\d{1,7})?"  # 4-4-4-n, any separators
         r"|\d{4}" + GROUP_SEP + r"\d{6}" + GROUP_SEP + r"\d{4,5})" + _NOT_DIGIT_AFTER)       # 4-6-5 (Amex), 4-6-4 (Diners)
 
@@ -253,9 +257,46 @@ def check_card(data: bytes, s: int, e: int) -> list[Hit]:
     else:
         span = _card_subspan(data, s, e)
         if span is None:
-            return []
+            # The match stopped inside a longer run of groups (at 19 digits, or where a digit
+            # count let it end): a date or a phone glued in front ("2023-05-31 4111 1111 1111
+            # 1111", "555-123-4567 4111 ...") took the first digits, and the next match would
+            # start inside the card. The card is a run of whole groups further on: try them
+            # (bounded: CARD_RUN_DIGITS digits, 10 groups).
+            end = _groups_after(data, e, CARD_RUN_DIGITS - len(digits))
+            # (windows that do not cross e were tried above or are the next match's)
+            span = _card_subspan(data, s, end, max_groups=10, across=e) if end > e else None
+            if span is None:
+                return []
     ctx = _has_context(data, span[0], span[1], PCI_CONTEXT)
     return [(span[0], span[1], 95 if ctx else 85, "luhn")]
+
+
+# How many digits of a run of groups a card's check reads: the 19 of a match and a whole card
+# after them.
+CARD_RUN_DIGITS = 38
+
+
+def _groups_after(data: bytes, e: int, budget: int) -> int:
+    """Where the run of digit groups going on after `e` ends (groups joined by 1-3 separator
+    characters, whole groups only, at most `budget` more digits); the rest of a group the match
+    cut first."""
+    while e < len(data) and 48 <= data[e] <= 57 and budget > 0:
+        e, budget = e + 1, budget - 1
+    if e < len(data) and 48 <= data[e] <= 57:
+        return e
+    end = k = e
+    while budget > 0:
+        j, n = k, 0
+        while j < len(data) and n < 3 and _is_group_sep(data[j]):
+            j, n = j + 1, n + 1
+        m = j
+        while m < len(data) and 48 <= data[m] <= 57 and m - j <= budget:
+            m += 1
+        if n == 0 or m == j or m - j > budget:
+            break
+        budget -= m - j
+        end = k = m
+    return end
 
 
 def _is_group_sep(b: int) -> bool:
@@ -285,7 +326,7 @@ def _group_run(data: bytes, s: int, e: int) -> tuple[int, int]:
     return s, e
 
 
-def _card_subspan(data: bytes, s: int, e: int) -> tuple[int, int] | None:
+def _card_subspan(data: bytes, s: int, e: int, max_groups: int = 8, across: int = -1) -> tuple[int, int] | None:
     """A separated run can hold a card among other digit groups ("4111 1111 1111 1111 123",
     "ref 12 4111 1111 1111 1111", a phone's last group in front): every run of whole groups that
     is a valid card counts, and the finding covers all of them, since which one is the card
@@ -301,7 +342,7 @@ def _card_subspan(data: bytes, s: int, e: int) -> tuple[int, int] | None:
         while i < e and not 48 <= data[i] <= 57:
             i += 1
     n = len(groups)
-    if not 2 <= n <= 8:
+    if not 2 <= n <= max_groups:
         return None
     widths = [j - i for i, j in groups]
     found: tuple[int, int] | None = None
@@ -314,6 +355,8 @@ def _card_subspan(data: bytes, s: int, e: int) -> tuple[int, int] | None:
             if total < 13 or (a, b) == (0, n - 1):
                 continue                     # too short; or the whole run, tried by the caller
             gs, ge = groups[a][0], groups[b][1]
+            if across != -1 and not gs < across < ge:
+                continue                     # only windows across ACROSS, when given
             if v.card_ok(_digits(data[gs:ge])):
                 found = (gs, ge) if found is None else (min(found[0], gs), max(found[1], ge))
     return found
@@ -381,20 +424,30 @@ def check_jwt(data: bytes, s: int, e: int) -> list[Hit]:
     return [(s, e, 95, "structure")] if v.jwt_header_ok(data[s:e].decode("ascii")) else []
 
 
-_PEM_BODY = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=:,- \t\r\n"
+# A key block as the rule reads it (in normalized text), and as classify/extent.py follows it past
+# the rule's bound: one definition for both. The END line's closing dashes come within
+# PEM_CLOSE_WITHIN characters after "-----END"; the body holds base64, its headers, line breaks.
+PEM_BEGIN = "-----BEGIN"
+PEM_END = "-----END"
+PEM_CLOSE = "-----"
+PEM_CLOSE_WITHIN = 60
+PEM_BODY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=:,- \t\r\n"
+_PEM_END_B, _PEM_CLOSE_B = PEM_END.encode("ascii"), PEM_CLOSE.encode("ascii")
+_PEM_BODY_B = PEM_BODY_CHARS.encode("ascii")
 
 
 def check_private_key(data: bytes, s: int, e: int) -> list[Hit]:
     """The header is the evidence; the finding covers the whole block (to the END line) so that a
     redaction removes the key material, up to PRIVATE_KEY_MAX characters."""
     limit = min(len(data), s + PRIVATE_KEY_MAX)
-    end_at = data.find(b"-----END", e, limit)
+    end_at = data.find(_PEM_END_B, e, limit)
     if end_at != -1:
-        close = data.find(b"-----", end_at + 8, min(limit, end_at + 8 + 60))
+        after = end_at + len(_PEM_END_B)
+        close = data.find(_PEM_CLOSE_B, after, min(limit, after + PEM_CLOSE_WITHIN))
         if close != -1:
-            return [(s, close + 5, 99, "structure")]
+            return [(s, close + len(_PEM_CLOSE_B), 99, "structure")]
     body = data[e:limit]
-    i = e + len(body) - len(body.lstrip(_PEM_BODY))
+    i = e + len(body) - len(body.lstrip(_PEM_BODY_B))
     while i > e and data[i - 1] in b" \t\r\n":
         i -= 1
     return [(s, i, 99, None)]
@@ -444,7 +497,11 @@ def builtin_rules() -> tuple[Rule, ...]:
         Rule("pii.date_of_birth", DATE, DOB_PREFILTER, 40,
              check_dob),
         Rule("pci.card_number", CARD,
-             r"\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d[ -]?\d|\d{4}[^0-9A-Za-z]{1,3}\d{4}", 37, check_card),
+             r"\d(?:" + _DIGIT_SEP + r"?\d){6}|\d{4}[^0-9A-Za-z]{1,3}\d{4}",
+             # 19 digits and 18 separators of up to 2 characters, and a neighbouring group of up
+             # to 7 digits after up to 3 separator characters on either side (_group_run); a run
+             # of CARD_RUN_DIGITS digits in at most 10 groups (_groups_after)
+             max(19 + 18 * 2 + 2 * (7 + 3), CARD_RUN_DIGITS + 9 * 3), check_card),
         Rule("phi.us_npi", NPI, r"[12]\d{9}", 10, check_npi),
         Rule("phi.mrn", MRN, r"(?i)mrn|medical[ ]record|patient[ ]|chart[ ]|hospital[ ]number", 20,
              check_mrn),

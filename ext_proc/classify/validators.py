@@ -40,16 +40,25 @@ _CARD_RANGES: tuple[tuple[int, int, frozenset[int]], ...] = (
 )
 
 
+def _brand_prefixes() -> frozenset[tuple[int, str]]:
+    """(length, first four digits) of every card _CARD_RANGES accepts (every prefix is at most
+    four digits): one set lookup per candidate instead of a loop over the ranges."""
+    out: set[tuple[int, str]] = set()
+    for low, high, lengths in _CARD_RANGES:
+        width = len(str(low))
+        for p in range(low, high + 1):
+            for rest in range(10 ** (4 - width)):
+                four = str(p) + (str(rest).zfill(4 - width) if width < 4 else "")
+                out.update((n, four) for n in lengths)
+    return frozenset(out)
+
+
+_BRAND_PREFIXES = _brand_prefixes()
+
+
 def card_brand_ok(digits: str) -> bool:
     """A known issuer prefix with a length that issuer uses."""
-    n = len(digits)
-    for low, high, lengths in _CARD_RANGES:
-        if n not in lengths:
-            continue
-        width = len(str(low))
-        if low <= int(digits[:width]) <= high:
-            return True
-    return False
+    return (len(digits), digits[:4]) in _BRAND_PREFIXES
 
 
 def card_ok(digits: str) -> bool:

@@ -7,9 +7,13 @@ segments to the classifier with the body's.
 
 - Headers: only those the provider's API reads go upstream (a per-provider allowlist the deployer
   extends in configuration); every other client header is removed and its name recorded. The
-  values of the client headers that are forwarded are classified like body text.
+  values of the client headers that are forwarded are classified like body text, and so are the
+  names let through by a prefix (a deployer's `x-mock-*`, Envoy's `x-envoy-`): the client chose
+  them, they go upstream as written, and a redaction there refuses the request.
 - Query string: parsed; the parameters the provider's API knows are kept and their values
-  classified; unknown ones are stripped (or the request refused, by configuration); credentials
+  classified (and a name let through by a prefix pattern, the client's own text, too: it cannot
+  be rewritten, so a redaction there refuses the request); unknown ones are stripped (or the
+  request refused, by configuration); credentials
   (Gemini's `key`) are always stripped, never classified, never recorded.
 - A body on GET, HEAD or DELETE is refused: the provider would not read it, but something on the
   way might (an HTTP/1.1 upstream reads it as the next request on a kept-alive connection).
@@ -129,6 +133,19 @@ class EnvelopeRules:
             return False
         return any(_name_matches(name, p) for p in (*self.extra_headers.get("*", ()),
                                                     *self.extra_headers.get(provider or "", ())))
+
+    def chosen_name(self, provider: str | None, name: str, *, query: bool = False) -> bool:
+        """Whether NAME, allowed, is text the client chose: let through by a prefix (a deployer's
+        `x-mock-*`, Envoy's `x-envoy-`), not named exactly by a list. Its name goes upstream as
+        written, so it is classified like a value."""
+        listed = PROVIDER_QUERY.get(provider or "", frozenset()) if query else \
+            _LISTED_HEADERS.get(provider or "", BASE_HEADERS)
+        extra = self.extra_query if query else self.extra_headers
+        patterns = (*extra.get("*", ()), *extra.get(provider or "", ()))
+        if name in listed or name in patterns or (not query and name in ENVOY_OWNED):
+            return False
+        return (not query and name.startswith("x-envoy-")) or any(p.endswith("*") and _name_matches(name, p)
+                                                                 for p in patterns)
 
     def query_allowed(self, provider: str | None, name: str) -> bool:
         if name in PROVIDER_QUERY.get(provider or "", ()):
@@ -271,6 +288,11 @@ def inspect_envelope(method: str, path: str, headers: Mapping[str, Sequence[str]
                 for value in headers[name]:
                     if value:
                         segments.append(EnvelopeSegment(f"header:{lname}", lname, value))
+            if rules.chosen_name(provider, lname):
+                # A name let through by a prefix is the client's text, forwarded as written: it
+                # cannot be rewritten, so a redaction there becomes a refusal. Header names arrive
+                # lower-cased; a key's prefix is upper-case: read as written and upper-cased.
+                segments.append(EnvelopeSegment(f"header-name:{lname}", lname, lname + "\n" + lname.upper()))
             continue
         removed.append(lname)
 
@@ -299,6 +321,8 @@ def inspect_envelope(method: str, path: str, headers: Mapping[str, Sequence[str]
                 changed = True
             elif rules.query_allowed(provider, name):
                 segments.append(EnvelopeSegment(f"query:{name}", name, value, position=len(query)))
+                if rules.chosen_name(provider, name, query=True):
+                    segments.append(EnvelopeSegment(f"query-name:{name}", name, name))
                 query.append((name, value))
             else:
                 if rules.unknown_query == "reject":
@@ -329,6 +353,6 @@ def refuse_unrewritable(verdict: Verdict, envelope: Envelope, provider: str) -> 
     stuck = [i for i in verdict.envelope_redacted if not rewritable(envelope.segments[i])]
     if not verdict.forward or not stuck:
         return verdict
-    code = "unredactable_header" if envelope.segments[stuck[0]].where.startswith("header:") else "unredactable_path"
+    code = "unredactable_header" if envelope.segments[stuck[0]].where.startswith("header") else "unredactable_path"
     return overruled(verdict, 403, code, "a part of the request that cannot be rewritten holds classified data; "
                      "the request was not forwarded", provider)

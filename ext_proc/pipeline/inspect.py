@@ -67,6 +67,12 @@ def scan_value(classifier: Classifier, view: View) -> list[Finding]:
     return whole_secrets(view.text, scan_long(classifier, view.text), limit=SECRET_EXTENT_CHARS, value_end=piece_end)
 
 
+def scan_whole(classifier: Classifier, text: str) -> list[Finding]:
+    """classifier.scan over one text read on its own (a forwarded header's or a query
+    parameter's value), each secret covering its whole value as in the body (scan_value)."""
+    return whole_secrets(text, classifier.scan(text), limit=SECRET_EXTENT_CHARS)
+
+
 def scan_long(classifier: Classifier, text: str) -> list[Finding]:
     """classifier.scan over any length: windows of the classifier's limit overlapping by the
     longest possible finding, so every finding lies whole in some window."""
@@ -128,6 +134,8 @@ def classify_document(classifier: Classifier, doc: Document, body: object) -> Do
         take(view, scan_value(classifier, view))
     fields = doc.field_view()
     take(fields, scan_value(classifier, fields))
+    for view in doc.array_views(edge=classifier.max_match_chars):
+        take(view, scan_value(classifier, view))
     for i, seg in enumerate(doc.segments):
         if seg.kind in ("attachment", "route"):
             view = View(seg.text, [0], [i], [len(seg.text)])

@@ -25,7 +25,7 @@ from ext_proc.audit.record import (
 from ext_proc.classify import Classifier, InputTooLarge, redact
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
 from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
-from ext_proc.pipeline.inspect import DocumentFindings, classify_document
+from ext_proc.pipeline.inspect import DocumentFindings, classify_document, scan_whole
 from ext_proc.pipeline.verdict import Verdict
 from ext_proc.policy import Policy
 from ext_proc.policy.effects import Effect
@@ -202,7 +202,9 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     body = body or b""
     # --- envelope hook (pipeline/envelope.py): classified with the same classifier and policy ---
     try:
-        envelope_findings = [[f for f in classifier.scan(seg.text) if not expected_finding(seg, f.label)]
+        # Each value is read whole: a secret longer than its rule's match is followed to its end
+        # (classify/extent.py), as in the body.
+        envelope_findings = [[f for f in scan_whole(classifier, seg.text) if not expected_finding(seg, f.label)]
                              for seg in envelope_segments]
     except InputTooLarge as exc:
         return reject_unprocessable(head, identity, 413, "request_too_large", str(exc), now_ms, body, policy,

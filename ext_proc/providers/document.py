@@ -16,6 +16,8 @@ Segment kinds (``TextSegment.kind``) and how a redaction is written back:
 - ``value``: any other string value, replaced in place.
 - ``key``: an object key (``path`` ends with the key), renamed.
 - ``number``: a JSON number written as digits, replaced by the redacted text (a string).
+- ``numbers``: the numbers of one JSON array (two or more, of any length), written with a space
+  between them; a redaction replaces the array by the redacted text (a string).
 - ``attachment``: the decoded text of an attachment at ``path``, re-encoded as it came.
 - ``route``: text from the request path (a model name); cannot be rewritten, so a redaction
   there becomes a deny.
@@ -50,6 +52,11 @@ MAX_NESTED_JSON_BYTES = 4 * 1024 * 1024
 
 
 _KEY: list[Any] = []          # marks a stack entry that is an object key
+# Segment kinds written in the field view without quotes: a number, and the numbers of an array.
+_NUMBER_KINDS = ("number", "numbers")
+# OpenAI's token arrays (`input` / `prompt` of embeddings, completions, moderations: a list of
+# token ids, or a list of such lists): ids the model reads as tokens, not digits the model reads.
+_TOKEN_ARRAY_KEYS = frozenset({"input", "prompt"})
 _PAIRED_TEXT = 1024
 # String values under these keys are encoded payloads (base64 or a data: URL) in every provider's
 # format: OpenAI file_data / input_audio.data / b64_json, Anthropic source.data, Gemini
@@ -194,7 +201,7 @@ class Document:
         order = self.field_order
         segs = self.segments
         items = [(i, segs[i].text) for i in order]
-        before = ['"' if segs[i].kind != "number" else "" for i in order]
+        before = ['"' if segs[i].kind not in _NUMBER_KINDS else "" for i in order]
         after = []
         for n, i in enumerate(order):
             kind = segs[i].kind
@@ -205,8 +212,30 @@ class Document:
                     and segs[order[n + 1]].path == segs[i].path
                 after.append('": ' if has_value else '": 0, ')
             else:
-                after.append(", " if kind == "number" else '", ')
+                after.append(", " if kind in _NUMBER_KINDS else '", ')
         return _view(items, before, after)
+
+    def array_views(self, edge: int | None = None) -> list[View]:
+        """The strings of each JSON array joined with nothing, in order: a value spelled out one
+        character (or a few) per element (`"stop": ["4", "1", "1", ...]`, a tool result that is a
+        list of digits) is read by the model as the value, and the field view's `", "` between
+        elements would keep it apart. Each string is in at most one array: linear. EDGE as in
+        reading_views (the field view already holds every finding inside one string)."""
+        groups: dict[Path, list[tuple[Path, int]]] = {}
+        for i, seg in enumerate(self.segments):
+            if seg.kind in ("text", "value") and seg.path and isinstance(seg.path[-1], int):
+                k = len(seg.path)
+                while k > 0 and isinstance(seg.path[k - 1], int):
+                    k -= 1                       # arrays in arrays ([["4"], ["1"], ...]) are one
+                groups.setdefault(seg.path[:k], []).append((seg.path[k:], i))
+        views = []
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            members.sort()
+            items = [(i, self.segments[i].text) for _, i in members]
+            views.append(_view(items, [""] * len(items), edge=edge))
+        return views
 
 
 def _media_type(ancestors: list[dict[str, Any]]) -> str:
@@ -318,6 +347,8 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
         doc.unscanned[label] = doc.unscanned.get(label, 0) + 1
 
     nested_budget = [MAX_NESTED_JSON_BYTES]
+    covered: set[int] = set()     # ids of arrays whose numbers an enclosing array's segment holds
+    bare: set[int] = set()        # ids of arrays inside one with fewer than two numbers, or ids
 
     def nested_json(text: str) -> Any:
         """TEXT decoded when it is a JSON object or array (within the budget), else None."""
@@ -343,8 +374,25 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
                 stack.append((node[k], path + (k,), inner))
                 stack.append((k, path + (k,), _KEY))
         elif isinstance(node, list):
+            # The numbers of an array (and of the arrays inside it) are read together, whatever
+            # their length ([4111, 1111, 1111, 1111], one digit per element, [[4111], [1111],
+            # ...]): one segment, written with a space between them; a redaction there replaces
+            # the array by the redacted text. Each array is read for numbers once: an array
+            # inside one that took its numbers is "covered"; inside one that had fewer than two
+            # (or is a token array), "bare", its numbers inspected one by one as before.
+            skip_numbers = id(node) in covered
+            if not skip_numbers and id(node) not in bare:
+                nested: list[int] = []
+                numbers = _array_numbers(node, nested)
+                if len(numbers) >= 2 and not _token_array(path, node):
+                    order.append(add(TextSegment(path, " ".join(_number_text(x) for x in numbers), "numbers")))
+                    covered.update(nested)
+                    skip_numbers = True
+                else:
+                    bare.update(nested)
             for j in range(len(node) - 1, -1, -1):
-                stack.append((node[j], path + (j,), ancestors))
+                if not (skip_numbers and _is_number(node[j])):
+                    stack.append((node[j], path + (j,), ancestors))
         elif isinstance(node, str):
             key = path[-1] if path and isinstance(path[-1], str) else None
             is_payload = key in _PAYLOAD_KEYS and not (ancestors and ancestors[0].get("type") == "text")
@@ -376,13 +424,49 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
             if inner_doc is not None:
                 stack.append((inner_doc, path + (JSON_STEP,), []))
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
-            digits = repr(node)
+            digits = _number_text(node)
             if sum(c.isdigit() for c in digits) >= 7:   # short numbers cannot hold any finding
                 order.append(add(TextSegment(path, digits, "number")))
     for name, text in route_texts.items():
         if text:
             add(TextSegment(("<route>", name), text, "route"))
     return doc
+
+
+def _number_text(n: int | float) -> str:
+    return repr(n)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _array_numbers(node: list[Any], nested: list[int]) -> list[Any]:
+    """The numbers of NODE and of the arrays nested in it, in order (objects and strings among
+    them are skipped: their own walk reads them); the ids of the nested arrays go to NESTED."""
+    out: list[Any] = []
+    stack: list[Any] = [iter(node)]
+    while stack:
+        for x in stack[-1]:
+            if _is_number(x):
+                out.append(x)
+            elif isinstance(x, list):
+                nested.append(id(x))
+                stack.append(iter(x))
+                break
+        else:
+            stack.pop()
+    return out
+
+
+def _token_array(path: Path, node: list[Any]) -> bool:
+    """An OpenAI token array: ids under a top-level `input` or `prompt` (a list of ids, a list of
+    such lists, or one of those lists)."""
+    if not (0 < len(path) <= 2 and path[0] in _TOKEN_ARRAY_KEYS and all(isinstance(p, int) for p in path[1:])):
+        return False
+    return all(isinstance(x, int) and not isinstance(x, bool)
+               or len(path) == 1 and isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+               for x in node)
 
 
 def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[int, str],
@@ -406,6 +490,15 @@ def render_document(parsed: ParsedRequest, doc: Document, replacements: Mapping[
             values.append((seg.path, encode_attachment(text, doc.encodings[idx]), False))
         else:
             values.append((seg.path, text, False))
+    # An array whose numbers were redacted is replaced by the redacted text as a whole: edits of
+    # anything else inside it went with it.
+    gone = {doc.segments[idx].path for idx, text in replacements.items()
+            if doc.segments[idx].kind == "numbers" and text != doc.segments[idx].text}
+    if gone:
+        def inside(p: Path) -> bool:
+            return any(p[:k] in gone for k in range(len(p)))
+        values = [v for v in values if not inside(v[0])]
+        renames = [r for r in renames if not inside(r[0])]
     values += field_changes(parsed.body, set_fields)
     if not values and not renames and parsed.raw:
         return parsed.raw

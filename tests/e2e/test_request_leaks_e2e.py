@@ -201,3 +201,43 @@ def test_a_non_finite_number_is_refused_like_nan(stack):
                    headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
                    content=b'{"model":"gpt-4o-mini","temperature":1e999,"messages":[{"role":"user","content":"hi"}]}')
     assert r.status_code == 400 and r.json()["error"]["message"]
+
+
+# --- families of the second review (tests/unit/test_request_leak_families.py), through Envoy ---
+ANTHROPIC = "/v1/messages"
+
+
+@pytest.mark.parametrize("path,body_for", [
+    # one digit per line (CRLF), in an OpenAI chat turn
+    ("/v1/chat/completions", lambda m: {"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": f"{m} card:\r\n" + "\r\n".join(CARD)}]}),
+    # a combining mark after every digit, in a Gemini part
+    (GEMINI, lambda m: {"contents": [{"parts": [{"text": f"{m} card " + "".join(d + "\u0332" for d in CARD)}]}]}),
+    # the card as the numbers of an array in an Anthropic tool_use input
+    (ANTHROPIC, lambda m: {"model": "claude-3-5-haiku-latest", "max_tokens": 16, "messages": [
+        {"role": "user", "content": m},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "pay",
+                                           "input": {"card": [4111, 1111, 1111, 1111]}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}]}),
+    # one character per element of an OpenAI stop list
+    ("/v1/chat/completions", lambda m: {"model": "gpt-4o-mini", "stop": list(CARD),
+                                        "messages": [{"role": "user", "content": m}]}),
+    # a date glued in front of the card in a Bedrock converse block
+    (CONVERSE, lambda m: {"messages": [{"role": "user", "content": [{"text": f"{m} on 2023-05-31 4111 1111 1111 1111"}]}]}),
+])
+def test_a_card_a_model_still_reads_is_refused(stack, path, body_for):
+    marker = unique_marker("family")
+    r = _post(stack, path, body_for(marker))
+    assert r.status_code == 403, r.text
+    _no_leak(stack, CARD, marker)
+
+
+def test_pii_in_array_numbers_and_ideographic_dots_is_masked(stack):
+    marker = unique_marker("family-pii")
+    r = _post(stack, GEMINI, {"contents": [
+        {"role": "user", "parts": [{"text": f"{marker} write to jane.doe@example\u3002com"}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "lookup", "args": {"q": "x"}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "lookup", "response": {"ssn": [536, 22, 8726]}}}]}]})
+    assert r.status_code == 200, r.text
+    _no_leak(stack, "536228726", marker)
+    _no_leak(stack, "jane.doe@example.com", marker)

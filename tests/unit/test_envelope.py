@@ -42,8 +42,9 @@ def test_only_the_providers_headers_are_forwarded():
         "x-envoy-expected-rq-timeout-ms": ["1000"], "x-request-id": ["r"]})
     assert env.removed_headers == ["openai-beta", "user-agent", "x-custom", "x-stainless-lang"]
     classified = {s.where for s in env.segments}
+    # (an x-envoy- name is let through by its prefix: the client chose the rest, so it is read too)
     assert classified == {"header:anthropic-beta", "header:anthropic-version", "header:content-type",
-                          "header:x-envoy-expected-rq-timeout-ms"}
+                          "header:x-envoy-expected-rq-timeout-ms", "header-name:x-envoy-expected-rq-timeout-ms"}
 
 
 def test_headers_ledgergate_sets_are_never_removed():
@@ -57,7 +58,7 @@ def test_the_deployer_extends_the_allowlist_per_provider_with_patterns():
                                        "query": {"anthropic": ["debug"]}})
     env = envelope(headers={"x-mock-status": ["500"], "x-trace-id": ["t"], "x-other": ["o"]}, rules=rules)
     assert env.removed_headers == ["x-other"]
-    assert {s.where for s in env.segments} == {"header:x-mock-status", "header:x-trace-id"}
+    assert {s.where for s in env.segments} == {"header:x-mock-status", "header-name:x-mock-status", "header:x-trace-id"}
     env = envelope(path="/v1/messages", headers={"x-mock-status": ["500"]}, rules=rules)
     assert env.removed_headers == ["x-mock-status"]
     env = envelope(path="/v1/messages?debug=1&x=2", rules=rules)

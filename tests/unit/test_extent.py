@@ -62,3 +62,44 @@ def test_many_findings_in_one_long_value_read_it_once():
     out = whole_secrets(blocks, headers, limit=60_000)
     assert out[0].end == 59_999 and out[-1].end == len(blocks) - 1
     assert time.process_time() - t < 5, "quadratic"
+
+
+def test_a_value_is_followed_as_the_classifier_reads_it():
+    """A key block whose header and END line are in look-alike dashes, a token with zero-width
+    characters and full-width letters inside: the extent reads the normalized text, as the rules
+    do, and maps the end back (the ASCII-only reading stopped at the rule's bound)."""
+    body = "\n".join("QUJD" * 16 for _ in range(120))
+    block = "\uff0d" * 5 + "BEGIN PRIVATE KEY\u2013----\n" + body + "\n-\u200b----END PRIVATE K\u0415Y\uff0d\uff0d\uff0d\uff0d\uff0d"
+    text = "see\n" + block + "\nThanks."
+    assert text[4:_ends(text, Finding("secret.private_key", 4, 4 + 4096, 99, None))] == block
+    token = "eyJ" + "ab\u200bc\uff44" * 3000
+    text = "tok " + token + "\uff0e" + "x" * 10 + " next"
+    assert text[4:_ends(text, Finding("secret.jwt", 4, 4 + 4096, 95, None))] == token + "\uff0e" + "x" * 10
+
+
+def test_normalized_at_inverts_original_span():
+    from ext_proc.classify.normalize import normalize
+
+    for text in ["plain ascii", "a\u200b\u200bb\uff43\ufb01x\u00a0y", "\u200b\u200b", "\uff41" * 5 + "z"]:
+        norm = normalize(text)
+        for i in range(len(norm.text)):
+            os_, oe = norm.original_span(i, i + 1)
+            assert norm.normalized_at(os_) <= i < norm.normalized_at(oe)
+        assert norm.normalized_at(0) == 0 and norm.normalized_at(len(text)) == len(norm.text)
+
+
+def test_many_findings_in_a_long_value_of_look_alikes_read_it_once():
+    """The hostile shapes of the test above in characters that normalization changes: one
+    normalization of the stretch the values can reach, runs read once."""
+    import time
+
+    t = time.process_time()
+    text = "\uff41" * 1_000_000
+    found = [Finding("secret.generic", i, i + 10, 60, None) for i in range(0, len(text) - 100, 20)]
+    out = whole_secrets(text, found, limit=60_000)
+    assert [f.end for f in out[:2]] == [60_000, 60_020] and out[-1].end == len(text)
+    blocks = "-----BEGIN RSA PRIVATE KEY\uff0d\uff0d\uff0d\uff0d\uff0d\nAAAA\n" * 30_000
+    headers = [Finding("secret.private_key", i, i + 31, 99, None) for i in range(0, len(blocks), 37)]
+    out = whole_secrets(blocks, headers, limit=60_000)
+    assert out[0].end == 59_999 and out[-1].end == len(blocks) - 1
+    assert time.process_time() - t < 10, "quadratic"

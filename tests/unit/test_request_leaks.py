@@ -19,10 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ext_proc.classify import Classifier
 from ext_proc.classify.normalize import fold_plain
 from tests.unit.test_pipeline import chat, decide, head
 
 CARD = "4111111111111111"
+_REDACTING_CLASSIFIER = Classifier()
 SECRETS = {
     # name: (written form in the body, the characters that must not survive in sequence)
     "card": ("4111 1111 1111 1111", CARD),
@@ -393,6 +395,24 @@ def test_hostile_document_shapes_are_bounded_and_never_skip_inspection(name, bod
     assert v.status == expect_status or (expect_status == 200 and v.forward), (name, v.status, v.code)
 
 
+def _decide_redacting_secrets(body: bytes, path: str = "/v1/chat/completions", headers=None):
+    """The pure decision under a policy that masks secrets (so what is forwarded can be read),
+    with the envelope (forwarded header and query values) the request's head gives."""
+    from ext_proc.pipeline.envelope import EnvelopeRules, inspect_envelope
+    from ext_proc.pipeline.request import decide_request
+    from ext_proc.policy import load_policy_text
+    from tests.unit.test_pipeline import KEY, NOW, ident
+
+    policy = load_policy_text("id: redact-secrets\nroutes: [{id: inference, apis: [chat, responses, embeddings, "
+                              "completions, messages, count_tokens, generate, converse, invoke]}]\nrules:\n"
+                              "  - {id: mask-secrets, effect: redact, when: {labels: {any: ['secret.*']}}, "
+                              "redact: {'secret.*': mask}}\n  - {id: permit, effect: permit}\n")
+    h = head(path, headers=headers)
+    env = inspect_envelope("POST", path, h.headers, h.surface, EnvelopeRules())
+    return decide_request(h, ident(), body, policy=policy, classifier=_REDACTING_CLASSIFIER, hash_key=KEY,
+                          now_ms=NOW, max_body_bytes=4 << 20, envelope_segments=env.segments)
+
+
 def _long_jwt(n: int, seed: int) -> str:
     payload = "eyJzdWIiOiJhbGljZSIsImdyb3VwcyI6WyI" + base64.urlsafe_b64encode(random.Random(seed).randbytes(n)).decode()
     return "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9." + payload.rstrip("=") + ".c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmU"
@@ -410,20 +430,137 @@ def test_a_secret_longer_than_its_rules_longest_match_is_removed_whole(secret, n
     """A token from an identity provider with many group claims (over 4,096 characters), an
     RSA-8192 key block (about 6,400): the rule's match stops at its bound, and the rest of the
     value went to the model. The finding now covers the whole value."""
-    from ext_proc.classify import Classifier
-    from ext_proc.pipeline.request import decide_request
-    from ext_proc.policy import load_policy_text
-    from tests.unit.test_pipeline import KEY, NOW, ident
-
-    policy = load_policy_text("id: redact-secrets\nroutes: [{id: inference, apis: [chat]}]\nrules:\n"
-                              "  - {id: mask-secrets, effect: redact, when: {labels: {any: ['secret.*']}}, "
-                              "redact: {'secret.*': mask}}\n  - {id: permit, effect: permit}\n")
     value = _long_jwt(n, 1) if secret == "jwt" else _long_key(n, 2)
-    v = decide_request(head(), ident(), chat("Why does this fail?\n" + value + "\nThanks."), policy=policy,
-                       classifier=Classifier(), hash_key=KEY, now_ms=NOW, max_body_bytes=1 << 20)
+    v = _decide_redacting_secrets(chat("Why does this fail?\n" + value + "\nThanks."))
     assert v.forward and v.new_body is not None, v.record.to_dict()["decision"]
     sent = json.loads(v.new_body)["messages"][0]["content"]
     core = value.split(".")[1] if secret == "jwt" else value.split("\n")[-2]   # the payload / last key line
     for i in range(0, len(core) - 16, 16):
         assert core[i:i + 16] not in sent, (i, sent[:120])
     assert sent.startswith("Why does this fail?") and sent.endswith("Thanks.")
+
+
+def _pieces_left(core: str, sent: str, width: int = 16) -> list[int]:
+    """Offsets of CORE's WIDTH-character pieces that still stand in SENT."""
+    return [i for i in range(0, len(core) - width, width) if core[i:i + width] in sent]
+
+
+def _long_token(n: int, seed: int) -> str:
+    return base64.urlsafe_b64encode(random.Random(seed).randbytes(n)).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("where", ["header", "query"])
+@pytest.mark.parametrize(("secret", "n"), [("jwt", 6000), ("jwt", 30000), ("token", 3000), ("key", 100)])
+def test_a_long_secret_in_a_forwarded_header_or_query_value_is_removed_whole(where, secret, n):
+    """The envelope (a forwarded header's value, a kept query parameter's value) is read whole like
+    the body: a JWT over 4,096 characters, an `id_token=` value over 200, a key block over 4,096
+    were masked only up to the rule's bound and the rest went upstream."""
+    if where == "query" and n > 6000:
+        pytest.skip("the query string is bounded at 16 KiB")
+    if secret == "jwt":
+        value, core = _long_jwt(n, 3), None
+        core = value.split(".")[1]
+    elif secret == "token":
+        core = _long_token(n, 4)
+        value = "id_token=" + core
+    else:
+        value = _long_key(n, 5)
+        core = "".join(value.split("\n")[1:-1])
+        if where == "header":
+            value = value.replace("\n", " ")      # a header value holds no line break
+    if where == "header":
+        path, headers = "/v1/chat/completions", {"openai-beta": ["assistants=v2 " + value + " ok"]}
+    else:
+        path, headers = "/v1/chat/completions?include=" + urllib.parse.quote(value + " ok", safe=""), None
+    v = _decide_redacting_secrets(chat("hello"), path, headers)
+    assert v.forward and list(v.envelope_redacted) == [0], v.record.to_dict()["decision"]
+    sent = v.envelope_redacted[0]
+    left = _pieces_left(core.replace(" ", ""), sent.replace(" ", ""))
+    assert not left, (left[:3], len(core), sent[:200])
+    assert sent.endswith(" ok")
+
+
+def _look_alikes(ch: str) -> list[str]:
+    """Characters (or short runs) the classifier reads as CH: itself, its full-width form, a dash
+    look-alike, a confusable letter, any of them with an invisible character after it. Checked
+    against the classifier's own folding, so the list can only hold forms it accepts."""
+    from ext_proc.classify import normalize as nz
+
+    forms = [ch]
+    if "!" <= ch <= "~":
+        forms.append(chr(ord(ch) + 0xFEE0))
+    if ch == " ":
+        forms += ["\u00a0", "\u3000", "\u2002"]
+    if ch == "-":
+        forms += [chr(c) for c in sorted(nz._DASHES)]
+    if ch == ".":
+        forms += ["\u3002", "\uff61", "\uff0e", "\ufe52"]      # the full stops IDNA reads as dots
+    forms += [chr(c) for c, t in sorted(nz._ONE_TO_ONE.items()) if t == ch][:6]
+    forms += [f + z for f in forms[:3] for z in ("\u200b", "\u2060", "\u00ad", "\ufeff")]
+    return [f for f in forms if fold_plain(f) == ch]
+
+
+def _disguise(text: str, rng: random.Random, rate: float = 0.5) -> str:
+    out = "".join(rng.choice(_look_alikes(c)) if rng.random() < rate else c for c in text)
+    assert fold_plain(out) == text
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_long_key_block_with_a_disguised_header_is_removed_whole(seed):
+    """A key block whose BEGIN (and END) line is written in look-alike characters the classifier
+    folds ('－－－－－BEGIN PRIVATE KEY－－－－－', en dashes, a Cyrillic 'Е', zero-width characters
+    inside): the rule found it, but its extent looked for the ASCII header and stopped at the
+    rule's bound, so the rest of the key went upstream. Body, header value and query value alike."""
+    rng = random.Random(seed)
+    kind = rng.choice(["RSA PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY", "OPENSSH PRIVATE KEY"])
+    lines = [base64.b64encode(rng.randbytes(48)).decode() for _ in range(100)]
+    begin, end = f"-----BEGIN {kind}-----", f"-----END {kind}-----"
+    dbegin = _disguise(begin, rng)
+    dend = _disguise(end, rng) if seed % 2 else end
+    core = "".join(lines)
+    for where in ("body", "header", "query"):
+        sep = " " if where == "header" else "\n"
+        block = sep.join([dbegin, *lines, dend])
+        if where == "body":
+            v = _decide_redacting_secrets(chat("Why does this fail?\n" + block + "\nThanks."))
+            assert v.forward and v.new_body is not None, v.record.to_dict()["decision"]
+            sent = json.loads(v.new_body)["messages"][0]["content"]
+        elif where == "header":
+            v = _decide_redacting_secrets(chat("hello"), headers={"openai-beta": [block + " ok"]})
+            sent = v.envelope_redacted[0]
+        else:
+            v = _decide_redacting_secrets(chat("hello"), "/v1/chat/completions?include=" + urllib.parse.quote(block))
+            sent = v.envelope_redacted[0]
+        left = _pieces_left(core, sent.replace("\n", "").replace(" ", ""))
+        assert not left, (where, ascii(dbegin), left[:3])
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("secret", ["jwt", "token", "key"])
+def test_a_long_secret_written_in_look_alikes_is_removed_whole(secret, seed):
+    """The same family with the value itself in forms the classifier folds (full-width letters and
+    dots, zero-width characters, look-alike dashes between its characters): the extent reads the
+    value as the classifier reads it, not byte for byte, so it goes on to the end of the value."""
+    rng = random.Random(100 + seed)
+    if secret == "jwt":
+        value = _long_jwt(5000, seed)
+        core = value.split(".")[1]
+    elif secret == "token":
+        core = _long_token(2000, seed)
+        value = "id_token=" + core
+    else:
+        value = _long_key(90, seed)
+        core = "".join(value.split("\n")[1:-1])
+    written = _disguise(value, rng, rate=0.05)
+    for where in ("body", "header"):
+        if where == "body":
+            v = _decide_redacting_secrets(chat("Why does this fail?\n" + written + "\nThanks."))
+            assert v.forward and v.new_body is not None, v.record.to_dict()["decision"]
+            sent = json.loads(v.new_body)["messages"][0]["content"]
+        else:
+            v = _decide_redacting_secrets(chat("hello"), headers={"openai-beta": [written.replace("\n", " ") + " ok"]})
+            assert v.forward, v.record.to_dict()["decision"]
+            sent = v.envelope_redacted[0]
+        left = _pieces_left(core, fold_plain(sent).replace("\n", "").replace(" ", ""))
+        assert not left, (where, left[:3])
