@@ -345,3 +345,63 @@ def test_a_finding_cut_on_a_dash_or_dot_inside_a_long_token_covers_the_whole_tok
     for size in (300, 5000, len(text)):
         _, out = stream(TextGate(policy(prefix=prefix), Ledger(), "t"), [text[i:i + size] for i in range(0, len(text), size)])
         assert out == "Here you go, [SECRET.JWT] and that is all.", (size, out[:80])
+
+
+def test_the_words_after_a_long_token_go_out_once_it_has_ended_not_at_the_end_of_the_answer():
+    """A token longer than the classifier's match is held from its start while it grows, and only
+    while it grows: once it has ended, it goes out masked with the words after it at the next
+    chunk's settle (a chunk that ends leaves nothing decidable waiting), not at the end of the
+    answer, and an answer that goes on long after it is not refused as a secret too long (found by
+    `make mutation`: the run followed from a wrong offset was taken as still going to the end)."""
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + base64.urlsafe_b64encode(random.Random(6).randbytes(6000)).decode()
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload.rstrip("=") + ".c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    assert len(jwt) > CLF.max_match_chars // 2
+    after_token = " and that is all of it. " + "Then the answer goes on in plain words. " * 60
+    for lead in ("Here you go, ", "A "):   # something released before it: tried per step, per chunk
+        text = lead + jwt + after_token
+        ends = len(lead) + len(jwt)
+        gate = TextGate(policy(prefix=True, max_block_chars=len(jwt) + 500), Ledger(), "t")
+        out, fed = "", 0
+        for part in [text[i:i + 200] for i in range(0, len(text), 200)]:
+            out += gate.feed(part) + gate.settle()
+            fed += len(part)
+            assert "eyJ" not in out
+            if fed >= ends + 400:
+                assert out.startswith(lead + "[SECRET.JWT] and that is all of it. Then"), (lead, fed, out[-60:])
+        out += gate.flush()
+        assert out == lead + "[SECRET.JWT]" + after_token
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-hold", "fixed-hold"])
+def test_a_bound_above_the_default_window_still_refuses_a_key_block_while_it_grows(prefix):
+    """`max_block_chars` is the deployer's (ResponseInspector(max_block_chars=...)): set above the
+    gate's 64 KiB window, a key block growing past it is still refused while it grows, not held
+    (in memory, unbounded) to the end of the answer (found by `make mutation`: a window two holds
+    short of the bound never saw the block pass it)."""
+    bound = 70_000
+    key, lines = fake_pem(bound + 6000, seed=7)
+    text = "The key:\n" + key + "\nThat is all."
+    gate = TextGate(policy(prefix=prefix, max_block_chars=bound), Ledger(), "t")
+    out, fed = "", 0
+    with pytest.raises(Blocked) as exc:
+        for part in pieces(text, random.Random(3), 2000):
+            out += gate.feed(part) + gate.settle()
+            fed += len(part)
+    assert exc.value.label == "finding_too_long"
+    assert fed < bound * 5 // 4 + 64 + 2 * 2000, fed
+    assert "BEGIN" not in out and not any(line in out for line in lines)
+
+
+def test_a_key_block_without_its_footer_that_passes_the_bound_in_the_last_piece_is_refused_at_the_end():
+    """A key block that never got its footer is masked to the end of the answer only while it is
+    within the bound: one the last piece takes past `max_block_chars` is refused at the end, as a
+    growing one is (found by `make mutation`: the check at the end compared with `is`)."""
+    key, lines = fake_pem(8000, seed=8)
+    text = "Here it is:\n" + key[:key.index("-----END")]
+    gate = TextGate(policy(prefix=True, max_block_chars=6000), Ledger(), "t")
+    out = gate.feed(text[:5500]) + gate.settle()
+    assert out == "Here it is:\n" and gate.held_chars < 6000
+    gate.add(text[5500:])
+    with pytest.raises(Blocked) as exc:
+        gate.flush()
+    assert exc.value.label == "finding_too_long"
