@@ -405,3 +405,26 @@ def test_a_key_block_without_its_footer_that_passes_the_bound_in_the_last_piece_
     with pytest.raises(Blocked) as exc:
         gate.flush()
     assert exc.value.label == "finding_too_long"
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-hold", "fixed-hold"])
+def test_a_key_block_whose_header_closes_the_footer_before_it_is_held_whole_while_it_grows(prefix):
+    """"-----END CERTIFICATE-----BEGIN RSA PRIVATE KEY-----": the key's header begins on the
+    dashes that close the certificate's footer. Its block is still open, and is held whole as
+    any other until its own footer: before, the search for an open block jumped past the
+    certificate's footer and so past the key's header, and a piece longer than the classifier's
+    match (4,096 characters) released the rest of the key in clear (found while sorting the
+    survivors of `make mutation` at gate.py:239)."""
+    cert = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2Vyd\n-----END CERTIFICATE"
+    key, lines = fake_pem(9000, seed=3)
+    text = "Here:\n" + cert + key + "\nDone, nothing more to say here."
+    want = "Here:\n" + cert + "[SECRET.PRIVATE_KEY]\nDone, nothing more to say here."
+    for seed, most in ((1, 300), (2, 2500), (3, 7000), (4, len(text))):
+        parts = pieces(text, random.Random(seed), most)
+        after, out = stream(TextGate(policy(prefix=prefix), Ledger(), "t"), parts)
+        assert out == want, (most, out[:200])
+        for released in after:
+            assert not any(line in released for line in lines), (most, released[-120:])
+    gate = TextGate(policy(prefix=prefix), Ledger(), "t")
+    out = gate.feed(text[:6500]) + gate.settle()
+    assert not any(line in out for line in lines) and "BEGIN RSA" not in out, out[-120:]
