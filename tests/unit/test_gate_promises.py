@@ -428,3 +428,22 @@ def test_a_key_block_whose_header_closes_the_footer_before_it_is_held_whole_whil
     gate = TextGate(policy(prefix=prefix), Ledger(), "t")
     out = gate.feed(text[:6500]) + gate.settle()
     assert not any(line in out for line in lines) and "BEGIN RSA" not in out, out[-120:]
+
+
+@pytest.mark.parametrize("lead", ["Here it is\u200b:\n", "Ｈere it is:\n", "Here it is:\n-\u200b"],
+                         ids=["zero-width-before", "full-width-before", "disguised-header"])
+def test_a_key_block_in_text_the_classifier_normalizes_is_masked_whole(lead):
+    """Headers and footers are found in the normalized text and mapped back to raw offsets: a
+    character the classifier folds or drops anywhere before the block (or inside its header)
+    must not move the header's raw offset, or the block is not extended past the classifier's
+    own match and the rest of a long key goes out (found by `make mutation`: a header mapped to
+    the end of its first character's raw span)."""
+    key, lines = fake_pem(6000, seed=9)
+    if lead.endswith("-\u200b"):
+        key = key[1:]                       # the header's first dash is in the lead, then a zero-width space
+    text = lead + key + "\nDone, that is all."
+    for prefix in (True, False):
+        for seed, most in ((1, 400), (2, 3000), (3, len(text))):
+            after, out = stream(TextGate(policy(prefix=prefix), Ledger(), "t"), pieces(text, random.Random(seed), most))
+            assert not any(line in out for line in lines), (prefix, most)
+            assert out.endswith("[SECRET.PRIVATE_KEY]\nDone, that is all."), (prefix, most, out[-80:])
