@@ -21,7 +21,15 @@ import random
 
 import pytest
 
-from ext_proc.streaming.gate import Blocked, JsonTextGate, Ledger, ScanPolicy, TextGate, inspect_json_text
+from ext_proc.streaming.gate import (
+    Blocked,
+    JsonTextGate,
+    Ledger,
+    ScanPolicy,
+    TextGate,
+    inspect_json_text,
+    inspect_whole,
+)
 from tests.unit.test_prefix_hold import CLF, KEY
 
 EMAIL = "jane.doe@example.com"
@@ -447,3 +455,39 @@ def test_a_key_block_in_text_the_classifier_normalizes_is_masked_whole(lead):
             after, out = stream(TextGate(policy(prefix=prefix), Ledger(), "t"), pieces(text, random.Random(seed), most))
             assert not any(line in out for line in lines), (prefix, most)
             assert out.endswith("[SECRET.PRIVATE_KEY]\nDone, that is all."), (prefix, most, out[-80:])
+
+
+def test_two_key_blocks_longer_than_the_classifiers_match_in_one_window_are_each_masked_whole():
+    """Each key block's finding is extended to its own footer, however many there are in one
+    window (found by `make mutation`: the second extension compared findings, which have no order,
+    and the gate raised instead of masking)."""
+    first, lines1 = fake_pem(6000, seed=10)
+    second, lines2 = fake_pem(5000, seed=11)
+    text = "Two keys:\n" + first + "\nand\n" + second + "\nDone."
+    want = "Two keys:\n[SECRET.PRIVATE_KEY]\nand\n[SECRET.PRIVATE_KEY]\nDone."
+    for prefix in (True, False):
+        for seed, most in ((1, 700), (2, len(text))):
+            after, out = stream(TextGate(policy(prefix=prefix), Ledger(), "t"), pieces(text, random.Random(seed), most))
+            assert out == want, (prefix, most, out[:120])
+            assert not any(line in r for r in after for line in lines1 + lines2)
+    # The last text whole (a JSON body's string): both blocks in the one window at the end.
+    assert inspect_whole(policy(prefix=True), Ledger(), text, "t") == want
+
+
+@pytest.mark.parametrize("glue", ["", "\n", " "], ids=["glued", "newline", "space"])
+def test_a_key_block_right_after_another_one_counts_only_its_own_length_against_the_bound(glue):
+    """A key block is measured from its own header: a complete block still held in front of an
+    open one (here glued to it) is not counted in the open one's length, so two keys each under
+    `max_block_chars` are both masked, not refused (found by `make mutation`: a footer found
+    in an earlier step forgotten, the complete block taken as still open)."""
+    first, lines1 = fake_pem(3000, seed=12)
+    second, lines2 = fake_pem(4500, seed=13)
+    text = "Keys:\n" + first + glue + second + "\nDone, that is all of them."
+    assert len(first) + len(second) > 7000 > max(len(first), len(second)) + 200
+    for prefix in (True, False):
+        for seed, most in ((1, 50), (2, 400), (3, 1500)):
+            after, out = stream(TextGate(policy(prefix=prefix, max_block_chars=7000), Ledger(), "t"),
+                                pieces(text, random.Random(seed), most))
+            masked = "[SECRET.PRIVATE_KEY]" + (glue + "[SECRET.PRIVATE_KEY]" if glue else "")   # adjacent: one mask
+            assert out == "Keys:\n" + masked + "\nDone, that is all of them.", (prefix, most, out[:80])
+            assert not any(line in r for r in after for line in lines1 + lines2)
