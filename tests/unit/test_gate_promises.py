@@ -491,3 +491,32 @@ def test_a_key_block_right_after_another_one_counts_only_its_own_length_against_
             masked = "[SECRET.PRIVATE_KEY]" + (glue + "[SECRET.PRIVATE_KEY]" if glue else "")   # adjacent: one mask
             assert out == "Keys:\n" + masked + "\nDone, that is all of them.", (prefix, most, out[:80])
             assert not any(line in r for r in after for line in lines1 + lines2)
+
+
+@pytest.mark.parametrize("escape", ["\\{", "\\~", "\\z", "\\é"], ids=["brace", "tilde", "z", "e-acute"])
+def test_a_backslash_that_starts_no_json_escape_stays_literal_and_the_text_after_it_is_scanned(escape):
+    """What is not a JSON escape stays as written: a backslash before a character past "u" is
+    not read as a "\\u" escape swallowing the four characters after it (a lenient parser keeps
+    them; here they begin a card number), so the card is still found and masked (found by `make
+    mutation`: `c < "u"` for `c != "u"`)."""
+    raw = "card " + escape + "4111 1111 1111 1111 ok, and more words after it"
+    ledger = Ledger()
+    out = inspect_json_text(policy(prefix=True, hold=32), ledger, raw, "t")
+    assert "4111 1111 1111 1111" not in out and "[PCI.CARD_NUMBER]" in out, out
+    gate = JsonTextGate(policy(prefix=True, hold=32), Ledger(), "t")
+    got = released_raw(gate, pieces(raw, random.Random(4), 5))
+    assert "4111 1111 1111 1111" not in got, got
+
+
+@pytest.mark.parametrize("pair", ["\\ud800\\udc00", "\\ud83d\\udc00", "\\udbff\\udfff", "\\udbff\\udc00"])
+def test_a_surrogate_pair_at_the_ends_of_the_low_range_is_one_character_to_the_application(pair):
+    """"\\ud83d\\udc00" is one character to json.loads (U+1F400): the redaction record after it gives
+    the offset the application reads (found by `make mutation`: a low half of exactly 0xDC00 not
+    paired, the offsets one further)."""
+    raw = pair + " mail " + EMAIL + " " + "and more words " * 4
+    ledger = Ledger()
+    out = inspect_json_text(policy(prefix=True, hold=32), ledger, raw, "t")
+    decoded = json.loads('"' + raw + '"')
+    start = decoded.index(EMAIL)
+    assert [(r["start"], r["end"]) for r in ledger.redactions] == [(start, start + len(EMAIL))], pair
+    assert json.loads('"' + out + '"') == decoded.replace(EMAIL, "[PII.EMAIL]")
