@@ -158,7 +158,8 @@ class MemoryLimiter:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._used: dict[tuple[str, int], list[int]] = {}  # (key, window start) -> [requests, tokens]
+        # (key, window start) -> [requests, tokens, window length in seconds]
+        self._used: dict[tuple[str, int], list[int]] = {}
         self._lock = asyncio.Lock()
 
     async def reserve(self, request_id: str, specs: Sequence[LimitSpec], context: Mapping[str, Any], tokens: int) -> Admission:
@@ -190,8 +191,8 @@ class MemoryLimiter:
                     return Admission(False, None, spec.id, retry, headers, exhausted="requests" if not req_ok else "tokens",
                                      requested_tokens=tokens)
                 plan.append((k, start, 1, tokens))
-            for k, start, r, t in plan:
-                used = self._used.setdefault((k, start), [0, 0])
+            for spec, (k, start, r, t) in zip(specs, plan, strict=True):   # one part per limit: all admitted
+                used = self._used.setdefault((k, start), [0, 0, spec.window_s])
                 used[0] += r
                 used[1] += t
             return Admission(True, Reservation(request_id, tuple(plan)), headers=headers)
@@ -212,9 +213,10 @@ class MemoryLimiter:
                     used[1] = max(0, used[1] - t)
 
     def _expire(self, now: float) -> None:
+        """Drop the windows that are over (no reservation reads them again), whatever their length."""
         if len(self._used) < 4096:
             return
-        for key in [k for k in self._used if k[1] + 86400 < now]:
+        for key in [k for k, v in self._used.items() if k[1] + v[2] < now]:
             del self._used[key]
 
     async def close(self) -> None:

@@ -417,7 +417,10 @@ class PemMarks:
                 f += 1
             if f == len(self.footers) or self.footers[f][1] > stop:
                 return b
-            k = bisect.bisect_left(self.begins, self.footers[f][1], k + 1)
+            # Headers nested in this block (before its footer) close with it; one inside the
+            # footer itself ("-----END X-----BEGIN ...": the footer's closing dashes begin the
+            # next header) opens a block of its own and is looked at.
+            k = bisect.bisect_left(self.begins, self.footers[f][0], k + 1)
         return None
 
 

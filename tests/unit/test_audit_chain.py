@@ -518,3 +518,95 @@ def test_the_queue_bound_counts_records_not_yet_durable_and_frees_as_they_become
             await asyncio.wait_for(log.commit({"kind": "decision", "request_id": f"again{i}"}), 5)
         await log.close()
     asyncio.run(go())
+
+
+# --- Survivors of the 02:48 `make mutation` run (docs/testing.md) -------------------------------
+
+def test_a_signature_with_characters_outside_base64_does_not_verify(seg):
+    """The signature field is read as strict base64: the same signature with a character base64
+    does not have inserted is not the signed form, and does not verify (a lenient decoder drops
+    it, and two different stored lines would verify as one record)."""
+    d, path = seg
+    original = lines(path)
+    for junk in ("!", " ", "\n", "*"):
+        rec = json.loads(original[4])
+        rec["signature"] = rec["signature"][:10] + junk + rec["signature"][10:]
+        put(path, original[:4] + [canonical_json(rec)] + original[5:])
+        rep = verify_dir(d)
+        assert not rep.ok and f"{path.name}:5" in rep.problem and "signature" in rep.problem, (junk, rep.problem)
+    put(path, original)
+    assert verify_dir(d).ok
+
+
+def test_a_torn_tail_not_attested_is_named_at_the_line_after_the_last_record(seg):
+    d, path = seg
+    n = len(lines(path))
+    with open(path, "ab") as f:
+        f.write(b'{"kind":"decision","request_')
+    rep = verify_dir(d)
+    assert not rep.ok and f"{path.name}:{n + 1}: torn" in rep.problem, rep.problem
+
+
+def test_an_untrusted_key_is_named_at_the_genesis_line(seg):
+    d, path = seg
+    rep = verify_dir(d, trusted_key_ids={"not-this-key"})
+    assert rep.problem.startswith(f"{path.name}:1: segment signed by untrusted key"), rep.problem
+
+
+def _crashed(path: Path, keep: int) -> list[bytes]:
+    """The segment as a crash leaves it: its first `keep` lines, no closing checkpoint."""
+    original = lines(path)
+    put(path, original[:keep])
+    return original
+
+
+def test_a_crashed_segment_truncated_after_a_later_genesis_attested_it_fails(seg):
+    """A later genesis attests a crashed segment's record count and last hash: removing records
+    from its end afterwards is a truncation, not another crash (docs/audit-verify.md, 4)."""
+    d, path = seg
+    _crashed(path, 15)
+    write_log(d, n=2)                      # the restart attests 15 records
+    assert verify_dir(d).ok
+    put(path, lines(path)[:12])
+    rep = verify_dir(d)
+    assert not rep.ok and f"{path.name}: truncated: a later genesis attests 15 records, the segment holds 12" \
+        in rep.problem, rep.problem
+
+
+def test_a_segment_named_by_a_later_genesis_but_removed_is_a_gap(seg):
+    d, path = seg
+    write_log(d, n=2)                      # attests the segment before it (the newest)
+    assert verify_dir(d).ok
+    path.unlink()
+    rep = verify_dir(d)
+    assert not rep.ok and f"gap: segment {path.name} is named by a later genesis but missing" in rep.problem, rep.problem
+
+
+def test_a_segment_that_grew_after_a_later_genesis_attested_it_verifies(tmp_path):
+    """Two writers on one directory: the second one's genesis attests the first one's segment,
+    still being written, at its count then. That segment goes on growing and is closed: more
+    records than attested is not a truncation (the attested record is still in its place)."""
+    d = tmp_path / "audit"
+
+    async def go():
+        def opened(writer: str):
+            return open_audit_log(AuditConfig.from_dict({"dir": str(d), "signing_key": str(tmp_path / "k.pem")}),
+                                  writer_id=writer)
+        first = opened("w1")
+        await first.start()
+        for i in range(3):
+            await first.commit({"kind": "decision", "request_id": f"a{i}"})
+        second = opened("w2")
+        await second.start()              # its genesis attests w1's open segment at 4 records
+        for i in range(3):
+            await first.commit({"kind": "decision", "request_id": f"b{i}"})
+            await second.commit({"kind": "decision", "request_id": f"c{i}"})
+        await first.close()
+        await second.close()
+        return first.sink.path, second.sink.path
+    a, b = asyncio.run(go())
+    assert a != b
+    claims = json.loads(lines(b)[0])["predecessors"]
+    assert {"file": a.name, "records": 4} == {k: v for k, v in claims[0].items() if k != "last_hash"}, claims
+    rep = verify_dir(d)
+    assert rep.ok, rep.problem

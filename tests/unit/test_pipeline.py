@@ -292,3 +292,28 @@ def test_a_secret_in_a_path_no_route_names_is_masked_in_the_record():
     refused = reject_identity(head(path), IdentityError("token_expired", "e"), NOW, POLICY, classifier=CLASSIFIER)
     assert "AKIAIOSFODNN7QWERTYZ" not in json.dumps(refused.record.to_dict())
     assert decide(b"{}", head("/v1/unknown/plain")).record.to_dict()["route"]["path"] == "/v1/unknown/plain"
+
+
+# --- Survivors of the 02:48 `make mutation` run (docs/testing.md) -------------------------------
+
+def test_the_model_is_what_the_body_names_when_another_field_after_it_holds_a_finding():
+    """The model a policy routes on and the record shows is the body's `model` (masked only when
+    a finding is in it), never another field's masked text: here `user`, which sorts after
+    "model" and holds an address (found by `make mutation`: the field picked by `path >= ("model",)`)."""
+    for extra in ({"user": "jane.doe@example.com"}, {"prompt_cache_key": "call (415) 555-2671"},
+                  {"user": "AKIAIOSFODNN7ABCDEFG"}):
+        v = decide(chat("hello", **extra))
+        rec = v.record.to_dict()
+        assert v.model == "gpt-4o-mini" and rec["input"]["model"] == "gpt-4o-mini", (extra, v.model)
+        assert rec["model_requested"] == rec["model_routed"] == "gpt-4o-mini", (extra, rec["model_requested"])
+
+
+def test_a_request_without_a_body_is_put_to_the_policy_with_zero_estimated_tokens():
+    """A request whose body was not read (none sent) estimates 0 tokens: what the policy's
+    `request.estimated_tokens` conditions and the decision record's input see (found by `make
+    mutation`: a default of 1 passed every test)."""
+    for h in (head(), head("/v1/models/gpt-4o-mini", method="GET")):
+        v = decide(b"", h)
+        rec = v.record.to_dict()
+        assert rec["input"]["request"]["estimated_tokens"] == 0, (h.path, rec["input"]["request"])
+        assert rec["input"]["request"]["bytes"] == 0

@@ -183,3 +183,18 @@ def test_a_min_confidence_of_one_is_not_plain_presence():
     """)
     assert p.evaluate(inp(classification=lab("pii.email", conf=0))).outcome == "permit"
     assert p.evaluate(inp(classification=lab("pii.email", conf=1))).code == "sure"
+
+
+def test_a_label_given_without_a_confidence_is_taken_as_certain():
+    """A policy test case (docs/policy.md, "Policy tests") may list a label with only its count,
+    or with nothing: it is read as found with full confidence (100) once, so a rule asking for
+    `min_confidence: 100` holds (found by `make mutation`: a default of 99 passed every test)."""
+    p = P("""
+        id: certain
+        rules:
+          - {id: permit-all, effect: permit}
+          - {id: certain, effect: deny, when: {labels: {any: [pii.email], min_confidence: 100}}, code: certain, reason: certain}
+    """)
+    assert p.evaluate(inp(classification={"pii.email": {"count": 1}})).code == "certain"
+    assert p.evaluate(inp(classification={"pii.email": {}})).code == "certain"
+    assert p.evaluate(inp(classification=lab("pii.email", conf=99))).outcome == "permit"

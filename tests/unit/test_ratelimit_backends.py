@@ -275,6 +275,28 @@ def test_memory_housekeeping_drops_only_windows_that_are_over():
     asyncio.run(go())
 
 
+def test_memory_housekeeping_keeps_a_window_longer_than_a_day_until_it_is_over():
+    """A weekly budget two days into its window is still current: housekeeping (from 4,096
+    counters on) must not forget it, or every caller's budget starts again after a day. Before,
+    it dropped every window that had started more than a day ago, whatever its length (found
+    while sorting the `make mutation` survivor limits.py:215)."""
+    week = 7 * 86400
+    now = [week * 3000 + 10.0]
+    lim = MemoryLimiter(clock=lambda: now[0])
+    s = spec(requests=1, window_s=week)
+
+    async def go():
+        for i in range(4100):   # past the 4096 entries that start housekeeping
+            assert (await lim.reserve(f"h{i}", [s], {**CTX, "subject": f"s{i}"}, 0)).admitted
+        now[0] += 2 * 86400     # two days later: the same weekly window
+        assert not (await lim.reserve("again", [s], {**CTX, "subject": "s0"}, 0)).admitted
+        assert not (await lim.reserve("again", [s], {**CTX, "subject": "s4099"}, 0)).admitted
+        now[0] += week          # the next week: the old windows are over and dropped
+        assert (await lim.reserve("next-week", [s], {**CTX, "subject": "s0"}, 0)).admitted
+        assert len(lim._used) == 1
+    asyncio.run(go())
+
+
 def test_open_limiter_picks_the_configured_backend():
     from ext_proc.ratelimit import open_limiter
     assert isinstance(open_limiter(RateLimitConfig.from_dict(None)), MemoryLimiter)

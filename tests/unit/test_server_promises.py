@@ -195,6 +195,39 @@ async def test_spend_is_labelled_with_the_callers_tenant(runtime, token):
     assert tenants == {"acme"}
 
 
+async def test_spend_is_labelled_with_the_model_and_provider_the_request_was_routed_to(tmp_path):
+    """Multiplexing: the client names an alias ("claude-haiku"), the answer comes from Anthropic's
+    "claude-3-5-haiku-latest": the tokens are counted for the model that spent them, not the alias
+    (mutant exchange.py:207, `model_routed and model`: the alias)."""
+    ensure_dev_material(tmp_path / "var")
+    config = load_config(None, base_dir=tmp_path, overrides={
+        "policy": {"path": str(REPO / "policies" / "default.yaml")}, "server": {"metrics_listen": None},
+        "multiplex": {"models": {"claude-haiku": {"provider": "anthropic", "model": "claude-3-5-haiku-latest"}}}})
+    rt = Runtime(config)
+    await rt.start()
+    try:
+        token = mint_dev_token(tmp_path / "var" / "dev", sub="alice", roles=["developer"], tenant="acme", now=time.time())
+        body = json.dumps({"model": "claude-haiku", "messages": [{"role": "user", "content": "hello"}]}).encode()
+        answer = json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-latest",
+                             "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+                             "usage": {"input_tokens": 7, "output_tokens": 3}}).encode()
+        messages = [
+            _request_headers({":method": "POST", ":path": "/v1/chat/completions", ":authority": "gw",
+                              "authorization": f"Bearer {token}", "content-type": "application/json"}, "req-spend-model"),
+            pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)),
+            pb.ProcessingRequest(response_headers=_headers({":status": "200", "content-type": "application/json"})),
+            pb.ProcessingRequest(response_body=pb.HttpBody(body=answer, end_of_stream=True))]
+        replies, ctx = await _drive(Servicer(rt), messages)
+        assert ctx.aborted is None
+        spent = {(s.labels["direction"], s.labels["model"], s.labels["provider"]): s.value
+                 for m in rt.metrics.registry.collect() if m.name == "ledgergate_tokens"
+                 for s in m.samples if s.name == "ledgergate_tokens_total" and s.value > 0}
+        assert spent == {("input", "claude-3-5-haiku-latest", "anthropic"): 7,
+                         ("output", "claude-3-5-haiku-latest", "anthropic"): 3}, spent
+    finally:
+        await rt.close()
+
+
 async def test_an_audit_outage_before_release_answers_503_in_the_providers_format_and_logs_the_request_id(runtime, token):
     """The decision record cannot be written: nothing is forwarded, the client gets a 503 in its
     provider's error format, and the error log line names the request (mutants exchange.py:229,
