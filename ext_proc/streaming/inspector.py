@@ -29,7 +29,7 @@ import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -287,6 +287,10 @@ class ResponseInspector:
             return self._block("bad_encoding", f"the event stream is malformed ({exc})")
         except InputTooLarge:
             return self._block("response_too_large", "a text of the response is too large to be inspected")
+        except RecursionError:
+            # Deeper than the json module reads, not deeper than JSON.parse does: a JavaScript
+            # client would read what raw text scanning does not join nor decode.
+            return self._block("bad_body", "a JSON value of the response is nested too deeply to be inspected")
         except Exception as exc:  # noqa: BLE001 - fail closed: what was not inspected is not released
             return self._block("inspection_error", f"the response could not be inspected ({type(exc).__name__})")
         if end_of_stream:
@@ -429,7 +433,17 @@ class ResponseInspector:
         changed = False
         renames: list[tuple[formats.Path, str]] = []
         clean = self._clean
-        for path, text in list(formats.strings(ev)):
+        for path, text in formats.strings(ev, numbers=True):
+            if isinstance(text, formats.NumberForms):
+                # A number: the first of its readings with a finding replaces it, as a string.
+                for form in text:
+                    if form not in clean and form not in self._shared_clean:
+                        red = self._inspect(form, path, count=count)
+                        if red != form:
+                            formats.set_path(ev, path, red)
+                            changed = True
+                            break
+                continue
             # "p" is Bedrock's random padding (it hides the lengths of the texts), not content.
             if text in clean or not text or path in skip or (padding and path == ("p",)):
                 continue
@@ -548,9 +562,9 @@ class ResponseInspector:
         self.events += 1
         self._at_byte = self._body_bytes
         try:
-            payload = formats.loads(msg.payload)
-        except (ValueError, RecursionError):
-            payload = None
+            payload, reserialize = formats.parse(msg.payload)
+        except ValueError:
+            payload, reserialize = None, False
         if not isinstance(payload, dict):
             # Not a JSON object: scanned whole, re-framed only if something was redacted.
             self._decide(ALL)
@@ -565,11 +579,12 @@ class ResponseInspector:
         ev = payload
         if msg.event_type == "chunk" and isinstance(payload.get("bytes"), str):
             try:
-                inner = formats.loads(base64.b64decode(payload["bytes"], validate=True))
-            except (ValueError, RecursionError, binascii.Error):
+                inner, inner_reserialize = formats.parse(base64.b64decode(payload["bytes"], validate=True))
+            except (ValueError, binascii.Error):
                 raise Blocked("bad_encoding", "an invoke stream chunk is not base64 JSON") from None
             if isinstance(inner, dict):
                 outer, ev = payload, inner
+                reserialize = reserialize or inner_reserialize
         self.usage = formats.merge_usage(self.usage, formats.usage(ev), ev)
         if outer is not None:
             self._note_shape(ev)
@@ -585,6 +600,7 @@ class ResponseInspector:
         changed = self._scan_strings(ev, {sp[1] for sp in spans}, padding=outer is None)
         if outer is not None:      # the invoke chunk's own strings around the model's event
             changed = self._scan_strings(outer, {("bytes",)}, padding=True) or changed
+        changed = changed or reserialize
         self._enqueue(_Queued(raw, None, ev if spans or changed else None, spans, changed, closing=closing,
                               headers=dict(msg.headers), outer=outer))
 
@@ -598,20 +614,39 @@ class ResponseInspector:
         self._at_byte = e.offset
         if e.data is None:               # comments, bare event lines: nothing an SDK reads, still scanned
             return self._raw_event(e, decide=False)
-        if e.data.strip() == b"[DONE]":
+        data = e.data
+        if e.other_lines:
+            e = self._event_lines(e, data)
+        if data.strip() == b"[DONE]":
             self._decide(ALL)
             return self._enqueue(_Queued(e.raw, None, None, [], False, closing=True))
-        duplicate = False
         try:
-            ev = formats.loads(e.data)
-        except formats.DuplicateKeys:
-            ev, duplicate = json.loads(e.data), True
-        except (ValueError, RecursionError):
+            ev, duplicate = formats.parse(data)
+        except ValueError:
             return self._raw_event(e, decide=True)
         if not isinstance(ev, dict):
             self._decide(ALL)
             return self._enqueue(_Queued(self._json_event_strings(e, ev, duplicate), None, None, [], False))
         self._object_event(ev, e.raw, partial(frame, e.other_lines, line_end=e.line_end), duplicate)
+
+    def _event_lines(self, e: SSEEvent, data: bytes) -> SSEEvent:
+        """The lines of a data event other than its data (`event:`, `id:`, `retry:`, comments),
+        each scanned whole: the SDKs hand the event name and id to the application (openai's
+        Assistants `thread.*` events, `synthesize_event_and_data`; EventSource's lastEventId).
+        A redacted line re-frames the event (its data as it came)."""
+        lines = list(e.other_lines)
+        changed = False
+        for i, line in enumerate(lines):
+            text = line.decode("utf-8", "surrogateescape")
+            if text in self._clean:
+                continue
+            red = self._inspect(text, ("sse-line", i))
+            if red != text:
+                lines[i], changed = red.encode("utf-8", "surrogateescape"), True
+        if not changed:
+            return e
+        other = tuple(lines)
+        return replace(e, raw=frame(other, data, e.line_end), other_lines=other)
 
     def _feed_slots(self, found: list[formats.Slot]) -> list[tuple[StreamKey, formats.Path, int, int]]:
         spans: list[tuple[StreamKey, formats.Path, int, int]] = []
@@ -724,12 +759,9 @@ class ResponseInspector:
             return b""
         body = bytes(self._buffer)
         self._buffer.clear()
-        duplicate = False
         try:
-            obj = formats.loads(body)
-        except formats.DuplicateKeys:
-            obj, duplicate = json.loads(body), True
-        except (ValueError, RecursionError):
+            obj, duplicate = formats.parse(body)
+        except ValueError:
             # JSON values one after another (ndjson) are read as a sequence; anything else as text.
             self._seq = JsonSeqReader(self.max_buffer_bytes)
             try:
@@ -775,12 +807,9 @@ class ResponseInspector:
 
     def _seq_value(self, lead: bytes, value: bytes) -> None:
         self.events += 1
-        duplicate = False
         try:
-            ev = formats.loads(value)
-        except formats.DuplicateKeys:
-            ev, duplicate = json.loads(value), True
-        except (ValueError, RecursionError):
+            ev, duplicate = formats.parse(value)
+        except ValueError:
             ev = None
             duplicate = True
             self._decide(ALL)
