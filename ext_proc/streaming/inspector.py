@@ -88,6 +88,7 @@ class _Decoder:
         self.total_out = 0
         self.total_in = 0
         self._d: Any = None
+        self._head = b""
 
     def _new(self, first: bytes) -> Any:
         if self.gzip:
@@ -102,6 +103,13 @@ class _Decoder:
             return out
         self.total_in += len(data)
         if self._d is None:
+            # deflate's wrapping is told by its first two bytes: a body sent a byte at a time (or
+            # a stage of stacked codings handed one byte) waits for the second.
+            data = self._head + data
+            if not self.gzip and len(data) < 2:
+                self._head = data
+                return out
+            self._head = b""
             self._d = self._new(data)
         while True:
             piece = self._d.decompress(data, DECODE_PIECE)
@@ -126,6 +134,36 @@ class _Decoder:
     def finish(self) -> None:
         if self.total_in and (self._d is None or not self._d.eof):
             raise Blocked("bad_encoding", "the compressed response ended before its end marker")
+
+
+class _Decoders:
+    """The codings of a content-encoding list (RFC 9110: in the order they were applied), undone
+    last first, as the client's HTTP library does (httpx, urllib3: "gzip, gzip", "deflate, gzip";
+    "identity" does nothing). Each stage has the same output bound."""
+
+    def __init__(self, codings: list[str], max_out: int) -> None:
+        self.stages = [_Decoder(c, max_out) for c in reversed(codings)]
+
+    def decode(self, data: bytes) -> list[bytes]:
+        pieces = [data]
+        for stage in self.stages:
+            pieces = [out for p in pieces for out in stage.decode(p)]
+        return pieces
+
+    def finish(self) -> None:
+        for stage in self.stages:
+            stage.finish()
+
+
+DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
+NAMED_CODINGS = DECODABLE | {"br", "zstd", "compress", "x-compress", "dcb", "dcz", "aes128gcm"}
+MAX_CODINGS = 4      # stacked codings decoded; more are refused (each stage is a full decompression)
+
+
+def codings(content_encoding: str | None) -> list[str]:
+    """The codings applied, in order, from a content-encoding value (repeated headers joined by
+    commas): "identity" and empty members dropped."""
+    return [c for c in (m.strip().lower() for m in (content_encoding or "").split(",")) if c and c != "identity"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,13 +258,15 @@ class ResponseInspector:
         self._at_byte = 0                   # where the current event (or the body so far) starts/ends
         self._refuse: tuple[str, str] | None = None
         self.release_headers_mutation: dict[str, list[str]] = {"remove": ["content-length"]}
-        self._decoder: _Decoder | None = None
-        enc = (content_encoding or "identity").strip().lower()
-        if enc in ("gzip", "x-gzip", "deflate"):
-            self._decoder = _Decoder(enc, max_decoded_bytes)
+        self._decoder: _Decoders | None = None
+        applied = codings(content_encoding)
+        if applied and all(c in DECODABLE for c in applied) and len(applied) <= MAX_CODINGS:
+            self._decoder = _Decoders(applied, max_decoded_bytes)
             self.release_headers_mutation = {"remove": ["content-encoding", "content-length"]}
-        elif enc not in ("identity", ""):
-            self._refuse = ("unsupported_encoding", f"a response with content-encoding {enc!r} cannot be inspected")
+        elif applied:
+            # Named only when it is a coding's name: a header's value is not written to records.
+            shown = ", ".join(c if c in NAMED_CODINGS else "other" for c in applied[:MAX_CODINGS + 1])
+            self._refuse = ("unsupported_encoding", f"a response with content-encoding {shown!r} cannot be inspected")
             self.release_headers_mutation = {"remove": ["content-encoding", "content-length"]}
         self._mode: str | None = None        # how the body is read: decided by its first bytes
         self._sniffed = bytearray()
@@ -791,7 +831,10 @@ class ResponseInspector:
     def _jsonseq(self, data: bytes, final: bool) -> bytes:
         if self._seq is None:
             self._seq = JsonSeqReader(self.max_event_bytes)
-        values = self._seq.feed(data) if data else []
+        try:
+            values = self._seq.feed(data) if data else []
+        except JsonSeqError as exc:
+            raise Blocked("bad_body", f"the response is not a JSON array ({exc})") from None
         rest = b""
         if final:
             try:

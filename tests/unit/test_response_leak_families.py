@@ -13,9 +13,11 @@ charset; long secret values with characters outside a token.
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
+import zlib
 
 import pytest
 from anthropic._streaming import SSEDecoder as AnthropicSSE
@@ -327,3 +329,108 @@ def test_a_bedrock_event_with_duplicate_keys_is_joined_to_its_stream():
         dec = eventstream.EventStreamDecoder(1 << 24)
         texts = "".join(json.loads(m.payload).get("delta", {}).get("text", "") for m, _raw in dec.feed(out))
         assert longest_part(secret, [texts]) < 6
+
+
+# --- content encodings ----------------------------------------------------------------------
+
+def _compress(coding: str, data: bytes, rnd: random.Random) -> bytes:
+    if coding == "gzip":
+        return gzip.compress(data)
+    if rnd.random() < 0.5:       # deflate: zlib-wrapped, or raw as some servers send it
+        return zlib.compress(data)
+    c = zlib.compressobj(wbits=-15)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize("header", ["gzip, gzip", "deflate, gzip", "identity, gzip", "gzip,identity",
+                                    " GZIP , Deflate ", "x-gzip"])
+def test_stacked_and_listed_codings_are_decoded_and_inspected(header):
+    """A content-encoding list is undone last first, as httpx does. Before the fix anything but
+    one bare coding was refused; now it is decoded and inspected (more than four stages, or a
+    coding that cannot be decoded, is still refused)."""
+    rnd = random.Random(header)
+    for case in range(4):
+        body = json.dumps({"id": "x", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "card " + SECRETS["card"]}}]}).encode()
+        for c in [m.strip().lower() for m in header.split(",")]:
+            body = _compress("gzip" if c == "x-gzip" else c, body, rnd) if c != "identity" else body
+        out, ins = feed("openai.chat_completions", "application/json", body, rnd, enc=header, one_byte=case == 0)
+        assert not ins.blocked and SECRETS["card"].encode() not in out and b"[PCI.CARD_NUMBER]" in out
+        assert ins.release_headers_mutation["remove"] == ["content-encoding", "content-length"]
+
+
+@pytest.mark.parametrize("header", ["br", "zstd", "gzip, br", "compress", "x-secret-4111111111111111",
+                                    "gzip, gzip, gzip, gzip, gzip"])
+def test_codings_that_cannot_be_decoded_are_refused_without_echoing_the_header(header):
+    out, ins = feed("openai.chat_completions", "application/json", b"\x1f\x8b\x08\x00garbage", random.Random(1),
+                    enc=header)
+    assert ins.blocked["label"] == "unsupported_encoding"
+    assert b"4111" not in out and "4111" not in ins.blocked["reason"]
+
+
+@pytest.mark.asyncio
+async def test_repeated_content_encoding_headers_are_all_undone(runtime, token):
+    """Envoy hands repeated headers over one by one; the server read only the first, so
+    `content-encoding: identity` then `content-encoding: gzip` passed a gzip body uninspected,
+    which the client (httpx joins them) decompressed and read."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    from ext_proc.server.servicer import Servicer
+    from tests.unit.test_tracing import _drive, _exchange
+
+    answer = json.dumps({"id": "x", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "card " + SECRETS["card"]}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+    headers = pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
+        base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in [
+            (":status", "200"), ("content-type", "application/json"), ("content-encoding", "identity"),
+            ("content-encoding", "gzip")]]))
+    messages = _exchange(token, "req-two-encodings", {})[:2] + [
+        pb.ProcessingRequest(response_headers=headers),
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=gzip.compress(answer), end_of_stream=True))]
+    replies, ctx = await _drive(Servicer(runtime), messages)
+    body = b"".join(r.response_body.response.body_mutation.streamed_response.body for r in replies
+                    if r.WhichOneof("response") == "response_body")
+    assert ctx.aborted is None
+    assert SECRETS["card"].encode() not in body and b"[PCI.CARD_NUMBER]" in body
+    removed = [h for r in replies if r.WhichOneof("response") == "response_headers"
+               for h in r.response_headers.response.header_mutation.remove_headers]
+    assert "content-encoding" in removed
+
+
+# --- bodies that are not what they say ------------------------------------------------------
+
+HOSTILE_SEQ = [b"x, y", b"[\x0c1]", b"1]", b'{"a": 1}\x0b{"b": 2}', b"error, your prompt was 4111 1111 1111 1111"]
+
+
+def test_the_json_sequence_reader_ends_on_a_value_that_begins_with_a_delimiter():
+    """A "," or "]" where a bare value begins, or a \\f / \\v between values, was emitted as an
+    empty value and read again as the next one: a loop without end taking memory (21 GB in a
+    minute on this box) for an upstream error body like "error, ..." labelled JSON, or a Gemini
+    array with a form feed. Run in a child process with a memory and time bound."""
+    import subprocess
+    import sys
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+            "from ext_proc.wire.jsonseq import JsonSeqReader, JsonSeqError\n"
+            f"for body in {HOSTILE_SEQ!r}:\n"
+            "    r = JsonSeqReader(1 << 20)\n"
+            "    try:\n"
+            "        r.feed(body); r.finish()\n"
+            "    except JsonSeqError:\n"
+            "        pass\n"
+            "print('done')\n")
+    from tests.support import REPO
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60,
+                          env={"PYTHONPATH": str(REPO)})
+    assert done.stdout.strip() == b"done", done.stderr[-500:]
+
+
+@pytest.mark.parametrize("ctype", ["application/json", None, "application/x-ndjson"])
+@pytest.mark.parametrize("status", [200, 400, 500])
+def test_an_error_body_that_is_not_json_is_scanned_whole(ctype, status):
+    rnd = random.Random(f"{ctype}/{status}")
+    for body in HOSTILE_SEQ[-1:] + [b"[\x0c" + SECRETS["card"].encode() + b"]"]:
+        out, ins = feed("openai.chat_completions", ctype, body, rnd)
+        assert SECRETS["card"].encode() not in out
