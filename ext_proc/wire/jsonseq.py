@@ -64,6 +64,11 @@ class JsonSeqReader:
                     i = n
                     break
                 i = m.start()
+                if i == self._start:
+                    # A "," or "]" where a value begins (outside an array), or a space JSON does
+                    # not allow (\f, \v): not a value. (An empty one emitted here was read again
+                    # as the next value: a loop without end, each turn a little more memory.)
+                    raise JsonSeqError(f"unexpected byte where a JSON value begins at byte {i}")
                 out.append(self._emit(i))
                 continue
             if self._start is None:
