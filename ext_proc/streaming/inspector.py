@@ -205,6 +205,28 @@ SHARED_CLEAN_CHARS = 64
 _SHARED_CLEAN: weakref.WeakKeyDictionary[Classifier, dict[str, None]] = weakref.WeakKeyDictionary()
 
 
+UTF8_NAMES = frozenset({"utf-8", "utf_8", "utf8", "u8"})
+
+
+def declared_charset(content_type: str | None) -> str | None:
+    """The text encoding a content type's charset parameter names, when it is not UTF-8 and
+    Python knows it as a text encoding (httpx decodes with it then; an unknown name falls back
+    to UTF-8 there too). None: UTF-8."""
+    for param in (content_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() != "charset":
+            continue
+        value = value.strip().strip('"').strip("'").lower()
+        try:
+            info = codecs.lookup(value)
+        except (LookupError, ValueError):
+            return None
+        if not getattr(info, "_is_text_encoding", True) or info.name in UTF8_NAMES:
+            return None
+        return info.name
+    return None
+
+
 def _eventstream_prelude(head: bytes) -> bool:
     """The first 12 bytes are an AWS event-stream prelude (lengths and their CRC32)."""
     if len(head) < 12:
@@ -291,7 +313,13 @@ class ResponseInspector:
         # whole-body / raw state
         self._buffer = bytearray()
         self._raw_gate: TextGate | None = None
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        # A text body is read in the charset its content type declares, as the client's HTTP
+        # library decodes it (httpx's .text, which the SDKs use for error bodies): UTF-16 or
+        # EBCDIC read as UTF-8 hides every character. UTF-8 (the default) keeps invalid bytes.
+        self._charset = declared_charset(content_type)
+        self._text_decoder = codecs.getincrementaldecoder(self._charset or "utf-8")(
+            errors="replace" if self._charset else "surrogateescape")
+        self._text_encoder = codecs.getincrementalencoder(self._charset)(errors="replace") if self._charset else None
         self._byte_decoders: dict[StreamKey, Any] = {}     # logprob bytes streams
 
     @property
@@ -803,16 +831,21 @@ class ResponseInspector:
             obj, duplicate = formats.parse(body)
         except ValueError:
             # JSON values one after another (ndjson) are read as a sequence; anything else as text.
+            # Read as values only if every one of them is JSON ("Bad request: 4111 1111 ..." is
+            # no sequence of values: read word by word, the card was never seen whole).
             self._seq = JsonSeqReader(self.max_buffer_bytes)
             try:
                 values = self._seq.feed(body)
                 more, rest = self._seq.finish()
-            except (JsonSeqError, EventTooLarge):
+                values += more
+                for _lead, value in values:
+                    formats.parse(value)
+            except (JsonSeqError, EventTooLarge, ValueError):
                 self._seq = None
-                text = body.decode("utf-8", "surrogateescape")
-                red = inspect_whole(self._policy, self._ledger, text, "body")
-                return body if red == text else red.encode("utf-8", "surrogateescape")
-            return self._seq_values(values + more, rest, final=True)
+                return self._whole_text(body)
+            # Values one after another are read one by one by a client that parses them, and as
+            # one text by one that shows the body (an error message): both readings are scanned.
+            return self._whole_text(self._seq_values(values, rest, final=True))
         if isinstance(obj, dict):
             if self.marker_field is not None and 200 <= self.status < 300:
                 obj[self.marker_field[0]] = self.marker_field[1]
@@ -826,6 +859,15 @@ class ResponseInspector:
         holder = [obj]
         changed = self._scan_strings(holder, set()) or duplicate
         return formats.dumps(holder[0]) if changed else body
+
+    def _whole_text(self, body: bytes) -> bytes:
+        """A whole body scanned as one text, in its declared charset."""
+        if self._charset is not None:
+            self._raw_gate = None
+            return self._raw(body, True)
+        text = body.decode("utf-8", "surrogateescape")
+        red = inspect_whole(self._policy, self._ledger, text, "body")
+        return body if red == text else red.encode("utf-8", "surrogateescape")
 
     # --- JSON arrays (or values) sent in pieces -----------------------------------------
     def _jsonseq(self, data: bytes, final: bool) -> bytes:
@@ -871,10 +913,13 @@ class ResponseInspector:
     def _raw(self, data: bytes, final: bool) -> bytes:
         if self._raw_gate is None:
             self._raw_gate = TextGate(self._policy, self._ledger, "body")
-        text = self._utf8.decode(data, final)
+        text = self._text_decoder.decode(data, final)
         released = self._raw_gate.feed(text)
         if final:
             released += self._raw_gate.flush()
+        if self._text_encoder is not None:
+            # Written back in its charset (characters it cannot hold as its replacement).
+            return self._text_encoder.encode(released, final)
         return released.encode("utf-8", "surrogateescape")
 
 

@@ -430,7 +430,34 @@ def test_the_json_sequence_reader_ends_on_a_value_that_begins_with_a_delimiter()
 @pytest.mark.parametrize("ctype", ["application/json", None, "application/x-ndjson"])
 @pytest.mark.parametrize("status", [200, 400, 500])
 def test_an_error_body_that_is_not_json_is_scanned_whole(ctype, status):
+    """A body labelled JSON (or not labelled) that does not parse was read as values one after
+    another, word by word: "Bad request: 4111 1111 1111 1111" gave four numbers, none a card,
+    while the client shows the text. Values are only read as values when each is JSON, and the
+    whole body is scanned as the text it also is."""
     rnd = random.Random(f"{ctype}/{status}")
-    for body in HOSTILE_SEQ[-1:] + [b"[\x0c" + SECRETS["card"].encode() + b"]"]:
+    card = SECRETS["card"].encode()
+    for body in HOSTILE_SEQ[-1:] + [b"[\x0c" + card + b"]", b"Bad request: " + card + b" rejected", card,
+                                    b"[" + card + b"]", b'{"a": 1}\n' + card + b'\n{"b": 2}']:
         out, ins = feed("openai.chat_completions", ctype, body, rnd)
         assert SECRETS["card"].encode() not in out
+
+
+CHARSETS = ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "cp500", "utf-7", "shift_jis", "latin-1", "koi8-r"]
+
+
+@pytest.mark.parametrize("charset", CHARSETS)
+@pytest.mark.parametrize("ctype", ["text/plain", "text/html", "application/json", "application/octet-stream"])
+def test_a_text_body_is_read_in_its_declared_charset(charset, ctype):
+    """An upstream error page echoing the prompt, in the charset its content type declares:
+    httpx decodes `.text` with it (the SDKs build their error messages from it). It was read as
+    UTF-8: in UTF-16 or EBCDIC no character of the secret was seen."""
+    rnd = random.Random(f"{charset}/{ctype}")
+    for case in range(3):
+        secret = SECRETS["card"] if charset != "shift_jis" or case else "\uff14\uff11\uff11\uff11 1111 1111 1111"
+        text = rnd.choice(["Error: your prompt ", "<p>Bad request: ", "invalid value "]) + secret + " rejected."
+        body = text.encode(charset)
+        out, ins = feed("openai.chat_completions", f"{ctype}; charset={charset}", body, rnd,
+                        status=rnd.choice([400, 422, 500]), one_byte=case == 0)
+        seen = out.decode(charset, "replace")
+        assert not ins.blocked and secret not in seen and "[PCI.CARD_NUMBER]" in seen
+        assert longest_part(secret, [seen]) < 6
