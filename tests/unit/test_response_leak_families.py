@@ -461,3 +461,47 @@ def test_a_text_body_is_read_in_its_declared_charset(charset, ctype):
         seen = out.decode(charset, "replace")
         assert not ins.blocked and secret not in seen and "[PCI.CARD_NUMBER]" in seen
         assert longest_part(secret, [seen]) < 6
+
+
+# --- long values ----------------------------------------------------------------------------
+
+def generic_value(rnd: random.Random, chars: int) -> str:
+    """A password past secret.generic's 200-character bound, with the characters its value class
+    admits and a token does not ("%2F", ":", "!", "@", "#", "$", "&", "*")."""
+    alphabet = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    out = []
+    while sum(map(len, out)) < chars:
+        out.append("".join(rnd.choice(alphabet) for _ in range(rnd.randint(5, 20))))
+        out.append(rnd.choice(["%2F", ":", "!", "@", "#", "$", "&", "*", "|", "^"]))
+    return "".join(out)[:chars]
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-hold", "fixed-hold"])
+def test_a_generic_secret_longer_than_its_rule_is_masked_whole_by_the_gate(prefix):
+    """The gate extended a finding over the rest of its token; a generic value runs on with
+    characters a token does not have, and everything after the first of them past the rule's
+    200 characters went out in clear (708 of 925 characters)."""
+    from ext_proc.streaming.gate import Ledger, TextGate
+    from tests.unit.test_gate_promises import pieces, policy, stream
+    rnd = random.Random(f"generic/{prefix}")
+    for case in range(6):
+        value = generic_value(rnd, rnd.randint(300, 3000))
+        text = "Use it like this: client_secret=" + value + " and keep it safe."
+        parts = pieces(text, rnd, 1 if case == 0 else rnd.choice([7, 40, 400]))
+        _after, out = stream(TextGate(policy(prefix=prefix), Ledger(), "t"), parts)
+        assert longest_part(value, [out]) < 6, (case, out[:300])
+        assert "[SECRET.GENERIC]" in out
+
+
+@pytest.mark.parametrize("framing", ["chat.content", "chat.arguments", "anthropic.text", "anthropic.partial_json",
+                                     "gemini.sse", "gemini.array", "converse.text", "responses.output_text",
+                                     "whole.content"])
+def test_a_generic_secret_longer_than_its_rule_never_reaches_the_sdk(framing):
+    from tests.unit.test_response_leaks import build, released, sdk_view
+    rnd = random.Random(f"generic/{framing}")
+    for _ in range(3):
+        value = generic_value(rnd, rnd.randint(300, 1500))
+        surface, ctype, body = build(framing, "api_key=" + value, rnd)
+        out, ins = released(surface, ctype, body, rnd)
+        assert longest_part(value, sdk_view(out)) < 6
+        assert "secret.generic" in ins.outcome()["classification"]
