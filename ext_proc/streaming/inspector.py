@@ -186,9 +186,11 @@ class _Queued:
     closing: bool = False           # the stream's final marker
     headers: dict | None = None     # an AWS event-stream message's headers (None: an SSE event)
     outer: dict | None = None       # an invoke-stream chunk's payload around the model's own event
+    text_data: bool = False         # an SSE event whose data is text, not JSON (ev: {"data": text})
 
 
 DEFAULT_HOLD_CHARS = 64
+TEXT_DATA: StreamKey = ("sse-text-data",)     # the stream of SSE events whose data is not JSON
 EVENTSTREAM_TYPE = "application/vnd.amazon.eventstream"
 # The status a blocked whole (non-streamed) response goes out with, when its headers have not left
 # yet: 403 like a denied request (the SDKs raise PermissionDeniedError and do not retry it, where a
@@ -589,6 +591,14 @@ class ResponseInspector:
     def _render(self, item: _Queued) -> bytes:
         if item.ev is None:
             return item.raw
+        if item.text_data:
+            (key, _path, start, end), = item.spans
+            text = item.ev["data"]
+            edited = self._gates[key].edited(start, end, text)
+            if edited == text:
+                return item.raw
+            assert item.wrap is not None
+            return item.wrap(edited.encode("utf-8", "surrogateescape"))
         changed = item.changed
         for key, path, start, end in item.spans:
             text = formats.get_path(item.ev, path)
@@ -691,8 +701,12 @@ class ResponseInspector:
         try:
             ev, duplicate = formats.parse(data)
         except ValueError:
-            return self._raw_event(e, decide=True)
+            return self._text_data_event(e, data)
         if not isinstance(ev, dict):
+            if b"\\" not in data and not duplicate:
+                # A number or a plain string is text to the reader that joins events (its JSON
+                # reading holds nothing else): "1111" is four digits of a card, not an int.
+                return self._text_data_event(e, data)
             self._decide(ALL)
             return self._enqueue(_Queued(self._json_event_strings(e, ev, duplicate), None, None, [], False))
         self._object_event(ev, e.raw, partial(frame, e.other_lines, line_end=e.line_end), duplicate)
@@ -810,6 +824,18 @@ class ResponseInspector:
         changed = duplicate
         changed = self._scan_strings(holder, set()) or changed
         return frame(e.other_lines, formats.dumps(holder[0]), e.line_end) if changed else e.raw
+
+    def _text_data_event(self, e: SSEEvent, data: bytes) -> None:
+        """An event whose data is not JSON: no LLM SDK reads one, a page's EventSource does, and
+        joins the texts of successive events as it shows them. So such data is one content stream
+        (TEXT_DATA), held back and decided like a model's deltas (it was scanned event by event:
+        a card split over two events went out)."""
+        text = data.decode("utf-8", "surrogateescape")
+        gate = self._gate(TEXT_DATA)
+        start = gate.fed_chars
+        gate.feed(text)
+        self._enqueue(_Queued(e.raw, partial(frame, e.other_lines, line_end=e.line_end), {"data": text},
+                              [(TEXT_DATA, ("data",), start, start + len(text))], False, text_data=True))
 
     def _raw_event(self, e: SSEEvent, *, decide: bool) -> None:
         if decide:

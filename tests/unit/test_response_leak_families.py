@@ -505,3 +505,23 @@ def test_a_generic_secret_longer_than_its_rule_never_reaches_the_sdk(framing):
         out, ins = released(surface, ctype, body, rnd)
         assert longest_part(value, sdk_view(out)) < 6
         assert "secret.generic" in ins.outcome()["classification"]
+
+
+@pytest.mark.parametrize("ctype", ["text/event-stream", "text/plain", None])
+def test_plain_text_sse_data_is_one_stream_across_events(ctype):
+    """Data that is not a JSON object (plain text, or a number: "1111") is what an EventSource
+    page shows, event after event. It was scanned event by event: a card split over events went
+    out. Now it is one content stream, held and decided like deltas."""
+    rnd = random.Random(str(ctype))
+    secret = SECRETS["card"]
+    for case in range(CASES):
+        text = rnd.choice(["Sure: ", "Your card is ", ""]) + secret + rnd.choice([" ok.", "", " and more text here."])
+        body = b"".join(rnd.choice([b"data: ", b"data:"]) + p.encode() + rnd.choice([b"\n\n", b"\r\n\r\n", b"\r\r"])
+                        for p in split(text, rnd, 6))
+        out, ins = feed("openai.chat_completions", ctype, body, rnd, one_byte=case == 0)
+        shown = "".join(e.get("data", "") for e in whatwg_events(out))
+        assert longest_part(secret, [shown]) < 6, shown
+        assert "[PCI.CARD_NUMBER]" in shown
+    clean = b"data: hello\n\ndata: 42\n\ndata: world\n\n"
+    out, _ins = feed("openai.chat_completions", ctype, clean, rnd)
+    assert out == clean
