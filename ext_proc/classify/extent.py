@@ -36,6 +36,21 @@ _JOINERS = re.compile(r"[.\-]*")
 _PEM_BODY = re.compile("[" + re.escape(PEM_BODY_CHARS) + "]*")
 
 
+# A secret.generic value ("password=...", "api_key: ..."): what the rule's value class admits
+# (rules.GENERIC: no space, quote, comma, semicolon or bracket), which goes on past the token
+# characters ("%2F", ":", "!" in a long password). Possessive, read once.
+GENERIC_LABEL = "secret.generic"
+GENERIC_VALUE_CHAR = re.compile(r"""[^\s"'`,;<>(){}\[\]]""")
+_GENERIC_RUN = re.compile(r"""[^\s"'`,;<>(){}\[\]]*+""")
+
+
+def generic_run_end(text: str, pos: int, stop: int) -> int | None:
+    """End of a generic secret's value going on from text[pos] before `stop`; None if it reaches
+    `stop` (it may still go on)."""
+    e = _match_end(_GENERIC_RUN, text, pos, stop)
+    return None if e >= stop else e
+
+
 def run_end(text: str, pos: int, stop: int) -> int | None:
     """End of the token run going on from text[pos] before `stop`; None if it may still go on
     (it reaches `stop`, or all that stops it is a last run of "." and "-")."""

@@ -87,7 +87,9 @@ class ResponseSide:
             policy_version=decision.policy_version if decision is not None else "")
         self.inspector = ResponseInspector(
             head.surface.name if head.surface else "unknown", status=self.status, content_type=content_type,
-            content_encoding=_first(headers, "content-encoding"),
+            # Every content-encoding header: the client's HTTP library undoes them all (httpx joins
+            # repeated ones), so "identity" then "gzip" is a gzip body, not a plain one.
+            content_encoding=", ".join(headers.get("content-encoding") or ()) or None,
             classifier=rt.classifier_for(rt.policies.current),
             rules=ResponseRules.from_policy(decision.response if decision is not None else {}),
             hash_key=rt.hash_key, tenant=ex.identity.tenant if ex.identity else None,

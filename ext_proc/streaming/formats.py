@@ -11,14 +11,15 @@ registered provider in turn:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.providers import registry
 from ext_proc.providers.events import ALL, Path, Slot, StreamKey
 
-__all__ = ["ALL", "FINAL_TYPES", "OPAQUE_KEYS", "KeyOf", "Path", "Slot", "StreamKey", "bedrock_slots",
-           "bedrock_terminated", "dumps", "error_event", "family", "get_path", "loads", "merge_usage",
+__all__ = ["ALL", "FINAL_TYPES", "OPAQUE_KEYS", "KeyOf", "LiteralFloat", "NumberForms", "Path", "Slot", "StreamKey",
+           "bedrock_slots", "bedrock_terminated", "dumps", "error_event", "family", "get_path", "loads", "merge_usage", "parse",
            "restates", "set_path", "shape", "slots", "strings", "terminated", "usage"]
 
 # Every string of an event or body is scanned (ids, fingerprints, model names and enums included:
@@ -126,16 +127,56 @@ def merge_usage(have: dict | None, new: dict | None, ev: Any) -> dict | None:
     return new
 
 
-def strings(obj: Any, path: Path = (), depth: int = 0) -> list[tuple[Path, str]]:
+class LiteralFloat(float):
+    """A JSON number read as a float, with its literal as it was written ("4.111111111111111e15")."""
+    __slots__ = ("literal",)
+    literal: str
+
+
+def _literal_float(literal: str) -> float:
+    f = LiteralFloat(literal)
+    f.literal = literal
+    return f
+
+
+class NumberForms(tuple):
+    """The texts a JSON number is read as (see number_forms); listed by strings(numbers=True)."""
+    __slots__ = ()
+
+
+# Numbers the provider computes from probabilities, never chosen by the model (and many and all
+# different in a logprobs stream): not scanned.
+COMPUTED_NUMBER_KEYS = frozenset({"logprob", "logProbability", "avgLogprobs"})
+
+
+def number_forms(v: Any) -> NumberForms | None:
+    """A JSON number as the texts an application reads it as: an integer's digits; a float as it
+    was written and, when it is a whole number, as its digits (what JavaScript prints, and
+    Python's int(): 4.111111111111111e15 is 4111111111111111). None for non-numbers, booleans,
+    NaN and infinities."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, int):
+        return NumberForms((str(v),))
+    if not math.isfinite(v):
+        return None
+    lit = getattr(v, "literal", None) or repr(v)
+    if v.is_integer() and abs(v) < 1e21 and str(int(v)) != lit:
+        return NumberForms((lit, str(int(v))))
+    return NumberForms((lit,))
+
+
+def strings(obj: Any, path: Path = (), depth: int = 0, *, numbers: bool = False) -> list[tuple[Path, Any]]:
     """Every string of a JSON value the client's SDK will hand over, object keys included (a key
     is listed with a KeyOf last step), with its path, in document order; opaque provider values
-    excepted."""
-    out: list[tuple[Path, str]] = []
-    _strings(obj, path, depth, out)
+    excepted. With `numbers`, numbers too (a model writes a card number as a number in structured
+    tool input: Anthropic tool_use.input, Gemini functionCall.args), as NumberForms."""
+    out: list[tuple[Path, Any]] = []
+    _strings(obj, path, depth, out, numbers)
     return out
 
 
-def _strings(obj: Any, path: Path, depth: int, out: list) -> None:
+def _strings(obj: Any, path: Path, depth: int, out: list, numbers: bool) -> None:
     if depth > 256:
         raise RecursionError("JSON nested too deeply")
     if isinstance(obj, dict):
@@ -146,13 +187,21 @@ def _strings(obj: Any, path: Path, depth: int, out: list) -> None:
                 if k not in OPAQUE_KEYS:
                     out.append((path + (k,), v))
             elif isinstance(v, (dict, list)):
-                _strings(v, path + (k,), depth + 1, out)
+                _strings(v, path + (k,), depth + 1, out, numbers)
+            elif numbers and k not in COMPUTED_NUMBER_KEYS:
+                forms = number_forms(v)
+                if forms is not None:
+                    out.append((path + (k,), forms))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             if isinstance(v, str):
                 out.append((path + (i,), v))
             elif isinstance(v, (dict, list)):
-                _strings(v, path + (i,), depth + 1, out)
+                _strings(v, path + (i,), depth + 1, out, numbers)
+            elif numbers:
+                forms = number_forms(v)
+                if forms is not None:
+                    out.append((path + (i,), forms))
 
 
 class DuplicateKeys(ValueError):
@@ -167,8 +216,32 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     return d
 
 
-def loads(data: bytes) -> Any:
-    return json.loads(data, object_pairs_hook=_no_duplicates)
+def loads(data: bytes | str) -> Any:
+    return json.loads(data, object_pairs_hook=_no_duplicates, parse_float=_literal_float)
+
+
+def _loads_last(data: bytes | str) -> Any:
+    """Duplicate keys allowed, the last one kept (what Python's json and JSON.parse keep)."""
+    return json.loads(data, parse_float=_literal_float)
+
+
+def parse(data: bytes) -> tuple[Any, bool]:
+    """JSON as a client can read it: (value, whether it must be re-serialized). Duplicate keys: the
+    last one wins (Python's json, JSON.parse), and the event goes out re-serialized with it alone.
+    Invalid UTF-8: a JavaScript client (TextDecoder, as fetch and the JS SDKs decode) reads U+FFFD
+    for the bad bytes and parses the rest, so it is read that way and re-serialized so. ValueError
+    if it is not JSON; RecursionError (nested beyond the json module's depth, which JSON.parse
+    reads) is left to the caller, who blocks: raw text is not what such a client reads."""
+    try:
+        return loads(data), False
+    except DuplicateKeys:
+        return _loads_last(data), True
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", "replace")
+    try:
+        return loads(text), True
+    except DuplicateKeys:
+        return _loads_last(text), True
 
 
 def dumps(obj: Any) -> bytes:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ext_proc.classify import Classifier, Finding, redact, summarize
+from ext_proc.classify.extent import GENERIC_LABEL, GENERIC_VALUE_CHAR, generic_run_end
 from ext_proc.classify.extent import TOKEN_LAST as _TOKEN_LAST
 from ext_proc.classify.extent import run_end as _run_end
 from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, normalize
@@ -109,6 +110,7 @@ class TextGate:
         # classifier's longest match): held from this stream offset until the run ends.
         self._token_at: int | None = None
         self._token_seen = 0           # stream offset up to which that run is known to go on
+        self._token_generic = False    # the run is a generic secret's value (rules.GENERIC's class)
         limit = policy.classifier.max_input_chars
         if limit < CONTEXT_CHARS + 2 * policy.hold + policy.step:
             raise ValueError("the classifier's max_input_chars is too small for the hold-back")
@@ -193,7 +195,8 @@ class TextGate:
         if not start <= t < stop:
             return None
         pos = max(t, self._token_seen - base - 1)
-        if _run_end(held, pos, stop) is not None:
+        ends = generic_run_end if self._token_generic else _run_end
+        if ends(held, pos, stop) is not None:
             self._token_at = None
             return None
         self._token_seen = base + stop
@@ -255,7 +258,7 @@ class TextGate:
             window = self._context + held[start:start + take]
             ctx = len(self._context)
             findings = _whole_blocks(window, p.classifier.scan(window), end_known=whole)
-            findings, open_at = _whole_tokens(window, findings, end_known=whole)
+            findings, open_at, open_generic = _whole_tokens(window, findings, end_known=whole)
             cut = take - hold
             if not whole and p.long_hold > p.hold:
                 cut = _extend_hold(held, start, take, cut, p.long_hold, runs=fixed)
@@ -265,6 +268,7 @@ class TextGate:
                     raise Blocked("finding_too_long", "a secret in the response grew past "
                                   f"{p.max_block_chars} characters before it ended")
                 self._token_at, self._token_seen = base + start + tok, base + start + take
+                self._token_generic = open_generic
                 cut = min(cut, tok)
             if not whole and cut <= 0:
                 break
@@ -449,28 +453,36 @@ def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> l
     return out
 
 
-def _whole_tokens(window: str, findings: list[Finding], *, end_known: bool) -> tuple[list[Finding], int | None]:
+def _whole_tokens(window: str, findings: list[Finding], *,
+                  end_known: bool) -> tuple[list[Finding], int | None, bool]:
     """A finding that ends inside a run of token characters covers the run (a 20,000-character JWT
-    or key: the classifier's own finding stops at its longest match). Returns the findings and,
-    unless the end of the text is known, where the earliest finding whose run is still going on
-    at the end of the window begins (None if none is)."""
+    or key: the classifier's own finding stops at its longest match); a generic secret's value
+    (secret.generic) covers the run of its rule's value class ("password=" and 600 characters
+    with "%2F" in them: the rule stops at 200). Returns the findings and, unless the end of the
+    text is known, where the earliest finding whose run is still going on at the end of the
+    window begins (None if none is), and whether a generic value's run is among those open (it
+    is followed with that class, wider than the token's)."""
     out = findings
     open_at: int | None = None
+    open_generic = False
     n = len(window)
     for i, f in enumerate(findings):
-        if f.end >= n or f.end <= f.start or not _TOKEN_LAST.match(window, f.end - 1):
+        generic = f.label == GENERIC_LABEL
+        last = GENERIC_VALUE_CHAR if generic else _TOKEN_LAST
+        if f.end >= n or f.end <= f.start or not last.match(window, f.end - 1):
             continue
-        e = _run_end(window, f.end, n)
+        e = generic_run_end(window, f.end, n) if generic else _run_end(window, f.end, n)
         if e is None:
             if not end_known:
                 open_at = f.start if open_at is None else min(open_at, f.start)
+                open_generic = open_generic or generic
                 continue
             e = n
         if e > f.end:
             if out is findings:
                 out = list(findings)
             out[i] = Finding(f.label, f.start, e, f.confidence, f.validator)
-    return out, open_at
+    return out, open_at, open_generic
 
 
 def _extend_hold(held: str, start: int, take: int, cut: int, long_hold: int, *, runs: bool = True) -> int:

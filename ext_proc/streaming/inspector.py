@@ -29,7 +29,7 @@ import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -88,6 +88,7 @@ class _Decoder:
         self.total_out = 0
         self.total_in = 0
         self._d: Any = None
+        self._head = b""
 
     def _new(self, first: bytes) -> Any:
         if self.gzip:
@@ -102,6 +103,13 @@ class _Decoder:
             return out
         self.total_in += len(data)
         if self._d is None:
+            # deflate's wrapping is told by its first two bytes: a body sent a byte at a time (or
+            # a stage of stacked codings handed one byte) waits for the second.
+            data = self._head + data
+            if not self.gzip and len(data) < 2:
+                self._head = data
+                return out
+            self._head = b""
             self._d = self._new(data)
         while True:
             piece = self._d.decompress(data, DECODE_PIECE)
@@ -128,6 +136,36 @@ class _Decoder:
             raise Blocked("bad_encoding", "the compressed response ended before its end marker")
 
 
+class _Decoders:
+    """The codings of a content-encoding list (RFC 9110: in the order they were applied), undone
+    last first, as the client's HTTP library does (httpx, urllib3: "gzip, gzip", "deflate, gzip";
+    "identity" does nothing). Each stage has the same output bound."""
+
+    def __init__(self, codings: list[str], max_out: int) -> None:
+        self.stages = [_Decoder(c, max_out) for c in reversed(codings)]
+
+    def decode(self, data: bytes) -> list[bytes]:
+        pieces = [data]
+        for stage in self.stages:
+            pieces = [out for p in pieces for out in stage.decode(p)]
+        return pieces
+
+    def finish(self) -> None:
+        for stage in self.stages:
+            stage.finish()
+
+
+DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
+NAMED_CODINGS = DECODABLE | {"br", "zstd", "compress", "x-compress", "dcb", "dcz", "aes128gcm"}
+MAX_CODINGS = 4      # stacked codings decoded; more are refused (each stage is a full decompression)
+
+
+def codings(content_encoding: str | None) -> list[str]:
+    """The codings applied, in order, from a content-encoding value (repeated headers joined by
+    commas): "identity" and empty members dropped."""
+    return [c for c in (m.strip().lower() for m in (content_encoding or "").split(",")) if c and c != "identity"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Bytes:
     """A logprob entry's `bytes` while its event waits: the text they decode to in their stream
@@ -148,9 +186,11 @@ class _Queued:
     closing: bool = False           # the stream's final marker
     headers: dict | None = None     # an AWS event-stream message's headers (None: an SSE event)
     outer: dict | None = None       # an invoke-stream chunk's payload around the model's own event
+    text_data: bool = False         # an SSE event whose data is text, not JSON (ev: {"data": text})
 
 
 DEFAULT_HOLD_CHARS = 64
+TEXT_DATA: StreamKey = ("sse-text-data",)     # the stream of SSE events whose data is not JSON
 EVENTSTREAM_TYPE = "application/vnd.amazon.eventstream"
 # The status a blocked whole (non-streamed) response goes out with, when its headers have not left
 # yet: 403 like a denied request (the SDKs raise PermissionDeniedError and do not retry it, where a
@@ -165,6 +205,28 @@ CLEAN_CACHE_CHARS = 256
 # found clean, shared by its responses.
 SHARED_CLEAN_CHARS = 64
 _SHARED_CLEAN: weakref.WeakKeyDictionary[Classifier, dict[str, None]] = weakref.WeakKeyDictionary()
+
+
+UTF8_NAMES = frozenset({"utf-8", "utf_8", "utf8", "u8"})
+
+
+def declared_charset(content_type: str | None) -> str | None:
+    """The text encoding a content type's charset parameter names, when it is not UTF-8 and
+    Python knows it as a text encoding (httpx decodes with it then; an unknown name falls back
+    to UTF-8 there too). None: UTF-8."""
+    for param in (content_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() != "charset":
+            continue
+        value = value.strip().strip('"').strip("'").lower()
+        try:
+            info = codecs.lookup(value)
+        except (LookupError, ValueError):
+            return None
+        if not getattr(info, "_is_text_encoding", True) or info.name in UTF8_NAMES:
+            return None
+        return info.name
+    return None
 
 
 def _eventstream_prelude(head: bytes) -> bool:
@@ -220,13 +282,15 @@ class ResponseInspector:
         self._at_byte = 0                   # where the current event (or the body so far) starts/ends
         self._refuse: tuple[str, str] | None = None
         self.release_headers_mutation: dict[str, list[str]] = {"remove": ["content-length"]}
-        self._decoder: _Decoder | None = None
-        enc = (content_encoding or "identity").strip().lower()
-        if enc in ("gzip", "x-gzip", "deflate"):
-            self._decoder = _Decoder(enc, max_decoded_bytes)
+        self._decoder: _Decoders | None = None
+        applied = codings(content_encoding)
+        if applied and all(c in DECODABLE for c in applied) and len(applied) <= MAX_CODINGS:
+            self._decoder = _Decoders(applied, max_decoded_bytes)
             self.release_headers_mutation = {"remove": ["content-encoding", "content-length"]}
-        elif enc not in ("identity", ""):
-            self._refuse = ("unsupported_encoding", f"a response with content-encoding {enc!r} cannot be inspected")
+        elif applied:
+            # Named only when it is a coding's name: a header's value is not written to records.
+            shown = ", ".join(c if c in NAMED_CODINGS else "other" for c in applied[:MAX_CODINGS + 1])
+            self._refuse = ("unsupported_encoding", f"a response with content-encoding {shown!r} cannot be inspected")
             self.release_headers_mutation = {"remove": ["content-encoding", "content-length"]}
         self._mode: str | None = None        # how the body is read: decided by its first bytes
         self._sniffed = bytearray()
@@ -251,7 +315,13 @@ class ResponseInspector:
         # whole-body / raw state
         self._buffer = bytearray()
         self._raw_gate: TextGate | None = None
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        # A text body is read in the charset its content type declares, as the client's HTTP
+        # library decodes it (httpx's .text, which the SDKs use for error bodies): UTF-16 or
+        # EBCDIC read as UTF-8 hides every character. UTF-8 (the default) keeps invalid bytes.
+        self._charset = declared_charset(content_type)
+        self._text_decoder = codecs.getincrementaldecoder(self._charset or "utf-8")(
+            errors="replace" if self._charset else "surrogateescape")
+        self._text_encoder = codecs.getincrementalencoder(self._charset)(errors="replace") if self._charset else None
         self._byte_decoders: dict[StreamKey, Any] = {}     # logprob bytes streams
 
     @property
@@ -287,6 +357,10 @@ class ResponseInspector:
             return self._block("bad_encoding", f"the event stream is malformed ({exc})")
         except InputTooLarge:
             return self._block("response_too_large", "a text of the response is too large to be inspected")
+        except RecursionError:
+            # Deeper than the json module reads, not deeper than JSON.parse does: a JavaScript
+            # client would read what raw text scanning does not join nor decode.
+            return self._block("bad_body", "a JSON value of the response is nested too deeply to be inspected")
         except Exception as exc:  # noqa: BLE001 - fail closed: what was not inspected is not released
             return self._block("inspection_error", f"the response could not be inspected ({type(exc).__name__})")
         if end_of_stream:
@@ -429,7 +503,17 @@ class ResponseInspector:
         changed = False
         renames: list[tuple[formats.Path, str]] = []
         clean = self._clean
-        for path, text in list(formats.strings(ev)):
+        for path, text in formats.strings(ev, numbers=True):
+            if isinstance(text, formats.NumberForms):
+                # A number: the first of its readings with a finding replaces it, as a string.
+                for form in text:
+                    if form not in clean and form not in self._shared_clean:
+                        red = self._inspect(form, path, count=count)
+                        if red != form:
+                            formats.set_path(ev, path, red)
+                            changed = True
+                            break
+                continue
             # "p" is Bedrock's random padding (it hides the lengths of the texts), not content.
             if text in clean or not text or path in skip or (padding and path == ("p",)):
                 continue
@@ -507,6 +591,14 @@ class ResponseInspector:
     def _render(self, item: _Queued) -> bytes:
         if item.ev is None:
             return item.raw
+        if item.text_data:
+            (key, _path, start, end), = item.spans
+            text = item.ev["data"]
+            edited = self._gates[key].edited(start, end, text)
+            if edited == text:
+                return item.raw
+            assert item.wrap is not None
+            return item.wrap(edited.encode("utf-8", "surrogateescape"))
         changed = item.changed
         for key, path, start, end in item.spans:
             text = formats.get_path(item.ev, path)
@@ -548,9 +640,9 @@ class ResponseInspector:
         self.events += 1
         self._at_byte = self._body_bytes
         try:
-            payload = formats.loads(msg.payload)
-        except (ValueError, RecursionError):
-            payload = None
+            payload, reserialize = formats.parse(msg.payload)
+        except ValueError:
+            payload, reserialize = None, False
         if not isinstance(payload, dict):
             # Not a JSON object: scanned whole, re-framed only if something was redacted.
             self._decide(ALL)
@@ -565,11 +657,12 @@ class ResponseInspector:
         ev = payload
         if msg.event_type == "chunk" and isinstance(payload.get("bytes"), str):
             try:
-                inner = formats.loads(base64.b64decode(payload["bytes"], validate=True))
-            except (ValueError, RecursionError, binascii.Error):
+                inner, inner_reserialize = formats.parse(base64.b64decode(payload["bytes"], validate=True))
+            except (ValueError, binascii.Error):
                 raise Blocked("bad_encoding", "an invoke stream chunk is not base64 JSON") from None
             if isinstance(inner, dict):
                 outer, ev = payload, inner
+                reserialize = reserialize or inner_reserialize
         self.usage = formats.merge_usage(self.usage, formats.usage(ev), ev)
         if outer is not None:
             self._note_shape(ev)
@@ -585,6 +678,7 @@ class ResponseInspector:
         changed = self._scan_strings(ev, {sp[1] for sp in spans}, padding=outer is None)
         if outer is not None:      # the invoke chunk's own strings around the model's event
             changed = self._scan_strings(outer, {("bytes",)}, padding=True) or changed
+        changed = changed or reserialize
         self._enqueue(_Queued(raw, None, ev if spans or changed else None, spans, changed, closing=closing,
                               headers=dict(msg.headers), outer=outer))
 
@@ -598,20 +692,43 @@ class ResponseInspector:
         self._at_byte = e.offset
         if e.data is None:               # comments, bare event lines: nothing an SDK reads, still scanned
             return self._raw_event(e, decide=False)
-        if e.data.strip() == b"[DONE]":
+        data = e.data
+        if e.other_lines:
+            e = self._event_lines(e, data)
+        if data.strip() == b"[DONE]":
             self._decide(ALL)
             return self._enqueue(_Queued(e.raw, None, None, [], False, closing=True))
-        duplicate = False
         try:
-            ev = formats.loads(e.data)
-        except formats.DuplicateKeys:
-            ev, duplicate = json.loads(e.data), True
-        except (ValueError, RecursionError):
-            return self._raw_event(e, decide=True)
+            ev, duplicate = formats.parse(data)
+        except ValueError:
+            return self._text_data_event(e, data)
         if not isinstance(ev, dict):
+            if b"\\" not in data and not duplicate:
+                # A number or a plain string is text to the reader that joins events (its JSON
+                # reading holds nothing else): "1111" is four digits of a card, not an int.
+                return self._text_data_event(e, data)
             self._decide(ALL)
             return self._enqueue(_Queued(self._json_event_strings(e, ev, duplicate), None, None, [], False))
         self._object_event(ev, e.raw, partial(frame, e.other_lines, line_end=e.line_end), duplicate)
+
+    def _event_lines(self, e: SSEEvent, data: bytes) -> SSEEvent:
+        """The lines of a data event other than its data (`event:`, `id:`, `retry:`, comments),
+        each scanned whole: the SDKs hand the event name and id to the application (openai's
+        Assistants `thread.*` events, `synthesize_event_and_data`; EventSource's lastEventId).
+        A redacted line re-frames the event (its data as it came)."""
+        lines = list(e.other_lines)
+        changed = False
+        for i, line in enumerate(lines):
+            text = line.decode("utf-8", "surrogateescape")
+            if text in self._clean:
+                continue
+            red = self._inspect(text, ("sse-line", i))
+            if red != text:
+                lines[i], changed = red.encode("utf-8", "surrogateescape"), True
+        if not changed:
+            return e
+        other = tuple(lines)
+        return replace(e, raw=frame(other, data, e.line_end), other_lines=other)
 
     def _feed_slots(self, found: list[formats.Slot]) -> list[tuple[StreamKey, formats.Path, int, int]]:
         spans: list[tuple[StreamKey, formats.Path, int, int]] = []
@@ -708,6 +825,18 @@ class ResponseInspector:
         changed = self._scan_strings(holder, set()) or changed
         return frame(e.other_lines, formats.dumps(holder[0]), e.line_end) if changed else e.raw
 
+    def _text_data_event(self, e: SSEEvent, data: bytes) -> None:
+        """An event whose data is not JSON: no LLM SDK reads one, a page's EventSource does, and
+        joins the texts of successive events as it shows them. So such data is one content stream
+        (TEXT_DATA), held back and decided like a model's deltas (it was scanned event by event:
+        a card split over two events went out)."""
+        text = data.decode("utf-8", "surrogateescape")
+        gate = self._gate(TEXT_DATA)
+        start = gate.fed_chars
+        gate.feed(text)
+        self._enqueue(_Queued(e.raw, partial(frame, e.other_lines, line_end=e.line_end), {"data": text},
+                              [(TEXT_DATA, ("data",), start, start + len(text))], False, text_data=True))
+
     def _raw_event(self, e: SSEEvent, *, decide: bool) -> None:
         if decide:
             self._decide(ALL)
@@ -724,23 +853,25 @@ class ResponseInspector:
             return b""
         body = bytes(self._buffer)
         self._buffer.clear()
-        duplicate = False
         try:
-            obj = formats.loads(body)
-        except formats.DuplicateKeys:
-            obj, duplicate = json.loads(body), True
-        except (ValueError, RecursionError):
+            obj, duplicate = formats.parse(body)
+        except ValueError:
             # JSON values one after another (ndjson) are read as a sequence; anything else as text.
+            # Read as values only if every one of them is JSON ("Bad request: 4111 1111 ..." is
+            # no sequence of values: read word by word, the card was never seen whole).
             self._seq = JsonSeqReader(self.max_buffer_bytes)
             try:
                 values = self._seq.feed(body)
                 more, rest = self._seq.finish()
-            except (JsonSeqError, EventTooLarge):
+                values += more
+                for _lead, value in values:
+                    formats.parse(value)
+            except (JsonSeqError, EventTooLarge, ValueError):
                 self._seq = None
-                text = body.decode("utf-8", "surrogateescape")
-                red = inspect_whole(self._policy, self._ledger, text, "body")
-                return body if red == text else red.encode("utf-8", "surrogateescape")
-            return self._seq_values(values + more, rest, final=True)
+                return self._whole_text(body)
+            # Values one after another are read one by one by a client that parses them, and as
+            # one text by one that shows the body (an error message): both readings are scanned.
+            return self._whole_text(self._seq_values(values, rest, final=True))
         if isinstance(obj, dict):
             if self.marker_field is not None and 200 <= self.status < 300:
                 obj[self.marker_field[0]] = self.marker_field[1]
@@ -755,11 +886,23 @@ class ResponseInspector:
         changed = self._scan_strings(holder, set()) or duplicate
         return formats.dumps(holder[0]) if changed else body
 
+    def _whole_text(self, body: bytes) -> bytes:
+        """A whole body scanned as one text, in its declared charset."""
+        if self._charset is not None:
+            self._raw_gate = None
+            return self._raw(body, True)
+        text = body.decode("utf-8", "surrogateescape")
+        red = inspect_whole(self._policy, self._ledger, text, "body")
+        return body if red == text else red.encode("utf-8", "surrogateescape")
+
     # --- JSON arrays (or values) sent in pieces -----------------------------------------
     def _jsonseq(self, data: bytes, final: bool) -> bytes:
         if self._seq is None:
             self._seq = JsonSeqReader(self.max_event_bytes)
-        values = self._seq.feed(data) if data else []
+        try:
+            values = self._seq.feed(data) if data else []
+        except JsonSeqError as exc:
+            raise Blocked("bad_body", f"the response is not a JSON array ({exc})") from None
         rest = b""
         if final:
             try:
@@ -775,12 +918,9 @@ class ResponseInspector:
 
     def _seq_value(self, lead: bytes, value: bytes) -> None:
         self.events += 1
-        duplicate = False
         try:
-            ev = formats.loads(value)
-        except formats.DuplicateKeys:
-            ev, duplicate = json.loads(value), True
-        except (ValueError, RecursionError):
+            ev, duplicate = formats.parse(value)
+        except ValueError:
             ev = None
             duplicate = True
             self._decide(ALL)
@@ -799,10 +939,13 @@ class ResponseInspector:
     def _raw(self, data: bytes, final: bool) -> bytes:
         if self._raw_gate is None:
             self._raw_gate = TextGate(self._policy, self._ledger, "body")
-        text = self._utf8.decode(data, final)
+        text = self._text_decoder.decode(data, final)
         released = self._raw_gate.feed(text)
         if final:
             released += self._raw_gate.flush()
+        if self._text_encoder is not None:
+            # Written back in its charset (characters it cannot hold as its replacement).
+            return self._text_encoder.encode(released, final)
         return released.encode("utf-8", "surrogateescape")
 
 

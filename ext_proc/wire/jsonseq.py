@@ -34,6 +34,7 @@ class JsonSeqReader:
         self._depth = 0
         self._in_string = False
         self._primitive = False
+        self._after_value = False          # in an array: a value was read, a "," or "]" must follow
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
         buf = self._buf
@@ -64,6 +65,11 @@ class JsonSeqReader:
                     i = n
                     break
                 i = m.start()
+                if i == self._start:
+                    # A "," or "]" where a value begins (outside an array), or a space JSON does
+                    # not allow (\f, \v): not a value. (An empty one emitted here was read again
+                    # as the next value: a loop without end, each turn a little more memory.)
+                    raise JsonSeqError(f"unexpected byte where a JSON value begins at byte {i}")
                 out.append(self._emit(i))
                 continue
             if self._start is None:
@@ -79,8 +85,15 @@ class JsonSeqReader:
                         i += 1
                         continue
                 if self.array and c == 0x2C:       # ","
+                    if not self._after_value:
+                        raise JsonSeqError(f"a comma without a value before it at byte {i}")
+                    self._after_value = False
                     i += 1
                     continue
+                if self.array and self._after_value and c != 0x5D:
+                    # Elements are separated by commas: "[4111 1111]" is no array a client parses,
+                    # and its values read one by one are not the text it shows.
+                    raise JsonSeqError(f"array elements without a comma between them at byte {i}")
                 if self.array and c == 0x5D:       # "]"
                     self.closed = True
                     i += 1
@@ -125,6 +138,7 @@ class JsonSeqReader:
         assert self._start is not None
         lead, value = bytes(self._buf[self._lead:self._start]), bytes(self._buf[self._start:end])
         self._lead, self._start, self._primitive = end, None, False
+        self._after_value = True
         return lead, value
 
     def finish(self) -> tuple[list[tuple[bytes, bytes]], bytes]:

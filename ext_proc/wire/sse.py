@@ -118,8 +118,14 @@ def _lines(raw: bytes) -> tuple[list[bytes], bytes]:
     return out, first_end or b"\n"
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def _parse(raw: bytes, offset: int) -> SSEEvent:
-    lines, line_end = _lines(raw)
+    # A UTF-8 BOM before the stream's first line is dropped by the WHATWG parser (EventSource, the
+    # JS parsers): its first event is read as one (the Python SDKs' field name then has the BOM,
+    # and they read less).
+    lines, line_end = _lines(raw[len(BOM):] if offset == 0 and raw.startswith(BOM) else raw)
     data: list[bytes] = []
     other: list[bytes] = []
     for line in lines:
