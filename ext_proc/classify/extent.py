@@ -91,7 +91,7 @@ def whole_secrets(text: str, findings: list[Finding], *, limit: int,
     out = findings
     for i, stop in may_go_on:
         f = findings[i]
-        end = reading.value_end(f.start, f.end, stop)
+        end = reading.value_end(f.start, f.end, stop, generic=f.label == GENERIC_LABEL)
         if end > f.end:
             if out is findings:
                 out = list(findings)
@@ -109,11 +109,13 @@ class _Reading:
         n = self.norm.text
         self.text = n
         self.tokens, self.bodies = _Runs(_TOKEN_RUN, n), _Runs(_PEM_BODY, n)
+        self.generic_values = _Runs(_GENERIC_RUN, n)
         self.ends = _EndLines(n)
 
-    def value_end(self, start: int, end: int, stop: int) -> int:
+    def value_end(self, start: int, end: int, stop: int, *, generic: bool = False) -> int:
         """Where the value of a finding [start, end) ends, before `stop` (`end` when it does not
-        go on)."""
+        go on); a generic secret's value (`generic`) runs over its rule's value class, wider than
+        the token characters ("%2F", ":" or "!" in a long password)."""
         norm, n, lo = self.norm, self.text, self.lo
         ns, ne, nstop = norm.normalized_at(start - lo), norm.normalized_at(end - lo), norm.normalized_at(stop - lo)
         if nstop <= ne or ne <= ns:
@@ -123,6 +125,8 @@ class _Reading:
             if at != -1 and at < ne:
                 return end               # the match holds the END line already: the whole block
             e = _block_end(n, ne, nstop, at, self.bodies)
+        elif generic and GENERIC_VALUE_CHAR.match(n, ne - 1):
+            e = self.generic_values.end(ne - 1, nstop)
         elif TOKEN_LAST.match(n, ne - 1):
             # (the run never ends on "." or "-": they belong to it only before a token character)
             e = self.tokens.end(ne - 1, nstop)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import string
 import urllib.parse
 
 import pytest
@@ -564,3 +565,21 @@ def test_a_long_secret_written_in_look_alikes_is_removed_whole(secret, seed):
             sent = v.envelope_redacted[0]
         left = _pieces_left(core, fold_plain(sent).replace("\n", "").replace(" ", ""))
         assert not left, (where, left[:3])
+
+
+@pytest.mark.parametrize("lead", ["password=", "api_key: ", "client_secret=", "Authorization token: "])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_long_generic_secret_with_characters_outside_the_token_run_is_removed_whole(lead, seed):
+    """A `password=` value longer than the generic rule's 200 characters with "%2F", ":", "!" or
+    "|" in it: the extension followed only the token characters, and 43 of its 16-character
+    pieces went to the model. It now follows the rule's own value class to the value's end (as
+    the streaming gate does)."""
+    rnd = random.Random(seed)
+    alphabet = string.ascii_letters + string.digits + "%:!/+=@#$^&*~|.-_"
+    value = "".join(rnd.choice(alphabet) for _ in range(900))
+    v = _decide_redacting_secrets(chat(f"config: {lead}{value} and more"))
+    assert v.forward and v.new_body is not None, v.record.to_dict()["decision"]
+    sent = json.loads(v.new_body)["messages"][0]["content"]
+    assert "[SECRET.GENERIC]" in sent
+    assert _pieces_left(value, sent) == [], sent[:160]
+    assert sent.endswith(" and more")
