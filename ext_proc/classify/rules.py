@@ -9,6 +9,8 @@ or none to reject). All of them are plain, bounded string code.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -478,6 +480,42 @@ def check_generic(data: bytes, s: int, e: int) -> list[Hit]:
     return [(s, e, 65, "entropy")]
 
 
+# Credentials that stand without a keyword and "=": an HTTP credential after its scheme
+# ("Authorization: Bearer <token>", "Basic <base64 of user:password>") and the password of a URL's
+# userinfo ("postgres://svc:<password>@db:5432/app", "https://deploy:<token>@git.example.com").
+AUTH_SCHEME = r"(?i)\b(?:bearer|basic)[ \t]{1,3}([A-Za-z0-9._~+/-]{16,400}={0,2})"
+URL_PASSWORD = r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/?#@\[\]]{1,64}:([^\s/?#@\[\]\"'`<>]{1,200})@[A-Za-z0-9\[]"
+AUTH_VALUE_MAX = 402
+
+
+def check_auth_scheme(data: bytes, s: int, e: int) -> list[Hit]:
+    """A bearer token has letters and digits (prose after "bearer"/"basic" rarely does); a Basic
+    credential is the base64 of "user:password"."""
+    value = data[s:e].decode("utf-8", "replace")
+    low = value.lower()
+    if any(p in low for p in _PLACEHOLDERS):
+        return []
+    if not (any(c.isalpha() for c in value) and any(c.isdigit() for c in value)):
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (ValueError, binascii.Error):
+            return []
+        if b":" not in decoded:
+            return []
+    if v.shannon_entropy(value) < 3.0:
+        return []
+    return [(s, e, 80, "entropy")]
+
+
+def check_url_password(data: bytes, s: int, e: int) -> list[Hit]:
+    value = data[s:e].decode("utf-8", "replace")
+    low = value.lower()
+    if low in ("password", "pass", "pwd", "secret", "x", "*", "***") or any(
+            p in low for p in ("<", "${", "{{", "%(", "****", "xxxx", "your_", "your-", "changeme")):
+        return []
+    return [(s, e, 85, "structure")]
+
+
 def _not_example(value: str) -> bool:
     return value.endswith("EXAMPLE")
 
@@ -516,6 +554,9 @@ def builtin_rules() -> tuple[Rule, ...]:
         Rule("secret.openai_key", OPENAI, r"sk-", 262,
              _entropy_gate(3.5, 95, 3, reject=_is_anthropic)),
         Rule("secret.anthropic_key", ANTHROPIC, r"sk-ant-", 220, _entropy_gate(3.5, 97, 14)),
+        Rule("secret.generic", AUTH_SCHEME, r"(?i)bearer[ \t]|basic[ \t]", AUTH_VALUE_MAX + 10,
+             check_auth_scheme),
+        Rule("secret.url_password", URL_PASSWORD, r"://", 20 + 3 + 64 + 1 + 200 + 2, check_url_password),
         Rule("secret.generic", GENERIC,
              r"(?i)secret|passwd|password|passphrase|pwd|token|api[_.-]?key|apikey|access[_.-]?key|"
              r"auth[_.-]?key|private[_.-]?key|credential", GENERIC_VALUE_MAX, check_generic),

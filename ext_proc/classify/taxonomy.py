@@ -22,7 +22,8 @@ LABELS: dict[str, str] = {
     "secret.stripe_key": "Stripe live key",
     "secret.openai_key": "OpenAI API key",
     "secret.anthropic_key": "Anthropic API key",
-    "secret.generic": "Generic secret assignment (keyword + entropy)",
+    "secret.generic": "Generic secret assignment (keyword + entropy), or a credential after Bearer/Basic",
+    "secret.url_password": "Password in a URL's userinfo (scheme://user:password@host)",
 }
 
 # Content that reaches the provider but cannot be inspected as text (binary attachments, files

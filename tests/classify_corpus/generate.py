@@ -198,6 +198,17 @@ def positives(rng: random.Random, fake: Faker, fakes: dict[str, Faker]) -> list[
          ["key.pem:\n{}\n", "Here is my deploy key\n{}\nthanks"]),
         ("secret.generic", lambda: rand(rng, ALNUM + "!#%&*+", rng.randint(14, 32)),
          ["DB_PASSWORD={}\n", "\"client_secret\": \"{}\",", "api_key: {}\n", "smtp_password = '{}'"]),
+        # A credential after its HTTP scheme: an opaque bearer token, a Basic user:password.
+        ("secret.generic", lambda: rand(rng, ALNUM, rng.randint(4, 8)) + rand(rng, string.digits, 2)
+         + rand(rng, ALNUM + "-._~", rng.randint(24, 60)),
+         ["Authorization: Bearer {}\n", "curl -H 'authorization: bearer {}' https://api.internal", "bearer {}"]),
+        ("secret.generic", lambda: base64.b64encode(
+            f"{rand(rng, string.ascii_lowercase, 6)}:{rand(rng, ALNUM + '!#%', rng.randint(10, 20))}".encode()).decode(),
+         ["Authorization: Basic {}", "-H \"Authorization: Basic {}\""]),
+        ("secret.url_password", lambda: rand(rng, ALNUM + "!%*-_~", rng.randint(6, 30)),
+         ["DATABASE_URL=postgres://app_user:{}@db.internal:5432/app", "mongodb+srv://root:{}@cluster0.x1.mongodb.net/",
+          "git remote add origin https://deploy:{}@git.example.com/acme/x.git", "redis://default:{}@cache:6379/0",
+          "amqp://guest:{}@mq.internal//"]),
     ]
     for label, gen, templates in secrets:
         for _ in range(24):
@@ -272,6 +283,10 @@ def negatives(rng: random.Random, fake: Faker, fakes: dict[str, Faker]) -> list[
         "def login(user, password): return check(password)", "TOKEN=${SECRET_TOKEN}",
         "password: \"<your password here>\"", "secret_key = settings.SECRET_KEY",
         "if password == confirm_password:", "const apiKey = process.env.API_KEY;",
+        "the bearer of this letter is a friend", "Bearer token authentication is described in RFC 6750",
+        "basic authentication-over-plain-http is deprecated", "postgres://app_user:${DB_PASSWORD}@db:5432/app",
+        "mysql://root:<password>@localhost/db", "https://user@example.com/path", "http://localhost:8080/v1/chat",
+        "see https://example.com:8443/login?next=/home", "ssh://git@github.com:22/acme/x.git",
         "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----",
         "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ\n-----END CERTIFICATE-----",
         "phone: +1 (555) 0100", "Room 101, floor 2, building 3", "score 98.6.7", "call 911 now",
