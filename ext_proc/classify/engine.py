@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import re2
 
@@ -123,6 +123,19 @@ def _custom_rule(name: str, terms: Sequence[str]) -> Rule:
     longest = max(len(t) + t.count(" ") * (_CUSTOM_GAP_MAX - 1) for t in ordered)
     # Case folding can change lengths (e.g. "ß" vs "SS"): leave room for it.
     return Rule(CUSTOM_PREFIX + name, pattern, pattern, 2 * longest, _check_custom)
+
+
+class Scanner(Protocol):
+    """What the request pipeline reads of a classifier: a Classifier, or a BudgetedClassifier
+    (pipeline/budget.py) that counts each scan against one request's inspection budget."""
+
+    @property
+    def max_input_chars(self) -> int: ...
+
+    @property
+    def max_match_chars(self) -> int: ...
+
+    def scan(self, text: str, *, use_prefilter: bool = True, budget: Any = None) -> list[Finding]: ...
 
 
 class Classifier:

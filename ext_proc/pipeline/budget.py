@@ -132,6 +132,14 @@ class BudgetedClassifier:
         self.candidates_left = max_candidates    # decremented by Classifier.scan
         self._local_left = LOCAL_CANDIDATES      # with a pool: candidates still validated here
 
+    @property
+    def max_input_chars(self) -> int:
+        return self._classifier.max_input_chars
+
+    @property
+    def max_match_chars(self) -> int:
+        return self._classifier.max_match_chars
+
     def scan(self, text: str, **kwargs: Any) -> list[Finding]:
         if not isinstance(text, str):
             raise TypeError("scan() takes a str")

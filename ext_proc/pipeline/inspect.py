@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ext_proc.classify import Classifier, Finding, summarize
+from ext_proc.classify import Finding, Scanner, summarize
 from ext_proc.classify.extent import whole_secrets
 from ext_proc.providers.document import Document, View
 
@@ -54,7 +54,7 @@ class DocumentFindings:
 SECRET_EXTENT_CHARS = 60_000
 
 
-def scan_value(classifier: Classifier, view: View) -> list[Finding]:
+def scan_value(classifier: Scanner, view: View) -> list[Finding]:
     """scan_long over a view, each secret covering its whole value (a JWT or key block longer than
     its rule's longest match): the model reads all of it, so redaction must remove all of it. A
     value goes on within its own text only, never into the next one a joined view glues to it."""
@@ -67,13 +67,13 @@ def scan_value(classifier: Classifier, view: View) -> list[Finding]:
     return whole_secrets(view.text, scan_long(classifier, view.text), limit=SECRET_EXTENT_CHARS, value_end=piece_end)
 
 
-def scan_whole(classifier: Classifier, text: str) -> list[Finding]:
+def scan_whole(classifier: Scanner, text: str) -> list[Finding]:
     """classifier.scan over one text read on its own (a forwarded header's or a query
     parameter's value), each secret covering its whole value as in the body (scan_value)."""
     return whole_secrets(text, classifier.scan(text), limit=SECRET_EXTENT_CHARS)
 
 
-def scan_long(classifier: Classifier, text: str) -> list[Finding]:
+def scan_long(classifier: Scanner, text: str) -> list[Finding]:
     """classifier.scan over any length: windows of the classifier's limit overlapping by the
     longest possible finding, so every finding lies whole in some window."""
     limit = classifier.max_input_chars
@@ -95,7 +95,7 @@ def scan_long(classifier: Classifier, text: str) -> list[Finding]:
     return out
 
 
-def classify_document(classifier: Classifier, doc: Document, body: object) -> DocumentFindings:
+def classify_document(classifier: Scanner, doc: Document, body: object) -> DocumentFindings:
     result = DocumentFindings()
     seen: set[tuple[str, tuple[tuple[int, int, int], ...]]] = set()
 

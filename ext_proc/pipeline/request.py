@@ -22,7 +22,7 @@ from ext_proc.audit.record import (
     Routing,
     Ruling,
 )
-from ext_proc.classify import Classifier, InputTooLarge, redact
+from ext_proc.classify import InputTooLarge, Scanner, redact
 from ext_proc.identity import CREDENTIAL_HEADERS, Identity, IdentityError
 from ext_proc.pipeline.envelope import EnvelopeSegment, expected_finding
 from ext_proc.pipeline.inspect import DocumentFindings, classify_document, scan_whole
@@ -108,7 +108,7 @@ def build_policy_input(head: RequestHead, identity: Identity, parsed: ParsedRequ
     }
 
 
-def masked_route(head: RequestHead, classifier: Classifier | None) -> RequestHead:
+def masked_route(head: RequestHead, classifier: Scanner | None) -> RequestHead:
     """The head as a refusal's record shows it when no body was read: a model name in the path
     classified and masked there, as a decision's record has it. A classifier that fails (it may be
     why the request is refused) leaves no raw value either: the name is withheld."""
@@ -126,7 +126,7 @@ def masked_route(head: RequestHead, classifier: Classifier | None) -> RequestHea
     return _masked_for_record(head, doc, found)
 
 
-def _masked_unknown_path(head: RequestHead, classifier: Classifier) -> RequestHead:
+def _masked_unknown_path(head: RequestHead, classifier: Scanner) -> RequestHead:
     """A path no provider route names is recorded (and shown to policy) with its findings masked:
     its segments are free text the caller chose."""
     path = _path_only(head.path)
@@ -140,7 +140,7 @@ def _masked_unknown_path(head: RequestHead, classifier: Classifier) -> RequestHe
 
 
 def reject_identity(head: RequestHead, error: IdentityError, now_ms: int, policy: Policy | None = None, *,
-                    classifier: Classifier | None = None) -> Verdict:
+                    classifier: Scanner | None = None) -> Verdict:
     """A request whose credential could not be verified: 401, recorded, never forwarded. The
     record names the policy version in force, though no rule was evaluated."""
     head = masked_route(head, classifier)
@@ -155,7 +155,7 @@ def reject_identity(head: RequestHead, error: IdentityError, now_ms: int, policy
 
 def reject_unprocessable(head: RequestHead, identity: Identity | None, status: int, code: str,
                          message: str, now_ms: int, body: bytes | None,
-                         policy: Policy | None = None, *, classifier: Classifier | None = None) -> Verdict:
+                         policy: Policy | None = None, *, classifier: Scanner | None = None) -> Verdict:
     """Fail closed before a policy decision could be taken (bad body, classifier error...).
     With CLASSIFIER, a model name in the path is masked in the record (masked_route)."""
     head = masked_route(head, classifier)
@@ -183,7 +183,7 @@ def _routing(head: RequestHead, *, model_requested: str | None = None, model_rou
                    model_requested=model_requested, model_routed=model_routed, upstream=upstream)
 
 
-def inspect_request(classifier: Classifier, head: RequestHead,
+def inspect_request(classifier: Scanner, head: RequestHead,
                     parsed: ParsedRequest | None) -> tuple[Document, DocumentFindings]:
     """Everything the provider and its model will read of this request, classified as read
     (without a body, what the path says: a model or deployment name)."""
@@ -195,7 +195,7 @@ def inspect_request(classifier: Classifier, head: RequestHead,
 
 
 def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *, policy: Policy,
-                   classifier: Classifier, hash_key: bytes, now_ms: int,
+                   classifier: Scanner, hash_key: bytes, now_ms: int,
                    max_body_bytes: int, envelope_segments: Sequence[EnvelopeSegment] = ()) -> Verdict:
     """The whole request-side decision for an authenticated caller. `envelope_segments` are the
     header and query values the provider reads besides the body (pipeline/envelope.py)."""

@@ -108,9 +108,9 @@ def check_expectations(decision: Decision, expect: dict[str, Any]) -> list[str]:
     if "redact" in expect and rec["redact"] != expect["redact"]:
         out.append(f"redact: expected {expect['redact']}, got {rec['redact']}")
     if "limits" in expect:
-        got = sorted(x["id"] for x in rec["limits"])
-        if got != sorted(expect["limits"]):
-            out.append(f"limits: expected {sorted(expect['limits'])}, got {got}")
+        got_limits = sorted(x["id"] for x in rec["limits"])
+        if got_limits != sorted(expect["limits"]):
+            out.append(f"limits: expected {sorted(expect['limits'])}, got {got_limits}")
     for key, want in (expect.get("response") or {}).items():
         got = rec["response"][key]
         if key in ("block", "rules"):

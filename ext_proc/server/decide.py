@@ -10,11 +10,10 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
-from ext_proc.classify import Classifier
 from ext_proc.identity import Identity
 from ext_proc.pipeline.admission import admit, needs_admission
 from ext_proc.pipeline.budget import BudgetedClassifier, ScanPool
@@ -92,9 +91,7 @@ async def decide(rt: Runtime, head: RequestHead, identity: Identity, envelope: E
                                 pool=heavy_lane.scan_pool if heavy else None, custom_terms=policy.dictionaries)
 
     def run() -> Verdict:   # the time of the decision is read when it is taken (after any wait)
-        # BudgetedClassifier is a Classifier by delegation (its scan counts, __getattr__ forwards
-        # the rest); decide_request names the concrete class, not a protocol both satisfy.
-        return decide_request(head, identity, body, policy=policy, classifier=cast(Classifier, budget),
+        return decide_request(head, identity, body, policy=policy, classifier=budget,
                               hash_key=rt.hash_key, now_ms=int(rt.clock() * 1000),
                               max_body_bytes=rt.config.max_body_bytes,
                               envelope_segments=envelope.segments if envelope else ())

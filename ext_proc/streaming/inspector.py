@@ -764,8 +764,8 @@ class ResponseInspector:
                                   ch["logprobs"].get(part)))
         t = ev.get("type")
         if isinstance(t, str) and t.startswith("response.") and isinstance(ev.get("logprobs"), list):
-            part = event_index(ev.get("content_index", 0), 0)
-            lists.append((("resp", event_index(ev.get("output_index"), 0), "logprobs", part), ("logprobs",),
+            content_index = event_index(ev.get("content_index", 0), 0)
+            lists.append((("resp", event_index(ev.get("output_index"), 0), "logprobs", content_index), ("logprobs",),
                           ev["logprobs"]))
         for key, path, items in lists:
             if not isinstance(items, list):
