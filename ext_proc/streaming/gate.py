@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -450,6 +451,10 @@ def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> l
     return out
 
 
+_ENDS_EVERY_RUN = re.compile(r"""[ \t\r\n"'`,;<>(){}\[\]]""")
+_KEY_LABEL = "secret.private_key"
+
+
 def _whole_tokens(window: str, findings: list[Finding], *,
                   end_known: bool) -> tuple[list[Finding], int | None, bool]:
     """A finding that ends inside a run of token characters covers the run (a 20,000-character JWT
@@ -463,7 +468,12 @@ def _whole_tokens(window: str, findings: list[Finding], *,
     a generic value's run is among those open (it is followed with that class, wider than the
     token's)."""
     n = len(window)
-    may_go_on = sorted((i for i, f in enumerate(findings) if f.start < f.end < n), key=lambda i: findings[i].end)
+    # A finding followed by an ASCII space, quote or bracket (the normalization keeps them; they end
+    # a token and a generic value alike) does not go on: no need to read it (a key block's finding
+    # is read anyway, it runs over line breaks).
+    may_go_on = sorted((i for i, f in enumerate(findings) if f.start < f.end < n
+                        and (f.label == _KEY_LABEL or not _ENDS_EVERY_RUN.match(window, f.end))),
+                       key=lambda i: findings[i].end)
     if not may_go_on:
         return findings, None, False
     reading = Reading(window, min(findings[i].start for i in may_go_on), n)
