@@ -44,22 +44,6 @@ GENERIC_VALUE_CHAR = re.compile(r"""[^\s"'`,;<>(){}\[\]]""")
 _GENERIC_RUN = re.compile(r"""[^\s"'`,;<>(){}\[\]]*+""")
 
 
-def generic_run_end(text: str, pos: int, stop: int) -> int | None:
-    """End of a generic secret's value going on from text[pos] before `stop`; None if it reaches
-    `stop` (it may still go on)."""
-    e = _match_end(_GENERIC_RUN, text, pos, stop)
-    return None if e >= stop else e
-
-
-def run_end(text: str, pos: int, stop: int) -> int | None:
-    """End of the token run going on from text[pos] before `stop`; None if it may still go on
-    (it reaches `stop`, or all that stops it is a last run of "." and "-")."""
-    e = _match_end(_TOKEN_RUN, text, pos, stop)
-    if _match_end(_JOINERS, text, e, stop) == stop:
-        return None
-    return e
-
-
 def _match_end(pattern: re.Pattern[str], text: str, pos: int, stop: int) -> int:
     # Every pattern here matches the empty string, so there is always a match (at least up to pos).
     m = pattern.match(text, pos, stop)
@@ -87,7 +71,7 @@ def whole_secrets(text: str, findings: list[Finding], *, limit: int,
     if not may_go_on:
         return findings
     # One normalization, of the stretch of text those values can reach (not the whole view).
-    reading = _Reading(text, min(findings[i].start for i, _ in may_go_on), max(stop for _, stop in may_go_on))
+    reading = Reading(text, min(findings[i].start for i, _ in may_go_on), max(stop for _, stop in may_go_on))
     out = findings
     for i, stop in may_go_on:
         f = findings[i]
@@ -99,7 +83,7 @@ def whole_secrets(text: str, findings: list[Finding], *, limit: int,
     return out
 
 
-class _Reading:
+class Reading:
     """text[lo:hi] as the classifier reads it (normalized), with the runs and END lines read so
     far; offsets in and out are the whole text's."""
 
@@ -116,23 +100,60 @@ class _Reading:
         """Where the value of a finding [start, end) ends, before `stop` (`end` when it does not
         go on); a generic secret's value (`generic`) runs over its rule's value class, wider than
         the token characters ("%2F", ":" or "!" in a long password)."""
+        got = self._normalized_end(start, end, stop, generic=generic)
+        if got is None:
+            return end
+        ne, e, _open = got
+        return self.lo + self.norm.original_span(e - 1, e)[1] if e > ne else end
+
+    def follow(self, start: int, end: int, stop: int, *, generic: bool = False) -> int | None:
+        """Like value_end, for a text still arriving (the streaming gate): None when the value
+        may go on past `stop` (its run, as the classifier reads it, reaches `stop`, or all that
+        stops it is a last run of "." and "-")."""
+        got = self._normalized_end(start, end, stop, generic=generic)
+        if got is None:
+            return end
+        ne, e, open_ = got
+        if open_:
+            return None
+        return self.lo + self.norm.original_span(e - 1, e)[1] if e > ne else end
+
+    def _normalized_end(self, start: int, end: int, stop: int, *,
+                        generic: bool) -> tuple[int, int, bool] | None:
+        """(the finding's normalized end, its value's normalized end, whether the value may go on
+        past `stop`), or None when the finding is not one whose value goes on."""
         norm, n, lo = self.norm, self.text, self.lo
         ns, ne, nstop = norm.normalized_at(start - lo), norm.normalized_at(end - lo), norm.normalized_at(stop - lo)
-        if nstop <= ne or ne <= ns:
-            return end
+        if ne <= ns:
+            return None
         if n.startswith(PEM_BEGIN, ns):
+            if nstop <= ne:
+                return None
             at = self.ends.next_at(ns)
             if at != -1 and at < ne:
-                return end               # the match holds the END line already: the whole block
-            e = _block_end(n, ne, nstop, at, self.bodies)
-        elif generic and GENERIC_VALUE_CHAR.match(n, ne - 1):
-            e = self.generic_values.end(ne - 1, nstop)
-        elif TOKEN_LAST.match(n, ne - 1):
+                return None              # the match holds the END line already: the whole block
+            return ne, _block_end(n, ne, nstop, at, self.bodies), False
+        if generic and GENERIC_VALUE_CHAR.match(n, ne - 1):
+            e = self.generic_values.end(ne - 1, nstop) if nstop > ne else nstop
+            return ne, e, e >= nstop
+        if TOKEN_LAST.match(n, ne - 1):
             # (the run never ends on "." or "-": they belong to it only before a token character)
-            e = self.tokens.end(ne - 1, nstop)
-        else:
-            return end
-        return lo + norm.original_span(e - 1, e)[1] if e > ne else end
+            e = self.tokens.end(ne - 1, nstop) if nstop > ne else nstop
+            return ne, e, _match_end(_JOINERS, n, e, nstop) == nstop
+        return None
+
+
+def follow_run(text: str, pos: int, stop: int, *, generic: bool = False) -> int | None:
+    """End of the run of token characters (of a generic value's characters with `generic`) going
+    on from text[pos] before `stop`, read as the classifier reads it (normalized: zero-width
+    characters, combining marks, full-width or look-alike dots and dashes inside do not end it);
+    None if it may go on. Reads text[pos:stop] once."""
+    norm = normalize(text[pos:stop])
+    n = norm.text
+    e = _match_end(_GENERIC_RUN if generic else _TOKEN_RUN, n, 0, len(n))
+    if e >= len(n) or (not generic and _match_end(_JOINERS, n, e, len(n)) == len(n)):
+        return None
+    return pos + norm.original_span(e - 1, e)[1] if e > 0 else pos
 
 
 class _Runs:

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ext_proc.classify import Classifier, Finding, redact, summarize
-from ext_proc.classify.extent import GENERIC_LABEL, GENERIC_VALUE_CHAR, generic_run_end
-from ext_proc.classify.extent import TOKEN_LAST as _TOKEN_LAST
-from ext_proc.classify.extent import run_end as _run_end
+from ext_proc.classify.extent import GENERIC_LABEL, Reading, follow_run
 from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, normalize
 from ext_proc.classify.prefix import PrefixHold
 
@@ -195,8 +194,7 @@ class TextGate:
         if not start <= t < stop:
             return None
         pos = max(t, self._token_seen - base - 1)
-        ends = generic_run_end if self._token_generic else _run_end
-        if ends(held, pos, stop) is not None:
+        if follow_run(held, pos, stop, generic=self._token_generic) is not None:
             self._token_at = None
             return None
         self._token_seen = base + stop
@@ -453,25 +451,39 @@ def _whole_blocks(window: str, findings: list[Finding], *, end_known: bool) -> l
     return out
 
 
+_ENDS_EVERY_RUN = re.compile(r"""[ \t\r\n"'`,;<>(){}\[\]]""")
+_KEY_LABEL = "secret.private_key"
+
+
 def _whole_tokens(window: str, findings: list[Finding], *,
                   end_known: bool) -> tuple[list[Finding], int | None, bool]:
     """A finding that ends inside a run of token characters covers the run (a 20,000-character JWT
     or key: the classifier's own finding stops at its longest match); a generic secret's value
     (secret.generic) covers the run of its rule's value class ("password=" and 600 characters
-    with "%2F" in them: the rule stops at 200). Returns the findings and, unless the end of the
-    text is known, where the earliest finding whose run is still going on at the end of the
-    window begins (None if none is), and whether a generic value's run is among those open (it
-    is followed with that class, wider than the token's)."""
+    with "%2F" in them: the rule stops at 200). The run is read as the classifier reads it
+    (classify/extent.Reading: normalized, so zero-width characters, combining marks, full-width
+    or look-alike dots and dashes inside do not end it), once however many findings share it.
+    Returns the findings and, unless the end of the text is known, where the earliest finding
+    whose run is still going on at the end of the window begins (None if none is), and whether
+    a generic value's run is among those open (it is followed with that class, wider than the
+    token's)."""
+    n = len(window)
+    # A finding followed by an ASCII space, quote or bracket (the normalization keeps them; they end
+    # a token and a generic value alike) does not go on: no need to read it (a key block's finding
+    # is read anyway, it runs over line breaks).
+    may_go_on = sorted((i for i, f in enumerate(findings) if f.start < f.end < n
+                        and (f.label == _KEY_LABEL or not _ENDS_EVERY_RUN.match(window, f.end))),
+                       key=lambda i: findings[i].end)
+    if not may_go_on:
+        return findings, None, False
+    reading = Reading(window, min(findings[i].start for i in may_go_on), n)
     out = findings
     open_at: int | None = None
     open_generic = False
-    n = len(window)
-    for i, f in enumerate(findings):
+    for i in may_go_on:
+        f = findings[i]
         generic = f.label == GENERIC_LABEL
-        last = GENERIC_VALUE_CHAR if generic else _TOKEN_LAST
-        if f.end >= n or f.end <= f.start or not last.match(window, f.end - 1):
-            continue
-        e = generic_run_end(window, f.end, n) if generic else _run_end(window, f.end, n)
+        e = reading.follow(f.start, f.end, n, generic=generic)
         if e is None:
             if not end_known:
                 open_at = f.start if open_at is None else min(open_at, f.start)

@@ -82,3 +82,28 @@ def test_a_long_generic_secret_is_masked_whole(stack):
     content, raw = openai_read(stack, body + b"data: [DONE]\n\n", chunk=64)
     assert "[SECRET.GENERIC]" in content
     assert longest_part(value, [content, raw.decode("utf-8", "replace")]) < 6
+
+
+@pytest.mark.parametrize("family", ["mixed", "combining"])
+def test_a_long_jwt_written_in_look_alikes_is_masked_whole(stack, family):
+    """A JWT over 4,096 characters with look-alike, zero-width or combining characters inside,
+    in deltas of 40-200 characters (the mock's body directive is a header: a smaller event count
+    keeps it under Envoy's header bound), sent in 64-byte chunks: the gate follows it as the classifier reads it (it stopped at the
+    rule's bound, and the rest reached the client)."""
+    from ext_proc.classify.normalize import fold_plain
+    from tests.unit.test_request_leaks import _long_jwt, _pieces_left
+    from tests.unit.test_response_leak_families import _disguised
+    rnd = random.Random(family)
+    value = _long_jwt(4500, 9)
+    core = value.split(".")[1]
+    text = "Here: " + _disguised(value, family, rnd) + " done."
+    pieces, i = [], 0
+    while i < len(text):
+        n = rnd.randint(40, 200)
+        pieces.append(text[i:i + n])
+        i += n
+    body = b"".join(b"data: " + json.dumps(ev).encode() + b"\n\n" for ev in SHAPES["openai.chat_completions"](pieces))
+    content, raw = openai_read(stack, body + b"data: [DONE]\n\n", chunk=64)
+    assert "[SECRET.JWT]" in content
+    for view in (content, raw.decode("utf-8", "replace")):
+        assert not _pieces_left(core, fold_plain(view)), family

@@ -301,6 +301,24 @@ def test_a_long_token_growing_piece_by_piece_is_followed_in_linear_time(monkeypa
     assert sum(scanned) < 6 * len(text), sum(scanned) / len(text)
 
 
+def test_a_disguised_long_token_growing_piece_by_piece_is_read_in_linear_time(monkeypatch):
+    """The run is followed as the classifier reads it (normalized: a zero-width character or a
+    combining mark inside does not end it): while it grows, only what arrived since the last step
+    is normalized again, not the whole held run."""
+    from ext_proc.classify import extent
+    rnd = random.Random(6)
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + base64.urlsafe_b64encode(rnd.randbytes(24000)).decode()
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload.rstrip("=") + ".c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    jwt = "".join(c + rnd.choice(["\u200b", "\u0301", "\u034f"]) if rnd.random() < 0.05 else c for c in jwt)
+    text = "Here you go, " + jwt + " and that is all of it, nothing more."
+    normalized = [0]
+    real = extent.normalize
+    monkeypatch.setattr(extent, "normalize", lambda t: normalized.__setitem__(0, normalized[0] + len(t)) or real(t))
+    _after, out = stream(TextGate(policy(prefix=True), Ledger(), "t"), [text[i:i + 7] for i in range(0, len(text), 7)])
+    assert out == "Here you go, [SECRET.JWT] and that is all of it, nothing more."
+    assert normalized[0] < 4 * len(text), normalized[0] / len(text)
+
+
 def test_a_token_that_passes_the_bound_in_the_last_piece_is_refused_at_the_end():
     """The bound on a token still growing holds at the end of the answer too: a token longer
     than the classifier's match, under the bound while it grew, that the last piece takes past
@@ -488,7 +506,9 @@ def test_a_key_block_right_after_another_one_counts_only_its_own_length_against_
         for seed, most in ((1, 50), (2, 400), (3, 1500)):
             after, out = stream(TextGate(policy(prefix=prefix, max_block_chars=7000), Ledger(), "t"),
                                 pieces(text, random.Random(seed), most))
-            masked = "[SECRET.PRIVATE_KEY]" + (glue + "[SECRET.PRIVATE_KEY]" if glue else "")   # adjacent: one mask
+            # each block masked to its own footer (a footer glued to the next header is not a token
+            # run going on into it: the extent of a key block is its END line, as on the request side)
+            masked = "[SECRET.PRIVATE_KEY]" + glue + "[SECRET.PRIVATE_KEY]"
             assert out == "Keys:\n" + masked + "\nDone, that is all of them.", (prefix, most, out[:80])
             assert not any(line in r for r in after for line in lines1 + lines2)
 
