@@ -516,6 +516,81 @@ def check_url_password(data: bytes, s: int, e: int) -> list[Hit]:
     return [(s, e, 85, "structure")]
 
 
+# Issuer keys with a specific prefix or structure (no keyword needed). Like the key patterns
+# above, none needs a word boundary in front: the prefix and the fixed length or class carry it.
+GOOGLE_API = r"(AIza[0-9A-Za-z_-]{35})"
+GITLAB = r"(gl(?:pat|dt|rt|ptt|soat|cbt)-[0-9A-Za-z_-]{20,80})"
+NPM = r"(npm_[A-Za-z0-9]{36})"
+PYPI = r"(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,400})"
+HUGGINGFACE = r"((?:hf_|api_org_)[A-Za-z]{34})"
+SENDGRID = r"(SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})"
+SHOPIFY = r"(shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32})"
+DATABRICKS = r"(dapi[a-f0-9]{32}(?:-\d)?)"
+DIGITALOCEAN = r"(do[opr]_v1_[a-f0-9]{64})"
+# Mailgun: the legacy "key-" + 32 hex, and the current 32 hex-8 hex-8 hex.
+MAILGUN = r"(key-[0-9a-f]{32}|\b[0-9a-f]{32}-[0-9a-f]{8}-[0-9a-f]{8})\b"
+ATLASSIAN = r"(AT(?:ATT|CTT)3[A-Za-z0-9_=-]{150,250})"
+# Twilio: an API key's SID ("SK" + 32 hex); an auth token is 32 bare hex, a secret only where
+# Twilio is named near it (an MD5 or a UUID without dashes is not).
+TWILIO = r"\b(SK[0-9a-f]{32}|[0-9a-f]{32})\b"
+TWILIO_CONTEXT = ("twilio", "account_sid", "accountsid", "auth_token", "authtoken")
+# Azure: a storage account key, a Service Bus / Event Hubs / Relay SharedAccessKey (in connection
+# strings, "Key=value;"), and the signature of a SAS token in a URL's query.
+AZURE = (r"(?i)(?:\b(?:AccountKey|SharedAccessKey)[ \t]{0,3}=[ \t]{0,3}|[?&]sig=)"
+         r"((?:[A-Za-z0-9+/]|%2[BbFf]){40,120}(?:=|%3[Dd]){0,2})")
+
+
+def _twilio_sid_before(data: bytes, s: int) -> bool:
+    """An account SID ("AC" + 32 hex) shortly before: Client("AC...", "<auth token>")."""
+    lo = max(0, s - CONTEXT_BEFORE)
+    i = data.find(b"AC", lo, s)
+    while i != -1:
+        sid = data[i + 2:i + 34]
+        if len(sid) == 32 and all(c in b"0123456789abcdef" for c in sid):
+            return True
+        i = data.find(b"AC", i + 1, s)
+    return False
+
+
+def check_twilio(data: bytes, s: int, e: int) -> list[Hit]:
+    value = data[s:e].decode("ascii")
+    if not value.startswith("SK") and not (_has_context(data, s, e, TWILIO_CONTEXT)
+                                           or _twilio_sid_before(data, s)):
+        return []
+    if v.shannon_entropy(value) < 3.0:
+        return []
+    return [(s, e, 90 if value.startswith("SK") else 80, "context" if not value.startswith("SK") else "entropy")]
+
+
+def check_azure(data: bytes, s: int, e: int) -> list[Hit]:
+    value = data[s:e].decode("ascii")
+    if v.shannon_entropy(value) < 3.5:
+        return []
+    if any(p in value.lower() for p in ("xxxx", "example", "your")):
+        return []
+    return [(s, e, 90, "entropy")]
+
+
+# Credential files: a .netrc entry ("machine HOST login USER password PW", on one line or
+# several) and a .pgpass line ("host:port:database:user:password").
+NETRC = r"(?i)\blogin[ \t\r\n]{1,10}[^\s]{1,64}[ \t\r\n]{1,10}password[ \t]{1,3}([^\s]{1,200})"
+PGPASS = (r"(?m)^[ \t]{0,8}(?:\*|[A-Za-z0-9.-]{0,126}[A-Za-z.][A-Za-z0-9.-]{0,126}):(?:\*|\d{1,5}):(?:\*|[A-Za-z0-9_.$-]{1,63}):"
+          r"(?:\*|[A-Za-z0-9_.@$-]{1,63}):([^\s:]{1,200})[ \t]*\r?$")
+CRED_FILE_MAX = 300
+
+
+def check_cred_file(data: bytes, s: int, e: int) -> list[Hit]:
+    value = data[s:e].decode("utf-8", "replace")
+    if not check_url_password(data, s, e) or value.lower() in ("password", "login", "machine"):
+        return []
+    if v.shannon_entropy(value) < 2.0 or len(value) < 4:
+        return []
+    line_start = data.rfind(b"\n", 0, s) + 1
+    if all(c in b"0123456789abcdefABCDEF:" for c in data[line_start:e]):
+        return []             # an IPv6 address or a MAC-like run of hex groups, not a .pgpass line
+    return [(s, e, 80, "structure")]
+
+
 def _not_example(value: str) -> bool:
     return value.endswith("EXAMPLE")
 
@@ -557,6 +632,21 @@ def builtin_rules() -> tuple[Rule, ...]:
         Rule("secret.generic", AUTH_SCHEME, r"(?i)bearer[ \t]|basic[ \t]", AUTH_VALUE_MAX + 10,
              check_auth_scheme),
         Rule("secret.url_password", URL_PASSWORD, r"://", 20 + 3 + 64 + 1 + 200 + 2, check_url_password),
+        Rule("secret.google_api_key", GOOGLE_API, r"AIza", 39, _entropy_gate(3.5, 95, 4)),
+        Rule("secret.gitlab_token", GITLAB, r"gl(?:pat|dt|rt|ptt|soat|cbt)-", 86, _entropy_gate(3.0, 95, 6)),
+        Rule("secret.npm_token", NPM, r"npm_", 40, _entropy_gate(3.5, 95, 4)),
+        Rule("secret.pypi_token", PYPI, r"pypi-AgEIcHlwaS5vcmc", 420, _entropy_gate(3.5, 97, 5)),
+        Rule("secret.huggingface_token", HUGGINGFACE, r"hf_|api_org_", 42, _entropy_gate(3.5, 95, 3)),
+        Rule("secret.sendgrid_key", SENDGRID, r"SG\.", 69, _entropy_gate(3.5, 95, 3)),
+        Rule("secret.shopify_token", SHOPIFY, r"shp(?:at|ca|pa|ss)_", 38, _entropy_gate(3.0, 95, 6)),
+        Rule("secret.databricks_token", DATABRICKS, r"dapi", 38, _entropy_gate(3.0, 95, 4)),
+        Rule("secret.digitalocean_token", DIGITALOCEAN, r"do[opr]_v1_", 71, _entropy_gate(3.0, 95, 7)),
+        Rule("secret.mailgun_key", MAILGUN, r"key-|[0-9a-f]{32}-", 50, _entropy_gate(3.0, 90)),
+        Rule("secret.atlassian_token", ATLASSIAN, r"AT(?:ATT|CTT)3", 256, _entropy_gate(3.5, 95, 6)),
+        Rule("secret.twilio_key", TWILIO, r"[0-9a-f]{32}", 34, check_twilio),
+        Rule("secret.azure_key", AZURE, r"(?i)accountkey|sharedaccesskey|sig=", 140, check_azure),
+        Rule("secret.generic", NETRC, r"(?i)login", 10 + 64 + 10 + 8 + 3 + 200 + 5, check_cred_file),
+        Rule("secret.generic", PGPASS, r":(?:\*|\d{1,5}):", CRED_FILE_MAX + 340, check_cred_file),
         Rule("secret.generic", GENERIC,
              r"(?i)secret|passwd|password|passphrase|pwd|token|api[_.-]?key|apikey|access[_.-]?key|"
              r"auth[_.-]?key|private[_.-]?key|credential", GENERIC_VALUE_MAX, check_generic),
