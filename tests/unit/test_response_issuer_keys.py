@@ -7,6 +7,7 @@ value longer than its rule's bound is removed whole (classify/extent.py), never 
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -122,3 +123,34 @@ def test_a_value_longer_than_its_rule_is_masked_whole_by_the_gate(label, prefix)
         _after, out = stream(TextGate(policy(prefix=prefix), Ledger(), "t"), parts)
         assert longest_part(value, [out]) < 12, (case, out[:300])
         assert f"[{label.upper()}]" in out
+
+
+# Found already before the issuer rules (kept here as guards): a GCP service-account key file's
+# private_key, with its line breaks as JSON "\n" escapes, in a prompt and in a JSON document inside
+# a prompt string; and the secret access key of an `export AWS_SECRET_ACCESS_KEY=` line.
+def _sa_json(rnd: random.Random) -> tuple[str, str]:
+    body = "\n".join(_r(rnd, ALNUM + "+/", 64) for _ in range(20))
+    key = "-----BEGIN PRIVATE KEY-----\n" + body + "\n-----END PRIVATE KEY-----\n"
+    doc = json.dumps({"type": "service_account", "project_id": "acme-prod", "private_key_id": _r(rnd, HEX, 40),
+                      "private_key": key, "client_email": "etl@acme-prod.iam.gserviceaccount.com"})
+    return doc, json.dumps(key)[1:-1].rstrip("\\n")
+
+
+@pytest.mark.parametrize("nesting", [0, 1, 2])
+def test_a_service_account_key_file_in_a_prompt_is_found_whole(nesting):
+    rnd = random.Random(nesting)
+    doc, escaped_key = _sa_json(rnd)
+    for _ in range(nesting):                         # a JSON document inside a string, inside one...
+        doc, escaped_key = json.dumps(doc), json.dumps(escaped_key)[1:-1]
+    text = "Why does this fail? " + doc + " thanks"
+    start = text.index(escaped_key)
+    found = [f for f in CLF.scan(text) if f.label == "secret.private_key"]
+    assert any(f.start <= start and start + len(escaped_key) <= f.end for f in found), found
+
+
+def test_an_exported_aws_secret_access_key_is_found():
+    value = "q3Xv9Lk2Fh7Tz0Rb8Wn4Ys1Pd6Gm5Jc3Ue2Ai9Ko7"
+    text = f"export AWS_ACCESS_KEY_ID=AKIA2E0A8F3B244C9986\nexport AWS_SECRET_ACCESS_KEY={value}\n"
+    start = text.index(value)
+    assert any(f.label == "secret.generic" and f.start <= start and start + len(value) <= f.end
+               for f in CLF.scan(text))
