@@ -574,9 +574,13 @@ def check_azure(data: bytes, s: int, e: int) -> list[Hit]:
 # Credential files: a .netrc entry ("machine HOST login USER password PW", on one line or
 # several) and a .pgpass line ("host:port:database:user:password").
 NETRC = r"(?i)\blogin[ \t\r\n]{1,10}[^\s]{1,64}[ \t\r\n]{1,10}password[ \t]{1,3}([^\s]{1,200})"
-PGPASS = (r"(?m)^[ \t]{0,8}(?:\*|[A-Za-z0-9.-]{0,126}[A-Za-z.][A-Za-z0-9.-]{0,126}):(?:\*|\d{1,5}):(?:\*|[A-Za-z0-9_.$-]{1,63}):"
-          r"(?:\*|[A-Za-z0-9_.@$-]{1,63}):([^\s:]{1,200})[ \t]*\r?$")
-CRED_FILE_MAX = 300
+# (No multi-line flag: the prefix analysis of the streaming gate, classify/prefix.py, reads only
+# "i". The line's start is the text's or a line break's; its end is checked in check_cred_file,
+# so that a match does not take the line break the next line's match starts with.)
+PGPASS = (r"(?:^|\n[ \t]{0,8})(?:\*|[A-Za-z0-9.-]{0,126}[A-Za-z.][A-Za-z0-9.-]{0,126}):(?:\*|\d{1,5}):"
+          r"(?:\*|[A-Za-z0-9_.$-]{1,63}):(?:\*|[A-Za-z0-9_.@$-]{1,63}):((?:[^\s:\\]|\\\S){1,200})")
+# a line break, 8 blanks, host, port, database, user, their colons, a password of 200 (escaped) characters
+PGPASS_MAX = 1 + 8 + 254 + 1 + 5 + 1 + 63 + 1 + 63 + 1 + 400
 
 
 def check_cred_file(data: bytes, s: int, e: int) -> list[Hit]:
@@ -585,6 +589,10 @@ def check_cred_file(data: bytes, s: int, e: int) -> list[Hit]:
         return []
     if v.shannon_entropy(value) < 2.0 or len(value) < 4:
         return []
+    if data[s - 1:s] == b":":                   # a .pgpass line: its password ends the line
+        after = data[e:e + 64].lstrip(b" \t")
+        if not after.startswith((b"\n", b"\r")) and (after or e + 64 < len(data)):
+            return []
     line_start = data.rfind(b"\n", 0, s) + 1
     if all(c in b"0123456789abcdefABCDEF:" for c in data[line_start:e]):
         return []             # an IPv6 address or a MAC-like run of hex groups, not a .pgpass line
@@ -646,7 +654,7 @@ def builtin_rules() -> tuple[Rule, ...]:
         Rule("secret.twilio_key", TWILIO, r"[0-9a-f]{32}", 34, check_twilio),
         Rule("secret.azure_key", AZURE, r"(?i)accountkey|sharedaccesskey|sig=", 140, check_azure),
         Rule("secret.generic", NETRC, r"(?i)login", 10 + 64 + 10 + 8 + 3 + 200 + 5, check_cred_file),
-        Rule("secret.generic", PGPASS, r":(?:\*|\d{1,5}):", CRED_FILE_MAX + 340, check_cred_file),
+        Rule("secret.generic", PGPASS, r":(?:\*|\d{1,5}):", PGPASS_MAX, check_cred_file),
         Rule("secret.generic", GENERIC,
              r"(?i)secret|passwd|password|passphrase|pwd|token|api[_.-]?key|apikey|access[_.-]?key|"
              r"auth[_.-]?key|private[_.-]?key|credential", GENERIC_VALUE_MAX, check_generic),

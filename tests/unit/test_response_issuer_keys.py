@@ -154,3 +154,14 @@ def test_an_exported_aws_secret_access_key_is_found():
     start = text.index(value)
     assert any(f.label == "secret.generic" and f.start <= start and start + len(value) <= f.end
                for f in CLF.scan(text))
+
+
+def test_every_line_of_a_pgpass_file_is_found_and_a_colon_run_in_prose_is_not():
+    pws = ["Xk9Lm2Fh7Tz0Rb8Wn4", "Pq8\\:rs7Tu6vW", "Ab3dE5fG7h", "Zz9yX8wV7u"]
+    text = (f"~/.pgpass:\ndb.internal:5432:app:app_user:{pws[0]}\nlocalhost:*:*:postgres:{pws[1]}\n"
+            f"    *:*:*:etl:{pws[2]}  \r\n10.0.0.5:6432:*:*:{pws[3]}")
+    found = {text[f.start:f.end] for f in CLF.scan(text) if f.label == "secret.generic"}
+    assert found == set(pws)
+    for prose in ("db.internal:5432:app:app_user:Xk9Lm2Fh7Tz0Rb8Wn4 is what I typed", "12:30:45:00:17Z",
+                  "16:9:4:3:2024q", "fe80:1:2:3:4:5:6:7"):
+        assert not [f for f in CLF.scan(prose) if f.label == "secret.generic"], prose
