@@ -574,12 +574,13 @@ def check_azure(data: bytes, s: int, e: int) -> list[Hit]:
 # Credential files: a .netrc entry ("machine HOST login USER password PW", on one line or
 # several) and a .pgpass line ("host:port:database:user:password").
 NETRC = r"(?i)\blogin[ \t\r\n]{1,10}[^\s]{1,64}[ \t\r\n]{1,10}password[ \t]{1,3}([^\s]{1,200})"
-# (No multi-line flag: the prefix analysis of the streaming gate, classify/prefix.py, reads only
-# "i". The line's start is the text's or a line break's; its end is checked in check_cred_file,
-# so that a match does not take the line break the next line's match starts with.)
-PGPASS = (r"(?:^|\n[ \t]{0,8})(?:\*|[A-Za-z0-9.-]{0,126}[A-Za-z.][A-Za-z0-9.-]{0,126}):(?:\*|\d{1,5}):"
+# (No anchor or multi-line flag: the prefix analysis of the streaming gate, classify/prefix.py,
+# reads only "i", and a match that could begin with a line break would hold every line break at
+# the end of a streamed text. That the line holds nothing else, and that the password ends it, is
+# checked in check_cred_file.)
+PGPASS = (r"(?:\*|[A-Za-z0-9.-]{0,126}[A-Za-z.][A-Za-z0-9.-]{0,126}):(?:\*|\d{1,5}):"
           r"(?:\*|[A-Za-z0-9_.$-]{1,63}):(?:\*|[A-Za-z0-9_.@$-]{1,63}):((?:[^\s:\\]|\\\S){1,200})")
-# a line break, 8 blanks, host, port, database, user, their colons, a password of 200 (escaped) characters
+_PGPASS_FIELDS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_$@*:")
 PGPASS_MAX = 1 + 8 + 254 + 1 + 5 + 1 + 63 + 1 + 63 + 1 + 400
 
 
@@ -589,13 +590,18 @@ def check_cred_file(data: bytes, s: int, e: int) -> list[Hit]:
         return []
     if v.shannon_entropy(value) < 2.0 or len(value) < 4:
         return []
-    if data[s - 1:s] == b":":                   # a .pgpass line: its password ends the line
+    if data[s - 1:s] == b":":                   # a .pgpass line: alone on its line, the password last
+        line_start = data.rfind(b"\n", max(0, s - PGPASS_MAX), s) + 1
+        if line_start == 0 and s > PGPASS_MAX:
+            return []
+        fields = data[line_start:s].lstrip(b" \t")
+        if s - line_start - len(fields) > 8 or not all(c in _PGPASS_FIELDS for c in fields):
+            return []
         after = data[e:e + 64].lstrip(b" \t")
         if not after.startswith((b"\n", b"\r")) and (after or e + 64 < len(data)):
             return []
-    line_start = data.rfind(b"\n", 0, s) + 1
-    if all(c in b"0123456789abcdefABCDEF:" for c in data[line_start:e]):
-        return []             # an IPv6 address or a MAC-like run of hex groups, not a .pgpass line
+        if all(c in b"0123456789abcdefABCDEF:" for c in fields + data[s:e]):
+            return []         # an IPv6 address or a MAC-like run of hex groups, not a .pgpass line
     return [(s, e, 80, "structure")]
 
 
