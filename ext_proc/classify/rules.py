@@ -531,35 +531,16 @@ DIGITALOCEAN = r"(do[opr]_v1_[a-f0-9]{64})"
 MAILGUN = r"(key-[0-9a-f]{32}|\b[0-9a-f]{32}-[0-9a-f]{8}-[0-9a-f]{8})\b"
 ATLASSIAN = r"(AT(?:ATT|CTT)3[A-Za-z0-9_=-]{150,250})"
 # Twilio: an API key's SID ("SK" + 32 hex); an auth token is 32 bare hex, a secret only where
-# Twilio is named near it (an MD5 or a UUID without dashes is not).
-TWILIO = r"\b(SK[0-9a-f]{32}|[0-9a-f]{32})\b"
-TWILIO_CONTEXT = ("twilio", "account_sid", "accountsid", "auth_token", "authtoken")
+# Twilio, an auth token or an account SID ("AC" + 32 hex) comes shortly before it on its line. The
+# context is in the pattern, not the check: a document of MD5s or dashless UUIDs yields no candidate
+# (each candidate costs the request's inspection budget).
+TWILIO_SK = r"\b(SK[0-9a-f]{32})\b"
+TWILIO_TOKEN = r"(?i)(?:twilio|auth[_-]?token|\bAC[0-9a-f]{32})[^\n]{0,48}\b([0-9a-f]{32})\b"
+TWILIO_TOKEN_MAX = 32 + 48 + 32
 # Azure: a storage account key, a Service Bus / Event Hubs / Relay SharedAccessKey (in connection
 # strings, "Key=value;"), and the signature of a SAS token in a URL's query.
 AZURE = (r"(?i)(?:\b(?:AccountKey|SharedAccessKey)[ \t]{0,3}=[ \t]{0,3}|[?&]sig=)"
          r"((?:[A-Za-z0-9+/]|%2[BbFf]){40,120}(?:=|%3[Dd]){0,2})")
-
-
-def _twilio_sid_before(data: bytes, s: int) -> bool:
-    """An account SID ("AC" + 32 hex) shortly before: Client("AC...", "<auth token>")."""
-    lo = max(0, s - CONTEXT_BEFORE)
-    i = data.find(b"AC", lo, s)
-    while i != -1:
-        sid = data[i + 2:i + 34]
-        if len(sid) == 32 and all(c in b"0123456789abcdef" for c in sid):
-            return True
-        i = data.find(b"AC", i + 1, s)
-    return False
-
-
-def check_twilio(data: bytes, s: int, e: int) -> list[Hit]:
-    value = data[s:e].decode("ascii")
-    if not value.startswith("SK") and not (_has_context(data, s, e, TWILIO_CONTEXT)
-                                           or _twilio_sid_before(data, s)):
-        return []
-    if v.shannon_entropy(value) < 3.0:
-        return []
-    return [(s, e, 90 if value.startswith("SK") else 80, "context" if not value.startswith("SK") else "entropy")]
 
 
 def check_azure(data: bytes, s: int, e: int) -> list[Hit]:
@@ -657,7 +638,9 @@ def builtin_rules() -> tuple[Rule, ...]:
         Rule("secret.digitalocean_token", DIGITALOCEAN, r"do[opr]_v1_", 71, _entropy_gate(3.0, 95, 7)),
         Rule("secret.mailgun_key", MAILGUN, r"key-|[0-9a-f]{32}-", 50, _entropy_gate(3.0, 90)),
         Rule("secret.atlassian_token", ATLASSIAN, r"AT(?:ATT|CTT)3", 256, _entropy_gate(3.5, 95, 6)),
-        Rule("secret.twilio_key", TWILIO, r"[0-9a-f]{32}", 34, check_twilio),
+        Rule("secret.twilio_key", TWILIO_SK, r"SK[0-9a-f]{32}", 34, _entropy_gate(3.0, 90, 2)),
+        Rule("secret.twilio_key", TWILIO_TOKEN, r"(?i)twilio|auth[_-]?token|AC[0-9a-f]{32}", TWILIO_TOKEN_MAX,
+             _entropy_gate(3.0, 80)),
         Rule("secret.azure_key", AZURE, r"(?i)accountkey|sharedaccesskey|sig=", 140, check_azure),
         Rule("secret.generic", NETRC, r"(?i)login", 10 + 64 + 10 + 8 + 3 + 200 + 5, check_cred_file),
         Rule("secret.generic", PGPASS, r":(?:\*|\d{1,5}):", PGPASS_MAX, check_cred_file),

@@ -165,3 +165,21 @@ def test_every_line_of_a_pgpass_file_is_found_and_a_colon_run_in_prose_is_not():
     for prose in ("db.internal:5432:app:app_user:Xk9Lm2Fh7Tz0Rb8Wn4 is what I typed", "12:30:45:00:17Z",
                   "16:9:4:3:2024q", "fe80:1:2:3:4:5:6:7"):
         assert not [f for f in CLF.scan(prose) if f.label == "secret.generic"], prose
+
+
+def test_a_list_of_md5_sums_costs_no_twilio_candidates(monkeypatch):
+    """A bare 32-hex value is a Twilio auth token only after Twilio context; the context is in the
+    pattern, so a pasted checksum file (each line a near-miss) does not eat the request's candidate
+    budget (10,000: past it the request is refused): the Twilio rules add no candidate to it."""
+    import ext_proc.classify.engine as engine
+    from ext_proc.classify import rules
+    from ext_proc.pipeline.budget import BudgetedClassifier
+    rnd = random.Random(5)
+    text = "".join(f"{_r(rnd, HEX, 32)}  dist/pkg-{i}.tar.gz\n" for i in range(3000))
+    with_twilio = BudgetedClassifier(CLF)
+    assert not [f for f in with_twilio.scan(text) if f.label == "secret.twilio_key"]
+    monkeypatch.setattr(engine, "builtin_rules",
+                        lambda: tuple(r for r in rules.builtin_rules() if r.label != "secret.twilio_key"))
+    without = BudgetedClassifier(engine.Classifier())
+    without.scan(text)
+    assert with_twilio.to_record()["candidates"] == without.to_record()["candidates"]
