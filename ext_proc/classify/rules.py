@@ -537,6 +537,11 @@ ATLASSIAN = r"(AT(?:ATT|CTT)3[A-Za-z0-9_=-]{150,250})"
 TWILIO_SK = r"\b(SK[0-9a-f]{32})\b"
 TWILIO_TOKEN = r"(?i)(?:twilio|auth[_-]?token|\bAC[0-9a-f]{32})[^\n]{0,48}\b([0-9a-f]{32})\b"
 TWILIO_TOKEN_MAX = 32 + 48 + 32
+
+
+def check_twilio_token(data: bytes, s: int, e: int) -> list[Hit]:
+    """The context found it (the pattern holds the words), the entropy rules out a run like 000…0."""
+    return [(s, e, 80, "context")] if v.shannon_entropy(data[s:e].decode("ascii")) >= 3.0 else []
 # Azure: a storage account key, a Service Bus / Event Hubs / Relay SharedAccessKey (in connection
 # strings, "Key=value;"), and the signature of a SAS token in a URL's query.
 AZURE = (r"(?i)(?:\b(?:AccountKey|SharedAccessKey)[ \t]{0,3}=[ \t]{0,3}|[?&]sig=)"
@@ -640,7 +645,7 @@ def builtin_rules() -> tuple[Rule, ...]:
         Rule("secret.atlassian_token", ATLASSIAN, r"AT(?:ATT|CTT)3", 256, _entropy_gate(3.5, 95, 6)),
         Rule("secret.twilio_key", TWILIO_SK, r"SK[0-9a-f]{32}", 34, _entropy_gate(3.0, 90, 2)),
         Rule("secret.twilio_key", TWILIO_TOKEN, r"(?i)twilio|auth[_-]?token|AC[0-9a-f]{32}", TWILIO_TOKEN_MAX,
-             _entropy_gate(3.0, 80)),
+             check_twilio_token),
         Rule("secret.azure_key", AZURE, r"(?i)accountkey|sharedaccesskey|sig=", 140, check_azure),
         Rule("secret.generic", NETRC, r"(?i)login", 10 + 64 + 10 + 8 + 3 + 200 + 5, check_cred_file),
         Rule("secret.generic", PGPASS, r":(?:\*|\d{1,5}):", PGPASS_MAX, check_cred_file),
