@@ -516,6 +516,81 @@ def check_url_password(data: bytes, s: int, e: int) -> list[Hit]:
     return [(s, e, 85, "structure")]
 
 
+# Issuer keys with a specific prefix or structure (no keyword needed). Like the key patterns
+# above, none needs a word boundary in front: the prefix and the fixed length or class carry it.
+GOOGLE_API = r"(AIza[0-9A-Za-z_-]{35})"
+GITLAB = r"(gl(?:pat|dt|rt|ptt|soat|cbt)-[0-9A-Za-z_-]{20,80})"
+NPM = r"(npm_[A-Za-z0-9]{36})"
+PYPI = r"(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,400})"
+HUGGINGFACE = r"((?:hf_|api_org_)[A-Za-z]{34})"
+SENDGRID = r"(SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})"
+SHOPIFY = r"(shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32})"
+DATABRICKS = r"(dapi[a-f0-9]{32}(?:-\d)?)"
+DIGITALOCEAN = r"(do[opr]_v1_[a-f0-9]{64})"
+# Mailgun: the legacy "key-" + 32 hex, and the current 32 hex-8 hex-8 hex.
+MAILGUN = r"(key-[0-9a-f]{32}|\b[0-9a-f]{32}-[0-9a-f]{8}-[0-9a-f]{8})\b"
+ATLASSIAN = r"(AT(?:ATT|CTT)3[A-Za-z0-9_=-]{150,250})"
+# Twilio: an API key's SID ("SK" + 32 hex); an auth token is 32 bare hex, a secret only where
+# Twilio, an auth token or an account SID ("AC" + 32 hex) comes shortly before it on its line. The
+# context is in the pattern, not the check: a document of MD5s or dashless UUIDs yields no candidate
+# (each candidate costs the request's inspection budget).
+TWILIO_SK = r"\b(SK[0-9a-f]{32})\b"
+TWILIO_TOKEN = r"(?i)(?:twilio|auth[_-]?token|\bAC[0-9a-f]{32})[^\n]{0,48}\b([0-9a-f]{32})\b"
+TWILIO_TOKEN_MAX = 32 + 48 + 32
+
+
+def check_twilio_token(data: bytes, s: int, e: int) -> list[Hit]:
+    """The context found it (the pattern holds the words), the entropy rules out a run like 000…0."""
+    return [(s, e, 80, "context")] if v.shannon_entropy(data[s:e].decode("ascii")) >= 3.0 else []
+# Azure: a storage account key, a Service Bus / Event Hubs / Relay SharedAccessKey (in connection
+# strings, "Key=value;"), and the signature of a SAS token in a URL's query.
+AZURE = (r"(?i)(?:\b(?:AccountKey|SharedAccessKey)[ \t]{0,3}=[ \t]{0,3}|[?&]sig=)"
+         r"((?:[A-Za-z0-9+/]|%2[BbFf]){40,120}(?:=|%3[Dd]){0,2})")
+
+
+def check_azure(data: bytes, s: int, e: int) -> list[Hit]:
+    value = data[s:e].decode("ascii")
+    if v.shannon_entropy(value) < 3.5:
+        return []
+    if any(p in value.lower() for p in ("xxxx", "example", "your")):
+        return []
+    return [(s, e, 90, "entropy")]
+
+
+# Credential files: a .netrc entry ("machine HOST login USER password PW", on one line or
+# several) and a .pgpass line ("host:port:database:user:password").
+NETRC = r"(?i)\blogin[ \t\r\n]{1,10}[^\s]{1,64}[ \t\r\n]{1,10}password[ \t]{1,3}([^\s]{1,200})"
+# (No anchor or multi-line flag: the prefix analysis of the streaming gate, classify/prefix.py,
+# reads only "i", and a match that could begin with a line break would hold every line break at
+# the end of a streamed text. That the line holds nothing else, and that the password ends it, is
+# checked in check_cred_file.)
+PGPASS = (r"(?:\*|[A-Za-z0-9.-]{0,126}[A-Za-z.][A-Za-z0-9.-]{0,126}):(?:\*|\d{1,5}):"
+          r"(?:\*|[A-Za-z0-9_.$-]{1,63}):(?:\*|[A-Za-z0-9_.@$-]{1,63}):((?:[^\s:\\]|\\\S){1,200})")
+_PGPASS_FIELDS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_$@*:")
+PGPASS_MAX = 1 + 8 + 254 + 1 + 5 + 1 + 63 + 1 + 63 + 1 + 400
+
+
+def check_cred_file(data: bytes, s: int, e: int) -> list[Hit]:
+    value = data[s:e].decode("utf-8", "replace")
+    if not check_url_password(data, s, e) or value.lower() in ("password", "login", "machine"):
+        return []
+    if v.shannon_entropy(value) < 2.0 or len(value) < 4:
+        return []
+    if data[s - 1:s] == b":":                   # a .pgpass line: alone on its line, the password last
+        line_start = data.rfind(b"\n", max(0, s - PGPASS_MAX), s) + 1
+        if line_start == 0 and s > PGPASS_MAX:
+            return []
+        fields = data[line_start:s].lstrip(b" \t")
+        if s - line_start - len(fields) > 8 or not all(c in _PGPASS_FIELDS for c in fields):
+            return []
+        after = data[e:e + 64].lstrip(b" \t")
+        if not after.startswith((b"\n", b"\r")) and (after or e + 64 < len(data)):
+            return []
+        if all(c in b"0123456789abcdefABCDEF:" for c in fields + data[s:e]):
+            return []         # an IPv6 address or a MAC-like run of hex groups, not a .pgpass line
+    return [(s, e, 80, "structure")]
+
+
 def _not_example(value: str) -> bool:
     return value.endswith("EXAMPLE")
 
@@ -557,6 +632,23 @@ def builtin_rules() -> tuple[Rule, ...]:
         Rule("secret.generic", AUTH_SCHEME, r"(?i)bearer[ \t]|basic[ \t]", AUTH_VALUE_MAX + 10,
              check_auth_scheme),
         Rule("secret.url_password", URL_PASSWORD, r"://", 20 + 3 + 64 + 1 + 200 + 2, check_url_password),
+        Rule("secret.google_api_key", GOOGLE_API, r"AIza", 39, _entropy_gate(3.5, 95, 4)),
+        Rule("secret.gitlab_token", GITLAB, r"gl(?:pat|dt|rt|ptt|soat|cbt)-", 86, _entropy_gate(3.0, 95, 6)),
+        Rule("secret.npm_token", NPM, r"npm_", 40, _entropy_gate(3.5, 95, 4)),
+        Rule("secret.pypi_token", PYPI, r"pypi-AgEIcHlwaS5vcmc", 420, _entropy_gate(3.5, 97, 5)),
+        Rule("secret.huggingface_token", HUGGINGFACE, r"hf_|api_org_", 42, _entropy_gate(3.5, 95, 3)),
+        Rule("secret.sendgrid_key", SENDGRID, r"SG\.", 69, _entropy_gate(3.5, 95, 3)),
+        Rule("secret.shopify_token", SHOPIFY, r"shp(?:at|ca|pa|ss)_", 38, _entropy_gate(3.0, 95, 6)),
+        Rule("secret.databricks_token", DATABRICKS, r"dapi", 38, _entropy_gate(3.0, 95, 4)),
+        Rule("secret.digitalocean_token", DIGITALOCEAN, r"do[opr]_v1_", 71, _entropy_gate(3.0, 95, 7)),
+        Rule("secret.mailgun_key", MAILGUN, r"key-|[0-9a-f]{32}-", 50, _entropy_gate(3.0, 90)),
+        Rule("secret.atlassian_token", ATLASSIAN, r"AT(?:ATT|CTT)3", 256, _entropy_gate(3.5, 95, 6)),
+        Rule("secret.twilio_key", TWILIO_SK, r"SK[0-9a-f]{32}", 34, _entropy_gate(3.0, 90, 2)),
+        Rule("secret.twilio_key", TWILIO_TOKEN, r"(?i)twilio|auth[_-]?token|AC[0-9a-f]{32}", TWILIO_TOKEN_MAX,
+             check_twilio_token),
+        Rule("secret.azure_key", AZURE, r"(?i)accountkey|sharedaccesskey|sig=", 140, check_azure),
+        Rule("secret.generic", NETRC, r"(?i)login", 10 + 64 + 10 + 8 + 3 + 200 + 5, check_cred_file),
+        Rule("secret.generic", PGPASS, r":(?:\*|\d{1,5}):", PGPASS_MAX, check_cred_file),
         Rule("secret.generic", GENERIC,
              r"(?i)secret|passwd|password|passphrase|pwd|token|api[_.-]?key|apikey|access[_.-]?key|"
              r"auth[_.-]?key|private[_.-]?key|credential", GENERIC_VALUE_MAX, check_generic),

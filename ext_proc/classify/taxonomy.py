@@ -22,8 +22,21 @@ LABELS: dict[str, str] = {
     "secret.stripe_key": "Stripe live key",
     "secret.openai_key": "OpenAI API key",
     "secret.anthropic_key": "Anthropic API key",
-    "secret.generic": "Generic secret assignment (keyword + entropy), or a credential after Bearer/Basic",
+    "secret.generic": "Generic secret assignment (keyword + entropy), a credential after Bearer/Basic, or a .netrc/.pgpass entry",
     "secret.url_password": "Password in a URL's userinfo (scheme://user:password@host)",
+    "secret.google_api_key": "Google API key (AIza...)",
+    "secret.gitlab_token": "GitLab token (glpat-, gldt-, glrt-...)",
+    "secret.npm_token": "npm access token (npm_...)",
+    "secret.pypi_token": "PyPI API token (pypi-AgEIcHlwaS5vcmc...)",
+    "secret.huggingface_token": "Hugging Face token (hf_..., api_org_...)",
+    "secret.sendgrid_key": "SendGrid API key (SG.x.y)",
+    "secret.shopify_token": "Shopify access token or shared secret (shpat_, shpca_, shppa_, shpss_)",
+    "secret.databricks_token": "Databricks personal access token (dapi...)",
+    "secret.digitalocean_token": "DigitalOcean token (dop_v1_, doo_v1_, dor_v1_)",
+    "secret.mailgun_key": "Mailgun API key",
+    "secret.atlassian_token": "Atlassian API token (ATATT3...)",
+    "secret.twilio_key": "Twilio API key SID or auth token",
+    "secret.azure_key": "Azure storage account key, SharedAccessKey or SAS signature",
 }
 
 # Content that reaches the provider but cannot be inspected as text (binary attachments, files
