@@ -540,3 +540,98 @@ def test_a_surrogate_pair_at_the_ends_of_the_low_range_is_one_character_to_the_a
     start = decoded.index(EMAIL)
     assert [(r["start"], r["end"]) for r in ledger.redactions] == [(start, start + len(EMAIL))], pair
     assert json.loads('"' + out + '"') == decoded.replace(EMAIL, "[PII.EMAIL]")
+
+
+# --- the 05:23 run's survivors (docs/testing.md, "Run of 2026-11-30 05:23 UTC") ---------------
+
+def _long_jwt(seed: int, chars: int) -> str:
+    payload = "eyJzdWIiOiJhbGljZSIsImRhdGEiOiI" + base64.urlsafe_b64encode(random.Random(seed).randbytes(chars)).decode()
+    return "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + payload.rstrip("=") + ".c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+
+
+def test_a_classifier_that_cannot_read_the_context_two_holds_and_a_step_is_refused_when_the_gate_is_made():
+    """A window must hold the left context, the hold and a step past it: a classifier reading less
+    is refused when the gate is built (fail closed at start), not left to a gate whose every window
+    is shorter than its hold (found by `make mutation`: `CONTEXT_CHARS - 2 * hold` let 144 pass)."""
+    from ext_proc.classify import Classifier
+    from ext_proc.streaming.gate import CONTEXT_CHARS
+    p = policy(prefix=True, hold=64)
+    need = CONTEXT_CHARS + 2 * p.hold + p.step
+    small = ScanPolicy(classifier=Classifier(max_input_chars=need - 1), redact={}, block=frozenset(), hash_key=KEY,
+                       tenant="t", hold=p.hold, step=p.step)
+    with pytest.raises(ValueError, match="too small for the hold-back"):
+        TextGate(small, Ledger(), "t")
+    TextGate(ScanPolicy(classifier=Classifier(max_input_chars=need), redact={}, block=frozenset(), hash_key=KEY,
+                        tenant="t", hold=p.hold, step=p.step), Ledger(), "t")
+
+
+def test_a_settle_that_released_nothing_scans_again_once_the_held_text_grew_by_a_quarter(monkeypatch):
+    """settle(): what stays held after a settle that released nothing must grow by a quarter
+    before the next one scans it (a long value arriving a character per chunk is not rescanned
+    whole per character), and is scanned again as soon as it has (found by `make mutation`: a
+    fifth, and `pending * pending // 4`, which left a held value unscanned for ~pending²/4)."""
+    scanned: list[int] = []
+    real_scan = CLF.scan
+    monkeypatch.setattr(CLF, "scan", lambda t, **kw: scanned.append(len(t)) or real_scan(t, **kw))
+    # The fixed hold: one run of non-space characters without a finding is held within the long
+    # hold, scanned by each release and never released before it ends.
+    gate = TextGate(policy(prefix=False), Ledger(), "t")
+    gate.add("x" * 400)
+    assert gate.settle() == "" and len(scanned) == 1
+    gate.add("x" * 99)
+    assert gate.settle() == "" and len(scanned) == 1     # 499 < 400 + 400 // 4: not yet
+    gate.add("x")
+    assert gate.settle() == "" and len(scanned) == 2     # 500: grown by a quarter, scanned again
+    gate.add(" and the words after it.")
+    out = gate.settle() + gate.flush()
+    assert out == "x" * 500 + " and the words after it."
+
+
+def test_a_long_token_still_growing_is_followed_from_where_the_last_step_left_it(monkeypatch):
+    """While a token longer than the classifier's match grows, each step reads its run on from
+    where the last one stopped, not from the token's start: the run is read about once in all
+    (bounded, linear work; found by `make mutation`: `token_seen = base - stop` read the whole
+    run again at every step, quadratic in the token's length, with the same output)."""
+    from ext_proc.streaming import gate as gate_module
+    jwt = _long_jwt(5, 24000)
+    text = "Here you go, " + jwt + " and that is all of it, nothing more."
+    read: list[int] = []
+    real = gate_module._run_end
+    monkeypatch.setattr(gate_module, "_run_end", lambda s, pos, stop: read.append(stop - pos) or real(s, pos, stop))
+    after, out = stream(TextGate(policy(prefix=True), Ledger(), "t"), [text[i:i + 200] for i in range(0, len(text), 200)])
+    assert out == "Here you go, [SECRET.JWT] and that is all of it, nothing more."
+    assert sum(read) < 4 * len(text), sum(read) / len(text)
+
+
+@pytest.mark.parametrize("most", [97, 150, 211])
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-hold", "fixed-hold"])
+def test_a_token_growing_past_the_bound_is_refused_while_it_grows(prefix, most):
+    """docs/streaming.md: a token still open past max_block_chars blocks the answer with
+    finding_too_long, while it grows (held text stays bounded), not at the end of the answer,
+    and nothing of it went out (found by `make mutation`: the bound checked with `==`, met only
+    when a step ended exactly on it)."""
+    jwt = _long_jwt(11, 30000)
+    text = "Here you go, " + jwt + " and that is all."
+    gate = TextGate(policy(prefix=prefix, max_block_chars=6000), Ledger(), "t")
+    out, fed = "", 0
+    with pytest.raises(Blocked) as exc:
+        for part in pieces(text, random.Random(most), most):
+            out += gate.feed(part) + gate.settle()
+            fed += len(part)
+    assert exc.value.label == "finding_too_long"
+    assert fed < 13 + 6000 + 64 + 2 * most, fed
+    assert "eyJ" not in out
+
+
+@pytest.mark.parametrize("lead", ["Your token is `", "Here you go->", "Here (x)", "Here you go,"])
+def test_every_character_before_a_growing_token_goes_out_while_it_grows(lead):
+    """docs/streaming.md: a token longer than any finding is held *from the finding's start* while
+    it grows: the characters before it that cannot begin a finding go out meanwhile, also those
+    the first release kept back with the token's run and a later step decides (found by `make
+    mutation`: `take - hold != 0` stopped that step whenever it had something to release)."""
+    jwt = _long_jwt(5, 9000)
+    text = lead + jwt + " and that is all."
+    gate = TextGate(policy(prefix=True), Ledger(), "t")
+    after, out = stream(gate, [text[i:i + 200] for i in range(0, 8000, 200)] + [text[8000:]])
+    assert after[-2] == lead, after[-2][-30:]
+    assert out == lead + "[SECRET.JWT] and that is all."

@@ -83,3 +83,32 @@ async def test_each_released_request_reserves_its_estimate_until_the_budget_refu
     # A request small enough to fit in what is left is still admitted: the refusal was the budget.
     small, ctx = await _drive(servicer, _request(token, "budget-small", 1))
     assert small[-1].WhichOneof("response") == "request_body"
+
+
+async def test_a_request_whose_decision_commit_failed_gives_its_reservation_back(runtime, tmp_path, monkeypatch):
+    """docs/ratelimit.md: a reservation is released when the request was not forwarded. A request
+    admitted (its estimate reserved) whose decision record could not be committed is answered 503
+    and never released upstream: the stream's end gives its reservation back, so the budget is
+    whole for the next requests (found by `make mutation`: `reservation is None` at the stream's
+    end kept it charged, and no test executed that line)."""
+    from ext_proc.audit.log import AuditUnavailable
+    inside_one_window(3600)
+    token = mint_dev_token(tmp_path / "var" / "dev", sub="budget-bob", roles=["developer"], tenant="acme",
+                           now=time.time())
+    servicer = Servicer(runtime)
+    real_commit = runtime.audit.commit
+
+    async def failing(record):
+        raise AuditUnavailable("the audit store is down")
+
+    monkeypatch.setattr(runtime.audit, "commit", failing)
+    replies, ctx = await _drive(servicer, _request(token, "budget-outage", MAX_TOKENS))
+    assert ctx.aborted is None and replies[-1].immediate_response.status.code == 503
+    monkeypatch.setattr(runtime.audit, "commit", real_commit)
+    # Two requests of ~398 tokens fit in 1000 only if the failed one's ~398 were given back.
+    outcomes = []
+    for i in range(2):
+        replies, ctx = await _drive(servicer, _request(token, f"budget-after-{i}", MAX_TOKENS))
+        kind = replies[-1].WhichOneof("response")
+        outcomes.append(replies[-1].immediate_response.status.code if kind == "immediate_response" else "released")
+    assert outcomes == ["released", "released"]
