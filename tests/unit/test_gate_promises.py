@@ -596,8 +596,9 @@ def test_a_long_token_still_growing_is_followed_from_where_the_last_step_left_it
     jwt = _long_jwt(5, 24000)
     text = "Here you go, " + jwt + " and that is all of it, nothing more."
     read: list[int] = []
-    real = gate_module._run_end
-    monkeypatch.setattr(gate_module, "_run_end", lambda s, pos, stop: read.append(stop - pos) or real(s, pos, stop))
+    real = gate_module.follow_run
+    monkeypatch.setattr(gate_module, "follow_run",
+                        lambda s, pos, stop, **kw: read.append(stop - pos) or real(s, pos, stop, **kw))
     after, out = stream(TextGate(policy(prefix=True), Ledger(), "t"), [text[i:i + 200] for i in range(0, len(text), 200)])
     assert out == "Here you go, [SECRET.JWT] and that is all of it, nothing more."
     assert sum(read) < 4 * len(text), sum(read) / len(text)
