@@ -200,6 +200,9 @@ BLOCKED_STATUS = 403
 SNIFF_BYTES = 12
 SSE_STARTS = (b"data:", b"data\n", b"data\r", b"event:", b"id:", b"retry:", b":")
 CLEAN_CACHE = 4096              # short strings (ids, model names, keys) known to hold no finding
+# Findings below this confidence are hints (docs/classification.md); on a bare number they do
+# not rewrite it.
+NUMBER_MIN_CONFIDENCE = 50
 CLEAN_CACHE_CHARS = 256
 # Per classifier (they live as long as their policy version): keys and short space-free strings
 # found clean, shared by its responses.
@@ -505,9 +508,14 @@ class ResponseInspector:
         clean = self._clean
         for path, text in formats.strings(ev, numbers=True):
             if isinstance(text, formats.NumberForms):
-                # A number: the first of its readings with a finding replaces it, as a string.
+                # A number: the first of its readings with a finding replaces it, as a string. A
+                # number has no context, so a reading only the context would confirm (a 10-digit
+                # NPI or phone at low confidence: every tenth `created` timestamp is a Luhn-valid
+                # NPI) does not turn a typed field into a string the SDK cannot parse.
                 for form in text:
                     if form not in clean and form not in self._shared_clean:
+                        if all(f.confidence < NUMBER_MIN_CONFIDENCE for f in self._policy.classifier.scan(form)):
+                            continue
                         red = self._inspect(form, path, count=count)
                         if red != form:
                             formats.set_path(ev, path, red)

@@ -673,3 +673,21 @@ def test_non_object_json_data_with_escapes_is_one_decoded_stream(mode):
         views.append("".join(parsed))
         worst = max(worst, longest_part(secret, views + [_unescape(v) for v in views]))
     assert worst < 6
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "text/event-stream"])
+def test_a_number_a_classifier_reads_only_as_a_hint_stays_a_number(ctype):
+    """Every tenth `created` timestamp (1764480004) is a Luhn-valid NPI, a reading at confidence 40
+    that only provider words would confirm; scanning numbers made the default policy turn it into
+    the string "[PHI.US_NPI]", which a typed SDK cannot parse as `created` (pydantic warned in
+    the e2e suite). A number has no context: only confident readings (a card) rewrite it."""
+    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1764480004, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+    if ctype == "text/event-stream":
+        body = b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
+    else:
+        body = json.dumps({**chunk, "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}).encode()
+    assert CLF.scan("1764480004")                       # the hint is there
+    out, _ins = feed("openai.chat_completions", ctype, body, random.Random(2))
+    assert b'"created": 1764480004' in out or b'"created":1764480004' in out, out[:200]
