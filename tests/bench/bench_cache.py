@@ -7,6 +7,10 @@ one at a time (so the busy machine's noise falls on all of them alike):
   floor - Envoy + a processor that does nothing but a hit's ext_proc exchange (request headers ->
           continue, request body -> the same answer as an immediate response), on the same gRPC
           server as ledgergate: what any Python ext_proc hit costs before ledgergate does anything
+  io_floor - the floor plus only the I/O every hit must do, with ledgergate's own code for it:
+          a Redis GET of the entry and both of a real hit's records sealed into a chain and made
+          durable (AuditLog.begin_together, file sink, write + fsync) before the answer goes. No
+          identity, classification or policy: a lower bound for any hit that keeps the promises
 
 With --baseline DIR, a second ledgergate run from another checkout (older code) takes part in
 the same rounds (miss_base, hit_base), the two taking turns at going first: an A/B in the same
@@ -84,31 +88,74 @@ class HitFloor(pb_grpc.ExternalProcessorServicer):
                 return
 
 
-async def serve_floor(port: int, answer: bytes) -> None:
+class HitIOFloor(HitFloor):
+    """The floor plus a hit's unavoidable I/O: the store GET, then both records sealed and durable."""
+
+    def __init__(self, answer: bytes, store_key: str, bodies: list[dict], audit_dir: Path) -> None:
+        super().__init__(answer)
+        self.store_key, self.bodies, self.audit_dir = store_key, bodies, audit_dir
+        self.redis = None
+        self.audit = None
+
+    async def start(self) -> None:
+        from ext_proc.audit.chain import ChainWriter
+        from ext_proc.audit.log import AuditLog, FileSink, load_or_create_signing_key
+        from ext_proc.cache.store import RedisStore
+
+        self.redis = RedisStore("redis://127.0.0.1:6379/0", prefix="")
+        self.audit_dir.mkdir(parents=True, exist_ok=True)
+        chain = ChainWriter(load_or_create_signing_key(self.audit_dir / "key.pem"), "io-floor", uuid.uuid4().hex[:8])
+        self.audit = AuditLog(FileSink(self.audit_dir), chain)
+        await self.audit.start()
+
+    async def Process(self, request_iterator, context):
+        async for req in request_iterator:
+            if req.WhichOneof("request") == "request_headers":
+                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+            else:
+                if await self.redis.get(self.store_key) is None:   # ledgergate's own look-up (Entry decoded)
+                    raise RuntimeError("the io floor's entry is gone")
+                _records, durable = self.audit.begin_together(self.bodies)
+                await durable
+                yield self.reply
+                return
+
+
+async def serve_floor(port: int, answer: bytes, io: dict | None = None) -> None:
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100000), ("grpc.so_reuseport", 0)])
-    pb_grpc.add_ExternalProcessorServicer_to_server(HitFloor(answer), server)
+    servicer = HitFloor(answer)
+    if io is not None:
+        servicer = HitIOFloor(answer, io["store_key"], io["bodies"], Path(io["audit_dir"]))
+        await servicer.start()
+    pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
 
 
-async def measure(envoy_port: int, floor_port: int, stacks: dict[str, tuple[int, str]], n: int) -> dict[str, list[float]]:
-    """One request at a time, interleaved: envoy, floor, then a miss and a hit of each ledgergate
-    (STACKS: name -> (port, token)), the ledgergates in turn first and second."""
-    envoy, floor = Conn("127.0.0.1", envoy_port), Conn("127.0.0.1", floor_port)
+async def measure(envoy_port: int, floor_ports: dict[str, int], stacks: dict[str, tuple[int, str]],
+                  n: int) -> dict[str, list[float]]:
+    """One request at a time, interleaved: envoy, the floors (FLOOR_PORTS: name -> Envoy port),
+    then a miss and a hit of each ledgergate (STACKS: name -> (port, token)), the ledgergates in
+    turn first and second."""
+    envoy = Conn("127.0.0.1", envoy_port)
+    floors = {name: Conn("127.0.0.1", port) for name, port in floor_ports.items()}
     conns = {name: (Conn("127.0.0.1", port), {"authorization": f"Bearer {token}"}) for name, (port, token) in stacks.items()}
     hit_raw = {name: build_request("/v1/chat/completions", body("fixed"), auth) for name, (_, auth) in conns.items()}
-    out: dict[str, list[float]] = {"envoy": [], "floor": []}
+    out: dict[str, list[float]] = {"envoy": [], **{name: [] for name in floors}}
     for name in stacks:
         out[f"miss{name}"], out[f"hit{name}"] = [], []
 
     async def round_(record: bool, flip: bool) -> None:
         s, _, t = await envoy.request(hit_raw[next(iter(stacks))])
-        s1, _, t1 = await floor.request(hit_raw[next(iter(stacks))])
-        assert s == s1 == 200, (s, s1)
+        assert s == 200, s
         if record:
             out["envoy"].append(t)
-            out["floor"].append(t1)
+        for name, conn in floors.items():
+            s1, _, t1 = await conn.request(hit_raw[next(iter(stacks))])
+            assert s1 == 200, (name, s1)
+            if record:
+                out[name].append(t1)
         # The trees take turns at going first (no position in the round favours one of them).
         for name, (conn, auth) in (reversed(list(conns.items())) if flip else conns.items()):
             s2, _, t2 = await conn.request(build_request("/v1/chat/completions", body(uuid.uuid4().hex), auth))
@@ -138,6 +185,18 @@ def fill(lg_port: int, token: str) -> bytes:
             return answer
         time.sleep(0.1)
     raise RuntimeError("the entry was not filled")
+
+
+def last_hit_records(stack_dir: Path) -> list[dict]:
+    """The bodies (seal fields left out) of the last cache hit's decision and outcome records in
+    the stack's audit segments: what the io floor seals per request."""
+    from ext_proc.audit.chain import SEAL_FIELDS
+
+    lines = [json.loads(line) for f in sorted(stack_dir.rglob("*.jsonl")) for line in f.read_text().splitlines() if line]
+    for i in range(len(lines) - 1, 0, -1):
+        if (lines[i - 1].get("cache") or {}).get("result") == "hit":
+            return [{k: v for k, v in rec.items() if k not in SEAL_FIELDS} for rec in lines[i - 1:i + 1]]
+    raise RuntimeError("no cache hit in the stack's audit log")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -202,9 +261,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--floor-processor", type=int, help=argparse.SUPPRESS)   # internal: serve the floor
     ap.add_argument("--floor-answer", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-io", type=Path, help=argparse.SUPPRESS)          # internal: the io floor's setup
     args = ap.parse_args()
     if args.floor_processor:
-        asyncio.run(serve_floor(args.floor_processor, args.floor_answer.read_bytes()))
+        io = json.loads(args.floor_io.read_text()) if args.floor_io else None
+        asyncio.run(serve_floor(args.floor_processor, args.floor_answer.read_bytes(), io))
         return
     prefix = f"lg:bench-cache:{uuid.uuid4().hex[:8]}:"
     r = redis.Redis(host="127.0.0.1", port=6379)
@@ -230,16 +291,31 @@ def main() -> None:
                 if name:
                     fill(st.port, tokens[name])
             (tmp / "answer").write_bytes(answer)
-            (floor_port,) = support.free_ports(1)
+            floor_port, io_port = support.free_ports(2)
             procs.append(subprocess.Popen([sys.executable, __file__, "--floor-processor", str(floor_port),
                                            "--floor-answer", str(tmp / "answer")]))
+            if args.backend == "redis":
+                # The io floor reads a copy of the real entry and seals a real hit's two records.
+                entry_key = next(iter(r.scan_iter(match=prefix + ":*")))
+                io_key = f"{prefix}io-floor"
+                r.set(io_key, r.get(entry_key))
+                (tmp / "io.json").write_text(json.dumps({"store_key": io_key, "bodies": last_hit_records(tmp / "stack"),
+                                                         "audit_dir": str(tmp / "io-floor-audit")}))
+                procs.append(subprocess.Popen([sys.executable, __file__, "--floor-processor", str(io_port),
+                                               "--floor-answer", str(tmp / "answer"), "--floor-io", str(tmp / "io.json")]))
             support.wait_port(floor_port)
             envoy_proc, envoy_port = start_envoy_variant(tmp, mock_port=first.mock_port, ext_ports=None)
             procs.append(envoy_proc)
             floor_envoy, floor_envoy_port = start_envoy_variant(tmp, mock_port=first.mock_port, ext_ports=[floor_port])
             procs.append(floor_envoy)
+            floor_ports = {"floor": floor_envoy_port}
+            if args.backend == "redis":
+                support.wait_port(io_port)
+                io_envoy, io_envoy_port = start_envoy_variant(tmp, mock_port=first.mock_port, ext_ports=[io_port])
+                procs.append(io_envoy)
+                floor_ports["io_floor"] = io_envoy_port
             phases0 = {name: phase_totals(st.metrics_port) for name, st in stacks.items()}
-            lat = asyncio.run(measure(envoy_port, floor_envoy_port,
+            lat = asyncio.run(measure(envoy_port, floor_ports,
                                       {name: (st.port, tokens[name]) for name, st in stacks.items()}, args.requests))
             phases1 = {name: phase_totals(st.metrics_port) for name, st in stacks.items()}
             # CPU per request, blocks of hits alone, alternated between the trees (4 blocks each).
@@ -260,6 +336,11 @@ def main() -> None:
                                                         {"floor_processor": procs[0].pid,
                                                          "envoy": floor_envoy.pid})).items():
                     cpu.setdefault("floor", {}).setdefault(k, []).append(v)
+                if "io_floor" in floor_ports:
+                    for k, v in asyncio.run(cpu_per_request(floor_ports["io_floor"], raw[""], block,
+                                                            {"io_floor_processor": procs[1].pid,
+                                                             "envoy": io_envoy.pid})).items():
+                        cpu.setdefault("io_floor", {}).setdefault(k, []).append(v)
                 for k, v in asyncio.run(cpu_per_request(envoy_port, raw[""], block, {"envoy": envoy_proc.pid})).items():
                     cpu.setdefault("envoy_alone", {}).setdefault(k, []).append(v)
             phases2 = {name: phase_totals(st.metrics_port) for name, st in stacks.items()}
@@ -295,7 +376,9 @@ def main() -> None:
         res[f"hit{name}_added_p50_ms_over_envoy"] = res[f"hit{name}"]["p50_ms"] - res["envoy"]["p50_ms"]
         res[f"miss{name}_added_p50_ms_over_envoy"] = res[f"miss{name}"]["p50_ms"] - res["envoy"]["p50_ms"]
         res[f"hit{name}_over_miss_p50_ratio"] = res[f"hit{name}"]["p50_ms"] / res[f"miss{name}"]["p50_ms"]
-    res["floor_added_p50_ms_over_envoy"] = res["floor"]["p50_ms"] - res["envoy"]["p50_ms"]
+    for name in lat:
+        if name.endswith("floor"):
+            res[f"{name}_added_p50_ms_over_envoy"] = res[name]["p50_ms"] - res["envoy"]["p50_ms"]
     if mem:
         res["redis_entry_bytes_median"] = statistics.median(mem)
         res["redis_value_bytes_median"] = statistics.median(value_len)
