@@ -6,6 +6,7 @@ Everything that touches the (untrusted) text is RE2 (linear time) or bounded pla
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +23,14 @@ MAX_TERM_CHARS = 200
 _CUSTOM_GAP = r"\s{1,4}"          # whitespace between words of a term (normalized text)
 _CUSTOM_GAP_MAX = 4
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+GENERIC_LABEL = "secret.generic"
+SECRET_PREFIX = "secret."
+# The characters that end a generic secret's value: what rules.GENERIC's value class leaves out,
+# and what classify/extent.py's GENERIC_VALUE_CHAR, which follows a value past its match, leaves
+# out too (a test holds the three together). ASCII only: normalization leaves these as they are, so
+# the value the extent reads (normalized) ends at or before one of them.
+GENERIC_VALUE_STOPS = " \t\n\r\"'`,;<>(){}[]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +241,7 @@ class Classifier:
                     ce = cs + rule.max_chars
                 os_, oe = norm.original_span(cs, ce)
                 candidates.append((os_, oe, conf, validator, rule.label))
-        return _resolve_overlaps(candidates, len(text))
+        return _drop_covered_generics(_resolve_overlaps(candidates, len(text)), text)
 
 
 def _fast_spans(rx: Any, group: int) -> Callable[[bytes], Iterator[tuple[int, int]]]:
@@ -260,8 +269,9 @@ def _resolve_overlaps(candidates: list[tuple[int, int, int, str | None, str]],
                       text_len: int) -> list[Finding]:
     """Every label's findings stand, even where they overlap another label's (a card inside an
     e-mail address, a key inside an IBAN, an e-mail inside a password assignment): the policy sees
-    all labels and redaction masks the union of their spans. Within one label, a position belongs
-    to one finding, chosen greedily by (confidence, length)."""
+    all labels and redaction masks the union of their spans (but for a generic reading of a key
+    that its specific finding stands for: _drop_covered_generics, after this). Within one label,
+    a position belongs to one finding, chosen greedily by (confidence, length)."""
     if len(candidates) == 1:
         s, e, conf, validator, label = candidates[0]
         return [Finding(label, s, e, conf, validator)]
@@ -283,3 +293,77 @@ def _resolve_overlaps(candidates: list[tuple[int, int, int, str | None, str]],
             kept.append(Finding(label, s, e, conf, validator))
     kept.sort(key=lambda f: (f.start, f.end, f.label))
     return kept
+
+
+class _FirstStop:
+    """The first character of GENERIC_VALUE_STOPS in text[lo:hi], for `lo` asked in increasing
+    order. Linear however many findings ask: what was searched is remembered (a `lo` before the
+    stop last found gets that stop), and a search reads in doubling steps, so it reads at most
+    about twice as far as the stop it finds, which a later search starts after."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lo = self.hi = self.at = -1     # text[lo:hi] searched; its first stop at `at` (or -1)
+
+    def find(self, lo: int, hi: int) -> int:
+        if self.at != -1 and self.lo <= lo <= self.at:
+            return self.at if self.at < hi else -1
+        if self.at == -1 and self.lo <= lo <= self.hi:
+            if hi <= self.hi:
+                return -1
+            start = self.hi
+        else:
+            self.lo = start = lo
+        found, step = -1, 64
+        while found == -1 and start < hi:
+            end = min(hi, start + step)
+            for ch in GENERIC_VALUE_STOPS:
+                i = self.text.find(ch, start, end)
+                if i != -1 and (found == -1 or i < found):
+                    found = i
+            start, step = end, 2 * step
+        self.hi, self.at = hi, found
+        return found
+
+
+def _drop_covered_generics(findings: list[Finding], text: str) -> list[Finding]:
+    """A generic secret (a `password=`/`token:` assignment, a Bearer or Basic credential, a .netrc
+    or .pgpass entry) whose value a specific secret finding (a GitHub token, an AWS key, a URL's
+    password, an issuer's key...) already names is one secret, reported once, under the specific
+    label. The generic finding is dropped only when the specific one stands for it in everything
+    downstream reads:
+    - it covers the generic finding (starts at or before it, ends at or after it);
+    - the generic value, followed past its match as classify/extent.py follows it (over the
+      generic value class, wider than a token's characters: "%2F", ":" or "!"), ends inside the
+      specific finding: a character of GENERIC_VALUE_STOPS follows at or before the specific
+      finding's end. A generic value that runs on to the end of the text is kept (more of it may
+      come in a stream), as is one cut at its rule's length inside a longer token.
+    - its confidence is at least the generic one's (a policy threshold the generic finding met, the
+      specific one meets).
+    So redaction masks no less, and a policy on `secret.*` decides as before. A generic finding
+    longer than every specific one under it is kept."""
+    generics = [f for f in findings if f.label == GENERIC_LABEL]
+    if not generics:
+        return findings
+    specific: dict[str, list[Finding]] = {}
+    for f in findings:                   # sorted by start; disjoint within a label
+        if f.label.startswith(SECRET_PREFIX) and f.label != GENERIC_LABEL:
+            specific.setdefault(f.label, []).append(f)
+    if not specific:
+        return findings
+    starts = {label: [f.start for f in group] for label, group in specific.items()}
+    stops = _FirstStop(text)
+    drop: set[int] = set()
+    for g in sorted(generics, key=lambda f: f.end):
+        cover_end = -1
+        for label, group in specific.items():
+            k = bisect_right(starts[label], g.start) - 1   # the one finding of the label that may hold g
+            if k >= 0:
+                s = group[k]
+                if g.end <= s.end and s.confidence >= g.confidence and s.end > cover_end:
+                    cover_end = s.end
+        if cover_end != -1 and stops.find(g.end, cover_end + 1) != -1:
+            drop.add(id(g))
+    if not drop:
+        return findings
+    return [f for f in findings if id(f) not in drop]

@@ -4,6 +4,13 @@ exchange: an upstream timeout, a refused connection, retries exhausted."""
 
 from __future__ import annotations
 
+# Set by Envoy's route (response_headers_to_add) for ledgergate's eyes only: the upstream that
+# answered and the response flags. Envoy adds them to every response of the route, local replies
+# included: ledgergate removes them from the responses it passes on (server/response_side.py) and
+# from every reply of its own (server/replies.immediate).
+UPSTREAM_HOST_HEADER = "x-ledgergate-upstream-host"
+UPSTREAM_FLAGS_HEADER = "x-ledgergate-upstream-flags"
+
 # https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#config-access-log-format-response-flags
 FLAG_NAMES = {
     "UT": "upstream_request_timeout",

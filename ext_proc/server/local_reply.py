@@ -42,7 +42,7 @@ from ext_proc.pipeline.verdict import Verdict, attributed
 from ext_proc.providers import match_surface
 from ext_proc.providers.envoy_replies import ACCESS_LOG_NAME, RETRY_AFTER_S, reason_for
 from ext_proc.server import replies
-from ext_proc.server.envoy_flags import upstream_error
+from ext_proc.server.envoy_flags import UPSTREAM_FLAGS_HEADER, upstream_error
 from ext_proc.server.messages import attributes_of, headers_to_dict
 from ext_proc.server.runtime import Runtime
 from ext_proc.server.stream import UPSTREAM_STAGE
@@ -74,7 +74,7 @@ async def answer_envoy_reply(exchange, req: pb.ProcessingRequest) -> list[pb.Pro
     head = exchange.head
     headers = headers_to_dict(req.response_headers.headers)
     status = int((headers.get(":status") or ["0"])[0] or 0) or 500
-    flags = headers.get("x-ledgergate-upstream-flags")
+    flags = headers.get(UPSTREAM_FLAGS_HEADER)
     verdict = _envoy_verdict(exchange.rt, head, exchange.identity, status, "", flags[0] if flags else None)
     # Committed, then logged (request_denied, with the envoy_ code), by the exchange.
     return [await exchange.refuse(verdict)]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 
+from ext_proc.server.envoy_flags import UPSTREAM_FLAGS_HEADER, UPSTREAM_HOST_HEADER
 from ext_proc.server.messages import set_header
 
 if TYPE_CHECKING:
@@ -102,11 +103,19 @@ def response_trailers() -> pb.ProcessingResponse:
     return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
 
 
+# Envoy's route adds these to every response of the route for ledgergate's eyes
+# (envoy_flags.py), an immediate response (a local reply) too: the flags as "-", since no upstream
+# answered. Envoy applies the route's headers first and the immediate response's own mutation
+# after them, so removing them here keeps them off every answer ledgergate gives itself.
+_ROUTE_HEADERS_FOR_LEDGERGATE = [UPSTREAM_FLAGS_HEADER, UPSTREAM_HOST_HEADER]
+
+
 def immediate(status: int, headers: Mapping[str, str], body: bytes, details: str) -> pb.ProcessingResponse:
-    """An answer from ledgergate itself; Envoy ends the stream after it."""
+    """An answer from ledgergate itself (a refusal, a cache hit); Envoy ends the stream after it."""
     return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
         status=http_status_pb2.HttpStatus(code=status),
-        headers=pb.HeaderMutation(set_headers=[set_header(k, v) for k, v in headers.items()]),
+        headers=pb.HeaderMutation(set_headers=[set_header(k, v) for k, v in headers.items()],
+                                  remove_headers=list(_ROUTE_HEADERS_FOR_LEDGERGATE)),
         body=body, details=details))
 
 

@@ -19,7 +19,7 @@ from ext_proc.pipeline.multiplex import ModelListAliases, Translated
 from ext_proc.pipeline.outcome import ResponseSeen
 from ext_proc.providers.translate import ResponseTranslator, TranslationError
 from ext_proc.server import replies, response_cache
-from ext_proc.server.envoy_flags import upstream_error
+from ext_proc.server.envoy_flags import UPSTREAM_FLAGS_HEADER, UPSTREAM_HOST_HEADER, upstream_error
 from ext_proc.server.messages import headers_to_dict
 from ext_proc.server.replies import HeaderEdit
 from ext_proc.streaming import Release, ResponseInspector, ResponseRules
@@ -28,10 +28,6 @@ from ext_proc.streaming.transparency import DISCLOSURE_HEADER, transparency_mark
 
 if TYPE_CHECKING:
     from ext_proc.server.exchange_view import ExchangeView
-
-# Set by Envoy's route for ledgergate's eyes only (the upstream host, the response flags).
-UPSTREAM_HOST_HEADER = "x-ledgergate-upstream-host"
-UPSTREAM_FLAGS_HEADER = "x-ledgergate-upstream-flags"
 
 
 def _first(headers: dict[str, list[str]], name: str) -> str | None:

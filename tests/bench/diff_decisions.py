@@ -4,6 +4,11 @@ status and code, the findings per segment), printed with a digest over all of th
 
     python tests/bench/diff_decisions.py OUT.txt        # in each checkout, then: cmp A.txt B.txt
 
+With `--json OUT.jsonl` it also writes each decision whole (status, code, the body in and out, the
+record, the budget, the envelope edits) for tests/bench/explain_decisions.py, which sorts the
+changed records into classes and checks that no forwarded body is less redacted; `--policy FILE`
+(repeatable) decides under those policies instead of the two below (the digests then differ).
+
 Runs against whatever `ext_proc` sits two folders up. The corpus: every secret of the leak tests
 (tests/unit/test_request_leaks.py) in every string, key and object of every surface's body, split
 at several points across every pair of neighbouring texts; every sample of the classifier's
@@ -95,8 +100,16 @@ def cases():
 
 
 def main() -> None:
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", nargs="?")
+    ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--policy", action="append", default=[])
+    args = ap.parse_args()
     counter = itertools.count()
-    policies = [load_policy(ROOT / "policies" / "default.yaml"), load_policy(ROOT / "policies" / "examples" / "bank.yaml")]
+    policies = ([load_policy(Path(p)) for p in args.policy] if args.policy else
+                [load_policy(ROOT / "policies" / "default.yaml"), load_policy(ROOT / "policies" / "examples" / "bank.yaml")])
+    dump = open(args.json_out, "w") if args.json_out else None  # noqa: SIM115 - closed below
     classifiers = [Classifier(p.dictionaries) for p in policies]
     ident = Identity(subject="alice", issuer="dev", auth_method="jwt", roles=("developer",), groups=("eng",),
                      tenant="acme", scopes=(), actor=(), credential_id="c", expires_at=None)
@@ -116,15 +129,24 @@ def main() -> None:
                 out = b"|".join([rec, v.new_body or b"-", str(v.status).encode(), str(v.code).encode(),
                                  json.dumps(budget.to_record(), sort_keys=True).encode(),
                                  json.dumps(sorted(v.envelope_redacted.items())).encode()])
+                row = {"status": v.status, "code": v.code, "record": json.loads(rec),
+                       "body_out": None if v.new_body is None else v.new_body.decode("utf-8", "replace"),
+                       "budget": budget.to_record(), "envelope": sorted(v.envelope_redacted.items())}
             except Exception as exc:  # noqa: BLE001 - an exception is an outcome to compare too
                 out = f"exception {type(exc).__name__}: {exc}".encode()
+                row = {"exception": f"{type(exc).__name__}: {exc}"}
+            if dump is not None:
+                row.update(n=n, path=path, policy=policy.id, body_in=body.decode("utf-8", "replace"))
+                dump.write(json.dumps(row, sort_keys=True, default=str) + "\n")
             digest = hashlib.sha256(out).hexdigest()
             total.update(digest.encode())
             lines.append(f"{n} {path} {policy.id} {digest}")
     lines.append(f"records {len(lines)} digest {total.hexdigest()}")
     text = "\n".join(lines) + "\n"
-    if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(text)
+    if dump is not None:
+        dump.close()
+    if args.out:
+        Path(args.out).write_text(text)
     print(lines[-1])
 
 

@@ -5,9 +5,11 @@ a bare 10-digit number as a possible phone, and policies may use them, but they 
 A finding is a true positive when it overlaps an expected span of the same label; an expected
 span is recalled when some finding of its label overlaps it. Overlapping findings of different
 labels all stand (a token in a URL's user part is also an e-mail address; a key in a
-`password=` assignment is also a generic secret): a finding on another label's expected span is a
-co-label, not a false positive, since the characters it covers are sensitive; co-labels are
-counted and bounded separately. A false positive is a finding on no expected span at all.
+`password=` assignment whose value runs to the end of the text is also a generic secret): a
+finding on another label's expected span is a co-label, not a false positive, since the characters
+it covers are sensitive; co-labels are counted and bounded separately. A false positive is a
+finding on no expected span at all. (A generic reading of a key that the key's specific finding
+covers, value end included, is dropped by the classifier: classify/engine._drop_covered_generics.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from tests.classify_corpus.generate import build_corpus
 REPORT_CONFIDENCE = 50
 MIN_RECALL = 0.98
 MIN_PRECISION = 0.95
-MAX_CO_LABEL_SHARE = 0.2
+# 148 co-labels over 1508 true positives (0.098) since generic readings covered by a specific key
+# are dropped (292, 0.194, before); the bound leaves about 10 co-labels of margin.
+MAX_CO_LABEL_SHARE = 0.105
 
 
 @pytest.fixture(scope="module")

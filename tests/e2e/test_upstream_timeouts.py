@@ -1,7 +1,10 @@
 """Upstream timeouts through the real Envoy: a provider slower than its route timeout is answered
 504 by Envoy and the outcome record names the timeout; in a failover chain an attempt that hangs
 is cut by the per-try timeout, the next provider answers, and the hung attempt's record carries
-the error. Timeouts come from upstreams.NAME in the ledgergate configuration."""
+the error. Timeouts come from upstreams.NAME in the ledgergate configuration. The response flags
+that carry the timeout to ledgergate (x-ledgergate-upstream-flags, added by Envoy's route) reach
+no client: ledgergate strips them from the answers it passes on, and its own refusals, which
+Envoy gives the route's headers too, remove them."""
 
 from __future__ import annotations
 
@@ -54,6 +57,31 @@ def test_a_provider_slower_than_the_route_timeout_is_a_504_on_record(slow):
     outcome = [x for x in slow.audit_records() if x.get("request_id") == r.headers["x-request-id"]
                and x["kind"] == "outcome"]
     assert outcome and outcome[0]["error"] == "upstream_request_timeout"
+
+
+def test_ledgergate_own_replies_carry_no_upstream_flags(slow):
+    # Envoy adds the route's response headers to ext_proc's immediate responses as well (there
+    # the flags are "-"): a refusal must not carry ledgergate's internal header to the client.
+    base, tok = slow.base_url, slow.token()
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    refusals = [
+        httpx.post(f"{base}/v1/chat/completions", json=chat, timeout=30),                    # no token
+        httpx.post(f"{base}/v1/chat/completions", headers={"authorization": f"Bearer {tok}"}, timeout=30,
+                   json={**chat, "messages": [{"role": "user", "content": "key AKIAIOSFODNN7QWERTYZ"}]}),
+        httpx.post(f"{base}/v1/files", headers={"authorization": f"Bearer {tok}"}, json={}, timeout=30),
+    ]
+    assert [r.status_code for r in refusals] == [401, 403, 403], [r.text for r in refusals]
+    for r in refusals:
+        assert "x-request-id" in r.headers
+        assert not [h for h in r.headers if h.startswith("x-ledgergate-upstream")], dict(r.headers)
+    # a forwarded answer: the header reached ledgergate (the 504 above is recorded from it) and
+    # goes no further
+    ok = httpx.post(f"{base}/v1/chat/completions", headers={"authorization": f"Bearer {tok}"}, json=chat, timeout=30)
+    assert ok.status_code == 200
+    assert not [h for h in ok.headers if h.startswith("x-ledgergate-upstream")], dict(ok.headers)
+    outcome = [x for x in slow.audit_records() if x.get("request_id") == ok.headers["x-request-id"]
+               and x["kind"] == "outcome"]
+    assert outcome and outcome[0]["error"] is None and outcome[0].get("upstream_host")
 
 
 def test_a_fast_answer_is_not_cut_and_has_no_error(slow):

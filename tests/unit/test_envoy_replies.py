@@ -30,6 +30,41 @@ from ext_proc.server.runtime import Runtime
 from ext_proc.server.servicer import Servicer
 from tests.support import REPO
 
+# --- the route's headers for ledgergate, on ledgergate's own replies --------------------------
+
+def _route_headers_for_ledgergate(config: dict) -> set[str]:
+    found: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for h in node.get("response_headers_to_add") or ():
+                if h["header"]["key"].startswith("x-ledgergate-"):
+                    found.add(h["header"]["key"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(config)
+    return found
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "sidecar.yaml", "edge.yaml"])
+def test_every_reply_of_ledgergate_removes_the_headers_the_route_adds_for_it(name):
+    # Envoy gives an ext_proc immediate response the route's response_headers_to_add first, then
+    # applies the response's own header mutation: the removal keeps x-ledgergate-upstream-flags
+    # ("-" there) off refusals and cache hits (through the real Envoy: tests/e2e/test_upstream_timeouts.py).
+    import yaml
+
+    from ext_proc.server import replies
+    from ext_proc.server.envoy_flags import UPSTREAM_FLAGS_HEADER, UPSTREAM_HOST_HEADER
+    added = _route_headers_for_ledgergate(yaml.safe_load((REPO / "envoy" / name).read_text()))
+    assert added == {UPSTREAM_FLAGS_HEADER, UPSTREAM_HOST_HEADER}
+    hit = replies.immediate(200, {"content-type": "application/json"}, b"{}", "served_from_cache")
+    assert set(hit.immediate_response.headers.remove_headers) >= added
+    assert [h.header.key for h in hit.immediate_response.headers.set_headers] == ["content-type"]
+
+
 # --- the mappers ------------------------------------------------------------------------------
 
 def _expression(m: dict) -> str:
