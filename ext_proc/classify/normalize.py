@@ -2,11 +2,14 @@
 
 What is folded, per code point (so offsets stay mappable):
 - NFKC compatibility mapping (full-width digits and letters, ligatures, circled digits, NBSP...).
-  Composition across code points (``e`` + U+0301) is not applied: no rule matches accents.
+  Composition across code points (``e`` + U+0301) is not applied: the mark is dropped below.
 - decimal digits of every script (Unicode Nd: Arabic-Indic, Devanagari, Thai...) become ASCII
-  digits, and letters that look like Latin ones (Cyrillic, Greek and Latin look-alikes from the
-  Unicode TR39 confusables data) become those Latin letters: one code point for one, applied with
-  ``str.translate`` before anything else, so offsets do not move.
+  digits, letters that look like Latin ones (Cyrillic, Greek and Latin look-alikes from the
+  Unicode TR39 confusables data) become those Latin letters, and every code point that is one
+  Latin letter to a reader becomes that letter (precomposed accents: Á, ö, ñ; stroke and hook
+  letters: ø, ł; small capitals; math, circled and modifier letters): one code point for one,
+  applied with ``str.translate`` before anything else, so offsets do not move. Rules and context
+  words never see an accented Latin letter.
 - invisible characters (zero-width spaces and joiners, soft hyphen, BOM, bidi controls, variation
   selectors, word joiner...) and combining marks (accents, underlines, keycaps, the marks of
   every script) are dropped, in runs of any length: a run is never turned into a
