@@ -218,3 +218,29 @@ def test_accented_prose_is_not_a_finding_nor_a_label_word(text):
     got = {(f.label, f.start, f.end) for f in CLF.scan(text + tail) if f.confidence >= 50}
     plain = {(f.label, f.start, f.end) for f in CLF.scan("x" * len(text) + tail) if f.confidence >= 50}
     assert got == plain
+
+
+@pytest.mark.parametrize("text,label", [
+    ("Jean, né le 12 mars 1985 à Lyon", "pii.date_of_birth"),
+    ("Jean, NÉ LE lundi 12/03/1985", "pii.date_of_birth"),
+    ("Elle est née le 3 février 1990", "pii.date_of_birth"),
+    ("date de naissance : 12 août 1985", "pii.date_of_birth"),
+    ("patientDob 1985-03-12", "pii.date_of_birth"),
+    ("DOB: 1985-03-12", "pii.date_of_birth"),
+    ("Númèro de SSÑ 536228726", "pii.us_ssn"),
+    ("taxpayer TIN: 536228726", "pii.us_ssn"),
+    ("Téléphone 4155550123", "pii.phone"),
+    ("homeTel 4155550123", "pii.phone"),
+])
+def test_accented_and_camel_case_label_words_still_count(text, label):
+    assert any(f.label == label and f.confidence >= 50 for f in CLF.scan(text)), CLF.scan(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Il ne le savait pas avant le 12/03/2020.",
+    "dobject Invoice date 2007-02-03",     # a tool schema read glued: "d" then "object" is no "dob"
+    "Agustín Martin 536228726",
+    "Hotel Riaditeľ 4155550123",
+])
+def test_label_words_inside_other_words_do_not_count(text):
+    assert [f for f in CLF.scan(text) if f.confidence >= 50] == []
