@@ -2,11 +2,14 @@
 
 What is folded, per code point (so offsets stay mappable):
 - NFKC compatibility mapping (full-width digits and letters, ligatures, circled digits, NBSP...).
-  Composition across code points (``e`` + U+0301) is not applied: no rule matches accents.
+  Composition across code points (``e`` + U+0301) is not applied: the mark is dropped below.
 - decimal digits of every script (Unicode Nd: Arabic-Indic, Devanagari, Thai...) become ASCII
-  digits, and letters that look like Latin ones (Cyrillic, Greek and Latin look-alikes from the
-  Unicode TR39 confusables data) become those Latin letters: one code point for one, applied with
-  ``str.translate`` before anything else, so offsets do not move.
+  digits, letters that look like Latin ones (Cyrillic, Greek and Latin look-alikes from the
+  Unicode TR39 confusables data) become those Latin letters, and every code point that is one
+  Latin letter to a reader becomes that letter (precomposed accents: Á, ö, ñ; stroke and hook
+  letters: ø, ł; small capitals; math, circled and modifier letters): one code point for one,
+  applied with ``str.translate`` before anything else, so offsets do not move. Rules and context
+  words never see an accented Latin letter.
 - invisible characters (zero-width spaces and joiners, soft hyphen, BOM, bidi controls, variation
   selectors, word joiner...) and combining marks (accents, underlines, keycaps, the marks of
   every script) are dropped, in runs of any length: a run is never turned into a
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import re
 import unicodedata
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -88,8 +92,43 @@ except LookupError:
     codecs.register_error(_SURROGATE_HANDLER, _surrogate_to_fffd)
 
 
+# Names of letters that are one Latin letter with something drawn on it (a stroke, hook, bar,
+# tail, belt...: no decomposition says so) or a dot taken off (ı, ȷ), of small capitals, and of
+# negative circled or squared letters. One letter only: "LATIN CAPITAL LETTER D WITH SMALL LETTER Z" is two.
+_LETTER_NAME = re.compile(
+    r"(?:LATIN (?P<case>CAPITAL|SMALL) LETTER|MODIFIER LETTER (?P<mcase>CAPITAL|SMALL)"
+    r"|LATIN LETTER (?P<smallcap>SMALL CAPITAL)|NEGATIVE (?:CIRCLED|SQUARED) LATIN (?P<ncase>CAPITAL) LETTER)"
+    r" (?:DOTLESS )?(?P<letter>[A-Z])(?: WITH (?!.*LETTER).*)?")
+# Small capitals whose glyph is the lower-case letter's (TR39 reads them so): the others read as
+# capitals (ᴀᴋɪᴀ is AKIA to a reader).
+_SMALL_CAPITALS_AS_LOWER = frozenset("COSUVWXZ")
+
+
+def _base_letter(ch: str, table: dict[int, str]) -> str | None:
+    """The one ASCII letter a reader sees in `ch`, or None: its compatibility decomposition with
+    the combining marks dropped (precomposed accents: Á, í, ö, ñ, ç, ǫ, Ǻ; the accented Greek
+    and Cyrillic forms of look-alikes: ά, ё, ї; mathematical, full-width, circled letters), else
+    its name (ø, ł, đ, ħ, ɨ, ƀ; small capitals; modifier letters; negative circled letters)."""
+    cat = unicodedata.category(ch)
+    if not (cat.startswith("L") or cat == "So"):
+        return None
+    m = _LETTER_NAME.fullmatch(unicodedata.name(ch, ""))
+    if m is not None and m["smallcap"]:
+        letter = m["letter"]
+        return letter.lower() if letter in _SMALL_CAPITALS_AS_LOWER else letter
+    base = "".join(c for c in unicodedata.normalize("NFKD", ch) if ord(c) not in COMBINING)
+    base = base.translate(table)
+    if len(base) == 1 and base.isascii() and base.isalpha():
+        return base
+    if m is None:
+        return None
+    letter = m["letter"]
+    return letter if (m["case"] or m["mcase"] or m["ncase"]) == "CAPITAL" else letter.lower()
+
+
 def _one_to_one_table() -> dict[int, str]:
-    """Code point -> code point foldings: Nd digits to ASCII digits, Latin look-alikes to Latin."""
+    """Code point -> code point foldings: Nd digits to ASCII digits, Latin look-alikes (TR39),
+    letters with diacritics and other compatibility forms of one Latin letter to that letter."""
     from confusable_homoglyphs import categories, confusables
 
     table: dict[int, str] = {}
@@ -107,6 +146,17 @@ def _one_to_one_table() -> dict[int, str]:
         ch = chr(cp)
         if unicodedata.category(ch) == "Nd":
             table[cp] = str(unicodedata.decimal(ch))
+    confusable = dict(table)
+    for cp in range(0x80, 0x30000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        base = _base_letter(ch, confusable)
+        if base is None:
+            continue
+        if cp not in table or (unicodedata.name(ch, "").startswith("LATIN LETTER SMALL CAPITAL")
+                               and table[cp] != base):
+            table[cp] = base     # small capitals: the capital (ɪ, ʏ) where TR39 says lower case
     return table
 
 
@@ -131,6 +181,9 @@ def fold_char(ch: str) -> str:
     out = unicodedata.normalize("NFKC", ch)
     if len(out) == 1 and ord(out) in _DASHES:
         return "-"
+    if not out.isascii():
+        # a compatibility form of several letters, one accented ("ǅ" is "Dž"): read like the rest
+        out = "".join(c for c in out.translate(_ONE_TO_ONE) if ord(c) not in COMBINING)
     return out
 
 

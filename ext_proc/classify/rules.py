@@ -37,16 +37,43 @@ class Rule:
     check: Check
 
 
-def _window(data: bytes, start: int, end: int) -> str:
+def _window(data: bytes, start: int, end: int, *, lower: bool = True) -> str:
     """Lower-cased text around a candidate, for context words."""
     before = data[max(0, start - CONTEXT_BEFORE):start].decode("utf-8", "ignore")
     after = data[end:end + CONTEXT_AFTER].decode("utf-8", "ignore")
-    return (before + " \x00 " + after).lower()
+    window = before + " \x00 " + after
+    return window.lower() if lower else window
+
+
+# Short context words are common inside other words, more so once accents are folded (España,
+# Agustín, Riaditeľ, Téllez read Espana, Agustin, Riaditel, Tellez): they count only at a word's
+# start (a camelCase hump is one: patientDob, homeTel), these four only as a whole word.
+_WHOLE_WORD_CONTEXT = frozenset(["tel", "tin", "born", "dob"])
+
+
+def _word_edge(raw: str, low: str, i: int) -> bool:
+    """Whether a word starts or ends between low[i - 1] and low[i]."""
+    if i <= 0 or i >= len(low) or not low[i - 1].isalpha() or not low[i].isalpha():
+        return True
+    return raw[i].isupper() and raw[i - 1].islower()        # a camelCase hump
 
 
 def _has_context(data: bytes, start: int, end: int, words: tuple[str, ...]) -> bool:
-    window = _window(data, start, end)
-    return any(w in window for w in words)
+    raw = _window(data, start, end, lower=False)
+    low = raw.lower()
+    if len(low) != len(raw):           # a letter whose lower case is longer: no humps to read
+        raw = low
+    for w in words:
+        i = low.find(w)
+        if i == -1:
+            continue
+        if len(w) > 4:
+            return True
+        while i != -1:                 # a bounded window: at most a few dozen occurrences
+            if _word_edge(raw, low, i) and (w not in _WHOLE_WORD_CONTEXT or _word_edge(raw, low, i + len(w))):
+                return True
+            i = low.find(w, i + 1)
+    return False
 
 
 def _boundary_ok(data: bytes, start: int, end: int) -> bool:
@@ -83,7 +110,7 @@ def check_email(data: bytes, s: int, e: int) -> list[Hit]:
 
 
 PHONE_CONTEXT = ("phone", "tel", "call", "mobile", "cell", "fax", "contact", "whatsapp",
-                 "sms", "text me", "reach", "telefon", "téléphone", "teléfono", "電話")
+                 "sms", "text me", "reach", "telefon", "telephone", "telefono", "電話")
 _EXT = r"(?:[ ]?(?:x|ext\.?|extension)[ ]?\d{1,5})?"
 _NANP_BODY = r"(?:\([2-9]\d{2}\)[ ]?|[2-9]\d{2}[ .-]?)[2-9]\d{2}[ .-]?\d{4}"
 PHONE = (r"(?:(?:\B\+|\b00)1[ .-]?" + _NANP_BODY + "|" + r"\b1[ .-]" + _NANP_BODY + "|"
@@ -193,10 +220,12 @@ def check_iban(data: bytes, s: int, e: int) -> list[Hit]:
     return [(s, end, 95, "mod97")] if v.iban_mod97_ok(iban) else []
 
 
-_MONTHS = ("jan(?:uary|uar|vier)?|feb(?:ruary|ruar)?|f[ée]vrier|m[äa]r(?:ch|z|s)?|apr(?:il)?|"
-           "avril|may|mai|june?|juni|juin|july?|juli|juillet|aug(?:ust)?|ao[ûu]t|"
+# Context words and month names are written as the rules read them: normalized, without accents
+# (février, März, août and décembre are read fevrier, Marz, aout, decembre).
+_MONTHS = ("jan(?:uary|uar|vier)?|feb(?:ruary|ruar)?|fevrier|mar(?:ch|z|s)?|apr(?:il)?|"
+           "avril|may|mai|june?|juni|juin|july?|juli|juillet|aug(?:ust)?|aout|"
            "sep(?:t(?:ember)?)?|septembre|o[ck]t(?:ober|obre)?|nov(?:ember|embre)?|"
-           "d[ée]c(?:ember|embre)?|dez(?:ember)?|enero|febrero|marzo|abril|mayo|junio|julio|"
+           "dec(?:ember|embre)?|dez(?:ember)?|enero|febrero|marzo|abril|mayo|junio|julio|"
            "agosto|septiembre|octubre|noviembre|diciembre")
 DATE = (r"(?i)(?:\b(?:19|20)\d{2}[-/.]\d{1,2}[-/.]\d{1,2}\b"
         r"|\b\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2})\b"
@@ -204,10 +233,26 @@ DATE = (r"(?i)(?:\b(?:19|20)\d{2}[-/.]\d{1,2}[-/.]\d{1,2}\b"
         r"|\b(?:" + _MONTHS + r")\.?[ ]{1,3}\d{1,2}(?:st|nd|rd|th)?,?[ ]{1,3}(?:19|20)\d{2}\b"
         r"|(?:19|20)\d{2}年\d{1,2}月\d{1,2}日)")
 DOB_CONTEXT = ("birth", "born", "dob", "d.o.b", "b-day", "bday", "geboren", "geburt", "naissance",
-               "né le", "née le", "né(e)", "nacimiento", "nacido", "nacida", "nascita", "nato il",
+               "nee le", "ne(e)", "nacimiento", "nacido", "nacida", "nascita", "nato il",
                "nata il", "生年月日", "誕生日", "出生", "生日")
+# "né le" reads "ne le", which French writes all the time ("il ne le savait pas"): it counts only
+# right before the date ("né le 12 mars 1985", "né le lundi 3/4/1990").
+_NE_LE = "ne le"
+_WEEKDAYS_FR = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
 # A date of birth needs one of the context words, so the words themselves are the prefilter.
-DOB_PREFILTER = "(?i:" + "|".join(re2_escape(w) for w in DOB_CONTEXT) + ")"
+DOB_PREFILTER = "(?i:" + "|".join(re2_escape(w) for w in (*DOB_CONTEXT, _NE_LE)) + ")"
+
+
+def _ne_le_before(data: bytes, start: int) -> bool:
+    """ "ne le" (né le), then at most a weekday, right before the date at `start`."""
+    before = data[max(0, start - 24):start].decode("utf-8", "ignore").lower().rstrip()
+    for day in _WEEKDAYS_FR:
+        if before.endswith(day):
+            before = before[:-len(day)].rstrip()
+            break
+    if not before.endswith(_NE_LE):
+        return False
+    return len(before) == len(_NE_LE) or not before[-len(_NE_LE) - 1].isalnum()
 
 
 def _date_parts_ok(raw: str) -> bool:
@@ -227,7 +272,7 @@ def _date_parts_ok(raw: str) -> bool:
 
 def check_dob(data: bytes, s: int, e: int) -> list[Hit]:
     raw = data[s:e].decode("utf-8")
-    if not _date_parts_ok(raw) or not _has_context(data, s, e, DOB_CONTEXT):
+    if not _date_parts_ok(raw) or not (_has_context(data, s, e, DOB_CONTEXT) or _ne_le_before(data, s)):
         return []
     return [(s, e, 80, "context")]
 
