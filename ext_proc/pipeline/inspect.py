@@ -110,13 +110,18 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
     # strings, keys and numbers each again (providers/document.py): a hint in the whole is left
     # to that second reading, which finds it again in a string and not in a number, and keeps
     # the string JSON (a mask written into the whole would break `"seed": 1764480004`).
-    segs = doc.segments
-    holders = {seg.path[:k] for seg in segs if JSON_STEP in seg.path
-               for k, step in enumerate(seg.path) if step is JSON_STEP}
-    numbers = frozenset(i for i, seg in enumerate(segs)
-                        if seg.kind in NUMBER_KINDS or seg.kind in ("text", "value") and seg.path in holders)
+    # Worked out at the first hint (most documents have none).
+    numbers: frozenset[int] | None = None
+
+    def numbers_only() -> frozenset[int]:
+        segs = doc.segments
+        holders = {seg.path[:k] for seg in segs if JSON_STEP in seg.path
+                   for k, step in enumerate(seg.path) if step is JSON_STEP}
+        return frozenset(i for i, seg in enumerate(segs)
+                         if seg.kind in NUMBER_KINDS or seg.kind in ("text", "value") and seg.path in holders)
 
     def take(view: View, findings: list[Finding]) -> None:
+        nonlocal numbers
         pieces = view.pieces
         single = len(view.starts) == 1     # one mapped piece (a lone reading string, a route)
         if single:
@@ -132,8 +137,11 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                 parts = tuple(pieces(f.start, f.end))
             if not parts or (label, parts) in seen:
                 continue                      # glue only (JSON punctuation), or already found
-            if f.confidence < NUMBER_MIN_CONFIDENCE and numbers and all(p[0] in numbers for p in parts):
-                continue                      # a hint in numbers (or JSON read again) only
+            if f.confidence < NUMBER_MIN_CONFIDENCE:
+                if numbers is None:
+                    numbers = numbers_only()
+                if all(p[0] in numbers for p in parts):
+                    continue                  # a hint in numbers (or JSON read again) only
             seen.add((label, parts))
             spans.append((label, f.confidence, parts))
             # Findings are immutable: one already at a part's offsets is that part's finding.
