@@ -6,9 +6,10 @@
     new_text, redactions = redact(text, findings, {"*": "mask"}, hash_key=key, tenant="acme")
 """
 
-from ext_proc.classify.engine import Classifier, Finding, InputTooLarge, Scanner, summarize
+from ext_proc.classify.engine import NUMBER_MIN_CONFIDENCE, Classifier, Finding, InputTooLarge, Scanner, summarize
 from ext_proc.classify.redact import STRATEGIES, Redaction, redact
 from ext_proc.classify.taxonomy import CUSTOM_PREFIX, LABELS, is_known_label
 
-__all__ = ["Classifier", "Finding", "InputTooLarge", "Scanner", "summarize", "STRATEGIES", "Redaction", "redact",
+__all__ = ["NUMBER_MIN_CONFIDENCE", "Classifier", "Finding", "InputTooLarge", "Scanner", "summarize",
+           "STRATEGIES", "Redaction", "redact",
            "CUSTOM_PREFIX", "LABELS", "is_known_label"]

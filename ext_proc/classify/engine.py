@@ -23,6 +23,11 @@ MAX_TERM_CHARS = 200
 _CUSTOM_GAP = r"\s{1,4}"          # whitespace between words of a term (normalized text)
 _CUSTOM_GAP_MAX = 4
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+# Findings below this confidence are hints only context would confirm (a bare 10-digit NPI or
+# phone at 40; docs/classification.md). A JSON number has no context of its own: a finding that
+# lies only in numbers and is below this floor is not a finding of them, on the request side
+# (pipeline/inspect.py) and the response side (streaming/inspector.py) alike.
+NUMBER_MIN_CONFIDENCE = 50
 
 GENERIC_LABEL = "secret.generic"
 SECRET_PREFIX = "secret."

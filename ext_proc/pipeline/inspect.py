@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ext_proc.classify import Finding, Scanner, summarize
+from ext_proc.classify import NUMBER_MIN_CONFIDENCE, Finding, Scanner, summarize
 from ext_proc.classify.extent import whole_secrets
-from ext_proc.providers.document import Document, View
+from ext_proc.providers.body import JSON_STEP
+from ext_proc.providers.document import NUMBER_KINDS, Document, View
 
 
 @dataclass
@@ -100,8 +101,27 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
     seen: set[tuple[str, tuple[tuple[int, int, int], ...]]] = set()
 
     spans, logical, per_segment = result.spans, result.logical, result.per_segment
+    # A JSON number (or an array's numbers) has no context of its own: a hint below the floor
+    # that lies only in numbers (a `seed` or timestamp that is a Luhn-valid NPI at 40) is not a
+    # finding of them, so a typed field is not turned into a string the provider refuses. A
+    # confident reading (a card at 85, an NPI its key names: `"npi": 1234567893` at 90) is, and
+    # so is any finding that reaches into another string: the model reads the two as one value.
+    # A string that is itself JSON (tool-call arguments, a tool result) is read whole too, and its
+    # strings, keys and numbers each again (providers/document.py): a hint in the whole is left
+    # to that second reading, which finds it again in a string and not in a number, and keeps
+    # the string JSON (a mask written into the whole would break `"seed": 1764480004`).
+    # Worked out at the first hint (most documents have none).
+    numbers: frozenset[int] | None = None
+
+    def numbers_only() -> frozenset[int]:
+        segs = doc.segments
+        holders = {seg.path[:k] for seg in segs if JSON_STEP in seg.path
+                   for k, step in enumerate(seg.path) if step is JSON_STEP}
+        return frozenset(i for i, seg in enumerate(segs)
+                         if seg.kind in NUMBER_KINDS or seg.kind in ("text", "value") and seg.path in holders)
 
     def take(view: View, findings: list[Finding]) -> None:
+        nonlocal numbers
         pieces = view.pieces
         single = len(view.starts) == 1     # one mapped piece (a lone reading string, a route)
         if single:
@@ -117,6 +137,11 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                 parts = tuple(pieces(f.start, f.end))
             if not parts or (label, parts) in seen:
                 continue                      # glue only (JSON punctuation), or already found
+            if f.confidence < NUMBER_MIN_CONFIDENCE:
+                if numbers is None:
+                    numbers = numbers_only()
+                if all(p[0] in numbers for p in parts):
+                    continue                  # a hint in numbers (or JSON read again) only
             seen.add((label, parts))
             spans.append((label, f.confidence, parts))
             # Findings are immutable: one already at a part's offsets is that part's finding.

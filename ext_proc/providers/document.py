@@ -53,7 +53,7 @@ MAX_NESTED_JSON_BYTES = 4 * 1024 * 1024
 
 _KEY: list[Any] = []          # marks a stack entry that is an object key
 # Segment kinds written in the field view without quotes: a number, and the numbers of an array.
-_NUMBER_KINDS = ("number", "numbers")
+NUMBER_KINDS = ("number", "numbers")
 # OpenAI's token arrays (`input` / `prompt` of embeddings, completions, moderations: a list of
 # token ids, or a list of such lists): ids the model reads as tokens, not digits the model reads.
 _TOKEN_ARRAY_KEYS = frozenset({"input", "prompt"})
@@ -201,7 +201,7 @@ class Document:
         order = self.field_order
         segs = self.segments
         items = [(i, segs[i].text) for i in order]
-        before = ['"' if segs[i].kind not in _NUMBER_KINDS else "" for i in order]
+        before = ['"' if segs[i].kind not in NUMBER_KINDS else "" for i in order]
         after = []
         for n, i in enumerate(order):
             kind = segs[i].kind
@@ -212,7 +212,7 @@ class Document:
                     and segs[order[n + 1]].path == segs[i].path
                 after.append('": ' if has_value else '": 0, ')
             else:
-                after.append(", " if kind in _NUMBER_KINDS else '", ')
+                after.append(", " if kind in NUMBER_KINDS else '", ')
         return _view(items, before, after)
 
     def array_views(self, edge: int | None = None) -> list[View]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from ext_proc.classify import STRATEGIES, Classifier, InputTooLarge
+from ext_proc.classify import NUMBER_MIN_CONFIDENCE, STRATEGIES, Classifier, InputTooLarge
 from ext_proc.providers import error_body
 from ext_proc.providers.events import index as event_index
 from ext_proc.streaming import formats
@@ -200,9 +200,6 @@ BLOCKED_STATUS = 403
 SNIFF_BYTES = 12
 SSE_STARTS = (b"data:", b"data\n", b"data\r", b"event:", b"id:", b"retry:", b":")
 CLEAN_CACHE = 4096              # short strings (ids, model names, keys) known to hold no finding
-# Findings below this confidence are hints (docs/classification.md); on a bare number they do
-# not rewrite it.
-NUMBER_MIN_CONFIDENCE = 50
 CLEAN_CACHE_CHARS = 256
 # Per classifier (they live as long as their policy version): keys and short space-free strings
 # found clean, shared by its responses.

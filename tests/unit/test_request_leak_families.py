@@ -326,3 +326,240 @@ def test_names_named_exactly_are_not_segments():
                            match_surface("POST", "/v1/chat/completions"), rules)
     assert sorted(s.where for s in env.segments) == ["header-name:x-mock-a", "header:openai-beta", "header:x-mock-a",
                                                      "header:x-trace-id"]
+
+
+# ---- numbers: a hint does not turn a typed field into a string; a confident reading still masks ----
+
+_NUMBER_KEYS = ["seed", "max_tokens", "created", "timestamp", "user_id", "count", "n", "order", "ts"]
+_ARRAY_KEYS = ["ids", "timestamps", "values", "order", "seeds"]
+# Strings a provider accepts holding JSON (tool-call arguments, tool results, text): a number
+# written in a tool's input or result as the model reads it.
+_JSON_TEXT_KEYS = ("arguments", "output", "content", "result", "r", "text")
+
+
+def _luhn_digit(payload: str) -> str:
+    total = 0
+    for i, c in enumerate(reversed(payload)):
+        d = int(c)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return str(-total % 10)
+
+
+def _npi_hint(rng: random.Random, phone: bool = False) -> int:
+    """A random Luhn-valid NPI (10 digits, 1 or 2 first, Luhn over 80840 + the number), the way a
+    seed, a timestamp or an id often is: a reading the classifier gives only as a hint. Unless
+    PHONE, not also a bare NANP phone (2, then a 4th digit 2-9): that reading's context words
+    match inside neighbouring key names (`call` in `tool_call_id`, `parallel_tool_calls`), which
+    makes it confident (70); see test_a_phone_shaped_number_beside_a_call_key_is_read_with_context."""
+    while True:
+        body = rng.choice("12") + "".join(rng.choice("0123456789") for _ in range(8))
+        if phone or body[0] == "1" or body[3] in "01":
+            return int(body + _luhn_digit("80840" + body))
+
+
+def _card(rng: random.Random) -> int:
+    prefix, length = rng.choice([("4", 16), ("51", 16), ("55", 16), ("2221", 16), ("34", 15), ("37", 15), ("6011", 16)])
+    body = prefix + "".join(rng.choice("0123456789") for _ in range(length - len(prefix) - 1))
+    return int(body + _luhn_digit(body))
+
+
+def _number_places(body, path=()):
+    """("number", path) of every JSON number already in the body (max_tokens, maxOutputTokens,
+    top_k...), ("object", path) of every object, ("json", path) of every string a provider accepts
+    holding JSON (a tool's arguments or result, a text)."""
+    if isinstance(body, dict):
+        yield ("object", path)
+        for k, v in body.items():
+            if isinstance(v, str) and k in _JSON_TEXT_KEYS:
+                yield ("json", path + (k,))
+            yield from _number_places(v, path + (k,))
+    elif isinstance(body, list):
+        for i, v in enumerate(body):
+            yield from _number_places(v, path + (i,))
+    elif isinstance(body, (int, float)) and not isinstance(body, bool):
+        yield ("number", path)
+
+
+_CAPS = ("max_tokens", "maxTokens", "maxOutputTokens")
+
+
+def _place_number(body, data, value, caps: bool = True):
+    """VALUE (a number, or an array of numbers holding it) put at a random numeric place of BODY
+    (not a token cap unless CAPS); returns a reader of that place in a forwarded body."""
+    array = isinstance(value, list)      # typed fields (max_tokens, seed) take one number
+    places = sorted((p for p in _number_places(body) if not (array and p[0] == "number")
+                     and (caps or p[0] != "number" or p[1][-1] not in _CAPS)), key=repr)
+    kind, where = data.draw(st.sampled_from(places))
+    key = data.draw(st.sampled_from(_ARRAY_KEYS if array else [k for k in _NUMBER_KEYS if caps or k not in _CAPS]))
+    if kind == "number":
+        parent = _get(body, where[:-1])
+        parent[where[-1]] = value
+        return lambda out: _get(out, where)
+    if kind == "object":
+        _get(body, where)[key] = value
+        return lambda out: _get(out, where)[key]
+    parent = _get(body, where[:-1])
+    parent[where[-1]] = json.dumps({"q": "x", key: value})
+    return lambda out: json.loads(_get(out, where))[key]
+
+
+@pytest.mark.parametrize("path", sorted(SURFACES))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_number_read_only_as_a_hint_is_forwarded_as_the_number(path, data):
+    """`"seed": 1764480004`: a random Luhn-valid NPI in a seed, max_tokens, metadata, a tool's
+    input or result (alone, or in an array of numbers) is a reading at confidence 40 that only
+    provider words would confirm. Under the default policy it used to be redacted to the string
+    "[PHI.US_NPI]" and the provider answered 400; a number has no context, so below the shared
+    floor (NUMBER_MIN_CONFIDENCE, the response side's too) it is not a finding of the number."""
+    from ext_proc.classify import NUMBER_MIN_CONFIDENCE
+    from ext_proc.providers import parse_request
+    from ext_proc.streaming import inspector
+    from tests.unit.test_pipeline import CLASSIFIER, decide, head
+
+    assert inspector.NUMBER_MIN_CONFIDENCE is NUMBER_MIN_CONFIDENCE    # one floor for both sides
+    rng = random.Random(data.draw(st.integers(0, 10**9)))
+    n = _npi_hint(rng)
+    assert CLASSIFIER.scan(str(n)) and all(f.confidence < NUMBER_MIN_CONFIDENCE for f in CLASSIFIER.scan(str(n)))
+    value = data.draw(st.sampled_from([n, [n, rng.randint(0, 99)], [[n], [_npi_hint(rng)]]]))
+    body = json.loads(json.dumps(SURFACES[path]))
+    read = _place_number(body, data, value)
+    raw = json.dumps(body).encode()
+    v = decide(raw, head(_route(path)))
+    assert v.forward, (path, v.status, v.code)
+    forwarded = v.new_body if v.new_body is not None else raw
+    out = json.loads(forwarded)
+    assert read(out) == value and type(read(out)) is type(value), (path, read(out))
+    parse_request(match_surface("POST", _route(path)), forwarded)     # still the provider's shape
+    summary = v.record.to_dict()["classification"]["summary"]
+    assert "phi.us_npi" not in summary and "pii.phone" not in summary, summary
+
+
+def _decide_masking(raw: bytes, path: str):
+    """The pure decision under a policy that masks every label (the default one refuses a card,
+    so what a redaction forwards is read under this one)."""
+    from ext_proc.pipeline.request import decide_request
+    from ext_proc.policy import load_policy_text
+    from tests.unit.test_pipeline import CLASSIFIER, KEY, NOW, head, ident
+
+    policy = load_policy_text("id: mask-all\nroutes: [{id: inference, apis: [chat, responses, embeddings, moderations, "
+                              "completions, messages, count_tokens, generate, converse, invoke]}]\nrules:\n"
+                              "  - {id: mask, effect: redact, when: {labels: {any: ['*']}}, redact: {'*': mask}}\n"
+                              "  - {id: permit, effect: permit}\n")
+    return decide_request(head(path), ident(), raw, policy=policy, classifier=CLASSIFIER, hash_key=KEY,
+                          now_ms=NOW, max_body_bytes=4 << 20)
+
+
+@pytest.mark.parametrize("path", sorted(SURFACES))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_card_written_as_a_json_number_in_tool_input_or_results_is_still_masked(path, data):
+    """The floor is for hints only: a random Luhn-valid card as a JSON number (a tool's input or
+    result, metadata, an existing numeric field; alone or beside other numbers) is a confident
+    reading (85). The default policy refuses it; a masking policy replaces the number by the
+    masked text, a string (today's behaviour: a card is not forwarded for a field's type's sake)."""
+    rng = random.Random(data.draw(st.integers(0, 10**9)))
+    card = _card(rng)
+    value = data.draw(st.sampled_from([card, [card, _npi_hint(rng)], [[card]]]))
+    body = json.loads(json.dumps(SURFACES[path]))
+    # Not a token cap: the record keeps the request's max_tokens as a number (see
+    # test_a_card_as_the_token_cap_is_not_kept_in_the_record).
+    read = _place_number(body, data, value, caps=False)
+    assert_no_leak(_route(path), body, str(card))
+    raw = json.dumps(body).encode()
+    v = _decide_masking(raw, _route(path))
+    assert v.forward and v.new_body is not None, (path, v.status, v.code)
+    assert str(card) not in v.new_body.decode()
+    masked = read(json.loads(v.new_body))
+    # The number (alone, or the array whose numbers were read together) is now the masked text.
+    assert "[PCI.CARD_NUMBER]" in json.dumps(masked) and str(card) not in json.dumps(masked), (path, masked)
+    from ext_proc.providers import parse_request
+    parse_request(match_surface("POST", _route(path)), v.new_body)
+
+
+class _Stub:
+    """A classifier that reads one fixed finding wherever the text holds NEEDLE."""
+
+    max_input_chars = 1 << 20
+    max_match_chars = 64
+
+    def __init__(self, needle: str, confidence: int) -> None:
+        self.needle, self.confidence = needle, confidence
+
+    def scan(self, text: str):
+        from ext_proc.classify import Finding
+
+        i = text.find(self.needle)
+        return [] if i < 0 else [Finding("phi.us_npi", i, i + len(self.needle), self.confidence, None)]
+
+
+@pytest.mark.parametrize("confidence", [49, 50])
+def test_the_floor_applies_to_findings_in_numbers_only(confidence):
+    """At the floor a finding in a number stands, below it not; a finding that reaches from a
+    string into a number (read together in the field view) stands at any confidence: the model
+    reads the two as one value, and the string is context."""
+    from ext_proc.classify import NUMBER_MIN_CONFIDENCE
+    from ext_proc.pipeline.inspect import classify_document
+    from ext_proc.providers import parse_request
+    from ext_proc.providers.document import read_document
+
+    assert NUMBER_MIN_CONFIDENCE == 50
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"a": [1234567, 7654321], "b": 2345678, "c": ["x9", 8765432]}}
+    parsed = parse_request(match_surface("POST", "/v1/chat/completions"), json.dumps(body).encode())
+    doc = read_document(parsed)
+    kinds = {seg.path: seg.kind for seg in doc.segments}
+    assert kinds[("metadata", "a")] == "numbers" and kinds[("metadata", "b")] == "number"
+    for needle, paths in (("1234567 7654321", {("metadata", "a")}), ("2345678", {("metadata", "b")}),
+                          ('x9", 8765432', {("metadata", "c", 0), ("metadata", "c", 1)})):
+        found = classify_document(_Stub(needle, confidence), doc, parsed.body)
+        got = {doc.segments[i].path for i in found.per_segment}
+        expect = paths if confidence >= 50 or len(paths) > 1 else set()
+        assert got == expect, (needle, got)
+        assert len(found.logical) == (1 if expect else 0)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions#tools", "/v1/messages#tools", "/openai/v1/responses"])
+def test_a_hint_in_a_string_inside_json_text_is_still_masked_and_the_json_kept(path):
+    """A string that is JSON (tool-call arguments, a tool result) is read whole and its values
+    again: a hint in a number there stays a number, a hint in a string is masked inside, and the
+    string stays JSON either way."""
+    from tests.unit.test_pipeline import decide, head
+
+    body = json.loads(json.dumps(SURFACES[path]))
+    where = next(w for kind, w in _number_places(body) if kind == "json" and w[-1] in ("arguments", "content", "output"))
+    _get(body, where[:-1])[where[-1]] = json.dumps({"seed": 1764480004, "note": "ref 1764480004"})
+    v = decide(json.dumps(body).encode(), head(_route(path)))
+    assert v.forward and v.new_body is not None, (v.status, v.code)
+    inner = json.loads(_get(json.loads(v.new_body), where))
+    assert inner == {"seed": 1764480004, "note": "ref [PHI.US_NPI]"}, inner
+
+
+@pytest.mark.xfail(strict=True, reason="pii.phone context words match inside key names: `call` in parallel_tool_calls "
+                                       "reads a bare 10-digit seed as a phone at 70 (above the floor)")
+def test_a_phone_shaped_number_beside_a_call_key_is_read_with_context():
+    """The limit of the floor: it judges the reading the classifier gives, and a neighbouring key
+    (`"seed": 2736819303, "parallel_tool_calls": true`) gives the phone rule its context word
+    `call`. Left to the classifier's context matching (whole words); strict, so it is noticed
+    when that changes."""
+    from tests.unit.test_pipeline import decide
+
+    body = {"model": "gpt-4o-mini", "seed": 2736819303, "parallel_tool_calls": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    v = decide(json.dumps(body).encode())
+    assert v.forward and v.new_body is None, v.new_body
+
+
+@pytest.mark.xfail(strict=True, reason="the decision record's input.request.max_tokens is the number as sent")
+def test_a_card_as_the_token_cap_is_not_kept_in_the_record():
+    """Found while writing the card-in-a-number generator: the request is refused (pci), but the
+    record's policy input keeps `max_tokens` as the client sent it, a card number. Not this
+    branch's change (the number floor); strict, so a fix is noticed."""
+    from tests.unit.test_pipeline import decide
+
+    body = {"model": "gpt-4o-mini", "max_tokens": 4111111111111111, "messages": [{"role": "user", "content": "hi"}]}
+    v = decide(json.dumps(body).encode())
+    assert not v.forward
+    assert "4111111111111111" not in json.dumps(v.record.to_dict())
