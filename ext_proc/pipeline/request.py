@@ -229,6 +229,12 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     classification = found.summary(doc.unscanned if doc is not None else {}, extra=envelope_all)
     head = _masked_for_record(head, doc, found) if head.surface is not None else masked_route(head, classifier)
     policy_input = build_policy_input(head, identity, parsed, classification, len(body))
+    if parsed is not None and parsed.max_tokens is not None and doc is not None and _ceiling_holds_finding(doc, found):
+        # The token ceiling the caller sent is a value the classifier found something in (a card
+        # as `max_tokens`): policy input and record are one dict, and records never carry a raw
+        # value, nor the estimate that adds the ceiling to the prompt's size.
+        policy_input["request"].update(max_tokens=None,
+                                       estimated_tokens=parsed.estimated_tokens - parsed.max_tokens)
     if doc is not None and parsed is not None and isinstance(parsed.model, str):
         policy_input["model"] = _masked_model(doc, found, parsed.model, head)
     decision = policy.evaluate(policy_input)
@@ -293,7 +299,7 @@ def decide_request(head: RequestHead, identity: Identity, body: bytes | None, *,
     v = Verdict(forward=decision.releases, status=200 if decision.releases else decision.status,
                 code=decision.code, message=decision.reason, record=record, decision=decision,
                 identity=identity, new_body=new_body, limits=tuple(decision.limits),
-                estimated_tokens=parsed.estimated_tokens if parsed else 0,
+                estimated_tokens=policy_input["request"]["estimated_tokens"],
                 model=policy_input["model"], stream=policy_input["request"]["stream"],
                 usage_injected=usage_injected and decision.releases,
                 envelope_redacted=envelope_redacted if decision.releases else {})
@@ -324,6 +330,14 @@ def _masked_for_record(head: RequestHead, doc: Document | None, found: DocumentF
     before = before.replace(raw, masked)
     path = before + sep + query.replace(raw, masked) if raw not in unquote(before) else "/[PATH WITH FINDINGS]"
     return replace(head, path=path, surface=replace(head.surface, model_from_path=masked))
+
+
+def _ceiling_holds_finding(doc: Document, found: DocumentFindings) -> bool:
+    """Whether a number in an output-token ceiling field holds a finding (one above the number
+    floor: pipeline/inspect.py drops the hints a bare number gives)."""
+    ceilings = set(registry.ceiling_fields())
+    return any(seg.kind == "number" and seg.path in ceilings and found.per_segment.get(i)
+               for i, seg in enumerate(doc.segments))
 
 
 def _masked_model(doc: Document, found: DocumentFindings, model: str, head: RequestHead) -> str:

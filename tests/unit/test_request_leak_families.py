@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ext_proc.classify.normalize import fold_plain
-from ext_proc.providers import match_surface
+from ext_proc.providers import match_surface, registry
 from tests.unit.test_request_leaks import BODIES, TEXT, _get, _look_alikes, _places, assert_no_leak
 
 CARD = "4111111111111111"
@@ -552,14 +552,35 @@ def test_a_phone_shaped_number_beside_a_call_key_is_read_with_context():
     assert v.forward and v.new_body is None, v.new_body
 
 
-@pytest.mark.xfail(strict=True, reason="the decision record's input.request.max_tokens is the number as sent")
-def test_a_card_as_the_token_cap_is_not_kept_in_the_record():
-    """Found while writing the card-in-a-number generator: the request is refused (pci), but the
-    record's policy input keeps `max_tokens` as the client sent it, a card number. Not this
-    branch's change (the number floor); strict, so a fix is noticed."""
-    from tests.unit.test_pipeline import decide
+def _luhn_card(rnd: random.Random, length: int) -> int:
+    digits = [4] + [rnd.randrange(10) for _ in range(length - 2)]
+    total = sum(d if i % 2 else (d * 2 - 9 if d * 2 > 9 else d * 2) for i, d in enumerate(reversed(digits)))
+    return int("".join(map(str, digits)) + str((10 - total % 10) % 10))
 
-    body = {"model": "gpt-4o-mini", "max_tokens": 4111111111111111, "messages": [{"role": "user", "content": "hi"}]}
-    v = decide(json.dumps(body).encode())
-    assert not v.forward
-    assert "4111111111111111" not in json.dumps(v.record.to_dict())
+
+@pytest.mark.parametrize("field", registry.ceiling_fields())
+def test_a_card_as_a_token_ceiling_is_kept_out_of_the_record(field):
+    """Found while writing the card-in-a-number generator: the request was refused (pci), but the
+    record's policy input kept `max_tokens` as the client sent it, a card number, and
+    `estimated_tokens` as the prompt's estimate plus that number. Every provider's ceiling field
+    (`max_tokens`, `max_completion_tokens`, `max_output_tokens`, Gemini's and Bedrock's nested
+    ones), Visa numbers of 16 and 19 digits; neither the number nor the estimate that holds it is recorded,
+    under the default policy (refused) and one that masks every label (forwarded)."""
+    from tests.unit.test_pipeline import CLASSIFIER, decide
+
+    rnd = random.Random(f"ceiling/{field}")
+    for case in range(6):
+        card = _luhn_card(rnd, rnd.choice([16, 19]))      # Visa lengths the card rule reads
+        body: dict = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        obj = body
+        for step in field[:-1]:
+            obj = obj.setdefault(step, {})
+        obj[field[-1]] = card
+        raw = json.dumps(body).encode()
+        assert any(f.label == "pci.card_number" for f in CLASSIFIER.scan(str(card))), card
+        for v in (decide(raw), _decide_masking(raw, "/v1/chat/completions")):
+            rec = json.dumps(v.record.to_dict())
+            assert str(card) not in rec and str(card + 1) not in rec, (field, case, v.forward)
+            request = v.record.to_dict()["input"]["request"]
+            assert request["max_tokens"] is None and request["estimated_tokens"] < 100, request
+            assert v.estimated_tokens == request["estimated_tokens"]
