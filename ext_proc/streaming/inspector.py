@@ -40,6 +40,7 @@ from ext_proc.streaming import formats
 from ext_proc.streaming.formats import ALL, StreamKey
 from ext_proc.streaming.gate import (
     Blocked,
+    JsonDataGate,
     JsonTextGate,
     Ledger,
     ScanPolicy,
@@ -190,7 +191,7 @@ class _Queued:
 
 
 DEFAULT_HOLD_CHARS = 64
-TEXT_DATA: StreamKey = ("sse-text-data",)     # the stream of SSE events whose data is not JSON
+TEXT_DATA: StreamKey = ("sse-text-data",)     # the stream of SSE events whose data is not a JSON object
 EVENTSTREAM_TYPE = "application/vnd.amazon.eventstream"
 # The status a blocked whole (non-streamed) response goes out with, when its headers have not left
 # yet: 403 like a denied request (the SDKs raise PermissionDeniedError and do not retry it, where a
@@ -484,7 +485,7 @@ class ResponseInspector:
     def _gate(self, key: StreamKey, *, json_text: bool = False) -> TextGate | JsonTextGate:
         gate = self._gates.get(key)
         if gate is None:
-            kind = JsonTextGate if json_text else TextGate
+            kind = JsonDataGate if key == TEXT_DATA else JsonTextGate if json_text else TextGate
             gate = self._gates[key] = kind(self._policy, self._ledger, "/".join(map(str, key)))
         return gate
 
@@ -711,12 +712,17 @@ class ResponseInspector:
         except ValueError:
             return self._text_data_event(e, data)
         if not isinstance(ev, dict):
-            if b"\\" not in data and not duplicate:
-                # A number or a plain string is text to the reader that joins events (its JSON
-                # reading holds nothing else): "1111" is four digits of a card, not an int.
-                return self._text_data_event(e, data)
-            self._decide(ALL)
-            return self._enqueue(_Queued(self._json_event_strings(e, ev, duplicate), None, None, [], False))
+            if duplicate:
+                # Read with the last of duplicate keys / U+FFFD for invalid UTF-8 (as a client
+                # parses it): it goes out so, and is read so in the stream.
+                data = formats.dumps(ev)
+                e = replace(e, raw=frame(e.other_lines, data, e.line_end))
+            # A string, number or array: text of the data stream, read decoded ("1111" is four
+            # digits of a card, not an int; "\\u0031" is a digit); a float as JavaScript prints
+            # it ("4.111e3" is "4111"); a string's quotes and an array's brackets, commas and
+            # spaces between its strings are no text (a number's spaces are: ` 1111 ` may be a
+            # piece of one string cut over events, which a client joins before parsing).
+            return self._text_data_event(e, data, value=isinstance(ev, (str, list)), reading=js_number(ev))
         self._object_event(ev, e.raw, partial(frame, e.other_lines, line_end=e.line_end), duplicate)
 
     def _event_lines(self, e: SSEEvent, data: bytes) -> SSEEvent:
@@ -826,22 +832,22 @@ class ResponseInspector:
         self._enqueue(_Queued(raw, wrap, ev if spans or changed else None, spans, changed,
                               closing=ev.get("type") in formats.FINAL_TYPES))
 
-    def _json_event_strings(self, e: SSEEvent, value: Any, duplicate: bool) -> bytes:
-        """An event whose data is JSON but not an object: every string in it scanned as a whole."""
-        holder = [value]
-        changed = duplicate
-        changed = self._scan_strings(holder, set()) or changed
-        return frame(e.other_lines, formats.dumps(holder[0]), e.line_end) if changed else e.raw
-
-    def _text_data_event(self, e: SSEEvent, data: bytes) -> None:
-        """An event whose data is not JSON: no LLM SDK reads one, a page's EventSource does, and
-        joins the texts of successive events as it shows them. So such data is one content stream
-        (TEXT_DATA), held back and decided like a model's deltas (it was scanned event by event:
-        a card split over two events went out)."""
+    def _text_data_event(self, e: SSEEvent, data: bytes, *, value: bool = False, reading: str | None = None) -> None:
+        """An event whose data is not a JSON object: a JSON string, number or array, or text (no
+        LLM SDK reads one; an application parsing each event and joining the strings does, or one
+        joining the data and parsing it, a page's EventSource showing it). All such data is one
+        content stream (TEXT_DATA, a JsonDataGate): escapes decoded wherever they are, also split
+        between events, string quotes dropped, held back and decided like a model's deltas (it
+        was scanned event by event, and a JSON string with escapes whole: a card split over events
+        went out, `\\u0031` for its digits)."""
         text = data.decode("utf-8", "surrogateescape")
         gate = self._gate(TEXT_DATA)
+        assert isinstance(gate, JsonDataGate)
         start = gate.fed_chars
-        gate.feed(text)
+        if reading is not None and reading != text and not gate.held_escape:
+            gate.feed_value(text, reading)
+        else:
+            gate.feed(text, value=value)
         self._enqueue(_Queued(e.raw, partial(frame, e.other_lines, line_end=e.line_end), {"data": text},
                               [(TEXT_DATA, ("data",), start, start + len(text))], False, text_data=True))
 
@@ -850,6 +856,9 @@ class ResponseInspector:
             self._decide(ALL)
         text = e.raw.decode("utf-8", "surrogateescape")
         red = inspect_whole(self._policy, self._ledger, text, "event")
+        if "\\" in red:
+            # Also as a client that unescapes what it reads of a line (`: 4\\u0031...`).
+            red = inspect_string(self._policy, self._ledger, red, "event")
         self._enqueue(_Queued(e.raw if red == text else red.encode("utf-8", "surrogateescape"), None, None, [], False))
 
     # --- whole JSON bodies --------------------------------------------------------------
@@ -955,6 +964,17 @@ class ResponseInspector:
             # Written back in its charset (characters it cannot hold as its replacement).
             return self._text_encoder.encode(released, final)
         return released.encode("utf-8", "surrogateescape")
+
+
+def js_number(value: Any) -> str | None:
+    """A float as JavaScript's String() prints it when it is a whole number below 1e21 (`4111.0`,
+    `4.111e3`: "4111"), else Python's repr; None for anything but a float (an int's digits are
+    its text already)."""
+    if not isinstance(value, float):
+        return None
+    if value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    return repr(value)
 
 
 @dataclass(frozen=True, slots=True)
