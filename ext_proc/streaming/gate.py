@@ -768,8 +768,10 @@ class JsonDataGate(JsonTextGate):
     removed, its replacement (JSON-escaped) where it begins, so an event that was a JSON string
     (or array) is one still."""
 
-    def __init__(self, policy: ScanPolicy, ledger: Ledger, where: str, *, count: bool = True) -> None:
+    def __init__(self, policy: ScanPolicy, ledger: Ledger, where: str, *, count: bool = True,
+                 pieces: bool = True) -> None:
         super().__init__(policy, ledger, where, count=count)
+        self._keep_pieces = pieces         # False: nothing is rebuilt per piece (JsonTextBody)
         self._flat: list[bool] = [False]    # per mark: the decoded characters from it map to its raw start
         self._inside = False
         self._pieces: deque[_Piece] = deque()
@@ -822,12 +824,13 @@ class JsonDataGate(JsonTextGate):
             p.after += text[:LOOKAHEAD - len(p.after)]
         self._need_after = [p for p in self._need_after if len(p.after) < LOOKAHEAD]
         piece = _Piece(self._raw_fed, self._decoded, self._tail, self._inside)
-        self._pieces.append(piece)
+        if self._keep_pieces:
+            self._pieces.append(piece)
         self._raw_fed += len(text)
         return piece
 
     def _after(self, piece: _Piece | None, final: bool) -> None:
-        if not self._tail:
+        if not self._tail or not self._keep_pieces:
             self._need_after = []
         elif piece is not None and piece.raw_start < self._raw_fed:
             self._need_after.append(piece)
@@ -909,14 +912,23 @@ class JsonDataGate(JsonTextGate):
                 return text
             return apply_edits(self.inner.edits, p.dec_start, p.dec_start + n, p.reading)
         bound = p.dec_start + len(p.before) + len(text) + 1
-        rel = [ed for ed in self.inner.edits if ed[1] > p.dec_start and ed[0] <= bound]
-        if not rel or not text:
+        if not text or not any(ed[1] > p.dec_start and ed[0] <= bound for ed in self.inner.edits):
             return text
-        raw = p.before + text + p.after
-        skip, stop = len(p.before), len(p.before) + len(text)
+        out, _d, _inside = self._rebuild(p.before + text + p.after, len(p.before), len(p.before) + len(text),
+                                         p.dec_start, p.inside, p.final, p.value)
+        return out
+
+    def _rebuild(self, raw: str, skip: int, stop: int, d: int, inside: bool, final: bool,
+                 value: bool) -> tuple[str, int, bool]:
+        """raw[skip:stop] with the decided redactions applied (raw begins at decoded offset `d`,
+        in string state `inside`): quotes and, outside strings, a JSON value's structure kept, the
+        other characters of a finding removed, its replacement (JSON-escaped) where it begins.
+        Returns the text, the decoded offset and the string state at `stop` (when it is the end of
+        a segment)."""
+        rel = [ed for ed in self.inner.edits if ed[1] > d]
         out: list[str] = []
-        k, cover, d = 0, -1, p.dec_start
-        segments, _state = data_segments(raw, p.final, p.inside, p.value)
+        k, cover = 0, -1
+        segments, state = data_segments(raw, final, inside, value)
         for kind, a, b, ch, inside in segments:
             if a >= stop:
                 break
@@ -946,4 +958,38 @@ class JsonDataGate(JsonTextGate):
             d = y
             if kind == "pending":
                 break
-        return "".join(out)
+        return "".join(out), d, state
+
+
+class JsonTextBody:
+    """A body of no known framing (plain text, an error page, a JSON string served as text/plain)
+    read as a JsonDataGate reads data: the SDKs hand an error body's text to json.loads whatever
+    its content type (`"Bad request: 4\\u0031..."` is a card to them), a person reads the text.
+    Released as the gate decides it, the raw text rebuilt with the redactions (byte for byte when
+    nothing matched). Holds the raw text not yet released (bounded like the gate's hold)."""
+
+    def __init__(self, policy: ScanPolicy, ledger: Ledger, where: str) -> None:
+        self.gate = JsonDataGate(policy, ledger, where, pieces=False)
+        self._buf = ""             # raw text from the last release point on
+        self._out_raw = 0          # raw offset of the last release point
+        self._out_dec = 0          # decoded offset there
+        self._inside = False       # string state there
+
+    def feed(self, text: str, final: bool) -> str:
+        self._buf += text
+        self.gate.feed(text)
+        if final:
+            self.gate.flush()
+        upto = self.gate.released_chars
+        if upto <= self._out_raw:
+            return ""
+        n = upto - self._out_raw
+        # The release point is where a decoded character begins (never inside an escape): the
+        # slice is read whole, as the gate read it.
+        out, self._out_dec, self._inside = self.gate._rebuild(self._buf[:n], 0, n, self._out_dec,
+                                                              self._inside, True, False)
+        self._buf = self._buf[n:]
+        self._out_raw = upto
+        self.gate.inner.forget_edits_before(self._out_dec)
+        self.gate.edits = self.gate.inner.edits
+        return out

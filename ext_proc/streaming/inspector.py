@@ -41,6 +41,7 @@ from ext_proc.streaming.formats import ALL, StreamKey
 from ext_proc.streaming.gate import (
     Blocked,
     JsonDataGate,
+    JsonTextBody,
     JsonTextGate,
     Ledger,
     ScanPolicy,
@@ -318,7 +319,7 @@ class ResponseInspector:
         self._last_sequence = 0
         # whole-body / raw state
         self._buffer = bytearray()
-        self._raw_gate: TextGate | None = None
+        self._raw_gate: JsonTextBody | None = None
         # A text body is read in the charset its content type declares, as the client's HTTP
         # library decodes it (httpx's .text, which the SDKs use for error bodies): UTF-16 or
         # EBCDIC read as UTF-8 hides every character. UTF-8 (the default) keeps invalid bytes.
@@ -910,6 +911,9 @@ class ResponseInspector:
             return self._raw(body, True)
         text = body.decode("utf-8", "surrogateescape")
         red = inspect_whole(self._policy, self._ledger, text, "body")
+        if "\\" in red:
+            # Also as the SDKs read an error body they hand to json.loads (escapes decoded).
+            red = inspect_string(self._policy, self._ledger, red, "body")
         return body if red == text else red.encode("utf-8", "surrogateescape")
 
     # --- JSON arrays (or values) sent in pieces -----------------------------------------
@@ -955,11 +959,11 @@ class ResponseInspector:
     # --- anything else: a text stream ---------------------------------------------------
     def _raw(self, data: bytes, final: bool) -> bytes:
         if self._raw_gate is None:
-            self._raw_gate = TextGate(self._policy, self._ledger, "body")
+            # Read as text and as the SDKs read an error body (json.loads of its text, whatever
+            # the content type): escapes decoded, a string's quotes no text.
+            self._raw_gate = JsonTextBody(self._policy, self._ledger, "body")
         text = self._text_decoder.decode(data, final)
-        released = self._raw_gate.feed(text)
-        if final:
-            released += self._raw_gate.flush()
+        released = self._raw_gate.feed(text, final)
         if self._text_encoder is not None:
             # Written back in its charset (characters it cannot hold as its replacement).
             return self._text_encoder.encode(released, final)

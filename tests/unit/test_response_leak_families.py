@@ -836,3 +836,28 @@ def test_a_line_that_is_not_data_is_read_decoded_too(line):
         out, ins = feed("openai.chat_completions", "text/event-stream", body, rnd, one_byte=case == 0)
         seen = out.decode()
         assert longest_part(secret, [seen, _decode_all(seen)]) < 6, seen
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", None, "application/octet-stream"])
+@pytest.mark.parametrize("kind", sorted(DATA_SECRETS))
+def test_a_json_string_body_of_no_known_framing_is_read_decoded(kind, ctype):
+    """A body that is neither SSE, an event stream nor a JSON object or array (it starts with a
+    quote), served as text: the openai and anthropic SDKs hand an error body's text to json.loads
+    whatever its content type (`_make_status_error_from_response`), so `"Bad request:
+    4\\u0031\\u0031\\u0031 ..."` is a card in the APIError they raise; it was scanned as raw text,
+    escapes and all. Escapes at random (surrogate pairs, escapes cut between chunks, one byte per
+    chunk first)."""
+    secret = DATA_SECRETS[kind]
+    for case in range(CASES):
+        rnd = random.Random(f"body/{kind}/{ctype}/{case}")
+        text = rnd.choice(["Bad request: ", "\U0001F600 rejected: ", ""]) + secret + rnd.choice([" (400)", ""])
+        body = ('"' + _json_escape_randomly(text, rnd, rnd.choice([0.2, 0.5, 1.0])) + '"').encode()
+        out, ins = feed("openai.chat_completions", ctype, body, rnd, status=rnd.choice([200, 400]),
+                        one_byte=case == 0)
+        seen = out.decode("utf-8", "replace")
+        views = [seen, _decode_all(seen)]
+        try:
+            views.append(_js_string(json.loads(seen.strip())))
+        except ValueError:
+            pass
+        assert not ins.blocked and longest_part(secret, views) < 6, (kind, seen)
