@@ -861,3 +861,23 @@ def test_a_json_string_body_of_no_known_framing_is_read_decoded(kind, ctype):
         except ValueError:
             pass
         assert not ins.blocked and longest_part(secret, views) < 6, (kind, seen)
+
+
+def test_the_data_stream_reads_each_character_a_bounded_number_of_times(monkeypatch):
+    """One JSON string of 6,000 escapes cut into one-character events (every escape split over
+    six events), a card at its end: the data is lexed (gate.data_segments) a bounded number of
+    times per character, not again from the start of a pending escape or stream at each event."""
+    from ext_proc.streaming import gate as gate_mod
+    lexed = [0]
+    real = gate_mod.data_segments
+
+    def counting(raw, *args):
+        lexed[0] += len(raw)
+        return real(raw, *args)
+    monkeypatch.setattr(gate_mod, "data_segments", counting)
+    raw = '"' + "\\u0041" * 1000 + " card " + "".join(f"\\u{ord(c):04x}" for c in CARD) + '"'
+    body = b"".join(b"data: " + c.encode() + b"\n\n" for c in raw)
+    out, ins = feed("openai.chat_completions", "text/event-stream", body, random.Random(0))
+    evs = [e["data"] for e in whatwg_events(out) if "data" in e]
+    assert CARD not in _decode_all("".join(evs)) and "[PCI.CARD_NUMBER]" in "".join(evs)
+    assert lexed[0] <= 16 * len(raw), lexed[0]
