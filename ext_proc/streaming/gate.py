@@ -968,8 +968,9 @@ class JsonTextBody:
     Released as the gate decides it, the raw text rebuilt with the redactions (byte for byte when
     nothing matched). Holds the raw text not yet released (bounded like the gate's hold)."""
 
-    def __init__(self, policy: ScanPolicy, ledger: Ledger, where: str) -> None:
+    def __init__(self, policy: ScanPolicy, ledger: Ledger, where: str, *, values: bool = False) -> None:
         self.gate = JsonDataGate(policy, ledger, where, pieces=False)
+        self.values = values       # JSON values one after another: their structure is no text
         self._buf = ""             # raw text from the last release point on
         self._out_raw = 0          # raw offset of the last release point
         self._out_dec = 0          # decoded offset there
@@ -977,7 +978,7 @@ class JsonTextBody:
 
     def feed(self, text: str, final: bool) -> str:
         self._buf += text
-        self.gate.feed(text)
+        self.gate.feed(text, value=self.values)
         if final:
             self.gate.flush()
         upto = self.gate.released_chars
@@ -987,7 +988,7 @@ class JsonTextBody:
         # The release point is where a decoded character begins (never inside an escape): the
         # slice is read whole, as the gate read it.
         out, self._out_dec, self._inside = self.gate._rebuild(self._buf[:n], 0, n, self._out_dec,
-                                                              self._inside, True, False)
+                                                              self._inside, True, self.values)
         self._buf = self._buf[n:]
         self._out_raw = upto
         self.gate.inner.forget_edits_before(self._out_dec)

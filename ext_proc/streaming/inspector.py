@@ -889,7 +889,7 @@ class ResponseInspector:
                 return self._whole_text(body)
             # Values one after another are read one by one by a client that parses them, and as
             # one text by one that shows the body (an error message): both readings are scanned.
-            return self._whole_text(self._seq_values(values, rest, final=True))
+            return self._whole_text(self._seq_values(values, rest, final=True), values=True)
         if isinstance(obj, dict):
             if self.marker_field is not None and 200 <= self.status < 300:
                 obj[self.marker_field[0]] = self.marker_field[1]
@@ -904,16 +904,17 @@ class ResponseInspector:
         changed = self._scan_strings(holder, set()) or duplicate
         return formats.dumps(holder[0]) if changed else body
 
-    def _whole_text(self, body: bytes) -> bytes:
+    def _whole_text(self, body: bytes, *, values: bool = False) -> bytes:
         """A whole body scanned as one text, in its declared charset."""
         if self._charset is not None:
             self._raw_gate = None
             return self._raw(body, True)
         text = body.decode("utf-8", "surrogateescape")
         red = inspect_whole(self._policy, self._ledger, text, "body")
-        if "\\" in red:
-            # Also as the SDKs read an error body they hand to json.loads (escapes decoded).
-            red = inspect_string(self._policy, self._ledger, red, "body")
+        if "\\" in red or '"' in red:
+            # Also as the SDKs read an error body they hand to json.loads, and as a client joining
+            # JSON strings one after another reads them: escapes decoded, quotes no text.
+            red = JsonTextBody(self._policy, self._ledger, "body", values=values).feed(red, True)
         return body if red == text else red.encode("utf-8", "surrogateescape")
 
     # --- JSON arrays (or values) sent in pieces -----------------------------------------
