@@ -841,6 +841,13 @@ class ResponseInspector:
         between events, string quotes dropped, held back and decided like a model's deltas (it
         was scanned event by event, and a JSON string with escapes whole: a card split over events
         went out, `\\u0031` for its digits)."""
+        self._data_stream(e.raw, partial(frame, e.other_lines, line_end=e.line_end), data, value=value,
+                          reading=reading)
+
+    def _data_stream(self, raw: bytes, wrap: Callable[[bytes], bytes], data: bytes, *, value: bool = False,
+                     reading: str | None = None) -> None:
+        """`data` (an SSE event's, an array element or ndjson value that is not an object) goes
+        to the TEXT_DATA stream; the event waits in order until it is decided."""
         text = data.decode("utf-8", "surrogateescape")
         gate = self._gate(TEXT_DATA)
         assert isinstance(gate, JsonDataGate)
@@ -849,8 +856,8 @@ class ResponseInspector:
             gate.feed_value(text, reading)
         else:
             gate.feed(text, value=value)
-        self._enqueue(_Queued(e.raw, partial(frame, e.other_lines, line_end=e.line_end), {"data": text},
-                              [(TEXT_DATA, ("data",), start, start + len(text))], False, text_data=True))
+        self._enqueue(_Queued(raw, wrap, {"data": text}, [(TEXT_DATA, ("data",), start, start + len(text))], False,
+                              text_data=True))
 
     def _raw_event(self, e: SSEEvent, *, decide: bool) -> None:
         if decide:
@@ -952,10 +959,12 @@ class ResponseInspector:
                                          None, None, [], False))
         if isinstance(ev, dict):
             return self._object_event(ev, lead + value, lambda data: lead + data, duplicate)
-        self._decide(ALL)
-        holder = [ev]
-        changed = self._scan_strings(holder, set()) or duplicate
-        self._enqueue(_Queued(lead + (formats.dumps(holder[0]) if changed else value), None, None, [], False))
+        # A string, number or array: one stream with the others, read decoded (an application
+        # joining the strings of the array reads `"4\\u0031"`, `"11 1..."` as a card).
+        if duplicate:
+            value = formats.dumps(ev)
+        self._data_stream(lead + value, lambda data: lead + data, value, value=isinstance(ev, (str, list)),
+                          reading=js_number(ev))
 
     # --- anything else: a text stream ---------------------------------------------------
     def _raw(self, data: bytes, final: bool) -> bytes:

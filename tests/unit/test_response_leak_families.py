@@ -838,7 +838,8 @@ def test_a_line_that_is_not_data_is_read_decoded_too(line):
         assert longest_part(secret, [seen, _decode_all(seen)]) < 6, seen
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", None, "application/octet-stream", "application/x-ndjson"])
+@pytest.mark.parametrize("ctype", ["text/plain", None, "application/octet-stream", "application/x-ndjson",
+                                   "application/json"])
 @pytest.mark.parametrize("kind", sorted(DATA_SECRETS))
 def test_a_json_string_body_of_no_known_framing_is_read_decoded(kind, ctype):
     """A body that is neither SSE, an event stream nor a JSON object or array (it starts with a
@@ -846,7 +847,8 @@ def test_a_json_string_body_of_no_known_framing_is_read_decoded(kind, ctype):
     whatever its content type (`_make_status_error_from_response`), so `"Bad request:
     4\\u0031\\u0031\\u0031 ..."` is a card in the APIError they raise; it was scanned as raw text,
     escapes and all. Escapes at random (surrogate pairs, escapes cut between chunks, one byte per
-    chunk first). As ndjson: JSON strings one per line, the secret cut between them."""
+    chunk first). As ndjson: JSON strings one per line, the secret cut between them; as a JSON
+    array of strings sent in pieces, read element by element (an application joins them)."""
     secret = DATA_SECRETS[kind]
     for case in range(CASES):
         rnd = random.Random(f"body/{kind}/{ctype}/{case}")
@@ -854,6 +856,9 @@ def test_a_json_string_body_of_no_known_framing_is_read_decoded(kind, ctype):
         p = rnd.choice([0.2, 0.5, 1.0])
         if ctype == "application/x-ndjson":
             body = "".join('"' + _json_escape_randomly(t, rnd, p) + '"\n' for t in split(text, rnd, 8)).encode()
+        elif ctype == "application/json":     # an array of strings sent in pieces (read element by element)
+            body = ("[" + ", ".join('"' + _json_escape_randomly(t, rnd, p) + '"' for t in split(text, rnd, 8))
+                    + "]").encode()
         else:
             body = ('"' + _json_escape_randomly(text, rnd, p) + '"').encode()
         out, ins = feed("openai.chat_completions", ctype, body, rnd, status=rnd.choice([200, 400]),
@@ -862,9 +867,10 @@ def test_a_json_string_body_of_no_known_framing_is_read_decoded(kind, ctype):
         views = [seen, _decode_all(seen)]
         for value in [seen.strip()] + seen.splitlines():
             try:
-                views.append(_js_string(json.loads(value)))
+                parsed = json.loads(value)
             except ValueError:
-                pass
+                continue
+            views.append("".join(map(_js_string, parsed)) if isinstance(parsed, list) else _js_string(parsed))
         views.append("".join(views[2:]))
         assert not ins.blocked and longest_part(secret, views) < 6, (kind, seen)
 
