@@ -971,13 +971,14 @@ class JsonTextBody:
     def __init__(self, policy: ScanPolicy, ledger: Ledger, where: str, *, values: bool = False) -> None:
         self.gate = JsonDataGate(policy, ledger, where, pieces=False)
         self.values = values       # JSON values one after another: their structure is no text
-        self._buf = ""             # raw text from the last release point on
+        self._buf: list[str] = []  # raw text from the last release point on (joined when released)
         self._out_raw = 0          # raw offset of the last release point
         self._out_dec = 0          # decoded offset there
         self._inside = False       # string state there
 
     def feed(self, text: str, final: bool) -> str:
-        self._buf += text
+        if text:
+            self._buf.append(text)
         self.gate.feed(text, value=self.values)
         if final:
             self.gate.flush()
@@ -985,11 +986,12 @@ class JsonTextBody:
         if upto <= self._out_raw:
             return ""
         n = upto - self._out_raw
+        buf = "".join(self._buf)
         # The release point is where a decoded character begins (never inside an escape): the
         # slice is read whole, as the gate read it.
-        out, self._out_dec, self._inside = self.gate._rebuild(self._buf[:n], 0, n, self._out_dec,
+        out, self._out_dec, self._inside = self.gate._rebuild(buf[:n], 0, n, self._out_dec,
                                                               self._inside, True, self.values)
-        self._buf = self._buf[n:]
+        self._buf = [buf[n:]] if len(buf) > n else []
         self._out_raw = upto
         self.gate.inner.forget_edits_before(self._out_dec)
         self.gate.edits = self.gate.inner.edits
