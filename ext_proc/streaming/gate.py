@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -682,3 +683,316 @@ def clean_whole(policy: ScanPolicy, text: str) -> bool:
     """A short whole string without escapes in which the classifier finds nothing: what the gate
     would decide (one window), without the gate."""
     return len(text) <= FAST_PATH_CHARS and "\\" not in text and not policy.classifier.scan(text)
+
+
+# --- SSE data that is not a JSON object: read decoded and as one stream ----------------------
+
+JSON_PUNCT = frozenset("[]{},:")     # outside a string: the structure of a JSON value, kept in a rebuild
+_STRUCTURE = re.compile(r"[\[\]{},: \t\n\r]+")     # a JSON value's structure between its strings
+
+
+def data_segments(raw: str, final: bool, inside: bool,
+                  value: bool = False) -> tuple[list[tuple[str, int, int, str, bool]], bool]:
+    """`raw` (SSE data joined across events) cut as a client that parses it reads it: ("lit", a, b,
+    text, inside) characters read as they are, ("esc", ...) a JSON escape read as one character,
+    ("quote", ...) a bare `"` (a string's delimiter: no character of its text), ("quote", ...) too
+    for a JSON value's brackets, commas, colons and white space between its strings (`value`: the
+    data is one JSON value; a client joining its strings reads none of them), and last
+    ("pending", a, n, "", inside) an escape that text not arrived yet may still complete; `inside`:
+    within a JSON string (bare quotes toggle it; `inside` is the state where raw begins). Escapes
+    are decoded wherever they are (a client parsing each event and joining the strings, joining the
+    data and parsing it, or unescaping the text it shows): the widest reading. One pass, linear (the
+    next backslash and quote positions are cached). Returns the segments and the state at the end."""
+    out: list[tuple[str, int, int, str, bool]] = []
+    n, i = len(raw), 0
+    nb, nq = raw.find("\\"), raw.find('"')
+    while i < n:
+        if 0 <= nb < i:
+            nb = raw.find("\\", i)
+        if 0 <= nq < i:
+            nq = raw.find('"', i)
+        j = min(nb if nb >= 0 else n, nq if nq >= 0 else n)
+        if j > i:
+            if value and not inside:
+                for m in _STRUCTURE.finditer(raw, i, j):
+                    if m.start() > i:
+                        out.append(("lit", i, m.start(), raw[i:m.start()], inside))
+                    out.append(("quote", m.start(), m.end(), "", inside))
+                    i = m.end()
+                if j > i:
+                    out.append(("lit", i, j, raw[i:j], inside))
+                i = j
+                continue
+            out.append(("lit", i, j, raw[i:j], inside))
+            i = j
+            continue
+        if raw[j] == '"':
+            out.append(("quote", j, j + 1, "", inside))
+            inside = not inside
+            i = j + 1
+            continue
+        ch, k = _escape_at(raw, j, final)
+        if not k:
+            out.append(("pending", j, n, "", inside))
+            break
+        out.append(("esc" if k > 1 else "lit", j, j + k, ch, inside))
+        i = j + k
+    return out, inside
+
+
+LOOKAHEAD = 12       # raw characters that decide an escape (a surrogate pair: "\\ud83d\\ude00")
+
+
+@dataclass(slots=True)
+class _Piece:
+    """One event's data fed to a JsonDataGate, kept until the event is rebuilt."""
+    raw_start: int
+    dec_start: int              # decoded offset where `before` begins
+    before: str                 # the pending escape the piece continues
+    inside: bool                # within a JSON string where `before` begins
+    after: str = ""             # raw text after it, while an escape of it may be pending
+    final: bool = False         # the stream was decided right after it (a pending escape read as text)
+    reading: str | None = None  # a whole value read otherwise than its characters (a number)
+    value: bool = False         # the data is one JSON value (its structure is no text)
+
+
+class JsonDataGate(JsonTextGate):
+    """The data of SSE events that are not JSON objects (a JSON string, number or array, or text),
+    one stream across events, read as the clients read it: a client that parses each event and
+    joins the strings (`"4\\u0031"`, `"11 1"`: "4111 1"), one that joins the data and parses it (one
+    string cut anywhere, an escape split between two events), one that shows the text. The inner
+    gate scans the text with escapes decoded (an escape split over events waits for its end) and
+    string quotes dropped (they are no character of what is joined). Offsets outside (fed_chars,
+    released_chars, the spans of events) are raw; `edited` rebuilds one event's data: quotes and,
+    outside strings, JSON's brackets, commas and colons kept, the other characters of a finding
+    removed, its replacement (JSON-escaped) where it begins, so an event that was a JSON string
+    (or array) is one still."""
+
+    def __init__(self, policy: ScanPolicy, ledger: Ledger, where: str, *, count: bool = True,
+                 pieces: bool = True) -> None:
+        super().__init__(policy, ledger, where, count=count)
+        self._keep_pieces = pieces         # False: nothing is rebuilt per piece (JsonTextBody)
+        self._flat: list[bool] = [False]    # per mark: the decoded characters from it map to its raw start
+        self._inside = False
+        self._pieces: deque[_Piece] = deque()
+        self._need_after: list[_Piece] = []
+
+    @property
+    def held_escape(self) -> bool:
+        """An escape is pending at the end of what was fed (the next data may complete it)."""
+        return bool(self._tail)
+
+    def _mark(self, d: int, r: int, flat: bool = False) -> None:
+        if self._marks_d[-1] == d:
+            self._marks_r[-1], self._flat[-1] = r, flat
+        else:
+            self._marks_d.append(d)
+            self._marks_r.append(r)
+            self._flat.append(flat)
+
+    def _to_raw(self, d: int) -> int:
+        if d >= self._decoded:
+            return self._raw_fed - len(self._tail)
+        i = bisect.bisect_right(self._marks_d, d) - 1
+        return self._marks_r[i] if self._flat[i] else self._marks_r[i] + d - self._marks_d[i]
+
+    def _decode(self, text: str, final: bool, value: bool = False) -> str:
+        raw = self._tail + text
+        base = self._raw_fed - len(raw)
+        parts: list[str] = []
+        d = self._decoded
+        tail_at = len(raw)
+        segments, self._inside = data_segments(raw, final, self._inside, value)
+        for kind, a, b, ch, _inside in segments:
+            if kind == "pending":
+                tail_at = a
+                break
+            if kind == "quote":
+                self._mark(d, base + b)
+                continue
+            if kind == "esc":
+                self._mark(d, base + a)
+                self._mark(d + 1, base + b)
+            parts.append(ch)
+            d += len(ch) if kind == "lit" else 1
+        self._tail = raw[tail_at:]
+        self._decoded = d
+        return "".join(parts)
+
+    def _take(self, text: str) -> _Piece:
+        for p in self._need_after:
+            p.after += text[:LOOKAHEAD - len(p.after)]
+        self._need_after = [p for p in self._need_after if len(p.after) < LOOKAHEAD]
+        piece = _Piece(self._raw_fed, self._decoded, self._tail, self._inside)
+        if self._keep_pieces:
+            self._pieces.append(piece)
+        self._raw_fed += len(text)
+        return piece
+
+    def _after(self, piece: _Piece | None, final: bool) -> None:
+        if not self._tail or not self._keep_pieces:
+            self._need_after = []
+        elif piece is not None and piece.raw_start < self._raw_fed:
+            self._need_after.append(piece)
+        if final:
+            for p in self._need_after:
+                p.final = True
+            self._need_after = []
+
+    def add(self, text: str) -> None:
+        piece = self._take(text)
+        self.inner.add(self._decode(text, False))
+        self._after(piece, False)
+
+    def feed(self, text: str, *, value: bool = False) -> str:
+        """`value`: the text is one JSON value on its own (an event a client parses): read from
+        outside a string, its structure between strings no text."""
+        if value:
+            self._inside = False
+        piece = self._take(text)
+        piece.value = value
+        out = self.inner.feed(self._decode(text, False, value))
+        self._after(piece, False)
+        self._sync()
+        return out
+
+    def feed_value(self, text: str, reading: str) -> str:
+        """A whole value read otherwise than its characters (`4.111e3` is "4111" to JavaScript):
+        `reading` is scanned in the stream; none of its characters is released before all are.
+        Only where no escape is pending (then the value is text continuing it: use feed)."""
+        if self._tail:
+            raise ValueError("a value cannot start inside a pending escape")
+        piece = self._take(text)
+        piece.reading = reading
+        base = piece.raw_start
+        self._mark(self._decoded, base, flat=True)
+        self._decoded += len(reading)
+        self._mark(self._decoded, base + len(text))
+        out = self.inner.feed(reading)
+        self._sync()
+        return out
+
+    def flush(self) -> str:
+        self._after(None, True)
+        self.inner.add(self._decode("", True))
+        out = self.inner.flush()
+        self._sync()
+        return out
+
+    def _sync(self) -> None:
+        # Edits stay in decoded offsets (edited() rebuilds events from them).
+        self.edits = self.inner.edits
+        keep = bisect.bisect_right(self._marks_d, self.inner.released_chars) - 1
+        if keep > 0:
+            del self._marks_d[:keep], self._marks_r[:keep], self._flat[:keep]
+
+    def forget_edits_before(self, offset: int) -> None:
+        if not self.inner.edits:
+            return
+        dec: int | None = self.inner.released_chars
+        if offset < self.released_chars:
+            # The first event still waiting (those before it were rebuilt and dropped).
+            dec = next((p.dec_start for p in self._pieces if p.raw_start >= offset), None)
+        if dec is None:
+            return
+        self.inner.forget_edits_before(dec)
+        self.edits = self.inner.edits
+
+    def edited(self, start: int, end: int, text: str) -> str:
+        """One event's data (raw stream characters [start, end)), rebuilt with the decided
+        redactions that touch it. Events are rebuilt once each, in order."""
+        while self._pieces and self._pieces[0].raw_start < start:
+            self._pieces.popleft()
+        if not self._pieces or self._pieces[0].raw_start != start:
+            raise ValueError("an event of the data stream is rebuilt out of order")
+        p = self._pieces.popleft()
+        if p.reading is not None:
+            n = len(p.reading)
+            if not any(e > p.dec_start and s < p.dec_start + n for s, e, _rep in self.inner.edits):
+                return text
+            return apply_edits(self.inner.edits, p.dec_start, p.dec_start + n, p.reading)
+        bound = p.dec_start + len(p.before) + len(text) + 1
+        if not text or not any(ed[1] > p.dec_start and ed[0] <= bound for ed in self.inner.edits):
+            return text
+        out, _d, _inside = self._rebuild(p.before + text + p.after, len(p.before), len(p.before) + len(text),
+                                         p.dec_start, p.inside, p.final, p.value)
+        return out
+
+    def _rebuild(self, raw: str, skip: int, stop: int, d: int, inside: bool, final: bool,
+                 value: bool) -> tuple[str, int, bool]:
+        """raw[skip:stop] with the decided redactions applied (raw begins at decoded offset `d`,
+        in string state `inside`): quotes and, outside strings, a JSON value's structure kept, the
+        other characters of a finding removed, its replacement (JSON-escaped) where it begins.
+        Returns the text, the decoded offset and the string state at `stop` (when it is the end of
+        a segment)."""
+        rel = [ed for ed in self.inner.edits if ed[1] > d]
+        out: list[str] = []
+        k, cover = 0, -1
+        segments, state = data_segments(raw, final, inside, value)
+        for kind, a, b, ch, inside in segments:
+            if a >= stop:
+                break
+            if kind == "quote":
+                out.append(raw[a:b])
+                continue
+            lit = kind == "lit"
+            x0 = x = d
+            y = d + (len(ch) if lit else 1)
+            while x < y:
+                while k < len(rel) and rel[k][0] <= x:
+                    s, e, rep = rel[k]
+                    at = a + (s - x0) if lit else a
+                    if s == x and skip <= at < stop:
+                        out.append(_json_escaped(rep))
+                    cover = max(cover, e)
+                    k += 1
+                nxt = min(y, cover) if x < cover else min(y, rel[k][0]) if k < len(rel) else y
+                ra, rb = (a + x - x0, a + nxt - x0) if lit else (a, b)
+                ra, rb = max(ra, skip), min(rb, stop)
+                if ra < rb:
+                    kept = raw[ra:rb]
+                    if x < cover:      # removed, but for the structure of a JSON value around strings
+                        kept = "" if inside else "".join(c for c in kept if c in JSON_PUNCT)
+                    out.append(kept)
+                x = nxt
+            d = y
+            if kind == "pending":
+                break
+        return "".join(out), d, state
+
+
+class JsonTextBody:
+    """A body of no known framing (plain text, an error page, a JSON string served as text/plain)
+    read as a JsonDataGate reads data: the SDKs hand an error body's text to json.loads whatever
+    its content type (`"Bad request: 4\\u0031..."` is a card to them), a person reads the text.
+    Released as the gate decides it, the raw text rebuilt with the redactions (byte for byte when
+    nothing matched). Holds the raw text not yet released (bounded like the gate's hold)."""
+
+    def __init__(self, policy: ScanPolicy, ledger: Ledger, where: str, *, values: bool = False) -> None:
+        self.gate = JsonDataGate(policy, ledger, where, pieces=False)
+        self.values = values       # JSON values one after another: their structure is no text
+        self._buf: list[str] = []  # raw text from the last release point on (joined when released)
+        self._out_raw = 0          # raw offset of the last release point
+        self._out_dec = 0          # decoded offset there
+        self._inside = False       # string state there
+
+    def feed(self, text: str, final: bool) -> str:
+        if text:
+            self._buf.append(text)
+        self.gate.feed(text, value=self.values)
+        if final:
+            self.gate.flush()
+        upto = self.gate.released_chars
+        if upto <= self._out_raw:
+            return ""
+        n = upto - self._out_raw
+        buf = "".join(self._buf)
+        # The release point is where a decoded character begins (never inside an escape): the
+        # slice is read whole, as the gate read it.
+        out, self._out_dec, self._inside = self.gate._rebuild(buf[:n], 0, n, self._out_dec,
+                                                              self._inside, True, self.values)
+        self._buf = [buf[n:]] if len(buf) > n else []
+        self._out_raw = upto
+        self.gate.inner.forget_edits_before(self._out_dec)
+        self.gate.edits = self.gate.inner.edits
+        return out

@@ -40,6 +40,8 @@ from ext_proc.streaming import formats
 from ext_proc.streaming.formats import ALL, StreamKey
 from ext_proc.streaming.gate import (
     Blocked,
+    JsonDataGate,
+    JsonTextBody,
     JsonTextGate,
     Ledger,
     ScanPolicy,
@@ -190,7 +192,7 @@ class _Queued:
 
 
 DEFAULT_HOLD_CHARS = 64
-TEXT_DATA: StreamKey = ("sse-text-data",)     # the stream of SSE events whose data is not JSON
+TEXT_DATA: StreamKey = ("sse-text-data",)     # the stream of SSE events whose data is not a JSON object
 EVENTSTREAM_TYPE = "application/vnd.amazon.eventstream"
 # The status a blocked whole (non-streamed) response goes out with, when its headers have not left
 # yet: 403 like a denied request (the SDKs raise PermissionDeniedError and do not retry it, where a
@@ -314,7 +316,7 @@ class ResponseInspector:
         self._last_sequence = 0
         # whole-body / raw state
         self._buffer = bytearray()
-        self._raw_gate: TextGate | None = None
+        self._raw_gate: JsonTextBody | None = None
         # A text body is read in the charset its content type declares, as the client's HTTP
         # library decodes it (httpx's .text, which the SDKs use for error bodies): UTF-16 or
         # EBCDIC read as UTF-8 hides every character. UTF-8 (the default) keeps invalid bytes.
@@ -481,7 +483,7 @@ class ResponseInspector:
     def _gate(self, key: StreamKey, *, json_text: bool = False) -> TextGate | JsonTextGate:
         gate = self._gates.get(key)
         if gate is None:
-            kind = JsonTextGate if json_text else TextGate
+            kind = JsonDataGate if key == TEXT_DATA else JsonTextGate if json_text else TextGate
             gate = self._gates[key] = kind(self._policy, self._ledger, "/".join(map(str, key)))
         return gate
 
@@ -708,12 +710,17 @@ class ResponseInspector:
         except ValueError:
             return self._text_data_event(e, data)
         if not isinstance(ev, dict):
-            if b"\\" not in data and not duplicate:
-                # A number or a plain string is text to the reader that joins events (its JSON
-                # reading holds nothing else): "1111" is four digits of a card, not an int.
-                return self._text_data_event(e, data)
-            self._decide(ALL)
-            return self._enqueue(_Queued(self._json_event_strings(e, ev, duplicate), None, None, [], False))
+            if duplicate:
+                # Read with the last of duplicate keys / U+FFFD for invalid UTF-8 (as a client
+                # parses it): it goes out so, and is read so in the stream.
+                data = formats.dumps(ev)
+                e = replace(e, raw=frame(e.other_lines, data, e.line_end))
+            # A string, number or array: text of the data stream, read decoded ("1111" is four
+            # digits of a card, not an int; "\\u0031" is a digit); a float as JavaScript prints
+            # it ("4.111e3" is "4111"); a string's quotes and an array's brackets, commas and
+            # spaces between its strings are no text (a number's spaces are: ` 1111 ` may be a
+            # piece of one string cut over events, which a client joins before parsing).
+            return self._text_data_event(e, data, value=isinstance(ev, (str, list)), reading=js_number(ev))
         self._object_event(ev, e.raw, partial(frame, e.other_lines, line_end=e.line_end), duplicate)
 
     def _event_lines(self, e: SSEEvent, data: bytes) -> SSEEvent:
@@ -823,30 +830,40 @@ class ResponseInspector:
         self._enqueue(_Queued(raw, wrap, ev if spans or changed else None, spans, changed,
                               closing=ev.get("type") in formats.FINAL_TYPES))
 
-    def _json_event_strings(self, e: SSEEvent, value: Any, duplicate: bool) -> bytes:
-        """An event whose data is JSON but not an object: every string in it scanned as a whole."""
-        holder = [value]
-        changed = duplicate
-        changed = self._scan_strings(holder, set()) or changed
-        return frame(e.other_lines, formats.dumps(holder[0]), e.line_end) if changed else e.raw
+    def _text_data_event(self, e: SSEEvent, data: bytes, *, value: bool = False, reading: str | None = None) -> None:
+        """An event whose data is not a JSON object: a JSON string, number or array, or text (no
+        LLM SDK reads one; an application parsing each event and joining the strings does, or one
+        joining the data and parsing it, a page's EventSource showing it). All such data is one
+        content stream (TEXT_DATA, a JsonDataGate): escapes decoded wherever they are, also split
+        between events, string quotes dropped, held back and decided like a model's deltas (it
+        was scanned event by event, and a JSON string with escapes whole: a card split over events
+        went out, `\\u0031` for its digits)."""
+        self._data_stream(e.raw, partial(frame, e.other_lines, line_end=e.line_end), data, value=value,
+                          reading=reading)
 
-    def _text_data_event(self, e: SSEEvent, data: bytes) -> None:
-        """An event whose data is not JSON: no LLM SDK reads one, a page's EventSource does, and
-        joins the texts of successive events as it shows them. So such data is one content stream
-        (TEXT_DATA), held back and decided like a model's deltas (it was scanned event by event:
-        a card split over two events went out)."""
+    def _data_stream(self, raw: bytes, wrap: Callable[[bytes], bytes], data: bytes, *, value: bool = False,
+                     reading: str | None = None) -> None:
+        """`data` (an SSE event's, an array element or ndjson value that is not an object) goes
+        to the TEXT_DATA stream; the event waits in order until it is decided."""
         text = data.decode("utf-8", "surrogateescape")
         gate = self._gate(TEXT_DATA)
+        assert isinstance(gate, JsonDataGate)
         start = gate.fed_chars
-        gate.feed(text)
-        self._enqueue(_Queued(e.raw, partial(frame, e.other_lines, line_end=e.line_end), {"data": text},
-                              [(TEXT_DATA, ("data",), start, start + len(text))], False, text_data=True))
+        if reading is not None and reading != text and not gate.held_escape:
+            gate.feed_value(text, reading)
+        else:
+            gate.feed(text, value=value)
+        self._enqueue(_Queued(raw, wrap, {"data": text}, [(TEXT_DATA, ("data",), start, start + len(text))], False,
+                              text_data=True))
 
     def _raw_event(self, e: SSEEvent, *, decide: bool) -> None:
         if decide:
             self._decide(ALL)
         text = e.raw.decode("utf-8", "surrogateescape")
         red = inspect_whole(self._policy, self._ledger, text, "event")
+        if "\\" in red:
+            # Also as a client that unescapes what it reads of a line (`: 4\\u0031...`).
+            red = inspect_string(self._policy, self._ledger, red, "event")
         self._enqueue(_Queued(e.raw if red == text else red.encode("utf-8", "surrogateescape"), None, None, [], False))
 
     # --- whole JSON bodies --------------------------------------------------------------
@@ -876,7 +893,7 @@ class ResponseInspector:
                 return self._whole_text(body)
             # Values one after another are read one by one by a client that parses them, and as
             # one text by one that shows the body (an error message): both readings are scanned.
-            return self._whole_text(self._seq_values(values, rest, final=True))
+            return self._whole_text(self._seq_values(values, rest, final=True), values=True)
         if isinstance(obj, dict):
             if self.marker_field is not None and 200 <= self.status < 300:
                 obj[self.marker_field[0]] = self.marker_field[1]
@@ -891,13 +908,17 @@ class ResponseInspector:
         changed = self._scan_strings(holder, set()) or duplicate
         return formats.dumps(holder[0]) if changed else body
 
-    def _whole_text(self, body: bytes) -> bytes:
+    def _whole_text(self, body: bytes, *, values: bool = False) -> bytes:
         """A whole body scanned as one text, in its declared charset."""
         if self._charset is not None:
             self._raw_gate = None
             return self._raw(body, True)
         text = body.decode("utf-8", "surrogateescape")
         red = inspect_whole(self._policy, self._ledger, text, "body")
+        if "\\" in red or '"' in red:
+            # Also as the SDKs read an error body they hand to json.loads, and as a client joining
+            # JSON strings one after another reads them: escapes decoded, quotes no text.
+            red = JsonTextBody(self._policy, self._ledger, "body", values=values).feed(red, True)
         return body if red == text else red.encode("utf-8", "surrogateescape")
 
     # --- JSON arrays (or values) sent in pieces -----------------------------------------
@@ -935,23 +956,36 @@ class ResponseInspector:
                                          None, None, [], False))
         if isinstance(ev, dict):
             return self._object_event(ev, lead + value, lambda data: lead + data, duplicate)
-        self._decide(ALL)
-        holder = [ev]
-        changed = self._scan_strings(holder, set()) or duplicate
-        self._enqueue(_Queued(lead + (formats.dumps(holder[0]) if changed else value), None, None, [], False))
+        # A string, number or array: one stream with the others, read decoded (an application
+        # joining the strings of the array reads `"4\\u0031"`, `"11 1..."` as a card).
+        if duplicate:
+            value = formats.dumps(ev)
+        self._data_stream(lead + value, lambda data: lead + data, value, value=isinstance(ev, (str, list)),
+                          reading=js_number(ev))
 
     # --- anything else: a text stream ---------------------------------------------------
     def _raw(self, data: bytes, final: bool) -> bytes:
         if self._raw_gate is None:
-            self._raw_gate = TextGate(self._policy, self._ledger, "body")
+            # Read as text and as the SDKs read an error body (json.loads of its text, whatever
+            # the content type): escapes decoded, a string's quotes no text.
+            self._raw_gate = JsonTextBody(self._policy, self._ledger, "body")
         text = self._text_decoder.decode(data, final)
-        released = self._raw_gate.feed(text)
-        if final:
-            released += self._raw_gate.flush()
+        released = self._raw_gate.feed(text, final)
         if self._text_encoder is not None:
             # Written back in its charset (characters it cannot hold as its replacement).
             return self._text_encoder.encode(released, final)
         return released.encode("utf-8", "surrogateescape")
+
+
+def js_number(value: Any) -> str | None:
+    """A float as JavaScript's String() prints it when it is a whole number below 1e21 (`4111.0`,
+    `4.111e3`: "4111"), else Python's repr; None for anything but a float (an int's digits are
+    its text already)."""
+    if not isinstance(value, float):
+        return None
+    if value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    return repr(value)
 
 
 @dataclass(frozen=True, slots=True)
