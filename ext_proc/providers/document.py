@@ -478,43 +478,44 @@ def json_fences(text: str) -> list[int]:
     """Where the fields of TEXT, a JSON document, begin, in increasing order: each key's opening
     quote, and right after each closing brace or bracket (what follows a nested object is not
     its field). The fences the field view puts between fields (Document.field_view), inside a
-    string that is JSON. Linear: str.find over the text, each character looked at a bounded
-    number of times (a run of backslashes once, before the quote it escapes or not)."""
+    string that is JSON. Linear: str.find over the text (the next closer of each kind is found
+    once and kept until passed), a run of backslashes read once, before the quote it escapes or
+    not."""
     out: list[int] = []
     n, pos = len(text), 0
+    brace, bracket = text.find("}"), text.find("]")
     while pos < n:
         q = text.find('"', pos)
-        gap_end = n if q == -1 else q
-        closers = [k + 1 for ch in "}]" for k in _find_all(text, ch, pos, gap_end)]
-        out.extend(sorted(closers))
+        stop = n if q == -1 else q
+        while brace != -1 and brace < stop or bracket != -1 and bracket < stop:   # closers before it
+            if bracket == -1 or brace != -1 and brace < bracket:
+                out.append(brace + 1)
+                brace = text.find("}", brace + 1)
+            else:
+                out.append(bracket + 1)
+                bracket = text.find("]", bracket + 1)
         if q == -1:
             break
-        e = q + 1
-        while True:                          # the string's closing quote (not escaped)
-            e = text.find('"', e)
-            if e == -1:
-                return out
+        e = text.find('"', q + 1)
+        while e != -1 and text[e - 1] == "\\":       # escaped, unless the backslashes pair up
             b = e - 1
-            while b > q and text[b] == "\\":
+            while text[b - 1] == "\\":               # (b > q: the opening quote stops it)
                 b -= 1
-            if (e - 1 - b) % 2 == 0:
+            if (e - b) % 2 == 0:
                 break
-            e += 1
+            e = text.find('"', e + 1)
+        if e == -1:
+            break
         k = e + 1
         while k < n and text[k] in " \t\r\n":
             k += 1
         if k < n and text[k] == ":":
             out.append(q)
         pos = e + 1
-    return out
-
-
-def _find_all(text: str, ch: str, start: int, end: int) -> list[int]:
-    out = []
-    k = text.find(ch, start, end)
-    while k != -1:
-        out.append(k)
-        k = text.find(ch, k + 1, end)
+        if brace != -1 and brace < pos:              # closers inside the string are not closers
+            brace = text.find("}", pos)
+        if bracket != -1 and bracket < pos:
+            bracket = text.find("]", pos)
     return out
 
 
