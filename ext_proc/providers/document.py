@@ -170,6 +170,8 @@ def _view(items: list[tuple[int, str]], glue_before: list[str], glue_after: list
                     hi = bisect_left(within, off + len(piece))
                     fences.extend(pos + f - off for f in within[lo:hi] if pos + f - off)
                 pos += len(piece)
+                if within:   # a field of the JSON ends with the string: what follows is no context
+                    fences.append(pos)
         if glue_after is not None and glue_after[n]:
             parts.append(glue_after[n])
             pos += len(glue_after[n])
@@ -216,11 +218,14 @@ class Document:
         JSON sees it (``"key": "value", ``), so a key and its value are read together (a
         ``"password": "..."`` pair) and values split across neighbouring fields are joined.
 
-        Each field is fenced (View.fences): a key with its value, or with the scalars of the
-        array it holds ({"phones": ["...", "..."]}); an element of an array of objects or of a
-        JSON string on its own. A value's context words come from its own key and its own text,
-        never from a neighbouring key's name (`"seed": 2736819303, "parallel_tool_calls": 0`:
-        the `call` of the neighbour is no context for the seed)."""
+        A field that holds a number is fenced (View.fences): its key with its value, or with the
+        numbers of the array it holds; in a string that is JSON too. A number's context words
+        come from its own key and its own digits, never from a neighbouring key's name (`"seed":
+        2736819303, "parallel_tool_calls": 0`: the `call` of the neighbour is no context for
+        the seed, and masking it would turn the number into a string the provider refuses).
+        Strings keep their neighbours' context: a key/value list (`{"field": "SSN", "value":
+        "536228726"}`, FHIR's `{"system": ".../us-ssn", "value": ...}`) says what a value is in a
+        sibling, and a masked string is still a string."""
         order = self.field_order
         segs = self.segments
         items = [(i, segs[i].text) for i in order]
@@ -239,6 +244,15 @@ class Document:
             mine = seg.path[:k]
             fence.append(mine != owner)
             owner = mine
+        # Fields are numbered; only the fences that begin or end a field holding a number stay.
+        field_of: list[int] = []
+        for begins in fence:
+            field_of.append(field_of[-1] + begins if field_of else 0)
+        numeric = [False] * (field_of[-1] + 1 if field_of else 0)
+        for n, i in enumerate(order):
+            if segs[i].kind in NUMBER_KINDS:
+                numeric[field_of[n]] = True
+        fence = [begins and (numeric[f] or f > 0 and numeric[f - 1]) for begins, f in zip(fence, field_of, strict=True)]
         after = []
         for n, i in enumerate(order):
             kind = segs[i].kind
@@ -463,7 +477,7 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
             inner_doc = nested_json(node)
             if inner_doc is not None:
                 stack.append((inner_doc, path + (JSON_STEP,), []))
-                doc.json_fields[here] = json_fences(node)
+                doc.json_fields[here] = json_fences(node, around_numbers=True)
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
             digits = _number_text(node)
             if sum(c.isdigit() for c in digits) >= 7:   # short numbers cannot hold any finding
@@ -474,14 +488,16 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
     return doc
 
 
-def json_fences(text: str) -> list[int]:
+def json_fences(text: str, *, around_numbers: bool = False) -> list[int]:
     """Where the fields of TEXT, a JSON document, begin, in increasing order: each key's opening
     quote, and right after each closing brace or bracket (what follows a nested object is not
     its field). The fences the field view puts between fields (Document.field_view), inside a
     string that is JSON. Linear: str.find over the text (the next closer of each kind is found
     once and kept until passed), a run of backslashes read once, before the quote it escapes or
-    not."""
+    not. AROUND_NUMBERS: only the fences that begin or end a field whose value is a number
+    (Document.field_view says why)."""
     out: list[int] = []
+    numeric: list[bool] = []      # per fence: the field it begins holds a number
     n, pos = len(text), 0
     brace, bracket = text.find("}"), text.find("]")
     while pos < n:
@@ -494,6 +510,7 @@ def json_fences(text: str) -> list[int]:
             else:
                 out.append(bracket + 1)
                 bracket = text.find("]", bracket + 1)
+            numeric.append(False)
         if q == -1:
             break
         e = text.find('"', q + 1)
@@ -511,11 +528,17 @@ def json_fences(text: str) -> list[int]:
             k += 1
         if k < n and text[k] == ":":
             out.append(q)
+            k += 1
+            while k < n and text[k] in " \t\r\n[":
+                k += 1
+            numeric.append(k < n and text[k] in "-0123456789")
         pos = e + 1
         if brace != -1 and brace < pos:              # closers inside the string are not closers
             brace = text.find("}", pos)
         if bracket != -1 and bracket < pos:
             bracket = text.find("]", pos)
+    if around_numbers:
+        return [f for j, f in enumerate(out) if numeric[j] or j and numeric[j - 1]]
     return out
 
 
