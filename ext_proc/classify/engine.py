@@ -6,16 +6,16 @@ Everything that touches the (untrusted) text is RE2 (linear time) or bounded pla
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import re2
 
-from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, fold_plain, normalize
+from ext_proc.classify.normalize import ORIGINAL_SPAN_FACTOR, NormalizedText, fold_plain, normalize
 from ext_proc.classify.prefix import PrefixHold
-from ext_proc.classify.rules import CONTEXT_AFTER, Hit, Rule, builtin_rules
+from ext_proc.classify.rules import CONTEXT_AFTER, ContextCheck, Hit, Rule, builtin_rules
 from ext_proc.classify.taxonomy import CUSTOM_PREFIX
 
 MAX_CUSTOM_TERMS = 10_000
@@ -149,7 +149,8 @@ class Scanner(Protocol):
     @property
     def max_match_chars(self) -> int: ...
 
-    def scan(self, text: str, *, use_prefilter: bool = True, budget: Any = None) -> list[Finding]: ...
+    def scan(self, text: str, *, use_prefilter: bool = True, budget: Any = None,
+             fences: Sequence[int] | None = None) -> list[Finding]: ...
 
 
 class Classifier:
@@ -176,6 +177,9 @@ class Classifier:
         opts.log_errors = False
         self._compiled = tuple(re2.compile(r.pattern, opts) for r in rules)
         self._groups = tuple(1 if rx.groups else 0 for rx in self._compiled)
+        # The checks that read context words, called with the bounds of a fenced region.
+        self._context_checks: tuple[ContextCheck | None, ...] = tuple(
+            cast(ContextCheck, r.check) if r.reads_context else None for r in rules)
         self._spans = tuple(_fast_spans(rx, g) for rx, g in zip(self._compiled, self._groups, strict=True))
         prefilter = re2.Set.SearchSet(opts)
         for r in rules:
@@ -198,11 +202,18 @@ class Classifier:
             return self._all
         return tuple(i for i in hits if i != self._sentinel)
 
-    def scan(self, text: str, *, use_prefilter: bool = True, budget: Any = None) -> list[Finding]:
+    def scan(self, text: str, *, use_prefilter: bool = True, budget: Any = None,
+             fences: Sequence[int] | None = None) -> list[Finding]:
         """`budget`, when given, has an int `candidates_left`: the candidates (pattern matches
         handed to a rule's check) this scan may still validate, shared by all scans of one
         request; it is decremented, and InspectionBudgetExceeded raised when it runs out. The
-        checks are Python, so this bounds a request's CPU time on text made of near-misses."""
+        checks are Python, so this bounds a request's CPU time on text made of near-misses.
+
+        `fences`, when given: increasing offsets into `text` where a region of its own begins
+        (a field of a document view, providers/document.py). Context words for a candidate are
+        read within the regions it lies in, never across a fence: what a value means is said in
+        its own field, not in the neighbouring field's name. Matching itself is not fenced (a
+        value split across fields is still found)."""
         if not isinstance(text, str):
             raise TypeError("scan() takes a str")
         if len(text) > self.max_input_chars:
@@ -214,8 +225,10 @@ class Classifier:
         indices = self.rules_hit(data) if use_prefilter else self._all
         raw: list[tuple[int, int, int, str | None, int]] = []
         left = budget.candidates_left if budget is not None else -1
+        walls = _byte_fences(norm, fences) if fences else None
         for i in indices:
             check = self._rules[i].check
+            in_region = self._context_checks[i] if walls is not None else None
             covered = 0       # a check may widen a hit (a PEM block): skip matches inside it
             for bs, be in self._spans[i](data):
                 if bs < be and bs >= covered:
@@ -224,7 +237,14 @@ class Classifier:
                         if left < 0:
                             raise InspectionBudgetExceeded(
                                 "candidate matches", getattr(budget, "candidates_limit", budget.candidates_left))
-                    for s, e, conf, validator in check(data, bs, be):
+                    if in_region is not None and walls is not None:
+                        k = bisect_right(walls, bs) - 1            # the region bs lies in
+                        j = bisect_left(walls, be)                 # the first fence at or after be
+                        hits = in_region(data, bs, be, walls[k] if k >= 0 else 0,
+                                         walls[j] if j < len(walls) else len(data))
+                    else:
+                        hits = check(data, bs, be)
+                    for s, e, conf, validator in hits:
                         raw.append((s, e, conf, validator, i))
                         covered = max(covered, e)
         if budget is not None:
@@ -247,6 +267,24 @@ class Classifier:
                 os_, oe = norm.original_span(cs, ce)
                 candidates.append((os_, oe, conf, validator, rule.label))
         return _drop_covered_generics(_resolve_overlaps(candidates, len(text)), text)
+
+
+def _byte_fences(norm: NormalizedText, fences: Sequence[int]) -> list[int]:
+    """Fences (offsets into the original text, increasing) as offsets into the normalized bytes
+    the checks read. Linear: one pass over the text for all of them."""
+    if norm.identity and norm.ascii:
+        return list(fences)
+    text = norm.text
+    out: list[int] = []
+    chars = bytes_at = 0
+    for f in fences:
+        c = norm.normalized_at(f)
+        if c < chars:                # a fence inside dropped characters maps where the last did
+            c = chars
+        bytes_at += len(text[chars:c].encode("utf-8", "surrogatepass"))
+        chars = c
+        out.append(bytes_at)
+    return out
 
 
 def _fast_spans(rx: Any, group: int) -> Callable[[bytes], Iterator[tuple[int, int]]]:

@@ -20,6 +20,9 @@ from ext_proc.classify import validators as v
 
 Hit = tuple[int, int, int, str | None]
 Check = Callable[[bytes, int, int], list[Hit]]
+# A check that reads context words takes the bounds of the text they may come from too:
+# (data, start, end, lo, hi), context looked for in data[lo:hi] only (see Rule.reads_context).
+ContextCheck = Callable[[bytes, int, int, int, int], list[Hit]]
 
 CONTEXT_BEFORE = 64
 CONTEXT_AFTER = 32
@@ -35,12 +38,17 @@ class Rule:
     prefilter: str        # anything `pattern` matches contains a match of this (tested)
     max_chars: int        # upper bound on a finding's length in normalized characters
     check: Check
+    # The check takes (data, start, end, lo, hi) and reads context words in data[lo:hi] only: a
+    # scan given context fences (Classifier.scan) passes the region of the candidate's own field.
+    reads_context: bool = False
 
 
-def _window(data: bytes, start: int, end: int, *, lower: bool = True) -> str:
-    """Lower-cased text around a candidate, for context words."""
-    before = data[max(0, start - CONTEXT_BEFORE):start].decode("utf-8", "ignore")
-    after = data[end:end + CONTEXT_AFTER].decode("utf-8", "ignore")
+def _window(data: bytes, start: int, end: int, *, lower: bool = True, lo: int = 0, hi: int = -1) -> str:
+    """Lower-cased text around a candidate, for context words, within data[lo:hi] (hi -1: to
+    the end)."""
+    before = data[max(lo, start - CONTEXT_BEFORE):start].decode("utf-8", "ignore")
+    stop = end + CONTEXT_AFTER if hi < 0 else min(hi, end + CONTEXT_AFTER)
+    after = data[end:stop].decode("utf-8", "ignore")
     window = before + " \x00 " + after
     return window.lower() if lower else window
 
@@ -58,8 +66,8 @@ def _word_edge(raw: str, low: str, i: int) -> bool:
     return raw[i].isupper() and raw[i - 1].islower()        # a camelCase hump
 
 
-def _has_context(data: bytes, start: int, end: int, words: tuple[str, ...]) -> bool:
-    raw = _window(data, start, end, lower=False)
+def _has_context(data: bytes, start: int, end: int, words: tuple[str, ...], lo: int = 0, hi: int = -1) -> bool:
+    raw = _window(data, start, end, lower=False, lo=lo, hi=hi)
     low = raw.lower()
     if len(low) != len(raw):           # a letter whose lower case is longer: no humps to read
         raw = low
@@ -118,7 +126,7 @@ PHONE = (r"(?:(?:\B\+|\b00)1[ .-]?" + _NANP_BODY + "|" + r"\b1[ .-]" + _NANP_BOD
          + "|" + r"\B\+[1-9]\d{0,2}(?:[ .-]?\(0\))?(?:[ .-]?\(?\d{1,5}\)?){1,6}" + ")" + _EXT + r"\b")
 
 
-def check_phone(data: bytes, s: int, e: int) -> list[Hit]:
+def check_phone(data: bytes, s: int, e: int, lo: int = 0, hi: int = -1) -> list[Hit]:
     raw = data[s:e]
     low = raw.lower()
     for marker in (b"ext", b"x"):
@@ -134,7 +142,7 @@ def check_phone(data: bytes, s: int, e: int) -> list[Hit]:
     elif len(digits) not in (10, 11, 13) or len(set(digits)) < 3:
         return []
     separated = any(c in raw for c in (b"-", b".", b" ", b"(", b"+"))
-    ctx = _has_context(data, s, e, PHONE_CONTEXT)
+    ctx = _has_context(data, s, e, PHONE_CONTEXT, lo, hi)
     if separated:
         conf = 85 if ctx else 70
     else:
@@ -150,12 +158,12 @@ _NOT_DIGIT_AFTER = r"(?:\b|[A-Za-z_])"
 SSN = _NOT_DIGIT_BEFORE + r"(\d{3}(?:" + GROUP_SEP + r"\d{2}" + GROUP_SEP + r"|\d{2})\d{4})" + _NOT_DIGIT_AFTER
 
 
-def check_ssn(data: bytes, s: int, e: int) -> list[Hit]:
+def check_ssn(data: bytes, s: int, e: int, lo: int = 0, hi: int = -1) -> list[Hit]:
     raw = data[s:e]
     digits = _digits(raw)
     if not v.ssn_ok(digits):
         return []
-    ctx = _has_context(data, s, e, SSN_CONTEXT)
+    ctx = _has_context(data, s, e, SSN_CONTEXT, lo, hi)
     if len(digits) != len(raw) and raw.translate(None, b"0123456789-.") == b"":
         conf = 95 if ctx else 85         # 123-45-6789, 123.45.6789
     elif len(digits) != len(raw):
@@ -243,9 +251,9 @@ _WEEKDAYS_FR = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "di
 DOB_PREFILTER = "(?i:" + "|".join(re2_escape(w) for w in (*DOB_CONTEXT, _NE_LE)) + ")"
 
 
-def _ne_le_before(data: bytes, start: int) -> bool:
-    """ "ne le" (né le), then at most a weekday, right before the date at `start`."""
-    before = data[max(0, start - 24):start].decode("utf-8", "ignore").lower().rstrip()
+def _ne_le_before(data: bytes, start: int, lo: int = 0) -> bool:
+    """ "ne le" (né le), then at most a weekday, right before the date at `start` (from `lo` on)."""
+    before = data[max(lo, start - 24):start].decode("utf-8", "ignore").lower().rstrip()
     for day in _WEEKDAYS_FR:
         if before.endswith(day):
             before = before[:-len(day)].rstrip()
@@ -270,9 +278,9 @@ def _date_parts_ok(raw: str) -> bool:
     return len(nums) == 3                               # 1985年3月12日
 
 
-def check_dob(data: bytes, s: int, e: int) -> list[Hit]:
+def check_dob(data: bytes, s: int, e: int, lo: int = 0, hi: int = -1) -> list[Hit]:
     raw = data[s:e].decode("utf-8")
-    if not _date_parts_ok(raw) or not (_has_context(data, s, e, DOB_CONTEXT) or _ne_le_before(data, s)):
+    if not _date_parts_ok(raw) or not (_has_context(data, s, e, DOB_CONTEXT, lo, hi) or _ne_le_before(data, s, lo)):
         return []
     return [(s, e, 80, "context")]
 
@@ -288,14 +296,14 @@ CARD = (_NOT_DIGIT_BEFORE + r"(\d(?:" + _DIGIT_SEP + r"?\d){12,18}"             
         r"|\d{4}" + GROUP_SEP + r"\d{6}" + GROUP_SEP + r"\d{4,5})" + _NOT_DIGIT_AFTER)       # 4-6-5 (Amex), 4-6-4 (Diners)
 
 
-def check_card(data: bytes, s: int, e: int) -> list[Hit]:
+def check_card(data: bytes, s: int, e: int, lo: int = 0, hi: int = -1) -> list[Hit]:
     rs, re_ = _group_run(data, s, e)
     if (rs, re_) != (s, e):
         # The match is part of a longer run of digit groups (a phone's last group in front, a
         # reference after): every card in the run counts, so no group of it goes out.
         span = (rs, re_) if v.card_ok(_digits(data[rs:re_])) else _card_subspan(data, rs, re_)
         if span is not None:
-            ctx = _has_context(data, span[0], span[1], PCI_CONTEXT)
+            ctx = _has_context(data, span[0], span[1], PCI_CONTEXT, lo, hi)
             return [(span[0], span[1], 95 if ctx else 85, "luhn")]
     raw = data[s:e]
     digits = _digits(raw)
@@ -314,7 +322,7 @@ def check_card(data: bytes, s: int, e: int) -> list[Hit]:
             span = _card_subspan(data, s, end, max_groups=10, across=e) if end > e else None
             if span is None:
                 return []
-    ctx = _has_context(data, span[0], span[1], PCI_CONTEXT)
+    ctx = _has_context(data, span[0], span[1], PCI_CONTEXT, lo, hi)
     return [(span[0], span[1], 95 if ctx else 85, "luhn")]
 
 
@@ -416,10 +424,10 @@ NPI_CONTEXT = ("npi", "provider", "prescriber", "physician", "practitioner", "do
 NPI = r"\b[12]\d{9}\b"
 
 
-def check_npi(data: bytes, s: int, e: int) -> list[Hit]:
+def check_npi(data: bytes, s: int, e: int, lo: int = 0, hi: int = -1) -> list[Hit]:
     if not v.npi_ok(data[s:e].decode("ascii")):
         return []
-    ctx = _has_context(data, s, e, NPI_CONTEXT)
+    ctx = _has_context(data, s, e, NPI_CONTEXT, lo, hi)
     return [(s, e, 90 if ctx else 40, "luhn")]
 
 
@@ -647,20 +655,20 @@ def _is_anthropic(value: str) -> bool:
 def builtin_rules() -> tuple[Rule, ...]:
     return (
         Rule("pii.email", EMAIL, r"[A-Za-z0-9._%+-]@[A-Za-z0-9]", 254, check_email),
-        Rule("pii.phone", PHONE, r"\d{3}[ .-]?\d{4}|\+[1-9]", 80, check_phone),
-        Rule("pii.us_ssn", SSN, r"\d{3}[^0-9A-Za-z]{0,3}\d{2}[^0-9A-Za-z]{0,3}\d{4}", 15, check_ssn),
+        Rule("pii.phone", PHONE, r"\d{3}[ .-]?\d{4}|\+[1-9]", 80, check_phone, reads_context=True),
+        Rule("pii.us_ssn", SSN, r"\d{3}[^0-9A-Za-z]{0,3}\d{2}[^0-9A-Za-z]{0,3}\d{4}", 15, check_ssn,
+             reads_context=True),
         Rule("pii.ip_address", IPV4, r"\d\.\d{1,3}\.\d", 15, check_ipv4),
         Rule("pii.ip_address", IPV6, r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:", 45, check_ipv6),
         Rule("pii.iban", IBAN, r"[A-Z]{2}\d{2}[^0-9A-Za-z]{0,3}[A-Z0-9]", 4 * v.IBAN_MAX_LEN, check_iban),
-        Rule("pii.date_of_birth", DATE, DOB_PREFILTER, 40,
-             check_dob),
+        Rule("pii.date_of_birth", DATE, DOB_PREFILTER, 40, check_dob, reads_context=True),
         Rule("pci.card_number", CARD,
              r"\d(?:" + _DIGIT_SEP + r"?\d){6}|\d{4}[^0-9A-Za-z]{1,3}\d{4}",
              # 19 digits and 18 separators of up to 2 characters, and a neighbouring group of up
              # to 7 digits after up to 3 separator characters on either side (_group_run); a run
              # of CARD_RUN_DIGITS digits in at most 10 groups (_groups_after)
-             max(19 + 18 * 2 + 2 * (7 + 3), CARD_RUN_DIGITS + 9 * 3), check_card),
-        Rule("phi.us_npi", NPI, r"[12]\d{9}", 10, check_npi),
+             max(19 + 18 * 2 + 2 * (7 + 3), CARD_RUN_DIGITS + 9 * 3), check_card, reads_context=True),
+        Rule("phi.us_npi", NPI, r"[12]\d{9}", 10, check_npi, reads_context=True),
         Rule("phi.mrn", MRN, r"(?i)mrn|medical[ ]record|patient[ ]|chart[ ]|hospital[ ]number", 20,
              check_mrn),
         Rule("secret.aws_access_key", AWS, r"A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA", 20,

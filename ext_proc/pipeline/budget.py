@@ -50,11 +50,11 @@ class ScanPool:
             return self._pool
 
     def scan(self, custom_terms: Mapping[str, Sequence[str]], max_input_chars: int, text: str,
-             candidates_left: int, candidates_limit: int) -> tuple[list[Any], int]:
+             candidates_left: int, candidates_limit: int, fences: Sequence[int] | None = None) -> tuple[list[Any], int]:
         pool = self._executor()
         try:
             findings, left = pool.submit(_scan_in_child, _terms_key(custom_terms), max_input_chars, text,
-                                         candidates_left).result()
+                                         candidates_left, fences).result()
         except BrokenProcessPool:
             with self._lock:
                 if self._pool is pool:
@@ -87,7 +87,8 @@ def _terms_key(custom_terms: Mapping[str, Sequence[str]]) -> tuple[Any, ...]:
 _CHILD_CLASSIFIERS: dict[tuple[Any, ...], Classifier] = {}
 
 
-def _scan_in_child(terms_key: tuple[Any, ...], max_input_chars: int, text: str, candidates_left: int) -> tuple[Any, int]:
+def _scan_in_child(terms_key: tuple[Any, ...], max_input_chars: int, text: str, candidates_left: int,
+                   fences: Sequence[int] | None = None) -> tuple[Any, int]:
     """In the ScanPool's process: the same Classifier, built once per dictionary set; (None, 0)
     when the candidate budget runs out (exceptions with arguments do not cross processes well)."""
     key = (terms_key, max_input_chars)
@@ -99,7 +100,7 @@ def _scan_in_child(terms_key: tuple[Any, ...], max_input_chars: int, text: str, 
                                                  max_input_chars=max_input_chars)
     budget = _Candidates(candidates_left)
     try:
-        findings = c.scan(text, budget=budget)
+        findings = c.scan(text, budget=budget, fences=fences)
     except InspectionBudgetExceeded:
         return None, 0
     return findings, budget.candidates_left
@@ -140,7 +141,7 @@ class BudgetedClassifier:
     def max_match_chars(self) -> int:
         return self._classifier.max_match_chars
 
-    def scan(self, text: str, **kwargs: Any) -> list[Finding]:
+    def scan(self, text: str, *, fences: Sequence[int] | None = None, **kwargs: Any) -> list[Finding]:
         if not isinstance(text, str):
             raise TypeError("scan() takes a str")
         # len() is the UTF-8 size for ASCII; encode only the text that is not.
@@ -149,28 +150,29 @@ class BudgetedClassifier:
         if self.bytes_left < 0:
             raise InspectionBudgetExceeded("bytes of text", self.bytes_limit)
         if self._pool is None or kwargs:
-            return self._classifier.scan(text, budget=self, **kwargs)
+            return self._classifier.scan(text, budget=self, fences=fences, **kwargs)
         if len(text) > self._classifier.max_input_chars:
             return self._classifier.scan(text)     # raises InputTooLarge, as a local scan would
         if self._local_left > 0 and len(text) < REMOTE_SCAN_MIN_CHARS:
             local = _Candidates(min(self._local_left, self.candidates_left))
             try:
-                findings = self._classifier.scan(text, budget=local)
+                findings = self._classifier.scan(text, budget=local, fences=fences)
             except InspectionBudgetExceeded:
                 if self._local_left < self.candidates_left:
                     self._local_left = 0           # the local allowance ran out: the pool redoes it
-                    return self._remote(text)
+                    return self._remote(text, fences)
                 raise InspectionBudgetExceeded("candidate matches", self.candidates_limit) from None
             spent = min(self._local_left, self.candidates_left) - local.candidates_left
             self.candidates_left -= spent
             self._local_left -= spent
             return findings
-        return self._remote(text)
+        return self._remote(text, fences)
 
-    def _remote(self, text: str) -> list[Finding]:
+    def _remote(self, text: str, fences: Sequence[int] | None = None) -> list[Finding]:
         assert self._pool is not None
         findings, self.candidates_left = self._pool.scan(
-            self._custom_terms, self._classifier.max_input_chars, text, self.candidates_left, self.candidates_limit)
+            self._custom_terms, self._classifier.max_input_chars, text, self.candidates_left, self.candidates_limit,
+            fences)
         return findings
 
     def __getattr__(self, name: str) -> Any:

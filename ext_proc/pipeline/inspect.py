@@ -9,7 +9,7 @@ conversation is never refused for length alone; the request's byte budget is enf
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +65,8 @@ def scan_value(classifier: Scanner, view: View) -> list[Finding]:
         i = bisect_right(starts, pos) - 1
         return starts[i] + lengths[i] if i >= 0 and pos < starts[i] + lengths[i] else pos
 
-    return whole_secrets(view.text, scan_long(classifier, view.text), limit=SECRET_EXTENT_CHARS, value_end=piece_end)
+    return whole_secrets(view.text, scan_long(classifier, view.text, view.fences), limit=SECRET_EXTENT_CHARS,
+                         value_end=piece_end)
 
 
 def scan_whole(classifier: Scanner, text: str) -> list[Finding]:
@@ -74,18 +75,22 @@ def scan_whole(classifier: Scanner, text: str) -> list[Finding]:
     return whole_secrets(text, classifier.scan(text), limit=SECRET_EXTENT_CHARS)
 
 
-def scan_long(classifier: Scanner, text: str) -> list[Finding]:
+def scan_long(classifier: Scanner, text: str, fences: Sequence[int] | None = None) -> list[Finding]:
     """classifier.scan over any length: windows of the classifier's limit overlapping by the
-    longest possible finding, so every finding lies whole in some window."""
+    longest possible finding, so every finding lies whole in some window. FENCES (View.fences):
+    where the text's fields begin, each window given its own."""
     limit = classifier.max_input_chars
     if len(text) <= limit:
-        return classifier.scan(text)
+        return classifier.scan(text, fences=fences) if fences else classifier.scan(text)
     overlap = min(classifier.max_match_chars, limit // 2)
     step = limit - overlap
     seen: set[tuple[str, int, int]] = set()
     out: list[Finding] = []
     for base in range(0, len(text), step):
-        for f in classifier.scan(text[base:base + limit]):
+        window = text[base:base + limit]
+        inside = [f - base for f in fences[bisect_left(fences, base):bisect_left(fences, base + limit)]] \
+            if fences else None
+        for f in (classifier.scan(window, fences=inside) if inside else classifier.scan(window)):
             g = Finding(f.label, f.start + base, f.end + base, f.confidence, f.validator)
             if (g.label, g.start, g.end) not in seen:
                 seen.add((g.label, g.start, g.end))

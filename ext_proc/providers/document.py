@@ -30,7 +30,7 @@ import binascii
 import copy
 import json
 import urllib.parse
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +110,9 @@ class View:
     segments: list[int]    # the segment index of each mapped piece
     lengths: list[int]
     offsets: list[int] | None = None   # where in its segment each piece starts (None: all at 0)
+    # Offsets in text where a field of its own begins (increasing; None: one text throughout).
+    # The classifier reads a value's context words within its field only (Classifier.scan).
+    fences: list[int] | None = None
 
     def pieces(self, start: int, end: int) -> list[tuple[int, int, int]]:
         """(segment, start, end) in segment offsets for every mapped piece [start, end) touches."""
@@ -126,17 +129,24 @@ class View:
 
 
 def _view(items: list[tuple[int, str]], glue_before: list[str], glue_after: list[str] | None = None,
-          *, edge: int | None = None) -> View:
+          *, edge: int | None = None, fence_before: list[bool] | None = None,
+          inner: Mapping[int, list[int]] | None = None) -> View:
     """A view of ITEMS (segment index, text), each preceded by its glue (and followed by one).
     EDGE: only the first and last EDGE characters of a longer text are written (a newline
-    between them), for views that exist to find what crosses from one text into the next."""
+    between them), for views that exist to find what crosses from one text into the next.
+    FENCE_BEFORE: the items before whose glue a field of its own begins; INNER: segment -> the
+    offsets in its text where a field begins (a string that is JSON): both become View.fences."""
     parts: list[str] = []
     starts: list[int] = []
     segments: list[int] = []
     lengths: list[int] = []
     offsets: list[int] = []
+    fences: list[int] = []
     pos = 0
     for n, (i, text) in enumerate(items):
+        if fence_before is not None and fence_before[n] and pos:
+            fences.append(pos)
+        within = inner.get(i) if inner else None
         g = glue_before[n]
         if g:
             parts.append(g)
@@ -155,11 +165,17 @@ def _view(items: list[tuple[int, str]], glue_before: list[str], glue_after: list
                 lengths.append(len(piece))
                 offsets.append(off)
                 parts.append(piece)
+                if within:
+                    lo = bisect_left(within, off)
+                    hi = bisect_left(within, off + len(piece))
+                    fences.extend(pos + f - off for f in within[lo:hi] if pos + f - off)
                 pos += len(piece)
+                if within:   # a field of the JSON ends with the string: what follows is no context
+                    fences.append(pos)
         if glue_after is not None and glue_after[n]:
             parts.append(glue_after[n])
             pos += len(glue_after[n])
-    return View("".join(parts), starts, segments, lengths, offsets)
+    return View("".join(parts), starts, segments, lengths, offsets, fences or None)
 
 
 @dataclass
@@ -173,6 +189,9 @@ class Document:
     # Keys, values and numbers in document order (and short reading-view strings again, beside
     # their key): the field view.
     field_order: list[int] = field(default_factory=list)
+    # Strings that are JSON documents (read again as such): segment -> where in its text each of
+    # its fields begins (json_fences), for the views' fences.
+    json_fields: dict[int, list[int]] = field(default_factory=dict)
 
     def reading_views(self, edge: int | None = None) -> list[View]:
         """The text the model reads together. A value split across parts or turns must be found
@@ -191,17 +210,49 @@ class Document:
         for k, glue in enumerate(ways):
             if n:
                 glue[0] = ""
-            views.append(_view(items, glue, edge=edge if k else None))
+            views.append(_view(items, glue, edge=edge if k else None, inner=self.json_fields))
         return views
 
     def field_view(self) -> View:
         """Every other string, key and number in document order, written the way a reader of the
         JSON sees it (``"key": "value", ``), so a key and its value are read together (a
-        ``"password": "..."`` pair) and values split across neighbouring fields are joined."""
+        ``"password": "..."`` pair) and values split across neighbouring fields are joined.
+
+        A field that holds a number is fenced (View.fences): its key with its value, or with the
+        numbers of the array it holds; in a string that is JSON too. A number's context words
+        come from its own key and its own digits, never from a neighbouring key's name (`"seed":
+        2736819303, "parallel_tool_calls": 0`: the `call` of the neighbour is no context for
+        the seed, and masking it would turn the number into a string the provider refuses).
+        Strings keep their neighbours' context: a key/value list (`{"field": "SSN", "value":
+        "536228726"}`, FHIR's `{"system": ".../us-ssn", "value": ...}`) says what a value is in a
+        sibling, and a masked string is still a string."""
         order = self.field_order
         segs = self.segments
         items = [(i, segs[i].text) for i in order]
         before = ['"' if segs[i].kind not in NUMBER_KINDS else "" for i in order]
+        fence = []
+        owner: Path | None = None
+        for i in order:
+            seg = segs[i]
+            if seg.kind == "key":
+                fence.append(True)
+                owner = seg.path
+                continue
+            k = len(seg.path)             # a value's field: its path without array indices
+            while k > 0 and isinstance(seg.path[k - 1], int):
+                k -= 1
+            mine = seg.path[:k]
+            fence.append(mine != owner)
+            owner = mine
+        # Fields are numbered; only the fences that begin or end a field holding a number stay.
+        field_of: list[int] = []
+        for begins in fence:
+            field_of.append(field_of[-1] + begins if field_of else 0)
+        numeric = [False] * (field_of[-1] + 1 if field_of else 0)
+        for n, i in enumerate(order):
+            if segs[i].kind in NUMBER_KINDS:
+                numeric[field_of[n]] = True
+        fence = [begins and (numeric[f] or f > 0 and numeric[f - 1]) for begins, f in zip(fence, field_of, strict=True)]
         after = []
         for n, i in enumerate(order):
             kind = segs[i].kind
@@ -213,7 +264,7 @@ class Document:
                 after.append('": ' if has_value else '": 0, ')
             else:
                 after.append(", " if kind in NUMBER_KINDS else '", ')
-        return _view(items, before, after)
+        return _view(items, before, after, fence_before=fence, inner=self.json_fields)
 
     def array_views(self, edge: int | None = None) -> list[View]:
         """The strings of each JSON array joined with nothing, in order: a value spelled out one
@@ -417,12 +468,16 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
             elif key in _FILE_REF_KEYS and node:
                 unscanned("file_ref")
             if path not in seen:
-                order.append(add(TextSegment(path, node, "value")))
-            elif len(node) <= _PAIRED_TEXT:
-                order.append(seen[path])     # beside its key once more ({"password": "..."})
+                here = add(TextSegment(path, node, "value"))
+                order.append(here)
+            else:
+                here = seen[path]
+                if len(node) <= _PAIRED_TEXT:
+                    order.append(here)       # beside its key once more ({"password": "..."})
             inner_doc = nested_json(node)
             if inner_doc is not None:
                 stack.append((inner_doc, path + (JSON_STEP,), []))
+                doc.json_fields[here] = json_fences(node, around_numbers=True)
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
             digits = _number_text(node)
             if sum(c.isdigit() for c in digits) >= 7:   # short numbers cannot hold any finding
@@ -431,6 +486,60 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
         if text:
             add(TextSegment(("<route>", name), text, "route"))
     return doc
+
+
+def json_fences(text: str, *, around_numbers: bool = False) -> list[int]:
+    """Where the fields of TEXT, a JSON document, begin, in increasing order: each key's opening
+    quote, and right after each closing brace or bracket (what follows a nested object is not
+    its field). The fences the field view puts between fields (Document.field_view), inside a
+    string that is JSON. Linear: str.find over the text (the next closer of each kind is found
+    once and kept until passed), a run of backslashes read once, before the quote it escapes or
+    not. AROUND_NUMBERS: only the fences that begin or end a field whose value is a number
+    (Document.field_view says why)."""
+    out: list[int] = []
+    numeric: list[bool] = []      # per fence: the field it begins holds a number
+    n, pos = len(text), 0
+    brace, bracket = text.find("}"), text.find("]")
+    while pos < n:
+        q = text.find('"', pos)
+        stop = n if q == -1 else q
+        while brace != -1 and brace < stop or bracket != -1 and bracket < stop:   # closers before it
+            if bracket == -1 or brace != -1 and brace < bracket:
+                out.append(brace + 1)
+                brace = text.find("}", brace + 1)
+            else:
+                out.append(bracket + 1)
+                bracket = text.find("]", bracket + 1)
+            numeric.append(False)
+        if q == -1:
+            break
+        e = text.find('"', q + 1)
+        while e != -1 and text[e - 1] == "\\":       # escaped, unless the backslashes pair up
+            b = e - 1
+            while text[b - 1] == "\\":               # (b > q: the opening quote stops it)
+                b -= 1
+            if (e - b) % 2 == 0:
+                break
+            e = text.find('"', e + 1)
+        if e == -1:
+            break
+        k = e + 1
+        while k < n and text[k] in " \t\r\n":
+            k += 1
+        if k < n and text[k] == ":":
+            out.append(q)
+            k += 1
+            while k < n and text[k] in " \t\r\n[":
+                k += 1
+            numeric.append(k < n and text[k] in "-0123456789")
+        pos = e + 1
+        if brace != -1 and brace < pos:              # closers inside the string are not closers
+            brace = text.find("}", pos)
+        if bracket != -1 and bracket < pos:
+            bracket = text.find("]", pos)
+    if around_numbers:
+        return [f for j, f in enumerate(out) if numeric[j] or j and numeric[j - 1]]
+    return out
 
 
 def _number_text(n: int | float) -> str:

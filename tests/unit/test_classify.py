@@ -3,6 +3,7 @@ hostile input, CLI."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -463,3 +464,90 @@ def test_fast_span_iteration_matches_public_finditer(clf):
 def test_a_card_among_other_digit_groups_is_masked_whole(clf, text):
     out, _ = redact(text, clf.scan(text), {"*": "mask"}, hash_key=b"k")
     assert "1111" not in out and "4111" not in out, out
+
+
+# ---- context fences: a candidate's context words are read within its own region ----
+
+_FENCE_NOISE = ["", "é", "Ñ", "\u200b", "\u0301", "日本", "ｆｕｌｌ", "\x00", "💳"]
+
+
+@functools.cache
+def _fence_classifier() -> Classifier:
+    return Classifier()
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_context_words_are_read_within_the_candidates_region_only(data):
+    """Fields written as a view writes them, with random text (accents, invisible characters,
+    full-width letters, CJK, emoji: the normalized bytes differ from the original characters)
+    before and between them: a context word in a neighbouring region is no context; in the
+    candidate's own region (before or after it), it is. Without fences the window reads both,
+    as before."""
+    c = _fence_classifier()
+    noise = lambda: "".join(data.draw(st.lists(st.sampled_from(_FENCE_NOISE), max_size=3)))  # noqa: E731
+    word, number, label, high = data.draw(st.sampled_from([
+        ("call", "2736819303", "pii.phone", 70), ("phone", "2736819303", "pii.phone", 70),
+        ("provider", "1234567893", "phi.us_npi", 90), ("ssn", "536228726", "pii.us_ssn", 80),
+        ("dob", "1990-01-02", "pii.date_of_birth", 80)]))
+    own_before = data.draw(st.booleans())
+    where = data.draw(st.sampled_from(["neighbour_before", "neighbour_after", "own"]))
+    pre = noise() + '"a": "x", '
+    if where == "neighbour_before":
+        fields = [f'"{word}_flag": 0, ', f'"seed{noise()}": {number}, ', '"z": 1, ']
+    elif where == "neighbour_after":
+        fields = [f'"seed{noise()}": {number}, ', f'"is_{word}_set": 0, ', '"z": 1, ']
+    else:
+        fields = ([f'"my_{word}": {number}, '] if own_before else [f'"seed": "{number} {word}", ']) + ['"z": 1, ']
+    text = pre
+    fences = []
+    for f in fields:
+        fences.append(len(text))
+        text += f
+    found = [f for f in c.scan(text, fences=fences) if f.label == label]
+    if where == "own":
+        assert found and max(f.confidence for f in found) >= high, (text, found)
+    else:
+        assert all(f.confidence < high for f in found), (text, found)
+        unfenced = [f for f in c.scan(text) if f.label == label]
+        assert unfenced and max(f.confidence for f in unfenced) >= high, (text, unfenced)   # the old reading
+
+
+def _json_values(draw_leaf):
+    return st.recursive(draw_leaf, lambda kids: st.lists(kids, max_size=4)
+                        | st.dictionaries(st.text(alphabet='ab"\\:{}[], \u00e9\n', max_size=6), kids, max_size=4),
+                        max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_json_values(st.none() | st.booleans() | st.integers() | st.text(alphabet='xy"\\:{}[], \u00e9', max_size=6)),
+       indent=st.sampled_from([None, 1]), ascii_only=st.booleans())
+def test_json_fences_are_each_keys_opening_quote_and_after_each_closer(doc, indent, ascii_only):
+    """Keys and strings holding quotes, backslashes, colons and braces, compact or indented:
+    the fences are exactly the keys' opening quotes and the positions after the structural
+    closing braces and brackets, in increasing order."""
+    from ext_proc.providers.document import json_fences
+
+    text = json.dumps(doc, indent=indent, ensure_ascii=ascii_only)
+    fences = json_fences(text)
+    assert fences == sorted(fences)
+
+    keys = closers = 0
+    stack = [doc]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            keys += len(o)
+            closers += 1
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            closers += 1
+            stack.extend(o)
+    assert len(fences) == keys + closers, (text, fences)
+    dec = json.JSONDecoder()
+    for f in fences:
+        if text[f - 1:f] in ("}", "]"):
+            continue
+        assert text[f] == '"'
+        key, end = dec.raw_decode(text, f)
+        assert isinstance(key, str) and text[end:].lstrip(" \t\r\n").startswith(":"), (text, f)
