@@ -230,7 +230,8 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
     for view in doc.array_views(edge=classifier.max_match_chars):
         take(view, scan_value(classifier, view))
     for view in doc.object_views(edge=classifier.max_match_chars):
-        take(view, [narrow(classifier, view, f) for f in scan_value(classifier, view)], joined_only=True)
+        take(view, [narrow(classifier, view, f) for f in scan_value(classifier, view) if joined_finding(f)],
+             joined_only=True)
     for i, seg in enumerate(doc.segments):
         if seg.kind in ("attachment", "route"):
             view = View(seg.text, [0], [i], [len(seg.text)])

@@ -62,10 +62,11 @@ _PAIRED_TEXT = 1024
 # neighbouring fields, of at most RUN_CHARS characters together (the longest finding but a key
 # block's or a JWT's is 262 normalized characters; those need no boundary and are read in the
 # glued view). Runs are written one after another with RUN_BREAK between them: more than the
-# three characters of punctuation a card's groups may have between them, so no finding joins two.
+# three characters of punctuation a card's groups may have between them, and a `#` no key
+# block's or token's body holds, so no finding joins two.
 RUN_PIECES = 5
 RUN_CHARS = 800
-RUN_BREAK = "\n\n\n\n"
+RUN_BREAK = "\n\n#\n\n"
 # String values under these keys are encoded payloads (base64 or a data: URL) in every provider's
 # format: OpenAI file_data / input_audio.data / b64_json, Anthropic source.data, Gemini
 # inlineData.data, Bedrock source.bytes.
@@ -257,35 +258,63 @@ class Document:
         a model reads the JSON and can join them. Each group (object_groups) joined with
         nothing, in document order: the keys of an object together with those of the objects
         nested in it; their string values likewise; one field's string values across an array's
-        objects. An object inside another belongs to the outer one's groups, so every key and
-        string is in at most one group of each kind: linear. EDGE as in reading_views."""
+        objects; and each object's own keys and values apart from those nested in it. An object
+        inside another belongs to the outer one's chain and to its own group, so every key and
+        string is in at most three groups: linear. Two views (one scan each): the groups glued,
+        RUN_BREAK between groups, and their runs (below). EDGE as in reading_views."""
         views = []
-        runs: list[tuple[int, str]] = []
-        glue: list[str] = []
+        grouped: list[tuple[int, str]] = []
+        between: list[str] = []
+        runs: list[list[tuple[int, str]]] = []
         for members in self.object_groups:
             if len(members) < 2:
                 continue
             items = [(i, self.segments[i].text) for i in members]
-            views.append(_view(items, [""] * len(items), edge=edge))
-            # Glued whole, a group's other keys run into a value's pieces ("toolSpec", "name",
-            # "inputSchema"... before "api_k", "ey: 2yW4..."), and a rule with a bounded name or
-            # domain before a boundary (`\b...{0,30}api_key`, an address's domain) no longer
-            # matches. So every run of 2 to RUN_PIECES neighbouring short pieces is also read on
-            # its own: at most RUN_PIECES - 1 runs start at a piece, each at most RUN_CHARS long,
-            # the longest first (a value's whole run is found before a part of it, which is then
-            # already covered).
-            for a in range(len(items) - 1):
-                size, last = len(items[a][1]), a
-                while last + 1 < min(a + RUN_PIECES, len(items)) and size + len(items[last + 1][1]) <= RUN_CHARS:
-                    last += 1
-                    size += len(items[last][1])
-                for b in range(last, a, -1):
-                    for k in range(a, b + 1):
-                        runs.append(items[k])
-                        glue.append(RUN_BREAK if k == a and len(runs) > 1 else "")
+            between += [RUN_BREAK if grouped else ""] + [""] * (len(items) - 1)
+            grouped += items
+            runs.append(items)
+        if grouped:
+            views.append(_view(grouped, between, edge=edge))
         if runs:
-            views.append(_view(runs, glue))
+            views.append(_runs_view(runs))
         return views
+
+
+def _runs_view(groups: list[list[tuple[int, str]]]) -> View:
+    """Every run of 2 to RUN_PIECES neighbouring items of each group, at most RUN_CHARS long,
+    RUN_BREAK before each. Glued whole, a group's other keys run into a value's pieces
+    ("toolSpec", "name", "inputSchema"... before "api_k", "ey: 2yW4..."), and a rule with a
+    bounded name or domain before a boundary (`\b...{0,30}api_key`, an address's domain) no
+    longer matches; read on its own, the run that is the value does. At most RUN_PIECES - 1 runs
+    start at an item: linear. The longest of each start comes first (a value's whole run is found
+    before a part of it, which is then already covered)."""
+    parts: list[str] = []
+    starts: list[int] = []
+    segments: list[int] = []
+    lengths: list[int] = []
+    pos, brk = 0, len(RUN_BREAK)
+    for items in groups:
+        n = len(items)
+        segs = [i for i, _ in items]
+        texts = [t for _, t in items]
+        sizes = [len(t) for t in texts]
+        for a in range(n - 1):
+            size, last = sizes[a], a
+            top = min(a + RUN_PIECES, n)
+            while last + 1 < top and size + sizes[last + 1] <= RUN_CHARS:
+                last += 1
+                size += sizes[last]
+            for b in range(last, a, -1):
+                if pos:
+                    parts.append(RUN_BREAK)
+                    pos += brk
+                for k in range(a, b + 1):
+                    starts.append(pos)
+                    pos += sizes[k]
+                parts += texts[a:b + 1]
+                segments += segs[a:b + 1]
+                lengths += sizes[a:b + 1]
+    return View("".join(parts), starts, segments, lengths)
 
 
 def _media_type(ancestors: list[dict[str, Any]]) -> str:
@@ -423,6 +452,7 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
     stack: list[tuple[Any, Path, list[dict[str, Any]], tuple[int, int] | None, tuple[Any, ...] | None]] = \
         [(parsed.body, (), [], None, None)] if parsed is not None else []
     groups = 0
+    contiguous: set[int] = set()
     while stack:
         node, path, ancestors, owner, sib = stack.pop()
         if ancestors is _KEY:
@@ -433,6 +463,8 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
                 keys.setdefault(("own", owner[1]), []).append(i)
         elif isinstance(node, dict):
             inner = [node] + ancestors[:2]
+            if owner is not None and not any(isinstance(v, dict) for v in node.values()):
+                contiguous.add(groups + 1)   # its own members are a stretch of its chain's
             owner = (groups if owner is None else owner[0], groups + 1)
             groups += 2
             member_sib = sib[1] if sib is not None and sib[0] == "a" else None
@@ -511,20 +543,21 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
                 order.append(add(TextSegment(path, digits, "number")))
     # An object's own group is its chain's when nothing is nested in it and nothing encloses it:
     # read once.
-    doc.object_groups = [g for g in _distinct(keys) + _distinct(values) + list(sibling_fields.values())
-                         if len(g) >= 2]
+    doc.object_groups = [g for g in _distinct(keys, contiguous) + _distinct(values, contiguous)
+                         + list(sibling_fields.values()) if len(g) >= 2]
     for name, text in route_texts.items():
         if text:
             add(TextSegment(("<route>", name), text, "route"))
     return doc
 
 
-def _distinct(groups: dict[tuple[str, int], list[int]]) -> list[list[int]]:
-    """The chains and the objects' own groups, an own group left out when it is its chain's."""
+def _distinct(groups: dict[tuple[str, int], list[int]], contiguous: set[int]) -> list[list[int]]:
+    """The chains and the objects' own groups, an own group left out when it is its chain's or a
+    stretch of it (an object nested in another without objects of its own inside)."""
     out = []
     chains = {k[1]: g for k, g in groups.items() if k[0] == "chain"}
     for (kind, n), g in groups.items():
-        if kind == "chain" or chains.get(n - 1) != g:
+        if kind == "chain" or n not in contiguous and chains.get(n - 1) != g:
             out.append(g)
     return out
 
