@@ -183,7 +183,11 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                          if seg.kind in NUMBER_KINDS or seg.kind in ("text", "value") and seg.path in holders)
 
     def covered(label: str, parts: tuple[tuple[int, int, int], ...]) -> bool:
-        return all(any(g.label == label and g.start <= s and e <= g.end for g in per_segment.get(seg, ()))
+        """Every part already inside a finding of LABEL (a generic secret: of any secret label,
+        the key its issuer's rule read, as the classifier keeps one of the two)."""
+        generic = label == "secret.generic"
+        return all(any((g.label == label or generic and g.label.startswith("secret."))
+                       and g.start <= s and e <= g.end for g in per_segment.get(seg, ()))
                    for seg, s, e in parts)
 
     def take(view: View, findings: list[Finding], joined_only: bool = False) -> None:
