@@ -101,6 +101,68 @@ def scan_long(classifier: Scanner, text: str, fences: Sequence[int] | None = Non
     return out
 
 
+# What a reading of an object's fields glued together may find: values that check themselves
+# (a Luhn sum, the SSN rules, mod-97, a key's prefix and entropy) or are delimited by their own
+# syntax (an address, a JWT, a key block, a deployer's dictionary term), at or above the numbers'
+# floor. Not readings that take their context from the text around them or from line structure:
+# glued fields make both up (a timestamp's `:40Z` run into the next values reads as a .pgpass
+# line; `99` `1300` `2024` as a bare 10-digit phone; `phone_ext` beside a number as a phone word).
+JOINED_VALIDATORS = frozenset({"luhn", "ssn_rules", "mod97", "entropy"})
+JOINED_LABELS = frozenset({"pii.email", "secret.jwt", "secret.private_key"})
+
+
+def joined_finding(f: Finding) -> bool:
+    return f.confidence >= NUMBER_MIN_CONFIDENCE and (
+        f.validator in JOINED_VALIDATORS or f.label in JOINED_LABELS or f.label.startswith("custom."))
+
+
+def narrow(classifier: Scanner, view: View, f: Finding) -> Finding:
+    """F, found in a view that glues unrelated texts (an object's fields), without the texts at
+    either end it does not need: an e-mail's local part or a key's run of letters would otherwise
+    take in the neighbouring values (``"gpt-4o-mini"`` before ``"jane.doe"``, ``"@example.com"``)
+    and mask them too. The first piece is dropped while the rest, read alone, still holds a finding
+    of the label reaching into the last piece; then the last while the rest still holds one from
+    the new start. Binary searches over the pieces, each read at most the finding's length:
+    O(log pieces) short scans, for findings that span pieces only."""
+    starts, lengths = view.starts, view.lengths
+    first = max(0, bisect_right(starts, f.start) - 1)
+    last = bisect_right(starts, f.end - 1) - 1
+    if last <= first or f.end - f.start > classifier.max_input_chars:
+        return f
+    text, label = view.text, f.label
+
+    def found(a: int, b: int, tail: bool) -> Finding | None:
+        for g in classifier.scan(text[a:b]):
+            if g.label == label and (g.end + a > starts[last] if tail else g.start + a == start):
+                return Finding(label, g.start + a, g.end + a, g.confidence, g.validator)
+        return None
+
+    lo, hi, best = first + 1, last, None          # the latest piece the finding may start at
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        g = found(starts[mid], f.end, True)
+        if g is not None:
+            best, lo = g, mid + 1
+        else:
+            hi = mid - 1
+    start = best.start if best is not None else f.start
+    # The earliest piece it may end at, read from the start of the piece it starts in (a rule's
+    # context, `password=`, stays in front of the value).
+    lo, hi, best = first if best is None else lo - 1, last - 1, None
+    head = starts[lo]
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        g = found(head, starts[mid] + lengths[mid], False)
+        if g is not None:
+            best, hi = g, mid - 1
+        else:
+            lo = mid + 1
+    end = best.end if best is not None else f.end
+    if (start, end) == (f.start, f.end):
+        return f
+    return Finding(label, start, end, f.confidence, f.validator)
+
+
 def classify_document(classifier: Scanner, doc: Document, body: object) -> DocumentFindings:
     result = DocumentFindings()
     seen: set[tuple[str, tuple[tuple[int, int, int], ...]]] = set()
@@ -125,7 +187,15 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
         return frozenset(i for i, seg in enumerate(segs)
                          if seg.kind in NUMBER_KINDS or seg.kind in ("text", "value") and seg.path in holders)
 
-    def take(view: View, findings: list[Finding]) -> None:
+    def covered(label: str, parts: tuple[tuple[int, int, int], ...]) -> bool:
+        """Every part already inside a finding of LABEL (a generic secret: of any secret label,
+        the key its issuer's rule read, as the classifier keeps one of the two)."""
+        generic = label == "secret.generic"
+        return all(any((g.label == label or generic and g.label.startswith("secret."))
+                       and g.start <= s and e <= g.end for g in per_segment.get(seg, ()))
+                   for seg, s, e in parts)
+
+    def take(view: View, findings: list[Finding], joined_only: bool = False) -> None:
         nonlocal numbers
         pieces = view.pieces
         single = len(view.starts) == 1     # one mapped piece (a lone reading string, a route)
@@ -142,6 +212,8 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                 parts = tuple(pieces(f.start, f.end))
             if not parts or (label, parts) in seen:
                 continue                      # glue only (JSON punctuation), or already found
+            if joined_only and (not joined_finding(f) or covered(label, parts)):
+                continue                      # glue-made, or every piece already found
             if f.confidence < NUMBER_MIN_CONFIDENCE:
                 if numbers is None:
                     numbers = numbers_only()
@@ -166,6 +238,9 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
     take(fields, scan_value(classifier, fields))
     for view in doc.array_views(edge=classifier.max_match_chars):
         take(view, scan_value(classifier, view))
+    for view in doc.object_views(edge=classifier.max_match_chars):
+        take(view, [narrow(classifier, view, f) for f in scan_value(classifier, view) if joined_finding(f)],
+             joined_only=True)
     for i, seg in enumerate(doc.segments):
         if seg.kind in ("attachment", "route"):
             view = View(seg.text, [0], [i], [len(seg.text)])

@@ -58,6 +58,15 @@ NUMBER_KINDS = ("number", "numbers")
 # token ids, or a list of such lists): ids the model reads as tokens, not digits the model reads.
 _TOKEN_ARRAY_KEYS = frozenset({"input", "prompt"})
 _PAIRED_TEXT = 1024
+# The object views' runs (Document.object_views): a value split over at most RUN_PIECES
+# neighbouring fields, of at most RUN_CHARS characters together (the longest finding but a key
+# block's or a JWT's is 262 normalized characters; those need no boundary and are read in the
+# glued view). Runs are written one after another with RUN_BREAK between them: more than the
+# three characters of punctuation a card's groups may have between them, and a `#` no key
+# block's or token's body holds, so no finding joins two.
+RUN_PIECES = 5
+RUN_CHARS = 800
+RUN_BREAK = "\n\n#\n\n"
 # String values under these keys are encoded payloads (base64 or a data: URL) in every provider's
 # format: OpenAI file_data / input_audio.data / b64_json, Anthropic source.data, Gemini
 # inlineData.data, Bedrock source.bytes.
@@ -192,6 +201,10 @@ class Document:
     # Strings that are JSON documents (read again as such): segment -> where in its text each of
     # its fields begins (json_fences), for the views' fences.
     json_fields: dict[int, list[int]] = field(default_factory=dict)
+    # Groups of segments a reader of the JSON joins across fields (see object_views): the keys of
+    # an object and of the objects nested in it, their string values, and one field's string
+    # values across the sibling objects of an array. Each segment is in at most one group of each.
+    object_groups: list[list[int]] = field(default_factory=list)
 
     def reading_views(self, edge: int | None = None) -> list[View]:
         """The text the model reads together. A value split across parts or turns must be found
@@ -287,6 +300,72 @@ class Document:
             items = [(i, self.segments[i].text) for _, i in members]
             views.append(_view(items, [""] * len(items), edge=edge))
         return views
+
+
+    def object_views(self, edge: int | None = None) -> list[View]:
+        """A value split across the fields of an object (``{"a": "4111 1111", "b": "1111 1111"}``,
+        ``{"p1": "jane.doe", "p2": "@example.com"}``, keys ``{"4111 1111": {"1111 1111": 1}}``)
+        or across the same field of sibling objects (``[{"d": "4111"}, {"d": "1111"}, ...]``):
+        a model reads the JSON and can join them. Each group (object_groups) joined with
+        nothing, in document order: the keys of an object together with those of the objects
+        nested in it; their string values likewise; one field's string values across an array's
+        objects; and each object's own keys and values apart from those nested in it. An object
+        inside another belongs to the outer one's chain and to its own group, so every key and
+        string is in at most three groups: linear. Two views (one scan each): the groups glued,
+        RUN_BREAK between groups, and their runs (below). EDGE as in reading_views."""
+        views = []
+        grouped: list[tuple[int, str]] = []
+        between: list[str] = []
+        runs: list[list[tuple[int, str]]] = []
+        for members in self.object_groups:
+            if len(members) < 2:
+                continue
+            items = [(i, self.segments[i].text) for i in members]
+            between += [RUN_BREAK if grouped else ""] + [""] * (len(items) - 1)
+            grouped += items
+            runs.append(items)
+        if grouped:
+            views.append(_view(grouped, between, edge=edge))
+        if runs:
+            views.append(_runs_view(runs))
+        return views
+
+
+def _runs_view(groups: list[list[tuple[int, str]]]) -> View:
+    """Every run of 2 to RUN_PIECES neighbouring items of each group, at most RUN_CHARS long,
+    RUN_BREAK before each. Glued whole, a group's other keys run into a value's pieces
+    ("toolSpec", "name", "inputSchema"... before "api_k", "ey: 2yW4..."), and a rule with a
+    bounded name or domain before a boundary (`\b...{0,30}api_key`, an address's domain) no
+    longer matches; read on its own, the run that is the value does. At most RUN_PIECES - 1 runs
+    start at an item: linear. The longest of each start comes first (a value's whole run is found
+    before a part of it, which is then already covered)."""
+    parts: list[str] = []
+    starts: list[int] = []
+    segments: list[int] = []
+    lengths: list[int] = []
+    pos, brk = 0, len(RUN_BREAK)
+    for items in groups:
+        n = len(items)
+        segs = [i for i, _ in items]
+        texts = [t for _, t in items]
+        sizes = [len(t) for t in texts]
+        for a in range(n - 1):
+            size, last = sizes[a], a
+            top = min(a + RUN_PIECES, n)
+            while last + 1 < top and size + sizes[last + 1] <= RUN_CHARS:
+                last += 1
+                size += sizes[last]
+            for b in range(last, a, -1):
+                if pos:
+                    parts.append(RUN_BREAK)
+                    pos += brk
+                for k in range(a, b + 1):
+                    starts.append(pos)
+                    pos += sizes[k]
+                parts += texts[a:b + 1]
+                segments += segs[a:b + 1]
+                lengths += sizes[a:b + 1]
+    return View("".join(parts), starts, segments, lengths)
 
 
 def _media_type(ancestors: list[dict[str, Any]]) -> str:
@@ -413,17 +492,37 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
         nested_budget[0] -= len(t)
         return obj
 
-    # (node, path, ancestors: the enclosing objects, nearest first, at most three)
-    stack: list[tuple[Any, Path, list[dict[str, Any]]]] = [(parsed.body, (), [])] if parsed is not None else []
+    # The object groups (Document.object_views): an object's keys, and its string values, with
+    # those of the objects nested in it (OWNER[0]: the outermost object's chain) and on their own
+    # (OWNER[1]: the object); one field's string values across the objects of an array (SIB:
+    # ("a", array) for an array's object, ("f", array, key) for a string member of one).
+    keys: dict[tuple[str, int], list[int]] = {}
+    values: dict[tuple[str, int], list[int]] = {}
+    sibling_fields: dict[tuple[Any, ...], list[int]] = {}
+    # (node, path, ancestors: the enclosing objects, nearest first, at most three, owner, sib)
+    stack: list[tuple[Any, Path, list[dict[str, Any]], tuple[int, int] | None, tuple[Any, ...] | None]] = \
+        [(parsed.body, (), [], None, None)] if parsed is not None else []
+    groups = 0
+    contiguous: set[int] = set()
     while stack:
-        node, path, ancestors = stack.pop()
+        node, path, ancestors, owner, sib = stack.pop()
         if ancestors is _KEY:
-            order.append(add(TextSegment(path, node, "key")))
+            i = add(TextSegment(path, node, "key"))
+            order.append(i)
+            if owner is not None:
+                keys.setdefault(("chain", owner[0]), []).append(i)
+                keys.setdefault(("own", owner[1]), []).append(i)
         elif isinstance(node, dict):
             inner = [node] + ancestors[:2]
+            if owner is not None and not any(isinstance(v, dict) for v in node.values()):
+                contiguous.add(groups + 1)   # its own members are a stretch of its chain's
+            owner = (groups if owner is None else owner[0], groups + 1)
+            groups += 2
+            member_sib = sib[1] if sib is not None and sib[0] == "a" else None
             for k in reversed(list(node)):
-                stack.append((node[k], path + (k,), inner))
-                stack.append((k, path + (k,), _KEY))
+                stack.append((node[k], path + (k,), inner, owner,
+                              ("f", member_sib, k) if member_sib is not None else None))
+                stack.append((k, path + (k,), _KEY, owner, None))
         elif isinstance(node, list):
             # The numbers of an array (and of the arrays inside it) are read together, whatever
             # their length ([4111, 1111, 1111, 1111], one digit per element, [[4111], [1111],
@@ -441,9 +540,11 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
                     skip_numbers = True
                 else:
                     bare.update(nested)
+            tag = ("a", groups)
+            groups += 1
             for j in range(len(node) - 1, -1, -1):
                 if not (skip_numbers and _is_number(node[j])):
-                    stack.append((node[j], path + (j,), ancestors))
+                    stack.append((node[j], path + (j,), ancestors, None, tag))
         elif isinstance(node, str):
             key = path[-1] if path and isinstance(path[-1], str) else None
             is_payload = key in _PAYLOAD_KEYS and not (ancestors and ancestors[0].get("type") == "text")
@@ -468,20 +569,34 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
             elif key in _FILE_REF_KEYS and node:
                 unscanned("file_ref")
             if path not in seen:
-                here = add(TextSegment(path, node, "value"))
-                order.append(here)
+                i = add(TextSegment(path, node, "value"))
+                order.append(i)
             else:
-                here = seen[path]
+                i = seen[path]
                 if len(node) <= _PAIRED_TEXT:
-                    order.append(here)       # beside its key once more ({"password": "..."})
+                    order.append(i)          # beside its key once more ({"password": "..."})
             inner_doc = nested_json(node)
             if inner_doc is not None:
-                stack.append((inner_doc, path + (JSON_STEP,), []))
-                doc.json_fields[here] = json_fences(node, around_numbers=True)
+                # Read as the JSON it holds (its own groups), not glued to its neighbours whole.
+                stack.append((inner_doc, path + (JSON_STEP,), [], None, None))
+                doc.json_fields[i] = json_fences(node, around_numbers=True)
+            elif node and path not in seen:
+                # The reading view's strings are read joined with each other there; glued to the
+                # protocol fields beside them (a role, a type, an id) they would make values
+                # nobody wrote ("assistant" + "@yahoo.com, thanks").
+                if owner is not None:
+                    values.setdefault(("chain", owner[0]), []).append(i)
+                    values.setdefault(("own", owner[1]), []).append(i)
+                if sib is not None and sib[0] == "f":
+                    sibling_fields.setdefault(sib, []).append(i)
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
             digits = _number_text(node)
             if sum(c.isdigit() for c in digits) >= 7:   # short numbers cannot hold any finding
                 order.append(add(TextSegment(path, digits, "number")))
+    # An object's own group is its chain's when nothing is nested in it and nothing encloses it:
+    # read once.
+    doc.object_groups = [g for g in _distinct(keys, contiguous) + _distinct(values, contiguous)
+                         + list(sibling_fields.values()) if len(g) >= 2]
     for name, text in route_texts.items():
         if text:
             add(TextSegment(("<route>", name), text, "route"))
@@ -539,6 +654,17 @@ def json_fences(text: str, *, around_numbers: bool = False) -> list[int]:
             bracket = text.find("]", pos)
     if around_numbers:
         return [f for j, f in enumerate(out) if numeric[j] or j and numeric[j - 1]]
+    return out
+
+
+def _distinct(groups: dict[tuple[str, int], list[int]], contiguous: set[int]) -> list[list[int]]:
+    """The chains and the objects' own groups, an own group left out when it is its chain's or a
+    stretch of it (an object nested in another without objects of its own inside)."""
+    out = []
+    chains = {k[1]: g for k, g in groups.items() if k[0] == "chain"}
+    for (kind, n), g in groups.items():
+        if kind == "chain" or n not in contiguous and chains.get(n - 1) != g:
+            out.append(g)
     return out
 
 
