@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ext_proc.classify import NUMBER_MIN_CONFIDENCE, Finding, Scanner, summarize
+from ext_proc.classify.decode import DecodedText, Decoder
 from ext_proc.classify.extent import whole_secrets
+from ext_proc.classify.rules import CONTEXT_BEFORE
 from ext_proc.providers.body import JSON_STEP
 from ext_proc.providers.document import NUMBER_KINDS, Document, View
 
@@ -96,6 +98,65 @@ def scan_long(classifier: Scanner, text: str) -> list[Finding]:
     return out
 
 
+def scan_decoded(classifier: Scanner, view: View, dec: DecodedText) -> list[Finding]:
+    """The findings of VIEW's decoded text (classify/decode.py) that read a decoded piece, in the
+    raw view's offsets, each covering every encoded run it touches whole (a mask of part of a
+    base64 run or of `jane.doe%40example.com` would leave a readable rest). Findings in base64 or
+    hex count only when confident (NUMBER_MIN_CONFIDENCE): decoded noise is read as hints.
+
+    Only the decoded text around the pieces is classified: every finding touching a piece, and
+    the context words the rules read around it, lie within max_match_chars + CONTEXT_BEFORE."""
+    text = dec.text
+    reach = classifier.max_match_chars + CONTEXT_BEFORE
+    windows: list[list[int]] = []
+    for p in dec.pieces:
+        a, b = max(0, p.start - reach), min(len(text), p.end + reach)
+        if windows and a <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], b)
+        else:
+            windows.append([a, b])
+    found: list[Finding] = []
+    for a, b in windows:
+        for f in scan_long(classifier, text[a:b]):
+            found.append(Finding(f.label, f.start + a, f.end + a, f.confidence, f.validator) if a else f)
+    starts, lengths = view.starts, view.lengths
+
+    def piece_end(pos: int) -> int:          # as in scan_value, through the raw view
+        raw = dec.raw_start(pos)
+        i = bisect_right(starts, raw) - 1
+        return dec.decoded_at(starts[i] + lengths[i]) if i >= 0 and raw < starts[i] + lengths[i] else pos
+
+    out = []
+    for f in whole_secrets(text, found, limit=SECRET_EXTENT_CHARS, value_end=piece_end):
+        touched = dec.touched(f.start, f.end)
+        if not touched or f.confidence < NUMBER_MIN_CONFIDENCE and any(p.ambiguous for p in touched):
+            continue                          # the raw text's own finding, or a decoded hint
+        s, e = dec.raw_span(f.start, f.end)
+        out.append(Finding(f.label, s, e, f.confidence, f.validator))
+    return out
+
+
+def _cover_index(findings: list[Finding]) -> dict[str, tuple[list[int], list[int]]]:
+    """Per label, and under "secret." for every secret: starts in order and the furthest end so far."""
+    index: dict[str, tuple[list[int], list[int]]] = {}
+    for f in sorted(findings, key=lambda f: f.start):
+        for key in (f.label, "secret.") if f.label.startswith("secret.") else (f.label,):
+            starts, ends = index.setdefault(key, ([], []))
+            starts.append(f.start)
+            ends.append(max(f.end, ends[-1]) if ends else f.end)
+    return index
+
+
+def _covers(index: dict[str, tuple[list[int], list[int]]], label: str, start: int, end: int) -> bool:
+    for key in (label, "secret."):
+        if key in index:
+            starts, ends = index[key]
+            k = bisect_right(starts, start) - 1
+            if k >= 0 and ends[k] >= end:
+                return True
+    return False
+
+
 def classify_document(classifier: Scanner, doc: Document, body: object) -> DocumentFindings:
     result = DocumentFindings()
     seen: set[tuple[str, tuple[tuple[int, int, int], ...]]] = set()
@@ -120,7 +181,7 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
         return frozenset(i for i, seg in enumerate(segs)
                          if seg.kind in NUMBER_KINDS or seg.kind in ("text", "value") and seg.path in holders)
 
-    def take(view: View, findings: list[Finding]) -> None:
+    def take(view: View, findings: list[Finding], keep: Any = None) -> None:
         nonlocal numbers
         pieces = view.pieces
         single = len(view.starts) == 1     # one mapped piece (a lone reading string, a route)
@@ -137,6 +198,8 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                 parts = tuple(pieces(f.start, f.end))
             if not parts or (label, parts) in seen:
                 continue                      # glue only (JSON punctuation), or already found
+            if keep is not None and not keep(label, parts):
+                continue
             if f.confidence < NUMBER_MIN_CONFIDENCE:
                 if numbers is None:
                     numbers = numbers_only()
@@ -155,16 +218,58 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                 per_segment.setdefault(seg, []).append(
                     first if s == s0 and e == e0 else Finding(label, s, e, f.confidence, f.validator))
 
-    for view in doc.reading_views(edge=classifier.max_match_chars):
+    views = [*doc.reading_views(edge=classifier.max_match_chars), doc.field_view(),
+             *doc.array_views(edge=classifier.max_match_chars)]
+    views += [View(seg.text, [0], [i], [len(seg.text)]) for i, seg in enumerate(doc.segments)
+              if seg.kind in ("attachment", "route")]
+    for view in views:
         take(view, scan_value(classifier, view))
-    fields = doc.field_view()
-    take(fields, scan_value(classifier, fields))
-    for view in doc.array_views(edge=classifier.max_match_chars):
-        take(view, scan_value(classifier, view))
-    for i, seg in enumerate(doc.segments):
-        if seg.kind in ("attachment", "route"):
-            view = View(seg.text, [0], [i], [len(seg.text)])
-            take(view, scan_value(classifier, view))
+
+    # Each view again with its encoded runs decoded (classify/decode.py): a value written
+    # `jane.doe%40example.com`, `4111&#32;1111...`, `\u0040` or in base64 or hex is read by the
+    # model through the encoding. Not decoded: numbers, a string that is itself JSON (its strings
+    # are read again on their own, escapes decoded), and, as base64 again, a payload the walk
+    # decoded. A decoded finding inside a raw finding of its label, or of a secret (a JWT's
+    # base64 payload), adds nothing: the raw one masks it already.
+    decoder = Decoder()
+    skip: tuple[frozenset[int], set[int]] | None = None
+    raw_found: dict[int, list[Finding]] | None = None
+    cover: dict[int, dict[str, tuple[list[int], list[int]]]] = {}
+
+    def not_decoded() -> tuple[frozenset[int], set[int]]:
+        segs = doc.segments
+        holders = {seg.path[:k] for seg in segs if JSON_STEP in seg.path
+                   for k, step in enumerate(seg.path) if step is JSON_STEP}
+        return (frozenset(i for i, seg in enumerate(segs)
+                          if seg.kind in NUMBER_KINDS or seg.kind in ("text", "value") and seg.path in holders),
+                doc.payload_values)
+
+    def new(label: str, parts: tuple[tuple[int, int, int], ...]) -> bool:
+        assert raw_found is not None
+        for seg, s, e in parts:
+            if seg not in cover:
+                cover[seg] = _cover_index(raw_found.get(seg, []))
+            if not _covers(cover[seg], label, s, e):
+                return True
+        return False
+
+    for view in views:
+        def allow(s: int, e: int, ambiguous: bool, view: View = view) -> bool:
+            nonlocal skip
+            if skip is None:
+                skip = not_decoded()
+            no, payloads = skip
+            parts = view.pieces(s, e)
+            return bool(parts) and all(p[0] not in no and not (ambiguous and p[0] in payloads) for p in parts)
+
+        dec = decoder.decode(view.text, allow)
+        if dec is None:
+            continue
+        decoded = scan_decoded(classifier, view, dec)
+        if decoded:
+            if raw_found is None:
+                raw_found = {seg: list(fs) for seg, fs in per_segment.items()}
+            take(view, decoded, new)
     for findings in result.per_segment.values():
         findings.sort(key=lambda f: (f.start, f.end, f.label))
     return result
