@@ -42,6 +42,8 @@ _ESCAPE = (r"%[0-9A-Fa-f]{2}"
 # else a base64/hex run (group 2).
 _RUNS = re2.compile(rf"(\S*?(?:{_ESCAPE})\S*)|([A-Za-z0-9+/_\-]{{{MIN_BASE64_CHARS},}}={{0,2}})")
 _ESCAPES = re2.compile(_ESCAPE)
+_LONGEST_ESCAPE = 34                  # "&" + a 32-character name + ";"
+_BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-")
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _LINE_CHARS = {9: None, 10: None, 13: None}
 # An escape's kind: escapes of one kind in a row are decoded together (bytes, surrogate pairs).
@@ -90,19 +92,14 @@ class DecodedText:
         p = self.pieces[k]
         return p.raw_end if pos < p.end else pos + p.raw_end - p.end
 
-    def raw_span(self, start: int, end: int) -> tuple[int, int]:
-        """The raw text [start, end) of the decoded text stands for, every run it touches whole."""
-        s, e = self.raw_start(start), self.raw_end(end)
-        for p in self.touched(start, end):
-            s, e = min(s, p.run_start), max(e, p.run_end)
-        return s, e
-
     def decoded_at(self, raw: int) -> int:
-        """A raw position in the decoded text (one inside a piece: after the piece)."""
+        """A raw position in the decoded text (one inside a piece: after the piece; at its start: its start)."""
         k = bisect_right(self._raw_starts, raw) - 1
         if k < 0:
             return raw
         p = self.pieces[k]
+        if raw == p.raw_start:
+            return p.start
         return p.end if raw < p.raw_end else raw - p.raw_end + p.end
 
 
@@ -179,6 +176,24 @@ def _escapes(data: bytes, start: int, end: int, found: list[tuple[int, int, int,
         else:
             found.append((s, e, start, end, kind, [token]))
         gkind, ge = kind, e
+
+
+def may_join(left: str, right: str) -> bool:
+    """Whether LEFT and RIGHT read with nothing between them (the parts of one message) can hold
+    an encoded run neither holds alone: an escape cut by the join (LEFT ends within an escape's
+    length of a `%`, `&` or backslash), or a base64 or hex run of the minimum length across it."""
+    if not left or not right:
+        return False
+    tail = left[-_LONGEST_ESCAPE:]
+    if "%" in tail or "&" in tail or "\\" in tail:
+        return True
+    n = 0
+    while n < len(left) and n < MIN_BASE64_CHARS and left[-1 - n] in _BASE64_CHARS:
+        n += 1
+    m = 0
+    while m < len(right) and m < MIN_BASE64_CHARS and right[m] in _BASE64_CHARS:
+        m += 1
+    return n > 0 and m > 0 and n + m >= MIN_BASE64_CHARS
 
 
 def _kind(token: bytes) -> int:

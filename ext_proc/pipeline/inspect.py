@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ext_proc.classify import NUMBER_MIN_CONFIDENCE, Finding, Scanner, summarize
-from ext_proc.classify.decode import DecodedText, Decoder
+from ext_proc.classify.decode import DecodedText, Decoder, may_join
 from ext_proc.classify.extent import whole_secrets
-from ext_proc.classify.rules import CONTEXT_BEFORE
+from ext_proc.classify.rules import CONTEXT_AFTER, CONTEXT_BEFORE
 from ext_proc.providers.body import JSON_STEP
 from ext_proc.providers.document import NUMBER_KINDS, Document, View
 
@@ -98,16 +98,18 @@ def scan_long(classifier: Scanner, text: str) -> list[Finding]:
     return out
 
 
-def scan_decoded(classifier: Scanner, view: View, dec: DecodedText) -> list[Finding]:
+def scan_decoded(classifier: Scanner, view: View, dec: DecodedText) -> list[tuple[Finding, int, int]]:
     """The findings of VIEW's decoded text (classify/decode.py) that read a decoded piece, in the
-    raw view's offsets, each covering every encoded run it touches whole (a mask of part of a
-    base64 run or of `jane.doe%40example.com` would leave a readable rest). Findings in base64 or
-    hex count only when confident (NUMBER_MIN_CONFIDENCE): decoded noise is read as hints.
+    value or in the context words around it, in the raw view's offsets, each covering every
+    encoded run it touches whole (a mask of part of a base64 run or of `jane.doe%40example.com`
+    would leave a readable rest), with the raw span of the value itself (without the rest of its
+    runs). Findings reading base64 or hex count only when confident (NUMBER_MIN_CONFIDENCE):
+    decoded noise is read as hints.
 
-    Only the decoded text around the pieces is classified: every finding touching a piece, and
-    the context words the rules read around it, lie within max_match_chars + CONTEXT_BEFORE."""
+    Only the decoded text around the pieces is classified: a finding reading a piece, and the
+    context words the rules read around it, lie within max_match_chars + 2 * CONTEXT_BEFORE."""
     text = dec.text
-    reach = classifier.max_match_chars + CONTEXT_BEFORE
+    reach = classifier.max_match_chars + 2 * CONTEXT_BEFORE
     windows: list[list[int]] = []
     for p in dec.pieces:
         a, b = max(0, p.start - reach), min(len(text), p.end + reach)
@@ -126,13 +128,26 @@ def scan_decoded(classifier: Scanner, view: View, dec: DecodedText) -> list[Find
         i = bisect_right(starts, raw) - 1
         return dec.decoded_at(starts[i] + lengths[i]) if i >= 0 and raw < starts[i] + lengths[i] else pos
 
+    def piece_at(raw: int) -> tuple[int, int]:
+        i = max(0, bisect_right(starts, raw) - 1)
+        return (starts[i], starts[i] + lengths[i]) if starts else (raw, raw)
+
     out = []
     for f in whole_secrets(text, found, limit=SECRET_EXTENT_CHARS, value_end=piece_end):
-        touched = dec.touched(f.start, f.end)
-        if not touched or f.confidence < NUMBER_MIN_CONFIDENCE and any(p.ambiguous for p in touched):
+        # A finding reads decoded text when it holds some, or when its context does (a key name
+        # written `p&#97;ssword=`): otherwise it is the raw text's own, which the raw scan has.
+        near = dec.touched(f.start - CONTEXT_BEFORE, f.end + CONTEXT_AFTER)
+        if not near or f.confidence < NUMBER_MIN_CONFIDENCE and any(p.ambiguous for p in near):
             continue                          # the raw text's own finding, or a decoded hint
-        s, e = dec.raw_span(f.start, f.end)
-        out.append(Finding(f.label, s, e, f.confidence, f.validator))
+        touched = dec.touched(f.start, f.end)
+        s, e = dec.raw_start(f.start), dec.raw_end(f.end)
+        whole_s, whole_e = s, e
+        for p in touched:
+            # The run, within the texts its escapes are in: a view that glues texts without a
+            # space does not make the next text part of the run.
+            lo, hi = piece_at(p.raw_start)[0], piece_at(p.raw_end - 1)[1]
+            whole_s, whole_e = min(whole_s, max(p.run_start, lo)), max(whole_e, min(p.run_end, hi))
+        out.append((Finding(f.label, whole_s, whole_e, f.confidence, f.validator), s, e))
     return out
 
 
@@ -181,7 +196,7 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
         return frozenset(i for i, seg in enumerate(segs)
                          if seg.kind in NUMBER_KINDS or seg.kind in ("text", "value") and seg.path in holders)
 
-    def take(view: View, findings: list[Finding], keep: Any = None) -> None:
+    def take(view: View, findings: list[Finding]) -> None:
         nonlocal numbers
         pieces = view.pieces
         single = len(view.starts) == 1     # one mapped piece (a lone reading string, a route)
@@ -198,8 +213,6 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                 parts = tuple(pieces(f.start, f.end))
             if not parts or (label, parts) in seen:
                 continue                      # glue only (JSON punctuation), or already found
-            if keep is not None and not keep(label, parts):
-                continue
             if f.confidence < NUMBER_MIN_CONFIDENCE:
                 if numbers is None:
                     numbers = numbers_only()
@@ -218,8 +231,8 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                 per_segment.setdefault(seg, []).append(
                     first if s == s0 and e == e0 else Finding(label, s, e, f.confidence, f.validator))
 
-    views = [*doc.reading_views(edge=classifier.max_match_chars), doc.field_view(),
-             *doc.array_views(edge=classifier.max_match_chars)]
+    reading = doc.reading_views(edge=classifier.max_match_chars)
+    views = [*reading, doc.field_view(), *doc.array_views(edge=classifier.max_match_chars)]
     views += [View(seg.text, [0], [i], [len(seg.text)]) for i, seg in enumerate(doc.segments)
               if seg.kind in ("attachment", "route")]
     for view in views:
@@ -229,8 +242,9 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
     # `jane.doe%40example.com`, `4111&#32;1111...`, `\u0040` or in base64 or hex is read by the
     # model through the encoding. Not decoded: numbers, a string that is itself JSON (its strings
     # are read again on their own, escapes decoded), and, as base64 again, a payload the walk
-    # decoded. A decoded finding inside a raw finding of its label, or of a secret (a JWT's
-    # base64 payload), adds nothing: the raw one masks it already.
+    # decoded. A decoded finding whose value lies inside a raw finding of its label (a password
+    # with `%2F` in it, a SAS signature) or of a secret (a JWT's base64 payload) adds nothing:
+    # the raw one masks it already.
     decoder = Decoder()
     skip: tuple[frozenset[int], set[int]] | None = None
     raw_found: dict[int, list[Finding]] | None = None
@@ -244,7 +258,7 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                           if seg.kind in NUMBER_KINDS or seg.kind in ("text", "value") and seg.path in holders),
                 doc.payload_values)
 
-    def new(label: str, parts: tuple[tuple[int, int, int], ...]) -> bool:
+    def new(label: str, parts: list[tuple[int, int, int]]) -> bool:
         assert raw_found is not None
         for seg, s, e in parts:
             if seg not in cover:
@@ -253,7 +267,22 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                 return True
         return False
 
-    for view in views:
+    def joins(view: View) -> bool:
+        """Whether two texts the view glues with nothing between them may hold a run across."""
+        text, starts, lengths = view.text, view.starts, view.lengths
+        for i in range(len(starts) - 1):
+            end = starts[i] + lengths[i]
+            if end == starts[i + 1] and may_join(text[max(starts[i], end - 40):end], text[end:end + 20]):
+                return True
+        return False
+
+    whole_decoded = False    # the reading view (each text whole) held a decoded run
+    for n, view in enumerate(views):
+        # The reading view glued three ways holds the runs of the view with each text whole,
+        # and runs across a join: read again only when either may be there.
+        if 0 < n < len(reading) and not whole_decoded and not joins(view):
+            continue
+
         def allow(s: int, e: int, ambiguous: bool, view: View = view) -> bool:
             nonlocal skip
             if skip is None:
@@ -265,11 +294,12 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
         dec = decoder.decode(view.text, allow)
         if dec is None:
             continue
+        whole_decoded = whole_decoded or n == 0
         decoded = scan_decoded(classifier, view, dec)
         if decoded:
             if raw_found is None:
                 raw_found = {seg: list(fs) for seg, fs in per_segment.items()}
-            take(view, decoded, new)
+            take(view, [f for f, s, e in decoded if new(f.label, view.pieces(s, e))])
     for findings in result.per_segment.values():
         findings.sort(key=lambda f: (f.start, f.end, f.label))
     return result

@@ -212,12 +212,24 @@ def test_the_finding_covers_the_whole_encoded_run_and_the_record_has_its_raw_off
             assert redacted or second and not findings[0]["label"].startswith("secret.")   # it masks secrets only
 
 
-def test_a_value_split_across_parts_and_encoded_is_read_joined():
+_AWS_B64 = base64.b64encode(b"AKIAIOSFODNN7QWERTYZ").decode()
+
+
+@pytest.mark.parametrize(("left", "right", "needle"), [
+    ("write to jane.doe%4", "0example.com please", "jane.doe@example.com"),
+    ("write to jane.doe&#6", "4;example.com please", "jane.doe@example.com"),
+    ("key " + _AWS_B64[:13], _AWS_B64[13:] + " ok", "AKIAIOSFODNN7QWERTYZ"),
+    ("hex " + b"jane.doe@example.com".hex()[:30], b"jane.doe@example.com".hex()[30:] + " ok", "jane.doe@example.com"),
+])
+def test_a_value_encoded_and_split_across_parts_is_read_joined(left, right, needle):
     body = {"model": "claude-3-5-haiku-latest", "max_tokens": 9, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "write to jane.doe%4"}, {"type": "text", "text": "0example.com please"}]}]}
-    v = decide(json.dumps(body).encode(), head("/v1/messages"))
-    assert v.forward and v.new_body is not None
-    assert not readable_anywhere(v.new_body, "jane.doe@example.com")
+        {"type": "text", "text": "Hello."}, {"type": "text", "text": left}, {"type": "text", "text": right}]}]}
+    raw = json.dumps(body).encode()
+    assert readable_anywhere(json.dumps({"joined": left + right}).encode(), needle)
+    v = _decide_redacting_secrets(raw, "/v1/messages") if needle.startswith("AKIA") else decide(raw, head("/v1/messages"))
+    assert not v.forward or not readable_anywhere(json.dumps({"joined": "".join(
+        p["text"] for p in json.loads(v.new_body or raw)["messages"][0]["content"])}).encode(), needle)
+    assert not v.forward or v.new_body is not None
 
 
 def test_a_key_and_its_hex_value_are_read_together_and_a_decoded_hint_is_not_a_finding():
@@ -296,8 +308,9 @@ def test_decoded_text_is_never_longer_and_maps_back_inside_the_raw_text():
             assert p.run_start <= p.raw_start < p.raw_end <= p.run_end <= len(text)
             assert p.end - p.start <= p.raw_end - p.raw_start
             prev = p.end
-            s, e = dec.raw_span(p.start, p.end)
-            assert (s, e) == (p.run_start, p.run_end)
+            assert (dec.raw_start(p.start), dec.raw_end(p.end)) == (p.raw_start, p.raw_end)
+            assert (dec.decoded_at(p.raw_start), dec.decoded_at(p.raw_end)) == (p.start, p.end)
+            assert dec.decoded_at(p.raw_start + 1) == p.end
 
 
 def test_each_run_is_decoded_once_per_request(monkeypatch):
