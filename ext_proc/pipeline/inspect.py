@@ -3,6 +3,9 @@ the provider's separator), every other string, key and number in one field view,
 route text each on their own. Findings come back per segment, ready for redaction, and as logical
 findings (one per value, however many fields it spans) for the policy's counts.
 
+Every view is read a second time with its encoded runs decoded (percent-encoding, HTML references,
+literal escapes; base64 and hex that decode to text: classify/decode.py, scan_decoded).
+
 Sans-I/O. Texts longer than the classifier's limit are scanned in overlapping windows, so a long
 conversation is never refused for length alone; the request's byte budget is enforced before.
 """
