@@ -24,7 +24,7 @@ import base64
 import binascii
 import html.entities
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import re2
@@ -43,7 +43,7 @@ _ESCAPE = (r"%[0-9A-Fa-f]{2}"
 _RUNS = re2.compile(rf"(\S*?(?:{_ESCAPE})\S*)|([A-Za-z0-9+/_\-]{{{MIN_BASE64_CHARS},}}={{0,2}})")
 _ESCAPES = re2.compile(_ESCAPE)
 _LONGEST_ESCAPE = 34                  # "&" + a 32-character name + ";"
-_BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-")
+_BASE64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _LINE_CHARS = {9: None, 10: None, 13: None}
 # An escape's kind: escapes of one kind in a row are decoded together (bytes, surrogate pairs).
@@ -122,9 +122,8 @@ class Decoder:
         data = text.encode("ascii") if ascii_ else text.encode("utf-8", _SURROGATE_HANDLER)
         # (byte start, byte end, run byte start, run byte end, kind (-1: ambiguous), raw tokens)
         found: list[tuple[int, int, int, int, int, list[bytes]]] = []
-        for m in _RUNS.finditer(data):
-            rs, re_ = m.span()
-            if m.group(2) is None:
+        for rs, re_, stretch in _runs(data):
+            if stretch:
                 _escapes(data, rs, re_, found)
             else:
                 found.append((rs, re_, rs, re_, -1, [data[rs:re_]]))
@@ -140,15 +139,16 @@ class Decoder:
         copied = pos = 0               # raw characters copied; decoded characters written
         for bs, be, rbs, rbe, kind, tokens in found:
             s, e = to_char(bs), to_char(be)
+            key = (kind, tokens[0] if len(tokens) == 1 else b"".join(tokens))
+            value = cache.get(key, "")
+            if value is None:
+                continue                  # decoded before (in another view): nothing readable
             if allow is not None and not allow(s, e, kind == -1):
                 continue
-            key = (kind, tokens[0] if len(tokens) == 1 else b"".join(tokens))
-            if key in cache:
-                value = cache[key]
-            else:
-                value = cache[key] = _ambiguous(tokens[0]) if kind == -1 else _unescape(kind, tokens)
             if not value:
-                continue
+                value = cache[key] = _ambiguous(tokens[0]) if kind == -1 else _unescape(kind, tokens)
+                if not value:
+                    continue
             if s > copied:
                 out.append(text[copied:s])
                 pos += s - copied
@@ -160,6 +160,26 @@ class Decoder:
             return None
         out.append(text[copied:])
         return DecodedText("".join(out), pieces)
+
+
+def _runs(data: bytes) -> Iterator[tuple[int, int, bool]]:
+    """(start, end, whether it is a stretch of escapes) of the runs in DATA, through google-re2's
+    pybind object as classify/engine.py does (the public finditer builds a match object per run),
+    or the public API if the binding's internals are not what this expects."""
+    inner = getattr(_RUNS, "_regexp", None)
+    anchor = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+    if inner is None or anchor is None or not hasattr(inner, "Match"):
+        for m in _RUNS.finditer(data):
+            yield m.start(), m.end(), m.group(2) is None
+        return
+    pos, end = 0, len(data)
+    while pos <= end:
+        found = inner.Match(anchor, data, pos, end)
+        whole = found[0]
+        if whole[0] < 0:
+            return
+        yield whole[0], whole[1], found[1][0] >= 0
+        pos = whole[1] if whole[1] > pos else pos + 1
 
 
 def _escapes(data: bytes, start: int, end: int, found: list[tuple[int, int, int, int, int, list[bytes]]]) -> None:
@@ -187,12 +207,8 @@ def may_join(left: str, right: str) -> bool:
     tail = left[-_LONGEST_ESCAPE:]
     if "%" in tail or "&" in tail or "\\" in tail:
         return True
-    n = 0
-    while n < len(left) and n < MIN_BASE64_CHARS and left[-1 - n] in _BASE64_CHARS:
-        n += 1
-    m = 0
-    while m < len(right) and m < MIN_BASE64_CHARS and right[m] in _BASE64_CHARS:
-        m += 1
+    n = MIN_BASE64_CHARS - len(left[-MIN_BASE64_CHARS:].rstrip(_BASE64_CHARS))
+    m = MIN_BASE64_CHARS - len(right[:MIN_BASE64_CHARS].lstrip(_BASE64_CHARS))
     return n > 0 and m > 0 and n + m >= MIN_BASE64_CHARS
 
 
