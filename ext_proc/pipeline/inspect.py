@@ -3,6 +3,9 @@ the provider's separator), every other string, key and number in one field view,
 route text each on their own. Findings come back per segment, ready for redaction, and as logical
 findings (one per value, however many fields it spans) for the policy's counts.
 
+Every view is read a second time with its encoded runs decoded (percent-encoding, HTML references,
+literal escapes; base64 and hex that decode to text: classify/decode.py, scan_decoded).
+
 Sans-I/O. Texts longer than the classifier's limit are scanned in overlapping windows, so a long
 conversation is never refused for length alone; the request's byte budget is enforced before.
 """
@@ -15,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ext_proc.classify import NUMBER_MIN_CONFIDENCE, Finding, Scanner, summarize
+from ext_proc.classify.decode import DecodedText, Decoder, may_join
 from ext_proc.classify.extent import whole_secrets
+from ext_proc.classify.rules import CONTEXT_AFTER, CONTEXT_BEFORE
 from ext_proc.providers.body import JSON_STEP
 from ext_proc.providers.document import NUMBER_KINDS, Document, View
 
@@ -163,6 +168,80 @@ def narrow(classifier: Scanner, view: View, f: Finding) -> Finding:
     return Finding(label, start, end, f.confidence, f.validator)
 
 
+def scan_decoded(classifier: Scanner, view: View, dec: DecodedText) -> list[tuple[Finding, int, int]]:
+    """The findings of VIEW's decoded text (classify/decode.py) that read a decoded piece, in the
+    value or in the context words around it, in the raw view's offsets, each covering every
+    encoded run it touches whole (a mask of part of a base64 run or of `jane.doe%40example.com`
+    would leave a readable rest), with the raw span of the value itself (without the rest of its
+    runs). Findings reading base64 or hex count only when confident (NUMBER_MIN_CONFIDENCE):
+    decoded noise is read as hints.
+
+    Only the decoded text around the pieces is classified: a finding reading a piece, and the
+    context words the rules read around it, lie within max_match_chars + 2 * CONTEXT_BEFORE."""
+    text = dec.text
+    reach = classifier.max_match_chars + 2 * CONTEXT_BEFORE
+    windows: list[list[int]] = []
+    for p in dec.pieces:
+        a, b = max(0, p.start - reach), min(len(text), p.end + reach)
+        if windows and a <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], b)
+        else:
+            windows.append([a, b])
+    found: list[Finding] = []
+    for a, b in windows:
+        for f in scan_long(classifier, text[a:b]):
+            found.append(Finding(f.label, f.start + a, f.end + a, f.confidence, f.validator) if a else f)
+    starts, lengths = view.starts, view.lengths
+
+    def piece_end(pos: int) -> int:          # as in scan_value, through the raw view
+        raw = dec.raw_start(pos)
+        i = bisect_right(starts, raw) - 1
+        return dec.decoded_at(starts[i] + lengths[i]) if i >= 0 and raw < starts[i] + lengths[i] else pos
+
+    def piece_at(raw: int) -> tuple[int, int]:
+        i = max(0, bisect_right(starts, raw) - 1)
+        return (starts[i], starts[i] + lengths[i]) if starts else (raw, raw)
+
+    out = []
+    for f in whole_secrets(text, found, limit=SECRET_EXTENT_CHARS, value_end=piece_end):
+        # A finding reads decoded text when it holds some, or when its context does (a key name
+        # written `p&#97;ssword=`): otherwise it is the raw text's own, which the raw scan has.
+        near = dec.touched(f.start - CONTEXT_BEFORE, f.end + CONTEXT_AFTER)
+        if not near or f.confidence < NUMBER_MIN_CONFIDENCE and any(p.ambiguous for p in near):
+            continue                          # the raw text's own finding, or a decoded hint
+        touched = dec.touched(f.start, f.end)
+        s, e = dec.raw_start(f.start), dec.raw_end(f.end)
+        whole_s, whole_e = s, e
+        for p in touched:
+            # The run, within the texts its escapes are in: a view that glues texts without a
+            # space does not make the next text part of the run.
+            lo, hi = piece_at(p.raw_start)[0], piece_at(p.raw_end - 1)[1]
+            whole_s, whole_e = min(whole_s, max(p.run_start, lo)), max(whole_e, min(p.run_end, hi))
+        out.append((Finding(f.label, whole_s, whole_e, f.confidence, f.validator), s, e))
+    return out
+
+
+def _cover_index(findings: list[Finding]) -> dict[str, tuple[list[int], list[int]]]:
+    """Per label, and under "secret." for every secret: starts in order and the furthest end so far."""
+    index: dict[str, tuple[list[int], list[int]]] = {}
+    for f in sorted(findings, key=lambda f: f.start):
+        for key in (f.label, "secret.") if f.label.startswith("secret.") else (f.label,):
+            starts, ends = index.setdefault(key, ([], []))
+            starts.append(f.start)
+            ends.append(max(f.end, ends[-1]) if ends else f.end)
+    return index
+
+
+def _covers(index: dict[str, tuple[list[int], list[int]]], label: str, start: int, end: int) -> bool:
+    for key in (label, "secret."):
+        if key in index:
+            starts, ends = index[key]
+            k = bisect_right(starts, start) - 1
+            if k >= 0 and ends[k] >= end:
+                return True
+    return False
+
+
 def classify_document(classifier: Scanner, doc: Document, body: object) -> DocumentFindings:
     result = DocumentFindings()
     seen: set[tuple[str, tuple[tuple[int, int, int], ...]]] = set()
@@ -232,19 +311,78 @@ def classify_document(classifier: Scanner, doc: Document, body: object) -> Docum
                 per_segment.setdefault(seg, []).append(
                     first if s == s0 and e == e0 else Finding(label, s, e, f.confidence, f.validator))
 
-    for view in doc.reading_views(edge=classifier.max_match_chars):
-        take(view, scan_value(classifier, view))
-    fields = doc.field_view()
-    take(fields, scan_value(classifier, fields))
-    for view in doc.array_views(edge=classifier.max_match_chars):
+    reading = doc.reading_views(edge=classifier.max_match_chars)
+    views = [*reading, doc.field_view(), *doc.array_views(edge=classifier.max_match_chars)]
+    views += [View(seg.text, [0], [i], [len(seg.text)]) for i, seg in enumerate(doc.segments)
+              if seg.kind in ("attachment", "route")]
+    for view in views:
         take(view, scan_value(classifier, view))
     for view in doc.object_views(edge=classifier.max_match_chars):
         take(view, [narrow(classifier, view, f) for f in scan_value(classifier, view) if joined_finding(f)],
              joined_only=True)
-    for i, seg in enumerate(doc.segments):
-        if seg.kind in ("attachment", "route"):
-            view = View(seg.text, [0], [i], [len(seg.text)])
-            take(view, scan_value(classifier, view))
+
+    # Each view again with its encoded runs decoded (classify/decode.py): a value written
+    # `jane.doe%40example.com`, `4111&#32;1111...`, `\u0040` or in base64 or hex is read by the
+    # model through the encoding. Not decoded: numbers, a string that is itself JSON (its strings
+    # are read again on their own, escapes decoded), and, as base64 again, a payload the walk
+    # decoded. A decoded finding whose value lies inside a raw finding of its label (a password
+    # with `%2F` in it, a SAS signature) or of a secret (a JWT's base64 payload) adds nothing:
+    # the raw one masks it already.
+    decoder = Decoder()
+    skip: tuple[frozenset[int], set[int]] | None = None
+    raw_found: dict[int, list[Finding]] | None = None
+    cover: dict[int, dict[str, tuple[list[int], list[int]]]] = {}
+
+    def not_decoded() -> tuple[frozenset[int], set[int]]:
+        segs = doc.segments
+        holders = {seg.path[:k] for seg in segs if JSON_STEP in seg.path
+                   for k, step in enumerate(seg.path) if step is JSON_STEP}
+        return (frozenset(i for i, seg in enumerate(segs)
+                          if seg.kind in NUMBER_KINDS or seg.kind in ("text", "value") and seg.path in holders),
+                doc.payload_values)
+
+    def new(label: str, parts: list[tuple[int, int, int]]) -> bool:
+        assert raw_found is not None
+        for seg, s, e in parts:
+            if seg not in cover:
+                cover[seg] = _cover_index(raw_found.get(seg, []))
+            if not _covers(cover[seg], label, s, e):
+                return True
+        return False
+
+    def joins(view: View) -> bool:
+        """Whether two texts the view glues with nothing between them may hold a run across."""
+        text, starts, lengths = view.text, view.starts, view.lengths
+        for i in range(len(starts) - 1):
+            end = starts[i] + lengths[i]
+            if end == starts[i + 1] and may_join(text[max(starts[i], end - 40):end], text[end:end + 20]):
+                return True
+        return False
+
+    whole_decoded = False    # the reading view (each text whole) held a decoded run
+    for n, view in enumerate(views):
+        # The reading view glued three ways holds the runs of the view with each text whole,
+        # and runs across a join: read again only when either may be there.
+        if 0 < n < len(reading) and not whole_decoded and not joins(view):
+            continue
+
+        def allow(s: int, e: int, ambiguous: bool, view: View = view) -> bool:
+            nonlocal skip
+            if skip is None:
+                skip = not_decoded()
+            no, payloads = skip
+            parts = view.pieces(s, e)
+            return bool(parts) and all(p[0] not in no and not (ambiguous and p[0] in payloads) for p in parts)
+
+        dec = decoder.decode(view.text, allow)
+        if dec is None:
+            continue
+        whole_decoded = whole_decoded or n == 0
+        decoded = scan_decoded(classifier, view, dec)
+        if decoded:
+            if raw_found is None:
+                raw_found = {seg: list(fs) for seg, fs in per_segment.items()}
+            take(view, [f for f, s, e in decoded if new(f.label, view.pieces(s, e))])
     for findings in result.per_segment.values():
         findings.sort(key=lambda f: (f.start, f.end, f.label))
     return result

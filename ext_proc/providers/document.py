@@ -205,6 +205,9 @@ class Document:
     # an object and of the objects nested in it, their string values, and one field's string
     # values across the sibling objects of an array. Each segment is in at most one group of each.
     object_groups: list[list[int]] = field(default_factory=list)
+    # Strings the walk decoded as a binary payload and keeps as a value too (a key-sized string
+    # that is valid base64): not decoded as base64 again (classify/decode.py).
+    payload_values: set[int] = field(default_factory=set)
 
     def reading_views(self, edge: int | None = None) -> list[View]:
         """The text the model reads together. A value split across parts or turns must be found
@@ -558,7 +561,9 @@ def read_document(parsed: ParsedRequest | None, route_texts: Mapping[str, str] =
                         unscanned(_unscanned_kind(media, raw))
                         if len(node) <= _SHORT_PAYLOAD and path not in seen:
                             # A key-sized string that happens to be valid base64 is read as text too.
-                            order.append(add(TextSegment(path, node, "value")))
+                            i = add(TextSegment(path, node, "value"))
+                            order.append(i)
+                            doc.payload_values.add(i)
                     else:
                         text, codec = as_text
                         i = add(TextSegment(path, text, "attachment"))
