@@ -57,9 +57,9 @@ return 1
 
 
 class RedisLimiter:
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "lg:rl:") -> None:
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "lg:rl:", timeout_s: float = 0.25) -> None:
         self.prefix = prefix
-        self.client = aioredis.from_url(url, socket_connect_timeout=0.25, socket_timeout=0.25,
+        self.client = aioredis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
                                         retry_on_timeout=False)
         self._reserve = self.client.register_script(_RESERVE)
         self._adjust = self.client.register_script(_ADJUST)

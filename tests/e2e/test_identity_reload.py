@@ -33,7 +33,12 @@ def _status(stack) -> tuple[int, str | None]:
     return r.status_code, (r.json().get("error") or {}).get("code") if r.status_code != 200 else None
 
 
-def _wait_log(stack, needle: str, count: int, timeout: float = 20.0) -> None:
+def _wait_log(stack, event: str, count: int, timeout: float = 20.0) -> None:
+    """Until a worker has logged EVENT COUNT times. The worker's own event line, not the name:
+    `ledgergate up` prints "see their identity_reloaded / policy_reloaded log lines" on every
+    SIGHUP, so counting the bare name returned after a rejected reload before the next one was
+    in force (the revoked key answered 200 once under load)."""
+    needle = f'"event": "{event}"'
     deadline = time.time() + timeout
     while time.time() < deadline:
         if stack.log_path.read_text(errors="replace").count(needle) >= count:
